@@ -2,7 +2,8 @@
 # They create .venv and install the project into it on first use.
 PYTHON ?= python3
 VENV   ?= .venv
-# The CPU build of torch (on local disk here). GPU users: see README.
+# The CPU build of torch (on local disk here). GPU users override it, e.g.
+#   make install TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.atelier-installed
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.atelier-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,test]'
 	touch $@
 
