@@ -18,7 +18,8 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY engine ./engine
 COPY data ./data
-RUN pip install --no-cache-dir '.[engine]'
+# Editable, so the code finds data/ (configs, schema, tokenizer vocabulary) beside it.
+RUN pip install --no-cache-dir -e '.[engine]'
 
 RUN useradd --create-home atelier && mkdir -p /data && chown atelier /data
 USER atelier
