@@ -1,0 +1,488 @@
+"""What a ``.safetensors`` file is, learned from its header without loading a tensor.
+
+The registry shows people what a LoRA is for (architecture, rank, trigger words, hashes) and
+refuses files that cannot work before a GPU ever sees them. Reading only the JSON header keeps
+that cheap even for a 6 GB checkpoint, and keeps this module free of torch so the bot side and
+``python -m engine inspect`` stay fast. The only tensor data ever read are ``.alpha`` scalars
+(a few bytes each) and the bytes streamed through sha256.
+
+Layout of the format: 8 bytes little-endian header length ``N``, ``N`` bytes of JSON
+(``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}``), then the
+data section that the offsets index into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.paths import DIFFUSERS_INDEX
+from engine.protocol import Architecture, EngineError, ErrorCode, FileInfo
+
+#: Headers of real files are kilobytes to a few megabytes; a larger claim is corruption or
+#: an attempt to make us allocate memory.
+DEFAULT_MAX_HEADER_BYTES = 100 << 20
+HASH_CHUNK_BYTES = 4 << 20
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+_SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i"}
+
+# Pickles are zip archives (torch.save) or raw pickle streams (protocol 2-5 start 0x80 0x0N).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = tuple(bytes([0x80, n]) for n in range(2, 6))
+
+_LORA_KEY = re.compile(
+    r"(lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer|"
+    r"hada_w1_a|lokr_w1|\.alpha$|_lora\.down)"
+)
+_DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down)")
+_TE_KEY = re.compile(
+    r"(^lora_te\d?_|^text_encoder(_2)?\.|^te\d?\.|cond_stage_model|conditioner\.embedders|"
+    r"^text_encoders\.|text_model\.)"
+)
+_TE2_KEY = re.compile(
+    r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g)"
+)
+_FLUX_KEY = re.compile(
+    r"(double_blocks|single_blocks|single_transformer_blocks|^transformer\.x_embedder|"
+    r"lora_transformer_single_transformer_blocks)"
+)
+_SD3_KEY = re.compile(r"(joint_blocks|^transformer\.transformer_blocks\.\d+\.attn\.add_q_proj)")
+_SDXL_UNET_KEY = re.compile(r"(add_embedding|label_emb)")
+# transformer_blocks beyond the first one only exist where transformer_layers_per_block > 1.
+_DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._]([1-9]\d*)[._]")
+_ATTN2_TO_K = re.compile(r"attn2[._]to_k")
+# kohya's SGM-style UNet names (input_blocks_4_1_...) versus diffusers' (down_blocks_1_...).
+_UNET_KEY = re.compile(
+    r"(^lora_unet_|^unet\.|model\.diffusion_model\.|down_blocks|input_blocks|mid_block|middle_block)"
+)
+
+#: Real cross-attention (context) widths: SD 1.5 CLIP-L 768, SD 2 OpenCLIP-H 1024, SDXL 2048.
+_CONTEXT_DIM_ARCH: dict[int, Architecture] = {768: "sd15", 2048: "sdxl"}
+
+_BASE_VERSION_HINTS: tuple[tuple[str, Architecture], ...] = (
+    ("sdxl", "sdxl"),
+    ("stable-diffusion-xl", "sdxl"),
+    ("flux", "flux"),
+    ("sd3", "sd3"),
+    ("stable-diffusion-v3", "sd3"),
+    ("sd_v1", "sd15"),
+    ("sd_1", "sd15"),
+    ("stable-diffusion-v1", "sd15"),
+)
+
+
+def _corrupt(path: Path, why: str) -> EngineError:
+    return EngineError(
+        ErrorCode.CORRUPT_FILE,
+        f"'{path.name}' is not a valid safetensors file: {why}. Download it again or re-export it.",
+    )
+
+
+def read_header(
+    path: Path, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> tuple[dict[str, Any], int]:
+    """Parse and validate the JSON header; return it with its length ``N`` (data starts at 8+N).
+
+    Validation is strict because the loader trusts these offsets: every tensor must lie inside
+    the data section and have exactly the bytes its dtype and shape need.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if prefix.startswith(_ZIP_MAGIC) or prefix[:2] in _PICKLE_MAGIC:
+                raise EngineError(
+                    ErrorCode.NOT_SAFETENSORS,
+                    f"'{path.name}' is a pickle (a PyTorch .ckpt/.pt archive) renamed to "
+                    ".safetensors; it was never unpickled. Convert it to real safetensors.",
+                )
+            if len(prefix) < 8:
+                raise _corrupt(path, f"it is only {size} bytes long (truncated)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > max_header_bytes:
+                raise _corrupt(
+                    path,
+                    f"its header claims {header_len} bytes, more than the {max_header_bytes} "
+                    "bytes any real file needs",
+                )
+            if 8 + header_len > size:
+                raise _corrupt(
+                    path, f"its header claims {header_len} bytes but the file has only {size}"
+                )
+            raw = handle.read(header_len)
+    except OSError as exc:
+        raise EngineError(ErrorCode.UNKNOWN_FILE, f"cannot read '{path.name}': {exc}") from exc
+    if len(raw) != header_len:
+        raise _corrupt(path, "the file ended inside its header (truncated)")
+    try:
+        header = json.loads(raw.decode("utf-8").rstrip(" "))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(path, f"its header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    _validate_entries(path, header, data_bytes=size - 8 - header_len)
+    return header, header_len
+
+
+def _validate_entries(path: Path, header: dict[str, Any], *, data_bytes: int) -> None:
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _corrupt(path, "its __metadata__ is not a map of strings")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise _corrupt(path, f"the entry for tensor '{name}' is not an object")
+        offsets = entry.get("data_offsets")
+        shape = entry.get("shape")
+        dtype = entry.get("dtype")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(dtype, str)
+        ):
+            raise _corrupt(path, f"tensor '{name}' has a malformed dtype/shape/data_offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_bytes:
+            raise _corrupt(
+                path,
+                f"tensor '{name}' claims bytes {begin}..{end} but the data section has only "
+                f"{data_bytes} (truncated or corrupt)",
+            )
+        width = DTYPE_BYTES.get(dtype)
+        if width is not None and end - begin != math.prod(shape) * width:
+            raise _corrupt(
+                path,
+                f"tensor '{name}' has {end - begin} bytes but {dtype}{shape} needs "
+                f"{math.prod(shape) * width}",
+            )
+
+
+# --- hashing -----------------------------------------------------------------------------
+
+_hash_cache: dict[tuple[str, int, int], tuple[str, str]] = {}
+_hash_lock = threading.Lock()
+_HASH_CACHE_MAX = 4096
+
+
+def file_hashes(path: Path, header_len: int) -> tuple[str, str]:
+    """Return (sha256 of the file, sha256 of the bytes after the header), streaming once.
+
+    Cached by (path, size, mtime) because hashing a 6 GB checkpoint takes a while and the
+    registry asks about the same files again and again; a rewritten file changes its key.
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    whole = hashlib.sha256()
+    after_header = hashlib.sha256()
+    skip = 8 + header_len
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            whole.update(chunk)
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            after_header.update(chunk[skip:])
+            skip = 0
+    result = (whole.hexdigest(), after_header.hexdigest())
+    with _hash_lock:
+        if len(_hash_cache) >= _HASH_CACHE_MAX:
+            _hash_cache.pop(next(iter(_hash_cache)))
+        _hash_cache[key] = result
+    return result
+
+
+def _read_scalar(path: Path, header_len: int, entry: dict[str, Any]) -> float | None:
+    begin, end = entry["data_offsets"]
+    dtype = entry["dtype"]
+    if math.prod(entry["shape"]) != 1:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(8 + header_len + begin)
+        raw = handle.read(end - begin)
+    if dtype == "BF16" and len(raw) == 2:
+        return struct.unpack("<f", b"\x00\x00" + raw)[0]
+    fmt = _SCALAR_FORMATS.get(dtype)
+    if fmt is None or len(raw) != struct.calcsize(fmt):
+        return None
+    return float(struct.unpack(fmt, raw)[0])
+
+
+# --- classification ----------------------------------------------------------------------
+
+
+def _most_common(values: Iterable[Any]) -> Any | None:
+    counts = Counter(values)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return max(v for v, c in counts.items() if c == best)
+
+
+def _key_format(keys: list[str]) -> str:
+    if any(k.startswith(("hada_", "lokr_")) or ".hada_" in k or ".lokr_" in k for k in keys):
+        return "lycoris"
+    lora_keys = [k for k in keys if _LORA_KEY.search(k)]
+    if not lora_keys:
+        return "unknown"
+    if all(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for k in lora_keys):
+        return "kohya"
+    if any(k.startswith("base_model.model.") for k in lora_keys):
+        return "peft"
+    if all(k.startswith(("unet.", "text_encoder", "transformer.")) for k in lora_keys):
+        return "diffusers"
+    if any("lora_A" in k for k in lora_keys):
+        return "peft"
+    return "diffusers"
+
+
+def _metadata_architecture(metadata: dict[str, str]) -> Architecture | None:
+    for key in ("modelspec.architecture", "ss_base_model_version"):
+        value = metadata.get(key, "").lower()
+        for needle, arch in _BASE_VERSION_HINTS:
+            if needle in value:
+                return arch
+    return None
+
+
+def _context_dim(tensors: dict[str, dict[str, Any]]) -> int | None:
+    """Width of the text features the UNet's cross-attention reads (to_k's input width)."""
+    for name, entry in tensors.items():
+        if not _ATTN2_TO_K.search(name):
+            continue
+        shape = entry["shape"]
+        if _DOWN_KEY.search(name) and len(shape) == 2:
+            return int(shape[1])
+        if name.endswith("to_k.weight") and len(shape) == 2:
+            return int(shape[1])
+    return None
+
+
+def classify(
+    tensors: dict[str, dict[str, Any]], metadata: dict[str, str]
+) -> tuple[str, Architecture]:
+    """(kind, architecture) from key names first, tensor widths second, metadata last.
+
+    Key structure decides where it can, so the tiny test models (whose widths are not the
+    real ones) are recognised like real files: SDXL has a second text encoder, the
+    ``add_embedding``/``label_emb`` micro-conditioning and transformer depth > 1.
+    """
+    keys = list(tensors)
+    is_lora = any(_LORA_KEY.search(k) for k in keys)
+    looks_like_model = any(
+        k.startswith(("model.diffusion_model.", "conv_in.", "double_blocks.", "joint_blocks."))
+        or k.endswith(("time_embedding.linear_1.weight", "time_embed.0.weight"))
+        for k in keys
+    )
+    kind = "lora" if is_lora else ("checkpoint" if looks_like_model else "unknown")
+
+    architecture: Architecture = "unknown"
+    if any(_FLUX_KEY.search(k) for k in keys):
+        architecture = "flux"
+    elif any(_SD3_KEY.search(k) for k in keys):
+        architecture = "sd3"
+    elif any(_TE2_KEY.search(k) or _SDXL_UNET_KEY.search(k) for k in keys):
+        architecture = "sdxl"
+    else:
+        width = _context_dim(tensors)
+        if width in _CONTEXT_DIM_ARCH:
+            architecture = _CONTEXT_DIM_ARCH[width]
+        elif width == 1024 or any(k.startswith("cond_stage_model.model.") for k in keys):
+            architecture = "unknown"  # SD 2.x: not an architecture the engine runs
+        elif any(_DEEP_TRANSFORMER.search(k) for k in keys if _UNET_KEY.search(k)):
+            architecture = "sdxl"
+        elif any(_UNET_KEY.search(k) for k in keys) or any(
+            k.startswith(("lora_te_", "cond_stage_model.transformer.")) for k in keys
+        ):
+            architecture = "sd15"
+    if architecture == "unknown":
+        architecture = _metadata_architecture(metadata) or "unknown"
+    return kind, architecture
+
+
+def trigger_words(metadata: dict[str, str], *, limit: int = 20) -> tuple[str, ...]:
+    """Tags from kohya's ``ss_tag_frequency`` summed over datasets, most frequent first."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        return ()
+    try:
+        datasets = json.loads(raw)
+    except json.JSONDecodeError:
+        return ()
+    totals: Counter[str] = Counter()
+    first_seen: dict[str, str] = {}
+    if not isinstance(datasets, dict):
+        return ()
+    for tags in datasets.values():
+        if not isinstance(tags, dict):
+            continue
+        for tag, count in tags.items():
+            clean = " ".join(str(tag).split())
+            if not clean or not isinstance(count, int | float):
+                continue
+            folded = clean.casefold()
+            first_seen.setdefault(folded, clean)
+            totals[folded] += count
+    ordered = sorted(totals, key=lambda t: (-totals[t], list(first_seen).index(t)))
+    return tuple(first_seen[t] for t in ordered[:limit])
+
+
+def _alpha(
+    path: Path, header_len: int, tensors: dict[str, dict[str, Any]], metadata: dict[str, str]
+) -> float | None:
+    values = []
+    for name, entry in tensors.items():
+        if name.endswith(".alpha"):
+            value = _read_scalar(path, header_len, entry)
+            if value is not None and math.isfinite(value):
+                values.append(round(value, 6))
+    if values:
+        return float(_most_common(values))
+    for key in ("ss_network_alpha",):
+        try:
+            return float(metadata[key])
+        except (KeyError, ValueError):
+            pass
+    raw = metadata.get("lora_adapter_metadata")
+    if raw:
+        try:
+            adapter = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        found = [v for k, v in _flatten(adapter) if k.endswith("lora_alpha")]
+        numbers = [float(v) for v in found if isinstance(v, int | float)]
+        if numbers:
+            return float(_most_common(numbers))
+    return None
+
+
+def _flatten(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, data
+
+
+def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
+    """Describe a safetensors file (or a diffusers pipeline folder) without loading tensors."""
+    path = Path(path)
+    shown = path.relative_to(relative_to).as_posix() if relative_to else path.name
+    if path.is_dir():
+        return _inspect_pipeline_folder(path, shown)
+    header, header_len = read_header(path)
+    metadata: dict[str, str] = header.get("__metadata__", {})
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    kind, architecture = classify(tensors, metadata)
+    sha256, after_header = file_hashes(path, header_len)
+    ranks = [
+        int(entry["shape"][0])
+        for name, entry in tensors.items()
+        if _DOWN_KEY.search(name) and len(entry["shape"]) >= 2
+    ]
+    is_lora = kind == "lora"
+    return FileInfo(
+        path=shown,
+        kind=kind,  # type: ignore[arg-type]
+        architecture=architecture,
+        size_bytes=path.stat().st_size,
+        sha256=sha256,
+        autov2=sha256[:10],
+        a1111_hash=after_header[:12],
+        rank=_most_common(ranks) if is_lora else None,
+        alpha=_alpha(path, header_len, tensors, metadata) if is_lora else None,
+        has_text_encoder=any(_TE_KEY.search(k) for k in tensors),
+        key_format=_key_format(list(tensors)) if is_lora else "unknown",
+        trigger_words=trigger_words(metadata),
+        output_name=metadata.get("ss_output_name") or None,
+        base_model_version=metadata.get("ss_base_model_version") or None,
+        metadata=dict(metadata),
+    )
+
+
+_PIPELINE_ARCH: dict[str, Architecture] = {
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+
+
+def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
+    """A diffusers folder is a model; its identity hash covers every weight file in it.
+
+    There is no single-file hash for a folder, so sha256 runs over the sorted relative names
+    and contents of its ``.safetensors`` files: stable, and it changes when any weight does.
+    """
+    index_path = folder / DIFFUSERS_INDEX
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EngineError(
+            ErrorCode.CORRUPT_FILE,
+            f"'{shown}' is a folder without a readable {DIFFUSERS_INDEX}; point at a "
+            "diffusers pipeline folder or a single .safetensors file",
+        ) from exc
+    architecture = _PIPELINE_ARCH.get(str(index.get("_class_name", "")), "unknown")
+    digest = hashlib.sha256()
+    weights_only = hashlib.sha256()
+    total = 0
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for file in files:
+        total += file.stat().st_size
+        if file.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
+            continue
+        if file.suffix.lower() != ".safetensors":
+            continue
+        _, header_len = read_header(file)
+        whole, after = file_hashes(file, header_len)
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + whole.encode())
+        weights_only.update(after.encode())
+    sha256 = digest.hexdigest()
+    return FileInfo(
+        path=shown,
+        kind="checkpoint",
+        architecture=architecture,
+        size_bytes=total,
+        sha256=sha256,
+        autov2=sha256[:10],
+        a1111_hash=weights_only.hexdigest()[:12],
+        has_text_encoder=(folder / "text_encoder").is_dir(),
+        metadata={"_class_name": str(index.get("_class_name", ""))},
+    )
+
+
+def inspect_path_for_cli(target: str) -> FileInfo:
+    """``python -m engine inspect FILE``: local operator use, so no folder confinement."""
+    path = Path(os.path.expanduser(target))
+    if not path.exists():
+        raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{target}' does not exist")
+    if path.is_file() and path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
+        raise EngineError(
+            ErrorCode.NOT_SAFETENSORS,
+            f"'{path.name}' is a pickled format and is never unpickled; convert to .safetensors",
+        )
+    return inspect_file(path)
