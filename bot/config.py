@@ -1,0 +1,135 @@
+"""Where the bot's settings come from: environment variables, optionally a TOML file.
+
+The environment wins over the file so a deployment can override one key without editing
+the file. Every key, its variable and its default (paste this table into the README):
+
+=========================  ==============================  ====================================
+TOML key                   Environment variable            Meaning (default)
+=========================  ==============================  ====================================
+``token``                  ``DISCORD_TOKEN``               Bot token (required to run for real)
+``data_dir``               ``ATELIER_DATA_DIR``            Folder for the SQLite file (``./var``)
+``database``               ``ATELIER_DATABASE``            SQLite path (``<data_dir>/atelier.sqlite3``)
+``engine_url``             ``ATELIER_ENGINE_URL``          Use a running engine; empty = spawn one
+``engine_port``            ``ATELIER_ENGINE_PORT``         Port of the spawned engine (``7861``)
+``model_dir``              ``ATELIER_MODEL_DIR``           Models folder for the spawned engine (``./models``)
+``lora_dir``               ``ATELIER_LORA_DIR``            LoRA folder for the spawned engine (``./loras``)
+``engine_python``          ``ATELIER_ENGINE_PYTHON``       Interpreter for the engine (this one)
+``engine_start_timeout``   ``ATELIER_ENGINE_START_TIMEOUT`` Seconds to wait for /health (``120``)
+``sync_guilds``            ``ATELIER_SYNC_GUILDS``         Comma-separated guild ids to sync commands
+                                                            to instantly; empty = global sync
+``status_interval``        ``ATELIER_STATUS_INTERVAL``     Min seconds between status edits (``2``)
+``max_pending``            ``ATELIER_MAX_PENDING``         Jobs the bot holds across all users (``500``)
+``log_level``              ``ATELIER_LOG_LEVEL``           ``INFO``
+=========================  ==============================  ====================================
+
+Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
+here: admins change them with ``/settings`` and they live in the database.
+Pass ``--config FILE`` or set ``ATELIER_CONFIG`` to read a TOML file (top-level keys or an
+``[atelier]`` table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ENV = {
+    "token": "DISCORD_TOKEN",
+    "data_dir": "ATELIER_DATA_DIR",
+    "database": "ATELIER_DATABASE",
+    "engine_url": "ATELIER_ENGINE_URL",
+    "engine_port": "ATELIER_ENGINE_PORT",
+    "model_dir": "ATELIER_MODEL_DIR",
+    "lora_dir": "ATELIER_LORA_DIR",
+    "engine_python": "ATELIER_ENGINE_PYTHON",
+    "engine_start_timeout": "ATELIER_ENGINE_START_TIMEOUT",
+    "sync_guilds": "ATELIER_SYNC_GUILDS",
+    "status_interval": "ATELIER_STATUS_INTERVAL",
+    "max_pending": "ATELIER_MAX_PENDING",
+    "log_level": "ATELIER_LOG_LEVEL",
+}
+
+
+class ConfigError(ValueError):
+    """A setting the bot cannot start with; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    token: str = ""
+    data_dir: Path = Path("var")
+    database: Path | None = None
+    engine_url: str = ""
+    engine_port: int = 7861
+    model_dir: Path = Path("models")
+    lora_dir: Path = Path("loras")
+    engine_python: str = ""
+    engine_start_timeout: float = 120.0
+    sync_guilds: tuple[int, ...] = ()
+    status_interval: float = 2.0
+    max_pending: int = 500
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "atelier.sqlite3"
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, config_file: str | Path | None = None
+    ) -> BotConfig:
+        """Merge defaults, then the TOML file, then the environment."""
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        path = config_file or env.get("ATELIER_CONFIG")
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file '{path}' does not exist; create it or unset ATELIER_CONFIG") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file '{path}' is not valid TOML: {exc}") from exc
+            table = data.get("atelier", data)
+            unknown = set(table) - set(_ENV)
+            if unknown:
+                raise ConfigError(
+                    f"unknown keys in '{path}': {sorted(unknown)}; known keys are {sorted(_ENV)}"
+                )
+            raw.update(table)
+        for key, var in _ENV.items():
+            if env.get(var, "") != "":
+                raw[key] = env[var]
+        return cls._coerce(raw)
+
+    @classmethod
+    def _coerce(cls, raw: dict[str, Any]) -> BotConfig:
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            kind = types[key]
+            try:
+                if key == "sync_guilds":
+                    if isinstance(value, str):
+                        value = [v for v in value.replace(" ", "").split(",") if v]
+                    values[key] = tuple(int(v) for v in value)
+                elif "Path" in str(kind):
+                    values[key] = Path(value).expanduser()
+                elif kind in ("int", int):
+                    values[key] = int(value)
+                elif kind in ("float", float):
+                    values[key] = float(value)
+                else:
+                    values[key] = str(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"setting '{key}' ({_ENV[key]}) has the value {value!r}, which is not a valid "
+                    f"{kind}; fix it in the environment or the config file"
+                ) from exc
+        return cls(**values)
