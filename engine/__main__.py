@@ -1,0 +1,129 @@
+"""``python -m engine serve | inspect FILE | build-demo --out DIR``.
+
+torch is imported only by ``serve`` (through the generator) and ``build-demo``, so inspecting
+a file answers in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from engine.config import EngineConfig, add_serve_arguments, config_from
+from engine.protocol import EngineError
+
+log = logging.getLogger("engine")
+
+
+async def serve(config: EngineConfig) -> None:
+    """Run the HTTP server until SIGINT/SIGTERM, then stop the queue and close cleanly."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from aiohttp import web
+
+    from engine.generate import Generator
+    from engine.jobs import JobManager
+    from engine.server import create_app
+
+    generator = Generator(
+        config.models,
+        config.loras,
+        device=config.device,
+        dtype=config.dtype,
+        cache_max_loras=config.cache_loras,
+        cache_max_bytes=config.cache_bytes,
+    )
+    app = create_app(JobManager(generator), models_root=config.models, loras_root=config.loras)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    if config.unix_socket:
+        _remove_socket(config.unix_socket)
+        site: web.BaseSite = web.UnixSite(runner, config.unix_socket)
+    else:
+        site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    address = config.address
+    if not config.unix_socket and config.port == 0:
+        sockets = getattr(site._server, "sockets", None) or []  # the OS chose the port
+        if sockets:
+            address = f"http://{config.host}:{sockets[0].getsockname()[1]}"
+    health = generator.health()
+    log.info(
+        "engine ready at %s (device %s, dtype %s; models %s, loras %s)",
+        address,
+        health.get("device"),
+        health.get("dtype"),
+        config.models,
+        config.loras,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("engine stopping")
+        await runner.cleanup()
+        if config.unix_socket:
+            _remove_socket(config.unix_socket)
+        log.info("engine stopped")
+
+
+def _remove_socket(path: str) -> None:
+    """A socket file left by a killed engine would make binding fail."""
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def _inspect(target: str) -> int:
+    from engine.inspect import inspect_path_for_cli
+
+    try:
+        info = inspect_path_for_cli(target)
+    except EngineError as exc:
+        print(json.dumps(exc.to_json(), indent=2))
+        return 2
+    print(json.dumps(info.to_json(), indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the generation engine's HTTP API")
+    add_serve_arguments(serve_parser)
+    inspect_parser = commands.add_parser("inspect", help="describe a .safetensors file")
+    inspect_parser.add_argument("file")
+    commands.add_parser("build-demo", help="build the tiny demo models and LoRAs", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+
+    if args.command == "build-demo":
+        from engine.builder import main as build_main
+
+        return int(build_main(rest) or 0)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.command == "inspect":
+        return _inspect(args.file)
+    try:
+        config = config_from(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The bot's handle on the engine process: a small async HTTP client, free of torch.
+
+The bot imports this module, so it may only depend on aiohttp and :mod:`engine.protocol`.
+Every failure comes back as an :class:`~engine.protocol.EngineError` with a stable code, so
+the bot has one kind of exception to turn into advice; a refused connection or a stream cut
+short means the engine is not running (or crashed), and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from engine.protocol import (
+    TERMINAL_EVENTS,
+    EngineError,
+    ErrorCode,
+    FileEntry,
+    FileInfo,
+    FileKind,
+    JobStatus,
+    Recipe,
+)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:7861"
+EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+
+
+def _unavailable(where: str, exc: BaseException) -> EngineError:
+    return EngineError(
+        ErrorCode.ENGINE_UNAVAILABLE,
+        f"the engine is not running or not reachable at {where} ({type(exc).__name__}: {exc}); "
+        "start it with `python -m engine serve` and check its address",
+    )
+
+
+class EngineClient:
+    """Talks to one engine over TCP (``base_url``) or a Unix socket (``unix_socket``)."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        unix_socket: str | None = None,
+        request_timeout_s: float = 60.0,
+    ) -> None:
+        self.unix_socket = unix_socket
+        self.base_url = (base_url or ("http://engine" if unix_socket else DEFAULT_BASE_URL)).rstrip(
+            "/"
+        )
+        self._where = f"unix:{unix_socket}" if unix_socket else self.base_url
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- session -----------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.UnixConnector(path=self.unix_socket) if self.unix_socket else None
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request; JSON answers decoded, error answers raised as EngineError."""
+        try:
+            async with self._http().request(
+                method, self.base_url + path, timeout=self._timeout, **kwargs
+            ) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    raise self._error_from(response.status, body)
+                if response.content_type == "application/json":
+                    return json.loads(body)
+                return body
+        except EngineError:
+            raise
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise _unavailable(self._where, exc) from exc
+
+    @staticmethod
+    def _error_from(status: int, body: bytes) -> EngineError:
+        try:
+            return EngineError.from_json(json.loads(body))
+        except (ValueError, AttributeError):
+            return EngineError(
+                ErrorCode.INTERNAL, f"the engine answered HTTP {status}: {body[:200]!r}"
+            )
+
+    # --- API ---------------------------------------------------------------------------
+
+    async def submit(self, job_id: str, recipe: Recipe) -> JobStatus:
+        data = await self._request("POST", "/jobs", json={"id": job_id, "recipe": recipe.to_json()})
+        return JobStatus.from_json(data)
+
+    async def status(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(await self._request("GET", f"/jobs/{_quote(job_id)}"))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(await self._request("POST", f"/jobs/{_quote(job_id)}/cancel"))
+
+    async def image(self, job_id: str, index: int) -> bytes:
+        data = await self._request("GET", f"/jobs/{_quote(job_id)}/images/{int(index)}")
+        if not isinstance(data, bytes):
+            raise EngineError(ErrorCode.INTERNAL, "the engine answered an image request with JSON")
+        return data
+
+    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every event of the job, past then live; ends after ``done`` or ``failed``.
+
+        A stream that ends without a terminal event means the engine went away mid-job.
+        """
+        url = f"{self.base_url}/jobs/{_quote(job_id)}/events"
+        try:
+            async with self._http().get(
+                url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+            ) as response:
+                if response.status >= 400:
+                    raise self._error_from(response.status, await response.read())
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    yield event
+                    if event.get("type") in TERMINAL_EVENTS:
+                        return
+        except EngineError:
+            raise
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise _unavailable(self._where, exc) from exc
+        raise EngineError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"the engine at {self._where} closed the event stream of job '{job_id}' before it "
+            "finished; it may have crashed (check its log) and the job can be submitted again",
+        )
+
+    async def run(
+        self, job_id: str, recipe: Recipe, on_event: EventCallback | None = None
+    ) -> list[bytes]:
+        """Submit, follow the job to its end, and fetch its images; raise if it failed."""
+        await self.submit(job_id, recipe)
+        async for event in self.events(job_id):
+            if on_event is not None:
+                outcome = on_event(event)
+                if outcome is not None:
+                    await outcome
+            if event["type"] == "failed":
+                raise EngineError.from_json(event)
+            if event["type"] == "done":
+                return [await self.image(job_id, n) for n in range(int(event["images"]))]
+        raise EngineError(ErrorCode.ENGINE_UNAVAILABLE, f"job '{job_id}' ended without a result")
+
+    async def health(self) -> dict[str, Any]:
+        return await self._request("GET", "/health")
+
+    async def inspect(self, kind: FileKind, path: str) -> FileInfo:
+        return FileInfo.from_json(
+            await self._request("POST", "/inspect", json={"kind": kind, "path": path})
+        )
+
+    async def list_files(self, kind: FileKind) -> list[FileEntry]:
+        data = await self._request("GET", "/files", params={"kind": kind})
+        return [FileEntry(path=f["path"], size_bytes=f["size_bytes"]) for f in data["files"]]
+
+    async def wait_ready(self, timeout: float = 60.0, *, interval: float = 0.2) -> dict[str, Any]:  # noqa: ASYNC109 (contract name)
+        """Poll ``/health`` until the engine answers (it spends a while importing torch)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await self.health()
+            except EngineError as exc:
+                if exc.code is not ErrorCode.ENGINE_UNAVAILABLE or time.monotonic() >= deadline:
+                    if exc.code is ErrorCode.ENGINE_UNAVAILABLE:
+                        raise EngineError(
+                            ErrorCode.ENGINE_UNAVAILABLE,
+                            f"the engine did not become ready within {timeout:g} s: {exc.message}",
+                        ) from exc
+                    raise
+            await asyncio.sleep(interval)
+
+
+def _quote(job_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(job_id, safe="")

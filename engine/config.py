@@ -1,0 +1,115 @@
+"""Settings of ``python -m engine serve``: command-line flags first, then environment.
+
+Every flag has an ``ATELIER_ENGINE_<NAME>`` twin so a container or a service manager can
+configure the engine without a command line; a flag given explicitly always wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "ATELIER_ENGINE_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7861
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """'2GiB', '512MB', '1.5G' or a plain byte count -> bytes (binary units for 'iB')."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a size; write e.g. 2GiB, 512MB or 1073741824")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    base = unit[:1] if unit[:1] in "KMGT" and unit else ""
+    factor = 1024 ** "KMGT".index(base) * 1024 if base and "I" in unit else _UNITS[base]
+    return int(number * factor)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    models: Path
+    loras: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    unix_socket: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_loras: int = 8
+    cache_bytes: int = 2 * 1024**3
+    log_level: str = "INFO"
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.unix_socket}" if self.unix_socket else f"http://{self.host}:{self.port}"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", help="folder of base models (.safetensors or diffusers)")
+    parser.add_argument("--loras", help="folder of LoRA .safetensors files")
+    parser.add_argument("--host", help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"TCP port (default {DEFAULT_PORT})")
+    parser.add_argument("--unix-socket", help="listen on this Unix socket instead of TCP")
+    parser.add_argument("--device", choices=DEVICES, help="where to run (default auto)")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights precision (default auto)")
+    parser.add_argument("--cache-loras", type=int, help="LoRAs kept loaded (default 8)")
+    parser.add_argument("--cache-bytes", help="bytes of LoRAs kept loaded (default 2GiB)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> EngineConfig:
+    """Merge parsed flags with ``ATELIER_ENGINE_*`` variables and validate the result."""
+    env = os.environ if env is None else env
+
+    def pick(name: str) -> str | None:
+        value = getattr(args, name, None)
+        if value is not None:
+            return str(value)
+        return env.get(ENV_PREFIX + name.upper()) or None
+
+    missing = [n for n in ("models", "loras") if pick(n) is None]
+    if missing:
+        flags = " and ".join(f"--{n} (or {ENV_PREFIX}{n.upper()})" for n in missing)
+        raise ValueError(f"the engine needs {flags}: the folders it may read files from")
+    models, loras = Path(pick("models") or ""), Path(pick("loras") or "")
+    for label, folder in (("models", models), ("loras", loras)):
+        if not folder.is_dir():
+            raise ValueError(f"the {label} folder '{folder}' does not exist")
+    device = pick("device") or "auto"
+    dtype = pick("dtype") or "auto"
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (got '{device}')")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (got '{dtype}')")
+    port = int(pick("port") or DEFAULT_PORT)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be from 0 to 65535 (got {port})")
+    cache_loras = int(pick("cache_loras") or 8)
+    if cache_loras < 1:
+        raise ValueError("--cache-loras must be at least 1")
+    return EngineConfig(
+        models=models.resolve(),
+        loras=loras.resolve(),
+        host=pick("host") or DEFAULT_HOST,
+        port=port,
+        unix_socket=pick("unix_socket"),
+        device=device,
+        dtype=dtype,
+        cache_loras=cache_loras,
+        cache_bytes=parse_size(pick("cache_bytes") or "2GiB"),
+        log_level=(pick("log_level") or "INFO").upper(),
+    )
+
+
+def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> EngineConfig:
+    parser = argparse.ArgumentParser(prog="python -m engine serve")
+    add_serve_arguments(parser)
+    return config_from(parser.parse_args(list(argv)), env)

@@ -1,0 +1,392 @@
+"""The engine's job queue: one GPU, one job at a time, in the order callers asked.
+
+Callers choose job ids so that a retried submit (a bot restart, a lost HTTP response) never
+runs the same generation twice. Every event of a job is kept so a late listener sees the whole
+story, and live listeners get each event as it happens. Images stay in memory only for a
+bounded time and number of jobs: the bot fetches them right away, and a long-running engine
+must not grow without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.protocol import (
+    TERMINAL_EVENTS,
+    EngineError,
+    ErrorCode,
+    JobState,
+    JobStatus,
+    Recipe,
+)
+
+log = logging.getLogger("engine.jobs")
+_JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class GenerationOutcome(Protocol):
+    images: list[bytes]
+    seeds: list[int]
+    timings: dict[str, float]
+
+
+class Runner(Protocol):
+    """What the queue needs from a generator; :class:`engine.generate.Generator` is one."""
+
+    def run(
+        self,
+        recipe: Recipe,
+        on_step: Callable[[int, int], None],
+        should_cancel: Callable[[], bool],
+    ) -> GenerationOutcome: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class RecipeLimits:
+    """Bounds that keep one request from monopolising or exhausting the engine."""
+
+    max_prompt_chars: int = 10_000
+    max_steps: int = 150
+    max_count: int = 8
+    max_side: int = 2048
+    min_side: int = 64
+    max_loras: int = 16
+    max_cfg: float = 30.0
+
+
+def validate_recipe(recipe: Recipe, limits: RecipeLimits = RecipeLimits()) -> None:
+    """Refuse a recipe that cannot run before it takes a place in the queue."""
+
+    def refuse(message: str) -> None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, message)
+
+    if not isinstance(recipe.model, str) or not recipe.model:
+        refuse("the recipe names no model")
+    for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
+        if not isinstance(text, str):
+            refuse(f"the {name} must be text")
+        if len(text) > limits.max_prompt_chars:
+            refuse(f"the {name} has {len(text)} characters; the limit is {limits.max_prompt_chars}")
+    if not isinstance(recipe.steps, int) or not 1 <= recipe.steps <= limits.max_steps:
+        refuse(f"steps must be a whole number from 1 to {limits.max_steps}")
+    if not isinstance(recipe.count, int) or not 1 <= recipe.count <= limits.max_count:
+        refuse(f"count must be from 1 to {limits.max_count}")
+    for side_name, side in (("width", recipe.width), ("height", recipe.height)):
+        if not isinstance(side, int) or not limits.min_side <= side <= limits.max_side:
+            refuse(f"{side_name} must be from {limits.min_side} to {limits.max_side} pixels")
+        if side % 8:
+            refuse(f"{side_name} must be a multiple of 8 (got {side})")
+    if not isinstance(recipe.cfg_scale, int | float) or not 0 <= recipe.cfg_scale <= limits.max_cfg:
+        refuse(f"cfg_scale must be from 0 to {limits.max_cfg}")
+    if not isinstance(recipe.seed, int) or not 0 <= recipe.seed < 2**63:
+        refuse("seed must be a whole number from 0 to 2^63-1")
+    if len(recipe.loras) > limits.max_loras:
+        refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
+    for lora in recipe.loras:
+        if not isinstance(lora.file, str) or not lora.file:
+            refuse("every LoRA needs a file")
+        if not isinstance(lora.weight, int | float) or not -10 <= lora.weight <= 10:
+            refuse(f"LoRA '{lora.file}' has weight {lora.weight}; use a value from -10 to 10")
+
+
+@dataclass
+class Job:
+    id: str
+    recipe: Recipe
+    state: JobState = "queued"
+    step: int = 0
+    total_steps: int = 0
+    images: list[bytes] = field(default_factory=list)
+    images_expired: bool = False
+    error: dict[str, str] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
+    cancel_requested: bool = False
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+
+class JobManager:
+    """FIFO queue in front of one runner, with replayable per-job event streams."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        limits: RecipeLimits = RecipeLimits(),
+        max_history: int = 1000,
+        max_queued: int = 500,
+        image_ttl_s: float = 1800.0,
+        max_jobs_with_images: int = 64,
+    ) -> None:
+        self.runner = runner
+        self.limits = limits
+        self.max_history = max_history
+        self.max_queued = max_queued
+        self.image_ttl_s = image_ttl_s
+        self.max_jobs_with_images = max_jobs_with_images
+        self._jobs: dict[str, Job] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self.running: Job | None = None
+        self.completed = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="engine-job-worker")
+
+    async def stop(self) -> None:
+        """Cancel what is queued, ask the running job to stop, and wait for the worker."""
+        for job_id in list(self._queue):
+            self.cancel(job_id)
+        if self.running is not None:
+            self.running.cancel_requested = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    # --- public operations -------------------------------------------------------------
+
+    def submit(self, job_id: str, recipe: Recipe) -> JobStatus:
+        existing = self._jobs.get(job_id)
+        if existing is not None:
+            return self._status(existing)
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise EngineError(
+                ErrorCode.INVALID_RECIPE,
+                "a job id must be 1 to 128 letters, digits or . _ : - (it goes in URLs)",
+            )
+        validate_recipe(recipe, self.limits)
+        if len(self._queue) >= self.max_queued:
+            raise EngineError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"the engine already has {len(self._queue)} jobs waiting; try again later",
+            )
+        job = Job(id=job_id, recipe=recipe, total_steps=recipe.steps * recipe.count)
+        self._jobs[job_id] = job
+        self._queue.append(job_id)
+        self._emit(job, {"type": "queued", "position": self._position(job)})
+        self._wakeup.set()
+        self._trim_history()
+        return self._status(job)
+
+    def status(self, job_id: str) -> JobStatus:
+        return self._status(self._get(job_id))
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Queued jobs leave at once; a running job stops at its next denoising step."""
+        job = self._get(job_id)
+        if job.state == "queued":
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job_id)
+            self._finish_cancelled(job)
+        elif job.state == "running":
+            job.cancel_requested = True
+        return self._status(job)
+
+    def image(self, job_id: str, index: int) -> bytes:
+        job = self._get(job_id)
+        self._expire_images()
+        if job.images_expired:
+            raise EngineError(
+                ErrorCode.UNKNOWN_JOB,
+                f"the images of job '{job_id}' are no longer kept (the engine keeps them "
+                f"{int(self.image_ttl_s)} s); run the recipe again to get them back",
+            )
+        if not 0 <= index < len(job.images):
+            raise EngineError(
+                ErrorCode.UNKNOWN_JOB,
+                f"job '{job_id}' has {len(job.images)} image(s) (state {job.state}); "
+                f"there is no image {index}",
+            )
+        return job.images[index]
+
+    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Every past event, then live ones, ending after the terminal event."""
+        job = self._get(job_id)
+        backlog = list(job.events)
+        listener: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        finished = bool(backlog) and backlog[-1]["type"] in TERMINAL_EVENTS
+        if not finished:
+            job.listeners.add(listener)
+        try:
+            for event in backlog:
+                yield event
+            if finished:
+                return
+            while True:
+                event = await listener.get()
+                yield event
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+        finally:
+            job.listeners.discard(listener)
+
+    def queue_info(self) -> dict[str, Any]:
+        return {
+            "queued": len(self._queue),
+            "running": self.running.id if self.running else None,
+            "completed": self.completed,
+        }
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise EngineError(
+                ErrorCode.UNKNOWN_JOB,
+                f"no job '{job_id}' (it was never submitted, or it is older than the "
+                f"{self.max_history} jobs the engine remembers)",
+            )
+        return job
+
+    def _position(self, job: Job) -> int:
+        if job.state != "queued":
+            return 0
+        try:
+            ahead = self._queue.index(job.id)
+        except ValueError:
+            return 0
+        return ahead + (1 if self.running is not None else 0)
+
+    def _status(self, job: Job) -> JobStatus:
+        return JobStatus(
+            id=job.id,
+            state=job.state,
+            position=self._position(job),
+            step=job.step,
+            total_steps=job.total_steps,
+            images=len(job.images),
+            error=job.error,
+        )
+
+    def _emit(self, job: Job, event: dict[str, Any]) -> None:
+        event = {"type": event["type"], "job": job.id, **event}
+        job.events.append(event)
+        for listener in list(job.listeners):
+            listener.put_nowait(event)
+
+    def _finish_cancelled(self, job: Job) -> None:
+        job.state = "cancelled"
+        job.error = {"code": ErrorCode.CANCELLED.value, "message": "the job was cancelled"}
+        job.finished_at = time.monotonic()
+        self._emit(job, {"type": "failed", "error": dict(job.error)})
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            job = self._jobs[self._queue.popleft()]
+            self.running = job
+            try:
+                await self._run_one(job, loop)
+            except Exception:  # the worker must survive anything a job does
+                log.exception("job %s crashed the worker loop", job.id)
+            finally:
+                self.running = None
+                self.completed += 1
+                self._expire_images()
+
+    async def _run_one(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        job.state = "running"
+        self._emit(job, {"type": "started"})
+
+        def on_step(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(self._progress, job, done, total)
+
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(
+                self.runner.run, job.recipe, on_step, lambda: job.cancel_requested
+            )
+        except EngineError as exc:
+            if exc.code is ErrorCode.CANCELLED:
+                self._finish_cancelled(job)
+            else:
+                self._fail(job, exc.code, exc.message)
+            return
+        except Exception as exc:
+            code, message = _classify_crash(exc)
+            if code is ErrorCode.INTERNAL:
+                log.exception("job %s failed", job.id)
+            self._fail(job, code, message)
+            return
+        job.images = list(result.images)
+        job.state = "done"
+        job.finished_at = time.monotonic()
+        seconds = time.perf_counter() - started
+        timings = {k: round(float(v), 6) for k, v in dict(result.timings).items()}
+        self._emit(
+            job,
+            {
+                "type": "done",
+                "images": len(job.images),
+                "seconds": round(seconds, 6),
+                "timings": timings,
+                "seeds": list(result.seeds),
+            },
+        )
+
+    def _progress(self, job: Job, done: int, total: int) -> None:
+        if job.finished:
+            return
+        job.step, job.total_steps = done, total
+        self._emit(job, {"type": "progress", "step": done, "total": total})
+
+    def _fail(self, job: Job, code: ErrorCode, message: str) -> None:
+        job.state = "failed"
+        job.error = {"code": code.value, "message": message}
+        job.finished_at = time.monotonic()
+        self._emit(job, {"type": "failed", "error": dict(job.error)})
+
+    def _expire_images(self) -> None:
+        now = time.monotonic()
+        holding = [j for j in self._jobs.values() if j.images]
+        holding.sort(key=lambda j: j.finished_at or now)
+        excess = len(holding) - self.max_jobs_with_images
+        for index, job in enumerate(holding):
+            too_old = job.finished_at is not None and now - job.finished_at > self.image_ttl_s
+            if index < excess or too_old:
+                job.images = []
+                job.images_expired = True
+
+    def _trim_history(self) -> None:
+        if len(self._jobs) <= self.max_history:
+            return
+        for job_id in [j.id for j in self._jobs.values() if j.finished]:
+            if len(self._jobs) <= self.max_history:
+                break
+            del self._jobs[job_id]
+
+
+def _classify_crash(exc: BaseException) -> tuple[ErrorCode, str]:
+    """Out-of-memory deserves its own advice; anything else is an engine bug to report."""
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in text:
+        return (
+            ErrorCode.OUT_OF_MEMORY,
+            "the engine ran out of memory; try a smaller size, fewer images or fewer LoRAs",
+        )
+    return ErrorCode.INTERNAL, f"the engine failed unexpectedly ({name}: {text})"

@@ -1,0 +1,245 @@
+"""The engine's HTTP face: the API described in :mod:`engine.protocol`, nothing more.
+
+It listens on loopback or a Unix socket by default because anyone who can reach it can spend
+the GPU; files are reachable only inside the configured model and LoRA folders, and request
+bodies are small and bounded, so a bad client cannot make the engine read or allocate much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.inspect import inspect_file
+from engine.jobs import JobManager
+from engine.paths import list_files, resolve_within
+from engine.protocol import EngineError, ErrorCode, Recipe
+
+log = logging.getLogger("engine.server")
+
+MAX_BODY_BYTES = 256 * 1024
+HEALTH_RUNNER_TIMEOUT_S = 2.0
+
+_HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_RECIPE: 400,
+    ErrorCode.OUTSIDE_FOLDER: 403,
+    ErrorCode.UNKNOWN_FILE: 404,
+    ErrorCode.UNKNOWN_JOB: 404,
+    ErrorCode.CANCELLED: 409,
+    ErrorCode.NOT_SAFETENSORS: 415,
+    ErrorCode.CORRUPT_FILE: 422,
+    ErrorCode.ARCH_MISMATCH: 422,
+    ErrorCode.LORA_NO_MATCH: 422,
+    ErrorCode.OUT_OF_MEMORY: 507,
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}
+
+MANAGER_KEY = web.AppKey("manager", JobManager)
+FOLDERS_KEY = web.AppKey("folders", dict)
+STARTED_KEY = web.AppKey("started", float)
+
+
+def error_response(error: EngineError) -> web.Response:
+    return web.json_response(error.to_json(), status=_HTTP_STATUS.get(error.code, 500))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            EngineError(
+                ErrorCode.INVALID_RECIPE,
+                f"the request body is larger than the {MAX_BODY_BYTES} bytes the engine accepts",
+            )
+        )
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            code = ErrorCode.UNKNOWN_JOB if exc.status == 404 else ErrorCode.INVALID_RECIPE
+            return web.json_response(
+                EngineError(code, f"{request.method} {request.path}: {exc.reason}").to_json(),
+                status=exc.status,
+            )
+        raise
+    except Exception as exc:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            EngineError(ErrorCode.INTERNAL, f"the engine failed on this request ({exc!r})")
+        )
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE, f"the request body is not JSON ({exc})"
+        ) from exc
+    if not isinstance(body, dict):
+        raise EngineError(ErrorCode.INVALID_RECIPE, "the request body must be a JSON object")
+    return body
+
+
+def _recipe(data: Any) -> Recipe:
+    if not isinstance(data, dict):
+        raise EngineError(ErrorCode.INVALID_RECIPE, "'recipe' must be a JSON object")
+    try:
+        return Recipe.from_json(data)
+    except EngineError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"the recipe is malformed: {exc}") from exc
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    job_id = body.get("id")
+    if not isinstance(job_id, str) or not job_id:
+        raise EngineError(ErrorCode.INVALID_RECIPE, "the job needs a string 'id'")
+    manager = request.app[MANAGER_KEY]
+    try:
+        return web.json_response(manager.status(job_id).to_json(), status=200)
+    except EngineError:
+        pass
+    status = manager.submit(job_id, _recipe(body.get("recipe")))
+    return web.json_response(status.to_json(), status=202)
+
+
+async def job_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MANAGER_KEY].status(request.match_info["id"]).to_json())
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    manager = request.app[MANAGER_KEY]
+    events = manager.events(request.match_info["id"])
+    manager.status(request.match_info["id"])  # raise UNKNOWN_JOB before the 200 goes out
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    try:
+        async for event in events:
+            await response.write(json.dumps(event).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        await events.aclose()
+        raise
+    await response.write_eof()
+    return response
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    return web.json_response(request.app[MANAGER_KEY].cancel(request.match_info["id"]).to_json())
+
+
+async def job_image(request: web.Request) -> web.Response:
+    try:
+        index = int(request.match_info["n"])
+    except ValueError as exc:
+        raise EngineError(ErrorCode.UNKNOWN_JOB, "the image number must be an integer") from exc
+    data = request.app[MANAGER_KEY].image(request.match_info["id"], index)
+    return web.Response(body=data, content_type="image/png")
+
+
+def _folder(request: web.Request, kind: Any) -> Path:
+    folders = request.app[FOLDERS_KEY]
+    if kind not in folders:
+        raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora' or 'model'")
+    return folders[kind]
+
+
+async def inspect(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    kind = body.get("kind")
+    root = _folder(request, kind)
+    relative = body.get("path")
+    if not isinstance(relative, str):
+        raise EngineError(ErrorCode.UNKNOWN_FILE, "'path' must be a path relative to the folder")
+    path = resolve_within(root, relative, allow_dir=kind == "model")
+    info = await asyncio.to_thread(inspect_file, path, relative_to=root.resolve())
+    return web.json_response(info.to_json())
+
+
+async def files(request: web.Request) -> web.Response:
+    kind = request.query.get("kind")
+    root = _folder(request, kind)
+    entries = await asyncio.to_thread(list_files, root, include_pipeline_folders=kind == "model")
+    return web.json_response(
+        {"files": [{"path": e.path, "size_bytes": e.size_bytes} for e in entries]}
+    )
+
+
+def memory_report() -> dict[str, Any]:
+    """RSS always; CUDA figures only when torch is already loaded (never import it here)."""
+    report: dict[str, Any] = {"rss_bytes": _rss_bytes()}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        report["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated())
+        report["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved())
+        report["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return report
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+async def health(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    try:
+        runner = await asyncio.wait_for(
+            asyncio.to_thread(manager.runner.health), HEALTH_RUNNER_TIMEOUT_S
+        )
+    except TimeoutError:
+        runner = {"note": "the generator is busy; its details are not available right now"}
+    folders = request.app[FOLDERS_KEY]
+    report = {
+        "status": "ok",
+        **runner,
+        "queue": manager.queue_info(),
+        "memory": {**memory_report(), **runner.get("memory", {})},
+        "folders": {kind: str(path) for kind, path in folders.items()},
+        "uptime_s": round(time.monotonic() - request.app[STARTED_KEY], 3),
+        "pid": os.getpid(),
+    }
+    return web.json_response(report)
+
+
+def create_app(manager: JobManager, *, models_root: Path, loras_root: Path) -> web.Application:
+    """The aiohttp application; the job worker starts and stops with it."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+    app[MANAGER_KEY] = manager
+    app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root)}
+    app[STARTED_KEY] = time.monotonic()
+
+    async def lifecycle(app: web.Application) -> Any:
+        await manager.start()
+        yield
+        await manager.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/jobs", submit_job)
+    app.router.add_get("/jobs/{id}", job_status)
+    app.router.add_get("/jobs/{id}/events", job_events)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)
+    app.router.add_get("/jobs/{id}/images/{n}", job_image)
+    app.router.add_get("/health", health)
+    app.router.add_post("/inspect", inspect)
+    app.router.add_get("/files", files)
+    return app
