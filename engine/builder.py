@@ -1,0 +1,645 @@
+"""Build demo models and LoRAs offline: real SD 1.5 / SDXL architectures, seeded random weights.
+
+Nothing can be downloaded here, yet the demo, the tests and the GPU benchmarks all need real
+files that go through the exact code paths a user's files take. So this module instantiates the
+real diffusers/transformers classes, fills them with deterministic random weights and saves them
+the way they appear in the wild: SD 1.5 as one single-file checkpoint in the original (ldm/A1111)
+key layout, SDXL as a diffusers folder, LoRAs in diffusers/PEFT and kohya key formats.
+
+``size="tiny"`` keeps every tensor small (seconds to build, a 512x512 image in about a second
+on a CPU); ``size="full"`` uses the shipped real configs for speed measurements on a GPU.
+
+    python -m engine.builder --out demo-assets [--size full] [--arch sd15 --arch sdxl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Bump when the files the builder writes change, so old builds are rebuilt.
+BUILD_VERSION = 3
+STAMP_FILE = "atelier-build.json"
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
+Size = Literal["tiny", "full"]
+
+#: SAI model-spec architecture names (what kohya's sd-scripts writes), per architecture.
+MODELSPEC = {
+    "sd15": "stable-diffusion-v1",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+
+
+@dataclass(frozen=True)
+class DemoLora:
+    """One LoRA of the demo manifest (what the bot's registry seeds itself with)."""
+
+    name: str
+    file: str
+    architecture: str
+    trigger_words: tuple[str, ...]
+    has_text_encoder: bool
+    key_format: str
+    description: str
+    #: "demo" LoRAs are for people; "test" ones exist to exercise refusals and equivalences.
+    purpose: str = "demo"
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    model_root: Path
+    lora_root: Path
+    models: dict[str, str]
+    loras: list[DemoLora] = field(default_factory=list)
+
+    def lora(self, name: str) -> DemoLora:
+        for lora in self.loras:
+            if lora.name == name:
+                return lora
+        raise KeyError(f"no demo LoRA named {name!r}; have {[lo.name for lo in self.loras]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+def _read_config(arch: str, component: str) -> dict[str, Any]:
+    path = CONFIG_ROOT / arch / component
+    path = path / "scheduler_config.json" if component == "scheduler" else path / "config.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _tiny_text_encoder(*, pad_token_id: int, projection: bool = False) -> dict[str, Any]:
+    from engine.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, VOCAB_SIZE
+
+    return {
+        "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 5,
+        "projection_dim": 32,
+        "hidden_act": "gelu" if projection else "quick_gelu",
+        "max_position_embeddings": MAX_LENGTH,
+        "vocab_size": VOCAB_SIZE,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": pad_token_id,
+        "layer_norm_eps": 1e-5,
+        "model_type": "clip_text_model",
+    }
+
+
+#: Four VAE blocks, like the real one, so latents are 1/8 of the image and sizes are real.
+_TINY_VAE = {
+    "block_out_channels": [8, 16, 32, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+}
+_TINY_UNET_COMMON = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
+
+
+def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
+    """The config of every component (the real one, or its tiny variant)."""
+    configs = {c: _read_config(arch, c) for c in ("scheduler", "unet", "vae", "text_encoder")}
+    if arch == "sdxl":
+        configs["text_encoder_2"] = _read_config(arch, "text_encoder_2")
+    if size == "full":
+        return configs
+    configs["vae"].update(_TINY_VAE)
+    unet = configs["unet"]
+    unet.update(_TINY_UNET_COMMON)
+    if arch == "sd15":
+        unet.update(cross_attention_dim=32, attention_head_dim=8)
+        configs["text_encoder"] = _tiny_text_encoder(pad_token_id=49407)
+    else:
+        unet.update(
+            cross_attention_dim=64,
+            attention_head_dim=[2, 4],
+            transformer_layers_per_block=[1, 2],
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+        )
+        configs["text_encoder"] = _tiny_text_encoder(pad_token_id=49407)
+        configs["text_encoder_2"] = _tiny_text_encoder(pad_token_id=0, projection=True)
+    return configs
+
+
+def write_config_folder(folder: Path, arch: str, configs: dict[str, dict[str, Any]]) -> Path:
+    """A diffusers pipeline folder without weights: what ``from_single_file(config=...)`` reads."""
+    from engine.tokenizer import write_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(CONFIG_ROOT / arch / "model_index.json", folder / "model_index.json")
+    for component, config in configs.items():
+        sub = folder / component
+        sub.mkdir(exist_ok=True)
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        (sub / name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_tokenizer(folder / "tokenizer")
+    if arch == "sdxl":
+        write_tokenizer(folder / "tokenizer_2", pad_token="!")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def _seeded(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def build_components(arch: str, size: Size, seed: int) -> dict[str, Any]:
+    """Instantiate every torch component of the pipeline with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = component_configs(arch, size)
+    components: dict[str, Any] = {}
+    _seeded(seed * 100 + 1)
+    components["unet"] = UNet2DConditionModel.from_config(configs["unet"])
+    _seeded(seed * 100 + 2)
+    components["vae"] = AutoencoderKL.from_config(configs["vae"])
+    _seeded(seed * 100 + 3)
+    components["text_encoder"] = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    if arch == "sdxl":
+        _seeded(seed * 100 + 4)
+        config = CLIPTextConfig(**configs["text_encoder_2"])
+        components["text_encoder_2"] = CLIPTextModelWithProjection(config)
+    if size == "tiny":
+        _liven_up(components, seed)
+    else:
+        # Half precision halves the files; GPU benchmarks run in fp16 anyway.
+        for module in components.values():
+            for param in module.parameters():
+                param.data = param.data.to(torch.float16)
+    for module in components.values():
+        module.eval()
+    return components
+
+
+def _liven_up(components: dict[str, Any], seed: int) -> None:
+    """Make the tiny models' outputs depend visibly on the prompt and the latents.
+
+    Freshly initialised networks are nearly silent (zero-ish output convs, tiny attention
+    projections), so a LoRA would change a few pixel values at best. Widening a few weights
+    keeps the maths honest while giving images with structure and colour.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 100 + 9)
+    with torch.no_grad():
+        for name, param in components["unet"].named_parameters():
+            if name.startswith("conv_out") and name.endswith("weight"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+        vae = components["vae"]
+        for name, param in vae.decoder.named_parameters():
+            if name.startswith("conv_out") and name.endswith("weight"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def _vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """diffusers AutoencoderKL keys -> the original ``first_stage_model`` layout."""
+    blocks = len(config["block_out_channels"])
+    out: dict[str, Any] = {}
+    attn_names = {
+        "group_norm": "norm",
+        "to_q": "q",
+        "to_k": "k",
+        "to_v": "v",
+        "to_out.0": "proj_out",
+    }
+    for key, tensor in state.items():
+        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+        for side in ("encoder", "decoder"):
+            new = new.replace(f"{side}.mid_block.resnets.0.", f"{side}.mid.block_1.")
+            new = new.replace(f"{side}.mid_block.resnets.1.", f"{side}.mid.block_2.")
+            if new.startswith(f"{side}.mid_block.attentions.0."):
+                rest = new.removeprefix(f"{side}.mid_block.attentions.0.")
+                module, _, param = rest.rpartition(".")
+                new = f"{side}.mid.attn_1.{attn_names[module]}.{param}"
+                if tensor.ndim == 2:
+                    tensor = tensor[:, :, None, None]
+        for i in range(blocks):
+            new = new.replace(f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block.")
+            new = new.replace(
+                f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."
+            )
+            ldm = blocks - 1 - i
+            new = new.replace(f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{ldm}.block.")
+            new = new.replace(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{ldm}.upsample.")
+        out["first_stage_model." + new] = tensor
+    return out
+
+
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP_TO_LDM = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
+def unet_module_to_ldm(module: str, config: dict[str, Any]) -> str:
+    """A diffusers UNet module path -> its original (ldm/sgm) path, e.g. for kohya SDXL keys."""
+    layers = config["layers_per_block"]
+    parts = module.split(".")
+    if module in _UNET_TOP_TO_LDM:
+        return _UNET_TOP_TO_LDM[module]
+    head = parts[0]
+    if head == "down_blocks":
+        block, kind, index = int(parts[1]), parts[2], int(parts[3])
+        rest = parts[4:]
+        if kind == "downsamplers":
+            prefix = f"input_blocks.{(block + 1) * (layers + 1)}.0"
+            rest = ["op"] + rest[1:]
+        else:
+            prefix = f"input_blocks.{block * (layers + 1) + index + 1}.{0 if kind == 'resnets' else 1}"
+    elif head == "mid_block":
+        kind, index = parts[1], int(parts[2])
+        rest = parts[3:]
+        prefix = f"middle_block.{2 * index if kind == 'resnets' else 1}"
+    elif head == "up_blocks":
+        block, kind, index = int(parts[1]), parts[2], int(parts[3])
+        rest = parts[4:]
+        if kind == "upsamplers":
+            has_attention = "CrossAttn" in config["up_block_types"][block]
+            prefix = f"output_blocks.{block * (layers + 1) + layers}.{2 if has_attention else 1}"
+        else:
+            prefix = f"output_blocks.{block * (layers + 1) + index}.{0 if kind == 'resnets' else 1}"
+    else:
+        raise ValueError(f"no ldm name for UNet module {module!r}")
+    if parts[2:3] == ["resnets"] or parts[1:2] == ["resnets"]:
+        rest = [_RESNET_TO_LDM.get(rest[0], rest[0])] + rest[1:]
+    return ".".join([prefix, *rest])
+
+
+def _unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        out[f"model.diffusion_model.{unet_module_to_ldm(module, config)}.{param}"] = tensor
+    return out
+
+
+def save_single_file(components: dict[str, Any], path: Path, arch: str) -> None:
+    """Save SD 1.5 the way A1111/civitai checkpoints are laid out (one ldm-keyed file)."""
+    from safetensors.torch import save_file
+
+    if arch != "sd15":
+        raise ValueError("only SD 1.5 is written as a single file")
+    state: dict[str, Any] = {}
+    state.update(_unet_to_ldm(components["unet"].state_dict(), dict(components["unet"].config)))
+    state.update(_vae_to_ldm(components["vae"].state_dict(), dict(components["vae"].config)))
+    text_model = components["text_encoder"].state_dict()
+    for key, tensor in text_model.items():
+        key = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + key] = tensor
+    state = {k: v.contiguous() for k, v in state.items()}
+    metadata = {"modelspec.architecture": MODELSPEC[arch], "modelspec.title": path.stem}
+    save_file(state, str(path), metadata=metadata)
+
+
+def save_diffusers_folder(components: dict[str, Any], folder: Path, arch: str, size: Size) -> None:
+    write_config_folder(folder, arch, component_configs(arch, size))
+    for name, module in components.items():
+        module.save_pretrained(str(folder / name), safe_serialization=True)
+
+
+def config_sidecar(checkpoint: Path) -> Path:
+    """Where a single-file checkpoint's own configs live (hidden, so listings skip it)."""
+    return checkpoint.with_name(f".{checkpoint.name}.config")
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRAs
+
+
+@dataclass
+class LoraLayer:
+    """One LoRA pair for one linear layer, named as diffusers names the layer."""
+
+    component: str  # "unet", "text_encoder", "text_encoder_2"
+    module: str  # module path inside that component (text encoders: without "text_model.")
+    down: Any  # A, shape (rank, in_features)
+    up: Any  # B, shape (out_features, rank)
+    alpha: float
+
+
+_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _linear_modules(module: Any, suffixes: Sequence[str]) -> Iterator[tuple[str, Any]]:
+    import torch
+
+    for name, child in module.named_modules():
+        if isinstance(child, torch.nn.Linear) and name.endswith(tuple("." + s for s in suffixes)):
+            yield name, child
+
+
+def make_lora_layers(
+    components: dict[str, Any],
+    *,
+    seed: int,
+    rank: int = 4,
+    alpha: float = 4.0,
+    text_encoder: bool = False,
+    strength: float = 1.0,
+) -> list[LoraLayer]:
+    """Random LoRA pairs for every attention projection, big enough to change the image."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    targets = [("unet", _UNET_TARGETS)]
+    if text_encoder:
+        targets += [(c, _TE_TARGETS) for c in ("text_encoder", "text_encoder_2") if c in components]
+    layers = []
+    for component, suffixes in targets:
+        for name, linear in _linear_modules(components[component], suffixes):
+            name = name.removeprefix("text_model.")
+            down = torch.randn((rank, linear.in_features), generator=generator)
+            down /= linear.in_features**0.5
+            up = torch.randn((linear.out_features, rank), generator=generator)
+            up *= strength * (rank / alpha) / rank**0.5
+            layers.append(LoraLayer(component, name, down, up, alpha))
+    return layers
+
+
+def _te_key(module: str) -> str:
+    return "text_model." + module
+
+
+def diffusers_state_dict(layers: list[LoraLayer]) -> dict[str, Any]:
+    """PEFT-style keys as diffusers' ``save_lora_weights`` writes them (alpha folded into B).
+
+    The diffusers format has no per-layer alpha: scaling is 1 unless adapter metadata says
+    otherwise, so B is pre-multiplied by alpha/rank, exactly representing the same LoRA.
+    """
+    state = {}
+    for layer in layers:
+        rank = layer.down.shape[0]
+        module = layer.module if layer.component == "unet" else _te_key(layer.module)
+        prefix = f"{layer.component}.{module}"
+        state[f"{prefix}.lora_A.weight"] = layer.down.contiguous()
+        state[f"{prefix}.lora_B.weight"] = (layer.up * (layer.alpha / rank)).contiguous()
+    return state
+
+
+def kohya_state_dict(
+    layers: list[LoraLayer], arch: str, unet_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """kohya sd-scripts keys: ``lora_unet_…``/``lora_te…`` with ``lora_down``/``lora_up``/``alpha``.
+
+    SD 1.5 kohya files name UNet layers the diffusers way; SDXL ones use the original (sgm)
+    ``input_blocks``/``output_blocks`` names, so SDXL files here do too.
+    """
+    import torch
+
+    te_prefix = {"text_encoder": "lora_te1_" if arch == "sdxl" else "lora_te_", "text_encoder_2": "lora_te2_"}
+    state = {}
+    for layer in layers:
+        if layer.component == "unet":
+            module = layer.module
+            if arch == "sdxl" and unet_config is not None:
+                module = unet_module_to_ldm(module, unet_config)
+            name = "lora_unet_" + module.replace(".", "_")
+        else:
+            name = te_prefix[layer.component] + _te_key(layer.module).replace(".", "_")
+        state[f"{name}.lora_down.weight"] = layer.down.contiguous()
+        state[f"{name}.lora_up.weight"] = layer.up.contiguous()
+        state[f"{name}.alpha"] = torch.tensor(float(layer.alpha))
+    return state
+
+
+def kohya_metadata(arch: str, output_name: str, tags: dict[str, int], rank: int, alpha: float) -> dict[str, str]:
+    """Training metadata the way sd-scripts writes it (every value a string)."""
+    return {
+        "ss_base_model_version": BASE_MODEL_VERSION[arch],
+        "ss_output_name": output_name,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_tag_frequency": json.dumps({f"10_{output_name}": tags}),
+        "ss_training_comment": "atelier demo LoRA: random weights, not trained",
+        "modelspec.architecture": f"{MODELSPEC[arch]}/lora",
+        "modelspec.title": output_name,
+    }
+
+
+def _save(state: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+
+
+def flux_lora_state_dict(seed: int) -> dict[str, Any]:
+    """A few FLUX transformer LoRA keys: a file no SD model has layers for."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for block in range(2):
+        for proj in ("to_q", "to_k", "to_v"):
+            prefix = f"transformer.single_transformer_blocks.{block}.attn.{proj}"
+            state[f"{prefix}.lora_A.weight"] = torch.randn((4, 3072), generator=generator)
+            state[f"{prefix}.lora_B.weight"] = torch.randn((3072, 4), generator=generator)
+    return state
+
+
+def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: int) -> list[DemoLora]:
+    """The demo set for one architecture, plus the test-only twins."""
+    folder = lora_root / arch
+    folder.mkdir(parents=True, exist_ok=True)
+    xl = "-xl" if arch == "sdxl" else ""
+    spec = {"modelspec.architecture": f"{MODELSPEC[arch]}/lora"}
+    unet_config = dict(components["unet"].config)
+    loras: list[DemoLora] = []
+
+    def add(name: str, file: str, **kwargs: Any) -> None:
+        loras.append(DemoLora(name=name, file=f"{arch}/{file}", architecture=arch, **kwargs))
+
+    base = seed * 1000 + (0 if arch == "sd15" else 500)
+
+    # 1. watercolor: diffusers/PEFT format, UNet and text encoder(s).
+    layers = make_lora_layers(components, seed=base + 1, rank=4, alpha=4, text_encoder=True)
+    _save(diffusers_state_dict(layers), folder / f"watercolor{xl}.safetensors", dict(spec, **{"modelspec.title": "watercolor"}))
+    add(f"watercolor{xl}", f"watercolor{xl}.safetensors", trigger_words=("watercolor",), has_text_encoder=True,
+        key_format="diffusers", description="Soft washes of colour that bleed at the edges, like paint on wet paper.")
+
+    # 2. pixel-art: kohya format with training metadata, UNet only.
+    layers = make_lora_layers(components, seed=base + 2, rank=8, alpha=4, text_encoder=False)
+    tags = {"pixel art": 40, "8-bit": 25, "sprite": 12}
+    metadata = kohya_metadata(arch, f"pixel-art{xl}", tags, rank=8, alpha=4)
+    _save(kohya_state_dict(layers, arch, unet_config), folder / f"pixel-art{xl}.safetensors", metadata)
+    add(f"pixel-art{xl}", f"pixel-art{xl}.safetensors", trigger_words=("pixel art", "8-bit"), has_text_encoder=False,
+        key_format="kohya", description="Chunky pixels and a tiny palette, like a 90s console sprite.")
+
+    # 3. a character: kohya format, UNet and text encoder(s), training metadata.
+    layers = make_lora_layers(components, seed=base + 3, rank=4, alpha=2, text_encoder=True)
+    tags = {"captain nova": 30, "red scarf": 18, "space helmet": 9}
+    metadata = kohya_metadata(arch, f"captain-nova{xl}", tags, rank=4, alpha=2)
+    _save(kohya_state_dict(layers, arch, unet_config), folder / f"captain-nova{xl}.safetensors", metadata)
+    add(f"captain-nova{xl}", f"captain-nova{xl}.safetensors", trigger_words=("captain nova",), has_text_encoder=True,
+        key_format="kohya", description="Captain Nova, a cheerful space explorer with a red scarf.")
+
+    # 4. test twins: the same LoRA in both key formats (alpha != rank to exercise scaling).
+    layers = make_lora_layers(components, seed=base + 4, rank=4, alpha=2, text_encoder=True)
+    _save(kohya_state_dict(layers, arch, unet_config), folder / "twin-kohya.safetensors", {})
+    _save(diffusers_state_dict(layers), folder / "twin-diffusers.safetensors", {})
+    for fmt in ("kohya", "diffusers"):
+        add(f"twin-{fmt}{xl}", f"twin-{fmt}.safetensors", trigger_words=(), has_text_encoder=True, key_format=fmt,
+            description=f"Test twin in {fmt} key format (same weights as its twin).", purpose="test")
+
+    # 5. test: keys that match nothing in an SD model.
+    _save(flux_lora_state_dict(base + 5), folder / "flux-only.safetensors", {"modelspec.architecture": "flux-1-dev/lora"})
+    add(f"flux-only{xl}", "flux-only.safetensors", trigger_words=(), has_text_encoder=False, key_format="diffusers",
+        description="Test: a FLUX LoRA, whose keys match no SD layer.", purpose="test")
+    return loras
+
+
+# ---------------------------------------------------------------------------------------------
+# The build
+
+
+def _options(size: Size, architectures: Sequence[str], seed: int, with_loras: bool) -> dict[str, Any]:
+    return {
+        "version": BUILD_VERSION,
+        "size": size,
+        "architectures": sorted(architectures),
+        "seed": seed,
+        "with_loras": with_loras,
+    }
+
+
+def model_file_name(arch: str, size: Size) -> str:
+    return f"{arch}-{size}.safetensors" if arch == "sd15" else f"{arch}-{size}"
+
+
+def _assets_from_stamp(out_dir: Path, stamp: dict[str, Any]) -> DemoAssets:
+    return DemoAssets(
+        model_root=out_dir / "models",
+        lora_root=out_dir / "loras",
+        models=dict(stamp["models"]),
+        loras=[DemoLora(**{**lo, "trigger_words": tuple(lo["trigger_words"])}) for lo in stamp["loras"]],
+    )
+
+
+def build_demo_assets(
+    out_dir: Path,
+    *,
+    size: Size = "tiny",
+    architectures: Sequence[str] = ("sd15", "sdxl"),
+    seed: int = 0,
+    with_loras: bool = True,
+) -> DemoAssets:
+    """Build (or reuse) models under ``out_dir/models`` and LoRAs under ``out_dir/loras``.
+
+    Idempotent: a complete build with the same options is returned without touching it; an
+    incomplete or different one is rebuilt from scratch. The stamp is written last, so a
+    build interrupted half-way is never mistaken for a complete one.
+    """
+    out_dir = Path(out_dir)
+    unknown = set(architectures) - set(MODELSPEC)
+    if unknown:
+        raise ValueError(f"cannot build {sorted(unknown)}: the builder makes {sorted(MODELSPEC)}")
+    options = _options(size, architectures, seed, with_loras)
+    stamp_path = out_dir / STAMP_FILE
+    if stamp_path.is_file():
+        try:
+            stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+            if stamp.get("options") == options:
+                return _assets_from_stamp(out_dir, stamp)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            pass
+        stamp_path.unlink()
+    model_root, lora_root = out_dir / "models", out_dir / "loras"
+    for folder in (model_root, lora_root):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+
+    import torch
+
+    models: dict[str, str] = {}
+    loras: list[DemoLora] = []
+    with torch.no_grad():
+        for index, arch in enumerate(sorted(architectures)):
+            components = build_components(arch, size, seed + index)
+            name = model_file_name(arch, size)
+            if arch == "sd15":
+                path = model_root / name
+                save_single_file(components, path, arch)
+                write_config_folder(config_sidecar(path), arch, component_configs(arch, size))
+            else:
+                save_diffusers_folder(components, model_root / name, arch, size)
+            models[arch] = name
+            if with_loras:
+                loras += build_loras(arch, components, lora_root, seed)
+            del components
+    stamp = {"options": options, "models": models, "loras": [dataclasses.asdict(lo) for lo in loras]}
+    stamp_path.write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "manifest.json").write_text(
+        json.dumps({"models": models, "loras": stamp["loras"]}, indent=2) + "\n", encoding="utf-8"
+    )
+    return _assets_from_stamp(out_dir, stamp)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.builder", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to build into")
+    parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
+    parser.add_argument("--arch", action="append", choices=sorted(MODELSPEC), help="repeatable (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-loras", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    assets = build_demo_assets(
+        args.out, size=args.size, architectures=args.arch or tuple(MODELSPEC), seed=args.seed,
+        with_loras=not args.no_loras,
+    )
+    print(json.dumps({
+        "models": {arch: str(assets.model_root / rel) for arch, rel in assets.models.items()},
+        "lora_root": str(assets.lora_root),
+        "loras": len(assets.loras),
+        "seconds": round(time.perf_counter() - started, 2),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Loading SD 1.5 / SDXL pipelines offline, from a diffusers folder or one ``.safetensors`` file.
+
+``from_single_file`` normally fetches component configs from the Hub. The engine never goes
+online, so it always passes a local config folder: the checkpoint's own sidecar
+(``.<file>.config/``, written by the builder for its tiny models) or the real configs shipped
+in ``data/configs/<arch>``. Only safetensors are ever read: pickles are refused by name before
+any loader sees them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from engine.builder import component_configs, config_sidecar, write_config_folder
+from engine.protocol import EngineError, ErrorCode
+
+PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
+PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+ARCH_LABEL = {"sd15": "SD 1.5", "sdxl": "SDXL", "sd3": "SD 3", "flux": "FLUX", "unknown": "an unknown architecture"}
+CONFIG_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ATELIER_CACHE", Path.home() / ".cache" / "atelier"))
+
+
+def shipped_config(arch: str) -> Path:
+    """The real component configs for ``arch`` as a loadable folder (tokenizers written once)."""
+    folder = cache_root() / "configs" / f"{arch}-v{CONFIG_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        write_config_folder(folder, arch, component_configs(arch, "full"))
+    return folder
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"unknown dtype {name!r}; use one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def _folder_arch(folder: Path) -> str:
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EngineError(
+            ErrorCode.CORRUPT_FILE,
+            f"'{folder.name}' has no readable model_index.json: point at a diffusers pipeline "
+            "folder or a single .safetensors checkpoint",
+        ) from exc
+    class_name = str(index.get("_class_name", ""))
+    if class_name not in PIPELINE_ARCH:
+        raise EngineError(
+            ErrorCode.ARCH_MISMATCH,
+            f"'{folder.name}' is a {class_name or 'unknown'} pipeline; the engine runs SD 1.5 "
+            "and SDXL text-to-image pipelines",
+        )
+    return PIPELINE_ARCH[class_name]
+
+
+def _refuse_pickled_folder(folder: Path) -> None:
+    """A diffusers folder must carry safetensors weights; a pickle in it is never a fallback."""
+    for component in folder.iterdir():
+        if not component.is_dir() or component.name.startswith("."):
+            continue
+        names = [p.name for p in component.iterdir() if p.is_file()]
+        weights = [n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES | {".safetensors"}]
+        if weights and not any(n.endswith(".safetensors") for n in weights):
+            raise EngineError(
+                ErrorCode.NOT_SAFETENSORS,
+                f"'{folder.name}/{component.name}' only has pickled weights ({', '.join(weights)}); "
+                "pickles are never loaded: convert the model to safetensors",
+            )
+
+
+def single_file_arch(path: Path) -> tuple[str, Path]:
+    """(architecture, local config folder) for a single-file checkpoint."""
+    sidecar = config_sidecar(path)
+    if (sidecar / "model_index.json").is_file():
+        return _folder_arch(sidecar), sidecar
+    from engine.inspect import inspect_file
+
+    info = inspect_file(path)
+    if info.kind != "checkpoint" or info.architecture not in PIPELINE_ARCH.values():
+        what = "a LoRA" if info.kind == "lora" else f"a {ARCH_LABEL[info.architecture]} file"
+        raise EngineError(
+            ErrorCode.ARCH_MISMATCH,
+            f"'{path.name}' is {what}, not an SD 1.5 or SDXL checkpoint; pick a base model file",
+        )
+    return info.architecture, shipped_config(info.architecture)
+
+
+def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
+    """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    classes = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise EngineError(
+            ErrorCode.NOT_SAFETENSORS,
+            f"'{path.name}' is a pickle ({path.suffix}); only .safetensors are loaded",
+        )
+    extra: dict[str, Any] = {}
+    try:
+        if path.is_dir():
+            arch = _folder_arch(path)
+            _refuse_pickled_folder(path)
+            if arch == "sd15":
+                extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+            pipe = classes[arch].from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype(dtype), **extra
+            )
+        elif path.suffix.lower() == ".safetensors":
+            arch, config = single_file_arch(path)
+            if arch == "sd15":
+                extra = {"safety_checker": None, "requires_safety_checker": False}
+            pipe = classes[arch].from_single_file(
+                str(path), config=str(config), local_files_only=True, dtype=torch_dtype(dtype), **extra
+            )
+        else:
+            raise EngineError(
+                ErrorCode.NOT_SAFETENSORS,
+                f"'{path.name}' is not a .safetensors file or a diffusers folder",
+            )
+    except EngineError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if "out of memory" in str(exc).lower():
+            raise EngineError(ErrorCode.OUT_OF_MEMORY, f"out of memory loading '{path.name}': {exc}") from exc
+        raise EngineError(
+            ErrorCode.CORRUPT_FILE,
+            f"could not load '{path.name}' as a model ({type(exc).__name__}: {exc}); is it a complete "
+            "SD 1.5 or SDXL checkpoint?",
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return pipe, arch
+
+
+@dataclass
+class LoadedModel:
+    pipe: Any
+    arch: str
+    path: Path
+    key: str
+
+
+class ModelSlot:
+    """Holds exactly one loaded model: switching frees the previous one before loading."""
+
+    def __init__(self, *, device: str = "cpu", dtype: str = "float32") -> None:
+        self.device = device
+        self.dtype = dtype
+        self.current: LoadedModel | None = None
+
+    def get(self, path: Path, key: str) -> tuple[LoadedModel, bool]:
+        """The model for ``path`` and whether it was (re)loaded now; ``key`` identifies content."""
+        if self.current is not None and self.current.key == key:
+            return self.current, False
+        self.release()
+        pipe, arch = load_pipeline(path, device=self.device, dtype=self.dtype)
+        self.current = LoadedModel(pipe=pipe, arch=arch, path=path, key=key)
+        return self.current, True
+
+    def release(self) -> None:
+        if self.current is None:
+            return
+        self.current = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is always there in the engine
+            pass

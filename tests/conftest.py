@@ -1,0 +1,23 @@
+"""Fixtures shared by every test folder.
+
+``demo_assets`` builds the tiny SD 1.5 / SDXL models and demo LoRAs once per test run
+(a few seconds on a CPU) so engine, service and bot tests all use real files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny demo build (``engine.builder.DemoAssets``): models, LoRAs and their manifest."""
+    from engine.builder import build_demo_assets
+
+    return build_demo_assets(Path(tmp_path_factory.mktemp("demo-assets")), size="tiny")
