@@ -327,7 +327,9 @@ def trigger_words(metadata: dict[str, str], *, limit: int = 20) -> tuple[str, ..
     """Tags from kohya's ``ss_tag_frequency`` summed over datasets, most frequent first."""
     raw = metadata.get("ss_tag_frequency")
     if not raw:
-        return ()
+        phrase = metadata.get("modelspec.trigger_phrase", "")
+        words = [" ".join(w.split()) for w in phrase.split(",")]
+        return tuple(dict.fromkeys(w for w in words if w))[:limit]
     try:
         datasets = json.loads(raw)
     except json.JSONDecodeError:
