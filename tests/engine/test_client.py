@@ -1,0 +1,76 @@
+"""The bot-side client: importable without torch, and one clear error when the engine is gone.
+
+The client against a live engine is exercised end to end in ``test_server.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.client import EngineClient
+from engine.protocol import EngineError, ErrorCode, Recipe
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_importing_the_client_does_not_import_torch() -> None:
+    code = (
+        "import sys, engine.client, engine.protocol;"
+        "bad = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors.torch') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_every_call_says_the_engine_is_not_running_when_nothing_listens() -> None:
+    port = _free_port()
+    async with EngineClient(f"http://127.0.0.1:{port}") as client:
+        calls = [
+            client.health(),
+            client.submit("j", Recipe(model="m.safetensors", prompt="p")),
+            client.status("j"),
+            client.cancel("j"),
+            client.image("j", 0),
+            client.inspect("lora", "x.safetensors"),
+            client.list_files("model"),
+        ]
+        for call in calls:
+            with pytest.raises(EngineError) as caught:
+                await call
+            assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+            assert "not running" in caught.value.message
+            assert str(port) in caught.value.message
+        with pytest.raises(EngineError) as caught:
+            async for _ in client.events("j"):
+                pass
+        assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+
+
+async def test_a_missing_unix_socket_is_reported_the_same_way(tmp_path: Path) -> None:
+    async with EngineClient(unix_socket=str(tmp_path / "engine.sock")) as client:
+        with pytest.raises(EngineError) as caught:
+            await client.health()
+    assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+    assert "engine.sock" in caught.value.message
+
+
+async def test_wait_ready_gives_up_after_its_timeout() -> None:
+    client = EngineClient(f"http://127.0.0.1:{_free_port()}")
+    try:
+        with pytest.raises(EngineError, match="did not become ready within 0.3 s") as caught:
+            await client.wait_ready(0.3, interval=0.05)
+        assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+    finally:
+        await client.close()
