@@ -1,0 +1,208 @@
+"""Checks applied to entries and settings before they are stored.
+
+Each returns a cleaned copy (names normalised, hashes lower-cased, AIRs canonical) or raises
+:class:`~bot.registry.models.RegistryError` with a sentence telling the admin what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields, replace
+from typing import Any
+
+from bot.registry.models import (
+    Category,
+    LoraEntry,
+    ModelEntry,
+    NsfwPolicy,
+    RegistryError,
+    ServerSettings,
+)
+from bot.registry.text import (
+    MAX_DESCRIPTION_LENGTH,
+    check_architecture,
+    clean_hash,
+    clean_name,
+    clean_source,
+    clean_text,
+    clean_trigger_words,
+    clean_url,
+    strip_invisible,
+)
+
+#: Weights beyond this are never meaningful, whatever a server allows.
+WEIGHT_LIMIT = 10.0
+#: The most LoRAs any server may allow in one stack (the engine keeps them all loaded).
+HARD_MAX_LORAS = 16
+
+
+def clean_file(path: str) -> str:
+    """A path relative to the engine's folder: no absolute paths, no ``..``, only safetensors."""
+    text = strip_invisible(str(path)).strip().replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or text.startswith("/") or ".." in parts or ":" in parts[0]:
+        raise RegistryError(
+            f"{path!r} is not a path inside the engine's folder; pick one of the files "
+            "the engine lists (relative, without '..')."
+        )
+    if not parts[-1].lower().endswith(".safetensors"):
+        raise RegistryError(
+            f"{path!r} is not a .safetensors file; Atelier only loads safetensors "
+            "(other formats can run code when loaded)."
+        )
+    return "/".join(parts)
+
+
+def _finite(
+    value: object, what: str, low: float = -WEIGHT_LIMIT, high: float = WEIGHT_LIMIT
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RegistryError(f"The {what} must be a number, got {value!r}.")
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise RegistryError(f"The {what} must be a finite number from {low:g} to {high:g}.")
+    return number
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RegistryError(
+            f"The {what} must be a whole number from {low} to {high}, got {value!r}."
+        )
+    return value
+
+
+def clean_lora(entry: LoraEntry) -> LoraEntry:
+    architecture = check_architecture(entry.architecture)
+    try:
+        category = Category(entry.category)
+    except ValueError:
+        raise RegistryError(
+            f"Unknown category {entry.category!r}; use one of {', '.join(c.value for c in Category)}."
+        ) from None
+    default = _finite(entry.default_weight, "default weight")
+    low = _finite(entry.recommended_min, "recommended minimum weight")
+    high = _finite(entry.recommended_max, "recommended maximum weight")
+    if low > high:
+        raise RegistryError(
+            f"The recommended range {low:g} to {high:g} is upside down; put the smaller number first."
+        )
+    return replace(
+        entry,
+        name=clean_name(entry.name, what="LoRA name"),
+        architecture=architecture,  # type: ignore[arg-type]
+        category=category,
+        file=clean_file(entry.file),
+        trigger_words=clean_trigger_words(entry.trigger_words),
+        default_weight=default,
+        recommended_min=low,
+        recommended_max=high,
+        sha256=clean_hash(entry.sha256, length=64, what="sha256"),
+        autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
+        source=clean_source(entry.source, kind="lora", architecture=architecture),
+        description=clean_text(entry.description, what="description", limit=MAX_DESCRIPTION_LENGTH),
+        nsfw=bool(entry.nsfw),
+        enabled=bool(entry.enabled),
+        preview_url=clean_url(entry.preview_url, what="preview image"),
+    )
+
+
+def clean_model(entry: ModelEntry) -> ModelEntry:
+    architecture = check_architecture(entry.architecture)
+    for side, what in (
+        (entry.default_width, "default width"),
+        (entry.default_height, "default height"),
+    ):
+        _int(side, what, 64, 4096)
+        if side % 8:
+            raise RegistryError(
+                f"The {what} {side} must be a multiple of 8, e.g. {side - side % 8}."
+            )
+    channels = entry.allowed_channel_ids
+    if isinstance(channels, (int, str)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in channels
+    ):
+        raise RegistryError("Allowed channels must be a list of channel ids.")
+    return replace(
+        entry,
+        name=clean_name(entry.name, what="model name"),
+        architecture=architecture,  # type: ignore[arg-type]
+        file=clean_file(entry.file),
+        sha256=clean_hash(entry.sha256, length=64, what="sha256"),
+        autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
+        default_steps=_int(entry.default_steps, "default steps", 1, 150),
+        default_cfg=_finite(entry.default_cfg, "default CFG", 0.0, 50.0),
+        default_sampler=clean_name(entry.default_sampler, what="default sampler"),
+        default_negative=clean_text(
+            entry.default_negative, what="default negative prompt", limit=4096
+        ),
+        description=clean_text(entry.description, what="description"),
+        nsfw=bool(entry.nsfw),
+        enabled=bool(entry.enabled),
+        allowed_channel_ids=frozenset(channels),
+    )
+
+
+def clean_settings(settings: ServerSettings) -> ServerSettings:
+    """Every bound checked, including that each minimum is below its maximum."""
+    s = settings
+    _int(s.max_loras, "stack cap (max LoRAs)", 0, HARD_MAX_LORAS)
+    roles: dict[int, int] = {}
+    for role, cap in dict(s.role_max_loras).items():
+        if isinstance(role, bool) or not isinstance(role, int):
+            raise RegistryError(f"Role ids must be numbers, got {role!r}.")
+        roles[role] = _int(cap, f"stack cap for role {role}", 0, HARD_MAX_LORAS)
+    weight_min = _finite(s.weight_min, "minimum LoRA weight")
+    weight_max = _finite(s.weight_max, "maximum LoRA weight")
+    _order(weight_min, weight_max, "LoRA weight")
+    _int(s.prompt_limit, "prompt length limit", 1, 6000)
+    _int(s.negative_prompt_limit, "negative prompt length limit", 0, 6000)
+    _int(s.steps_min, "minimum steps", 1, 150)
+    _int(s.steps_max, "maximum steps", 1, 150)
+    _order(s.steps_min, s.steps_max, "steps")
+    cfg_min = _finite(s.cfg_min, "minimum CFG", 0.0, 50.0)
+    cfg_max = _finite(s.cfg_max, "maximum CFG", 0.0, 50.0)
+    _order(cfg_min, cfg_max, "CFG")
+    for value, what in ((s.size_min, "minimum size"), (s.size_max, "maximum size")):
+        _int(value, what, 64, 4096)
+        if value % 8:
+            raise RegistryError(f"The {what} {value} must be a multiple of 8.")
+    _order(s.size_min, s.size_max, "size")
+    _int(s.max_count, "images per request", 1, 4)
+    _int(s.queue_limit_per_user, "per-user queue limit", 1, 100)
+    try:
+        policy = NsfwPolicy(s.nsfw_policy)
+    except ValueError:
+        raise RegistryError(
+            f"Unknown NSFW policy {s.nsfw_policy!r}; use one of {', '.join(p.value for p in NsfwPolicy)}."
+        ) from None
+    default_model = s.default_model
+    if default_model is not None:
+        default_model = clean_name(default_model, what="default model")
+    return replace(
+        s,
+        role_max_loras=roles,
+        weight_min=weight_min,
+        weight_max=weight_max,
+        cfg_min=cfg_min,
+        cfg_max=cfg_max,
+        auto_trigger_words=bool(s.auto_trigger_words),
+        nsfw_policy=policy,
+        default_model=default_model,
+    )
+
+
+def _order(low: float, high: float, what: str) -> None:
+    if low > high:
+        raise RegistryError(f"The {what} minimum ({low:g}) is above the maximum ({high:g}).")
+
+
+def check_changes(changes: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise RegistryError(
+            f"{what} has no editable field {', '.join(unknown)}; editable: {', '.join(sorted(allowed))}."
+        )
+
+
+SETTINGS_FIELDS = frozenset(f.name for f in fields(ServerSettings))

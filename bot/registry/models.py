@@ -1,0 +1,276 @@
+"""The registry's records: plain frozen dataclasses, free of SQL and Discord.
+
+Everything the bot reads from the registry comes back as one of these, so the front end
+never touches rows. Times are Unix seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from engine.protocol import ARCHITECTURES, Architecture, FileInfo
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "AlreadyExists",
+    "AuditEntry",
+    "Category",
+    "Choice",
+    "LoraEntry",
+    "ModelEntry",
+    "NotFound",
+    "NsfwPolicy",
+    "PostRecord",
+    "RegistryError",
+    "SavedRecipe",
+    "ServerSettings",
+    "SearchSort",
+]
+
+
+class RegistryError(ValueError):
+    """A request the registry refuses; ``str(error)`` is a sentence to show the admin as is."""
+
+
+class NotFound(RegistryError):
+    """The named model, LoRA, recipe or post does not exist in this server."""
+
+
+class AlreadyExists(RegistryError):
+    """A name (compared case-insensitively) is already taken in this server."""
+
+
+class Category(enum.StrEnum):
+    CHARACTER = "character"
+    STYLE = "style"
+    POSE = "pose"
+    DETAIL = "detail"
+    OUTFIT = "outfit"
+    CONCEPT = "concept"
+    SPEED = "speed"
+    OTHER = "other"
+
+
+class NsfwPolicy(enum.StrEnum):
+    #: NSFW models and LoRAs only in channels Discord marks age-restricted (the default).
+    NSFW_CHANNELS = "nsfw_channels"
+    #: NSFW models and LoRAs are refused everywhere.
+    NEVER = "never"
+    #: The admin takes responsibility: NSFW entries work in every channel.
+    ANYWHERE = "anywhere"
+
+
+SearchSort = Literal["newest", "most_used", "name"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One autocomplete choice: ``name`` is the label (≤ 100 chars), ``value`` what is submitted."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A base model a server may generate with."""
+
+    name: str
+    architecture: Architecture
+    #: Path relative to the engine's model folder.
+    file: str
+    sha256: str | None = None
+    autov2: str | None = None
+    default_width: int = 512
+    default_height: int = 512
+    default_steps: int = 20
+    default_cfg: float = 7.0
+    default_sampler: str = "DPM++ 2M Karras"
+    default_negative: str = ""
+    description: str = ""
+    nsfw: bool = False
+    enabled: bool = True
+    #: Channels that may use the model; empty means every channel.
+    allowed_channel_ids: frozenset[int] = frozenset()
+    added_by: int = 0
+    added_at: float = 0.0
+    id: int | None = None
+
+    @classmethod
+    def from_file_info(
+        cls, info: FileInfo, *, name: str | None = None, **overrides: Any
+    ) -> ModelEntry:
+        """Prefill from the engine's inspection; the default size follows the architecture."""
+        side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
+        values: dict[str, Any] = {
+            "name": name or info.output_name or _stem(info.path),
+            "architecture": info.architecture,
+            "file": info.path,
+            "sha256": info.sha256,
+            "autov2": info.autov2,
+            "default_width": side,
+            "default_height": side,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def allowed_in(self, channel_id: int) -> bool:
+        return not self.allowed_channel_ids or channel_id in self.allowed_channel_ids
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """A LoRA registered in one server."""
+
+    name: str
+    architecture: Architecture
+    #: Path relative to the engine's LoRA folder.
+    file: str
+    category: Category = Category.OTHER
+    trigger_words: tuple[str, ...] = ()
+    default_weight: float = 1.0
+    recommended_min: float = 0.0
+    recommended_max: float = 1.0
+    sha256: str | None = None
+    #: Civitai's AutoV2 hash: the first 10 hex digits of the sha256, upper case.
+    autov2: str | None = None
+    #: A Civitai AIR (``urn:air:sdxl:lora:civitai:120096@135931``) or an http(s) URL.
+    source: str | None = None
+    description: str = ""
+    nsfw: bool = False
+    preview_url: str | None = None
+    added_by: int = 0
+    added_at: float = 0.0
+    uses: int = 0
+    enabled: bool = True
+    id: int | None = None
+
+    @classmethod
+    def from_file_info(
+        cls,
+        info: FileInfo,
+        *,
+        name: str | None = None,
+        category: Category | str = Category.OTHER,
+        **overrides: Any,
+    ) -> LoraEntry:
+        """Prefill architecture, hashes, trigger words and a name from the engine's inspection.
+
+        The admin then confirms or corrects; anything in ``overrides`` wins.
+        """
+        values: dict[str, Any] = {
+            "name": name or info.output_name or _stem(info.path),
+            "architecture": info.architecture,
+            "file": info.path,
+            "category": Category(category),
+            "trigger_words": tuple(info.trigger_words[:10]),
+            "sha256": info.sha256,
+            "autov2": info.autov2,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> LoraEntry:
+        return replace(self, **changes)
+
+
+#: Fields of LoraEntry an admin may change with ``update_lora``.
+LORA_EDITABLE = frozenset(
+    f.name for f in fields(LoraEntry) if f.name not in ("id", "added_by", "added_at", "uses")
+)
+#: Fields of ModelEntry an admin may change with ``update_model``.
+MODEL_EDITABLE = frozenset(
+    f.name for f in fields(ModelEntry) if f.name not in ("id", "added_by", "added_at")
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Per-server rules applied by validation and by the bot's queue."""
+
+    #: LoRAs in one stack (slots plus inline ``<lora:…>``).
+    max_loras: int = 3
+    #: Role id -> a higher stack cap for members with that role (the highest applies).
+    role_max_loras: Mapping[int, int] = field(default_factory=dict)
+    #: Allowed LoRA weights; a negative minimum allows slider LoRAs used in reverse.
+    weight_min: float = 0.0
+    weight_max: float = 2.0
+    prompt_limit: int = 4096
+    negative_prompt_limit: int = 4096
+    steps_min: int = 1
+    steps_max: int = 50
+    cfg_min: float = 1.0
+    cfg_max: float = 20.0
+    #: Per side, in pixels; sides must also be multiples of 8.
+    size_min: int = 256
+    size_max: int = 2048
+    max_count: int = 4
+    #: Add a LoRA's missing trigger words to the prompt (True) or report them (False).
+    auto_trigger_words: bool = True
+    nsfw_policy: NsfwPolicy = NsfwPolicy.NSFW_CHANNELS
+    #: Jobs one member may have queued or running at once.
+    queue_limit_per_user: int = 2
+    #: Model used when /imagine names none.
+    default_model: str | None = None
+
+    def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
+        """The stack cap for a member: the server's, or the highest of their roles' overrides."""
+        caps = [cap for role, cap in self.role_max_loras.items() if role in role_ids]
+        return max([self.max_loras, *caps])
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["role_max_loras"] = {str(k): v for k, v in self.role_max_loras.items()}
+        data["nsfw_policy"] = str(self.nsfw_policy)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServerSettings:
+        """Unknown keys are ignored and missing ones take defaults, so old rows keep loading."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "role_max_loras" in values:
+            values["role_max_loras"] = {int(k): int(v) for k, v in values["role_max_loras"].items()}
+        if "nsfw_policy" in values:
+            values["nsfw_policy"] = NsfwPolicy(values["nsfw_policy"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SavedRecipe:
+    id: int
+    name: str
+    #: Whatever the bot saved, typically ``Recipe.to_json()``.
+    recipe: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class PostRecord:
+    """The recipe behind one posted image message, looked up when its buttons are pressed."""
+
+    guild_id: int
+    channel_id: int
+    message_id: int
+    user_id: int
+    recipe: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    actor_id: int
+    #: e.g. "lora.add", "lora.update", "lora.remove", "model.add", "settings.update".
+    action: str
+    target: str
+    details: dict[str, Any]
+    at: float
+
+
+def _stem(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".safetensors")

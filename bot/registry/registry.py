@@ -1,0 +1,834 @@
+"""The registry facade: one object the bot opens at start-up and awaits everywhere.
+
+Every method takes the ``guild_id`` first and every query filters on it, so one server's
+models, LoRAs, bookmarks, recipes, posts and audit log are invisible to every other server.
+Admin changes write an audit row in the same transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.registry import search
+from bot.registry.catalog import Catalog
+from bot.registry.checks import (
+    SETTINGS_FIELDS,
+    check_changes,
+    clean_lora,
+    clean_model,
+    clean_settings,
+)
+from bot.registry.db import Database
+from bot.registry.migrations import migrate
+from bot.registry.models import (
+    LORA_EDITABLE,
+    MODEL_EDITABLE,
+    AlreadyExists,
+    AuditEntry,
+    Category,
+    Choice,
+    LoraEntry,
+    ModelEntry,
+    NotFound,
+    PostRecord,
+    RegistryError,
+    SavedRecipe,
+    SearchSort,
+    ServerSettings,
+)
+from bot.registry.text import clean_name, name_key
+
+#: Saved recipes one member may keep per server.
+MAX_SAVED_RECIPES = 100
+#: A stored recipe is a few hundred bytes; this only stops abuse.
+MAX_RECIPE_JSON = 32_000
+_AUDIT_VALUE_LIMIT = 200
+
+_LORA_COLUMNS = (
+    "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
+    "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
+    "added_at, uses, enabled"
+)
+_LORA_SELECT = "SELECT l.* FROM loras l"
+_MODEL_COLUMNS = (
+    "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
+    "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
+    "allowed_channels, added_by, added_at"
+)
+
+
+def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
+    return LoraEntry(
+        id=row["id"],
+        name=row["name"],
+        architecture=row["architecture"],
+        category=Category(row["category"]),
+        trigger_words=tuple(json.loads(row["trigger_words"])),
+        default_weight=row["default_weight"],
+        recommended_min=row["recommended_min"],
+        recommended_max=row["recommended_max"],
+        file=row["file"],
+        sha256=row["sha256"],
+        autov2=row["autov2"],
+        source=row["source"],
+        description=row["description"],
+        nsfw=bool(row["nsfw"]),
+        preview_url=row["preview_url"],
+        added_by=row["added_by"],
+        added_at=row["added_at"],
+        uses=row["uses"],
+        enabled=bool(row["enabled"]),
+    )
+
+
+def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
+    return (
+        lora.name,
+        name_key(lora.name),
+        lora.architecture,
+        lora.category.value,
+        json.dumps(list(lora.trigger_words), ensure_ascii=False),
+        lora.default_weight,
+        lora.recommended_min,
+        lora.recommended_max,
+        lora.file,
+        lora.sha256,
+        lora.autov2,
+        lora.source,
+        lora.description,
+        int(lora.nsfw),
+        lora.preview_url,
+        lora.added_by,
+        lora.added_at,
+        lora.uses,
+        int(lora.enabled),
+    )
+
+
+def _model_from_row(row: sqlite3.Row) -> ModelEntry:
+    return ModelEntry(
+        id=row["id"],
+        name=row["name"],
+        architecture=row["architecture"],
+        file=row["file"],
+        sha256=row["sha256"],
+        autov2=row["autov2"],
+        default_width=row["default_width"],
+        default_height=row["default_height"],
+        default_steps=row["default_steps"],
+        default_cfg=row["default_cfg"],
+        default_sampler=row["default_sampler"],
+        default_negative=row["default_negative"],
+        description=row["description"],
+        nsfw=bool(row["nsfw"]),
+        enabled=bool(row["enabled"]),
+        allowed_channel_ids=frozenset(json.loads(row["allowed_channels"])),
+        added_by=row["added_by"],
+        added_at=row["added_at"],
+    )
+
+
+def _model_values(model: ModelEntry) -> tuple[Any, ...]:
+    return (
+        model.name,
+        name_key(model.name),
+        model.architecture,
+        model.file,
+        model.sha256,
+        model.autov2,
+        model.default_width,
+        model.default_height,
+        model.default_steps,
+        model.default_cfg,
+        model.default_sampler,
+        model.default_negative,
+        model.description,
+        int(model.nsfw),
+        int(model.enabled),
+        json.dumps(sorted(model.allowed_channel_ids)),
+        model.added_by,
+        model.added_at,
+    )
+
+
+def _audit_value(value: Any) -> Any:
+    if isinstance(value, (frozenset, set, tuple)):
+        value = sorted(value) if isinstance(value, (frozenset, set)) else list(value)
+    if isinstance(value, str) and len(value) > _AUDIT_VALUE_LIMIT:
+        return value[:_AUDIT_VALUE_LIMIT] + "…"
+    if isinstance(value, Mapping):
+        return {str(k): _audit_value(v) for k, v in value.items()}
+    return value
+
+
+def _diff(before: object, after: object, names: Iterable[str]) -> dict[str, list[Any]]:
+    return {
+        name: [_audit_value(getattr(before, name)), _audit_value(getattr(after, name))]
+        for name in sorted(names)
+        if getattr(before, name) != getattr(after, name)
+    }
+
+
+def _recipe_text(recipe: Mapping[str, Any]) -> str:
+    text = json.dumps(recipe, ensure_ascii=False, sort_keys=True)
+    if len(text) > MAX_RECIPE_JSON:
+        raise RegistryError(
+            f"This recipe is {len(text):,} characters as JSON, over the {MAX_RECIPE_JSON:,} limit; "
+            "shorten the prompt."
+        )
+    return text
+
+
+class Registry:
+    """Each server's models, LoRAs, bookmarks, saved recipes, settings, posts and audit log.
+
+    Open with ``registry = await Registry.open(path)`` (creates the file and applies
+    migrations) and ``await registry.close()`` at shutdown, or ``async with``.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._catalogs: dict[int, Catalog] = {}
+        self._catalog_versions: dict[int, int] = {}
+        self._catalog_locks: dict[int, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Registry:
+        """Open (or create) the SQLite file in WAL mode and bring its schema up to date."""
+        db = await Database.open(Path(path))
+        try:
+            await migrate(db.writer)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _invalidate(self, guild_id: int) -> None:
+        self._catalog_versions[guild_id] = self._catalog_versions.get(guild_id, 0) + 1
+        self._catalogs.pop(guild_id, None)
+
+    @staticmethod
+    async def _audit(
+        conn: aiosqlite.Connection,
+        guild_id: int,
+        actor_id: int,
+        action: str,
+        target: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO audit_log (guild_id, actor_id, action, target, details, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                guild_id,
+                actor_id,
+                action,
+                target,
+                json.dumps(_audit_value(dict(details or {})), ensure_ascii=False),
+                time.time(),
+            ),
+        )
+
+    @staticmethod
+    async def _taken(conn: aiosqlite.Connection, table: str, guild_id: int, key: str) -> str | None:
+        assert table in ("loras", "models")
+        cursor = await conn.execute(
+            f"SELECT name FROM {table} WHERE guild_id = ? AND name_key = ?",  # noqa: S608 - fixed table name
+            (guild_id, key),
+        )
+        row = await cursor.fetchone()
+        return row[0] if row else None
+
+    # --- models ----------------------------------------------------------------------------
+
+    async def add_model(self, guild_id: int, entry: ModelEntry, actor_id: int) -> ModelEntry:
+        """Register a base model; its name must be new in this server (case-insensitive)."""
+        model = replace(clean_model(entry), added_by=actor_id, added_at=time.time(), id=None)
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            existing = await self._taken(conn, "models", guild_id, name_key(model.name))
+            if existing is not None:
+                raise AlreadyExists(
+                    f"A model named {existing!r} already exists in this server; "
+                    "pick another name or edit that one."
+                )
+            cursor = await conn.execute(
+                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 18})",  # noqa: S608
+                (guild_id, *_model_values(model)),
+            )
+            await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "model.add",
+                model.name,
+                {"file": model.file, "architecture": model.architecture},
+            )
+            return int(cursor.lastrowid or 0)
+
+        model_id = await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return replace(model, id=model_id)
+
+    async def get_model(self, guild_id: int, name: str) -> ModelEntry | None:
+        row = await self._db.fetch_one(
+            "SELECT * FROM models WHERE guild_id = ? AND name_key = ?", (guild_id, name_key(name))
+        )
+        return _model_from_row(row) if row else None
+
+    async def list_models(self, guild_id: int) -> list[ModelEntry]:
+        rows = await self._db.fetch_all(
+            "SELECT * FROM models WHERE guild_id = ? ORDER BY name_key", (guild_id,)
+        )
+        return [_model_from_row(row) for row in rows]
+
+    async def update_model(
+        self, guild_id: int, name: str, actor_id: int, **changes: Any
+    ) -> ModelEntry:
+        """Change fields of a model (see ``MODEL_EDITABLE``); a rename keeps names unique."""
+        check_changes(changes, MODEL_EDITABLE, "A model")
+        before = await self._require_model(guild_id, name)
+        after = clean_model(replace(before, **changes))
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            if name_key(after.name) != name_key(before.name):
+                existing = await self._taken(conn, "models", guild_id, name_key(after.name))
+                if existing is not None:
+                    raise AlreadyExists(
+                        f"A model named {existing!r} already exists in this server."
+                    )
+            assignments = ", ".join(f"{c.strip()} = ?" for c in _MODEL_COLUMNS.split(","))
+            cursor = await conn.execute(
+                f"UPDATE models SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
+                (*_model_values(after), before.id, guild_id),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"The model {before.name!r} was removed meanwhile.")
+            await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "model.update",
+                before.name,
+                _diff(before, after, MODEL_EDITABLE),
+            )
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return after
+
+    async def remove_model(self, guild_id: int, name: str, actor_id: int) -> None:
+        model = await self._require_model(guild_id, name)
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "DELETE FROM models WHERE id = ? AND guild_id = ?", (model.id, guild_id)
+            )
+            await self._audit(
+                conn, guild_id, actor_id, "model.remove", model.name, {"file": model.file}
+            )
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+
+    async def _require_model(self, guild_id: int, name: str) -> ModelEntry:
+        model = await self.get_model(guild_id, name)
+        if model is None:
+            raise NotFound(f"No model named {name!r} in this server; `/model list` shows them.")
+        return model
+
+    async def autocomplete_models(
+        self,
+        guild_id: int,
+        text: str,
+        *,
+        channel_id: int | None = None,
+        nsfw_ok: bool | None = None,
+    ) -> list[Choice]:
+        """Enabled models whose name contains ``text``: prefix matches first, at most 25.
+
+        ``channel_id`` hides models not allowed there; ``nsfw_ok=False`` hides NSFW models.
+        """
+        key = name_key(text)
+        models = [m for m in await self.list_models(guild_id) if m.enabled]
+        if channel_id is not None:
+            models = [m for m in models if m.allowed_in(channel_id)]
+        if nsfw_ok is False:
+            models = [m for m in models if not m.nsfw]
+        starts = [m for m in models if name_key(m.name).startswith(key)]
+        contains = [m for m in models if key in name_key(m.name) and m not in starts]
+        return [search.model_choice(m) for m in (starts + contains)[: search.MAX_CHOICES]]
+
+    # --- LoRAs -----------------------------------------------------------------------------
+
+    async def add_lora(self, guild_id: int, entry: LoraEntry, actor_id: int) -> LoraEntry:
+        """Register a LoRA (see :meth:`LoraEntry.from_file_info`); returns it with its id.
+
+        Raises AlreadyExists when the name (case-insensitive, invisible characters ignored)
+        is taken in this server, RegistryError for anything else to correct.
+        """
+        lora = replace(clean_lora(entry), added_by=actor_id, added_at=time.time(), uses=0, id=None)
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            existing = await self._taken(conn, "loras", guild_id, name_key(lora.name))
+            if existing is not None:
+                raise AlreadyExists(
+                    f"A LoRA named {existing!r} already exists in this server; "
+                    "pick another name or edit that one with /lora edit."
+                )
+            cursor = await conn.execute(
+                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                (guild_id, *_lora_values(lora)),
+            )
+            await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "lora.add",
+                lora.name,
+                {"file": lora.file, "architecture": lora.architecture},
+            )
+            return int(cursor.lastrowid or 0)
+
+        lora_id = await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return replace(lora, id=lora_id)
+
+    async def add_loras(self, guild_id: int, entries: Iterable[LoraEntry], actor_id: int) -> int:
+        """Register many LoRAs in one transaction (imports, benchmarks); returns how many.
+
+        All or nothing: one bad entry or taken name refuses the whole batch.
+        """
+        now = time.time()
+        loras = [replace(clean_lora(e), added_by=actor_id, added_at=now, uses=0) for e in entries]
+        keys = [name_key(lora.name) for lora in loras]
+        if len(set(keys)) != len(keys):
+            raise AlreadyExists("The batch names the same LoRA twice.")
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            try:
+                await conn.executemany(
+                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                    [(guild_id, *_lora_values(lora)) for lora in loras],
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    "A LoRA in the batch has a name already taken in this server."
+                ) from None
+            await self._audit(conn, guild_id, actor_id, "lora.import", f"{len(loras)} LoRAs")
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return len(loras)
+
+    async def get_lora(self, guild_id: int, name: str) -> LoraEntry | None:
+        row = await self._db.fetch_one(
+            f"{_LORA_SELECT} WHERE l.guild_id = ? AND l.name_key = ?", (guild_id, name_key(name))
+        )
+        return _lora_from_row(row) if row else None
+
+    async def _require_lora(self, guild_id: int, name: str) -> LoraEntry:
+        lora = await self.get_lora(guild_id, name)
+        if lora is None:
+            raise NotFound(f"No LoRA named {name!r} in this server; try `/lora search`.")
+        return lora
+
+    async def update_lora(
+        self, guild_id: int, name: str, actor_id: int, **changes: Any
+    ) -> LoraEntry:
+        """Change fields of a LoRA (see ``LORA_EDITABLE``), audited with before/after values."""
+        check_changes(changes, LORA_EDITABLE, "A LoRA")
+        before = await self._require_lora(guild_id, name)
+        after = clean_lora(replace(before, **changes))
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            if name_key(after.name) != name_key(before.name):
+                existing = await self._taken(conn, "loras", guild_id, name_key(after.name))
+                if existing is not None:
+                    raise AlreadyExists(f"A LoRA named {existing!r} already exists in this server.")
+            editable = [c.strip() for c in _LORA_COLUMNS.split(",")]
+            editable = [c for c in editable if c not in ("added_by", "added_at", "uses")]
+            values = dict(
+                zip([c.strip() for c in _LORA_COLUMNS.split(",")], _lora_values(after), strict=True)
+            )
+            assignments = ", ".join(f"{c} = ?" for c in editable)
+            cursor = await conn.execute(
+                f"UPDATE loras SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
+                (*(values[c] for c in editable), before.id, guild_id),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"The LoRA {before.name!r} was removed meanwhile.")
+            await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "lora.update",
+                before.name,
+                _diff(before, after, LORA_EDITABLE),
+            )
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return after
+
+    async def set_enabled(
+        self, guild_id: int, name: str, actor_id: int, enabled: bool
+    ) -> LoraEntry:
+        """Disable a LoRA without losing its uses, bookmarks or history (or enable it again)."""
+        return await self.update_lora(guild_id, name, actor_id, enabled=enabled)
+
+    async def remove_lora(self, guild_id: int, name: str, actor_id: int) -> None:
+        """Delete a LoRA; its bookmarks go with it."""
+        lora = await self._require_lora(guild_id, name)
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "DELETE FROM loras WHERE id = ? AND guild_id = ?", (lora.id, guild_id)
+            )
+            await self._audit(
+                conn, guild_id, actor_id, "lora.remove", lora.name, {"file": lora.file}
+            )
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+
+    async def registered_lora_files(self, guild_id: int) -> set[str]:
+        """Files already registered here, so ``/lora add`` offers only the others."""
+        rows = await self._db.fetch_all("SELECT file FROM loras WHERE guild_id = ?", (guild_id,))
+        return {row[0] for row in rows}
+
+    async def count_loras(self, guild_id: int) -> int:
+        row = await self._db.fetch_one("SELECT count(*) FROM loras WHERE guild_id = ?", (guild_id,))
+        return int(row[0]) if row else 0
+
+    async def record_use(self, guild_id: int, lora_names: Iterable[str]) -> None:
+        """Count one generation for each LoRA (for the "most used" sort).
+
+        Does not rebuild the validation catalog: its ``uses`` numbers may lag behind.
+        """
+        keys = sorted({name_key(n) for n in lora_names})
+        if keys:
+            await self._db.execute_many(
+                "UPDATE loras SET uses = uses + 1 WHERE guild_id = ? AND name_key = ?",
+                [(guild_id, key) for key in keys],
+            )
+
+    async def search_loras(
+        self,
+        guild_id: int,
+        query: str = "",
+        *,
+        architecture: str | None = None,
+        category: Category | str | None = None,
+        nsfw: bool | None = None,
+        enabled: bool | None = None,
+        bookmarked_by: int | None = None,
+        sort: SearchSort = "newest",
+        limit: int = 25,
+        offset: int = 0,
+    ) -> list[LoraEntry]:
+        """Full-text search over name, trigger words and description, with filters.
+
+        Every word of ``query`` must match the start of a word (``cyber`` finds
+        ``cyberpunk``); an empty query lists everything that passes the filters.
+        ``nsfw=False`` hides NSFW LoRAs; ``bookmarked_by`` keeps one member's bookmarks.
+        """
+        order = search.check_sort(sort)
+        limit, offset = search.clamp_limit(limit, offset)
+        clauses, params = search.filters(
+            guild_id,
+            architecture=architecture,
+            category=Category(category).value if category is not None else None,
+            nsfw=nsfw,
+            enabled=enabled,
+        )
+        joins = ""
+        match = search.fts_query(query)
+        if match is not None:
+            joins += " JOIN lora_fts ON lora_fts.rowid = l.id"
+            clauses.append("lora_fts MATCH ?")
+            params.append(match)
+        if bookmarked_by is not None:
+            joins += " JOIN bookmarks b ON b.lora_id = l.id AND b.guild_id = l.guild_id AND b.user_id = ?"
+            params.insert(0, bookmarked_by)
+        sql = (
+            f"{_LORA_SELECT}{joins} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ? OFFSET ?"
+        )
+        rows = await self._db.fetch_all(sql, (*params, limit, offset))
+        return [_lora_from_row(row) for row in rows]
+
+    async def autocomplete_loras(
+        self,
+        guild_id: int,
+        text: str,
+        *,
+        architecture: str | None = None,
+        nsfw_ok: bool | None = None,
+    ) -> list[Choice]:
+        """At most 25 enabled LoRAs for a Discord autocomplete, labels ≤ 100 characters.
+
+        ``architecture`` (the model chosen earlier in the same command) keeps only LoRAs for
+        it. Names starting with ``text`` come first, then names or trigger words containing a
+        word that starts with it; empty text lists the most used. ``nsfw_ok=False`` (a
+        non-NSFW channel) hides NSFW LoRAs.
+        """
+        limit = search.MAX_CHOICES
+        nsfw = False if nsfw_ok is False else None
+        clauses, params = search.filters(
+            guild_id, architecture=architecture, nsfw=nsfw, enabled=True
+        )
+        where = " AND ".join(clauses)
+        key = name_key(text)
+        if not key:
+            rows = await self._db.fetch_all(
+                f"{_LORA_SELECT} WHERE {where} ORDER BY l.uses DESC LIMIT ?",
+                (*params, limit),
+            )
+            return [search.lora_choice(_lora_from_row(r)) for r in rows]
+        low, high = search.prefix_bounds(key)
+        rows = await self._db.fetch_all(
+            f"{_LORA_SELECT} WHERE {where} AND l.name_key >= ? AND l.name_key < ? "
+            "ORDER BY l.name_key LIMIT ?",
+            (*params, low, high, limit),
+        )
+        found = [_lora_from_row(r) for r in rows]
+        match = search.fts_query(text, columns=search.AUTOCOMPLETE_COLUMNS)
+        if len(found) < limit and match is not None:
+            rows = await self._db.fetch_all(
+                f"{_LORA_SELECT} JOIN lora_fts ON lora_fts.rowid = l.id "
+                f"WHERE lora_fts MATCH ? AND {where} LIMIT ?",
+                (match, *params, limit + len(found)),
+            )
+            found = search.merge_unique(found, [_lora_from_row(r) for r in rows], limit)
+        return [search.lora_choice(lora) for lora in found]
+
+    # --- bookmarks -------------------------------------------------------------------------
+
+    async def bookmark(self, guild_id: int, user_id: int, lora_name: str) -> bool:
+        """Bookmark a LoRA for a member; False when it already was bookmarked."""
+        lora = await self._require_lora(guild_id, lora_name)
+        changed = await self._db.execute(
+            "INSERT OR IGNORE INTO bookmarks (guild_id, user_id, lora_id, created_at) VALUES (?, ?, ?, ?)",
+            (guild_id, user_id, lora.id, time.time()),
+        )
+        return changed == 1
+
+    async def unbookmark(self, guild_id: int, user_id: int, lora_name: str) -> bool:
+        """Remove a bookmark; False when there was none."""
+        lora = await self.get_lora(guild_id, lora_name)
+        if lora is None:
+            return False
+        changed = await self._db.execute(
+            "DELETE FROM bookmarks WHERE guild_id = ? AND user_id = ? AND lora_id = ?",
+            (guild_id, user_id, lora.id),
+        )
+        return changed == 1
+
+    async def bookmarks(self, guild_id: int, user_id: int) -> list[LoraEntry]:
+        """A member's bookmarked LoRAs in this server, most recently bookmarked first."""
+        rows = await self._db.fetch_all(
+            f"{_LORA_SELECT} JOIN bookmarks b ON b.lora_id = l.id "
+            "WHERE b.guild_id = ? AND b.user_id = ? AND l.guild_id = ? ORDER BY b.created_at DESC, l.id DESC",
+            (guild_id, user_id, guild_id),
+        )
+        return [_lora_from_row(row) for row in rows]
+
+    # --- saved recipes ---------------------------------------------------------------------
+
+    async def save_recipe(
+        self, guild_id: int, user_id: int, name: str, recipe: Mapping[str, Any]
+    ) -> SavedRecipe:
+        """Save (or overwrite, by name) one of a member's recipes, e.g. ``Recipe.to_json()``."""
+        clean = clean_name(name, what="recipe name")
+        text = _recipe_text(recipe)
+        now = time.time()
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM saved_recipes WHERE guild_id = ? AND user_id = ? AND name_key != ?",
+                (guild_id, user_id, name_key(clean)),
+            )
+            row = await cursor.fetchone()
+            if row and row[0] >= MAX_SAVED_RECIPES:
+                raise RegistryError(
+                    f"You already have {MAX_SAVED_RECIPES} saved recipes here; "
+                    "delete one before saving another."
+                )
+            cursor = await conn.execute(
+                "INSERT INTO saved_recipes (guild_id, user_id, name, name_key, recipe, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, user_id, name_key) DO UPDATE SET "
+                "name = excluded.name, recipe = excluded.recipe, created_at = excluded.created_at "
+                "RETURNING id",
+                (guild_id, user_id, clean, name_key(clean), text, now),
+            )
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+        recipe_id = await self._db.transaction(work)
+        return SavedRecipe(recipe_id, clean, json.loads(text), now)
+
+    async def saved_recipes(self, guild_id: int, user_id: int) -> list[SavedRecipe]:
+        rows = await self._db.fetch_all(
+            "SELECT * FROM saved_recipes WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC, id DESC",
+            (guild_id, user_id),
+        )
+        return [
+            SavedRecipe(r["id"], r["name"], json.loads(r["recipe"]), r["created_at"]) for r in rows
+        ]
+
+    async def get_recipe(self, guild_id: int, user_id: int, name: str) -> SavedRecipe | None:
+        row = await self._db.fetch_one(
+            "SELECT * FROM saved_recipes WHERE guild_id = ? AND user_id = ? AND name_key = ?",
+            (guild_id, user_id, name_key(name)),
+        )
+        return (
+            SavedRecipe(row["id"], row["name"], json.loads(row["recipe"]), row["created_at"])
+            if row
+            else None
+        )
+
+    async def delete_recipe(self, guild_id: int, user_id: int, name: str) -> bool:
+        changed = await self._db.execute(
+            "DELETE FROM saved_recipes WHERE guild_id = ? AND user_id = ? AND name_key = ?",
+            (guild_id, user_id, name_key(name)),
+        )
+        return changed == 1
+
+    # --- settings --------------------------------------------------------------------------
+
+    async def get_settings(self, guild_id: int) -> ServerSettings:
+        """The server's settings; defaults until an admin changes something."""
+        row = await self._db.fetch_one(
+            "SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)
+        )
+        return ServerSettings.from_json(json.loads(row[0])) if row else ServerSettings()
+
+    async def update_settings(self, guild_id: int, actor_id: int, **changes: Any) -> ServerSettings:
+        """Change settings (field names of :class:`ServerSettings`), all checked together."""
+        check_changes(changes, SETTINGS_FIELDS, "Settings")
+        before = await self.get_settings(guild_id)
+        after = clean_settings(replace(before, **changes))
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
+                (guild_id, json.dumps(after.to_json())),
+            )
+            await self._audit(
+                conn,
+                guild_id,
+                actor_id,
+                "settings.update",
+                "settings",
+                _diff(before, after, changes),
+            )
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return after
+
+    # --- audit -----------------------------------------------------------------------------
+
+    async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
+        """Admin changes in this server, newest first."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, max(1, min(int(limit), 500))),
+        )
+        return [
+            AuditEntry(
+                r["id"], r["actor_id"], r["action"], r["target"], json.loads(r["details"]), r["at"]
+            )
+            for r in rows
+        ]
+
+    # --- posted images ---------------------------------------------------------------------
+
+    async def record_post(
+        self,
+        guild_id: int,
+        channel_id: int,
+        message_id: int,
+        user_id: int,
+        recipe: Mapping[str, Any],
+    ) -> PostRecord:
+        """Remember the recipe behind a posted image so its buttons work after a restart."""
+        text = _recipe_text(recipe)
+        now = time.time()
+        await self._db.execute(
+            "INSERT INTO posts (message_id, guild_id, channel_id, user_id, recipe, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET recipe = excluded.recipe "
+            "WHERE posts.guild_id = excluded.guild_id",
+            (message_id, guild_id, channel_id, user_id, text, now),
+        )
+        return PostRecord(guild_id, channel_id, message_id, user_id, json.loads(text), now)
+
+    async def get_post(self, guild_id: int, message_id: int) -> PostRecord | None:
+        row = await self._db.fetch_one(
+            "SELECT * FROM posts WHERE message_id = ? AND guild_id = ?", (message_id, guild_id)
+        )
+        if row is None:
+            return None
+        return PostRecord(
+            row["guild_id"],
+            row["channel_id"],
+            row["message_id"],
+            row["user_id"],
+            json.loads(row["recipe"]),
+            row["created_at"],
+        )
+
+    async def delete_post(self, guild_id: int, message_id: int) -> bool:
+        changed = await self._db.execute(
+            "DELETE FROM posts WHERE message_id = ? AND guild_id = ?", (message_id, guild_id)
+        )
+        return changed == 1
+
+    # --- validation snapshot ---------------------------------------------------------------
+
+    async def catalog(self, guild_id: int) -> Catalog:
+        """The in-memory view :func:`bot.validation.validate` needs, cached until a write.
+
+        Concurrent callers share one build; a build raced by a write is used once, not cached.
+        """
+        cached = self._catalogs.get(guild_id)
+        if cached is not None:
+            return cached
+        lock = self._catalog_locks.setdefault(guild_id, asyncio.Lock())
+        async with lock:
+            cached = self._catalogs.get(guild_id)
+            if cached is not None:
+                return cached
+            version = self._catalog_versions.get(guild_id, 0)
+            settings = await self.get_settings(guild_id)
+            models = await self.list_models(guild_id)
+            rows = await self._db.fetch_all(f"{_LORA_SELECT} WHERE l.guild_id = ?", (guild_id,))
+            catalog = Catalog(guild_id, settings, models, [_lora_from_row(r) for r in rows])
+            if self._catalog_versions.get(guild_id, 0) == version:
+                self._catalogs[guild_id] = catalog
+            return catalog

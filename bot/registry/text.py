@@ -1,0 +1,234 @@
+"""Cleaning what admins and members type before it is stored or compared.
+
+Names are looked up case-insensitively and typed back by users inside ``<lora:name:w>``, so
+they are normalised once here (NFKC, zero-width and control characters removed, whitespace
+collapsed) and every comparison uses :func:`name_key`. Refusals raise
+:class:`~bot.registry.models.RegistryError` with a message written for the admin.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bot.registry.models import ARCHITECTURES, RegistryError
+
+MAX_NAME_LENGTH = 64
+MAX_DESCRIPTION_LENGTH = 10_000
+MAX_TRIGGER_WORDS = 25
+MAX_TRIGGER_WORD_LENGTH = 200
+MAX_URL_LENGTH = 1_000
+
+#: Characters that would break the inline ``<lora:name:weight>`` syntax.
+_FORBIDDEN_IN_NAMES = frozenset(":<>")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def strip_invisible(text: str) -> str:
+    """NFKC-normalise and drop format (zero-width, bidi) and control characters.
+
+    Newlines and tabs survive as whitespace so that descriptions keep their paragraphs.
+    """
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(
+        ch
+        for ch in text
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cf", "Cc", "Cs", "Co", "Cn")
+    )
+
+
+def clean_name(raw: str, *, what: str = "name") -> str:
+    """The canonical spelling of a model, LoRA or recipe name, or a RegistryError saying why not."""
+    if not isinstance(raw, str):
+        raise RegistryError(f"The {what} must be text.")
+    name = _WHITESPACE.sub(" ", strip_invisible(raw)).strip()
+    if not name:
+        raise RegistryError(
+            f"The {what} is empty once invisible characters are removed; "
+            "type a name with visible letters or digits."
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise RegistryError(
+            f"The {what} is {len(name)} characters long; shorten it to {MAX_NAME_LENGTH} or fewer."
+        )
+    bad = sorted({ch for ch in name if ch in _FORBIDDEN_IN_NAMES})
+    if bad:
+        raise RegistryError(
+            f"The {what} {name!r} contains {' '.join(bad)}, which would break the inline "
+            "`<lora:name:weight>` syntax; use letters, digits, spaces, '-' or '_' instead."
+        )
+    return name
+
+
+def name_key(name: str) -> str:
+    """Key for case-insensitive, invisible-character-insensitive comparison of names."""
+    return _WHITESPACE.sub(" ", strip_invisible(name)).strip().casefold()
+
+
+def clean_text(raw: str | None, *, what: str, limit: int = MAX_DESCRIPTION_LENGTH) -> str:
+    """Free text (descriptions, negative prompts): invisible characters removed, length checked."""
+    if raw is None:
+        return ""
+    text = strip_invisible(raw).strip()
+    if len(text) > limit:
+        raise RegistryError(
+            f"The {what} is {len(text):,} characters long; the limit is {limit:,}. "
+            "Shorten it or link to a page with the full text."
+        )
+    return text
+
+
+def clean_trigger_words(words: object) -> tuple[str, ...]:
+    """Trigger words, cleaned, empty ones dropped, duplicates (case-insensitive) removed."""
+    if isinstance(words, str):
+        words = words.split(",")
+    if not isinstance(words, (list, tuple)):
+        raise RegistryError("Trigger words must be a list of words or a comma-separated text.")
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in words:
+        word = _WHITESPACE.sub(" ", strip_invisible(str(raw))).strip()
+        if not word or word.casefold() in seen:
+            continue
+        if len(word) > MAX_TRIGGER_WORD_LENGTH:
+            raise RegistryError(
+                f"The trigger word {word[:40]!r}… is {len(word)} characters long; "
+                f"keep each under {MAX_TRIGGER_WORD_LENGTH}."
+            )
+        seen.add(word.casefold())
+        out.append(word)
+    if len(out) > MAX_TRIGGER_WORDS:
+        raise RegistryError(
+            f"{len(out)} trigger words given; keep the {MAX_TRIGGER_WORDS} most useful ones."
+        )
+    return tuple(out)
+
+
+# --- sources: Civitai AIRs and URLs -------------------------------------------------------
+
+#: AIR ecosystems mapped to the registry's architecture names.
+AIR_ECOSYSTEMS = {
+    "sd1": "sd15",
+    "sd15": "sd15",
+    "sdxl": "sdxl",
+    "sd3": "sd3",
+    "flux1": "flux",
+    "flux": "flux",
+    "other": "unknown",
+}
+_AIR = re.compile(
+    r"^urn:air:(?P<ecosystem>[a-z0-9_]+):(?P<type>[a-z0-9_]+):(?P<source>[a-z0-9_]+):"
+    r"(?P<id>[A-Za-z0-9_.\-/]+?)(?:@(?P<version>[A-Za-z0-9_.\-]+))?"
+    r"(?::(?P<layer>[A-Za-z0-9_]+))?(?:\.(?P<format>[a-z0-9]+))?$"
+)
+
+
+@dataclass(frozen=True)
+class Air:
+    """A parsed Civitai AI Resource name, e.g. ``urn:air:sdxl:lora:civitai:120096@135931``."""
+
+    ecosystem: str
+    type: str
+    source: str
+    id: str
+    version: str | None = None
+
+    @property
+    def architecture(self) -> str:
+        return AIR_ECOSYSTEMS.get(self.ecosystem, "unknown")
+
+    @property
+    def url(self) -> str | None:
+        """The Civitai page, when the AIR points at Civitai."""
+        if self.source != "civitai" or not self.id.isdigit():
+            return None
+        url = f"https://civitai.com/models/{self.id}"
+        return f"{url}?modelVersionId={self.version}" if self.version else url
+
+    def __str__(self) -> str:
+        tail = f"@{self.version}" if self.version else ""
+        return f"urn:air:{self.ecosystem}:{self.type}:{self.source}:{self.id}{tail}"
+
+
+def parse_air(text: str) -> Air:
+    """Parse an AIR or raise a RegistryError showing the expected shape."""
+    match = _AIR.match(text.strip())
+    if not match:
+        raise RegistryError(
+            f"{text[:120]!r} is not a valid AIR. The shape is "
+            "`urn:air:{ecosystem}:{type}:{source}:{id}@{version}`, for example "
+            "`urn:air:sdxl:lora:civitai:120096@135931`."
+        )
+    if match["ecosystem"] not in AIR_ECOSYSTEMS:
+        raise RegistryError(
+            f"Unknown AIR ecosystem {match['ecosystem']!r}; use one of "
+            f"{', '.join(sorted(AIR_ECOSYSTEMS))}."
+        )
+    return Air(match["ecosystem"], match["type"], match["source"], match["id"], match["version"])
+
+
+def clean_source(raw: str | None, *, kind: str, architecture: str | None) -> str | None:
+    """A LoRA's source: an AIR (checked against the kind and architecture) or an http(s) URL."""
+    if raw is None:
+        return None
+    text = strip_invisible(raw).strip()
+    if not text:
+        return None
+    if len(text) > MAX_URL_LENGTH:
+        raise RegistryError(f"The source is longer than {MAX_URL_LENGTH} characters.")
+    if text.lower().startswith("urn:"):
+        air = parse_air(text)
+        if air.type != kind:
+            raise RegistryError(
+                f"The AIR names a {air.type!r}, but this entry is a {kind}; "
+                "check that you copied the right AIR."
+            )
+        if architecture not in (None, "unknown") and air.architecture not in (
+            architecture,
+            "unknown",
+        ):
+            raise RegistryError(
+                f"The AIR is for {air.architecture} but the file is {architecture}; "
+                "check that you copied the AIR of the same version as the file."
+            )
+        return str(air)
+    return clean_url(text, what="source")
+
+
+def clean_url(raw: str | None, *, what: str) -> str | None:
+    """An http(s) URL with a host, or None."""
+    if raw is None or not raw.strip():
+        return None
+    text = strip_invisible(raw).strip()
+    if len(text) > MAX_URL_LENGTH:
+        raise RegistryError(f"The {what} URL is longer than {MAX_URL_LENGTH} characters.")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        raise RegistryError(
+            f"The {what} {text[:120]!r} is neither an `urn:air:…` AIR nor an http(s) URL; "
+            "paste the page's full address, e.g. https://civitai.com/models/120096."
+        )
+    return text
+
+
+def check_architecture(value: str) -> str:
+    if value not in ARCHITECTURES:
+        raise RegistryError(
+            f"Unknown architecture {value!r}; use one of {', '.join(ARCHITECTURES)}."
+        )
+    return value
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def clean_hash(value: str | None, *, length: int, what: str, upper: bool = False) -> str | None:
+    """A hex digest of the given length, or None. AutoV2 is shown upper case, as Civitai does."""
+    if value is None or value == "":
+        return None
+    value = value.strip()
+    if len(value) != length or not _HEX.match(value):
+        raise RegistryError(f"The {what} must be {length} hexadecimal digits, got {value[:80]!r}.")
+    return value.upper() if upper else value.lower()
