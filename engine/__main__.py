@@ -21,6 +21,30 @@ from engine.protocol import EngineError
 log = logging.getLogger("engine")
 
 
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """'auto' means the GPU when there is one, in half precision; else the CPU in float32.
+
+    float16 on a CPU is slow or unsupported for several ops, so auto never picks it there.
+    """
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but torch sees no CUDA GPU here")
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float16" if device == "mps" else "float32"
+    return device, dtype
+
+
 async def serve(config: EngineConfig) -> None:
     """Run the HTTP server until SIGINT/SIGTERM, then stop the queue and close cleanly."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,11 +55,12 @@ async def serve(config: EngineConfig) -> None:
     from engine.jobs import JobManager
     from engine.server import create_app
 
+    device, dtype = resolve_device(config.device, config.dtype)
     generator = Generator(
         config.models,
         config.loras,
-        device=config.device,
-        dtype=config.dtype,
+        device=device,
+        dtype=dtype,
         cache_max_loras=config.cache_loras,
         cache_max_bytes=config.cache_bytes,
     )

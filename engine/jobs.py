@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -44,6 +45,7 @@ class Runner(Protocol):
     def run(
         self,
         recipe: Recipe,
+        *,
         on_step: Callable[[int, int], None],
         should_cancel: Callable[[], bool],
     ) -> GenerationOutcome: ...
@@ -318,7 +320,12 @@ class JobManager:
         started = time.perf_counter()
         try:
             result = await asyncio.to_thread(
-                self.runner.run, job.recipe, on_step, lambda: job.cancel_requested
+                functools.partial(
+                    self.runner.run,
+                    job.recipe,
+                    on_step=on_step,
+                    should_cancel=lambda: job.cancel_requested,
+                )
             )
         except EngineError as exc:
             if exc.code is ErrorCode.CANCELLED:

@@ -59,12 +59,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except EngineError as exc:
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(
-            EngineError(
-                ErrorCode.INVALID_RECIPE,
-                f"the request body is larger than the {MAX_BODY_BYTES} bytes the engine accepts",
-            )
+        too_large = EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"the request body is larger than the {MAX_BODY_BYTES} bytes the engine accepts",
         )
+        return web.json_response(too_large.to_json(), status=413)
     except web.HTTPException as exc:
         if exc.status >= 400:
             code = ErrorCode.UNKNOWN_JOB if exc.status == 404 else ErrorCode.INVALID_RECIPE

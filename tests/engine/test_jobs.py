@@ -41,7 +41,7 @@ class SteppingRunner:
     def __post_init__(self) -> None:
         self.proceed.set()
 
-    def run(self, recipe: Recipe, on_step: Any, should_cancel: Any) -> Outcome:
+    def run(self, recipe: Recipe, *, on_step: Any, should_cancel: Any) -> Outcome:
         self.prompts.append(recipe.prompt)
         if self.fail_with is not None:
             raise self.fail_with

@@ -1,0 +1,332 @@
+"""The HTTP API end to end: real tiny models, the real generator, the real client.
+
+Each test talks HTTP to the aiohttp app through :class:`engine.client.EngineClient` (or raw
+aiohttp where the wire format itself is under test). The last tests start
+``python -m engine serve`` as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from PIL import Image
+
+from engine.client import EngineClient
+from engine.config import parse_serve_args, parse_size
+from engine.inspect import inspect_file
+from engine.jobs import JobManager
+from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
+from engine.server import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def generator(demo_assets):
+    from engine.generate import Generator
+
+    return Generator(demo_assets.model_root, demo_assets.lora_root, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+async def engine(demo_assets, generator) -> AsyncIterator[tuple[EngineClient, str]]:
+    app = create_app(
+        JobManager(generator), models_root=demo_assets.model_root, loras_root=demo_assets.lora_root
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    client = EngineClient(base)
+    try:
+        yield client, base
+    finally:
+        await client.close()
+        await server.close()
+
+
+def tiny_recipe(demo_assets, **changes: Any) -> Recipe:
+    values: dict[str, Any] = {
+        "model": demo_assets.models["sd15"],
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+        "sampler": "Euler",
+        "steps": 2,
+        "cfg_scale": 5.0,
+        "seed": 42,
+        "width": 64,
+        "height": 64,
+        **changes,
+    }
+    return Recipe(**values)
+
+
+async def raw(base: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(method, base + path, **kwargs) as response:
+            body = await response.read()
+            try:
+                return response.status, json.loads(body)
+            except ValueError:
+                return response.status, body
+
+
+async def test_a_job_runs_end_to_end_with_a_lora_and_the_png_carries_its_recipe(
+    engine, demo_assets
+) -> None:
+    client, _ = engine
+    lora = demo_assets.lora("watercolor")
+    recipe = tiny_recipe(demo_assets, loras=(LoraRef(lora.file, 0.8, name="watercolor"),), count=2)
+    events: list[dict[str, Any]] = []
+    images = await client.run("e2e-1", recipe, on_event=events.append)
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
+    progress = [e for e in events if e["type"] == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["total"] == 4
+    assert len(images) == 2 and images[0] != images[1]  # seeds 42 and 43
+    picture = Image.open(io.BytesIO(images[0]))
+    assert picture.format == "PNG" and picture.size == (64, 64)
+    parameters = picture.info["parameters"]
+    assert parameters.startswith("a lighthouse at dusk")
+    assert "Negative prompt: blurry" in parameters
+    assert "Steps: 2" in parameters and "Seed: 42" in parameters
+    assert "watercolor" in parameters
+    status = await client.status("e2e-1")
+    assert (status.state, status.images, status.step, status.total_steps) == ("done", 2, 4, 4)
+
+
+async def test_the_same_id_twice_runs_once(engine, demo_assets) -> None:
+    client, base = engine
+    body = {"id": "twice", "recipe": tiny_recipe(demo_assets).to_json()}
+    first_status, first = await raw(base, "POST", "/jobs", json=body)
+    second_status, second = await raw(base, "POST", "/jobs", json=body)
+    assert (first_status, second_status) == (202, 200)
+    assert first["id"] == second["id"] == "twice"
+    events = [e async for e in client.events("twice")]
+    assert [e["type"] for e in events].count("started") == 1
+    health = await client.health()
+    assert health["queue"]["completed"] == 1
+    after_status, after = await raw(base, "POST", "/jobs", json=body)
+    assert (after_status, after["state"]) == (200, "done")
+    assert (await client.health())["queue"]["completed"] == 1
+
+
+async def test_cancel_stops_a_running_job_long_before_its_last_step(engine, demo_assets) -> None:
+    client, _ = engine
+    recipe = tiny_recipe(demo_assets, steps=150, width=128, height=128)
+    await client.submit("to-cancel", recipe)
+    cancelled_at: int | None = None
+    last_step = 0
+    async for event in client.events("to-cancel"):
+        if event["type"] == "progress":
+            last_step = event["step"]
+            if cancelled_at is None:
+                cancelled_at = (await client.cancel("to-cancel")).step
+        final = event
+    assert final["type"] == "failed" and final["error"]["code"] == "cancelled"
+    assert cancelled_at is not None and last_step < 150
+    status = await client.status("to-cancel")
+    assert status.state == "cancelled" and status.images == 0
+    with pytest.raises(EngineError) as caught:
+        await client.image("to-cancel", 0)
+    assert caught.value.code is ErrorCode.UNKNOWN_JOB
+
+
+async def test_failures_come_back_as_coded_events(engine, demo_assets) -> None:
+    client, _ = engine
+    foreign = demo_assets.lora("flux-only")
+    cases = {
+        "missing-model": (tiny_recipe(demo_assets, model="nope.safetensors"), {"unknown_file"}),
+        "flux-lora": (
+            tiny_recipe(demo_assets, loras=(LoraRef(foreign.file, 1.0),)),
+            {"arch_mismatch", "lora_no_match"},
+        ),
+        "xl-lora-on-sd15": (
+            tiny_recipe(demo_assets, loras=(LoraRef(demo_assets.lora("pixel-art-xl").file, 1.0),)),
+            {"arch_mismatch"},
+        ),
+        "escape": (tiny_recipe(demo_assets, model="../outside.safetensors"), {"outside_folder"}),
+    }
+    for job_id, (recipe, codes) in cases.items():
+        with pytest.raises(EngineError) as caught:
+            await client.run(job_id, recipe)
+        assert caught.value.code.value in codes, (job_id, caught.value.message)
+        assert caught.value.message
+        status = await client.status(job_id)
+        assert status.state == "failed" and status.error["code"] in codes
+    # The queue survives failures.
+    assert len(await client.run("after-failures", tiny_recipe(demo_assets))) == 1
+
+
+async def test_request_errors_have_codes_and_http_statuses(engine, demo_assets) -> None:
+    _, base = engine
+    long_prompt = tiny_recipe(demo_assets, prompt="x" * 10_001).to_json()
+    status, body = await raw(base, "POST", "/jobs", json={"id": "long", "recipe": long_prompt})
+    assert status == 400 and body["error"]["code"] == "invalid_recipe"
+    assert "10000" in body["error"]["message"]
+    status, body = await raw(base, "POST", "/jobs", data=b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_recipe"
+    bad_field = {**tiny_recipe(demo_assets).to_json(), "unsafe": True}
+    status, body = await raw(base, "POST", "/jobs", json={"id": "bad", "recipe": bad_field})
+    assert status == 400 and "unsafe" in body["error"]["message"]
+    status, body = await raw(base, "POST", "/jobs", data=b"x" * (300 * 1024))
+    assert status == 413 and body["error"]["code"] == "invalid_recipe"
+    status, body = await raw(base, "GET", "/jobs/never-submitted")
+    assert status == 404 and body["error"]["code"] == "unknown_job"
+    status, body = await raw(base, "GET", "/jobs/never-submitted/events")
+    assert status == 404 and body["error"]["code"] == "unknown_job"
+    status, body = await raw(base, "GET", "/no/such/route")
+    assert status == 404 and "error" in body
+
+
+async def test_events_stream_is_ndjson_replayed_after_the_end(engine, demo_assets) -> None:
+    client, base = engine
+    await client.run("ndjson", tiny_recipe(demo_assets))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/jobs/ndjson/events") as response:
+            assert response.headers["Content-Type"].startswith("application/x-ndjson")
+            lines = (await response.read()).decode().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events[0] == {"type": "queued", "job": "ndjson", "position": 0}
+    assert events[-1]["type"] == "done" and set(events[-1]["timings"]) >= {"prepare", "total"}
+
+
+async def test_inspect_and_files_reach_only_the_configured_folders(
+    engine, demo_assets, tmp_path: Path
+) -> None:
+    client, base = engine
+    lora = demo_assets.lora("pixel-art")
+    info = await client.inspect("lora", lora.file)
+    assert info == inspect_file(
+        demo_assets.lora_root / lora.file, relative_to=demo_assets.lora_root.resolve()
+    )
+    model = await client.inspect("model", demo_assets.models["sdxl"])
+    assert (model.kind, model.architecture) == ("checkpoint", "sdxl")
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"")
+    link = demo_assets.lora_root / "escape-link.safetensors"
+    os.symlink(outside, link)
+    try:
+        for path in ("../models/" + demo_assets.models["sd15"], str(outside), link.name):
+            with pytest.raises(EngineError) as caught:
+                await client.inspect("lora", path)
+            assert caught.value.code is ErrorCode.OUTSIDE_FOLDER, path
+        listed = {entry.path for entry in await client.list_files("lora")}
+        assert link.name not in listed
+    finally:
+        link.unlink()
+    assert listed == {lo.file for lo in demo_assets.loras}
+    models = {entry.path for entry in await client.list_files("model")}
+    assert models == set(demo_assets.models.values())
+    status, body = await raw(base, "GET", "/files?kind=home")
+    assert status == 400 and body["error"]["code"] == "invalid_recipe"
+    status, body = await raw(base, "POST", "/inspect", json={"kind": "lora", "path": "a.ckpt"})
+    assert status == 415 and body["error"]["code"] == "not_safetensors"
+
+
+async def test_health_reports_device_memory_queue_and_loaded_state(engine, demo_assets) -> None:
+    client, _ = engine
+    await client.run("warm", tiny_recipe(demo_assets))
+    health = await client.health()
+    assert health["status"] == "ok" and health["device"] == "cpu"
+    assert health["memory"]["rss_bytes"] > 10 * 1024**2
+    assert health["queue"] == {
+        "queued": 0,
+        "running": None,
+        "completed": health["queue"]["completed"],
+    }
+    assert health["folders"]["model"] == str(demo_assets.model_root)
+    assert demo_assets.models["sd15"] in json.dumps(health)
+
+
+def test_settings_come_from_flags_then_environment(demo_assets) -> None:
+    env = {
+        "ATELIER_ENGINE_MODELS": str(demo_assets.model_root),
+        "ATELIER_ENGINE_LORAS": str(demo_assets.lora_root),
+        "ATELIER_ENGINE_PORT": "9999",
+        "ATELIER_ENGINE_CACHE_BYTES": "512MiB",
+        "ATELIER_ENGINE_DEVICE": "cpu",
+    }
+    config = parse_serve_args(["--port", "7000", "--cache-loras", "3"], env)
+    assert (config.port, config.cache_loras, config.device) == (7000, 3, "cpu")
+    assert config.cache_bytes == 512 * 1024**2 and config.host == "127.0.0.1"
+    assert config.models == demo_assets.model_root.resolve()
+    assert parse_size("2GiB") == 2 * 1024**3 and parse_size("1.5GB") == 1_500_000_000
+    with pytest.raises(ValueError, match="--models"):
+        parse_serve_args([], {})
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_serve_args(["--models", "/nonexistent", "--loras", "/nonexistent"], {})
+
+
+# --- the real process ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _spawn(demo_assets, *listen: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "ATELIER_ENGINE_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "engine", "serve", "--models", str(demo_assets.model_root)]
+    command += ["--loras", str(demo_assets.lora_root), *listen]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+async def test_the_serve_command_runs_jobs_and_shuts_down_cleanly(demo_assets) -> None:
+    port = _free_port()
+    process = _spawn(demo_assets, "--port", str(port))
+    try:
+        async with EngineClient(f"http://127.0.0.1:{port}") as client:
+            health = await client.wait_ready(120)
+            assert health["pid"] == process.pid
+            images = await client.run("proc-1", tiny_recipe(demo_assets))
+            assert Image.open(io.BytesIO(images[0])).size == (64, 64)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(process.communicate, timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert f"engine ready at http://127.0.0.1:{port}" in output
+    assert "engine stopped" in output and "Traceback" not in output
+
+
+async def test_a_crashed_engine_is_reported_to_a_waiting_client(demo_assets, tmp_path) -> None:
+    socket_path = str(tmp_path / "engine.sock")
+    process = _spawn(demo_assets, "--unix-socket", socket_path)
+    try:
+        async with EngineClient(unix_socket=socket_path) as client:
+            await client.wait_ready(120)
+            await client.submit(
+                "doomed", tiny_recipe(demo_assets, steps=150, width=128, height=128)
+            )
+            with pytest.raises(EngineError) as caught:
+                async for event in client.events("doomed"):
+                    if event["type"] == "progress":
+                        process.kill()
+            assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+            with pytest.raises(EngineError) as again:
+                await client.health()
+            assert again.value.code is ErrorCode.ENGINE_UNAVAILABLE
+            assert "not running" in again.value.message
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
