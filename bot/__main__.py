@@ -1,0 +1,113 @@
+"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo.
+
+Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens the SQLite
+registry in the data folder, starts the engine as a child process (unless
+``ATELIER_ENGINE_URL`` points at one already running), connects to Discord, and on Ctrl-C or
+SIGTERM stops the engine and closes the database. See :mod:`bot.config` for every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("bot")
+
+
+async def run(config_file: str | None = None) -> int:
+    import discord
+
+    from bot.app import AtelierBot
+    from bot.config import BotConfig, ConfigError
+    from bot.engine_process import EngineProcess, EngineStartError
+    from bot.registry import Registry
+    from engine.client import EngineClient
+
+    try:
+        config = BotConfig.load(config_file=config_file)
+    except ConfigError as exc:
+        print(f"atelier: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.token:
+        print(
+            "atelier: no bot token. Create an application at https://discord.com/developers/applications, "
+            "add a bot, copy its token and run `DISCORD_TOKEN=... python -m bot` "
+            "(or try the offline demo: `python -m bot demo --out demo-out`).",
+            file=sys.stderr,
+        )
+        return 2
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = await Registry.open(config.database_path)
+    engine_process: EngineProcess | None = None
+    bot: AtelierBot | None = None
+    try:
+        if config.engine_url:
+            engine_url = config.engine_url
+        else:
+            engine_process = EngineProcess(
+                model_dir=config.model_dir,
+                lora_dir=config.lora_dir,
+                port=config.engine_port,
+                python=config.engine_python,
+                start_timeout=config.engine_start_timeout,
+            )
+            log.info("starting the engine: %s", " ".join(engine_process.command()))
+            try:
+                await engine_process.start()
+            except EngineStartError as exc:
+                print(f"atelier: {exc}", file=sys.stderr)
+                return 1
+            engine_url = engine_process.url
+        engine = EngineClient(engine_url)
+        bot = AtelierBot(
+            registry=registry,
+            engine=engine,
+            sync_guilds=config.sync_guilds,
+            status_interval=config.status_interval,
+            max_pending=config.max_pending,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        runner = asyncio.create_task(bot.start(config.token))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            exc = runner.exception()
+            if isinstance(exc, discord.LoginFailure):
+                print("atelier: Discord refused the token; copy it again from the Bot page.", file=sys.stderr)
+                return 1
+            if exc is not None:
+                raise exc
+        stopper.cancel()
+        return 0
+    finally:
+        if bot is not None and not bot.is_closed():
+            await bot.close()
+        if bot is not None:
+            await bot.engine.close()
+        if engine_process is not None:
+            await engine_process.stop()
+        await registry.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "demo":
+        from bot import demo  # the lead's offline sandbox demo; imported only when asked for
+
+        return int(demo.main(args[1:]) or 0)
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Atelier Discord bot.")
+    parser.add_argument("--config", help="TOML config file (see bot/config.py for the keys)")
+    parsed = parser.parse_args(args)
+    return asyncio.run(run(parsed.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

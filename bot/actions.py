@@ -1,0 +1,398 @@
+"""What happens behind each command, button and modal that touches a generation.
+
+Commands and views stay thin (option definitions, UI shape); the flow lives here so that
+``/imagine``, Reroll and Remix share one path: build a request, validate it against the
+server's registry, queue it. Every handler acknowledges the interaction before doing
+anything slow, and every refusal is an ephemeral message that says what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import embeds, views
+from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids
+from bot.dispatch import Job, QueueFull
+from bot.recipe_text import recipe_reply
+from bot.registry import Category, NsfwPolicy, RegistryError
+from engine.protocol import Recipe
+
+if TYPE_CHECKING:
+    from bot.app import AtelierBot
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+
+
+def new_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+async def _private(interaction: discord.Interaction[Any], text: str = "", **kwargs: Any) -> None:
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text or None, ephemeral=True, **kwargs)
+        else:
+            await interaction.response.send_message(text or None, ephemeral=True, **kwargs)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc)
+
+
+def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
+    """Remix's ``name:weight`` lines -> (name, weight text); a line without ``:`` keeps the default."""
+    slots: list[tuple[str, str | None]] = []
+    for raw in text.splitlines():
+        line = raw.strip().strip("<>")
+        if not line:
+            continue
+        if line.lower().startswith("lora:"):
+            line = line[5:]
+        name, sep, weight = line.rpartition(":")
+        if not sep:
+            name, weight = line, ""
+        slots.append((name.strip(), weight.strip() or None))
+    return slots
+
+
+class Actions:
+    def __init__(self, bot: AtelierBot) -> None:
+        self.bot = bot
+
+    # -- helpers for autocomplete ------------------------------------------------------
+    async def nsfw_ok(self, guild_id: int, channel_is_nsfw: bool) -> bool | None:
+        settings = (await self.bot.registry.catalog(guild_id)).settings
+        if settings.nsfw_policy == NsfwPolicy.ANYWHERE:
+            return None
+        if settings.nsfw_policy == NsfwPolicy.NEVER:
+            return False
+        return channel_is_nsfw
+
+    async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
+        """The architecture of the model picked earlier in the same command, if any."""
+        assert interaction.guild_id is not None
+        catalog = await self.bot.registry.catalog(interaction.guild_id)
+        name = getattr(interaction.namespace, "model", None) or catalog.settings.default_model
+        if not name:
+            return None
+        entry = catalog.model(str(name))
+        return entry.architecture if entry else None
+
+    # -- generation --------------------------------------------------------------------
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        *,
+        prompt: str,
+        model: str | None,
+        slots: list[tuple[str | None, str | None]],
+        negative: str | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        count: int | None = None,
+        origin: str = "imagine",
+    ) -> None:
+        """Validate and queue; the interaction must already be deferred (ephemeral)."""
+        from bot.parse import build_request
+        from bot.validation import Rejected, validate
+
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        registry = self.bot.registry
+        catalog = await registry.catalog(interaction.guild_id)
+        request = build_request(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            channel_is_nsfw=nsfw_channel(interaction),
+            user_role_ids=role_ids(interaction),
+            prompt=prompt,
+            model=model,
+            slots=slots,
+            negative_prompt=negative,
+            sampler=sampler,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            width=width,
+            height=height,
+            count=count,
+        )
+        outcome = validate(request, catalog)
+        if isinstance(outcome, Rejected):
+            await _private(interaction, embeds.problems_message(outcome.problems))
+            return
+        recipe: Recipe = outcome.recipe
+        job = Job(
+            recipe=recipe,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            user_name=interaction.user.display_name,
+            file_limit=interaction.filesize_limit,
+            notes=tuple(n.message for n in outcome.notes),
+            origin=origin,
+        )
+        try:
+            await self.bot.submit_job(job, user_limit=catalog.settings.queue_limit_per_user)
+        except QueueFull as exc:
+            await _private(interaction, str(exc))
+            return
+        ahead = job.position
+        where = "it starts next" if ahead == 0 else f"{ahead} job(s) ahead of it"
+        text = f"Queued ({where}). The image will be posted in this channel."
+        if outcome.notes:
+            text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
+        await _private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
+
+    async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
+        await self.bot.registry.record_post(
+            job.guild_id, job.channel_id, message.id, job.user_id, job.recipe.to_json()
+        )
+        names = [lora.display_name for lora in job.recipe.loras]
+        if names:
+            await self.bot.registry.record_use(job.guild_id, names)
+
+    async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[Any, Recipe] | None:
+        assert interaction.guild_id is not None and interaction.message is not None
+        post = await self.bot.registry.get_post(interaction.guild_id, interaction.message.id)
+        if post is None:
+            await _private(interaction, "I have no recipe for this message any more (it may have been deleted).")
+            return None
+        return post, Recipe.from_json(post.recipe)
+
+    @staticmethod
+    def _slots_of(recipe: Recipe) -> list[tuple[str | None, str | None]]:
+        return [(lora.display_name, f"{lora.weight:g}") for lora in recipe.loras]
+
+    async def _rerun(self, interaction: discord.Interaction[Any], recipe: Recipe, *, origin: str, **changes: Any) -> None:
+        values: dict[str, Any] = {
+            "prompt": recipe.prompt,
+            "model": recipe.model_name or recipe.model,
+            "slots": self._slots_of(recipe),
+            "negative": recipe.negative_prompt,
+            "sampler": recipe.sampler,
+            "steps": recipe.steps,
+            "cfg": recipe.cfg_scale,
+            "seed": recipe.seed,
+            "width": recipe.width,
+            "height": recipe.height,
+            "count": recipe.count,
+        }
+        values.update(changes)
+        await self.imagine(interaction, origin=origin, **values)
+
+    async def image_button(self, interaction: discord.Interaction[Any], action: str) -> None:
+        if interaction.guild_id is None or interaction.message is None:
+            await _private(interaction, "This button only works on images in a server channel.")
+            return
+        if action == "remix":
+            # A modal must be the first response, so no deferral here; one indexed lookup.
+            found = await self._post_recipe(interaction)
+            if found is None:
+                return
+            _, recipe = found
+            await interaction.response.send_modal(
+                views.RemixModal(
+                    message_id=interaction.message.id,
+                    prompt=recipe.prompt,
+                    negative=recipe.negative_prompt,
+                    loras="\n".join(f"{lo.display_name}:{lo.weight:g}" for lo in recipe.loras),
+                    seed=str(recipe.seed),
+                    steps=str(recipe.steps),
+                )
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await self._post_recipe(interaction)
+        if found is None:
+            return
+        post, recipe = found
+        if action == "reroll":
+            await self._rerun(interaction, recipe, origin="reroll", seed=new_seed())
+        elif action == "recipe":
+            await _private(interaction, recipe_reply(recipe))
+        elif action == "save":
+            name = f"{embeds.truncate(recipe.prompt, 60)} #{recipe.seed}"
+            try:
+                saved = await self.bot.registry.save_recipe(
+                    interaction.guild_id, interaction.user.id, name, recipe.to_json()
+                )
+            except RegistryError as exc:
+                await _private(interaction, str(exc))
+                return
+            await _private(interaction, f"Saved as **{saved.name}**.")
+        elif action == "delete":
+            if interaction.user.id != post.user_id and not can_manage_messages(interaction):
+                await _private(
+                    interaction, "Only the person who asked for this image, or a member with Manage Messages, can delete it."
+                )
+                return
+            try:
+                await interaction.message.delete()
+            except discord.HTTPException as exc:
+                await _private(interaction, f"Discord did not let me delete it ({exc.status}).")
+                return
+            await self.bot.registry.delete_post(interaction.guild_id, interaction.message.id)
+            await _private(interaction, "Deleted.")
+
+    async def remix_submit(self, interaction: discord.Interaction[Any], modal: views.RemixModal) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        post = await self.bot.registry.get_post(interaction.guild_id, modal.message_id)
+        if post is None:
+            await _private(interaction, "The original image is gone, so there is nothing to remix.")
+            return
+        recipe = Recipe.from_json(post.recipe)
+        problems: list[str] = []
+        seed_text, steps_text = modal.seed.value.strip(), modal.steps.value.strip()
+        seed = new_seed()
+        if seed_text:
+            if seed_text.isdigit():
+                seed = int(seed_text)
+            else:
+                problems.append(f"Seed `{seed_text}` is not a whole number; leave it empty for a random one.")
+        steps = recipe.steps
+        if steps_text:
+            if steps_text.isdigit():
+                steps = int(steps_text)
+            else:
+                problems.append(f"Steps `{steps_text}` is not a whole number.")
+        if problems:
+            await _private(interaction, embeds.problems_message(problems))
+            return
+        await self._rerun(
+            interaction,
+            recipe,
+            origin="remix",
+            prompt=modal.prompt.value,
+            negative=modal.negative.value,
+            slots=parse_lora_lines(modal.loras.value),
+            seed=seed,
+            steps=steps,
+        )
+
+    async def cancel_job(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        job = self.bot.dispatcher.jobs.get(job_id)
+        if job is None:
+            await _private(interaction, "This job is no longer running.")
+            return
+        if interaction.user.id != job.user_id and not can_manage_messages(interaction):
+            await _private(interaction, "Only the person who asked for this image, or a member with Manage Messages, can cancel it.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        cancelled = await self.bot.dispatcher.cancel(job_id)
+        await _private(interaction, "Cancelling…" if cancelled else "It had already finished.")
+
+    # -- LoRA cards --------------------------------------------------------------------
+    async def _lora_by_id(self, guild_id: int, lora_id: int) -> Any:
+        catalog = await self.bot.registry.catalog(guild_id)
+        return next((lo for lo in catalog.loras.values() if lo.id == lora_id), None)
+
+    async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:
+        if interaction.guild_id is None:
+            await _private(interaction, "This button only works in a server.")
+            return
+        if not is_admin(interaction):
+            await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
+            return
+        lora = await self._lora_by_id(interaction.guild_id, lora_id)
+        if lora is None:
+            await _private(interaction, "This LoRA is not registered any more.")
+            return
+        if action == "edit":
+            await interaction.response.send_modal(
+                views.LoraEditModal(
+                    lora_id=lora_id,
+                    trigger_words=", ".join(lora.trigger_words),
+                    default_weight=f"{lora.default_weight:g}",
+                    weight_range=f"{lora.recommended_min:g}-{lora.recommended_max:g}",
+                    category=lora.category.value,
+                    description=lora.description,
+                )
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await self.bot.registry.remove_lora(interaction.guild_id, lora.name, interaction.user.id)
+        except RegistryError as exc:
+            await _private(interaction, str(exc))
+            return
+        await _private(interaction, f"Removed **{lora.name}** from this server's registry.")
+
+    async def lora_edit_submit(self, interaction: discord.Interaction[Any], modal: views.LoraEditModal) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        if not is_admin(interaction):
+            await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
+            return
+        lora = await self._lora_by_id(interaction.guild_id, modal.lora_id)
+        if lora is None:
+            await _private(interaction, "This LoRA is not registered any more.")
+            return
+        changes, problems = lora_changes(
+            trigger_words=modal.trigger_words.value,
+            default_weight=modal.default_weight.value,
+            weight_range=modal.weight_range.value,
+            category=modal.category.value,
+            description=modal.description.value,
+        )
+        if problems:
+            await _private(interaction, embeds.problems_message(problems))
+            return
+        try:
+            updated = await self.bot.registry.update_lora(interaction.guild_id, lora.name, interaction.user.id, **changes)
+        except RegistryError as exc:
+            await _private(interaction, str(exc))
+            return
+        await _private(interaction, "Saved.", embed=embeds.lora_card(updated))
+
+
+def lora_changes(
+    *,
+    trigger_words: str | None = None,
+    default_weight: str | None = None,
+    weight_range: str | None = None,
+    category: str | None = None,
+    description: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Turn an admin's typed fields into registry changes, or explain what is wrong."""
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    if trigger_words is not None:
+        changes["trigger_words"] = tuple(w.strip() for w in trigger_words.split(",") if w.strip())
+    if default_weight:
+        try:
+            changes["default_weight"] = float(default_weight)
+        except ValueError:
+            problems.append(f"Default weight `{default_weight}` is not a number; write it like `0.8`.")
+    if weight_range:
+        low, sep, high = weight_range.replace("–", "-").replace(" to ", "-").rpartition("-")
+        try:
+            if not sep or not low:
+                raise ValueError
+            changes["recommended_min"], changes["recommended_max"] = float(low), float(high)
+        except ValueError:
+            problems.append(f"Range `{weight_range}` should look like `0.5-1.0`.")
+    if category:
+        try:
+            changes["category"] = Category(category.strip().lower())
+        except ValueError:
+            problems.append(
+                f"Category `{category}` is not one of: " + ", ".join(c.value for c in Category) + "."
+            )
+    if description is not None:
+        changes["description"] = description
+    return changes, problems
+
+
+def recipe_with_seed(recipe: Recipe, seed: int) -> Recipe:
+    return replace(recipe, seed=seed)

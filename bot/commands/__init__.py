@@ -1,0 +1,18 @@
+"""Slash commands, one module per top-level command.
+
+``register_all`` adds them to the bot's tree; each module exposes its command objects so
+tests can inspect names, options and limits without starting a client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from discord import app_commands
+
+
+def register_all(tree: app_commands.CommandTree[Any]) -> None:
+    from bot.commands import imagine, lora, model, queue, settings
+
+    for command in (imagine.imagine, lora.lora, model.model, settings.settings, queue.queue):
+        tree.add_command(command)

@@ -1,0 +1,134 @@
+"""``/imagine``: one model, up to three LoRA slots (more inline), and the usual knobs.
+
+Weights are STRING options on purpose: Discord would reject ``0,7`` or ``.7.1`` in a number
+option with a generic client-side error, while the validator can say exactly what is wrong
+and list it together with every other problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.commands.common import bot_of, nsfw_channel, to_choices
+
+#: A1111 sampler names the engine maps to diffusers schedulers.
+SAMPLERS = (
+    "DPM++ 2M Karras",
+    "DPM++ 2M",
+    "DPM++ 2M SDE Karras",
+    "DPM++ SDE Karras",
+    "Euler a",
+    "Euler",
+    "DDIM",
+    "UniPC",
+    "Heun",
+    "LMS",
+)
+#: Sizes offered; "WxH" values. SD 1.5 likes ~512², SDXL ~1024²; the validator checks.
+SIZES = (
+    ("512×512 · square (SD 1.5)", "512x512"),
+    ("512×768 · portrait (SD 1.5)", "512x768"),
+    ("768×512 · landscape (SD 1.5)", "768x512"),
+    ("1024×1024 · square (SDXL)", "1024x1024"),
+    ("832×1216 · portrait (SDXL)", "832x1216"),
+    ("1216×832 · landscape (SDXL)", "1216x832"),
+    ("1344×768 · wide 16:9 (SDXL)", "1344x768"),
+    ("768×1344 · tall 9:16 (SDXL)", "768x1344"),
+    ("256×256 · draft", "256x256"),
+)
+
+
+async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    if interaction.guild_id is None:
+        return []
+    bot = bot_of(interaction)
+    choices = await bot.registry.autocomplete_models(
+        interaction.guild_id,
+        current,
+        channel_id=interaction.channel_id,
+        nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
+    )
+    return to_choices(choices)
+
+
+async def lora_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Only LoRAs for the architecture of the model already chosen in this command."""
+    if interaction.guild_id is None:
+        return []
+    bot = bot_of(interaction)
+    architecture = await bot.actions.chosen_architecture(interaction)
+    choices = await bot.registry.autocomplete_loras(
+        interaction.guild_id,
+        current,
+        architecture=architecture,
+        nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
+    )
+    return to_choices(choices)
+
+
+@app_commands.command(name="imagine", description="Generate an image from a model, a LoRA stack and a prompt")
+@app_commands.guild_only()
+@app_commands.describe(
+    prompt="What to draw; LoRAs may also be written inline as <lora:name:0.7>",
+    model="Base model (default: the server's default model)",
+    lora1="First LoRA (only those made for the chosen model are offered)",
+    weight1="Weight of the first LoRA, e.g. 0.8 (default: the LoRA's default)",
+    lora2="Second LoRA",
+    weight2="Weight of the second LoRA",
+    lora3="Third LoRA",
+    weight3="Weight of the third LoRA",
+    negative="What to avoid",
+    sampler="Sampler (default: the model's)",
+    steps="Denoising steps (default: the model's)",
+    cfg="How strictly to follow the prompt (CFG scale)",
+    seed="Seed for a reproducible image (default: random)",
+    size="Image size (default: the model's)",
+    count="How many images (1-4)",
+)
+@app_commands.choices(
+    sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
+    size=[app_commands.Choice(name=label, value=value) for label, value in SIZES],
+)
+@app_commands.autocomplete(
+    model=model_autocomplete, lora1=lora_autocomplete, lora2=lora_autocomplete, lora3=lora_autocomplete
+)
+async def imagine(
+    interaction: discord.Interaction[Any],
+    prompt: app_commands.Range[str, 1, 6000],
+    model: app_commands.Range[str, 1, 100] | None = None,
+    lora1: app_commands.Range[str, 1, 100] | None = None,
+    weight1: app_commands.Range[str, 1, 32] | None = None,
+    lora2: app_commands.Range[str, 1, 100] | None = None,
+    weight2: app_commands.Range[str, 1, 32] | None = None,
+    lora3: app_commands.Range[str, 1, 100] | None = None,
+    weight3: app_commands.Range[str, 1, 32] | None = None,
+    negative: app_commands.Range[str, 0, 6000] | None = None,
+    sampler: str | None = None,
+    steps: app_commands.Range[int, 1, 150] | None = None,
+    cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+    seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
+    size: str | None = None,
+    count: app_commands.Range[int, 1, 4] | None = None,
+) -> None:
+    # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    width = height = None
+    if size:
+        width, height = (int(v) for v in size.split("x"))
+    await bot_of(interaction).actions.imagine(
+        interaction,
+        prompt=prompt,
+        model=model,
+        slots=[(lora1, weight1), (lora2, weight2), (lora3, weight3)],
+        negative=negative,
+        sampler=sampler,
+        steps=steps,
+        cfg=cfg,
+        seed=seed,
+        width=width,
+        height=height,
+        count=count,
+    )

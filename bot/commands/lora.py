@@ -1,0 +1,302 @@
+"""``/lora``: register, edit, remove, look up, search and bookmark LoRAs.
+
+``/lora add`` registers at once and answers with the LoRA's card and an Edit button rather
+than asking for a confirmation first: everything it fills in (architecture, hashes, trigger
+words) comes from the file itself, a pending confirmation would be state that can expire
+or be lost in a restart, and the Edit button (which survives restarts) covers the case
+where the admin wants to correct a guess. Discord's default permissions apply to a whole
+top-level command, so the admin subcommands (add, edit, remove) rely on the run-time check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot import embeds, views
+from bot.actions import lora_changes
+from bot.commands.common import admin_only, bot_of, nsfw_channel, to_choices
+from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from engine.protocol import EngineError
+
+lora = app_commands.Group(name="lora", description="Find, bookmark and manage this server's LoRAs", guild_only=True)
+
+CATEGORY_CHOICES = [app_commands.Choice(name=c.value, value=c.value) for c in Category]
+ARCH_CHOICES = [app_commands.Choice(name=a, value=a) for a in ARCHITECTURES if a != "unknown"]
+SORT_CHOICES = [
+    app_commands.Choice(name="newest", value="newest"),
+    app_commands.Choice(name="most used", value="most_used"),
+    app_commands.Choice(name="name", value="name"),
+]
+
+
+async def _reply(interaction: discord.Interaction[Any], text: str | None = None, **kwargs: Any) -> None:
+    await interaction.followup.send(text, ephemeral=True, **kwargs)
+
+
+async def registered_lora_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
+    if interaction.guild_id is None:
+        return []
+    bot = bot_of(interaction)
+    choices = await bot.registry.autocomplete_loras(
+        interaction.guild_id,
+        current,
+        nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
+    )
+    return to_choices(choices)
+
+
+async def any_lora_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Admins also need disabled LoRAs, so this searches everything."""
+    if interaction.guild_id is None:
+        return []
+    entries = await bot_of(interaction).registry.search_loras(interaction.guild_id, current, sort="name", limit=25)
+    return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in entries[:25]]
+
+
+async def unregistered_file_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
+    """LoRA files the engine sees that this server has not registered yet."""
+    if interaction.guild_id is None:
+        return []
+    bot = bot_of(interaction)
+    try:
+        files = await bot.engine.list_files("lora")
+    except EngineError:
+        return []
+    taken = await bot.registry.registered_lora_files(interaction.guild_id)
+    needle = current.lower()
+    paths = [f.path for f in files if f.path not in taken and needle in f.path.lower()]
+    return [app_commands.Choice(name=p[:100], value=p) for p in paths if len(p) <= 100][:25]
+
+
+@lora.command(name="add", description="Register a LoRA file the engine can see (admin)")
+@admin_only()
+@app_commands.describe(
+    file="LoRA file in the engine's folder",
+    name="Name members will type (default: from the file)",
+    category="What kind of LoRA it is",
+    trigger_words="Comma-separated trigger words (default: read from the file)",
+    default_weight="Weight used when a member gives none",
+    nsfw="Whether it is NSFW",
+    source="Where it comes from: Civitai AIR or URL",
+    description="A short description",
+)
+@app_commands.choices(category=CATEGORY_CHOICES)
+@app_commands.autocomplete(file=unregistered_file_autocomplete)
+async def lora_add(
+    interaction: discord.Interaction[Any],
+    file: str,
+    name: app_commands.Range[str, 1, 100] | None = None,
+    category: str = "other",
+    trigger_words: str | None = None,
+    default_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
+    nsfw: bool = False,
+    source: str | None = None,
+    description: str | None = None,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    bot = bot_of(interaction)
+    try:
+        info = await bot.engine.inspect("lora", file)
+    except EngineError as exc:
+        await _reply(interaction, f"I could not read `{file}`: {exc.message}")
+        return
+    if info.kind == "checkpoint":
+        await _reply(interaction, f"`{file}` is a full model, not a LoRA. Use `/model add` for it.")
+        return
+    overrides: dict[str, Any] = {"nsfw": nsfw}
+    if trigger_words is not None:
+        overrides["trigger_words"] = tuple(w.strip() for w in trigger_words.split(",") if w.strip())
+    if default_weight is not None:
+        overrides["default_weight"] = default_weight
+    if source:
+        overrides["source"] = source
+    if description:
+        overrides["description"] = description
+    try:
+        entry = LoraEntry.from_file_info(info, name=name, category=category, **overrides)
+        added = await bot.registry.add_lora(interaction.guild_id, entry, interaction.user.id)
+    except RegistryError as exc:
+        await _reply(interaction, str(exc))
+        return
+    note = f"Registered **{added.name}**."
+    if added.architecture == "unknown":
+        note += " I could not tell its architecture from the file; it will not match any model until that is fixed."
+    await _reply(
+        interaction,
+        note + " Check the card; press Edit to correct trigger words, weights or category.",
+        embed=embeds.lora_card(added),
+        view=views.lora_card_view(added.id or 0),
+    )
+
+
+@lora.command(name="edit", description="Change a registered LoRA (admin)")
+@admin_only()
+@app_commands.describe(
+    name="The LoRA to change",
+    new_name="Rename it",
+    category="Category",
+    trigger_words="Comma-separated trigger words (replaces the current ones)",
+    default_weight="Default weight",
+    min_weight="Lowest recommended weight",
+    max_weight="Highest recommended weight",
+    nsfw="NSFW",
+    enabled="Whether members can use it",
+    description="Description",
+    source="Civitai AIR or URL",
+)
+@app_commands.choices(category=CATEGORY_CHOICES)
+@app_commands.autocomplete(name=any_lora_autocomplete)
+async def lora_edit(
+    interaction: discord.Interaction[Any],
+    name: str,
+    new_name: app_commands.Range[str, 1, 100] | None = None,
+    category: str | None = None,
+    trigger_words: str | None = None,
+    default_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
+    min_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
+    max_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
+    nsfw: bool | None = None,
+    enabled: bool | None = None,
+    description: str | None = None,
+    source: str | None = None,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    changes, problems = lora_changes(trigger_words=trigger_words, category=category, description=description)
+    if problems:
+        await _reply(interaction, embeds.problems_message(problems))
+        return
+    for key, value in (
+        ("name", new_name),
+        ("default_weight", default_weight),
+        ("recommended_min", min_weight),
+        ("recommended_max", max_weight),
+        ("nsfw", nsfw),
+        ("enabled", enabled),
+        ("source", source),
+    ):
+        if value is not None:
+            changes[key] = value
+    if not changes:
+        await _reply(interaction, "Nothing to change: give at least one option besides the name.")
+        return
+    try:
+        updated = await registry.update_lora(interaction.guild_id, name, interaction.user.id, **changes)
+    except RegistryError as exc:
+        await _reply(interaction, str(exc))
+        return
+    await _reply(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated))
+
+
+@lora.command(name="remove", description="Remove a LoRA from this server's registry (admin)")
+@admin_only()
+@app_commands.describe(name="The LoRA to remove")
+@app_commands.autocomplete(name=any_lora_autocomplete)
+async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    try:
+        await bot_of(interaction).registry.remove_lora(interaction.guild_id, name, interaction.user.id)
+    except RegistryError as exc:
+        await _reply(interaction, str(exc))
+        return
+    await _reply(interaction, f"Removed **{name}**. Images already posted keep their recipes.")
+
+
+@lora.command(name="info", description="Show a LoRA's card")
+@app_commands.describe(name="The LoRA")
+@app_commands.autocomplete(name=registered_lora_autocomplete)
+async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_lora(interaction.guild_id, name)
+    if entry is None:
+        catalog = await registry.catalog(interaction.guild_id)
+        hints = catalog.suggest_loras(name)
+        tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
+        await _reply(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
+        return
+    marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
+    await _reply(interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks))
+
+
+def _lora_line(entry: LoraEntry) -> str:
+    triggers = f" · {', '.join(entry.trigger_words[:3])}" if entry.trigger_words else ""
+    state = "" if entry.enabled else " · disabled"
+    return f"**{entry.name}** · {entry.architecture} · {entry.category.value} · {entry.uses} uses{triggers}{state}"
+
+
+@lora.command(name="search", description="Search LoRAs by name, trigger word or description")
+@app_commands.describe(
+    query="Words to look for (empty lists everything)",
+    architecture="Only LoRAs for this architecture",
+    category="Only this category",
+    sort="Order of results",
+    bookmarked="Only your bookmarks",
+)
+@app_commands.choices(architecture=ARCH_CHOICES, category=CATEGORY_CHOICES, sort=SORT_CHOICES)
+async def lora_search(
+    interaction: discord.Interaction[Any],
+    query: app_commands.Range[str, 0, 200] = "",
+    architecture: str | None = None,
+    category: str | None = None,
+    sort: str = "newest",
+    bookmarked: bool = False,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    bot = bot_of(interaction)
+    nsfw = await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction))
+    entries = await bot.registry.search_loras(
+        interaction.guild_id,
+        query,
+        architecture=architecture,
+        category=category,
+        nsfw=False if nsfw is False else None,
+        enabled=None,
+        bookmarked_by=interaction.user.id if bookmarked else None,
+        sort=sort,  # type: ignore[arg-type]
+        limit=25,
+    )
+    title = f"LoRAs matching “{query}”" if query else "LoRAs"
+    await _reply(interaction, embed=embeds.list_embed(title, [_lora_line(e) for e in entries], empty="No LoRA matches."))
+
+
+@lora.command(name="bookmark", description="Bookmark a LoRA, or remove the bookmark")
+@app_commands.describe(name="The LoRA")
+@app_commands.autocomplete(name=registered_lora_autocomplete)
+async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    try:
+        added = await registry.bookmark(interaction.guild_id, interaction.user.id, name)
+        if not added:
+            await registry.unbookmark(interaction.guild_id, interaction.user.id, name)
+    except RegistryError as exc:
+        await _reply(interaction, str(exc))
+        return
+    await _reply(interaction, f"Bookmarked **{name}**." if added else f"Removed the bookmark on **{name}**.")
+
+
+@lora.command(name="bookmarks", description="List your bookmarked LoRAs")
+async def lora_bookmarks(interaction: discord.Interaction[Any]) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    entries = await bot_of(interaction).registry.bookmarks(interaction.guild_id, interaction.user.id)
+    await _reply(
+        interaction,
+        embed=embeds.list_embed(
+            "Your bookmarks", [_lora_line(e) for e in entries], empty="No bookmarks yet: try `/lora bookmark`."
+        ),
+    )

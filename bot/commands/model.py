@@ -1,0 +1,133 @@
+"""``/model``: the base models a server offers; ``add`` is for admins (run-time check)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot import embeds
+from bot.commands.common import admin_only, bot_of, to_choices
+from bot.registry import ModelEntry, RegistryError
+from engine.protocol import EngineError
+
+model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
+
+
+async def _reply(interaction: discord.Interaction[Any], text: str | None = None, **kwargs: Any) -> None:
+    await interaction.followup.send(text, ephemeral=True, **kwargs)
+
+
+async def model_name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    if interaction.guild_id is None:
+        return []
+    return to_choices(await bot_of(interaction).registry.autocomplete_models(interaction.guild_id, current))
+
+
+async def model_file_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    if interaction.guild_id is None:
+        return []
+    bot = bot_of(interaction)
+    try:
+        files = await bot.engine.list_files("model")
+    except EngineError:
+        return []
+    taken = {m.file for m in await bot.registry.list_models(interaction.guild_id)}
+    needle = current.lower()
+    paths = [f.path for f in files if f.path not in taken and needle in f.path.lower() and len(f.path) <= 100]
+    return [app_commands.Choice(name=p, value=p) for p in paths][:25]
+
+
+def model_card(entry: ModelEntry) -> discord.Embed:
+    embed = discord.Embed(title=f"Model · {entry.name}", colour=embeds.ACCENT, description=entry.description or None)
+    embed.add_field(name="Architecture", value=entry.architecture, inline=True)
+    embed.add_field(name="Default size", value=f"{entry.default_width}×{entry.default_height}", inline=True)
+    embed.add_field(name="Default steps", value=str(entry.default_steps), inline=True)
+    embed.add_field(name="Default CFG", value=f"{entry.default_cfg:g}", inline=True)
+    embed.add_field(name="Default sampler", value=entry.default_sampler, inline=True)
+    embed.add_field(name="Status", value="enabled" if entry.enabled else "disabled", inline=True)
+    if entry.nsfw:
+        embed.add_field(name="NSFW", value="yes", inline=True)
+    if entry.allowed_channel_ids:
+        embed.add_field(
+            name="Channels", value=" ".join(f"<#{c}>" for c in sorted(entry.allowed_channel_ids)), inline=False
+        )
+    embed.add_field(name="File", value=f"`{entry.file}`" + (f"\nAutoV2 `{entry.autov2}`" if entry.autov2 else ""), inline=False)
+    return embeds.fit_embed(embed)
+
+
+@model.command(name="list", description="List the models of this server")
+async def model_list(interaction: discord.Interaction[Any]) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    bot = bot_of(interaction)
+    models = await bot.registry.list_models(interaction.guild_id)
+    default = (await bot.registry.get_settings(interaction.guild_id)).default_model
+    lines = [
+        f"**{m.name}** · {m.architecture} · {m.default_width}×{m.default_height}"
+        + (" · default" if default and m.name == default else "")
+        + ("" if m.enabled else " · disabled")
+        for m in models
+    ]
+    await _reply(interaction, embed=embeds.list_embed("Models", lines, empty="No models yet: an admin adds one with `/model add`."))
+
+
+@model.command(name="info", description="Show a model's details")
+@app_commands.describe(name="The model")
+@app_commands.autocomplete(name=model_name_autocomplete)
+async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_model(interaction.guild_id, name)
+    if entry is None:
+        hints = (await registry.catalog(interaction.guild_id)).suggest_models(name)
+        tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
+        await _reply(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
+        return
+    await _reply(interaction, embed=model_card(entry))
+
+
+@model.command(name="add", description="Register a model file the engine can see (admin)")
+@admin_only()
+@app_commands.describe(
+    file="Model file or folder in the engine's model folder",
+    name="Name members will pick (default: from the file)",
+    nsfw="Whether it is NSFW",
+    description="A short description",
+    make_default="Use it when /imagine names no model",
+)
+@app_commands.autocomplete(file=model_file_autocomplete)
+async def model_add(
+    interaction: discord.Interaction[Any],
+    file: str,
+    name: app_commands.Range[str, 1, 100] | None = None,
+    nsfw: bool = False,
+    description: str | None = None,
+    make_default: bool = False,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    bot = bot_of(interaction)
+    try:
+        info = await bot.engine.inspect("model", file)
+    except EngineError as exc:
+        await _reply(interaction, f"I could not read `{file}`: {exc.message}")
+        return
+    if info.kind == "lora":
+        await _reply(interaction, f"`{file}` is a LoRA, not a model. Use `/lora add` for it.")
+        return
+    if info.architecture == "unknown":
+        await _reply(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
+        return
+    try:
+        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
+        added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
+        settings = await bot.registry.get_settings(interaction.guild_id)
+        if make_default or not settings.default_model:
+            await bot.registry.update_settings(interaction.guild_id, interaction.user.id, default_model=added.name)
+    except RegistryError as exc:
+        await _reply(interaction, str(exc))
+        return
+    await _reply(interaction, f"Registered **{added.name}**.", embed=model_card(added))

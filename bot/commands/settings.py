@@ -1,0 +1,128 @@
+"""``/settings`` (admin): show or change this server's rules.
+
+With no options it shows the current values; every given option is applied in one change,
+checked together by the registry (e.g. a minimum above the maximum is refused as a whole).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot import embeds
+from bot.commands.common import admin_only, bot_of
+from bot.commands.model import model_name_autocomplete
+from bot.registry import NsfwPolicy, RegistryError, ServerSettings
+
+POLICY_CHOICES = [
+    app_commands.Choice(name="only in age-restricted channels", value=NsfwPolicy.NSFW_CHANNELS.value),
+    app_commands.Choice(name="never", value=NsfwPolicy.NEVER.value),
+    app_commands.Choice(name="anywhere", value=NsfwPolicy.ANYWHERE.value),
+]
+
+
+def settings_embed(settings: ServerSettings) -> discord.Embed:
+    embed = discord.Embed(title="Server settings", colour=embeds.ACCENT)
+    rows = [
+        ("LoRAs per image", str(settings.max_loras)),
+        ("Weight range", f"{settings.weight_min:g} to {settings.weight_max:g}"),
+        ("Steps", f"{settings.steps_min} to {settings.steps_max}"),
+        ("CFG", f"{settings.cfg_min:g} to {settings.cfg_max:g}"),
+        ("Size per side", f"{settings.size_min} to {settings.size_max} px"),
+        ("Images per request", str(settings.max_count)),
+        ("Prompt limit", f"{settings.prompt_limit} characters"),
+        ("Queue limit per member", str(settings.queue_limit_per_user)),
+        ("Add missing trigger words", "yes" if settings.auto_trigger_words else "no, report them"),
+        ("NSFW", settings.nsfw_policy.value),
+        ("Default model", settings.default_model or "none"),
+    ]
+    for name, value in rows:
+        embed.add_field(name=name, value=value, inline=True)
+    if settings.role_max_loras:
+        embed.add_field(
+            name="Role stack caps",
+            value="\n".join(f"<@&{role}>: {cap}" for role, cap in settings.role_max_loras.items()),
+            inline=False,
+        )
+    return embeds.fit_embed(embed)
+
+
+@app_commands.command(name="settings", description="Show or change this server's Atelier settings (admin)")
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+@admin_only()
+@app_commands.describe(
+    max_loras="Most LoRAs in one image",
+    weight_min="Lowest LoRA weight allowed (negative allows slider LoRAs in reverse)",
+    weight_max="Highest LoRA weight allowed",
+    steps_max="Most denoising steps",
+    max_count="Most images per request",
+    prompt_limit="Longest prompt, in characters",
+    queue_limit="Jobs one member may have waiting at once",
+    auto_trigger_words="Add a LoRA's missing trigger words to the prompt (or only report them)",
+    nsfw_policy="Where NSFW models and LoRAs may be used",
+    default_model="Model used when /imagine names none",
+    role="Give this role a different LoRA cap (with role_max_loras)",
+    role_max_loras="LoRA cap for the role (0 removes the override)",
+)
+@app_commands.choices(nsfw_policy=POLICY_CHOICES)
+@app_commands.autocomplete(default_model=model_name_autocomplete)
+async def settings(
+    interaction: discord.Interaction[Any],
+    max_loras: app_commands.Range[int, 1, 20] | None = None,
+    weight_min: app_commands.Range[float, -10.0, 10.0] | None = None,
+    weight_max: app_commands.Range[float, -10.0, 10.0] | None = None,
+    steps_max: app_commands.Range[int, 1, 150] | None = None,
+    max_count: app_commands.Range[int, 1, 4] | None = None,
+    prompt_limit: app_commands.Range[int, 1, 6000] | None = None,
+    queue_limit: app_commands.Range[int, 1, 100] | None = None,
+    auto_trigger_words: bool | None = None,
+    nsfw_policy: str | None = None,
+    default_model: str | None = None,
+    role: discord.Role | None = None,
+    role_max_loras: app_commands.Range[int, 0, 20] | None = None,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    current = await registry.get_settings(interaction.guild_id)
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("max_loras", max_loras),
+            ("weight_min", weight_min),
+            ("weight_max", weight_max),
+            ("steps_max", steps_max),
+            ("max_count", max_count),
+            ("prompt_limit", prompt_limit),
+            ("queue_limit_per_user", queue_limit),
+            ("auto_trigger_words", auto_trigger_words),
+            ("nsfw_policy", NsfwPolicy(nsfw_policy) if nsfw_policy else None),
+            ("default_model", default_model),
+        )
+        if value is not None
+    }
+    if (role is None) != (role_max_loras is None):
+        await interaction.followup.send("Give both `role` and `role_max_loras` to set a role's cap.", ephemeral=True)
+        return
+    if role is not None and role_max_loras is not None:
+        caps = dict(current.role_max_loras)
+        if role_max_loras == 0:
+            caps.pop(role.id, None)
+        else:
+            caps[role.id] = role_max_loras
+        changes["role_max_loras"] = caps
+    if default_model is not None and await registry.get_model(interaction.guild_id, default_model) is None:
+        await interaction.followup.send(f"There is no model named `{default_model}`; see `/model list`.", ephemeral=True)
+        return
+    if not changes:
+        await interaction.followup.send(embed=settings_embed(current), ephemeral=True)
+        return
+    try:
+        updated = await registry.update_settings(interaction.guild_id, interaction.user.id, **changes)
+    except RegistryError as exc:
+        await interaction.followup.send(str(exc), ephemeral=True)
+        return
+    await interaction.followup.send("Settings saved.", embed=settings_embed(updated), ephemeral=True)

@@ -1,0 +1,207 @@
+"""Buttons and modals whose custom ids stay valid across restarts.
+
+Every button is a :class:`discord.ui.DynamicItem`: discord.py matches the custom id of any
+click against the templates below, even on a message posted by an earlier process, so no
+view has to be re-registered per message. The state a button needs (the recipe behind an
+image, the LoRA a card shows) is looked up in the database by message id or entry id, never
+kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
+
+- ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/delete/save;
+  the recipe is found by the clicked message's id.
+- ``atelier:cancel:<job id>`` on status messages (32 hex digits).
+- ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
+
+The work behind each click lives in :mod:`bot.actions`; this module is only the UI shape.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+if TYPE_CHECKING:
+    from bot.app import AtelierBot
+
+CUSTOM_ID_LIMIT = 100
+IMAGE_ACTIONS = ("reroll", "remix", "recipe", "delete", "save")
+_LABELS = {
+    "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
+    "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
+    "recipe": ("Recipe", "📜", discord.ButtonStyle.secondary),
+    "save": ("Save recipe", "💾", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+
+
+def _bot(interaction: discord.Interaction[Any]) -> AtelierBot:
+    return interaction.client  # type: ignore[return-value]
+
+
+class ImageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:img:(?P<action>reroll|remix|recipe|delete|save)",
+):
+    def __init__(self, action: str) -> None:
+        label, emoji, style = _LABELS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"atelier:img:{action}")
+        )
+        self.action = action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ImageButton:
+        return cls(match["action"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _bot(interaction).actions.image_button(interaction, self.action)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"atelier:cancel:(?P<job>[0-9a-f]{32})"
+):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel", emoji="✖️", style=discord.ButtonStyle.secondary, custom_id=f"atelier:cancel:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _bot(interaction).actions.cancel_job(interaction, self.job_id)
+
+
+class LoraCardButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:lora:(?P<action>edit|remove):(?P<lora>\d{1,20})",
+):
+    def __init__(self, action: str, lora_id: int) -> None:
+        label, style = ("Edit", discord.ButtonStyle.primary) if action == "edit" else (
+            "Remove",
+            discord.ButtonStyle.danger,
+        )
+        super().__init__(
+            discord.ui.Button(label=label, style=style, custom_id=f"atelier:lora:{action}:{lora_id}")
+        )
+        self.action = action
+        self.lora_id = lora_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> LoraCardButton:
+        return cls(match["action"], int(match["lora"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _bot(interaction).actions.lora_card_button(interaction, self.action, self.lora_id)
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
+
+
+def result_view() -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in IMAGE_ACTIONS:
+        view.add_item(ImageButton(action))
+    return view
+
+
+def status_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def lora_card_view(lora_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(LoraCardButton("edit", lora_id))
+    view.add_item(LoraCardButton("remove", lora_id))
+    return view
+
+
+class RemixModal(discord.ui.Modal):
+    """Prefilled with the image's recipe; five inputs, Discord's maximum."""
+
+    def __init__(
+        self,
+        *,
+        message_id: int,
+        prompt: str,
+        negative: str,
+        loras: str,
+        seed: str,
+        steps: str,
+    ) -> None:
+        super().__init__(title="Remix this image", custom_id=f"atelier:remix:{message_id}", timeout=900)
+        self.message_id = message_id
+        self.prompt = discord.ui.TextInput(
+            label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:4000], max_length=4000
+        )
+        self.negative = discord.ui.TextInput(
+            label="Negative prompt",
+            style=discord.TextStyle.paragraph,
+            default=negative[:4000] or None,
+            required=False,
+            max_length=4000,
+        )
+        self.loras = discord.ui.TextInput(
+            label="LoRAs, one per line as name:weight",
+            style=discord.TextStyle.paragraph,
+            default=loras[:4000] or None,
+            required=False,
+            max_length=4000,
+        )
+        self.seed = discord.ui.TextInput(label="Seed (empty = random)", default=seed, required=False, max_length=20)
+        self.steps = discord.ui.TextInput(label="Steps", default=steps, required=False, max_length=4)
+        for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
+            self.add_item(item)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await _bot(interaction).actions.remix_submit(interaction, self)
+
+
+class LoraEditModal(discord.ui.Modal):
+    """What an admin corrects after ``/lora add``: the engine cannot guess these well."""
+
+    def __init__(
+        self,
+        *,
+        lora_id: int,
+        trigger_words: str,
+        default_weight: str,
+        weight_range: str,
+        category: str,
+        description: str,
+    ) -> None:
+        super().__init__(title="Edit LoRA", custom_id=f"atelier:loraedit:{lora_id}", timeout=900)
+        self.lora_id = lora_id
+        self.trigger_words = discord.ui.TextInput(
+            label="Trigger words (comma separated)", default=trigger_words or None, required=False, max_length=1000
+        )
+        self.default_weight = discord.ui.TextInput(label="Default weight", default=default_weight, max_length=10)
+        self.weight_range = discord.ui.TextInput(
+            label="Recommended range (min-max)", default=weight_range, max_length=25
+        )
+        self.category = discord.ui.TextInput(label="Category", default=category, max_length=20)
+        self.description = discord.ui.TextInput(
+            label="Description",
+            style=discord.TextStyle.paragraph,
+            default=description[:4000] or None,
+            required=False,
+            max_length=4000,
+        )
+        for item in (self.trigger_words, self.default_weight, self.weight_range, self.category, self.description):
+            self.add_item(item)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await _bot(interaction).actions.lora_edit_submit(interaction, self)
