@@ -1,0 +1,40 @@
+"""A local Discord for tests and the offline demo: a real discord.py bot talks to it over HTTP
+and a websocket, exactly as it would talk to Discord, and every rule Discord enforces is enforced.
+
+Torch-free; needs only aiohttp and discord.py. See :mod:`bot.sandbox.discord_double`.
+"""
+
+from bot.sandbox.discord_double import DiscordDouble, RequestRecord, Violation
+from bot.sandbox.harness import patch_discord_endpoints, run_bot
+from bot.sandbox.state import (
+    MANAGE_GUILD,
+    MANAGE_MESSAGES,
+    Button,
+    Channel,
+    Guild,
+    InteractionHandle,
+    Member,
+    Role,
+    StoredAttachment,
+    StoredMessage,
+    User,
+)
+
+__all__ = [
+    "MANAGE_GUILD",
+    "MANAGE_MESSAGES",
+    "Button",
+    "Channel",
+    "DiscordDouble",
+    "Guild",
+    "InteractionHandle",
+    "Member",
+    "RequestRecord",
+    "Role",
+    "StoredAttachment",
+    "StoredMessage",
+    "User",
+    "Violation",
+    "patch_discord_endpoints",
+    "run_bot",
+]

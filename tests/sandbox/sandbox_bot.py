@@ -1,0 +1,167 @@
+"""A small but real discord.py bot used to exercise the double: commands, views, modals, files.
+
+Each handler records what happened (and any exception discord.py raised) so tests can assert
+both sides: what reached the wire and what the bot saw.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+FLAVOURS = ["vanilla", "vanilla bean", "chocolate", "strawberry", "pistachio", "mango"]
+
+
+def png_bytes(width: int = 8, height: int = 6) -> bytes:
+    """A real PNG (so the double can read its size from the header)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class PingView(discord.ui.View):
+    def __init__(self, bot: SandboxBot) -> None:
+        super().__init__(timeout=None)
+        self.bot = bot
+
+    @discord.ui.button(label="Ping", custom_id="sandbox:ping", style=discord.ButtonStyle.primary)
+    async def ping(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        self.bot.events.append(("clicked", interaction.user.id, interaction.message.id if interaction.message else None))
+        await interaction.response.send_message("pong", ephemeral=True)
+
+    @discord.ui.button(label="Note", custom_id="sandbox:note")
+    async def note(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.send_modal(NoteModal(self.bot))
+
+
+class NoteModal(discord.ui.Modal, title="Leave a note"):
+    text: discord.ui.TextInput[NoteModal] = discord.ui.TextInput(
+        label="Note", custom_id="note:text", max_length=200
+    )
+    mood: discord.ui.TextInput[NoteModal] = discord.ui.TextInput(
+        label="Mood", custom_id="note:mood", required=False, default="calm"
+    )
+
+    def __init__(self, bot: SandboxBot) -> None:
+        super().__init__(custom_id="sandbox:note-modal")
+        self.bot = bot
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        self.bot.events.append(("modal", self.text.value, self.mood.value))
+        await interaction.response.send_message(f"noted: {self.text.value} ({self.mood.value})")
+
+
+class SandboxBot(commands.Bot):
+    def __init__(self, *, guild_id: int | None = None) -> None:
+        super().__init__(
+            command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.1
+        )
+        self.guild_id = guild_id
+        self.events: list[tuple[Any, ...]] = []
+        self.errors: list[BaseException] = []
+        self.interactions: dict[str, discord.Interaction] = {}
+        self.sync_error: BaseException | None = None
+        self.extra_commands: list[app_commands.Command[Any, ..., Any]] = []
+        self._register()
+
+    async def setup_hook(self) -> None:
+        self.add_view(PingView(self))
+        for command in self.extra_commands:
+            self.tree.add_command(command)
+        try:
+            await self.tree.sync()
+            if self.guild_id is not None:
+                await self.tree.sync(guild=discord.Object(self.guild_id))
+        except discord.HTTPException as exc:
+            self.sync_error = exc
+
+    async def on_ready(self) -> None:
+        self.events.append(("ready", [guild.name for guild in self.guilds]))
+
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        self.events.append(("guild_available", guild.name))
+
+    def _register(self) -> None:
+        tree = self.tree
+
+        @tree.command(description="Render a picture (defers, then follows up with a PNG)")
+        @app_commands.describe(prompt="What to draw", width="Width in pixels")
+        async def render(interaction: discord.Interaction, prompt: str, width: int = 8) -> None:
+            self.interactions["render"] = interaction
+            await interaction.response.defer(thinking=True)
+            try:
+                await interaction.followup.send(
+                    f"here is {prompt}", file=discord.File(io.BytesIO(png_bytes(width)), "render.png"),
+                    view=PingView(self),
+                )
+            except discord.HTTPException as exc:
+                self.errors.append(exc)
+
+        @tree.command(description="Pick a flavour")
+        async def pick(interaction: discord.Interaction, flavour: str) -> None:
+            await interaction.response.send_message(f"picked {flavour}")
+
+        @pick.autocomplete("flavour")
+        async def pick_flavour(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            if current == "many":
+                return [app_commands.Choice(name=f"choice {i}", value=str(i)) for i in range(30)]
+            return [app_commands.Choice(name=f, value=f) for f in FLAVOURS if f.startswith(current)]
+
+        @tree.command(description="Open a modal")
+        async def note(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(NoteModal(self))
+
+        @tree.command(description="Answer twice (the second must fail)")
+        async def twice(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("first")
+            try:
+                await interaction.response.send_message("second")
+            except discord.InteractionResponded as exc:
+                self.errors.append(exc)
+
+        @tree.command(description="Send an embed over Discord's 6000 character total")
+        async def bigembed(interaction: discord.Interaction) -> None:
+            embed = discord.Embed(title="big", description="d" * 4000)
+            for index in range(3):
+                embed.add_field(name=f"field {index}", value="v" * 1000)
+            try:
+                await interaction.response.send_message(embed=embed)
+            except discord.HTTPException as exc:
+                self.errors.append(exc)
+                await interaction.response.send_message("that embed was too big", ephemeral=True)
+
+        @tree.command(description="Say hello in the channel (a plain channel message)")
+        async def hello(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("posting", ephemeral=True)
+            assert interaction.channel is not None
+            try:
+                message = await interaction.channel.send("hello channel")  # type: ignore[union-attr]
+                self.events.append(("sent", message.id))
+            except discord.HTTPException as exc:
+                self.errors.append(exc)
+
+        @tree.command(description="Where am I?")
+        async def whereami(interaction: discord.Interaction) -> None:
+            place = "a DM" if interaction.guild is None else interaction.guild.name
+            await interaction.response.send_message(
+                f"you are in {place}; limit {interaction.filesize_limit}"
+            )
+
+        admin = app_commands.Group(
+            name="admin", description="Server settings",
+            default_permissions=discord.Permissions(manage_guild=True), guild_only=True,
+        )
+
+        @admin.command(description="Reset the settings")
+        async def reset(interaction: discord.Interaction, confirm: bool) -> None:
+            perms = interaction.permissions
+            await interaction.response.send_message(
+                f"reset={confirm} manage_guild={perms.manage_guild}", ephemeral=True
+            )
+
+        tree.add_command(admin)
