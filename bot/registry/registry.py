@@ -307,7 +307,7 @@ class Registry:
         return [_model_from_row(row) for row in rows]
 
     async def update_model(
-        self, guild_id: int, name: str, actor_id: int, **changes: Any
+        self, guild_id: int, name: str, actor_id: int, /, **changes: Any
     ) -> ModelEntry:
         """Change fields of a model (see ``MODEL_EDITABLE``); a rename keeps names unique."""
         check_changes(changes, MODEL_EDITABLE, "A model")
@@ -458,7 +458,7 @@ class Registry:
         return lora
 
     async def update_lora(
-        self, guild_id: int, name: str, actor_id: int, **changes: Any
+        self, guild_id: int, name: str, actor_id: int, /, **changes: Any
     ) -> LoraEntry:
         """Change fields of a LoRA (see ``LORA_EDITABLE``), audited with before/after values."""
         check_changes(changes, LORA_EDITABLE, "A LoRA")
@@ -727,7 +727,7 @@ class Registry:
         )
         return ServerSettings.from_json(json.loads(row[0])) if row else ServerSettings()
 
-    async def update_settings(self, guild_id: int, actor_id: int, **changes: Any) -> ServerSettings:
+    async def update_settings(self, guild_id: int, actor_id: int, /, **changes: Any) -> ServerSettings:
         """Change settings (field names of :class:`ServerSettings`), all checked together."""
         check_changes(changes, SETTINGS_FIELDS, "Settings")
         before = await self.get_settings(guild_id)

@@ -1,0 +1,252 @@
+"""Registering, editing and removing models and LoRAs, with hostile input."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.registry import (
+    AlreadyExists,
+    Category,
+    LoraEntry,
+    ModelEntry,
+    NotFound,
+    Registry,
+    RegistryError,
+    parse_air,
+)
+from engine.protocol import FileInfo
+
+from .conftest import ADMIN, GUILD, lora, model
+
+SHA = "ab" * 32
+
+
+def file_info(**overrides: object) -> FileInfo:
+    values: dict[str, object] = {
+        "path": "styles/neon_city.safetensors",
+        "kind": "lora",
+        "architecture": "sdxl",
+        "size_bytes": 1234,
+        "sha256": SHA,
+        "autov2": SHA[:10],
+        "a1111_hash": SHA[:12],
+        "trigger_words": ("neonpunk", "city lights"),
+        "output_name": "neon_city_v2",
+    }
+    values.update(overrides)
+    return FileInfo(**values)  # type: ignore[arg-type]
+
+
+async def test_lora_from_file_info_round_trips(registry: Registry) -> None:
+    entry = LoraEntry.from_file_info(file_info(), category="style")
+    assert entry.name == "neon_city_v2"
+    stored = await registry.add_lora(GUILD, entry, ADMIN)
+    assert stored.id is not None and stored.added_by == ADMIN and stored.added_at > 0
+    got = await registry.get_lora(GUILD, "NEON_CITY_V2")
+    assert got is not None
+    assert got.architecture == "sdxl"
+    assert got.category is Category.STYLE
+    assert got.trigger_words == ("neonpunk", "city lights")
+    assert got.sha256 == SHA and got.autov2 == SHA[:10].upper()
+    assert got.file == "styles/neon_city.safetensors"
+    assert got.uses == 0 and got.enabled
+
+
+async def test_names_unique_case_and_invisible_insensitive(registry: Registry) -> None:
+    await registry.add_lora(GUILD, lora("Detail Tweaker"), ADMIN)
+    for clash in ("detail tweaker", "DETAIL  TWEAKER", "Detail\u200b Tweaker", " Detail Tweaker\u200d"):
+        with pytest.raises(AlreadyExists, match="already exists"):
+            await registry.add_lora(GUILD, lora(clash, file="other.safetensors"), ADMIN)
+    assert await registry.count_loras(GUILD) == 1
+
+
+async def test_zero_width_characters_are_stripped_from_names(registry: Registry) -> None:
+    stored = await registry.add_lora(GUILD, lora("neo\u200bn\ufeff glow"), ADMIN)
+    assert stored.name == "neon glow"
+    assert (await registry.get_lora(GUILD, "neon glow")) is not None
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\u200b\u200c\u200d", "\ufeff\u2060"])
+async def test_invisible_only_names_are_refused(registry: Registry, name: str) -> None:
+    with pytest.raises(RegistryError, match="empty once invisible characters are removed"):
+        await registry.add_lora(GUILD, lora(name, file="x.safetensors"), ADMIN)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Robert'); DROP TABLE loras;--",
+        'say "cheese"',
+        "50% off _ %",
+        "ĉu ŝi? 日本語 ❤ émoji 🎨",
+        "O'Brien \\ backslash",
+    ],
+)
+async def test_quotes_sql_and_unicode_are_stored_verbatim(registry: Registry, name: str) -> None:
+    stored = await registry.add_lora(GUILD, lora(name, file="f.safetensors", description=name * 3), ADMIN)
+    got = await registry.get_lora(GUILD, name)
+    assert got is not None and got.name == stored.name == name
+    assert got.description == (name * 3)
+    assert await registry.count_loras(GUILD) == 1
+    # A LIKE wildcard in a name is not a wildcard in lookups.
+    assert await registry.get_lora(GUILD, "%") is None
+
+
+async def test_names_that_break_inline_syntax_are_refused(registry: Registry) -> None:
+    for name in ("a:b", "<lora>", "x>y"):
+        with pytest.raises(RegistryError, match="inline"):
+            await registry.add_lora(GUILD, lora(name, file="x.safetensors"), ADMIN)
+
+
+async def test_long_descriptions(registry: Registry) -> None:
+    text = "ü" * 10_000
+    stored = await registry.add_lora(GUILD, lora("long", description=text), ADMIN)
+    assert stored.description == text
+    got = await registry.get_lora(GUILD, "long")
+    assert got is not None and len(got.description) == 10_000
+    with pytest.raises(RegistryError, match="10,001 characters long; the limit is 10,000"):
+        await registry.add_lora(GUILD, lora("longer", description="x" * 10_001), ADMIN)
+
+
+async def test_name_too_long_is_refused(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="shorten it to 64"):
+        await registry.add_lora(GUILD, lora("n" * 65, file="n.safetensors"), ADMIN)
+
+
+@pytest.mark.parametrize(
+    "path", ["../secret.safetensors", "/etc/model.safetensors", "a/../../b.safetensors", "C:/x.safetensors"]
+)
+async def test_paths_outside_the_folder_are_refused(registry: Registry, path: str) -> None:
+    with pytest.raises(RegistryError, match="not a path inside"):
+        await registry.add_lora(GUILD, lora("escape", file=path), ADMIN)
+
+
+async def test_only_safetensors(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="only loads safetensors"):
+        await registry.add_lora(GUILD, lora("pickle", file="evil.ckpt"), ADMIN)
+
+
+async def test_air_and_url_sources(registry: Registry) -> None:
+    air = "urn:air:sdxl:lora:civitai:120096@135931"
+    stored = await registry.add_lora(GUILD, lora("air", "sdxl", source=air), ADMIN)
+    assert stored.source == air
+    parsed = parse_air(air)
+    assert (parsed.ecosystem, parsed.type, parsed.source, parsed.id, parsed.version) == (
+        "sdxl", "lora", "civitai", "120096", "135931",
+    )
+    assert parsed.architecture == "sdxl"
+    assert parsed.url == "https://civitai.com/models/120096?modelVersionId=135931"
+    url = await registry.add_lora(GUILD, lora("url", source="https://civitai.com/models/1"), ADMIN)
+    assert url.source == "https://civitai.com/models/1"
+    with pytest.raises(RegistryError, match="AIR is for sdxl but the file is sd15"):
+        await registry.add_lora(GUILD, lora("wrong arch", "sd15", source=air), ADMIN)
+    with pytest.raises(RegistryError, match="names a 'checkpoint'"):
+        await registry.add_lora(GUILD, lora("wrong type", "sdxl", source="urn:air:sdxl:checkpoint:civitai:1@2"), ADMIN)
+    for bad in ("urn:air:sdxl:lora", "urn:air:zzz:lora:civitai:1@2", "javascript:alert(1)", "ftp://x/y"):
+        with pytest.raises(RegistryError):
+            await registry.add_lora(GUILD, lora("bad source", "sdxl", source=bad), ADMIN)
+
+
+async def test_bad_numbers_and_enums_are_refused(registry: Registry) -> None:
+    cases = [
+        ({"default_weight": float("nan")}, "finite"),
+        ({"default_weight": float("inf")}, "finite"),
+        ({"recommended_min": 1.5, "recommended_max": 0.5}, "upside down"),
+        ({"category": "weapons"}, "Unknown category"),
+        ({"architecture": "sd2"}, "Unknown architecture"),
+        ({"sha256": "xyz"}, "64 hexadecimal"),
+        ({"preview_url": "not a url"}, "http"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(RegistryError, match=message):
+            await registry.add_lora(GUILD, lora("bad", **changes), ADMIN)
+    assert await registry.count_loras(GUILD) == 0
+
+
+async def test_update_rename_enable_and_audit(registry: Registry) -> None:
+    await registry.add_lora(GUILD, lora("first"), ADMIN)
+    await registry.add_lora(GUILD, lora("second"), ADMIN)
+    updated = await registry.update_lora(GUILD, "FIRST", 5, name="Primero", trigger_words=["uno", "UNO", " dos "])
+    assert updated.name == "Primero" and updated.trigger_words == ("uno", "dos")
+    assert await registry.get_lora(GUILD, "first") is None
+    with pytest.raises(AlreadyExists):
+        await registry.update_lora(GUILD, "primero", 5, name="Second")
+    with pytest.raises(RegistryError, match="no editable field uses"):
+        await registry.update_lora(GUILD, "primero", 5, uses=100)
+    with pytest.raises(NotFound, match="lora search"):
+        await registry.update_lora(GUILD, "nobody", 5, nsfw=True)
+    disabled = await registry.set_enabled(GUILD, "primero", 5, False)
+    assert not disabled.enabled
+    assert not (await registry.get_lora(GUILD, "primero")).enabled  # type: ignore[union-attr]
+    log = await registry.audit_log(GUILD)
+    assert [e.action for e in log] == ["lora.update", "lora.update", "lora.add", "lora.add"]
+    assert log[0].actor_id == 5 and log[0].details == {"enabled": [True, False]}
+    assert log[1].details["name"] == ["first", "Primero"]
+
+
+async def test_remove_lora_cascades_bookmarks(registry: Registry) -> None:
+    await registry.add_lora(GUILD, lora("gone"), ADMIN)
+    assert await registry.bookmark(GUILD, 9, "gone")
+    assert not await registry.bookmark(GUILD, 9, "GONE")
+    await registry.remove_lora(GUILD, "gone", ADMIN)
+    assert await registry.bookmarks(GUILD, 9) == []
+    with pytest.raises(NotFound):
+        await registry.remove_lora(GUILD, "gone", ADMIN)
+    assert (await registry.audit_log(GUILD, limit=1))[0].action == "lora.remove"
+
+
+async def test_bookmarks(registry: Registry) -> None:
+    for name in ("a", "b", "c"):
+        await registry.add_lora(GUILD, lora(name), ADMIN)
+    await registry.bookmark(GUILD, 9, "a")
+    await registry.bookmark(GUILD, 9, "c")
+    await registry.bookmark(GUILD, 8, "b")
+    assert {x.name for x in await registry.bookmarks(GUILD, 9)} == {"a", "c"}
+    assert await registry.unbookmark(GUILD, 9, "a")
+    assert not await registry.unbookmark(GUILD, 9, "a")
+    assert not await registry.unbookmark(GUILD, 9, "no such lora")
+    assert [x.name for x in await registry.bookmarks(GUILD, 9)] == ["c"]
+    with pytest.raises(NotFound):
+        await registry.bookmark(GUILD, 9, "no such lora")
+
+
+async def test_models_crud(registry: Registry) -> None:
+    stored = await registry.add_model(GUILD, model("Dream", allowed_channel_ids=frozenset({5, 6}), nsfw=True), ADMIN)
+    assert stored.id is not None
+    got = await registry.get_model(GUILD, "dream")
+    assert got is not None and got.allowed_channel_ids == {5, 6} and got.nsfw
+    assert got.allowed_in(5) and not got.allowed_in(7)
+    with pytest.raises(AlreadyExists):
+        await registry.add_model(GUILD, model("DREAM"), ADMIN)
+    with pytest.raises(RegistryError, match="multiple of 8"):
+        await registry.add_model(GUILD, model("odd", default_width=500), ADMIN)
+    updated = await registry.update_model(GUILD, "dream", ADMIN, allowed_channel_ids=frozenset(), default_steps=30)
+    assert updated.allowed_in(7) and updated.default_steps == 30
+    assert [m.name for m in await registry.list_models(GUILD)] == ["Dream"]
+    await registry.remove_model(GUILD, "dream", ADMIN)
+    assert await registry.list_models(GUILD) == []
+    assert [e.action for e in await registry.audit_log(GUILD)] == ["model.remove", "model.update", "model.add"]
+
+
+async def test_model_from_file_info_uses_architecture_size() -> None:
+    info = file_info(kind="checkpoint", path="xl/base.safetensors", output_name=None)
+    entry = ModelEntry.from_file_info(info)
+    assert (entry.name, entry.default_width, entry.default_height) == ("base", 1024, 1024)
+
+
+async def test_record_use_and_registered_files(registry: Registry) -> None:
+    await registry.add_lora(GUILD, lora("used", file="dir/used.safetensors"), ADMIN)
+    await registry.add_lora(GUILD, lora("idle"), ADMIN)
+    await registry.record_use(GUILD, ["used", "USED", "unknown"])
+    await registry.record_use(GUILD, ["used"])
+    assert (await registry.get_lora(GUILD, "used")).uses == 2  # type: ignore[union-attr]
+    assert (await registry.get_lora(GUILD, "idle")).uses == 0  # type: ignore[union-attr]
+    assert await registry.registered_lora_files(GUILD) == {"dir/used.safetensors", "idle.safetensors"}
+
+
+async def test_add_loras_is_all_or_nothing(registry: Registry) -> None:
+    assert await registry.add_loras(GUILD, [lora(f"bulk {i}") for i in range(50)], ADMIN) == 50
+    with pytest.raises(AlreadyExists):
+        await registry.add_loras(GUILD, [lora("fresh"), lora("bulk 3")], ADMIN)
+    assert await registry.get_lora(GUILD, "fresh") is None
+    assert await registry.count_loras(GUILD) == 50

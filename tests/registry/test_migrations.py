@@ -1,0 +1,115 @@
+"""Schema migrations: from an empty file and from every earlier version, forward only."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from bot.registry import Registry, RegistryError
+from bot.registry.migrations import LATEST_VERSION, current_version, load_migrations, migrate
+
+from .conftest import ADMIN, GUILD, lora
+
+
+def test_at_least_two_consecutive_steps() -> None:
+    migrations = load_migrations()
+    assert len(migrations) >= 2
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+
+
+async def test_empty_file_reaches_latest_with_wal_and_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    reg = await Registry.open(path)
+    await reg.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"models", "loras", "bookmarks", "guild_settings", "audit_log", "lora_fts", "saved_recipes", "posts"} <= tables
+        fk_targets = {r[2] for r in conn.execute("PRAGMA foreign_key_list(bookmarks)")}
+        assert fk_targets == {"loras"}
+    finally:
+        conn.close()
+
+
+async def test_reopening_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "again.db"
+    reg = await Registry.open(path)
+    await reg.add_lora(GUILD, lora("keep me"), ADMIN)
+    await reg.close()
+    reg = await Registry.open(path)
+    try:
+        assert (await reg.get_lora(GUILD, "keep me")) is not None
+    finally:
+        await reg.close()
+
+
+def _seed_rows(conn: sqlite3.Connection, version: int) -> None:
+    """Insert data the way the schema at ``version`` allows."""
+    now = time.time()
+    if version >= 1:
+        conn.execute(
+            "INSERT INTO loras (guild_id, name, name_key, architecture, category, trigger_words, "
+            "default_weight, recommended_min, recommended_max, file, description, added_by, added_at) "
+            "VALUES (?, 'Old Timer', 'old timer', 'sd15', 'style', '[\"vintage\"]', 0.8, 0, 1, "
+            "'old.safetensors', 'sepia photographs', 5, ?)",
+            (GUILD, now),
+        )
+        conn.execute(
+            "INSERT INTO bookmarks (guild_id, user_id, lora_id, created_at) VALUES (?, 9, 1, ?)", (GUILD, now)
+        )
+    if version >= 3:
+        conn.execute(
+            "INSERT INTO posts (message_id, guild_id, channel_id, user_id, recipe, created_at) "
+            "VALUES (555, ?, 1, 9, '{\"seed\": 4}', ?)",
+            (GUILD, now),
+        )
+    conn.commit()
+
+
+@pytest.mark.parametrize("start", range(1, LATEST_VERSION))
+async def test_upgrade_from_every_earlier_version_keeps_data(tmp_path: Path, start: int) -> None:
+    path = tmp_path / f"v{start}.db"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await migrate(conn, target=start) == start
+    raw = sqlite3.connect(path)
+    _seed_rows(raw, start)
+    raw.close()
+
+    reg = await Registry.open(path)
+    try:
+        old = await reg.get_lora(GUILD, "OLD TIMER")
+        assert old is not None and old.trigger_words == ("vintage",) and old.default_weight == 0.8
+        # Rows from before the FTS migration are searchable afterwards.
+        assert [x.name for x in await reg.search_loras(GUILD, "sepia")] == ["Old Timer"]
+        assert [x.name for x in await reg.search_loras(GUILD, "vint")] == ["Old Timer"]
+        assert [x.name for x in await reg.bookmarks(GUILD, 9)] == ["Old Timer"]
+        await reg.add_lora(GUILD, lora("newcomer"), ADMIN)
+        assert len(await reg.search_loras(GUILD, "")) == 2
+    finally:
+        await reg.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    raw.close()
+
+
+async def test_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    raw.close()
+    with pytest.raises(RegistryError, match="newer than this Atelier"):
+        await Registry.open(path)
+
+
+async def test_partial_target_then_latest(tmp_path: Path) -> None:
+    async with aiosqlite.connect(tmp_path / "steps.db", isolation_level=None) as conn:
+        for version in range(1, LATEST_VERSION + 1):
+            assert await migrate(conn, target=version) == version
+            assert await current_version(conn) == version
+        assert await migrate(conn) == LATEST_VERSION
