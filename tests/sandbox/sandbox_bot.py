@@ -6,6 +6,7 @@ both sides: what reached the wire and what the bot saw.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -151,6 +152,14 @@ class SandboxBot(commands.Bot):
             await interaction.response.send_message(
                 f"you are in {place}; limit {interaction.filesize_limit}"
             )
+
+        @tree.command(description="Answer too late")
+        async def slow(interaction: discord.Interaction, seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            try:
+                await interaction.response.send_message("finally")
+            except discord.HTTPException as exc:
+                self.errors.append(exc)
 
         admin = app_commands.Group(
             name="admin", description="Server settings",
