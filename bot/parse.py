@@ -25,7 +25,7 @@ __all__ = [
 
 #: ``<lora:name>``, ``<lora:name:0.7>``; ``<lyco:…>`` (LyCORIS) is accepted the same way.
 _INLINE = re.compile(r"<\s*(?:lora|lyco)\s*:([^<>]*)>", re.IGNORECASE)
-_DECIMAL = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$")
 _MAX_WEIGHT_TEXT = 24
 
 

@@ -37,7 +37,8 @@ __all__ = [
 
 SEED_MAX = 2**32 - 1
 
-#: AUTOMATIC1111 sampler names the engine maps to diffusers schedulers.
+#: AUTOMATIC1111 sampler names the engine maps to diffusers schedulers (``engine.samplers``;
+#: a test keeps the two lists equal without the bot importing engine internals).
 SAMPLERS = (
     "Euler",
     "Euler a",
@@ -47,8 +48,6 @@ SAMPLERS = (
     "DPM++ 2M SDE Karras",
     "DPM++ SDE",
     "DPM++ SDE Karras",
-    "DPM2",
-    "DPM2 a",
     "Heun",
     "LMS",
     "LMS Karras",
@@ -158,10 +157,6 @@ def validate(
     negative = strip_invisible(request.negative_prompt).strip()
     if model is not None and not negative:
         negative = model.default_negative
-    if not prompt:
-        check.problem(
-            "empty_prompt", "The prompt is empty.", "Describe the image you want in `prompt`."
-        )
 
     stack = _check_loras(request, catalog, model, check)
 
@@ -182,6 +177,10 @@ def validate(
     if added:
         prompt = f"{prompt}, {', '.join(added)}" if prompt else ", ".join(added)
         check.note("trigger_words_added", f"Added trigger words to the prompt: {', '.join(added)}.")
+    if not prompt:
+        check.problem(
+            "empty_prompt", "The prompt is empty.", "Describe the image you want in `prompt`."
+        )
 
     if len(prompt) > settings.prompt_limit:
         extra = " (including the trigger words added for your LoRAs)" if added else ""

@@ -727,7 +727,9 @@ class Registry:
         )
         return ServerSettings.from_json(json.loads(row[0])) if row else ServerSettings()
 
-    async def update_settings(self, guild_id: int, actor_id: int, /, **changes: Any) -> ServerSettings:
+    async def update_settings(
+        self, guild_id: int, actor_id: int, /, **changes: Any
+    ) -> ServerSettings:
         """Change settings (field names of :class:`ServerSettings`), all checked together."""
         check_changes(changes, SETTINGS_FIELDS, "Settings")
         before = await self.get_settings(guild_id)

@@ -25,7 +25,11 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 
 
 def lora(name: str, architecture: str = "sd15", **overrides: Any) -> LoraEntry:
-    values: dict[str, Any] = {"name": name, "architecture": architecture, "file": f"{name.replace(' ', '_')}.safetensors"}
+    values: dict[str, Any] = {
+        "name": name,
+        "architecture": architecture,
+        "file": f"{name.replace(' ', '_')}.safetensors",
+    }
     values.update(overrides)
     return LoraEntry(**values)
 

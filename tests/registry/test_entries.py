@@ -54,7 +54,12 @@ async def test_lora_from_file_info_round_trips(registry: Registry) -> None:
 
 async def test_names_unique_case_and_invisible_insensitive(registry: Registry) -> None:
     await registry.add_lora(GUILD, lora("Detail Tweaker"), ADMIN)
-    for clash in ("detail tweaker", "DETAIL  TWEAKER", "Detail\u200b Tweaker", " Detail Tweaker\u200d"):
+    for clash in (
+        "detail tweaker",
+        "DETAIL  TWEAKER",
+        "Detail\u200b Tweaker",
+        " Detail Tweaker\u200d",
+    ):
         with pytest.raises(AlreadyExists, match="already exists"):
             await registry.add_lora(GUILD, lora(clash, file="other.safetensors"), ADMIN)
     assert await registry.count_loras(GUILD) == 1
@@ -83,7 +88,9 @@ async def test_invisible_only_names_are_refused(registry: Registry, name: str) -
     ],
 )
 async def test_quotes_sql_and_unicode_are_stored_verbatim(registry: Registry, name: str) -> None:
-    stored = await registry.add_lora(GUILD, lora(name, file="f.safetensors", description=name * 3), ADMIN)
+    stored = await registry.add_lora(
+        GUILD, lora(name, file="f.safetensors", description=name * 3), ADMIN
+    )
     got = await registry.get_lora(GUILD, name)
     assert got is not None and got.name == stored.name == name
     assert got.description == (name * 3)
@@ -114,7 +121,13 @@ async def test_name_too_long_is_refused(registry: Registry) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["../secret.safetensors", "/etc/model.safetensors", "a/../../b.safetensors", "C:/x.safetensors"]
+    "path",
+    [
+        "../secret.safetensors",
+        "/etc/model.safetensors",
+        "a/../../b.safetensors",
+        "C:/x.safetensors",
+    ],
 )
 async def test_paths_outside_the_folder_are_refused(registry: Registry, path: str) -> None:
     with pytest.raises(RegistryError, match="not a path inside"):
@@ -132,7 +145,11 @@ async def test_air_and_url_sources(registry: Registry) -> None:
     assert stored.source == air
     parsed = parse_air(air)
     assert (parsed.ecosystem, parsed.type, parsed.source, parsed.id, parsed.version) == (
-        "sdxl", "lora", "civitai", "120096", "135931",
+        "sdxl",
+        "lora",
+        "civitai",
+        "120096",
+        "135931",
     )
     assert parsed.architecture == "sdxl"
     assert parsed.url == "https://civitai.com/models/120096?modelVersionId=135931"
@@ -141,8 +158,15 @@ async def test_air_and_url_sources(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="AIR is for sdxl but the file is sd15"):
         await registry.add_lora(GUILD, lora("wrong arch", "sd15", source=air), ADMIN)
     with pytest.raises(RegistryError, match="names a 'checkpoint'"):
-        await registry.add_lora(GUILD, lora("wrong type", "sdxl", source="urn:air:sdxl:checkpoint:civitai:1@2"), ADMIN)
-    for bad in ("urn:air:sdxl:lora", "urn:air:zzz:lora:civitai:1@2", "javascript:alert(1)", "ftp://x/y"):
+        await registry.add_lora(
+            GUILD, lora("wrong type", "sdxl", source="urn:air:sdxl:checkpoint:civitai:1@2"), ADMIN
+        )
+    for bad in (
+        "urn:air:sdxl:lora",
+        "urn:air:zzz:lora:civitai:1@2",
+        "javascript:alert(1)",
+        "ftp://x/y",
+    ):
         with pytest.raises(RegistryError):
             await registry.add_lora(GUILD, lora("bad source", "sdxl", source=bad), ADMIN)
 
@@ -166,7 +190,9 @@ async def test_bad_numbers_and_enums_are_refused(registry: Registry) -> None:
 async def test_update_rename_enable_and_audit(registry: Registry) -> None:
     await registry.add_lora(GUILD, lora("first"), ADMIN)
     await registry.add_lora(GUILD, lora("second"), ADMIN)
-    updated = await registry.update_lora(GUILD, "FIRST", 5, name="Primero", trigger_words=["uno", "UNO", " dos "])
+    updated = await registry.update_lora(
+        GUILD, "FIRST", 5, name="Primero", trigger_words=["uno", "UNO", " dos "]
+    )
     assert updated.name == "Primero" and updated.trigger_words == ("uno", "dos")
     assert await registry.get_lora(GUILD, "first") is None
     with pytest.raises(AlreadyExists):
@@ -211,7 +237,9 @@ async def test_bookmarks(registry: Registry) -> None:
 
 
 async def test_models_crud(registry: Registry) -> None:
-    stored = await registry.add_model(GUILD, model("Dream", allowed_channel_ids=frozenset({5, 6}), nsfw=True), ADMIN)
+    stored = await registry.add_model(
+        GUILD, model("Dream", allowed_channel_ids=frozenset({5, 6}), nsfw=True), ADMIN
+    )
     assert stored.id is not None
     got = await registry.get_model(GUILD, "dream")
     assert got is not None and got.allowed_channel_ids == {5, 6} and got.nsfw
@@ -220,12 +248,18 @@ async def test_models_crud(registry: Registry) -> None:
         await registry.add_model(GUILD, model("DREAM"), ADMIN)
     with pytest.raises(RegistryError, match="multiple of 8"):
         await registry.add_model(GUILD, model("odd", default_width=500), ADMIN)
-    updated = await registry.update_model(GUILD, "dream", ADMIN, allowed_channel_ids=frozenset(), default_steps=30)
+    updated = await registry.update_model(
+        GUILD, "dream", ADMIN, allowed_channel_ids=frozenset(), default_steps=30
+    )
     assert updated.allowed_in(7) and updated.default_steps == 30
     assert [m.name for m in await registry.list_models(GUILD)] == ["Dream"]
     await registry.remove_model(GUILD, "dream", ADMIN)
     assert await registry.list_models(GUILD) == []
-    assert [e.action for e in await registry.audit_log(GUILD)] == ["model.remove", "model.update", "model.add"]
+    assert [e.action for e in await registry.audit_log(GUILD)] == [
+        "model.remove",
+        "model.update",
+        "model.add",
+    ]
 
 
 async def test_model_from_file_info_uses_architecture_size() -> None:
@@ -241,7 +275,10 @@ async def test_record_use_and_registered_files(registry: Registry) -> None:
     await registry.record_use(GUILD, ["used"])
     assert (await registry.get_lora(GUILD, "used")).uses == 2  # type: ignore[union-attr]
     assert (await registry.get_lora(GUILD, "idle")).uses == 0  # type: ignore[union-attr]
-    assert await registry.registered_lora_files(GUILD) == {"dir/used.safetensors", "idle.safetensors"}
+    assert await registry.registered_lora_files(GUILD) == {
+        "dir/used.safetensors",
+        "idle.safetensors",
+    }
 
 
 async def test_add_loras_is_all_or_nothing(registry: Registry) -> None:

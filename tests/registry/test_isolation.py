@@ -11,7 +11,9 @@ from .conftest import ADMIN, GUILD, OTHER_GUILD, lora, model
 
 async def test_second_guild_sees_nothing(registry: Registry) -> None:
     await registry.add_model(GUILD, model("Dream"), ADMIN)
-    await registry.add_lora(GUILD, lora("Secret Style", trigger_words=("hush",), description="private"), ADMIN)
+    await registry.add_lora(
+        GUILD, lora("Secret Style", trigger_words=("hush",), description="private"), ADMIN
+    )
     await registry.bookmark(GUILD, 9, "secret style")
     await registry.save_recipe(GUILD, 9, "mine", {"prompt": "x"})
     await registry.record_post(GUILD, 1, 500, 9, {"prompt": "x"})

@@ -30,7 +30,16 @@ async def test_empty_file_reaches_latest_with_wal_and_foreign_keys(tmp_path: Pat
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"models", "loras", "bookmarks", "guild_settings", "audit_log", "lora_fts", "saved_recipes", "posts"} <= tables
+        assert {
+            "models",
+            "loras",
+            "bookmarks",
+            "guild_settings",
+            "audit_log",
+            "lora_fts",
+            "saved_recipes",
+            "posts",
+        } <= tables
         fk_targets = {r[2] for r in conn.execute("PRAGMA foreign_key_list(bookmarks)")}
         assert fk_targets == {"loras"}
     finally:
@@ -61,7 +70,8 @@ def _seed_rows(conn: sqlite3.Connection, version: int) -> None:
             (GUILD, now),
         )
         conn.execute(
-            "INSERT INTO bookmarks (guild_id, user_id, lora_id, created_at) VALUES (?, 9, 1, ?)", (GUILD, now)
+            "INSERT INTO bookmarks (guild_id, user_id, lora_id, created_at) VALUES (?, 9, 1, ?)",
+            (GUILD, now),
         )
     if version >= 3:
         conn.execute(

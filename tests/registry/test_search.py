@@ -13,9 +13,20 @@ from .conftest import ADMIN, GUILD, lora
 @pytest.fixture
 async def stocked(registry: Registry) -> Registry:
     entries = [
-        lora("Neon Cyberpunk", "sdxl", category="style", trigger_words=("neonpunk",), description="glowing signs at night"),
+        lora(
+            "Neon Cyberpunk",
+            "sdxl",
+            category="style",
+            trigger_words=("neonpunk",),
+            description="glowing signs at night",
+        ),
         lora("Cyber Armor", "sd15", category="outfit", trigger_words=("mecha suit",), nsfw=True),
-        lora("Watercolor", "sdxl", category="style", description="soft paper texture, cyberpunk friendly"),
+        lora(
+            "Watercolor",
+            "sdxl",
+            category="style",
+            description="soft paper texture, cyberpunk friendly",
+        ),
         lora("Hand Fixer", "sd15", category="detail", trigger_words=("good hands",)),
         lora("Ghibli Sky", "sd15", category="style", trigger_words=("anime sky",), enabled=False),
     ]
@@ -31,7 +42,11 @@ def names(entries: list) -> list[str]:
 
 
 async def test_search_name_trigger_and_description(stocked: Registry) -> None:
-    assert set(names(await stocked.search_loras(GUILD, "cyber"))) == {"Neon Cyberpunk", "Cyber Armor", "Watercolor"}
+    assert set(names(await stocked.search_loras(GUILD, "cyber"))) == {
+        "Neon Cyberpunk",
+        "Cyber Armor",
+        "Watercolor",
+    }
     assert names(await stocked.search_loras(GUILD, "mecha")) == ["Cyber Armor"]
     assert names(await stocked.search_loras(GUILD, "glowing night")) == ["Neon Cyberpunk"]
     assert names(await stocked.search_loras(GUILD, "nothing-like-this")) == []
@@ -40,23 +55,35 @@ async def test_search_name_trigger_and_description(stocked: Registry) -> None:
 async def test_search_filters(stocked: Registry) -> None:
     assert names(await stocked.search_loras(GUILD, "cyber", architecture="sd15")) == ["Cyber Armor"]
     assert set(names(await stocked.search_loras(GUILD, "", category=Category.STYLE))) == {
-        "Neon Cyberpunk", "Watercolor", "Ghibli Sky",
+        "Neon Cyberpunk",
+        "Watercolor",
+        "Ghibli Sky",
     }
     assert "Cyber Armor" not in names(await stocked.search_loras(GUILD, "", nsfw=False))
     assert names(await stocked.search_loras(GUILD, "", nsfw=True)) == ["Cyber Armor"]
     assert "Ghibli Sky" not in names(await stocked.search_loras(GUILD, "", enabled=True))
     await stocked.bookmark(GUILD, 9, "hand fixer")
     await stocked.bookmark(GUILD, 9, "watercolor")
-    assert set(names(await stocked.search_loras(GUILD, "", bookmarked_by=9))) == {"Hand Fixer", "Watercolor"}
+    assert set(names(await stocked.search_loras(GUILD, "", bookmarked_by=9))) == {
+        "Hand Fixer",
+        "Watercolor",
+    }
     assert names(await stocked.search_loras(GUILD, "soft", bookmarked_by=9)) == ["Watercolor"]
     assert names(await stocked.search_loras(GUILD, "", bookmarked_by=8)) == []
 
 
 async def test_search_sorts_and_paging(stocked: Registry) -> None:
     assert names(await stocked.search_loras(GUILD, "", sort="name")) == [
-        "Cyber Armor", "Ghibli Sky", "Hand Fixer", "Neon Cyberpunk", "Watercolor",
+        "Cyber Armor",
+        "Ghibli Sky",
+        "Hand Fixer",
+        "Neon Cyberpunk",
+        "Watercolor",
     ]
-    assert names(await stocked.search_loras(GUILD, "", sort="most_used"))[:2] == ["Watercolor", "Hand Fixer"]
+    assert names(await stocked.search_loras(GUILD, "", sort="most_used"))[:2] == [
+        "Watercolor",
+        "Hand Fixer",
+    ]
     assert names(await stocked.search_loras(GUILD, "", sort="newest"))[0] == "Ghibli Sky"
     page2 = await stocked.search_loras(GUILD, "", sort="name", limit=2, offset=2)
     assert names(page2) == ["Hand Fixer", "Neon Cyberpunk"]
@@ -66,7 +93,20 @@ async def test_search_sorts_and_paging(stocked: Registry) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ['"', '""', "*", "cyber*", "NEAR(a b)", "-cyber", "a OR b", "name:cyber", "'; DROP TABLE loras; --", "^", "\u200b", "🎨"],
+    [
+        '"',
+        '""',
+        "*",
+        "cyber*",
+        "NEAR(a b)",
+        "-cyber",
+        "a OR b",
+        "name:cyber",
+        "'; DROP TABLE loras; --",
+        "^",
+        "\u200b",
+        "🎨",
+    ],
 )
 async def test_fts_syntax_in_user_text_is_harmless(stocked: Registry, query: str) -> None:
     results = await stocked.search_loras(GUILD, query)
@@ -93,11 +133,18 @@ async def test_autocomplete_prefix_while_typing(stocked: Registry) -> None:
 async def test_autocomplete_filters_architecture_disabled_and_nsfw(stocked: Registry) -> None:
     sdxl = [c.value for c in await stocked.autocomplete_loras(GUILD, "", architecture="sdxl")]
     assert set(sdxl) == {"Neon Cyberpunk", "Watercolor"}
-    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "cyber", architecture="sdxl")] == ["Neon Cyberpunk"]
+    assert [
+        c.value for c in await stocked.autocomplete_loras(GUILD, "cyber", architecture="sdxl")
+    ] == ["Neon Cyberpunk"]
     assert "Ghibli Sky" not in [c.value for c in await stocked.autocomplete_loras(GUILD, "ghibli")]
-    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "cyber a", nsfw_ok=False)] == []
+    assert [
+        c.value for c in await stocked.autocomplete_loras(GUILD, "cyber a", nsfw_ok=False)
+    ] == []
     # Empty text: enabled LoRAs, most used first.
-    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "")][:2] == ["Watercolor", "Hand Fixer"]
+    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "")][:2] == [
+        "Watercolor",
+        "Hand Fixer",
+    ]
 
 
 async def test_autocomplete_respects_discord_limits(registry: Registry) -> None:
@@ -121,8 +168,17 @@ async def test_autocomplete_models(registry: Registry) -> None:
     await registry.add_model(GUILD, model("Juggernaut XL", "sdxl"), ADMIN)
     await registry.add_model(GUILD, model("Night Dream", nsfw=True), ADMIN)
     await registry.add_model(GUILD, model("Private", allowed_channel_ids=frozenset({42})), ADMIN)
-    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream")] == ["Dream Shaper", "Night Dream"]
-    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream", nsfw_ok=False)] == ["Dream Shaper"]
-    assert "Private" not in [c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=1)]
-    assert "Private" in [c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=42)]
+    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream")] == [
+        "Dream Shaper",
+        "Night Dream",
+    ]
+    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream", nsfw_ok=False)] == [
+        "Dream Shaper"
+    ]
+    assert "Private" not in [
+        c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=1)
+    ]
+    assert "Private" in [
+        c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=42)
+    ]
     assert (await registry.autocomplete_models(GUILD, "jugg"))[0].name == "Juggernaut XL · sdxl"

@@ -19,8 +19,14 @@ async def test_defaults_match_the_issue(registry: Registry) -> None:
 
 async def test_update_settings_persists_and_audits(registry: Registry) -> None:
     updated = await registry.update_settings(
-        GUILD, ADMIN, max_loras=4, role_max_loras={111: 8}, weight_min=-1.5,
-        nsfw_policy="never", queue_limit_per_user=5, auto_trigger_words=False,
+        GUILD,
+        ADMIN,
+        max_loras=4,
+        role_max_loras={111: 8},
+        weight_min=-1.5,
+        nsfw_policy="never",
+        queue_limit_per_user=5,
+        auto_trigger_words=False,
     )
     assert updated.nsfw_policy is NsfwPolicy.NEVER
     again = await registry.get_settings(GUILD)
@@ -46,7 +52,9 @@ async def test_update_settings_persists_and_audits(registry: Registry) -> None:
         ({"role_max_loras": {"admins": 5}}, "Role ids must be numbers"),
     ],
 )
-async def test_bad_settings_are_refused_and_nothing_changes(registry: Registry, changes: dict, message: str) -> None:
+async def test_bad_settings_are_refused_and_nothing_changes(
+    registry: Registry, changes: dict, message: str
+) -> None:
     with pytest.raises(RegistryError, match=message):
         await registry.update_settings(GUILD, ADMIN, **changes)
     assert await registry.get_settings(GUILD) == ServerSettings()
@@ -83,12 +91,16 @@ async def test_saved_recipe_cap(registry: Registry) -> None:
 
 
 async def test_posts_survive_reopening(registry: Registry, tmp_path) -> None:
-    recipe = {"model": "dream.safetensors", "prompt": "ünïcode \"quoted\"", "seed": 42}
+    recipe = {"model": "dream.safetensors", "prompt": 'ünïcode "quoted"', "seed": 42}
     await registry.record_post(GUILD, 10, 900, 9, recipe)
     reopened = await Registry.open(registry.path)
     try:
         post = await reopened.get_post(GUILD, 900)
-        assert post is not None and post.recipe == recipe and (post.channel_id, post.user_id) == (10, 9)
+        assert (
+            post is not None
+            and post.recipe == recipe
+            and (post.channel_id, post.user_id) == (10, 9)
+        )
         assert await reopened.delete_post(GUILD, 900)
         assert await reopened.get_post(GUILD, 900) is None
     finally:
