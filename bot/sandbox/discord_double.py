@@ -179,7 +179,10 @@ class DiscordDouble:
         guild.roles.append(bot_role)
         guild.members[self.bot_user.id] = Member(self.bot_user, guild, [bot_role])
         self.guilds.append(guild)
-        self._broadcast_soon("GUILD_CREATE", guild.to_payload())
+        joined = guild.to_payload()
+        # Without "unavailable", discord.py reads a GUILD_CREATE as a join (on_guild_join).
+        joined.pop("unavailable")
+        self._broadcast_soon("GUILD_CREATE", joined)
         return guild
 
     def add_role(self, guild: Guild, name: str, permissions: int = 0) -> Role:

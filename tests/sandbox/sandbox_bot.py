@@ -40,6 +40,31 @@ class PingView(discord.ui.View):
         await interaction.response.send_modal(NoteModal(self.bot))
 
 
+class CounterView(discord.ui.View):
+    """Edits its own message: once as the response (type 7), once after a deferred update (6)."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=None)
+        self.count = 0
+
+    @discord.ui.button(label="+1", custom_id="counter:inc")
+    async def increment(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        self.count += 1
+        await interaction.response.edit_message(content=f"count {self.count}", view=self)
+
+    @discord.ui.button(label="+10 later", custom_id="counter:later")
+    async def later(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.defer()
+        self.count += 10
+        await interaction.edit_original_response(content=f"count {self.count}")
+
+    @discord.ui.button(label="Delete", custom_id="counter:delete", style=discord.ButtonStyle.danger)
+    async def delete(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.defer()
+        assert interaction.message is not None
+        await interaction.message.delete()
+
+
 class NoteModal(discord.ui.Modal, title="Leave a note"):
     text: discord.ui.TextInput[NoteModal] = discord.ui.TextInput(
         label="Note", custom_id="note:text", max_length=200
@@ -58,9 +83,9 @@ class NoteModal(discord.ui.Modal, title="Leave a note"):
 
 
 class SandboxBot(commands.Bot):
-    def __init__(self, *, guild_id: int | None = None) -> None:
+    def __init__(self, *, guild_id: int | None = None, intents: discord.Intents | None = None) -> None:
         super().__init__(
-            command_prefix="!", intents=discord.Intents.default(), guild_ready_timeout=0.1
+            command_prefix="!", intents=intents or discord.Intents.default(), guild_ready_timeout=0.1
         )
         self.guild_id = guild_id
         self.events: list[tuple[Any, ...]] = []
@@ -160,6 +185,28 @@ class SandboxBot(commands.Bot):
                 await interaction.response.send_message("finally")
             except discord.HTTPException as exc:
                 self.errors.append(exc)
+
+        @tree.command(description="A message that counts clicks")
+        async def counter(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("count 0", view=CounterView())
+
+        @tree.command(description="Read an uploaded file back")
+        async def upload(interaction: discord.Interaction, file: discord.Attachment) -> None:
+            data = await file.read()
+            await interaction.response.send_message(f"{file.filename}: {len(data)} bytes, {data[:4]!r}")
+
+        @tree.command(description="Post, edit, fetch and list channel messages")
+        async def channelwork(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(ephemeral=True)
+            channel = interaction.channel
+            assert isinstance(channel, discord.TextChannel)
+            message = await channel.send("draft", file=discord.File(io.BytesIO(png_bytes()), "draft.png"))
+            await message.edit(content="final")
+            fetched = await channel.fetch_message(message.id)
+            history = [m.id async for m in channel.history(limit=5)]
+            self.events.append(("channelwork", fetched.content, message.id in history,
+                                len(fetched.attachments)))
+            await interaction.followup.send("done", ephemeral=True)
 
         admin = app_commands.Group(
             name="admin", description="Server settings",

@@ -1,0 +1,87 @@
+"""Message editing paths, attachments in and out, guild changes while the bot is online."""
+
+from __future__ import annotations
+
+import discord
+
+from bot.sandbox import DiscordDouble, run_bot
+from tests.sandbox.conftest import World, until
+from tests.sandbox.sandbox_bot import SandboxBot, png_bytes
+
+
+async def test_update_message_and_deferred_update(world: World) -> None:
+    double = world.double
+    handle = await double.slash(world.alice, world.channel, "counter")
+    message = await handle.wait_original()
+    assert message.content == "count 0"
+    click = await double.click(world.alice, message, "counter:inc")
+    assert await click.wait_response() == 7
+    assert message.content == "count 1" and message.edits == 1
+    later = await double.click(world.alice, message, "counter:later")
+    assert await later.wait_response() == 6
+    await double.wait_for_message(world.channel, lambda m: m.content == "count 11")
+    assert later.original is message
+
+
+async def test_component_can_delete_its_message(world: World) -> None:
+    double = world.double
+    handle = await double.slash(world.alice, world.channel, "counter")
+    message = await handle.wait_original()
+    click = await double.click(world.alice, message, "counter:delete")
+    await click.wait_response()
+    await until(lambda: message.deleted)
+    assert message not in double.messages(world.channel)
+    assert double.requests_matching("DELETE /channels/*/messages/*")[0].status == 204
+
+
+async def test_attachment_option_is_downloadable_by_the_bot(world: World) -> None:
+    handle = await world.double.slash(
+        world.alice, world.channel, "upload", {"file": ("lora.safetensors", b"\x08\x00\x00\x00rest")}
+    )
+    reply = await handle.wait_original()
+    assert reply.content == "lora.safetensors: 8 bytes, b'\\x08\\x00\\x00\\x00'"
+    assert "attachments" in handle.payload["data"]["resolved"]
+
+
+async def test_channel_messages_send_edit_fetch_history(world: World) -> None:
+    double = world.double
+    handle = await double.slash(world.alice, world.channel, "channelwork")
+    done = await handle.wait_original()
+    assert done.content == "done" and done.ephemeral
+    assert ("channelwork", "final", True, 1) in world.bot.events
+    posted = next(m for m in double.messages(world.channel) if m.content == "final")
+    assert posted.attachment("draft.png").data == png_bytes()
+    assert posted.edits == 1
+    # Ephemeral messages are not part of the channel's public history.
+    assert all(not m.ephemeral for m in double.messages(world.channel, include_ephemeral=False))
+
+
+async def test_guild_added_while_online_is_joined(world: World) -> None:
+    double = world.double
+    joined: list[str] = []
+
+    async def on_guild_join(guild: discord.Guild) -> None:
+        joined.append(guild.name)
+
+    world.bot.add_listener(on_guild_join)
+    guild = double.add_guild("Second")
+    channel = double.add_channel(guild, "art")
+    await until(lambda: joined == ["Second"])
+    await until(lambda: world.bot.get_channel(channel.id) is not None)
+
+
+async def test_member_chunking_with_the_members_intent(double: DiscordDouble) -> None:
+    guild = double.add_guild("Big")
+    double.add_member(guild, "carol")
+    intents = discord.Intents.default()
+    intents.members = True
+    bot = SandboxBot(intents=intents)  # chunk_guilds_at_startup defaults to the members intent
+    async with run_bot(bot, double):
+        members = {m.name for m in bot.get_guild(guild.id).members}  # type: ignore[union-attr]
+        assert {"carol", "owner", double.bot_user.name} <= members
+        # A small guild arrives with all its members, so startup needs no chunk request...
+        assert 8 not in double.sessions[0].received_ops
+        # ...but an explicit chunk asks the gateway (op 8) and gets GUILD_MEMBERS_CHUNK back.
+        chunked = await bot.get_guild(guild.id).chunk()  # type: ignore[union-attr]
+        assert {m.name for m in chunked} == members
+        assert 8 in double.sessions[0].received_ops
