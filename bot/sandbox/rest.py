@@ -604,6 +604,7 @@ class RestApi:
             application_id=double.application_id if handle else None,
             interaction=handle,
         )
+        _resolve_attachment_urls(message)
         await double.store_message(message)
         return message
 
@@ -622,4 +623,19 @@ class RestApi:
             message.attachments = message.attachments + self._attachments(message.channel, {}, files, [])
         if "flags" in payload and payload["flags"] is not None:
             message.flags = (message.flags & (EPHEMERAL | LOADING)) | (int(payload["flags"]) & ~EPHEMERAL)
+        _resolve_attachment_urls(message)
         await self.double.message_updated(message)
+
+
+def _resolve_attachment_urls(message: StoredMessage) -> None:
+    """``attachment://name`` in an embed becomes the file's CDN URL, as Discord stores it."""
+    urls = {attachment.filename: attachment.url for attachment in message.attachments}
+    for embed in message.embeds:
+        for key, url_key in (("image", "url"), ("thumbnail", "url"), ("author", "icon_url"),
+                             ("footer", "icon_url")):
+            part = embed.get(key)
+            if isinstance(part, dict) and str(part.get(url_key, "")).startswith("attachment://"):
+                name = part[url_key][len("attachment://"):]
+                if name in urls:
+                    part[url_key] = urls[name]
+                    part["proxy_url"] = urls[name]

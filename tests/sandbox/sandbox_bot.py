@@ -186,6 +186,18 @@ class SandboxBot(commands.Bot):
             except discord.HTTPException as exc:
                 self.errors.append(exc)
 
+        @tree.command(description="Answer with a file and an embed showing it")
+        async def card(interaction: discord.Interaction) -> None:
+            embed = discord.Embed(title="Card").set_image(url="attachment://card.png")
+            await interaction.response.send_message(
+                embed=embed, file=discord.File(io.BytesIO(png_bytes(4, 4)), "card.png", description="a card")
+            )
+            message = await interaction.original_response()
+            self.events.append(("card", message.id, [a.filename for a in message.attachments]))
+            await interaction.edit_original_response(
+                attachments=[*message.attachments, discord.File(io.BytesIO(png_bytes(2, 2)), "extra.png")]
+            )
+
         @tree.command(description="A message that counts clicks")
         async def counter(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("count 0", view=CounterView())

@@ -85,3 +85,18 @@ async def test_member_chunking_with_the_members_intent(double: DiscordDouble) ->
         chunked = await bot.get_guild(guild.id).chunk()  # type: ignore[union-attr]
         assert {m.name for m in chunked} == members
         assert 8 in double.sessions[0].received_ops
+
+
+async def test_response_with_file_then_edit_adding_a_file(world: World) -> None:
+    double = world.double
+    handle = await double.slash(world.alice, world.channel, "card")
+    original = await handle.wait_original()
+    await until(lambda: original.edits == 1)
+    assert [a.filename for a in original.attachments] == ["card.png", "extra.png"]
+    assert original.attachment("card.png").description == "a card"
+    assert original.attachment("extra.png").data == png_bytes(2, 2)
+    # Discord rewrites attachment:// references to the uploaded file's URL.
+    assert original.embeds[0]["image"]["url"] == original.attachment("card.png").url
+    assert ("card", original.id, ["card.png"]) in world.bot.events
+    callback = double.requests_matching("POST /interactions/*/callback")[0]
+    assert callback.files == ["card.png"] and callback.query == {"with_response": "1"}
