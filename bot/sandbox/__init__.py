@@ -19,6 +19,7 @@ from bot.sandbox.state import (
     StoredMessage,
     User,
 )
+from bot.sandbox.transcript import Transcript, write_transcript
 
 __all__ = [
     "MANAGE_GUILD",
@@ -33,8 +34,10 @@ __all__ = [
     "Role",
     "StoredAttachment",
     "StoredMessage",
+    "Transcript",
     "User",
     "Violation",
     "patch_discord_endpoints",
     "run_bot",
+    "write_transcript",
 ]

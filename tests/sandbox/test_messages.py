@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.sandbox import DiscordDouble, run_bot
+from bot.sandbox import DiscordDouble, run_bot, write_transcript
 from tests.sandbox.conftest import World, until
 from tests.sandbox.sandbox_bot import SandboxBot, png_bytes
 
@@ -100,3 +100,16 @@ async def test_response_with_file_then_edit_adding_a_file(world: World) -> None:
     assert ("card", original.id, ["card.png"]) in world.bot.events
     callback = double.requests_matching("POST /interactions/*/callback")[0]
     assert callback.files == ["card.png"] and callback.query == {"with_response": "1"}
+
+
+async def test_transcript_shows_the_channel_with_its_files(world: World, tmp_path) -> None:
+    double = world.double
+    handle = await double.slash(world.alice, world.channel, "render", {"prompt": "a <b>bold</b> fox"})
+    followup = await handle.wait_followup()
+    transcript = write_transcript(double, world.channel, tmp_path / "out")
+    text = transcript.text.read_text(encoding="utf-8")
+    assert "here is a <b>bold</b> fox" in text and "[Ping] [Note]" in text
+    assert [p.name for p in transcript.files] == [f"{followup.id}-render.png"]
+    assert transcript.files[0].read_bytes() == png_bytes()
+    page = transcript.html.read_text(encoding="utf-8")
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and f"files/{followup.id}-render.png" in page

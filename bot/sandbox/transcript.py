@@ -1,0 +1,138 @@
+"""Write what a channel of the double would show: readable text, a simple HTML page, the files.
+
+The offline demo has no Discord client to look at, so it leaves this behind instead: every
+message in order (ephemeral ones marked as only visible to their user), embeds as boxes, buttons
+as labels, and the uploaded files byte for byte next to the page that shows them.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.sandbox.discord_double import DiscordDouble
+from bot.sandbox.state import Channel, StoredMessage
+
+_STYLE = """
+body { font-family: sans-serif; background: #313338; color: #dbdee1; max-width: 60rem; margin: 2rem auto; }
+.message { padding: .5rem 1rem; border-bottom: 1px solid #3f4147; }
+.author { font-weight: bold; color: #f2f3f5; }
+.ephemeral { opacity: .75; font-style: italic; }
+.embed { border-left: 4px solid #5865f2; background: #2b2d31; padding: .5rem 1rem; margin: .5rem 0; }
+.field { margin: .25rem 0; }
+.field-name { font-weight: bold; }
+.button { display: inline-block; background: #4e5058; border-radius: 3px; padding: .2rem .6rem; margin: .2rem; }
+img { max-width: 24rem; display: block; margin: .5rem 0; }
+pre { white-space: pre-wrap; }
+"""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """Where the transcript went: the folder, its text and HTML files, and the saved files."""
+
+    folder: Path
+    text: Path
+    html: Path
+    files: list[Path]
+
+
+def write_transcript(
+    double: DiscordDouble,
+    channels: Channel | Iterable[Channel],
+    out_dir: Path | str,
+    *,
+    include_ephemeral: bool = True,
+    title: str = "Atelier sandbox",
+) -> Transcript:
+    """Write ``transcript.txt``, ``index.html`` and ``files/`` for ``channels`` into ``out_dir``."""
+    folder = Path(out_dir)
+    files_dir = folder / "files"
+    files_dir.mkdir(parents=True, exist_ok=True)
+    channel_list = [channels] if isinstance(channels, Channel) else list(channels)
+    text_parts: list[str] = []
+    html_parts: list[str] = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style><h1>{html.escape(title)}</h1>",
+    ]
+    saved: list[Path] = []
+    for channel in channel_list:
+        name = f"#{channel.name}" if channel.name else "direct messages"
+        text_parts.append(f"===== {name} =====")
+        html_parts.append(f"<h2>{html.escape(name)}</h2>")
+        for message in double.messages(channel, include_ephemeral=include_ephemeral):
+            paths = _save_files(message, files_dir)
+            saved.extend(paths)
+            text_parts.append(_message_text(message, paths, folder))
+            html_parts.append(_message_html(message, paths, folder))
+    text_path = folder / "transcript.txt"
+    text_path.write_text("\n\n".join(text_parts) + "\n", encoding="utf-8")
+    html_path = folder / "index.html"
+    html_path.write_text("\n".join(html_parts) + "\n", encoding="utf-8")
+    return Transcript(folder, text_path, html_path, saved)
+
+
+def _save_files(message: StoredMessage, files_dir: Path) -> list[Path]:
+    paths = []
+    for attachment in message.attachments:
+        # Filenames come from the bot; keep only the last path component.
+        safe_name = Path(attachment.filename).name or "file"
+        path = files_dir / f"{message.id}-{safe_name}"
+        path.write_bytes(attachment.data)
+        paths.append(path)
+    return paths
+
+
+def _message_text(message: StoredMessage, paths: list[Path], folder: Path) -> str:
+    lines = message.to_text().splitlines()
+    for path in paths:
+        lines.append(f"  saved: {path.relative_to(folder)}")
+    return "\n".join(lines)
+
+
+def _message_html(message: StoredMessage, paths: list[Path], folder: Path) -> str:
+    classes = "message ephemeral" if message.ephemeral else "message"
+    parts = [f"<div class='{classes}'><div class='author'>{html.escape(message.author.name)}"]
+    if message.ephemeral:
+        parts.append(" <small>(only the user who asked sees this)</small>")
+    parts.append("</div>")
+    if message.loading:
+        parts.append(f"<p>{html.escape(message.author.name)} is thinking…</p>")
+    if message.content:
+        parts.append(f"<pre>{html.escape(message.content)}</pre>")
+    for embed in message.embeds:
+        parts.append(_embed_html(embed))
+    for attachment, path in zip(message.attachments, paths, strict=True):
+        relative = html.escape(str(path.relative_to(folder)))
+        if attachment.content_type.startswith("image/"):
+            parts.append(f"<img src='{relative}' alt='{html.escape(attachment.filename)}'>")
+        else:
+            parts.append(f"<a href='{relative}'>{html.escape(attachment.filename)}</a>")
+    if message.buttons:
+        parts.append("<div>" + "".join(
+            f"<span class='button'>{html.escape(b.label or b.custom_id or '')}</span>" for b in message.buttons
+        ) + "</div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _embed_html(embed: dict[str, Any]) -> str:
+    parts = ["<div class='embed'>"]
+    if embed.get("author"):
+        parts.append(f"<div>{html.escape(str(embed['author'].get('name', '')))}</div>")
+    if embed.get("title"):
+        parts.append(f"<div class='author'>{html.escape(str(embed['title']))}</div>")
+    if embed.get("description"):
+        parts.append(f"<pre>{html.escape(str(embed['description']))}</pre>")
+    for field in embed.get("fields") or []:
+        parts.append(
+            f"<div class='field'><span class='field-name'>{html.escape(str(field.get('name', '')))}</span>"
+            f"<pre>{html.escape(str(field.get('value', '')))}</pre></div>"
+        )
+    if embed.get("footer"):
+        parts.append(f"<small>{html.escape(str(embed['footer'].get('text', '')))}</small>")
+    parts.append("</div>")
+    return "".join(parts)
