@@ -29,7 +29,7 @@ from typing import Any, Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Bump when the files the builder writes change, so old builds are rebuilt.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 STAMP_FILE = "atelier-build.json"
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
@@ -481,6 +481,19 @@ def flux_lora_state_dict(seed: int) -> dict[str, Any]:
     return state
 
 
+def no_match_state_dict(seed: int) -> dict[str, Any]:
+    """UNet-style LoRA keys naming modules that no SD UNet has (a renamed or foreign network)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for block in range(2):
+        prefix = f"unet.extra_blocks.{block}.attn.to_q"
+        state[f"{prefix}.lora_A.weight"] = torch.randn((4, 32), generator=generator)
+        state[f"{prefix}.lora_B.weight"] = torch.randn((32, 4), generator=generator)
+    return state
+
+
 def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: int) -> list[DemoLora]:
     """The demo set for one architecture, plus the test-only twins."""
     folder = lora_root / arch
@@ -529,6 +542,12 @@ def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: in
     _save(flux_lora_state_dict(base + 5), folder / "flux-only.safetensors", {"modelspec.architecture": "flux-1-dev/lora"})
     add(f"flux-only{xl}", "flux-only.safetensors", trigger_words=(), has_text_encoder=False, key_format="diffusers",
         description="Test: a FLUX LoRA, whose keys match no SD layer.", purpose="test")
+
+    # 6. test (SD 1.5): looks like an SD UNet LoRA, but names layers the model does not have.
+    if arch == "sd15":
+        _save(no_match_state_dict(base + 6), folder / "no-match.safetensors", dict(spec))
+        add("no-match", "no-match.safetensors", trigger_words=(), has_text_encoder=False, key_format="diffusers",
+            description="Test: UNet LoRA keys naming layers that do not exist.", purpose="test")
     return loras
 
 

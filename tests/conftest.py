@@ -21,3 +21,14 @@ def demo_assets(tmp_path_factory: pytest.TempPathFactory):
     from engine.builder import build_demo_assets
 
     return build_demo_assets(Path(tmp_path_factory.mktemp("demo-assets")), size="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(demo_assets):
+    """One ``engine.generate.Generator`` on the demo assets, shared to load each model once.
+
+    Tests that count loads or evictions should make their own, or compare before/after.
+    """
+    from engine.generate import Generator
+
+    return Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_loras=16)

@@ -1,0 +1,282 @@
+"""Turning one recipe into PNGs: the engine's only entry point into torch and diffusers.
+
+The server calls :meth:`Generator.run` from a worker thread. Everything a recipe names is
+resolved inside the configured folders and checked (kind, architecture, hash) before the model
+or any LoRA is touched, so refusals are cheap and happen before any denoising step. Each image
+gets its own fresh CPU generator seeded ``seed + i``, which makes the same recipe give the same
+bytes on the same machine whatever ran before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from engine.lora_cache import ARCH_LABEL, LoraCache, ResolvedLora
+from engine.paths import resolve_within
+from engine.pipelines import ModelSlot
+from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe
+from engine.samplers import get_sampler, make_scheduler
+
+MAX_STEPS = 150
+MAX_COUNT = 8
+MAX_SIDE = 2048
+MAX_LORAS = 16
+
+
+@dataclass
+class GenerationResult:
+    images: list[bytes]
+    seeds: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Cancelled(Exception):
+    """Raised from the step callback to abandon the pipeline call at once."""
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Refuse recipes the pipeline would choke on, with the limit in the message."""
+    problems = []
+    if not 1 <= recipe.steps <= MAX_STEPS:
+        problems.append(f"steps must be 1-{MAX_STEPS} (got {recipe.steps})")
+    if not 1 <= recipe.count <= MAX_COUNT:
+        problems.append(f"count must be 1-{MAX_COUNT} (got {recipe.count})")
+    for side, value in (("width", recipe.width), ("height", recipe.height)):
+        if not 64 <= value <= MAX_SIDE or value % 8:
+            problems.append(f"{side} must be a multiple of 8 between 64 and {MAX_SIDE} (got {value})")
+    if not 0 <= recipe.cfg_scale <= 30:
+        problems.append(f"CFG scale must be 0-30 (got {recipe.cfg_scale})")
+    if not 0 <= recipe.seed < 2**63 - MAX_COUNT:
+        problems.append(f"seed must be 0 to 2^63 (got {recipe.seed})")
+    if len(recipe.loras) > MAX_LORAS:
+        problems.append(f"at most {MAX_LORAS} LoRAs per image (got {len(recipe.loras)})")
+    for lora in recipe.loras:
+        if not -10 <= lora.weight <= 10:
+            problems.append(f"LoRA '{lora.display_name}' weight must be -10 to 10 (got {lora.weight})")
+    if problems:
+        raise EngineError(ErrorCode.INVALID_RECIPE, "; ".join(problems))
+    get_sampler(recipe.sampler)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Generator:
+    """Owns the loaded model and the LoRA cache; one job at a time."""
+
+    def __init__(
+        self,
+        model_root: Path,
+        lora_root: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        cache_max_loras: int = 8,
+        cache_max_bytes: int = 2 << 30,
+    ) -> None:
+        self.model_root = Path(model_root)
+        self.lora_root = Path(lora_root)
+        self.device = device
+        self.dtype = dtype
+        self.slot = ModelSlot(device=device, dtype=dtype)
+        self.loras = LoraCache(max_loras=cache_max_loras, max_bytes=cache_max_bytes)
+        self._lock = threading.Lock()
+        self._info_cache: dict[tuple[str, int, int], FileInfo] = {}
+        self._base_scheduler_config: Any = None
+        self._loaded_name: str | None = None
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def inspect(self, path: Path) -> FileInfo:
+        """Header facts and hashes, memoised on (path, size, mtime): hashing GBs per job is slow."""
+        from engine.inspect import inspect_file
+
+        stat_path = path / "model_index.json" if path.is_dir() else path
+        stat = stat_path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        info = self._info_cache.get(key)
+        if info is None:
+            info = inspect_file(path)
+            self._info_cache[key] = info
+        return info
+
+    def _resolve_loras(self, recipe: Recipe) -> list[ResolvedLora]:
+        resolved = []
+        for ref in recipe.loras:
+            path = resolve_within(self.lora_root, ref.file)
+            info = self.inspect(path)
+            if ref.sha256 and ref.sha256.lower() != info.sha256:
+                raise EngineError(
+                    ErrorCode.UNKNOWN_FILE,
+                    f"LoRA '{ref.display_name}' ({ref.file}) changed on disk since it was registered "
+                    f"(sha256 {info.sha256[:12]}…, expected {ref.sha256[:12]}…); re-register it",
+                )
+            resolved.append(ResolvedLora(ref=ref, path=path, info=info))
+        return resolved
+
+    # -- the job ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        recipe: Recipe,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        with self._lock:
+            try:
+                return self._run(recipe, on_step, should_cancel)
+            except EngineError:
+                raise
+            except _Cancelled:
+                raise EngineError(ErrorCode.CANCELLED, "the job was cancelled") from None
+            except Exception as exc:
+                if _is_oom(exc):
+                    self._free_device_memory()
+                    raise EngineError(
+                        ErrorCode.OUT_OF_MEMORY,
+                        f"the device ran out of memory ({recipe.width}x{recipe.height}, "
+                        f"{recipe.count} image(s)); try a smaller size or fewer images",
+                    ) from exc
+                raise EngineError(ErrorCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}") from exc
+
+    def _run(
+        self,
+        recipe: Recipe,
+        on_step: Callable[[int, int], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> GenerationResult:
+        import torch
+
+        started = time.perf_counter()
+        validate_recipe(recipe)
+        model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
+        model_info = self.inspect(model_path)
+        model_name = model_display_name(recipe)
+        stack = self._resolve_loras(recipe)
+        # Refuse before loading anything when the header already tells the architecture.
+        if model_info.architecture in ("sd15", "sdxl"):
+            from engine.lora_cache import check_architecture
+
+            for lora in stack:
+                check_architecture(lora, model_info.architecture, model_name)
+        if should_cancel is not None and should_cancel():
+            raise _Cancelled
+
+        loaded, fresh = self.slot.get(model_path, key=model_info.sha256)
+        pipe = loaded.pipe
+        if fresh:
+            self._base_scheduler_config = pipe.scheduler.config
+            self._loaded_name = recipe.model
+        self.loras.activate(pipe, stack, model_arch=loaded.arch, model_name=model_name)
+        pipe.scheduler = make_scheduler(recipe.sampler, self._base_scheduler_config)
+
+        total = recipe.steps * recipe.count
+        done = 0
+        first_step_at: float | None = None
+        denoise = 0.0
+        encode = 0.0
+
+        def callback(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal done
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+            if should_cancel is not None and should_cancel():
+                raise _Cancelled
+            return kwargs
+
+        images: list[bytes] = []
+        seeds = [recipe.seed + i for i in range(recipe.count)]
+        lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
+        recipe_json = json.dumps(recipe.to_json(), sort_keys=True)
+        latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
+        with torch.inference_mode():
+            for seed in seeds:
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+                latents = latents.to(device=self.device, dtype=pipe.unet.dtype)
+                call_started = time.perf_counter()
+                if first_step_at is None:
+                    first_step_at = call_started
+                steps_before = done
+                output = pipe(
+                    prompt=recipe.prompt,
+                    negative_prompt=recipe.negative_prompt or None,
+                    num_inference_steps=recipe.steps,
+                    guidance_scale=recipe.cfg_scale,
+                    width=recipe.width,
+                    height=recipe.height,
+                    latents=latents,
+                    generator=generator,
+                    callback_on_step_end=callback,
+                    output_type="pil",
+                )
+                if done - steps_before != recipe.steps:  # some schedulers run an extra/fewer step
+                    done = steps_before + recipe.steps
+                finished = time.perf_counter()
+                denoise += finished - call_started
+                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
+                images.append(write_png(output.images[0], parameters, recipe_json))
+                encode += time.perf_counter() - finished
+        ended = time.perf_counter()
+        prepare = (first_step_at or ended) - started
+        return GenerationResult(
+            images=images,
+            seeds=seeds,
+            timings={"prepare": prepare, "denoise": denoise, "encode": encode, "total": ended - started},
+        )
+
+    def _free_device_memory(self) -> None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        import psutil
+
+        memory: dict[str, Any] = {"rss_bytes": psutil.Process().memory_info().rss}
+        try:
+            import torch
+
+            if torch.cuda.is_available() and self.device.startswith("cuda"):
+                memory["device_allocated_bytes"] = torch.cuda.memory_allocated()
+                memory["device_reserved_bytes"] = torch.cuda.memory_reserved()
+                free, total = torch.cuda.mem_get_info()
+                memory["device_free_bytes"] = free
+                memory["device_total_bytes"] = total
+        except Exception:
+            pass
+        current = self.slot.current
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "loaded_model": self._loaded_name if current is not None else None,
+            "model_architecture": ARCH_LABEL.get(current.arch) if current is not None else None,
+            "cached_loras": [
+                {"file": e.file, "sha256": e.sha256, "bytes": e.size_bytes, "adapter": e.adapter}
+                for e in self.loras.entries.values()
+            ],
+            "cached_lora_bytes": self.loras.total_bytes,
+            "lora_loads": self.loras.loads,
+            "memory": memory,
+        }

@@ -1,0 +1,85 @@
+"""AUTOMATIC1111 sampler names, mapped onto diffusers schedulers.
+
+People share recipes with A1111's names ("DPM++ 2M Karras"), so those are the names the bot
+accepts and writes into PNG metadata. Each is built ``from_config`` of the pipeline's own
+scheduler so the model's training schedule (betas, offsets, prediction type) is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.protocol import EngineError, ErrorCode
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler: str  # diffusers class name
+    options: dict[str, Any] = field(default_factory=dict)
+    #: A1111's "Schedule type" column.
+    schedule_type: str = "Automatic"
+
+
+_SAMPLER_LIST = (
+    Sampler("Euler", "EulerDiscreteScheduler"),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler"),
+    Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, "Karras"),
+    Sampler("DPM++ SDE", "DPMSolverSinglestepScheduler"),
+    Sampler("DPM++ SDE Karras", "DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}, "Karras"),
+    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    Sampler(
+        "DPM++ 2M SDE Karras",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+        "Karras",
+    ),
+    Sampler("Heun", "HeunDiscreteScheduler"),
+    Sampler("LMS", "LMSDiscreteScheduler"),
+    Sampler("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, "Karras"),
+    Sampler("DDIM", "DDIMScheduler"),
+    Sampler("UniPC", "UniPCMultistepScheduler"),
+)
+SAMPLER_BY_NAME = {s.name: s for s in _SAMPLER_LIST}
+#: Every accepted sampler name, in the order a menu should show them.
+SAMPLERS: tuple[str, ...] = tuple(SAMPLER_BY_NAME)
+
+
+def get_sampler(name: str) -> Sampler:
+    try:
+        return SAMPLER_BY_NAME[name]
+    except KeyError:
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}",
+        ) from None
+
+
+def schedule_type(name: str) -> str:
+    """The A1111 "Schedule type" label for a sampler name ("Karras" or "Automatic")."""
+    return get_sampler(name).schedule_type
+
+
+def a1111_base_name(name: str) -> str:
+    """A1111 (>= 1.9) writes the sampler without the schedule: "DPM++ 2M" + "Karras"."""
+    sampler = get_sampler(name)
+    return name.removesuffix(" Karras") if sampler.schedule_type == "Karras" else name
+
+
+def make_scheduler(name: str, base_config: Any) -> Any:
+    """A fresh scheduler for ``name`` built from the pipeline's scheduler config."""
+    import diffusers
+
+    sampler = get_sampler(name)
+    cls = getattr(diffusers, sampler.scheduler)
+    try:
+        return cls.from_config(base_config, **sampler.options)
+    except ImportError as exc:  # LMS needs scipy, which the engine does not require
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"sampler {name!r} is not available on this engine ({' '.join(lines)}); "
+            "pick another sampler or install the missing package",
+        ) from exc
