@@ -44,6 +44,20 @@ async def _private(interaction: discord.Interaction[Any], text: str = "", **kwar
         log.warning("could not answer interaction %s: %s", interaction.id, exc)
 
 
+async def _png_parameters(message: discord.Message) -> str | None:
+    """The A1111 text stored in the posted PNG itself, or None if it cannot be read."""
+    from engine.png_metadata import read_png_metadata
+
+    for attachment in message.attachments:
+        if attachment.filename.lower().endswith(".png"):
+            try:
+                return read_png_metadata(await attachment.read()).get("parameters")
+            except (discord.HTTPException, OSError, ValueError) as exc:
+                log.info("could not read the PNG of message %s: %s", message.id, exc)
+                return None
+    return None
+
+
 def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
     """Remix's ``name:weight`` lines -> (name, weight text); a line without ``:`` keeps the default."""
     slots: list[tuple[str, str | None]] = []
@@ -219,7 +233,7 @@ class Actions:
         if action == "reroll":
             await self._rerun(interaction, recipe, origin="reroll", seed=new_seed())
         elif action == "recipe":
-            await _private(interaction, recipe_reply(recipe))
+            await _private(interaction, recipe_reply(recipe, parameters=await _png_parameters(interaction.message)))
         elif action == "save":
             name = f"{embeds.truncate(recipe.prompt, 60)} #{recipe.seed}"
             try:

@@ -105,6 +105,8 @@ def _status_text(job: Job) -> str:
     if job.state == "done":
         link = job.result_message.jump_url if job.result_message else ""
         return f"✅ {who} · done {link}".strip()
+    if job.state == "waiting_engine":
+        return f"⚠️ {who} · the image engine stopped; your request is kept and runs again when it is back · *{prompt}*"
     if job.state == "cancelled":
         return f"🚫 {who} · cancelled · *{prompt}*"
     return f"⚠️ {who} · {job.error or 'failed'}"
@@ -387,8 +389,11 @@ class Dispatcher:
 
     async def _engine_back(self, job: Job) -> bool:
         """After a lost connection: wait up to ``retry_wait`` for the engine, then retry once."""
-        job.state, job.error = "running", None
+        job.state, job.error = "waiting_engine", None
         job.step = job.total = 0
+        status = self._status.get(job.id)
+        if status is not None:
+            status.update()
         deadline = time.monotonic() + self.retry_wait
         while time.monotonic() < deadline and not self._closed:
             try:

@@ -91,10 +91,14 @@ def imagine_command(recipe: Recipe) -> str:
     return " ".join(parts)
 
 
-def recipe_reply(recipe: Recipe, *, limit: int = 2000) -> str:
-    """The ephemeral Recipe-button answer, both texts in code blocks, within one message."""
+def recipe_reply(recipe: Recipe, *, parameters: str | None = None, limit: int = 2000) -> str:
+    """The ephemeral Recipe-button answer, both texts in code blocks, within one message.
+
+    ``parameters`` is the text read from the posted PNG when available (it carries the real
+    model and LoRA hashes); otherwise it is rebuilt from the recipe.
+    """
     command = imagine_command(recipe)
-    params = a1111_parameters(recipe)
+    params = parameters or a1111_parameters(recipe)
     text = f"**Slash command**\n```\n{command}\n```\n**A1111 parameters**\n```\n{params}\n```"
     if len(text) <= limit:
         return text

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from bot.app import AtelierBot
 
 CUSTOM_ID_LIMIT = 100
-IMAGE_ACTIONS = ("reroll", "remix", "recipe", "delete", "save")
+IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
     "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
@@ -145,9 +145,10 @@ class RemixModal(discord.ui.Modal):
         super().__init__(title="Remix this image", custom_id=f"atelier:remix:{message_id}", timeout=900)
         self.message_id = message_id
         self.prompt = discord.ui.TextInput(
-            label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:4000], max_length=4000
+            custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:4000], max_length=4000
         )
         self.negative = discord.ui.TextInput(
+            custom_id="negative",
             label="Negative prompt",
             style=discord.TextStyle.paragraph,
             default=negative[:4000] or None,
@@ -155,14 +156,15 @@ class RemixModal(discord.ui.Modal):
             max_length=4000,
         )
         self.loras = discord.ui.TextInput(
+            custom_id="loras",
             label="LoRAs, one per line as name:weight",
             style=discord.TextStyle.paragraph,
             default=loras[:4000] or None,
             required=False,
             max_length=4000,
         )
-        self.seed = discord.ui.TextInput(label="Seed (empty = random)", default=seed, required=False, max_length=20)
-        self.steps = discord.ui.TextInput(label="Steps", default=steps, required=False, max_length=4)
+        self.seed = discord.ui.TextInput(custom_id="seed", label="Seed (empty = random)", default=seed, required=False, max_length=20)
+        self.steps = discord.ui.TextInput(custom_id="steps", label="Steps", default=steps, required=False, max_length=4)
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
 
@@ -186,14 +188,15 @@ class LoraEditModal(discord.ui.Modal):
         super().__init__(title="Edit LoRA", custom_id=f"atelier:loraedit:{lora_id}", timeout=900)
         self.lora_id = lora_id
         self.trigger_words = discord.ui.TextInput(
-            label="Trigger words (comma separated)", default=trigger_words or None, required=False, max_length=1000
+            custom_id="trigger_words", label="Trigger words (comma separated)", default=trigger_words or None, required=False, max_length=1000
         )
-        self.default_weight = discord.ui.TextInput(label="Default weight", default=default_weight, max_length=10)
+        self.default_weight = discord.ui.TextInput(custom_id="default_weight", label="Default weight", default=default_weight, max_length=10)
         self.weight_range = discord.ui.TextInput(
-            label="Recommended range (min-max)", default=weight_range, max_length=25
+            custom_id="weight_range", label="Recommended range (min-max)", default=weight_range, max_length=25
         )
-        self.category = discord.ui.TextInput(label="Category", default=category, max_length=20)
+        self.category = discord.ui.TextInput(custom_id="category", label="Category", default=category, max_length=20)
         self.description = discord.ui.TextInput(
+            custom_id="description",
             label="Description",
             style=discord.TextStyle.paragraph,
             default=description[:4000] or None,

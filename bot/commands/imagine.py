@@ -13,20 +13,10 @@ import discord
 from discord import app_commands
 
 from bot.commands.common import bot_of, nsfw_channel, to_choices
+from bot.validation import SAMPLERS as VALIDATOR_SAMPLERS
 
-#: A1111 sampler names the engine maps to diffusers schedulers.
-SAMPLERS = (
-    "DPM++ 2M Karras",
-    "DPM++ 2M",
-    "DPM++ 2M SDE Karras",
-    "DPM++ SDE Karras",
-    "Euler a",
-    "Euler",
-    "DDIM",
-    "UniPC",
-    "Heun",
-    "LMS",
-)
+#: A1111 sampler names the engine maps to diffusers schedulers (the validator's list).
+SAMPLERS = VALIDATOR_SAMPLERS[:25]
 #: Sizes offered; "WxH" values. SD 1.5 likes ~512², SDXL ~1024²; the validator checks.
 SIZES = (
     ("512×512 · square (SD 1.5)", "512x512"),
