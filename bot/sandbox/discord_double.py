@@ -83,6 +83,8 @@ class DiscordDouble:
         self.violations: list[Violation] = []
         self.unserved: list[RequestRecord] = []
         self.interactions: list[InteractionHandle] = []
+        self._interactions_by_id: dict[int, InteractionHandle] = {}
+        self._interactions_by_token: dict[str, InteractionHandle] = {}
         self.sessions: list[gw.GatewaySession] = []
         self._messages: dict[int, list[StoredMessage]] = {}
         self._messages_by_id: dict[int, StoredMessage] = {}
@@ -307,6 +309,15 @@ class DiscordDouble:
         """Requests whose ``"METHOD /path"`` matches an fnmatch glob."""
         return [r for r in self.requests if fnmatch.fnmatchcase(f"{r.method} {r.path}", pattern)]
 
+    async def request_reconnect(self) -> None:
+        """Ask every connected client to reconnect (gateway op 7), as Discord does before maintenance.
+
+        discord.py closes the socket, reconnects to READY's ``resume_gateway_url`` and RESUMEs.
+        """
+        self._connected.clear()
+        for session in list(self.sessions):
+            await session.send(7, None)
+
     async def wait_until_connected(self, within: float = 10.0) -> None:
         """Until a client has identified and received READY and every GUILD_CREATE."""
         await asyncio.wait_for(self._connected.wait(), within)
@@ -518,10 +529,10 @@ class DiscordDouble:
         return self.attachment_size_limit
 
     def interaction_by_id(self, interaction_id: int) -> InteractionHandle | None:
-        return next((h for h in self.interactions if h.id == interaction_id), None)
+        return self._interactions_by_id.get(interaction_id)
 
     def interaction_by_token(self, token: str) -> InteractionHandle | None:
-        return next((h for h in self.interactions if h.token == token), None)
+        return self._interactions_by_token.get(token)
 
     def app_permissions(self, channel: Channel) -> int:
         if channel.guild is None:
@@ -727,6 +738,8 @@ class DiscordDouble:
             attachment_size_limit=size_limit, source_message=message,
         )
         self.interactions.append(handle)
+        self._interactions_by_id[handle.id] = handle
+        self._interactions_by_token[handle.token] = handle
         self._deadline_timers.append(
             asyncio.get_running_loop().call_later(self.response_deadline, self._check_deadline, handle)
         )
