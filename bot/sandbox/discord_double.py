@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import fnmatch
+import mimetypes
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,11 +30,11 @@ from typing import Any
 from aiohttp import web
 
 from bot.sandbox import gateway as gw
+from bot.sandbox import options as options_
 from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, modal_text_inputs
 from bot.sandbox.records import RateLimitRule, RequestRecord, Violation
 from bot.sandbox.rest import RestApi
 from bot.sandbox.state import (
-    ALL_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     Channel,
     Guild,
@@ -344,10 +345,13 @@ class DiscordDouble:
         ``default_member_permissions`` cannot see it (PermissionError) unless ``bypass_permissions``.
         """
         person = _user_of(user)
-        command = self._find_command(name, channel)
-        self._check_can_use(command, person, channel, bypass_permissions)
+        command = options_.find_command(self._commands, name, channel)
+        options_.check_can_use(command, person, channel, bypass_permissions)
         resolved: dict[str, dict[str, Any]] = {}
-        built = self._build_options(command, options or {}, subcommand, resolved, focused=None)
+        built = options_.build_options(
+            command, options or {}, subcommand, resolved, focused=None,
+            store_attachment=self._store_option_attachment,
+        )
         data: dict[str, Any] = {
             "id": command["id"], "name": command["name"], "type": command.get("type", 1),
             "options": built,
@@ -369,31 +373,37 @@ class DiscordDouble:
         subcommand: str | None = None,
         within: float = 5.0,
     ) -> list[dict[str, Any]]:
-        """Type into option ``focused`` of ``/name`` and return the choices the bot offered."""
-        person = _user_of(user)
-        command = self._find_command(name, channel)
-        built = self._build_options(command, options, subcommand, {}, focused=focused)
-        data: dict[str, Any] = {
-            "id": command["id"], "name": command["name"], "type": 1, "options": built,
-        }
-        if command.get("guild_id"):
-            data["guild_id"] = command["guild_id"]
-        handle = await self._dispatch_interaction(4, person, channel, data)
-        await handle.wait_response(within)
+        """Type into option ``focused`` of ``/name`` and return the choices the bot offered.
+
+        ``options`` holds what is typed so far (the focused one included, possibly ``""``).
+        Raises AssertionError when the bot's answer was refused (e.g. more than 25 choices).
+        """
+        handle = await self.autocomplete_handle(user, channel, name, options, focused, subcommand=subcommand)
+        await handle.wait_until(lambda: handle.responded or bool(handle.errors), within, "an autocomplete answer")
         if handle.choices is None:
+            refusals = [str(v) for v in self.violations if v.interaction_id == handle.id]
             raise AssertionError(
-                f"autocomplete for /{name} {focused} was answered with type {handle.response_type}, "
-                f"not 8; errors: {handle.errors}"
+                f"autocomplete for /{name} {focused!r} got no choices: responses {handle.responses}, "
+                f"errors {handle.errors}, {refusals}"
             )
         return handle.choices
 
     async def autocomplete_handle(
-        self, user: UserLike, channel: Channel, name: str, options: Mapping[str, Any], focused: str
+        self,
+        user: UserLike,
+        channel: Channel,
+        name: str,
+        options: Mapping[str, Any],
+        focused: str,
+        *,
+        subcommand: str | None = None,
     ) -> InteractionHandle:
         """Like :meth:`autocomplete` but returns the handle without waiting (to inspect refusals)."""
-        command = self._find_command(name, channel)
-        built = self._build_options(command, options, None, {}, focused=focused)
-        data = {"id": command["id"], "name": command["name"], "type": 1, "options": built}
+        command = options_.find_command(self._commands, name, channel)
+        built = options_.build_options(
+            command, options, subcommand, {}, focused=focused, store_attachment=self._store_option_attachment
+        )
+        data: dict[str, Any] = {"id": command["id"], "name": command["name"], "type": 1, "options": built}
         if command.get("guild_id"):
             data["guild_id"] = command["guild_id"]
         return await self._dispatch_interaction(4, _user_of(user), channel, data)
@@ -517,6 +527,11 @@ class DiscordDouble:
         self._attachments[attachment.id] = attachment
         return attachment
 
+    def _store_option_attachment(self, filename: str, data: bytes) -> StoredAttachment:
+        """A file a person attached to a command option, uploaded to the double's CDN."""
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return self.store_attachment(StoredAttachment(snowflake(), filename, data, content_type), 0)
+
     def attachment_by_id(self, attachment_id: int) -> StoredAttachment | None:
         return self._attachments.get(attachment_id)
 
@@ -563,132 +578,7 @@ class DiscordDouble:
                 self._connected.clear()
         return socket
 
-    # ------------------------------------------------------------------ interaction building
-
-    def _find_command(self, name: str, channel: Channel) -> dict[str, Any]:
-        scopes: list[int | None] = [] if channel.guild is None else [channel.guild.id]
-        scopes.append(None)
-        for scope in scopes:
-            for command in self._commands.get(scope, []):
-                if command["name"] == name and command.get("type", 1) == 1:
-                    if channel.is_dm and not self._allowed_in_dm(command):
-                        raise PermissionError(f"/{name} is not available in direct messages")
-                    return command
-        known = sorted({c["name"] for scope in scopes for c in self._commands.get(scope, [])})
-        raise LookupError(
-            f"/{name} is not registered where #{channel.name or 'DM'} can see it "
-            f"(registered: {known}); did the bot sync its command tree?"
-        )
-
-    @staticmethod
-    def _allowed_in_dm(command: dict[str, Any]) -> bool:
-        contexts = command.get("contexts")
-        if contexts is not None:
-            return 1 in contexts
-        return command.get("dm_permission", True) is not False
-
-    @staticmethod
-    def _check_can_use(command: dict[str, Any], user: User, channel: Channel, bypass: bool) -> None:
-        required = command.get("default_member_permissions")
-        if bypass or required is None or channel.guild is None:
-            return
-        member = channel.guild.member(user)
-        bits = int(required)
-        if member.permissions & bits != bits:
-            raise PermissionError(
-                f"{user.name} lacks permissions {bits:#x} that /{command['name']} requires by default; "
-                "Discord hides the command from them (pass bypass_permissions=True to simulate an "
-                "override in the server's integration settings)"
-            )
-
-    def _build_options(
-        self,
-        command: dict[str, Any],
-        values: Mapping[str, Any],
-        subcommand: str | None,
-        resolved: dict[str, dict[str, Any]],
-        focused: str | None,
-    ) -> list[dict[str, Any]]:
-        definitions = command.get("options") or []
-        path = subcommand.split() if subcommand else []
-        wrappers: list[tuple[int, str]] = []
-        for part in path:
-            match = next((o for o in definitions if o["name"] == part and o["type"] in (1, 2)), None)
-            if match is None:
-                raise LookupError(f"/{command['name']} has no subcommand {part!r}")
-            wrappers.append((match["type"], part))
-            definitions = match.get("options") or []
-        if any(o["type"] in (1, 2) for o in definitions):
-            raise ValueError(f"/{command['name']} needs a subcommand: {[o['name'] for o in definitions]}")
-        by_name = {o["name"]: o for o in definitions}
-        unknown = set(values) - set(by_name)
-        if unknown:
-            raise LookupError(f"/{command['name']} has no options {sorted(unknown)} (it has {sorted(by_name)})")
-        built: list[dict[str, Any]] = []
-        for definition in definitions:
-            name = definition["name"]
-            if name not in values:
-                if definition.get("required") and focused is None:
-                    raise ValueError(f"option {name!r} of /{command['name']} is required")
-                continue
-            if name == focused:
-                built.append({"name": name, "type": definition["type"], "value": str(values[name]), "focused": True})
-                continue
-            built.append({
-                "name": name, "type": definition["type"],
-                "value": self._option_value(definition, values[name], resolved),
-            })
-        if focused is not None and focused not in values:
-            raise ValueError(f"the focused option {focused!r} needs a (possibly empty) value in options")
-        for kind, part in reversed(wrappers):
-            built = [{"name": part, "type": kind, "options": built}]
-        return built
-
-    def _option_value(self, definition: dict[str, Any], value: Any, resolved: dict[str, dict[str, Any]]) -> Any:
-        kind = definition["type"]
-        name = definition["name"]
-        if kind == 3:
-            value = str(value)
-            low, high = definition.get("min_length"), definition.get("max_length")
-            if (low is not None and len(value) < low) or (high is not None and len(value) > high):
-                raise ValueError(f"option {name!r} must be {low}-{high} characters long")
-        elif kind == 4:
-            value = int(value)
-        elif kind == 10:
-            value = float(value)
-        elif kind == 5:
-            value = bool(value)
-        if kind in (4, 10):
-            low, high = definition.get("min_value"), definition.get("max_value")
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise ValueError(f"option {name!r} must be between {low} and {high}")
-        choices = definition.get("choices")
-        if choices and value not in [choice["value"] for choice in choices]:
-            raise ValueError(f"option {name!r} only accepts {[c['value'] for c in choices]}")
-        if kind in (6, 9) and isinstance(value, User | Member):
-            person = _user_of(value)
-            resolved.setdefault("users", {})[str(person.id)] = person.to_payload()
-            if isinstance(value, Member):
-                member = value.to_payload(with_permissions=True)
-                member.pop("user")
-                resolved.setdefault("members", {})[str(person.id)] = member
-            return str(person.id)
-        if kind in (8, 9) and isinstance(value, Role):
-            resolved.setdefault("roles", {})[str(value.id)] = value.to_payload()
-            return str(value.id)
-        if kind == 7 and isinstance(value, Channel):
-            channel_payload = {"id": str(value.id), "name": value.name, "type": value.type, "permissions": str(ALL_PERMISSIONS)}
-            resolved.setdefault("channels", {})[str(value.id)] = channel_payload
-            return str(value.id)
-        if kind == 11:
-            filename, data = value
-            attachment = StoredAttachment(snowflake(), filename, bytes(data), _guess_type(filename))
-            self.store_attachment(attachment, 0)
-            resolved.setdefault("attachments", {})[str(attachment.id)] = attachment.to_payload()
-            return str(attachment.id)
-        if kind in (6, 7, 8, 9, 11):
-            raise TypeError(f"option {name!r} (type {kind}) needs a User/Member, Channel, Role or (filename, bytes)")
-        return value
+    # ------------------------------------------------------------------ interaction dispatch
 
     async def _dispatch_interaction(
         self,
@@ -762,8 +652,3 @@ class DiscordDouble:
             interaction_id=handle.id,
         ))
 
-
-def _guess_type(filename: str) -> str:
-    import mimetypes
-
-    return mimetypes.guess_type(filename)[0] or "application/octet-stream"

@@ -11,6 +11,7 @@ import datetime
 import itertools
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -476,7 +477,7 @@ class InteractionHandle:
 
     async def wait_followup(self, count: int = 1, within: float = 10.0) -> StoredMessage:
         """Wait until ``count`` followups exist and return the latest."""
-        await self._wait(lambda: len(self.followups) >= count, within, f"{count} followup(s)")
+        await self.wait_until(lambda: len(self.followups) >= count, within, f"{count} followup(s)")
         return self.followups[count - 1]
 
     async def wait_original(self, within: float = 10.0, *, filled: bool = True) -> StoredMessage:
@@ -485,11 +486,12 @@ class InteractionHandle:
         def ready() -> bool:
             return self.original is not None and not (filled and self.original.loading)
 
-        await self._wait(ready, within, "the original response")
+        await self.wait_until(ready, within, "the original response")
         assert self.original is not None
         return self.original
 
-    async def _wait(self, predicate: Any, within: float, what: str) -> None:
+    async def wait_until(self, predicate: Callable[[], object], within: float, what: str) -> None:
+        """Until ``predicate()`` holds after some change to this interaction (response, followup, error)."""
         async def waiter() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)

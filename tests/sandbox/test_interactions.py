@@ -215,3 +215,8 @@ async def test_dm_interaction_has_a_user_and_no_guild(world: World) -> None:
     assert (await handle.wait_original()).content == "you are in a DM; limit 10485760"
     with pytest.raises(PermissionError, match="direct messages"):
         await double.slash(world.alice, dm, "admin", {"confirm": True}, subcommand="reset")
+
+
+async def test_autocomplete_helper_reports_a_refused_answer(world: World) -> None:
+    with pytest.raises(AssertionError, match="50035"):
+        await world.double.autocomplete(world.alice, world.channel, "pick", {"flavour": "many"}, "flavour")
