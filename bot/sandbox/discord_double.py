@@ -31,7 +31,7 @@ from aiohttp import web
 
 from bot.sandbox import gateway as gw
 from bot.sandbox import options as options_
-from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, modal_text_inputs
+from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, REQUEST_SIZE_MAX, modal_text_inputs
 from bot.sandbox.records import RateLimitRule, RequestRecord, Violation
 from bot.sandbox.rest import RestApi
 from bot.sandbox.state import (
@@ -69,6 +69,7 @@ class DiscordDouble:
         response_deadline: float = 3.0,
         token_lifetime: float = 15 * 60,
         attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
+        request_size_limit: int = REQUEST_SIZE_MAX,
     ) -> None:
         self.token = token
         self.bot_user = User(snowflake(), bot_name, bot=True)
@@ -77,6 +78,7 @@ class DiscordDouble:
         self.response_deadline = response_deadline
         self.token_lifetime = token_lifetime
         self.attachment_size_limit = attachment_size_limit
+        self.request_size_limit = request_size_limit
         self.guilds: list[Guild] = []
         self.users: dict[int, User] = {self.bot_user.id: self.bot_user, self.app_owner.id: self.app_owner}
         self.channels: dict[int, Channel] = {}

@@ -158,7 +158,7 @@ class RestApi:
         return json_reply(body, 429, headers)
 
     async def _body(self, request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
-        payload, files = await read_body(request)
+        payload, files = await read_body(request, self.double.request_size_limit)
         record = request[RECORD_KEY]
         record.payload = payload
         record.files = [f.filename for f in files]

@@ -52,6 +52,14 @@ class DiscordHTTPError(Exception):
         return json_reply(self.body, self.status)
 
 
+def _too_large(size: int, limit: int) -> DiscordHTTPError:
+    return DiscordHTTPError(
+        413, REQUEST_TOO_LARGE, "Request entity too large",
+        violation="request_too_large",
+        details=[f"request body of {size} bytes exceeds {limit}"],
+    )
+
+
 @dataclass
 class UploadedFile:
     index: int
@@ -60,25 +68,27 @@ class UploadedFile:
     content_type: str
 
 
-async def read_body(request: web.Request) -> tuple[dict[str, Any], list[UploadedFile]]:
+async def read_body(
+    request: web.Request, size_limit: int = REQUEST_SIZE_MAX
+) -> tuple[dict[str, Any], list[UploadedFile]]:
     """The JSON payload and the files of a request, whether plain JSON or multipart.
 
     discord.py sends files as ``multipart/form-data`` with a ``payload_json`` part and one
     ``files[n]`` part per file (field names unquoted: Discord rejects ``files%5B0%5D``).
     """
-    if request.content_length is not None and request.content_length > REQUEST_SIZE_MAX:
-        raise DiscordHTTPError(
-            413, REQUEST_TOO_LARGE, "Request entity too large",
-            violation="request_too_large",
-            details=[f"request body of {request.content_length} bytes exceeds {REQUEST_SIZE_MAX}"],
-        )
+    if request.content_length is not None and request.content_length > size_limit:
+        raise _too_large(request.content_length, size_limit)
     if request.content_type == "multipart/form-data":
         payload: dict[str, Any] = {}
         files: list[UploadedFile] = []
         reader = await request.multipart()
+        received = 0
         async for part in reader:
             name = part.name or ""  # type: ignore[union-attr]
             raw = await part.read()  # type: ignore[union-attr]
+            received += len(raw)
+            if received > size_limit:  # a chunked upload announces no length up front
+                raise _too_large(received, size_limit)
             if name == "payload_json":
                 payload = json.loads(raw)
             elif name.startswith("files[") and name.endswith("]"):

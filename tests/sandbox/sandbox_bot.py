@@ -97,6 +97,12 @@ class SandboxBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.add_view(PingView(self))
+        if self.guild_id is not None:
+
+            @self.tree.command(description="Only in this guild", guild=discord.Object(self.guild_id))
+            async def local(interaction: discord.Interaction) -> None:
+                await interaction.response.send_message(f"local to {interaction.guild_id}")
+
         for command in self.extra_commands:
             self.tree.add_command(command)
         try:

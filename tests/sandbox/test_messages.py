@@ -113,3 +113,22 @@ async def test_transcript_shows_the_channel_with_its_files(world: World, tmp_pat
     assert transcript.files[0].read_bytes() == png_bytes()
     page = transcript.html.read_text(encoding="utf-8")
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and f"files/{followup.id}-render.png" in page
+
+
+async def test_a_request_over_the_size_limit_is_refused(world: World) -> None:
+    import aiohttp
+
+    double = world.double
+    assert double.request_size_limit == 25 * 1024 * 1024  # Discord's; lowered to keep the test light
+    double.request_size_limit = 4096
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("payload_json", '{"content": "big"}', content_type="application/json")
+    form.add_field("files[0]", b"\0" * 3000, filename="a.bin")
+    form.add_field("files[1]", b"\0" * 3000, filename="b.bin")
+    url = f"{double.api_base}/channels/{world.channel.id}/messages"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=form, headers={"Authorization": f"Bot {double.token}"}) as response:
+            assert response.status == 413
+            assert (await response.json())["code"] == 40005
+    assert double.violations[-1].kind == "request_too_large"
+    assert double.messages(world.channel) == []

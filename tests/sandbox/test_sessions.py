@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import discord
+import pytest
+
 from bot.sandbox import DiscordDouble, run_bot
-from tests.sandbox.conftest import World
+from tests.sandbox.conftest import World, until
 from tests.sandbox.sandbox_bot import SandboxBot
 
 
@@ -33,3 +36,28 @@ async def test_persistent_buttons_work_after_a_restart(double: DiscordDouble) ->
         assert (await click.wait_original()).content == "pong"
         assert ("clicked", alice.user.id, message.id) in restarted.events
     assert len(double.requests_matching("GET /users/@me")) == 2
+
+
+async def test_guild_commands_are_found_by_guild_id(double: DiscordDouble) -> None:
+    guild = double.add_guild("Studio")
+    channel = double.add_channel(guild, "general")
+    other = double.add_channel(double.add_guild("Elsewhere"), "general")
+    alice = double.add_member(guild, "alice")
+    async with run_bot(SandboxBot(guild_id=guild.id), double):
+        assert [c["name"] for c in double.registered_commands(guild)] == ["local"]
+        handle = await double.slash(alice, channel, "local")
+        assert handle.payload["data"]["guild_id"] == str(guild.id)
+        assert (await handle.wait_original()).content == f"local to {guild.id}"
+        with pytest.raises(LookupError):
+            await double.slash(alice, other, "local")
+
+
+async def test_people_posting_reach_on_message(world: World) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def on_message(message: discord.Message) -> None:
+        seen.append((message.author.name, message.channel.id))
+
+    world.bot.add_listener(on_message)
+    await world.double.send_user_message(world.alice, world.channel, "hi bot")
+    await until(lambda: seen == [("alice", world.channel.id)])
