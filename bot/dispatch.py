@@ -149,6 +149,10 @@ class StatusMessage:
             await asyncio.sleep(wait)
         await self._send(final=False)
 
+    def cancel(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+
     async def finish(self) -> None:
         if self._pending is not None and not self._pending.done():
             self._pending.cancel()
@@ -171,7 +175,8 @@ class StatusMessage:
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
                 self._last_text, self._last_sent = text, time.monotonic()
-            except discord.HTTPException as exc:
+            except (discord.HTTPException, RuntimeError, OSError) as exc:
+                # RuntimeError: the HTTP session closed because the bot is shutting down.
                 log.warning("could not edit status for job %s: %s", self.job.id, exc)
 
 
@@ -270,6 +275,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         self._closed = True
+        for status in self._status.values():
+            status.cancel()
         for task in [*self._workers, *self._tasks]:
             task.cancel()
         for task in [*self._workers, *self._tasks]:

@@ -24,7 +24,15 @@ import pytest
 
 from bot.app import AtelierBot
 from bot.registry import LoraEntry, ModelEntry, Registry, RegistryError
-from bot.sandbox import MANAGE_GUILD, MANAGE_MESSAGES, Channel, DiscordDouble, Guild, Member, run_bot
+from bot.sandbox import (
+    MANAGE_GUILD,
+    MANAGE_MESSAGES,
+    Channel,
+    DiscordDouble,
+    Guild,
+    Member,
+    run_bot,
+)
 from engine.client import EngineClient
 
 SD15 = "tiny-sd15"
