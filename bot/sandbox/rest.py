@@ -285,7 +285,9 @@ class RestApi:
         if callback_type not in ALLOWED_CALLBACKS.get(handle.type, set()):
             errors.add(("type",), "INTERACTION_RESPONSE_TYPE_INVALID",
                        f"Callback type {callback_type} is not valid for interaction type {handle.type}")
-        elif callback_type in (6, 7) and handle.source_message is None:
+        elif callback_type == 7 and handle.source_message is None:
+            # Type 6 stays valid without a message: it just acknowledges (discord.py's defer()
+            # on a modal submit sends it); type 7 must have a message to update.
             errors.add(("type",), "INTERACTION_RESPONSE_TYPE_INVALID",
                        "There is no message to update for this interaction")
         elif callback_type in (4, 7):

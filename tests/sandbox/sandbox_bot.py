@@ -73,13 +73,19 @@ class NoteModal(discord.ui.Modal, title="Leave a note"):
         label="Mood", custom_id="note:mood", required=False, default="calm"
     )
 
-    def __init__(self, bot: SandboxBot) -> None:
-        super().__init__(custom_id="sandbox:note-modal")
+    def __init__(self, bot: SandboxBot, *, quiet: bool = False) -> None:
+        super().__init__(custom_id="sandbox:quiet-modal" if quiet else "sandbox:note-modal")
         self.bot = bot
+        self.quiet = quiet
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         self.bot.events.append(("modal", self.text.value, self.mood.value))
-        await interaction.response.send_message(f"noted: {self.text.value} ({self.mood.value})")
+        text = f"noted: {self.text.value} ({self.mood.value})"
+        if self.quiet:
+            await interaction.response.defer()  # type 6: acknowledge now, say it later
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text)
 
 
 class SandboxBot(commands.Bot):
@@ -147,6 +153,10 @@ class SandboxBot(commands.Bot):
         @tree.command(description="Open a modal")
         async def note(interaction: discord.Interaction) -> None:
             await interaction.response.send_modal(NoteModal(self))
+
+        @tree.command(description="Open a modal that acknowledges silently")
+        async def quietnote(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(NoteModal(self, quiet=True))
 
         @tree.command(description="Answer twice (the second must fail)")
         async def twice(interaction: discord.Interaction) -> None:

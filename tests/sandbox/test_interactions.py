@@ -220,3 +220,14 @@ async def test_dm_interaction_has_a_user_and_no_guild(world: World) -> None:
 async def test_autocomplete_helper_reports_a_refused_answer(world: World) -> None:
     with pytest.raises(AssertionError, match="50035"):
         await world.double.autocomplete(world.alice, world.channel, "pick", {"flavour": "many"}, "flavour")
+
+
+async def test_modal_submit_can_be_deferred_then_followed_up(world: World) -> None:
+    double = world.double
+    opened = await double.slash(world.alice, world.channel, "quietnote")
+    await opened.wait_response()
+    submitted = await double.submit_modal(world.alice, opened, {"note:text": "psst"})
+    followup = await submitted.wait_followup()
+    assert submitted.responses == [6] and submitted.original is None
+    assert followup.content == "noted: psst (calm)" and followup.ephemeral
+    assert double.violations == []
