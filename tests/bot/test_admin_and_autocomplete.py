@@ -1,0 +1,122 @@
+"""Admin commands (default permission + run-time check), /lora add from the engine's files,
+autocomplete filtered by architecture, and the other read-only commands."""
+
+from __future__ import annotations
+
+import discord
+import pytest
+
+from bot.registry import LoraEntry
+from tests.bot.conftest import SD15, SDXL, World
+
+
+async def test_admin_commands_carry_default_permissions_and_are_checked_at_run_time(world: World) -> None:
+    registered = {c["name"]: c for c in world.double.registered_commands()}
+    manage_guild = discord.Permissions(manage_guild=True).value
+    assert int(registered["settings"]["default_member_permissions"]) == manage_guild
+    assert all(c.get("dm_permission") is False or c.get("contexts") == [0] for c in registered.values())
+
+    # Discord hides /settings from alice; a server can override that, so the bot checks too.
+    with pytest.raises(PermissionError):
+        await world.double.slash(world.alice, world.channel, "settings", {"max_loras": 5})
+    handle = await world.double.slash(
+        world.alice, world.channel, "settings", {"max_loras": 5}, bypass_permissions=True
+    )
+    await handle.wait_response(3)
+    answer = handle.response_payloads[-1]["data"]
+    assert answer["flags"] & 64 and "Manage Server" in answer["content"]
+    assert (await world.registry.get_settings(world.guild.id)).max_loras == 3
+
+    # /lora add lives in a group members use, so only the run-time check guards it.
+    handle = await world.double.slash(
+        world.alice, world.channel, "lora", {"file": "sd15/twin-kohya.safetensors"}, subcommand="add"
+    )
+    await handle.wait_response(3)
+    assert "Manage Server" in handle.response_payloads[-1]["data"]["content"]
+    assert await world.registry.get_lora(world.guild.id, "twin-kohya") is None
+
+    handle = await world.double.slash(world.admin, world.channel, "settings", {"max_loras": 5, "queue_limit": 3})
+    assert await handle.wait_response(3) == 5
+    assert "Settings saved" in (await handle.wait_followup()).content
+    settings = await world.registry.get_settings(world.guild.id)
+    assert (settings.max_loras, settings.queue_limit_per_user) == (5, 3)
+    assert world.double.violations == []
+
+
+async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspection(world: World) -> None:
+    choices = await world.double.autocomplete(world.admin, world.channel, "lora", {"file": ""}, "file", subcommand="add")
+    offered = [c["value"] for c in choices]
+    assert "sd15/twin-kohya.safetensors" in offered
+    assert "sd15/watercolor.safetensors" not in offered  # already registered
+    assert len(choices) <= 25
+
+    handle = await world.double.slash(
+        world.admin,
+        world.channel,
+        "lora",
+        {"file": "sd15/twin-kohya.safetensors", "name": "twin", "category": "style"},
+        subcommand="add",
+    )
+    assert await handle.wait_response(3) == 5
+    card = await handle.wait_followup()
+    assert card.ephemeral and card.embeds[0]["title"] == "LoRA · twin"
+    entry = await world.registry.get_lora(world.guild.id, "twin")
+    assert entry is not None and entry.architecture == "sd15" and entry.sha256 and len(entry.sha256) == 64
+    assert [b.custom_id for b in card.buttons] == [f"atelier:lora:edit:{entry.id}", f"atelier:lora:remove:{entry.id}"]
+
+    # Edit from the card: a modal with the guesses, saved after the admin corrects them.
+    click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")
+    assert await click.wait_response(3) == 9
+    submitted = await world.double.submit_modal(
+        world.admin, click, {"trigger_words": "twin style, mirrored", "default_weight": "0.7", "weight_range": "0.5-0.9"}
+    )
+    assert await submitted.wait_response(3) == 5
+    await submitted.wait_followup()
+    entry = await world.registry.get_lora(world.guild.id, "twin")
+    assert entry.trigger_words == ("twin style", "mirrored") and entry.default_weight == 0.7
+    assert (entry.recommended_min, entry.recommended_max) == (0.5, 0.9)
+
+    # Members cannot use the card's buttons.
+    click = await world.double.click(world.alice, card, f"atelier:lora:remove:{entry.id}")
+    await click.wait_response(3)
+    assert "Manage Server" in click.response_payloads[-1]["data"]["content"]
+    assert await world.registry.get_lora(world.guild.id, "twin") is not None
+    assert world.double.violations == []
+
+
+async def test_lora_autocomplete_follows_the_chosen_model_and_stays_within_25(world: World) -> None:
+    sd15 = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": SD15, "lora1": ""}, "lora1")
+    sdxl = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": SDXL, "lora2": "pix"}, "lora2")
+    assert {c["value"] for c in sd15} == {"watercolor", "pixel-art", "captain-nova"}
+    assert [c["value"] for c in sdxl] == ["pixel-art-xl"]
+
+    await world.registry.add_loras(
+        world.guild.id,
+        [LoraEntry(name=f"style-{i:03d}", architecture="sd15", file=f"sd15/style-{i}.safetensors") for i in range(60)],
+        world.admin.user.id,
+    )
+    many = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": SD15, "lora1": "sty"}, "lora1")
+    assert len(many) == 25 and all(c["value"].startswith("style-") for c in many)
+    assert all(len(c["name"]) <= 100 and len(c["value"]) <= 100 for c in many)
+    models = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": "tiny"}, "model")
+    assert {c["value"] for c in models} == {SD15, SDXL}
+    assert world.double.violations == []
+
+
+async def test_member_commands_answer_privately(world: World) -> None:
+    async def run(name: str, options: dict, subcommand: str | None = None) -> str:
+        handle = await world.double.slash(world.alice, world.channel, name, options, subcommand=subcommand)
+        assert await handle.wait_response(3) == 5
+        reply = await handle.wait_followup()
+        assert reply.ephemeral
+        return reply.content + " ".join(str(e) for e in reply.embeds)
+
+    assert "captain nova" in await run("lora", {"name": "captain-nova"}, "info")
+    assert "Did you mean `watercolor`" in await run("lora", {"name": "watercolour"}, "info")
+    assert "watercolor" in await run("lora", {"query": "paint", "architecture": "sd15"}, "search")
+    assert "Bookmarked" in await run("lora", {"name": "pixel-art"}, "bookmark")
+    assert "pixel-art" in await run("lora", {}, "bookmarks")
+    assert SDXL in await run("model", {}, "list")
+    assert "sd15" in await run("model", {"name": SD15}, "info")
+    assert "queue is empty" in await run("queue", {})
+    assert world.double.violations == []
