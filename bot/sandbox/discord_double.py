@@ -24,6 +24,7 @@ import fnmatch
 import mimetypes
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, REQUEST_SIZE_MAX, 
 from bot.sandbox.records import RateLimitRule, RequestRecord, Violation
 from bot.sandbox.rest import RestApi
 from bot.sandbox.state import (
+    BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     Channel,
     Guild,
@@ -48,7 +50,6 @@ from bot.sandbox.state import (
 )
 
 API_PREFIX = "/api/v10"
-BOT_PERMISSIONS = DEFAULT_EVERYONE_PERMISSIONS | 0x2000 | 0x4000 | 0x8000 | 0x40000
 
 
 UserLike = User | Member
@@ -101,6 +102,7 @@ class DiscordDouble:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._deadline_timers: list[asyncio.TimerHandle] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.port = 0
         self.rest = RestApi(self)
 
@@ -115,9 +117,7 @@ class DiscordDouble:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await self._site.start()
-        server = self._site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
 
     async def close(self) -> None:
         for timer in self._deadline_timers:
@@ -484,9 +484,12 @@ class DiscordDouble:
     # ------------------------------------------------------------------ internals used by RestApi
 
     def _broadcast_soon(self, event: str, data: dict[str, Any]) -> None:
+        """Dispatch from a synchronous world-building call; tasks run in call order."""
         if not self.sessions:
             return
-        asyncio.get_running_loop().create_task(self.broadcast(event, data))
+        task = asyncio.get_running_loop().create_task(self.broadcast(event, data))
+        self._background.add(task)  # a task nobody references can be garbage-collected mid-way
+        task.add_done_callback(self._background.discard)
 
     async def broadcast(self, event: str, data: dict[str, Any], intent: int = 0) -> None:
         for session in list(self.sessions):
@@ -525,7 +528,8 @@ class DiscordDouble:
         return gw.DIRECT_MESSAGES_INTENT if message.channel.is_dm else gw.GUILD_MESSAGES_INTENT
 
     def store_attachment(self, attachment: StoredAttachment, channel_id: int) -> StoredAttachment:
-        attachment.url = f"{self.base_url}/attachments/{channel_id}/{attachment.id}/{attachment.filename}"
+        filename = urllib.parse.quote(attachment.filename)
+        attachment.url = f"{self.base_url}/attachments/{channel_id}/{attachment.id}/{filename}"
         self._attachments[attachment.id] = attachment
         return attachment
 
