@@ -389,7 +389,7 @@ def _check_loras(
                 f"The LoRA `{lora.name}` is made for {lora.architecture}, but the model "
                 f"`{model.name}` is {model.architecture}.",
                 f"Pick a {model.architecture} LoRA, or a {lora.architecture} model for this LoRA.",
-                _same_arch_suggestions(catalog, lora.name, model.architecture),
+                catalog.suggest_loras(lora.name, architecture=model.architecture),
             )
         if lora.nsfw:
             refusal = _nsfw_refusal(settings.nsfw_policy, request.channel_is_nsfw)
@@ -434,12 +434,6 @@ def _check_loras(
         if ok:
             stack.append((lora, weight))
     return stack
-
-
-def _same_arch_suggestions(catalog: Catalog, name: str, architecture: str) -> list[str]:
-    names = catalog.suggest_loras(name, limit=12)
-    fitting = [n for n in names if (lora := catalog.lora(n)) and lora.architecture == architecture]
-    return fitting[:3]
 
 
 def _check_sampler(request: ImagineRequest, model: ModelEntry | None, check: _Check) -> str:

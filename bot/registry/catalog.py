@@ -9,17 +9,17 @@ a typo costs a few dictionary lookups instead of comparing against every name.
 from __future__ import annotations
 
 import bisect
-import difflib
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 
 from bot.registry.models import LoraEntry, ModelEntry, ServerSettings
 from bot.registry.text import name_key
 
-#: Stop adding posting lists once this many candidate hits were counted; the rarest
-#: trigrams come first, and they are the ones that tell names apart.
-_POSTINGS_BUDGET = 6_000
+#: Stop adding posting lists once this many hits were counted; the rarest trigrams come
+#: first, and they are the ones that tell names apart.
+_POSTINGS_BUDGET = 1_500
 _CANDIDATES = 24
 
 
@@ -32,14 +32,16 @@ class NameIndex:
     """Finds the registered names closest to a misspelt one.
 
     Each *term* is a name or a trigger word and points at the name it stands for, so typing
-    a LoRA's trigger word suggests the LoRA.
+    a LoRA's trigger word suggests the LoRA. Candidates come from shared trigrams (rarest
+    first, within a budget), then are ranked by trigram Dice similarity with a bonus for
+    prefixes, so a typo never costs a comparison against every name. Postings are compact
+    integer arrays: 100,000 names must not add millions of objects for the garbage collector.
     """
 
     def __init__(self, terms: Iterable[tuple[str, str]]) -> None:
         self._term_keys: list[str] = []
         self._targets: list[str] = []
-        self._gram_counts: list[int] = []
-        postings: dict[str, list[int]] = {}
+        postings: dict[str, array[int]] = {}
         for term, target in terms:
             key = name_key(term)
             if not key:
@@ -47,18 +49,24 @@ class NameIndex:
             index = len(self._term_keys)
             self._term_keys.append(key)
             self._targets.append(target)
-            grams = trigrams(key)
-            self._gram_counts.append(len(grams))
-            for gram in grams:
-                postings.setdefault(gram, []).append(index)
+            for gram in trigrams(key):
+                posting = postings.get(gram)
+                if posting is None:
+                    posting = postings[gram] = array("I")
+                posting.append(index)
         self._postings = postings
-        self._sorted = sorted((key, i) for i, key in enumerate(self._term_keys))
+        self._sorted_keys = sorted(self._term_keys)
+        self._sorted_index = array(
+            "I", sorted(range(len(self._term_keys)), key=self._term_keys.__getitem__)
+        )
 
     def __len__(self) -> int:
         return len(self._term_keys)
 
-    def suggest(self, text: str, limit: int = 3) -> list[str]:
-        """Up to ``limit`` distinct target names, closest first."""
+    def suggest(
+        self, text: str, limit: int = 3, accept: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """Up to ``limit`` distinct target names, closest first; ``accept`` filters targets."""
         key = name_key(text)
         if not key or not self._term_keys:
             return []
@@ -66,28 +74,30 @@ class NameIndex:
         lists = sorted((self._postings[g] for g in grams if g in self._postings), key=len)
         hits: Counter[int] = Counter()
         counted = 0
-        for i, posting in enumerate(lists):
-            if i >= 3 and counted + len(posting) > _POSTINGS_BUDGET:
+        for posting in lists:
+            if counted and counted + len(posting) > _POSTINGS_BUDGET:
                 break
             hits.update(posting)
             counted += len(posting)
-        candidates = {i for i, _ in hits.most_common(_CANDIDATES)}
+        pool = _CANDIDATES if accept is None else _CANDIDATES * 2
+        candidates = {i for i, _ in hits.most_common(pool)}
         # Names that start with what was typed are good guesses even with few shared trigrams.
-        start = bisect.bisect_left(self._sorted, (key, -1))
-        for term, i in self._sorted[start : start + 8]:
-            if not term.startswith(key):
+        start = bisect.bisect_left(self._sorted_keys, key)
+        for position in range(start, min(start + 8, len(self._sorted_keys))):
+            if not self._sorted_keys[position].startswith(key):
                 break
-            candidates.add(i)
+            candidates.add(self._sorted_index[position])
         scored: list[tuple[float, str]] = []
-        matcher = difflib.SequenceMatcher(autojunk=False)
-        matcher.set_seq2(key)
         for i in candidates:
+            target = self._targets[i]
+            if accept is not None and not accept(target):
+                continue
             term = self._term_keys[i]
-            matcher.set_seq1(term)
-            score = matcher.ratio()
+            term_grams = trigrams(term)
+            score = 2 * len(grams & term_grams) / (len(grams) + len(term_grams))
             if term.startswith(key) or key.startswith(term):
                 score += 0.2
-            scored.append((score, self._targets[i]))
+            scored.append((score, target))
         scored.sort(key=lambda item: (-item[0], item[1]))
         out: list[str] = []
         for _, target in scored:
@@ -130,17 +140,35 @@ class Catalog:
         return NameIndex(terms())
 
     @cached_property
+    def _lora_by_name(self) -> dict[str, LoraEntry]:
+        return {lora.name: lora for lora in self.loras.values()}
+
+    @cached_property
     def _model_index(self) -> NameIndex:
         return NameIndex((m.name, m.name) for m in self.models.values())
 
-    def suggest_loras(self, text: str, limit: int = 3) -> list[str]:
-        """The closest LoRA names to ``text``, trigger words included."""
-        return self._lora_index.suggest(text, limit)
+    def suggest_loras(
+        self, text: str, limit: int = 3, *, architecture: str | None = None
+    ) -> list[str]:
+        """The closest LoRA names to ``text``, trigger words included.
+
+        With ``architecture``, only LoRAs made for it (or of unknown architecture).
+        """
+        if architecture is None:
+            return self._lora_index.suggest(text, limit)
+
+        by_name = self._lora_by_name
+
+        def fits(name: str) -> bool:
+            lora = by_name.get(name)
+            return lora is not None and lora.architecture in (architecture, "unknown")
+
+        return self._lora_index.suggest(text, limit, accept=fits)
 
     def suggest_models(self, text: str, limit: int = 3) -> list[str]:
         return self._model_index.suggest(text, limit)
 
     def warm(self) -> Catalog:
         """Build the suggestion indexes now, so the first typo does not pay for them."""
-        _ = self._lora_index, self._model_index
+        _ = self._lora_index, self._model_index, self._lora_by_name
         return self

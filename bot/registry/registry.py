@@ -566,17 +566,20 @@ class Registry:
             nsfw=nsfw,
             enabled=enabled,
         )
-        joins = ""
+        source = "loras l"
         match = search.fts_query(query)
         if match is not None:
-            joins += " JOIN lora_fts ON lora_fts.rowid = l.id"
+            # CROSS JOIN keeps the full-text index as the outer loop: otherwise SQLite may
+            # walk the guild's rows and re-run the MATCH for each one (seconds at 10k rows).
+            source = f"{search.FTS_SOURCE}"
             clauses.append("lora_fts MATCH ?")
             params.append(match)
         if bookmarked_by is not None:
-            joins += " JOIN bookmarks b ON b.lora_id = l.id AND b.guild_id = l.guild_id AND b.user_id = ?"
+            source += " JOIN bookmarks b ON b.lora_id = l.id AND b.guild_id = l.guild_id AND b.user_id = ?"
             params.insert(0, bookmarked_by)
         sql = (
-            f"{_LORA_SELECT}{joins} WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ? OFFSET ?"
+            f"SELECT l.* FROM {source} WHERE {' AND '.join(clauses)} "  # noqa: S608 - fixed fragments
+            f"ORDER BY {order} LIMIT ? OFFSET ?"
         )
         rows = await self._db.fetch_all(sql, (*params, limit, offset))
         return [_lora_from_row(row) for row in rows]
@@ -619,7 +622,7 @@ class Registry:
         match = search.fts_query(text, columns=search.AUTOCOMPLETE_COLUMNS)
         if len(found) < limit and match is not None:
             rows = await self._db.fetch_all(
-                f"{_LORA_SELECT} JOIN lora_fts ON lora_fts.rowid = l.id "
+                f"SELECT l.* FROM {search.FTS_SOURCE} "  # noqa: S608 - fixed fragments
                 f"WHERE lora_fts MATCH ? AND {where} LIMIT ?",
                 (match, *params, limit + len(found)),
             )

@@ -21,6 +21,9 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 #: FTS5 columns searched while typing: name and trigger words (descriptions are for /lora search).
 AUTOCOMPLETE_COLUMNS = "{name trigger_words}"
 
+#: Full-text matches first, then their rows by primary key (see ``search_loras``).
+FTS_SOURCE = "lora_fts CROSS JOIN loras l ON l.id = lora_fts.rowid"
+
 SORT_ORDER: dict[str, str] = {
     "newest": "l.added_at DESC, l.id DESC",
     "most_used": "l.uses DESC, l.name_key",

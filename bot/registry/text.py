@@ -31,6 +31,8 @@ def strip_invisible(text: str) -> str:
 
     Newlines and tabs survive as whitespace so that descriptions keep their paragraphs.
     """
+    if text.isascii() and text.isprintable():
+        return text  # the common case: nothing to normalise or drop
     text = unicodedata.normalize("NFKC", text)
     return "".join(
         ch
