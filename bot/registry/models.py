@@ -105,6 +105,10 @@ class ModelEntry:
         cls, info: FileInfo, *, name: str | None = None, **overrides: Any
     ) -> ModelEntry:
         """Prefill from the engine's inspection; the default size follows the architecture."""
+        if info.kind == "lora":
+            raise RegistryError(
+                f"{info.path} is a LoRA, not a base model; register it with /lora add."
+            )
         side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
@@ -162,6 +166,10 @@ class LoraEntry:
 
         The admin then confirms or corrects; anything in ``overrides`` wins.
         """
+        if info.kind == "checkpoint":
+            raise RegistryError(
+                f"{info.path} is a full model, not a LoRA; register it with /model add."
+            )
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,

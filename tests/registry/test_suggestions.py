@@ -1,0 +1,74 @@
+""" "Did you mean": the trigram index finds the intended name among thousands."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bot.registry import LoraEntry, ModelEntry, RegistryError
+from bot.registry.catalog import NameIndex
+from engine.protocol import FileInfo
+
+WORDS = (
+    "neon cyber retro dark soft sharp vivid pastel gothic epic tiny giant ancient future city "
+    "style portrait armor dress forest castle robot knight dragon anime film grain detail light"
+).split()
+
+
+def typo(rng: random.Random, name: str) -> str:
+    i = rng.randrange(1, len(name) - 1)
+    kind = rng.randrange(3)
+    if kind == 0:
+        return name[:i] + name[i + 1 :]  # a letter missing
+    if kind == 1:
+        return name[:i] + "q" + name[i + 1 :]  # a wrong letter
+    return name[: i - 1] + name[i] + name[i - 1] + name[i + 1 :]  # two letters swapped
+
+
+def test_typos_find_the_intended_name_among_3000() -> None:
+    rng = random.Random(7)
+    names = [
+        f"{rng.choice(WORDS)} {rng.choice(WORDS)} {rng.choice(WORDS)} {i}" for i in range(3000)
+    ]
+    index = NameIndex((n, n) for n in names)
+    trials = [rng.choice(names) for _ in range(200)]
+    hits = sum(name in index.suggest(typo(rng, name)) for name in trials)
+    assert hits / len(trials) >= 0.95
+
+
+def test_suggestions_are_distinct_and_limited() -> None:
+    index = NameIndex(
+        [("alpha", "A"), ("alpha one", "A"), ("alpha two", "B"), ("alphabet", "C"), ("beta", "D")]
+    )
+    assert (
+        index.suggest("alpah", limit=3) == ["A", "B", "C"]
+        or len(set(index.suggest("alpah", limit=3))) == 3
+    )
+    assert len(index.suggest("alpha", limit=2)) == 2
+    assert index.suggest("") == [] and NameIndex([]).suggest("x") == []
+
+
+def test_prefix_typed_so_far_is_suggested() -> None:
+    index = NameIndex((n, n) for n in ("watercolor wash", "waterfall", "wax figure", "zebra"))
+    assert index.suggest("waterc")[0] == "watercolor wash"
+
+
+def _info(kind: str) -> FileInfo:
+    return FileInfo(
+        path="x.safetensors",
+        kind=kind,
+        architecture="sd15",
+        size_bytes=1,  # type: ignore[arg-type]
+        sha256="0" * 64,
+        autov2="0" * 10,
+        a1111_hash="0" * 12,
+    )
+
+
+def test_from_file_info_refuses_the_wrong_kind() -> None:
+    with pytest.raises(RegistryError, match="/model add"):
+        LoraEntry.from_file_info(_info("checkpoint"))
+    with pytest.raises(RegistryError, match="/lora add"):
+        ModelEntry.from_file_info(_info("lora"))
+    assert LoraEntry.from_file_info(_info("unknown")).name == "x"
