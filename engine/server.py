@@ -130,9 +130,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     try:
         async for event in events:
             await response.write(json.dumps(event).encode() + b"\n")
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        return response  # the listener left; the job itself goes on
+    finally:
         await events.aclose()
-        raise
     await response.write_eof()
     return response
 

@@ -43,13 +43,13 @@ def generator(demo_assets):
 
 @pytest.fixture
 async def engine(demo_assets, generator) -> AsyncIterator[tuple[EngineClient, str]]:
-    app = create_app(
-        JobManager(generator), models_root=demo_assets.model_root, loras_root=demo_assets.lora_root
-    )
+    manager = JobManager(generator)
+    app = create_app(manager, models_root=demo_assets.model_root, loras_root=demo_assets.lora_root)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     base = str(server.make_url("")).rstrip("/")
     client = EngineClient(base)
+    client.manager = manager  # type: ignore[attr-defined]  # lets tests look inside
     try:
         yield client, base
     finally:
@@ -201,6 +201,19 @@ async def test_events_stream_is_ndjson_replayed_after_the_end(engine, demo_asset
     events = [json.loads(line) for line in lines]
     assert events[0] == {"type": "queued", "job": "ndjson", "position": 0}
     assert events[-1]["type"] == "done" and set(events[-1]["timings"]) >= {"prepare", "total"}
+
+
+async def test_a_listener_that_hangs_up_does_not_stop_the_job(engine, demo_assets) -> None:
+    client, base = engine
+    await client.submit("hang-up", tiny_recipe(demo_assets, steps=20, width=128, height=128))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/jobs/hang-up/events") as response:
+            first = json.loads(await response.content.readline())
+    assert first["type"] == "queued"
+    events = [e async for e in client.events("hang-up")]
+    assert events[-1]["type"] == "done"
+    job = client.manager._jobs["hang-up"]  # type: ignore[attr-defined]
+    assert not job.listeners
 
 
 async def test_inspect_and_files_reach_only_the_configured_folders(
