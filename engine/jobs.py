@@ -28,6 +28,7 @@ from engine.protocol import (
     JobStatus,
     Recipe,
 )
+from engine.samplers import get_sampler
 
 log = logging.getLogger("engine.jobs")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -90,8 +91,11 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = RecipeLimits()) -> No
             refuse(f"{side_name} must be a multiple of 8 (got {side})")
     if not isinstance(recipe.cfg_scale, int | float) or not 0 <= recipe.cfg_scale <= limits.max_cfg:
         refuse(f"cfg_scale must be from 0 to {limits.max_cfg}")
-    if not isinstance(recipe.seed, int) or not 0 <= recipe.seed < 2**63:
-        refuse("seed must be a whole number from 0 to 2^63-1")
+    if not isinstance(recipe.seed, int) or not 0 <= recipe.seed <= 2**63 - 1 - limits.max_count:
+        refuse(f"seed must be a whole number from 0 to 2^63-{limits.max_count + 1}")
+    if not isinstance(recipe.sampler, str):
+        refuse("the sampler must be a name such as 'DPM++ 2M Karras'")
+    get_sampler(recipe.sampler)  # an unknown name fails here, listing the known ones
     if len(recipe.loras) > limits.max_loras:
         refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
     for lora in recipe.loras:

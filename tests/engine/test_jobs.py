@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from engine.jobs import JobManager, RecipeLimits
-from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 
 
 @dataclass
@@ -206,7 +206,18 @@ async def test_invalid_recipes_are_refused_before_queueing(runner_and_manager) -
         manager.submit("long", recipe("x" * 10_001))
     assert caught.value.code is ErrorCode.INVALID_RECIPE
     assert "10000" in caught.value.message.replace(",", "")
-    for bad in (recipe(steps=0), recipe(width=65), recipe(count=9), recipe(cfg_scale=99.0)):
+    with pytest.raises(EngineError, match="Euler") as sampler:
+        manager.submit("sampler", recipe(sampler="Euler z"))
+    assert sampler.value.code is ErrorCode.INVALID_RECIPE
+    bad_recipes = (
+        recipe(steps=0),
+        recipe(width=65),
+        recipe(count=9),
+        recipe(cfg_scale=99.0),
+        recipe(seed=-1),
+        recipe(loras=(LoraRef("a.safetensors", 11.0),)),
+    )
+    for bad in bad_recipes:
         with pytest.raises(EngineError):
             manager.submit("bad", bad)
     with pytest.raises(EngineError, match="job id"):
