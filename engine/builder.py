@@ -29,7 +29,7 @@ from typing import Any, Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Bump when the files the builder writes change, so old builds are rebuilt.
-BUILD_VERSION = 4
+BUILD_VERSION = 5
 STAMP_FILE = "atelier-build.json"
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
@@ -317,8 +317,6 @@ def _unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
 
 def save_single_file(components: dict[str, Any], path: Path, arch: str) -> None:
     """Save SD 1.5 the way A1111/civitai checkpoints are laid out (one ldm-keyed file)."""
-    from safetensors.torch import save_file
-
     if arch != "sd15":
         raise ValueError("only SD 1.5 is written as a single file")
     state: dict[str, Any] = {}
@@ -330,7 +328,7 @@ def save_single_file(components: dict[str, Any], path: Path, arch: str) -> None:
         state["cond_stage_model.transformer." + key] = tensor
     state = {k: v.contiguous() for k, v in state.items()}
     metadata = {"modelspec.architecture": MODELSPEC[arch], "modelspec.title": path.stem}
-    save_file(state, str(path), metadata=metadata)
+    _save(state, path, metadata)
 
 
 def save_diffusers_folder(components: dict[str, Any], folder: Path, arch: str, size: Size) -> None:
@@ -461,10 +459,24 @@ def kohya_metadata(arch: str, output_name: str, tags: dict[str, int], rank: int,
 
 
 def _save(state: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    """Write safetensors with a canonical header, so the same build gives the same bytes.
+
+    safetensors keeps metadata in a hash map whose order changes from process to process;
+    sorting the header makes files (and so their hashes, which users see) reproducible.
+    """
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=metadata)
+    raw = save(state, metadata=metadata or None)
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    ordered: dict[str, Any] = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length :])
 
 
 def flux_lora_state_dict(seed: int) -> dict[str, Any]:

@@ -13,6 +13,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tiny models do ~1 ms of work per layer: with several pytest/engine processes sharing two
+# cores, torch's intra-op threads spin against each other and make every step ~10x slower.
+# (Set before anything imports torch; the bot's tests never import it.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +29,18 @@ def demo_assets(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_generator(demo_assets):
-    """One ``engine.generate.Generator`` on the demo assets, shared to load each model once.
+    """One ``engine.generate.Generator`` on the demo assets (use it for SD 1.5), shared to load once.
 
     Tests that count loads or evictions should make their own, or compare before/after.
     """
+    from engine.generate import Generator
+
+    return Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_loras=16)
+
+
+@pytest.fixture(scope="session")
+def sdxl_generator(demo_assets):
+    """Like ``tiny_generator`` but kept on the SDXL model, so tests never reload either model."""
     from engine.generate import Generator
 
     return Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_loras=16)

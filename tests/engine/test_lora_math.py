@@ -14,8 +14,17 @@ from engine.lora_cache import adapter_name
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 from tests.engine._images import mean_abs_diff, pixels
 
-SD15 = Recipe(model="sd15-tiny.safetensors", prompt="a red fox in the snow", steps=3, width=64, height=64, seed=7)
-SDXL = Recipe(model="sdxl-tiny", prompt="a red fox in the snow", steps=3, width=64, height=64, seed=7)
+SD15 = Recipe(
+    model="sd15-tiny.safetensors",
+    prompt="a red fox in the snow",
+    steps=3,
+    width=64,
+    height=64,
+    seed=7,
+)
+SDXL = Recipe(
+    model="sdxl-tiny", prompt="a red fox in the snow", steps=3, width=64, height=64, seed=7
+)
 
 
 def with_loras(recipe: Recipe, *loras: tuple[str, float]) -> Recipe:
@@ -37,10 +46,20 @@ def test_weight_zero_equals_base_bit_for_bit(tiny_generator: Generator) -> None:
 
 def test_lora_visibly_changes_the_image(tiny_generator: Generator) -> None:
     base = run(tiny_generator, SD15)
-    for file in ("sd15/watercolor.safetensors", "sd15/pixel-art.safetensors", "sd15/captain-nova.safetensors"):
+    for file in (
+        "sd15/watercolor.safetensors",
+        "sd15/pixel-art.safetensors",
+        "sd15/captain-nova.safetensors",
+    ):
         assert mean_abs_diff(base, run(tiny_generator, with_loras(SD15, (file, 1.0)))) > 2.0, file
-    xl_base = run(tiny_generator, SDXL)
-    assert mean_abs_diff(xl_base, run(tiny_generator, with_loras(SDXL, ("sdxl/pixel-art-xl.safetensors", 1.0)))) > 2.0
+
+
+def test_sdxl_lora_visibly_changes_the_image(sdxl_generator: Generator) -> None:
+    xl_base = run(sdxl_generator, SDXL)
+    for file in ("sdxl/pixel-art-xl.safetensors", "sdxl/watercolor-xl.safetensors"):
+        assert mean_abs_diff(xl_base, run(sdxl_generator, with_loras(SDXL, (file, 1.0)))) > 2.0, (
+            file
+        )
 
 
 def _lora_pair(path, key: str) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -54,12 +73,21 @@ def _lora_pair(path, key: str) -> tuple[torch.Tensor, torch.Tensor, float]:
 @pytest.mark.parametrize(
     ("component", "module", "kohya_key"),
     [
-        ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
-         "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"),
-        ("text_encoder", "encoder.layers.2.self_attn.q_proj", "lora_te_text_model_encoder_layers_2_self_attn_q_proj"),
+        (
+            "unet",
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k",
+        ),
+        (
+            "text_encoder",
+            "encoder.layers.2.self_attn.q_proj",
+            "lora_te_text_model_encoder_layers_2_self_attn_q_proj",
+        ),
     ],
 )
-def test_patched_layer_equals_w_plus_scaled_ba(tiny_generator: Generator, demo_assets, component, module, kohya_key) -> None:
+def test_patched_layer_equals_w_plus_scaled_ba(
+    tiny_generator: Generator, demo_assets, component, module, kohya_key
+) -> None:
     """Effective weight of a patched layer = W + w·(alpha/r)·B·A, with A, B, alpha read from the file."""
     weight = 0.7
     tiny_generator.run(with_loras(SD15, ("sd15/twin-kohya.safetensors", weight)))
@@ -88,11 +116,14 @@ def test_stack_equals_its_reverse(tiny_generator: Generator) -> None:
 
 
 @pytest.mark.parametrize("recipe, folder", [(SD15, "sd15"), (SDXL, "sdxl")])
-def test_kohya_and_diffusers_forms_give_identical_images(tiny_generator: Generator, recipe: Recipe, folder: str) -> None:
-    kohya = run(tiny_generator, with_loras(recipe, (f"{folder}/twin-kohya.safetensors", 0.9)))
-    diffusers = run(tiny_generator, with_loras(recipe, (f"{folder}/twin-diffusers.safetensors", 0.9)))
+def test_kohya_and_diffusers_forms_give_identical_images(
+    tiny_generator: Generator, sdxl_generator: Generator, recipe: Recipe, folder: str
+) -> None:
+    generator = tiny_generator if folder == "sd15" else sdxl_generator
+    kohya = run(generator, with_loras(recipe, (f"{folder}/twin-kohya.safetensors", 0.9)))
+    diffusers = run(generator, with_loras(recipe, (f"{folder}/twin-diffusers.safetensors", 0.9)))
     assert np.array_equal(pixels(kohya), pixels(diffusers))
-    assert mean_abs_diff(kohya, run(tiny_generator, recipe)) > 1.0
+    assert mean_abs_diff(kohya, run(generator, recipe)) > 1.0
 
 
 @pytest.mark.parametrize(
@@ -103,19 +134,29 @@ def test_kohya_and_diffusers_forms_give_identical_images(tiny_generator: Generat
         (SD15, "sd15/flux-only.safetensors", ("FLUX", "SD 1.5")),
     ],
 )
-def test_other_architecture_refused_before_denoising(tiny_generator: Generator, recipe, lora, names) -> None:
+def test_other_architecture_refused_before_denoising(
+    tiny_generator: Generator, sdxl_generator: Generator, recipe, lora, names
+) -> None:
+    generator = sdxl_generator if recipe is SDXL else tiny_generator
     steps: list[int] = []
     with pytest.raises(EngineError) as caught:
-        tiny_generator.run(with_loras(recipe, (lora, 1.0)), on_step=lambda done, total: steps.append(done))
+        generator.run(
+            with_loras(recipe, (lora, 1.0)), on_step=lambda done, total: steps.append(done)
+        )
     assert caught.value.code is ErrorCode.ARCH_MISMATCH
     assert all(name in caught.value.message for name in names)
     assert steps == []
 
 
-def test_lora_matching_nothing_refused_and_left_no_adapter(tiny_generator: Generator, demo_assets) -> None:
+def test_lora_matching_nothing_refused_and_left_no_adapter(
+    tiny_generator: Generator, demo_assets
+) -> None:
     steps: list[int] = []
     with pytest.raises(EngineError) as caught:
-        tiny_generator.run(with_loras(SD15, ("sd15/no-match.safetensors", 1.0)), on_step=lambda d, t: steps.append(d))
+        tiny_generator.run(
+            with_loras(SD15, ("sd15/no-match.safetensors", 1.0)),
+            on_step=lambda d, t: steps.append(d),
+        )
     assert caught.value.code is ErrorCode.LORA_NO_MATCH
     assert "no layers matching" in caught.value.message and "sd15-tiny" in caught.value.message
     assert steps == []
@@ -126,26 +167,38 @@ def test_lora_matching_nothing_refused_and_left_no_adapter(tiny_generator: Gener
     assert tiny_generator.run(SD15).images
 
 
-def test_size_mismatch_on_load_is_an_architecture_error(tiny_generator: Generator, demo_assets) -> None:
+def test_size_mismatch_on_load_is_an_architecture_error(
+    sdxl_generator: Generator, demo_assets
+) -> None:
     """When the header cannot tell the architecture, diffusers' "size mismatch" still maps to ARCH_MISMATCH."""
     from engine.lora_cache import LoraCache, ResolvedLora
 
-    tiny_generator.run(SDXL)
-    pipe = tiny_generator.slot.current.pipe
+    sdxl_generator.run(SDXL)
+    pipe = sdxl_generator.slot.current.pipe
     path = demo_assets.lora_root / "sd15/pixel-art.safetensors"
-    info = dataclasses.replace(tiny_generator.inspect(path), architecture="unknown")
+    info = dataclasses.replace(sdxl_generator.inspect(path), architecture="unknown")
     cache = LoraCache()
     with pytest.raises(EngineError) as caught:
-        cache.activate(pipe, [ResolvedLora(LoraRef("sd15/pixel-art.safetensors", 1.0), path, info)],
-                       model_arch="sdxl", model_name="sdxl-tiny")
+        cache.activate(
+            pipe,
+            [ResolvedLora(LoraRef("sd15/pixel-art.safetensors", 1.0), path, info)],
+            model_arch="sdxl",
+            model_name="sdxl-tiny",
+        )
     assert caught.value.code is ErrorCode.ARCH_MISMATCH
     assert "SDXL" in caught.value.message
-    assert all(adapter_name(info.sha256) not in names for names in pipe.get_list_adapters().values())
+    assert all(
+        adapter_name(info.sha256) not in names for names in pipe.get_list_adapters().values()
+    )
 
 
-def test_repeated_stack_does_not_reload_and_lru_evicts(demo_assets) -> None:
+def test_repeated_stack_does_not_reload_and_cache_is_bounded(demo_assets) -> None:
     generator = Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_loras=2)
-    a, b, c = "sd15/watercolor.safetensors", "sd15/pixel-art.safetensors", "sd15/captain-nova.safetensors"
+    a, b, c = (
+        "sd15/watercolor.safetensors",
+        "sd15/pixel-art.safetensors",
+        "sd15/captain-nova.safetensors",
+    )
     generator.run(with_loras(SD15, (a, 1.0), (b, 0.5)))
     assert generator.loras.loads == 2
     for _ in range(3):
@@ -161,17 +214,20 @@ def test_repeated_stack_does_not_reload_and_lru_evicts(demo_assets) -> None:
     generator.run(with_loras(SD15, (b, 1.0)))
     assert generator.loras.loads == 4
 
-
-def test_byte_budget_bounds_the_cache(demo_assets) -> None:
-    sizes = {f: (demo_assets.lora_root / f).stat().st_size for f in ("sd15/watercolor.safetensors", "sd15/pixel-art.safetensors")}
-    generator = Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_bytes=max(sizes.values()) + 1)
-    for file in sizes:
+    # The byte budget bounds it too: room for the largest file only.
+    sizes = [(demo_assets.lora_root / f).stat().st_size for f in (a, b, c)]
+    generator.loras.max_loras, generator.loras.max_bytes = 16, max(sizes)
+    for file in (a, b, c):
         generator.run(with_loras(SD15, (file, 1.0)))
-    assert len(generator.loras.entries) == 1 and generator.loras.total_bytes <= max(sizes.values()) + 1
+    assert len(generator.loras.entries) == 1 and generator.loras.total_bytes <= max(sizes)
+    loaded = set().union(*pipe.get_list_adapters().values())
+    assert loaded == {adapter_name(sha[c])}
 
 
 def test_changed_file_refused_by_hash(tiny_generator: Generator) -> None:
-    recipe = dataclasses.replace(SD15, loras=(LoraRef("sd15/watercolor.safetensors", 1.0, sha256="0" * 64),))
+    recipe = dataclasses.replace(
+        SD15, loras=(LoraRef("sd15/watercolor.safetensors", 1.0, sha256="0" * 64),)
+    )
     with pytest.raises(EngineError) as caught:
         tiny_generator.run(recipe)
     assert caught.value.code is ErrorCode.UNKNOWN_FILE

@@ -1,0 +1,175 @@
+"""Generator.run on the tiny models: determinism, progress, cancellation, refusals, health."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import pickle
+import weakref
+
+import numpy as np
+import pytest
+
+from engine.generate import Generator
+from engine.png_metadata import read_png_metadata
+from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
+from tests.engine._images import mean_abs_diff, pixels
+
+RECIPE = Recipe(
+    model="sd15-tiny.safetensors",
+    prompt="a lighthouse at dusk",
+    negative_prompt="blurry",
+    steps=3,
+    width=64,
+    height=64,
+    seed=42,
+)
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(tiny_generator: Generator) -> None:
+    first = tiny_generator.run(RECIPE).images[0]
+    tiny_generator.run(
+        dataclasses.replace(RECIPE, prompt="something else", seed=1)
+    )  # disturb state
+    again = tiny_generator.run(RECIPE).images[0]
+    assert first == again
+    other = tiny_generator.run(dataclasses.replace(RECIPE, seed=43)).images[0]
+    assert mean_abs_diff(first, other) > 1.0
+
+
+def test_batch_uses_consecutive_seeds(tiny_generator: Generator) -> None:
+    steps: list[tuple[int, int]] = []
+    result = tiny_generator.run(
+        dataclasses.replace(RECIPE, count=2), on_step=lambda d, t: steps.append((d, t))
+    )
+    assert result.seeds == [42, 43]
+    assert steps == [(i, 6) for i in range(1, 7)]
+    alone = tiny_generator.run(dataclasses.replace(RECIPE, seed=43)).images[0]
+    assert np.array_equal(pixels(result.images[1]), pixels(alone))
+    assert set(result.timings) == {"prepare", "denoise", "encode", "total"}
+    assert result.timings["total"] >= result.timings["denoise"] > 0
+
+
+def test_cancel_stops_at_the_next_step(tiny_generator: Generator) -> None:
+    steps: list[int] = []
+    recipe = dataclasses.replace(RECIPE, steps=10, count=2)
+    with pytest.raises(EngineError) as caught:
+        tiny_generator.run(
+            recipe, on_step=lambda d, t: steps.append(d), should_cancel=lambda: len(steps) >= 2
+        )
+    assert caught.value.code is ErrorCode.CANCELLED
+    assert steps == [1, 2]
+    assert tiny_generator.run(RECIPE).images  # usable afterwards
+
+
+def test_png_carries_a1111_text_and_the_recipe(tiny_generator: Generator) -> None:
+    recipe = dataclasses.replace(
+        RECIPE,
+        loras=(LoraRef("sd15/watercolor.safetensors", 0.8, name="watercolor"),),
+        model_name="Tiny SD",
+    )
+    png = tiny_generator.run(recipe).images[0]
+    meta = read_png_metadata(png)
+    assert Recipe.from_json(meta["recipe"]) == recipe
+    text = meta["parameters"]
+    lora_info = tiny_generator.inspect(tiny_generator.lora_root / "sd15/watercolor.safetensors")
+    model_info = tiny_generator.inspect(tiny_generator.model_root / "sd15-tiny.safetensors")
+    assert text.startswith("a lighthouse at dusk <lora:watercolor:0.8>\nNegative prompt: blurry\n")
+    assert f"Model hash: {model_info.autov2}, Model: Tiny SD" in text
+    assert f'Lora hashes: "watercolor: {lora_info.a1111_hash}"' in text
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in text
+
+
+def test_demo_size_is_real(tiny_generator: Generator) -> None:
+    """The VAE upsamples by 8 like the real one: a 512x512 recipe gives a 512x512 image."""
+    png = tiny_generator.run(dataclasses.replace(RECIPE, steps=1, width=512, height=384)).images[0]
+    assert pixels(png).shape == (384, 512, 3)
+
+
+@pytest.mark.parametrize(
+    "model, code",
+    [
+        ("missing.safetensors", ErrorCode.UNKNOWN_FILE),
+        ("../outside.safetensors", ErrorCode.OUTSIDE_FOLDER),
+        ("/etc/passwd", ErrorCode.OUTSIDE_FOLDER),
+        ("sd15-tiny.ckpt", ErrorCode.NOT_SAFETENSORS),
+    ],
+)
+def test_bad_model_paths_refused(tiny_generator: Generator, model: str, code: ErrorCode) -> None:
+    with pytest.raises(EngineError) as caught:
+        tiny_generator.run(dataclasses.replace(RECIPE, model=model))
+    assert caught.value.code is code
+
+
+class _Tripwire:
+    """Unpickling this would create a file: proof that nothing was unpickled if it is absent."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickles_are_never_loaded(demo_assets, tmp_path) -> None:
+    marker = tmp_path / "unpickled"
+    lora_root = tmp_path / "loras"
+    lora_root.mkdir()
+    for name in ("evil.pt", "evil.ckpt", "evil.bin"):
+        (lora_root / name).write_bytes(pickle.dumps(_Tripwire(str(marker))))
+    # a pickle wearing a .safetensors name is not a safetensors file either
+    (lora_root / "disguised.safetensors").write_bytes(pickle.dumps(_Tripwire(str(marker))))
+    generator = Generator(demo_assets.model_root, lora_root)
+    codes = {}
+    for name in ("evil.pt", "evil.ckpt", "evil.bin", "disguised.safetensors"):
+        with pytest.raises(EngineError) as caught:
+            generator.run(dataclasses.replace(RECIPE, loras=(LoraRef(name, 1.0),)))
+        codes[name] = caught.value.code
+    assert codes.pop("disguised.safetensors") in (ErrorCode.NOT_SAFETENSORS, ErrorCode.CORRUPT_FILE)
+    assert set(codes.values()) == {ErrorCode.NOT_SAFETENSORS}
+    assert not marker.exists()
+    assert generator.slot.current is None  # refused before the model was even loaded
+
+
+def test_pickled_diffusers_folder_refused(demo_assets, tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "models" / "pickled"
+    shutil.copytree(demo_assets.model_root / "sdxl-tiny", folder)
+    for weights in folder.glob("*/*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    generator = Generator(tmp_path / "models", demo_assets.lora_root)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPE, model="pickled"))
+    assert caught.value.code is ErrorCode.NOT_SAFETENSORS
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"sampler": "Bogus"}, "Euler a"),
+        ({"steps": 0}, "steps"),
+        ({"width": 100}, "width"),
+        ({"count": 99}, "count"),
+    ],
+)
+def test_invalid_recipes_refused(tiny_generator: Generator, change: dict, words: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        tiny_generator.run(dataclasses.replace(RECIPE, **change))
+    assert caught.value.code is ErrorCode.INVALID_RECIPE
+    assert words in caught.value.message
+
+
+def test_switching_models_frees_the_old_one_and_health_reports(demo_assets) -> None:
+    generator = Generator(demo_assets.model_root, demo_assets.lora_root)
+    generator.run(dataclasses.replace(RECIPE, loras=(LoraRef("sd15/pixel-art.safetensors", 1.0),)))
+    health = generator.health()
+    assert health["loaded_model"] == "sd15-tiny.safetensors" and health["device"] == "cpu"
+    assert [entry["file"] for entry in health["cached_loras"]] == ["sd15/pixel-art.safetensors"]
+    assert health["memory"]["rss_bytes"] > 0
+    old = weakref.ref(generator.slot.current.pipe)
+    generator.run(dataclasses.replace(RECIPE, model="sdxl-tiny"))
+    gc.collect()
+    assert old() is None
+    health = generator.health()
+    assert health["loaded_model"] == "sdxl-tiny" and health["cached_loras"] == []

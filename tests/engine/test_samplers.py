@@ -1,0 +1,77 @@
+"""A1111 sampler names on diffusers schedulers."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import numpy as np
+import pytest
+
+from engine.generate import Generator
+from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.samplers import SAMPLERS, a1111_base_name, get_sampler, make_scheduler, schedule_type
+from tests.engine._images import pixels
+
+RECIPE = Recipe(
+    model="sd15-tiny.safetensors", prompt="a castle", steps=4, width=64, height=64, seed=5
+)
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
+
+
+def test_names_users_know_are_all_there() -> None:
+    for name in (
+        "Euler",
+        "Euler a",
+        "DPM++ 2M",
+        "DPM++ 2M Karras",
+        "DPM++ SDE",
+        "DPM++ 2M SDE",
+        "Heun",
+        "LMS",
+        "DDIM",
+        "UniPC",
+    ):
+        assert name in SAMPLERS
+
+
+def test_unknown_sampler_lists_the_valid_ones() -> None:
+    with pytest.raises(EngineError) as caught:
+        get_sampler("DPM++ 3M")
+    assert caught.value.code is ErrorCode.INVALID_RECIPE
+    assert all(name in caught.value.message for name in SAMPLERS)
+
+
+def test_schedule_type_and_a1111_names() -> None:
+    assert (
+        schedule_type("DPM++ 2M Karras") == "Karras"
+        and a1111_base_name("DPM++ 2M Karras") == "DPM++ 2M"
+    )
+    assert schedule_type("Euler a") == "Automatic" and a1111_base_name("Euler a") == "Euler a"
+
+
+def test_schedulers_keep_the_model_training_schedule(tiny_generator: Generator) -> None:
+    tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
+    base = tiny_generator._base_scheduler_config
+    for name in SAMPLERS:
+        if name.startswith("LMS") and not HAS_SCIPY:
+            with pytest.raises(EngineError) as caught:
+                make_scheduler(name, base)
+            assert caught.value.code is ErrorCode.INVALID_RECIPE and "scipy" in caught.value.message
+            continue
+        scheduler = make_scheduler(name, base)
+        assert type(scheduler).__name__ == get_sampler(name).scheduler
+        assert scheduler.config.beta_schedule == base.beta_schedule == "scaled_linear"
+        assert scheduler.config.get("use_karras_sigmas", False) == (schedule_type(name) == "Karras")
+    assert make_scheduler("DPM++ 2M SDE", base).config.algorithm_type == "sde-dpmsolver++"
+
+
+@pytest.mark.parametrize(
+    "sampler", ["Euler a", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "Heun"]
+)
+def test_every_sampler_is_deterministic_per_seed(tiny_generator: Generator, sampler: str) -> None:
+    recipe = dataclasses.replace(RECIPE, sampler=sampler)
+    first = tiny_generator.run(recipe).images[0]
+    assert tiny_generator.run(recipe).images[0] == first
+    other = tiny_generator.run(dataclasses.replace(recipe, seed=6)).images[0]
+    assert not np.array_equal(pixels(first), pixels(other))
