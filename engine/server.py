@@ -208,6 +208,8 @@ async def health(request: web.Request) -> web.Response:
         )
     except TimeoutError:
         runner = {"note": "the generator is busy; its details are not available right now"}
+    except Exception as exc:  # health must answer even while a job changes the generator
+        runner = {"note": f"the generator's details could not be read ({exc!r})"}
     folders = request.app[FOLDERS_KEY]
     report = {
         "status": "ok",
