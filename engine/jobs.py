@@ -137,6 +137,7 @@ class JobManager:
         max_queued: int = 500,
         image_ttl_s: float = 1800.0,
         max_jobs_with_images: int = 64,
+        max_jobs_with_full_events: int = 64,
     ) -> None:
         self.runner = runner
         self.limits = limits
@@ -144,6 +145,8 @@ class JobManager:
         self.max_queued = max_queued
         self.image_ttl_s = image_ttl_s
         self.max_jobs_with_images = max_jobs_with_images
+        self.max_jobs_with_full_events = max_jobs_with_full_events
+        self._finished_order: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -312,6 +315,8 @@ class JobManager:
             finally:
                 self.running = None
                 self.completed += 1
+                self._finished_order.append(job)
+                self._compact_events()
                 self._expire_images()
 
     async def _run_one(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
@@ -381,6 +386,19 @@ class JobManager:
             if index < excess or too_old:
                 job.images = []
                 job.images_expired = True
+
+    def _compact_events(self) -> None:
+        """Older finished jobs keep only their last progress event.
+
+        A 150-step, 8-image job has 1200 progress events; a long history of those would grow
+        without need, and a listener arriving that late only wants the outcome.
+        """
+        while len(self._finished_order) > self.max_jobs_with_full_events:
+            job = self._finished_order.popleft()
+            progress = [e for e in job.events if e["type"] == "progress"]
+            if len(progress) > 1:
+                last = progress[-1]
+                job.events = [e for e in job.events if e["type"] != "progress" or e is last]
 
     def _trim_history(self) -> None:
         if len(self._jobs) <= self.max_history:

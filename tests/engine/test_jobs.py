@@ -246,3 +246,19 @@ async def test_images_are_kept_for_a_bounded_number_of_jobs() -> None:
         assert manager.status("two").state == "done"
     finally:
         await manager.stop()
+
+
+async def test_old_finished_jobs_keep_only_their_last_progress_event() -> None:
+    manager = JobManager(SteppingRunner(), max_jobs_with_full_events=1)
+    await manager.start()
+    try:
+        for name in ("old", "new"):
+            manager.submit(name, recipe(name, steps=5))
+            await collect(manager, name)
+        old = [e["type"] for e in await collect(manager, "old")]
+        new = [e["type"] for e in await collect(manager, "new")]
+        assert old == ["queued", "started", "progress", "done"]
+        assert new == ["queued", "started"] + ["progress"] * 5 + ["done"]
+        assert (await collect(manager, "old"))[2]["step"] == 5
+    finally:
+        await manager.stop()
