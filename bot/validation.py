@@ -13,6 +13,7 @@ always reproduces the image.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,15 @@ class Rejected:
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _mentions(prompt: str, word: str) -> bool:
+    """True when ``word`` appears in ``prompt`` as a whole word or phrase, ignoring case.
+
+    "art" inside "party" does not count as the trigger word "art".
+    """
+    pattern = r"(?<!\w)" + re.escape(word) + r"(?!\w)"
+    return re.search(pattern, prompt, re.IGNORECASE) is not None
+
+
 def random_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
@@ -161,9 +171,8 @@ def validate(
     stack = _check_loras(request, catalog, model, check)
 
     added: list[str] = []
-    prompt_folded = prompt.casefold()
     for lora, _weight in stack:
-        missing = [w for w in lora.trigger_words if w.casefold() not in prompt_folded]
+        missing = [w for w in lora.trigger_words if not _mentions(prompt, w)]
         if not missing:
             continue
         if settings.auto_trigger_words:

@@ -9,10 +9,13 @@ a typo costs a few dictionary lookups instead of comparing against every name.
 from __future__ import annotations
 
 import bisect
+import json
+import threading
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
+from typing import Any
 
 from bot.registry.models import LoraEntry, ModelEntry, ServerSettings
 from bot.registry.text import name_key
@@ -108,20 +111,69 @@ class NameIndex:
         return out
 
 
+class LoraTable(Mapping[str, LoraEntry]):
+    """A server's LoRAs by :func:`name_key`, turned from database rows into entries on first use.
+
+    A server with 100,000 LoRAs should not pay for 100,000 dataclasses on every catalog
+    rebuild when a request names three of them.
+    """
+
+    def __init__(
+        self, items: dict[str, Any], convert: Callable[[Any], LoraEntry] | None = None
+    ) -> None:
+        self._items = items
+        self._convert = convert
+
+    @classmethod
+    def from_entries(cls, loras: Iterable[LoraEntry]) -> LoraTable:
+        return cls({name_key(lora.name): lora for lora in loras})
+
+    def __getitem__(self, key: str) -> LoraEntry:
+        item = self._items[key]
+        if isinstance(item, LoraEntry):
+            return item
+        assert self._convert is not None
+        entry = self._items[key] = self._convert(item)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def summaries(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+        """``(name, architecture, trigger words)`` of every LoRA, without building entries."""
+        for item in list(self._items.values()):
+            if isinstance(item, LoraEntry):
+                yield item.name, item.architecture, item.trigger_words
+            else:
+                yield item["name"], item["architecture"], tuple(json.loads(item["trigger_words"]))
+
+
 class Catalog:
-    """Read-only view of one server: settings, models and LoRAs keyed by :func:`name_key`."""
+    """Read-only view of one server: settings, models and LoRAs keyed by :func:`name_key`.
+
+    Entries in ``loras`` carry no description (it can be 10,000 characters and validation
+    never needs it); use ``Registry.get_lora`` for the full entry.
+    """
 
     def __init__(
         self,
         guild_id: int,
         settings: ServerSettings,
         models: Iterable[ModelEntry],
-        loras: Iterable[LoraEntry],
+        loras: Iterable[LoraEntry] | LoraTable,
     ) -> None:
         self.guild_id = guild_id
         self.settings = settings
         self.models: Mapping[str, ModelEntry] = {name_key(m.name): m for m in models}
-        self.loras: Mapping[str, LoraEntry] = {name_key(lora.name): lora for lora in loras}
+        self.loras: LoraTable = (
+            loras if isinstance(loras, LoraTable) else LoraTable.from_entries(loras)
+        )
+        self._index_lock = threading.Lock()
+        self._lora_index_value: NameIndex | None = None
+        self._lora_arch: dict[str, str] = {}
 
     def model(self, name: str) -> ModelEntry | None:
         return self.models.get(name_key(name))
@@ -129,19 +181,25 @@ class Catalog:
     def lora(self, name: str) -> LoraEntry | None:
         return self.loras.get(name_key(name))
 
-    @cached_property
+    @property
     def _lora_index(self) -> NameIndex:
-        def terms() -> Iterable[tuple[str, str]]:
-            for lora in self.loras.values():
-                yield lora.name, lora.name
-                for word in lora.trigger_words:
-                    yield word, lora.name
+        # Built once, possibly from a worker thread (see Registry.catalog), hence the lock.
+        if self._lora_index_value is None:
+            with self._index_lock:
+                if self._lora_index_value is None:
+                    arch: dict[str, str] = {}
 
-        return NameIndex(terms())
+                    def terms() -> Iterable[tuple[str, str]]:
+                        for name, architecture, words in self.loras.summaries():
+                            arch[name] = architecture
+                            yield name, name
+                            for word in words:
+                                yield word, name
 
-    @cached_property
-    def _lora_by_name(self) -> dict[str, LoraEntry]:
-        return {lora.name: lora for lora in self.loras.values()}
+                    index = NameIndex(terms())
+                    self._lora_arch = arch
+                    self._lora_index_value = index
+        return self._lora_index_value
 
     @cached_property
     def _model_index(self) -> NameIndex:
@@ -154,21 +212,20 @@ class Catalog:
 
         With ``architecture``, only LoRAs made for it (or of unknown architecture).
         """
+        index = self._lora_index
         if architecture is None:
-            return self._lora_index.suggest(text, limit)
-
-        by_name = self._lora_by_name
+            return index.suggest(text, limit)
+        arch_of = self._lora_arch
 
         def fits(name: str) -> bool:
-            lora = by_name.get(name)
-            return lora is not None and lora.architecture in (architecture, "unknown")
+            return arch_of.get(name) in (architecture, "unknown")
 
-        return self._lora_index.suggest(text, limit, accept=fits)
+        return index.suggest(text, limit, accept=fits)
 
     def suggest_models(self, text: str, limit: int = 3) -> list[str]:
         return self._model_index.suggest(text, limit)
 
     def warm(self) -> Catalog:
         """Build the suggestion indexes now, so the first typo does not pay for them."""
-        _ = self._lora_index, self._model_index, self._lora_by_name
+        _ = self._lora_index, self._model_index
         return self

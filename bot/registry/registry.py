@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from bot.registry import search
-from bot.registry.catalog import Catalog
+from bot.registry.catalog import Catalog, LoraTable
 from bot.registry.checks import (
     SETTINGS_FIELDS,
     check_changes,
@@ -59,6 +59,10 @@ _LORA_COLUMNS = (
     "added_at, uses, enabled"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
+#: Everything but the description, which validation never needs.
+_CATALOG_COLUMNS = "id, name_key, " + _LORA_COLUMNS.replace("description", "'' AS description")
+#: Catalogs with at least this many LoRAs build their suggestion index in a worker thread.
+BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
@@ -200,6 +204,7 @@ class Registry:
         self._catalogs: dict[int, Catalog] = {}
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
+        self._warming: set[asyncio.Future[Catalog]] = set()
 
     @classmethod
     async def open(cls, path: Path | str) -> Registry:
@@ -832,8 +837,17 @@ class Registry:
             version = self._catalog_versions.get(guild_id, 0)
             settings = await self.get_settings(guild_id)
             models = await self.list_models(guild_id)
-            rows = await self._db.fetch_all(f"{_LORA_SELECT} WHERE l.guild_id = ?", (guild_id,))
-            catalog = Catalog(guild_id, settings, models, [_lora_from_row(r) for r in rows])
+            rows = await self._db.fetch_all(
+                f"SELECT {_CATALOG_COLUMNS} FROM loras WHERE guild_id = ?",  # noqa: S608
+                (guild_id,),
+            )
+            table = LoraTable({row["name_key"]: row for row in rows}, _lora_from_row)
+            catalog = Catalog(guild_id, settings, models, table)
+            if len(table) >= BACKGROUND_INDEX_THRESHOLD:
+                # Build "did you mean" in a worker thread now rather than inside the first
+                # /imagine with a typo, which would stall the event loop for a large server.
+                self._warming.add(asyncio.get_running_loop().run_in_executor(None, catalog.warm))
+                self._warming = {f for f in self._warming if not f.done()}
             if self._catalog_versions.get(guild_id, 0) == version:
                 self._catalogs[guild_id] = catalog
             return catalog

@@ -250,6 +250,9 @@ def test_trigger_words_reported_when_not_automatic() -> None:
         catalog(auto_trigger_words=False),
     )
     assert isinstance(present, Validated) and present.added_trigger_words == ()
+    inside_words = validate(request("ungrainy 35mmx", slots=[("Film Grain", None)]), catalog())
+    assert isinstance(inside_words, Validated)
+    assert inside_words.added_trigger_words == ("grainy", "35mm")
 
 
 def test_prompt_limits_and_invisible_characters() -> None:
@@ -295,3 +298,24 @@ async def test_catalog_is_cached_and_rebuilt_after_writes(registry: Registry) ->
     assert third.settings.max_loras == 1
     result = validate(request(slots=[("fresh", None)], prompt="<lora:fresh:1> hi"), third)
     assert codes(result) == ["duplicate_lora"]
+
+
+async def test_catalog_from_rows_with_background_index(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.registry import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "BACKGROUND_INDEX_THRESHOLD", 1)
+    await registry.add_model(GUILD, model("Dream"), ADMIN)
+    await registry.add_lora(
+        GUILD, lora("Long Story", trigger_words=("saga",), description="d" * 5000), ADMIN
+    )
+    await registry.add_lora(GUILD, lora("XL Only", "sdxl"), ADMIN)
+    cat = await registry.catalog(GUILD)
+    entry = cat.lora("long story")
+    assert entry is not None and entry.trigger_words == ("saga",) and entry.description == ""
+    assert len(cat.loras) == 2 and set(cat.loras) == {"long story", "xl only"}
+    assert cat.suggest_loras("sagga") == ["Long Story"]
+    assert cat.suggest_loras("xl onl", architecture="sd15") == []
+    result = validate(request("<lora:long stroy:1> hi"), cat)
+    assert isinstance(result, Rejected) and result.problems[0].suggestions == ("Long Story",)
