@@ -103,8 +103,12 @@ def read_header(
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
-            prefix = handle.read(8)
-            if prefix.startswith(_ZIP_MAGIC) or prefix[:2] in _PICKLE_MAGIC:
+            prefix = handle.read(9)
+            header_len = struct.unpack("<Q", prefix[:8])[0] if len(prefix) >= 8 else 0
+            # A real header starts with "{" right after the length; only when it does not do
+            # the pickle signatures count (a 640-byte header also starts with 0x80 0x02).
+            plausible = len(prefix) == 9 and prefix[8:9] == b"{" and 8 + header_len <= size
+            if not plausible and (prefix.startswith(_ZIP_MAGIC) or prefix[:2] in _PICKLE_MAGIC):
                 raise EngineError(
                     ErrorCode.NOT_SAFETENSORS,
                     f"'{path.name}' is a pickle (a PyTorch .ckpt/.pt archive) renamed to "
@@ -112,7 +116,6 @@ def read_header(
                 )
             if len(prefix) < 8:
                 raise _corrupt(path, f"it is only {size} bytes long (truncated)")
-            (header_len,) = struct.unpack("<Q", prefix)
             if header_len > max_header_bytes:
                 raise _corrupt(
                     path,
@@ -123,6 +126,7 @@ def read_header(
                 raise _corrupt(
                     path, f"its header claims {header_len} bytes but the file has only {size}"
                 )
+            handle.seek(8)
             raw = handle.read(header_len)
     except OSError as exc:
         raise EngineError(ErrorCode.UNKNOWN_FILE, f"cannot read '{path.name}': {exc}") from exc

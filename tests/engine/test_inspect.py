@@ -165,6 +165,18 @@ def test_a_raw_pickle_renamed_to_safetensors_is_refused(tmp_path: Path) -> None:
     assert _refusal(path).code is ErrorCode.NOT_SAFETENSORS
 
 
+def test_a_header_whose_length_looks_like_a_pickle_opcode_is_still_read(tmp_path: Path) -> None:
+    """A 640-byte header is stored as 0x80 0x02 ...: the pickle protocol-2 signature."""
+    body = {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    text = json.dumps(body).encode()
+    header = text + b" " * (640 - len(text))
+    path = tmp_path / "lucky.safetensors"
+    path.write_bytes(struct.pack("<Q", 640) + header + b"\x00" * 4)
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    info = inspect_file(path)
+    assert (info.kind, info.size_bytes) == ("unknown", 652)
+
+
 def test_truncated_files_are_corrupt(tmp_path: Path) -> None:
     good = tmp_path / "good.safetensors"
     save_file({"w": np.arange(64, dtype=np.float32)}, str(good))
