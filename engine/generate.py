@@ -190,11 +190,18 @@ class Generator:
         denoise = 0.0
         encode = 0.0
 
-        def callback(_pipe: Any, _step: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        image_base = 0
+
+        def callback(_pipe: Any, index: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            # Some samplers (Heun) evaluate the model twice per step: their loop runs over more
+            # timesteps than the recipe's steps, so progress is scaled back to recipe steps.
             nonlocal done
-            done += 1
-            if on_step is not None:
-                on_step(done, total)
+            loop_length = len(_pipe.scheduler.timesteps) or recipe.steps
+            reached = image_base + min(recipe.steps, (index + 1) * recipe.steps // loop_length)
+            if reached > done:
+                done = reached
+                if on_step is not None:
+                    on_step(done, total)
             if should_cancel is not None and should_cancel():
                 raise _Cancelled
             return kwargs
@@ -212,7 +219,7 @@ class Generator:
                 call_started = time.perf_counter()
                 if first_step_at is None:
                     first_step_at = call_started
-                steps_before = done
+                image_base = done
                 output = pipe(
                     prompt=recipe.prompt,
                     negative_prompt=recipe.negative_prompt or None,
@@ -225,8 +232,10 @@ class Generator:
                     callback_on_step_end=callback,
                     output_type="pil",
                 )
-                if done - steps_before != recipe.steps:  # some schedulers run an extra/fewer step
-                    done = steps_before + recipe.steps
+                if done < image_base + recipe.steps:  # a scheduler that ran fewer loop iterations
+                    done = image_base + recipe.steps
+                    if on_step is not None:
+                        on_step(done, total)
                 finished = time.perf_counter()
                 denoise += finished - call_started
                 parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)

@@ -71,7 +71,9 @@ def test_schedulers_keep_the_model_training_schedule(tiny_generator: Generator) 
 )
 def test_every_sampler_is_deterministic_per_seed(tiny_generator: Generator, sampler: str) -> None:
     recipe = dataclasses.replace(RECIPE, sampler=sampler)
-    first = tiny_generator.run(recipe).images[0]
+    steps: list[tuple[int, int]] = []
+    first = tiny_generator.run(recipe, on_step=lambda done, total: steps.append((done, total))).images[0]
+    assert steps == [(i, recipe.steps) for i in range(1, recipe.steps + 1)]  # Heun too (2 evals/step)
     assert tiny_generator.run(recipe).images[0] == first
     other = tiny_generator.run(dataclasses.replace(recipe, seed=6)).images[0]
     assert not np.array_equal(pixels(first), pixels(other))
