@@ -51,9 +51,11 @@ async def current_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> int:
+async def migrate(
+    conn: aiosqlite.Connection, *, target: int | None = None, folder: Path = SCHEMA_DIR
+) -> int:
     """Bring the database up to ``target`` (default: the latest); returns the new version."""
-    migrations = load_migrations()
+    migrations = load_migrations(folder)
     target = len(migrations) if target is None else target
     version = await current_version(conn)
     if version > len(migrations):

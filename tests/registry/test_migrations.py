@@ -123,3 +123,31 @@ async def test_partial_target_then_latest(tmp_path: Path) -> None:
             assert await migrate(conn, target=version) == version
             assert await current_version(conn) == version
         assert await migrate(conn) == LATEST_VERSION
+
+
+async def test_a_failing_migration_leaves_the_previous_version_intact(tmp_path: Path) -> None:
+    folder = tmp_path / "schema"
+    folder.mkdir()
+    (folder / "001_base.sql").write_text("CREATE TABLE kept (x INTEGER);")
+    (folder / "002_broken.sql").write_text(
+        "CREATE TABLE half_done (y INTEGER);\nINSERT INTO kept VALUES (1);\nTHIS IS NOT SQL;"
+    )
+    async with aiosqlite.connect(tmp_path / "broken.db", isolation_level=None) as conn:
+        with pytest.raises(sqlite3.OperationalError):
+            await migrate(conn, folder=folder)
+        assert await current_version(conn) == 1
+        tables = {
+            r[0]
+            for r in await conn.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+        assert tables == {"kept"}
+        assert list(await conn.execute_fetchall("SELECT count(*) FROM kept")) == [(0,)]
+
+
+def test_gaps_in_numbering_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "003_c.sql").write_text("SELECT 1;")
+    with pytest.raises(RuntimeError, match="consecutive"):
+        load_migrations(tmp_path)
