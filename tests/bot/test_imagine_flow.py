@@ -18,7 +18,9 @@ async def imagine_and_wait(world: World, user, options: dict) -> StoredMessage:
     handle = await world.double.slash(user, world.channel, "imagine", {**FAST, **options})
     assert await handle.wait_response(3) == 5
     return await world.double.wait_for_message(
-        world.channel, lambda m: is_result(m) and m.id not in before, within=90
+        world.channel,
+        lambda m: is_result(m) and m.id not in before and f"<@{user.user.id}>" in m.content,
+        within=90,
     )
 
 
