@@ -25,6 +25,7 @@ from bot.registry.text import name_key, strip_invisible
 from engine.protocol import LoraRef, Recipe
 
 __all__ = [
+    "ARCH_CFG",
     "ARCH_PIXELS",
     "SAMPLERS",
     "SEED_MAX",
@@ -63,6 +64,14 @@ ARCH_PIXELS: dict[str, tuple[int, int, str]] = {
     "sdxl": (640 * 640, 1536 * 1536, "1024x1024 or 832x1216"),
     "sd3": (640 * 640, 1536 * 1536, "1024x1024"),
     "flux": (256 * 256, 2048 * 2048, "1024x1024"),
+}
+
+
+#: CFG that architectures trained with guidance distillation or flow matching tolerate:
+#: (minimum, maximum, a value to suggest). Others only have the server's bounds.
+ARCH_CFG: dict[str, tuple[float, float, str]] = {
+    "flux": (1.0, 10.0, "3.5"),
+    "sd3": (1.0, 15.0, "4.5 to 7"),
 }
 
 
@@ -230,6 +239,15 @@ def validate(
             f"CFG {cfg!r} is outside this server's range {_fmt(settings.cfg_min)} to {_fmt(settings.cfg_max)}.",
             f"Use a number from {_fmt(settings.cfg_min)} to {_fmt(settings.cfg_max)}; 5 to 8 suits most models.",
         )
+    elif model is not None and model.architecture in ARCH_CFG:
+        low, high, typical = ARCH_CFG[model.architecture]
+        if not low <= cfg <= high:
+            check.problem(
+                "cfg_wrong_for_architecture",
+                f"CFG {_fmt(cfg)} is outside {_fmt(low)} to {_fmt(high)}, what {model.architecture} "
+                f"models like `{model.name}` handle.",
+                f"Use a CFG around {typical}.",
+            )
     width, height = _check_size(request, model, catalog, check)
     if (
         isinstance(request.count, bool)

@@ -22,6 +22,7 @@ def catalog(**settings: Any) -> Catalog:
         [
             model("Dream", "sd15", sha256="cd" * 32, default_negative="blurry"),
             model("Juggernaut XL", "sdxl"),
+            model("Flux Dev", "flux", default_width=1024, default_height=1024, default_cfg=3.5),
             model("Spicy", "sd15", nsfw=True),
             model("Staff Only", "sd15", allowed_channel_ids=frozenset({99})),
             model("Retired", "sd15", enabled=False),
@@ -319,3 +320,12 @@ async def test_catalog_from_rows_with_background_index(
     assert cat.suggest_loras("xl onl", architecture="sd15") == []
     result = validate(request("<lora:long stroy:1> hi"), cat)
     assert isinstance(result, Rejected) and result.problems[0].suggestions == ("Long Story",)
+
+
+def test_cfg_bounds_per_architecture() -> None:
+    assert isinstance(validate(request(model="Flux Dev"), catalog()), Validated)
+    assert codes(validate(request(model="Flux Dev", cfg=12.0), catalog())) == [
+        "cfg_wrong_for_architecture"
+    ]
+    assert isinstance(validate(request(model="Dream", cfg=12.0), catalog()), Validated)
+    assert codes(validate(request(model="Dream", cfg=25.0), catalog())) == ["cfg_out_of_range"]
