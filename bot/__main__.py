@@ -13,12 +13,18 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 log = logging.getLogger("bot")
 
 
-async def run(config_file: str | None = None) -> int:
+async def run(
+    config_file: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM (or until ``stop`` is set, for tests and embedding)."""
     import discord
 
     from bot.app import AtelierBot
@@ -28,7 +34,7 @@ async def run(config_file: str | None = None) -> int:
     from engine.client import EngineClient
 
     try:
-        config = BotConfig.load(config_file=config_file)
+        config = BotConfig.load(env=env, config_file=config_file)
     except ConfigError as exc:
         print(f"atelier: {exc}", file=sys.stderr)
         return 2
@@ -71,10 +77,12 @@ async def run(config_file: str | None = None) -> int:
             status_interval=config.status_interval,
             max_pending=config.max_pending,
         )
-        stop = asyncio.Event()
+        own_signals = stop is None
+        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        if own_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
         runner = asyncio.create_task(bot.start(config.token))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,6 +94,9 @@ async def run(config_file: str | None = None) -> int:
             if exc is not None:
                 raise exc
         stopper.cancel()
+        if own_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
         return 0
     finally:
         if bot is not None and not bot.is_closed():

@@ -35,3 +35,37 @@ async def test_small_upload_limit_and_expired_token_still_deliver_the_image(
                 notes = next(f["value"] for f in result.embeds[0]["fields"] if f["name"] == "Notes")
                 assert "scaled down" in notes
                 assert double.violations == []
+
+
+async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str, tmp_path) -> None:
+    """``run()`` is what ``DISCORD_TOKEN=... python -m bot`` calls: config, data folder, sync."""
+    import asyncio
+
+    from bot.__main__ import run
+    from bot.sandbox import patch_discord_endpoints
+
+    async with DiscordDouble() as double:
+        guild = double.add_guild("Studio")
+        channel = double.add_channel(guild, "studio")
+        alice = double.add_member(guild, "alice")
+        stop = asyncio.Event()
+        env = {
+            "DISCORD_TOKEN": double.token,
+            "ATELIER_DATA_DIR": str(tmp_path / "data"),
+            "ATELIER_ENGINE_URL": engine_url,
+            "ATELIER_SYNC_GUILDS": str(guild.id),
+        }
+        with patch_discord_endpoints(double):
+            task = asyncio.create_task(run(env=env, stop=stop))
+            await double.wait_until_connected(30)
+            for _ in range(300):
+                if double.registered_commands(guild) or task.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert {c["name"] for c in double.registered_commands(guild)} >= {"imagine", "lora", "settings"}
+            handle = await double.slash(alice, channel, "model", subcommand="list")
+            assert await handle.wait_response(3) == 5
+            assert "No models yet" in str((await handle.wait_followup()).embeds)
+            stop.set()
+            assert await asyncio.wait_for(task, 30) == 0
+        assert (tmp_path / "data" / "atelier.sqlite3").exists()
