@@ -273,16 +273,28 @@ class Dispatcher:
                 for n in range(self.engine_slots)
             ]
 
-    async def close(self) -> None:
+    async def close(self, *, notify_timeout: float = 5.0) -> None:
+        """Stop the workers; tell everyone still waiting, with their request to run again."""
         self._closed = True
-        for status in self._status.values():
-            status.cancel()
+        running, pending = list(self.running.values()), [*self.running.values(), *self.waiting]
         for task in [*self._workers, *self._tasks]:
             task.cancel()
         for task in [*self._workers, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._workers.clear()
+        for job in pending:
+            job.state = "failed"
+            job.error = (
+                "the bot was stopped before this image was made. Your request, to run it again:\n"
+                f"`{embeds.truncate(imagine_command(job.recipe), 1500)}`"
+            )
+        work = [self._status[job.id].finish() for job in pending if job.id in self._status]
+        work += [self.engine.cancel(job.id) for job in running]  # no GPU time for nobody
+        if work:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*work, return_exceptions=True), notify_timeout)
+        self._status.clear()
 
     def pending_for(self, user_id: int, guild_id: int | None = None) -> list[Job]:
         return [

@@ -10,6 +10,7 @@ top-level command, so the admin subcommands (add, edit, remove) rely on the run-
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import discord
@@ -66,8 +67,9 @@ async def unregistered_file_autocomplete(
         return []
     bot = bot_of(interaction)
     try:
-        files = await bot.engine.list_files("lora")
-    except EngineError:
+        # Autocomplete has 3 s in all; a busy or absent engine must not eat them.
+        files = await asyncio.wait_for(bot.engine.list_files("lora"), 2.0)
+    except (EngineError, TimeoutError):
         return []
     taken = await bot.registry.registered_lora_files(interaction.guild_id)
     needle = current.lower()

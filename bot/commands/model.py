@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import discord
@@ -30,8 +31,8 @@ async def model_file_autocomplete(interaction: discord.Interaction[Any], current
         return []
     bot = bot_of(interaction)
     try:
-        files = await bot.engine.list_files("model")
-    except EngineError:
+        files = await asyncio.wait_for(bot.engine.list_files("model"), 2.0)
+    except (EngineError, TimeoutError):
         return []
     taken = {m.file for m in await bot.registry.list_models(interaction.guild_id)}
     needle = current.lower()

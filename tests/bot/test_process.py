@@ -52,7 +52,7 @@ async def test_running_bot_has_no_torch_and_stays_under_150_mb(
                 await asyncio.sleep(0.1)
             handle = await double.slash(
                 alice, channel, "imagine",
-                {**FAST, "prompt": "a harbour", "lora1": "watercolor", "lora2": "pixel-art", "weight2": "0.4"},
+                {**FAST, "prompt": "a harbour <lora:pixel-art:0.4>", "lora1": "watercolor"},
             )  # fmt: skip
             assert await handle.wait_response(3) == 5
             result = await double.wait_for_message(channel, is_result, within=90)
@@ -155,3 +155,20 @@ async def test_deferral_stays_fast_with_hundreds_queued_and_status_edits_are_thr
     )
     assert status.edits <= elapsed / 2.0 + 3, (status.edits, elapsed)
     assert world.double.violations == []
+
+
+async def test_stopping_the_bot_tells_waiting_members_and_keeps_their_request(world: World) -> None:
+    dispatcher = world.bot.dispatcher
+    recipe = Recipe(model="sd15-tiny.safetensors", model_name="tiny-sd15", prompt="left behind", steps=30, width=256, height=256)
+    jobs = [
+        Job(recipe=recipe, guild_id=world.guild.id, channel_id=world.channel.id, user_id=2000 + i, user_name=f"u{i}")
+        for i in range(3)
+    ]
+    for job in jobs:
+        await dispatcher.submit(job, user_limit=2)
+    await world.bot.close()
+    statuses = [m for m in world.double.messages(world.channel) if "left behind" in m.content or "stopped" in m.content]
+    assert len(statuses) == 3
+    for message in statuses:
+        assert "the bot was stopped" in message.content and "/imagine prompt:left behind" in message.content
+        assert message.buttons == []
