@@ -1,6 +1,8 @@
 """Registry benchmark: ``python -m tests.bench.registry`` prints one JSON object.
 
-- ``validate_p99_ms``: :func:`bot.validation.validate` over a mix of requests (valid stacks,
+- ``validate_p99_ms``: the median of three rounds' p99 of :func:`bot.validation.validate`
+  (``validate_rounds_p99_ms`` lists all three; ``validate_cpu_p99_ms`` is the same round's
+  p99 of this thread's CPU time, which other processes cannot inflate) over a mix of requests (valid stacks,
   inline tags, typos that need "did you mean", architecture mismatches) with 10,000 LoRAs in
   the server. Baseline, same run and same requests: the same validator with suggestions by
   ``difflib.get_close_matches`` over every name and trigger word (the obvious implementation).
@@ -37,6 +39,7 @@ SMALL_GUILD, LARGE_GUILD = 1, 2
 SMALL, LARGE = 10_000, 100_000
 ADMIN = 1
 BASELINE_VALIDATE = 40
+VALIDATE_ROUNDS = 3
 BASELINE_AUTOCOMPLETE = 200
 
 ADJECTIVES = (
@@ -224,8 +227,14 @@ async def main() -> dict[str, Any]:
 
             requests = make_requests(small, 2_000, seed=3)
             bench_validate(catalog, requests[:100])  # warm-up
-            fast_cpu: list[float] = []
-            fast = bench_validate(catalog, requests, fast_cpu)
+            # Three rounds: on a shared 2-core machine one round's wall-clock p99 is mostly
+            # other processes preempting this one; every round is reported, the median leads.
+            rounds: list[tuple[list[float], list[float]]] = []
+            for _ in range(VALIDATE_ROUNDS):
+                cpu_times: list[float] = []
+                rounds.append((bench_validate(catalog, requests, cpu_times), cpu_times))
+            rounds.sort(key=lambda r: p(r[0], 0.99))
+            fast, fast_cpu = rounds[len(rounds) // 2]
             log(f"validate done {time.perf_counter() - started:.0f}s")
             baseline_catalog = DifflibCatalog(
                 SMALL_GUILD, catalog.settings, catalog.models.values(), catalog.loras.values()
@@ -267,6 +276,7 @@ async def main() -> dict[str, Any]:
         "validate_p99_ms": validate_stats["p99_ms"],
         "validate_p50_ms": validate_stats["p50_ms"],
         "validate_cpu_p99_ms": ms(fast_cpu)["p99_ms"],
+        "validate_rounds_p99_ms": [ms(r[0])["p99_ms"] for r in rounds],
         "validate_loras": SMALL,
         "validate_calls": validate_stats["calls"],
         "validate_target_ms": 2.0,
