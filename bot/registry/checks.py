@@ -36,8 +36,16 @@ WEIGHT_LIMIT = 10.0
 HARD_MAX_LORAS = 16
 
 
-def clean_file(path: str) -> str:
-    """A path relative to the engine's folder: no absolute paths, no ``..``, only safetensors."""
+#: Weight formats that unpickle (run code) when loaded: never registered, whatever the kind.
+PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+
+
+def clean_file(path: str, *, allow_folder: bool = False) -> str:
+    """A path relative to the engine's folder: no absolute paths, no ``..``, only safetensors.
+
+    Models may also be diffusers pipeline folders (``allow_folder``): a last part without a
+    weight-file suffix. The engine checks that such a folder holds only safetensors weights.
+    """
     text = strip_invisible(str(path)).strip().replace("\\", "/")
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or text.startswith("/") or ".." in parts or ":" in parts[0]:
@@ -45,7 +53,9 @@ def clean_file(path: str) -> str:
             f"{path!r} is not a path inside the engine's folder; pick one of the files "
             "the engine lists (relative, without '..')."
         )
-    if not parts[-1].lower().endswith(".safetensors"):
+    last = parts[-1].lower()
+    folder_ok = allow_folder and not last.endswith(PICKLED_SUFFIXES)
+    if not last.endswith(".safetensors") and not folder_ok:
         raise RegistryError(
             f"{path!r} is not a .safetensors file; Atelier only loads safetensors "
             "(other formats can run code when loaded)."
@@ -127,7 +137,7 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         entry,
         name=clean_name(entry.name, what="model name"),
         architecture=architecture,  # type: ignore[arg-type]
-        file=clean_file(entry.file),
+        file=clean_file(entry.file, allow_folder=True),
         sha256=clean_hash(entry.sha256, length=64, what="sha256"),
         autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
         default_steps=_int(entry.default_steps, "default steps", 1, 150),

@@ -139,6 +139,15 @@ async def test_only_safetensors(registry: Registry) -> None:
         await registry.add_lora(GUILD, lora("pickle", file="evil.ckpt"), ADMIN)
 
 
+async def test_models_may_be_diffusers_folders_but_loras_may_not(registry: Registry) -> None:
+    stored = await registry.add_model(GUILD, model("xl-folder", "sdxl", file="sdxl/base-1.0"), ADMIN)
+    assert stored.file == "sdxl/base-1.0"
+    with pytest.raises(RegistryError, match="only loads safetensors"):
+        await registry.add_lora(GUILD, lora("folder", file="styles/neon"), ADMIN)
+    with pytest.raises(RegistryError, match="only loads safetensors"):
+        await registry.add_model(GUILD, model("pickled", file="v1-5.ckpt"), ADMIN)
+
+
 async def test_air_and_url_sources(registry: Registry) -> None:
     air = "urn:air:sdxl:lora:civitai:120096@135931"
     stored = await registry.add_lora(GUILD, lora("air", "sdxl", source=air), ADMIN)
