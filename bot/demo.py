@@ -1,0 +1,257 @@
+"""The offline sandbox demo: the whole product on one machine, no token, no network.
+
+``python -m bot demo --out DIR`` builds the tiny demo models (random weights, real SD 1.5 and
+SDXL architectures), starts the real engine process on them, starts the real bot against the
+local Discord double (:mod:`bot.sandbox`), and plays a short session through Discord's wire
+protocol, as people would: an admin registers the models and LoRAs, a member imagines with a
+two-LoRA stack, rerolls, remixes with another weight, and asks for a LoRA of the wrong
+architecture, which is refused before the engine spends a step on it. What the channel would
+show is written to ``DIR`` (``index.html``, ``transcript.txt`` and the uploaded PNG files).
+
+The demo process itself never imports torch: the models are built by ``python -m engine
+build-demo`` in a child process, and the engine is a child process too, exactly as in
+production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.app import AtelierBot
+from bot.engine_process import EngineProcess
+from bot.registry import Registry
+from bot.sandbox import (
+    MANAGE_GUILD,
+    Channel,
+    DiscordDouble,
+    InteractionHandle,
+    Member,
+    StoredMessage,
+    run_bot,
+)
+from bot.sandbox.transcript import write_transcript
+from engine.client import EngineClient
+
+#: The scripted member's recipe: small enough for a 2-core CPU, real enough to show everything.
+PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
+NEGATIVE = "blurry, low quality"
+STEPS = 12
+SIZE = "512x512"
+SEED = 1234
+RESULT_TIMEOUT = 240.0
+HUMAN_PAUSE = 1.0
+
+
+class DemoError(RuntimeError):
+    """A step of the scripted session did not go as it should; the message says which."""
+
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_assets(folder: Path) -> dict[str, Any]:
+    """Build (or reuse) the tiny models in a child process, so this process never loads torch."""
+    manifest = folder / "manifest.json"
+    started = time.perf_counter()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "build-demo", "--out", str(folder)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not manifest.is_file():
+        raise DemoError(f"building the demo models failed:\n{result.stderr[-3000:]}")
+    _say(f"tiny models and LoRAs ready in {folder} ({time.perf_counter() - started:.1f} s)")
+    return json.loads(manifest.read_text(encoding="utf-8"))
+
+
+class Session:
+    """The people in the demo channel and the few moves they make."""
+
+    def __init__(self, double: DiscordDouble, channel: Channel, admin: Member, member: Member) -> None:
+        self.double = double
+        self.channel = channel
+        self.admin = admin
+        self.member = member
+
+    async def command(
+        self, who: Member, name: str, options: dict[str, Any], *, subcommand: str | None = None
+    ) -> InteractionHandle:
+        label = f"/{name}{' ' + subcommand if subcommand else ''}"
+        shown = " ".join(f"{key}:{value}" for key, value in options.items())
+        _say(f"{who.user.name} runs {label} {shown}")
+        handle = await self.double.slash(who, self.channel, name, options, subcommand=subcommand)
+        await handle.wait_response(5)
+        if handle.deferred_within is None or handle.deferred_within >= 3:
+            raise DemoError(f"{label} was not acknowledged within Discord's 3 seconds")
+        return handle
+
+    async def answer(self, handle: InteractionHandle) -> StoredMessage:
+        """The bot's (private) answer to a deferred command."""
+        return await handle.wait_followup(within=60)
+
+    async def next_result(self, after: set[int], what: str) -> StoredMessage:
+        started = time.perf_counter()
+        message = await self.double.wait_for_message(
+            self.channel,
+            lambda m: bool(m.attachments) and not m.ephemeral and m.id not in after,
+            within=RESULT_TIMEOUT,
+        )
+        _say(f"  -> {what}: {len(message.attachments)} image(s) posted after {time.perf_counter() - started:.1f} s")
+        return message
+
+    def seen(self) -> set[int]:
+        return {m.id for m in self.double.messages(self.channel)}
+
+    async def look_at(self, message: StoredMessage) -> None:
+        """A person looks at a new image for a moment before pressing one of its buttons."""
+        await asyncio.sleep(HUMAN_PAUSE)
+
+
+async def play(session: Session, manifest: dict[str, Any]) -> None:
+    """The scripted session. Each step goes through Discord's wire protocol, as a person's would."""
+    models: dict[str, str] = manifest["models"]
+    demo_loras = [lora for lora in manifest["loras"] if lora.get("purpose", "demo") == "demo"]
+    sd15_loras = [lora for lora in demo_loras if lora["architecture"] == "sd15"]
+    sdxl_loras = [lora for lora in demo_loras if lora["architecture"] == "sdxl"]
+    if len(sd15_loras) < 2 or not sdxl_loras:
+        raise DemoError(f"the demo needs two SD 1.5 LoRAs and one SDXL LoRA; the build made {demo_loras}")
+
+    # 1. The admin curates the registry from the files the engine can see.
+    for arch, file in sorted(models.items()):
+        handle = await session.command(
+            session.admin, "model", {"file": file, "name": f"tiny-{arch}", "make_default": arch == "sd15"},
+            subcommand="add",
+        )  # fmt: skip
+        _say(f"  -> {(await session.answer(handle)).content}")
+    for lora in demo_loras:
+        handle = await session.command(
+            session.admin, "lora",
+            {"file": lora["file"], "name": lora["name"], "description": lora["description"]},
+            subcommand="add",
+        )  # fmt: skip
+        _say(f"  -> {(await session.answer(handle)).content}")
+
+    # 2. A member imagines with a two-LoRA stack.
+    first, second = sd15_loras[0], sd15_loras[1]
+    before = session.seen()
+    await session.command(
+        session.member, "imagine",
+        {
+            "prompt": PROMPT, "negative": NEGATIVE, "model": "tiny-sd15",
+            "lora1": first["name"], "weight1": "0.8", "lora2": second["name"], "weight2": "0.5",
+            "steps": STEPS, "size": SIZE, "seed": SEED,
+        },
+    )  # fmt: skip
+    original = await session.next_result(before, "/imagine")
+
+    # 3. Reroll: the same recipe with a new seed.
+    await session.look_at(original)
+    _say(f"{session.member.user.name} presses Reroll")
+    before = session.seen()
+    await session.double.click(session.member, original, "atelier:img:reroll")
+    await session.next_result(before, "Reroll")
+
+    # 4. Remix: the modal comes prefilled; the member lowers the first LoRA's weight.
+    _say(f"{session.member.user.name} presses Remix and changes {first['name']} to 0.3")
+    click = await session.double.click(session.member, original, "atelier:img:remix")
+    await click.wait_response(3)
+    if click.modal is None:
+        raise DemoError(f"Remix did not open a modal: {click.responses}")
+    before = session.seen()
+    await session.double.submit_modal(
+        session.member, click, {"loras": f"{first['name']}:0.3\n{second['name']}:0.5"}
+    )
+    await session.next_result(before, "Remix")
+
+    # 5. A LoRA trained for SDXL on the SD 1.5 model: refused before any GPU time is spent.
+    wrong = sdxl_loras[0]
+    handle = await session.command(
+        session.member, "imagine",
+        {"prompt": PROMPT, "model": "tiny-sd15", "lora1": wrong["name"], "weight1": "0.7", "steps": STEPS},
+    )  # fmt: skip
+    refusal = await session.answer(handle)
+    if not refusal.ephemeral:
+        raise DemoError("the refusal should be visible only to the member who asked")
+    _say(f"  -> refused, privately: {refusal.content.splitlines()[0] if refusal.content else refusal.embeds}")
+
+
+def prepare(out: Path, assets: Path) -> dict[str, Any]:
+    """Build the assets and clear what an earlier run left in ``out``; returns the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_assets(assets)
+    for stale in ("atelier.sqlite3", "atelier.sqlite3-wal", "atelier.sqlite3-shm", "files"):
+        path = out / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return manifest
+
+
+async def run_demo(out: Path, assets: Path, manifest: dict[str, Any]) -> Path:
+    """Start the engine, the double and the bot, play the session, write what the channel shows."""
+    engine_process = EngineProcess(
+        model_dir=assets / "models", lora_dir=assets / "loras", port=_free_port(), start_timeout=180.0
+    )
+    await engine_process.start()
+    _say(f"engine process {engine_process.pid} serving on {engine_process.url}")
+    registry = await Registry.open(out / "atelier.sqlite3")
+    engine = EngineClient(engine_process.url)
+    try:
+        async with DiscordDouble() as double:
+            guild = double.add_guild("Atelier demo")
+            channel = double.add_channel(guild, "studio")
+            admin = double.add_member(guild, "ada-admin", permissions=MANAGE_GUILD)
+            member = double.add_member(guild, "milo")
+            bot = AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, status_interval=1.0)
+            async with run_bot(bot, double):
+                _say(f"bot connected to the local Discord double at {double.base_url}")
+                started = time.perf_counter()
+                await play(Session(double, channel, admin, member), manifest)
+                _say(f"scripted session played in {time.perf_counter() - started:.1f} s")
+            transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
+    finally:
+        await engine.close()
+        await registry.close()
+        await engine_process.stop()
+    _say(f"wrote {transcript.text} and {len(transcript.files)} uploaded file(s) in {transcript.folder / 'files'}")
+    return transcript.html
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot demo",
+        description="Play a scripted session against a local Discord double and tiny models, offline.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where to write what the channel shows")
+    parser.add_argument("--assets", type=Path, help="where to build the tiny models (default: OUT/assets)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        assets = args.assets or args.out / "assets"
+        page = asyncio.run(run_demo(args.out, assets, prepare(args.out, assets)))
+    except DemoError as exc:
+        print(f"[demo] failed: {exc}", file=sys.stderr)
+        return 1
+    _say(f"done in {time.perf_counter() - started:.1f} s. Open {page.resolve()} in a browser.")
+    if "torch" in sys.modules:  # the bot side must stay torch-free; say so loudly if it did not
+        print("[demo] warning: torch was imported by the bot process", file=sys.stderr)
+    return 0
