@@ -22,7 +22,7 @@ from bot.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.registry.catalog import Catalog
 from bot.registry.models import LoraEntry, ModelEntry, NsfwPolicy
 from bot.registry.text import name_key, strip_invisible
-from engine.protocol import LoraRef, Recipe
+from engine.protocol import LoraRef, Recipe, architecture_label
 
 __all__ = [
     "ARCH_CFG",
@@ -413,9 +413,11 @@ def _check_loras(
             ok = False
             check.problem(
                 "arch_mismatch",
-                f"The LoRA `{lora.name}` is made for {lora.architecture}, but the model "
-                f"`{model.name}` is {model.architecture}.",
-                f"Pick a {model.architecture} LoRA, or a {lora.architecture} model for this LoRA.",
+                f"The LoRA `{lora.name}` was trained for {architecture_label(lora.architecture)}, "
+                f"but the model `{model.name}` is {architecture_label(model.architecture)}: "
+                "on it, the LoRA would do nothing.",
+                f"Pick a LoRA made for {architecture_label(model.architecture)}, or a model made "
+                f"for {architecture_label(lora.architecture)}.",
                 catalog.suggest_loras(lora.name, architecture=model.architecture),
             )
         if lora.nsfw:

@@ -31,6 +31,19 @@ from typing import Any, Literal
 ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "unknown")
 Architecture = Literal["sd15", "sdxl", "sd3", "flux", "unknown"]
 FileKind = Literal["lora", "model"]
+#: How people write each architecture's name, for every message that names one.
+ARCHITECTURE_LABELS: dict[str, str] = {
+    "sd15": "SD 1.5",
+    "sdxl": "SDXL",
+    "sd3": "SD 3",
+    "flux": "FLUX",
+    "unknown": "an unknown architecture",
+}
+
+
+def architecture_label(architecture: str) -> str:
+    """``"sdxl"`` -> ``"SDXL"``; an architecture we do not know by name is shown as it is."""
+    return ARCHITECTURE_LABELS.get(architecture, architecture)
 
 
 class ErrorCode(enum.StrEnum):

@@ -164,7 +164,8 @@ def test_arch_mismatch_names_both_and_suggests_fitting_loras() -> None:
     result = validate(request(slots=[("XL Sharp", None)]), catalog())
     problem = result.problems[0]  # type: ignore[union-attr]
     assert problem.code == "arch_mismatch"
-    assert "sdxl" in problem.message and "sd15" in problem.message
+    assert "trained for SDXL" in problem.message and "is SD 1.5" in problem.message
+    assert "made for SD 1.5" in problem.fix
     assert all(catalog().lora(s).architecture == "sd15" for s in problem.suggestions)  # type: ignore[union-attr]
 
 
