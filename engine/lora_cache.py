@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -55,7 +56,10 @@ def _quiet_loading():
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            # "Already found a `peft_config` attribute": several adapters per model is the design.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
@@ -71,11 +75,15 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
     lora_arch = lora.info.architecture
     if lora_arch in ("unknown", model_arch):
         return
+    lora_label = ARCH_LABEL.get(lora_arch, lora_arch)
+    model_label = ARCH_LABEL.get(model_arch, model_arch)
+    advice = f"pick an {model_label} LoRA or an {lora_label} model"
+    if lora_arch not in ("sd15", "sdxl"):
+        advice = f"pick an {model_label} LoRA ({lora_label} models do not run on this engine)"
     raise EngineError(
         ErrorCode.ARCH_MISMATCH,
-        f"LoRA '{lora.ref.display_name}' was trained for {ARCH_LABEL.get(lora_arch, lora_arch)} but "
-        f"the model '{model_name}' is {ARCH_LABEL.get(model_arch, model_arch)}: pick an "
-        f"{ARCH_LABEL.get(model_arch, model_arch)} LoRA or an {ARCH_LABEL.get(lora_arch, lora_arch)} model",
+        f"LoRA '{lora.ref.display_name}' was trained for {lora_label} but the model "
+        f"'{model_name}' is {model_label}: {advice}",
     )
 
 

@@ -19,11 +19,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.builder import component_configs, config_sidecar, write_config_folder
+from engine.lora_cache import ARCH_LABEL
 from engine.protocol import EngineError, ErrorCode
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
-ARCH_LABEL = {"sd15": "SD 1.5", "sdxl": "SDXL", "sd3": "SD 3", "flux": "FLUX", "unknown": "an unknown architecture"}
 CONFIG_VERSION = 1
 
 
