@@ -175,13 +175,21 @@ class Actions:
         if names:
             await self.bot.registry.record_use(job.guild_id, names)
 
-    async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[Any, Recipe] | None:
+    async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[int, Recipe] | None:
+        """(requester id, recipe) behind the clicked image, from the database.
+
+        A click within moments of the post may come before its record is written; the
+        dispatcher still holds that job, so its recipe is used rather than refusing.
+        """
         assert interaction.guild_id is not None and interaction.message is not None
         post = await self.bot.registry.get_post(interaction.guild_id, interaction.message.id)
-        if post is None:
-            await _private(interaction, "I have no recipe for this message any more (it may have been deleted).")
-            return None
-        return post, Recipe.from_json(post.recipe)
+        if post is not None:
+            return post.user_id, Recipe.from_json(post.recipe)
+        just_posted = self.bot.dispatcher.posted_job(interaction.message.id)
+        if just_posted is not None and just_posted.guild_id == interaction.guild_id:
+            return just_posted.user_id, just_posted.recipe
+        await _private(interaction, "I have no recipe for this message any more (it may have been deleted).")
+        return None
 
     @staticmethod
     def _slots_of(recipe: Recipe) -> list[tuple[str | None, str | None]]:
@@ -229,7 +237,7 @@ class Actions:
         found = await self._post_recipe(interaction)
         if found is None:
             return
-        post, recipe = found
+        requester_id, recipe = found
         if action == "reroll":
             await self._rerun(interaction, recipe, origin="reroll", seed=new_seed())
         elif action == "recipe":
@@ -245,7 +253,7 @@ class Actions:
                 return
             await _private(interaction, f"Saved as **{saved.name}**.")
         elif action == "delete":
-            if interaction.user.id != post.user_id and not can_manage_messages(interaction):
+            if interaction.user.id != requester_id and not can_manage_messages(interaction):
                 await _private(
                     interaction, "Only the person who asked for this image, or a member with Manage Messages, can delete it."
                 )
@@ -262,10 +270,14 @@ class Actions:
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         post = await self.bot.registry.get_post(interaction.guild_id, modal.message_id)
-        if post is None:
+        just_posted = self.bot.dispatcher.posted_job(modal.message_id)
+        if post is not None:
+            recipe = Recipe.from_json(post.recipe)
+        elif just_posted is not None and just_posted.guild_id == interaction.guild_id:
+            recipe = just_posted.recipe
+        else:
             await _private(interaction, "The original image is gone, so there is nothing to remix.")
             return
-        recipe = Recipe.from_json(post.recipe)
         problems: list[str] = []
         seed_text, steps_text = modal.seed.value.strip(), modal.steps.value.strip()
         seed = new_seed()

@@ -260,6 +260,7 @@ class Dispatcher:
         self.running: dict[str, Job] = {}
         self.jobs: dict[str, Job] = {}
         self._status: dict[str, StatusMessage] = {}
+        self._unrecorded: dict[int, Job] = {}
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -480,12 +481,19 @@ class Dispatcher:
             )
             return
         job.result_message = message
+        # Until the post is recorded, a very quick click finds the job here (see posted_job).
+        self._unrecorded[message.id] = job
         if self.on_result is not None:
             try:
                 await self.on_result(job, message, seconds)
             except Exception:
                 log.exception("recording the post of job %s failed", job.id)
         await self._finish(job, "done")
+        self._unrecorded.pop(message.id, None)
+
+    def posted_job(self, message_id: int) -> Job | None:
+        """A result posted moments ago whose recipe may not be in the database yet."""
+        return self._unrecorded.get(message_id)
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         job.error = (
