@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.protocol import ARCHITECTURE_LABELS as ARCH_LABEL
 from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef
 
-ARCH_LABEL = {"sd15": "SD 1.5", "sdxl": "SDXL", "sd3": "SD 3", "flux": "FLUX", "unknown": "an unknown architecture"}
 _QUIET_LOGGERS = ("diffusers", "transformers", "peft")
 
 
