@@ -173,3 +173,22 @@ def test_switching_models_frees_the_old_one_and_health_reports(demo_assets) -> N
     assert old() is None
     health = generator.health()
     assert health["loaded_model"] == "sdxl-tiny" and health["cached_loras"] == []
+
+
+def test_truncated_files_are_corrupt(demo_assets, tmp_path) -> None:
+    models, loras = tmp_path / "models", tmp_path / "loras"
+    models.mkdir()
+    loras.mkdir()
+    model_bytes = (demo_assets.model_root / demo_assets.models["sd15"]).read_bytes()
+    (models / "cut.safetensors").write_bytes(model_bytes[: len(model_bytes) // 2])
+    lora_bytes = (demo_assets.lora_root / "sd15/watercolor.safetensors").read_bytes()
+    (loras / "cut.safetensors").write_bytes(lora_bytes[:100])
+    generator = Generator(models, loras)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPE, model="cut.safetensors"))
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    generator = Generator(demo_assets.model_root, loras)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPE, loras=(LoraRef("cut.safetensors", 1.0),)))
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    assert generator.slot.current is None
