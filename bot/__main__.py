@@ -4,6 +4,17 @@ Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens t
 registry in the data folder, starts the engine as a child process (unless
 ``ATELIER_ENGINE_URL`` points at one already running), connects to Discord, and on Ctrl-C or
 SIGTERM stops the engine and closes the database. See :mod:`bot.config` for every setting.
+
+Creating the Discord application (for the README):
+
+1. https://discord.com/developers/applications -> New Application -> Bot -> Reset Token;
+   that token is ``DISCORD_TOKEN``. No privileged intents are needed (the bot only uses the
+   Guilds intent: it reads no message content and no member lists).
+2. OAuth2 -> URL Generator: scopes ``bot`` and ``applications.commands``; bot permissions
+   View Channels, Send Messages, Embed Links, Attach Files, Read Message History
+   (permissions integer ``117760``). Open the URL to invite the bot to a server.
+3. Commands are synced globally at start (can take up to an hour to appear); set
+   ``ATELIER_SYNC_GUILDS=<server id>`` to see them in that server at once while testing.
 """
 
 from __future__ import annotations

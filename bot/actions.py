@@ -160,6 +160,15 @@ class Actions:
         except QueueFull as exc:
             await _private(interaction, str(exc))
             return
+        if job.status_message is None:
+            # The bot could not post in this channel, so it could not post the image either.
+            await self.bot.dispatcher.cancel(job.id)
+            await _private(
+                interaction,
+                "I can't post in this channel. Ask an admin to give me View Channel, Send Messages, "
+                "Embed Links and Attach Files here, or use another channel.",
+            )
+            return
         ahead = job.position
         where = "it starts next" if ahead == 0 else f"{ahead} job(s) ahead of it"
         text = f"Queued ({where}). The image will be posted in this channel."

@@ -1,26 +1,23 @@
 """Where the bot's settings come from: environment variables, optionally a TOML file.
 
 The environment wins over the file so a deployment can override one key without editing
-the file. Every key, its variable and its default (paste this table into the README):
+the file. Every key, its variable and its default (Markdown, ready for the README):
 
-=========================  ==============================  ====================================
-TOML key                   Environment variable            Meaning (default)
-=========================  ==============================  ====================================
-``token``                  ``DISCORD_TOKEN``               Bot token (required to run for real)
-``data_dir``               ``ATELIER_DATA_DIR``            Folder for the SQLite file (``./var``)
-``database``               ``ATELIER_DATABASE``            SQLite path (``<data_dir>/atelier.sqlite3``)
-``engine_url``             ``ATELIER_ENGINE_URL``          Use a running engine; empty = spawn one
-``engine_port``            ``ATELIER_ENGINE_PORT``         Port of the spawned engine (``7861``)
-``model_dir``              ``ATELIER_MODEL_DIR``           Models folder for the spawned engine (``./models``)
-``lora_dir``               ``ATELIER_LORA_DIR``            LoRA folder for the spawned engine (``./loras``)
-``engine_python``          ``ATELIER_ENGINE_PYTHON``       Interpreter for the engine (this one)
-``engine_start_timeout``   ``ATELIER_ENGINE_START_TIMEOUT`` Seconds to wait for /health (``120``)
-``sync_guilds``            ``ATELIER_SYNC_GUILDS``         Comma-separated guild ids to sync commands
-                                                            to instantly; empty = global sync
-``status_interval``        ``ATELIER_STATUS_INTERVAL``     Min seconds between status edits (``2``)
-``max_pending``            ``ATELIER_MAX_PENDING``         Jobs the bot holds across all users (``500``)
-``log_level``              ``ATELIER_LOG_LEVEL``           ``INFO``
-=========================  ==============================  ====================================
+| TOML key | Environment variable | Default | Meaning |
+|---|---|---|---|
+| `token` | `DISCORD_TOKEN` | (none, required) | The bot's token from the Developer Portal |
+| `data_dir` | `ATELIER_DATA_DIR` | `./var` | Folder for the SQLite registry |
+| `database` | `ATELIER_DATABASE` | `<data_dir>/atelier.sqlite3` | SQLite file, if elsewhere |
+| `engine_url` | `ATELIER_ENGINE_URL` | (empty: spawn one) | Use an engine already running at this URL |
+| `engine_port` | `ATELIER_ENGINE_PORT` | `7861` | Loopback port of the spawned engine |
+| `model_dir` | `ATELIER_MODEL_DIR` | `./models` | Base models folder for the spawned engine |
+| `lora_dir` | `ATELIER_LORA_DIR` | `./loras` | LoRA folder for the spawned engine |
+| `engine_python` | `ATELIER_ENGINE_PYTHON` | this interpreter | Python that runs the engine (e.g. a CUDA venv) |
+| `engine_start_timeout` | `ATELIER_ENGINE_START_TIMEOUT` | `120` | Seconds to wait for the engine's `/health` |
+| `sync_guilds` | `ATELIER_SYNC_GUILDS` | (empty: global) | Comma-separated guild ids to sync commands to instantly |
+| `status_interval` | `ATELIER_STATUS_INTERVAL` | `2` | Minimum seconds between edits of a status message |
+| `max_pending` | `ATELIER_MAX_PENDING` | `500` | Jobs the bot holds for all servers together |
+| `log_level` | `ATELIER_LOG_LEVEL` | `INFO` | Logging level |
 
 Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
 here: admins change them with ``/settings`` and they live in the database.

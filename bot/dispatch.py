@@ -433,7 +433,7 @@ class Dispatcher:
             kind = event.get("type")
             if kind == "queued":
                 job.state = "queued"
-                job.position = len(self.waiting) + int(event.get("position", 0))
+                job.position = int(event.get("position", 0))  # jobs ahead of it in the engine
                 status.update()
             elif kind == "started":
                 job.state = "running"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from bot.embeds import EMBED_TOTAL_LIMIT, FIELD_VALUE_LIMIT
-from bot.sandbox import StoredMessage
+from bot.sandbox import Member, StoredMessage
 from tests.bot.conftest import FAST, SD15, World, embed_total, png_parameters
 
 
@@ -13,7 +14,7 @@ def is_result(message: StoredMessage) -> bool:
     return bool(message.attachments) and not message.ephemeral
 
 
-async def imagine_and_wait(world: World, user, options: dict) -> StoredMessage:
+async def imagine_and_wait(world: World, user: Member, options: dict[str, Any]) -> StoredMessage:
     before = {m.id for m in world.double.messages(world.channel)}
     handle = await world.double.slash(user, world.channel, "imagine", {**FAST, **options})
     assert await handle.wait_response(3) == 5
