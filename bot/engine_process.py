@@ -114,7 +114,7 @@ class EngineProcess:
         async for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             self._tail = (self._tail + [line])[-40:]
-            log.debug("engine: %s", line)
+            log.info("engine: %s", line)
 
     async def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.start_timeout
