@@ -137,7 +137,7 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
     embed.add_field(name="Category", value=str(_get(lora, "category", "other")), inline=True)
     default_weight = _get(lora, "default_weight", 1.0)
     embed.add_field(name="Default weight", value=format_weight(float(default_weight)), inline=True)
-    low, high = _get(lora, "weight_min", None), _get(lora, "weight_max", None)
+    low, high = _get(lora, "recommended_min", None), _get(lora, "recommended_max", None)
     if low is not None and high is not None:
         embed.add_field(
             name="Recommended range", value=f"{format_weight(low)} – {format_weight(high)}", inline=True
