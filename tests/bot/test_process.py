@@ -148,7 +148,7 @@ async def test_deferral_stays_fast_with_hundreds_queued_and_status_edits_are_thr
     # One job with many progress events: its status message is edited about once per interval.
     dispatcher.status_interval = 2.0
     started = time.monotonic()
-    await imagine_and_wait(world, world.bob, {"prompt": "counted", "steps": 40, "count": 2})
+    await imagine_and_wait(world, world.bob, {"prompt": "counted", "steps": 12, "count": 2})
     elapsed = time.monotonic() - started
     status = await world.double.wait_for_message(
         world.channel, lambda m: m.content.startswith("✅") and str(world.bob.user.id) in m.content
