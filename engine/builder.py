@@ -29,7 +29,7 @@ from typing import Any, Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Bump when the files the builder writes change, so old builds are rebuilt.
-BUILD_VERSION = 5
+BUILD_VERSION = 6
 STAMP_FILE = "atelier-build.json"
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
@@ -82,11 +82,13 @@ def _read_config(arch: str, component: str) -> dict[str, Any]:
 
 
 def _tiny_text_encoder(*, pad_token_id: int, projection: bool = False) -> dict[str, Any]:
+    """Tiny CLIP text encoders; SDXL's second is wider than its first, as in the real model
+    (diffusers' single-file loader tells the two apart by their widths)."""
     from engine.tokenizer import BOS_ID, EOS_ID, MAX_LENGTH, VOCAB_SIZE
 
     return {
         "architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
-        "hidden_size": 32,
+        "hidden_size": 64 if projection else 32,
         "intermediate_size": 37,
         "num_attention_heads": 4,
         "num_hidden_layers": 5,
@@ -132,7 +134,7 @@ def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
         configs["text_encoder"] = _tiny_text_encoder(pad_token_id=49407)
     else:
         unet.update(
-            cross_attention_dim=64,
+            cross_attention_dim=32 + 64,  # both encoders' hidden states, concatenated
             attention_head_dim=[2, 4],
             transformer_layers_per_block=[1, 2],
             addition_time_embed_dim=8,
@@ -315,17 +317,62 @@ def _unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _open_clip_to_ldm(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """transformers CLIPTextModelWithProjection keys -> OpenCLIP's (SDXL's second encoder)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    qkv: dict[tuple[str, str], dict[str, Any]] = {}
+    renames = (
+        ("self_attn.out_proj", "attn.out_proj"),
+        ("layer_norm1", "ln_1"),
+        ("layer_norm2", "ln_2"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    )
+    for key, tensor in state.items():
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()
+            continue
+        name = key.removeprefix("text_model.")
+        if name == "embeddings.token_embedding.weight":
+            out[prefix + "token_embedding.weight"] = tensor
+        elif name == "embeddings.position_embedding.weight":
+            out[prefix + "positional_embedding"] = tensor
+        elif name.startswith("final_layer_norm."):
+            out[prefix + "ln_final." + name.rsplit(".", 1)[1]] = tensor
+        elif name.startswith("encoder.layers."):
+            _, _, index, rest = name.split(".", 3)
+            module, _, param = rest.rpartition(".")
+            if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((index, param), {})[module.rsplit(".", 1)[1]] = tensor
+                continue
+            for old, new in renames:
+                rest = rest.replace(old, new)
+            out[f"{prefix}transformer.resblocks.{index}.{rest}"] = tensor
+    for (index, param), parts in qkv.items():
+        joined = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+        out[f"{prefix}transformer.resblocks.{index}.attn.in_proj_{param}"] = joined
+    return out
+
+
+def _clip_to_ldm(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """transformers CLIPTextModel keys (flat since transformers 5.6) -> ``<prefix>text_model.…``."""
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()}
+
+
 def save_single_file(components: dict[str, Any], path: Path, arch: str) -> None:
-    """Save SD 1.5 the way A1111/civitai checkpoints are laid out (one ldm-keyed file)."""
-    if arch != "sd15":
-        raise ValueError("only SD 1.5 is written as a single file")
+    """Save a checkpoint the way A1111/civitai files are laid out (one ldm/sgm-keyed file)."""
     state: dict[str, Any] = {}
     state.update(_unet_to_ldm(components["unet"].state_dict(), dict(components["unet"].config)))
     state.update(_vae_to_ldm(components["vae"].state_dict(), dict(components["vae"].config)))
-    text_model = components["text_encoder"].state_dict()
-    for key, tensor in text_model.items():
-        key = key if key.startswith("text_model.") else "text_model." + key
-        state["cond_stage_model.transformer." + key] = tensor
+    if arch == "sd15":
+        state.update(_clip_to_ldm(components["text_encoder"].state_dict(), "cond_stage_model.transformer."))
+    elif arch == "sdxl":
+        state.update(_clip_to_ldm(components["text_encoder"].state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(_open_clip_to_ldm(components["text_encoder_2"].state_dict(), "conditioner.embedders.1.model."))
+    else:
+        raise ValueError(f"no single-file layout for {arch!r}")
     state = {k: v.contiguous() for k, v in state.items()}
     metadata = {"modelspec.architecture": MODELSPEC[arch], "modelspec.title": path.stem}
     _save(state, path, metadata)

@@ -150,3 +150,23 @@ def test_unknown_architecture_refused(tmp_path) -> None:
 
 def test_never_goes_online() -> None:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_sdxl_single_file_in_sgm_layout_loads_back_exactly(tmp_path) -> None:
+    """SDXL civitai-style single files (sgm UNet, OpenCLIP second encoder) go through from_single_file."""
+    from engine.builder import component_configs, save_single_file, write_config_folder
+
+    components = build_components("sdxl", "tiny", 3)
+    path = tmp_path / "xl-single.safetensors"
+    save_single_file(components, path, "sdxl")
+    keys = _keys(path)
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert inspect_file(path).architecture == "sdxl"
+    write_config_folder(config_sidecar(path), "sdxl", component_configs("sdxl", "tiny"))
+    pipe, arch = load_pipeline(path)
+    assert arch == "sdxl"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        loaded = getattr(pipe, name).state_dict()
+        for key, tensor in components[name].state_dict().items():
+            assert torch.equal(loaded[key], tensor), f"{name}.{key}"
