@@ -284,13 +284,18 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._workers.clear()
+        # A job whose image is already in the channel was made; only its status edit was cut off.
+        posted = [job for job in pending if job.result_message is not None]
+        pending = [job for job in pending if job.result_message is None]
+        for job in posted:
+            job.state = "done"
         for job in pending:
             job.state = "failed"
             job.error = (
                 "the bot was stopped before this image was made. Your request, to run it again:\n"
                 f"`{embeds.truncate(imagine_command(job.recipe), 1500)}`"
             )
-        work = [self._status[job.id].finish() for job in pending if job.id in self._status]
+        work = [self._status[job.id].finish() for job in [*posted, *pending] if job.id in self._status]
         work += [self.engine.cancel(job.id) for job in running]  # no GPU time for nobody
         if work:
             with contextlib.suppress(TimeoutError):

@@ -155,7 +155,7 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
         name="Trigger words", value=", ".join(f"`{t}`" for t in triggers) if triggers else "none", inline=False
     )
     file = _get(lora, "file", None)
-    hashes = [f"file `{file}`"] if file else []
+    hashes = [f"`{file}`"] if file else []
     autov2 = _get(lora, "autov2", None)
     if autov2:
         hashes.append(f"AutoV2 `{autov2}`")

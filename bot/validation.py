@@ -396,6 +396,11 @@ def _check_loras(
                 "Pick one from the autocomplete list or find it with `/lora search`.",
                 catalog.suggest_loras(wanted.name),
             )
+            # Its weight is checked all the same, so every problem is reported in one answer.
+            try:
+                parse_weight(wanted.weight_text, 1.0)
+            except ParseError as error:
+                check.problem("bad_weight", f"Weight for `{wanted.name}`: {error.message}", error.fix)
             continue
         ok = True
         if not lora.enabled:
@@ -458,7 +463,7 @@ def _check_loras(
             check.note(
                 "lora_architecture_unknown",
                 f"The architecture of `{lora.name}` is unknown; if it does not fit "
-                f"{model.architecture}, the engine will refuse it.",
+                f"{architecture_label(model.architecture)}, the engine will refuse it.",
             )
         if ok:
             stack.append((lora, weight))

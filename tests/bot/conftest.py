@@ -16,14 +16,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.app import AtelierBot
-from bot.registry import LoraEntry, ModelEntry, Registry, RegistryError
+from bot.registry import LoraEntry, ModelEntry, Registry
 from bot.sandbox import (
     MANAGE_GUILD,
     MANAGE_MESSAGES,
@@ -100,14 +100,7 @@ async def seed_registry(registry: Registry, guild_id: int, engine: EngineClient,
         ModelEntry.from_file_info(sd15, name=SD15, default_steps=2, default_width=256, default_height=256),
         actor,
     )
-    xl = ModelEntry.from_file_info(sdxl, name=SDXL, default_steps=2)
-    try:
-        await registry.add_model(guild_id, xl, actor)
-    except RegistryError:
-        # The tiny SDXL model is a diffusers folder, which the registry refuses for now
-        # (safetensors files only). The bot tests never render with it; they need its
-        # architecture for autocomplete filtering and mismatch refusals only.
-        await registry.add_model(guild_id, replace(xl, file=xl.file + ".safetensors"), actor)
+    await registry.add_model(guild_id, ModelEntry.from_file_info(sdxl, name=SDXL, default_steps=2), actor)
     await registry.update_settings(guild_id, actor, default_model=SD15)
     for name in DEMO_LORAS:
         demo = demo_assets.lora(name)

@@ -169,6 +169,11 @@ def test_arch_mismatch_names_both_and_suggests_fitting_loras() -> None:
     assert all(catalog().lora(s).architecture == "sd15" for s in problem.suggestions)  # type: ignore[union-attr]
 
 
+def test_a_bad_weight_on_an_unknown_lora_is_reported_with_it() -> None:
+    result = validate(request(slots=[("Detial Tweaker", "0.7.1")]), catalog())
+    assert sorted(codes(result)) == ["bad_weight", "unknown_lora"]
+
+
 @pytest.mark.parametrize("weight", ["NaN", "inf", "1e400", "0.7.1", ""])
 def test_bad_weights(weight: str) -> None:
     result = validate(request(slots=[("Detail Tweaker", weight)]), catalog())
