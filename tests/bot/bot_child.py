@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 
@@ -33,8 +34,11 @@ async def main(args: argparse.Namespace) -> None:
         heavy = ("torch", "diffusers", "transformers", "peft", "safetensors", "numpy")
         data = {name: name in sys.modules for name in heavy}
         data["modules"] = len(sys.modules)
-        with open(args.report, "w") as fh:
+        # Written aside then renamed: the test polls for the file and must never read it half-written.
+        partial = f"{args.report}.partial"
+        with open(partial, "w") as fh:
             json.dump(data, fh)
+        os.replace(partial, args.report)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
