@@ -29,7 +29,7 @@ from typing import Any, Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Bump when the files the builder writes change, so old builds are rebuilt.
-BUILD_VERSION = 6
+BUILD_VERSION = 7
 STAMP_FILE = "atelier-build.json"
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
@@ -53,6 +53,8 @@ class DemoLora:
     has_text_encoder: bool
     key_format: str
     description: str
+    #: The registry category a curator would pick (style, character, ...).
+    category: str = "other"
     #: "demo" LoRAs are for people; "test" ones exist to exercise refusals and equivalences.
     purpose: str = "demo"
 
@@ -571,7 +573,8 @@ def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: in
     layers = make_lora_layers(components, seed=base + 1, rank=4, alpha=4, text_encoder=True)
     _save(diffusers_state_dict(layers), folder / f"watercolor{xl}.safetensors", dict(spec, **{"modelspec.title": "watercolor"}))
     add(f"watercolor{xl}", f"watercolor{xl}.safetensors", trigger_words=("watercolor",), has_text_encoder=True,
-        key_format="diffusers", description="Soft washes of colour that bleed at the edges, like paint on wet paper.")
+        key_format="diffusers", category="style",
+        description="Soft washes of colour that bleed at the edges, like paint on wet paper.")
 
     # 2. pixel-art: kohya format with training metadata, UNet only.
     layers = make_lora_layers(components, seed=base + 2, rank=8, alpha=4, text_encoder=False)
@@ -579,7 +582,7 @@ def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: in
     metadata = kohya_metadata(arch, f"pixel-art{xl}", tags, rank=8, alpha=4)
     _save(kohya_state_dict(layers, arch, unet_config), folder / f"pixel-art{xl}.safetensors", metadata)
     add(f"pixel-art{xl}", f"pixel-art{xl}.safetensors", trigger_words=("pixel art", "8-bit"), has_text_encoder=False,
-        key_format="kohya", description="Chunky pixels and a tiny palette, like a 90s console sprite.")
+        key_format="kohya", category="style", description="Chunky pixels and a tiny palette, like a 90s console sprite.")
 
     # 3. a character: kohya format, UNet and text encoder(s), training metadata.
     layers = make_lora_layers(components, seed=base + 3, rank=4, alpha=2, text_encoder=True)
@@ -587,7 +590,8 @@ def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: in
     metadata = kohya_metadata(arch, f"captain-nova{xl}", tags, rank=4, alpha=2)
     _save(kohya_state_dict(layers, arch, unet_config), folder / f"captain-nova{xl}.safetensors", metadata)
     add(f"captain-nova{xl}", f"captain-nova{xl}.safetensors", trigger_words=("captain nova",), has_text_encoder=True,
-        key_format="kohya", description="Captain Nova, a cheerful space explorer with a red scarf.")
+        key_format="kohya", category="character",
+        description="Captain Nova, a cheerful space explorer with a red scarf.")
 
     # 4. test twins: the same LoRA in both key formats (alpha != rank to exercise scaling).
     layers = make_lora_layers(components, seed=base + 4, rank=4, alpha=2, text_encoder=True)
