@@ -125,7 +125,7 @@ class Session:
         await asyncio.sleep(HUMAN_PAUSE)
 
 
-async def play(session: Session, manifest: dict[str, Any]) -> None:
+async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE) -> None:
     """The scripted session. Each step goes through Discord's wire protocol, as a person's would."""
     models: dict[str, str] = manifest["models"]
     demo_loras = [lora for lora in manifest["loras"] if lora.get("purpose", "demo") == "demo"]
@@ -142,11 +142,14 @@ async def play(session: Session, manifest: dict[str, Any]) -> None:
         )  # fmt: skip
         _say(f"  -> {(await session.answer(handle)).content}")
     for lora in demo_loras:
-        handle = await session.command(
-            session.admin, "lora",
-            {"file": lora["file"], "name": lora["name"], "description": lora["description"]},
-            subcommand="add",
-        )  # fmt: skip
+        options = {
+            "file": lora["file"], "name": lora["name"], "category": lora.get("category", "other"),
+            "description": lora["description"],
+        }  # fmt: skip
+        if lora["key_format"] == "diffusers" and lora["trigger_words"]:
+            # A diffusers-format file carries no training tags: the admin supplies the trigger word.
+            options["trigger_words"] = ", ".join(lora["trigger_words"])
+        handle = await session.command(session.admin, "lora", options, subcommand="add")
         _say(f"  -> {(await session.answer(handle)).content}")
 
     # 2. A member imagines with a two-LoRA stack.
@@ -157,7 +160,7 @@ async def play(session: Session, manifest: dict[str, Any]) -> None:
         {
             "prompt": PROMPT, "negative": NEGATIVE, "model": "tiny-sd15",
             "lora1": first["name"], "weight1": "0.8", "lora2": second["name"], "weight2": "0.5",
-            "steps": STEPS, "size": SIZE, "seed": SEED,
+            "steps": steps, "size": size, "seed": SEED,
         },
     )  # fmt: skip
     original = await session.next_result(before, "/imagine")
@@ -185,7 +188,7 @@ async def play(session: Session, manifest: dict[str, Any]) -> None:
     wrong = sdxl_loras[0]
     handle = await session.command(
         session.member, "imagine",
-        {"prompt": PROMPT, "model": "tiny-sd15", "lora1": wrong["name"], "weight1": "0.7", "steps": STEPS},
+        {"prompt": PROMPT, "model": "tiny-sd15", "lora1": wrong["name"], "weight1": "0.7", "steps": steps},
     )  # fmt: skip
     refusal = await session.answer(handle)
     if not refusal.ephemeral:
@@ -206,7 +209,9 @@ def prepare(out: Path, assets: Path) -> dict[str, Any]:
     return manifest
 
 
-async def run_demo(out: Path, assets: Path, manifest: dict[str, Any]) -> Path:
+async def run_demo(
+    out: Path, assets: Path, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE
+) -> Path:
     """Start the engine, the double and the bot, play the session, write what the channel shows."""
     engine_process = EngineProcess(
         model_dir=assets / "models", lora_dir=assets / "loras", port=_free_port(), start_timeout=180.0
@@ -225,7 +230,7 @@ async def run_demo(out: Path, assets: Path, manifest: dict[str, Any]) -> Path:
             async with run_bot(bot, double):
                 _say(f"bot connected to the local Discord double at {double.base_url}")
                 started = time.perf_counter()
-                await play(Session(double, channel, admin, member), manifest)
+                await play(Session(double, channel, admin, member), manifest, steps=steps, size=size)
                 _say(f"scripted session played in {time.perf_counter() - started:.1f} s")
             transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
     finally:
@@ -243,11 +248,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where to write what the channel shows")
     parser.add_argument("--assets", type=Path, help="where to build the tiny models (default: OUT/assets)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"denoising steps per image (default {STEPS})")
+    parser.add_argument("--size", default=SIZE, help=f"image size, one of /imagine's choices (default {SIZE})")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         assets = args.assets or args.out / "assets"
-        page = asyncio.run(run_demo(args.out, assets, prepare(args.out, assets)))
+        manifest = prepare(args.out, assets)
+        page = asyncio.run(run_demo(args.out, assets, manifest, steps=args.steps, size=args.size))
     except DemoError as exc:
         print(f"[demo] failed: {exc}", file=sys.stderr)
         return 1

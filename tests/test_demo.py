@@ -1,0 +1,44 @@
+"""The README's main command, played end to end: ``python -m bot demo`` in its own process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.png_metadata import read_png_metadata
+
+
+def test_the_demo_plays_the_scripted_session_offline(demo_assets: Any, tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    assets = demo_assets.model_root.parent  # already built: the demo reuses it as is
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "bot", "demo", "--out", str(out), "--assets", str(assets),
+            "--steps", "2", "--size", "256x256",
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "torch was imported by the bot process" not in log
+
+    # Three images: the two-LoRA stack, its reroll and its remix, each with its recipe inside.
+    pngs = sorted((out / "files").glob("*.png"))
+    assert len(pngs) == 3, log
+    parameters = [read_png_metadata(p.read_bytes())["parameters"] for p in pngs]
+    assert all("<lora:pixel-art:0.5>" in text for text in parameters)
+    assert sorted(re.search(r"<lora:watercolor:([\d.]+)>", t).group(1) for t in parameters) == ["0.3", "0.8", "0.8"]  # type: ignore[union-attr]
+    seeds = [re.search(r"Seed: (\d+)", text).group(1) for text in parameters]  # type: ignore[union-attr]
+    assert seeds.count("1234") == 2 and len(set(seeds)) == 2  # the reroll drew a new seed
+
+    # The mismatched LoRA was refused privately, naming both architectures.
+    transcript = (out / "transcript.txt").read_text(encoding="utf-8")
+    assert "trained for SDXL" in transcript and "is SD 1.5" in transcript
+    assert "stopped before this image was made" not in transcript
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.count("<img") == 3
