@@ -72,9 +72,17 @@ def resolve_within(root: Path, relative: str, *, allow_dir: bool = False) -> Pat
             "GET /files",
         )
     if candidate.is_dir():
-        if allow_dir:
-            return candidate
-        raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{relative}' is a folder, not a file")
+        if not allow_dir:
+            raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{relative}' is a folder, not a file")
+        escape = link_leading_outside(candidate, real_root)
+        if escape is not None:
+            raise EngineError(
+                ErrorCode.OUTSIDE_FOLDER,
+                f"'{relative}' contains '{escape.relative_to(candidate).as_posix()}', a symlink "
+                f"to a place outside the allowed folder '{real_root}'; loading the folder would "
+                "read it, so copy the file in instead of linking it",
+            )
+        return candidate
     if candidate.suffix.lower() != SAFETENSORS_SUFFIX:
         raise EngineError(
             ErrorCode.NOT_SAFETENSORS,
@@ -82,6 +90,28 @@ def resolve_within(root: Path, relative: str, *, allow_dir: bool = False) -> Pat
             "are never unpickled; convert to .safetensors)",
         )
     return candidate
+
+
+def link_leading_outside(folder: Path, real_root: Path) -> Path | None:
+    """The first entry under ``folder`` that resolves outside ``real_root``, or None.
+
+    A diffusers pipeline folder is loaded component by component, following any symlink in it,
+    so confining the folder's own path is not enough: every file and subfolder must stay
+    inside, including what lies behind a link to another folder inside the root.
+    """
+    seen: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = Path(dirpath).resolve()
+        if real_dir in seen:  # a link back to a folder already checked (or a cycle)
+            dirnames.clear()
+            continue
+        seen.add(real_dir)
+        for name in (*dirnames, *filenames):
+            entry = Path(dirpath, name)
+            # Checked before os.walk descends, so the walk itself never leaves the root.
+            if not entry.resolve(strict=False).is_relative_to(real_root):
+                return entry
+    return None
 
 
 def list_files(root: Path, *, include_pipeline_folders: bool = False) -> list[FileEntry]:
@@ -99,9 +129,11 @@ def list_files(root: Path, *, include_pipeline_folders: bool = False) -> list[Fi
     for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
         here = Path(dirpath)
         if include_pipeline_folders and DIFFUSERS_INDEX in filenames and here != real_root:
+            dirnames.clear()
+            if link_leading_outside(here, real_root) is not None:
+                continue  # refused when used, so not offered
             size = sum(p.stat().st_size for p in here.rglob("*") if p.is_file())
             entries.append(FileEntry(here.relative_to(real_root).as_posix(), size))
-            dirnames.clear()
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:

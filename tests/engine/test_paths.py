@@ -118,3 +118,43 @@ def test_listing_shows_only_usable_files_inside(folders: tuple[Path, Path]) -> N
     assert set(with_folders) == {"style/ink.safetensors", "xl-model"}
     expected = sum(p.stat().st_size for p in pipeline.rglob("*") if p.is_file())
     assert with_folders["xl-model"] == expected
+
+
+def _pipeline_folder(root: Path, name: str) -> Path:
+    folder = root / name
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    save_file({"w": np.zeros(4, np.float32)}, str(folder / "unet" / "w.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("link", ["file", "folder", "folder-behind-inside-link"])
+def test_a_pipeline_folder_holding_a_link_to_outside_weights_is_refused(
+    folders: tuple[Path, Path], link: str
+) -> None:
+    root, outside = folders
+    folder = _pipeline_folder(root, "sneaky")
+    if link == "file":
+        os.symlink(outside / "private.safetensors", folder / "unet" / "extra.safetensors")
+    elif link == "folder":
+        os.symlink(outside, folder / "text_encoder")
+    else:  # an inside link whose target folder links out: the walk must look behind it
+        other = _pipeline_folder(root, "other")
+        os.symlink(outside, other / "vae")
+        os.symlink(other, folder / "shared")
+    with pytest.raises(EngineError) as caught:
+        resolve_within(root, "sneaky", allow_dir=True)
+    assert caught.value.code is ErrorCode.OUTSIDE_FOLDER
+    assert "symlink" in caught.value.message
+    assert "sneaky" not in {e.path for e in list_files(root, include_pipeline_folders=True)}
+
+
+def test_a_pipeline_folder_with_links_inside_the_root_or_a_cycle_is_allowed(
+    folders: tuple[Path, Path],
+) -> None:
+    root, _ = folders
+    folder = _pipeline_folder(root, "linked")
+    os.symlink(root / "style" / "ink.safetensors", folder / "unet" / "alias.safetensors")
+    os.symlink(folder, folder / "unet" / "loop")  # a cycle must not hang the check
+    assert resolve_within(root, "linked", allow_dir=True) == folder.resolve()
+    assert "linked" in {e.path for e in list_files(root, include_pipeline_folders=True)}
