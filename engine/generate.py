@@ -176,6 +176,10 @@ class Generator:
         if should_cancel is not None and should_cancel():
             raise _Cancelled
 
+        if not self.slot.holds(model_info.sha256):
+            # The adapters die with the old pipeline; letting the cache keep a reference to it
+            # would hold two models in memory while the next one loads (or for good, if it fails).
+            self.loras.bind(None)
         loaded, fresh = self.slot.get(model_path, key=model_info.sha256)
         pipe = loaded.pipe
         if fresh:

@@ -163,6 +163,9 @@ class ModelSlot:
         self.dtype = dtype
         self.current: LoadedModel | None = None
 
+    def holds(self, key: str) -> bool:
+        return self.current is not None and self.current.key == key
+
     def get(self, path: Path, key: str) -> tuple[LoadedModel, bool]:
         """The model for ``path`` and whether it was (re)loaded now; ``key`` identifies content."""
         if self.current is not None and self.current.key == key:

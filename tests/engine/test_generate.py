@@ -192,3 +192,29 @@ def test_truncated_files_are_corrupt(demo_assets, tmp_path) -> None:
         generator.run(dataclasses.replace(RECIPE, loras=(LoraRef("cut.safetensors", 1.0),)))
     assert caught.value.code is ErrorCode.CORRUPT_FILE
     assert generator.slot.current is None
+
+
+def test_a_failed_model_switch_leaves_no_old_pipeline_alive(demo_assets, tmp_path) -> None:
+    """The old model is freed before the next loads: nothing (the LoRA cache included) keeps it."""
+    import shutil
+
+    from engine.builder import config_sidecar
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sd15 = demo_assets.model_root / demo_assets.models["sd15"]
+    shutil.copy(sd15, models / sd15.name)
+    shutil.copytree(config_sidecar(sd15), config_sidecar(models / sd15.name))
+    broken = models / "broken-xl"
+    shutil.copytree(demo_assets.model_root / demo_assets.models["sdxl"], broken)
+    (broken / "unet" / "config.json").write_text("{not json")
+    generator = Generator(models, demo_assets.lora_root)
+    generator.run(dataclasses.replace(RECIPE, loras=(LoraRef("sd15/watercolor.safetensors", 1.0),)))
+    old = weakref.ref(generator.slot.current.pipe)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPE, model="broken-xl"))
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    gc.collect()
+    assert old() is None and generator.slot.current is None
+    assert generator.health()["cached_loras"] == []
+    assert generator.run(RECIPE).images  # and the engine recovers
