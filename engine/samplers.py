@@ -7,6 +7,7 @@ scheduler so the model's training schedule (betas, offsets, prediction type) is 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,28 @@ def a1111_base_name(name: str) -> str:
     return name.removesuffix(" Karras") if sampler.schedule_type == "Karras" else name
 
 
+#: Sigma schedules a model's own scheduler config may switch on (many community SDXL folders
+#: ship Karras or SDE settings); a sampler name must mean the same thing on every model.
+_SIGMA_SCHEDULES = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def scheduler_options(sampler: Sampler, scheduler_class: type) -> dict[str, Any]:
+    """Everything that defines ``sampler``, set explicitly so the base config cannot leak in.
+
+    ``from_config`` keeps every value of the pipeline's own config that is not overridden, so
+    "DPM++ 2M" on a model whose config says ``use_karras_sigmas``/``sde-dpmsolver++`` would
+    silently run "DPM++ 2M SDE Karras" (and write the wrong name into the PNG).
+    """
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    options: dict[str, Any] = {flag: False for flag in _SIGMA_SCHEDULES if flag in accepted}
+    if "algorithm_type" in accepted:
+        options["algorithm_type"] = "dpmsolver++"
+    if "solver_order" in accepted:
+        options["solver_order"] = 2  # A1111's DPM++ 2M / UniPC are second order
+    options.update(sampler.options)
+    return options
+
+
 def make_scheduler(name: str, base_config: Any) -> Any:
     """A fresh scheduler for ``name`` built from the pipeline's scheduler config."""
     import diffusers
@@ -75,7 +98,7 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     sampler = get_sampler(name)
     cls = getattr(diffusers, sampler.scheduler)
     try:
-        return cls.from_config(base_config, **sampler.options)
+        return cls.from_config(base_config, **scheduler_options(sampler, cls))
     except ImportError as exc:  # LMS needs scipy, which the engine does not require
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise EngineError(

@@ -70,3 +70,28 @@ def test_every_sampler_is_deterministic_per_seed(tiny_generator: Generator, samp
     assert tiny_generator.run(recipe).images[0] == first
     other = tiny_generator.run(dataclasses.replace(recipe, seed=6)).images[0]
     assert not np.array_equal(pixels(first), pixels(other))
+
+
+def test_a_sampler_name_means_the_same_whatever_the_model_config_says(
+    tiny_generator: Generator,
+) -> None:
+    """A model shipping a Karras + SDE + third-order config must not change what "DPM++ 2M" runs."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
+    shipped = DPMSolverMultistepScheduler.from_config(
+        tiny_generator._base_scheduler_config,
+        use_karras_sigmas=True,
+        algorithm_type="sde-dpmsolver++",
+        solver_order=3,
+    ).config
+    plain = make_scheduler("DPM++ 2M", shipped).config
+    assert (plain.use_karras_sigmas, plain.algorithm_type, plain.solver_order) == (
+        False,
+        "dpmsolver++",
+        2,
+    )
+    karras = make_scheduler("DPM++ 2M Karras", shipped).config
+    assert (karras.use_karras_sigmas, karras.algorithm_type) == (True, "dpmsolver++")
+    for name in ("Euler", "Heun", "UniPC", "DPM++ SDE"):
+        assert make_scheduler(name, shipped).config.use_karras_sigmas is False, name
