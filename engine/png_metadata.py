@@ -53,9 +53,19 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def _alias(name: str, drop: str) -> str:
+    """A LoRA name as A1111 writes it: without the characters that would split its field."""
+    return "".join(ch for ch in name if ch not in drop) or "lora"
+
+
 def prompt_with_lora_tags(recipe: Recipe) -> str:
-    """The prompt as A1111 would show it: the stack as ``<lora:name:weight>`` tags."""
-    tags = " ".join(f"<lora:{lora.display_name}:{_number(lora.weight)}>" for lora in recipe.loras)
+    """The prompt as A1111 would show it: the stack as ``<lora:name:weight>`` tags.
+
+    A1111 splits a tag's arguments on ``:`` and ends it at ``>``, so those leave the name.
+    """
+    tags = " ".join(
+        f"<lora:{_alias(lora.display_name, ':<>')}:{_number(lora.weight)}>" for lora in recipe.loras
+    )
     return f"{recipe.prompt} {tags}".strip() if tags else recipe.prompt
 
 
@@ -86,7 +96,10 @@ def a1111_parameters(
         ("Model", model_display_name(recipe)),
     ]
     if lora_hashes:
-        fields.append(("Lora hashes", ", ".join(f"{name}: {h}" for name, h in lora_hashes.items())))
+        # A1111 (extensions-builtin/Lora/networks.py) strips ":" and "," from each alias so
+        # the "name: hash, name: hash" list can be split again.
+        pairs = (f"{_alias(name, ':,')}: {h}" for name, h in lora_hashes.items())
+        fields.append(("Lora hashes", ", ".join(pairs)))
     fields.append(("Version", f"atelier {atelier_version()}"))
     lines = [prompt_with_lora_tags(recipe)]
     if recipe.negative_prompt:

@@ -90,3 +90,21 @@ def test_png_without_our_chunks() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
     assert read_png_metadata(buffer.getvalue()) == {"parameters": None, "recipe": None}
+
+
+def test_lora_names_that_would_break_a1111_fields_are_cleaned_like_a1111_does() -> None:
+    recipe = Recipe(
+        model="m.safetensors",
+        prompt="a cat",
+        loras=(
+            LoraRef("a.safetensors", 0.5, name="ink: v2, final"),
+            LoraRef("b.safetensors", 1, name="<x>"),
+        ),
+    )
+    text = a1111_parameters(
+        recipe, "1111111111", {"ink: v2, final": "0123456789ab", "<x>": "ba9876543210"}
+    )
+    parsed = parse_a1111_parameters(text)
+    assert parsed.prompt == "a cat <lora:ink v2, final:0.5> <lora:x:1>"
+    hashes = dict(pair.split(": ") for pair in parsed.params["Lora hashes"].split(", "))
+    assert hashes == {"ink v2 final": "0123456789ab", "<x>": "ba9876543210"}
