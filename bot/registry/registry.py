@@ -456,6 +456,17 @@ class Registry:
         )
         return _lora_from_row(row) if row else None
 
+    async def get_lora_by_id(self, guild_id: int, lora_id: int) -> LoraEntry | None:
+        """The LoRA a card's buttons name by id (ids survive renames); None if it is gone.
+
+        Scoped to ``guild_id`` like every lookup, so a forged custom id cannot reach another
+        server's entry.
+        """
+        row = await self._db.fetch_one(
+            f"{_LORA_SELECT} WHERE l.guild_id = ? AND l.id = ?", (guild_id, lora_id)
+        )
+        return _lora_from_row(row) if row else None
+
     async def _require_lora(self, guild_id: int, name: str) -> LoraEntry:
         lora = await self.get_lora(guild_id, name)
         if lora is None:
