@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,21 @@ async def _png_parameters(message: discord.Message) -> str | None:
     return None
 
 
+def _is_whole_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``²``, which ``int()`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
+async def _show_modal(interaction: discord.Interaction[Any], modal: discord.ui.Modal) -> None:
+    """Open ``modal`` without leaving it in discord.py's in-memory modal store.
+
+    The store keys modals by custom id alone, so two members' modals for one image would
+    collide; submits are routed from their payload instead (``Actions.modal_submit``).
+    """
+    await interaction.response.send_modal(modal)
+    modal.stop()
+
+
 def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
     """Remix's ``name:weight`` lines -> (name, weight text); a line without ``:`` keeps the default."""
     slots: list[tuple[str, str | None]] = []
@@ -78,9 +94,34 @@ class Actions:
     def __init__(self, bot: AtelierBot) -> None:
         self.bot = bot
 
+    async def guarded(self, interaction: discord.Interaction[Any], work: Awaitable[None]) -> None:
+        """Run a button's or modal's work; a bug answers the member instead of leaving
+        "thinking…" forever (discord.py only logs errors raised in component callbacks)."""
+        try:
+            await work
+        except Exception:
+            log.exception("interaction %s (%s) failed", interaction.id, interaction.data and interaction.data.get("custom_id"))
+            await _private(interaction, "Something went wrong on the bot's side; the error was logged. Please try again.")
+
+    async def modal_submit(self, interaction: discord.Interaction[Any]) -> bool:
+        """Route a submit of one of our modals (see :mod:`bot.views`); False if not ours."""
+        parsed = views.parse_modal_submit(dict(interaction.data or {}))
+        if parsed is None:
+            return False
+        kind, target, fields = parsed
+        if kind == "remix":
+            await self.guarded(interaction, self.remix_submit(interaction, target, fields))
+        else:
+            await self.guarded(interaction, self.lora_edit_submit(interaction, target, fields))
+        return True
+
     # -- helpers for autocomplete ------------------------------------------------------
+    # These read single rows (get_settings, get_model), never ``registry.catalog()``: after
+    # an admin change the catalog of a 100k-LoRA server takes most of a second to rebuild,
+    # and autocomplete must answer within Discord's 3 seconds while members keep typing.
     async def nsfw_ok(self, guild_id: int, channel_is_nsfw: bool) -> bool | None:
-        settings = (await self.bot.registry.catalog(guild_id)).settings
+        """None: the policy allows NSFW anywhere; True: allowed in this channel; False: hide it."""
+        settings = await self.bot.registry.get_settings(guild_id)
         if settings.nsfw_policy == NsfwPolicy.ANYWHERE:
             return None
         if settings.nsfw_policy == NsfwPolicy.NEVER:
@@ -90,11 +131,13 @@ class Actions:
     async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
         """The architecture of the model picked earlier in the same command, if any."""
         assert interaction.guild_id is not None
-        catalog = await self.bot.registry.catalog(interaction.guild_id)
-        name = getattr(interaction.namespace, "model", None) or catalog.settings.default_model
+        registry = self.bot.registry
+        name = getattr(interaction.namespace, "model", None)
+        if not name:
+            name = (await registry.get_settings(interaction.guild_id)).default_model
         if not name:
             return None
-        entry = catalog.model(str(name))
+        entry = await registry.get_model(interaction.guild_id, str(name))
         return entry.architecture if entry else None
 
     # -- generation --------------------------------------------------------------------
@@ -231,7 +274,8 @@ class Actions:
             if found is None:
                 return
             _, recipe = found
-            await interaction.response.send_modal(
+            await _show_modal(
+                interaction,
                 views.RemixModal(
                     message_id=interaction.message.id,
                     prompt=recipe.prompt,
@@ -239,7 +283,7 @@ class Actions:
                     loras="\n".join(f"{lo.display_name}:{lo.weight:g}" for lo in recipe.loras),
                     seed=str(recipe.seed),
                     steps=str(recipe.steps),
-                )
+                ),
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -275,11 +319,14 @@ class Actions:
             await self.bot.registry.delete_post(interaction.guild_id, interaction.message.id)
             await _private(interaction, "Deleted.")
 
-    async def remix_submit(self, interaction: discord.Interaction[Any], modal: views.RemixModal) -> None:
+    async def remix_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
+        """Run the Remix modal of the image ``message_id`` with the submitted text ``fields``."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        assert interaction.guild_id is not None
-        post = await self.bot.registry.get_post(interaction.guild_id, modal.message_id)
-        just_posted = self.bot.dispatcher.posted_job(modal.message_id)
+        if interaction.guild_id is None:
+            await _private(interaction, "Remix only works on images in a server channel.")
+            return
+        post = await self.bot.registry.get_post(interaction.guild_id, message_id)
+        just_posted = self.bot.dispatcher.posted_job(message_id)
         if post is not None:
             recipe = Recipe.from_json(post.recipe)
         elif just_posted is not None and just_posted.guild_id == interaction.guild_id:
@@ -288,19 +335,21 @@ class Actions:
             await _private(interaction, "The original image is gone, so there is nothing to remix.")
             return
         problems: list[str] = []
-        seed_text, steps_text = modal.seed.value.strip(), modal.steps.value.strip()
+        seed_text, steps_text = fields.get("seed", "").strip(), fields.get("steps", "").strip()
         seed = new_seed()
         if seed_text:
-            if seed_text.isdigit():
+            if _is_whole_number(seed_text):
                 seed = int(seed_text)
             else:
-                problems.append(f"Seed `{seed_text}` is not a whole number; leave it empty for a random one.")
+                problems.append(
+                    f"Seed `{embeds.truncate(seed_text, 40)}` is not a whole number; leave it empty for a random one."
+                )
         steps = recipe.steps
         if steps_text:
-            if steps_text.isdigit():
+            if _is_whole_number(steps_text):
                 steps = int(steps_text)
             else:
-                problems.append(f"Steps `{steps_text}` is not a whole number.")
+                problems.append(f"Steps `{embeds.truncate(steps_text, 40)}` is not a whole number.")
         if problems:
             await _private(interaction, embeds.problems_message(problems))
             return
@@ -308,9 +357,9 @@ class Actions:
             interaction,
             recipe,
             origin="remix",
-            prompt=modal.prompt.value,
-            negative=modal.negative.value,
-            slots=parse_lora_lines(modal.loras.value),
+            prompt=fields.get("prompt", ""),
+            negative=fields.get("negative", ""),
+            slots=parse_lora_lines(fields.get("loras", "")),
             seed=seed,
             steps=steps,
         )
@@ -328,10 +377,6 @@ class Actions:
         await _private(interaction, "Cancelling…" if cancelled else "It had already finished.")
 
     # -- LoRA cards --------------------------------------------------------------------
-    async def _lora_by_id(self, guild_id: int, lora_id: int) -> Any:
-        catalog = await self.bot.registry.catalog(guild_id)
-        return next((lo for lo in catalog.loras.values() if lo.id == lora_id), None)
-
     async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:
         if interaction.guild_id is None:
             await _private(interaction, "This button only works in a server.")
@@ -339,12 +384,13 @@ class Actions:
         if not is_admin(interaction):
             await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self._lora_by_id(interaction.guild_id, lora_id)
+        lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await _private(interaction, "This LoRA is not registered any more.")
             return
         if action == "edit":
-            await interaction.response.send_modal(
+            await _show_modal(
+                interaction,
                 views.LoraEditModal(
                     lora_id=lora_id,
                     trigger_words=", ".join(lora.trigger_words),
@@ -352,7 +398,7 @@ class Actions:
                     weight_range=f"{lora.recommended_min:g}-{lora.recommended_max:g}",
                     category=lora.category.value,
                     description=lora.description,
-                )
+                ),
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -363,22 +409,22 @@ class Actions:
             return
         await _private(interaction, f"Removed **{lora.name}** from this server's registry.")
 
-    async def lora_edit_submit(self, interaction: discord.Interaction[Any], modal: views.LoraEditModal) -> None:
+    async def lora_edit_submit(self, interaction: discord.Interaction[Any], lora_id: int, fields: Mapping[str, str]) -> None:
+        """Apply the Edit modal of a LoRA card; the admin check is repeated for the submit."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        assert interaction.guild_id is not None
-        if not is_admin(interaction):
+        if interaction.guild_id is None or not is_admin(interaction):
             await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self._lora_by_id(interaction.guild_id, modal.lora_id)
+        lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await _private(interaction, "This LoRA is not registered any more.")
             return
         changes, problems = lora_changes(
-            trigger_words=modal.trigger_words.value,
-            default_weight=modal.default_weight.value,
-            weight_range=modal.weight_range.value,
-            category=modal.category.value,
-            description=modal.description.value,
+            trigger_words=fields.get("trigger_words", ""),
+            default_weight=fields.get("default_weight", ""),
+            weight_range=fields.get("weight_range", ""),
+            category=fields.get("category", ""),
+            description=fields.get("description", ""),
         )
         if problems:
             await _private(interaction, embeds.problems_message(problems))

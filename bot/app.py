@@ -115,6 +115,12 @@ class AtelierBot(discord.Client):
                 self.synced = await self.tree.sync()
             log.info("synced %d commands", len(self.synced))
 
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Modal submits are routed here from their payload, not through discord.py's
+        in-memory modal store, so they survive restarts and concurrent modals (see bot.views)."""
+        if interaction.type == discord.InteractionType.modal_submit:
+            await self.actions.modal_submit(interaction)
+
     async def close(self) -> None:
         await self.dispatcher.close()
         await super().close()

@@ -10,6 +10,13 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
   the recipe is found by the clicked message's id.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
+- ``atelier:remix:<message id>`` and ``atelier:loraedit:<lora id>`` on modals.
+
+Modal submits are not left to discord.py's modal store: it keys open modals by custom id
+alone and lives in memory, so a second member remixing the same image replaced the first
+one's modal (and then one submit was dropped), and a modal open across a restart went
+nowhere. :func:`parse_modal_submit` reads the submitted payload instead and
+``AtelierBot.on_interaction`` routes it, so the modal classes here only draw the form.
 
 The work behind each click lives in :mod:`bot.actions`; this module is only the UI shape.
 """
@@ -17,6 +24,7 @@ The work behind each click lives in :mod:`bot.actions`; this module is only the 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
     from bot.app import AtelierBot
 
 CUSTOM_ID_LIMIT = 100
+MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit):(?P<target>\d{1,20})")
 IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
@@ -57,7 +66,8 @@ class ImageButton(
         return cls(match["action"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _bot(interaction).actions.image_button(interaction, self.action)
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.actions.image_button(interaction, self.action))
 
 
 class CancelButton(
@@ -78,7 +88,8 @@ class CancelButton(
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _bot(interaction).actions.cancel_job(interaction, self.job_id)
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.actions.cancel_job(interaction, self.job_id))
 
 
 class LoraCardButton(
@@ -103,7 +114,8 @@ class LoraCardButton(
         return cls(match["action"], int(match["lora"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        await _bot(interaction).actions.lora_card_button(interaction, self.action, self.lora_id)
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
 
 
 DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
@@ -168,9 +180,6 @@ class RemixModal(discord.ui.Modal):
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        await _bot(interaction).actions.remix_submit(interaction, self)
-
 
 class LoraEditModal(discord.ui.Modal):
     """What an admin corrects after ``/lora add``: the engine cannot guess these well."""
@@ -206,5 +215,22 @@ class LoraEditModal(discord.ui.Modal):
         for item in (self.trigger_words, self.default_weight, self.weight_range, self.category, self.description):
             self.add_item(item)
 
-    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        await _bot(interaction).actions.lora_edit_submit(interaction, self)
+
+def _text_inputs(components: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for component in components:
+        if component.get("type") == 1:  # action row (the classic layout)
+            values.update(_text_inputs(component.get("components") or []))
+        elif component.get("type") == 18:  # label wrapping one input (the newer layout)
+            values.update(_text_inputs([component.get("component") or {}]))
+        elif component.get("custom_id") is not None:
+            values[str(component["custom_id"])] = str(component.get("value") or "")
+    return values
+
+
+def parse_modal_submit(data: Mapping[str, Any]) -> tuple[str, int, dict[str, str]] | None:
+    """(kind, target id, text input values) of one of our modals' submit payload, else None."""
+    match = MODAL_ID.fullmatch(str(data.get("custom_id", "")))
+    if match is None:
+        return None
+    return match["kind"], int(match["target"]), _text_inputs(data.get("components") or [])

@@ -120,3 +120,34 @@ async def test_member_commands_answer_privately(world: World) -> None:
     assert "sd15" in await run("model", {"name": SD15}, "info")
     assert "queue is empty" in await run("queue", {})
     assert world.double.violations == []
+
+
+async def test_autocomplete_and_card_buttons_never_rebuild_the_catalog(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an admin change the catalog of a 100k-LoRA server takes most of a second to
+    rebuild; autocomplete and a modal-opening click (which cannot defer) must not wait on it."""
+
+    async def rebuild_refused(guild_id: int) -> None:
+        raise AssertionError("registry.catalog() called on an interaction that cannot wait")
+
+    handle = await world.double.slash(
+        world.admin, world.channel, "lora", {"file": "sd15/twin-kohya.safetensors", "name": "twin"}, subcommand="add"
+    )
+    card = await handle.wait_followup()
+    entry = await world.registry.get_lora(world.guild.id, "twin")
+    assert entry is not None
+
+    monkeypatch.setattr(world.registry, "catalog", rebuild_refused)
+    chosen = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": SDXL, "lora1": ""}, "lora1")
+    assert {c["value"] for c in chosen} == {"pixel-art-xl", "watercolor-xl"}
+    # No model option: the server's default model (SD 1.5) decides the architecture.
+    default = await world.double.autocomplete(world.alice, world.channel, "imagine", {"lora1": "tw"}, "lora1")
+    assert [c["value"] for c in default] == ["twin"]
+    models = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": ""}, "model")
+    assert {c["value"] for c in models} == {SD15, SDXL}
+
+    click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")
+    assert await click.wait_response(3) == 9
+    assert click.modal is not None and click.modal["custom_id"] == f"atelier:loraedit:{entry.id}"
+    assert world.double.violations == []

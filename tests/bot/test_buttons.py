@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.sandbox import StoredMessage
 from engine.png_metadata import parse_a1111_parameters
 from tests.bot.conftest import World, make_bot, png_parameters
@@ -16,6 +18,16 @@ async def next_result(world: World, after: set[int]) -> StoredMessage:
     return await world.double.wait_for_message(
         world.channel, lambda m: is_result(m) and m.id not in after, within=90
     )
+
+
+async def recorded(world: World, message: StoredMessage) -> None:
+    """Wait until the bot has stored the post: the double shows a message a moment before
+    the bot gets Discord's answer to its upload, a gap no human click can hit."""
+    for _ in range(100):
+        if await world.registry.get_post(world.guild.id, message.id) is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the post {message.id} was never recorded")
 
 
 async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
@@ -116,3 +128,60 @@ async def test_cancel_button_only_for_requester_or_moderator(world: World) -> No
     await click.wait_followup()
     await world.double.wait_for_message(world.channel, lambda m: m.id == status.id and "cancelled" in m.content, within=30)
     assert not any(is_result(m) for m in world.double.messages(world.channel))
+
+
+async def test_two_members_remix_one_image_and_a_modal_outlives_a_restart(world: World) -> None:
+    first = await imagine_and_wait(
+        world, world.alice, {"prompt": "a glass lantern", "lora1": "watercolor", "weight1": "0.6", "seed": 5}
+    )
+    await recorded(world, first)
+    # Both open Remix on the same image before either submits: the modals share a custom id.
+    alice_click = await world.double.click(world.alice, first, "atelier:img:remix")
+    bob_click = await world.double.click(world.bob, first, "atelier:img:remix")
+    assert await alice_click.wait_response(3) == 9 and await bob_click.wait_response(3) == 9
+
+    seen = {m.id for m in world.double.messages(world.channel)}
+    bob_submit = await world.double.submit_modal(world.bob, bob_click, {"loras": "watercolor:0.2", "seed": "11"})
+    alice_submit = await world.double.submit_modal(world.alice, alice_click, {"loras": "watercolor:0.9", "seed": "12"})
+    assert await bob_submit.wait_response(3) == 5 and await alice_submit.wait_response(3) == 5
+    results = [await next_result(world, seen)]
+    results.append(await next_result(world, seen | {results[0].id}))
+    made = sorted(png_parameters(r.attachments[0].data) for r in results)
+    assert any("<lora:watercolor:0.2>" in p and "Seed: 11" in p for p in made)
+    assert any("<lora:watercolor:0.9>" in p and "Seed: 12" in p for p in made)
+
+    # A modal opened before a restart is submitted to the new process.
+    late_click = await world.double.click(world.alice, first, "atelier:img:remix")
+    assert await late_click.wait_response(3) == 9
+    for _ in range(300):  # the remixes' posts are recorded and their statuses final
+        if not world.bot.dispatcher.jobs:
+            break
+        await asyncio.sleep(0.1)
+    await world.bot.close()
+
+    from bot.sandbox import run_bot
+
+    fresh = make_bot(world.registry, world.engine)
+    async with run_bot(fresh, world.double):
+        seen = {m.id for m in world.double.messages(world.channel)}
+        late_submit = await world.double.submit_modal(world.alice, late_click, {"seed": "13"})
+        assert await late_submit.wait_response(3) == 5
+        late = await next_result(world, seen)
+        assert "Seed: 13" in png_parameters(late.attachments[0].data)
+    assert world.double.violations == []
+
+
+async def test_remix_with_a_seed_that_is_not_a_number_is_explained(world: World) -> None:
+    first = await imagine_and_wait(world, world.alice, {"prompt": "a tin robot", "seed": 3})
+    await recorded(world, first)
+    seen = {m.id for m in world.double.messages(world.channel)}
+    # "²" passes str.isdigit() but int() refuses it; this used to crash the submit.
+    for seed in ("²", "12a", "-4"):
+        click = await world.double.click(world.alice, first, "atelier:img:remix")
+        assert await click.wait_response(3) == 9, click.response_payloads
+        submitted = await world.double.submit_modal(world.alice, click, {"seed": seed})
+        assert await submitted.wait_response(3) == 5
+        reply = await submitted.wait_followup()
+        assert reply.ephemeral and "is not a whole number" in reply.content and seed in reply.content
+    assert not any(m.id not in seen and is_result(m) for m in world.double.messages(world.channel))
+    assert world.double.violations == []

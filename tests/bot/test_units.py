@@ -128,6 +128,22 @@ def test_custom_ids_fit_and_match_their_templates() -> None:
     assert all(len(item.default or "") <= 4000 for item in modal.children)  # type: ignore[attr-defined]
 
 
+def test_modal_submits_are_read_from_their_payload_in_both_layouts() -> None:
+    modal = views.RemixModal(message_id=2**63, prompt="p", negative="", loras="a:1", seed="1", steps="2")
+    assert views.MODAL_ID.fullmatch(modal.custom_id)
+    rows = {"custom_id": modal.custom_id, "components": [
+        {"type": 1, "components": [{"type": 4, "custom_id": "prompt", "value": "a fox"}]},
+        {"type": 1, "components": [{"type": 4, "custom_id": "seed", "value": ""}]},
+    ]}  # fmt: skip
+    assert views.parse_modal_submit(rows) == ("remix", 2**63, {"prompt": "a fox", "seed": ""})
+    labels = {"custom_id": "atelier:loraedit:42", "components": [
+        {"type": 18, "component": {"type": 4, "custom_id": "category", "value": "style"}},
+    ]}  # fmt: skip
+    assert views.parse_modal_submit(labels) == ("loraedit", 42, {"category": "style"})
+    assert views.parse_modal_submit({"custom_id": "someone-else:remix:1", "components": []}) is None
+    assert views.parse_modal_submit({"custom_id": "atelier:remix:1:extra", "components": []}) is None
+
+
 def test_parse_lora_lines_and_admin_edits() -> None:
     assert parse_lora_lines("alpha:0.7\n\n <lora:beta:-1>\ngamma\nname:with:colon:0.2") == [
         ("alpha", "0.7"), ("beta", "-1"), ("gamma", None), ("name:with:colon", "0.2"),
