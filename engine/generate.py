@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,9 @@ class Generator:
         images: list[bytes] = []
         seeds = [recipe.seed + i for i in range(recipe.count)]
         lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
-        recipe_json = json.dumps(recipe.to_json(), sort_keys=True)
+        # Each PNG carries the recipe of that one image (its own seed, count 1, the sha256 of
+        # every file actually used), so re-running it from the PNG gives the same pixels.
+        pinned_loras = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
         latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
         with torch.inference_mode():
             for seed in seeds:
@@ -243,6 +245,8 @@ class Generator:
                 finished = time.perf_counter()
                 denoise += finished - call_started
                 parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
+                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned_loras)
+                recipe_json = json.dumps(image_recipe.to_json(), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished
         ended = time.perf_counter()

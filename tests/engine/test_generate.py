@@ -46,6 +46,10 @@ def test_batch_uses_consecutive_seeds(tiny_generator: Generator) -> None:
     assert steps == [(i, 6) for i in range(1, 7)]
     alone = tiny_generator.run(dataclasses.replace(RECIPE, seed=43)).images[0]
     assert np.array_equal(pixels(result.images[1]), pixels(alone))
+    # The second PNG's own recipe is the one that makes it: seed 43, one image.
+    second = Recipe.from_json(read_png_metadata(result.images[1])["recipe"])
+    assert (second.seed, second.count) == (43, 1)
+    assert tiny_generator.run(second).images[0] == result.images[1]
     assert set(result.timings) == {"prepare", "denoise", "encode", "total"}
     assert result.timings["total"] >= result.timings["denoise"] > 0
 
@@ -70,9 +74,10 @@ def test_png_carries_a1111_text_and_the_recipe(tiny_generator: Generator) -> Non
     )
     png = tiny_generator.run(recipe).images[0]
     meta = read_png_metadata(png)
-    assert Recipe.from_json(meta["recipe"]) == recipe
-    text = meta["parameters"]
     lora_info = tiny_generator.inspect(tiny_generator.lora_root / "sd15/watercolor.safetensors")
+    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256),)
+    assert Recipe.from_json(meta["recipe"]) == dataclasses.replace(recipe, loras=pinned)
+    text = meta["parameters"]
     model_info = tiny_generator.inspect(tiny_generator.model_root / "sd15-tiny.safetensors")
     assert text.startswith("a lighthouse at dusk <lora:watercolor:0.8>\nNegative prompt: blurry\n")
     assert f"Model hash: {model_info.autov2}, Model: Tiny SD" in text
