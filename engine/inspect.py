@@ -222,7 +222,9 @@ def file_hashes(path: Path, header_len: int) -> tuple[str, str]:
 def _read_scalar(path: Path, header_len: int, entry: dict[str, Any]) -> float | None:
     begin, end = entry["data_offsets"]
     dtype = entry["dtype"]
-    if math.prod(entry["shape"]) != 1:
+    # Only the dtypes whose width the header check enforced: an unknown dtype's offsets are
+    # unchecked and could span gigabytes of a large file.
+    if math.prod(entry["shape"]) != 1 or (dtype != "BF16" and dtype not in _SCALAR_FORMATS):
         return None
     with path.open("rb") as handle:
         handle.seek(8 + header_len + begin)

@@ -281,3 +281,41 @@ def test_modelspec_trigger_phrase_is_used_without_tag_frequency(tmp_path: Path) 
         metadata={"modelspec.trigger_phrase": "ink sketch, crosshatch,ink sketch"},
     )
     assert inspect_file(path).trigger_words == ("ink sketch", "crosshatch")
+
+
+def test_an_alpha_of_unknown_dtype_is_not_read_whatever_its_offsets_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown dtypes escape the width check, so their bytes must never be read into memory."""
+    data_bytes = 1 << 20
+    header = {
+        "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": {
+            "dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]
+        },
+        "lora_unet_mid_block_attentions_0_proj_in.alpha": {
+            "dtype": "F4X", "shape": [1], "data_offsets": [4, data_bytes]
+        },
+    }  # fmt: skip
+    text = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"\x00" * data_bytes)
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        handle = real_open(self, *args, **kwargs)
+        real_read = handle.read
+
+        def read(size: int = -1) -> bytes:
+            chunk = real_read(size)
+            reads.append(len(chunk))
+            return chunk
+
+        handle.read = read
+        return handle
+
+    monkeypatch.setattr(inspection, "file_hashes", lambda _path, _n: ("0" * 64, "0" * 64))
+    monkeypatch.setattr(Path, "open", counting_open)
+    info = inspect_file(path)
+    assert (info.kind, info.alpha) == ("lora", None)
+    assert max(reads) <= len(text)  # the header, never the claimed megabyte
