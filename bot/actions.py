@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import embeds, views
-from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids
+from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from bot.dispatch import Job, QueueFull
 from bot.recipe_text import recipe_reply
 from bot.registry import Category, NsfwPolicy, RegistryError
@@ -33,16 +33,6 @@ MAX_SEED = 2**32 - 1
 
 def new_seed() -> int:
     return random.randint(0, MAX_SEED)
-
-
-async def _private(interaction: discord.Interaction[Any], text: str = "", **kwargs: Any) -> None:
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text or None, ephemeral=True, **kwargs)
-        else:
-            await interaction.response.send_message(text or None, ephemeral=True, **kwargs)
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction.id, exc)
 
 
 async def _png_parameters(message: discord.Message) -> str | None:
@@ -101,7 +91,7 @@ class Actions:
             await work
         except Exception:
             log.exception("interaction %s (%s) failed", interaction.id, interaction.data and interaction.data.get("custom_id"))
-            await _private(interaction, "Something went wrong on the bot's side; the error was logged. Please try again.")
+            await send_private(interaction, "Something went wrong on the bot's side; the error was logged. Please try again.")
 
     async def modal_submit(self, interaction: discord.Interaction[Any]) -> bool:
         """Route a submit of one of our modals (see :mod:`bot.views`); False if not ours."""
@@ -185,7 +175,7 @@ class Actions:
         )
         outcome = validate(request, catalog)
         if isinstance(outcome, Rejected):
-            await _private(interaction, embeds.problems_message(outcome.problems))
+            await send_private(interaction, embeds.problems_message(outcome.problems))
             return
         recipe: Recipe = outcome.recipe
         job = Job(
@@ -201,12 +191,12 @@ class Actions:
         try:
             await self.bot.submit_job(job, user_limit=catalog.settings.queue_limit_per_user)
         except QueueFull as exc:
-            await _private(interaction, str(exc))
+            await send_private(interaction, str(exc))
             return
         if job.status_message is None:
             # The bot could not post in this channel, so it could not post the image either.
             await self.bot.dispatcher.cancel(job.id)
-            await _private(
+            await send_private(
                 interaction,
                 "I can't post in this channel. Ask an admin to give me View Channel, Send Messages, "
                 "Embed Links and Attach Files here, or use another channel.",
@@ -217,7 +207,7 @@ class Actions:
         text = f"Queued ({where}). The image will be posted in this channel."
         if outcome.notes:
             text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
-        await _private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
+        await send_private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
         await self.bot.registry.record_post(
@@ -240,7 +230,7 @@ class Actions:
         just_posted = self.bot.dispatcher.posted_job(interaction.message.id)
         if just_posted is not None and just_posted.guild_id == interaction.guild_id:
             return just_posted.user_id, just_posted.recipe
-        await _private(interaction, "I have no recipe for this message any more (it may have been deleted).")
+        await send_private(interaction, "I have no recipe for this message any more (it may have been deleted).")
         return None
 
     @staticmethod
@@ -266,7 +256,7 @@ class Actions:
 
     async def image_button(self, interaction: discord.Interaction[Any], action: str) -> None:
         if interaction.guild_id is None or interaction.message is None:
-            await _private(interaction, "This button only works on images in a server channel.")
+            await send_private(interaction, "This button only works on images in a server channel.")
             return
         if action == "remix":
             # A modal must be the first response, so no deferral here; one indexed lookup.
@@ -294,7 +284,7 @@ class Actions:
         if action == "reroll":
             await self._rerun(interaction, recipe, origin="reroll", seed=new_seed())
         elif action == "recipe":
-            await _private(interaction, recipe_reply(recipe, parameters=await _png_parameters(interaction.message)))
+            await send_private(interaction, recipe_reply(recipe, parameters=await _png_parameters(interaction.message)))
         elif action == "save":
             name = f"{embeds.truncate(recipe.prompt, 60)} #{recipe.seed}"
             try:
@@ -302,28 +292,28 @@ class Actions:
                     interaction.guild_id, interaction.user.id, name, recipe.to_json()
                 )
             except RegistryError as exc:
-                await _private(interaction, str(exc))
+                await send_private(interaction, str(exc))
                 return
-            await _private(interaction, f"Saved as **{saved.name}**.")
+            await send_private(interaction, f"Saved as **{saved.name}**.")
         elif action == "delete":
             if interaction.user.id != requester_id and not can_manage_messages(interaction):
-                await _private(
+                await send_private(
                     interaction, "Only the person who asked for this image, or a member with Manage Messages, can delete it."
                 )
                 return
             try:
                 await interaction.message.delete()
             except discord.HTTPException as exc:
-                await _private(interaction, f"Discord did not let me delete it ({exc.status}).")
+                await send_private(interaction, f"Discord did not let me delete it ({exc.status}).")
                 return
             await self.bot.registry.delete_post(interaction.guild_id, interaction.message.id)
-            await _private(interaction, "Deleted.")
+            await send_private(interaction, "Deleted.")
 
     async def remix_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
         """Run the Remix modal of the image ``message_id`` with the submitted text ``fields``."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.guild_id is None:
-            await _private(interaction, "Remix only works on images in a server channel.")
+            await send_private(interaction, "Remix only works on images in a server channel.")
             return
         post = await self.bot.registry.get_post(interaction.guild_id, message_id)
         just_posted = self.bot.dispatcher.posted_job(message_id)
@@ -332,7 +322,7 @@ class Actions:
         elif just_posted is not None and just_posted.guild_id == interaction.guild_id:
             recipe = just_posted.recipe
         else:
-            await _private(interaction, "The original image is gone, so there is nothing to remix.")
+            await send_private(interaction, "The original image is gone, so there is nothing to remix.")
             return
         problems: list[str] = []
         seed_text, steps_text = fields.get("seed", "").strip(), fields.get("steps", "").strip()
@@ -351,7 +341,7 @@ class Actions:
             else:
                 problems.append(f"Steps `{embeds.truncate(steps_text, 40)}` is not a whole number.")
         if problems:
-            await _private(interaction, embeds.problems_message(problems))
+            await send_private(interaction, embeds.problems_message(problems))
             return
         await self._rerun(
             interaction,
@@ -367,26 +357,26 @@ class Actions:
     async def cancel_job(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         job = self.bot.dispatcher.jobs.get(job_id)
         if job is None:
-            await _private(interaction, "This job is no longer running.")
+            await send_private(interaction, "This job is no longer running.")
             return
         if interaction.user.id != job.user_id and not can_manage_messages(interaction):
-            await _private(interaction, "Only the person who asked for this image, or a member with Manage Messages, can cancel it.")
+            await send_private(interaction, "Only the person who asked for this image, or a member with Manage Messages, can cancel it.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.bot.dispatcher.cancel(job_id)
-        await _private(interaction, "Cancelling…" if cancelled else "It had already finished.")
+        await send_private(interaction, "Cancelling…" if cancelled else "It had already finished.")
 
     # -- LoRA cards --------------------------------------------------------------------
     async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:
         if interaction.guild_id is None:
-            await _private(interaction, "This button only works in a server.")
+            await send_private(interaction, "This button only works in a server.")
             return
         if not is_admin(interaction):
-            await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
+            await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
         lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
         if lora is None:
-            await _private(interaction, "This LoRA is not registered any more.")
+            await send_private(interaction, "This LoRA is not registered any more.")
             return
         if action == "edit":
             await _show_modal(
@@ -405,19 +395,19 @@ class Actions:
         try:
             await self.bot.registry.remove_lora(interaction.guild_id, lora.name, interaction.user.id)
         except RegistryError as exc:
-            await _private(interaction, str(exc))
+            await send_private(interaction, str(exc))
             return
-        await _private(interaction, f"Removed **{lora.name}** from this server's registry.")
+        await send_private(interaction, f"Removed **{lora.name}** from this server's registry.")
 
     async def lora_edit_submit(self, interaction: discord.Interaction[Any], lora_id: int, fields: Mapping[str, str]) -> None:
         """Apply the Edit modal of a LoRA card; the admin check is repeated for the submit."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.guild_id is None or not is_admin(interaction):
-            await _private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
+            await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
         lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
         if lora is None:
-            await _private(interaction, "This LoRA is not registered any more.")
+            await send_private(interaction, "This LoRA is not registered any more.")
             return
         changes, problems = lora_changes(
             trigger_words=fields.get("trigger_words", ""),
@@ -427,14 +417,14 @@ class Actions:
             description=fields.get("description", ""),
         )
         if problems:
-            await _private(interaction, embeds.problems_message(problems))
+            await send_private(interaction, embeds.problems_message(problems))
             return
         try:
             updated = await self.bot.registry.update_lora(interaction.guild_id, lora.name, interaction.user.id, **changes)
         except RegistryError as exc:
-            await _private(interaction, str(exc))
+            await send_private(interaction, str(exc))
             return
-        await _private(interaction, "Saved.", embed=embeds.lora_card(updated))
+        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated))
 
 
 def lora_changes(

@@ -16,6 +16,7 @@ from discord import app_commands
 
 from bot import views
 from bot.actions import Actions
+from bot.commands.common import send_private
 from bot.dispatch import Dispatcher, Job
 from engine.client import EngineClient
 
@@ -49,17 +50,6 @@ class AtelierTree(app_commands.CommandTree["AtelierBot"]):
             log.exception("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
             text = "Something went wrong on the bot's side; the error was logged. Please try again."
         await send_private(interaction, text)
-
-
-async def send_private(interaction: discord.Interaction[Any], text: str, **kwargs: Any) -> None:
-    """Answer privately whether or not the interaction was already acknowledged."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True, **kwargs)
-        else:
-            await interaction.response.send_message(text, ephemeral=True, **kwargs)
-    except discord.HTTPException as exc:
-        log.warning("could not answer interaction %s: %s", interaction.id, exc)
 
 
 class AtelierBot(discord.Client):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 
+from engine.protocol import EngineError
+
 if TYPE_CHECKING:
     from bot.app import AtelierBot
 
+log = logging.getLogger(__name__)
+
 ADMIN_PERMISSION = "manage_guild"
+#: Of Discord's 3 s for an autocomplete answer, what the engine's file listing may take.
+ENGINE_LISTING_TIMEOUT = 2.0
 
 
 def bot_of(interaction: discord.Interaction[Any]) -> AtelierBot:
@@ -57,6 +65,47 @@ def role_ids(interaction: discord.Interaction[Any]) -> frozenset[int]:
     if roles is not None:
         return frozenset(int(r) for r in roles)
     return frozenset(r.id for r in getattr(user, "roles", ()))
+
+
+async def send_private(interaction: discord.Interaction[Any], text: str | None = None, **kwargs: Any) -> None:
+    """Answer privately whether or not the interaction was already acknowledged.
+
+    A failed answer is logged, not raised: the caller has nothing better to tell the member.
+    """
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text or None, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+        else:
+            await interaction.response.send_message(text or None, ephemeral=True, **kwargs)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc)
+
+
+async def registered_files(interaction: discord.Interaction[Any], kind: Literal["lora", "model"]) -> set[str]:
+    """Files of ``kind`` this server has registered already."""
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    if kind == "lora":
+        return await registry.registered_lora_files(interaction.guild_id)
+    return {m.file for m in await registry.list_models(interaction.guild_id)}
+
+
+async def unregistered_file_choices(
+    interaction: discord.Interaction[Any], kind: Literal["lora", "model"], current: str
+) -> list[app_commands.Choice[str]]:
+    """Files of ``kind`` the engine sees that this server has not registered yet (``/… add``)."""
+    if interaction.guild_id is None:
+        return []
+    try:
+        # Autocomplete has 3 s in all; a busy or absent engine must not eat them.
+        files = await asyncio.wait_for(bot_of(interaction).engine.list_files(kind), ENGINE_LISTING_TIMEOUT)
+    except (EngineError, TimeoutError):
+        return []
+    taken = await registered_files(interaction, kind)
+    needle = current.lower()
+    # Paths over 100 characters cannot be a choice's value, so they are left out, not cut.
+    paths = [f.path for f in files if f.path not in taken and needle in f.path.lower() and len(f.path) <= 100]
+    return [app_commands.Choice(name=p, value=p) for p in paths[:25]]
 
 
 def to_choices(choices: Any) -> list[app_commands.Choice[str]]:

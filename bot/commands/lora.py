@@ -10,7 +10,6 @@ top-level command, so the admin subcommands (add, edit, remove) rely on the run-
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import discord
@@ -18,7 +17,15 @@ from discord import app_commands
 
 from bot import embeds, views
 from bot.actions import lora_changes
-from bot.commands.common import admin_only, bot_of, nsfw_channel, to_choices
+from bot.commands.common import (
+    admin_only,
+    bot_of,
+    nsfw_channel,
+    registered_files,
+    send_private,
+    to_choices,
+    unregistered_file_choices,
+)
 from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
 from engine.protocol import EngineError
 
@@ -31,10 +38,6 @@ SORT_CHOICES = [
     app_commands.Choice(name="most used", value="most_used"),
     app_commands.Choice(name="name", value="name"),
 ]
-
-
-async def _reply(interaction: discord.Interaction[Any], text: str | None = None, **kwargs: Any) -> None:
-    await interaction.followup.send(text, ephemeral=True, **kwargs)
 
 
 async def registered_lora_autocomplete(
@@ -62,19 +65,7 @@ async def any_lora_autocomplete(interaction: discord.Interaction[Any], current: 
 async def unregistered_file_autocomplete(
     interaction: discord.Interaction[Any], current: str
 ) -> list[app_commands.Choice[str]]:
-    """LoRA files the engine sees that this server has not registered yet."""
-    if interaction.guild_id is None:
-        return []
-    bot = bot_of(interaction)
-    try:
-        # Autocomplete has 3 s in all; a busy or absent engine must not eat them.
-        files = await asyncio.wait_for(bot.engine.list_files("lora"), 2.0)
-    except (EngineError, TimeoutError):
-        return []
-    taken = await bot.registry.registered_lora_files(interaction.guild_id)
-    needle = current.lower()
-    paths = [f.path for f in files if f.path not in taken and needle in f.path.lower()]
-    return [app_commands.Choice(name=p[:100], value=p) for p in paths if len(p) <= 100][:25]
+    return await unregistered_file_choices(interaction, "lora", current)
 
 
 @lora.command(name="add", description="Register a LoRA file the engine can see (admin)")
@@ -105,13 +96,16 @@ async def lora_add(
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
+    if file in await registered_files(interaction, "lora"):
+        await send_private(interaction, f"`{embeds.truncate(file, 200)}` is registered here already; change it with `/lora edit`.")
+        return
     try:
         info = await bot.engine.inspect("lora", file)
     except EngineError as exc:
-        await _reply(interaction, f"I could not read `{file}`: {exc.message}")
+        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
         return
     if info.kind == "checkpoint":
-        await _reply(interaction, f"`{file}` is a full model, not a LoRA. Use `/model add` for it.")
+        await send_private(interaction, f"`{file}` is a full model, not a LoRA. Use `/model add` for it.")
         return
     overrides: dict[str, Any] = {"nsfw": nsfw}
     if trigger_words is not None:
@@ -126,12 +120,12 @@ async def lora_add(
         entry = LoraEntry.from_file_info(info, name=name, category=category, **overrides)
         added = await bot.registry.add_lora(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
-        await _reply(interaction, str(exc))
+        await send_private(interaction, str(exc))
         return
     note = f"Registered **{added.name}**."
     if added.architecture == "unknown":
         note += " I could not tell its architecture from the file; it will not match any model until that is fixed."
-    await _reply(
+    await send_private(
         interaction,
         note + " Check the card; press Edit to correct trigger words, weights or category.",
         embed=embeds.lora_card(added),
@@ -175,7 +169,7 @@ async def lora_edit(
     registry = bot_of(interaction).registry
     changes, problems = lora_changes(trigger_words=trigger_words, category=category, description=description)
     if problems:
-        await _reply(interaction, embeds.problems_message(problems))
+        await send_private(interaction, embeds.problems_message(problems))
         return
     for key, value in (
         ("name", new_name),
@@ -189,14 +183,14 @@ async def lora_edit(
         if value is not None:
             changes[key] = value
     if not changes:
-        await _reply(interaction, "Nothing to change: give at least one option besides the name.")
+        await send_private(interaction, "Nothing to change: give at least one option besides the name.")
         return
     try:
         updated = await registry.update_lora(interaction.guild_id, name, interaction.user.id, **changes)
     except RegistryError as exc:
-        await _reply(interaction, str(exc))
+        await send_private(interaction, str(exc))
         return
-    await _reply(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated))
+    await send_private(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated))
 
 
 @lora.command(name="remove", description="Remove a LoRA from this server's registry (admin)")
@@ -209,9 +203,9 @@ async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
     try:
         await bot_of(interaction).registry.remove_lora(interaction.guild_id, name, interaction.user.id)
     except RegistryError as exc:
-        await _reply(interaction, str(exc))
+        await send_private(interaction, str(exc))
         return
-    await _reply(interaction, f"Removed **{name}**. Images already posted keep their recipes.")
+    await send_private(interaction, f"Removed **{name}**. Images already posted keep their recipes.")
 
 
 @lora.command(name="info", description="Show a LoRA's card")
@@ -226,10 +220,10 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
         catalog = await registry.catalog(interaction.guild_id)
         hints = catalog.suggest_loras(name)
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
-        await _reply(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
+        await send_private(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
         return
     marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
-    await _reply(interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks))
+    await send_private(interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks))
 
 
 def _lora_line(entry: LoraEntry) -> str:
@@ -271,7 +265,7 @@ async def lora_search(
         limit=25,
     )
     title = f"LoRAs matching “{query}”" if query else "LoRAs"
-    await _reply(interaction, embed=embeds.list_embed(title, [_lora_line(e) for e in entries], empty="No LoRA matches."))
+    await send_private(interaction, embed=embeds.list_embed(title, [_lora_line(e) for e in entries], empty="No LoRA matches."))
 
 
 @lora.command(name="bookmark", description="Bookmark a LoRA, or remove the bookmark")
@@ -286,9 +280,9 @@ async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> Non
         if not added:
             await registry.unbookmark(interaction.guild_id, interaction.user.id, name)
     except RegistryError as exc:
-        await _reply(interaction, str(exc))
+        await send_private(interaction, str(exc))
         return
-    await _reply(interaction, f"Bookmarked **{name}**." if added else f"Removed the bookmark on **{name}**.")
+    await send_private(interaction, f"Bookmarked **{name}**." if added else f"Removed the bookmark on **{name}**.")
 
 
 @lora.command(name="bookmarks", description="List your bookmarked LoRAs")
@@ -296,7 +290,7 @@ async def lora_bookmarks(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     entries = await bot_of(interaction).registry.bookmarks(interaction.guild_id, interaction.user.id)
-    await _reply(
+    await send_private(
         interaction,
         embed=embeds.list_embed(
             "Your bookmarks", [_lora_line(e) for e in entries], empty="No bookmarks yet: try `/lora bookmark`."

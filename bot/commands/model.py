@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import discord
 from discord import app_commands
 
 from bot import embeds
-from bot.commands.common import admin_only, bot_of, to_choices
+from bot.commands.common import (
+    admin_only,
+    bot_of,
+    registered_files,
+    send_private,
+    to_choices,
+    unregistered_file_choices,
+)
 from bot.registry import ModelEntry, RegistryError
 from engine.protocol import EngineError
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
-
-
-async def _reply(interaction: discord.Interaction[Any], text: str | None = None, **kwargs: Any) -> None:
-    await interaction.followup.send(text, ephemeral=True, **kwargs)
 
 
 async def model_name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -27,17 +29,7 @@ async def model_name_autocomplete(interaction: discord.Interaction[Any], current
 
 
 async def model_file_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
-    if interaction.guild_id is None:
-        return []
-    bot = bot_of(interaction)
-    try:
-        files = await asyncio.wait_for(bot.engine.list_files("model"), 2.0)
-    except (EngineError, TimeoutError):
-        return []
-    taken = {m.file for m in await bot.registry.list_models(interaction.guild_id)}
-    needle = current.lower()
-    paths = [f.path for f in files if f.path not in taken and needle in f.path.lower() and len(f.path) <= 100]
-    return [app_commands.Choice(name=p, value=p) for p in paths][:25]
+    return await unregistered_file_choices(interaction, "model", current)
 
 
 def model_card(entry: ModelEntry) -> discord.Embed:
@@ -71,7 +63,7 @@ async def model_list(interaction: discord.Interaction[Any]) -> None:
         + ("" if m.enabled else " · disabled")
         for m in models
     ]
-    await _reply(interaction, embed=embeds.list_embed("Models", lines, empty="No models yet: an admin adds one with `/model add`."))
+    await send_private(interaction, embed=embeds.list_embed("Models", lines, empty="No models yet: an admin adds one with `/model add`."))
 
 
 @model.command(name="info", description="Show a model's details")
@@ -85,9 +77,9 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     if entry is None:
         hints = (await registry.catalog(interaction.guild_id)).suggest_models(name)
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
-        await _reply(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
+        await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
         return
-    await _reply(interaction, embed=model_card(entry))
+    await send_private(interaction, embed=model_card(entry))
 
 
 @model.command(name="add", description="Register a model file the engine can see (admin)")
@@ -111,16 +103,19 @@ async def model_add(
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
+    if file in await registered_files(interaction, "model"):
+        await send_private(interaction, f"`{embeds.truncate(file, 200)}` is registered here already; see `/model info`.")
+        return
     try:
         info = await bot.engine.inspect("model", file)
     except EngineError as exc:
-        await _reply(interaction, f"I could not read `{file}`: {exc.message}")
+        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
         return
     if info.kind == "lora":
-        await _reply(interaction, f"`{file}` is a LoRA, not a model. Use `/lora add` for it.")
+        await send_private(interaction, f"`{file}` is a LoRA, not a model. Use `/lora add` for it.")
         return
     if info.architecture == "unknown":
-        await _reply(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
+        await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
     try:
         entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
@@ -129,6 +124,6 @@ async def model_add(
         if make_default or not settings.default_model:
             await bot.registry.update_settings(interaction.guild_id, interaction.user.id, default_model=added.name)
     except RegistryError as exc:
-        await _reply(interaction, str(exc))
+        await send_private(interaction, str(exc))
         return
-    await _reply(interaction, f"Registered **{added.name}**.", embed=model_card(added))
+    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added))

@@ -49,6 +49,12 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     assert "sd15/twin-kohya.safetensors" in offered
     assert "sd15/watercolor.safetensors" not in offered  # already registered
     assert len(choices) <= 25
+    # Typed in by hand anyway: refused, not registered a second time under another name.
+    handle = await world.double.slash(
+        world.admin, world.channel, "lora", {"file": "sd15/watercolor.safetensors", "name": "again"}, subcommand="add"
+    )
+    assert "registered here already" in (await handle.wait_followup()).content
+    assert await world.registry.get_lora(world.guild.id, "again") is None
 
     handle = await world.double.slash(
         world.admin,
