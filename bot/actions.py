@@ -356,7 +356,8 @@ class Actions:
 
     async def cancel_job(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         job = self.bot.dispatcher.jobs.get(job_id)
-        if job is None:
+        # Another server's job is treated as unknown: its moderators are not this one's.
+        if job is None or job.guild_id != interaction.guild_id:
             await send_private(interaction, "This job is no longer running.")
             return
         if interaction.user.id != job.user_id and not can_manage_messages(interaction):
