@@ -147,6 +147,7 @@ async def lora_add(
     enabled="Whether members can use it",
     description="Description",
     source="Civitai AIR or URL",
+    preview="Link (https://…) to a preview image shown on the card; `none` removes it",
 )
 @app_commands.choices(category=CATEGORY_CHOICES)
 @app_commands.autocomplete(name=any_lora_autocomplete)
@@ -163,6 +164,7 @@ async def lora_edit(
     enabled: bool | None = None,
     description: str | None = None,
     source: str | None = None,
+    preview: app_commands.Range[str, 1, 2000] | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -182,6 +184,9 @@ async def lora_edit(
     ):
         if value is not None:
             changes[key] = value
+    if preview is not None:
+        # A link, not an uploaded attachment: Discord's attachment URLs expire after a day.
+        changes["preview_url"] = None if preview.strip().lower() == "none" else preview
     if not changes:
         await send_private(interaction, "Nothing to change: give at least one option besides the name.")
         return

@@ -208,9 +208,9 @@ def clean_url(raw: str | None, *, what: str) -> str | None:
         raise RegistryError(f"The {what} URL is longer than {MAX_URL_LENGTH} characters.")
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        kind = "neither an `urn:air:…` AIR nor an http(s) URL" if what == "source" else "not an http(s) URL"
         raise RegistryError(
-            f"The {what} {text[:120]!r} is neither an `urn:air:…` AIR nor an http(s) URL; "
-            "paste the page's full address, e.g. https://civitai.com/models/120096."
+            f"The {what} {text[:120]!r} is {kind}; paste the full address, e.g. https://civitai.com/models/120096."
         )
     return text
 

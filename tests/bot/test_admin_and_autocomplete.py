@@ -157,3 +157,19 @@ async def test_autocomplete_and_card_buttons_never_rebuild_the_catalog(
     assert await click.wait_response(3) == 9
     assert click.modal is not None and click.modal["custom_id"] == f"atelier:loraedit:{entry.id}"
     assert world.double.violations == []
+
+
+async def test_lora_edit_sets_and_removes_the_card_preview(world: World) -> None:
+    async def edit(options: dict) -> str:
+        handle = await world.double.slash(world.admin, world.channel, "lora", {"name": "watercolor", **options}, subcommand="edit")
+        reply = await handle.wait_followup()
+        return reply.content + " ".join(str(e) for e in reply.embeds)
+
+    assert "not an http(s) URL" in await edit({"preview": "javascript:alert(1)"})
+    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url is None
+    card = await edit({"preview": "https://example.org/watercolor.png"})
+    assert "https://example.org/watercolor.png" in card  # the card's thumbnail
+    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url == "https://example.org/watercolor.png"
+    await edit({"preview": "none"})
+    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url is None
+    assert world.double.violations == []
