@@ -150,6 +150,10 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._wakeup = asyncio.Event()
+        #: Set while the worker has no job in hand; ``stop`` waits for it.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.running: Job | None = None
         self.completed = 0
@@ -157,16 +161,25 @@ class JobManager:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping = False
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="engine-job-worker")
 
-    async def stop(self) -> None:
-        """Cancel what is queued, ask the running job to stop, and wait for the worker."""
+    async def stop(self, *, grace_s: float = 30.0) -> None:
+        """Refuse new jobs, cancel the queued ones, stop the running one at its next step.
+
+        The running job's own "failed"/"cancelled" event goes out before the worker ends, so
+        every listener is told how its job ended instead of being cut off; only a single step
+        longer than ``grace_s`` is abandoned without one. Calling it twice is harmless.
+        """
+        self._stopping = True
         for job_id in list(self._queue):
             self.cancel(job_id)
         if self.running is not None:
             self.running.cancel_requested = True
         if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
@@ -184,6 +197,11 @@ class JobManager:
                 "a job id must be 1 to 128 letters, digits or . _ : - (it goes in URLs)",
             )
         validate_recipe(recipe, self.limits)
+        if self._stopping:
+            raise EngineError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                "the engine is shutting down; submit the job again once it is back",
+            )
         if len(self._queue) >= self.max_queued:
             raise EngineError(
                 ErrorCode.ENGINE_UNAVAILABLE,
@@ -304,8 +322,10 @@ class JobManager:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
+                self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            self._idle.clear()
             job = self._jobs[self._queue.popleft()]
             self.running = job
             try:

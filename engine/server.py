@@ -235,7 +235,14 @@ def create_app(manager: JobManager, *, models_root: Path, loras_root: Path) -> w
         yield
         await manager.stop()
 
+    async def stop_jobs(_app: web.Application) -> None:
+        # Before aiohttp waits for open requests: event streams end with each job's terminal
+        # event (queued and running jobs cancelled) instead of holding shutdown for a minute
+        # while the running job goes on to its last step.
+        await manager.stop()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(stop_jobs)
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs/{id}", job_status)
     app.router.add_get("/jobs/{id}/events", job_events)

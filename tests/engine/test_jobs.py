@@ -262,3 +262,28 @@ async def test_old_finished_jobs_keep_only_their_last_progress_event() -> None:
         assert (await collect(manager, "old"))[2]["step"] == 5
     finally:
         await manager.stop()
+
+
+async def test_stopping_tells_every_listener_how_its_job_ended_and_refuses_new_jobs() -> None:
+    runner = SteppingRunner()
+    manager = JobManager(runner)
+    await manager.start()
+    runner.proceed.clear()
+    manager.submit("running", recipe(steps=50))
+    manager.submit("waiting", recipe())
+    await wait_for_step(runner)
+    listeners = [asyncio.create_task(collect(manager, j)) for j in ("running", "waiting")]
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(manager.stop())
+    await asyncio.sleep(0)
+    runner.proceed.set()  # the running job reaches its next step and sees the cancel
+    await stopping
+    for task in listeners:
+        last = (await asyncio.wait_for(task, 10))[-1]
+        assert last["type"] == "failed" and last["error"]["code"] == "cancelled"
+    assert manager.status("running").state == "cancelled"
+    assert runner.steps_run <= 1
+    with pytest.raises(EngineError) as caught:
+        manager.submit("late", recipe())
+    assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+    await manager.stop()  # a second stop is harmless

@@ -286,6 +286,10 @@ def test_settings_come_from_flags_then_environment(demo_assets) -> None:
 # --- the real process ------------------------------------------------------------------
 
 
+async def _events(client: EngineClient, job_id: str) -> list[dict[str, Any]]:
+    return [event async for event in client.events(job_id)]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -302,6 +306,7 @@ def _spawn(demo_assets, *listen: str) -> subprocess.Popen[str]:
 
 
 async def test_the_serve_command_runs_jobs_and_shuts_down_cleanly(demo_assets) -> None:
+    """SIGTERM mid-job: the running and queued jobs end as "cancelled" for their listeners."""
     port = _free_port()
     process = _spawn(demo_assets, "--port", str(port))
     try:
@@ -310,7 +315,23 @@ async def test_the_serve_command_runs_jobs_and_shuts_down_cleanly(demo_assets) -
             assert health["pid"] == process.pid
             images = await client.run("proc-1", tiny_recipe(demo_assets))
             assert Image.open(io.BytesIO(images[0])).size == (64, 64)
-        process.send_signal(signal.SIGTERM)
+            long = tiny_recipe(demo_assets, steps=150, width=128, height=128)
+            await client.submit("proc-long", long)
+            await client.submit("proc-waiting", long)
+            waiting = asyncio.create_task(_events(client, "proc-waiting"))
+            running: list[dict[str, Any]] = []
+            async for event in client.events("proc-long"):
+                running.append(event)
+                if event["type"] == "progress" and event["step"] == 1:
+                    process.send_signal(signal.SIGTERM)
+            assert running[-1]["type"] == "failed"
+            assert running[-1]["error"]["code"] == "cancelled"
+            assert max(e["step"] for e in running if e["type"] == "progress") < 150
+            assert (await waiting)[-1] == {
+                "type": "failed",
+                "job": "proc-waiting",
+                "error": {"code": "cancelled", "message": "the job was cancelled"},
+            }
         output, _ = await asyncio.to_thread(process.communicate, timeout=60)
     finally:
         if process.poll() is None:
