@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -102,9 +103,20 @@ async def serve(config: EngineConfig) -> None:
 
 
 def _remove_socket(path: str) -> None:
-    """A socket file left by a killed engine would make binding fail."""
-    if os.path.exists(path):
-        os.unlink(path)
+    """A socket file left by a killed engine would make binding fail; anything else is kept.
+
+    The path comes from a flag or the environment, so a typo must not delete a real file.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SystemExit(
+            f"--unix-socket '{path}' is an existing file that is not a socket; the engine will "
+            "not delete it: choose another path"
+        )
+    os.unlink(path)
 
 
 def _inspect(target: str) -> int:

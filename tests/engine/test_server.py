@@ -364,3 +364,20 @@ async def test_a_crashed_engine_is_reported_to_a_waiting_client(demo_assets, tmp
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_a_stale_socket_is_replaced_but_a_regular_file_is_never_deleted(tmp_path: Path) -> None:
+    from engine.__main__ import _remove_socket
+
+    stale = tmp_path / "engine.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(stale))
+    listener.close()  # what a killed engine leaves behind
+    _remove_socket(str(stale))
+    assert not stale.exists()
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    with pytest.raises(SystemExit, match="not a socket"):
+        _remove_socket(str(precious))
+    assert precious.read_text() == "keep me"
+    _remove_socket(str(tmp_path / "absent.sock"))  # nothing there: nothing to do
