@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import discord
 from discord import app_commands
 
+from bot.embeds import CONTENT_LIMIT, truncate
 from engine.protocol import EngineError
 
 if TYPE_CHECKING:
@@ -71,7 +72,11 @@ async def send_private(interaction: discord.Interaction[Any], text: str | None =
     """Answer privately whether or not the interaction was already acknowledged.
 
     A failed answer is logged, not raised: the caller has nothing better to tell the member.
+    Text is cut to Discord's 2000 characters: refusals quote what the member typed, and a
+    string option may be 6000 characters long.
     """
+    if text:
+        text = truncate(text, CONTENT_LIMIT)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(text or None, ephemeral=True, **kwargs)  # type: ignore[arg-type]

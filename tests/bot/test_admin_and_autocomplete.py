@@ -173,3 +173,13 @@ async def test_lora_edit_sets_and_removes_the_card_preview(world: World) -> None
     await edit({"preview": "none"})
     assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url is None
     assert world.double.violations == []
+
+
+async def test_refusals_quoting_a_long_typed_name_still_fit_one_message(world: World) -> None:
+    long_name = "x" * 3000  # string options may be 6000 characters; a message only 2000
+    for subcommand in ("edit", "remove"):
+        options = {"name": long_name, "enabled": False} if subcommand == "edit" else {"name": long_name}
+        handle = await world.double.slash(world.admin, world.channel, "lora", options, subcommand=subcommand)
+        reply = await handle.wait_followup()
+        assert reply.ephemeral and "No LoRA named" in reply.content and len(reply.content) <= 2000
+    assert world.double.violations == []
