@@ -25,12 +25,8 @@ from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
 from engine.png_metadata import a1111_parameters, model_display_name, write_png
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe
-from engine.samplers import get_sampler, make_scheduler
-
-MAX_STEPS = 150
-MAX_COUNT = 8
-MAX_SIDE = 2048
-MAX_LORAS = 16
+from engine.samplers import make_scheduler
+from engine.validation import validate_recipe
 
 
 @dataclass
@@ -42,30 +38,6 @@ class GenerationResult:
 
 class _Cancelled(Exception):
     """Raised from the step callback to abandon the pipeline call at once."""
-
-
-def validate_recipe(recipe: Recipe) -> None:
-    """Refuse recipes the pipeline would choke on, with the limit in the message."""
-    problems = []
-    if not 1 <= recipe.steps <= MAX_STEPS:
-        problems.append(f"steps must be 1-{MAX_STEPS} (got {recipe.steps})")
-    if not 1 <= recipe.count <= MAX_COUNT:
-        problems.append(f"count must be 1-{MAX_COUNT} (got {recipe.count})")
-    for side, value in (("width", recipe.width), ("height", recipe.height)):
-        if not 64 <= value <= MAX_SIDE or value % 8:
-            problems.append(f"{side} must be a multiple of 8 between 64 and {MAX_SIDE} (got {value})")
-    if not 0 <= recipe.cfg_scale <= 30:
-        problems.append(f"CFG scale must be 0-30 (got {recipe.cfg_scale})")
-    if not 0 <= recipe.seed < 2**63 - MAX_COUNT:
-        problems.append(f"seed must be 0 to 2^63 (got {recipe.seed})")
-    if len(recipe.loras) > MAX_LORAS:
-        problems.append(f"at most {MAX_LORAS} LoRAs per image (got {len(recipe.loras)})")
-    for lora in recipe.loras:
-        if not -10 <= lora.weight <= 10:
-            problems.append(f"LoRA '{lora.display_name}' weight must be -10 to 10 (got {lora.weight})")
-    if problems:
-        raise EngineError(ErrorCode.INVALID_RECIPE, "; ".join(problems))
-    get_sampler(recipe.sampler)
 
 
 def _is_oom(exc: BaseException) -> bool:

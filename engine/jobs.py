@@ -28,7 +28,7 @@ from engine.protocol import (
     JobStatus,
     Recipe,
 )
-from engine.samplers import get_sampler
+from engine.validation import DEFAULT_LIMITS, RecipeLimits, validate_recipe
 
 log = logging.getLogger("engine.jobs")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -52,57 +52,6 @@ class Runner(Protocol):
     ) -> GenerationOutcome: ...
 
     def health(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class RecipeLimits:
-    """Bounds that keep one request from monopolising or exhausting the engine."""
-
-    max_prompt_chars: int = 10_000
-    max_steps: int = 150
-    max_count: int = 8
-    max_side: int = 2048
-    min_side: int = 64
-    max_loras: int = 16
-    max_cfg: float = 30.0
-
-
-def validate_recipe(recipe: Recipe, limits: RecipeLimits = RecipeLimits()) -> None:
-    """Refuse a recipe that cannot run before it takes a place in the queue."""
-
-    def refuse(message: str) -> None:
-        raise EngineError(ErrorCode.INVALID_RECIPE, message)
-
-    if not isinstance(recipe.model, str) or not recipe.model:
-        refuse("the recipe names no model")
-    for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
-        if not isinstance(text, str):
-            refuse(f"the {name} must be text")
-        if len(text) > limits.max_prompt_chars:
-            refuse(f"the {name} has {len(text)} characters; the limit is {limits.max_prompt_chars}")
-    if not isinstance(recipe.steps, int) or not 1 <= recipe.steps <= limits.max_steps:
-        refuse(f"steps must be a whole number from 1 to {limits.max_steps}")
-    if not isinstance(recipe.count, int) or not 1 <= recipe.count <= limits.max_count:
-        refuse(f"count must be from 1 to {limits.max_count}")
-    for side_name, side in (("width", recipe.width), ("height", recipe.height)):
-        if not isinstance(side, int) or not limits.min_side <= side <= limits.max_side:
-            refuse(f"{side_name} must be from {limits.min_side} to {limits.max_side} pixels")
-        if side % 8:
-            refuse(f"{side_name} must be a multiple of 8 (got {side})")
-    if not isinstance(recipe.cfg_scale, int | float) or not 0 <= recipe.cfg_scale <= limits.max_cfg:
-        refuse(f"cfg_scale must be from 0 to {limits.max_cfg}")
-    if not isinstance(recipe.seed, int) or not 0 <= recipe.seed <= 2**63 - 1 - limits.max_count:
-        refuse(f"seed must be a whole number from 0 to 2^63-{limits.max_count + 1}")
-    if not isinstance(recipe.sampler, str):
-        refuse("the sampler must be a name such as 'DPM++ 2M Karras'")
-    get_sampler(recipe.sampler)  # an unknown name fails here, listing the known ones
-    if len(recipe.loras) > limits.max_loras:
-        refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
-    for lora in recipe.loras:
-        if not isinstance(lora.file, str) or not lora.file:
-            refuse("every LoRA needs a file")
-        if not isinstance(lora.weight, int | float) or not -10 <= lora.weight <= 10:
-            refuse(f"LoRA '{lora.file}' has weight {lora.weight}; use a value from -10 to 10")
 
 
 @dataclass
@@ -132,7 +81,7 @@ class JobManager:
         self,
         runner: Runner,
         *,
-        limits: RecipeLimits = RecipeLimits(),
+        limits: RecipeLimits = DEFAULT_LIMITS,
         max_history: int = 1000,
         max_queued: int = 500,
         image_ttl_s: float = 1800.0,

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from engine.jobs import JobManager, RecipeLimits
+from engine.jobs import JobManager
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
+from engine.validation import RecipeLimits
 
 
 @dataclass
@@ -216,10 +217,16 @@ async def test_invalid_recipes_are_refused_before_queueing(runner_and_manager) -
         recipe(cfg_scale=99.0),
         recipe(seed=-1),
         recipe(loras=(LoraRef("a.safetensors", 11.0),)),
+        # JSON values of the wrong type, which would otherwise crash the job as "internal"
+        recipe(steps=True),
+        recipe(model_name=5),
+        recipe(loras=(LoraRef("a.safetensors", 1.0, name=3),)),  # type: ignore[arg-type]
+        recipe(loras=(LoraRef("a.safetensors", 1.0, sha256="not-a-hash"),)),
     )
     for bad in bad_recipes:
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineError) as refused:
             manager.submit("bad", bad)
+        assert refused.value.code is ErrorCode.INVALID_RECIPE, bad
     with pytest.raises(EngineError, match="job id"):
         manager.submit("has/slash", recipe())
     with pytest.raises(EngineError) as unknown:

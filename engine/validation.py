@@ -1,0 +1,87 @@
+"""What a recipe may ask for: checked once, the same way, before it queues and before it runs.
+
+Both the job queue (so a bad request is refused at submit, before it waits in line) and the
+generator (which can also be called directly) use these rules; the values arrive from JSON,
+so types are checked too, not just ranges. Torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.samplers import get_sampler
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _whole(value: object) -> bool:
+    """JSON ``true`` is a Python int too; a count of ``true`` is a mistake, not 1."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class RecipeLimits:
+    """Bounds that keep one request from monopolising or exhausting the engine."""
+
+    max_prompt_chars: int = 10_000
+    max_steps: int = 150
+    max_count: int = 8
+    max_side: int = 2048
+    min_side: int = 64
+    max_loras: int = 16
+    max_cfg: float = 30.0
+
+
+DEFAULT_LIMITS = RecipeLimits()
+
+
+def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a recipe that cannot run before it takes a place in the queue."""
+
+    def refuse(message: str) -> None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, message)
+
+    if not isinstance(recipe.model, str) or not recipe.model:
+        refuse("the recipe names no model")
+    if not isinstance(recipe.model_name, str):
+        refuse("model_name must be text")
+    for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
+        if not isinstance(text, str):
+            refuse(f"the {name} must be text")
+        if len(text) > limits.max_prompt_chars:
+            refuse(f"the {name} has {len(text)} characters; the limit is {limits.max_prompt_chars}")
+    if not _whole(recipe.steps) or not 1 <= recipe.steps <= limits.max_steps:
+        refuse(f"steps must be a whole number from 1 to {limits.max_steps}")
+    if not _whole(recipe.count) or not 1 <= recipe.count <= limits.max_count:
+        refuse(f"count must be from 1 to {limits.max_count}")
+    for side_name, side in (("width", recipe.width), ("height", recipe.height)):
+        if not _whole(side) or not limits.min_side <= side <= limits.max_side:
+            refuse(f"{side_name} must be from {limits.min_side} to {limits.max_side} pixels")
+        if side % 8:
+            refuse(f"{side_name} must be a multiple of 8 (got {side})")
+    if not _number(recipe.cfg_scale) or not 0 <= recipe.cfg_scale <= limits.max_cfg:
+        refuse(f"cfg_scale must be from 0 to {limits.max_cfg}")
+    if not _whole(recipe.seed) or not 0 <= recipe.seed <= 2**63 - 1 - limits.max_count:
+        refuse(f"seed must be a whole number from 0 to 2^63-{limits.max_count + 1}")
+    if not isinstance(recipe.sampler, str):
+        refuse("the sampler must be a name such as 'DPM++ 2M Karras'")
+    get_sampler(recipe.sampler)  # an unknown name fails here, listing the known ones
+    if len(recipe.loras) > limits.max_loras:
+        refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
+    for lora in recipe.loras:
+        if not isinstance(lora.file, str) or not lora.file:
+            refuse("every LoRA needs a file")
+        if not _number(lora.weight) or not -10 <= lora.weight <= 10:
+            refuse(f"LoRA '{lora.file}' has weight {lora.weight}; use a value from -10 to 10")
+        if not isinstance(lora.name, str):
+            refuse(f"LoRA '{lora.file}' has a name that is not text")
+        if lora.sha256 is not None and not (
+            isinstance(lora.sha256, str) and _SHA256.fullmatch(lora.sha256)
+        ):
+            refuse(f"LoRA '{lora.file}' sha256 must be 64 hex digits (or left out)")
