@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.paths import DIFFUSERS_INDEX
+from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from engine.protocol import Architecture, EngineError, ErrorCode, FileInfo
 
 #: Headers of real files are kilobytes to a few megabytes; a larger claim is corruption or
@@ -461,10 +461,8 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for file in files:
         total += file.stat().st_size
-        if file.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
-            continue
-        if file.suffix.lower() != ".safetensors":
-            continue
+        if file.suffix.lower() != SAFETENSORS_SUFFIX:
+            continue  # configs, tokenizers; pickles are never read, only sized
         _, header_len = read_header(file)
         whole, after = file_hashes(file, header_len)
         digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + whole.encode())
@@ -488,7 +486,7 @@ def inspect_path_for_cli(target: str) -> FileInfo:
     path = Path(os.path.expanduser(target))
     if not path.exists():
         raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{target}' does not exist")
-    if path.is_file() and path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}:
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
         raise EngineError(
             ErrorCode.NOT_SAFETENSORS,
             f"'{path.name}' is a pickled format and is never unpickled; convert to .safetensors",

@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.builder import component_configs, config_sidecar, write_config_folder
 from engine.lora_cache import ARCH_LABEL
+from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES
 from engine.protocol import EngineError, ErrorCode
 
-PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 CONFIG_VERSION = 1
 
@@ -34,7 +34,7 @@ def cache_root() -> Path:
 def shipped_config(arch: str) -> Path:
     """The real component configs for ``arch`` as a loadable folder (tokenizers written once)."""
     folder = cache_root() / "configs" / f"{arch}-v{CONFIG_VERSION}"
-    if not (folder / "model_index.json").is_file():
+    if not (folder / DIFFUSERS_INDEX).is_file():
         write_config_folder(folder, arch, component_configs(arch, "full"))
     return folder
 
@@ -50,7 +50,7 @@ def torch_dtype(name: str) -> Any:
 
 def _folder_arch(folder: Path) -> str:
     try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        index = json.loads((folder / DIFFUSERS_INDEX).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise EngineError(
             ErrorCode.CORRUPT_FILE,
@@ -85,7 +85,7 @@ def _refuse_pickled_folder(folder: Path) -> None:
 def single_file_arch(path: Path) -> tuple[str, Path]:
     """(architecture, local config folder) for a single-file checkpoint."""
     sidecar = config_sidecar(path)
-    if (sidecar / "model_index.json").is_file():
+    if (sidecar / DIFFUSERS_INDEX).is_file():
         return _folder_arch(sidecar), sidecar
     from engine.inspect import inspect_file
 
