@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -464,7 +463,3 @@ def lora_changes(
     if description is not None:
         changes["description"] = description
     return changes, problems
-
-
-def recipe_with_seed(recipe: Recipe, seed: int) -> Recipe:
-    return replace(recipe, seed=seed)

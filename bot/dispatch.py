@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import discord
@@ -515,7 +515,3 @@ class Dispatcher:
         job.done.set()
         # Keep finished jobs out of memory once their buttons no longer need them.
         self.jobs.pop(job.id, None)
-
-
-def reseeded(recipe: Recipe, seed: int) -> Recipe:
-    return replace(recipe, seed=seed)

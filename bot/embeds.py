@@ -27,7 +27,6 @@ CONTENT_LIMIT = 2000
 ELLIPSIS = "…"
 
 ACCENT = discord.Colour(0x7C5CFF)
-ERROR = discord.Colour(0xE5484D)
 
 
 def truncate(text: str, limit: int) -> str:
@@ -203,7 +202,3 @@ def list_embed(title: str, lines: Sequence[str], *, empty: str = "Nothing here y
     embed = discord.Embed(title=truncate(title, TITLE_LIMIT), colour=ACCENT)
     embed.description = "\n".join(lines) if lines else empty
     return fit_embed(embed)
-
-
-def error_embed(title: str, message: str) -> discord.Embed:
-    return fit_embed(discord.Embed(title=title, description=message, colour=ERROR))
