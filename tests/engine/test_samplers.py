@@ -17,20 +17,36 @@ RECIPE = Recipe(
 )
 
 
+#: A1111 name -> (diffusers class, Karras sigmas, DPM algorithm), written out from the A1111 to
+#: diffusers table in /work/shared/reference.md rather than read back from engine.samplers.
+EXPECTED = {
+    "Euler": ("EulerDiscreteScheduler", False, None),
+    "Euler a": ("EulerAncestralDiscreteScheduler", False, None),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", False, "dpmsolver++"),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", True, "dpmsolver++"),
+    "DPM++ SDE": ("DPMSolverSinglestepScheduler", False, "dpmsolver++"),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", False, "sde-dpmsolver++"),
+    "Heun": ("HeunDiscreteScheduler", False, None),
+    "LMS": ("LMSDiscreteScheduler", False, None),
+    "DDIM": ("DDIMScheduler", False, None),
+    "UniPC": ("UniPCMultistepScheduler", False, None),
+}
+
+
 def test_names_users_know_are_all_there() -> None:
-    for name in (
-        "Euler",
-        "Euler a",
-        "DPM++ 2M",
-        "DPM++ 2M Karras",
-        "DPM++ SDE",
-        "DPM++ 2M SDE",
-        "Heun",
-        "LMS",
-        "DDIM",
-        "UniPC",
-    ):
-        assert name in SAMPLERS
+    assert set(EXPECTED) <= set(SAMPLERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_a1111_name_builds_its_diffusers_scheduler(
+    tiny_generator: Generator, name: str
+) -> None:
+    tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
+    scheduler = make_scheduler(name, tiny_generator._base_scheduler_config)
+    cls, karras, algorithm = EXPECTED[name]
+    assert type(scheduler).__name__ == cls
+    assert scheduler.config.get("use_karras_sigmas", False) is karras
+    assert scheduler.config.get("algorithm_type") == algorithm
 
 
 def test_unknown_sampler_lists_the_valid_ones() -> None:
