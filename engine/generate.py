@@ -28,6 +28,9 @@ from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
+#: File descriptions kept by a generator; each holds metadata (tag lists can be ~100 kB).
+INFO_CACHE_MAX = 1024
+
 
 @dataclass
 class GenerationResult:
@@ -66,22 +69,25 @@ class Generator:
         self.slot = ModelSlot(device=device, dtype=dtype)
         self.loras = LoraCache(max_loras=cache_max_loras, max_bytes=cache_max_bytes)
         self._lock = threading.Lock()
-        self._info_cache: dict[tuple[str, int, int], FileInfo] = {}
+        self._info_cache: dict[tuple[str, tuple[tuple[str, int, int], ...]], FileInfo] = {}
         self._base_scheduler_config: Any = None
         self._loaded_name: str | None = None
 
     # -- inspection -------------------------------------------------------------------------
 
     def inspect(self, path: Path) -> FileInfo:
-        """Header facts and hashes, memoised on (path, size, mtime): hashing GBs per job is slow."""
+        """Header facts and hashes, memoised on what the content depends on: hashing GBs per job
+        is slow. A pipeline folder's key covers every file in it, so replacing its UNet weights
+        changes the model's hash (and reloads it) like rewriting a single file does."""
         from engine.inspect import inspect_file
 
-        stat_path = path / "model_index.json" if path.is_dir() else path
-        stat = stat_path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        key = (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
         info = self._info_cache.get(key)
         if info is None:
             info = inspect_file(path)
+            if len(self._info_cache) >= INFO_CACHE_MAX:  # rewritten files leave stale keys
+                self._info_cache.pop(next(iter(self._info_cache)))
             self._info_cache[key] = info
         return info
 

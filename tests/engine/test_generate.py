@@ -223,3 +223,23 @@ def test_a_failed_model_switch_leaves_no_old_pipeline_alive(demo_assets, tmp_pat
     assert old() is None and generator.slot.current is None
     assert generator.health()["cached_loras"] == []
     assert generator.run(RECIPE).images  # and the engine recovers
+
+
+def test_new_weights_in_a_pipeline_folder_change_its_hash(demo_assets, tmp_path) -> None:
+    """Only model_index.json used to key the folder: new UNet weights kept the old hash (and model)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    models = tmp_path / "models"
+    folder = models / "xl"
+    shutil.copytree(demo_assets.model_root / demo_assets.models["sdxl"], folder)
+    generator = Generator(models, demo_assets.lora_root)
+    before = generator.inspect(folder).sha256
+    assert generator.inspect(folder).sha256 == before  # memoised while nothing changes
+    weights = next((folder / "unet").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1
+    save_file(tensors, str(weights))
+    assert generator.inspect(folder).sha256 != before
