@@ -94,11 +94,13 @@ class EngineClient:
                 if response.status >= 400:
                     raise self._error_from(response.status, body)
                 if response.content_type == "application/json":
-                    return json.loads(body)
+                    return _decode(body, self._where)
                 return body
         except EngineError:
             raise
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # ClientError also covers an answer cut off mid-body (ClientPayloadError): the
+            # engine died while answering, which is the same advice as not running at all.
             raise _unavailable(self._where, exc) from exc
 
     @staticmethod
@@ -143,7 +145,7 @@ class EngineClient:
                 async for line in response.content:
                     if not line.strip():
                         continue
-                    event = json.loads(line)
+                    event = _decode(line, self._where)
                     yield event
                     if event.get("type") in TERMINAL_EVENTS:
                         return
@@ -200,6 +202,18 @@ class EngineClient:
                         ) from exc
                     raise
             await asyncio.sleep(interval)
+
+
+def _decode(body: bytes, where: str) -> Any:
+    """JSON from the engine; anything else is not our engine (or a bug in it), never a crash."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise EngineError(
+            ErrorCode.INTERNAL,
+            f"the service at {where} answered with something that is not JSON ({body[:80]!r}); "
+            "is the engine's address right?",
+        ) from exc
 
 
 def _quote(job_id: str) -> str:

@@ -74,3 +74,32 @@ async def test_wait_ready_gives_up_after_its_timeout() -> None:
         assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
     finally:
         await client.close()
+
+
+async def test_an_answer_that_is_not_the_engine_s_json_is_an_engine_error() -> None:
+    """Something else on the port (or a broken engine) gives a coded error, not a JSON crash."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def garbage(_request: web.Request) -> web.Response:
+        return web.Response(body=b"<html>not an engine", content_type="application/json")
+
+    async def garbage_events(_request: web.Request) -> web.Response:
+        return web.Response(body=b"<html>\n", content_type="application/x-ndjson")
+
+    app = web.Application()
+    app.router.add_get("/health", garbage)
+    app.router.add_get("/jobs/j/events", garbage_events)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with EngineClient(str(server.make_url("")).rstrip("/")) as client:
+            with pytest.raises(EngineError) as caught:
+                await client.health()
+            assert caught.value.code is ErrorCode.INTERNAL and "not JSON" in caught.value.message
+            with pytest.raises(EngineError) as caught:
+                async for _ in client.events("j"):
+                    pass
+            assert caught.value.code is ErrorCode.INTERNAL
+    finally:
+        await server.close()
