@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from bot.sandbox import StoredMessage
 from engine.png_metadata import parse_a1111_parameters
@@ -184,4 +185,36 @@ async def test_remix_with_a_seed_that_is_not_a_number_is_explained(world: World)
         reply = await submitted.wait_followup()
         assert reply.ephemeral and "is not a whole number" in reply.content and seed in reply.content
     assert not any(m.id not in seen and is_result(m) for m in world.double.messages(world.channel))
+    assert world.double.violations == []
+
+
+async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -> None:
+    first = await imagine_and_wait(
+        world, world.alice, {"prompt": "a moth on a lamp", "lora1": "watercolor", "weight1": "0.5", "seed": 21}
+    )
+    await recorded(world, first)
+    click = await world.double.click(world.alice, first, "atelier:img:save")
+    assert "Saved" in (await click.wait_followup()).content
+    (saved,) = await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
+
+    async def recipes(user: Any, subcommand: str, options: dict[str, Any] | None = None) -> Any:
+        handle = await world.double.slash(user, world.channel, "recipes", options or {}, subcommand=subcommand)
+        assert await handle.wait_response(3) == 5
+        return await handle.wait_followup()
+
+    listed = await recipes(world.alice, "list")
+    assert listed.ephemeral and saved.name in str(listed.embeds) and "lora1:watercolor weight1:0.5" in str(listed.embeds)
+    assert saved.name not in str((await recipes(world.bob, "list")).embeds)  # per member
+    choices = await world.double.autocomplete(world.alice, world.channel, "recipes", {"name": "moth"}, "name", subcommand="run")
+    assert [c["value"] for c in choices] == [saved.name]
+
+    seen = {m.id for m in world.double.messages(world.channel)}
+    assert "Queued" in (await recipes(world.alice, "run", {"name": saved.name})).content
+    again = await next_result(world, seen)
+    parameters = png_parameters(again.attachments[0].data)
+    assert "Seed: 21" in parameters and "<lora:watercolor:0.5>" in parameters
+
+    assert "no saved recipe" in (await recipes(world.bob, "run", {"name": saved.name})).content
+    assert "Deleted" in (await recipes(world.alice, "delete", {"name": saved.name})).content
+    assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id) == []
     assert world.double.violations == []
