@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.builder import component_configs, config_sidecar, write_config_folder
 from engine.lora_cache import ARCH_LABEL
-from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES
+from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode
 
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
@@ -82,10 +82,36 @@ def _refuse_pickled_folder(folder: Path) -> None:
             )
 
 
+def _check_sidecar(sidecar: Path, home: Path) -> None:
+    """A checkpoint's config folder must stay beside it and hold no pickles.
+
+    ``from_single_file`` loads any component the checkpoint lacks from the config folder with
+    ``from_pretrained``, which would read a ``pytorch_model.bin`` found there (or follow a
+    symlink out of the model folder): a crafted checkpoint without text-encoder keys would
+    otherwise get a pickle unpickled.
+    """
+    escape = None if sidecar.resolve().is_relative_to(home) else sidecar
+    escape = escape or link_leading_outside(sidecar, home)
+    if escape is not None:
+        raise EngineError(
+            ErrorCode.OUTSIDE_FOLDER,
+            f"the config folder '{sidecar.name}' links outside the model folder ('{escape.name}'); "
+            "copy the configs in instead of linking them",
+        )
+    pickles = sorted(p.name for p in sidecar.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise EngineError(
+            ErrorCode.NOT_SAFETENSORS,
+            f"the config folder '{sidecar.name}' holds pickled files ({', '.join(pickles)}); they "
+            "are never loaded: remove them (weights come from the .safetensors checkpoint)",
+        )
+
+
 def single_file_arch(path: Path) -> tuple[str, Path]:
     """(architecture, local config folder) for a single-file checkpoint."""
     sidecar = config_sidecar(path)
     if (sidecar / DIFFUSERS_INDEX).is_file():
+        _check_sidecar(sidecar, Path(path).resolve().parent)
         return _folder_arch(sidecar), sidecar
     from engine.inspect import inspect_file
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import pickle
 import weakref
 
@@ -243,3 +244,35 @@ def test_new_weights_in_a_pipeline_folder_change_its_hash(demo_assets, tmp_path)
     tensors[first] = tensors[first] + 1
     save_file(tensors, str(weights))
     assert generator.inspect(folder).sha256 != before
+
+
+@pytest.mark.parametrize("trap", ["pickle", "link-out"])
+def test_a_single_file_config_folder_with_a_pickle_or_an_outside_link_is_refused(
+    demo_assets, tmp_path, trap: str
+) -> None:
+    """from_single_file would load a component missing from the checkpoint out of this folder."""
+    import shutil
+
+    from engine.builder import config_sidecar
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sd15 = demo_assets.model_root / demo_assets.models["sd15"]
+    shutil.copy(sd15, models / sd15.name)
+    sidecar = config_sidecar(models / sd15.name)
+    marker = tmp_path / "unpickled"
+    if trap == "pickle":
+        shutil.copytree(config_sidecar(sd15), sidecar)
+        (sidecar / "text_encoder" / "pytorch_model.bin").write_bytes(
+            pickle.dumps(_Tripwire(str(marker)))
+        )
+        expected = ErrorCode.NOT_SAFETENSORS
+    else:
+        shutil.copytree(config_sidecar(sd15), tmp_path / "elsewhere")
+        os.symlink(tmp_path / "elsewhere", sidecar)
+        expected = ErrorCode.OUTSIDE_FOLDER
+    generator = Generator(models, demo_assets.lora_root)
+    with pytest.raises(EngineError) as caught:
+        generator.run(RECIPE)
+    assert caught.value.code is expected
+    assert not marker.exists() and generator.slot.current is None
