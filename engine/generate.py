@@ -262,6 +262,10 @@ class Generator:
         except Exception:
             pass
         current = self.slot.current
+        # Health answers from the server's thread while a job may be loading or evicting LoRAs:
+        # list() copies the entries in one C call, where a comprehension over the live view could
+        # meet "OrderedDict mutated during iteration" and lose the whole report.
+        cached = list(self.loras.entries.values())
         return {
             "device": self.device,
             "dtype": self.dtype,
@@ -269,9 +273,9 @@ class Generator:
             "model_architecture": ARCH_LABEL.get(current.arch) if current is not None else None,
             "cached_loras": [
                 {"file": e.file, "sha256": e.sha256, "bytes": e.size_bytes, "adapter": e.adapter}
-                for e in self.loras.entries.values()
+                for e in cached
             ],
-            "cached_lora_bytes": self.loras.total_bytes,
+            "cached_lora_bytes": sum(e.size_bytes for e in cached),
             "lora_loads": self.loras.loads,
             "memory": memory,
         }
