@@ -251,7 +251,8 @@ async def test_inspect_and_files_reach_only_the_configured_folders(
 
 async def test_health_reports_device_memory_queue_and_loaded_state(engine, demo_assets) -> None:
     client, _ = engine
-    await client.run("warm", tiny_recipe(demo_assets))
+    lora = demo_assets.lora("pixel-art")
+    await client.run("warm", tiny_recipe(demo_assets, loras=(LoraRef(lora.file, 1.0),)))
     health = await client.health()
     assert health["status"] == "ok" and health["device"] == "cpu"
     assert health["memory"]["rss_bytes"] > 10 * 1024**2
@@ -261,7 +262,10 @@ async def test_health_reports_device_memory_queue_and_loaded_state(engine, demo_
         "completed": health["queue"]["completed"],
     }
     assert health["folders"]["model"] == str(demo_assets.model_root)
-    assert demo_assets.models["sd15"] in json.dumps(health)
+    assert health["loaded_model"] == demo_assets.models["sd15"]
+    assert health["model_architecture"] == "SD 1.5"
+    assert lora.file in [entry["file"] for entry in health["cached_loras"]]
+    assert health["cached_lora_bytes"] >= (demo_assets.lora_root / lora.file).stat().st_size
 
 
 def test_settings_come_from_flags_then_environment(demo_assets) -> None:
