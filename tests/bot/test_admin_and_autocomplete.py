@@ -40,6 +40,20 @@ async def test_admin_commands_carry_default_permissions_and_are_checked_at_run_t
     assert "Settings saved" in (await handle.wait_followup()).content
     settings = await world.registry.get_settings(world.guild.id)
     assert (settings.max_loras, settings.queue_limit_per_user) == (5, 3)
+
+    # Step, CFG and size bounds too; checked together, so a minimum above a maximum is refused.
+    handle = await world.double.slash(
+        world.admin, world.channel, "settings", {"cfg_min": 2.5, "cfg_max": 12, "size_max": 1024, "steps_min": 2}
+    )
+    assert "Settings saved" in (await handle.wait_followup()).content
+    settings = await world.registry.get_settings(world.guild.id)
+    assert (settings.cfg_min, settings.cfg_max, settings.size_max, settings.steps_min) == (2.5, 12, 1024, 2)
+    handle = await world.double.slash(world.admin, world.channel, "settings", {"size_min": 1001})
+    refusal = (await handle.wait_followup()).content
+    assert "multiple of 8" in refusal
+    handle = await world.double.slash(world.admin, world.channel, "settings", {"size_min": 2048})
+    assert "Settings saved" not in (await handle.wait_followup()).content
+    assert (await world.registry.get_settings(world.guild.id)).size_min == 256
     assert world.double.violations == []
 
 
