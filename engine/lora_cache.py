@@ -165,10 +165,6 @@ class LoraCache:
                 self._pipe.delete_adapters(entry.adapter)
         self.evictions += 1
 
-    def clear(self) -> None:
-        for sha in list(self.entries):
-            self.evict(sha)
-
     def _load(self, pipe: Any, lora: ResolvedLora, model_arch: str, model_name: str) -> CachedLora:
         name = adapter_name(lora.info.sha256)
         label = lora.ref.display_name
