@@ -136,6 +136,8 @@ def read_header(
         header = json.loads(raw.decode("utf-8").rstrip(" "))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _corrupt(path, f"its header is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # e.g. "[[[[..." nested deeper than any real header
+        raise _corrupt(path, "its header nests JSON deeper than any real file") from exc
     if not isinstance(header, dict):
         raise _corrupt(path, "its header is not a JSON object")
     _validate_entries(path, header, data_bytes=size - 8 - header_len)

@@ -212,6 +212,10 @@ def test_invalid_json_and_bad_offsets_are_corrupt(tmp_path: Path) -> None:
     wrong_size = tmp_path / "size.safetensors"
     wrong_size.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 16)
     assert _refusal(wrong_size).code is ErrorCode.CORRUPT_FILE
+    nested = b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep = tmp_path / "deep.safetensors"
+    deep.write_bytes(struct.pack("<Q", len(nested)) + nested)
+    assert _refusal(deep).code is ErrorCode.CORRUPT_FILE  # not a RecursionError
 
 
 # --- the demo files the builder makes ---------------------------------------------------
