@@ -98,8 +98,12 @@ async def registered_files(interaction: discord.Interaction[Any], kind: Literal[
 async def unregistered_file_choices(
     interaction: discord.Interaction[Any], kind: Literal["lora", "model"], current: str
 ) -> list[app_commands.Choice[str]]:
-    """Files of ``kind`` the engine sees that this server has not registered yet (``/… add``)."""
-    if interaction.guild_id is None:
+    """Files of ``kind`` the engine sees that this server has not registered yet (``/… add``).
+
+    Admins only: autocomplete runs before the command's admin check, and the engine's folders
+    are shared by every server, so members of any server would otherwise browse them.
+    """
+    if interaction.guild_id is None or not is_admin(interaction):
         return []
     try:
         # Autocomplete has 3 s in all; a busy or absent engine must not eat them.

@@ -20,6 +20,7 @@ from bot.actions import lora_changes
 from bot.commands.common import (
     admin_only,
     bot_of,
+    is_admin,
     nsfw_channel,
     registered_files,
     send_private,
@@ -55,8 +56,12 @@ async def registered_lora_autocomplete(
 
 
 async def any_lora_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
-    """Admins also need disabled LoRAs, so this searches everything."""
-    if interaction.guild_id is None:
+    """Admins also need disabled LoRAs, so this searches everything.
+
+    Autocomplete runs before the command's admin check, and ``/lora`` is visible to every
+    member, so members get nothing here rather than the names of disabled or NSFW LoRAs.
+    """
+    if interaction.guild_id is None or not is_admin(interaction):
         return []
     entries = await bot_of(interaction).registry.search_loras(interaction.guild_id, current, sort="name", limit=25)
     return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in entries[:25]]

@@ -63,6 +63,11 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     assert "sd15/twin-kohya.safetensors" in offered
     assert "sd15/watercolor.safetensors" not in offered  # already registered
     assert len(choices) <= 25
+    # Members see the /lora group, but not the engine's files nor the admin-only name lists.
+    assert await world.double.autocomplete(world.alice, world.channel, "lora", {"file": ""}, "file", subcommand="add") == []
+    assert await world.double.autocomplete(world.alice, world.channel, "model", {"file": ""}, "file", subcommand="add") == []
+    assert await world.double.autocomplete(world.alice, world.channel, "lora", {"name": ""}, "name", subcommand="edit") == []
+    assert await world.double.autocomplete(world.admin, world.channel, "lora", {"name": ""}, "name", subcommand="edit")
     # Typed in by hand anyway: refused, not registered a second time under another name.
     handle = await world.double.slash(
         world.admin, world.channel, "lora", {"file": "sd15/watercolor.safetensors", "name": "again"}, subcommand="add"
