@@ -396,14 +396,7 @@ class Actions:
         if action == "edit":
             await _show_modal(
                 interaction,
-                views.LoraEditModal(
-                    lora_id=lora_id,
-                    trigger_words=", ".join(lora.trigger_words),
-                    default_weight=f"{lora.default_weight:g}",
-                    weight_range=f"{lora.recommended_min:g}-{lora.recommended_max:g}",
-                    category=lora.category.value,
-                    description=lora.description,
-                ),
+                views.LoraEditModal(lora_id=lora_id, **views.lora_edit_values(lora)),
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -424,13 +417,14 @@ class Actions:
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
-        changes, problems = lora_changes(
-            trigger_words=fields.get("trigger_words", ""),
-            default_weight=fields.get("default_weight", ""),
-            weight_range=fields.get("weight_range", ""),
-            category=fields.get("category", ""),
-            description=fields.get("description", ""),
-        )
+        # Only what the admin changed: a prefilled text cut to Discord's limit, sent back as
+        # it was, must not overwrite the whole value (e.g. a 10,000-character description).
+        prefilled = views.lora_edit_values(lora)
+        edited = {key: value for key, value in fields.items() if key in prefilled and value != prefilled[key]}
+        if not edited:
+            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora))
+            return
+        changes, problems = lora_changes(**edited)
         if problems:
             await send_private(interaction, embeds.problems_message(problems))
             return

@@ -181,6 +181,26 @@ class RemixModal(discord.ui.Modal):
             self.add_item(item)
 
 
+#: Discord's limit for a text input's value (and its prefilled text).
+TEXT_INPUT_LIMIT = 4000
+
+
+def lora_edit_values(lora: Any) -> dict[str, str]:
+    """The Edit modal's prefilled text for ``lora`` (a registry LoraEntry), cut to Discord's limit.
+
+    The submit applies only the inputs whose text differs from this, so a description longer
+    than a text input can hold is kept whole unless the admin actually rewrites it.
+    """
+    values = {
+        "trigger_words": ", ".join(lora.trigger_words),
+        "default_weight": f"{lora.default_weight:g}",
+        "weight_range": f"{lora.recommended_min:g}-{lora.recommended_max:g}",
+        "category": lora.category.value,
+        "description": lora.description,
+    }
+    return {key: value[:TEXT_INPUT_LIMIT] for key, value in values.items()}
+
+
 class LoraEditModal(discord.ui.Modal):
     """What an admin corrects after ``/lora add``: the engine cannot guess these well."""
 
@@ -197,7 +217,8 @@ class LoraEditModal(discord.ui.Modal):
         super().__init__(title="Edit LoRA", custom_id=f"atelier:loraedit:{lora_id}", timeout=900)
         self.lora_id = lora_id
         self.trigger_words = discord.ui.TextInput(
-            custom_id="trigger_words", label="Trigger words (comma separated)", default=trigger_words or None, required=False, max_length=1000
+            custom_id="trigger_words", label="Trigger words (comma separated)", default=trigger_words or None, required=False,
+            style=discord.TextStyle.paragraph, max_length=TEXT_INPUT_LIMIT
         )
         self.default_weight = discord.ui.TextInput(custom_id="default_weight", label="Default weight", default=default_weight, max_length=10)
         self.weight_range = discord.ui.TextInput(
@@ -208,9 +229,9 @@ class LoraEditModal(discord.ui.Modal):
             custom_id="description",
             label="Description",
             style=discord.TextStyle.paragraph,
-            default=description[:4000] or None,
+            default=description[:TEXT_INPUT_LIMIT] or None,
             required=False,
-            max_length=4000,
+            max_length=TEXT_INPUT_LIMIT,
         )
         for item in (self.trigger_words, self.default_weight, self.weight_range, self.category, self.description):
             self.add_item(item)

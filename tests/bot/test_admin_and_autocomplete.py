@@ -202,3 +202,34 @@ async def test_refusals_quoting_a_long_typed_name_still_fit_one_message(world: W
         reply = await handle.wait_followup()
         assert reply.ephemeral and "No LoRA named" in reply.content and len(reply.content) <= 2000
     assert world.double.violations == []
+
+
+async def test_card_edit_changes_only_what_the_admin_touched(world: World) -> None:
+    description = "A long story. " * 430  # ~6000 characters: more than a modal input holds
+    triggers = [f"trigger phrase number {i:02d} " + "x" * 36 for i in range(25)]  # ~1,500 characters
+    handle = await world.double.slash(
+        world.admin,
+        world.channel,
+        "lora",
+        {"file": "sd15/twin-kohya.safetensors", "name": "storied", "description": description,
+         "trigger_words": ", ".join(triggers)},
+        subcommand="add",
+    )  # fmt: skip
+    card = await handle.wait_followup()
+    entry = await world.registry.get_lora(world.guild.id, "storied")
+    assert entry is not None and len(entry.description) > 4000 and len(entry.trigger_words) == 25
+
+    click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")
+    assert await click.wait_response(3) == 9, click.response_payloads
+    submitted = await world.double.submit_modal(world.admin, click, {"default_weight": "0.6"})
+    assert "Saved" in (await submitted.wait_followup()).content
+    after = await world.registry.get_lora(world.guild.id, "storied")
+    assert after.default_weight == 0.6
+    assert after.description == entry.description and after.trigger_words == entry.trigger_words
+
+    click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")
+    await click.wait_response(3)
+    submitted = await world.double.submit_modal(world.admin, click, {"description": "Short now."})
+    await submitted.wait_followup()
+    assert (await world.registry.get_lora(world.guild.id, "storied")).description == "Short now."
+    assert world.double.violations == []
