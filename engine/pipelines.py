@@ -12,6 +12,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode
 
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
-CONFIG_VERSION = 1
+#: Bumped when the folder layout changes; 2: written atomically (v1 folders may be partial).
+CONFIG_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -32,10 +35,25 @@ def cache_root() -> Path:
 
 
 def shipped_config(arch: str) -> Path:
-    """The real component configs for ``arch`` as a loadable folder (tokenizers written once)."""
+    """The real component configs for ``arch`` as a loadable folder (tokenizers written once).
+
+    Written in a staging folder and renamed into place: the folder is either complete or
+    absent, so an engine killed mid-write, or two engines (or test runs) starting at once,
+    never leave a half-written folder that every later single-file load would trip on.
+    """
     folder = cache_root() / "configs" / f"{arch}-v{CONFIG_VERSION}"
-    if not (folder / DIFFUSERS_INDEX).is_file():
-        write_config_folder(folder, arch, component_configs(arch, "full"))
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write_config_folder(staging, arch, component_configs(arch, "full"))
+        staging.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # not just another writer finishing first
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

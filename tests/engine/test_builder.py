@@ -170,3 +170,27 @@ def test_sdxl_single_file_in_sgm_layout_loads_back_exactly(tmp_path) -> None:
         loaded = getattr(pipe, name).state_dict()
         for key, tensor in components[name].state_dict().items():
             assert torch.equal(loaded[key], tensor), f"{name}.{key}"
+
+
+def test_shipped_configs_appear_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    """A writer killed half-way used to leave model_index.json alone, which every later
+    single-file load then took for a finished folder."""
+    from engine import pipelines
+
+    monkeypatch.setenv("ATELIER_CACHE", str(tmp_path))
+    real_writer = pipelines.write_config_folder
+
+    def dies_half_way(folder, arch, configs):  # type: ignore[no-untyped-def]
+        real_writer(folder, arch, {})  # model_index.json and tokenizers, no component configs
+        raise OSError("killed")
+
+    monkeypatch.setattr(pipelines, "write_config_folder", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        pipelines.shipped_config("sd15")
+    assert list((tmp_path / "configs").iterdir()) == []  # no partial folder, no staging left
+    monkeypatch.setattr(pipelines, "write_config_folder", real_writer)
+    folder = pipelines.shipped_config("sd15")
+    assert json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"] == 768
+    assert (folder / "tokenizer" / "vocab.json").is_file()
+    assert pipelines.shipped_config("sd15") == folder
+    assert [p.name for p in (tmp_path / "configs").iterdir()] == [folder.name]
