@@ -153,7 +153,7 @@ async def job_image(request: web.Request) -> web.Response:
 
 def _folder(request: web.Request, kind: Any) -> Path:
     folders = request.app[FOLDERS_KEY]
-    if kind not in folders:
+    if not isinstance(kind, str) or kind not in folders:  # JSON may send a list: unhashable
         raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora' or 'model'")
     return folders[kind]
 

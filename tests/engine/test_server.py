@@ -245,6 +245,8 @@ async def test_inspect_and_files_reach_only_the_configured_folders(
     assert models == set(demo_assets.models.values())
     status, body = await raw(base, "GET", "/files?kind=home")
     assert status == 400 and body["error"]["code"] == "invalid_recipe"
+    status, body = await raw(base, "POST", "/inspect", json={"kind": ["lora"], "path": "a"})
+    assert status == 400 and body["error"]["code"] == "invalid_recipe"
     status, body = await raw(base, "POST", "/inspect", json={"kind": "lora", "path": "a.ckpt"})
     assert status == 415 and body["error"]["code"] == "not_safetensors"
 
