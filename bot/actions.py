@@ -357,12 +357,19 @@ class Actions:
         if problems:
             await send_private(interaction, embeds.problems_message(problems))
             return
+        # A text input holds 4000 characters, a prompt may hold more: text sent back exactly
+        # as it was prefilled means "unchanged", not "cut the prompt here".
+        prompt, negative = fields.get("prompt", ""), fields.get("negative", "")
+        if prompt == recipe.prompt[: views.TEXT_INPUT_LIMIT]:
+            prompt = recipe.prompt
+        if negative == recipe.negative_prompt[: views.TEXT_INPUT_LIMIT]:
+            negative = recipe.negative_prompt
         await self._rerun(
             interaction,
             recipe,
             origin="remix",
-            prompt=fields.get("prompt", ""),
-            negative=fields.get("negative", ""),
+            prompt=prompt,
+            negative=negative,
             slots=parse_lora_lines(fields.get("loras", "")),
             seed=seed,
             steps=steps,

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from bot.app import AtelierBot
 
 CUSTOM_ID_LIMIT = 100
+#: Discord's limit for a text input's value (and its prefilled text).
+TEXT_INPUT_LIMIT = 4000
 MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit):(?P<target>\d{1,20})")
 IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "delete")
 _LABELS = {
@@ -157,32 +159,28 @@ class RemixModal(discord.ui.Modal):
         super().__init__(title="Remix this image", custom_id=f"atelier:remix:{message_id}", timeout=900)
         self.message_id = message_id
         self.prompt = discord.ui.TextInput(
-            custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:4000], max_length=4000
+            custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:TEXT_INPUT_LIMIT], max_length=TEXT_INPUT_LIMIT
         )
         self.negative = discord.ui.TextInput(
             custom_id="negative",
             label="Negative prompt",
             style=discord.TextStyle.paragraph,
-            default=negative[:4000] or None,
+            default=negative[:TEXT_INPUT_LIMIT] or None,
             required=False,
-            max_length=4000,
+            max_length=TEXT_INPUT_LIMIT,
         )
         self.loras = discord.ui.TextInput(
             custom_id="loras",
             label="LoRAs, one per line as name:weight",
             style=discord.TextStyle.paragraph,
-            default=loras[:4000] or None,
+            default=loras[:TEXT_INPUT_LIMIT] or None,
             required=False,
-            max_length=4000,
+            max_length=TEXT_INPUT_LIMIT,
         )
         self.seed = discord.ui.TextInput(custom_id="seed", label="Seed (empty = random)", default=seed, required=False, max_length=20)
         self.steps = discord.ui.TextInput(custom_id="steps", label="Steps", default=steps, required=False, max_length=4)
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
-
-
-#: Discord's limit for a text input's value (and its prefilled text).
-TEXT_INPUT_LIMIT = 4000
 
 
 def lora_edit_values(lora: Any) -> dict[str, str]:

@@ -218,3 +218,19 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
     assert "Deleted" in (await recipes(world.alice, "delete", {"name": saved.name})).content
     assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id) == []
     assert world.double.violations == []
+
+
+async def test_remix_keeps_a_prompt_longer_than_a_modal_input(world: World) -> None:
+    prompt = "a lighthouse in the fog, " * 163  # 4,075 characters: within the server's 4,096
+    first = await imagine_and_wait(world, world.alice, {"prompt": prompt.strip(), "seed": 8})
+    await recorded(world, first)
+    click = await world.double.click(world.alice, first, "atelier:img:remix")
+    assert await click.wait_response(3) == 9
+    seen = {m.id for m in world.double.messages(world.channel)}
+    submitted = await world.double.submit_modal(world.alice, click, {"seed": "9"})
+    assert await submitted.wait_response(3) == 5
+    remixed = await next_result(world, seen)
+    await recorded(world, remixed)
+    post = await world.registry.get_post(world.guild.id, remixed.id)
+    assert post is not None and post.recipe["seed"] == 9 and post.recipe["prompt"] == prompt.strip()
+    assert world.double.violations == []
