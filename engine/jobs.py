@@ -86,6 +86,7 @@ class JobManager:
         max_queued: int = 500,
         image_ttl_s: float = 1800.0,
         max_jobs_with_images: int = 64,
+        max_image_bytes: int = 1 << 30,
         max_jobs_with_full_events: int = 64,
     ) -> None:
         self.runner = runner
@@ -94,6 +95,7 @@ class JobManager:
         self.max_queued = max_queued
         self.image_ttl_s = image_ttl_s
         self.max_jobs_with_images = max_jobs_with_images
+        self.max_image_bytes = max_image_bytes
         self.max_jobs_with_full_events = max_jobs_with_full_events
         self._finished_order: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}
@@ -346,13 +348,19 @@ class JobManager:
         self._emit(job, {"type": "failed", "error": dict(job.error)})
 
     def _expire_images(self) -> None:
+        """Drop images past their time, beyond the job count, or beyond the byte budget.
+
+        The count alone is not a bound: 64 jobs of eight 2048x2048 PNGs are gigabytes.
+        """
         now = time.monotonic()
         holding = [j for j in self._jobs.values() if j.images]
-        holding.sort(key=lambda j: j.finished_at or now)
-        excess = len(holding) - self.max_jobs_with_images
-        for index, job in enumerate(holding):
+        holding.sort(key=lambda j: j.finished_at or now, reverse=True)  # newest first
+        kept_bytes = 0
+        for rank, job in enumerate(holding):
+            kept_bytes += sum(len(image) for image in job.images)
             too_old = job.finished_at is not None and now - job.finished_at > self.image_ttl_s
-            if index < excess or too_old:
+            over_budget = rank > 0 and kept_bytes > self.max_image_bytes  # newest always kept
+            if rank >= self.max_jobs_with_images or too_old or over_budget:
                 job.images = []
                 job.images_expired = True
 

@@ -294,3 +294,18 @@ async def test_stopping_tells_every_listener_how_its_job_ended_and_refuses_new_j
         manager.submit("late", recipe())
     assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
     await manager.stop()  # a second stop is harmless
+
+
+async def test_images_are_kept_within_a_byte_budget_newest_first() -> None:
+    runner = SteppingRunner()
+    manager = JobManager(runner, max_image_bytes=1)  # room for the newest job only
+    await manager.start()
+    try:
+        for name in ("old", "new"):
+            manager.submit(name, recipe(name))
+            await collect(manager, name)
+        with pytest.raises(EngineError, match="no longer kept"):
+            manager.image("old", 0)
+        assert manager.image("new", 0).startswith(b"\x89PNG")
+    finally:
+        await manager.stop()
