@@ -192,6 +192,14 @@ def test_size_mismatch_on_load_is_an_architecture_error(
     )
 
 
+def _adapters_holding_weights(pipe) -> set[str]:
+    names: set[str] = set()
+    for component in (pipe.unet, pipe.text_encoder):
+        for module in component.modules():
+            names.update(getattr(module, "lora_A", {}).keys())
+    return names
+
+
 def test_repeated_stack_does_not_reload_and_cache_is_bounded(demo_assets) -> None:
     generator = Generator(demo_assets.model_root, demo_assets.lora_root, cache_max_loras=2)
     a, b, c = (
@@ -211,6 +219,9 @@ def test_repeated_stack_does_not_reload_and_cache_is_bounded(demo_assets) -> Non
     loaded = set().union(*pipe.get_list_adapters().values())
     sha = {f: generator.inspect(demo_assets.lora_root / f).sha256 for f in (a, b, c)}
     assert loaded == {adapter_name(sha[a]), adapter_name(sha[c])}
+    # Really freed: no layer still holds the evicted adapter's weights (peft_config aside).
+    assert adapter_name(sha[b]) not in _adapters_holding_weights(pipe)
+    assert adapter_name(sha[a]) in _adapters_holding_weights(pipe)
     generator.run(with_loras(SD15, (b, 1.0)))
     assert generator.loras.loads == 4
 
