@@ -309,6 +309,14 @@ def check_modal(errors: FormErrors, data: dict[str, Any]) -> None:
             _check_length(errors, (*path, "label"), text_input.get("label"), maximum=MODAL_TITLE_MAX)
             _check_length(errors, (*path, "placeholder"), text_input.get("placeholder"), maximum=100)
             _check_length(errors, (*path, "value"), text_input.get("value"), maximum=TEXT_INPUT_VALUE_MAX)
+            # The prefilled value must also fit the input's own max_length (Discord refuses it).
+            max_length = text_input.get("max_length")
+            if max_length is not None:
+                if not isinstance(max_length, int) or not 1 <= max_length <= TEXT_INPUT_VALUE_MAX:
+                    errors.add((*path, "max_length"), "NUMBER_TYPE_MAX",
+                               f"int value should be between 1 and {TEXT_INPUT_VALUE_MAX}.")
+                else:
+                    _check_length(errors, (*path, "value"), text_input.get("value"), maximum=max_length)
 
 
 def modal_text_inputs(data: dict[str, Any]) -> list[dict[str, Any]]:

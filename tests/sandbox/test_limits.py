@@ -104,6 +104,9 @@ def text_input(custom_id: str = "t", **extra: Any) -> dict[str, Any]:
         ({"title": "T", "custom_id": "m", "components": [row(text_input(f"t{i}")) for i in range(6)]}, False),
         ({"title": "T", "custom_id": "m" * 101, "components": [row(text_input())]}, False),
         ({"title": "T", "custom_id": "m", "components": [row(text_input(value="v" * 4001))]}, False),
+        ({"title": "T", "custom_id": "m", "components": [row(text_input(value="v" * 10, max_length=10))]}, True),
+        ({"title": "T", "custom_id": "m", "components": [row(text_input(value="v" * 11, max_length=10))]}, False),
+        ({"title": "T", "custom_id": "m", "components": [row(text_input(max_length=4001))]}, False),
     ],
 )
 def test_modal_rules(modal: dict[str, Any], ok: bool) -> None:
