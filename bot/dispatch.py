@@ -460,7 +460,9 @@ class Dispatcher:
         return images, seconds
 
     async def _post_result(self, job: Job, images: list[bytes], seconds: float) -> None:
-        fitted, notes = fit_files(images, job.file_limit)
+        # Re-encoding oversize PNGs takes CPU seconds; in a thread, so the event loop keeps
+        # acknowledging everyone else's interactions within Discord's 3 seconds meanwhile.
+        fitted, notes = await asyncio.to_thread(fit_files, images, job.file_limit)
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         files = [
             discord.File(io.BytesIO(data), filename=f"atelier-{job.recipe.seed + i}.png")
