@@ -146,6 +146,7 @@ def single_file_arch(path: Path) -> tuple[str, Path]:
 def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
     """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     classes = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
     path = Path(path)
@@ -178,7 +179,8 @@ def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") ->
             )
     except EngineError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    # SingleFileComponentError: a checkpoint without some component (e.g. no text encoder).
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         if "out of memory" in str(exc).lower():
             raise EngineError(ErrorCode.OUT_OF_MEMORY, f"out of memory loading '{path.name}': {exc}") from exc
         raise EngineError(

@@ -276,3 +276,23 @@ def test_a_single_file_config_folder_with_a_pickle_or_an_outside_link_is_refused
         generator.run(RECIPE)
     assert caught.value.code is expected
     assert not marker.exists() and generator.slot.current is None
+
+
+def test_a_checkpoint_missing_a_component_is_corrupt_not_internal(demo_assets, tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from engine.builder import config_sidecar
+
+    models = tmp_path / "models"
+    models.mkdir()
+    sd15 = demo_assets.model_root / demo_assets.models["sd15"]
+    tensors = load_file(str(sd15))
+    without_text_encoder = {k: v for k, v in tensors.items() if not k.startswith("cond_stage_model.")}
+    save_file(without_text_encoder, str(models / sd15.name))
+    shutil.copytree(config_sidecar(sd15), config_sidecar(models / sd15.name))
+    with pytest.raises(EngineError) as caught:
+        Generator(models, demo_assets.lora_root).run(RECIPE)
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    assert "complete" in caught.value.message
