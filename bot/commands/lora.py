@@ -10,6 +10,7 @@ top-level command, so the admin subcommands (add, edit, remove) rely on the run-
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -232,6 +233,9 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
         return
+    if entry.nsfw and await bot_of(interaction).actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)) is False:
+        # The card still says NSFW; only its picture waits for a channel where NSFW is allowed.
+        entry = replace(entry, preview_url=None)
     marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
     await send_private(interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks))
 

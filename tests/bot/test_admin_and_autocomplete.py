@@ -233,3 +233,22 @@ async def test_card_edit_changes_only_what_the_admin_touched(world: World) -> No
     await submitted.wait_followup()
     assert (await world.registry.get_lora(world.guild.id, "storied")).description == "Short now."
     assert world.double.violations == []
+
+
+async def test_an_nsfw_lora_card_shows_its_preview_only_where_nsfw_is_allowed(world: World) -> None:
+    entry = await world.registry.get_lora(world.guild.id, "captain-nova")
+    assert entry is not None
+    await world.registry.update_lora(
+        world.guild.id, entry.name, world.admin.user.id, nsfw=True, preview_url="https://example.org/nova.png"
+    )
+    lounge = world.double.add_channel(world.guild, "lounge", nsfw=True)
+
+    async def card(channel: object) -> dict:
+        handle = await world.double.slash(world.alice, channel, "lora", {"name": "captain-nova"}, subcommand="info")
+        (embed,) = (await handle.wait_followup()).embeds
+        return embed
+
+    here = await card(world.channel)
+    assert "thumbnail" not in here and any(f["name"] == "NSFW" for f in here["fields"])
+    assert (await card(lounge))["thumbnail"]["url"] == "https://example.org/nova.png"
+    assert world.double.violations == []
