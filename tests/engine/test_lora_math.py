@@ -44,6 +44,16 @@ def test_weight_zero_equals_base_bit_for_bit(tiny_generator: Generator) -> None:
     assert np.array_equal(base, pixels(run(tiny_generator, SD15)))
 
 
+def test_weight_zero_equals_base_on_sdxl_with_both_text_encoders(
+    sdxl_generator: Generator,
+) -> None:
+    base = pixels(run(sdxl_generator, SDXL))
+    zero = run(sdxl_generator, with_loras(SDXL, ("sdxl/captain-nova-xl.safetensors", 0.0)))
+    assert np.array_equal(base, pixels(zero))
+    one = run(sdxl_generator, with_loras(SDXL, ("sdxl/captain-nova-xl.safetensors", 1.0)))
+    assert mean_abs_diff(zero, one) > 1.0  # the same LoRA at 1 does change it
+
+
 def test_lora_visibly_changes_the_image(tiny_generator: Generator) -> None:
     base = run(tiny_generator, SD15)
     for file in (
