@@ -8,6 +8,7 @@ as labels, and the uploaded files byte for byte next to the page that shows them
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def write_transcript(
         f"<style>{_STYLE}</style><h1>{html.escape(title)}</h1>",
     ]
     saved: list[Path] = []
+    names = {user_id: user.name for user_id, user in double.users.items()}
     for channel in channel_list:
         name = f"#{channel.name}" if channel.name else "direct messages"
         text_parts.append(f"===== {name} =====")
@@ -67,7 +69,7 @@ def write_transcript(
             paths = _save_files(message, files_dir)
             saved.extend(paths)
             text_parts.append(_message_text(message, paths, folder))
-            html_parts.append(_message_html(message, paths, folder))
+            html_parts.append(_message_html(message, paths, folder, names))
     text_path = folder / "transcript.txt"
     text_path.write_text("\n\n".join(text_parts) + "\n", encoding="utf-8")
     html_path = folder / "index.html"
@@ -93,7 +95,20 @@ def _message_text(message: StoredMessage, paths: list[Path], folder: Path) -> st
     return "\n".join(lines)
 
 
-def _message_html(message: StoredMessage, paths: list[Path], folder: Path) -> str:
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_CODE = re.compile(r"`([^`]+)`")
+_MENTION = re.compile(r"&lt;@!?(\d+)&gt;")
+
+
+def _markdown(text: str, names: dict[int, str]) -> str:
+    """The little Markdown Discord's client renders in what the bot sends: bold, code, mentions."""
+    out = html.escape(text)
+    out = _MENTION.sub(lambda m: f"<b>@{html.escape(names.get(int(m.group(1)), m.group(1)))}</b>", out)
+    out = _CODE.sub(r"<code>\1</code>", out)
+    return _BOLD.sub(r"<b>\1</b>", out)
+
+
+def _message_html(message: StoredMessage, paths: list[Path], folder: Path, names: dict[int, str]) -> str:
     classes = "message ephemeral" if message.ephemeral else "message"
     parts = [f"<div class='{classes}'><div class='author'>{html.escape(message.author.name)}"]
     if message.ephemeral:
@@ -102,9 +117,9 @@ def _message_html(message: StoredMessage, paths: list[Path], folder: Path) -> st
     if message.loading:
         parts.append(f"<p>{html.escape(message.author.name)} is thinking…</p>")
     if message.content:
-        parts.append(f"<pre>{html.escape(message.content)}</pre>")
+        parts.append(f"<pre>{_markdown(message.content, names)}</pre>")
     for embed in message.embeds:
-        parts.append(_embed_html(embed))
+        parts.append(_embed_html(embed, names))
     for attachment, path in zip(message.attachments, paths, strict=True):
         relative = html.escape(str(path.relative_to(folder)))
         if attachment.content_type.startswith("image/"):
@@ -119,18 +134,18 @@ def _message_html(message: StoredMessage, paths: list[Path], folder: Path) -> st
     return "".join(parts)
 
 
-def _embed_html(embed: dict[str, Any]) -> str:
+def _embed_html(embed: dict[str, Any], names: dict[int, str]) -> str:
     parts = ["<div class='embed'>"]
     if embed.get("author"):
         parts.append(f"<div>{html.escape(str(embed['author'].get('name', '')))}</div>")
     if embed.get("title"):
         parts.append(f"<div class='author'>{html.escape(str(embed['title']))}</div>")
     if embed.get("description"):
-        parts.append(f"<pre>{html.escape(str(embed['description']))}</pre>")
+        parts.append(f"<pre>{_markdown(str(embed['description']), names)}</pre>")
     for field in embed.get("fields") or []:
         parts.append(
             f"<div class='field'><span class='field-name'>{html.escape(str(field.get('name', '')))}</span>"
-            f"<pre>{html.escape(str(field.get('value', '')))}</pre></div>"
+            f"<pre>{_markdown(str(field.get('value', '')), names)}</pre></div>"
         )
     if embed.get("footer"):
         parts.append(f"<small>{html.escape(str(embed['footer'].get('text', '')))}</small>")

@@ -115,6 +115,15 @@ async def test_transcript_shows_the_channel_with_its_files(world: World, tmp_pat
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and f"files/{followup.id}-render.png" in page
 
 
+async def test_transcript_renders_discord_markdown_and_mentions(world: World, tmp_path) -> None:
+    double = world.double
+    prompt = f"**big** `fox` for <@{world.alice.user.id}> <script>"
+    handle = await double.slash(world.alice, world.channel, "render", {"prompt": prompt})
+    await handle.wait_followup()
+    page = write_transcript(double, world.channel, tmp_path / "out").html.read_text(encoding="utf-8")
+    assert "<b>big</b> <code>fox</code> for <b>@alice</b> &lt;script&gt;" in page
+
+
 async def test_a_request_over_the_size_limit_is_refused(world: World) -> None:
     import aiohttp
 
