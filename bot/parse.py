@@ -167,11 +167,15 @@ def build_request(
     """
     loras: list[LoraRequest] = []
     for index, (name, weight) in enumerate(slots, start=1):
-        if name is None or not name.strip():
-            continue
         weight_text = (
             None if weight is None else (weight if isinstance(weight, str) else repr(float(weight)))
         )
+        if name is None or not name.strip():
+            # A weight with no LoRA beside it is kept (nameless) so validation reports it:
+            # dropping it silently would let the member believe it was applied.
+            if weight_text is not None and weight_text.strip():
+                loras.append(LoraRequest("", weight_text, "slot", index))
+            continue
         loras.append(LoraRequest(name.strip(), weight_text, "slot", index))
     cleaned, inline = extract_inline_loras(prompt or "")
     return ImagineRequest(

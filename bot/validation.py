@@ -382,11 +382,12 @@ def _check_loras(
     stack: list[tuple[LoraEntry, float]] = []
     for wanted in distinct:
         if not name_key(wanted.name):
-            check.problem(
-                "empty_lora_name",
-                f"The {wanted.describe()} has no LoRA name.",
-                "Write it as `<lora:name:0.7>`.",
+            fix = (
+                f"Pick a LoRA in `lora{wanted.position}`, or leave `weight{wanted.position}` empty."
+                if wanted.origin == "slot"
+                else "Write it as `<lora:name:0.7>`."
             )
+            check.problem("empty_lora_name", f"The {wanted.describe()} has no LoRA name.", fix)
             continue
         lora = catalog.lora(wanted.name)
         if lora is None:

@@ -86,6 +86,7 @@ def test_build_request_merges_slots_and_inline() -> None:
     assert request.prompt == "city" and request.model == "Dream"
     assert [(lr.name, lr.weight_text, lr.origin, lr.position) for lr in request.loras] == [
         ("a", "0.5", "slot", 1),
+        ("", "1", "slot", 3),  # a weight without its LoRA is kept, for validation to report
         ("c", None, "slot", 4),
         ("b", "0.3", "inline", 1),
     ]

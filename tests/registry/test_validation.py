@@ -277,6 +277,10 @@ def test_prompt_limits_and_invisible_characters() -> None:
 def test_unknown_sampler_and_empty_inline_name() -> None:
     assert codes(validate(request(sampler="Eulerish"), catalog())) == ["unknown_sampler"]
     assert codes(validate(request("cat <lora::1>"), catalog())) == ["empty_lora_name"]
+    # weight2 given, lora2 left empty: reported, not silently ignored.
+    lone_weight = validate(request(slots=[("Film Grain", "0.5"), (None, "0.8")]), catalog())
+    assert codes(lone_weight) == ["empty_lora_name"]
+    assert "lora2" in lone_weight.problems[0].message and "weight2" in lone_weight.problems[0].fix  # type: ignore[union-attr]
 
 
 def test_rejection_text_fits_a_discord_message() -> None:
