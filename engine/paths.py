@@ -56,6 +56,8 @@ def resolve_within(root: Path, relative: str, *, allow_dir: bool = False) -> Pat
             f"'{relative}' points outside the allowed folder; give a path relative to "
             f"'{real_root}' without '..'",
         )
+    if not posix.parts:  # "." or "./": the folder itself is never a model or a LoRA
+        raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{relative}' names no file inside the folder")
     _refuse_pickle(relative)
     candidate = real_root.joinpath(*posix.parts).resolve(strict=False)
     if not candidate.is_relative_to(real_root):

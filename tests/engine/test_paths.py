@@ -94,6 +94,8 @@ def test_missing_files_other_formats_and_folders(folders: tuple[Path, Path]) -> 
     root, _ = folders
     assert _code(root, "nope.safetensors") is ErrorCode.UNKNOWN_FILE
     assert _code(root, "") is ErrorCode.UNKNOWN_FILE
+    assert _code(root, ".", allow_dir=True) is ErrorCode.UNKNOWN_FILE  # the root itself
+    assert _code(root, "./", allow_dir=True) is ErrorCode.UNKNOWN_FILE
     (root / "notes.gguf").write_bytes(b"GGUF")
     assert _code(root, "notes.gguf") is ErrorCode.NOT_SAFETENSORS
     assert _code(root, "style") is ErrorCode.UNKNOWN_FILE
