@@ -4,6 +4,12 @@ The bot imports this module, so it may only depend on aiohttp and :mod:`engine.p
 Every failure comes back as an :class:`~engine.protocol.EngineError` with a stable code, so
 the bot has one kind of exception to turn into advice; a refused connection or a stream cut
 short means the engine is not running (or crashed), and says so.
+
+A frozen engine (alive but silent) would otherwise keep an event stream open forever, so the
+stream has a read timeout: the engine sends a ``heartbeat`` event after every few seconds of
+silence (:data:`engine.server.HEARTBEAT_INTERVAL_S`), and a stream silent for
+``event_timeout_s`` ends in ``ENGINE_UNAVAILABLE``. Heartbeats prove only that the engine
+answers, not that a job advances; watching a job for stalls is the caller's business.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from engine.protocol import (
 )
 
 DEFAULT_BASE_URL = "http://127.0.0.1:7861"
+#: Three of the engine's 5-s heartbeat intervals: one late heartbeat (a busy event loop, a
+#: GIL-heavy model load) is tolerated, a silent engine is not.
+DEFAULT_EVENT_TIMEOUT_S = 15.0
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
@@ -49,6 +58,7 @@ class EngineClient:
         *,
         unix_socket: str | None = None,
         request_timeout_s: float = 60.0,
+        event_timeout_s: float = DEFAULT_EVENT_TIMEOUT_S,
     ) -> None:
         self.unix_socket = unix_socket
         self.base_url = (base_url or ("http://engine" if unix_socket else DEFAULT_BASE_URL)).rstrip(
@@ -56,6 +66,8 @@ class EngineClient:
         )
         self._where = f"unix:{unix_socket}" if unix_socket else self.base_url
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        #: Longest silence allowed on an event stream (heartbeats count as sound).
+        self.event_timeout_s = event_timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     # --- session -----------------------------------------------------------------------
@@ -133,24 +145,39 @@ class EngineClient:
     async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Every event of the job, past then live; ends after ``done`` or ``failed``.
 
-        A stream that ends without a terminal event means the engine went away mid-job.
+        Heartbeats are consumed here, never yielded: they only keep the read timeout from
+        firing, and a caller that counted them as job activity would miss a stalled job.
+        A stream that ends without a terminal event means the engine went away mid-job; one
+        silent (not even a heartbeat) for ``event_timeout_s`` means it stopped answering.
+        Both raise ``ENGINE_UNAVAILABLE``.
         """
         url = f"{self.base_url}/jobs/{_quote(job_id)}/events"
+        # sock_read restarts with every chunk the engine sends, heartbeats included, so it
+        # bounds the engine's silence and not the job's length.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.event_timeout_s)
         try:
-            async with self._http().get(
-                url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
-            ) as response:
+            async with self._http().get(url, timeout=timeout) as response:
                 if response.status >= 400:
                     raise self._error_from(response.status, await response.read())
                 async for line in response.content:
                     if not line.strip():
                         continue
                     event = _decode(line, self._where)
+                    if event.get("type") == "heartbeat":
+                        continue
                     yield event
                     if event.get("type") in TERMINAL_EVENTS:
                         return
         except EngineError:
             raise
+        except aiohttp.SocketTimeoutError as exc:
+            raise EngineError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"the engine at {self._where} stopped answering: nothing came on the event "
+                f"stream of job '{job_id}' for {self.event_timeout_s:g} s, not even a "
+                "heartbeat. Its process may be frozen; check its log, restart it if it stays "
+                "silent, and submit the job again",
+            ) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise _unavailable(self._where, exc) from exc
         raise EngineError(

@@ -68,7 +68,12 @@ class EngineError(Exception):
 
     def __init__(self, code: ErrorCode | str, message: str) -> None:
         super().__init__(message)
-        self.code = ErrorCode(code)
+        try:
+            self.code = ErrorCode(code)
+        except ValueError:
+            # A newer engine may send a code this side does not know yet; the message still
+            # tells the person what happened, so it must reach them instead of a ValueError.
+            self.code = ErrorCode.INTERNAL
         self.message = message
 
     def to_json(self) -> dict[str, Any]:
@@ -203,5 +208,6 @@ class JobStatus:
 #   {"type": "done",     "job": id, "images": int, "seconds": float,
 #                        "timings": {"prepare": s, "denoise": s, "total": s}}
 #   {"type": "failed",   "job": id, "error": {"code": str, "message": str}}
+#   {"type": "heartbeat", "job": id}   # after HEARTBEAT_INTERVAL s without another event; liveness only
 # A cancelled job ends with "failed" and code "cancelled".
 TERMINAL_EVENTS = frozenset({"done", "failed"})

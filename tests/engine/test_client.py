@@ -5,6 +5,7 @@ The client against a live engine is exercised end to end in ``test_server.py``.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -103,3 +104,66 @@ async def test_an_answer_that_is_not_the_engine_s_json_is_an_engine_error() -> N
             assert caught.value.code is ErrorCode.INTERNAL
     finally:
         await server.close()
+
+
+async def test_an_engine_that_goes_silent_mid_stream_is_reported_as_stopped_answering() -> None:
+    """A frozen engine: it sends the first event, then nothing, without closing the stream.
+
+    The peer here is a stand-in for the frozen engine process; the client is the real one.
+    """
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    release = asyncio.Event()
+
+    async def frozen_events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(b'{"type": "queued", "job": "j", "position": 0}\n')
+        await release.wait()  # frozen: the connection stays open and says nothing more
+        return response
+
+    app = web.Application()
+    app.router.add_get("/jobs/j/events", frozen_events)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    received: list[dict[str, object]] = []
+    try:
+        async with EngineClient(str(server.make_url("")).rstrip("/"), event_timeout_s=0.5) as client:
+            with pytest.raises(EngineError) as caught:
+                async with asyncio.timeout(30):  # a hang fails the test instead of blocking it
+                    async for event in client.events("j"):
+                        received.append(event)
+    finally:
+        release.set()
+        await server.close()
+    assert received == [{"type": "queued", "job": "j", "position": 0}]
+    assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+    assert "stopped answering" in caught.value.message
+    assert "0.5 s" in caught.value.message and "'j'" in caught.value.message
+
+
+async def test_an_error_code_this_client_does_not_know_keeps_its_message() -> None:
+    """A newer engine's code becomes INTERNAL with the engine's own words, never a ValueError."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def newer_engine(_request: web.Request) -> web.Response:
+        body = {"error": {"code": "gpu_overheated", "message": "the GPU is too hot; wait"}}
+        return web.json_response(body, status=503)
+
+    app = web.Application()
+    app.router.add_get("/health", newer_engine)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with EngineClient(str(server.make_url("")).rstrip("/")) as client:
+            with pytest.raises(EngineError) as caught:
+                await client.health()
+    finally:
+        await server.close()
+    assert caught.value.code is ErrorCode.INTERNAL
+    assert caught.value.message == "the GPU is too hot; wait"
+    direct = EngineError("gpu_overheated", "too hot")
+    assert (direct.code, direct.message, str(direct)) == (ErrorCode.INTERNAL, "too hot", "too hot")
+    assert EngineError("cancelled", "stop").code is ErrorCode.CANCELLED
