@@ -8,6 +8,7 @@ bodies are small and bounded, so a bad client cannot make the engine read or all
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,9 @@ log = logging.getLogger("engine.server")
 
 MAX_BODY_BYTES = 256 * 1024
 HEALTH_RUNNER_TIMEOUT_S = 2.0
+#: Seconds of silence on an event stream after which a ``heartbeat`` event goes out. The
+#: client gives up after three of them (``engine.client.DEFAULT_EVENT_TIMEOUT_S``).
+HEARTBEAT_INTERVAL_S = 5.0
 
 _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_RECIPE: 400,
@@ -46,6 +50,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
 MANAGER_KEY = web.AppKey("manager", JobManager)
 FOLDERS_KEY = web.AppKey("folders", dict)
 STARTED_KEY = web.AppKey("started", float)
+HEARTBEAT_KEY = web.AppKey("heartbeat_interval_s", float)
 
 
 def error_response(error: EngineError) -> web.Response:
@@ -122,17 +127,47 @@ async def job_status(request: web.Request) -> web.Response:
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:
+    """The job's events as NDJSON, with a heartbeat after every quiet ``HEARTBEAT_KEY`` s.
+
+    Heartbeats come from this coroutine on the event loop, not from the job's worker
+    thread, so they flow while a job spends minutes loading a model before its first
+    progress event. That also means they prove only that the engine process answers: a
+    worker thread frozen inside a job keeps the heartbeats coming. Telling a slow job from
+    a stuck one is left to the caller, which knows how long it is willing to wait without
+    progress (the bot's dispatcher has a per-job stall limit for exactly that).
+    """
     manager = request.app[MANAGER_KEY]
-    events = manager.events(request.match_info["id"])
-    manager.status(request.match_info["id"])  # raise UNKNOWN_JOB before the 200 goes out
+    job_id = request.match_info["id"]
+    interval = request.app[HEARTBEAT_KEY]
+    events = manager.events(job_id)
+    manager.status(job_id)  # raise UNKNOWN_JOB before the 200 goes out
+    heartbeat = json.dumps({"type": "heartbeat", "job": job_id}).encode() + b"\n"
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
+    # One pending read of the job's events at a time, never cancelled by a heartbeat:
+    # cancelling it would close the event generator and lose the events still to come.
+    pending: asyncio.Future[dict[str, Any]] | None = None
     try:
-        async for event in events:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                await response.write(heartbeat)
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                break
+            pending = None
             await response.write(json.dumps(event).encode() + b"\n")
     except ConnectionResetError:
         return response  # the listener left; the job itself goes on
     finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
         await events.aclose()
     await response.write_eof()
     return response
@@ -223,12 +258,25 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
-def create_app(manager: JobManager, *, models_root: Path, loras_root: Path) -> web.Application:
-    """The aiohttp application; the job worker starts and stops with it."""
+def create_app(
+    manager: JobManager,
+    *,
+    models_root: Path,
+    loras_root: Path,
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+) -> web.Application:
+    """The aiohttp application; the job worker starts and stops with it.
+
+    ``heartbeat_interval_s`` is the longest an event stream stays silent; keep it well
+    below the clients' read timeout (tests shorten both).
+    """
+    if heartbeat_interval_s <= 0:
+        raise ValueError(f"heartbeat_interval_s must be positive, not {heartbeat_interval_s}")
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[MANAGER_KEY] = manager
     app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root)}
     app[STARTED_KEY] = time.monotonic()
+    app[HEARTBEAT_KEY] = float(heartbeat_interval_s)
 
     async def lifecycle(app: web.Application) -> Any:
         await manager.start()

@@ -15,8 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -24,12 +26,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from engine.client import EngineClient
+from engine.client import DEFAULT_EVENT_TIMEOUT_S, EngineClient
 from engine.config import parse_serve_args, parse_size
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
-from engine.server import create_app
+from engine.server import HEARTBEAT_INTERVAL_S, create_app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -214,6 +216,73 @@ async def test_a_listener_that_hangs_up_does_not_stop_the_job(engine, demo_asset
     assert events[-1]["type"] == "done"
     job = client.manager._jobs["hang-up"]  # type: ignore[attr-defined]
     assert not job.listeners
+
+
+class LoadingRunner:
+    """A runner whose job first "loads a model" until the test lets it go, then takes 2 steps.
+
+    The thread blocked in ``run`` is also what a frozen worker looks like from outside.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = threading.Event()
+
+    def run(self, recipe: Recipe, *, on_step: Any, should_cancel: Any) -> Any:
+        self.loaded.wait(60)
+        for step in (1, 2):
+            on_step(step, 2)
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, "PNG")
+        return SimpleNamespace(images=[buffer.getvalue()], seeds=[recipe.seed], timings={})
+
+    def health(self) -> dict[str, Any]:
+        return {"device": "cpu"}
+
+
+async def test_a_long_silent_job_gets_heartbeats_that_keep_the_client_waiting(demo_assets) -> None:
+    runner = LoadingRunner()
+    manager = JobManager(runner)
+    app = create_app(
+        manager,
+        models_root=demo_assets.model_root,
+        loras_root=demo_assets.lora_root,
+        heartbeat_interval_s=0.2,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    client = EngineClient(base, event_timeout_s=0.6)
+    try:
+        await client.submit("slow-load", Recipe(model="m.safetensors", prompt="p", steps=2))
+        followed = asyncio.create_task(_events(client, "slow-load"))
+        seen: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/jobs/slow-load/events") as response:
+                async for line in response.content:
+                    event = json.loads(line)
+                    seen.append(event)
+                    beats = [e for e in seen if e["type"] == "heartbeat"]
+                    # Four quiet intervals are longer than the client's 0.6 s read timeout.
+                    if len(beats) == 4:
+                        runner.loaded.set()
+        kinds = [e["type"] for e in seen]
+        assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
+        assert kinds.index("heartbeat") < kinds.index("progress")
+        assert {"type": "heartbeat", "job": "slow-load"} in seen
+        # The client outlived the silence and hands its caller the job's events only.
+        events = await followed
+        assert [e["type"] for e in events] == ["queued", "started", "progress", "progress", "done"]
+        # Heartbeats belong to a stream, not to the job's history.
+        assert all(e["type"] != "heartbeat" for e in manager._jobs["slow-load"].events)
+    finally:
+        runner.loaded.set()
+        await client.close()
+        await server.close()
+
+
+def test_the_client_waits_longer_than_the_engine_stays_silent() -> None:
+    """A client that gave up before the second heartbeat would call a healthy engine dead."""
+    assert DEFAULT_EVENT_TIMEOUT_S >= 2 * HEARTBEAT_INTERVAL_S
 
 
 async def test_inspect_and_files_reach_only_the_configured_folders(
