@@ -1,0 +1,328 @@
+"""GPU benchmark: images per second of the engine against the raw diffusers pipeline.
+
+Run on a machine with a CUDA GPU (the full-size models are built there, from random weights
+with the real SD 1.5 / SDXL architectures; nothing is downloaded)::
+
+    python -m tests.bench.gpu --device cuda --dtype float16 --size full \
+        --arch sd15 --arch sdxl --steps 20 --images 8 --out demo-out/gpu-bench
+
+It prints ONE JSON object. For each architecture, four modes generate ``--images`` images
+(one image per pipeline call, seeds ``seed + i``, same prompt, sampler, steps and CFG), each
+after one untimed warm-up image, with CUDA synchronised around every timing:
+
+- ``raw``: the diffusers pipeline (loaded by ``engine.pipelines.load_pipeline``) called
+  directly, plus a plain PNG encode of each image (the engine's product is a PNG too);
+- ``engine``: ``engine.generate.Generator.run`` (validation, hashing memoised, scheduler
+  swap, per-image seeded latents, PNG with A1111 + recipe metadata), no LoRA;
+- ``raw_lora``: the raw pipeline with the three demo LoRAs (watercolor, pixel-art,
+  captain-nova; ``-xl`` for SDXL) loaded by ``load_lora_weights`` and made active once by
+  ``set_adapters`` (the plain diffusers way; loading is reported apart, not timed);
+- ``engine_lora``: ``Generator.run`` with the same stack, already in its LoRA cache (the
+  warm-up job loaded it), as a user repeating a recipe would see it.
+
+``ratio_engine_over_raw`` is engine images/s over raw images/s (1.0 = no overhead; below 1
+means the engine is slower). ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated``
+over each half (the raw pipeline is freed before the engine loads its own). ``build_s`` is
+the demo build (near zero when ``--out`` already holds it: each architecture is built in
+``OUT/<arch>-<size>`` and reused; ``demo-out/`` is git-ignored). Under a 10-minute limit per
+command, run one ``--arch`` per command with the same ``--out``. ``--size tiny`` runs anywhere in seconds (the smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ARCHITECTURES = ("sd15", "sdxl")
+#: Native resolutions at full size; tiny models only exist to exercise the code, so small.
+RESOLUTION = {"full": {"sd15": 512, "sdxl": 1024}, "tiny": {"sd15": 256, "sdxl": 256}}
+LORA_STACK = (("watercolor", 0.8), ("pixel-art", 0.6), ("captain-nova", 0.5))
+PROMPT = "watercolor, pixel art, captain nova on a lighthouse cliff at dusk, red scarf"
+NEGATIVE = "blurry, low quality"
+CFG_SCALE = 7.0
+SEED = 1234
+#: Generator.run refuses more images than this per job, so longer runs are split into jobs.
+MAX_COUNT = 8
+MODES = ("raw", "engine", "raw_lora", "engine_lora")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    parser.add_argument("--size", default="full", choices=("full", "tiny"))
+    parser.add_argument("--arch", action="append", choices=ARCHITECTURES, help="repeatable (default: both)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--images", type=int, default=8, help="timed images per mode")
+    parser.add_argument("--sampler", default="DPM++ 2M Karras", help="an A1111 sampler name")
+    parser.add_argument("--out", type=Path, help="where to build (and reuse) the models; default: a temp dir")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.images < 1:
+        parser.error("--steps and --images must be at least 1")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda but torch sees no CUDA GPU; run on a GPU machine or pass --device cpu")
+    return args
+
+
+def _quiet() -> None:
+    import logging
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+    logging.getLogger("peft").setLevel(logging.ERROR)
+
+
+def _on_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def _sync(device: str) -> None:
+    if _on_cuda(device):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if _on_cuda(device):
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    if not _on_cuda(device):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+
+
+def _timed(device: str, work: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds of ``work`` with the GPU drained before and after (its queue is asynchronous)."""
+    _sync(device)
+    started = time.perf_counter()
+    result = work()
+    _sync(device)
+    return time.perf_counter() - started, result
+
+
+class RawPipeline:
+    """The baseline: the diffusers pipeline driven the way its documentation shows."""
+
+    def __init__(self, model_path: Path, *, device: str, dtype: str, sampler: str) -> None:
+        from engine.pipelines import load_pipeline
+        from engine.samplers import make_scheduler
+
+        self.pipe, _ = load_pipeline(model_path, device=device, dtype=dtype)
+        self.pipe.scheduler = make_scheduler(sampler, self.pipe.scheduler.config)
+
+    def load_loras(self, files: Sequence[Path], weights: Sequence[float]) -> None:
+        names = [f"bench_{index}" for index in range(len(files))]
+        for name, file in zip(names, files, strict=True):
+            self.pipe.load_lora_weights(str(file), adapter_name=name)
+        self.pipe.set_adapters(names, adapter_weights=list(weights))
+
+    def images(self, recipe: Any, count: int) -> list[bytes]:
+        import torch
+
+        pngs = []
+        with torch.inference_mode():
+            for index in range(count):
+                image = self.pipe(
+                    prompt=recipe.prompt,
+                    negative_prompt=recipe.negative_prompt,
+                    num_inference_steps=recipe.steps,
+                    guidance_scale=recipe.cfg_scale,
+                    width=recipe.width,
+                    height=recipe.height,
+                    generator=torch.Generator(device="cpu").manual_seed(recipe.seed + index),
+                ).images[0]
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                pngs.append(buffer.getvalue())
+        return pngs
+
+
+def _engine_images(generator: Any, recipe: Any, count: int) -> tuple[list[bytes], dict[str, float]]:
+    from dataclasses import replace
+
+    pngs: list[bytes] = []
+    timings: dict[str, float] = {}
+    for start in range(0, count, MAX_COUNT):
+        job = replace(recipe, seed=recipe.seed + start, count=min(MAX_COUNT, count - start))
+        result = generator.run(job)
+        pngs += result.images
+        for key, value in result.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return pngs, timings
+
+
+def _bench_raw(
+    model_path: Path,
+    recipe: Any,
+    lora_recipe: Any,
+    files: Sequence[Path],
+    weights: Sequence[float],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The raw modes; the pipeline is freed on return, before the engine loads its own."""
+    device, count = args.device, args.images
+    _free(device)
+    load_s, raw = _timed(
+        device, lambda: RawPipeline(model_path, device=device, dtype=args.dtype, sampler=args.sampler)
+    )
+    raw.images(recipe, 1)
+    plain_s, pngs = _timed(device, lambda: raw.images(recipe, count))
+    assert len(pngs) == count
+    lora_load_s, _ = _timed(device, lambda: raw.load_loras(files, weights))
+    raw.images(lora_recipe, 1)
+    lora_s, pngs = _timed(device, lambda: raw.images(lora_recipe, count))
+    assert len(pngs) == count
+    return {
+        "seconds": {"raw": plain_s, "raw_lora": lora_s},
+        "peak": _peak_gib(device),
+        "raw_load_s": load_s,
+        "raw_lora_load_s": lora_load_s,
+    }
+
+
+def _bench_engine(assets: Any, recipe: Any, lora_recipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The engine modes, each after a first job that pays the one-off costs."""
+    from engine.generate import Generator
+
+    device, count = args.device, args.images
+    _free(device)
+    generator = Generator(assets.model_root, assets.lora_root, device=device, dtype=args.dtype)
+    # The first job loads the model and hashes its files (memoised for later jobs).
+    first_s, _ = _timed(device, lambda: _engine_images(generator, recipe, 1))
+    plain_s, (pngs, plain_timings) = _timed(device, lambda: _engine_images(generator, recipe, count))
+    assert len(pngs) == count
+    # The first job with the stack reads and injects the three files into the LoRA cache.
+    first_lora_s, _ = _timed(device, lambda: _engine_images(generator, lora_recipe, 1))
+    lora_s, (pngs, lora_timings) = _timed(device, lambda: _engine_images(generator, lora_recipe, count))
+    assert len(pngs) == count
+    assert generator.loras.loads == len(lora_recipe.loras), "the timed LoRA jobs reloaded files"
+    peak = _peak_gib(device)
+    return {
+        "seconds": {"engine": plain_s, "engine_lora": lora_s},
+        "peak": peak,
+        "timings": {
+            "engine": {k: round(v, 4) for k, v in plain_timings.items()},
+            "engine_lora": {k: round(v, 4) for k, v in lora_timings.items()},
+        },
+        "engine_first_job_s": first_s,
+        "engine_first_lora_job_s": first_lora_s,
+    }
+
+
+def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from engine.builder import STAMP_FILE, build_demo_assets
+    from engine.protocol import LoraRef, Recipe
+
+    count = args.images
+    build_dir = out / f"{arch}-{args.size}"
+    reused = (build_dir / STAMP_FILE).is_file()
+    build_s, assets = _timed("cpu", lambda: build_demo_assets(build_dir, size=args.size, architectures=(arch,)))
+    suffix = "-xl" if arch == "sdxl" else ""
+    loras = [(assets.lora(name + suffix), weight) for name, weight in LORA_STACK]
+    side = RESOLUTION[args.size][arch]
+    recipe = Recipe(
+        model=assets.models[arch], prompt=PROMPT, negative_prompt=NEGATIVE, sampler=args.sampler,
+        steps=args.steps, cfg_scale=CFG_SCALE, seed=SEED, width=side, height=side,
+    )  # fmt: skip
+    stack = tuple(LoraRef(lora.file, weight, name=lora.name) for lora, weight in loras)
+    lora_recipe = replace(recipe, loras=stack)
+    files = [assets.lora_root / lora.file for lora, _ in loras]
+    model_path = assets.model_root / assets.models[arch]
+    raw = _bench_raw(model_path, recipe, lora_recipe, files, [w for _, w in loras], args)
+    engine = _bench_engine(assets, recipe, lora_recipe, args)
+    seconds = {**raw.pop("seconds"), **engine.pop("seconds")}
+    per_second = {mode: round(count / seconds[mode], 4) for mode in MODES}
+    return {
+        "model": assets.models[arch],
+        "resolution": f"{side}x{side}",
+        "loras": [{"file": lora.file, "weight": weight} for lora, weight in loras],
+        "images_per_s": per_second,
+        "ratio_engine_over_raw": {
+            "no_lora": round(seconds["raw"] / seconds["engine"], 4),
+            "lora_stack": round(seconds["raw_lora"] / seconds["engine_lora"], 4),
+        },
+        "seconds": {mode: round(seconds[mode], 4) for mode in MODES},
+        "engine_timings_s": engine.pop("timings"),
+        "peak_gpu_memory_gib": {"raw": raw.pop("peak"), "engine": engine.pop("peak")},
+        "build_s": round(build_s, 2),
+        "build_reused": reused,
+        **{name: round(value, 3) for name, value in {**raw, **engine}.items()},
+    }
+
+
+def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Everything ``main`` prints, as a dict."""
+    import diffusers
+    import torch
+
+    args = parse_args(argv)
+    _quiet()
+    started = time.perf_counter()
+    architectures = list(dict.fromkeys(args.arch or ARCHITECTURES))
+    with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as tmp:
+        out = args.out or Path(tmp)
+        results = {arch: bench_architecture(arch, args, out) for arch in architectures}
+    on_cuda = _on_cuda(args.device)
+    return {
+        "benchmark": "gpu",
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(args.device) if on_cuda else platform.processor() or "cpu",
+        "dtype": args.dtype,
+        "size": args.size,
+        "steps": args.steps,
+        "images": args.images,
+        "sampler": args.sampler,
+        "cfg_scale": CFG_SCALE,
+        "statistic": "images / seconds for --images images, one per pipeline call, after one "
+        "warm-up image; raw includes a plain PNG encode, engine its PNG with metadata",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "architectures": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    results = run_benchmark(argv)
+    json.dump(results, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
