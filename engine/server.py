@@ -22,7 +22,7 @@ from aiohttp import web
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
-from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.protocol import TERMINAL_EVENTS, EngineError, ErrorCode, Recipe
 
 log = logging.getLogger("engine.server")
 
@@ -161,6 +161,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 break
             pending = None
             await response.write(json.dumps(event).encode() + b"\n")
+            if event["type"] in TERMINAL_EVENTS:
+                break
     except ConnectionResetError:
         return response  # the listener left; the job itself goes on
     finally:
@@ -169,7 +171,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
         await events.aclose()
-    await response.write_eof()
+    # A client may hang up as soon as it reads the terminal event; it has all it needs.
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response
 
 
