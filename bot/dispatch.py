@@ -8,6 +8,17 @@ without losing a request. So the bot holds the jobs and feeds the engine a few a
 
 Results are posted as new channel messages, never through the interaction token: the token
 expires after 15 minutes and a queue can be longer than that.
+
+Two ways an engine can stop serving a job, told apart because the advice differs:
+
+- the engine process stops answering (crashed, or frozen whole): the client's read timeout
+  on the event stream, which the engine's heartbeats keep from firing while it is alive,
+  raises ``ENGINE_UNAVAILABLE``; the job waits for the engine to come back and runs again.
+- the process answers (heartbeats keep coming) but the job makes no progress: a worker
+  stuck in a driver call, a deadlock. Heartbeats cannot show this, so each job has a
+  generous stall limit (``stall_limit``, 15 minutes): no job event for that long and the
+  job is cancelled on the engine and failed with its request, since running it again on
+  the same stuck engine would only stall again.
 """
 
 from __future__ import annotations
@@ -38,6 +49,10 @@ REQUEST_LIMIT = 25 * 1024 * 1024
 #: left alone until they come closer, so a queue of hundreds does not mean hundreds of edits
 #: every time one job finishes.
 LIVE_POSITIONS = 10
+#: Longest a job may go without an event (heartbeats do not count) before it is given up.
+#: Generous on purpose: the first use of a large model can spend minutes loading before its
+#: first step, and one step of a big image on a small GPU can take a minute.
+DEFAULT_STALL_LIMIT_S = 15 * 60.0
 
 ADVICE: dict[str, str] = {
     ErrorCode.ARCH_MISMATCH: "Pick LoRAs made for the same architecture as the model.",
@@ -61,6 +76,20 @@ class EngineLike(Protocol):
 
 class QueueFull(Exception):
     """The user (or the whole bot) has too many jobs waiting; the message says what to do."""
+
+
+class JobStalled(Exception):
+    """The engine answers but sent nothing about this job for ``stall_limit`` seconds.
+
+    Deliberately not a TimeoutError or OSError: those mean the engine is gone and send the
+    job down the wait-and-retry path, which would only stall again on a stuck engine.
+    """
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} s"
 
 
 @dataclass
@@ -243,6 +272,7 @@ class Dispatcher:
         engine_slots: int = 1,
         max_pending: int = 500,
         retry_wait: float = 60.0,
+        stall_limit: float = DEFAULT_STALL_LIMIT_S,
         view_factory: Callable[[Job], discord.ui.View | None] = lambda job: None,
         result_view: Callable[[Job], discord.ui.View | None] = lambda job: None,
         on_result: ResultHook | None = None,
@@ -253,6 +283,7 @@ class Dispatcher:
         self.engine_slots = engine_slots
         self.max_pending = max_pending
         self.retry_wait = retry_wait
+        self.stall_limit = stall_limit
         self.view_factory = view_factory
         self.result_view = result_view
         self.on_result = on_result
@@ -386,6 +417,15 @@ class Dispatcher:
             try:
                 images, seconds = await self._run_once(job)
                 break
+            except JobStalled as exc:
+                # Free the engine if it can still be freed (a truly stuck worker cannot).
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.engine.cancel(job.id), timeout=10)
+                if job.cancel_requested:
+                    await self._finish(job, "cancelled")
+                    return
+                await self._fail(job, ErrorCode.INTERNAL, str(exc))
+                return
             except EngineError as exc:
                 if exc.code == ErrorCode.CANCELLED or job.cancel_requested:
                     await self._finish(job, "cancelled")
@@ -434,30 +474,64 @@ class Dispatcher:
         await self.engine.submit(job.id, job.recipe)
         seconds: float | None = None
         count = 0
-        async for event in self.engine.events(job.id):
-            kind = event.get("type")
-            if kind == "queued":
-                job.state = "queued"
-                job.position = int(event.get("position", 0))  # jobs ahead of it in the engine
-                status.update()
-            elif kind == "started":
-                job.state = "running"
-                status.update()
-            elif kind == "progress":
-                job.state = "running"
-                job.step, job.total = int(event.get("step", 0)), int(event.get("total", 0))
-                status.update()
-            elif kind == "done":
-                count = int(event.get("images", job.recipe.count))
-                seconds = event.get("seconds")
-                break
-            elif kind == "failed":
-                error = event.get("error") or {}
-                raise EngineError(error.get("code", ErrorCode.INTERNAL), error.get("message", "failed"))
-        else:
-            raise ConnectionError("the engine closed the event stream before the job finished")
+        loop = asyncio.get_running_loop()
+        stream = self.engine.events(job.id)
+        # The stall clock covers the job's wait in the engine's own queue too: the bot feeds
+        # the engine only what it is about to run, so a long silent wait there means the job
+        # ahead is stuck (possibly one of ours, given up but never freed).
+        deadline = loop.time() + self.stall_limit
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline) as scope:
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    raise ConnectionError(
+                        "the engine closed the event stream before the job finished"
+                    ) from None
+                except TimeoutError:
+                    if not scope.expired():
+                        raise  # the engine client's own timeout: the engine is gone
+                    raise JobStalled(
+                        f"The image engine still answers but made no progress on this job for "
+                        f"{_duration(self.stall_limit)}, so the job was stopped; the engine may "
+                        "be stuck. An admin should check the engine's log and restart it if "
+                        "this happens again."
+                    ) from None
+                kind = event.get("type")
+                if kind == "heartbeat":
+                    continue  # the engine is alive; says nothing about this job's progress
+                deadline = loop.time() + self.stall_limit
+                if self._on_event(job, status, event):
+                    count = int(event.get("images", job.recipe.count))
+                    seconds = event.get("seconds")
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
         images = [await self.engine.image(job.id, n) for n in range(count)]
         return images, seconds
+
+    def _on_event(self, job: Job, status: StatusMessage, event: dict[str, Any]) -> bool:
+        """Show one job event; True once the job is done, EngineError if it failed."""
+        kind = event.get("type")
+        if kind == "queued":
+            job.state = "queued"
+            job.position = int(event.get("position", 0))  # jobs ahead of it in the engine
+            status.update()
+        elif kind == "started":
+            job.state = "running"
+            status.update()
+        elif kind == "progress":
+            job.state = "running"
+            job.step, job.total = int(event.get("step", 0)), int(event.get("total", 0))
+            status.update()
+        elif kind == "done":
+            return True
+        elif kind == "failed":
+            error = event.get("error") or {}
+            raise EngineError(error.get("code", ErrorCode.INTERNAL), error.get("message", "failed"))
+        return False
 
     async def _post_result(self, job: Job, images: list[bytes], seconds: float) -> None:
         # Re-encoding oversize PNGs takes CPU seconds; in a thread, so the event loop keeps
