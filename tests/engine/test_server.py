@@ -441,6 +441,32 @@ async def test_a_crashed_engine_is_reported_to_a_waiting_client(demo_assets, tmp
         process.wait()
 
 
+async def test_a_frozen_engine_process_is_reported_as_stopped_answering(demo_assets) -> None:
+    """The reported bug: SIGSTOP (a hung process, not a dead one) used to hang the client."""
+    port = _free_port()
+    process = _spawn(demo_assets, "--port", str(port))
+    try:
+        # Above the engine's 5-s heartbeat interval, so only a silent engine trips it.
+        async with EngineClient(f"http://127.0.0.1:{port}", event_timeout_s=8) as client:
+            await client.wait_ready(120)
+            await client.submit("frozen", tiny_recipe(demo_assets, steps=150, width=128, height=128))
+            received: list[dict[str, Any]] = []
+            with pytest.raises(EngineError) as caught:
+                async with asyncio.timeout(60):  # a hang fails the test instead of blocking it
+                    async for event in client.events("frozen"):
+                        received.append(event)
+                        if event["type"] == "progress":
+                            process.send_signal(signal.SIGSTOP)
+            assert caught.value.code is ErrorCode.ENGINE_UNAVAILABLE
+            assert "stopped answering" in caught.value.message
+            assert received[-1]["type"] == "progress"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        process.wait()
+
+
 def test_a_stale_socket_is_replaced_but_a_regular_file_is_never_deleted(tmp_path: Path) -> None:
     from engine.__main__ import _remove_socket
 
