@@ -87,6 +87,7 @@ async def run(
             sync_guilds=config.sync_guilds,
             status_interval=config.status_interval,
             max_pending=config.max_pending,
+            stall_limit=config.stall_limit,
         )
         own_signals = stop is None
         stop = stop or asyncio.Event()

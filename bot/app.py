@@ -17,7 +17,7 @@ from discord import app_commands
 from bot import views
 from bot.actions import Actions
 from bot.commands.common import send_private
-from bot.dispatch import Dispatcher, Job
+from bot.dispatch import DEFAULT_STALL_LIMIT_S, Dispatcher, Job
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class AtelierBot(discord.Client):
         sync_guilds: tuple[int, ...] = (),
         status_interval: float = 2.0,
         max_pending: int = 500,
+        stall_limit: float = DEFAULT_STALL_LIMIT_S,
         retry_wait: float = 60.0,
         sync_commands: bool = True,
         **options: Any,
@@ -82,6 +83,7 @@ class AtelierBot(discord.Client):
             engine,
             status_interval=status_interval,
             max_pending=max_pending,
+            stall_limit=stall_limit,
             retry_wait=retry_wait,
             view_factory=lambda job: views.status_view(job.id),
             result_view=lambda job: views.result_view(),

@@ -17,6 +17,7 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `sync_guilds` | `ATELIER_SYNC_GUILDS` | (empty: global) | Comma-separated guild ids to sync commands to instantly |
 | `status_interval` | `ATELIER_STATUS_INTERVAL` | `2` | Minimum seconds between edits of a status message |
 | `max_pending` | `ATELIER_MAX_PENDING` | `500` | Jobs the bot holds for all servers together |
+| `stall_limit` | `ATELIER_STALL_LIMIT` | `900` | Seconds a job may go without progress before it is given up (raise it for very slow GPUs) |
 | `log_level` | `ATELIER_LOG_LEVEL` | `INFO` | Logging level |
 
 Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
@@ -48,6 +49,7 @@ _ENV = {
     "sync_guilds": "ATELIER_SYNC_GUILDS",
     "status_interval": "ATELIER_STATUS_INTERVAL",
     "max_pending": "ATELIER_MAX_PENDING",
+    "stall_limit": "ATELIER_STALL_LIMIT",
     "log_level": "ATELIER_LOG_LEVEL",
 }
 
@@ -70,6 +72,7 @@ class BotConfig:
     sync_guilds: tuple[int, ...] = ()
     status_interval: float = 2.0
     max_pending: int = 500
+    stall_limit: float = 900.0
     log_level: str = "INFO"
 
     @property

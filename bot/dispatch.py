@@ -60,7 +60,10 @@ ADVICE: dict[str, str] = {
     ErrorCode.UNKNOWN_FILE: "The file is missing from the engine's folder; ask an admin to check the registry.",
     ErrorCode.CORRUPT_FILE: "The file is damaged; ask an admin to replace or remove it.",
     ErrorCode.OUT_OF_MEMORY: "Try a smaller size, fewer images or fewer LoRAs.",
-    ErrorCode.ENGINE_UNAVAILABLE: "The image engine is not running; try again in a minute.",
+    ErrorCode.ENGINE_UNAVAILABLE: (
+        "The image engine is not running or stopped answering; try again in a minute, "
+        "and tell an admin if it keeps happening."
+    ),
 }
 
 

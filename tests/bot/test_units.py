@@ -192,6 +192,8 @@ def test_config_from_env_and_toml(tmp_path: Path) -> None:
     assert config.database_path == Path("/srv/atelier/atelier.sqlite3")
     assert BotConfig.load(env={}).data_dir == Path("var")
     assert BotConfig.load(env={"ATELIER_SYNC_GUILDS": "5, 6"}).sync_guilds == (5, 6)
+    assert BotConfig.load(env={}).stall_limit == 900.0
+    assert BotConfig.load(env={"ATELIER_STALL_LIMIT": "1800"}).stall_limit == 1800.0
     with pytest.raises(ConfigError, match="ATELIER_ENGINE_PORT"):
         BotConfig.load(env={"ATELIER_ENGINE_PORT": "many"})
     config_file.write_text("tokn = 'typo'\n")
@@ -226,3 +228,12 @@ def test_command_definitions_respect_discord_limits() -> None:
     assert (imagine["count"]["min_value"], imagine["count"]["max_value"]) == (1, 4)
     assert int(by_name["settings"]["default_member_permissions"]) == discord.Permissions(manage_guild=True).value
     assert all(p.get("dm_permission") is False or p.get("contexts") == [0] for p in payloads)
+
+
+async def test_the_configured_stall_limit_reaches_the_dispatcher() -> None:
+    from bot.app import AtelierBot
+    from engine.client import EngineClient
+
+    async with EngineClient("http://127.0.0.1:9") as engine:
+        bot = AtelierBot(registry=None, engine=engine, stall_limit=1800.0)
+        assert bot.dispatcher.stall_limit == 1800.0
