@@ -120,7 +120,7 @@ class Session:
     def seen(self) -> set[int]:
         return {m.id for m in self.double.messages(self.channel)}
 
-    async def look_at(self, message: StoredMessage) -> None:
+    async def look_at(self) -> None:
         """A person looks at a new image for a moment before pressing one of its buttons."""
         await asyncio.sleep(HUMAN_PAUSE)
 
@@ -166,7 +166,7 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
     original = await session.next_result(before, "/imagine")
 
     # 3. Reroll: the same recipe with a new seed.
-    await session.look_at(original)
+    await session.look_at()
     _say(f"{session.member.user.name} presses Reroll")
     before = session.seen()
     await session.double.click(session.member, original, "atelier:img:reroll")

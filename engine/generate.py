@@ -20,11 +20,11 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.lora_cache import ARCH_LABEL, LoraCache, ResolvedLora
+from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
 from engine.png_metadata import a1111_parameters, model_display_name, write_png
-from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe
+from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
@@ -270,7 +270,7 @@ class Generator:
             "device": self.device,
             "dtype": self.dtype,
             "loaded_model": self._loaded_name if current is not None else None,
-            "model_architecture": ARCH_LABEL.get(current.arch) if current is not None else None,
+            "model_architecture": architecture_label(current.arch) if current is not None else None,
             "cached_loras": [
                 {"file": e.file, "sha256": e.sha256, "bytes": e.size_bytes, "adapter": e.adapter}
                 for e in cached

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.protocol import ARCHITECTURE_LABELS as ARCH_LABEL
-from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef
+from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef, architecture_label
 
 _QUIET_LOGGERS = ("diffusers", "transformers", "peft")
 
@@ -75,8 +74,8 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
     lora_arch = lora.info.architecture
     if lora_arch in ("unknown", model_arch):
         return
-    lora_label = ARCH_LABEL.get(lora_arch, lora_arch)
-    model_label = ARCH_LABEL.get(model_arch, model_arch)
+    lora_label = architecture_label(lora_arch)
+    model_label = architecture_label(model_arch)
     advice = f"pick an {model_label} LoRA or an {lora_label} model"
     if lora_arch not in ("sd15", "sdxl"):
         advice = f"pick an {model_label} LoRA ({lora_label} models do not run on this engine)"
@@ -178,8 +177,8 @@ class LoraCache:
                 raise EngineError(
                     ErrorCode.ARCH_MISMATCH,
                     f"LoRA '{label}' does not fit the model '{model_name}' "
-                    f"({ARCH_LABEL.get(model_arch, model_arch)}): its layer shapes differ, so it "
-                    f"was trained for another architecture; pick an {ARCH_LABEL.get(model_arch, model_arch)} LoRA",
+                    f"({architecture_label(model_arch)}): its layer shapes differ, so it "
+                    f"was trained for another architecture; pick an {architecture_label(model_arch)} LoRA",
                 ) from exc
             if "out of memory" in str(exc).lower():
                 raise EngineError(ErrorCode.OUT_OF_MEMORY, f"out of memory loading LoRA '{label}'") from exc
@@ -209,7 +208,7 @@ class LoraCache:
         return EngineError(
             ErrorCode.LORA_NO_MATCH,
             f"LoRA '{label}' has no layers matching model '{model_name}' "
-            f"({ARCH_LABEL.get(model_arch, model_arch)}): it was made for a different model family "
+            f"({architecture_label(model_arch)}): it was made for a different model family "
             "or uses an unsupported key format; check what it was trained for",
         )
 

@@ -21,9 +21,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.builder import component_configs, config_sidecar, write_config_folder
-from engine.lora_cache import ARCH_LABEL
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
-from engine.protocol import EngineError, ErrorCode
+from engine.protocol import EngineError, ErrorCode, architecture_label
 
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 #: Bumped when the folder layout changes; 2: written atomically (v1 folders may be partial).
@@ -135,7 +134,7 @@ def single_file_arch(path: Path) -> tuple[str, Path]:
 
     info = inspect_file(path)
     if info.kind != "checkpoint" or info.architecture not in PIPELINE_ARCH.values():
-        what = "a LoRA" if info.kind == "lora" else f"a {ARCH_LABEL[info.architecture]} file"
+        what = "a LoRA" if info.kind == "lora" else f"a {architecture_label(info.architecture)} file"
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,
             f"'{path.name}' is {what}, not an SD 1.5 or SDXL checkpoint; pick a base model file",

@@ -29,15 +29,12 @@ from bot.registry.text import (
     clean_url,
     strip_invisible,
 )
+from engine.paths import PICKLE_SUFFIXES
 
 #: Weights beyond this are never meaningful, whatever a server allows.
 WEIGHT_LIMIT = 10.0
 #: The most LoRAs any server may allow in one stack (the engine keeps them all loaded).
 HARD_MAX_LORAS = 16
-
-
-#: Weight formats that unpickle (run code) when loaded: never registered, whatever the kind.
-PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 
 def clean_file(path: str, *, allow_folder: bool = False) -> str:
@@ -54,7 +51,7 @@ def clean_file(path: str, *, allow_folder: bool = False) -> str:
             "the engine lists (relative, without '..')."
         )
     last = parts[-1].lower()
-    folder_ok = allow_folder and not last.endswith(PICKLED_SUFFIXES)
+    folder_ok = allow_folder and not last.endswith(tuple(PICKLE_SUFFIXES))
     if not last.endswith(".safetensors") and not folder_ok:
         raise RegistryError(
             f"{path!r} is not a .safetensors file; Atelier only loads safetensors "
