@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 
 from bot.embeds import CONTENT_LIMIT, truncate
-from engine.protocol import EngineError
+from engine.protocol import EngineError, FileInfo
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -93,6 +93,35 @@ async def registered_files(interaction: discord.Interaction[Any], kind: Literal[
     if kind == "lora":
         return await registry.registered_lora_files(interaction.guild_id)
     return {m.file for m in await registry.list_models(interaction.guild_id)}
+
+
+#: How /lora add and /model add answer a file already registered or of the other kind.
+_ALREADY = {"lora": "change it with `/lora edit`", "model": "see `/model info`"}
+_WRONG_KIND = {
+    "lora": ("checkpoint", "is a full model, not a LoRA. Use `/model add` for it."),
+    "model": ("lora", "is a LoRA, not a model. Use `/lora add` for it."),
+}
+
+
+async def inspect_new_file(
+    interaction: discord.Interaction[Any], kind: Literal["lora", "model"], file: str
+) -> FileInfo | None:
+    """The first half of ``/lora add`` and ``/model add``: the engine's reading of a file this
+    server has not registered yet, of the kind the command registers. Anything else is
+    answered privately (with the command to use instead) and gives None."""
+    if file in await registered_files(interaction, kind):
+        await send_private(interaction, f"`{truncate(file, 200)}` is registered here already; {_ALREADY[kind]}.")
+        return None
+    try:
+        info = await bot_of(interaction).engine.inspect(kind, file)
+    except EngineError as exc:
+        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
+        return None
+    other_kind, refusal = _WRONG_KIND[kind]
+    if info.kind == other_kind:
+        await send_private(interaction, f"`{file}` {refusal}")
+        return None
+    return info
 
 
 async def unregistered_file_choices(

@@ -21,15 +21,14 @@ from bot.actions import lora_changes
 from bot.commands.common import (
     admin_only,
     bot_of,
+    inspect_new_file,
     is_admin,
     nsfw_channel,
-    registered_files,
     send_private,
     to_choices,
     unregistered_file_choices,
 )
 from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
-from engine.protocol import EngineError
 
 lora = app_commands.Group(name="lora", description="Find, bookmark and manage this server's LoRAs", guild_only=True)
 
@@ -102,16 +101,8 @@ async def lora_add(
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
-    if file in await registered_files(interaction, "lora"):
-        await send_private(interaction, f"`{embeds.truncate(file, 200)}` is registered here already; change it with `/lora edit`.")
-        return
-    try:
-        info = await bot.engine.inspect("lora", file)
-    except EngineError as exc:
-        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
-        return
-    if info.kind == "checkpoint":
-        await send_private(interaction, f"`{file}` is a full model, not a LoRA. Use `/model add` for it.")
+    info = await inspect_new_file(interaction, "lora", file)
+    if info is None:
         return
     overrides: dict[str, Any] = {"nsfw": nsfw}
     if trigger_words is not None:

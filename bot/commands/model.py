@@ -11,13 +11,12 @@ from bot import embeds
 from bot.commands.common import (
     admin_only,
     bot_of,
-    registered_files,
+    inspect_new_file,
     send_private,
     to_choices,
     unregistered_file_choices,
 )
 from bot.registry import ModelEntry, RegistryError
-from engine.protocol import EngineError
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
 
@@ -103,16 +102,8 @@ async def model_add(
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
-    if file in await registered_files(interaction, "model"):
-        await send_private(interaction, f"`{embeds.truncate(file, 200)}` is registered here already; see `/model info`.")
-        return
-    try:
-        info = await bot.engine.inspect("model", file)
-    except EngineError as exc:
-        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
-        return
-    if info.kind == "lora":
-        await send_private(interaction, f"`{file}` is a LoRA, not a model. Use `/lora add` for it.")
+    info = await inspect_new_file(interaction, "model", file)
+    if info is None:
         return
     if info.architecture == "unknown":
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")

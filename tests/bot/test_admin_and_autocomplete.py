@@ -252,3 +252,26 @@ async def test_an_nsfw_lora_card_shows_its_preview_only_where_nsfw_is_allowed(wo
     assert "thumbnail" not in here and any(f["name"] == "NSFW" for f in here["fields"])
     assert (await card(lounge))["thumbnail"]["url"] == "https://example.org/nova.png"
     assert world.double.violations == []
+
+
+async def test_add_refuses_a_file_of_the_other_kind_and_says_which_command_to_use(world: World, demo_assets) -> None:
+    import shutil
+
+    stray_lora = demo_assets.model_root / "stray-lora.safetensors"
+    stray_model = demo_assets.lora_root / "stray-model.safetensors"
+    shutil.copyfile(demo_assets.lora_root / "sd15/pixel-art.safetensors", stray_lora)
+    shutil.copyfile(demo_assets.model_root / demo_assets.models["sd15"], stray_model)
+    try:
+        handle = await world.double.slash(
+            world.admin, world.channel, "model", {"file": stray_lora.name}, subcommand="add"
+        )
+        assert "is a LoRA, not a model. Use `/lora add`" in (await handle.wait_followup(within=30)).content
+        handle = await world.double.slash(
+            world.admin, world.channel, "lora", {"file": stray_model.name}, subcommand="add"
+        )
+        assert "is a full model, not a LoRA. Use `/model add`" in (await handle.wait_followup(within=30)).content
+        assert await world.registry.get_model(world.guild.id, "stray-lora") is None
+        assert await world.registry.get_lora(world.guild.id, "stray-model") is None
+    finally:
+        stray_lora.unlink()
+        stray_model.unlink()
