@@ -2,8 +2,9 @@
 
 Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens the SQLite
 registry in the data folder, starts the engine as a child process (unless
-``ATELIER_ENGINE_URL`` points at one already running), connects to Discord, and on Ctrl-C or
-SIGTERM stops the engine and closes the database. See :mod:`bot.config` for every setting.
+``ATELIER_ENGINE_URL`` / ``ATELIER_ENGINE_URLS`` point at engines already running), connects to
+Discord, takes up the jobs a previous run left in the database, and on Ctrl-C or SIGTERM stops
+the engine and closes the database (queued jobs stay there and run at the next start). See :mod:`bot.config` for every setting.
 
 Creating the Discord application (for the README):
 
@@ -41,6 +42,7 @@ async def run(
     from bot.app import AtelierBot
     from bot.config import BotConfig, ConfigError
     from bot.engine_process import EngineProcess, EngineStartError
+    from bot.jobs import EngineLink
     from bot.registry import Registry
     from engine.client import EngineClient
 
@@ -63,8 +65,9 @@ async def run(
     engine_process: EngineProcess | None = None
     bot: AtelierBot | None = None
     try:
-        if config.engine_url:
-            engine_url = config.engine_url
+        links: list[EngineLink] = []
+        if config.external_engines:
+            links = [EngineLink(EngineClient(url)) for url in config.external_engines]
         else:
             engine_process = EngineProcess(
                 model_dir=config.model_dir,
@@ -79,15 +82,19 @@ async def run(
             except EngineStartError as exc:
                 print(f"atelier: {exc}", file=sys.stderr)
                 return 1
-            engine_url = engine_process.url
-        engine = EngineClient(engine_url)
+            links = [EngineLink(EngineClient(engine_process.url), engine_process)]
         bot = AtelierBot(
             registry=registry,
-            engine=engine,
+            engines=links,
             sync_guilds=config.sync_guilds,
             status_interval=config.status_interval,
             max_pending=config.max_pending,
+            server_share=config.server_share,
+            engine_depth=config.engine_depth,
+            max_batch=config.engine_batch,
             stall_limit=config.stall_limit,
+            retry_wait=config.retry_wait,
+            result_retry=config.result_retry,
         )
         own_signals = stop is None
         stop = stop or asyncio.Event()
@@ -114,7 +121,8 @@ async def run(
         if bot is not None and not bot.is_closed():
             await bot.close()
         if bot is not None:
-            await bot.engine.close()
+            for slot in bot.engines.slots:
+                await slot.client.close()
         if engine_process is not None:
             await engine_process.stop()
         await registry.close()

@@ -17,7 +17,8 @@ import discord
 
 from bot import embeds, views
 from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
-from bot.dispatch import Job, QueueFull
+from bot.jobs import Job, QueueFull, token_expiry
+from bot.jobs.status import status_text
 from bot.recipe_text import recipe_reply
 from bot.registry import Category, NsfwPolicy, RegistryError
 from engine.protocol import EngineError, Recipe
@@ -77,6 +78,22 @@ def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
             name, weight = line, ""
         slots.append((name.strip(), weight.strip() or None))
     return slots
+
+
+#: What the bot needs in a channel to post an image with its recipe and buttons.
+POST_PERMISSIONS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+    "embed_links": "Embed Links",
+    "attach_files": "Attach Files",
+}
+
+
+def missing_post_permissions(interaction: discord.Interaction[Any]) -> list[str]:
+    permissions = interaction.app_permissions
+    if permissions.administrator:
+        return []
+    return [label for name, label in POST_PERMISSIONS.items() if not getattr(permissions, name)]
 
 
 class Actions:
@@ -177,6 +194,19 @@ class Actions:
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return
         recipe: Recipe = outcome.recipe
+        settings = catalog.settings
+        missing = missing_post_permissions(interaction)
+        if missing:
+            # Checked before queueing: Discord resolved the bot's permissions in this channel
+            # for the interaction, so no GPU second is spent on an image that cannot be posted.
+            await send_private(
+                interaction,
+                f"I can't post images in this channel: I'm missing {', '.join(missing)}. Ask an "
+                "admin to give me View Channel, Send Messages, Embed Links and Attach Files "
+                "here, or use another channel.",
+            )
+            return
+        priority = bool(set(settings.priority_roles) & set(role_ids(interaction)))
         job = Job(
             recipe=recipe,
             guild_id=interaction.guild_id,
@@ -186,27 +216,38 @@ class Actions:
             file_limit=interaction.filesize_limit,
             notes=tuple(n.message for n in outcome.notes),
             origin=origin,
+            weight=2 if priority else 1,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            token_expires_at=token_expiry(interaction.created_at.timestamp()),
         )
+        dispatcher = self.bot.dispatcher
         try:
-            await self.bot.submit_job(job, user_limit=catalog.settings.queue_limit_per_user)
+            await dispatcher.submit(
+                job,
+                user_limit=settings.queue_limit_per_user,
+                server_limit=settings.server_queue_limit,
+                active_limit=settings.active_jobs_per_user,
+            )
         except QueueFull as exc:
             await send_private(interaction, str(exc))
             return
-        if job.status_message is None:
-            # The bot could not post in this channel, so it could not post the image either.
-            await self.bot.dispatcher.cancel(job.id)
-            await send_private(
-                interaction,
-                "I can't post in this channel. Ask an admin to give me View Channel, Send Messages, "
-                "Embed Links and Attach Files here, or use another channel.",
-            )
-            return
-        ahead = job.position
-        where = "it starts next" if ahead == 0 else f"{ahead} job(s) ahead of it"
-        text = f"Queued ({where}). The image will be posted in this channel."
+        # The member's private reply is the job's status message from now on (edited through
+        # this interaction's token, which has its own rate limit, not the channel's).
+        text = status_text(job, engines_down=dispatcher.engines_down())
         if outcome.notes:
             text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
-        await send_private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
+        try:
+            reply = await interaction.followup.send(
+                embeds.truncate(text, embeds.CONTENT_LIMIT),
+                view=views.detached(views.status_view(job.id)),
+                ephemeral=True,
+                wait=True,
+            )
+        except discord.HTTPException as exc:
+            log.warning("could not answer interaction %s: %s", interaction.id, exc)
+            return
+        await dispatcher.attach_status(job, reply.id)
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
         await self.bot.registry.record_post(
@@ -387,6 +428,18 @@ class Actions:
         await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.bot.dispatcher.cancel(job_id)
         await send_private(interaction, "Cancelling…" if cancelled else "It had already finished.")
+
+    async def cancel_mine(self, interaction: discord.Interaction[Any]) -> None:
+        """The "Cancel all my jobs" button under ``/queue``."""
+        if interaction.guild_id is None:
+            await send_private(interaction, "This button only works in a server.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        count = await self.bot.dispatcher.cancel_all(interaction.guild_id, interaction.user.id)
+        if count:
+            await send_private(interaction, f"Cancelling your {count} job(s) in this server.")
+        else:
+            await send_private(interaction, "You have no jobs waiting or running in this server.")
 
     # -- LoRA cards --------------------------------------------------------------------
     async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:

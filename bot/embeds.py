@@ -91,8 +91,13 @@ def recipe_embed(
     requester: str | None = None,
     seconds: float | None = None,
     notes: Sequence[str] = (),
+    reference: str | None = None,
 ) -> discord.Embed:
-    """The embed under every generated image: the full recipe, readable at a glance."""
+    """The embed under every generated image: the full recipe, readable at a glance.
+
+    ``reference`` (a short job id) goes in the footer: support can find the job with it, and
+    the bot recognises its own post after a restart.
+    """
     embed = discord.Embed(title=truncate(recipe.prompt or "(empty prompt)", TITLE_LIMIT), colour=ACCENT)
     if recipe.negative_prompt:
         embed.description = "**Negative:** " + recipe.negative_prompt
@@ -114,6 +119,8 @@ def recipe_embed(
         footer.append(f"{recipe.count} images, seeds {recipe.seed}–{recipe.seed + recipe.count - 1}")
     if seconds is not None:
         footer.append(f"{seconds:.1f} s")
+    if reference:
+        footer.append(f"job {reference}")
     if footer:
         embed.set_footer(text=" · ".join(footer))
     return fit_embed(embed)

@@ -9,6 +9,7 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
 - ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/delete/save;
   the recipe is found by the clicked message's id.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
+- ``atelier:cancelmine`` under ``/queue``: cancels every job of the clicking member there.
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
 - ``atelier:remix:<message id>`` and ``atelier:loraedit:<lora id>`` on modals.
 
@@ -120,7 +121,37 @@ class LoraCardButton(
         await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
+class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"atelier:cancelmine"):
+    def __init__(self) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel all my jobs", emoji="✖️", style=discord.ButtonStyle.danger,
+                custom_id="atelier:cancelmine",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelMineButton:
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.actions.cancel_mine(interaction))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CancelMineButton)
+
+
+def detached(view: discord.ui.View) -> discord.ui.View:
+    """``view`` with its components sent, but not kept by discord.py for the message.
+
+    Every button here is a DynamicItem registered once on the client, so discord.py's
+    per-message copy of the view would only grow with every status reply and image.
+    """
+    view.stop()
+    return view
 
 
 def result_view() -> discord.ui.View:
@@ -133,6 +164,12 @@ def result_view() -> discord.ui.View:
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
+    return view
+
+
+def queue_view() -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelMineButton())
     return view
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.commands.common import bot_of, nsfw_channel, to_choices
+from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
 from bot.validation import SAMPLERS as VALIDATOR_SAMPLERS
 
 #: A1111 sampler names the engine maps to diffusers schedulers (the validator's list).
@@ -29,6 +29,14 @@ SIZES = (
     ("768×1344 · tall 9:16 (SDXL)", "768x1344"),
     ("256×256 · draft", "256x256"),
 )
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``"512x768"`` -> (512, 768); None for anything that is not one of the offered sizes."""
+    if text not in {value for _, value in SIZES}:
+        return None
+    width, height = text.split("x")
+    return int(width), int(height)
 
 
 async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -107,7 +115,18 @@ async def imagine(
     await interaction.response.defer(ephemeral=True, thinking=True)
     width = height = None
     if size:
-        width, height = (int(v) for v in size.split("x"))
+        parsed = parse_size(size)
+        if parsed is None:
+            # A client that has not reloaded the command list can still send a size that is
+            # no longer offered (or anything at all): say so instead of failing.
+            offered = ", ".join(f"`{value}`" for _, value in SIZES)
+            await send_private(
+                interaction,
+                f"Size `{size[:40]}` is not one of the sizes offered ({offered}). Pick one from "
+                "the list; if it looks different, reload Discord (Ctrl+R) to get the current one.",
+            )
+            return
+        width, height = parsed
     await bot_of(interaction).actions.imagine(
         interaction,
         prompt=prompt,

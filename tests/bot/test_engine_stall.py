@@ -75,7 +75,7 @@ class HangingEngine:
         return web.json_response({"id": request.match_info["id"], "state": "running"})
 
     async def health(self, _request: web.Request) -> web.Response:
-        if self.mode == "frozen":
+        if self.mode == "frozen" and self.submitted:  # it froze while making the first job
             await self.release.wait()
         return web.json_response({"status": "ok"})
 
@@ -116,7 +116,7 @@ async def test_a_job_that_makes_no_progress_is_stopped_and_its_request_kept(stud
         hanging.release.set()
         await server.close()
     assert "no progress on this job for 1.5 s" in failed.content
-    assert "Your request is kept" in failed.content and "a stuck mill" in failed.content
+    assert "Your request, to run it again" in failed.content and "a stuck mill" in failed.content
     # Heartbeats kept the stream open past the client's 0.5 s read timeout without
     # counting as progress, and a stuck engine is not retried: one submit, then a cancel.
     assert hanging.heartbeats > 5
@@ -140,11 +140,14 @@ async def test_an_engine_that_stops_answering_is_reported_and_the_request_kept(s
                     channel, lambda m: "engine stopped" in m.content, within=30
                 )
                 failed = await double.wait_for_message(
-                    channel, lambda m: m.id == status.id and "stopped answering" in m.content, within=30
+                    channel, lambda m: m.id == status.id and "did not come back" in m.content, within=30
                 )
     finally:
         frozen.release.set()
         await server.close()
-    assert "Your request is kept" in failed.content and "a frozen lake" in failed.content
+    # Told privately (the reply to /imagine), with the request to run again; no engine address.
+    assert failed.ephemeral and failed.id == handle.original.id
+    assert "Your request, to run it again" in failed.content and "a frozen lake" in failed.content
+    assert "127.0.0.1" not in failed.content and "python -m engine" not in failed.content
     assert frozen.submitted and not frozen.heartbeats
     assert double.violations == []

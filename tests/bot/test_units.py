@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 from bot import embeds, views
 from bot.actions import lora_changes, parse_lora_lines
 from bot.config import BotConfig, ConfigError
-from bot.dispatch import fit_files
+from bot.jobs import fit_files
 from bot.recipe_text import a1111_parameters, imagine_command, recipe_reply
 from bot.registry import Category, LoraEntry
 from engine.png_metadata import parse_a1111_parameters
