@@ -257,10 +257,48 @@ class Dispatcher:
         if self.store is not None:
             await self.store.add(job)
         self._track(job)
+        newcomer = self.scheduler.is_newcomer(job.guild_id)
         self.scheduler.add(job)
+        if newcomer:
+            self._make_room_for(job.guild_id)
         self._estimate_position(job)
         self._wake_up()
         return job
+
+    def _make_room_for(self, guild_id: int) -> None:
+        """A server's first job while every engine is full: take back the other servers' jobs
+        that wait in an engine's queue, so this one goes next instead of behind them."""
+        for slot in self.pool.healthy():
+            if len(slot.units) < self.pool.depth:
+                continue
+            for job in slot.jobs():
+                if job.state == JobState.SUBMITTED and job.guild_id != guild_id and not job.withdrawn:
+                    job.withdrawn = True
+                    self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
+
+    async def _withdraw(self, job: Job, slot: EngineSlot) -> None:
+        # Its follow task sees the engine's "cancelled" and queues it again (see _follow); a
+        # job whose submit has not gone out yet is held back by _hand_over instead.
+        try:
+            await asyncio.wait_for(slot.client.cancel(job.engine_job_id), 10)
+        except EngineError as exc:
+            if exc.code != ErrorCode.UNKNOWN_JOB:  # unknown: not submitted yet, see above
+                log.info("could not take job %s back from %s: %s", job.id, slot.name, exc)
+                job.withdrawn = False
+            return
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            log.info("could not take job %s back from %s: %s", job.id, slot.name, exc)
+            job.withdrawn = False
+            return
+        log.info("took job %s back from %s for another server's first job", job.id, slot.name)
+
+    async def _requeue_withdrawn(self, job: Job) -> None:
+        job.withdrawn, job.prepaid = False, True
+        job.state, job.engine, job.step, job.total = JobState.QUEUED, None, 0, 0
+        if self.store is not None:
+            await self.store.save(job)
+        self.scheduler.add(job)
+        self._wake_up()
 
     def _track(self, job: Job) -> None:
         self.jobs[job.id] = job
@@ -434,8 +472,17 @@ class Dispatcher:
     async def _hand_over(self, slot: EngineSlot, jobs: list[Job]) -> None:
         """Submit ``jobs`` back to back (so the engine can batch them), then follow each."""
         for index, job in enumerate(jobs):
+            if job.cancel_requested or job.withdrawn:  # before it even reached the engine
+                await self._leave_engine(job, slot)
+                if job.cancel_requested:
+                    await self._finish(job, JobState.CANCELLED)
+                else:
+                    await self._requeue_withdrawn(job)
+                continue
             try:
                 await slot.client.submit(job.engine_job_id, job.recipe)
+                if job.cancel_requested or job.withdrawn:  # while the submit was on its way
+                    self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
             except EngineError as exc:
                 if exc.code == ErrorCode.ENGINE_UNAVAILABLE:
                     # Never reached the engine (down, or its queue full): queue them again.
@@ -466,7 +513,9 @@ class Dispatcher:
             return
         except EngineError as exc:
             await self._leave_engine(job, slot)
-            if exc.code == ErrorCode.CANCELLED or job.cancel_requested:
+            if job.withdrawn and not job.cancel_requested:
+                await self._requeue_withdrawn(job)
+            elif exc.code == ErrorCode.CANCELLED or job.cancel_requested:
                 await self._finish(job, JobState.CANCELLED)
             elif exc.code in (ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
                 await self._engine_lost(job, slot, exc.message)

@@ -97,6 +97,10 @@ class Job:
     skips: int = 0
     #: After an engine loss, the job fails unless an engine takes it before this (monotonic).
     retry_deadline: float | None = None
+    #: Taken back from an engine's queue before it started, to let another server's first
+    #: job go next; it returns to the front of its member's line, its turn already paid for.
+    withdrawn: bool = False
+    prepaid: bool = False
 
     @property
     def engine_job_id(self) -> str:

@@ -21,7 +21,10 @@ The order, from the most important rule to the least:
    ``affinity_max_wait_s``, is never passed over again. Affinity never reorders servers.
 5. **Batching.** Jobs that could share one engine call (same model, VAE, LoRA stack, size,
    steps, sampler, CFG, clip skip, embeddings) are handed over together, up to ``max_batch``,
-   as one unit of an engine's depth, when no other server is waiting for a turn.
+   as one unit of an engine's depth, when no other server is waiting for a turn. When another
+   server's first job arrives while the engines are full, the dispatcher takes back the jobs
+   that have not started yet (see :meth:`is_newcomer`), so the newcomer waits only for what
+   is already running; the jobs taken back keep their place and their paid turn.
 
 Virtual-time fair queueing rather than plain round-robin because jobs differ in cost: a
 4-image 1024x1024 job takes many times a 512x512 draft, and a turn should be GPU time, not a
@@ -142,8 +145,16 @@ class FairScheduler:
     def queued(self) -> list[Job]:
         return list(self._queued.values())
 
+    def is_newcomer(self, guild_id: int) -> bool:
+        """True if the server has nothing queued and nothing on an engine."""
+        return guild_id not in self._guilds and not any(g == guild_id for g, _ in self.active)
+
     def add(self, job: Job, *, front: bool = False) -> None:
-        """Queue ``job``; ``front`` for a job an engine lost, which runs before anything else."""
+        """Queue ``job``; ``front`` for a job an engine lost, which runs before anything else.
+
+        A ``job.prepaid`` job (taken back from an engine) goes to the front of its member's
+        line and is not charged again when it is taken.
+        """
         if job.id in self._queued:
             return
         self._queued[job.id] = job
@@ -165,7 +176,10 @@ class FairScheduler:
                 self._user_vt.get(key, 0.0), [self._user_vt[f.key] for f in users.values()]
             )
             flow = users[job.user_id] = _Flow(key)
-        flow.jobs.append(job)
+        if job.prepaid:
+            flow.jobs.appendleft(job)
+        else:
+            flow.jobs.append(job)
 
     @staticmethod
     def _start_level(own: float, active: list[float]) -> float:
@@ -372,9 +386,11 @@ class FairScheduler:
         if job in self._retry:
             self._retry.remove(job)
             return
-        cost = self.cost(job)
-        self._guild_vt[job.guild_id] = self._guild_vt.get(job.guild_id, 0.0) + cost
-        self._user_vt[key] = self._user_vt.get(key, 0.0) + cost / max(1, job.weight)
+        if not job.prepaid:
+            cost = self.cost(job)
+            self._guild_vt[job.guild_id] = self._guild_vt.get(job.guild_id, 0.0) + cost
+            self._user_vt[key] = self._user_vt.get(key, 0.0) + cost / max(1, job.weight)
+        job.prepaid = False
         flow = self._guilds.get(job.guild_id, {}).get(job.user_id)
         if flow is not None:
             flow.jobs.remove(job)
