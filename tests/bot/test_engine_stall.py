@@ -33,7 +33,7 @@ class HangingEngine:
     answers, its worker does not) or sends nothing at all and answers no request (``frozen``).
     """
 
-    mode: Literal["stuck", "frozen"]
+    mode: Literal["stuck", "frozen", "working"]
     release: asyncio.Event = field(default_factory=asyncio.Event)
     submitted: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -44,8 +44,14 @@ class HangingEngine:
         app.router.add_post("/jobs", self.submit)
         app.router.add_get("/jobs/{id}/events", self.events)
         app.router.add_post("/jobs/{id}/cancel", self.cancel)
+        app.router.add_get("/jobs/{id}/images/{n}", self.image)
         app.router.add_get("/health", self.health)
         return app
+
+    async def image(self, request: web.Request) -> web.Response:
+        from tests.standin_engine import tiny_png
+
+        return web.Response(body=tiny_png("a stuck mill\nSteps: 2, Seed: 1, Size: 8x8"), content_type="image/png")
 
     async def submit(self, request: web.Request) -> web.Response:
         job_id = (await request.json())["id"]
@@ -58,6 +64,10 @@ class HangingEngine:
         await response.prepare(request)
         for event in ({"type": "queued", "position": 0}, {"type": "started"}):
             await response.write(json.dumps({**event, "job": job_id}).encode() + b"\n")
+        if self.mode == "working":
+            done = {"type": "done", "job": job_id, "images": 1, "seconds": 0.1}
+            await response.write(json.dumps(done).encode() + b"\n")
+            return response
         try:
             while not self.release.is_set():
                 if self.mode == "stuck":
@@ -123,6 +133,45 @@ async def test_a_job_that_makes_no_progress_is_stopped_and_its_request_kept(stud
     # (The bot's shutdown may cancel it once more: it cancels whatever it still holds.)
     assert len(hanging.submitted) == 1 and set(hanging.cancelled) == set(hanging.submitted)
     assert "engine stopped" not in failed.content
+    assert double.violations == []
+
+
+@dataclass
+class StuckEngineProcess:
+    """The part of :class:`bot.engine_process.EngineProcess` the dispatcher uses; a restart
+    turns the stuck stand-in into a working one, as a fresh engine process would be."""
+
+    engine: HangingEngine
+    restarts: int = 0
+    state: str = "running"
+    on_exit: Any = None
+
+    async def restart(self, reason: str) -> None:
+        self.restarts += 1
+        self.engine.mode = "working"
+
+
+async def test_a_stalled_job_on_an_engine_the_bot_owns_restarts_it_and_runs_once_more(studio: Any) -> None:
+    from bot.jobs import EngineLink
+
+    double, registry, channel, alice = studio
+    hanging = HangingEngine("stuck")
+    server = await _serve(hanging)
+    process = StuckEngineProcess(hanging)
+    try:
+        async with EngineClient(str(server.make_url("")).rstrip("/"), event_timeout_s=0.5) as engine:
+            bot = make_bot(registry, None, engines=[EngineLink(engine, process)], retry_wait=30)  # type: ignore[arg-type]
+            bot.dispatcher.stall_limit = 1.5
+            async with run_bot(bot, double):
+                handle = await double.slash(alice, channel, "imagine", {**FAST, "prompt": "a stuck mill"})
+                assert await handle.wait_response(3) == 5
+                result = await double.wait_for_message(channel, lambda m: bool(m.attachments), within=30)
+    finally:
+        hanging.release.set()
+        await server.close()
+    assert process.restarts == 1 and len(hanging.submitted) == 2  # stopped, restarted, run once more
+    assert hanging.submitted[0].endswith(".1") and hanging.submitted[1].endswith(".2")
+    assert f"<@{alice.user.id}>" in result.content
     assert double.violations == []
 
 
