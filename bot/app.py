@@ -81,6 +81,7 @@ class AtelierBot(discord.Client):
         server_share: float = 0.5,
         engine_depth: int = 2,
         max_batch: int = 4,
+        affinity_window: int = 8,
         stall_limit: float = DEFAULT_STALL_LIMIT_S,
         retry_wait: float = 300.0,
         result_retry: float = 15 * 60.0,
@@ -116,6 +117,7 @@ class AtelierBot(discord.Client):
             stall_limit=stall_limit,
             retry_wait=retry_wait,
             max_batch=max_batch,
+            affinity_window=affinity_window,
             on_result=self.actions.record_result,
         )
         self.synced: list[app_commands.AppCommand] = []

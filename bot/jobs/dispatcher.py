@@ -139,6 +139,7 @@ class Dispatcher:
         retry_wait: float = 300.0,
         stall_limit: float = DEFAULT_STALL_LIMIT_S,
         max_batch: int = 4,
+        affinity_window: int = 8,
         on_result: ResultHook | None = None,
     ) -> None:
         self.client = client
@@ -151,7 +152,7 @@ class Dispatcher:
         self.stall_limit = stall_limit
         self.on_result = on_result
         self.speed = SpeedBook()
-        self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch)
+        self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch, affinity_window=affinity_window)
         self.board = StatusBoard(poster, self._render, interval=status_interval)
         pool.on_change = self._wake_up
         #: Every job not yet finished and told, by id.

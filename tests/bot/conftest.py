@@ -154,37 +154,6 @@ async def world(engine_url: str, demo_assets: Any, tmp_path: Path) -> AsyncItera
             await registry.close()
 
 
-def spawn_bot(
-    double: DiscordDouble, data_dir: Path, engine_urls: str, *, log: Path, report: Path | None = None,
-    **env: str,
-) -> subprocess.Popen[bytes]:
-    """``python -m bot`` (through ``tests.bot.bot_child``) in its own process, on ``data_dir``."""
-    settings = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "DISCORD_TOKEN": double.token,
-        "ATELIER_DATA_DIR": str(data_dir),
-        "ATELIER_ENGINE_URLS": engine_urls,
-        "ATELIER_STATUS_INTERVAL": "0.3",
-        **env,
-    }
-    command = [sys.executable, "-m", "tests.bot.bot_child", "--api", double.api_base, "--gateway", double.gateway_url]
-    if report is not None:
-        command += ["--report", str(report)]
-    with log.open("ab") as sink:
-        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=settings)
-
-
-def end_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def png_parameters(data: bytes) -> str:
     from engine.png_metadata import read_png_metadata
 

@@ -17,17 +17,9 @@ from bot.jobs import EngineLink, JobState, JobStore
 from bot.registry import Registry
 from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
-from tests.bot.conftest import (
-    FAST,
-    World,
-    end_process,
-    free_port,
-    make_bot,
-    png_parameters,
-    seed_registry,
-    spawn_bot,
-)
+from tests.bot.conftest import FAST, World, free_port, make_bot, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
+from tests.bot_process import end_process, spawn_bot
 
 RSS_LIMIT = 150 * 1024 * 1024
 
@@ -49,7 +41,7 @@ async def test_running_bot_has_no_torch_and_stays_under_150_mb(
         async with await Registry.open(tmp_path / "atelier.sqlite3") as registry, EngineClient(engine_url) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
         report = tmp_path / "report.json"
-        child = spawn_bot(double, tmp_path, engine_url, log=tmp_path / "bot.log", report=report)
+        child = spawn_bot(double, tmp_path, engine_url, log=tmp_path / "bot.log", report=report, ATELIER_STATUS_INTERVAL="0.3")
         try:
             await wait_commands(double)
             handle = await double.slash(
@@ -133,7 +125,7 @@ async def test_bot_killed_with_jobs_queued_and_running_resumes_each_exactly_once
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
             await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=5)
         log = tmp_path / "bot.log"
-        first = spawn_bot(double, tmp_path, engine_url, log=log)
+        first = spawn_bot(double, tmp_path, engine_url, log=log, ATELIER_STATUS_INTERVAL="0.3")
         second = None
         try:
             await wait_commands(double)
@@ -153,7 +145,7 @@ async def test_bot_killed_with_jobs_queued_and_running_resumes_each_exactly_once
             )
             first.send_signal(signal.SIGKILL)
             first.wait(10)
-            second = spawn_bot(double, tmp_path, engine_url, log=log)
+            second = spawn_bot(double, tmp_path, engine_url, log=log, ATELIER_STATUS_INTERVAL="0.3")
             await double.wait_until_connected(60)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
