@@ -13,11 +13,13 @@ import random
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot import embeds, views
 from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from bot.jobs import Job, QueueFull, token_expiry
+from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
 from bot.recipe_text import recipe_reply
 from bot.registry import Category, NsfwPolicy, RegistryError
@@ -234,20 +236,26 @@ class Actions:
             return
         # The member's private reply is the job's status message from now on (edited through
         # this interaction's token, which has its own rate limit, not the channel's).
-        text = status_text(job, engines_down=dispatcher.engines_down())
+        status = status_text(job, engines_down=dispatcher.engines_down())
+        text = status
         if outcome.notes:
             text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
         try:
-            reply = await interaction.followup.send(
-                embeds.truncate(text, embeds.CONTENT_LIMIT),
-                view=views.detached(views.status_view(job.id)),
-                ephemeral=True,
-                wait=True,
-            )
-        except discord.HTTPException as exc:
+            reply = await with_retries(
+                lambda: interaction.followup.send(
+                    embeds.truncate(text, embeds.CONTENT_LIMIT),
+                    view=views.detached(views.status_view(job.id)),
+                    ephemeral=True,
+                    wait=True,
+                ),
+                within_s=30, what=f"the reply to interaction {interaction.id}",
+            )  # fmt: skip
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            # The job is queued all the same: its image (or a failure notice) comes in the channel.
             log.warning("could not answer interaction %s: %s", interaction.id, exc)
+            await dispatcher.reply_lost(job)
             return
-        await dispatcher.attach_status(job, reply.id)
+        await dispatcher.attach_status(job, reply.id, status)
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
         await self.bot.registry.record_post(

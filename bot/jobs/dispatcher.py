@@ -318,12 +318,16 @@ class Dispatcher:
             else:
                 counts.pop(key, None)
 
-    async def attach_status(self, job: Job, message_id: int) -> None:
-        """The member's private reply exists now: it becomes the job's status message."""
+    async def attach_status(self, job: Job, message_id: int, text: str) -> None:
+        """The member's private reply exists now (saying ``text``): it is the job's status."""
         job.status_message_id = message_id
+        self.board.sent(job, text)
         if self.store is not None and not job.state.final:
             await self.store.save(job)
-        self.board.mark(job)
+        if job.state.final:
+            await self._tell(job)  # it ended before the reply existed
+        else:
+            self.board.mark(job)
 
     # -- views -------------------------------------------------------------------------------
 
@@ -650,6 +654,11 @@ class Dispatcher:
         await self._finish(job, JobState.DONE)
 
     async def _fail_job(self, job: Job, code: str, message: str) -> None:
+        if code in (ErrorCode.INTERNAL, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
+            # The engine's own words here are for its operator (exception text, addresses).
+            log.error("job %s failed on the engine: %s: %s", job.id, code, message)
+            message = ("The image engine failed while making this image; the error was logged "
+                       "for the bot's operator. Try again, and tell an admin if it keeps happening.")
         await self._fail_text(job, describe_error(code, message))
 
     async def _fail_text(self, job: Job, text: str) -> None:
@@ -666,7 +675,15 @@ class Dispatcher:
         self._wake_up()
         await self._tell(job)
 
+    async def reply_lost(self, job: Job) -> None:
+        """The member's private reply could not be sent; outcomes go to the channel then."""
+        job.reply_lost = True
+        if job.state.final and not job.told:
+            await self._tell(job)
+
     async def _tell(self, job: Job) -> None:
+        if job.status_message_id is None and job.token_usable() and not job.reply_lost:
+            return  # the private reply is on its way; attach_status tells the outcome there
         result = await self.board.final(job)
         if result != "ok" and job.state == JobState.FAILED:
             # The private reply is gone (expired token): the member is told in the channel.
@@ -683,6 +700,8 @@ class Dispatcher:
         log.info("taking up %d job(s) from before the restart", len(jobs))
         expired: dict[tuple[int, int], list[Job]] = {}
         for job in jobs:
+            if job.status_message_id is None:
+                job.reply_lost = True  # the process died before the private reply was sent
             if job.state.final:
                 if not job.told:
                     self._spawn(self._tell(job), f"jobs-tell-{job.id}")
@@ -695,7 +714,7 @@ class Dispatcher:
                 self.scheduler.add(job)
             else:
                 self._spawn(self._resume(job), f"jobs-resume-{job.id}")
-            if job.token_usable():
+            if job.token_usable() and job.status_message_id is not None:
                 self.board.mark(job)
             elif job.state in (JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING):
                 expired.setdefault((job.guild_id, job.channel_id), []).append(job)

@@ -101,6 +101,8 @@ class Job:
     #: job go next; it returns to the front of its member's line, its turn already paid for.
     withdrawn: bool = False
     prepaid: bool = False
+    #: The private reply could not be sent (or a restart came first): tell in the channel.
+    reply_lost: bool = False
 
     @property
     def engine_job_id(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,21 @@ from bot.jobs.poster import Poster
 
 log = logging.getLogger(__name__)
 
-#: Positions up to this are shown exactly; beyond, rounded (and so edited rarely).
-EXACT_POSITIONS = 10
+#: Positions up to this are shown exactly; beyond, on a 1-2-5 scale (and so edited rarely:
+#: a job 500th in line changes its text about a dozen times before it is next).
+EXACT_POSITIONS = 5
+#: ETAs are shown on a similar scale, in minutes.
+ETA_MINUTES = (1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720)
 #: How long before the token expires a still-waiting job gets its last update.
 FAREWELL_S = 60.0
+
+
+def _nearest(value: float, scale: tuple[int, ...]) -> int:
+    """The step of ``scale`` closest to ``value`` by ratio (so 7 -> 5 and 8 -> 10)."""
+    return min(scale, key=lambda step: abs(math.log(value / step)))
+
+
+_POSITION_SCALE = tuple(m * 10**e for e in range(1, 5) for m in (1, 2, 5))
 
 
 def describe_position(ahead: int) -> str:
@@ -37,8 +49,7 @@ def describe_position(ahead: int) -> str:
         return "you are next"
     if ahead <= EXACT_POSITIONS:
         return f"**{ahead}** ahead of you"
-    step = 5 if ahead < 100 else 25 if ahead < 500 else 100
-    return f"about **{round(ahead / step) * step}** ahead of you"
+    return f"about **{_nearest(ahead, _POSITION_SCALE)}** ahead of you"
 
 
 def describe_eta(seconds: float | None) -> str:
@@ -46,12 +57,10 @@ def describe_eta(seconds: float | None) -> str:
         return ""
     if seconds < 60:
         return "starts in under a minute"
-    minutes = seconds / 60
-    if minutes < 10:
-        return f"starts in about {round(minutes)} min"
-    if minutes < 60:
-        return f"starts in about {round(minutes / 5) * 5} min"
-    return f"starts in about {minutes / 60:.1f} h"
+    minutes = _nearest(seconds / 60, ETA_MINUTES)
+    if minutes >= 120:
+        return f"starts in about {minutes // 60} h"
+    return f"starts in about {minutes} min"
 
 
 def progress_bar(step: int, total: int) -> str:
@@ -129,6 +138,11 @@ class StatusBoard:
         self._urgent = asyncio.Semaphore(max_in_flight * 2)
         self.edits = 0
         self._closed = False
+
+    def sent(self, job: Job, text: str) -> None:
+        """The reply was just sent with ``text`` (the first answer): no edit needed for it."""
+        entry = self._entries.setdefault(job.id, _Entry())
+        entry.last_text, entry.last_sent = text, time.monotonic()
 
     def mark(self, job: Job) -> None:
         """The job changed: its reply will show it (soon, coalesced with later changes)."""

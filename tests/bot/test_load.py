@@ -140,3 +140,39 @@ async def test_one_server_with_400_jobs_does_not_make_anothers_single_job_wait_b
             30, "the job's end",
         )
     assert not [v for v in double.violations if v.kind != "interaction_token_expired"]
+
+
+async def test_jobs_go_to_a_free_engine_preferring_the_one_that_holds_their_model(
+    engine_url: str, demo_assets: Any, tmp_path: Path
+) -> None:
+    """Two engines (one per GPU): both are kept busy, and each mostly keeps one model loaded."""
+    async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
+        guild = double.add_guild("Studio")
+        channel = double.add_channel(guild, "studio")
+        members = [double.add_member(guild, f"m{i}") for i in range(6)]
+        async with EngineClient(engine_url) as real:
+            await seed_registry(registry, guild.id, real, demo_assets, guild.owner_id)
+        await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=10)
+        engines = [StandinEngine(0.1, switch_seconds=0.3) for _ in range(2)]
+        for engine in engines:
+            await engine.start()
+        try:
+            async with EngineClient(engines[0].url) as first, EngineClient(engines[1].url) as second:
+                bot = make_bot(registry, None, engines=[first, second])
+                async with run_bot(bot, double):
+                    handles = []
+                    for index in range(24):
+                        model = "tiny-sd15" if index % 2 else "tiny-sdxl"
+                        options = {"prompt": f"p{index}", "model": model, "steps": 2, "seed": index}
+                        handles.append(await double.slash(members[index % 6], channel, "imagine", options))
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline and len(results(double, [channel])) < 24:  # noqa: ASYNC110
+                        await asyncio.sleep(0.2)
+        finally:
+            for engine in engines:
+                await engine.close()
+    assert len(results(double, [channel])) == 24
+    runs = [[e.jobs[job_id].recipe.model for job_id in e.started_order()] for e in engines]
+    assert all(len(r) >= 6 for r in runs), [len(r) for r in runs]  # both engines worked
+    switches = [sum(1 for a, b in zip(r, r[1:], strict=False) if a != b) for r in runs]
+    assert sum(switches) <= 4, (switches, runs)  # alternating requests, few model loads
