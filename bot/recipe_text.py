@@ -8,8 +8,12 @@ elsewhere. Plain string work, no torch.
 from __future__ import annotations
 
 import json
+import re
 
 from engine.protocol import Recipe
+
+#: A quoted absolute path (POSIX or Windows) in an engine message.
+_ABSOLUTE_PATH = re.compile(r"'(?:/|[A-Za-z]:[\\/])[^']*'")
 
 #: How many LoRAs ``/imagine`` takes as options; the rest go inline in the prompt.
 LORA_SLOTS = 3
@@ -108,3 +112,17 @@ def recipe_reply(recipe: Recipe, *, parameters: str | None = None, limit: int = 
     if room < 40:
         return (f"```\n{command[: limit - 9]}…\n```")[:limit]
     return head + params[: room - 1] + "…\n```"
+
+
+def public_error(message: str, recipe: Recipe) -> str:
+    """An engine error as members may read it: files by registered name, no folder paths.
+
+    The engine names files by their path relative to its folders, and its folders by their
+    absolute path; both belong to the operator's disk, not to a channel.
+    """
+    names = {recipe.model: recipe.model_name or "the model"}
+    names.update({lora.file: lora.display_name for lora in recipe.loras})
+    for path, name in sorted(names.items(), key=lambda item: -len(item[0])):
+        if path:
+            message = message.replace(path, name)
+    return _ABSOLUTE_PATH.sub("the engine's folder", message)

@@ -10,6 +10,7 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
   the recipe is found by the clicked message's id.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
+- ``atelier:privacy:delete:<user id>:<0|1>`` under ``/privacy delete`` (1: images too).
 - ``atelier:remix:<message id>`` and ``atelier:loraedit:<lora id>`` on modals.
 
 Modal submits are not left to discord.py's modal store: it keys open modals by custom id
@@ -120,7 +121,44 @@ class LoraCardButton(
         await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
+class PrivacyDeleteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:privacy:delete:(?P<user>\d{1,20}):(?P<images>[01])",
+):
+    """The confirmation under ``/privacy delete``; only the member it names can press it."""
+
+    def __init__(self, user_id: int, images: bool) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete my data" + (" and images" if images else ""),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"atelier:privacy:delete:{user_id}:{int(images)}",
+            )
+        )
+        self.user_id = user_id
+        self.images = images
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PrivacyDeleteButton:
+        return cls(int(match["user"]), match["images"] == "1")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        from bot.commands.privacy import delete_member_data
+
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, delete_member_data(interaction, self.user_id, images=self.images))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, PrivacyDeleteButton)
+
+
+def privacy_delete_view(user_id: int, images: bool) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(PrivacyDeleteButton(user_id, images))
+    return view
 
 
 def result_view() -> discord.ui.View:

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
-from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.png_metadata import a1111_parameters, model_display_name, shareable_recipe, write_png
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
@@ -224,7 +224,7 @@ class Generator:
                 denoise += finished - call_started
                 parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
                 image_recipe = replace(recipe, seed=seed, count=1, loras=pinned_loras)
-                recipe_json = json.dumps(image_recipe.to_json(), sort_keys=True)
+                recipe_json = json.dumps(shareable_recipe(image_recipe, model_info.sha256), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished
         ended = time.perf_counter()

@@ -2,8 +2,13 @@
 
 A1111's PNG Info tab and Civitai read the ``parameters`` tEXt chunk, so images made here can be
 inspected and re-made with those tools; the ``atelier_recipe`` chunk holds the exact recipe
-(file paths, weights, everything) so the bot can re-run an image bit for bit. Torch-free: the
-bot uses this module to read images back.
+(weights, seed, everything) so it can be re-run bit for bit.
+
+An image travels far beyond the server it was made in, so neither chunk names a file by its
+path on the operator's disk: the model and each LoRA are named by their registered names and
+identified by their sha256 (:func:`shareable_recipe`), which is also how Civitai and A1111
+name them. Whoever runs the recipe again maps names and hashes back to files of their own
+(:func:`recipe_with_files`). Torch-free: the bot uses this module to read images back.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from engine.protocol import Recipe
 
 PARAMETERS_KEY = "parameters"
 RECIPE_KEY = "atelier_recipe"
+#: In the shared recipe: the sha256 of the model file, which ``model`` names by its name only.
+MODEL_HASH_KEY = "model_sha256"
 #: A1111's parameter matcher (modules/infotext_utils.py): key, then a quoted or bare value.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -130,6 +137,27 @@ def parse_a1111_parameters(text: str) -> ParsedParameters:
             line = line.removeprefix("Negative prompt:").lstrip()
         (negative_lines if in_negative else prompt_lines).append(line)
     return ParsedParameters("\n".join(prompt_lines), "\n".join(negative_lines), params)
+
+
+def shareable_recipe(recipe: Recipe, model_sha256: str | None) -> dict[str, Any]:
+    """``recipe`` as JSON with files named by registered name and hash, never by path.
+
+    ``model`` becomes the model's display name with its sha256 beside it; each LoRA's
+    ``file`` becomes its display name (its ``sha256`` is already in the LoRA entry).
+    """
+    data = recipe.to_json()
+    data["model"] = model_display_name(recipe)
+    data[MODEL_HASH_KEY] = model_sha256
+    data["loras"] = [{**lora, "file": ref.display_name} for lora, ref in zip(data["loras"], recipe.loras, strict=True)]
+    return data
+
+
+def recipe_with_files(shared: Mapping[str, Any], model_file: str, lora_files: Mapping[str, str]) -> Recipe:
+    """A shared recipe made runnable again: the model's file and each LoRA's, by its name."""
+    data = {k: v for k, v in shared.items() if k != MODEL_HASH_KEY}
+    data["model"] = model_file
+    data["loras"] = [{**lora, "file": lora_files[lora["file"]]} for lora in shared.get("loras", ())]
+    return Recipe.from_json(data)
 
 
 def write_png(image: Image.Image, parameters: str, recipe_json: Mapping[str, Any] | str) -> bytes:

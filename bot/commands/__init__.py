@@ -12,7 +12,16 @@ from discord import app_commands
 
 
 def register_all(tree: app_commands.CommandTree[Any]) -> None:
-    from bot.commands import imagine, lora, model, queue, recipes, settings
+    from bot.commands import audit, imagine, lora, model, privacy, queue, recipes, settings
 
-    for command in (imagine.imagine, lora.lora, model.model, settings.settings, queue.queue, recipes.recipes):
+    for command in (
+        imagine.imagine,
+        lora.lora,
+        model.model,
+        settings.settings,
+        queue.queue,
+        recipes.recipes,
+        audit.audit,
+        privacy.privacy,
+    ):
         tree.add_command(command)

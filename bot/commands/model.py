@@ -1,4 +1,9 @@
-"""``/model``: the base models a server offers; ``add`` is for admins (run-time check)."""
+"""``/model``: the base models a server offers.
+
+``list`` and ``info`` are for everyone; ``add``, ``edit``, ``remove``, ``enable`` and
+``disable`` for admins (run-time check: Discord's default permissions apply to a whole
+top-level command). ``edit`` is built from :data:`MODEL_EDIT_FIELDS`, one line per field.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,18 @@ from discord import app_commands
 from bot import embeds
 from bot.commands.common import (
     admin_only,
+    affected_recipes,
     bot_of,
     inspect_new_file,
+    is_admin,
     send_private,
     to_choices,
     unregistered_file_choices,
 )
+from bot.commands.edit_fields import EditField, build_edit_command, channel_set, size, text_or_clear
 from bot.registry import ModelEntry, RegistryError
+from bot.registry.checks import MAX_CFG, MAX_STEPS
+from bot.validation import SAMPLERS
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
 
@@ -31,13 +41,25 @@ async def model_file_autocomplete(interaction: discord.Interaction[Any], current
     return await unregistered_file_choices(interaction, "model", current)
 
 
-def model_card(entry: ModelEntry) -> discord.Embed:
+async def any_model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Every model, disabled ones included, for the admin subcommands; members get nothing."""
+    if interaction.guild_id is None or not is_admin(interaction):
+        return []
+    needle = current.lower()
+    models = await bot_of(interaction).registry.list_models(interaction.guild_id)
+    names = [m.name for m in models if needle in m.name.lower()]
+    return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+
+def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
     embed = discord.Embed(title=f"Model · {entry.name}", colour=embeds.ACCENT, description=entry.description or None)
     embed.add_field(name="Architecture", value=entry.architecture, inline=True)
     embed.add_field(name="Default size", value=f"{entry.default_width}×{entry.default_height}", inline=True)
     embed.add_field(name="Default steps", value=str(entry.default_steps), inline=True)
     embed.add_field(name="Default CFG", value=f"{entry.default_cfg:g}", inline=True)
     embed.add_field(name="Default sampler", value=entry.default_sampler, inline=True)
+    if entry.default_negative:
+        embed.add_field(name="Default negative", value=embeds.truncate(entry.default_negative, 300), inline=False)
     embed.add_field(name="Status", value="enabled" if entry.enabled else "disabled", inline=True)
     if entry.nsfw:
         embed.add_field(name="NSFW", value="yes", inline=True)
@@ -45,7 +67,12 @@ def model_card(entry: ModelEntry) -> discord.Embed:
         embed.add_field(
             name="Channels", value=" ".join(f"<#{c}>" for c in sorted(entry.allowed_channel_ids)), inline=False
         )
-    embed.add_field(name="File", value=f"`{entry.file}`" + (f"\nAutoV2 `{entry.autov2}`" if entry.autov2 else ""), inline=False)
+    # Members see the file's hash, never where it lies on the operator's disk.
+    file_lines = [f"`{entry.file}`"] if show_file else []
+    if entry.autov2:
+        file_lines.append(f"AutoV2 `{entry.autov2}`")
+    if file_lines:
+        embed.add_field(name="File", value="\n".join(file_lines), inline=False)
     return embeds.fit_embed(embed)
 
 
@@ -78,7 +105,7 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
         return
-    await send_private(interaction, embed=model_card(entry))
+    await send_private(interaction, embed=model_card(entry, show_file=is_admin(interaction)))
 
 
 @model.command(name="add", description="Register a model file the engine can see (admin)")
@@ -117,4 +144,100 @@ async def model_add(
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added))
+    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added, show_file=True))
+
+
+SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS]
+
+#: ``/model edit``'s options: one line per field (option, registry field, type, description).
+MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
+    EditField("new_name", "name", app_commands.Range[str, 1, 100], "Rename it"),
+    EditField("size", "", str, "Default size, e.g. 832x1216", convert=size("default_width", "default_height")),
+    EditField("steps", "default_steps", app_commands.Range[int, 1, MAX_STEPS], "Default denoising steps"),
+    EditField("cfg", "default_cfg", app_commands.Range[float, 0.0, MAX_CFG], "Default CFG scale"),
+    EditField("sampler", "default_sampler", str, "Default sampler", choices=SAMPLER_CHOICES),
+    EditField("negative", "default_negative", app_commands.Range[str, 1, 4000], "Default negative prompt (`none` clears it)", convert=text_or_clear("default_negative")),
+    EditField("description", "description", app_commands.Range[str, 1, 4000], "Description (`none` clears it)", convert=text_or_clear("description")),
+    EditField("nsfw", "nsfw", bool, "Whether it is NSFW"),
+    EditField("channels", "allowed_channel_ids", str, "Channels that may use it: type # to pick them, or `all`", convert=channel_set("allowed_channel_ids")),
+)
+
+
+async def _apply_model_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    try:
+        updated = await registry.update_model(interaction.guild_id, name, interaction.user.id, **changes)
+        settings = await registry.get_settings(interaction.guild_id)
+        if "name" in changes and settings.default_model and settings.default_model.lower() == name.lower():
+            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=updated.name)
+    except RegistryError as exc:
+        await send_private(interaction, str(exc))
+        return
+    await send_private(interaction, f"Updated **{updated.name}**.", embed=model_card(updated, show_file=True))
+
+
+model_edit = build_edit_command(
+    model,
+    description="Change a model's defaults, name or channels (admin)",
+    target_description="The model to change",
+    target_autocomplete=any_model_autocomplete,
+    fields=MODEL_EDIT_FIELDS,
+    apply=_apply_model_edit,
+)
+
+
+@model.command(name="remove", description="Remove a model from this server (admin)")
+@admin_only()
+@app_commands.describe(name="The model to remove")
+@app_commands.autocomplete(name=any_model_autocomplete)
+async def model_remove(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_model(interaction.guild_id, name)
+    if entry is None:
+        await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here; see `/model list`.")
+        return
+    uses = await registry.recipes_using(interaction.guild_id, model=entry)
+    try:
+        await registry.remove_model(interaction.guild_id, entry.name, interaction.user.id)
+        settings = await registry.get_settings(interaction.guild_id)
+        was_default = bool(settings.default_model) and settings.default_model.lower() == entry.name.lower()
+        if was_default:
+            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=None)
+    except RegistryError as exc:
+        await send_private(interaction, str(exc))
+        return
+    text = f"Removed **{entry.name}**. Images already posted keep their recipes."
+    if was_default:
+        text += " It was the default model: pick another with `/settings default_model`."
+    await send_private(interaction, text + affected_recipes(uses))
+
+
+async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    try:
+        entry = await bot_of(interaction).registry.update_model(interaction.guild_id, name, interaction.user.id, enabled=enabled)
+    except RegistryError as exc:
+        await send_private(interaction, str(exc))
+        return
+    state = "enabled: members can use it again" if enabled else "disabled: members cannot use it until it is enabled"
+    await send_private(interaction, f"**{entry.name}** is {state}.")
+
+
+@model.command(name="enable", description="Let members use a disabled model again (admin)")
+@admin_only()
+@app_commands.describe(name="The model")
+@app_commands.autocomplete(name=any_model_autocomplete)
+async def model_enable(interaction: discord.Interaction[Any], name: str) -> None:
+    await _set_model_enabled(interaction, name, True)
+
+
+@model.command(name="disable", description="Stop members using a model, keeping its settings (admin)")
+@admin_only()
+@app_commands.describe(name="The model")
+@app_commands.autocomplete(name=any_model_autocomplete)
+async def model_disable(interaction: discord.Interaction[Any], name: str) -> None:
+    await _set_model_enabled(interaction, name, False)

@@ -40,11 +40,13 @@ from bot.registry.models import (
     ModelEntry,
     NotFound,
     PostRecord,
+    RecipeUse,
     RegistryError,
     SavedRecipe,
     SearchSort,
     ServerSettings,
 )
+from bot.registry.privacy import PrivacyStore, SyncState
 from bot.registry.text import clean_name, name_key
 
 #: Saved recipes one member may keep per server.
@@ -205,6 +207,10 @@ class Registry:
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
         self._warming: set[asyncio.Future[Catalog]] = set()
+        #: A member's data and a departed server's deletion (see bot.registry.privacy).
+        self.privacy = PrivacyStore(db)
+        #: The command tree's hash as last synced with Discord.
+        self.sync_state = SyncState(db)
 
     @classmethod
     async def open(cls, path: Path | str) -> Registry:
@@ -773,13 +779,63 @@ class Registry:
         self._invalidate(guild_id)
         return after
 
+    async def recipes_using(
+        self, guild_id: int, *, model: ModelEntry | None = None, lora: LoraEntry | None = None
+    ) -> list[RecipeUse]:
+        """Saved recipes of this server that name ``model`` or ``lora`` (by name or file).
+
+        Recipes keep the names and files they were saved with, so both are compared: a
+        recipe saved before a rename still counts.
+        """
+        if model is not None:
+            rows = await self._db.fetch_all(
+                "SELECT user_id, name FROM saved_recipes WHERE guild_id = ? AND ("
+                "lower(json_extract(recipe, '$.model_name')) = lower(?) "
+                "OR json_extract(recipe, '$.model') = ?) ORDER BY name_key",
+                (guild_id, model.name, model.file),
+            )
+        elif lora is not None:
+            rows = await self._db.fetch_all(
+                "SELECT user_id, name FROM saved_recipes WHERE guild_id = ? AND EXISTS ("
+                "SELECT 1 FROM json_each(saved_recipes.recipe, '$.loras') WHERE "
+                "lower(json_extract(value, '$.name')) = lower(?) "
+                "OR json_extract(value, '$.file') = ?) ORDER BY name_key",
+                (guild_id, lora.name, lora.file),
+            )
+        else:
+            raise ValueError("name a model or a LoRA")
+        return [RecipeUse(int(r["user_id"]), r["name"]) for r in rows]
+
+    # --- data rights -----------------------------------------------------------------------
+
+    async def purge_departed(self, grace_s: float, now: float | None = None) -> list[int]:
+        """Delete the data of servers the bot left more than ``grace_s`` ago; their ids."""
+        purged = await self.privacy.purge_due(grace_s, now)
+        for guild_id in purged:
+            self._invalidate(guild_id)
+        return purged
+
     # --- audit -----------------------------------------------------------------------------
 
-    async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
-        """Admin changes in this server, newest first."""
+    async def audit_log(
+        self,
+        guild_id: int,
+        limit: int = 50,
+        *,
+        actor_id: int | None = None,
+        target: str | None = None,
+    ) -> list[AuditEntry]:
+        """Admin changes in this server, newest first; optionally one admin's or one entry's."""
+        clauses, params = ["guild_id = ?"], [guild_id]
+        if actor_id is not None:
+            clauses.append("actor_id = ?")
+            params.append(actor_id)
+        if target is not None:
+            clauses.append("lower(target) = lower(?)")
+            params.append(target)
         rows = await self._db.fetch_all(
-            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
-            (guild_id, max(1, min(int(limit), 500))),
+            f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (*params, max(1, min(int(limit), 500))),
         )
         return [
             AuditEntry(

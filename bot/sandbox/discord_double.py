@@ -81,6 +81,8 @@ class DiscordDouble:
         self.attachment_size_limit = attachment_size_limit
         self.request_size_limit = request_size_limit
         self.guilds: list[Guild] = []
+        #: Servers the bot was removed from or left, in order.
+        self.left_guilds: list[Guild] = []
         self.users: dict[int, User] = {self.bot_user.id: self.bot_user, self.app_owner.id: self.app_owner}
         self.channels: dict[int, Channel] = {}
         self.requests: list[RequestRecord] = []
@@ -231,6 +233,17 @@ class DiscordDouble:
         channel = Channel(snowflake(), "", None, type=1, recipients=[person])
         self.channels[channel.id] = channel
         return channel
+
+    def remove_bot(self, guild: Guild) -> None:
+        """A server admin kicks the bot: the guild is gone for it, and GUILD_DELETE (without
+        ``unavailable``, which would mean an outage) tells the client."""
+        self.forget_guild(guild)
+
+    def forget_guild(self, guild: Guild) -> None:
+        if guild in self.guilds:
+            self.guilds.remove(guild)
+            self.left_guilds.append(guild)
+            self._broadcast_soon("GUILD_DELETE", {"id": str(guild.id)})
 
     def guild_by_id(self, guild_id: int) -> Guild | None:
         return next((guild for guild in self.guilds if guild.id == guild_id), None)
