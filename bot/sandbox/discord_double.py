@@ -172,8 +172,19 @@ class DiscordDouble:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, *, owner_name: str = "owner", attachment_size_limit: int | None = None) -> Guild:
-        """A server with its owner and the bot already in it (dispatched if the bot is online)."""
+    def add_guild(
+        self,
+        name: str,
+        *,
+        owner_name: str = "owner",
+        attachment_size_limit: int | None = None,
+        channels: Iterable[str] = (),
+    ) -> Guild:
+        """A server with its owner and the bot already in it (dispatched if the bot is online).
+
+        ``channels`` are created first, so they are in the GUILD_CREATE a running bot gets as
+        it joins (as Discord sends them); the first one is the server's system channel.
+        """
         guild_id = snowflake()
         owner = self.add_user(owner_name)
         guild = Guild(
@@ -185,6 +196,12 @@ class DiscordDouble:
         bot_role = Role(snowflake(), self.bot_user.name, BOT_PERMISSIONS, position=1)
         guild.roles.append(bot_role)
         guild.members[self.bot_user.id] = Member(self.bot_user, guild, [bot_role])
+        for channel_name in channels:
+            channel = Channel(snowflake(), channel_name, guild, position=len(guild.channels))
+            guild.channels.append(channel)
+            self.channels[channel.id] = channel
+        if guild.channels:
+            guild.system_channel_id = guild.channels[0].id
         self.guilds.append(guild)
         joined = guild.to_payload()
         # Without "unavailable", discord.py reads a GUILD_CREATE as a join (on_guild_join).
