@@ -1,9 +1,10 @@
 """``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo.
 
-Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens the SQLite
-registry in the data folder, starts the engine as a child process (unless
-``ATELIER_ENGINE_URL`` points at one already running), connects to Discord, and on Ctrl-C or
-SIGTERM stops the engine and closes the database. See :mod:`bot.config` for every setting.
+Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
+SQLite registry in the data folder, starts the engine as a child process with a generated
+token (unless ``ATELIER_ENGINE_URL`` and ``ATELIER_ENGINE_TOKEN`` point at one already
+running), connects to Discord, and on Ctrl-C or SIGTERM stops the engine and closes the
+database. See :mod:`bot.config` for every setting.
 
 Creating the Discord application (for the README):
 

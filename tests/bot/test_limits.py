@@ -54,6 +54,7 @@ async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str,
             "DISCORD_TOKEN": double.token,
             "ATELIER_DATA_DIR": str(tmp_path / "data"),
             "ATELIER_ENGINE_URL": engine_url,
+            "ATELIER_ENGINE_TOKEN": ENGINE_TOKEN,
             "ATELIER_SYNC_GUILDS": str(guild.id),
         }
         with patch_discord_endpoints(double):

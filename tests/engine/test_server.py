@@ -347,6 +347,7 @@ def test_settings_come_from_flags_then_environment(demo_assets) -> None:
         "ATELIER_ENGINE_PORT": "9999",
         "ATELIER_ENGINE_CACHE_BYTES": "512MiB",
         "ATELIER_ENGINE_DEVICE": "cpu",
+        "ATELIER_ENGINE_TOKEN": ENGINE_TOKEN,
     }
     config = parse_serve_args(["--port", "7000", "--cache-loras", "3"], env)
     assert (config.port, config.cache_loras, config.device) == (7000, 3, "cpu")
