@@ -128,6 +128,8 @@ def read_network(tensors: dict[str, dict[str, Any]]) -> NetworkReading | None:
         elif base == {"lora"} and _is_conv_kxk(tensors, module):
             base = {"locon"}
         formats |= base
+    if "locon" in formats:  # LoCon is LoRA on linears plus convs: the file as a whole is LoCon
+        formats.discard("lora")
     ordered = [f for f in _FORMAT_ORDER if f in formats]
     has_dora = any("dora" in kinds for kinds in modules.values())
     if has_dora:
