@@ -131,7 +131,7 @@ class ClipBpe:
             return cached
         parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
-            pairs = [(self.ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            pairs = [(self.ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False))]
             rank, index = min(pairs)
             if rank == 1 << 30:
                 break
