@@ -113,7 +113,7 @@ class ModelEntry:
     ) -> ModelEntry:
         """Prefill from the engine's inspection; the default size follows the architecture."""
         if info.kind != "checkpoint":
-            raise RegistryError(_not_a(info, "a base model", "/model add"))
+            raise RegistryError(not_a_message(info, "a base model", "/model add"))
         side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
@@ -179,7 +179,7 @@ class LoraEntry:
         The admin then confirms or corrects; anything in ``overrides`` wins.
         """
         if info.kind != "lora":
-            raise RegistryError(_not_a(info, "a LoRA", "/lora add"))
+            raise RegistryError(not_a_message(info, "a LoRA", "/lora add"))
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -222,7 +222,7 @@ class EmbeddingEntry:
     @classmethod
     def from_file_info(cls, info: FileInfo, *, name: str | None = None, **overrides: Any) -> EmbeddingEntry:
         if info.kind != "embedding":
-            raise RegistryError(_not_a(info, "a textual-inversion embedding", "/embedding add"))
+            raise RegistryError(not_a_message(info, "a textual-inversion embedding", "/embedding add"))
         values: dict[str, Any] = {
             "name": name or _stem(info.path),
             "architecture": info.architecture,
@@ -247,7 +247,7 @@ _KIND_ADVICE = {
 }  # fmt: skip
 
 
-def _not_a(info: FileInfo, wanted: str, command: str) -> str:
+def not_a_message(info: FileInfo, wanted: str, command: str) -> str:
     what, advice = _KIND_ADVICE.get(info.kind, _KIND_ADVICE["unknown"])
     return f"`{info.path}` is {what}, not {wanted}, so {command} cannot take it: {advice}."
 
