@@ -32,11 +32,15 @@ ENGINE_LISTING_TIMEOUT = 2.0
 _GLOB = frozenset("*?[")
 #: A share entry that names both folders' whole content.
 _EVERYTHING = frozenset({"*", "**", "/", ""})
+#: Textual-inversion embeddings live in the LoRA folder (see engine.server), so a
+#: ``lora:`` rule covers them too.
+_FOLDER_OF: dict[str, str] = {"embedding": "lora"}
 
 
 @dataclass(frozen=True)
 class ShareRule:
-    """One entry of a share: ``[model:|lora:]folder/``, ``file.safetensors`` or a glob."""
+    """One entry of a share: ``[model:|lora:]folder/``, ``file.safetensors`` or a glob
+    (``lora:`` also covers embeddings, which live in the LoRA folder)."""
 
     pattern: str
     kind: FileKind | None = None
@@ -53,7 +57,7 @@ class ShareRule:
         return cls(text.removeprefix("./").lstrip("/"), kind)
 
     def allows(self, kind: FileKind, path: str) -> bool:
-        if self.kind is not None and self.kind != kind:
+        if self.kind is not None and self.kind != _FOLDER_OF.get(kind, kind):
             return False
         if self.pattern == "*":
             return True
@@ -113,6 +117,11 @@ class AccessPolicy:
             f"the LoRA `{lora.display_name}`"
             for lora in recipe.loras
             if not self.file_visible(guild_id, "lora", lora.file)
+        ]
+        names += [
+            f"the embedding `{e.name}`"
+            for e in recipe.embeddings
+            if not self.file_visible(guild_id, "embedding", e.file)
         ]
         if not names:
             return None

@@ -88,8 +88,12 @@ def a1111_parameters(
     lora_hashes: Mapping[str, str],
     *,
     seed: int | None = None,
+    ti_hashes: Mapping[str, str] | None = None,
 ) -> str:
-    """The ``parameters`` text for one image (``seed`` defaults to the recipe's)."""
+    """The ``parameters`` text for one image (``seed`` defaults to the recipe's).
+
+    ``ti_hashes`` are the embeddings the prompt used (name -> 12 hex), A1111's ``TI hashes``.
+    """
     from engine.samplers import a1111_base_name, schedule_type
 
     fields: list[tuple[str, str]] = [
@@ -102,6 +106,10 @@ def a1111_parameters(
         ("Model hash", model_hash),
         ("Model", model_display_name(recipe)),
     ]
+    if recipe.clip_skip > 1:  # A1111 writes it only when it is not the default
+        fields.append(("Clip skip", str(recipe.clip_skip)))
+    if ti_hashes:
+        fields.append(("TI hashes", ", ".join(f"{_alias(n, ':,')}: {h}" for n, h in ti_hashes.items())))
     if lora_hashes:
         # A1111 (extensions-builtin/Lora/networks.py) strips ":" and "," from each alias so
         # the "name: hash, name: hash" list can be split again.
@@ -120,6 +128,25 @@ class ParsedParameters:
     prompt: str
     negative_prompt: str
     params: dict[str, str]
+
+    @property
+    def clip_skip(self) -> int:
+        """``Clip skip: N`` (1, A1111's default, when absent or unreadable)."""
+        try:
+            value = int(self.params.get("Clip skip", "1"))
+        except ValueError:
+            return 1
+        return value if 1 <= value <= 12 else 1
+
+    @property
+    def ti_hashes(self) -> dict[str, str]:
+        """``TI hashes: "name: hash, ..."`` as a mapping."""
+        return _hash_list(self.params.get("TI hashes", ""))
+
+
+def _hash_list(text: str) -> dict[str, str]:
+    pairs = (item.rpartition(":") for item in text.split(","))
+    return {name.strip(): value.strip() for name, sep, value in pairs if sep and name.strip()}
 
 
 def parse_a1111_parameters(text: str) -> ParsedParameters:
@@ -149,14 +176,24 @@ def shareable_recipe(recipe: Recipe, model_sha256: str | None) -> dict[str, Any]
     data["model"] = model_display_name(recipe)
     data[MODEL_HASH_KEY] = model_sha256
     data["loras"] = [{**lora, "file": ref.display_name} for lora, ref in zip(data["loras"], recipe.loras, strict=True)]
+    data["embeddings"] = [{**e, "file": e["name"]} for e in data.get("embeddings", ())]
     return data
 
 
-def recipe_with_files(shared: Mapping[str, Any], model_file: str, lora_files: Mapping[str, str]) -> Recipe:
-    """A shared recipe made runnable again: the model's file and each LoRA's, by its name."""
+def recipe_with_files(
+    shared: Mapping[str, Any],
+    model_file: str,
+    lora_files: Mapping[str, str],
+    embedding_files: Mapping[str, str] | None = None,
+) -> Recipe:
+    """A shared recipe made runnable again: the model's file, each LoRA's and each
+    embedding's, looked up by the name the shared recipe gives it."""
     data = {k: v for k, v in shared.items() if k != MODEL_HASH_KEY}
     data["model"] = model_file
     data["loras"] = [{**lora, "file": lora_files[lora["file"]]} for lora in shared.get("loras", ())]
+    data["embeddings"] = [
+        {**e, "file": (embedding_files or {})[e["file"]]} for e in shared.get("embeddings", ())
+    ]
     return Recipe.from_json(data)
 
 

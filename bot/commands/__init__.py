@@ -12,12 +12,23 @@ from discord import app_commands
 
 
 def register_all(tree: app_commands.CommandTree[Any]) -> None:
-    from bot.commands import audit, imagine, lora, model, privacy, queue, recipes, settings
+    from bot.commands import (
+        audit,
+        embedding,
+        imagine,
+        lora,
+        model,
+        privacy,
+        queue,
+        recipes,
+        settings,
+    )
 
     for command in (
         imagine.imagine,
         lora.lora,
         model.model,
+        embedding.embedding,
         settings.settings,
         queue.queue,
         recipes.recipes,

@@ -27,6 +27,11 @@ from bot.commands.edit_fields import EditField, build_edit_command, channel_set,
 from bot.registry import ModelEntry, RegistryError
 from bot.registry.checks import MAX_CFG, MAX_STEPS
 from bot.validation import SAMPLERS
+from engine.families import FAMILIES, family_label
+from engine.prediction import PREDICTION_LABELS
+
+FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
+PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
 
@@ -61,6 +66,9 @@ def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
     if entry.default_negative:
         embed.add_field(name="Default negative", value=embeds.truncate(entry.default_negative, 300), inline=False)
     embed.add_field(name="Status", value="enabled" if entry.enabled else "disabled", inline=True)
+    embed.add_field(name="Family", value=family_label(entry.family), inline=True)
+    embed.add_field(name="Clip skip", value=str(entry.default_clip_skip), inline=True)
+    embed.add_field(name="Prediction", value=PREDICTION_LABELS.get(entry.prediction_type, entry.prediction_type), inline=True)
     if entry.nsfw:
         embed.add_field(name="NSFW", value="yes", inline=True)
     if entry.allowed_channel_ids:
@@ -116,7 +124,11 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     nsfw="Whether it is NSFW",
     description="A short description",
     make_default="Use it when /imagine names no model",
+    family="Model family (default: read from the file)",
+    clip_skip="Default clip skip (anime SD 1.5 models usually want 2)",
+    prediction="Prediction type (default: as the file says)",
 )
+@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
 @app_commands.autocomplete(file=model_file_autocomplete)
 async def model_add(
     interaction: discord.Interaction[Any],
@@ -125,6 +137,9 @@ async def model_add(
     nsfw: bool = False,
     description: str | None = None,
     make_default: bool = False,
+    family: str | None = None,
+    clip_skip: app_commands.Range[int, 1, 12] | None = None,
+    prediction: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -136,7 +151,8 @@ async def model_add(
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
     try:
-        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
+        extra = _model_options(family, clip_skip, prediction)
+        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "", **extra)
         added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
         settings = await bot.registry.get_settings(interaction.guild_id)
         if make_default or not settings.default_model:
@@ -145,6 +161,17 @@ async def model_add(
         await send_private(interaction, str(exc))
         return
     await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added, show_file=True))
+
+
+def _model_options(family: str | None, clip_skip: int | None, prediction: str | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if family is not None:
+        changes["family"] = family
+    if clip_skip is not None:
+        changes["default_clip_skip"] = clip_skip
+    if prediction is not None:
+        changes["prediction_type"] = "" if prediction == "auto" else prediction
+    return changes
 
 
 SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS]
@@ -160,6 +187,9 @@ MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
     EditField("description", "description", app_commands.Range[str, 1, 4000], "Description (`none` clears it)", convert=text_or_clear("description")),
     EditField("nsfw", "nsfw", bool, "Whether it is NSFW"),
     EditField("channels", "allowed_channel_ids", str, "Channels that may use it: type # to pick them, or `all`", convert=channel_set("allowed_channel_ids")),
+    EditField("family", "family", str, "Model family (Pony, Illustrious, ...): LoRAs of other families get a warning", choices=FAMILY_CHOICES),
+    EditField("clip_skip", "default_clip_skip", app_commands.Range[int, 1, 12], "Clip skip used when a request gives none"),
+    EditField("prediction", "prediction_type", str, "Prediction type; auto reads it from the file", choices=PREDICTION_CHOICES, convert=lambda v, _i: {"prediction_type": "" if v == "auto" else v}),
 )
 
 

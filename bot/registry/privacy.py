@@ -25,6 +25,7 @@ GUILD_TABLES = (
     "audit_log",
     "loras",
     "models",
+    "embeddings",
     "guild_settings",
 )
 #: Rows kept for a departed server's last sync of commands to it directly (development).

@@ -209,7 +209,7 @@ def test_command_definitions_respect_discord_limits() -> None:
     register_all(tree)
     payloads = [command.to_dict(tree) for command in tree.get_commands()]
     assert sorted(p["name"] for p in payloads) == [
-        "audit", "imagine", "lora", "model", "privacy", "queue", "recipes", "settings"
+        "audit", "embedding", "imagine", "lora", "model", "privacy", "queue", "recipes", "settings"
     ]  # fmt: skip
 
     def walk(options):
