@@ -167,3 +167,16 @@ def test_a_model_field_is_one_line_in_the_table() -> None:
     assert all(not p.required for p in model_edit.parameters[1:])
     payload = json.dumps(model_edit.to_dict(None))  # type: ignore[arg-type]
     assert '"max_value": 30.0' in payload  # the CFG bound is the engine's
+
+
+async def test_issue_9_fields_are_edited_with_the_rest(world: World) -> None:
+    """Family, clip skip and prediction type (issue 9) are lines of the same table."""
+    text = await run(
+        world, world.admin, "model", {"name": SD15, "family": "pony", "clip_skip": 2, "prediction": "v_prediction", "steps": 4}, "edit"
+    )
+    assert "Updated" in text
+    entry = await world.registry.get_model(world.guild.id, SD15)
+    assert entry is not None
+    assert (entry.family, entry.default_clip_skip, entry.prediction_type, entry.default_steps) == ("pony", 2, "v_prediction", 4)
+    await run(world, world.admin, "model", {"name": SD15, "prediction": "auto"}, "edit")
+    assert (await world.registry.get_model(world.guild.id, SD15)).prediction_type == ""  # type: ignore[union-attr]
