@@ -172,3 +172,43 @@ def build_edit_command(
         edit = app_commands.choices(**choices)(edit)
     edit = admin_only()(edit)
     return group.command(name="edit", description=description)(edit)
+
+
+#: Sets an entry's ``enabled`` flag and returns its (new) name; raises RegistryError.
+SetEnabled = Callable[[discord.Interaction[Any], str, bool], Awaitable[str]]
+
+
+def build_toggle_commands(
+    group: app_commands.Group,
+    *,
+    noun: str,
+    autocomplete: Callable[..., Any],
+    set_enabled: SetEnabled,
+) -> tuple[app_commands.Command[Any, ..., None], app_commands.Command[Any, ..., None]]:
+    """``/<group> enable name`` and ``/<group> disable name`` (admin) for an entry kind."""
+    from bot.registry import RegistryError
+
+    def make(enabled: bool) -> app_commands.Command[Any, ..., None]:
+        async def toggle(interaction: discord.Interaction[Any], name: str) -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            try:
+                shown = await set_enabled(interaction, name, enabled)
+            except RegistryError as exc:
+                await send_private(interaction, str(exc))
+                return
+            state = (
+                "enabled: members can use it again" if enabled
+                else "disabled: members cannot use it until it is enabled"
+            )
+            await send_private(interaction, f"**{shown}** is {state}.")
+
+        toggle = app_commands.describe(name=f"The {noun}")(toggle)
+        toggle = app_commands.autocomplete(name=autocomplete)(toggle)
+        toggle = admin_only()(toggle)
+        description = (
+            f"Let members use a disabled {noun} again (admin)" if enabled
+            else f"Stop members using a {noun}, keeping everything about it (admin)"
+        )
+        return group.command(name="enable" if enabled else "disable", description=description)(toggle)
+
+    return make(True), make(False)

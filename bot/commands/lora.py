@@ -33,6 +33,7 @@ from bot.commands.edit_fields import (
     CLEAR_WORDS,
     EditField,
     build_edit_command,
+    build_toggle_commands,
     comma_list,
     text_or_clear,
 )
@@ -195,32 +196,15 @@ lora_edit = build_edit_command(
 )
 
 
-async def _set_lora_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> None:
-    await interaction.response.defer(ephemeral=True, thinking=True)
+async def _set_lora_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
-    try:
-        entry = await bot_of(interaction).registry.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)
-    except RegistryError as exc:
-        await send_private(interaction, str(exc))
-        return
-    state = "enabled: members can use it again" if enabled else "disabled: members cannot use it until it is enabled"
-    await send_private(interaction, f"**{entry.name}** is {state}.")
+    registry = bot_of(interaction).registry
+    return (await registry.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)).name
 
 
-@lora.command(name="enable", description="Let members use a disabled LoRA again (admin)")
-@admin_only()
-@app_commands.describe(name="The LoRA")
-@app_commands.autocomplete(name=any_lora_autocomplete)
-async def lora_enable(interaction: discord.Interaction[Any], name: str) -> None:
-    await _set_lora_enabled(interaction, name, True)
-
-
-@lora.command(name="disable", description="Stop members using a LoRA, keeping its card and uses (admin)")
-@admin_only()
-@app_commands.describe(name="The LoRA")
-@app_commands.autocomplete(name=any_lora_autocomplete)
-async def lora_disable(interaction: discord.Interaction[Any], name: str) -> None:
-    await _set_lora_enabled(interaction, name, False)
+lora_enable, lora_disable = build_toggle_commands(
+    lora, noun="LoRA", autocomplete=any_lora_autocomplete, set_enabled=_set_lora_enabled
+)
 
 
 @lora.command(name="remove", description="Remove a LoRA from this server's registry (admin)")

@@ -23,7 +23,14 @@ from bot.commands.common import (
     to_choices,
     unregistered_file_choices,
 )
-from bot.commands.edit_fields import EditField, build_edit_command, channel_set, size, text_or_clear
+from bot.commands.edit_fields import (
+    EditField,
+    build_edit_command,
+    build_toggle_commands,
+    channel_set,
+    size,
+    text_or_clear,
+)
 from bot.registry import ModelEntry, RegistryError
 from bot.registry.checks import MAX_CFG, MAX_STEPS
 from bot.validation import SAMPLERS
@@ -245,29 +252,12 @@ async def model_remove(interaction: discord.Interaction[Any], name: str) -> None
     await send_private(interaction, text + affected_recipes(uses))
 
 
-async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> None:
-    await interaction.response.defer(ephemeral=True, thinking=True)
+async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
-    try:
-        entry = await bot_of(interaction).registry.update_model(interaction.guild_id, name, interaction.user.id, enabled=enabled)
-    except RegistryError as exc:
-        await send_private(interaction, str(exc))
-        return
-    state = "enabled: members can use it again" if enabled else "disabled: members cannot use it until it is enabled"
-    await send_private(interaction, f"**{entry.name}** is {state}.")
+    registry = bot_of(interaction).registry
+    return (await registry.update_model(interaction.guild_id, name, interaction.user.id, enabled=enabled)).name
 
 
-@model.command(name="enable", description="Let members use a disabled model again (admin)")
-@admin_only()
-@app_commands.describe(name="The model")
-@app_commands.autocomplete(name=any_model_autocomplete)
-async def model_enable(interaction: discord.Interaction[Any], name: str) -> None:
-    await _set_model_enabled(interaction, name, True)
-
-
-@model.command(name="disable", description="Stop members using a model, keeping its settings (admin)")
-@admin_only()
-@app_commands.describe(name="The model")
-@app_commands.autocomplete(name=any_model_autocomplete)
-async def model_disable(interaction: discord.Interaction[Any], name: str) -> None:
-    await _set_model_enabled(interaction, name, False)
+model_enable, model_disable = build_toggle_commands(
+    model, noun="model", autocomplete=any_model_autocomplete, set_enabled=_set_model_enabled
+)

@@ -924,24 +924,22 @@ class Registry:
                 (guild_id, model.name, model.file),
             )
         elif lora is not None:
-            rows = await self._db.fetch_all(
-                "SELECT user_id, name FROM saved_recipes WHERE guild_id = ? AND EXISTS ("
-                "SELECT 1 FROM json_each(saved_recipes.recipe, '$.loras') WHERE "
-                "lower(json_extract(value, '$.name')) = lower(?) "
-                "OR json_extract(value, '$.file') = ?) ORDER BY name_key",
-                (guild_id, lora.name, lora.file),
-            )
+            rows = await self._recipes_naming(guild_id, "$.loras", lora.name, lora.file)
         elif embedding is not None:
-            rows = await self._db.fetch_all(
-                "SELECT user_id, name FROM saved_recipes WHERE guild_id = ? AND EXISTS ("
-                "SELECT 1 FROM json_each(saved_recipes.recipe, '$.embeddings') WHERE "
-                "lower(json_extract(value, '$.name')) = lower(?) "
-                "OR json_extract(value, '$.file') = ?) ORDER BY name_key",
-                (guild_id, embedding.name, embedding.file),
-            )
+            rows = await self._recipes_naming(guild_id, "$.embeddings", embedding.name, embedding.file)
         else:
             raise ValueError("name a model, a LoRA or an embedding")
         return [RecipeUse(int(r["user_id"]), r["name"]) for r in rows]
+
+    async def _recipes_naming(self, guild_id: int, array: str, name: str, file: str) -> list[sqlite3.Row]:
+        """Saved recipes with an entry of the JSON ``array`` (``$.loras``...) naming ``name`` or ``file``."""
+        return await self._db.fetch_all(
+            "SELECT user_id, name FROM saved_recipes WHERE guild_id = ? AND EXISTS ("
+            "SELECT 1 FROM json_each(saved_recipes.recipe, ?) WHERE "
+            "lower(json_extract(value, '$.name')) = lower(?) "
+            "OR json_extract(value, '$.file') = ?) ORDER BY name_key",
+            (guild_id, array, name, file),
+        )
 
     # --- data rights -----------------------------------------------------------------------
 
