@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
-from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.png_metadata import write_png
+from engine.recipe.a1111 import write_parameters
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
@@ -143,7 +144,7 @@ class Generator:
         validate_recipe(recipe)
         model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
         model_info = self.inspect(model_path)
-        model_name = model_display_name(recipe)
+        model_name = recipe.model_label
         stack = self._resolve_loras(recipe)
         # Refuse before loading anything when the header already tells the architecture.
         if model_info.architecture in ("sd15", "sdxl"):
@@ -190,10 +191,12 @@ class Generator:
 
         images: list[bytes] = []
         seeds = [recipe.seed + i for i in range(recipe.count)]
-        lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
-        # Each PNG carries the recipe of that one image (its own seed, count 1, the sha256 of
+        # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes of
         # every file actually used), so re-running it from the PNG gives the same pixels.
-        pinned_loras = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
+        pinned_loras = tuple(
+            replace(lora.ref, sha256=lora.info.sha256, a1111_hash=lora.info.a1111_hash) for lora in stack
+        )
+        pinned = replace(recipe, count=1, loras=pinned_loras, model_hash=model_info.autov2)
         latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
         with torch.inference_mode():
             for seed in seeds:
@@ -222,8 +225,8 @@ class Generator:
                         on_step(done, total)
                 finished = time.perf_counter()
                 denoise += finished - call_started
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
-                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned_loras)
+                image_recipe = replace(pinned, seed=seed)
+                parameters = write_parameters(image_recipe)
                 recipe_json = json.dumps(image_recipe.to_json(), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished

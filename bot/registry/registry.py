@@ -56,7 +56,7 @@ _AUDIT_VALUE_LIMIT = 200
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled"
+    "added_at, uses, enabled, a1111_hash"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 #: Everything but the description, which validation never needs.
@@ -66,7 +66,7 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at"
+    "allowed_channels, added_by, added_at, a1111_hash"
 )
 
 
@@ -91,6 +91,7 @@ def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
         added_at=row["added_at"],
         uses=row["uses"],
         enabled=bool(row["enabled"]),
+        a1111_hash=row["a1111_hash"],
     )
 
 
@@ -115,6 +116,7 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.added_at,
         lora.uses,
         int(lora.enabled),
+        lora.a1111_hash,
     )
 
 
@@ -138,6 +140,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         allowed_channel_ids=frozenset(json.loads(row["allowed_channels"])),
         added_by=row["added_by"],
         added_at=row["added_at"],
+        a1111_hash=row["a1111_hash"],
     )
 
 
@@ -161,6 +164,7 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         json.dumps(sorted(model.allowed_channel_ids)),
         model.added_by,
         model.added_at,
+        model.a1111_hash,
     )
 
 
@@ -282,7 +286,7 @@ class Registry:
                     "pick another name or edit that one."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 18})",  # noqa: S608
+                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
                 (guild_id, *_model_values(model)),
             )
             await self._audit(
@@ -406,7 +410,7 @@ class Registry:
                     "pick another name or edit that one with /lora edit."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 20})",  # noqa: S608
                 (guild_id, *_lora_values(lora)),
             )
             await self._audit(
@@ -437,7 +441,7 @@ class Registry:
         async def work(conn: aiosqlite.Connection) -> None:
             try:
                 await conn.executemany(
-                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 20})",  # noqa: S608
                     [(guild_id, *_lora_values(lora)) for lora in loras],
                 )
             except sqlite3.IntegrityError:
