@@ -46,7 +46,7 @@ _KEY_CHARS = re.compile(r"[\w \-/]")
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Version"}
+     "VAE", "Clip skip", "TI hashes", "Lora hashes"}
 )  # fmt: skip
 
 
