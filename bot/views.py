@@ -35,14 +35,23 @@ if TYPE_CHECKING:
 CUSTOM_ID_LIMIT = 100
 #: Discord's limit for a text input's value (and its prefilled text).
 TEXT_INPUT_LIMIT = 4000
-MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit):(?P<target>\d{1,20})")
-IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "delete")
+MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard):(?P<target>\d{1,20})")
+IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "share", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
     "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
     "recipe": ("Recipe", "📜", discord.ButtonStyle.secondary),
     "save": ("Save recipe", "💾", discord.ButtonStyle.secondary),
+    "share": ("Share", "📣", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+CARD_ACTIONS = ("use", "same", "remix", "save", "share")
+_CARD_LABELS = {
+    "use": ("Use this recipe", "🎲", discord.ButtonStyle.primary),
+    "same": ("Same seed", "🔁", discord.ButtonStyle.secondary),
+    "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
+    "save": ("Save", "💾", discord.ButtonStyle.secondary),
+    "share": ("Share to channel", "📣", discord.ButtonStyle.success),
 }
 
 
@@ -52,7 +61,7 @@ def _bot(interaction: discord.Interaction[Any]) -> AtelierBot:
 
 class ImageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"atelier:img:(?P<action>reroll|remix|recipe|delete|save)",
+    template=r"atelier:img:(?P<action>reroll|remix|recipe|delete|save|share)",
 ):
     def __init__(self, action: str) -> None:
         label, emoji, style = _LABELS[action]
@@ -120,7 +129,41 @@ class LoraCardButton(
         await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
+class CardButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:card:(?P<action>use|same|remix|save|share):(?P<card>\d{1,20})",
+):
+    """A recipe card's buttons; the card (its recipe, author, source) is found by id."""
+
+    def __init__(self, action: str, card_id: int) -> None:
+        label, emoji, style = _CARD_LABELS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"atelier:card:{action}:{card_id}")
+        )
+        self.action = action
+        self.card_id = card_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CardButton:
+        return cls(match["action"], int(match["card"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.recipes.card_button(interaction, self.action, self.card_id))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton)
+
+
+def card_view(card_id: int, *, shareable: bool = False) -> discord.ui.View:
+    """Use / Same seed / Remix / Save, plus Share to channel on private answers."""
+    view = discord.ui.View(timeout=None)
+    for action in CARD_ACTIONS:
+        if action != "share" or shareable:
+            view.add_item(CardButton(action, card_id))
+    return view
 
 
 def result_view() -> discord.ui.View:
@@ -155,8 +198,10 @@ class RemixModal(discord.ui.Modal):
         loras: str,
         seed: str,
         steps: str,
+        kind: str = "remix",
+        title: str = "Remix this image",
     ) -> None:
-        super().__init__(title="Remix this image", custom_id=f"atelier:remix:{message_id}", timeout=900)
+        super().__init__(title=title, custom_id=f"atelier:{kind}:{message_id}", timeout=900)
         self.message_id = message_id
         self.prompt = discord.ui.TextInput(
             custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:TEXT_INPUT_LIMIT], max_length=TEXT_INPUT_LIMIT
@@ -181,6 +226,21 @@ class RemixModal(discord.ui.Modal):
         self.steps = discord.ui.TextInput(custom_id="steps", label="Steps", default=steps, required=False, max_length=4)
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
+
+
+class SaveRecipeModal(discord.ui.Modal):
+    """The member names the recipe (a suggestion is prefilled) and picks where it goes."""
+
+    def __init__(self, *, kind: str, target: int, name: str, scope: str) -> None:
+        super().__init__(title="Save this recipe", custom_id=f"atelier:{kind}:{target}", timeout=900)
+        self.name = discord.ui.TextInput(
+            custom_id="name", label="Name (letters, digits, spaces, - or _)", default=name, min_length=1, max_length=64
+        )
+        self.scope = discord.ui.TextInput(
+            custom_id="scope", label="Keep it for: server (recipe book) or me", default=scope, max_length=20
+        )
+        self.add_item(self.name)
+        self.add_item(self.scope)
 
 
 def lora_edit_values(lora: Any) -> dict[str, str]:

@@ -45,6 +45,7 @@ from bot.registry.models import (
     SearchSort,
     ServerSettings,
 )
+from bot.registry.recipe_book import RecipeBook
 from bot.registry.text import clean_name, name_key
 
 #: Saved recipes one member may keep per server.
@@ -205,6 +206,8 @@ class Registry:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: The server recipe book, recipe cards, lineage and hash look-ups.
+        self.book = RecipeBook(db)
         self._catalogs: dict[int, Catalog] = {}
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
@@ -827,6 +830,18 @@ class Registry:
             json.loads(row["recipe"]),
             row["created_at"],
         )
+
+    async def recent_posts(self, guild_id: int, user_id: int, channel_id: int | None, limit: int = 1) -> list[PostRecord]:
+        """A member's latest results here (newest first), for "save my last image"."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM posts WHERE guild_id = ? AND user_id = ? AND (? IS NULL OR channel_id = ?) "
+            "ORDER BY created_at DESC LIMIT ?",
+            (guild_id, user_id, channel_id, channel_id, max(1, min(limit, 50))),
+        )
+        return [
+            PostRecord(r["guild_id"], r["channel_id"], r["message_id"], r["user_id"], json.loads(r["recipe"]), r["created_at"])
+            for r in rows
+        ]
 
     async def delete_post(self, guild_id: int, message_id: int) -> bool:
         changed = await self._db.execute(

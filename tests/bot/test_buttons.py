@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from bot.sandbox import StoredMessage
-from engine.png_metadata import parse_a1111_parameters
+from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
 from tests.bot.conftest import World, make_bot, png_parameters
 from tests.bot.test_imagine_flow import imagine_and_wait, is_result
 
@@ -72,7 +72,9 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
 
     # Save recipe: stored for the clicking member.
     click = await world.double.click(world.bob, first, "atelier:img:save")
-    assert "Saved" in (await click.wait_followup()).content
+    assert await click.wait_response(3) == 9  # a modal: the member names the recipe
+    submitted = await world.double.submit_modal(world.bob, click, {})  # the suggested name, "me"
+    assert "Saved" in (await submitted.wait_followup()).content
     saved = await world.registry.saved_recipes(world.guild.id, world.bob.user.id)
     assert [s.recipe["seed"] for s in saved] == [7]
 
@@ -194,7 +196,9 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
     )
     await recorded(world, first)
     click = await world.double.click(world.alice, first, "atelier:img:save")
-    assert "Saved" in (await click.wait_followup()).content
+    assert await click.wait_response(3) == 9
+    submitted = await world.double.submit_modal(world.alice, click, {})
+    assert "Saved" in (await submitted.wait_followup()).content
     (saved,) = await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
 
     async def recipes(user: Any, subcommand: str, options: dict[str, Any] | None = None) -> Any:
