@@ -24,8 +24,8 @@ from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
 from engine.png_metadata import write_png
-from engine.recipe.a1111 import write_parameters
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
+from engine.recipe.a1111 import write_parameters
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 

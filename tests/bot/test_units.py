@@ -15,11 +15,11 @@ from bot.actions import lora_changes, parse_lora_lines
 from bot.config import BotConfig, ConfigError
 from bot.dispatch import fit_files
 from bot.recipe_text import imagine_command, recipe_reply, suggest_name
-from bot.registry.text import clean_name
-from engine.recipe.a1111 import write_parameters as a1111_parameters
 from bot.registry import Category, LoraEntry
-from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
+from bot.registry.text import clean_name
 from engine.protocol import LoraRef, Recipe
+from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
+from engine.recipe.a1111 import write_parameters as a1111_parameters
 
 
 def recipe(**changes) -> Recipe:

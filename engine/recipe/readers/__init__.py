@@ -28,7 +28,6 @@ raise on any input and read bounded amounts (see :mod:`.container`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -135,7 +134,7 @@ def _read(meta: ImageMetadata) -> FoundRecipe | None:
     if "prompt" in texts:
         graph = load_json(texts["prompt"])
         if isinstance(graph, dict):
-            found = comfyui.read(graph, "PNG text chunk 'prompt' (ComfyUI API graph)")
+            found = comfyui.read(graph, "PNG text chunk 'prompt' (an API graph)")
             if found is not None:
                 return found
     hidden = stealth.read(meta)
@@ -144,8 +143,3 @@ def _read(meta: ImageMetadata) -> FoundRecipe | None:
         if found is not None:
             return found
     return None
-
-
-def to_json(found: FoundRecipe) -> dict[str, Any]:
-    """A JSON view for ``python -m bot read-recipe --json``."""
-    return json.loads(json.dumps(found.to_json()))
