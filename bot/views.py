@@ -6,11 +6,14 @@ view has to be re-registered per message. The state a button needs (the recipe b
 image, the LoRA a card shows) is looked up in the database by message id or entry id, never
 kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
 
-- ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/delete/save;
-  the recipe is found by the clicked message's id.
+- ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/save/share/
+  delete; the recipe is found by the clicked message's id.
+- ``atelier:card:<action>:<card id>`` on recipe cards, action use/same/remix/save/share; the
+  card (recipe, author, where it came from) is a row of ``recipe_cards``.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
-- ``atelier:remix:<message id>`` and ``atelier:loraedit:<lora id>`` on modals.
+- ``atelier:remix:<message id>``, ``atelier:remixcard:<card id>``, ``atelier:savepost:<message
+  id>``, ``atelier:savecard:<card id>`` and ``atelier:loraedit:<lora id>`` on modals.
 
 Modal submits are not left to discord.py's modal store: it keys open modals by custom id
 alone and lives in memory, so a second member remixing the same image replaced the first

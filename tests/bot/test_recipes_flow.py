@@ -123,11 +123,13 @@ async def test_remix_an_image_made_by_comfyui_from_the_context_menu(world: World
     assert await submitted.wait_response(3) == 5
     made = await next_result(world, seen)
     parameters = png_parameters(made.attachments[0].data)
-    assert "Seed: 5" in parameters and "<lora:watercolor:0.6>" in parameters and "Clip skip: 2" in parameters
+    assert "Seed: 5" in parameters and "<lora:watercolor:0.6>" in parameters
     assert made.embeds[0]["author"]["url"].endswith(f"/{posted.id}")  # links to Bob's message
-
-    # Our own result, read from the menu, comes from the database (exact), even re-posted.
     await recorded(world, made)
+    post = await world.registry.get_post(world.guild.id, made.id)
+    assert post.recipe["clip_skip"] == 2  # carried in the recipe (issue 9 applies it in the engine)
+
+    # Our own result, read from the menu, comes from the database (exact).
     handle = await double.message_command(world.bob, made, "Remix this image")
     reply = await handle.wait_followup()
     assert "made here" in reply.embeds[0]["title"]

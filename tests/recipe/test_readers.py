@@ -147,3 +147,9 @@ def test_an_image_without_metadata_says_so() -> None:
     read = read_image(images.png())
     assert read.found is None and "no recipe found" in read.reason and read.kind == "png"
     assert "not an image" in read_image(b"\x00" * 100).reason
+
+
+def test_novelai_stealth_payload() -> None:
+    info = {"Software": "NovelAI", "Source": "NovelAI Diffusion V4 Curated 8BA2AF87", "Comment": json.dumps(images.NOVELAI_COMMENT)}
+    found = read_image(images.stealth_png(json.dumps(info), size=(64, 64))).found
+    assert found is not None and found.format == "NovelAI" and found.recipe.seed == 1234567

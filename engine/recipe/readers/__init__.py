@@ -73,6 +73,9 @@ def read_text(text: str, *, source: str, scheme: str | None = None) -> FoundReci
     stripped = text.lstrip()
     if stripped.startswith("{"):
         data = load_json(stripped)
+        if isinstance(data, dict) and isinstance(data.get("Comment"), str):
+            # NovelAI's stealth payload is its whole PNG info: {"Software", "Source", "Comment": "{...}"}.
+            return novelai.read_chunks({k: v for k, v in data.items() if isinstance(v, str)})
         if isinstance(data, dict):
             readers: tuple[Callable[[dict[str, Any], str], FoundRecipe | None], ...] = (
                 swarmui.read,
