@@ -131,8 +131,8 @@ class Actions:
             return False
         return channel_is_nsfw
 
-    async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
-        """The architecture of the model picked earlier in the same command, if any."""
+    async def chosen_model(self, interaction: discord.Interaction[Any]) -> Any:
+        """The model picked earlier in the same command (or the default), if any."""
         assert interaction.guild_id is not None
         registry = self.bot.registry
         name = getattr(interaction.namespace, "model", None)
@@ -140,7 +140,11 @@ class Actions:
             name = (await registry.get_settings(interaction.guild_id)).default_model
         if not name:
             return None
-        entry = await registry.get_model(interaction.guild_id, str(name))
+        return await registry.get_model(interaction.guild_id, str(name))
+
+    async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
+        """The architecture of the model picked earlier in the same command, if any."""
+        entry = await self.chosen_model(interaction)
         return entry.architecture if entry else None
 
     # -- generation --------------------------------------------------------------------
@@ -160,8 +164,8 @@ class Actions:
         height: int | None = None,
         count: int | None = None,
         origin: str = "imagine",
-        parent: Parent | None = None,
         clip_skip: int | None = None,
+        parent: Parent | None = None,
     ) -> bool:
         """Validate and queue; the interaction must already be deferred (ephemeral).
 
@@ -190,16 +194,13 @@ class Actions:
             width=width,
             height=height,
             count=count,
+            clip_skip=clip_skip,
         )
         outcome = validate(request, catalog)
         if isinstance(outcome, Rejected):
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
         recipe: Recipe = outcome.recipe
-        if clip_skip is not None and clip_skip > 1:
-            import dataclasses
-
-            recipe = dataclasses.replace(recipe, clip_skip=clip_skip)
         job = Job(
             recipe=recipe,
             guild_id=interaction.guild_id,

@@ -12,9 +12,11 @@ like any request.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from bot.registry import Catalog, Registry
+from bot.registry.text import name_key
 from engine.protocol import LoraRef, Recipe, architecture_label
 from engine.recipe.readers import FoundRecipe, Resource
 
@@ -31,7 +33,7 @@ class Matched:
 
 
 async def _find(registry: Registry, catalog: Catalog, guild_id: int, res: Resource) -> tuple[str | None, str]:
-    table = "models" if res.kind == "model" else "loras"
+    table = {"model": "models", "embedding": "embeddings"}.get(res.kind, "loras")
     for digest in res.hashes:
         name = await registry.book.find_by_hash(guild_id, table, digest)
         if name is not None:
@@ -41,6 +43,9 @@ async def _find(registry: Registry, catalog: Catalog, guild_id: int, res: Resour
         if name is not None:
             return name, "Civitai version"
     if res.name:
+        if res.kind == "embedding":
+            found = catalog.embeddings.get(name_key(res.name))
+            return (found.name, "name") if found is not None else (None, "")
         entry = catalog.model(res.name) if res.kind == "model" else catalog.lora(res.name)
         if entry is not None:
             return entry.name, "name"
@@ -99,12 +104,26 @@ async def match_found(registry: Registry, catalog: Catalog, guild_id: int, found
             continue
         how.append(f"LoRA `{entry.name}` (by {by})")
         loras.append(LoraRef(entry.file, res.weight if res.weight is not None else entry.default_weight, entry.name))
+    prompt, negative = recipe.prompt, recipe.negative_prompt
     for res in found.of_kind("embedding"):
-        problems.append(f"The embedding `{res.label}` is used by name in the prompt; embeddings are not in this server's registry yet.")
+        name, by = await _find(registry, catalog, guild_id, res)
+        if name is None:
+            problems.append(
+                f"The embedding `{res.label}`{_hash_words(res)} is not in this server, so its name stays in the "
+                "prompt as plain words. Ask an admin to add it with `/embedding add`."
+            )
+            continue
+        how.append(f"embedding `{name}` (by {by})")
+        if res.name and name != res.name:
+            # Embeddings are called by name in the prompt: use this server's name for it.
+            word = re.compile(rf"(?<![\w-]){re.escape(res.name)}(?![\w-])")
+            prompt, negative = word.sub(name, prompt), word.sub(name, negative)
     vae = found.of_kind("vae")
     if vae:
         problems.append(f"The VAE `{vae[0].label}` is not known here: the model's own VAE is used.")
     changes: dict[str, object] = {
+        "prompt": prompt,
+        "negative_prompt": negative,
         "model": model_entry.file if model_entry else "",
         "model_name": model_entry.name if model_entry else "",
         "model_hash": "",

@@ -46,6 +46,8 @@ def imagine_command(recipe: Recipe) -> str:
         _option("seed", str(recipe.seed)),
         _option("size", f"{recipe.width}x{recipe.height}"),
     ]
+    if recipe.clip_skip > 1:
+        parts.append(_option("clip_skip", str(recipe.clip_skip)))
     if recipe.count > 1:
         parts.append(_option("count", str(recipe.count)))
     return " ".join(parts)

@@ -265,10 +265,10 @@ class RecipeBook:
 
     # --- hashes ----------------------------------------------------------------------
 
-    async def find_by_hash(self, guild_id: int, table: Literal["loras", "models"], digest: str) -> str | None:
-        """The name of the entry whose file hash starts with ``digest`` (sha256, AutoV2) or
-        whose tensor hash agrees with it (A1111 LoRA hash, AutoV3, SwarmUI), else None."""
-        assert table in ("loras", "models")
+    async def find_by_hash(self, guild_id: int, table: Literal["loras", "models", "embeddings"], digest: str) -> str | None:
+        """The name of the entry whose file hash starts with ``digest`` (sha256, AutoV2, A1111's
+        TI hash) or whose tensor hash agrees with it (A1111 LoRA hash, AutoV3, SwarmUI), else None."""
+        assert table in ("loras", "models", "embeddings")
         digest = digest.lower()
         if len(digest) < 8:
             return None
@@ -277,7 +277,7 @@ class RecipeBook:
             f"SELECT name FROM {table} WHERE guild_id = ? AND sha256 >= ? AND sha256 < ? LIMIT 1",  # noqa: S608 - fixed table
             (guild_id, digest, upper),
         )
-        if row is None and len(digest) >= 12:
+        if row is None and len(digest) >= 12 and table != "embeddings":
             row = await self._db.fetch_one(
                 f"SELECT name FROM {table} WHERE guild_id = ? AND a1111_hash = ? LIMIT 1",  # noqa: S608 - fixed table
                 (guild_id, digest[:12]),

@@ -333,6 +333,8 @@ def read_parameters(text: str) -> ReadParameters:
         ("Clip skip", "clip_skip", _int),
     ):
         value = convert(params.get(key))
+        if key == "Clip skip" and value is not None and not 1 <= value <= 12:
+            value = None  # A1111 ignores what it cannot use; so does the reader
         if value is None:
             if key != "Clip skip":
                 missing.append(name)
@@ -382,6 +384,7 @@ def carried(recipe: Recipe) -> Recipe:
         ),
         vae=recipe.vae.replace("\\", "/").rsplit("/", 1)[-1],
         cfg_scale=recipe.cfg_scale + 0.0,
+        prediction_type="",
     )
 
 

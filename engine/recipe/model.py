@@ -62,6 +62,10 @@ class EmbeddingRef:
     sha256: str | None = None
 
 
+#: ``Recipe.prediction_type`` values: "" reads it from the model file (keys and metadata).
+PREDICTION_TYPES = ("", "epsilon", "v_prediction", "v_prediction_ztsnr")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything needed to reproduce an image, bit for bit on the same machine."""
@@ -80,13 +84,15 @@ class Recipe:
     count: int = 1
     #: Display name of the model (defaults to the file name).
     model_name: str = ""
-    #: A1111's ``CLIP_stop_at_last_layers``: 1 uses the last layer, 2 the one before.
+    #: A1111's ``CLIP_stop_at_last_layers``: 2 reads the text encoder's penultimate layer.
     clip_skip: int = 1
     embeddings: tuple[EmbeddingRef, ...] = ()
     #: A VAE file relative to the model folder; empty = the model's own VAE.
     vae: str = ""
     #: A1111's ``Model hash``: Civitai's AutoV2 (the first 10 hex of the file's sha256).
     model_hash: str = ""
+    #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
+    prediction_type: str = ""
 
     @property
     def model_label(self) -> str:

@@ -42,6 +42,7 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "k": ("count", int),
     "cs": ("clip_skip", int),
     "v": ("vae", str),
+    "pt": ("prediction_type", str),
 }
 _DEFAULTS = Recipe(model="", prompt="")
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from engine.png_metadata import write_png
-from engine.protocol import EmbeddingRef, LoraRef, Recipe
+from engine.protocol import PREDICTION_TYPES, EmbeddingRef, LoraRef, Recipe
 from engine.recipe import a1111, share_code
 from engine.recipe.readers import read_image
 from engine.recipe.readers.container import decode_user_comment
@@ -133,6 +133,7 @@ def recipes(draw: st.DrawFn) -> Recipe:
         clip_skip=draw(st.integers(1, 4)),
         embeddings=embeddings,
         vae=draw(st.sampled_from(["", "vae/kl-f8.safetensors"])),
+        prediction_type=draw(st.sampled_from(PREDICTION_TYPES)),
     )
 
 

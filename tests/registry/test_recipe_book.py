@@ -90,7 +90,7 @@ async def test_imported_resources_match_by_hash_then_version_then_name(registry:
     assert [(lo.name, lo.weight) for lo in matched.recipe.loras] == [("ink", 0.7), ("fog", 0.4), ("Pixel Art", 0.9)]
     assert matched.how == ["model `base` (by hash)", "LoRA `ink` (by hash)", "LoRA `fog` (by Civitai version)", "LoRA `Pixel Art` (by file name)"]
     assert any("`not-here`" in p and "/lora add" in p for p in matched.problems)
-    assert any("goodhands" in p for p in matched.problems)
+    assert any("goodhands" in p and "/embedding add" in p for p in matched.problems)
     other = await match_found(registry, await registry.catalog(OTHER_GUILD), OTHER_GUILD, found)
     assert other.recipe.loras == ()  # another server's registry matches nothing
 
