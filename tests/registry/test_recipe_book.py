@@ -110,3 +110,17 @@ async def test_a_stored_recipe_says_what_is_missing_and_what_to_use_instead(regi
     assert usable(stored, catalog).loras == ()
     await registry.remove_model(GUILD, "base", ADMIN)
     assert "model `base` is no longer" in health(stored, await registry.catalog(GUILD))[0]
+
+
+async def test_an_embedding_matched_by_hash_takes_this_servers_name_in_the_prompt(registry: Registry) -> None:
+    from bot.registry.models import EmbeddingEntry
+
+    await registry.add_model(GUILD, model("base"), ADMIN)
+    await registry.update_settings(GUILD, ADMIN, default_model="base")
+    await registry.add_embedding(GUILD, EmbeddingEntry("EasyNeg", "sd15", "easy.safetensors", sha256="12" * 32), ADMIN)
+    found = FoundRecipe(
+        "AUTOMATIC1111", "test", Recipe(model="", prompt="a cat", negative_prompt="easynegative, lowres"),
+        (Resource("embedding", "easynegative", hashes=("121212121212",)),),
+    )  # fmt: skip
+    matched = await match_found(registry, await registry.catalog(GUILD), GUILD, found)
+    assert matched.recipe.negative_prompt == "EasyNeg, lowres" and "embedding `EasyNeg` (by hash)" in matched.how
