@@ -134,15 +134,23 @@ class RecipeActions:
         if posted is not None:
             await send_private(interaction, f"Shared in this channel: {posted.jump_url}")
 
+    async def _card(self, interaction: discord.Interaction[Any], card_id: int) -> tuple[Card, Recipe] | None:
+        """The card a button or modal names, in this server; otherwise the member is told."""
+        card = await self.registry.book.card(interaction.guild_id, card_id) if interaction.guild_id else None
+        recipe = _recipe(card.recipe) if card else None
+        if card is None or recipe is None:
+            await send_private(interaction, "This card's recipe is no longer available.")
+            return None
+        return card, recipe
+
     async def card_button(self, interaction: discord.Interaction[Any], action: str, card_id: int) -> None:
         if interaction.guild_id is None:
             await send_private(interaction, "Recipe cards only work in a server.")
             return
-        card = await self.registry.book.card(interaction.guild_id, card_id)
-        recipe = _recipe(card.recipe) if card else None
-        if card is None or recipe is None:
-            await send_private(interaction, "This card's recipe is no longer available.")
+        found = await self._card(interaction, card_id)
+        if found is None:
             return
+        card, recipe = found
         if action == "remix":
             modal = views.RemixModal(
                 message_id=card.id, kind="remixcard", title="Remix this recipe", prompt=recipe.prompt,
@@ -197,11 +205,10 @@ class RecipeActions:
                 return
             await self._save(interaction, recipe, fields, source_message_id=target)
             return
-        card = await self.registry.book.card(interaction.guild_id, target)
-        recipe = _recipe(card.recipe) if card else None
-        if card is None or recipe is None:
-            await send_private(interaction, "This card's recipe is no longer available.")
+        found = await self._card(interaction, target)
+        if found is None:
             return
+        card, recipe = found
         if kind == "savecard":
             await self._save(interaction, recipe, fields, source_message_id=card.source_message_id)
             return

@@ -21,12 +21,14 @@ from bot.registry.text import clean_name, name_key
 
 #: Recipes one server's book may hold; only stops abuse.
 MAX_BOOK_RECIPES = 5_000
+#: A stored recipe is a few hundred bytes; this only stops abuse.
 MAX_RECIPE_JSON = 32_000
 BookSort = Literal["newest", "most_used", "name"]
 _ORDER = {"newest": "b.created_at DESC, b.id DESC", "most_used": "b.uses DESC, b.created_at DESC", "name": "b.name_key"}
 
 
-def _text(recipe: Mapping[str, Any]) -> str:
+def recipe_text(recipe: Mapping[str, Any]) -> str:
+    """A recipe as stored (sorted JSON), refused past :data:`MAX_RECIPE_JSON` characters."""
     text = json.dumps(recipe, ensure_ascii=False, sort_keys=True)
     if len(text) > MAX_RECIPE_JSON:
         raise RegistryError(f"This recipe is {len(text):,} characters as JSON, over the {MAX_RECIPE_JSON:,} limit; shorten the prompt.")
@@ -103,7 +105,7 @@ class RecipeBook:
     ) -> BookEntry:
         """Add a recipe under a name nobody in this server has used (case-insensitive)."""
         clean = clean_name(name, what="recipe name")
-        text = _text(recipe)
+        text = recipe_text(recipe)
         now = time.time()
 
         async def work(conn: aiosqlite.Connection) -> int:
@@ -204,7 +206,7 @@ class RecipeBook:
         book_name: str | None = None,
         image_url: str | None = None,
     ) -> Card:
-        text = _text(recipe)
+        text = recipe_text(recipe)
         now = time.time()
 
         async def work(conn: aiosqlite.Connection) -> int:

@@ -48,12 +48,11 @@ from bot.registry.models import (
     ServerSettings,
 )
 from bot.registry.recipe_book import RecipeBook
+from bot.registry.recipe_book import recipe_text as _recipe_text
 from bot.registry.text import clean_name, name_key
 
 #: Saved recipes one member may keep per server.
 MAX_SAVED_RECIPES = 100
-#: A stored recipe is a few hundred bytes; this only stops abuse.
-MAX_RECIPE_JSON = 32_000
 _AUDIT_VALUE_LIMIT = 200
 
 _LORA_COLUMNS = (
@@ -227,16 +226,6 @@ def _diff(before: object, after: object, names: Iterable[str]) -> dict[str, list
         for name in sorted(names)
         if getattr(before, name) != getattr(after, name)
     }
-
-
-def _recipe_text(recipe: Mapping[str, Any]) -> str:
-    text = json.dumps(recipe, ensure_ascii=False, sort_keys=True)
-    if len(text) > MAX_RECIPE_JSON:
-        raise RegistryError(
-            f"This recipe is {len(text):,} characters as JSON, over the {MAX_RECIPE_JSON:,} limit; "
-            "shorten the prompt."
-        )
-    return text
 
 
 class Registry:

@@ -43,6 +43,8 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
     assert await click.wait_response(3) == 5
     rerolled = await next_result(world, seen)
     assert seed_of(rerolled) != "7"
+    assert rerolled.embeds[0]["author"]["url"].endswith(f"/{first.id}")  # links to what it rerolled
+    assert f"<@{world.bob.user.id}>" in rerolled.content  # the presser is credited
     assert "<lora:watercolor:0.6>" in png_parameters(rerolled.attachments[0].data)
 
     # Remix: a modal prefilled with the recipe; changing the weight changes the image's recipe.

@@ -147,6 +147,13 @@ async def test_recipe_read_an_attachment_and_long_recipes_come_whole(world: Worl
     handle = await double.slash(world.alice, world.channel, "recipe", {"image": ("kite.png", images.png({"parameters": images.CIVITAI_TEXT}))}, subcommand="read")
     reply = await handle.wait_followup()
     assert "Civitai" in reply.embeds[0]["title"] and "Tiny SDXL" in json.dumps(reply.embeds)
+    posted = await double.send_user_message(world.bob, world.channel, "look", files=[("swarm.png", images.png({"parameters": json.dumps(images.SWARM)}))])
+    link = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}/{posted.id}"
+    handle = await double.slash(world.alice, world.channel, "recipe", {"link": link}, subcommand="read")
+    reply = await handle.wait_followup()
+    assert "SwarmUI" in reply.embeds[0]["title"] and "model `tiny-sdxl` (by name)" in json.dumps(reply.embeds)
+    handle = await double.slash(world.alice, world.channel, "recipe", {"link": "https://discord.com/channels/1/2/3"}, subcommand="read")
+    assert "not a link to a message in this server" in (await handle.wait_followup()).content
 
     prompt = "a lighthouse in the fog, " * 160
     first = await imagine_and_wait(world, world.alice, {"prompt": prompt.strip(), "seed": 3})
