@@ -18,6 +18,7 @@ from bot import views
 from bot.actions import Actions
 from bot.commands.common import send_private
 from bot.dispatch import DEFAULT_STALL_LIMIT_S, Dispatcher, Job
+from bot.recipe_actions import RecipeActions
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class AtelierBot(discord.Client):
         self.sync_commands = sync_commands
         self.tree = AtelierTree(self)
         self.actions = Actions(self)
+        self.recipes = RecipeActions(self)
         self.dispatcher = Dispatcher(
             self,
             engine,

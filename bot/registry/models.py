@@ -86,6 +86,9 @@ class ModelEntry:
     file: str
     sha256: str | None = None
     autov2: str | None = None
+    #: sha256 of the bytes after the safetensors header, first 12 hex (SwarmUI and Civitai's
+    #: AutoV3 hash tensors only); None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     default_width: int = 512
     default_height: int = 512
     default_steps: int = 20
@@ -121,6 +124,7 @@ class ModelEntry:
             "file": info.path,
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "default_width": side,
             "default_height": side,
             "family": info.family,
@@ -148,6 +152,9 @@ class LoraEntry:
     sha256: str | None = None
     #: Civitai's AutoV2 hash: the first 10 hex digits of the sha256, upper case.
     autov2: str | None = None
+    #: AUTOMATIC1111's LoRA hash (what ``Lora hashes`` carries): sha256 of the bytes after the
+    #: safetensors header, first 12 hex. None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     #: A Civitai AIR (``urn:air:sdxl:lora:civitai:120096@135931``) or an http(s) URL.
     source: str | None = None
     description: str = ""
@@ -188,6 +195,7 @@ class LoraEntry:
             "trigger_words": tuple(info.trigger_words[:10]),
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "family": info.family,
             "lora_format": info.lora_format,
             "rank": info.rank,

@@ -76,10 +76,11 @@ def test_png_carries_a1111_text_and_the_recipe(tiny_generator: Generator) -> Non
     png = tiny_generator.run(recipe).images[0]
     meta = read_png_metadata(png)
     lora_info = tiny_generator.inspect(tiny_generator.lora_root / "sd15/watercolor.safetensors")
-    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256),)
-    assert Recipe.from_json(meta["recipe"]) == dataclasses.replace(recipe, loras=pinned)
-    text = meta["parameters"]
     model_info = tiny_generator.inspect(tiny_generator.model_root / "sd15-tiny.safetensors")
+    # The PNG's recipe pins every file's hashes, the ones A1111 writes included.
+    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256, a1111_hash=lora_info.a1111_hash),)
+    assert Recipe.from_json(meta["recipe"]) == dataclasses.replace(recipe, loras=pinned, model_hash=model_info.autov2)
+    text = meta["parameters"]
     assert text.startswith("a lighthouse at dusk <lora:watercolor:0.8>\nNegative prompt: blurry\n")
     assert f"Model hash: {model_info.autov2}, Model: Tiny SD" in text
     assert f'Lora hashes: "watercolor: {lora_info.a1111_hash}"' in text
