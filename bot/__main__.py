@@ -1,4 +1,5 @@
-"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo.
+"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo;
+``python -m bot read-recipe FILE... [--json]`` prints the recipes found in image files.
 
 Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
 SQLite registry in the data folder, starts the engine as a child process with a generated
@@ -162,6 +163,10 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "read-recipe":
+        from bot import read_recipe
+
+        return read_recipe.main(args[1:])
     if args and args[0] == "demo":
         from bot import demo  # the lead's offline sandbox demo; imported only when asked for
 

@@ -21,6 +21,7 @@ from bot.command_sync import sync_if_changed
 from bot.commands.common import send_private
 from bot.dispatch import DEFAULT_STALL_LIMIT_S, Dispatcher, Job
 from bot.guild_lifecycle import DAY_S, NOT_ENABLED, PURGE_INTERVAL_S, GuildLifecycle
+from bot.recipe_actions import RecipeActions
 from bot.safety import ImageSafety
 from engine.client import EngineClient
 
@@ -118,6 +119,7 @@ class AtelierBot(discord.Client):
         )
         self.tree = AtelierTree(self)
         self.actions = Actions(self)
+        self.recipes = RecipeActions(self)
         self.dispatcher = Dispatcher(
             self,
             engine,

@@ -107,6 +107,11 @@ class Job:
     notes: tuple[str, ...] = ()
     #: Why the job exists ("imagine", "reroll", "remix"); shown in the status line.
     origin: str = "imagine"
+    #: The message this job was rerolled/remixed/made from, and how the result credits it
+    #: ((label, link) for the embed); recorded by ``on_result`` (see bot.recipe_actions).
+    parent_message_id: int | None = None
+    parent_channel_id: int | None = None
+    parent_credit: tuple[str, str] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.monotonic)
     state: str = "queued"
@@ -549,7 +554,11 @@ class Dispatcher:
             for i, data, spoiler in screened.files
         ]
         embed = embeds.recipe_embed(
-            job.recipe, requester=job.user_name, seconds=seconds, notes=[*job.notes, *notes, *screened.notes]
+            job.recipe,
+            requester=job.user_name,
+            seconds=seconds,
+            notes=[*job.notes, *notes, *screened.notes],
+            parent=job.parent_credit,
         )
         try:
             message = await channel.send(

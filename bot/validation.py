@@ -288,9 +288,14 @@ def validate(
     recipe = Recipe(
         model=model.file,
         model_name=model.name,
+        # Lower case, as A1111 and the engine's PNG write it.
+        model_hash=(model.sha256[:10] if model.sha256 else (model.autov2 or "")).lower(),
         prompt=prompt,
         negative_prompt=negative,
-        loras=tuple(LoraRef(file=l.file, weight=w, name=l.name, sha256=l.sha256) for l, w in stack),  # noqa: E741
+        loras=tuple(
+            LoraRef(file=l.file, weight=w, name=l.name, sha256=l.sha256, a1111_hash=l.a1111_hash)
+            for l, w in stack  # noqa: E741
+        ),
         sampler=sampler,
         steps=int(steps),
         cfg_scale=float(cfg),

@@ -24,9 +24,10 @@ from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_file
 from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
-from engine.png_metadata import a1111_parameters, model_display_name, shareable_recipe, write_png
+from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
+from engine.recipe.a1111 import write_parameters
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
@@ -165,7 +166,7 @@ class Generator:
         validate_recipe(recipe)
         model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
         model_info = self.inspect(model_path)
-        model_name = model_display_name(recipe)
+        model_name = recipe.model_label
         stack = self._resolve_loras(recipe)
         embedding_files = resolve_embedding_files(recipe, self.embedding_root, self.inspect)
         prediction = resolve_prediction(recipe.prediction_type, model_info)
@@ -215,11 +216,15 @@ class Generator:
 
         images: list[bytes] = []
         seeds = [recipe.seed + i for i in range(recipe.count)]
-        lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
-        # Each PNG carries the recipe of that one image (its own seed, count 1, the sha256 of
+        # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes of
         # every file actually used), so re-running it from the PNG gives the same pixels.
-        pinned_loras = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
+        pinned_loras = tuple(
+            replace(lora.ref, sha256=lora.info.sha256, a1111_hash=lora.info.a1111_hash) for lora in stack
+        )
         pinned_embeddings = tuple(replace(ref, sha256=info.sha256) for ref, _, info in embedding_files)
+        pinned = replace(
+            recipe, count=1, loras=pinned_loras, embeddings=pinned_embeddings, model_hash=model_info.autov2
+        )
         latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
         with torch.inference_mode():
             conditioning = encode_recipe_prompts(pipe, recipe, vectors)
@@ -250,11 +255,12 @@ class Generator:
                         on_step(done, total)
                 finished = time.perf_counter()
                 denoise += finished - call_started
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed, ti_hashes=ti_hashes)
-                image_recipe = replace(
-                    recipe, seed=seed, count=1, loras=pinned_loras, embeddings=pinned_embeddings
-                )
-                recipe_json = json.dumps(shareable_recipe(image_recipe, model_info.sha256), sort_keys=True)
+                image_recipe = replace(pinned, seed=seed)
+                # A1111 lists in "TI hashes" only the embeddings the prompts really used.
+                used = tuple(e for e in image_recipe.embeddings if e.name in ti_hashes)
+                parameters = write_parameters(replace(image_recipe, embeddings=used))
+                # Names and hashes only: no path on the operator's disk leaves in an image.
+                recipe_json = json.dumps(shareable_recipe(image_recipe), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished
         ended = time.perf_counter()

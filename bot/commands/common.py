@@ -165,7 +165,10 @@ def affected_recipes(uses: Any, *, shown: int = 10) -> str:
     uses = list(uses)
     if not uses:
         return ""
-    listed = ", ".join(f"<@{u.user_id}>'s **{truncate(u.name, 60)}**" for u in uses[:shown])
+    listed = ", ".join(
+        (f"the recipe book's **{truncate(u.name, 60)}**" if u.in_book else f"<@{u.user_id}>'s **{truncate(u.name, 60)}**")
+        for u in uses[:shown]
+    )
     more = f" and {len(uses) - shown} more" if len(uses) > shown else ""
     return (
         f"\n{len(uses)} saved recipe(s) used it and will be refused until it is registered again "

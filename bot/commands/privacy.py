@@ -1,7 +1,8 @@
 """``/privacy``: what Atelier keeps about you in this server, and deleting it.
 
 ``show`` lists it; ``delete`` asks for a click on a button first (it cannot be undone),
-then deletes your saved recipes, bookmarks and the recipe records of images made for you,
+then deletes your saved recipes, your entries in the server's recipe book, the recipe cards
+you shared or are credited on, bookmarks and the recipe records of images made for you,
 and with ``images:True`` the image messages themselves. Admin changes you made stay in the
 server's audit log with your name removed. See the README's "Data" section.
 """
@@ -47,6 +48,11 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
         value=(f"The recipe of each, for its buttons. Latest: {links}" if data.posts else "none"),
         inline=False,
     )
+    book = ", ".join(f"**{embeds.truncate(n, 50)}**" for n in data.book_entries[:10])
+    embed.add_field(
+        name=f"Your recipes in the server's recipe book ({len(data.book_entries)})", value=book or "none", inline=False
+    )
+    embed.add_field(name="Recipe cards you shared or are credited on", value=str(data.cards), inline=True)
     embed.add_field(name="Bookmarked LoRAs", value=str(data.bookmarks), inline=True)
     embed.add_field(name="Your admin changes in the audit log", value=str(data.audit_entries), inline=True)
     embed.add_field(name="Jobs waiting now", value=str(len(waiting)), inline=True)
@@ -72,6 +78,8 @@ async def privacy_delete(interaction: discord.Interaction[Any], images: bool = F
         return
     what = [
         f"{len(data.saved_recipes)} saved recipe(s)",
+        f"{len(data.book_entries)} recipe(s) of yours in the recipe book",
+        f"{data.cards} recipe card record(s)",
         f"the recipes of {len(data.posts)} image(s)" + (" and the image messages" if images else ""),
         f"{data.bookmarks} bookmark(s)",
     ]
@@ -98,7 +106,13 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
             with contextlib.suppress(discord.NotFound, discord.Forbidden):
                 await message.delete()
                 removed += 1
-    parts = [f"{done.saved_recipes} saved recipe(s)", f"{len(done.posts)} image record(s)", f"{done.bookmarks} bookmark(s)"]
+    parts = [
+        f"{done.saved_recipes} saved recipe(s)",
+        f"{done.book_entries} recipe book entr{'y' if done.book_entries == 1 else 'ies'}",
+        f"{done.cards} card record(s)",
+        f"{len(done.posts)} image record(s)",
+        f"{done.bookmarks} bookmark(s)",
+    ]
     text = "Deleted " + ", ".join(parts) + "."
     if images:
         text += f" {removed} image message(s) deleted."

@@ -96,6 +96,9 @@ class ModelEntry:
     file: str
     sha256: str | None = None
     autov2: str | None = None
+    #: sha256 of the bytes after the safetensors header, first 12 hex (SwarmUI and Civitai's
+    #: AutoV3 hash tensors only); None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     default_width: int = 512
     default_height: int = 512
     default_steps: int = 20
@@ -131,6 +134,7 @@ class ModelEntry:
             "file": info.path,
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "default_width": side,
             "default_height": side,
             "family": info.family,
@@ -158,6 +162,9 @@ class LoraEntry:
     sha256: str | None = None
     #: Civitai's AutoV2 hash: the first 10 hex digits of the sha256, upper case.
     autov2: str | None = None
+    #: AUTOMATIC1111's LoRA hash (what ``Lora hashes`` carries): sha256 of the bytes after the
+    #: safetensors header, first 12 hex. None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     #: A Civitai AIR (``urn:air:sdxl:lora:civitai:120096@135931``) or an http(s) URL.
     source: str | None = None
     description: str = ""
@@ -198,6 +205,7 @@ class LoraEntry:
             "trigger_words": tuple(info.trigger_words[:10]),
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "family": info.family,
             "lora_format": info.lora_format,
             "rank": info.rank,
@@ -343,10 +351,13 @@ class SavedRecipe:
 
 @dataclass(frozen=True)
 class RecipeUse:
-    """A member's saved recipe that names a given model or LoRA."""
+    """A saved recipe that names a given model, LoRA or embedding."""
 
+    #: The member who saved it (a recipe book entry's author).
     user_id: int
     name: str
+    #: In the server's recipe book rather than the member's own saved recipes.
+    in_book: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,11 @@ from bot.registry.db import Database
 #: Tables holding a server's rows, all keyed by ``guild_id``. Bookmarks go with their LoRAs
 #: (ON DELETE CASCADE) and are listed too, for the rows left by LoRAs already removed.
 GUILD_TABLES = (
+    # Children before the rows they reference (foreign keys are on).
+    "post_attachments",
+    "recipe_book_loras",
+    "recipe_cards",
+    "recipe_book",
     "bookmarks",
     "saved_recipes",
     "posts",
@@ -42,10 +47,17 @@ class MemberData:
     bookmarks: int
     #: Admin changes the member made, kept in the server's audit log.
     audit_entries: int
+    #: Recipes the member put in the server's recipe book.
+    book_entries: tuple[str, ...] = ()
+    #: Recipe cards the member shared, or that credit them as the recipe's author.
+    cards: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.saved_recipes or self.posts or self.bookmarks or self.audit_entries)
+        return not (
+            self.saved_recipes or self.posts or self.bookmarks or self.audit_entries
+            or self.book_entries or self.cards
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class MemberDeletion:
     posts: tuple[tuple[int, int], ...]
     bookmarks: int
     audit_entries: int
+    book_entries: int = 0
+    cards: int = 0
 
 
 class PrivacyStore:
@@ -78,15 +92,26 @@ class PrivacyStore:
         audit = await self._db.fetch_one(
             "SELECT count(*) FROM audit_log WHERE guild_id = ? AND actor_id = ?", (guild_id, user_id)
         )
+        book = await self._db.fetch_all(
+            "SELECT name FROM recipe_book WHERE guild_id = ? AND author_id = ? ORDER BY created_at DESC",
+            (guild_id, user_id),
+        )
+        cards = await self._db.fetch_one(
+            "SELECT count(*) FROM recipe_cards WHERE guild_id = ? AND (author_id = ? OR shared_by = ?)",
+            (guild_id, user_id, user_id),
+        )
         return MemberData(
             tuple(r[0] for r in recipes),
             tuple((int(r[0]), int(r[1])) for r in posts),
             int(bookmarks[0]) if bookmarks else 0,
             int(audit[0]) if audit else 0,
+            tuple(r[0] for r in book),
+            int(cards[0]) if cards else 0,
         )
 
     async def delete_member_data(self, guild_id: int, user_id: int) -> MemberDeletion:
-        """Delete a member's recipes, bookmarks and post records in one transaction.
+        """Delete a member's recipes (saved and in the recipe book), bookmarks, recipe cards and
+        post records in one transaction.
 
         Audit entries of admin changes they made stay (the server's record of who changed
         its registry), with the member's id replaced by 0 ("a former member"). Returns the
@@ -103,11 +128,13 @@ class PrivacyStore:
             for sql in (
                 "DELETE FROM saved_recipes WHERE guild_id = ? AND user_id = ?",
                 "DELETE FROM bookmarks WHERE guild_id = ? AND user_id = ?",
-                "DELETE FROM posts WHERE guild_id = ? AND user_id = ?",
+                "DELETE FROM posts WHERE guild_id = ? AND user_id = ?",  # attachments cascade
                 "UPDATE audit_log SET actor_id = 0 WHERE guild_id = ? AND actor_id = ?",
+                "DELETE FROM recipe_book WHERE guild_id = ? AND author_id = ?",  # its LoRA keys cascade
+                "DELETE FROM recipe_cards WHERE guild_id = ?1 AND (author_id = ?2 OR shared_by = ?2)",
             ):
                 counts.append((await conn.execute(sql, (guild_id, user_id))).rowcount)
-            return MemberDeletion(counts[0], posts, counts[1], counts[3])
+            return MemberDeletion(counts[0], posts, counts[1], counts[3], counts[4], counts[5])
 
         return await self._db.transaction(work)
 

@@ -95,6 +95,8 @@ class DiscordDouble:
         self._messages: dict[int, list[StoredMessage]] = {}
         self._messages_by_id: dict[int, StoredMessage] = {}
         self._attachments: dict[int, StoredAttachment] = {}
+        #: Attachment ids fetched through the media proxy (``proxy_url``), in order.
+        self.proxy_fetches: list[int] = []
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._rate_limits: list[RateLimitRule] = []
         self._clock_offset = 0.0
@@ -394,6 +396,20 @@ class DiscordDouble:
             data["guild_id"] = command["guild_id"]
         return await self._dispatch_interaction(2, person, channel, data, locale=locale)
 
+    async def message_command(self, user: UserLike, message: StoredMessage, name: str) -> InteractionHandle:
+        """Right-click ``message`` -> Apps -> ``name``, as Discord's client sends it (type 3
+        command with the message in ``resolved``)."""
+        person = _user_of(user)
+        command = options_.find_command(self._commands, name, message.channel, kind=3)
+        options_.check_can_use(command, person, message.channel, False)
+        data: dict[str, Any] = {
+            "id": command["id"], "name": command["name"], "type": 3, "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): message.to_payload()}},
+        }
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._dispatch_interaction(2, person, message.channel, data)
+
     async def autocomplete(
         self,
         user: UserLike,
@@ -505,9 +521,19 @@ class DiscordDouble:
             5, _user_of(user), source.channel, data, message=source.source_message
         )
 
-    async def send_user_message(self, user: UserLike, channel: Channel, content: str) -> StoredMessage:
-        """A person posting in a channel (dispatched as MESSAGE_CREATE)."""
-        message = StoredMessage(snowflake(), channel, _user_of(user), content=content)
+    async def send_user_message(
+        self, user: UserLike, channel: Channel, content: str, *, files: Iterable[tuple[str, bytes]] = ()
+    ) -> StoredMessage:
+        """A person posting in a channel (dispatched as MESSAGE_CREATE), with ``files`` as
+        ``(filename, bytes)`` attachments served from the double's CDN."""
+        attachments = [
+            self.store_attachment(
+                StoredAttachment(snowflake(), name, bytes(data), mimetypes.guess_type(name)[0] or "application/octet-stream"),
+                channel.id,
+            )
+            for name, data in files
+        ]
+        message = StoredMessage(snowflake(), channel, _user_of(user), content=content, attachments=attachments)
         await self.store_message(message)
         return message
 
@@ -560,6 +586,7 @@ class DiscordDouble:
     def store_attachment(self, attachment: StoredAttachment, channel_id: int) -> StoredAttachment:
         filename = urllib.parse.quote(attachment.filename)
         attachment.url = f"{self.base_url}/attachments/{channel_id}/{attachment.id}/{filename}"
+        attachment.proxy_url = f"{self.base_url}/media-proxy/{channel_id}/{attachment.id}/{filename}?format=webp"
         self._attachments[attachment.id] = attachment
         return attachment
 

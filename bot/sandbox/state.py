@@ -265,6 +265,8 @@ class StoredAttachment:
     content_type: str
     description: str | None = None
     url: str = ""
+    #: Where Discord's media proxy serves a preview of it (a WebP without PNG text chunks).
+    proxy_url: str = ""
 
     @property
     def size(self) -> int:
@@ -283,7 +285,7 @@ class StoredAttachment:
             "filename": self.filename,
             "size": self.size,
             "url": self.url,
-            "proxy_url": self.url,
+            "proxy_url": self.proxy_url or self.url,
             "content_type": self.content_type,
         }
         if self.description:

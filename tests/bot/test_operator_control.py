@@ -264,7 +264,7 @@ async def test_privacy_shows_and_deletes_a_members_data(world: World) -> None:
     assert "another member's data" in await answer(refused)
     assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
     done = await answer(await world.double.click(world.alice, confirm, button.custom_id))
-    assert "1 saved recipe(s), 1 image record(s), 1 bookmark(s)" in done and "1 image message(s) deleted" in done
+    assert "1 saved recipe(s), 0 recipe book entries, 0 card record(s), 1 image record(s), 1 bookmark(s)" in done and "1 image message(s) deleted" in done
     assert world.double.message_by_id(result.id).deleted  # type: ignore[union-attr]
     data = await world.registry.privacy.member_data(world.guild.id, world.alice.user.id)
     assert data.empty

@@ -81,16 +81,15 @@ def test_png_carries_a1111_text_and_the_recipe(tiny_generator: Generator) -> Non
     meta = read_png_metadata(png)
     lora_info = tiny_generator.inspect(tiny_generator.lora_root / "sd15/watercolor.safetensors")
     model_info = tiny_generator.inspect(tiny_generator.model_root / "sd15-tiny.safetensors")
-    # No path on the operator's disk in the image: names and hashes only.
+    # The PNG's recipe pins every file's hashes, the ones A1111 writes included, and names no
+    # path on the operator's disk: files are empty, names and hashes identify them.
     shared = meta["recipe"]
-    assert (shared["model"], shared["model_sha256"]) == ("Tiny SD", model_info.sha256)
-    assert shared["loras"] == [
-        {"file": "watercolor", "name": "watercolor", "weight": 0.8, "sha256": lora_info.sha256}
-    ]
+    assert (shared["model"], shared["model_name"], shared["model_hash"]) == ("", "Tiny SD", model_info.autov2)
+    assert [(lo["file"], lo["name"]) for lo in shared["loras"]] == [("", "watercolor")]
     assert "sd15" not in json.dumps(shared) and "safetensors" not in png.decode("latin-1")
-    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256),)
+    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256, a1111_hash=lora_info.a1111_hash),)
     again = recipe_with_files(shared, recipe.model, {"watercolor": recipe.loras[0].file})
-    assert again == dataclasses.replace(recipe, loras=pinned)
+    assert again == dataclasses.replace(recipe, loras=pinned, model_hash=model_info.autov2)
     text = meta["parameters"]
     assert text.startswith("a lighthouse at dusk <lora:watercolor:0.8>\nNegative prompt: blurry\n")
     assert f"Model hash: {model_info.autov2}, Model: Tiny SD" in text
