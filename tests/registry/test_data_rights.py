@@ -105,3 +105,21 @@ async def test_a_remote_engine_without_its_token_stops_the_bot_at_start(capsys: 
 
     code = await run(env={"DISCORD_TOKEN": "x", "ATELIER_ENGINE_URL": "http://127.0.0.1:9"})
     assert code == 2 and "ATELIER_ENGINE_TOKEN" in capsys.readouterr().err
+
+
+async def test_the_recipe_book_counts_as_a_members_data_and_goes_with_the_server(registry: Registry) -> None:
+    base = await registry.add_model(GUILD, model("base"), ADMIN)
+    ink = await registry.add_lora(GUILD, lora("ink"), ADMIN)
+    recipe = Recipe(model=base.file, model_name="base", prompt="p", loras=(LoraRef(ink.file, 0.5, "ink"),))
+    await registry.book.save(GUILD, ALICE, "harbour", recipe.to_json(), model_name="base", lora_names=["ink"])
+    await registry.book.save(GUILD, BOB, "storm", recipe.to_json(), model_name="base", lora_names=["ink"])
+    uses = await registry.recipes_using(GUILD, lora=ink)
+    assert [(u.user_id, u.name, u.in_book) for u in uses] == [(ALICE, "harbour", True), (BOB, "storm", True)]
+    data = await registry.privacy.member_data(GUILD, ALICE)
+    assert data.book_entries == ("harbour",) and not data.empty
+    done = await registry.privacy.delete_member_data(GUILD, ALICE)
+    assert done.book_entries == 1
+    assert await registry.book.get(GUILD, "harbour") is None and await registry.book.get(GUILD, "storm") is not None
+    await registry.privacy.record_departure(GUILD, at=0.0)
+    assert await registry.purge_departed(grace_s=1, now=10.0) == [GUILD]
+    assert await registry.book.get(GUILD, "storm") is None
