@@ -98,6 +98,12 @@ class Actions:
     async def guarded(self, interaction: discord.Interaction[Any], work: Awaitable[None]) -> None:
         """Run a button's or modal's work; a bug answers the member instead of leaving
         "thinking…" forever (discord.py only logs errors raised in component callbacks)."""
+        if not self.bot.access.guild_allowed(interaction.guild_id):
+            from bot.app import refuse_unlisted
+
+            work.close()  # type: ignore[attr-defined]  # never started: no "never awaited" warning
+            await refuse_unlisted(interaction)
+            return
         try:
             await work
         except Exception:
@@ -201,6 +207,10 @@ class Actions:
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
         recipe: Recipe = outcome.recipe
+        refusal = self.bot.access.recipe_refusal(interaction.guild_id, recipe)
+        if refusal is not None:
+            await send_private(interaction, refusal)
+            return
         job = Job(
             recipe=recipe,
             guild_id=interaction.guild_id,
@@ -475,7 +485,7 @@ class Actions:
         prefilled = views.lora_edit_values(lora)
         edited = {key: value for key, value in fields.items() if key in prefilled and value != prefilled[key]}
         if not edited:
-            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora))
+            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora, show_file=True))
             return
         changes, problems = lora_changes(**edited)
         if problems:
@@ -486,7 +496,7 @@ class Actions:
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return
-        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated))
+        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated, show_file=True))
 
 
 def lora_changes(

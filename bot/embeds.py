@@ -134,8 +134,12 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
-    """A LoRA's card for ``/lora info`` and ``/lora add``; accepts the registry's record."""
+def lora_card(lora: Any, *, bookmarked: bool | None = None, show_file: bool = False) -> discord.Embed:
+    """A LoRA's card for ``/lora info`` and ``/lora add``; accepts the registry's record.
+
+    The file's path on the operator's disk is shown to admins only (``show_file``);
+    everyone sees its hash, which is what Civitai and A1111 name it by.
+    """
     name = _get(lora, "name", "?")
     embed = discord.Embed(title=truncate(f"LoRA · {name}", TITLE_LIMIT), colour=ACCENT)
     description = _get(lora, "description") or ""
@@ -174,7 +178,7 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
         name="Trigger words", value=", ".join(f"`{t}`" for t in triggers) if triggers else "none", inline=False
     )
     file = _get(lora, "file", None)
-    hashes = [f"`{file}`"] if file else []
+    hashes = [f"`{file}`"] if file and show_file else []
     autov2 = _get(lora, "autov2", None)
     if autov2:
         hashes.append(f"AutoV2 `{autov2}`")

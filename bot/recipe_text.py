@@ -14,6 +14,9 @@ from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.a1111 import lora_tags, number, write_parameters
 
+#: A quoted absolute path (POSIX or Windows) in an engine message.
+_ABSOLUTE_PATH = re.compile(r"'(?:/|[A-Za-z]:[\\/])[^']*'")
+
 #: How many LoRAs ``/imagine`` takes as options; the rest go inline in the prompt.
 LORA_SLOTS = 3
 CONTENT_LIMIT = 2000
@@ -88,3 +91,20 @@ def suggest_name(recipe: Recipe) -> str:
     if len(words) > room:
         words = words[:room].rsplit(" ", 1)[0].rstrip(" ,") or words[:room]
     return f"{words}{suffix}"
+
+
+def public_error(message: str, recipe: Recipe) -> str:
+    """An engine error as members may read it: files by registered name, no folder paths.
+
+    The engine names files by their path relative to its folders, and its folders by their
+    absolute path; both belong to the operator's disk, not to a channel.
+    """
+    names = {recipe.model: recipe.model_name or "the model"}
+    names.update({lora.file: lora.display_name for lora in recipe.loras})
+    names.update({e.file: e.name for e in recipe.embeddings})
+    if recipe.vae:
+        names[recipe.vae] = "the VAE"
+    for path, name in sorted(names.items(), key=lambda item: -len(item[0])):
+        if path:
+            message = message.replace(path, name)
+    return _ABSOLUTE_PATH.sub("the engine's folder", message)

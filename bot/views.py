@@ -12,6 +12,7 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
   card (recipe, author, where it came from) is a row of ``recipe_cards``.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
+- ``atelier:privacy:delete:<user id>:<0|1>`` under ``/privacy delete`` (1: images too).
 - ``atelier:remix:<message id>``, ``atelier:remixcard:<card id>``, ``atelier:savepost:<message
   id>``, ``atelier:savecard:<card id>`` and ``atelier:loraedit:<lora id>`` on modals.
 
@@ -157,7 +158,38 @@ class CardButton(
         await bot.actions.guarded(interaction, bot.recipes.card_button(interaction, self.action, self.card_id))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton)
+class PrivacyDeleteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:privacy:delete:(?P<user>\d{1,20}):(?P<images>[01])",
+):
+    """The confirmation under ``/privacy delete``; only the member it names can press it."""
+
+    def __init__(self, user_id: int, images: bool) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete my data" + (" and images" if images else ""),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"atelier:privacy:delete:{user_id}:{int(images)}",
+            )
+        )
+        self.user_id = user_id
+        self.images = images
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PrivacyDeleteButton:
+        return cls(int(match["user"]), match["images"] == "1")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        from bot.commands.privacy import delete_member_data
+
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, delete_member_data(interaction, self.user_id, images=self.images))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton)
 
 
 def card_view(card_id: int, *, shareable: bool = False) -> discord.ui.View:
@@ -316,3 +348,9 @@ def parse_modal_submit(data: Mapping[str, Any]) -> tuple[str, int, dict[str, str
     if match is None:
         return None
     return match["kind"], int(match["target"]), _text_inputs(data.get("components") or [])
+
+
+def privacy_delete_view(user_id: int, images: bool) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(PrivacyDeleteButton(user_id, images))
+    return view

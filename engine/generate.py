@@ -24,7 +24,7 @@ from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_file
 from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
-from engine.png_metadata import write_png
+from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.recipe.a1111 import write_parameters
@@ -259,7 +259,8 @@ class Generator:
                 # A1111 lists in "TI hashes" only the embeddings the prompts really used.
                 used = tuple(e for e in image_recipe.embeddings if e.name in ti_hashes)
                 parameters = write_parameters(replace(image_recipe, embeddings=used))
-                recipe_json = json.dumps(image_recipe.to_json(), sort_keys=True)
+                # Names and hashes only: no path on the operator's disk leaves in an image.
+                recipe_json = json.dumps(shareable_recipe(image_recipe), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished
         ended = time.perf_counter()

@@ -4,7 +4,9 @@ The bot never imports torch, so everything here is plain Python: dataclasses tha
 serialise to JSON and back. Both sides import this module; the engine's HTTP server
 speaks it and :class:`engine.client.EngineClient` reads it.
 
-HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``):
+HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``). Every
+request carries ``Authorization: Bearer <token>`` (:mod:`engine.auth`); without it each route
+answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}``:
 
 - ``POST /jobs`` ``{"id": str, "recipe": Recipe}`` -> 202 ``JobStatus``; the same id
   again answers the existing job's status and runs nothing twice.
@@ -75,6 +77,8 @@ class ErrorCode(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     CANCELLED = "cancelled"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    #: The request lacked the engine's token (or sent a wrong one): HTTP 401.
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
 
 

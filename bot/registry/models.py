@@ -21,11 +21,13 @@ __all__ = [
     "Category",
     "Choice",
     "EmbeddingEntry",
+    "ImageCheck",
     "LoraEntry",
     "ModelEntry",
     "NotFound",
     "NsfwPolicy",
     "PostRecord",
+    "RecipeUse",
     "RegistryError",
     "SavedRecipe",
     "ServerSettings",
@@ -63,6 +65,14 @@ class NsfwPolicy(enum.StrEnum):
     NEVER = "never"
     #: The admin takes responsibility: NSFW entries work in every channel.
     ANYWHERE = "anywhere"
+
+
+class ImageCheck(enum.StrEnum):
+    """What happens to an image the classifier flags where NSFW is not allowed (bot.safety)."""
+
+    WITHHOLD = "withhold"
+    SPOILER = "spoiler"
+    OFF = "off"
 
 
 SearchSort = Literal["newest", "most_used", "name"]
@@ -298,6 +308,11 @@ class ServerSettings:
     queue_limit_per_user: int = 2
     #: Model used when /imagine names none.
     default_model: str | None = None
+    #: What happens to an image the classifier flags where NSFW is not allowed (see
+    #: bot.safety.ImageCheck): "withhold", "spoiler" or "off".
+    image_check: str = "withhold"
+    #: Words or phrases refused in prompts (normalised, see bot.safety.clean_blocklist).
+    blocked_words: tuple[str, ...] = ()
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""
@@ -308,6 +323,7 @@ class ServerSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["role_max_loras"] = {str(k): v for k, v in self.role_max_loras.items()}
         data["nsfw_policy"] = str(self.nsfw_policy)
+        data["blocked_words"] = list(self.blocked_words)
         return data
 
     @classmethod
@@ -319,6 +335,8 @@ class ServerSettings:
             values["role_max_loras"] = {int(k): int(v) for k, v in values["role_max_loras"].items()}
         if "nsfw_policy" in values:
             values["nsfw_policy"] = NsfwPolicy(values["nsfw_policy"])
+        if "blocked_words" in values:
+            values["blocked_words"] = tuple(values["blocked_words"])
         return cls(**values)
 
 
@@ -329,6 +347,17 @@ class SavedRecipe:
     #: Whatever the bot saved, typically ``Recipe.to_json()``.
     recipe: dict[str, Any]
     created_at: float
+
+
+@dataclass(frozen=True)
+class RecipeUse:
+    """A saved recipe that names a given model, LoRA or embedding."""
+
+    #: The member who saved it (a recipe book entry's author).
+    user_id: int
+    name: str
+    #: In the server's recipe book rather than the member's own saved recipes.
+    in_book: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,13 @@ from bot.registry.models import (
     ModelEntry,
     NotFound,
     PostRecord,
+    RecipeUse,
     RegistryError,
     SavedRecipe,
     SearchSort,
     ServerSettings,
 )
+from bot.registry.privacy import PrivacyStore, SyncState
 from bot.registry.recipe_book import RecipeBook
 from bot.registry.recipe_book import recipe_text as _recipe_text
 from bot.registry.text import clean_name, name_key
@@ -243,6 +245,10 @@ class Registry:
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
         self._warming: set[asyncio.Future[Catalog]] = set()
+        #: A member's data and a departed server's deletion (see bot.registry.privacy).
+        self.privacy = PrivacyStore(db)
+        #: The command tree's hash as last synced with Discord.
+        self.sync_state = SyncState(db)
 
     @classmethod
     async def open(cls, path: Path | str) -> Registry:
@@ -893,13 +899,71 @@ class Registry:
         self._invalidate(guild_id)
         return after
 
+    async def recipes_using(
+        self,
+        guild_id: int,
+        *,
+        model: ModelEntry | None = None,
+        lora: LoraEntry | None = None,
+        embedding: EmbeddingEntry | None = None,
+    ) -> list[RecipeUse]:
+        """Saved recipes (members' own and the server's recipe book) that name ``model``,
+        ``lora`` or ``embedding``, by name or by file.
+
+        Recipes keep the names and files they were saved with, so both are compared: a
+        recipe saved before a rename still counts.
+        """
+        if model is not None:
+            match = "(lower(json_extract(recipe, '$.model_name')) = lower(?2) OR json_extract(recipe, '$.model') = ?3)"
+            params: tuple[Any, ...] = (guild_id, model.name, model.file)
+        elif lora is not None or embedding is not None:
+            entry, array = (lora, "$.loras") if lora is not None else (embedding, "$.embeddings")
+            assert entry is not None
+            match = (
+                "EXISTS (SELECT 1 FROM json_each(recipe, ?4) WHERE "
+                "lower(json_extract(value, '$.name')) = lower(?2) OR json_extract(value, '$.file') = ?3)"
+            )
+            params = (guild_id, entry.name, entry.file, array)
+        else:
+            raise ValueError("name a model, a LoRA or an embedding")
+        rows = await self._db.fetch_all(
+            f"SELECT user_id, name, 0 AS in_book FROM saved_recipes WHERE guild_id = ?1 AND {match} "  # noqa: S608 - fixed fragments
+            f"UNION ALL SELECT author_id, name, 1 FROM recipe_book WHERE guild_id = ?1 AND {match} "
+            "ORDER BY in_book, name",
+            params,
+        )
+        return [RecipeUse(int(r["user_id"]), r["name"], bool(r["in_book"])) for r in rows]
+
+    # --- data rights -----------------------------------------------------------------------
+
+    async def purge_departed(self, grace_s: float, now: float | None = None) -> list[int]:
+        """Delete the data of servers the bot left more than ``grace_s`` ago; their ids."""
+        purged = await self.privacy.purge_due(grace_s, now)
+        for guild_id in purged:
+            self._invalidate(guild_id)
+        return purged
+
     # --- audit -----------------------------------------------------------------------------
 
-    async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
-        """Admin changes in this server, newest first."""
+    async def audit_log(
+        self,
+        guild_id: int,
+        limit: int = 50,
+        *,
+        actor_id: int | None = None,
+        target: str | None = None,
+    ) -> list[AuditEntry]:
+        """Admin changes in this server, newest first; optionally one admin's or one entry's."""
+        clauses, params = ["guild_id = ?"], [guild_id]
+        if actor_id is not None:
+            clauses.append("actor_id = ?")
+            params.append(actor_id)
+        if target is not None:
+            clauses.append("lower(target) = lower(?)")
+            params.append(target)
         rows = await self._db.fetch_all(
-            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
-            (guild_id, max(1, min(int(limit), 500))),
+            f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (*params, max(1, min(int(limit), 500))),
         )
         return [
             AuditEntry(

@@ -81,6 +81,8 @@ class DiscordDouble:
         self.attachment_size_limit = attachment_size_limit
         self.request_size_limit = request_size_limit
         self.guilds: list[Guild] = []
+        #: Servers the bot was removed from or left, in order.
+        self.left_guilds: list[Guild] = []
         self.users: dict[int, User] = {self.bot_user.id: self.bot_user, self.app_owner.id: self.app_owner}
         self.channels: dict[int, Channel] = {}
         self.requests: list[RequestRecord] = []
@@ -172,8 +174,19 @@ class DiscordDouble:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, *, owner_name: str = "owner", attachment_size_limit: int | None = None) -> Guild:
-        """A server with its owner and the bot already in it (dispatched if the bot is online)."""
+    def add_guild(
+        self,
+        name: str,
+        *,
+        owner_name: str = "owner",
+        attachment_size_limit: int | None = None,
+        channels: Iterable[str] = (),
+    ) -> Guild:
+        """A server with its owner and the bot already in it (dispatched if the bot is online).
+
+        ``channels`` are created first, so they are in the GUILD_CREATE a running bot gets as
+        it joins (as Discord sends them); the first one is the server's system channel.
+        """
         guild_id = snowflake()
         owner = self.add_user(owner_name)
         guild = Guild(
@@ -185,6 +198,12 @@ class DiscordDouble:
         bot_role = Role(snowflake(), self.bot_user.name, BOT_PERMISSIONS, position=1)
         guild.roles.append(bot_role)
         guild.members[self.bot_user.id] = Member(self.bot_user, guild, [bot_role])
+        for channel_name in channels:
+            channel = Channel(snowflake(), channel_name, guild, position=len(guild.channels))
+            guild.channels.append(channel)
+            self.channels[channel.id] = channel
+        if guild.channels:
+            guild.system_channel_id = guild.channels[0].id
         self.guilds.append(guild)
         joined = guild.to_payload()
         # Without "unavailable", discord.py reads a GUILD_CREATE as a join (on_guild_join).
@@ -233,6 +252,17 @@ class DiscordDouble:
         channel = Channel(snowflake(), "", None, type=1, recipients=[person])
         self.channels[channel.id] = channel
         return channel
+
+    def remove_bot(self, guild: Guild) -> None:
+        """A server admin kicks the bot: the guild is gone for it, and GUILD_DELETE (without
+        ``unavailable``, which would mean an outage) tells the client."""
+        self.forget_guild(guild)
+
+    def forget_guild(self, guild: Guild) -> None:
+        if guild in self.guilds:
+            self.guilds.remove(guild)
+            self.left_guilds.append(guild)
+            self._broadcast_soon("GUILD_DELETE", {"id": str(guild.id)})
 
     def guild_by_id(self, guild_id: int) -> Guild | None:
         return next((guild for guild in self.guilds if guild.id == guild_id), None)

@@ -82,6 +82,7 @@ class RestApi:
         app.router.add_post(p + "/webhooks/{app}/{token}", self.webhook_execute)
         app.router.add_route("*", p + "/webhooks/{app}/{token}/messages/{message}", self.webhook_message)
         app.router.add_post(p + "/users/@me/channels", self.open_dm)
+        app.router.add_delete(p + "/users/@me/guilds/{guild}", self.leave_guild)
         app.router.add_get(p + "/users/{user}", self.get_user)
         app.router.add_get(p + "/channels/{channel}", self.get_channel)
         app.router.add_post(p + "/channels/{channel}/typing", self.typing)
@@ -439,6 +440,11 @@ class RestApi:
 
     async def get_channel(self, request: web.Request) -> web.Response:
         return json_reply(self._channel(request).to_payload())
+
+    async def leave_guild(self, request: web.Request) -> web.Response:
+        """``Guild.leave()``: 204, then GUILD_DELETE on the gateway, as Discord does."""
+        self.double.forget_guild(self._guild(request))
+        return no_content()
 
     async def typing(self, request: web.Request) -> web.Response:
         self._channel(request)

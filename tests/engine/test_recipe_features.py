@@ -90,7 +90,8 @@ def test_clip_skip_and_embeddings_change_the_image_and_reach_the_png(tiny_genera
     metadata = read_png_metadata(used.images[0])
     sha = inspect_file(emb_dir / "glowy.safetensors").sha256
     assert read_parameters(metadata["parameters"]).recipe.embeddings == (EmbeddingRef("", "glowy", sha[:12]),)
-    assert metadata["recipe"]["embeddings"] == [{"file": "embeddings/glowy.safetensors", "name": "glowy", "sha256": sha}]
+    # Named by its name and hash in the image, never by its path on the operator's disk.
+    assert metadata["recipe"]["embeddings"] == [{"file": "", "name": "glowy", "sha256": sha}]
     # Named but not used: no TI hash, as A1111 writes only the embeddings the prompt used.
     unused = tiny_generator.run(_recipe(demo_assets, embeddings=(embedding,))).images[0]
     assert "TI hashes" not in read_png_metadata(unused)["parameters"]
