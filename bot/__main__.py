@@ -1,10 +1,12 @@
-"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo.
+"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo;
+``python -m bot read-recipe FILE... [--json]`` prints the recipes found in image files.
 
-Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens the SQLite
-registry in the data folder, starts the engine as a child process (unless
-``ATELIER_ENGINE_URL`` / ``ATELIER_ENGINE_URLS`` point at engines already running), connects to
-Discord, takes up the jobs a previous run left in the database, and on Ctrl-C or SIGTERM stops
-the engine and closes the database (queued jobs stay there and run at the next start). See :mod:`bot.config` for every setting.
+Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
+SQLite registry in the data folder, starts the engine as a child process with a generated
+token (unless ``ATELIER_ENGINE_URL`` / ``ATELIER_ENGINE_URLS`` and ``ATELIER_ENGINE_TOKEN``
+point at engines already running), connects to Discord, takes up the jobs a previous run left
+in the database, and on Ctrl-C or SIGTERM stops the engine and closes the database (queued
+jobs stay there and run at the next start). See :mod:`bot.config` for every setting.
 
 Creating the Discord application (for the README):
 
@@ -14,8 +16,9 @@ Creating the Discord application (for the README):
 2. OAuth2 -> URL Generator: scopes ``bot`` and ``applications.commands``; bot permissions
    View Channels, Send Messages, Embed Links, Attach Files, Read Message History
    (permissions integer ``117760``). Open the URL to invite the bot to a server.
-3. Commands are synced globally at start (can take up to an hour to appear); set
-   ``ATELIER_SYNC_GUILDS=<server id>`` to see them in that server at once while testing.
+3. Commands are synced globally when they changed since the last sync (can take up to an
+   hour to appear; ``--sync`` forces a sync); set ``ATELIER_SYNC_GUILDS=<server id>`` to see
+   them in that server at once while testing.
 """
 
 from __future__ import annotations
@@ -35,16 +38,22 @@ async def run(
     *,
     env: Mapping[str, str] | None = None,
     stop: asyncio.Event | None = None,
+    force_sync: bool = False,
 ) -> int:
     """Run until SIGINT/SIGTERM (or until ``stop`` is set, for tests and embedding)."""
     import discord
 
+    from bot import engine_token
+    from bot.access import AccessPolicy
     from bot.app import AtelierBot
     from bot.config import BotConfig, ConfigError
     from bot.engine_process import EngineProcess, EngineStartError
+    from bot.guild_lifecycle import DAY_S
     from bot.jobs import EngineLink
     from bot.registry import Registry
+    from bot.safety import ImageSafety, load_classifier
     from engine.client import EngineClient
+    from engine.protocol import EngineError
 
     try:
         config = BotConfig.load(env=env, config_file=config_file)
@@ -60,6 +69,19 @@ async def run(
             file=sys.stderr,
         )
         return 2
+    if config.external_engines and not config.engine_token:
+        print(
+            "atelier: ATELIER_ENGINE_URL(S) is set but ATELIER_ENGINE_TOKEN is not. The engine answers "
+            "only requests that carry its token: set ATELIER_ENGINE_TOKEN to the value the engine "
+            "was started with.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        classifier = load_classifier(config.image_classifier)
+    except RuntimeError as exc:
+        print(f"atelier: {exc}", file=sys.stderr)
+        return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     registry = await Registry.open(config.database_path)
     engine_process: EngineProcess | None = None
@@ -67,9 +89,22 @@ async def run(
     try:
         links: list[EngineLink] = []
         if config.external_engines:
-            links = [EngineLink(EngineClient(url)) for url in config.external_engines]
+            token = config.engine_token
+            links = [EngineLink(EngineClient(url, token=token)) for url in config.external_engines]
+            for link in links:
+                try:  # a wrong token is refused here, at start, not at the first /imagine
+                    await link.client.health()
+                except EngineError as exc:
+                    if exc.code == "unauthorized":
+                        print(f"atelier: {exc.message}", file=sys.stderr)
+                        for other in links:
+                            await other.client.close()
+                        return 2
+                    log.warning("the engine %s does not answer yet: %s", link.client, exc.message)
         else:
+            token = config.engine_token or engine_token.load_or_create(config.engine_token_path)
             engine_process = EngineProcess(
+                token=token,
                 model_dir=config.model_dir,
                 lora_dir=config.lora_dir,
                 port=config.engine_port,
@@ -82,7 +117,7 @@ async def run(
             except EngineStartError as exc:
                 print(f"atelier: {exc}", file=sys.stderr)
                 return 1
-            links = [EngineLink(EngineClient(engine_process.url), engine_process)]
+            links = [EngineLink(EngineClient(engine_process.url, token=token), engine_process)]
         bot = AtelierBot(
             registry=registry,
             engines=links,
@@ -95,6 +130,13 @@ async def run(
             stall_limit=config.stall_limit,
             retry_wait=config.retry_wait,
             result_retry=config.result_retry,
+            force_sync=force_sync,
+            access=AccessPolicy.from_config(
+                allowed_guilds=config.allowed_guilds, shares=config.shares, owners=config.owners
+            ),
+            safety=ImageSafety(classifier),
+            data_grace_s=config.data_grace_days * DAY_S,
+            leave_other_guilds=config.leave_other_guilds,
         )
         own_signals = stop is None
         stop = stop or asyncio.Event()
@@ -130,14 +172,23 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "read-recipe":
+        from bot import read_recipe
+
+        return read_recipe.main(args[1:])
     if args and args[0] == "demo":
         from bot import demo  # the lead's offline sandbox demo; imported only when asked for
 
         return int(demo.main(args[1:]) or 0)
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Atelier Discord bot.")
     parser.add_argument("--config", help="TOML config file (see bot/config.py for the keys)")
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="sync slash commands with Discord even if they did not change since the last sync",
+    )
     parsed = parser.parse_args(args)
-    return asyncio.run(run(parsed.config))
+    return asyncio.run(run(parsed.config, force_sync=parsed.sync))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,13 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `retry_wait` | `ATELIER_RETRY_WAIT` | `300` | Seconds a job interrupted by an engine crash waits for an engine before it fails |
 | `result_retry` | `ATELIER_RESULT_RETRY` | `900` | Seconds a finished image is retried while Discord fails, before the member is told |
 | `log_level` | `ATELIER_LOG_LEVEL` | `INFO` | Logging level |
+| `engine_token` | `ATELIER_ENGINE_TOKEN` | (generated) | The engine's shared secret (one for all engines). Required with `engine_url` or `engine_urls`; a spawned engine gets one generated on first start and kept in `<data_dir>/engine-token` (mode 600) |
+| `allowed_guilds` | `ATELIER_ALLOWED_GUILDS` | (empty: every server) | Comma-separated ids of the servers the bot serves; others get a polite refusal |
+| `leave_other_guilds` | `ATELIER_LEAVE_OTHER_GUILDS` | `false` | Leave servers not in `allowed_guilds` (when invited, and at start) |
+| `owners` | `ATELIER_OWNERS` | (the application's owner or team) | Comma-separated user ids of the bot's owners: admins in every allowed server |
+| `shares` | `ATELIER_SHARES` | (empty: every server sees every file) | Which model/LoRA files each server may see: a TOML table, or JSON in the variable, mapping a server id (or `"*"` for the others) to a list of folders, files or globs |
+| `data_grace_days` | `ATELIER_DATA_GRACE_DAYS` | `30` | Days a server's data is kept after the bot is removed from it, then deleted |
+| `image_classifier` | `ATELIER_IMAGE_CLASSIFIER` | `auto` | `nudenet` (required), `auto` (NudeNet if installed) or `off`: the check run on every image before it is posted |
 
 Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
 here: admins change them with ``/settings`` and they live in the database.
@@ -35,6 +42,7 @@ Pass ``--config FILE`` or set ``ATELIER_CONFIG`` to read a TOML file (top-level 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -63,7 +71,18 @@ _ENV = {
     "retry_wait": "ATELIER_RETRY_WAIT",
     "result_retry": "ATELIER_RESULT_RETRY",
     "log_level": "ATELIER_LOG_LEVEL",
+    "engine_token": "ATELIER_ENGINE_TOKEN",
+    "allowed_guilds": "ATELIER_ALLOWED_GUILDS",
+    "leave_other_guilds": "ATELIER_LEAVE_OTHER_GUILDS",
+    "owners": "ATELIER_OWNERS",
+    "shares": "ATELIER_SHARES",
+    "data_grace_days": "ATELIER_DATA_GRACE_DAYS",
+    "image_classifier": "ATELIER_IMAGE_CLASSIFIER",
 }
+_ID_LISTS = ("sync_guilds", "allowed_guilds", "owners")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+IMAGE_CLASSIFIERS = ("auto", "nudenet", "off")
 
 
 class ConfigError(ValueError):
@@ -72,7 +91,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BotConfig:
-    token: str = ""
+    token: str = dataclasses.field(default="", repr=False)
     data_dir: Path = Path("var")
     database: Path | None = None
     engine_url: str = ""
@@ -92,6 +111,15 @@ class BotConfig:
     retry_wait: float = 300.0
     result_retry: float = 900.0
     log_level: str = "INFO"
+    #: Kept out of repr: a config printed or logged must not show the secret.
+    engine_token: str = dataclasses.field(default="", repr=False)
+    allowed_guilds: tuple[int, ...] = ()
+    leave_other_guilds: bool = False
+    owners: tuple[int, ...] = ()
+    #: Server id (or "*") -> the folders, files or globs it may see; empty: all, for all.
+    shares: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    data_grace_days: float = 30.0
+    image_classifier: str = "auto"
 
     @property
     def database_path(self) -> Path:
@@ -102,6 +130,11 @@ class BotConfig:
         """Engines already running that the bot uses (empty: it starts its own)."""
         urls = [*([self.engine_url] if self.engine_url else []), *self.engine_urls]
         return tuple(dict.fromkeys(url.rstrip("/") for url in urls))
+
+    @property
+    def engine_token_path(self) -> Path:
+        """Where the token of an engine the bot starts itself is kept between runs."""
+        return self.data_dir / "engine-token"
 
     @classmethod
     def load(
@@ -138,7 +171,7 @@ class BotConfig:
         for key, value in raw.items():
             kind = types[key]
             try:
-                if key == "sync_guilds":
+                if key in _ID_LISTS:
                     if isinstance(value, str):
                         value = [v for v in value.replace(" ", "").split(",") if v]
                     values[key] = tuple(int(v) for v in value)
@@ -150,6 +183,10 @@ class BotConfig:
                     if bad:
                         raise ValueError(f"not an http(s) URL: {bad[0]}")
                     values[key] = urls
+                elif key == "shares":
+                    values[key] = _shares(value)
+                elif kind in ("bool", bool):
+                    values[key] = _bool(value)
                 elif "Path" in str(kind):
                     values[key] = Path(value).expanduser()
                 elif kind in ("int", int):
@@ -158,6 +195,8 @@ class BotConfig:
                     values[key] = float(value)
                 else:
                     values[key] = str(value)
+            except ConfigError:
+                raise
             except (TypeError, ValueError) as exc:
                 raise ConfigError(
                     f"setting '{key}' ({_ENV[key]}) has the value {value!r}, which is not a valid "
@@ -169,4 +208,45 @@ class BotConfig:
                 raise ConfigError(f"setting '{key}' ({_ENV[key]}) must be at least {low}")
         if not 0 < config.server_share <= 1:
             raise ConfigError("setting 'server_share' (ATELIER_SERVER_SHARE) must be above 0 and at most 1")
+        if config.image_classifier not in IMAGE_CLASSIFIERS:
+            raise ConfigError(
+                f"image_classifier (ATELIER_IMAGE_CLASSIFIER) is {config.image_classifier!r}; "
+                f"use one of {', '.join(IMAGE_CLASSIFIERS)}"
+            )
+        if config.data_grace_days < 0:
+            raise ConfigError("data_grace_days (ATELIER_DATA_GRACE_DAYS) cannot be negative")
         return config
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _shares(value: Any) -> dict[str, tuple[str, ...]]:
+    """``{"<server id>" | "*": ["folder/", "file.safetensors", "glob*"]}`` from TOML or JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                "shares (ATELIER_SHARES) must be JSON such as "
+                '\'{"123456789012345678": ["community-a/"], "*": ["shared/"]}\': ' + str(exc)
+            ) from exc
+    if not isinstance(value, Mapping):
+        raise ConfigError("shares must map server ids (or \"*\") to lists of folders or files")
+    shares: dict[str, tuple[str, ...]] = {}
+    for key, entries in value.items():
+        key = str(key).strip()
+        if key != "*" and not key.isdigit():
+            raise ConfigError(f"shares: {key!r} is not a server id or \"*\"")
+        if isinstance(entries, str) or not all(isinstance(e, str) for e in entries):
+            raise ConfigError(f"shares: the entry for {key} must be a list of folder or file names")
+        shares[key] = tuple(e.strip() for e in entries)
+    return shares

@@ -67,6 +67,7 @@ class EngineProcess:
         backoff_first_s: float = BACKOFF_FIRST_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         healthy_after_s: float = HEALTHY_AFTER_S,
+        token: str = "",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.lora_dir = Path(lora_dir)
@@ -80,6 +81,8 @@ class EngineProcess:
         self.backoff_first_s = backoff_first_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
+        #: The engine's shared secret, handed over in the child's environment (see bot.engine_token).
+        self._token = token
         #: Starts after the first one, successful or not.
         self.restarts = 0
         #: Exit codes of the engines that died, oldest first (the last 20).
@@ -149,8 +152,11 @@ class EngineProcess:
         )
 
     async def _probe(self) -> dict[str, Any] | None:
+        """The full ``/health`` of an engine already on the port, if it takes our token
+        (without it an engine tells only that it is up, not its pid: it is not ours)."""
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(headers=headers) as session:
                 async with session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                     if resp.status == 200:
                         return await resp.json()
@@ -162,6 +168,8 @@ class EngineProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._token:
+            env["ATELIER_ENGINE_TOKEN"] = self._token
         self._tail = []
         self._adopted_pid = None
         self._proc = await asyncio.create_subprocess_exec(

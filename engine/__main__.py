@@ -65,7 +65,12 @@ async def serve(config: EngineConfig) -> None:
         cache_max_loras=config.cache_loras,
         cache_max_bytes=config.cache_bytes,
     )
-    app = create_app(JobManager(generator), models_root=config.models, loras_root=config.loras)
+    app = create_app(
+        JobManager(generator),
+        models_root=config.models,
+        loras_root=config.loras,
+        token=config.token,
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if config.unix_socket:

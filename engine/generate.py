@@ -20,11 +20,14 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
 from engine.lora_cache import LoraCache, ResolvedLora
 from engine.paths import resolve_within
 from engine.pipelines import ModelSlot
-from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.png_metadata import shareable_recipe, write_png
+from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
+from engine.recipe.a1111 import write_parameters
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
@@ -37,6 +40,20 @@ class GenerationResult:
     images: list[bytes]
     seeds: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def encode_recipe_prompts(pipe: Any, recipe: Recipe, vectors: dict[str, Any]) -> Any:
+    """The recipe's prompt and negative with A1111's meaning (see :mod:`engine.prompting`)."""
+    from engine.prompting.encode import PromptEncoder
+
+    encoder = PromptEncoder(pipe, clip_skip=recipe.clip_skip, embeddings=vectors)
+    return encoder.conditioning([recipe.prompt], [recipe.negative_prompt], guidance=recipe.cfg_scale > 1)
+
+
+def used_embedding_hashes(conditioning: Any, files: list[Any]) -> dict[str, str]:
+    """A1111's ``TI hashes``: name -> first 12 hex of the file's sha256, for embeddings used."""
+    used = {n for info in (*conditioning.info, *conditioning.negative_info) for n in info.embeddings_used}
+    return {ref.name: info.sha256[:12] for ref, _, info in files if ref.name in used}
 
 
 class _Cancelled(Exception):
@@ -61,9 +78,13 @@ class Generator:
         dtype: str = "float32",
         cache_max_loras: int = 8,
         cache_max_bytes: int = 2 << 30,
+        embedding_root: Path | None = None,
     ) -> None:
         self.model_root = Path(model_root)
         self.lora_root = Path(lora_root)
+        #: Textual-inversion embeddings; the LoRA folder unless configured apart.
+        self.embedding_root = Path(embedding_root) if embedding_root is not None else self.lora_root
+        self.embeddings = EmbeddingStore()
         self.device = device
         self.dtype = dtype
         self.slot = ModelSlot(device=device, dtype=dtype)
@@ -139,12 +160,16 @@ class Generator:
     ) -> GenerationResult:
         import torch
 
+        from engine.prompting.encode import cross_attention_mask
+
         started = time.perf_counter()
         validate_recipe(recipe)
         model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
         model_info = self.inspect(model_path)
-        model_name = model_display_name(recipe)
+        model_name = recipe.model_label
         stack = self._resolve_loras(recipe)
+        embedding_files = resolve_embedding_files(recipe, self.embedding_root, self.inspect)
+        prediction = resolve_prediction(recipe.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
         if model_info.architecture in ("sd15", "sdxl"):
             from engine.lora_cache import check_architecture
@@ -164,7 +189,8 @@ class Generator:
             self._base_scheduler_config = pipe.scheduler.config
             self._loaded_name = recipe.model
         self.loras.activate(pipe, stack, model_arch=loaded.arch, model_name=model_name)
-        pipe.scheduler = make_scheduler(recipe.sampler, self._base_scheduler_config)
+        pipe.scheduler = make_scheduler(recipe.sampler, self._base_scheduler_config, prediction)
+        vectors = self._embedding_vectors(pipe, loaded.arch, model_name, stack, embedding_files)
 
         total = recipe.steps * recipe.count
         done = 0
@@ -190,12 +216,19 @@ class Generator:
 
         images: list[bytes] = []
         seeds = [recipe.seed + i for i in range(recipe.count)]
-        lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
-        # Each PNG carries the recipe of that one image (its own seed, count 1, the sha256 of
+        # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes of
         # every file actually used), so re-running it from the PNG gives the same pixels.
-        pinned_loras = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
+        pinned_loras = tuple(
+            replace(lora.ref, sha256=lora.info.sha256, a1111_hash=lora.info.a1111_hash) for lora in stack
+        )
+        pinned_embeddings = tuple(replace(ref, sha256=info.sha256) for ref, _, info in embedding_files)
+        pinned = replace(
+            recipe, count=1, loras=pinned_loras, embeddings=pinned_embeddings, model_hash=model_info.autov2
+        )
         latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
         with torch.inference_mode():
+            conditioning = encode_recipe_prompts(pipe, recipe, vectors)
+            ti_hashes = used_embedding_hashes(conditioning, embedding_files)
             for seed in seeds:
                 generator = torch.Generator(device="cpu").manual_seed(seed)
                 latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
@@ -204,27 +237,30 @@ class Generator:
                 if first_step_at is None:
                     first_step_at = call_started
                 image_base = done
-                output = pipe(
-                    prompt=recipe.prompt,
-                    negative_prompt=recipe.negative_prompt or None,
-                    num_inference_steps=recipe.steps,
-                    guidance_scale=recipe.cfg_scale,
-                    width=recipe.width,
-                    height=recipe.height,
-                    latents=latents,
-                    generator=generator,
-                    callback_on_step_end=callback,
-                    output_type="pil",
-                )
+                with cross_attention_mask(pipe.unet, conditioning):
+                    output = pipe(
+                        **conditioning.kwargs,
+                        num_inference_steps=recipe.steps,
+                        guidance_scale=recipe.cfg_scale,
+                        width=recipe.width,
+                        height=recipe.height,
+                        latents=latents,
+                        generator=generator,
+                        callback_on_step_end=callback,
+                        output_type="pil",
+                    )
                 if done < image_base + recipe.steps:  # a scheduler that ran fewer loop iterations
                     done = image_base + recipe.steps
                     if on_step is not None:
                         on_step(done, total)
                 finished = time.perf_counter()
                 denoise += finished - call_started
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
-                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned_loras)
-                recipe_json = json.dumps(image_recipe.to_json(), sort_keys=True)
+                image_recipe = replace(pinned, seed=seed)
+                # A1111 lists in "TI hashes" only the embeddings the prompts really used.
+                used = tuple(e for e in image_recipe.embeddings if e.name in ti_hashes)
+                parameters = write_parameters(replace(image_recipe, embeddings=used))
+                # Names and hashes only: no path on the operator's disk leaves in an image.
+                recipe_json = json.dumps(shareable_recipe(image_recipe), sort_keys=True)
                 images.append(write_png(output.images[0], parameters, recipe_json))
                 encode += time.perf_counter() - finished
         ended = time.perf_counter()
@@ -234,6 +270,22 @@ class Generator:
             seeds=seeds,
             timings={"prepare": prepare, "denoise": denoise, "encode": encode, "total": ended - started},
         )
+
+    def _embedding_vectors(
+        self, pipe: Any, arch: str, model_name: str, stack: list[ResolvedLora], files: list[Any]
+    ) -> dict[str, Any]:
+        """Vectors of every embedding the prompt may call: the recipe's and those bundled in its
+        LoRAs (OneTrainer), each checked against the model's text encoders."""
+        vectors: dict[str, Any] = {}
+        for lora in stack:
+            for name, found in self.embeddings.bundled(lora.path, lora.info).items():
+                check_fits(name, found, pipe, arch, model_name)
+                vectors[name] = found
+        for ref, path, info in files:
+            found = self.embeddings.vectors(path, info)
+            check_fits(ref.name, found, pipe, arch, model_name)
+            vectors[ref.name] = found
+        return vectors
 
     def _free_device_memory(self) -> None:
         try:

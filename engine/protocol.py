@@ -4,7 +4,9 @@ The bot never imports torch, so everything here is plain Python: dataclasses tha
 serialise to JSON and back. Both sides import this module; the engine's HTTP server
 speaks it and :class:`engine.client.EngineClient` reads it.
 
-HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``):
+HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``). Every
+request carries ``Authorization: Bearer <token>`` (:mod:`engine.auth`); without it each route
+answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}``:
 
 - ``POST /jobs`` ``{"id": str, "recipe": Recipe}`` -> 202 ``JobStatus``; the same id
   again answers the existing job's status and runs nothing twice.
@@ -14,10 +16,11 @@ HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``):
 - ``POST /jobs/{id}/cancel`` -> ``JobStatus``; takes effect at the next denoising step.
 - ``GET /jobs/{id}/images/{n}`` -> ``image/png`` (with the recipe in its metadata).
 - ``GET /health`` -> ``Health``.
-- ``POST /inspect`` ``{"kind": "lora"|"model", "path": str}`` -> ``FileInfo``.
-- ``GET /files?kind=lora|model`` -> ``{"files": [FileEntry, ...]}``.
+- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``.
+- ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
 
-Paths are always relative to the engine's configured model or LoRA folder.
+Paths are always relative to the engine's configured model, LoRA or embedding folder (the
+embedding folder is the LoRA folder unless the operator configures another).
 """
 
 from __future__ import annotations
@@ -27,10 +30,22 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The recipe model lives in engine.recipe (with its A1111 text, share code and readers); it is
+# re-exported here because the recipe is what crosses the process boundary.
+from engine.recipe.model import PREDICTION_TYPES as PREDICTION_TYPES
+from engine.recipe.model import EmbeddingRef as EmbeddingRef
+from engine.recipe.model import LoraRef as LoraRef
+from engine.recipe.model import Recipe as Recipe
+from engine.recipe.model import RecipeError as RecipeError
+
 #: Architectures a model or LoRA can be made for. A LoRA only works on its own.
 ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "unknown")
 Architecture = Literal["sd15", "sdxl", "sd3", "flux", "unknown"]
-FileKind = Literal["lora", "model"]
+#: The folders a file can be asked about (``POST /inspect``, ``GET /files``).
+FileKind = Literal["lora", "model", "embedding"]
+#: What a ``.safetensors`` file turned out to be. "lora" is any LoRA-like network file
+#: (whatever its maths: see ``FileInfo.lora_format``).
+InspectedKind = Literal["lora", "embedding", "checkpoint", "vae", "unknown"]
 #: How people write each architecture's name, for every message that names one.
 ARCHITECTURE_LABELS: dict[str, str] = {
     "sd15": "SD 1.5",
@@ -57,9 +72,13 @@ class ErrorCode(enum.StrEnum):
     OUTSIDE_FOLDER = "outside_folder"
     INVALID_RECIPE = "invalid_recipe"
     UNKNOWN_JOB = "unknown_job"
+    #: A valid file in a format this engine cannot apply (a LoRA maths it has no patcher for).
+    UNSUPPORTED_FORMAT = "unsupported_format"
     OUT_OF_MEMORY = "out_of_memory"
     CANCELLED = "cancelled"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    #: The request lacked the engine's token (or sent a wrong one): HTTP 401.
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
 
 
@@ -86,90 +105,62 @@ class EngineError(Exception):
 
 
 @dataclass(frozen=True)
-class LoraRef:
-    """One LoRA of a stack. ``file`` is relative to the LoRA folder."""
-
-    file: str
-    weight: float
-    #: Display name, used in ``<lora:name:w>`` and the A1111 ``Lora hashes``.
-    name: str = ""
-    #: Expected sha256; when given the engine refuses a file whose content differs.
-    sha256: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.file.rsplit("/", 1)[-1].removesuffix(".safetensors")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything needed to reproduce an image, bit for bit on the same machine."""
-
-    model: str
-    prompt: str
-    negative_prompt: str = ""
-    loras: tuple[LoraRef, ...] = ()
-    sampler: str = "DPM++ 2M Karras"
-    steps: int = 20
-    cfg_scale: float = 7.0
-    seed: int = 0
-    width: int = 512
-    height: int = 512
-    #: Number of images; image ``i`` uses seed ``seed + i``.
-    count: int = 1
-    #: Display name of the model (defaults to the file name).
-    model_name: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise EngineError(ErrorCode.INVALID_RECIPE, f"unknown recipe fields: {sorted(unknown)}")
-        values = dict(data)
-        values["loras"] = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
-        return cls(**values)
-
-
-@dataclass(frozen=True)
 class FileInfo:
     """What the engine learns from a ``.safetensors`` header, without loading tensors."""
 
     path: str
-    kind: Literal["lora", "checkpoint", "unknown"]
+    kind: InspectedKind
     architecture: Architecture
     size_bytes: int
     sha256: str
     #: Civitai's AutoV2: the first 10 hex digits of the sha256.
     autov2: str
-    #: AUTOMATIC1111's LoRA hash: sha256 of the bytes after the header, first 12 hex.
+    #: AUTOMATIC1111's LoRA hash, first 12 hex: the file's ``sshs_model_hash`` where it has
+    #: one (as A1111 prefers), else the sha256 of the bytes after the header.
     a1111_hash: str
     rank: int | None = None
     alpha: float | None = None
     has_text_encoder: bool = False
-    #: "kohya" (lora_unet_/lora_te_ keys), "diffusers" (unet./text_encoder.), "peft", ...
+    #: The key layout: "kohya", "diffusers", "diffusers_old" (attention processors), "peft",
+    #: "omi", or "unknown".
     key_format: str = "unknown"
+    #: A LoRA-like file's maths: "lora", "locon", "loha", "lokr", "full", "ia3", "dora",
+    #: combined with "+" ("locon+dora", "loha+dora", "lora+loha") when a file mixes them.
+    lora_format: str | None = None
     #: Trigger words suggested by kohya's ``ss_tag_frequency``, most frequent first.
     trigger_words: tuple[str, ...] = ()
     #: kohya's ``ss_output_name``, a good default registry name.
     output_name: str | None = None
     base_model_version: str | None = None
+    #: The model family it was made for or belongs to (``engine.families``), "unknown" if unsure.
+    family: str = "unknown"
+    #: The base checkpoint a LoRA was trained on (kohya ``ss_sd_model_name``/``ss_new_sd_model_hash``).
+    base_model_name: str | None = None
+    base_model_sha256: str | None = None
+    #: kohya's ``ss_clip_skip``: the clip skip a LoRA or embedding was trained with.
+    clip_skip: int | None = None
+    #: Checkpoints: "epsilon" or "v_prediction" when the file says (keys or model spec).
+    prediction_type: str | None = None
+    #: Checkpoints trained with zero terminal SNR (a ``ztsnr`` key).
+    zero_terminal_snr: bool = False
+    #: Embeddings: how many token vectors it stands for; its encoders ("clip_l", "clip_g").
+    vectors: int | None = None
+    encoders: tuple[str, ...] = ()
+    #: LoRAs with embeddings bundled in (OneTrainer ``bundle_emb.<name>.*``): their names.
+    bundled_embeddings: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["trigger_words"] = list(self.trigger_words)
+        for name in ("trigger_words", "encoders", "bundled_embeddings"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileInfo:
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["trigger_words"] = tuple(values.get("trigger_words", ()))
+        for name in ("trigger_words", "encoders", "bundled_embeddings"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**values)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.auth import TOKEN_KEY, require_token
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
@@ -44,6 +45,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.LORA_NO_MATCH: 422,
     ErrorCode.OUT_OF_MEMORY: 507,
     ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -193,7 +195,7 @@ async def job_image(request: web.Request) -> web.Response:
 def _folder(request: web.Request, kind: Any) -> Path:
     folders = request.app[FOLDERS_KEY]
     if not isinstance(kind, str) or kind not in folders:  # JSON may send a list: unhashable
-        raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora' or 'model'")
+        raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora', 'model' or 'embedding'")
     return folders[kind]
 
 
@@ -268,17 +270,25 @@ def create_app(
     models_root: Path,
     loras_root: Path,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    token: str | None = None,
 ) -> web.Application:
     """The aiohttp application; the job worker starts and stops with it.
 
+    ``token`` is the shared secret every request must carry (:mod:`engine.auth`);
+    ``python -m engine serve`` always passes one. None builds an open app, for tests that
+    run it in-process and exercise something else.
     ``heartbeat_interval_s`` is the longest an event stream stays silent; keep it well
     below the clients' read timeout (tests shorten both).
     """
     if heartbeat_interval_s <= 0:
         raise ValueError(f"heartbeat_interval_s must be positive, not {heartbeat_interval_s}")
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+    # The token check runs first, so a refused caller learns nothing, not even a 404.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[require_token, _errors])
+    if token is not None:
+        app[TOKEN_KEY] = token
     app[MANAGER_KEY] = manager
-    app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root)}
+    # Textual-inversion embeddings live in the LoRA folder (e.g. an embeddings/ subfolder).
+    app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root), "embedding": Path(loras_root)}
     app[STARTED_KEY] = time.monotonic()
     app[HEARTBEAT_KEY] = float(heartbeat_interval_s)
 

@@ -62,6 +62,8 @@ DEFAULT_STALL_LIMIT_S = 15 * 60.0
 MAX_LOSSES = 1
 #: Finished jobs kept in memory for buttons clicked before their post is recorded.
 RECENT_POSTS = 256
+#: How often old finished jobs are deleted from the job table.
+PRUNE_EVERY_S = 3600.0
 
 ADVICE: dict[str, str] = {
     ErrorCode.ARCH_MISMATCH: "Pick LoRAs made for the same architecture as the model.",
@@ -441,10 +443,14 @@ class Dispatcher:
             self._spawn(self._hand_over(slot, assignment.jobs), f"jobs-submit-{slot.name}")
 
     async def _status_loop(self) -> None:
+        pruned = time.monotonic()
         while not self._closed:
             await asyncio.sleep(self.status_interval)
             try:
                 self._status_tick()
+                if self.store is not None and time.monotonic() - pruned > PRUNE_EVERY_S:
+                    pruned = time.monotonic()
+                    await self.store.prune()
             except Exception:
                 log.exception("the status loop failed; it goes on")
 

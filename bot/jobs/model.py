@@ -65,6 +65,11 @@ class Job:
     file_limit: int = DEFAULT_FILE_LIMIT
     #: Share of the server's turns relative to other members: 2 for an admin-named priority role.
     weight: int = 1
+    #: The message this job was rerolled/remixed/made from, and how the result credits it
+    #: ((label, link) for the embed); recorded by ``on_result`` (see bot.recipe_actions).
+    parent_message_id: int | None = None
+    parent_channel_id: int | None = None
+    parent_credit: tuple[str, str] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     state: JobState = JobState.QUEUED
     attempts: int = 0

@@ -11,9 +11,9 @@
   reset connection, a timeout) are retried with exponential backoff for a bounded time;
   discord.py itself retries only some of them (not 503, not resets on Linux). A permissions
   message is given only for Discord's real permission errors (403 with 50001 or 50013).
-- **One hook** for checking images before they are posted: ``before_post`` gets the job and
-  its PNGs and returns the PNGs to post (or raises :class:`PostRefused`); content-safety
-  checks belong there and nowhere else.
+- **One place** checks images before they are posted: :func:`bot.safety.screen_for_channel`,
+  called by :meth:`Poster.post_result` (flagged images withheld or spoilered where the
+  server's policy says so); mentions are limited to the requester.
 
 Rate limits themselves are discord.py's business: it reads Discord's ``X-RateLimit-*``
 headers and waits per bucket, so this module only keeps the number of requests it starts
@@ -36,6 +36,7 @@ import discord
 from bot import embeds
 from bot.jobs.images import fit_files
 from bot.jobs.model import Job
+from bot.safety import screen_for_channel
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,11 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 NONCE_LENGTH = 25  # Discord's limit for a nonce string
 
-BeforePost = Callable[[Job, list[bytes]], Awaitable[list[bytes]]]
 ResultView = Callable[[Job], discord.ui.View | None]
 
 
 class PostRefused(Exception):
-    """Discord (or a ``before_post`` check) will not take this post; ``text`` is for the member."""
+    """Discord will not take this post (or nothing is left to post); ``text`` is for the member."""
 
     def __init__(self, text: str, *, kind: str = "refused") -> None:
         super().__init__(text)
@@ -134,13 +134,11 @@ class Poster:
         client: discord.Client,
         *,
         result_view: ResultView = lambda job: None,
-        before_post: BeforePost | None = None,
         result_retry_s: float = RESULT_RETRY_S,
         status_retry_s: float = STATUS_RETRY_S,
     ) -> None:
         self.client = client
         self.result_view = result_view
-        self.before_post = before_post
         self.result_retry_s = result_retry_s
         self.status_retry_s = status_retry_s
         self.closing = False
@@ -152,29 +150,29 @@ class Poster:
 
     async def post_result(self, job: Job, images: list[bytes], seconds: float | None) -> discord.Message:
         """The images with their recipe, once; raises :class:`PostRefused` if it cannot be done."""
-        if self.before_post is not None:
-            images = await self.before_post(job, images)
         # Re-encoding oversize PNGs takes CPU seconds: in a thread, so the event loop keeps
         # acknowledging everyone else's interactions within Discord's 3 seconds meanwhile.
         fitted, notes = await asyncio.to_thread(fit_files, images, job.file_limit)
-        embed = embeds.recipe_embed(
-            job.recipe, requester=job.user_name, seconds=seconds,
-            notes=[*job.notes, *notes], reference=job.id[:8],
-        )  # fmt: skip
         if not fitted:
             raise PostRefused("; ".join(notes) or "the engine returned no image.", kind="too_large")
+        # The image check (bot.safety): flagged images withheld or spoilered where NSFW is not allowed.
+        screened = await screen_for_channel(self.client, job.guild_id, job.channel_id, fitted)
+        embed = embeds.recipe_embed(
+            job.recipe, requester=job.user_name, seconds=seconds,
+            notes=[*job.notes, *notes, *screened.notes], parent=job.parent_credit, reference=job.id[:8],
+        )  # fmt: skip
 
         async def send() -> discord.Message:
             files = [
-                discord.File(io.BytesIO(data), filename=f"atelier-{job.recipe.seed + i}.png")
-                for i, data in enumerate(fitted)
+                discord.File(io.BytesIO(data), filename=f"atelier-{job.recipe.seed + i}.png", spoiler=spoiler)
+                for i, data, spoiler in screened.files
             ]
             return await self.channel(job).send(
                 content=f"<@{job.user_id}>",
                 embed=embed,
                 files=files,
                 view=self.result_view(job),
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                allowed_mentions=only(job.user_id),
                 nonce=nonce("r", job),
             )
 
@@ -217,7 +215,7 @@ class Poster:
         async def send() -> Any:
             return await self.channel(job).send(
                 embeds.truncate(f"<@{job.user_id}> {text}", embeds.CONTENT_LIMIT),
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                allowed_mentions=only(job.user_id),
                 nonce=nonce(kind, job),
             )
 
@@ -248,12 +246,12 @@ class Poster:
             chunks.append(chunk)
         for index, members in enumerate(chunks):
             text = head + ", ".join(members)
-            mentioned = [discord.Object(int(p[2:p.index(">")])) for p in members]
+            mentioned = [int(p[2:p.index(">")]) for p in members]
             restart_nonce = f"s{jobs[0].id[:16]}{index:04d}"[:NONCE_LENGTH]
             try:
                 await with_retries(
                     lambda text=text, mentioned=mentioned, restart_nonce=restart_nonce: channel.send(
-                        text, allowed_mentions=discord.AllowedMentions(users=mentioned), nonce=restart_nonce
+                        text, allowed_mentions=only(*mentioned), nonce=restart_nonce
                     ),
                     within_s=self.status_retry_s, what=f"the restart notice in channel {channel_id}",
                 )  # fmt: skip
@@ -297,6 +295,14 @@ class Poster:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("could not edit the status of job %s: %s", job.id, exc)
             return "failed"
+
+
+def only(*user_ids: int) -> discord.AllowedMentions:
+    """Mentions that ping exactly these members: a prompt or a name must never ping
+    @everyone or a role, since both are echoed in the bot's messages."""
+    return discord.AllowedMentions(
+        everyone=False, roles=False, replied_user=False, users=[discord.Object(u) for u in user_ids]
+    )
 
 
 def _utc(timestamp: float) -> Any:

@@ -18,11 +18,13 @@ from bot.jobs.model import Job, JobState
 from bot.registry.db import Database
 from engine.protocol import Recipe
 
-#: Finished jobs are kept this long (for /queue history and speed estimates), then deleted.
-KEEP_FINISHED_S = 7 * 24 * 3600
+#: Finished jobs are kept this long (for speed estimates after a restart), then deleted: they
+#: hold prompts and names, so no longer than that (``/privacy`` lists and deletes them too).
+KEEP_FINISHED_S = 24 * 3600
 
 _COLUMNS = (
     "id", "guild_id", "channel_id", "user_id", "user_name", "origin", "state", "weight", "recipe",
+    "parent_message_id", "parent_channel_id", "parent_credit",
     "notes", "file_limit", "attempts", "losses", "engine", "cancel_requested", "application_id",
     "interaction_token", "token_expires_at", "status_message_id", "result_message_ids", "error",
     "seconds", "told", "created_at", "submitted_at", "started_at", "posting_at", "finished_at",
@@ -40,6 +42,8 @@ def _values(job: Job) -> tuple[Any, ...]:
     return (
         job.id, job.guild_id, job.channel_id, job.user_id, job.user_name, job.origin,
         job.state.value, job.weight, json.dumps(job.recipe.to_json(), ensure_ascii=False),
+        job.parent_message_id, job.parent_channel_id,
+        json.dumps(list(job.parent_credit), ensure_ascii=False) if job.parent_credit else None,
         json.dumps(list(job.notes), ensure_ascii=False), job.file_limit, job.attempts, job.losses,
         job.engine, int(job.cancel_requested), job.application_id, job.interaction_token,
         job.token_expires_at, job.status_message_id, json.dumps(list(job.result_message_ids)),
@@ -60,6 +64,9 @@ def _job(row: sqlite3.Row) -> Job:
         notes=tuple(json.loads(row["notes"])),
         file_limit=row["file_limit"],
         weight=row["weight"],
+        parent_message_id=row["parent_message_id"],
+        parent_channel_id=row["parent_channel_id"],
+        parent_credit=tuple(json.loads(row["parent_credit"])) if row["parent_credit"] else None,  # type: ignore[arg-type]
         state=JobState(row["state"]),
         attempts=row["attempts"],
         losses=row["losses"],

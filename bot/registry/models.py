@@ -20,11 +20,14 @@ __all__ = [
     "AuditEntry",
     "Category",
     "Choice",
+    "EmbeddingEntry",
+    "ImageCheck",
     "LoraEntry",
     "ModelEntry",
     "NotFound",
     "NsfwPolicy",
     "PostRecord",
+    "RecipeUse",
     "RegistryError",
     "SavedRecipe",
     "ServerSettings",
@@ -64,6 +67,14 @@ class NsfwPolicy(enum.StrEnum):
     ANYWHERE = "anywhere"
 
 
+class ImageCheck(enum.StrEnum):
+    """What happens to an image the classifier flags where NSFW is not allowed (bot.safety)."""
+
+    WITHHOLD = "withhold"
+    SPOILER = "spoiler"
+    OFF = "off"
+
+
 SearchSort = Literal["newest", "most_used", "name"]
 
 
@@ -85,6 +96,9 @@ class ModelEntry:
     file: str
     sha256: str | None = None
     autov2: str | None = None
+    #: sha256 of the bytes after the safetensors header, first 12 hex (SwarmUI and Civitai's
+    #: AutoV3 hash tensors only); None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     default_width: int = 512
     default_height: int = 512
     default_steps: int = 20
@@ -99,16 +113,20 @@ class ModelEntry:
     added_by: int = 0
     added_at: float = 0.0
     id: int | None = None
+    #: The model family (``engine.families``): Pony, Illustrious, ... or "unknown".
+    family: str = "unknown"
+    #: Clip skip used when a request gives none (anime SD 1.5 models usually want 2).
+    default_clip_skip: int = 1
+    #: "" = as the file says; "epsilon", "v_prediction", "v_prediction_ztsnr" override it.
+    prediction_type: str = ""
 
     @classmethod
     def from_file_info(
         cls, info: FileInfo, *, name: str | None = None, **overrides: Any
     ) -> ModelEntry:
         """Prefill from the engine's inspection; the default size follows the architecture."""
-        if info.kind == "lora":
-            raise RegistryError(
-                f"{info.path} is a LoRA, not a base model; register it with /lora add."
-            )
+        if info.kind != "checkpoint":
+            raise RegistryError(not_a_message(info, "a base model", "/model add"))
         side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
@@ -116,8 +134,10 @@ class ModelEntry:
             "file": info.path,
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "default_width": side,
             "default_height": side,
+            "family": info.family,
         }
         values.update(overrides)
         return cls(**values)
@@ -142,6 +162,9 @@ class LoraEntry:
     sha256: str | None = None
     #: Civitai's AutoV2 hash: the first 10 hex digits of the sha256, upper case.
     autov2: str | None = None
+    #: AUTOMATIC1111's LoRA hash (what ``Lora hashes`` carries): sha256 of the bytes after the
+    #: safetensors header, first 12 hex. None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     #: A Civitai AIR (``urn:air:sdxl:lora:civitai:120096@135931``) or an http(s) URL.
     source: str | None = None
     description: str = ""
@@ -152,6 +175,12 @@ class LoraEntry:
     uses: int = 0
     enabled: bool = True
     id: int | None = None
+    family: str = "unknown"
+    #: The file's maths ("lora", "locon", "loha", "lokr", "dora", ...), as inspection read it.
+    lora_format: str | None = None
+    rank: int | None = None
+    #: The clip skip it was trained with (kohya ``ss_clip_skip``), if the file says.
+    trained_clip_skip: int | None = None
 
     @classmethod
     def from_file_info(
@@ -166,10 +195,8 @@ class LoraEntry:
 
         The admin then confirms or corrects; anything in ``overrides`` wins.
         """
-        if info.kind == "checkpoint":
-            raise RegistryError(
-                f"{info.path} is a full model, not a LoRA; register it with /model add."
-            )
+        if info.kind != "lora":
+            raise RegistryError(not_a_message(info, "a LoRA", "/lora add"))
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -178,12 +205,69 @@ class LoraEntry:
             "trigger_words": tuple(info.trigger_words[:10]),
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
+            "family": info.family,
+            "lora_format": info.lora_format,
+            "rank": info.rank,
+            "trained_clip_skip": info.clip_skip,
         }
         values.update(overrides)
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> LoraEntry:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EmbeddingEntry:
+    """A textual-inversion embedding members call by name in a prompt or negative."""
+
+    name: str
+    architecture: Architecture
+    #: Path relative to the engine's embedding folder.
+    file: str
+    family: str = "unknown"
+    sha256: str | None = None
+    autov2: str | None = None
+    vectors: int | None = None
+    description: str = ""
+    nsfw: bool = False
+    enabled: bool = True
+    added_by: int = 0
+    added_at: float = 0.0
+    id: int | None = None
+
+    @classmethod
+    def from_file_info(cls, info: FileInfo, *, name: str | None = None, **overrides: Any) -> EmbeddingEntry:
+        if info.kind != "embedding":
+            raise RegistryError(not_a_message(info, "a textual-inversion embedding", "/embedding add"))
+        values: dict[str, Any] = {
+            "name": name or _stem(info.path),
+            "architecture": info.architecture,
+            "file": info.path,
+            "family": info.family,
+            "sha256": info.sha256,
+            "autov2": info.autov2,
+            "vectors": info.vectors,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+#: What each inspected kind is, and where it goes instead.
+_KIND_ADVICE = {
+    "lora": ("a LoRA", "register it with `/lora add`"),
+    "checkpoint": ("a full model (checkpoint)", "register it with `/model add`"),
+    "embedding": ("a textual-inversion embedding", "register it with `/embedding add`"),
+    "vae": ("a VAE", "it is not registered on its own; a model uses its own VAE"),
+    "unknown": ("not a file Atelier recognises (no LoRA, model or embedding keys)",
+                "check that it is the file you meant, or re-export it"),
+}  # fmt: skip
+
+
+def not_a_message(info: FileInfo, wanted: str, command: str) -> str:
+    what, advice = _KIND_ADVICE.get(info.kind, _KIND_ADVICE["unknown"])
+    return f"`{info.path}` is {what}, not {wanted}, so {command} cannot take it: {advice}."
 
 
 #: Fields of LoraEntry an admin may change with ``update_lora``.
@@ -230,6 +314,11 @@ class ServerSettings:
     priority_roles: tuple[int, ...] = ()
     #: Model used when /imagine names none.
     default_model: str | None = None
+    #: What happens to an image the classifier flags where NSFW is not allowed (see
+    #: bot.safety.ImageCheck): "withhold", "spoiler" or "off".
+    image_check: str = "withhold"
+    #: Words or phrases refused in prompts (normalised, see bot.safety.clean_blocklist).
+    blocked_words: tuple[str, ...] = ()
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""
@@ -241,6 +330,7 @@ class ServerSettings:
         data["role_max_loras"] = {str(k): v for k, v in self.role_max_loras.items()}
         data["priority_roles"] = [str(role) for role in self.priority_roles]
         data["nsfw_policy"] = str(self.nsfw_policy)
+        data["blocked_words"] = list(self.blocked_words)
         return data
 
     @classmethod
@@ -254,6 +344,8 @@ class ServerSettings:
             values["nsfw_policy"] = NsfwPolicy(values["nsfw_policy"])
         if "priority_roles" in values:
             values["priority_roles"] = tuple(int(role) for role in values["priority_roles"])
+        if "blocked_words" in values:
+            values["blocked_words"] = tuple(values["blocked_words"])
         return cls(**values)
 
 
@@ -264,6 +356,17 @@ class SavedRecipe:
     #: Whatever the bot saved, typically ``Recipe.to_json()``.
     recipe: dict[str, Any]
     created_at: float
+
+
+@dataclass(frozen=True)
+class RecipeUse:
+    """A saved recipe that names a given model, LoRA or embedding."""
+
+    #: The member who saved it (a recipe book entry's author).
+    user_id: int
+    name: str
+    #: In the server's recipe book rather than the member's own saved recipes.
+    in_book: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from bot.registry.catalog import Catalog, LoraTable
 from bot.registry.checks import (
     SETTINGS_FIELDS,
     check_changes,
+    clean_embedding,
     clean_lora,
     clean_model,
     clean_settings,
@@ -36,27 +37,30 @@ from bot.registry.models import (
     AuditEntry,
     Category,
     Choice,
+    EmbeddingEntry,
     LoraEntry,
     ModelEntry,
     NotFound,
     PostRecord,
+    RecipeUse,
     RegistryError,
     SavedRecipe,
     SearchSort,
     ServerSettings,
 )
+from bot.registry.privacy import PrivacyStore, SyncState
+from bot.registry.recipe_book import RecipeBook
+from bot.registry.recipe_book import recipe_text as _recipe_text
 from bot.registry.text import clean_name, name_key
 
 #: Saved recipes one member may keep per server.
 MAX_SAVED_RECIPES = 100
-#: A stored recipe is a few hundred bytes; this only stops abuse.
-MAX_RECIPE_JSON = 32_000
 _AUDIT_VALUE_LIMIT = 200
 
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled"
+    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 #: Everything but the description, which validation never needs.
@@ -66,8 +70,34 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash"
 )
+
+
+_LORA_COUNT = len(_LORA_COLUMNS.split(","))
+_MODEL_COUNT = len(_MODEL_COLUMNS.split(","))
+_EMBEDDING_COLUMNS = (
+    "name, name_key, architecture, family, file, sha256, autov2, vectors, description, nsfw, "
+    "enabled, added_by, added_at"
+)
+
+
+def _embedding_from_row(row: sqlite3.Row) -> EmbeddingEntry:
+    return EmbeddingEntry(
+        id=row["id"],
+        name=row["name"],
+        architecture=row["architecture"],
+        family=row["family"],
+        file=row["file"],
+        sha256=row["sha256"],
+        autov2=row["autov2"],
+        vectors=row["vectors"],
+        description=row["description"],
+        nsfw=bool(row["nsfw"]),
+        enabled=bool(row["enabled"]),
+        added_by=row["added_by"],
+        added_at=row["added_at"],
+    )
 
 
 def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
@@ -91,6 +121,11 @@ def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
         added_at=row["added_at"],
         uses=row["uses"],
         enabled=bool(row["enabled"]),
+        family=row["family"],
+        lora_format=row["lora_format"],
+        rank=row["rank"],
+        trained_clip_skip=row["trained_clip_skip"],
+        a1111_hash=row["a1111_hash"],
     )
 
 
@@ -115,6 +150,11 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.added_at,
         lora.uses,
         int(lora.enabled),
+        lora.family,
+        lora.lora_format,
+        lora.rank,
+        lora.trained_clip_skip,
+        lora.a1111_hash,
     )
 
 
@@ -138,6 +178,10 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         allowed_channel_ids=frozenset(json.loads(row["allowed_channels"])),
         added_by=row["added_by"],
         added_at=row["added_at"],
+        family=row["family"],
+        default_clip_skip=row["default_clip_skip"],
+        prediction_type=row["prediction_type"],
+        a1111_hash=row["a1111_hash"],
     )
 
 
@@ -161,6 +205,10 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         json.dumps(sorted(model.allowed_channel_ids)),
         model.added_by,
         model.added_at,
+        model.family,
+        model.default_clip_skip,
+        model.prediction_type,
+        model.a1111_hash,
     )
 
 
@@ -182,16 +230,6 @@ def _diff(before: object, after: object, names: Iterable[str]) -> dict[str, list
     }
 
 
-def _recipe_text(recipe: Mapping[str, Any]) -> str:
-    text = json.dumps(recipe, ensure_ascii=False, sort_keys=True)
-    if len(text) > MAX_RECIPE_JSON:
-        raise RegistryError(
-            f"This recipe is {len(text):,} characters as JSON, over the {MAX_RECIPE_JSON:,} limit; "
-            "shorten the prompt."
-        )
-    return text
-
-
 class Registry:
     """Each server's models, LoRAs, bookmarks, saved recipes, settings, posts and audit log.
 
@@ -201,10 +239,16 @@ class Registry:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: The server recipe book, recipe cards, lineage and hash look-ups.
+        self.book = RecipeBook(db)
         self._catalogs: dict[int, Catalog] = {}
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
         self._warming: set[asyncio.Future[Catalog]] = set()
+        #: A member's data and a departed server's deletion (see bot.registry.privacy).
+        self.privacy = PrivacyStore(db)
+        #: The command tree's hash as last synced with Discord.
+        self.sync_state = SyncState(db)
 
     @classmethod
     async def open(cls, path: Path | str) -> Registry:
@@ -269,7 +313,7 @@ class Registry:
 
     @staticmethod
     async def _taken(conn: aiosqlite.Connection, table: str, guild_id: int, key: str) -> str | None:
-        assert table in ("loras", "models")
+        assert table in ("loras", "models", "embeddings")
         cursor = await conn.execute(
             f"SELECT name FROM {table} WHERE guild_id = ? AND name_key = ?",  # noqa: S608 - fixed table name
             (guild_id, key),
@@ -291,7 +335,7 @@ class Registry:
                     "pick another name or edit that one."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 18})",  # noqa: S608
+                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * _MODEL_COUNT})",  # noqa: S608
                 (guild_id, *_model_values(model)),
             )
             await self._audit(
@@ -415,7 +459,7 @@ class Registry:
                     "pick another name or edit that one with /lora edit."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * _LORA_COUNT})",  # noqa: S608
                 (guild_id, *_lora_values(lora)),
             )
             await self._audit(
@@ -446,7 +490,7 @@ class Registry:
         async def work(conn: aiosqlite.Connection) -> None:
             try:
                 await conn.executemany(
-                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * _LORA_COUNT})",  # noqa: S608
                     [(guild_id, *_lora_values(lora)) for lora in loras],
                 )
             except sqlite3.IntegrityError:
@@ -575,6 +619,7 @@ class Registry:
         sort: SearchSort = "newest",
         limit: int = 25,
         offset: int = 0,
+        family: str | None = None,
     ) -> list[LoraEntry]:
         """Full-text search over name, trigger words and description, with filters.
 
@@ -590,6 +635,7 @@ class Registry:
             category=Category(category).value if category is not None else None,
             nsfw=nsfw,
             enabled=enabled,
+            family=family,
         )
         source = "loras l"
         match = search.fts_query(query)
@@ -616,8 +662,11 @@ class Registry:
         *,
         architecture: str | None = None,
         nsfw_ok: bool | None = None,
+        family: str | None = None,
     ) -> list[Choice]:
         """At most 25 enabled LoRAs for a Discord autocomplete, labels ≤ 100 characters.
+
+        ``family`` (the chosen model's) lists that family's LoRAs first in every group.
 
         ``architecture`` (the model chosen earlier in the same command) keeps only LoRAs for
         it. Names starting with ``text`` come first, then names or trigger words containing a
@@ -631,17 +680,20 @@ class Registry:
         )
         where = " AND ".join(clauses)
         key = name_key(text)
+        # Same-family first: "(l.family = ?) DESC" sorts matches of the model's family ahead.
+        first = "(l.family = ?) DESC, " if family else ""
+        first_params = (family,) if family else ()
         if not key:
             rows = await self._db.fetch_all(
-                f"{_LORA_SELECT} WHERE {where} ORDER BY l.uses DESC LIMIT ?",
-                (*params, limit),
+                f"{_LORA_SELECT} WHERE {where} ORDER BY {first}l.uses DESC LIMIT ?",
+                (*params, *first_params, limit),
             )
             return [search.lora_choice(_lora_from_row(r)) for r in rows]
         low, high = search.prefix_bounds(key)
         rows = await self._db.fetch_all(
             f"{_LORA_SELECT} WHERE {where} AND l.name_key >= ? AND l.name_key < ? "
-            "ORDER BY l.name_key LIMIT ?",
-            (*params, low, high, limit),
+            f"ORDER BY {first}l.name_key LIMIT ?",
+            (*params, low, high, *first_params, limit),
         )
         found = [_lora_from_row(r) for r in rows]
         match = search.fts_query(text, columns=search.AUTOCOMPLETE_COLUMNS)
@@ -652,7 +704,81 @@ class Registry:
                 (match, *params, limit + len(found)),
             )
             found = search.merge_unique(found, [_lora_from_row(r) for r in rows], limit)
+        if family:  # stable: each group keeps its order, the model's family first
+            found.sort(key=lambda lora: lora.family != family)
         return [search.lora_choice(lora) for lora in found]
+
+    # --- embeddings ------------------------------------------------------------------------
+
+    async def add_embedding(self, guild_id: int, entry: EmbeddingEntry, actor_id: int) -> EmbeddingEntry:
+        """Register a textual-inversion embedding; its name is what prompts call it by."""
+        embedding = replace(clean_embedding(entry), added_by=actor_id, added_at=time.time(), id=None)
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            existing = await self._taken(conn, "embeddings", guild_id, name_key(embedding.name))
+            if existing is not None:
+                raise AlreadyExists(f"An embedding named {existing!r} already exists in this server.")
+            cursor = await conn.execute(
+                f"INSERT INTO embeddings (guild_id, {_EMBEDDING_COLUMNS}) "  # noqa: S608
+                f"VALUES (?{', ?' * len(_EMBEDDING_COLUMNS.split(','))})",
+                (
+                    guild_id, embedding.name, name_key(embedding.name), embedding.architecture,
+                    embedding.family, embedding.file, embedding.sha256, embedding.autov2,
+                    embedding.vectors, embedding.description, int(embedding.nsfw),
+                    int(embedding.enabled), embedding.added_by, embedding.added_at,
+                ),  # fmt: skip
+            )
+            await self._audit(
+                conn, guild_id, actor_id, "embedding.add", embedding.name,
+                {"file": embedding.file, "architecture": embedding.architecture},
+            )  # fmt: skip
+            return int(cursor.lastrowid or 0)
+
+        embedding_id = await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return replace(embedding, id=embedding_id)
+
+    async def get_embedding(self, guild_id: int, name: str) -> EmbeddingEntry | None:
+        row = await self._db.fetch_one(
+            "SELECT * FROM embeddings WHERE guild_id = ? AND name_key = ?", (guild_id, name_key(name))
+        )
+        return _embedding_from_row(row) if row else None
+
+    async def list_embeddings(self, guild_id: int) -> list[EmbeddingEntry]:
+        rows = await self._db.fetch_all(
+            "SELECT * FROM embeddings WHERE guild_id = ? ORDER BY name_key", (guild_id,)
+        )
+        return [_embedding_from_row(row) for row in rows]
+
+    async def remove_embedding(self, guild_id: int, name: str, actor_id: int) -> None:
+        embedding = await self.get_embedding(guild_id, name)
+        if embedding is None:
+            raise NotFound(f"No embedding named {name!r} in this server; `/embedding list` shows them.")
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM embeddings WHERE id = ? AND guild_id = ?", (embedding.id, guild_id))
+            await self._audit(conn, guild_id, actor_id, "embedding.remove", embedding.name, {"file": embedding.file})
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+
+    async def autocomplete_embeddings(
+        self, guild_id: int, text: str, *, architecture: str | None = None, nsfw_ok: bool | None = None
+    ) -> list[EmbeddingEntry]:
+        """Enabled embeddings whose name starts with ``text`` (for the model's architecture)."""
+        low, high = search.prefix_bounds(name_key(text))
+        clauses = ["guild_id = ?", "enabled = 1", "name_key >= ?", "name_key < ?"]
+        params: list[Any] = [guild_id, low, high]
+        if architecture:
+            clauses.append("architecture IN (?, 'unknown')")
+            params.append(architecture)
+        if nsfw_ok is False:
+            clauses.append("nsfw = 0")
+        rows = await self._db.fetch_all(
+            f"SELECT * FROM embeddings WHERE {' AND '.join(clauses)} ORDER BY name_key LIMIT ?",  # noqa: S608
+            (*params, search.MAX_CHOICES),
+        )
+        return [_embedding_from_row(row) for row in rows]
 
     # --- bookmarks -------------------------------------------------------------------------
 
@@ -782,13 +908,71 @@ class Registry:
         self._invalidate(guild_id)
         return after
 
+    async def recipes_using(
+        self,
+        guild_id: int,
+        *,
+        model: ModelEntry | None = None,
+        lora: LoraEntry | None = None,
+        embedding: EmbeddingEntry | None = None,
+    ) -> list[RecipeUse]:
+        """Saved recipes (members' own and the server's recipe book) that name ``model``,
+        ``lora`` or ``embedding``, by name or by file.
+
+        Recipes keep the names and files they were saved with, so both are compared: a
+        recipe saved before a rename still counts.
+        """
+        if model is not None:
+            match = "(lower(json_extract(recipe, '$.model_name')) = lower(?2) OR json_extract(recipe, '$.model') = ?3)"
+            params: tuple[Any, ...] = (guild_id, model.name, model.file)
+        elif lora is not None or embedding is not None:
+            entry, array = (lora, "$.loras") if lora is not None else (embedding, "$.embeddings")
+            assert entry is not None
+            match = (
+                "EXISTS (SELECT 1 FROM json_each(recipe, ?4) WHERE "
+                "lower(json_extract(value, '$.name')) = lower(?2) OR json_extract(value, '$.file') = ?3)"
+            )
+            params = (guild_id, entry.name, entry.file, array)
+        else:
+            raise ValueError("name a model, a LoRA or an embedding")
+        rows = await self._db.fetch_all(
+            f"SELECT user_id, name, 0 AS in_book FROM saved_recipes WHERE guild_id = ?1 AND {match} "  # noqa: S608 - fixed fragments
+            f"UNION ALL SELECT author_id, name, 1 FROM recipe_book WHERE guild_id = ?1 AND {match} "
+            "ORDER BY in_book, name",
+            params,
+        )
+        return [RecipeUse(int(r["user_id"]), r["name"], bool(r["in_book"])) for r in rows]
+
+    # --- data rights -----------------------------------------------------------------------
+
+    async def purge_departed(self, grace_s: float, now: float | None = None) -> list[int]:
+        """Delete the data of servers the bot left more than ``grace_s`` ago; their ids."""
+        purged = await self.privacy.purge_due(grace_s, now)
+        for guild_id in purged:
+            self._invalidate(guild_id)
+        return purged
+
     # --- audit -----------------------------------------------------------------------------
 
-    async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
-        """Admin changes in this server, newest first."""
+    async def audit_log(
+        self,
+        guild_id: int,
+        limit: int = 50,
+        *,
+        actor_id: int | None = None,
+        target: str | None = None,
+    ) -> list[AuditEntry]:
+        """Admin changes in this server, newest first; optionally one admin's or one entry's."""
+        clauses, params = ["guild_id = ?"], [guild_id]
+        if actor_id is not None:
+            clauses.append("actor_id = ?")
+            params.append(actor_id)
+        if target is not None:
+            clauses.append("lower(target) = lower(?)")
+            params.append(target)
         rows = await self._db.fetch_all(
-            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
-            (guild_id, max(1, min(int(limit), 500))),
+            f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (*params, max(1, min(int(limit), 500))),
         )
         return [
             AuditEntry(
@@ -833,6 +1017,18 @@ class Registry:
             row["created_at"],
         )
 
+    async def recent_posts(self, guild_id: int, user_id: int, channel_id: int | None, limit: int = 1) -> list[PostRecord]:
+        """A member's latest results here (newest first), for "save my last image"."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM posts WHERE guild_id = ? AND user_id = ? AND (? IS NULL OR channel_id = ?) "
+            "ORDER BY created_at DESC LIMIT ?",
+            (guild_id, user_id, channel_id, channel_id, max(1, min(limit, 50))),
+        )
+        return [
+            PostRecord(r["guild_id"], r["channel_id"], r["message_id"], r["user_id"], json.loads(r["recipe"]), r["created_at"])
+            for r in rows
+        ]
+
     async def delete_post(self, guild_id: int, message_id: int) -> bool:
         changed = await self._db.execute(
             "DELETE FROM posts WHERE message_id = ? AND guild_id = ?", (message_id, guild_id)
@@ -862,7 +1058,7 @@ class Registry:
                 (guild_id,),
             )
             table = LoraTable({row["name_key"]: row for row in rows}, _lora_from_row)
-            catalog = Catalog(guild_id, settings, models, table)
+            catalog = Catalog(guild_id, settings, models, table, await self.list_embeddings(guild_id))
             if len(table) >= BACKGROUND_INDEX_THRESHOLD:
                 # Build "did you mean" in a worker thread now rather than inside the first
                 # /imagine with a typo, which would stall the event loop for a large server.

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The real engine needs a shared secret; the bot processes read the same one from the environment.
+ENGINE_TOKEN = os.environ.setdefault("ATELIER_ENGINE_TOKEN", "atelier-bench-jobs-token-9d41e7")
 
 ACK_JOBS = 500
 CHANNELS = (3, 2)  # channels in server A and server B
@@ -115,7 +117,7 @@ async def start_engine(models: Path, loras: Path, log: Path) -> tuple[subprocess
             stdout=sink, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    async with EngineClient(url) as client:
+    async with EngineClient(url, token=ENGINE_TOKEN) as client:
         await client.wait_ready(180)
     return proc, url
 
@@ -134,7 +136,7 @@ async def seed(registry: Any, guild_id: int, owner: int, engine_url: str, loras:
     from bot.registry import LoraEntry, ModelEntry
     from engine.client import EngineClient
 
-    async with EngineClient(engine_url) as client:
+    async with EngineClient(engine_url, token=ENGINE_TOKEN) as client:
         for i in range(models):
             info = await client.inspect("model", f"model-{i}.safetensors")
             await registry.add_model(
@@ -369,7 +371,7 @@ async def run_affinity_once(root: Path, models: Path, loras: Path, workload: lis
             channels = [double.add_channel(guild, f"art-{c}") for c in range(3)]
             members = [double.add_member(guild, f"p{i}") for i in range(6)]
             await seed(registry, guild.id, guild.owner_id, url, loras, models=AFFINITY_MODELS)
-            async with EngineClient(url) as engine:
+            async with EngineClient(url, token=ENGINE_TOKEN) as engine:
                 options = {} if affinity else {"affinity_window": 1, "max_batch": 1}
                 bot = AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, **options)
                 async with run_bot(bot, double):

@@ -29,6 +29,7 @@ from bot.sandbox import (
 )
 from engine.client import EngineClient
 from tests.bot.conftest import FAST, make_bot, seed_registry
+from tests.conftest import ENGINE_TOKEN
 from tests.standin_engine import StandinEngine
 
 
@@ -51,7 +52,7 @@ async def busy(engine_url: str, demo_assets: Any, tmp_path: Path, request: pytes
         guilds = [double.add_guild(f"Server {g}") for g in range(guild_count)]
         channels = [double.add_channel(guild, f"art-{c}") for guild in guilds for c in range(channels_per_guild)]
         members = {guild.id: [double.add_member(guild, f"m{guild.id % 1000}-{m}") for m in range(members_per_guild)] for guild in guilds}
-        async with EngineClient(engine_url) as real:
+        async with EngineClient(engine_url, token=ENGINE_TOKEN) as real:
             for guild in guilds:
                 await seed_registry(registry, guild.id, real, demo_assets, guild.owner_id)
                 await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=20, server_queue_limit=1000)
@@ -150,7 +151,7 @@ async def test_jobs_go_to_a_free_engine_preferring_the_one_that_holds_their_mode
         guild = double.add_guild("Studio")
         channels = [double.add_channel(guild, f"studio-{c}") for c in range(4)]
         members = [double.add_member(guild, f"m{i}") for i in range(6)]
-        async with EngineClient(engine_url) as real:
+        async with EngineClient(engine_url, token=ENGINE_TOKEN) as real:
             await seed_registry(registry, guild.id, real, demo_assets, guild.owner_id)
         await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=10)
         engines = [StandinEngine(0.1, switch_seconds=0.3) for _ in range(2)]

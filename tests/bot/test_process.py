@@ -20,6 +20,7 @@ from engine.client import EngineClient
 from tests.bot.conftest import FAST, World, free_port, make_bot, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
 from tests.bot_process import end_process, spawn_bot
+from tests.conftest import ENGINE_TOKEN
 
 RSS_LIMIT = 150 * 1024 * 1024
 
@@ -38,7 +39,7 @@ async def test_running_bot_has_no_torch_and_stays_under_150_mb(
         guild = double.add_guild("Studio")
         channel = double.add_channel(guild, "studio")
         alice = double.add_member(guild, "alice")
-        async with await Registry.open(tmp_path / "atelier.sqlite3") as registry, EngineClient(engine_url) as engine:
+        async with await Registry.open(tmp_path / "atelier.sqlite3") as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
         report = tmp_path / "report.json"
         child = spawn_bot(double, tmp_path, engine_url, log=tmp_path / "bot.log", report=report, ATELIER_STATUS_INTERVAL="0.3")
@@ -74,11 +75,12 @@ async def test_engine_killed_mid_job_is_restarted_and_the_job_runs_once_more(
         port=free_port(),
         start_timeout=180,
         on_exit=exits.append,
+        token=ENGINE_TOKEN,
     )
     await engine_process.start()
     try:
         async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
-            async with EngineClient(engine_process.url) as engine:
+            async with EngineClient(engine_process.url, token=ENGINE_TOKEN) as engine:
                 guild = double.add_guild("Studio")
                 channel = double.add_channel(guild, "studio")
                 alice = double.add_member(guild, "alice")
@@ -121,7 +123,7 @@ async def test_bot_killed_with_jobs_queued_and_running_resumes_each_exactly_once
         alice = double.add_member(guild, "alice")
         bob = double.add_member(guild, "bob")
         db = tmp_path / "atelier.sqlite3"
-        async with await Registry.open(db) as registry, EngineClient(engine_url) as engine:
+        async with await Registry.open(db) as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
             await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=5)
         log = tmp_path / "bot.log"

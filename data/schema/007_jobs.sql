@@ -19,6 +19,10 @@ CREATE TABLE jobs (
         ('queued', 'submitted', 'running', 'posting', 'done', 'failed', 'cancelled')),
     weight INTEGER NOT NULL DEFAULT 1,
     recipe TEXT NOT NULL,
+    -- the image this one was rerolled or remixed from, and its credit line (JSON [label, link])
+    parent_message_id INTEGER,
+    parent_channel_id INTEGER,
+    parent_credit TEXT,
     notes TEXT NOT NULL DEFAULT '[]',
     file_limit INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
