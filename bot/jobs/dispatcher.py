@@ -49,7 +49,7 @@ from bot.jobs.scheduler import FairScheduler
 from bot.jobs.speed import SpeedBook
 from bot.jobs.status import FAREWELL_S, StatusBoard, status_text
 from bot.jobs.store import JobStore
-from bot.recipe_text import imagine_command
+from bot.recipe_text import imagine_command, public_error
 from engine.protocol import EngineError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -665,7 +665,7 @@ class Dispatcher:
             log.error("job %s failed on the engine: %s: %s", job.id, code, message)
             message = ("The image engine failed while making this image; the error was logged "
                        "for the bot's operator. Try again, and tell an admin if it keeps happening.")
-        await self._fail_text(job, describe_error(code, message))
+        await self._fail_text(job, describe_error(code, public_error(message, job.recipe)))
 
     async def _fail_text(self, job: Job, text: str) -> None:
         job.error = _with_request(job, text)
