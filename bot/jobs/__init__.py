@@ -12,6 +12,7 @@ One concept per module, in the order a job meets them:
 - :mod:`bot.jobs.status` — the member's private status reply, coalesced.
 - :mod:`bot.jobs.images` — fitting PNGs into Discord's upload limits.
 - :mod:`bot.jobs.dispatcher` — ties them together and survives crashes.
+- :mod:`bot.jobs.recovery` — after a restart: takes up every unfinished job exactly once.
 """
 
 from bot.jobs.dispatcher import DEFAULT_STALL_LIMIT_S, Dispatcher, Limits, QueueFull, describe_error

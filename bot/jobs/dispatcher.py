@@ -21,7 +21,7 @@ What can go wrong, and what happens:
   posted, running ones followed, lost ones run again. A result whose post may already have
   reached Discord is posted with the same nonce, which Discord answers with the first post.
   Members are told: their private reply says so while its token lives, and one message per
-  channel names the others.
+  channel names the others (:mod:`bot.jobs.recovery`).
 - **Discord fails** (5xx, 429, resets): posts and edits are retried for a bounded time
   (:mod:`bot.jobs.poster`); an image is kept until Discord takes it or the time runs out.
 
@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from bot import embeds
 from bot.jobs.engines import EnginePool, EngineSlot
 from bot.jobs.model import Job, JobState
 from bot.jobs.poster import Poster, PostRefused
+from bot.jobs.recovery import Recovery
 from bot.jobs.scheduler import FairScheduler
 from bot.jobs.speed import SpeedBook
 from bot.jobs.status import FAREWELL_S, StatusBoard, status_text
@@ -191,7 +192,7 @@ class Dispatcher:
             asyncio.create_task(self._status_loop(), name="jobs-status"),
         ]
         if recovered:
-            self._spawn(self._recover(recovered), "jobs-recover")
+            self._spawn(Recovery(self).take_up(recovered), "jobs-recover")
         self._wake_up()
 
     async def close(self, *, notify_timeout: float = 5.0) -> None:
@@ -698,98 +699,3 @@ class Dispatcher:
         job.forget_token()
         if self.store is not None:
             await self.store.save(job)
-
-    # -- restart -----------------------------------------------------------------------------
-
-    async def _recover(self, jobs: Sequence[Job]) -> None:
-        """Take up the jobs a previous process left (see the module docstring)."""
-        log.info("taking up %d job(s) from before the restart", len(jobs))
-        expired: dict[tuple[int, int], list[Job]] = {}
-        for job in jobs:
-            if job.status_message_id is None:
-                job.reply_lost = True  # the process died before the private reply was sent
-            if job.state.final:
-                if not job.told:
-                    self._spawn(self._tell(job), f"jobs-tell-{job.id}")
-                continue
-            self._track(job)
-            if job.cancel_requested and job.state == JobState.QUEUED:
-                await self._finish(job, JobState.CANCELLED)
-                continue
-            if job.state == JobState.QUEUED:
-                self.scheduler.add(job)
-            else:
-                self._spawn(self._resume(job), f"jobs-resume-{job.id}")
-            if job.token_usable() and job.status_message_id is not None:
-                self.board.mark(job)
-            elif job.state in (JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING):
-                expired.setdefault((job.guild_id, job.channel_id), []).append(job)
-        self._wake_up()
-        for (guild_id, channel_id), waiting in expired.items():
-            await self.poster.notify_restart(channel_id, guild_id, waiting)
-
-    async def _resume(self, job: Job) -> None:
-        """Ask the engine that held ``job`` what became of it, and carry on from there."""
-        slot = self.pool.slot(job.engine)
-        if slot is None:
-            await self._requeue_after_restart(job)
-            return
-        deadline = time.monotonic() + self.retry_wait
-        while True:
-            try:
-                status = await asyncio.wait_for(slot.client.status(job.engine_job_id), 10)
-                break
-            except EngineError as exc:
-                if exc.code == ErrorCode.UNKNOWN_JOB:
-                    await self._requeue_after_restart(job)
-                    return
-                if exc.code != ErrorCode.ENGINE_UNAVAILABLE or time.monotonic() > deadline:
-                    await self._requeue_after_restart(job)
-                    return
-            except (TimeoutError, OSError, aiohttp.ClientError):
-                if time.monotonic() > deadline:
-                    await self._requeue_after_restart(job)
-                    return
-            await asyncio.sleep(1.0)
-        if job.state == JobState.POSTING:
-            earlier = await self.poster.find_posted(job)
-            if earlier is not None:
-                await self._posted(job, earlier)
-                return
-        if status.state == "done" or job.state == JobState.POSTING:
-            try:
-                images = [await slot.client.image(job.engine_job_id, n) for n in range(status.images)]
-            except (EngineError, OSError, aiohttp.ClientError, TimeoutError):
-                await self._requeue_after_restart(job)  # the images are gone: make them again
-                return
-            if not images:
-                await self._requeue_after_restart(job)
-                return
-            await self._post(job, images, job.seconds)
-            return
-        if status.state in ("queued", "running"):
-            slot.hand_over([job])
-            self.scheduler.active[(job.guild_id, job.user_id)] = self.scheduler.active.get((job.guild_id, job.user_id), 0) + 1
-            await self._follow(job, slot)
-            return
-        if status.state == "cancelled" or job.cancel_requested:
-            await self._finish(job, JobState.CANCELLED)
-            return
-        error = status.error or {}
-        code = error.get("code", ErrorCode.INTERNAL)
-        if code == ErrorCode.CANCELLED:  # stopped with its engine (a graceful stop of both)
-            await self._requeue_after_restart(job)
-            return
-        await self._fail_job(job, code, error.get("message", "the image could not be made"))
-
-    async def _requeue_after_restart(self, job: Job) -> None:
-        """The engine no longer knows the run: it runs again (same seed: the same image)."""
-        if job.cancel_requested:
-            await self._finish(job, JobState.CANCELLED)
-            return
-        job.state, job.engine, job.posting_at = JobState.QUEUED, None, None
-        if self.store is not None:
-            await self.store.save(job)
-        self.scheduler.add(job, front=True)
-        self.board.mark(job)
-        self._wake_up()

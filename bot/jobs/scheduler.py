@@ -212,6 +212,12 @@ class FairScheduler:
         if not users:
             del self._guilds[guild_id]
 
+    def on_engine(self, job: Job) -> None:
+        """``job`` is on an engine without having been planned here (found there after a restart)."""
+        key = (job.guild_id, job.user_id)
+        self.active[key] = self.active.get(key, 0) + 1
+        self.version += 1
+
     def left_engine(self, job: Job) -> None:
         """``job`` is no longer on an engine (finished, failed, lost)."""
         key = (job.guild_id, job.user_id)
