@@ -4,7 +4,10 @@
 ``/api/v10`` and a gateway websocket under ``/gateway``. Tests build a world (guilds, channels,
 members), act as people (slash commands, autocomplete, button clicks, modal submits: all sent
 as real INTERACTION_CREATE payloads), and read back what the bot put on the wire. Discord's rules
-are enforced server-side, as Discord does, and every refusal is recorded in ``violations``.
+are enforced server-side, as Discord does, and every refusal is recorded in ``violations``;
+rate limits included (:mod:`bot.sandbox.ratelimits`: per-route buckets, 5 messages per 5 s
+per channel, interaction-token buckets, the global limit), with ``fail``, ``reset_connections``
+and ``rate_limit`` to inject Discord's bad moments.
 
 Usage::
 
