@@ -202,7 +202,13 @@ class Actions:
             count=count,
             clip_skip=clip_skip,
         )
-        outcome = validate(request, catalog)
+        # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
+        # may (bot.sources), else validation explains who can add them.
+        fresh = await self.bot.sources.fetch_missing(interaction, request, catalog)
+        if fresh is None:
+            return False
+        outcome = validate(request, fresh)
+        catalog = fresh
         if isinstance(outcome, Rejected):
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
@@ -461,6 +467,9 @@ class Actions:
                 interaction,
                 views.LoraEditModal(lora_id=lora_id, **views.lora_edit_values(lora)),
             )
+            return
+        if action == "lookup":
+            await self.bot.sources.lookup(interaction, lora)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:

@@ -68,6 +68,8 @@ class Behaviour:
     chunk_delay: float = 0.0
     #: The name in Content-Disposition (default: the file's).
     disposition_name: str | None = None
+    #: Send the first chunk, then wait for this to be set before the rest.
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -104,6 +106,7 @@ class FakeVersion:
     status: str = "Published"
     login_required: bool = False
     images: list[dict[str, Any]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
     @property
     def air(self) -> str:
@@ -228,7 +231,7 @@ class CivitaiDouble:
         first = versions[0]
         return web.json_response({
             "id": model_id, "name": first.model_name, "type": first.model_type, "nsfw": first.nsfw,
-            "description": first.model_description,
+            "description": first.model_description, "tags": first.tags,
             "modelVersions": [self.version_json(v) for v in versions],
         })  # fmt: skip
 
@@ -287,6 +290,8 @@ class CivitaiDouble:
             await response.write(data[start : min(limit, start + step)])
             if how.chunk_delay:
                 await asyncio.sleep(how.chunk_delay)
+            if how.gate is not None:
+                await how.gate.wait()
         if how.stall_after is not None:
             await asyncio.sleep(3600)
         if how.truncate_after is not None:

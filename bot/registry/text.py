@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from bot.registry.models import ARCHITECTURES, RegistryError
 
-# Re-exported: the registry stores AIRs as sources (the grammar is bot.sources.refs's).
-from bot.sources.refs import LORA_TYPES, parse_air
+# The registry stores AIRs as sources; the grammar is bot.sources.refs's.
+from bot.sources import refs
+from bot.sources.refs import LORA_TYPES
 from bot.sources.refs import Air as Air
 
 MAX_NAME_LENGTH = 64
@@ -113,8 +114,15 @@ def clean_trigger_words(words: object) -> tuple[str, ...]:
 
 
 # --- sources: Civitai AIRs and URLs -------------------------------------------------------
-# The AIR grammar lives in bot.sources.refs (it also reads links and hashes for fetching);
-# Air and parse_air are re-exported here because the registry stores AIRs as sources.
+
+
+def parse_air(text: str) -> Air:
+    """Parse an AIR in any of Civitai's forms (see bot.sources.refs), or raise a RegistryError
+    that shows the accepted shapes."""
+    try:
+        return refs.parse_air(text)
+    except refs.SourceError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def clean_source(raw: str | None, *, kind: str, architecture: str | None) -> str | None:

@@ -184,17 +184,25 @@ def _read_file(data: dict[str, Any]) -> CivitaiFile:
 
 
 class _Text(html.parser.HTMLParser):
-    """Civitai's descriptions are HTML; the registry keeps text (stdlib's parser, no regex)."""
+    """Civitai's descriptions are HTML; the registry keeps text (stdlib's parser, no regex):
+    paragraphs and headings become blank-line separated, line breaks and list items lines."""
 
-    _BLOCKS = frozenset({"p", "br", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "hr"})
+    _PARAGRAPHS = frozenset({"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "blockquote"})
+    _LINES = frozenset({"br", "li", "tr", "hr"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in self._BLOCKS:
+        if tag in self._PARAGRAPHS:
+            self.parts.append("\n\n")
+        elif tag in self._LINES:
             self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._PARAGRAPHS:
+            self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
         self.parts.append(data)
@@ -288,10 +296,14 @@ class CivitaiClient:
             raise CivitaiError("not_found", f"Civitai model {model_id} has no published version")
         return await self.version(int(versions[0]["id"]))
 
-    async def model_description(self, model_id: int) -> str:
-        """The model page's description (versions often have none of their own); "" if unknown."""
+    async def model_details(self, model_id: int) -> tuple[str, tuple[str, ...]]:
+        """The model page's description (versions often have none of their own) and tags;
+        empty when Civitai does not answer (they are niceties, never a reason to refuse)."""
         try:
             data = await self._get(f"models/{int(model_id)}", f"model {model_id}")
         except CivitaiError:
-            return ""
-        return html_to_text(data.get("description") or "") if isinstance(data, dict) else ""
+            return "", ()
+        if not isinstance(data, dict):
+            return "", ()
+        tags = tuple(str(t).lower() for t in data.get("tags") or [] if isinstance(t, str))
+        return html_to_text(data.get("description") or ""), tags

@@ -226,7 +226,7 @@ def plan_fetch(
         )
     elif architecture not in served:
         reasons.append(
-            f"It is a {architecture_label(architecture)} {kind or 'LoRA'} (Civitai: {version.base_model}), but this "
+            f"It was made for {architecture_label(architecture)} (Civitai: {version.base_model}), but this "
             f"server's models are {', '.join(architecture_label(a) for a in served)}: on them it would do "
             f"nothing. Register a {architecture_label(architecture)} model first, or pick a version made for yours."
         )

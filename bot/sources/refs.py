@@ -19,7 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from bot.registry.models import RegistryError
+
+class SourceError(ValueError):
+    """Text that is not an AIR, a Civitai link or a hash; ``str(error)`` says what to type.
+
+    Its own class because the registry imports this module (a source is an entry's field):
+    ``bot.registry.text`` turns it into a SourceError for the registry's callers."""
+
 
 #: AIR sources: Civitai model versions, Civitai's R2 file assets, Hugging Face, the orchestrator.
 SOURCES = ("civitai", "civitai-r2", "huggingface", "orchestrator")
@@ -64,10 +70,10 @@ ACCEPTED_SHAPES = (
     "• a file hash: SHA256 (64 hex digits) or AutoV2 (10 hex digits)"
 )
 
-_CIVITAI_TAIL = re.compile(r"^(?P<id>\d{1,12})(?:@(?P<version>\d{1,12}))?(?:\+(?P<file>\d{1,12}))?(?:\.(?P<format>[a-z0-9_-]{1,32}))?$", re.I)  # fmt: skip
+_CIVITAI_TAIL = re.compile(r"^(?P<id>\d{1,12})(?:@(?P<version>\d{1,12}))?(?:\+(?P<file>\d{1,12}))?(?:\.(?P<format>[a-z][a-z0-9_-]{0,31}))?$", re.I)  # fmt: skip
 _OTHER_TAIL = re.compile(
     r"^(?P<id>[A-Za-z0-9_\-/.]+?)(?:@(?P<version>[A-Za-z0-9_\-/.=,%]+?))?(?:\+(?P<file>\d{1,12}))?"
-    r"(?:\.(?P<format>[A-Za-z0-9_-]{1,32}))?$"
+    r"(?:\.(?P<format>[A-Za-z][A-Za-z0-9_-]{0,31}))?$"
 )
 _HASH = re.compile(r"^[0-9a-fA-F]+$")
 #: Hash lengths Civitai's by-hash endpoint answers: CRC32, AutoV2, AutoV3, SHA256 (or BLAKE3).
@@ -76,9 +82,9 @@ CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com", "civitai.red", "www
 _MAX_REF_LENGTH = 1_000
 
 
-def _refuse(text: str, why: str) -> RegistryError:
+def _refuse(text: str, why: str) -> SourceError:
     shown = text if len(text) <= 120 else text[:119] + "…"
-    return RegistryError(f"`{shown}` is not {why}. {ACCEPTED_SHAPES}")
+    return SourceError(f"`{shown}` is not {why}. {ACCEPTED_SHAPES}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,7 @@ def _strip_prefixes(text: str) -> str:
 
 
 def parse_air(text: str) -> Air:
-    """Parse an AIR in any of the spec's forms, or raise a RegistryError showing the shapes."""
+    """Parse an AIR in any of the spec's forms, or raise a SourceError showing the shapes."""
     raw = text.strip()
     if not raw or len(raw) > _MAX_REF_LENGTH:
         raise _refuse(raw, "a valid AIR")
@@ -168,12 +174,12 @@ def parse_air(text: str) -> Air:
         else:
             ecosystem = head[0]
     if ecosystem is not None and ecosystem not in ECOSYSTEM_ARCHITECTURES:
-        raise RegistryError(
+        raise SourceError(
             f"Unknown AIR ecosystem `{ecosystem}` in `{raw[:120]}`; Civitai's include "
             "sd1, sdxl, pony, illustrious, noobai, flux1, sd3 and other."
         )
     if kind is not None and kind not in TYPES:
-        raise RegistryError(f"Unknown AIR type `{kind}` in `{raw[:120]}`; use one of {', '.join(TYPES[:10])}…")
+        raise SourceError(f"Unknown AIR type `{kind}` in `{raw[:120]}`; use one of {', '.join(TYPES[:10])}…")
     tail = ":".join(parts[at + 1 :])
     pattern = _CIVITAI_TAIL if source in CIVITAI_SOURCES else _OTHER_TAIL
     match = pattern.match(tail)
@@ -194,7 +200,7 @@ def looks_like_air(text: str) -> bool:
         return False
     try:
         parse_air(text)
-    except RegistryError:
+    except SourceError:
         return False
     return True
 
@@ -240,9 +246,9 @@ def parse_source(text: str) -> SourceRef:
     """An AIR, a Civitai link or a file hash, as something Civitai's API can be asked about."""
     raw = (text or "").strip()
     if not raw:
-        raise RegistryError(f"No source was given. {ACCEPTED_SHAPES}")
+        raise SourceError(f"No source was given. {ACCEPTED_SHAPES}")
     if len(raw) > _MAX_REF_LENGTH:
-        raise RegistryError(f"The source is longer than {_MAX_REF_LENGTH} characters. {ACCEPTED_SHAPES}")
+        raise SourceError(f"The source is longer than {_MAX_REF_LENGTH} characters. {ACCEPTED_SHAPES}")
     if _HASH.match(raw):
         if len(raw) not in HASH_LENGTHS:
             raise _refuse(raw, f"a file hash ({len(raw)} hex digits; SHA256 has 64, AutoV2 10)")
@@ -251,12 +257,12 @@ def parse_source(text: str) -> SourceRef:
         return _parse_link(raw)
     air = parse_air(raw)
     if not air.is_civitai:
-        raise RegistryError(
+        raise SourceError(
             f"`{raw[:120]}` is a {air.source} AIR; only Civitai model versions (`civitai:ID@VERSION`) "
             "can be fetched. Download the file yourself and register it with `file`."
         )
     if air.type is not None and air.type not in LORA_TYPES | {"embedding"}:
-        raise RegistryError(
+        raise SourceError(
             f"`{raw[:120]}` names a {air.type}, not a LoRA or an embedding; `/lora add` fetches "
             "LoRAs (LoRA, LoCon, DoRA) and textual-inversion embeddings only."
         )
