@@ -23,6 +23,7 @@ from bot.dispatch import Job, QueueFull
 from bot.recipe_text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
+from bot.sources.refs import split_inline_air
 from engine.protocol import EngineError, Recipe
 
 if TYPE_CHECKING:
@@ -84,6 +85,10 @@ def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
             continue
         if line.lower().startswith("lora:"):
             line = line[5:]
+        air = split_inline_air(line)  # civitai:120096@135931[:0.7]
+        if air is not None:
+            slots.append((air[0], air[1] or None))
+            continue
         name, sep, weight = line.rpartition(":")
         if not sep:
             name, weight = line, ""

@@ -305,3 +305,17 @@ def test_civitai_answers_are_read_field_by_field() -> None:
     assert version.trained_words == ("a", "b") and version.nsfw and version.preview() == "https://image.civitai.com/y.jpeg"
     assert version.description == "Line one\ntwo & three\n\nNext"
     assert html_to_text("<p>" + "x" * 3000 + "</p>", limit=100).endswith("…")
+
+
+def test_production_code_never_imports_the_test_doubles() -> None:
+    """The Civitai double (and everything else in tests/) stays out of bot/ and engine/."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [*root.joinpath("bot").rglob("*.py"), *root.joinpath("engine").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert offenders == []
