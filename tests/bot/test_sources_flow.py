@@ -214,6 +214,9 @@ async def test_an_admin_adds_a_lora_by_air_and_a_member_uses_it_by_air(
         # Asked again (by its link this time): it is registered already, nothing is downloaded.
         again = await add_source(world, world.admin, "https://civitai.com/models/120096?modelVersionId=135931")
         assert "has it already" in await final_text(again) and civitai.downloads[file.id] == 1
+        by_hash = await add_source(world, world.admin, file.hashes["AutoV2"])
+        assert "the LoRA **Pixel Quest**" in await final_text(by_hash) and civitai.downloads[file.id] == 1
+        assert any(path.startswith(f"/api/v1/model-versions/by-hash/{file.hashes['AutoV2']}") for path, _ in civitai.requests)
 
 
 async def test_two_servers_fetching_one_version_download_it_once_and_jobs_go_on(

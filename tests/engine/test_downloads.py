@@ -273,3 +273,19 @@ async def test_the_download_routes_through_the_engine_api(
     finally:
         await server.close()
     assert os.listdir(root) == ["civitai"]
+
+
+def test_downloads_are_off_unless_the_operator_turns_them_on(tmp_path: Path) -> None:
+    from engine.config import parse_serve_args
+    from engine.downloads import DEFAULT_DOWNLOAD_HOSTS
+
+    folders = ["--models", str(tmp_path), "--loras", str(tmp_path)]
+    env = {"ATELIER_ENGINE_TOKEN": "engine-token-0123456789"}
+    off = parse_serve_args(folders, env)
+    assert not off.allow_downloads and off.download_hosts == DEFAULT_DOWNLOAD_HOSTS
+    on = parse_serve_args([*folders, "--allow-downloads", "--download-hosts", "http://127.0.0.1, civitai.com"], env)
+    assert on.allow_downloads and on.download_hosts == ("http://127.0.0.1", "civitai.com")
+    by_env = parse_serve_args(folders, {**env, "ATELIER_ENGINE_ALLOW_DOWNLOADS": "true"})
+    assert by_env.allow_downloads
+    with pytest.raises(ValueError, match="true or false"):
+        parse_serve_args(folders, {**env, "ATELIER_ENGINE_ALLOW_DOWNLOADS": "maybe"})

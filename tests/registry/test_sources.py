@@ -319,3 +319,47 @@ def test_production_code_never_imports_the_test_doubles() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(root)}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
     assert offenders == []
+
+
+def test_the_operator_decides_who_fetches_and_where_files_go() -> None:
+    from bot.access import AccessPolicy
+    from bot.sources.civitai import CivitaiClient
+    from bot.sources.fetcher import Fetcher, FetchSettings
+
+    policy = AccessPolicy.from_config(shares={"1": ["model:base/", "community-a/"], "2": ["lora:one.safetensors"], "*": ["shared/"]})
+
+    def fetcher(**settings: Any) -> Fetcher:
+        return Fetcher(registry=None, engine=None, civitai=CivitaiClient(), access=lambda: policy, settings=FetchSettings(**settings))
+
+    assert "off on this bot" in (fetcher().refusal(1) or "")
+    on = fetcher(enabled=True, guilds=frozenset({1, 2}))
+    assert on.refusal(1) is None and on.folder(1) == "community-a/civitai"
+    assert "no folder" in (on.refusal(2) or "")  # a share of single files: nothing fetched would stay visible
+    assert "not allowed this server" in (on.refusal(3) or "")
+    assert fetcher(enabled=True).folder(3) == "shared/civitai"
+    assert Fetcher(registry=None, engine=None, civitai=CivitaiClient(), access=AccessPolicy, settings=FetchSettings(enabled=True)).folder(9) == "civitai"
+    assert "sekrit" not in repr(FetchSettings(token="sekrit")) and "sekrit" not in repr(CivitaiClient(token="sekrit"))
+
+
+def test_fetching_configuration() -> None:
+    from bot.config import BotConfig, ConfigError
+
+    config = BotConfig.load(env={
+        "ATELIER_CIVITAI_FETCH": "yes", "ATELIER_CIVITAI_FETCH_GUILDS": "11, 22", "ATELIER_CIVITAI_TOKEN": "sekrit-key",
+        "ATELIER_CIVITAI_MAX_FILE_SIZE": "500MB", "ATELIER_CIVITAI_GUILD_QUOTA": "1GiB",
+        "ATELIER_CIVITAI_DOWNLOAD_HOSTS": "civitai.com, *.r2.cloudflarestorage.com",
+    })  # fmt: skip
+    assert config.civitai_fetch and config.civitai_fetch_guilds == (11, 22)
+    assert (config.civitai_max_file_size, config.civitai_guild_quota) == (500_000_000, 1024**3)
+    assert config.civitai_download_hosts == ("civitai.com", "*.r2.cloudflarestorage.com")
+    assert "sekrit-key" not in repr(config)
+    defaults = BotConfig.load(env={})
+    assert not defaults.civitai_fetch and defaults.civitai_url == "https://civitai.com" and "civitai.com" in defaults.civitai_download_hosts
+    for env, needle in [
+        ({"ATELIER_CIVITAI_MAX_FILE_SIZE": "huge"}, "civitai_max_file_size"),
+        ({"ATELIER_CIVITAI_STALL_TIMEOUT": "0"}, "above zero"),
+        ({"ATELIER_CIVITAI_URL": "ftp://mirror"}, r"an http\(s\) address"),
+        ({"ATELIER_CIVITAI_FOLDER": "../outside"}, "inside the LoRA folder"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            BotConfig.load(env=env)
