@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,11 +30,10 @@ from engine.downloads import TEMP_PREFIX
 from tests.bot.conftest import (
     FAST,
     World,
-    free_port,
+    engine_subprocess,
     make_bot,
     png_parameters,
     seed_registry,
-    wait_healthy,
 )
 from tests.bot.test_imagine_flow import is_result
 from tests.civitai_double import (
@@ -65,26 +61,10 @@ def fetch_engine(demo_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.mktemp("fetch-engine")
     lora_root = base / "loras"
     shutil.copytree(demo_assets.lora_root, lora_root)
-    port = free_port()
     log = base / "engine.log"
-    command = [
-        sys.executable, "-m", "engine", "serve", "--models", str(demo_assets.model_root), "--loras", str(lora_root),
-        "--host", "127.0.0.1", "--port", str(port), "--allow-downloads", "--download-hosts", "http://127.0.0.1",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
+    downloads = ("--allow-downloads", "--download-hosts", "http://127.0.0.1")
+    with engine_subprocess(demo_assets, log, *downloads, lora_root=lora_root) as url:
         yield FetchEngine(url, lora_root)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert CIVITAI_TOKEN not in log.read_text(errors="replace")  # never logged
 
 
