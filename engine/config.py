@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.auth import check_token
+from engine.downloads import DEFAULT_DOWNLOAD_HOSTS
 
 ENV_PREFIX = "ATELIER_ENGINE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -52,6 +53,10 @@ class EngineConfig:
     #: The shared secret every request must carry (see engine.auth). Kept out of repr so
     #: that printing or logging the config never shows it.
     token: str = dataclasses.field(default="", repr=False)
+    #: Fetch files into the LoRA folder when the bot asks (``POST /downloads``); off by default.
+    allow_downloads: bool = False
+    #: Hosts downloads and their redirects may come from (``http://host`` also allows http).
+    download_hosts: tuple[str, ...] = DEFAULT_DOWNLOAD_HOSTS
 
     @property
     def address(self) -> str:
@@ -69,6 +74,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-loras", type=int, help="LoRAs kept loaded (default 8)")
     parser.add_argument("--cache-bytes", help="bytes of LoRAs kept loaded (default 2GiB)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument(
+        "--allow-downloads",
+        action="store_true",
+        default=None,
+        help="let the bot have files fetched into the LoRA folder (Civitai LoRAs); off by default",
+    )
+    parser.add_argument(
+        "--download-hosts",
+        help="comma-separated hosts downloads may come from, e.g. civitai.com,*.civitai.com "
+        "(default: Civitai and its storage hosts); write http://host to allow plain http",
+    )
     # No --token flag: a command line is visible to every user of the machine (ps).
     parser.add_argument(
         "--token-file",
@@ -118,7 +134,27 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
         cache_loras=cache_loras,
         cache_bytes=parse_size(pick("cache_bytes") or "2GiB"),
         log_level=(pick("log_level") or "INFO").upper(),
+        allow_downloads=_flag(pick("allow_downloads")),
+        download_hosts=_hosts(pick("download_hosts")),
     )
+
+
+def _flag(text: str | None) -> bool:
+    value = (text or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"--allow-downloads (ATELIER_ENGINE_ALLOW_DOWNLOADS) must be true or false, not {text!r}")
+
+
+def _hosts(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return DEFAULT_DOWNLOAD_HOSTS
+    hosts = tuple(h.strip() for h in text.split(",") if h.strip())
+    if not hosts:
+        raise ValueError("--download-hosts is empty; leave it out for Civitai's hosts, or list some")
+    return hosts
 
 
 def _token(token_file: str | None, env: Mapping[str, str]) -> str:
