@@ -205,9 +205,11 @@ class Dispatcher:
         running = [*self._loops, *self._tasks]
         for task in running:
             task.cancel()
-        for task in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if running:
+            # Bounded: a task that swallows its cancellation must not hold the shutdown forever.
+            _, stuck = await asyncio.wait(running, timeout=notify_timeout)
+            for task in stuck:
+                log.error("job task %s did not stop within %.0f s of being cancelled", task.get_name(), notify_timeout)
         waiting = [job for job in self.jobs.values() if not job.state.final and job.token_usable()]
         text = "⏸️ The bot is restarting. Your request is kept and runs when it is back."
         if waiting:

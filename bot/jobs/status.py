@@ -169,11 +169,9 @@ class StatusBoard:
         if entry.task is not None and not entry.task.done():
             if not entry.sending:
                 entry.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await entry.task
-            else:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await entry.task
+            # asyncio.wait, not ``await task`` under suppress(CancelledError): that would also
+            # swallow the cancellation of the job's own task, which then never stops.
+            await asyncio.wait([entry.task])
         if entry.dirty and not entry.dead:
             await self._flush(job, entry, text=text)
         self._entries.pop(job.id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -117,3 +118,20 @@ async def test_after_a_restart_members_whose_reply_expired_are_told_in_one_chann
     assert sorted(int(m.embeds[0]["fields"][1]["value"]) for m in results) == [60, 61, 62, 63]
     assert all(job.state == JobState.DONE for job in await store.recent_speeds(limit=4))
     assert [v for v in world.double.violations if v.kind != "interaction_token_expired"] == []
+
+
+async def test_a_stop_while_the_final_status_edit_is_rate_limited_does_not_hang(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every edit of the private reply is answered 429 with a long retry_after, so discord.py
+    # sleeps in each one: the job finishes with its last status edit still waiting.
+    double = world.double
+    double.rate_limit("PATCH /webhooks/*", count=1000, retry_after=600)
+    handle = await double.slash(world.alice, world.channel, "imagine", {**FAST, "prompt": "stopped mid-edit"})
+    assert await handle.wait_response(3) == 5
+    await double.wait_for_message(world.channel, is_result, within=90)
+    await asyncio.sleep(0.5)  # the job's task is now in its final status edit
+    started = time.monotonic()
+    await asyncio.wait_for(world.bot.close(), 30)  # before the fix: forever (the cancel was swallowed)
+    assert time.monotonic() - started < 15
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()]

@@ -204,7 +204,9 @@ async def test_two_servers_fetching_one_version_download_it_once_and_jobs_go_on(
 ) -> None:
     gate = asyncio.Event()
     version = civitai.add(pixel_quest(demo_assets, 200001, behaviour=Behaviour(gate=gate)))
-    async with studio(fetch_engine, demo_assets, civitai, tmp_path, guilds=2) as (world, servers):
+    # The download is held open while an image is made: the stall limit must outlast that job
+    # (a first job on a loaded 2-core machine can take well over the usual 5 s).
+    async with studio(fetch_engine, demo_assets, civitai, tmp_path, guilds=2, stall_s=120.0) as (world, servers):
         (_, _, first_admin), (second_guild, second_channel, second_admin) = servers
         first = await add_source(world, first_admin, "urn:air:sd1:lora:civitai:120096@200001")
         second = await add_source(world, second_admin, "civitai:120096@200001", channel=second_channel)
