@@ -255,6 +255,7 @@ class JobManager:
             total_steps=job.total_steps,
             images=len(job.images),
             error=job.error,
+            seconds=next((e.get("seconds") for e in reversed(job.events) if e["type"] == "done"), None),
         )
 
     def _emit(self, job: Job, event: dict[str, Any]) -> None:

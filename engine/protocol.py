@@ -267,6 +267,8 @@ class JobStatus:
     total_steps: int = 0
     images: int = 0
     error: dict[str, str] | None = None
+    #: The run's seconds once done, so a bot that restarted meanwhile still learns them.
+    seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

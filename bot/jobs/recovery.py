@@ -99,7 +99,7 @@ class Recovery:
             if not images:
                 await self.requeue(job)
                 return
-            await d._post(job, images, job.seconds)
+            await d._post(job, images, status.seconds or job.seconds)
             return
         if status.state in ("queued", "running"):
             slot.hand_over([job])

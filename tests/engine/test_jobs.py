@@ -113,7 +113,11 @@ async def test_the_same_id_twice_runs_once_and_answers_the_existing_status(
     again = manager.submit("job-1", recipe("a different recipe"))
     assert again.id == first.id
     events = await collect(manager, "job-1")
-    assert manager.submit("job-1", recipe("first")).state == "done"
+    status = manager.submit("job-1", recipe("first"))
+    assert status.state == "done"
+    # Its seconds, for a bot that restarted while it ran and so never saw the "done" event.
+    assert status.seconds is not None and status.seconds == events[-1]["seconds"]
+    assert manager.status("job-1").seconds == status.seconds
     await asyncio.sleep(0)
     assert runner.prompts == ["first"]
     assert [e["type"] for e in events].count("done") == 1
