@@ -28,10 +28,15 @@ from typing import Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.component_configs import (  # config_sidecar is also used from here by tests
+    config_sidecar,
+    shipped_configs,
+    write_config_folder,
+)
+
 #: Bump when the files the builder writes change, so old builds are rebuilt.
 BUILD_VERSION = 7
 STAMP_FILE = "atelier-build.json"
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
 
 #: SAI model-spec architecture names (what kohya's sd-scripts writes), per architecture.
@@ -77,12 +82,6 @@ class DemoAssets:
 # Configs
 
 
-def _read_config(arch: str, component: str) -> dict[str, Any]:
-    path = CONFIG_ROOT / arch / component
-    path = path / "scheduler_config.json" if component == "scheduler" else path / "config.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _tiny_text_encoder(*, pad_token_id: int, projection: bool = False) -> dict[str, Any]:
     """Tiny CLIP text encoders; SDXL's second is wider than its first, as in the real model
     (diffusers' single-file loader tells the two apart by their widths)."""
@@ -123,9 +122,7 @@ _TINY_UNET_COMMON = {
 
 def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
     """The config of every component (the real one, or its tiny variant)."""
-    configs = {c: _read_config(arch, c) for c in ("scheduler", "unet", "vae", "text_encoder")}
-    if arch == "sdxl":
-        configs["text_encoder_2"] = _read_config(arch, "text_encoder_2")
+    configs = shipped_configs(arch)
     if size == "full":
         return configs
     configs["vae"].update(_TINY_VAE)
@@ -145,23 +142,6 @@ def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
         configs["text_encoder"] = _tiny_text_encoder(pad_token_id=49407)
         configs["text_encoder_2"] = _tiny_text_encoder(pad_token_id=0, projection=True)
     return configs
-
-
-def write_config_folder(folder: Path, arch: str, configs: dict[str, dict[str, Any]]) -> Path:
-    """A diffusers pipeline folder without weights: what ``from_single_file(config=...)`` reads."""
-    from engine.tokenizer import write_tokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(CONFIG_ROOT / arch / "model_index.json", folder / "model_index.json")
-    for component, config in configs.items():
-        sub = folder / component
-        sub.mkdir(exist_ok=True)
-        name = "scheduler_config.json" if component == "scheduler" else "config.json"
-        (sub / name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    write_tokenizer(folder / "tokenizer")
-    if arch == "sdxl":
-        write_tokenizer(folder / "tokenizer_2", pad_token="!")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,11 +364,6 @@ def save_diffusers_folder(components: dict[str, Any], folder: Path, arch: str, s
     write_config_folder(folder, arch, component_configs(arch, size))
     for name, module in components.items():
         module.save_pretrained(str(folder / name), safe_serialization=True)
-
-
-def config_sidecar(checkpoint: Path) -> Path:
-    """Where a single-file checkpoint's own configs live (hidden, so listings skip it)."""
-    return checkpoint.with_name(f".{checkpoint.name}.config")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``from_single_file`` normally fetches component configs from the Hub. The engine never goes
 online, so it always passes a local config folder: the checkpoint's own sidecar
 (``.<file>.config/``, written by the builder for its tiny models) or the real configs shipped
-in ``data/configs/<arch>``. Only safetensors are ever read: pickles are refused by name before
+in ``data/configs/<arch>`` (read by :mod:`engine.component_configs`). Only safetensors are ever read: pickles are refused by name before
 any loader sees them.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.builder import component_configs, config_sidecar, write_config_folder
+from engine.component_configs import config_sidecar, shipped_configs, write_config_folder
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode, architecture_label
 
@@ -46,7 +46,7 @@ def shipped_config(arch: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        write_config_folder(staging, arch, component_configs(arch, "full"))
+        write_config_folder(staging, arch, shipped_configs(arch))
         staging.rename(folder)
     except OSError:
         if not folder.is_dir():  # not just another writer finishing first
