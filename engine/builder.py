@@ -33,6 +33,7 @@ from engine.component_configs import (  # config_sidecar is also used from here 
     shipped_configs,
     write_config_folder,
 )
+from engine.loras.keys import unet_module_to_ldm
 
 #: Bump when the files the builder writes change, so old builds are rebuilt.
 BUILD_VERSION = 7
@@ -236,59 +237,6 @@ def _vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
             new = new.replace(f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{ldm}.upsample.")
         out["first_stage_model." + new] = tensor
     return out
-
-
-_RESNET_TO_LDM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_UNET_TOP_TO_LDM = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-
-
-def unet_module_to_ldm(module: str, config: dict[str, Any]) -> str:
-    """A diffusers UNet module path -> its original (ldm/sgm) path, e.g. for kohya SDXL keys."""
-    layers = config["layers_per_block"]
-    parts = module.split(".")
-    if module in _UNET_TOP_TO_LDM:
-        return _UNET_TOP_TO_LDM[module]
-    head = parts[0]
-    if head == "down_blocks":
-        block, kind, index = int(parts[1]), parts[2], int(parts[3])
-        rest = parts[4:]
-        if kind == "downsamplers":
-            prefix = f"input_blocks.{(block + 1) * (layers + 1)}.0"
-            rest = ["op"] + rest[1:]
-        else:
-            prefix = f"input_blocks.{block * (layers + 1) + index + 1}.{0 if kind == 'resnets' else 1}"
-    elif head == "mid_block":
-        kind, index = parts[1], int(parts[2])
-        rest = parts[3:]
-        prefix = f"middle_block.{2 * index if kind == 'resnets' else 1}"
-    elif head == "up_blocks":
-        block, kind, index = int(parts[1]), parts[2], int(parts[3])
-        rest = parts[4:]
-        if kind == "upsamplers":
-            has_attention = "CrossAttn" in config["up_block_types"][block]
-            prefix = f"output_blocks.{block * (layers + 1) + layers}.{2 if has_attention else 1}"
-        else:
-            prefix = f"output_blocks.{block * (layers + 1) + index}.{0 if kind == 'resnets' else 1}"
-    else:
-        raise ValueError(f"no ldm name for UNet module {module!r}")
-    if parts[2:3] == ["resnets"] or parts[1:2] == ["resnets"]:
-        rest = [_RESNET_TO_LDM.get(rest[0], rest[0])] + rest[1:]
-    return ".".join([prefix, *rest])
 
 
 def _unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

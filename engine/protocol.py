@@ -53,6 +53,8 @@ class ErrorCode(enum.StrEnum):
     LORA_NO_MATCH = "lora_no_match"
     UNKNOWN_FILE = "unknown_file"
     CORRUPT_FILE = "corrupt_file"
+    #: A valid LoRA-like file in a format the engine cannot apply (the message names it).
+    UNSUPPORTED_FORMAT = "unsupported_format"
     NOT_SAFETENSORS = "not_safetensors"
     OUTSIDE_FOLDER = "outside_folder"
     INVALID_RECIPE = "invalid_recipe"
@@ -119,6 +121,8 @@ class Recipe:
     count: int = 1
     #: Display name of the model (defaults to the file name).
     model_name: str = ""
+    #: A VAE ``.safetensors`` file relative to the model folder; empty: the model's own VAE.
+    vae: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -206,7 +210,9 @@ class JobStatus:
 #   {"type": "started",  "job": id}
 #   {"type": "progress", "job": id, "step": int, "total": int}   # total = steps * count
 #   {"type": "done",     "job": id, "images": int, "seconds": float,
-#                        "timings": {"prepare": s, "denoise": s, "total": s}}
+#                        "timings": {"prepare": s, "denoise": s, "total": s, ...}}
+#     timings may also carry text: "lora_path" ("patched"/"unfused") and "lora_path_reason",
+#     "model_source" ("cached"/"host"/"disk"); and counts: "batch_images", "batch_jobs".
 #   {"type": "failed",   "job": id, "error": {"code": str, "message": str}}
 #   {"type": "heartbeat", "job": id}   # after HEARTBEAT_INTERVAL s without another event; liveness only
 # A cancelled job ends with "failed" and code "cancelled".
