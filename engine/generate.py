@@ -116,6 +116,12 @@ class Generator:
         self._last_model: CachedModel | None = None
         self._last_model_name: str | None = None
 
+    @property
+    def current(self) -> CachedModel | None:
+        """The model the last job used, while the cache still holds it."""
+        model = self._last_model
+        return model if model is not None and self.models.holds(model.key) else None
+
     # -- inspection -------------------------------------------------------------------------
 
     def inspect(self, path: Path) -> FileInfo:
@@ -266,7 +272,10 @@ class Generator:
             check_architecture(lora, entry.arch, model_name)
         self._use_vae(entry, vae_path, vae_info)
         lora_started = time.perf_counter()
-        entries = [StackEntry(self._bound(entry, lora, model_name), float(lora.ref.weight)) for lora in stack]
+        in_use = {lora.info.sha256 for lora in stack}
+        entries = [
+            StackEntry(self._bound(entry, lora, model_name, in_use), float(lora.ref.weight)) for lora in stack
+        ]
         read_s = time.perf_counter() - lora_started
         total_images = sum(r.count for r in recipes)
         decision, apply_s = self._apply_stack(entry, entries, first, total_images)
@@ -312,16 +321,15 @@ class Generator:
 
     # -- the pieces of a job ----------------------------------------------------------------
 
-    def _bound(self, entry: CachedModel, lora: ResolvedLora, model_name: str) -> BoundLora:
+    def _bound(self, entry: CachedModel, lora: ResolvedLora, model_name: str, in_use: set[str]) -> BoundLora:
         sha = lora.info.sha256
         bound = entry.bound.get(sha)
-        if bound is None or not self.loras.holds(sha):
-            keep = set(entry.bound)
-            parsed = self.loras.get(lora, keep=keep)
+        if bound is None or not self.loras.touch(sha):
+            parsed = self.loras.get(lora, keep=in_use)
             bound = bind(parsed, entry.patcher.index, model_name=model_name, model_arch=entry.arch)
             entry.bound[sha] = bound
         # Bound files the LoRA cache has evicted would keep their tensors alive here.
-        for stale in [s for s in entry.bound if s != sha and not self.loras.holds(s)]:
+        for stale in [s for s in entry.bound if s not in in_use and not self.loras.holds(s)]:
             del entry.bound[stale]
         return bound
 
@@ -502,7 +510,7 @@ class Generator:
                 memory["device_total_bytes"] = total
         except Exception:
             pass
-        current = self._last_model if self._last_model is not None and self.models.holds(self._last_model.key) else None
+        current = self.current
         # Health answers from the server's thread while a job may be loading or evicting:
         # list() copies the entries in one C call, so a concurrent change cannot break it.
         cached = list(self.loras.entries.values())

@@ -88,6 +88,14 @@ class LoraCache:
     def holds(self, sha256: str) -> bool:
         return sha256 in self.entries
 
+    def touch(self, sha256: str) -> bool:
+        """Mark a cached file as just used (LRU); False if it is not cached."""
+        with self._lock:
+            if sha256 not in self.entries:
+                return False
+            self.entries.move_to_end(sha256)
+            return True
+
     def get(self, lora: ResolvedLora, *, keep: set[str] = frozenset()) -> LoraFile:  # type: ignore[assignment]
         """The parsed file, read now unless cached or being prefetched (then waited for)."""
         sha = lora.info.sha256

@@ -220,7 +220,7 @@ class ModuleIndex:
             if model is None:
                 continue
             names: dict[str, Layer] = {}
-            config = dict(model.config) if component == "unet" else None
+            config = dict(getattr(model, "config", None) or {}) if component == "unet" else None
             for name, module in _patchable(model):
                 layer = Layer(component, name, module)
                 aliases = {name}

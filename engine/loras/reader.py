@@ -153,7 +153,7 @@ def bind(lora: LoraFile, index: ModuleIndex, *, model_name: str, model_arch: str
             continue
         targets.append((layer, delta))
     label = architecture_label(model_arch)
-    if misfit is not None and len(targets) < unmatched:
+    if misfit is not None:  # as diffusers: one layer of the wrong shape is the wrong model
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,
             f"LoRA '{lora.label}' does not fit the model '{model_name}' ({label}): its layer "
