@@ -243,7 +243,6 @@ class JobManager:
         return {
             "queued": len(self._queue),
             "running": self.running.id if self.running else None,
-            "running_batch": [job.id for job in self.running_batch],
             "completed": self.completed,
         }
 

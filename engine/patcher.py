@@ -256,7 +256,7 @@ class WeightPatcher:
             if delta_bias is not None:
                 change = delta_bias.to(live.device) * weight
                 bias_change = change if bias_change is None else bias_change + change
-        if clean_bias is not None:
+        if clean_bias is not None:  # (a Δbias for a layer without a bias has nowhere to go)
             layer.module.bias.copy_(clean_bias, non_blocking=True)
             if bias_change is not None:
                 layer.module.bias.add_(bias_change.to(layer.module.bias.dtype))

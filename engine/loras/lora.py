@@ -22,8 +22,9 @@ class LoraDelta(LayerDelta):
         self.mid = tensors.get("mid")
         self.rank = int(self.down.shape[0])
         self.scale = alpha_scale(tensors.get("alpha"), self.rank)
-        self.is_conv = self.down.dim() == 4
-        self.format = "locon" if self.is_conv or self.mid is not None else "lora"
+        # kohya's plain LoRA already covers 1x1 convs; a kernel (or a Tucker core) is LoCon.
+        kernel = tuple(self.down.shape[2:]) if self.mid is None else tuple(self.mid.shape[2:])
+        self.format = "locon" if any(k != 1 for k in kernel) else "lora"
 
     def out_in(self) -> tuple[int, int] | None:
         out = int(self.up.shape[0])

@@ -7,6 +7,7 @@ another job denoises. Binding it to a loaded model (:func:`bind`) is a dictionar
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,7 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
     unparsed: list[str] = []
     try:
         with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
             keys = list(handle.keys())
             for key in keys:
                 if key.startswith(BUNDLE_PREFIX):
@@ -95,8 +97,11 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
                 groups[(parts.component, parts.flat_module)][parts.role] = handle.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise EngineError(ErrorCode.CORRUPT_FILE, f"could not read LoRA '{label}': {exc}") from exc
+    alphas = _adapter_alphas(metadata)
     layers: dict[tuple[str | None, str], LayerDelta] = {}
     for where, roles in groups.items():
+        if "alpha" not in roles and where[0] in alphas and "down" in roles:
+            roles["alpha"] = _pattern_alpha(alphas[where[0]], where[1], int(roles["down"].shape[0]))
         try:
             delta = _delta_for(roles)
         except (KeyError, IndexError, RuntimeError, AttributeError) as exc:
@@ -122,6 +127,37 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
         embeddings=dict(embeddings),
         nbytes=sum(delta.nbytes for delta in layers.values()),
     )
+
+
+def _adapter_alphas(metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """diffusers' ``lora_adapter_metadata``: each component's PEFT LoraConfig (r, lora_alpha,
+    rank_pattern, alpha_pattern). Without it a diffusers file means scale 1 (alpha = rank)."""
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        configs = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(configs, dict):
+        return {}
+    return {component: config for component, config in configs.items() if isinstance(config, dict)}
+
+
+def _pattern_alpha(config: dict[str, Any], flat_module: str, rank: int) -> Any:
+    """PEFT's scaling alpha/r for one layer, written as an alpha for this layer's rank."""
+    import torch
+
+    alpha = float(config.get("lora_alpha", rank))
+    r = float(config.get("r", rank))
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if flat_module.endswith(pattern.replace(".", "_")):
+            alpha = float(value)
+    for pattern, value in (config.get("rank_pattern") or {}).items():
+        if flat_module.endswith(pattern.replace(".", "_")):
+            r = float(value)
+    scale = alpha / (r**0.5 if config.get("use_rslora") else r)
+    return torch.tensor(scale * rank)
 
 
 @dataclass

@@ -96,7 +96,11 @@ async def test_a_job_runs_end_to_end_with_a_lora_and_the_png_carries_its_recipe(
     kinds = [e["type"] for e in events]
     assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
     progress = [e for e in events if e["type"] == "progress"]
-    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["total"] == 4
+    # the two images run in one batched call: 2 image-steps per denoising step
+    assert [e["step"] for e in progress] == [2, 4] and progress[-1]["total"] == 4
+    done = events[-1]
+    assert done["timings"]["batch_images"] == 2 and done["timings"]["lora_path"] in ("patched", "unfused")
+    assert isinstance(done["timings"]["lora_path_reason"], str)
     assert len(images) == 2 and images[0] != images[1]  # seeds 42 and 43
     picture = Image.open(io.BytesIO(images[0]))
     assert picture.format == "PNG" and picture.size == (64, 64)
