@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from engine.jobs import batch_key
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
 from engine.loras.reader import BoundLora, bind
 from engine.model_cache import CachedModel, ModelCache
-from engine.patcher import MODES, PATCHED, StackEntry, stack_key, stack_work
+from engine.patcher import MODES, PATCHED, UNFUSED, StackEntry, StackWork, stack_key, stack_work
 from engine.paths import resolve_within
 from engine.pipelines import load_pipeline, load_vae
 from engine.png_metadata import a1111_parameters, model_display_name, write_png
@@ -113,6 +113,9 @@ class Generator:
         self._info_cache: dict[tuple[str, tuple[tuple[str, int, int], ...]], FileInfo] = {}
         self._info_lock = threading.Lock()
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-prefetch")
+        #: (model, latent pixels, UNet rows) -> seconds per model call at base speed (plain or
+        #: patched jobs); an unfused job's extra time over it corrects the cost model.
+        self._call_seconds: dict[tuple[str, int, int], float] = {}
         self._last_model: CachedModel | None = None
         self._last_model_name: str | None = None
 
@@ -170,11 +173,12 @@ class Generator:
             pipe.unet = torch.compile(pipe.unet)
         return pipe, arch
 
-    def prefetch(self, recipe: Recipe) -> None:
+    def prefetch(self, recipe: Recipe) -> Future[None]:
         """Read a coming job's LoRA files (and its model, if it would come from disk) now, on
         background threads, so its own start costs only the apply. Never raises: the job
-        itself reports any problem when it runs."""
-        self._prefetcher.submit(self._prefetch, recipe)
+        itself reports any problem when it runs. The future ends when the reads are queued
+        (and, for files, done)."""
+        return self._prefetcher.submit(self._prefetch, recipe)
 
     def _prefetch(self, recipe: Recipe) -> None:
         try:
@@ -185,10 +189,14 @@ class Generator:
             if model_info.architecture in ("sd15", "sdxl"):
                 for lora in stack:
                     check_architecture(lora, model_info.architecture, model_display_name(recipe))
-            self.loras.prefetch(stack)
+            reads = self.loras.prefetch(stack)
             if not self.models.holds(model_info.sha256):
-                self.models.prefetch(model_path, model_info.sha256, recipe.model,
-                                     estimate_bytes=model_info.size_bytes)  # fmt: skip
+                model = self.models.prefetch(model_path, model_info.sha256, recipe.model,
+                                             estimate_bytes=model_info.size_bytes)  # fmt: skip
+                if model is not None:
+                    reads.append(model)  # type: ignore[arg-type]
+            for read in reads:
+                read.exception()  # wait; a failure is the job's to report
         except Exception as exc:  # the job's own run reports it properly
             log.debug("prefetch of %s skipped: %s", recipe.model, exc)
 
@@ -278,13 +286,14 @@ class Generator:
         ]
         read_s = time.perf_counter() - lora_started
         total_images = sum(r.count for r in recipes)
-        decision, apply_s = self._apply_stack(entry, entries, first, total_images)
+        decision, apply_s, work = self._apply_stack(entry, entries, first, total_images)
         pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config)
         self._memory_settings(pipe, first, total_images)
 
         prepared = time.perf_counter()
         outputs, denoise = self._denoise(entry, recipes, on_step, should_cancel)
         finished = time.perf_counter()
+        self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
         results = []
         lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
         pinned = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
@@ -335,7 +344,7 @@ class Generator:
 
     def _apply_stack(
         self, entry: CachedModel, stack: list[StackEntry], recipe: Recipe, images: int
-    ) -> tuple[Decision, float]:
+    ) -> tuple[Decision, float, StackWork]:
         patcher = entry.patcher
         wanted = stack_key(stack)
         changed = wanted != patcher.applied[1]
@@ -354,7 +363,24 @@ class Generator:
         report = patcher.apply(stack, decision.mode)
         if report["changed"] and decision.mode == PATCHED:
             self.costs.record_patch(work, report["seconds"])
-        return decision, report["seconds"]
+        return decision, report["seconds"], work
+
+    def _learn_call_time(
+        self, entry: CachedModel, recipe: Recipe, images: int, denoise: float, mode: str, work: StackWork
+    ) -> None:
+        """Seconds per model call at base speed; an unfused job's excess teaches the cost model."""
+        calls = recipe.steps * (2 if recipe.sampler in ("Heun", "DPM2", "DPM2 a") else 1)
+        if calls <= 0 or denoise <= 0:
+            return
+        key = (entry.key, (recipe.width // 8) * (recipe.height // 8), images * (2 if recipe.cfg_scale > 1 else 1))
+        per_call = denoise / calls
+        if mode == UNFUSED and entry.patcher.applied[1]:
+            base = self._call_seconds.get(key)
+            if base is not None and per_call > base and work.bypass_macs_per_call > 0:
+                self.costs.record_unfused(work.bypass_macs_per_call * calls, (per_call - base) * calls)
+            return
+        previous = self._call_seconds.get(key)
+        self._call_seconds[key] = per_call if previous is None else 0.5 * (previous + per_call)
 
     def _use_vae(self, entry: CachedModel, path: Path | None, info: FileInfo | None) -> None:
         key = info.sha256 if info is not None else ""

@@ -82,12 +82,15 @@ class ModelCache:
         device: str = "cpu",
         device_budget: int | None = None,
         host_budget: int | None = None,
+        two_tiers: bool | None = None,
     ) -> None:
+        """``two_tiers``: a host tier behind the device (default: on GPUs only; on a CPU both
+        tiers are the same RAM, so moving would copy for nothing)."""
         self.loader = loader
         self.device = device
         auto_device, auto_host = default_budgets(device)
         self.device_budget = auto_device if device_budget is None else device_budget
-        self.two_tiers = str(device) != "cpu"
+        self.two_tiers = str(device) != "cpu" if two_tiers is None else two_tiers
         self.host_budget = (auto_host if host_budget is None else host_budget) if self.two_tiers else 0
         self.entries: OrderedDict[str, CachedModel] = OrderedDict()
         self.disk_loads = 0

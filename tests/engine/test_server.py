@@ -197,6 +197,35 @@ async def test_request_errors_have_codes_and_http_statuses(engine, demo_assets) 
     assert status == 404 and "error" in body
 
 
+async def test_jobs_handed_over_together_share_one_call_and_match_their_solo_images(
+    engine, demo_assets, generator
+) -> None:
+    """Back-to-back submits with one model, stack, size, steps, sampler and CFG: one call."""
+    from engine.generate import BATCH_TOLERANCE
+    from tests.engine._images import mean_abs_diff
+
+    client, _ = engine
+    manager = client.manager  # type: ignore[attr-defined]
+    lora = demo_assets.lora("pixel-art")
+    stack = (LoraRef(lora.file, 0.6),)
+    recipes = {
+        f"together-{i}": tiny_recipe(demo_assets, prompt=f"lighthouse number {i}", seed=20 + i, loras=stack)
+        for i in range(3)
+    }
+    for job_id, recipe in recipes.items():  # no await in between: all queued before the worker runs
+        manager.submit(job_id, recipe)
+    done = {}
+    for job_id in recipes:
+        events = [e async for e in client.events(job_id)]
+        done[job_id] = events[-1]
+    assert {d["type"] for d in done.values()} == {"done"}
+    assert all(d["timings"]["batch_jobs"] == 3 for d in done.values())
+    for job_id, recipe in recipes.items():
+        together = await client.image(job_id, 0)
+        alone = generator.run(recipe).images[0]
+        assert mean_abs_diff(together, alone) <= BATCH_TOLERANCE
+
+
 async def test_events_stream_is_ndjson_replayed_after_the_end(engine, demo_assets) -> None:
     client, base = engine
     await client.run("ndjson", tiny_recipe(demo_assets))
