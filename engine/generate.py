@@ -28,7 +28,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.cost_model import CostModel, Decision
+from engine.cost_model import CostModel, Decision, model_calls
 from engine.jobs import batch_key
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
 from engine.loras.reader import BoundLora, bind
@@ -350,7 +350,7 @@ class Generator:
         changed = wanted != patcher.applied[1]
         latent_pixels = (recipe.width // 8) * (recipe.height // 8)
         unet_batch = (2 if recipe.cfg_scale > 1 else 1) * images  # rows per call, all calls
-        work = stack_work(stack, patcher.positions_for(latent_pixels, unet_batch))
+        work = stack_work(stack, patcher.positions_for(latent_pixels, unet_batch), patcher.patched_layers)
         forced = PATCHED if self.compile_unet else (None if self.lora_mode == "auto" else self.lora_mode)
         if not wanted:
             decision = Decision(PATCHED, "no LoRA", 0.0, 0.0)
@@ -361,23 +361,29 @@ class Generator:
             decision = self.costs.decide(work, steps=recipe.steps, sampler=recipe.sampler,
                                          changed=True, forced=forced)  # fmt: skip
         report = patcher.apply(stack, decision.mode)
-        if report["changed"] and decision.mode == PATCHED:
-            self.costs.record_patch(work, report["seconds"])
+        if report["changed"] and decision.mode == PATCHED and work.measured and work.patch_macs:
+            predicted, _ = self.costs.raw_prediction(work, steps=recipe.steps, sampler=recipe.sampler)
+            self.costs.record_patch(predicted, report["seconds"])
+        elif report["changed"] and decision.mode == UNFUSED and work.patch_macs:
+            self.costs.record_unfused_switch(work.low_rank_layers, work.restore_elements.get(UNFUSED, 0),
+                                             report["seconds"])  # fmt: skip
         return decision, report["seconds"], work
 
     def _learn_call_time(
         self, entry: CachedModel, recipe: Recipe, images: int, denoise: float, mode: str, work: StackWork
     ) -> None:
         """Seconds per model call at base speed; an unfused job's excess teaches the cost model."""
-        calls = recipe.steps * (2 if recipe.sampler in ("Heun", "DPM2", "DPM2 a") else 1)
+        calls = model_calls(recipe.steps, recipe.sampler)
         if calls <= 0 or denoise <= 0:
             return
         key = (entry.key, (recipe.width // 8) * (recipe.height // 8), images * (2 if recipe.cfg_scale > 1 else 1))
         per_call = denoise / calls
         if mode == UNFUSED and entry.patcher.applied[1]:
             base = self._call_seconds.get(key)
-            if base is not None and per_call > base and work.bypass_macs_per_call > 0:
-                self.costs.record_unfused(work.bypass_macs_per_call * calls, (per_call - base) * calls)
+            if base is not None and per_call > base and work.measured and work.patch_macs:
+                no_restore = replace(work, restore_elements={})
+                _, predicted = self.costs.raw_prediction(no_restore, steps=recipe.steps, sampler=recipe.sampler)
+                self.costs.record_unfused(predicted, (per_call - base) * calls)
             return
         previous = self._call_seconds.get(key)
         self._call_seconds[key] = per_call if previous is None else 0.5 * (previous + per_call)

@@ -62,6 +62,11 @@ class StackWork:
     #: Layers the stack touches; False when the model's layer positions are not measured yet.
     layers: int
     measured: bool
+    #: Layers with low-rank deltas: GEMMs to launch when patching, hooks per call unfused.
+    low_rank_layers: int = 0
+    #: Elements each path must copy back from clean copies (layers patched now that it will not
+    #: rewrite): the unfused path restores every low-rank layer the previous stack patched.
+    restore_elements: dict[str, int] = field(default_factory=dict)
 
 
 def canonical(stack: Sequence[StackEntry]) -> list[StackEntry]:
@@ -91,14 +96,27 @@ def plan_layers(stack: Sequence[StackEntry]) -> dict[int, LayerPlan]:
     return plans
 
 
-def stack_work(stack: Sequence[StackEntry], positions: dict[int, float] | None) -> StackWork:
-    """The stack's sizes; ``positions``: input positions per call of each layer (by module id)."""
+def stack_work(
+    stack: Sequence[StackEntry], positions: dict[int, float] | None, patched_now: dict[int, Layer] | None = None
+) -> StackWork:
+    """The stack's sizes; ``positions``: input positions per call of each layer (by module id);
+    ``patched_now``: the layers whose live weight is patched at the moment."""
     macs = 0
     per_call = once = 0.0
+    low_rank_layers = 0
     plans = plan_layers(stack)
+    restore = {PATCHED: 0, UNFUSED: 0}
+    for module_id, layer in (patched_now or {}).items():
+        plan = plans.get(module_id)
+        elements = layer.module.weight.numel()
+        if plan is None:
+            restore[PATCHED] += elements
+        if plan is None or not plan.dense:
+            restore[UNFUSED] += elements
     for module_id, plan in plans.items():
         if not plan.low_rank:
             continue
+        low_rank_layers += 1
         weight = plan.layer.module.weight
         out, inner = int(weight.shape[0]), int(weight[0].numel())
         rank = sum(delta.rank for delta, _ in plan.low_rank)
@@ -108,7 +126,8 @@ def stack_work(stack: Sequence[StackEntry], positions: dict[int, float] | None) 
             per_call += seen * rank * (inner + out)
         else:
             once += seen * rank * (inner + out)
-    return StackWork(macs, per_call, once, len(plans), measured=bool(positions))
+    return StackWork(macs, per_call, once, len(plans), measured=bool(positions),
+                     low_rank_layers=low_rank_layers, restore_elements=restore)  # fmt: skip
 
 
 class WeightPatcher:
@@ -126,6 +145,10 @@ class WeightPatcher:
         #: pixel and image (they scale with the job's size and batch), text encoders per job.
         self._positions: dict[int, float] = {}
         self._probe_hooks: list[Any] = []
+
+    @property
+    def patched_layers(self) -> dict[int, Layer]:
+        return dict(self._patched)
 
     @property
     def clean_bytes(self) -> int:

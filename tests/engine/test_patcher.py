@@ -107,9 +107,20 @@ def test_the_cost_model_picks_the_cheaper_path() -> None:
     assert costs.decide(unmeasured, steps=1, sampler="Euler", changed=True).mode == PATCHED
 
 
-def test_real_patches_refine_the_measured_rate() -> None:
+def test_real_jobs_correct_the_predictions() -> None:
     costs = CostModel(patch_rate=1e9, bypass_rate=1e9)
-    costs.record_patch(_work(4e9, 0), seconds=1.0)  # this device did 4e9 per second
-    assert costs.patch_rate == pytest.approx(2.5e9)
-    costs.record_unfused(extra_macs=1e9, extra_seconds=2.0)
-    assert costs.bypass_rate == pytest.approx(0.75e9)
+    costs.record_patch(predicted_s=1.0, seconds=2.0)  # patches here take twice the estimate
+    costs.record_unfused(predicted_s=0.5, seconds=0.5)
+    patch_s, unfused_s = costs.predict(_work(1e9, 1e8), steps=4, sampler="Euler")
+    assert (patch_s, unfused_s) == (pytest.approx(2.0), pytest.approx(0.4))
+    costs.record_patch(predicted_s=1.0, seconds=1.0)  # a running ratio, not the last one alone
+    assert costs.patch_correction == pytest.approx(1.5)
+
+
+def test_per_layer_overheads_and_restores_count() -> None:
+    costs = CostModel(patch_rate=1e12, bypass_rate=1e12, patch_layer_s=1e-3, hook_layer_s=1e-4, copy_element_s=1e-9)
+    work = StackWork(10**6, 1e6, 0.0, layers=100, measured=True, low_rank_layers=100,
+                     restore_elements={"patched": 0, "unfused": 10**9})  # fmt: skip
+    patch_s, unfused_s = costs.predict(work, steps=2, sampler="Euler")
+    assert patch_s == pytest.approx(0.1, rel=1e-3)  # 100 layer launches
+    assert unfused_s == pytest.approx(2 * 100 * 1e-4 + 1.0, rel=1e-3)  # hooks per call + restores
