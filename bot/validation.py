@@ -266,6 +266,7 @@ def validate(
     recipe = Recipe(
         model=model.file,
         model_name=model.name,
+        vae=model.vae,
         prompt=prompt,
         negative_prompt=negative,
         loras=tuple(LoraRef(file=l.file, weight=w, name=l.name, sha256=l.sha256) for l, w in stack),  # noqa: E741

@@ -103,6 +103,7 @@ class Generator:
         self.max_batch_images = max(1, max_batch_images)
         self.compile_unet = compile_unet
         self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
+        self.vae_tiling_pixels = VAE_TILING_PIXELS
         self.models = ModelCache(
             self._load_model, device=device, device_budget=model_device_budget,
             host_budget=model_host_budget,
@@ -409,7 +410,7 @@ class Generator:
 
     def _memory_settings(self, pipe: Any, recipe: Recipe, images: int) -> None:
         """VAE tiling for large images; attention slicing only when device memory is short."""
-        if recipe.width * recipe.height > VAE_TILING_PIXELS:
+        if recipe.width * recipe.height > self.vae_tiling_pixels:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()

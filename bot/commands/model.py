@@ -46,6 +46,8 @@ def model_card(entry: ModelEntry) -> discord.Embed:
             name="Channels", value=" ".join(f"<#{c}>" for c in sorted(entry.allowed_channel_ids)), inline=False
         )
     embed.add_field(name="File", value=f"`{entry.file}`" + (f"\nAutoV2 `{entry.autov2}`" if entry.autov2 else ""), inline=False)
+    if entry.vae:
+        embed.add_field(name="VAE", value=f"`{entry.vae}`", inline=False)
     return embeds.fit_embed(embed)
 
 
@@ -89,6 +91,7 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     nsfw="Whether it is NSFW",
     description="A short description",
     make_default="Use it when /imagine names no model",
+    vae="A VAE .safetensors in the model folder to use instead of the model's own",
 )
 @app_commands.autocomplete(file=model_file_autocomplete)
 async def model_add(
@@ -98,6 +101,7 @@ async def model_add(
     nsfw: bool = False,
     description: str | None = None,
     make_default: bool = False,
+    vae: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -109,7 +113,7 @@ async def model_add(
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
     try:
-        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
+        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "", vae=vae or "")
         added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
         settings = await bot.registry.get_settings(interaction.guild_id)
         if make_default or not settings.default_model:

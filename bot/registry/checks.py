@@ -147,6 +147,7 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         nsfw=bool(entry.nsfw),
         enabled=bool(entry.enabled),
         allowed_channel_ids=frozenset(channels),
+        vae=clean_file(entry.vae) if entry.vae else "",
     )
 
 

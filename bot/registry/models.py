@@ -99,6 +99,9 @@ class ModelEntry:
     added_by: int = 0
     added_at: float = 0.0
     id: int | None = None
+    #: A VAE ``.safetensors`` file in the engine's model folder (e.g. the fp16-fix SDXL VAE);
+    #: empty: the model's own VAE.
+    vae: str = ""
 
     @classmethod
     def from_file_info(

@@ -66,7 +66,7 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at"
+    "allowed_channels, added_by, added_at, vae"
 )
 
 
@@ -138,6 +138,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         allowed_channel_ids=frozenset(json.loads(row["allowed_channels"])),
         added_by=row["added_by"],
         added_at=row["added_at"],
+        vae=row["vae"],
     )
 
 
@@ -161,6 +162,7 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         json.dumps(sorted(model.allowed_channel_ids)),
         model.added_by,
         model.added_at,
+        model.vae,
     )
 
 
@@ -282,7 +284,7 @@ class Registry:
                     "pick another name or edit that one."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 18})",  # noqa: S608
+                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
                 (guild_id, *_model_values(model)),
             )
             await self._audit(

@@ -29,7 +29,6 @@ patched weight and six LoRA files, about 9 GB. Run it alone, ``nice -n 10``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -99,21 +98,33 @@ def build(out: Path, size: str) -> Any:
 
 
 def locon_targets(pipe: Any) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(kohya key, component, weight shape) of every layer a kohya LoCon adapts."""
+    """(kohya key, component, weight shape) of every layer a kohya LoCon adapts; SDXL UNet
+    layers under their SGM names and ``lora_te1_``/``lora_te2_``, as sd-scripts writes them."""
     import torch
 
+    from engine.loras.keys import unet_module_to_ldm
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    te_prefix = {"text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}
     found = []
-    for component, prefix, parents in (("unet", "lora_unet_", _UNET_PARENTS), ("text_encoder", "lora_te_", _TE_PARENTS)):
-        model = getattr(pipe, component)
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        parents = _UNET_PARENTS if component == "unet" else _TE_PARENTS
+        config = dict(model.config) if component == "unet" else {}
         for name, module in model.named_modules():
             if type(module).__name__ not in parents:
                 continue
             for child_name, child in module.named_modules():
-                if child_name and isinstance(child, torch.nn.Linear | torch.nn.Conv2d):
-                    full = f"{name}.{child_name}"
-                    if component == "text_encoder":
-                        full = "text_model." + full.removeprefix("text_model.")
-                    found.append((prefix + full.replace(".", "_"), component, tuple(child.weight.shape)))
+                if not child_name or not isinstance(child, torch.nn.Linear | torch.nn.Conv2d):
+                    continue
+                full = f"{name}.{child_name}"
+                if component == "unet":
+                    key = "lora_unet_" + (unet_module_to_ldm(full, config) if sdxl else full).replace(".", "_")
+                else:
+                    key = te_prefix[component] + ("text_model." + full.removeprefix("text_model.")).replace(".", "_")
+                found.append((key, component, tuple(child.weight.shape)))
     return sorted(set(found))
 
 
@@ -140,82 +151,122 @@ def write_locons(folder: Path, targets: list[tuple[str, str, tuple[int, ...]]], 
             state[f"{key}.lora_down.weight"] = down.to(torch.float16)
             state[f"{key}.lora_up.weight"] = up.to(torch.float16)
             state[f"{key}.alpha"] = torch.tensor(r / 2, dtype=torch.float16)
+        sdxl = any(key.startswith("lora_te2_") for key, _, _ in targets)
         metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
-                    "ss_network_alpha": str(rank / 2), "ss_base_model_version": "sd_v1",
+                    "ss_network_alpha": str(rank / 2), "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
                     "ss_network_args": json.dumps({"conv_dim": str(rank), "conv_alpha": str(rank / 2)})}  # fmt: skip
         save_file(state, str(path), metadata=metadata)
     return files
 
 
-def _step_seconds(generator: Any, recipe: Any) -> tuple[float, dict[str, Any]]:
-    """Median seconds between denoising steps of one job (the first step excluded)."""
+def _step_seconds(generator: Any, recipe: Any, sync: Any = None) -> tuple[float, dict[str, Any]]:
+    """Median seconds between denoising steps of one job (the first step excluded); ``sync``
+    drains an asynchronous device before each mark."""
+
+    def mark(_done: int, _total: int) -> None:
+        if sync is not None:
+            sync()
+        marks.append(time.perf_counter())
+
     marks: list[float] = []
-    result = generator.run(recipe, on_step=lambda done, total: marks.append(time.perf_counter()))
+    result = generator.run(recipe, on_step=mark)
     gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
     return statistics.median(gaps), result.timings
 
 
-def _job_seconds(generator: Any, recipe: Any) -> tuple[float, dict[str, Any]]:
+def _job_seconds(generator: Any, recipe: Any, sync: Any = None) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     result = generator.run(recipe)
+    if sync is not None:
+        sync()
     return time.perf_counter() - started, result.timings
+
+
+def second_model(assets: Any, out: Path) -> str:
+    """A small second model beside the measured one, to switch to and back from."""
+    import shutil
+
+    from engine.builder import build_demo_assets
+    from engine.component_configs import config_sidecar
+
+    tiny = build_demo_assets(out, size="tiny", architectures=("sd15",), with_loras=False)
+    (assets.model_root / "other").mkdir(exist_ok=True)
+    other = assets.model_root / "other" / "tiny.safetensors"
+    if not other.is_file():
+        tiny_file = tiny.model_root / tiny.models["sd15"]
+        shutil.copyfile(tiny_file, other)
+        shutil.copytree(config_sidecar(tiny_file), config_sidecar(other))
+    return "other/tiny.safetensors"
 
 
 def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
-
-    from engine.builder import build_demo_assets
-    from engine.generate import Generator
-    from engine.protocol import LoraRef, Recipe
 
     args = parse_args(argv)
     _quiet()
     started = time.perf_counter()
     load_before = os.getloadavg()
     assets = build(args.out.resolve(), args.size)
-    tiny = build_demo_assets(args.out.resolve().parent / "bench-runtime-tiny", size="tiny",
-                             architectures=("sd15",), with_loras=False)  # fmt: skip
-    (assets.model_root / "other").mkdir(exist_ok=True)
-    other_model = assets.model_root / "other" / "tiny.safetensors"
-    if not other_model.is_file():  # a second, small model to switch to and back from
-        from engine.component_configs import config_sidecar
+    other = second_model(assets, args.out.resolve().parent / "bench-runtime-tiny")
+    figures = measure(assets, model=assets.models["sd15"], other_model=other, side=args.side, steps=args.steps,
+                      short_steps=args.short_steps, long_steps=args.long_steps, rank=args.rank,
+                      rounds=args.rounds)  # fmt: skip
+    return {
+        "benchmark": "runtime",
+        "device": "cpu",
+        "model": f"sd15 {args.size} (demo builder, random weights)",
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        **figures,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
-        tiny_file = tiny.model_root / tiny.models["sd15"]
-        os.link(tiny_file, other_model)
-        import shutil
 
-        shutil.copytree(config_sidecar(tiny_file), config_sidecar(other_model))
-    model = assets.models["sd15"]
-    generator = Generator(assets.model_root, assets.lora_root, cache_max_loras=8, cache_max_bytes=8 << 30)
+def measure(assets: Any, *, model: str, other_model: str, side: int, steps: int, short_steps: int,
+            long_steps: int, rank: int, rounds: int, device: str = "cpu", dtype: str = "float32",
+            sync: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Every figure of the module docstring for ``model`` on ``device`` (shared with gpu.py)."""
+    from engine.generate import Generator
+    from engine.protocol import LoraRef, Recipe
+
+    generator = Generator(assets.model_root, assets.lora_root, device=device, dtype=dtype,
+                          cache_max_loras=8, cache_max_bytes=8 << 30)  # fmt: skip
     base = Recipe(model=model, prompt="a lighthouse on a cliff at dusk, oil painting", negative_prompt="blurry",
-                  sampler="Euler", cfg_scale=6.0, seed=7, steps=args.steps, width=args.side, height=args.side)  # fmt: skip
+                  sampler="Euler", cfg_scale=6.0, seed=7, steps=steps, width=side, height=side)  # fmt: skip
 
     # The model: cold from disk (the first job), then back from the cache after another model.
     cold = generator.run(replace(base, steps=1)).timings
     disk_load_s = cold["model_load"]
     pipe = generator.current.pipe
     targets = locon_targets(pipe)
-    files = write_locons(assets.lora_root / "locon", targets, 6, args.rank)
+    files = write_locons(assets.lora_root / "locon", targets, 6, rank)
     stack_a = tuple(LoraRef(f"locon/{f}", w) for f, w in zip(files[:3], (0.8, 0.6, 0.5), strict=True))
     stack_b = tuple(LoraRef(f"locon/{f}", w) for f, w in zip(files[3:], (0.7, 0.5, 0.4), strict=True))
-    generator.run(replace(base, model="other/tiny.safetensors", steps=1, width=64, height=64))
+    budget = generator.models.device_budget
+    if generator.models.two_tiers:  # on a GPU: room for one model, so the other one parks in RAM
+        generator.models.device_budget = generator.current.size_bytes
+    generator.run(replace(base, model=other_model, steps=1, width=64, height=64))
     back = generator.run(replace(base, steps=1)).timings
+    generator.models.device_budget = budget
     cache_get_s = back["model_load"]
 
     # Step times: base, patched stack, unfused stack, alternating.
     with_a = replace(base, loras=stack_a)
     generator.run(replace(with_a, steps=1))  # reads the files and measures the layers
-    steps: dict[str, list[float]] = {"base": [], "patched": [], "unfused": []}
-    for _ in range(args.rounds):
+    steps_measured: dict[str, list[float]] = {"base": [], "patched": [], "unfused": []}
+    for _ in range(rounds):
         for mode in ("patched", "unfused"):
             generator.lora_mode = mode
-            steps["base"].append(_step_seconds(generator, base)[0])
-            seconds, timings = _step_seconds(generator, with_a)
+            steps_measured["base"].append(_step_seconds(generator, base, sync)[0])
+            seconds, timings = _step_seconds(generator, with_a, sync)
             assert timings["lora_path"] == mode, timings
-            steps[mode].append(seconds)
-    step_s = statistics.median(steps["base"])
-    ratio = statistics.median(steps["patched"]) / step_s
-    ratio_unfused = statistics.median(steps["unfused"]) / step_s
+            steps_measured[mode].append(seconds)
+    step_s = statistics.median(steps_measured["base"])
+    ratio = statistics.median(steps_measured["patched"]) / step_s
+    ratio_unfused = statistics.median(steps_measured["unfused"]) / step_s
 
     # Switching: to B, whose files are cached (B read once, then A applied again).
     generator.lora_mode = "patched"
@@ -238,14 +289,14 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # The policy: each job starts with the other stack applied, so the switch is paid.
     policy: dict[str, Any] = {}
-    for label, count in (("short", args.short_steps), ("long", args.long_steps)):
+    for label, count in (("short", short_steps), ("long", long_steps)):
         job = replace(base, loras=stack_b, steps=count, seed=11)
         measured: dict[str, Any] = {}
         for mode in ("patched", "unfused", "auto"):
             generator.lora_mode = "patched"
             generator.run(replace(with_a, steps=1))
             generator.lora_mode = mode
-            seconds, timings = _job_seconds(generator, job)
+            seconds, timings = _job_seconds(generator, job, sync)
             measured[mode] = {"s": round(seconds, 3), "path": timings["lora_path"],
                               "reason": timings["lora_path_reason"]}  # fmt: skip
         chosen = measured["auto"]["path"]
@@ -260,24 +311,17 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     generator.lora_mode = "auto"
 
     # Batching: four one-image jobs against one four-image job.
-    batch_recipe = replace(base, steps=args.short_steps)
+    batch_recipe = replace(base, steps=short_steps)
     generator.run(replace(batch_recipe, count=4))  # warm the allocator for the larger batch
-    singles = sum(_job_seconds(generator, replace(batch_recipe, seed=s))[0] for s in range(4))
-    batched, batch_timings = _job_seconds(generator, replace(batch_recipe, count=4))
+    singles = sum(_job_seconds(generator, replace(batch_recipe, seed=s), sync)[0] for s in range(4))
+    batched, batch_timings = _job_seconds(generator, replace(batch_recipe, count=4), sync)
 
     step_ms = 1000 * step_s
-    results = {
-        "benchmark": "runtime",
-        "device": "cpu",
-        "model": f"sd15 {args.size} (demo builder, random weights)",
-        "size": f"{args.side}x{args.side}",
+    speedup = disk_load_s / max(cache_get_s, 1e-6)
+    return {
+        "size": f"{side}x{side}",
         "sampler": base.sampler,
-        "loras": {"files": 6, "rank": args.rank, "format": "kohya LoCon fp16", "layers_per_file": len(targets)},
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "loras": {"files": 6, "rank": rank, "format": "kohya LoCon fp16", "layers_per_file": len(targets)},
         "step_ms": round(step_ms, 1),
         "lora_step_ratio": round(ratio, 4),
         "lora_step_ratio_unfused": round(ratio_unfused, 4),
@@ -285,7 +329,7 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "switch_ms_prefetched": round(switch_prefetched_ms, 1),
         "policy_regret_short": policy["short"]["regret"],
         "policy_regret_long": policy["long"]["regret"],
-        "model_switch_speedup": round(disk_load_s / max(cache_get_s, 1e-6), 1),
+        "model_switch_speedup": round(speedup, 1),
         "batch_speedup": round(singles / batched, 3),
         "targets": TARGETS,
         "meets_targets": {
@@ -294,10 +338,10 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "switch_ms_prefetched": switch_prefetched_ms < step_ms,
             "policy_regret_short": policy["short"]["regret"] <= 1.05,
             "policy_regret_long": policy["long"]["regret"] <= 1.05,
-            "model_switch_speedup": disk_load_s / max(cache_get_s, 1e-6) >= 5,
+            "model_switch_speedup": speedup >= 5,
         },
         "details": {
-            "step_s_all": {k: [round(v, 4) for v in vs] for k, vs in steps.items()},
+            "step_s_all": {k: [round(v, 4) for v in vs] for k, vs in steps_measured.items()},
             "switch_cached": {k: switch[k] for k in ("lora_read", "lora_apply", "lora_path")},
             "switch_prefetched": {k: prefetched[k] for k in ("lora_read", "lora_apply", "lora_path")},
             "policy": policy,
@@ -310,10 +354,7 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "clean_copy_gib": round(generator.current.patcher.clean_bytes / 2**30, 3),
             "cost_model": generator.costs.snapshot(),
         },
-        "seconds": round(time.perf_counter() - started, 1),
     }
-    gc.collect()
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
