@@ -307,7 +307,8 @@ class Generator:
             for seed, image in zip(seeds, images, strict=True):
                 # Each PNG carries the recipe of that one image (its own seed, count 1, the
                 # sha256 of every file used), so re-running it from the PNG gives that image.
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed)
+                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed,
+                                              vae_hash=vae_info.autov2 if vae_info else None)  # fmt: skip
                 image_recipe = replace(recipe, seed=seed, count=1, loras=pinned)
                 pngs.append(write_png(image, parameters, json.dumps(image_recipe.to_json(), sort_keys=True)))
             results.append(GenerationResult(images=pngs, seeds=seeds))

@@ -81,8 +81,10 @@ def a1111_parameters(
     lora_hashes: Mapping[str, str],
     *,
     seed: int | None = None,
+    vae_hash: str | None = None,
 ) -> str:
-    """The ``parameters`` text for one image (``seed`` defaults to the recipe's)."""
+    """The ``parameters`` text for one image (``seed`` defaults to the recipe's); a recipe VAE
+    is written as A1111 does, ``VAE hash`` (AutoV2) and ``VAE`` (the file name)."""
     from engine.samplers import a1111_base_name, schedule_type
 
     fields: list[tuple[str, str]] = [
@@ -95,6 +97,10 @@ def a1111_parameters(
         ("Model hash", model_hash),
         ("Model", model_display_name(recipe)),
     ]
+    if recipe.vae:
+        if vae_hash:
+            fields.append(("VAE hash", vae_hash))
+        fields.append(("VAE", recipe.vae.rsplit("/", 1)[-1]))
     if lora_hashes:
         # A1111 (extensions-builtin/Lora/networks.py) strips ":" and "," from each alias so
         # the "name: hash, name: hash" list can be split again.

@@ -219,6 +219,7 @@ class ModuleIndex:
             model = getattr(pipe, component, None)
             if model is None:
                 continue
+            model = getattr(model, "_orig_mod", model)  # a torch.compile'd UNet: its own modules
             names: dict[str, Layer] = {}
             config = dict(getattr(model, "config", None) or {}) if component == "unet" else None
             for name, module in _patchable(model):

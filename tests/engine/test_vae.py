@@ -46,6 +46,10 @@ def test_a_recipe_vae_replaces_the_models_own_and_back(vae_folder) -> None:
     assert np.array_equal(own, same)  # the same weights through the standalone loader
     changed = generator.run(dataclasses.replace(XL, vae="vae/changed-ldm.safetensors")).images[0]
     assert mean_abs_diff(changed, generator.run(XL).images[0]) > 5.0
+    from engine.png_metadata import read_png_metadata
+
+    vae_hash = generator.inspect(root / "vae" / "changed-ldm.safetensors").autov2
+    assert f"VAE hash: {vae_hash}, VAE: changed-ldm.safetensors" in read_png_metadata(changed)["parameters"]
     assert np.array_equal(own, pixels(generator.run(XL).images[0]))  # the own VAE is back
 
 
