@@ -117,8 +117,8 @@ class Actions:
             return False
         return channel_is_nsfw
 
-    async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
-        """The architecture of the model picked earlier in the same command, if any."""
+    async def chosen_model(self, interaction: discord.Interaction[Any]) -> Any:
+        """The model picked earlier in the same command (or the default), if any."""
         assert interaction.guild_id is not None
         registry = self.bot.registry
         name = getattr(interaction.namespace, "model", None)
@@ -126,7 +126,11 @@ class Actions:
             name = (await registry.get_settings(interaction.guild_id)).default_model
         if not name:
             return None
-        entry = await registry.get_model(interaction.guild_id, str(name))
+        return await registry.get_model(interaction.guild_id, str(name))
+
+    async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
+        """The architecture of the model picked earlier in the same command, if any."""
+        entry = await self.chosen_model(interaction)
         return entry.architecture if entry else None
 
     # -- generation --------------------------------------------------------------------
@@ -146,6 +150,7 @@ class Actions:
         height: int | None = None,
         count: int | None = None,
         origin: str = "imagine",
+        clip_skip: int | None = None,
     ) -> None:
         """Validate and queue; the interaction must already be deferred (ephemeral)."""
         from bot.parse import build_request
@@ -171,6 +176,7 @@ class Actions:
             width=width,
             height=height,
             count=count,
+            clip_skip=clip_skip,
         )
         outcome = validate(request, catalog)
         if isinstance(outcome, Rejected):
@@ -249,6 +255,7 @@ class Actions:
             "width": recipe.width,
             "height": recipe.height,
             "count": recipe.count,
+            "clip_skip": recipe.clip_skip,
         }
         values.update(changes)
         await self.imagine(interaction, origin=origin, **values)

@@ -133,6 +133,17 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
     if description:
         embed.description = description
     embed.add_field(name="Architecture", value=str(_get(lora, "architecture", "unknown")), inline=True)
+    family = _get(lora, "family", "unknown") or "unknown"
+    if family != "unknown":
+        from engine.families import family_label
+
+        embed.add_field(name="Family", value=family_label(str(family)), inline=True)
+    lora_format = _get(lora, "lora_format", None)
+    if lora_format:
+        rank = _get(lora, "rank", None)
+        embed.add_field(
+            name="Format", value=str(lora_format) + (f" · rank {rank}" if rank else ""), inline=True
+        )
     embed.add_field(name="Category", value=str(_get(lora, "category", "other")), inline=True)
     default_weight = _get(lora, "default_weight", 1.0)
     embed.add_field(name="Default weight", value=format_weight(float(default_weight)), inline=True)

@@ -76,6 +76,8 @@ class ImagineRequest:
     width: int | None = None
     height: int | None = None
     count: int = 1
+    #: None: the model's default clip skip.
+    clip_skip: int | None = None
     #: Extra context the bot wants to carry along (not used by validation).
     extras: dict[str, str] = field(default_factory=dict)
 
@@ -159,6 +161,7 @@ def build_request(
     width: int | None = None,
     height: int | None = None,
     count: int | None = None,
+    clip_skip: int | None = None,
 ) -> ImagineRequest:
     """Assemble a request from ``/imagine``'s options (or a Remix modal).
 
@@ -195,4 +198,5 @@ def build_request(
         width=width,
         height=height,
         count=1 if count is None else count,
+        clip_skip=clip_skip,
     )

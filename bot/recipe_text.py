@@ -53,6 +53,11 @@ def a1111_parameters(recipe: Recipe, *, model_hash: str | None = None) -> str:
     if model_hash:
         pairs.append(("Model hash", model_hash))
     pairs.append(("Model", recipe.model_name or recipe.model.rsplit("/", 1)[-1]))
+    if recipe.clip_skip > 1:
+        pairs.append(("Clip skip", str(recipe.clip_skip)))
+    embedded = [(e.name, e.sha256) for e in recipe.embeddings if e.sha256]
+    if embedded:
+        pairs.append(("TI hashes", ", ".join(f"{name}: {sha[:12]}" for name, sha in embedded)))
     hashed = [(lora.display_name, lora.sha256) for lora in recipe.loras if lora.sha256]
     if hashed:
         pairs.append(("Lora hashes", ", ".join(f"{name}: {sha[:12]}" for name, sha in hashed)))
@@ -86,6 +91,8 @@ def imagine_command(recipe: Recipe) -> str:
         _option("seed", str(recipe.seed)),
         _option("size", f"{recipe.width}x{recipe.height}"),
     ]
+    if recipe.clip_skip > 1:
+        parts.append(_option("clip_skip", str(recipe.clip_skip)))
     if recipe.count > 1:
         parts.append(_option("count", str(recipe.count)))
     return " ".join(parts)

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 
 from bot.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.registry.catalog import Catalog
-from bot.registry.models import LoraEntry, ModelEntry, NsfwPolicy
+from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy
 from bot.registry.text import name_key, strip_invisible
-from engine.protocol import LoraRef, Recipe, architecture_label
+from engine.families import families_differ, family_label, related
+from engine.prompting.chunks import CHUNK_LENGTH, Chunker
+from engine.protocol import EmbeddingRef, LoraRef, Recipe, architecture_label
+from engine.tokenizer import BOS_ID, EOS_ID, clip_bpe
 
 __all__ = [
     "ARCH_CFG",
@@ -193,8 +196,13 @@ def validate(
                 "Add them to your prompt; without them the LoRA has little effect.",
             )
     if added:
-        prompt = f"{prompt}, {', '.join(added)}" if prompt else ", ".join(added)
-        check.note("trigger_words_added", f"Added trigger words to the prompt: {', '.join(added)}.")
+        # At the front: in the first 75-token chunk, which SDXL's pooled embedding also reads,
+        # so no chunking or truncation can leave them out.
+        prompt = f"{', '.join(added)}, {prompt}" if prompt else ", ".join(added)
+        check.note(
+            "trigger_words_added",
+            f"Added trigger words at the start of the prompt: {', '.join(added)}.",
+        )
     if not prompt:
         check.problem(
             "empty_prompt", "The prompt is empty.", "Describe the image you want in `prompt`."
@@ -260,6 +268,11 @@ def validate(
             f"Ask for 1 to {settings.max_count} images.",
         )
     seed, seed_was_random = _check_seed(request, check, new_seed)
+    embeddings = _check_embeddings(prompt, negative, catalog, model, request, check)
+    clip_skip = _check_clip_skip(request, model, stack, check)
+    if model is not None:
+        _note_families(model, stack, check)
+        _note_length(prompt, negative, embeddings, check)
 
     if check.problems or model is None:
         return Rejected(tuple(check.problems))
@@ -277,6 +290,9 @@ def validate(
         width=width,
         height=height,
         count=request.count,
+        clip_skip=clip_skip,
+        embeddings=tuple(EmbeddingRef(file=e.file, name=e.name, sha256=e.sha256) for e in embeddings),
+        prediction_type=model.prediction_type,
     )
     return Validated(
         recipe=recipe,
@@ -546,3 +562,94 @@ def _check_seed(
         )
         return 0, False
     return seed, False
+
+
+def _check_embeddings(
+    prompt: str,
+    negative: str,
+    catalog: Catalog,
+    model: ModelEntry | None,
+    request: ImagineRequest,
+    check: _Check,
+) -> list[EmbeddingEntry]:
+    """The registered embeddings the prompt or negative names (as whole words, any case, as
+    A1111 matches them), checked like LoRAs: enabled, NSFW policy, made for the model."""
+    found: list[EmbeddingEntry] = []
+    text = f"{prompt}\n{negative}"
+    for embedding in catalog.embeddings.values():
+        if not _mentions(text, embedding.name):
+            continue
+        if not embedding.enabled:
+            check.note("embedding_disabled", f"`{embedding.name}` is a disabled embedding here; it is read as plain words.")
+            continue
+        if embedding.nsfw:
+            refusal = _nsfw_refusal(catalog.settings.nsfw_policy, request.channel_is_nsfw)
+            if refusal:
+                check.problem("nsfw_embedding", f"`{embedding.name}` is an NSFW embedding. {refusal}", "Remove it.")
+                continue
+        if model is not None and embedding.architecture not in ("unknown", model.architecture):
+            check.problem(
+                "embedding_arch_mismatch",
+                f"The embedding `{embedding.name}` was made for {architecture_label(embedding.architecture)}, "
+                f"but the model `{model.name}` is {architecture_label(model.architecture)}.",
+                f"Remove `{embedding.name}` from the prompt or negative, or pick a "
+                f"{architecture_label(embedding.architecture)} model.",
+            )
+            continue
+        found.append(embedding)
+    return found
+
+
+def _check_clip_skip(
+    request: ImagineRequest, model: ModelEntry | None, stack: list[tuple[LoraEntry, float]], check: _Check
+) -> int:
+    value = request.clip_skip if request.clip_skip is not None else (model.default_clip_skip if model else 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+        check.problem("clip_skip_out_of_range", f"Clip skip {value!r} is outside 1 to 12.", "Use 1 or 2.")
+        return 1
+    if model is not None and model.architecture == "sdxl" and value > 2:
+        check.note(
+            "clip_skip_sdxl",
+            f"Clip skip {value} has no effect on SDXL: SDXL models always read the penultimate layer "
+            "(what “clip skip 2” means for Pony), as in A1111.",
+        )
+    for lora, _ in stack:
+        trained = lora.trained_clip_skip
+        if trained and trained != value and (model is None or model.architecture == "sd15"):
+            check.note(
+                "clip_skip_differs",
+                f"`{lora.name}` was trained with clip skip {trained}; this image uses {value}.",
+            )
+    return value
+
+
+def _note_families(model: ModelEntry, stack: list[tuple[LoraEntry, float]], check: _Check) -> None:
+    """A LoRA of another family on a model of the same architecture often does little: warn."""
+    for lora, _ in stack:
+        if lora.architecture == model.architecture and families_differ(lora.family, model.family):
+            kin = (
+                f" ({family_label(model.family)} and {family_label(lora.family)} are related, so it may carry over)"
+                if related(lora.family, model.family)
+                else ""
+            )
+            check.note(
+                "family_mismatch",
+                f"`{lora.name}` is a {family_label(lora.family)} LoRA and `{model.name}` is a "
+                f"{family_label(model.family)} model: it may have little effect{kin}.",
+            )
+
+
+def _note_length(prompt: str, negative: str, embeddings: list[EmbeddingEntry], check: _Check) -> None:
+    """Tell the member how a long prompt is read: A1111's 75-token chunks, nothing cut."""
+    bpe = clip_bpe()
+    chunker = Chunker(bpe, bos=BOS_ID, eos=EOS_ID, comma=bpe.comma)
+    for what, text in (("prompt", prompt), ("negative prompt", negative)):
+        if not text:
+            continue
+        chunked = chunker.chunk(text)
+        if chunked.token_count > CHUNK_LENGTH or len(chunked.chunks) > 1:
+            check.note(
+                "long_prompt",
+                f"The {what} is {chunked.token_count} tokens, read whole as {len(chunked.chunks)} "
+                f"chunks of {CHUNK_LENGTH} (as A1111 does).",
+            )

@@ -29,6 +29,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.cost_model import CostModel, Decision, model_calls
+from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
 from engine.jobs import batch_key
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
 from engine.loras.reader import BoundLora, bind
@@ -37,6 +38,7 @@ from engine.patcher import MODES, PATCHED, UNFUSED, StackEntry, StackWork, stack
 from engine.paths import resolve_within
 from engine.pipelines import load_pipeline, load_vae
 from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
@@ -92,11 +94,15 @@ class Generator:
         max_batch_images: int = 8,
         compile_unet: bool = False,
         channels_last: bool | None = None,
+        embedding_root: Path | None = None,
     ) -> None:
         if lora_mode not in ("auto", *MODES):
             raise ValueError(f"lora_mode must be auto, patched or unfused (got {lora_mode!r})")
         self.model_root = Path(model_root)
         self.lora_root = Path(lora_root)
+        #: Textual-inversion embeddings; the LoRA folder unless configured apart.
+        self.embedding_root = Path(embedding_root) if embedding_root is not None else self.lora_root
+        self.embeddings = EmbeddingStore()
         self.device = device
         self.dtype = dtype
         self.lora_mode = lora_mode
@@ -264,6 +270,9 @@ class Generator:
         stack = self._resolve_loras(first)
         vae_path = resolve_within(self.model_root, first.vae) if first.vae else None
         vae_info = self.inspect(vae_path) if vae_path is not None else None
+        # One batch_key means one set of embeddings and one prediction type for every job.
+        embedding_files = resolve_embedding_files(first, self.embedding_root, self.inspect)
+        prediction = resolve_prediction(first.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
         if model_info.architecture in ("sd15", "sdxl"):
             for lora in stack:
@@ -288,28 +297,33 @@ class Generator:
         read_s = time.perf_counter() - lora_started
         total_images = sum(r.count for r in recipes)
         decision, apply_s, work = self._apply_stack(entry, entries, first, total_images)
-        pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config)
+        pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config, prediction)
+        vectors = self._embedding_vectors(pipe, entry.arch, model_name, stack, embedding_files)
         self._memory_settings(pipe, first, total_images)
 
         prepared = time.perf_counter()
-        outputs, denoise = self._denoise(entry, recipes, on_step, should_cancel)
+        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors)
         finished = time.perf_counter()
         self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
         results = []
         lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
         pinned = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
+        pinned_embeddings = tuple(replace(ref, sha256=info.sha256) for ref, _, info in embedding_files)
         position = 0
         for recipe in recipes:
             images = outputs[position : position + recipe.count]
+            names = set().union(*used[position : position + recipe.count])
             position += recipe.count
+            # A1111's TI hashes: the embeddings this job's prompts used, first 12 hex.
+            ti_hashes = {ref.name: info.sha256[:12] for ref, _, info in embedding_files if ref.name in names}
             seeds = [recipe.seed + i for i in range(recipe.count)]
             pngs = []
             for seed, image in zip(seeds, images, strict=True):
                 # Each PNG carries the recipe of that one image (its own seed, count 1, the
                 # sha256 of every file used), so re-running it from the PNG gives that image.
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed,
+                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed, ti_hashes=ti_hashes,
                                               vae_hash=vae_info.autov2 if vae_info else None)  # fmt: skip
-                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned)
+                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned, embeddings=pinned_embeddings)
                 pngs.append(write_png(image, parameters, json.dumps(image_recipe.to_json(), sort_keys=True)))
             results.append(GenerationResult(images=pngs, seeds=seeds))
         ended = time.perf_counter()
@@ -430,12 +444,17 @@ class Generator:
         recipes: list[Recipe],
         on_step: list[ProgressFn | None],
         should_cancel: list[CancelFn | None],
-    ) -> tuple[list[Any], float]:
-        """Every image of every job, in calls of at most ``max_batch_images`` images."""
+        vectors: dict[str, Any],
+    ) -> tuple[list[Any], list[set[str]], float]:
+        """Every image of every job, in calls of at most ``max_batch_images`` images; with the
+        embeddings each image's prompts used."""
         import torch
 
+        from engine.prompting.encode import PromptEncoder, cross_attention_mask
+
         first = recipes[0]
-        pipe = entry.pipe
+        encoder = PromptEncoder(pipe := entry.pipe, clip_skip=first.clip_skip, embeddings=vectors)
+        used: list[set[str]] = []
         prompts, negatives, seeds, owners = [], [], [], []
         for index, recipe in enumerate(recipes):
             for i in range(recipe.count):
@@ -486,18 +505,20 @@ class Generator:
             call_started = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    output = pipe(
-                        prompt=prompts[chunk],
-                        negative_prompt=negatives[chunk] if any(negatives[chunk]) else None,
-                        num_inference_steps=first.steps,
-                        guidance_scale=first.cfg_scale,
-                        width=first.width,
-                        height=first.height,
-                        latents=latents,
-                        generator=generators if len(generators) > 1 else generators[0],
-                        callback_on_step_end=callback,
-                        output_type="pil",
-                    )
+                    # A1111's prompt meaning, per image: a batch mate never changes an image.
+                    conditioning = encoder.conditioning(prompts[chunk], negatives[chunk], guidance=first.cfg_scale > 1)
+                    with cross_attention_mask(pipe.unet, conditioning):
+                        output = pipe(
+                            **conditioning.kwargs,
+                            num_inference_steps=first.steps,
+                            guidance_scale=first.cfg_scale,
+                            width=first.width,
+                            height=first.height,
+                            latents=latents,
+                            generator=generators if len(generators) > 1 else generators[0],
+                            callback_on_step_end=callback,
+                            output_type="pil",
+                        )
             except Exception as exc:
                 entry.patcher.end_probe()
                 if _is_oom(exc) and limit > 1:
@@ -515,8 +536,26 @@ class Generator:
             for owner in chunk_owners:
                 done_images[owner] += 1
             images.extend(output.images)
+            for positive, negative in zip(conditioning.info, conditioning.negative_info, strict=True):
+                used.append(set(positive.embeddings_used) | set(negative.embeddings_used))
             start = chunk.stop
-        return images, denoise
+        return images, used, denoise
+
+    def _embedding_vectors(
+        self, pipe: Any, arch: str, model_name: str, stack: list[ResolvedLora], files: list[Any]
+    ) -> dict[str, Any]:
+        """Vectors of every embedding the prompt may call: the recipe's and those bundled in its
+        LoRAs (OneTrainer), each checked against the model's text encoders."""
+        vectors: dict[str, Any] = {}
+        for lora in stack:
+            for name, found in self.embeddings.bundled(lora.path, lora.info).items():
+                check_fits(name, found, pipe, arch, model_name)
+                vectors[name] = found
+        for ref, path, info in files:
+            found = self.embeddings.vectors(path, info)
+            check_fits(ref.name, found, pipe, arch, model_name)
+            vectors[ref.name] = found
+        return vectors
 
     def _free_device_memory(self) -> None:
         try:

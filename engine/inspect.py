@@ -25,6 +25,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from engine.classify import (
+    BUNDLE_PREFIX,
+    is_network_key,
+    looks_like_checkpoint,
+    looks_like_vae,
+    most_common,
+    prediction_from,
+    read_embedding,
+    read_network,
+    sshs_hash,
+    trained_clip_skip,
+)
+from engine.families import detect_family
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from engine.protocol import Architecture, EngineError, ErrorCode, FileInfo
 
@@ -43,17 +56,13 @@ _SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = tuple(bytes([0x80, n]) for n in range(2, 6))
 
-_LORA_KEY = re.compile(
-    r"(lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer|"
-    r"hada_w1_a|lokr_w1|\.alpha$|_lora\.down)"
-)
-_DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down)")
+_DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down|hada_w1_b)")
 _TE_KEY = re.compile(
     r"(^lora_te\d?_|^text_encoder(_2)?\.|^te\d?\.|cond_stage_model|conditioner\.embedders|"
-    r"^text_encoders\.|text_model\.)"
+    r"^text_encoders\.|text_model\.|^clip_[lg]\.)"
 )
 _TE2_KEY = re.compile(
-    r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g)"
+    r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g|^clip_g\.)"
 )
 _FLUX_KEY = re.compile(
     r"(double_blocks|single_blocks|single_transformer_blocks|^transformer\.x_embedder|"
@@ -242,31 +251,6 @@ def _read_scalar(path: Path, header_len: int, entry: dict[str, Any]) -> float | 
 # --- classification ----------------------------------------------------------------------
 
 
-def _most_common(values: Iterable[Any]) -> Any | None:
-    counts = Counter(values)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return max(v for v, c in counts.items() if c == best)
-
-
-def _key_format(keys: list[str]) -> str:
-    if any(k.startswith(("hada_", "lokr_")) or ".hada_" in k or ".lokr_" in k for k in keys):
-        return "lycoris"
-    lora_keys = [k for k in keys if _LORA_KEY.search(k)]
-    if not lora_keys:
-        return "unknown"
-    if all(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for k in lora_keys):
-        return "kohya"
-    if any(k.startswith("base_model.model.") for k in lora_keys):
-        return "peft"
-    if all(k.startswith(("unet.", "text_encoder", "transformer.")) for k in lora_keys):
-        return "diffusers"
-    if any("lora_A" in k for k in lora_keys):
-        return "peft"
-    return "diffusers"
-
-
 def _metadata_architecture(metadata: dict[str, str]) -> Architecture | None:
     for key in ("modelspec.architecture", "ss_base_model_version"):
         value = metadata.get(key, "").lower()
@@ -298,14 +282,18 @@ def classify(
     real ones) are recognised like real files: SDXL has a second text encoder, the
     ``add_embedding``/``label_emb`` micro-conditioning and transformer depth > 1.
     """
-    keys = list(tensors)
-    is_lora = any(_LORA_KEY.search(k) for k in keys)
-    looks_like_model = any(
-        k.startswith(("model.diffusion_model.", "conv_in.", "double_blocks.", "joint_blocks."))
-        or k.endswith(("time_embedding.linear_1.weight", "time_embed.0.weight"))
-        for k in keys
-    )
-    kind = "lora" if is_lora else ("checkpoint" if looks_like_model else "unknown")
+    keys = [k for k in tensors if not k.startswith(BUNDLE_PREFIX)]
+    embedding = read_embedding(tensors)
+    if embedding is not None:
+        return "embedding", embedding.architecture
+    if any(is_network_key(k) for k in tensors):
+        kind = "lora"
+    elif looks_like_checkpoint(keys):
+        kind = "checkpoint"
+    elif looks_like_vae(keys):
+        return "vae", _metadata_architecture(metadata) or "unknown"
+    else:
+        kind = "unknown"
 
     architecture: Architecture = "unknown"
     if any(_FLUX_KEY.search(k) for k in keys):
@@ -370,7 +358,7 @@ def _alpha(
             if value is not None and math.isfinite(value):
                 values.append(round(value, 6))
     if values:
-        return float(_most_common(values))
+        return float(most_common(values))
     for key in ("ss_network_alpha",):
         try:
             return float(metadata[key])
@@ -385,7 +373,7 @@ def _alpha(
         found = [v for k, v in _flatten(adapter) if k.endswith("lora_alpha")]
         numbers = [float(v) for v in found if isinstance(v, int | float)]
         if numbers:
-            return float(_most_common(numbers))
+            return float(most_common(numbers))
     return None
 
 
@@ -408,12 +396,10 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     kind, architecture = classify(tensors, metadata)
     sha256, after_header = file_hashes(path, header_len)
-    ranks = [
-        int(entry["shape"][0])
-        for name, entry in tensors.items()
-        if _DOWN_KEY.search(name) and len(entry["shape"]) >= 2
-    ]
-    is_lora = kind == "lora"
+    network = read_network(tensors) if kind == "lora" else None
+    embedding = read_embedding(tensors) if kind == "embedding" else None
+    prediction, ztsnr = prediction_from(tensors, metadata) if kind == "checkpoint" else (None, False)
+    base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,
         kind=kind,  # type: ignore[arg-type]
@@ -421,14 +407,24 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
         size_bytes=path.stat().st_size,
         sha256=sha256,
         autov2=sha256[:10],
-        a1111_hash=after_header[:12],
-        rank=_most_common(ranks) if is_lora else None,
-        alpha=_alpha(path, header_len, tensors, metadata) if is_lora else None,
+        a1111_hash=sshs_hash(metadata) or after_header[:12],
+        rank=network.rank if network else None,
+        alpha=_alpha(path, header_len, tensors, metadata) if network else None,
         has_text_encoder=any(_TE_KEY.search(k) for k in tensors),
-        key_format=_key_format(list(tensors)) if is_lora else "unknown",
+        key_format=network.key_format if network else "unknown",
+        lora_format=network.lora_format if network else None,
         trigger_words=trigger_words(metadata),
         output_name=metadata.get("ss_output_name") or None,
         base_model_version=metadata.get("ss_base_model_version") or None,
+        family=detect_family(metadata, architecture=architecture, kind=kind, file_name=path.name),
+        base_model_name=metadata.get("ss_sd_model_name") or None,
+        base_model_sha256=base_hash if base_hash and len(base_hash) == 64 else None,
+        clip_skip=trained_clip_skip(metadata),
+        prediction_type=prediction,
+        zero_terminal_snr=ztsnr,
+        vectors=embedding.vectors if embedding else None,
+        encoders=embedding.encoders if embedding else (),
+        bundled_embeddings=network.bundled_embeddings if network else (),
         metadata=dict(metadata),
     )
 
@@ -470,10 +466,14 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
         digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + whole.encode())
         weights_only.update(after.encode())
     sha256 = digest.hexdigest()
+    prediction, ztsnr = _folder_prediction(folder)
     return FileInfo(
         path=shown,
         kind="checkpoint",
         architecture=architecture,
+        family=detect_family({}, architecture=architecture, kind="checkpoint", file_name=folder.name),
+        prediction_type=prediction,
+        zero_terminal_snr=ztsnr,
         size_bytes=total,
         sha256=sha256,
         autov2=sha256[:10],
@@ -481,6 +481,19 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
         has_text_encoder=(folder / "text_encoder").is_dir(),
         metadata={"_class_name": str(index.get("_class_name", ""))},
     )
+
+
+def _folder_prediction(folder: Path) -> tuple[str | None, bool]:
+    """What a diffusers folder's own scheduler config says (v-prediction folders ship it there)."""
+    try:
+        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None, False
+    if not isinstance(config, dict):
+        return None, False
+    prediction = config.get("prediction_type")
+    ztsnr = bool(config.get("rescale_betas_zero_snr", False))
+    return (prediction if prediction in ("epsilon", "v_prediction") else None), ztsnr
 
 
 def inspect_path_for_cli(target: str) -> FileInfo:

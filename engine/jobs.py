@@ -2,7 +2,7 @@
 
 When the job at the head of the queue starts, every queued job that can share its pipeline
 call (:func:`batch_key`: same model, VAE, LoRA stack and weights, size, steps, sampler, CFG,
-clip skip and embeddings; prompts and seeds may differ) joins it, up to the runner's
+clip skip, embeddings and prediction type; prompts and seeds may differ) joins it, up to the runner's
 ``max_batch_images``: one batched call costs less than several. While they run, the next
 job's files are read ahead (the runner's ``prefetch``).
 
@@ -50,6 +50,7 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
         recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
         recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
         getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
+        getattr(recipe, "prediction_type", ""),
     )  # fmt: skip
 
 

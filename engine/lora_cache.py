@@ -49,6 +49,13 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
             ErrorCode.INVALID_RECIPE,
             f"'{lora.ref.file}' is a full checkpoint, not a LoRA: use it as the model instead",
         )
+    if lora.info.kind in ("embedding", "vae"):
+        use = "name it in the prompt" if lora.info.kind == "embedding" else "set it as the model's VAE"
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"'{lora.ref.file}' is a {'textual-inversion embedding' if lora.info.kind == 'embedding' else 'VAE'}, "
+            f"not a LoRA: {use} instead",
+        )
     lora_arch = lora.info.architecture
     if lora_arch in ("unknown", model_arch):
         return

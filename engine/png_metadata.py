@@ -81,10 +81,14 @@ def a1111_parameters(
     lora_hashes: Mapping[str, str],
     *,
     seed: int | None = None,
+    ti_hashes: Mapping[str, str] | None = None,
     vae_hash: str | None = None,
 ) -> str:
-    """The ``parameters`` text for one image (``seed`` defaults to the recipe's); a recipe VAE
-    is written as A1111 does, ``VAE hash`` (AutoV2) and ``VAE`` (the file name)."""
+    """The ``parameters`` text for one image (``seed`` defaults to the recipe's).
+
+    ``ti_hashes`` are the embeddings the prompt used (name -> 12 hex), A1111's ``TI hashes``.
+    A recipe VAE is written as A1111 does, ``VAE hash`` (AutoV2) and ``VAE`` (the file name).
+    """
     from engine.samplers import a1111_base_name, schedule_type
 
     fields: list[tuple[str, str]] = [
@@ -101,6 +105,10 @@ def a1111_parameters(
         if vae_hash:
             fields.append(("VAE hash", vae_hash))
         fields.append(("VAE", recipe.vae.rsplit("/", 1)[-1]))
+    if recipe.clip_skip > 1:  # A1111 writes it only when it is not the default
+        fields.append(("Clip skip", str(recipe.clip_skip)))
+    if ti_hashes:
+        fields.append(("TI hashes", ", ".join(f"{_alias(n, ':,')}: {h}" for n, h in ti_hashes.items())))
     if lora_hashes:
         # A1111 (extensions-builtin/Lora/networks.py) strips ":" and "," from each alias so
         # the "name: hash, name: hash" list can be split again.
@@ -119,6 +127,25 @@ class ParsedParameters:
     prompt: str
     negative_prompt: str
     params: dict[str, str]
+
+    @property
+    def clip_skip(self) -> int:
+        """``Clip skip: N`` (1, A1111's default, when absent or unreadable)."""
+        try:
+            value = int(self.params.get("Clip skip", "1"))
+        except ValueError:
+            return 1
+        return value if 1 <= value <= 12 else 1
+
+    @property
+    def ti_hashes(self) -> dict[str, str]:
+        """``TI hashes: "name: hash, ..."`` as a mapping."""
+        return _hash_list(self.params.get("TI hashes", ""))
+
+
+def _hash_list(text: str) -> dict[str, str]:
+    pairs = (item.rpartition(":") for item in text.split(","))
+    return {name.strip(): value.strip() for name, sep, value in pairs if sep and name.strip()}
 
 
 def parse_a1111_parameters(text: str) -> ParsedParameters:

@@ -14,10 +14,11 @@ HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``):
 - ``POST /jobs/{id}/cancel`` -> ``JobStatus``; takes effect at the next denoising step.
 - ``GET /jobs/{id}/images/{n}`` -> ``image/png`` (with the recipe in its metadata).
 - ``GET /health`` -> ``Health``.
-- ``POST /inspect`` ``{"kind": "lora"|"model", "path": str}`` -> ``FileInfo``.
-- ``GET /files?kind=lora|model`` -> ``{"files": [FileEntry, ...]}``.
+- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``.
+- ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
 
-Paths are always relative to the engine's configured model or LoRA folder.
+Paths are always relative to the engine's configured model, LoRA or embedding folder (the
+embedding folder is the LoRA folder unless the operator configures another).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from typing import Any, Literal
 #: Architectures a model or LoRA can be made for. A LoRA only works on its own.
 ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "unknown")
 Architecture = Literal["sd15", "sdxl", "sd3", "flux", "unknown"]
-FileKind = Literal["lora", "model"]
+#: The folders a file can be asked about (``POST /inspect``, ``GET /files``).
+FileKind = Literal["lora", "model", "embedding"]
+#: What a ``.safetensors`` file turned out to be. "lora" is any LoRA-like network file
+#: (whatever its maths: see ``FileInfo.lora_format``).
+InspectedKind = Literal["lora", "embedding", "checkpoint", "vae", "unknown"]
 #: How people write each architecture's name, for every message that names one.
 ARCHITECTURE_LABELS: dict[str, str] = {
     "sd15": "SD 1.5",
@@ -53,12 +58,12 @@ class ErrorCode(enum.StrEnum):
     LORA_NO_MATCH = "lora_no_match"
     UNKNOWN_FILE = "unknown_file"
     CORRUPT_FILE = "corrupt_file"
-    #: A valid LoRA-like file in a format the engine cannot apply (the message names it).
-    UNSUPPORTED_FORMAT = "unsupported_format"
     NOT_SAFETENSORS = "not_safetensors"
     OUTSIDE_FOLDER = "outside_folder"
     INVALID_RECIPE = "invalid_recipe"
     UNKNOWN_JOB = "unknown_job"
+    #: A valid file in a format this engine cannot apply (a LoRA maths it has no patcher for).
+    UNSUPPORTED_FORMAT = "unsupported_format"
     OUT_OF_MEMORY = "out_of_memory"
     CANCELLED = "cancelled"
     ENGINE_UNAVAILABLE = "engine_unavailable"
@@ -104,6 +109,23 @@ class LoraRef:
 
 
 @dataclass(frozen=True)
+class EmbeddingRef:
+    """A textual-inversion embedding used by ``name`` in the prompt or negative (as in A1111).
+
+    ``file`` is relative to the engine's embedding folder; ``name`` is the word that calls it.
+    """
+
+    file: str
+    name: str
+    #: Expected sha256; when given the engine refuses a file whose content differs.
+    sha256: str | None = None
+
+
+#: ``Recipe.prediction_type`` values: "" reads it from the model file (keys and metadata).
+PREDICTION_TYPES = ("", "epsilon", "v_prediction", "v_prediction_ztsnr")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything needed to reproduce an image, bit for bit on the same machine."""
 
@@ -121,12 +143,19 @@ class Recipe:
     count: int = 1
     #: Display name of the model (defaults to the file name).
     model_name: str = ""
+    #: A1111's ``CLIP_stop_at_last_layers``: 2 reads the text encoder's penultimate layer.
+    clip_skip: int = 1
+    #: Textual-inversion embeddings the prompt or negative names.
+    embeddings: tuple[EmbeddingRef, ...] = ()
+    #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
+    prediction_type: str = ""
     #: A VAE ``.safetensors`` file relative to the model folder; empty: the model's own VAE.
     vae: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
+        data["embeddings"] = [dataclasses.asdict(e) for e in self.embeddings]
         return data
 
     @classmethod
@@ -137,6 +166,7 @@ class Recipe:
             raise EngineError(ErrorCode.INVALID_RECIPE, f"unknown recipe fields: {sorted(unknown)}")
         values = dict(data)
         values["loras"] = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
+        values["embeddings"] = tuple(EmbeddingRef(**e) for e in data.get("embeddings", ()))
         return cls(**values)
 
 
@@ -145,35 +175,58 @@ class FileInfo:
     """What the engine learns from a ``.safetensors`` header, without loading tensors."""
 
     path: str
-    kind: Literal["lora", "checkpoint", "unknown"]
+    kind: InspectedKind
     architecture: Architecture
     size_bytes: int
     sha256: str
     #: Civitai's AutoV2: the first 10 hex digits of the sha256.
     autov2: str
-    #: AUTOMATIC1111's LoRA hash: sha256 of the bytes after the header, first 12 hex.
+    #: AUTOMATIC1111's LoRA hash, first 12 hex: the file's ``sshs_model_hash`` where it has
+    #: one (as A1111 prefers), else the sha256 of the bytes after the header.
     a1111_hash: str
     rank: int | None = None
     alpha: float | None = None
     has_text_encoder: bool = False
-    #: "kohya" (lora_unet_/lora_te_ keys), "diffusers" (unet./text_encoder.), "peft", ...
+    #: The key layout: "kohya", "diffusers", "diffusers_old" (attention processors), "peft",
+    #: "omi", or "unknown".
     key_format: str = "unknown"
+    #: A LoRA-like file's maths: "lora", "locon", "loha", "lokr", "full", "ia3", "dora",
+    #: combined with "+" ("locon+dora", "loha+dora", "lora+loha") when a file mixes them.
+    lora_format: str | None = None
     #: Trigger words suggested by kohya's ``ss_tag_frequency``, most frequent first.
     trigger_words: tuple[str, ...] = ()
     #: kohya's ``ss_output_name``, a good default registry name.
     output_name: str | None = None
     base_model_version: str | None = None
+    #: The model family it was made for or belongs to (``engine.families``), "unknown" if unsure.
+    family: str = "unknown"
+    #: The base checkpoint a LoRA was trained on (kohya ``ss_sd_model_name``/``ss_new_sd_model_hash``).
+    base_model_name: str | None = None
+    base_model_sha256: str | None = None
+    #: kohya's ``ss_clip_skip``: the clip skip a LoRA or embedding was trained with.
+    clip_skip: int | None = None
+    #: Checkpoints: "epsilon" or "v_prediction" when the file says (keys or model spec).
+    prediction_type: str | None = None
+    #: Checkpoints trained with zero terminal SNR (a ``ztsnr`` key).
+    zero_terminal_snr: bool = False
+    #: Embeddings: how many token vectors it stands for; its encoders ("clip_l", "clip_g").
+    vectors: int | None = None
+    encoders: tuple[str, ...] = ()
+    #: LoRAs with embeddings bundled in (OneTrainer ``bundle_emb.<name>.*``): their names.
+    bundled_embeddings: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["trigger_words"] = list(self.trigger_words)
+        for name in ("trigger_words", "encoders", "bundled_embeddings"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileInfo:
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["trigger_words"] = tuple(values.get("trigger_words", ()))
+        for name in ("trigger_words", "encoders", "bundled_embeddings"):
+            values[name] = tuple(values.get(name, ()))
         return cls(**values)
 
 

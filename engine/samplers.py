@@ -91,14 +91,21 @@ def scheduler_options(sampler: Sampler, scheduler_class: type) -> dict[str, Any]
     return options
 
 
-def make_scheduler(name: str, base_config: Any) -> Any:
-    """A fresh scheduler for ``name`` built from the pipeline's scheduler config."""
+def make_scheduler(name: str, base_config: Any, prediction: Any = None) -> Any:
+    """A fresh scheduler for ``name`` built from the pipeline's scheduler config.
+
+    ``prediction`` (an :class:`engine.prediction.Prediction`) sets v-prediction and zero
+    terminal SNR; None keeps what the pipeline's config says.
+    """
     import diffusers
+
+    from engine.prediction import scheduler_overrides
 
     sampler = get_sampler(name)
     cls = getattr(diffusers, sampler.scheduler)
+    options = {**scheduler_options(sampler, cls), **scheduler_overrides(prediction, cls, name)}
     try:
-        return cls.from_config(base_config, **scheduler_options(sampler, cls))
+        return cls.from_config(base_config, **options)
     except ImportError as exc:  # LMS needs scipy, which the engine does not require
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise EngineError(

@@ -194,7 +194,7 @@ async def job_image(request: web.Request) -> web.Response:
 def _folder(request: web.Request, kind: Any) -> Path:
     folders = request.app[FOLDERS_KEY]
     if not isinstance(kind, str) or kind not in folders:  # JSON may send a list: unhashable
-        raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora' or 'model'")
+        raise EngineError(ErrorCode.INVALID_RECIPE, "kind must be 'lora', 'model' or 'embedding'")
     return folders[kind]
 
 
@@ -279,7 +279,8 @@ def create_app(
         raise ValueError(f"heartbeat_interval_s must be positive, not {heartbeat_interval_s}")
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
     app[MANAGER_KEY] = manager
-    app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root)}
+    # Textual-inversion embeddings live in the LoRA folder (e.g. an embeddings/ subfolder).
+    app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root), "embedding": Path(loras_root)}
     app[STARTED_KEY] = time.monotonic()
     app[HEARTBEAT_KEY] = float(heartbeat_interval_s)
 

@@ -94,3 +94,79 @@ def load_tokenizer(folder: Path):  # -> transformers.CLIPTokenizer (lazy import 
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH)
+
+
+# --- a pure-Python CLIP tokenizer -----------------------------------------------------------
+
+import re as _re  # noqa: E402 - kept beside the one piece that needs it
+import unicodedata as _unicodedata  # noqa: E402
+
+# The CLIP pre-tokenizer pattern with stdlib classes: [^\W\d_] for \p{L} (letters), \d for \p{N}.
+_WORDS = _re.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+",
+    _re.IGNORECASE,
+)
+
+
+class ClipBpe:
+    """CLIP's BPE in plain Python, for the bot, which counts prompt tokens without transformers.
+
+    The engine encodes with the model's own tokenizer; this gives the same ids for ordinary
+    text (a test compares the two), and at worst a token or two off on rare Unicode, where the
+    stdlib ``re`` classes differ slightly from ``\\p{L}``/``\\p{N}``. Small, because the
+    alternative is a Rust tokenizer or transformers as a bot dependency for one count.
+    """
+
+    def __init__(self) -> None:
+        vocab, merges = _vocab_and_merges()
+        self.vocab = vocab
+        self.ranks = {tuple(m.split()): i for i, m in enumerate(merges)}
+        self.byte_chars = bytes_to_unicode()
+        self._cache: dict[str, list[int]] = {}
+        self.comma = vocab[",</w>"]
+
+    def _bpe(self, word: str) -> list[int]:
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pairs = [(self.ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:], strict=False))]
+            rank, index = min(pairs)
+            if rank == 1 << 30:
+                break
+            first, second = parts[index], parts[index + 1]
+            merged: list[str] = []
+            i = 0
+            while i < len(parts):
+                if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        ids = [self.vocab[p] for p in parts if p in self.vocab]
+        if len(self._cache) < 50_000:
+            self._cache[word] = ids
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without start/end tokens (normalised as the HF tokenizer does)."""
+        text = " ".join(_unicodedata.normalize("NFC", text).split()).lower()
+        ids: list[int] = []
+        for word in _WORDS.findall(text):
+            if word in (BOS_TOKEN, EOS_TOKEN):
+                ids.append(self.vocab[word])
+                continue
+            mapped = "".join(self.byte_chars[b] for b in word.encode("utf-8"))
+            ids.extend(self._bpe(mapped))
+        return ids
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+@functools.cache
+def clip_bpe() -> ClipBpe:
+    return ClipBpe()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.protocol import PREDICTION_TYPES, EngineError, ErrorCode, Recipe
 from engine.samplers import get_sampler
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -36,6 +36,9 @@ class RecipeLimits:
     min_side: int = 64
     max_loras: int = 16
     max_cfg: float = 30.0
+    max_embeddings: int = 32
+    #: CLIP text encoders have 12 (SD 1.5, SDXL's first) to 32 layers.
+    max_clip_skip: int = 12
 
 
 DEFAULT_LIMITS = RecipeLimits()
@@ -87,3 +90,18 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
             isinstance(lora.sha256, str) and _SHA256.fullmatch(lora.sha256)
         ):
             refuse(f"LoRA '{lora.file}' sha256 must be 64 hex digits (or left out)")
+    if not _whole(recipe.clip_skip) or not 1 <= recipe.clip_skip <= limits.max_clip_skip:
+        refuse(f"clip_skip must be a whole number from 1 to {limits.max_clip_skip} (1 = the last layer)")
+    if recipe.prediction_type not in PREDICTION_TYPES:
+        refuse(f"prediction_type must be one of {', '.join(repr(p) for p in PREDICTION_TYPES)}")
+    if len(recipe.embeddings) > limits.max_embeddings:
+        refuse(f"at most {limits.max_embeddings} embeddings can be used at once (got {len(recipe.embeddings)})")
+    for embedding in recipe.embeddings:
+        if not isinstance(embedding.file, str) or not embedding.file:
+            refuse("every embedding needs a file")
+        if not isinstance(embedding.name, str) or not embedding.name.strip():
+            refuse(f"embedding '{embedding.file}' needs the name the prompt calls it by")
+        if embedding.sha256 is not None and not (
+            isinstance(embedding.sha256, str) and _SHA256.fullmatch(embedding.sha256)
+        ):
+            refuse(f"embedding '{embedding.file}' sha256 must be 64 hex digits (or left out)")

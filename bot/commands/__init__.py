@@ -12,7 +12,7 @@ from discord import app_commands
 
 
 def register_all(tree: app_commands.CommandTree[Any]) -> None:
-    from bot.commands import imagine, lora, model, queue, recipes, settings
+    from bot.commands import embedding, imagine, lora, model, queue, recipes, settings
 
-    for command in (imagine.imagine, lora.lora, model.model, settings.settings, queue.queue, recipes.recipes):
+    for command in (imagine.imagine, lora.lora, model.model, embedding.embedding, settings.settings, queue.queue, recipes.recipes):
         tree.add_command(command)

@@ -86,25 +86,28 @@ async def send_private(interaction: discord.Interaction[Any], text: str | None =
         log.warning("could not answer interaction %s: %s", interaction.id, exc)
 
 
-async def registered_files(interaction: discord.Interaction[Any], kind: Literal["lora", "model"]) -> set[str]:
+Kind = Literal["lora", "model", "embedding"]
+
+
+async def registered_files(interaction: discord.Interaction[Any], kind: Kind) -> set[str]:
     """Files of ``kind`` this server has registered already."""
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
     if kind == "lora":
         return await registry.registered_lora_files(interaction.guild_id)
+    if kind == "embedding":
+        return {e.file for e in await registry.list_embeddings(interaction.guild_id)}
     return {m.file for m in await registry.list_models(interaction.guild_id)}
 
 
-#: How /lora add and /model add answer a file already registered or of the other kind.
-_ALREADY = {"lora": "change it with `/lora edit`", "model": "see `/model info`"}
-_WRONG_KIND = {
-    "lora": ("checkpoint", "is a full model, not a LoRA. Use `/model add` for it."),
-    "model": ("lora", "is a LoRA, not a model. Use `/lora add` for it."),
-}
+#: How the add commands answer a file already registered.
+_ALREADY = {"lora": "change it with `/lora edit`", "model": "see `/model info`", "embedding": "see `/embedding list`"}
+#: The inspected kind each add command registers.
+_WANTED = {"lora": "lora", "model": "checkpoint", "embedding": "embedding"}
 
 
 async def inspect_new_file(
-    interaction: discord.Interaction[Any], kind: Literal["lora", "model"], file: str
+    interaction: discord.Interaction[Any], kind: Kind, file: str
 ) -> FileInfo | None:
     """The first half of ``/lora add`` and ``/model add``: the engine's reading of a file this
     server has not registered yet, of the kind the command registers. Anything else is
@@ -117,15 +120,17 @@ async def inspect_new_file(
     except EngineError as exc:
         await send_private(interaction, f"I could not read `{file}`: {exc.message}")
         return None
-    other_kind, refusal = _WRONG_KIND[kind]
-    if info.kind == other_kind:
-        await send_private(interaction, f"`{file}` {refusal}")
+    if info.kind != _WANTED[kind]:
+        from bot.registry.models import not_a_message
+
+        wanted = {"lora": "a LoRA", "model": "a base model", "embedding": "a textual-inversion embedding"}[kind]
+        await send_private(interaction, not_a_message(info, wanted, f"/{kind} add"))
         return None
     return info
 
 
 async def unregistered_file_choices(
-    interaction: discord.Interaction[Any], kind: Literal["lora", "model"], current: str
+    interaction: discord.Interaction[Any], kind: Kind, current: str
 ) -> list[app_commands.Choice[str]]:
     """Files of ``kind`` the engine sees that this server has not registered yet (``/… add``).
 

@@ -49,14 +49,40 @@ async def lora_autocomplete(interaction: discord.Interaction[Any], current: str)
     if interaction.guild_id is None:
         return []
     bot = bot_of(interaction)
-    architecture = await bot.actions.chosen_architecture(interaction)
+    chosen = await bot.actions.chosen_model(interaction)
     choices = await bot.registry.autocomplete_loras(
         interaction.guild_id,
         current,
-        architecture=architecture,
+        architecture=chosen.architecture if chosen else None,
+        family=chosen.family if chosen and chosen.family != "unknown" else None,
         nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
     )
     return to_choices(choices)
+
+
+async def text_with_embeddings(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Completes the last word typed into an embedding's name ("easyn" -> "EasyNegative").
+
+    The first choice is the text as typed, so Enter keeps it; Discord caps a choice's value at
+    100 characters, so longer texts get no suggestions (they are still sent as typed).
+    """
+    if interaction.guild_id is None or len(current) > 100:
+        return []
+    head, _, last = current.rpartition(" ")
+    word = last.lstrip("(,[")
+    if len(word) < 2:
+        return []
+    bot = bot_of(interaction)
+    architecture = await bot.actions.chosen_architecture(interaction)
+    found = await bot.registry.autocomplete_embeddings(
+        interaction.guild_id,
+        word,
+        architecture=architecture,
+        nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
+    )
+    prefix = current[: len(current) - len(word)]
+    texts = [current] + [prefix + e.name for e in found if prefix + e.name != current]
+    return [app_commands.Choice(name=t[:100], value=t) for t in texts[:25] if 0 < len(t) <= 100]
 
 
 @app_commands.command(name="imagine", description="Generate an image from a model, a LoRA stack and a prompt")
@@ -77,13 +103,18 @@ async def lora_autocomplete(interaction: discord.Interaction[Any], current: str)
     seed="Seed for a reproducible image (default: random)",
     size="Image size (default: the model's)",
     count="How many images (1-4)",
+    clip_skip="Clip skip: 2 reads the text encoder's penultimate layer (default: the model's)",
 )
 @app_commands.choices(
     sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
     size=[app_commands.Choice(name=label, value=value) for label, value in SIZES],
 )
 @app_commands.autocomplete(
-    model=model_autocomplete, lora1=lora_autocomplete, lora2=lora_autocomplete, lora3=lora_autocomplete
+    model=model_autocomplete,
+    lora1=lora_autocomplete,
+    lora2=lora_autocomplete,
+    lora3=lora_autocomplete,
+    negative=text_with_embeddings,
 )
 async def imagine(
     interaction: discord.Interaction[Any],
@@ -102,6 +133,7 @@ async def imagine(
     seed: app_commands.Range[int, 0, 2**53 - 1] | None = None,
     size: str | None = None,
     count: app_commands.Range[int, 1, 4] | None = None,
+    clip_skip: app_commands.Range[int, 1, 12] | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -121,4 +153,5 @@ async def imagine(
         width=width,
         height=height,
         count=count,
+        clip_skip=clip_skip,
     )

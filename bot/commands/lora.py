@@ -29,11 +29,13 @@ from bot.commands.common import (
     unregistered_file_choices,
 )
 from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from engine.families import FAMILIES, family_label
 
 lora = app_commands.Group(name="lora", description="Find, bookmark and manage this server's LoRAs", guild_only=True)
 
 CATEGORY_CHOICES = [app_commands.Choice(name=c.value, value=c.value) for c in Category]
 ARCH_CHOICES = [app_commands.Choice(name=a, value=a) for a in ARCHITECTURES if a != "unknown"]
+FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
 SORT_CHOICES = [
     app_commands.Choice(name="newest", value="newest"),
     app_commands.Choice(name="most used", value="most_used"),
@@ -84,8 +86,9 @@ async def unregistered_file_autocomplete(
     nsfw="Whether it is NSFW",
     source="Where it comes from: Civitai AIR or URL",
     description="A short description",
+    family="Model family it was trained for (default: read from the file)",
 )
-@app_commands.choices(category=CATEGORY_CHOICES)
+@app_commands.choices(category=CATEGORY_CHOICES, family=FAMILY_CHOICES)
 @app_commands.autocomplete(file=unregistered_file_autocomplete)
 async def lora_add(
     interaction: discord.Interaction[Any],
@@ -97,6 +100,7 @@ async def lora_add(
     nsfw: bool = False,
     source: str | None = None,
     description: str | None = None,
+    family: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -113,6 +117,13 @@ async def lora_add(
         overrides["source"] = source
     if description:
         overrides["description"] = description
+    if family:
+        overrides["family"] = family
+    elif info.base_model_sha256:
+        # Trained on a model this server has: that model's family is the LoRA's.
+        for known in await bot.registry.list_models(interaction.guild_id):
+            if known.sha256 == info.base_model_sha256 and known.family != "unknown":
+                overrides["family"] = known.family
     try:
         entry = LoraEntry.from_file_info(info, name=name, category=category, **overrides)
         added = await bot.registry.add_lora(interaction.guild_id, entry, interaction.user.id)
@@ -145,8 +156,9 @@ async def lora_add(
     description="Description",
     source="Civitai AIR or URL",
     preview="Link (https://…) to a preview image shown on the card; `none` removes it",
+    family="Model family it was trained for",
 )
-@app_commands.choices(category=CATEGORY_CHOICES)
+@app_commands.choices(category=CATEGORY_CHOICES, family=FAMILY_CHOICES)
 @app_commands.autocomplete(name=any_lora_autocomplete)
 async def lora_edit(
     interaction: discord.Interaction[Any],
@@ -162,6 +174,7 @@ async def lora_edit(
     description: str | None = None,
     source: str | None = None,
     preview: app_commands.Range[str, 1, 2000] | None = None,
+    family: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -178,6 +191,7 @@ async def lora_edit(
         ("nsfw", nsfw),
         ("enabled", enabled),
         ("source", source),
+        ("family", family),
     ):
         if value is not None:
             changes[key] = value
@@ -234,7 +248,8 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
 def _lora_line(entry: LoraEntry) -> str:
     triggers = f" · {', '.join(entry.trigger_words[:3])}" if entry.trigger_words else ""
     state = "" if entry.enabled else " · disabled"
-    return f"**{entry.name}** · {entry.architecture} · {entry.category.value} · {entry.uses} uses{triggers}{state}"
+    family = f" · {family_label(entry.family)}" if entry.family != "unknown" else ""
+    return f"**{entry.name}** · {entry.architecture}{family} · {entry.category.value} · {entry.uses} uses{triggers}{state}"
 
 
 @lora.command(name="search", description="Search LoRAs by name, trigger word or description")
@@ -244,8 +259,9 @@ def _lora_line(entry: LoraEntry) -> str:
     category="Only this category",
     sort="Order of results",
     bookmarked="Only your bookmarks",
+    family="Only LoRAs of this model family (Pony, Illustrious, ...)",
 )
-@app_commands.choices(architecture=ARCH_CHOICES, category=CATEGORY_CHOICES, sort=SORT_CHOICES)
+@app_commands.choices(architecture=ARCH_CHOICES, category=CATEGORY_CHOICES, sort=SORT_CHOICES, family=FAMILY_CHOICES)
 async def lora_search(
     interaction: discord.Interaction[Any],
     query: app_commands.Range[str, 0, 200] = "",
@@ -253,6 +269,7 @@ async def lora_search(
     category: str | None = None,
     sort: str = "newest",
     bookmarked: bool = False,
+    family: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -268,6 +285,7 @@ async def lora_search(
         bookmarked_by=interaction.user.id if bookmarked else None,
         sort=sort,  # type: ignore[arg-type]
         limit=25,
+        family=family,
     )
     title = f"LoRAs matching “{query}”" if query else "LoRAs"
     await send_private(interaction, embed=embeds.list_embed(title, [_lora_line(e) for e in entries], empty="No LoRA matches."))

@@ -17,6 +17,11 @@ from bot.commands.common import (
     unregistered_file_choices,
 )
 from bot.registry import ModelEntry, RegistryError
+from engine.families import FAMILIES, family_label
+from engine.prediction import PREDICTION_LABELS
+
+FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
+PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
 
@@ -39,6 +44,9 @@ def model_card(entry: ModelEntry) -> discord.Embed:
     embed.add_field(name="Default CFG", value=f"{entry.default_cfg:g}", inline=True)
     embed.add_field(name="Default sampler", value=entry.default_sampler, inline=True)
     embed.add_field(name="Status", value="enabled" if entry.enabled else "disabled", inline=True)
+    embed.add_field(name="Family", value=family_label(entry.family), inline=True)
+    embed.add_field(name="Clip skip", value=str(entry.default_clip_skip), inline=True)
+    embed.add_field(name="Prediction", value=PREDICTION_LABELS.get(entry.prediction_type, entry.prediction_type), inline=True)
     if entry.nsfw:
         embed.add_field(name="NSFW", value="yes", inline=True)
     if entry.allowed_channel_ids:
@@ -91,8 +99,12 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     nsfw="Whether it is NSFW",
     description="A short description",
     make_default="Use it when /imagine names no model",
+    family="Model family (default: read from the file)",
+    clip_skip="Default clip skip (anime SD 1.5 models usually want 2)",
+    prediction="Prediction type (default: as the file says)",
     vae="A VAE .safetensors in the model folder to use instead of the model's own",
 )
+@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
 @app_commands.autocomplete(file=model_file_autocomplete)
 async def model_add(
     interaction: discord.Interaction[Any],
@@ -101,6 +113,9 @@ async def model_add(
     nsfw: bool = False,
     description: str | None = None,
     make_default: bool = False,
+    family: str | None = None,
+    clip_skip: app_commands.Range[int, 1, 12] | None = None,
+    prediction: str | None = None,
     vae: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -113,7 +128,10 @@ async def model_add(
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
     try:
-        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "", vae=vae or "")
+        extra = _model_options(family, clip_skip, prediction)
+        entry = ModelEntry.from_file_info(
+            info, name=name, nsfw=nsfw, description=description or "", vae=vae or "", **extra
+        )
         added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
         settings = await bot.registry.get_settings(interaction.guild_id)
         if make_default or not settings.default_model:
@@ -122,3 +140,45 @@ async def model_add(
         await send_private(interaction, str(exc))
         return
     await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added))
+
+
+def _model_options(family: str | None, clip_skip: int | None, prediction: str | None) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if family is not None:
+        changes["family"] = family
+    if clip_skip is not None:
+        changes["default_clip_skip"] = clip_skip
+    if prediction is not None:
+        changes["prediction_type"] = "" if prediction == "auto" else prediction
+    return changes
+
+
+@model.command(name="defaults", description="Set a model's family, clip skip and prediction type (admin)")
+@admin_only()
+@app_commands.describe(
+    name="The model",
+    family="Model family (Pony, Illustrious, ...): LoRAs of other families get a warning",
+    clip_skip="Clip skip used when a request gives none",
+    prediction="Prediction type; auto reads it from the file",
+)
+@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
+@app_commands.autocomplete(name=model_name_autocomplete)
+async def model_defaults(
+    interaction: discord.Interaction[Any],
+    name: str,
+    family: str | None = None,
+    clip_skip: app_commands.Range[int, 1, 12] | None = None,
+    prediction: str | None = None,
+) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    changes = _model_options(family, clip_skip, prediction)
+    if not changes:
+        await send_private(interaction, "Nothing to change: give a family, a clip skip or a prediction type.")
+        return
+    try:
+        updated = await bot_of(interaction).registry.update_model(interaction.guild_id, name, interaction.user.id, **changes)
+    except RegistryError as exc:
+        await send_private(interaction, str(exc))
+        return
+    await send_private(interaction, f"Updated **{updated.name}**.", embed=model_card(updated))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
-from bot.registry.models import LoraEntry, ModelEntry, ServerSettings
+from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, ServerSettings
 from bot.registry.text import name_key
 
 #: Stop adding posting lists once this many hits were counted; the rarest trigrams come
@@ -164,8 +164,11 @@ class Catalog:
         settings: ServerSettings,
         models: Iterable[ModelEntry],
         loras: Iterable[LoraEntry] | LoraTable,
+        embeddings: Iterable[EmbeddingEntry] = (),
     ) -> None:
         self.guild_id = guild_id
+        #: Textual-inversion embeddings by :func:`name_key` (a server has tens, not thousands).
+        self.embeddings: Mapping[str, EmbeddingEntry] = {name_key(e.name): e for e in embeddings}
         self.settings = settings
         self.models: Mapping[str, ModelEntry] = {name_key(m.name): m for m in models}
         self.loras: LoraTable = (

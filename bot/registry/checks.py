@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.registry.models import (
     Category,
+    EmbeddingEntry,
     LoraEntry,
     ModelEntry,
     NsfwPolicy,
@@ -29,7 +30,10 @@ from bot.registry.text import (
     clean_url,
     strip_invisible,
 )
+from engine.families import FAMILIES, family_label
 from engine.paths import PICKLE_SUFFIXES
+from engine.prediction import PREDICTION_LABELS
+from engine.protocol import PREDICTION_TYPES
 
 #: Weights beyond this are never meaningful, whatever a server allows.
 WEIGHT_LIMIT = 10.0
@@ -79,6 +83,45 @@ def _int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
+def clean_family(family: object) -> str:
+    if family not in FAMILIES:
+        raise RegistryError(
+            f"Unknown family {family!r}; use one of "
+            + ", ".join(f"{f} ({family_label(f)})" for f in FAMILIES)
+            + "."
+        )
+    return str(family)
+
+
+def clean_clip_skip(value: object, what: str = "clip skip") -> int:
+    return _int(value, what, 1, 12)
+
+
+def clean_prediction(value: object) -> str:
+    if value not in PREDICTION_TYPES:
+        raise RegistryError(
+            f"Unknown prediction type {value!r}; use one of "
+            + ", ".join(f"{p or 'auto'} ({PREDICTION_LABELS[p]})" for p in PREDICTION_TYPES)
+            + "."
+        )
+    return str(value)
+
+
+def clean_embedding(entry: EmbeddingEntry) -> EmbeddingEntry:
+    return replace(
+        entry,
+        name=clean_name(entry.name, what="embedding name"),
+        architecture=check_architecture(entry.architecture),  # type: ignore[arg-type]
+        family=clean_family(entry.family),
+        file=clean_file(entry.file),
+        sha256=clean_hash(entry.sha256, length=64, what="sha256"),
+        autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
+        description=clean_text(entry.description, what="description"),
+        nsfw=bool(entry.nsfw),
+        enabled=bool(entry.enabled),
+    )
+
+
 def clean_lora(entry: LoraEntry) -> LoraEntry:
     architecture = check_architecture(entry.architecture)
     try:
@@ -111,6 +154,7 @@ def clean_lora(entry: LoraEntry) -> LoraEntry:
         nsfw=bool(entry.nsfw),
         enabled=bool(entry.enabled),
         preview_url=clean_url(entry.preview_url, what="preview image"),
+        family=clean_family(entry.family),
     )
 
 
@@ -147,6 +191,9 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         nsfw=bool(entry.nsfw),
         enabled=bool(entry.enabled),
         allowed_channel_ids=frozenset(channels),
+        family=clean_family(entry.family),
+        default_clip_skip=clean_clip_skip(entry.default_clip_skip, "default clip skip"),
+        prediction_type=clean_prediction(entry.prediction_type),
         vae=clean_file(entry.vae) if entry.vae else "",
     )
 

@@ -20,6 +20,7 @@ __all__ = [
     "AuditEntry",
     "Category",
     "Choice",
+    "EmbeddingEntry",
     "LoraEntry",
     "ModelEntry",
     "NotFound",
@@ -99,6 +100,12 @@ class ModelEntry:
     added_by: int = 0
     added_at: float = 0.0
     id: int | None = None
+    #: The model family (``engine.families``): Pony, Illustrious, ... or "unknown".
+    family: str = "unknown"
+    #: Clip skip used when a request gives none (anime SD 1.5 models usually want 2).
+    default_clip_skip: int = 1
+    #: "" = as the file says; "epsilon", "v_prediction", "v_prediction_ztsnr" override it.
+    prediction_type: str = ""
     #: A VAE ``.safetensors`` file in the engine's model folder (e.g. the fp16-fix SDXL VAE);
     #: empty: the model's own VAE.
     vae: str = ""
@@ -108,10 +115,8 @@ class ModelEntry:
         cls, info: FileInfo, *, name: str | None = None, **overrides: Any
     ) -> ModelEntry:
         """Prefill from the engine's inspection; the default size follows the architecture."""
-        if info.kind == "lora":
-            raise RegistryError(
-                f"{info.path} is a LoRA, not a base model; register it with /lora add."
-            )
+        if info.kind != "checkpoint":
+            raise RegistryError(not_a_message(info, "a base model", "/model add"))
         side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
@@ -121,6 +126,7 @@ class ModelEntry:
             "autov2": info.autov2,
             "default_width": side,
             "default_height": side,
+            "family": info.family,
         }
         values.update(overrides)
         return cls(**values)
@@ -155,6 +161,12 @@ class LoraEntry:
     uses: int = 0
     enabled: bool = True
     id: int | None = None
+    family: str = "unknown"
+    #: The file's maths ("lora", "locon", "loha", "lokr", "dora", ...), as inspection read it.
+    lora_format: str | None = None
+    rank: int | None = None
+    #: The clip skip it was trained with (kohya ``ss_clip_skip``), if the file says.
+    trained_clip_skip: int | None = None
 
     @classmethod
     def from_file_info(
@@ -169,10 +181,8 @@ class LoraEntry:
 
         The admin then confirms or corrects; anything in ``overrides`` wins.
         """
-        if info.kind == "checkpoint":
-            raise RegistryError(
-                f"{info.path} is a full model, not a LoRA; register it with /model add."
-            )
+        if info.kind != "lora":
+            raise RegistryError(not_a_message(info, "a LoRA", "/lora add"))
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -181,12 +191,68 @@ class LoraEntry:
             "trigger_words": tuple(info.trigger_words[:10]),
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "family": info.family,
+            "lora_format": info.lora_format,
+            "rank": info.rank,
+            "trained_clip_skip": info.clip_skip,
         }
         values.update(overrides)
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> LoraEntry:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EmbeddingEntry:
+    """A textual-inversion embedding members call by name in a prompt or negative."""
+
+    name: str
+    architecture: Architecture
+    #: Path relative to the engine's embedding folder.
+    file: str
+    family: str = "unknown"
+    sha256: str | None = None
+    autov2: str | None = None
+    vectors: int | None = None
+    description: str = ""
+    nsfw: bool = False
+    enabled: bool = True
+    added_by: int = 0
+    added_at: float = 0.0
+    id: int | None = None
+
+    @classmethod
+    def from_file_info(cls, info: FileInfo, *, name: str | None = None, **overrides: Any) -> EmbeddingEntry:
+        if info.kind != "embedding":
+            raise RegistryError(not_a_message(info, "a textual-inversion embedding", "/embedding add"))
+        values: dict[str, Any] = {
+            "name": name or _stem(info.path),
+            "architecture": info.architecture,
+            "file": info.path,
+            "family": info.family,
+            "sha256": info.sha256,
+            "autov2": info.autov2,
+            "vectors": info.vectors,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+#: What each inspected kind is, and where it goes instead.
+_KIND_ADVICE = {
+    "lora": ("a LoRA", "register it with `/lora add`"),
+    "checkpoint": ("a full model (checkpoint)", "register it with `/model add`"),
+    "embedding": ("a textual-inversion embedding", "register it with `/embedding add`"),
+    "vae": ("a VAE", "it is not registered on its own; a model uses its own VAE"),
+    "unknown": ("not a file Atelier recognises (no LoRA, model or embedding keys)",
+                "check that it is the file you meant, or re-export it"),
+}  # fmt: skip
+
+
+def not_a_message(info: FileInfo, wanted: str, command: str) -> str:
+    what, advice = _KIND_ADVICE.get(info.kind, _KIND_ADVICE["unknown"])
+    return f"`{info.path}` is {what}, not {wanted}, so {command} cannot take it: {advice}."
 
 
 #: Fields of LoraEntry an admin may change with ``update_lora``.

@@ -23,6 +23,7 @@ from bot.registry.catalog import Catalog, LoraTable
 from bot.registry.checks import (
     SETTINGS_FIELDS,
     check_changes,
+    clean_embedding,
     clean_lora,
     clean_model,
     clean_settings,
@@ -36,6 +37,7 @@ from bot.registry.models import (
     AuditEntry,
     Category,
     Choice,
+    EmbeddingEntry,
     LoraEntry,
     ModelEntry,
     NotFound,
@@ -56,7 +58,7 @@ _AUDIT_VALUE_LIMIT = 200
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled"
+    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 #: Everything but the description, which validation never needs.
@@ -66,8 +68,34 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at, vae"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, vae"
 )
+
+
+_LORA_COUNT = len(_LORA_COLUMNS.split(","))
+_MODEL_COUNT = len(_MODEL_COLUMNS.split(","))
+_EMBEDDING_COLUMNS = (
+    "name, name_key, architecture, family, file, sha256, autov2, vectors, description, nsfw, "
+    "enabled, added_by, added_at"
+)
+
+
+def _embedding_from_row(row: sqlite3.Row) -> EmbeddingEntry:
+    return EmbeddingEntry(
+        id=row["id"],
+        name=row["name"],
+        architecture=row["architecture"],
+        family=row["family"],
+        file=row["file"],
+        sha256=row["sha256"],
+        autov2=row["autov2"],
+        vectors=row["vectors"],
+        description=row["description"],
+        nsfw=bool(row["nsfw"]),
+        enabled=bool(row["enabled"]),
+        added_by=row["added_by"],
+        added_at=row["added_at"],
+    )
 
 
 def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
@@ -91,6 +119,10 @@ def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
         added_at=row["added_at"],
         uses=row["uses"],
         enabled=bool(row["enabled"]),
+        family=row["family"],
+        lora_format=row["lora_format"],
+        rank=row["rank"],
+        trained_clip_skip=row["trained_clip_skip"],
     )
 
 
@@ -115,6 +147,10 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.added_at,
         lora.uses,
         int(lora.enabled),
+        lora.family,
+        lora.lora_format,
+        lora.rank,
+        lora.trained_clip_skip,
     )
 
 
@@ -138,6 +174,9 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         allowed_channel_ids=frozenset(json.loads(row["allowed_channels"])),
         added_by=row["added_by"],
         added_at=row["added_at"],
+        family=row["family"],
+        default_clip_skip=row["default_clip_skip"],
+        prediction_type=row["prediction_type"],
         vae=row["vae"],
     )
 
@@ -162,6 +201,9 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         json.dumps(sorted(model.allowed_channel_ids)),
         model.added_by,
         model.added_at,
+        model.family,
+        model.default_clip_skip,
+        model.prediction_type,
         model.vae,
     )
 
@@ -262,7 +304,7 @@ class Registry:
 
     @staticmethod
     async def _taken(conn: aiosqlite.Connection, table: str, guild_id: int, key: str) -> str | None:
-        assert table in ("loras", "models")
+        assert table in ("loras", "models", "embeddings")
         cursor = await conn.execute(
             f"SELECT name FROM {table} WHERE guild_id = ? AND name_key = ?",  # noqa: S608 - fixed table name
             (guild_id, key),
@@ -284,7 +326,7 @@ class Registry:
                     "pick another name or edit that one."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                f"INSERT INTO models (guild_id, {_MODEL_COLUMNS}) VALUES (?{', ?' * _MODEL_COUNT})",  # noqa: S608
                 (guild_id, *_model_values(model)),
             )
             await self._audit(
@@ -408,7 +450,7 @@ class Registry:
                     "pick another name or edit that one with /lora edit."
                 )
             cursor = await conn.execute(
-                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * _LORA_COUNT})",  # noqa: S608
                 (guild_id, *_lora_values(lora)),
             )
             await self._audit(
@@ -439,7 +481,7 @@ class Registry:
         async def work(conn: aiosqlite.Connection) -> None:
             try:
                 await conn.executemany(
-                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * 19})",  # noqa: S608
+                    f"INSERT INTO loras (guild_id, {_LORA_COLUMNS}) VALUES (?{', ?' * _LORA_COUNT})",  # noqa: S608
                     [(guild_id, *_lora_values(lora)) for lora in loras],
                 )
             except sqlite3.IntegrityError:
@@ -568,6 +610,7 @@ class Registry:
         sort: SearchSort = "newest",
         limit: int = 25,
         offset: int = 0,
+        family: str | None = None,
     ) -> list[LoraEntry]:
         """Full-text search over name, trigger words and description, with filters.
 
@@ -583,6 +626,7 @@ class Registry:
             category=Category(category).value if category is not None else None,
             nsfw=nsfw,
             enabled=enabled,
+            family=family,
         )
         source = "loras l"
         match = search.fts_query(query)
@@ -609,8 +653,11 @@ class Registry:
         *,
         architecture: str | None = None,
         nsfw_ok: bool | None = None,
+        family: str | None = None,
     ) -> list[Choice]:
         """At most 25 enabled LoRAs for a Discord autocomplete, labels ≤ 100 characters.
+
+        ``family`` (the chosen model's) lists that family's LoRAs first in every group.
 
         ``architecture`` (the model chosen earlier in the same command) keeps only LoRAs for
         it. Names starting with ``text`` come first, then names or trigger words containing a
@@ -624,17 +671,20 @@ class Registry:
         )
         where = " AND ".join(clauses)
         key = name_key(text)
+        # Same-family first: "(l.family = ?) DESC" sorts matches of the model's family ahead.
+        first = "(l.family = ?) DESC, " if family else ""
+        first_params = (family,) if family else ()
         if not key:
             rows = await self._db.fetch_all(
-                f"{_LORA_SELECT} WHERE {where} ORDER BY l.uses DESC LIMIT ?",
-                (*params, limit),
+                f"{_LORA_SELECT} WHERE {where} ORDER BY {first}l.uses DESC LIMIT ?",
+                (*params, *first_params, limit),
             )
             return [search.lora_choice(_lora_from_row(r)) for r in rows]
         low, high = search.prefix_bounds(key)
         rows = await self._db.fetch_all(
             f"{_LORA_SELECT} WHERE {where} AND l.name_key >= ? AND l.name_key < ? "
-            "ORDER BY l.name_key LIMIT ?",
-            (*params, low, high, limit),
+            f"ORDER BY {first}l.name_key LIMIT ?",
+            (*params, low, high, *first_params, limit),
         )
         found = [_lora_from_row(r) for r in rows]
         match = search.fts_query(text, columns=search.AUTOCOMPLETE_COLUMNS)
@@ -645,7 +695,81 @@ class Registry:
                 (match, *params, limit + len(found)),
             )
             found = search.merge_unique(found, [_lora_from_row(r) for r in rows], limit)
+        if family:  # stable: each group keeps its order, the model's family first
+            found.sort(key=lambda lora: lora.family != family)
         return [search.lora_choice(lora) for lora in found]
+
+    # --- embeddings ------------------------------------------------------------------------
+
+    async def add_embedding(self, guild_id: int, entry: EmbeddingEntry, actor_id: int) -> EmbeddingEntry:
+        """Register a textual-inversion embedding; its name is what prompts call it by."""
+        embedding = replace(clean_embedding(entry), added_by=actor_id, added_at=time.time(), id=None)
+
+        async def work(conn: aiosqlite.Connection) -> int:
+            existing = await self._taken(conn, "embeddings", guild_id, name_key(embedding.name))
+            if existing is not None:
+                raise AlreadyExists(f"An embedding named {existing!r} already exists in this server.")
+            cursor = await conn.execute(
+                f"INSERT INTO embeddings (guild_id, {_EMBEDDING_COLUMNS}) "  # noqa: S608
+                f"VALUES (?{', ?' * len(_EMBEDDING_COLUMNS.split(','))})",
+                (
+                    guild_id, embedding.name, name_key(embedding.name), embedding.architecture,
+                    embedding.family, embedding.file, embedding.sha256, embedding.autov2,
+                    embedding.vectors, embedding.description, int(embedding.nsfw),
+                    int(embedding.enabled), embedding.added_by, embedding.added_at,
+                ),  # fmt: skip
+            )
+            await self._audit(
+                conn, guild_id, actor_id, "embedding.add", embedding.name,
+                {"file": embedding.file, "architecture": embedding.architecture},
+            )  # fmt: skip
+            return int(cursor.lastrowid or 0)
+
+        embedding_id = await self._db.transaction(work)
+        self._invalidate(guild_id)
+        return replace(embedding, id=embedding_id)
+
+    async def get_embedding(self, guild_id: int, name: str) -> EmbeddingEntry | None:
+        row = await self._db.fetch_one(
+            "SELECT * FROM embeddings WHERE guild_id = ? AND name_key = ?", (guild_id, name_key(name))
+        )
+        return _embedding_from_row(row) if row else None
+
+    async def list_embeddings(self, guild_id: int) -> list[EmbeddingEntry]:
+        rows = await self._db.fetch_all(
+            "SELECT * FROM embeddings WHERE guild_id = ? ORDER BY name_key", (guild_id,)
+        )
+        return [_embedding_from_row(row) for row in rows]
+
+    async def remove_embedding(self, guild_id: int, name: str, actor_id: int) -> None:
+        embedding = await self.get_embedding(guild_id, name)
+        if embedding is None:
+            raise NotFound(f"No embedding named {name!r} in this server; `/embedding list` shows them.")
+
+        async def work(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM embeddings WHERE id = ? AND guild_id = ?", (embedding.id, guild_id))
+            await self._audit(conn, guild_id, actor_id, "embedding.remove", embedding.name, {"file": embedding.file})
+
+        await self._db.transaction(work)
+        self._invalidate(guild_id)
+
+    async def autocomplete_embeddings(
+        self, guild_id: int, text: str, *, architecture: str | None = None, nsfw_ok: bool | None = None
+    ) -> list[EmbeddingEntry]:
+        """Enabled embeddings whose name starts with ``text`` (for the model's architecture)."""
+        low, high = search.prefix_bounds(name_key(text))
+        clauses = ["guild_id = ?", "enabled = 1", "name_key >= ?", "name_key < ?"]
+        params: list[Any] = [guild_id, low, high]
+        if architecture:
+            clauses.append("architecture IN (?, 'unknown')")
+            params.append(architecture)
+        if nsfw_ok is False:
+            clauses.append("nsfw = 0")
+        rows = await self._db.fetch_all(
+            f"SELECT * FROM embeddings WHERE {' AND '.join(clauses)} ORDER BY name_key LIMIT ?",  # noqa: S608
+            (*params, search.MAX_CHOICES),
+        )
+        return [_embedding_from_row(row) for row in rows]
 
     # --- bookmarks -------------------------------------------------------------------------
 
@@ -855,7 +979,7 @@ class Registry:
                 (guild_id,),
             )
             table = LoraTable({row["name_key"]: row for row in rows}, _lora_from_row)
-            catalog = Catalog(guild_id, settings, models, table)
+            catalog = Catalog(guild_id, settings, models, table, await self.list_embeddings(guild_id))
             if len(table) >= BACKGROUND_INDEX_THRESHOLD:
                 # Build "did you mean" in a worker thread now rather than inside the first
                 # /imagine with a typo, which would stall the event loop for a large server.

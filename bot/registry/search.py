@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bot.registry.models import Choice, LoraEntry, ModelEntry
+from engine.families import family_label
 
 MAX_CHOICES = 25
 MAX_CHOICE_LABEL = 100
@@ -66,6 +67,8 @@ def truncate(text: str, limit: int) -> str:
 def lora_choice(lora: LoraEntry) -> Choice:
     """``name · category · arch · trigger words``, cut to Discord's 100 characters."""
     parts = [lora.name, lora.category.value, lora.architecture]
+    if lora.family != "unknown":
+        parts.append(family_label(lora.family))
     if lora.nsfw:
         parts.append("NSFW")
     if lora.trigger_words:
@@ -87,11 +90,12 @@ def filters(
     category: str | None = None,
     nsfw: bool | None = None,
     enabled: bool | None = None,
+    family: str | None = None,
 ) -> tuple[list[str], list[Any]]:
     """WHERE clauses (fixed text) and their parameters for the common LoRA filters."""
     clauses = ["l.guild_id = ?"]
     params: list[Any] = [guild_id]
-    for column, value in (("architecture", architecture), ("category", category)):
+    for column, value in (("architecture", architecture), ("category", category), ("family", family)):
         if value is not None:
             clauses.append(f"l.{column} = ?")
             params.append(str(value))

@@ -265,11 +265,11 @@ async def test_add_refuses_a_file_of_the_other_kind_and_says_which_command_to_us
         handle = await world.double.slash(
             world.admin, world.channel, "model", {"file": stray_lora.name}, subcommand="add"
         )
-        assert "is a LoRA, not a model. Use `/lora add`" in (await handle.wait_followup(within=30)).content
+        assert "is a LoRA, not a base model, so /model add cannot take it: register it with `/lora add`" in (await handle.wait_followup(within=30)).content
         handle = await world.double.slash(
             world.admin, world.channel, "lora", {"file": stray_model.name}, subcommand="add"
         )
-        assert "is a full model, not a LoRA. Use `/model add`" in (await handle.wait_followup(within=30)).content
+        assert "is a full model (checkpoint), not a LoRA, so /lora add cannot take it: register it with `/model add`" in (await handle.wait_followup(within=30)).content
         assert await world.registry.get_model(world.guild.id, "stray-lora") is None
         assert await world.registry.get_lora(world.guild.id, "stray-model") is None
     finally:

@@ -208,7 +208,7 @@ def test_command_definitions_respect_discord_limits() -> None:
     tree = app_commands.CommandTree(client)
     register_all(tree)
     payloads = [command.to_dict(tree) for command in tree.get_commands()]
-    assert sorted(p["name"] for p in payloads) == ["imagine", "lora", "model", "queue", "recipes", "settings"]
+    assert sorted(p["name"] for p in payloads) == ["embedding", "imagine", "lora", "model", "queue", "recipes", "settings"]
 
     def walk(options):
         for option in options:

@@ -70,4 +70,12 @@ def test_from_file_info_refuses_the_wrong_kind() -> None:
         LoraEntry.from_file_info(_info("checkpoint"))
     with pytest.raises(RegistryError, match="/lora add"):
         ModelEntry.from_file_info(_info("lora"))
-    assert LoraEntry.from_file_info(_info("unknown")).name == "x"
+    # Only LoRA-like files are LoRAs: an embedding, a VAE or a file of unknown keys is refused
+    # with what it is and where it goes instead.
+    with pytest.raises(RegistryError, match="textual-inversion embedding.*`/embedding add`"):
+        LoraEntry.from_file_info(_info("embedding"))
+    with pytest.raises(RegistryError, match="is a VAE"):
+        LoraEntry.from_file_info(_info("vae"))
+    with pytest.raises(RegistryError, match="not a file Atelier recognises"):
+        LoraEntry.from_file_info(_info("unknown"))
+    assert LoraEntry.from_file_info(_info("lora")).name == "x"

@@ -98,7 +98,7 @@ def test_valid_request_builds_the_engine_recipe() -> None:
     ]
     assert r.loras[1].sha256 == "ab" * 32
     assert r.negative_prompt == "blurry"  # the model's default negative
-    assert r.prompt == "a street, neonpunk"
+    assert r.prompt == "neonpunk, a street"  # first: in the first chunk, never cut
     assert result.added_trigger_words == ("neonpunk",)
     assert [n.code for n in result.notes] == ["trigger_words_added"]
     assert not result.seed_was_random
