@@ -77,6 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="where to build (and reuse) the models; default: a temp dir")
     parser.add_argument("--no-runtime", action="store_true", help="skip the runtime figures")
     parser.add_argument("--runtime-steps", type=int, default=10, help="steps of the step-time jobs")
+    parser.add_argument("--runtime-side", type=int, help="image side of the runtime figures (default: the native size)")
     parser.add_argument("--short-steps", type=int, default=4)
     parser.add_argument("--long-steps", type=int, default=30)
     parser.add_argument("--rank", type=int, default=32, help="rank of the runtime figures' LoCon files")
@@ -286,7 +287,7 @@ def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[s
         _free(args.device)
         other = runtime.second_model(assets, out / "second-model")
         runtime_figures = runtime.measure(
-            assets, model=assets.models[arch], other_model=other, side=side, steps=args.runtime_steps,
+            assets, model=assets.models[arch], other_model=other, side=args.runtime_side or side, steps=args.runtime_steps,
             short_steps=args.short_steps, long_steps=args.long_steps, rank=args.rank, rounds=args.rounds,
             device=args.device, dtype=args.dtype, sync=lambda: _sync(args.device),
         )  # fmt: skip
