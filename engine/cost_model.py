@@ -69,7 +69,7 @@ class CostModel:
         """Time patch-, bypass-, hook- and copy-shaped operations on the device."""
         import torch
 
-        dtype = self.dtype or torch.float32
+        dtype = getattr(torch, self.dtype) if isinstance(self.dtype, str) else (self.dtype or torch.float32)
         device = self.device
         out, inner, rank, positions = 640, 640 * 9, 64, 2048
 

@@ -115,7 +115,7 @@ class Generator:
             host_budget=model_host_budget,
         )  # fmt: skip
         self.loras = LoraCache(max_loras=cache_max_loras, max_bytes=cache_max_bytes)
-        self.costs = CostModel(device=device)
+        self.costs = CostModel(device=device, dtype=dtype)  # calibrated in the model's dtype
         self._lock = threading.Lock()
         self._info_cache: dict[tuple[str, tuple[tuple[str, int, int], ...]], FileInfo] = {}
         self._info_lock = threading.Lock()
