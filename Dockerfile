@@ -2,7 +2,7 @@
 #   docker build -t atelier .
 #   docker run --gpus all -e DISCORD_TOKEN=... \
 #     -v /srv/models:/models:ro -v /srv/loras:/loras:ro -v atelier-data:/data atelier
-# The PyTorch image already carries a CUDA build of torch; pip keeps it (torch>=2.4 is satisfied).
+# The PyTorch image already carries a CUDA build of torch; pip keeps it (torch>=2.7 is satisfied).
 FROM pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 \
@@ -19,7 +19,7 @@ COPY bot ./bot
 COPY engine ./engine
 COPY data ./data
 # Editable, so the code finds data/ (configs, schema, tokenizer vocabulary) beside it.
-RUN pip install --no-cache-dir -e '.[engine]'
+RUN pip install --no-cache-dir -e '.[engine,safety]'
 
 RUN useradd --create-home atelier && mkdir -p /data && chown atelier /data
 USER atelier

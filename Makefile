@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.atelier-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,safety,test]'
 	touch $@
 
 install: $(STAMP)

@@ -1,9 +1,11 @@
-"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo.
+"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo;
+``python -m bot read-recipe FILE... [--json]`` prints the recipes found in image files.
 
-Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE]``. It opens the SQLite
-registry in the data folder, starts the engine as a child process (unless
-``ATELIER_ENGINE_URL`` points at one already running), connects to Discord, and on Ctrl-C or
-SIGTERM stops the engine and closes the database. See :mod:`bot.config` for every setting.
+Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
+SQLite registry in the data folder, starts the engine as a child process with a generated
+token (unless ``ATELIER_ENGINE_URL`` and ``ATELIER_ENGINE_TOKEN`` point at one already
+running), connects to Discord, and on Ctrl-C or SIGTERM stops the engine and closes the
+database. See :mod:`bot.config` for every setting.
 
 Creating the Discord application (for the README):
 
@@ -13,8 +15,9 @@ Creating the Discord application (for the README):
 2. OAuth2 -> URL Generator: scopes ``bot`` and ``applications.commands``; bot permissions
    View Channels, Send Messages, Embed Links, Attach Files, Read Message History
    (permissions integer ``117760``). Open the URL to invite the bot to a server.
-3. Commands are synced globally at start (can take up to an hour to appear); set
-   ``ATELIER_SYNC_GUILDS=<server id>`` to see them in that server at once while testing.
+3. Commands are synced globally when they changed since the last sync (can take up to an
+   hour to appear; ``--sync`` forces a sync); set ``ATELIER_SYNC_GUILDS=<server id>`` to see
+   them in that server at once while testing.
 """
 
 from __future__ import annotations
@@ -34,15 +37,21 @@ async def run(
     *,
     env: Mapping[str, str] | None = None,
     stop: asyncio.Event | None = None,
+    force_sync: bool = False,
 ) -> int:
     """Run until SIGINT/SIGTERM (or until ``stop`` is set, for tests and embedding)."""
     import discord
 
+    from bot import engine_token
+    from bot.access import AccessPolicy
     from bot.app import AtelierBot
     from bot.config import BotConfig, ConfigError
     from bot.engine_process import EngineProcess, EngineStartError
+    from bot.guild_lifecycle import DAY_S
     from bot.registry import Registry
+    from bot.safety import ImageSafety, load_classifier
     from engine.client import EngineClient
+    from engine.protocol import EngineError
 
     try:
         config = BotConfig.load(env=env, config_file=config_file)
@@ -58,6 +67,19 @@ async def run(
             file=sys.stderr,
         )
         return 2
+    if config.engine_url and not config.engine_token:
+        print(
+            "atelier: ATELIER_ENGINE_URL is set but ATELIER_ENGINE_TOKEN is not. The engine answers "
+            "only requests that carry its token: set ATELIER_ENGINE_TOKEN to the value the engine "
+            "was started with.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        classifier = load_classifier(config.image_classifier)
+    except RuntimeError as exc:
+        print(f"atelier: {exc}", file=sys.stderr)
+        return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
     registry = await Registry.open(config.database_path)
     engine_process: EngineProcess | None = None
@@ -65,8 +87,11 @@ async def run(
     try:
         if config.engine_url:
             engine_url = config.engine_url
+            token = config.engine_token
         else:
+            token = config.engine_token or engine_token.load_or_create(config.engine_token_path)
             engine_process = EngineProcess(
+                token=token,
                 model_dir=config.model_dir,
                 lora_dir=config.lora_dir,
                 port=config.engine_port,
@@ -80,7 +105,16 @@ async def run(
                 print(f"atelier: {exc}", file=sys.stderr)
                 return 1
             engine_url = engine_process.url
-        engine = EngineClient(engine_url)
+        engine = EngineClient(engine_url, token=token)
+        if config.engine_url:
+            try:  # a wrong token is refused here, at start, not at the first /imagine
+                await engine.health()
+            except EngineError as exc:
+                if exc.code == "unauthorized":
+                    print(f"atelier: {exc.message}", file=sys.stderr)
+                    await engine.close()
+                    return 2
+                log.warning("the engine at %s does not answer yet: %s", engine_url, exc.message)
         bot = AtelierBot(
             registry=registry,
             engine=engine,
@@ -88,6 +122,13 @@ async def run(
             status_interval=config.status_interval,
             max_pending=config.max_pending,
             stall_limit=config.stall_limit,
+            force_sync=force_sync,
+            access=AccessPolicy.from_config(
+                allowed_guilds=config.allowed_guilds, shares=config.shares, owners=config.owners
+            ),
+            safety=ImageSafety(classifier),
+            data_grace_s=config.data_grace_days * DAY_S,
+            leave_other_guilds=config.leave_other_guilds,
         )
         own_signals = stop is None
         stop = stop or asyncio.Event()
@@ -122,14 +163,23 @@ async def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "read-recipe":
+        from bot import read_recipe
+
+        return read_recipe.main(args[1:])
     if args and args[0] == "demo":
         from bot import demo  # the lead's offline sandbox demo; imported only when asked for
 
         return int(demo.main(args[1:]) or 0)
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Atelier Discord bot.")
     parser.add_argument("--config", help="TOML config file (see bot/config.py for the keys)")
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="sync slash commands with Discord even if they did not change since the last sync",
+    )
     parsed = parser.parse_args(args)
-    return asyncio.run(run(parsed.config))
+    return asyncio.run(run(parsed.config, force_sync=parsed.sync))
 
 
 if __name__ == "__main__":

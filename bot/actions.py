@@ -8,9 +8,11 @@ anything slow, and every refusal is an ephemeral message that says what to do.
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,8 +20,9 @@ import discord
 from bot import embeds, views
 from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from bot.dispatch import Job, QueueFull
-from bot.recipe_text import recipe_reply
+from bot.recipe_text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
+from bot.registry.recipe_book import Lineage
 from engine.protocol import EngineError, Recipe
 
 if TYPE_CHECKING:
@@ -34,18 +37,27 @@ def new_seed() -> int:
     return random.randint(0, MAX_SEED)
 
 
-async def _png_parameters(message: discord.Message) -> str | None:
-    """The A1111 text stored in the posted PNG itself, or None if it cannot be read."""
-    from engine.png_metadata import read_png_metadata
+@dataclass(frozen=True)
+class Parent:
+    """The message a new job is made from; the result records it and links to it."""
 
-    for attachment in message.attachments:
-        if attachment.filename.lower().endswith(".png"):
-            try:
-                return read_png_metadata(await attachment.read()).get("parameters")
-            except (discord.HTTPException, OSError, ValueError) as exc:
-                log.info("could not read the PNG of message %s: %s", message.id, exc)
-                return None
-    return None
+    message_id: int
+    channel_id: int
+    #: What the result's embed says above the recipe, e.g. "🎲 Reroll of this image".
+    label: str
+    guild_id: int
+
+    @property
+    def url(self) -> str:
+        return f"https://discord.com/channels/{self.guild_id}/{self.channel_id}/{self.message_id}"
+
+
+def parent_of(interaction: discord.Interaction[Any], origin: str) -> Parent | None:
+    message = interaction.message
+    if message is None or interaction.guild_id is None:
+        return None
+    label = {"reroll": "🎲 Reroll of this image", "remix": "🎛️ Remix of this image"}.get(origin, f"Made from this ({origin})")
+    return Parent(message.id, message.channel.id, label, interaction.guild_id)
 
 
 def _is_whole_number(text: str) -> bool:
@@ -53,7 +65,7 @@ def _is_whole_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-async def _show_modal(interaction: discord.Interaction[Any], modal: discord.ui.Modal) -> None:
+async def show_modal(interaction: discord.Interaction[Any], modal: discord.ui.Modal) -> None:
     """Open ``modal`` without leaving it in discord.py's in-memory modal store.
 
     The store keys modals by custom id alone, so two members' modals for one image would
@@ -86,6 +98,12 @@ class Actions:
     async def guarded(self, interaction: discord.Interaction[Any], work: Awaitable[None]) -> None:
         """Run a button's or modal's work; a bug answers the member instead of leaving
         "thinking…" forever (discord.py only logs errors raised in component callbacks)."""
+        if not self.bot.access.guild_allowed(interaction.guild_id):
+            from bot.app import refuse_unlisted
+
+            work.close()  # type: ignore[attr-defined]  # never started: no "never awaited" warning
+            await refuse_unlisted(interaction)
+            return
         try:
             await work
         except Exception:
@@ -100,8 +118,10 @@ class Actions:
         kind, target, fields = parsed
         if kind == "remix":
             await self.guarded(interaction, self.remix_submit(interaction, target, fields))
-        else:
+        elif kind == "loraedit":
             await self.guarded(interaction, self.lora_edit_submit(interaction, target, fields))
+        else:
+            await self.guarded(interaction, self.bot.recipes.modal_submit(interaction, kind, target, fields))
         return True
 
     # -- helpers for autocomplete ------------------------------------------------------
@@ -151,8 +171,12 @@ class Actions:
         count: int | None = None,
         origin: str = "imagine",
         clip_skip: int | None = None,
-    ) -> None:
-        """Validate and queue; the interaction must already be deferred (ephemeral)."""
+        parent: Parent | None = None,
+    ) -> bool:
+        """Validate and queue; the interaction must already be deferred (ephemeral).
+
+        True when the job was queued.
+        """
         from bot.parse import build_request
         from bot.validation import Rejected, validate
 
@@ -181,8 +205,12 @@ class Actions:
         outcome = validate(request, catalog)
         if isinstance(outcome, Rejected):
             await send_private(interaction, embeds.problems_message(outcome.problems))
-            return
+            return False
         recipe: Recipe = outcome.recipe
+        refusal = self.bot.access.recipe_refusal(interaction.guild_id, recipe)
+        if refusal is not None:
+            await send_private(interaction, refusal)
+            return
         job = Job(
             recipe=recipe,
             guild_id=interaction.guild_id,
@@ -192,12 +220,15 @@ class Actions:
             file_limit=interaction.filesize_limit,
             notes=tuple(n.message for n in outcome.notes),
             origin=origin,
+            parent_message_id=parent.message_id if parent else None,
+            parent_channel_id=parent.channel_id if parent else None,
+            parent_credit=(parent.label, parent.url) if parent else None,
         )
         try:
             await self.bot.submit_job(job, user_limit=catalog.settings.queue_limit_per_user)
         except QueueFull as exc:
             await send_private(interaction, str(exc))
-            return
+            return False
         if job.status_message is None:
             # The bot could not post in this channel, so it could not post the image either.
             await self.bot.dispatcher.cancel(job.id)
@@ -206,18 +237,21 @@ class Actions:
                 "I can't post in this channel. Ask an admin to give me View Channel, Send Messages, "
                 "Embed Links and Attach Files here, or use another channel.",
             )
-            return
+            return False
         ahead = job.position
         where = "it starts next" if ahead == 0 else f"{ahead} job(s) ahead of it"
         text = f"Queued ({where}). The image will be posted in this channel."
         if outcome.notes:
             text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
         await send_private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
+        return True
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
         await self.bot.registry.record_post(
             job.guild_id, job.channel_id, message.id, job.user_id, job.recipe.to_json()
         )
+        lineage = Lineage(job.origin, job.parent_message_id, job.parent_channel_id)
+        await self.bot.registry.book.record_lineage(job.guild_id, message.id, lineage, [a.id for a in message.attachments])
         names = [lora.display_name for lora in job.recipe.loras]
         if names:
             await self.bot.registry.record_use(job.guild_id, names)
@@ -238,11 +272,15 @@ class Actions:
         await send_private(interaction, "I have no recipe for this message any more (it may have been deleted).")
         return None
 
+    async def rerun(self, interaction: discord.Interaction[Any], recipe: Recipe, *, origin: str, **changes: Any) -> bool:
+        """Run ``recipe`` again for the presser (validated against today's registry)."""
+        return await self._rerun(interaction, recipe, origin=origin, **changes)
+
     @staticmethod
     def _slots_of(recipe: Recipe) -> list[tuple[str | None, str | None]]:
         return [(lora.display_name, f"{lora.weight:g}") for lora in recipe.loras]
 
-    async def _rerun(self, interaction: discord.Interaction[Any], recipe: Recipe, *, origin: str, **changes: Any) -> None:
+    async def _rerun(self, interaction: discord.Interaction[Any], recipe: Recipe, *, origin: str, **changes: Any) -> bool:
         values: dict[str, Any] = {
             "prompt": recipe.prompt,
             "model": recipe.model_name or recipe.model,
@@ -258,7 +296,7 @@ class Actions:
             "clip_skip": recipe.clip_skip,
         }
         values.update(changes)
-        await self.imagine(interaction, origin=origin, **values)
+        return await self.imagine(interaction, origin=origin, **values)
 
     async def run_saved_recipe(self, interaction: discord.Interaction[Any], name: str, *, reseed: bool) -> None:
         """``/recipes run``: a member's saved recipe, validated again like any request."""
@@ -285,7 +323,7 @@ class Actions:
             if found is None:
                 return
             _, recipe = found
-            await _show_modal(
+            await show_modal(
                 interaction,
                 views.RemixModal(
                     message_id=interaction.message.id,
@@ -297,25 +335,28 @@ class Actions:
                 ),
             )
             return
+        if action == "save":
+            # The member names it: a modal first (no deferral), prefilled with a valid name.
+            found = await self._post_recipe(interaction)
+            if found is not None:
+                modal = views.SaveRecipeModal(
+                    kind="savepost", target=interaction.message.id, name=suggest_name(found[1]), scope="me"
+                )
+                await show_modal(interaction, modal)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         found = await self._post_recipe(interaction)
         if found is None:
             return
         requester_id, recipe = found
         if action == "reroll":
-            await self._rerun(interaction, recipe, origin="reroll", seed=new_seed())
+            await self._rerun(interaction, recipe, origin="reroll", seed=new_seed(), parent=parent_of(interaction, "reroll"))
         elif action == "recipe":
-            await send_private(interaction, recipe_reply(recipe, parameters=await _png_parameters(interaction.message)))
-        elif action == "save":
-            name = f"{embeds.truncate(recipe.prompt, 60)} #{recipe.seed}"
-            try:
-                saved = await self.bot.registry.save_recipe(
-                    interaction.guild_id, interaction.user.id, name, recipe.to_json()
-                )
-            except RegistryError as exc:
-                await send_private(interaction, str(exc))
-                return
-            await send_private(interaction, f"Saved as **{saved.name}**.")
+            text, attachment = recipe_reply(recipe)
+            files = [discord.File(io.BytesIO(attachment.encode("utf-8")), filename="recipe.txt")] if attachment else []
+            await send_private(interaction, text, files=files)
+        elif action == "share":
+            await self.bot.recipes.share_post(interaction, requester_id, recipe)
         elif action == "delete":
             if interaction.user.id != requester_id and not can_manage_messages(interaction):
                 await send_private(
@@ -345,6 +386,13 @@ class Actions:
         else:
             await send_private(interaction, "The original image is gone, so there is nothing to remix.")
             return
+        parent = Parent(message_id, interaction.channel_id or 0, "🎛️ Remix of this image", interaction.guild_id)
+        await self.run_remix_form(interaction, recipe, fields, parent=parent)
+
+    async def run_remix_form(
+        self, interaction: discord.Interaction[Any], recipe: Recipe, fields: Mapping[str, str], *, parent: Parent | None
+    ) -> bool:
+        """Run ``recipe`` changed by a submitted Remix form (the interaction is deferred)."""
         problems: list[str] = []
         seed_text, steps_text = fields.get("seed", "").strip(), fields.get("steps", "").strip()
         seed = new_seed()
@@ -363,7 +411,7 @@ class Actions:
                 problems.append(f"Steps `{embeds.truncate(steps_text, 40)}` is not a whole number.")
         if problems:
             await send_private(interaction, embeds.problems_message(problems))
-            return
+            return False
         # A text input holds 4000 characters, a prompt may hold more: text sent back exactly
         # as it was prefilled means "unchanged", not "cut the prompt here".
         prompt, negative = fields.get("prompt", ""), fields.get("negative", "")
@@ -371,10 +419,11 @@ class Actions:
             prompt = recipe.prompt
         if negative == recipe.negative_prompt[: views.TEXT_INPUT_LIMIT]:
             negative = recipe.negative_prompt
-        await self._rerun(
+        return await self._rerun(
             interaction,
             recipe,
             origin="remix",
+            parent=parent,
             prompt=prompt,
             negative=negative,
             slots=parse_lora_lines(fields.get("loras", "")),
@@ -408,7 +457,7 @@ class Actions:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
         if action == "edit":
-            await _show_modal(
+            await show_modal(
                 interaction,
                 views.LoraEditModal(lora_id=lora_id, **views.lora_edit_values(lora)),
             )
@@ -436,7 +485,7 @@ class Actions:
         prefilled = views.lora_edit_values(lora)
         edited = {key: value for key, value in fields.items() if key in prefilled and value != prefilled[key]}
         if not edited:
-            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora))
+            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora, show_file=True))
             return
         changes, problems = lora_changes(**edited)
         if problems:
@@ -447,7 +496,7 @@ class Actions:
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return
-        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated))
+        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated, show_file=True))
 
 
 def lora_changes(

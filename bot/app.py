@@ -15,9 +15,14 @@ import discord
 from discord import app_commands
 
 from bot import views
+from bot.access import AccessPolicy, GuildFiles
 from bot.actions import Actions
+from bot.command_sync import sync_if_changed
 from bot.commands.common import send_private
 from bot.dispatch import DEFAULT_STALL_LIMIT_S, Dispatcher, Job
+from bot.guild_lifecycle import DAY_S, NOT_ENABLED, PURGE_INTERVAL_S, GuildLifecycle
+from bot.recipe_actions import RecipeActions
+from bot.safety import ImageSafety
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -27,13 +32,17 @@ class AtelierTree(app_commands.CommandTree["AtelierBot"]):
     """Turns any unexpected command error into a short private answer instead of silence."""
 
     async def interaction_check(self, interaction: discord.Interaction[AtelierBot]) -> bool:
-        """Commands are registered guild-only, but a stale client can still send one from a DM."""
+        """Commands are registered guild-only, but a stale client can still send one from a DM;
+        and servers outside the operator's allowlist get a polite refusal and nothing else."""
         if interaction.guild_id is None:
             if interaction.type == discord.InteractionType.application_command:
                 await send_private(
                     interaction,
                     "Atelier works inside a server channel, not in direct messages. Run the command in a server.",
                 )
+            return False
+        if not interaction.client.access.guild_allowed(interaction.guild_id):
+            await refuse_unlisted(interaction)
             return False
         return True
 
@@ -52,8 +61,22 @@ class AtelierTree(app_commands.CommandTree["AtelierBot"]):
         await send_private(interaction, text)
 
 
+async def refuse_unlisted(interaction: discord.Interaction[Any]) -> None:
+    """The answer a server outside the allowlist gets: no choices, no files, a polite note."""
+    if interaction.type == discord.InteractionType.autocomplete:
+        if not interaction.response.is_done():
+            await interaction.response.autocomplete([])
+        return
+    await send_private(interaction, NOT_ENABLED.format(guild_id=interaction.guild_id))
+
+
 class AtelierBot(discord.Client):
-    """The bot. ``registry`` is an open :class:`bot.registry.Registry`."""
+    """The bot. ``registry`` is an open :class:`bot.registry.Registry`.
+
+    ``access`` holds the operator's rules (allowed servers, file shares, owners; default:
+    everything open, as for a single-server install), ``safety`` the image check run
+    before every post (default: none). ``force_sync`` syncs commands even when unchanged.
+    """
 
     def __init__(
         self,
@@ -66,18 +89,37 @@ class AtelierBot(discord.Client):
         stall_limit: float = DEFAULT_STALL_LIMIT_S,
         retry_wait: float = 60.0,
         sync_commands: bool = True,
+        force_sync: bool = False,
+        access: AccessPolicy | None = None,
+        safety: ImageSafety | None = None,
+        data_grace_s: float = 30 * DAY_S,
+        leave_other_guilds: bool = False,
+        purge_interval_s: float = PURGE_INTERVAL_S,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
         options.setdefault("chunk_guilds_at_startup", False)
+        # Nothing the bot sends pings anyone unless that one message says so: prompts and
+        # names are echoed in messages and may contain @everyone or role mentions.
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(intents=intents, **options)
         self.registry = registry
         self.engine = engine
         self.sync_guilds = sync_guilds
         self.sync_commands = sync_commands
+        self.force_sync = force_sync
+        self.access = access or AccessPolicy()
+        self.safety = safety or ImageSafety(None)
+        self.lifecycle = GuildLifecycle(
+            self,
+            grace_s=data_grace_s,
+            leave_other_guilds=leave_other_guilds,
+            purge_interval_s=purge_interval_s,
+        )
         self.tree = AtelierTree(self)
         self.actions = Actions(self)
+        self.recipes = RecipeActions(self)
         self.dispatcher = Dispatcher(
             self,
             engine,
@@ -97,15 +139,30 @@ class AtelierBot(discord.Client):
         register_all(self.tree)
         self.add_dynamic_items(*views.DYNAMIC_ITEMS)
         self.dispatcher.start()
-        if self.sync_commands:
-            if self.sync_guilds:
-                for guild_id in self.sync_guilds:
-                    guild = discord.Object(guild_id)
-                    self.tree.copy_global_to(guild=guild)
-                    self.synced = await self.tree.sync(guild=guild)
-            else:
-                self.synced = await self.tree.sync()
-            log.info("synced %d commands", len(self.synced))
+        if not self.access.owners and self.application is not None:
+            # No owners configured: the application's owner, or its team's members.
+            team = self.application.team
+            owners = [m.id for m in team.members] if team else [self.application.owner.id]
+            self.access = self.access.with_owners(owners)
+        if self.sync_commands and self.application_id is not None:
+            synced = await sync_if_changed(
+                self.tree, self.registry, self.application_id, guilds=self.sync_guilds, force=self.force_sync
+            )
+            if synced is not None:
+                self.synced = synced
+
+    def files_for(self, guild_id: int) -> GuildFiles:
+        """The engine's files as this server may see them (see bot.access)."""
+        return GuildFiles(self.engine, self.access, guild_id)
+
+    async def on_ready(self) -> None:
+        await self.lifecycle.ready()
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.lifecycle.joined(guild)
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        await self.lifecycle.removed(guild)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Modal submits are routed here from their payload, not through discord.py's
@@ -114,6 +171,7 @@ class AtelierBot(discord.Client):
             await self.actions.modal_submit(interaction)
 
     async def close(self) -> None:
+        await self.lifecycle.close()
         await self.dispatcher.close()
         await super().close()
 

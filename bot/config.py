@@ -19,6 +19,13 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `max_pending` | `ATELIER_MAX_PENDING` | `500` | Jobs the bot holds for all servers together |
 | `stall_limit` | `ATELIER_STALL_LIMIT` | `900` | Seconds a job may go without progress before it is given up (raise it for very slow GPUs) |
 | `log_level` | `ATELIER_LOG_LEVEL` | `INFO` | Logging level |
+| `engine_token` | `ATELIER_ENGINE_TOKEN` | (generated) | The engine's shared secret. Required with `engine_url`; a spawned engine gets one generated on first start and kept in `<data_dir>/engine-token` (mode 600) |
+| `allowed_guilds` | `ATELIER_ALLOWED_GUILDS` | (empty: every server) | Comma-separated ids of the servers the bot serves; others get a polite refusal |
+| `leave_other_guilds` | `ATELIER_LEAVE_OTHER_GUILDS` | `false` | Leave servers not in `allowed_guilds` (when invited, and at start) |
+| `owners` | `ATELIER_OWNERS` | (the application's owner or team) | Comma-separated user ids of the bot's owners: admins in every allowed server |
+| `shares` | `ATELIER_SHARES` | (empty: every server sees every file) | Which model/LoRA files each server may see: a TOML table, or JSON in the variable, mapping a server id (or `"*"` for the others) to a list of folders, files or globs |
+| `data_grace_days` | `ATELIER_DATA_GRACE_DAYS` | `30` | Days a server's data is kept after the bot is removed from it, then deleted |
+| `image_classifier` | `ATELIER_IMAGE_CLASSIFIER` | `auto` | `nudenet` (required), `auto` (NudeNet if installed) or `off`: the check run on every image before it is posted |
 
 Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
 here: admins change them with ``/settings`` and they live in the database.
@@ -29,6 +36,7 @@ Pass ``--config FILE`` or set ``ATELIER_CONFIG`` to read a TOML file (top-level 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,7 +59,18 @@ _ENV = {
     "max_pending": "ATELIER_MAX_PENDING",
     "stall_limit": "ATELIER_STALL_LIMIT",
     "log_level": "ATELIER_LOG_LEVEL",
+    "engine_token": "ATELIER_ENGINE_TOKEN",
+    "allowed_guilds": "ATELIER_ALLOWED_GUILDS",
+    "leave_other_guilds": "ATELIER_LEAVE_OTHER_GUILDS",
+    "owners": "ATELIER_OWNERS",
+    "shares": "ATELIER_SHARES",
+    "data_grace_days": "ATELIER_DATA_GRACE_DAYS",
+    "image_classifier": "ATELIER_IMAGE_CLASSIFIER",
 }
+_ID_LISTS = ("sync_guilds", "allowed_guilds", "owners")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+IMAGE_CLASSIFIERS = ("auto", "nudenet", "off")
 
 
 class ConfigError(ValueError):
@@ -60,7 +79,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BotConfig:
-    token: str = ""
+    token: str = dataclasses.field(default="", repr=False)
     data_dir: Path = Path("var")
     database: Path | None = None
     engine_url: str = ""
@@ -74,10 +93,24 @@ class BotConfig:
     max_pending: int = 500
     stall_limit: float = 900.0
     log_level: str = "INFO"
+    #: Kept out of repr: a config printed or logged must not show the secret.
+    engine_token: str = dataclasses.field(default="", repr=False)
+    allowed_guilds: tuple[int, ...] = ()
+    leave_other_guilds: bool = False
+    owners: tuple[int, ...] = ()
+    #: Server id (or "*") -> the folders, files or globs it may see; empty: all, for all.
+    shares: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    data_grace_days: float = 30.0
+    image_classifier: str = "auto"
 
     @property
     def database_path(self) -> Path:
         return self.database or self.data_dir / "atelier.sqlite3"
+
+    @property
+    def engine_token_path(self) -> Path:
+        """Where the token of an engine the bot starts itself is kept between runs."""
+        return self.data_dir / "engine-token"
 
     @classmethod
     def load(
@@ -114,10 +147,14 @@ class BotConfig:
         for key, value in raw.items():
             kind = types[key]
             try:
-                if key == "sync_guilds":
+                if key in _ID_LISTS:
                     if isinstance(value, str):
                         value = [v for v in value.replace(" ", "").split(",") if v]
                     values[key] = tuple(int(v) for v in value)
+                elif key == "shares":
+                    values[key] = _shares(value)
+                elif kind in ("bool", bool):
+                    values[key] = _bool(value)
                 elif "Path" in str(kind):
                     values[key] = Path(value).expanduser()
                 elif kind in ("int", int):
@@ -126,9 +163,53 @@ class BotConfig:
                     values[key] = float(value)
                 else:
                     values[key] = str(value)
+            except ConfigError:
+                raise
             except (TypeError, ValueError) as exc:
                 raise ConfigError(
                     f"setting '{key}' ({_ENV[key]}) has the value {value!r}, which is not a valid "
                     f"{kind}; fix it in the environment or the config file"
                 ) from exc
-        return cls(**values)
+        config = cls(**values)
+        if config.image_classifier not in IMAGE_CLASSIFIERS:
+            raise ConfigError(
+                f"image_classifier (ATELIER_IMAGE_CLASSIFIER) is {config.image_classifier!r}; "
+                f"use one of {', '.join(IMAGE_CLASSIFIERS)}"
+            )
+        if config.data_grace_days < 0:
+            raise ConfigError("data_grace_days (ATELIER_DATA_GRACE_DAYS) cannot be negative")
+        return config
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _shares(value: Any) -> dict[str, tuple[str, ...]]:
+    """``{"<server id>" | "*": ["folder/", "file.safetensors", "glob*"]}`` from TOML or JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                "shares (ATELIER_SHARES) must be JSON such as "
+                '\'{"123456789012345678": ["community-a/"], "*": ["shared/"]}\': ' + str(exc)
+            ) from exc
+    if not isinstance(value, Mapping):
+        raise ConfigError("shares must map server ids (or \"*\") to lists of folders or files")
+    shares: dict[str, tuple[str, ...]] = {}
+    for key, entries in value.items():
+        key = str(key).strip()
+        if key != "*" and not key.isdigit():
+            raise ConfigError(f"shares: {key!r} is not a server id or \"*\"")
+        if isinstance(entries, str) or not all(isinstance(e, str) for e in entries):
+            raise ConfigError(f"shares: the entry for {key} must be a list of folder or file names")
+        shares[key] = tuple(e.strip() for e in entries)
+    return shares

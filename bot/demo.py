@@ -41,6 +41,7 @@ from bot.sandbox import (
     run_bot,
 )
 from bot.sandbox.transcript import write_transcript
+from engine.auth import new_token
 from engine.client import EngineClient
 
 #: The scripted member's recipe: small enough for a 2-core CPU, real enough to show everything.
@@ -213,13 +214,18 @@ async def run_demo(
     out: Path, assets: Path, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE
 ) -> Path:
     """Start the engine, the double and the bot, play the session, write what the channel shows."""
+    token = new_token()  # as `python -m bot` does when it starts its own engine
     engine_process = EngineProcess(
-        model_dir=assets / "models", lora_dir=assets / "loras", port=_free_port(), start_timeout=180.0
+        model_dir=assets / "models",
+        lora_dir=assets / "loras",
+        port=_free_port(),
+        start_timeout=180.0,
+        token=token,
     )
     await engine_process.start()
     _say(f"engine process {engine_process.pid} serving on {engine_process.url}")
     registry = await Registry.open(out / "atelier.sqlite3")
-    engine = EngineClient(engine_process.url)
+    engine = EngineClient(engine_process.url, token=token)
     try:
         async with DiscordDouble() as double:
             guild = double.add_guild("Atelier demo")

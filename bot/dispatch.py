@@ -36,7 +36,8 @@ from typing import Any, Protocol
 import discord
 
 from bot import embeds
-from bot.recipe_text import imagine_command
+from bot.recipe_text import imagine_command, public_error
+from bot.safety import screen_for_channel
 from engine.protocol import EngineError, ErrorCode, Recipe
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class Job:
     notes: tuple[str, ...] = ()
     #: Why the job exists ("imagine", "reroll", "remix"); shown in the status line.
     origin: str = "imagine"
+    #: The message this job was rerolled/remixed/made from, and how the result credits it
+    #: ((label, link) for the embed); recorded by ``on_result`` (see bot.recipe_actions).
+    parent_message_id: int | None = None
+    parent_channel_id: int | None = None
+    parent_credit: tuple[str, str] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.monotonic)
     state: str = "queued"
@@ -541,13 +547,19 @@ class Dispatcher:
         # Re-encoding oversize PNGs takes CPU seconds; in a thread, so the event loop keeps
         # acknowledging everyone else's interactions within Discord's 3 seconds meanwhile.
         fitted, notes = await asyncio.to_thread(fit_files, images, job.file_limit)
+        # The image check (bot.safety): flagged images withheld or spoilered where NSFW is not allowed.
+        screened = await screen_for_channel(self.client, job.guild_id, job.channel_id, fitted)
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         files = [
-            discord.File(io.BytesIO(data), filename=f"atelier-{job.recipe.seed + i}.png")
-            for i, data in enumerate(fitted)
+            discord.File(io.BytesIO(data), filename=f"atelier-{job.recipe.seed + i}.png", spoiler=spoiler)
+            for i, data, spoiler in screened.files
         ]
         embed = embeds.recipe_embed(
-            job.recipe, requester=job.user_name, seconds=seconds, notes=[*job.notes, *notes]
+            job.recipe,
+            requester=job.user_name,
+            seconds=seconds,
+            notes=[*job.notes, *notes, *screened.notes],
+            parent=job.parent_credit,
         )
         try:
             message = await channel.send(
@@ -555,7 +567,10 @@ class Dispatcher:
                 embed=embed,
                 files=files,
                 view=self.result_view(job),
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                # Only the requester: a prompt or name must never ping @everyone or a role.
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, replied_user=False, users=[discord.Object(job.user_id)]
+                ),
             )
         except discord.HTTPException as exc:
             log.error("posting the result of job %s failed: %s", job.id, exc)
@@ -582,7 +597,7 @@ class Dispatcher:
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         job.error = (
-            describe_error(code, message)
+            describe_error(code, public_error(message, job.recipe))
             + f"\nYour request is kept here, copy it to try again:\n`{embeds.truncate(imagine_command(job.recipe), 1500)}`"
         )
         await self._finish(job, "failed")

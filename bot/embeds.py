@@ -91,9 +91,16 @@ def recipe_embed(
     requester: str | None = None,
     seconds: float | None = None,
     notes: Sequence[str] = (),
+    parent: tuple[str, str] | None = None,
 ) -> discord.Embed:
-    """The embed under every generated image: the full recipe, readable at a glance."""
+    """The embed under every generated image: the full recipe, readable at a glance.
+
+    ``parent`` is (label, message link) of the image it was rerolled or remixed from, shown
+    as the embed's author line, which Discord makes a link.
+    """
     embed = discord.Embed(title=truncate(recipe.prompt or "(empty prompt)", TITLE_LIMIT), colour=ACCENT)
+    if parent is not None:
+        embed.set_author(name=truncate(parent[0], AUTHOR_LIMIT), url=parent[1])
     if recipe.negative_prompt:
         embed.description = "**Negative:** " + recipe.negative_prompt
     embed.add_field(name="Model", value=recipe.model_name or recipe.model, inline=True)
@@ -102,6 +109,8 @@ def recipe_embed(
     embed.add_field(name="Sampler", value=recipe.sampler, inline=True)
     embed.add_field(name="Steps", value=str(recipe.steps), inline=True)
     embed.add_field(name="CFG", value=format_weight(recipe.cfg_scale), inline=True)
+    if recipe.clip_skip > 1:
+        embed.add_field(name="Clip skip", value=str(recipe.clip_skip), inline=True)
     if recipe.loras:
         lines = [f"`{lora.display_name}` × {format_weight(lora.weight)}" for lora in recipe.loras]
         embed.add_field(name=f"LoRAs ({len(recipe.loras)})", value="\n".join(lines), inline=False)
@@ -125,8 +134,12 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
-    """A LoRA's card for ``/lora info`` and ``/lora add``; accepts the registry's record."""
+def lora_card(lora: Any, *, bookmarked: bool | None = None, show_file: bool = False) -> discord.Embed:
+    """A LoRA's card for ``/lora info`` and ``/lora add``; accepts the registry's record.
+
+    The file's path on the operator's disk is shown to admins only (``show_file``);
+    everyone sees its hash, which is what Civitai and A1111 name it by.
+    """
     name = _get(lora, "name", "?")
     embed = discord.Embed(title=truncate(f"LoRA · {name}", TITLE_LIMIT), colour=ACCENT)
     description = _get(lora, "description") or ""
@@ -165,7 +178,7 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None) -> discord.Embed:
         name="Trigger words", value=", ".join(f"`{t}`" for t in triggers) if triggers else "none", inline=False
     )
     file = _get(lora, "file", None)
-    hashes = [f"`{file}`"] if file else []
+    hashes = [f"`{file}`"] if file and show_file else []
     autov2 = _get(lora, "autov2", None)
     if autov2:
         hashes.append(f"AutoV2 `{autov2}`")
@@ -212,4 +225,59 @@ def list_embed(title: str, lines: Sequence[str], *, empty: str = "Nothing here y
     """A simple list (search results, bookmarks, models), cut to fit."""
     embed = discord.Embed(title=truncate(title, TITLE_LIMIT), colour=ACCENT)
     embed.description = "\n".join(lines) if lines else empty
+    return fit_embed(embed)
+
+
+def recipe_card(
+    recipe: Recipe,
+    *,
+    title: str,
+    author_id: int | None,
+    shared_by: int | None,
+    code: str,
+    lora_links: dict[str, str] | None = None,
+    missing: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    source_url: str | None = None,
+    image_url: str | None = None,
+) -> discord.Embed:
+    """A recipe shared in a channel (or shown privately): everything to make it again.
+
+    LoRAs link to their registry source (Civitai page, URL) where one is known; ``missing``
+    lists what this server no longer has, with what to use instead.
+    """
+    embed = discord.Embed(title=truncate(title, TITLE_LIMIT), colour=ACCENT, url=source_url)
+    credit = []
+    if author_id:
+        credit.append(f"Recipe by <@{author_id}>")
+    if shared_by and shared_by != author_id:
+        credit.append(f"shared by <@{shared_by}>")
+    lines = [" · ".join(credit)] if credit else []
+    lines.append(f"**Prompt:** {recipe.prompt or '(empty)'}")
+    if recipe.negative_prompt:
+        lines.append(f"**Negative:** {recipe.negative_prompt}")
+    embed.description = "\n".join(lines)
+    embed.add_field(name="Model", value=recipe.model_label or "(server default)", inline=True)
+    settings = f"{recipe.sampler} · {recipe.steps} steps · CFG {format_weight(recipe.cfg_scale)} · {recipe.width}×{recipe.height} · seed {recipe.seed}"
+    if recipe.clip_skip > 1:
+        settings += f" · clip skip {recipe.clip_skip}"
+    embed.add_field(name="Settings", value=settings, inline=False)
+    if recipe.loras:
+        links = lora_links or {}
+        rows = []
+        for lora in recipe.loras:
+            name = lora.display_name
+            shown = f"[{name}]({links[name]})" if name in links else f"`{name}`"
+            rows.append(f"{shown} × {format_weight(lora.weight)}")
+        embed.add_field(name=f"LoRAs ({len(recipe.loras)})", value="\n".join(rows), inline=False)
+    if missing:
+        embed.add_field(name="⚠️ Not available here", value="\n".join(f"• {m}" for m in missing), inline=False)
+    if notes:
+        embed.add_field(name="Notes", value="\n".join(f"• {n}" for n in notes), inline=False)
+    if len(code) <= FIELD_VALUE_LIMIT - 30:
+        embed.add_field(name="Make it yourself", value=f"`/imagine recipe:{code}`", inline=False)
+    else:
+        embed.add_field(name="Make it yourself", value="Press **Use this recipe**, or **Remix** to change it first.", inline=False)
+    if image_url:
+        embed.set_thumbnail(url=image_url)
     return fit_embed(embed)

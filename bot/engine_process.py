@@ -48,6 +48,7 @@ class EngineProcess:
         on_exit: OnExit | None = None,
         restart: bool = True,
         max_restarts: int = 5,
+        token: str = "",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.lora_dir = Path(lora_dir)
@@ -59,6 +60,8 @@ class EngineProcess:
         self.on_exit = on_exit
         self.restart = restart
         self.max_restarts = max_restarts
+        #: The engine's shared secret, handed over in the child's environment (see bot.engine_token).
+        self._token = token
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -98,6 +101,8 @@ class EngineProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._token:
+            env["ATELIER_ENGINE_TOKEN"] = self._token
         self._tail = []
         self._proc = await asyncio.create_subprocess_exec(
             *self.command(),

@@ -1,69 +1,27 @@
-"""A recipe as text people can copy: a ``/imagine`` line and AUTOMATIC1111 ``parameters``.
+"""A recipe as text people can copy: a ``/imagine`` line, its share code and A1111 text.
 
-The ``/imagine`` line reproduces the image in Discord; the parameters text is what A1111,
-Civitai and most image viewers read from a PNG, so an image made here can be recreated
-elsewhere. Plain string work, no torch.
+The ``/imagine`` line reproduces the image in Discord; the share code is the same recipe in
+one paste (``/imagine recipe:<code>``); the parameters text, written by the one writer the
+engine's PNGs use (:func:`engine.recipe.a1111.write_parameters`), is what A1111, Civitai and
+most image viewers read. Plain string work, no torch.
 """
 
 from __future__ import annotations
 
-import json
+import re
 
 from engine.protocol import Recipe
+from engine.recipe import share_code
+from engine.recipe.a1111 import lora_tags, number, write_parameters
+
+#: A quoted absolute path (POSIX or Windows) in an engine message.
+_ABSOLUTE_PATH = re.compile(r"'(?:/|[A-Za-z]:[\\/])[^']*'")
 
 #: How many LoRAs ``/imagine`` takes as options; the rest go inline in the prompt.
 LORA_SLOTS = 3
-
-
-def _weight(value: float) -> str:
-    return f"{value:g}"
-
-
-def _a1111_value(value: str) -> str:
-    """A1111 JSON-quotes values that would otherwise break its ``key: value, ...`` line."""
-    if any(c in value for c in ",:\n\""):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def split_sampler(sampler: str) -> tuple[str, str | None]:
-    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``, as A1111 1.6+ writes it."""
-    for schedule in ("Karras", "Exponential", "SGM Uniform"):
-        if sampler.endswith(" " + schedule):
-            return sampler[: -len(schedule) - 1], schedule
-    return sampler, None
-
-
-def a1111_parameters(recipe: Recipe, *, model_hash: str | None = None) -> str:
-    """The ``parameters`` text: prompt (with ``<lora:name:w>`` tags), negative, settings line."""
-    tags = " ".join(f"<lora:{lora.display_name}:{_weight(lora.weight)}>" for lora in recipe.loras)
-    prompt = f"{recipe.prompt} {tags}".strip() if tags else recipe.prompt
-    lines = [prompt]
-    if recipe.negative_prompt:
-        lines.append(f"Negative prompt: {recipe.negative_prompt}")
-    sampler, schedule = split_sampler(recipe.sampler)
-    pairs: list[tuple[str, str]] = [("Steps", str(recipe.steps)), ("Sampler", sampler)]
-    if schedule:
-        pairs.append(("Schedule type", schedule))
-    pairs += [
-        ("CFG scale", _weight(recipe.cfg_scale)),
-        ("Seed", str(recipe.seed)),
-        ("Size", f"{recipe.width}x{recipe.height}"),
-    ]
-    if model_hash:
-        pairs.append(("Model hash", model_hash))
-    pairs.append(("Model", recipe.model_name or recipe.model.rsplit("/", 1)[-1]))
-    if recipe.clip_skip > 1:
-        pairs.append(("Clip skip", str(recipe.clip_skip)))
-    embedded = [(e.name, e.sha256) for e in recipe.embeddings if e.sha256]
-    if embedded:
-        pairs.append(("TI hashes", ", ".join(f"{name}: {sha[:12]}" for name, sha in embedded)))
-    hashed = [(lora.display_name, lora.sha256) for lora in recipe.loras if lora.sha256]
-    if hashed:
-        pairs.append(("Lora hashes", ", ".join(f"{name}: {sha[:12]}" for name, sha in hashed)))
-    pairs.append(("Version", "Atelier"))
-    lines.append(", ".join(f"{key}: {_a1111_value(value)}" for key, value in pairs))
-    return "\n".join(lines)
+CONTENT_LIMIT = 2000
+#: Recipe names as the registry takes them: 64 characters, none of ``:<>``.
+NAME_LIMIT = 64
 
 
 def _option(name: str, value: str) -> str:
@@ -77,17 +35,17 @@ def imagine_command(recipe: Recipe) -> str:
     slots, inline = recipe.loras[:LORA_SLOTS], recipe.loras[LORA_SLOTS:]
     prompt = recipe.prompt
     if inline:
-        prompt += " " + " ".join(f"<lora:{lo.display_name}:{_weight(lo.weight)}>" for lo in inline)
-    parts = ["/imagine", _option("prompt", prompt), _option("model", recipe.model_name or recipe.model)]
+        prompt += " " + lora_tags(inline)
+    parts = ["/imagine", _option("prompt", prompt), _option("model", recipe.model_label)]
     for index, lora in enumerate(slots, 1):
         parts.append(_option(f"lora{index}", lora.display_name))
-        parts.append(_option(f"weight{index}", _weight(lora.weight)))
+        parts.append(_option(f"weight{index}", number(lora.weight)))
     if recipe.negative_prompt:
         parts.append(_option("negative", recipe.negative_prompt))
     parts += [
         _option("sampler", recipe.sampler),
         _option("steps", str(recipe.steps)),
-        _option("cfg", _weight(recipe.cfg_scale)),
+        _option("cfg", number(recipe.cfg_scale)),
         _option("seed", str(recipe.seed)),
         _option("size", f"{recipe.width}x{recipe.height}"),
     ]
@@ -98,20 +56,55 @@ def imagine_command(recipe: Recipe) -> str:
     return " ".join(parts)
 
 
-def recipe_reply(recipe: Recipe, *, parameters: str | None = None, limit: int = 2000) -> str:
-    """The ephemeral Recipe-button answer, both texts in code blocks, within one message.
+def recipe_reply(recipe: Recipe) -> tuple[str, str | None]:
+    """The Recipe button's answer: (message text, text file or None).
 
-    ``parameters`` is the text read from the posted PNG when available (it carries the real
-    model and LoRA hashes); otherwise it is rebuilt from the recipe.
+    Everything fits one message for most recipes. A long one (a 4000-character prompt) is
+    never cut: the message says so and the whole recipe comes as ``recipe.txt``.
     """
     command = imagine_command(recipe)
-    params = parameters or a1111_parameters(recipe)
-    text = f"**Slash command**\n```\n{command}\n```\n**A1111 parameters**\n```\n{params}\n```"
-    if len(text) <= limit:
-        return text
-    # Too long for one message: keep the command whole if possible, cut the parameters.
-    head = f"**Slash command**\n```\n{command}\n```\n**A1111 parameters** (cut)\n```\n"
-    room = limit - len(head) - 4
-    if room < 40:
-        return (f"```\n{command[: limit - 9]}…\n```")[:limit]
-    return head + params[: room - 1] + "…\n```"
+    code = share_code.encode(recipe)
+    params = write_parameters(recipe)
+    text = (
+        f"**Slash command**\n```\n{command}\n```\n**Recipe code**\n```\n/imagine recipe:{code}\n```\n"
+        f"**A1111 parameters**\n```\n{params}\n```"
+    )
+    if len(text) <= CONTENT_LIMIT:
+        return text, None
+    whole = f"Slash command:\n{command}\n\nRecipe code:\n/imagine recipe:{code}\n\nA1111 parameters:\n{params}\n"
+    short = "This recipe is too long for one message, so here it is whole as a file."
+    if len(code) + 80 < CONTENT_LIMIT - len(short):
+        short += f"\n**Recipe code**\n```\n/imagine recipe:{code}\n```"
+    return short, whole
+
+
+def suggest_name(recipe: Recipe) -> str:
+    """A name the registry accepts, from the prompt's first words and the seed.
+
+    (The Save button used to save ``"<first 60 characters> #<seed>"``, which any prompt with
+    ``(word:1.2)`` or a 10-digit seed made invalid.)
+    """
+    words = re.sub(r"[:<>()\[\]{}]", " ", recipe.prompt)
+    words = re.sub(r"\s+", " ", words).strip(" ,") or "recipe"
+    suffix = f" #{recipe.seed}"
+    room = NAME_LIMIT - len(suffix)
+    if len(words) > room:
+        words = words[:room].rsplit(" ", 1)[0].rstrip(" ,") or words[:room]
+    return f"{words}{suffix}"
+
+
+def public_error(message: str, recipe: Recipe) -> str:
+    """An engine error as members may read it: files by registered name, no folder paths.
+
+    The engine names files by their path relative to its folders, and its folders by their
+    absolute path; both belong to the operator's disk, not to a channel.
+    """
+    names = {recipe.model: recipe.model_name or "the model"}
+    names.update({lora.file: lora.display_name for lora in recipe.loras})
+    names.update({e.file: e.name for e in recipe.embeddings})
+    if recipe.vae:
+        names[recipe.vae] = "the VAE"
+    for path, name in sorted(names.items(), key=lambda item: -len(item[0])):
+        if path:
+            message = message.replace(path, name)
+    return _ABSOLUTE_PATH.sub("the engine's folder", message)

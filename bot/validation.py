@@ -22,6 +22,7 @@ from bot.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy
 from bot.registry.text import name_key, strip_invisible
+from bot.safety import blocked_terms_in
 from engine.families import families_differ, family_label, related
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker
 from engine.protocol import EmbeddingRef, LoraRef, Recipe, architecture_label
@@ -208,6 +209,14 @@ def validate(
             "empty_prompt", "The prompt is empty.", "Describe the image you want in `prompt`."
         )
 
+    blocked = blocked_terms_in(request.prompt, settings.blocked_words)
+    if blocked:
+        check.problem(
+            "prompt_blocked",
+            "The prompt uses words this server does not allow: "
+            + ", ".join(f"`{term}`" for term in blocked) + ".",
+            "Remove them and send the request again.",
+        )
     if len(prompt) > settings.prompt_limit:
         extra = " (including the trigger words added for your LoRAs)" if added else ""
         check.problem(
@@ -280,9 +289,14 @@ def validate(
         model=model.file,
         model_name=model.name,
         vae=model.vae,
+        # Lower case, as A1111 and the engine's PNG write it.
+        model_hash=(model.sha256[:10] if model.sha256 else (model.autov2 or "")).lower(),
         prompt=prompt,
         negative_prompt=negative,
-        loras=tuple(LoraRef(file=l.file, weight=w, name=l.name, sha256=l.sha256) for l, w in stack),  # noqa: E741
+        loras=tuple(
+            LoraRef(file=l.file, weight=w, name=l.name, sha256=l.sha256, a1111_hash=l.a1111_hash)
+            for l, w in stack  # noqa: E741
+        ),
         sampler=sampler,
         steps=int(steps),
         cfg_scale=float(cfg),

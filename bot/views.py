@@ -6,11 +6,15 @@ view has to be re-registered per message. The state a button needs (the recipe b
 image, the LoRA a card shows) is looked up in the database by message id or entry id, never
 kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
 
-- ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/delete/save;
-  the recipe is found by the clicked message's id.
+- ``atelier:img:<action>`` on result messages, action one of reroll/remix/recipe/save/share/
+  delete; the recipe is found by the clicked message's id.
+- ``atelier:card:<action>:<card id>`` on recipe cards, action use/same/remix/save/share; the
+  card (recipe, author, where it came from) is a row of ``recipe_cards``.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
-- ``atelier:remix:<message id>`` and ``atelier:loraedit:<lora id>`` on modals.
+- ``atelier:privacy:delete:<user id>:<0|1>`` under ``/privacy delete`` (1: images too).
+- ``atelier:remix:<message id>``, ``atelier:remixcard:<card id>``, ``atelier:savepost:<message
+  id>``, ``atelier:savecard:<card id>`` and ``atelier:loraedit:<lora id>`` on modals.
 
 Modal submits are not left to discord.py's modal store: it keys open modals by custom id
 alone and lives in memory, so a second member remixing the same image replaced the first
@@ -35,14 +39,23 @@ if TYPE_CHECKING:
 CUSTOM_ID_LIMIT = 100
 #: Discord's limit for a text input's value (and its prefilled text).
 TEXT_INPUT_LIMIT = 4000
-MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit):(?P<target>\d{1,20})")
-IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "delete")
+MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard):(?P<target>\d{1,20})")
+IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "share", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
     "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
     "recipe": ("Recipe", "📜", discord.ButtonStyle.secondary),
     "save": ("Save recipe", "💾", discord.ButtonStyle.secondary),
+    "share": ("Share", "📣", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+CARD_ACTIONS = ("use", "same", "remix", "save", "share")
+_CARD_LABELS = {
+    "use": ("Use this recipe", "🎲", discord.ButtonStyle.primary),
+    "same": ("Same seed", "🔁", discord.ButtonStyle.secondary),
+    "remix": ("Remix", "🎛️", discord.ButtonStyle.secondary),
+    "save": ("Save", "💾", discord.ButtonStyle.secondary),
+    "share": ("Share to channel", "📣", discord.ButtonStyle.success),
 }
 
 
@@ -52,7 +65,7 @@ def _bot(interaction: discord.Interaction[Any]) -> AtelierBot:
 
 class ImageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"atelier:img:(?P<action>reroll|remix|recipe|delete|save)",
+    template=r"atelier:img:(?P<action>reroll|remix|recipe|delete|save|share)",
 ):
     def __init__(self, action: str) -> None:
         label, emoji, style = _LABELS[action]
@@ -120,7 +133,72 @@ class LoraCardButton(
         await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton)
+class CardButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:card:(?P<action>use|same|remix|save|share):(?P<card>\d{1,20})",
+):
+    """A recipe card's buttons; the card (its recipe, author, source) is found by id."""
+
+    def __init__(self, action: str, card_id: int) -> None:
+        label, emoji, style = _CARD_LABELS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"atelier:card:{action}:{card_id}")
+        )
+        self.action = action
+        self.card_id = card_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CardButton:
+        return cls(match["action"], int(match["card"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.recipes.card_button(interaction, self.action, self.card_id))
+
+
+class PrivacyDeleteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:privacy:delete:(?P<user>\d{1,20}):(?P<images>[01])",
+):
+    """The confirmation under ``/privacy delete``; only the member it names can press it."""
+
+    def __init__(self, user_id: int, images: bool) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete my data" + (" and images" if images else ""),
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"atelier:privacy:delete:{user_id}:{int(images)}",
+            )
+        )
+        self.user_id = user_id
+        self.images = images
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PrivacyDeleteButton:
+        return cls(int(match["user"]), match["images"] == "1")
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        from bot.commands.privacy import delete_member_data
+
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, delete_member_data(interaction, self.user_id, images=self.images))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton)
+
+
+def card_view(card_id: int, *, shareable: bool = False) -> discord.ui.View:
+    """Use / Same seed / Remix / Save, plus Share to channel on private answers."""
+    view = discord.ui.View(timeout=None)
+    for action in CARD_ACTIONS:
+        if action != "share" or shareable:
+            view.add_item(CardButton(action, card_id))
+    return view
 
 
 def result_view() -> discord.ui.View:
@@ -155,8 +233,10 @@ class RemixModal(discord.ui.Modal):
         loras: str,
         seed: str,
         steps: str,
+        kind: str = "remix",
+        title: str = "Remix this image",
     ) -> None:
-        super().__init__(title="Remix this image", custom_id=f"atelier:remix:{message_id}", timeout=900)
+        super().__init__(title=title, custom_id=f"atelier:{kind}:{message_id}", timeout=900)
         self.message_id = message_id
         self.prompt = discord.ui.TextInput(
             custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:TEXT_INPUT_LIMIT], max_length=TEXT_INPUT_LIMIT
@@ -181,6 +261,21 @@ class RemixModal(discord.ui.Modal):
         self.steps = discord.ui.TextInput(custom_id="steps", label="Steps", default=steps, required=False, max_length=4)
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
+
+
+class SaveRecipeModal(discord.ui.Modal):
+    """The member names the recipe (a suggestion is prefilled) and picks where it goes."""
+
+    def __init__(self, *, kind: str, target: int, name: str, scope: str) -> None:
+        super().__init__(title="Save this recipe", custom_id=f"atelier:{kind}:{target}", timeout=900)
+        self.name = discord.ui.TextInput(
+            custom_id="name", label="Name (letters, digits, spaces, - or _)", default=name, min_length=1, max_length=64
+        )
+        self.scope = discord.ui.TextInput(
+            custom_id="scope", label="Keep it for: server (recipe book) or me", default=scope, max_length=20
+        )
+        self.add_item(self.name)
+        self.add_item(self.scope)
 
 
 def lora_edit_values(lora: Any) -> dict[str, str]:
@@ -253,3 +348,9 @@ def parse_modal_submit(data: Mapping[str, Any]) -> tuple[str, int, dict[str, str
     if match is None:
         return None
     return match["kind"], int(match["target"]), _text_inputs(data.get("components") or [])
+
+
+def privacy_delete_view(user_id: int, images: bool) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(PrivacyDeleteButton(user_id, images))
+    return view

@@ -70,7 +70,12 @@ async def serve(config: EngineConfig) -> None:
         max_batch_images=config.max_batch_images,
         compile_unet=config.compile_unet,
     )
-    app = create_app(JobManager(generator), models_root=config.models, loras_root=config.loras)
+    app = create_app(
+        JobManager(generator),
+        models_root=config.models,
+        loras_root=config.loras,
+        token=config.token,
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if config.unix_socket:

@@ -50,12 +50,17 @@ def _unavailable(where: str, exc: BaseException) -> EngineError:
 
 
 class EngineClient:
-    """Talks to one engine over TCP (``base_url``) or a Unix socket (``unix_socket``)."""
+    """Talks to one engine over TCP (``base_url``) or a Unix socket (``unix_socket``).
+
+    ``token`` is the engine's shared secret, sent as ``Authorization: Bearer`` on every
+    request; it is kept out of ``repr`` and of every error message.
+    """
 
     def __init__(
         self,
         base_url: str | None = None,
         *,
+        token: str | None = None,
         unix_socket: str | None = None,
         request_timeout_s: float = 60.0,
         event_timeout_s: float = DEFAULT_EVENT_TIMEOUT_S,
@@ -69,13 +74,17 @@ class EngineClient:
         #: Longest silence allowed on an event stream (heartbeats count as sound).
         self.event_timeout_s = event_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def __repr__(self) -> str:
+        return f"<EngineClient {self._where}>"
 
     # --- session -----------------------------------------------------------------------
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.UnixConnector(path=self.unix_socket) if self.unix_socket else None
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
 
     async def close(self) -> None:
@@ -115,8 +124,14 @@ class EngineClient:
             # engine died while answering, which is the same advice as not running at all.
             raise _unavailable(self._where, exc) from exc
 
-    @staticmethod
-    def _error_from(status: int, body: bytes) -> EngineError:
+    def _error_from(self, status: int, body: bytes) -> EngineError:
+        if status == 401:
+            return EngineError(
+                ErrorCode.UNAUTHORIZED,
+                f"the engine at {self._where} refused this client's token ("
+                + ("none was configured" if not self._headers else "it does not match")
+                + "); give the bot the engine's token in ATELIER_ENGINE_TOKEN (engine_token)",
+            )
         try:
             return EngineError.from_json(json.loads(body))
         except (ValueError, AttributeError):

@@ -7,11 +7,14 @@ configure the engine without a command line; a flag given explicitly always wins
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.auth import check_token
 
 ENV_PREFIX = "ATELIER_ENGINE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -48,6 +51,9 @@ class EngineConfig:
     cache_loras: int = 8
     cache_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    #: The shared secret every request must carry (see engine.auth). Kept out of repr so
+    #: that printing or logging the config never shows it.
+    token: str = dataclasses.field(default="", repr=False)
     #: Model cache budgets in bytes; None: automatic (most of the GPU, half the RAM).
     model_device_budget: int | None = None
     model_host_budget: int | None = None
@@ -72,6 +78,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-loras", type=int, help="LoRAs kept loaded (default 8)")
     parser.add_argument("--cache-bytes", help="bytes of LoRAs kept loaded (default 2GiB)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    # No --token flag: a command line is visible to every user of the machine (ps).
+    parser.add_argument(
+        "--token-file",
+        help="file holding the shared secret clients must send (or set ATELIER_ENGINE_TOKEN)",
+    )
     parser.add_argument(
         "--model-device-budget",
         help="bytes of models kept on the device (default: 70%% of GPU memory, 60%% of RAM on a CPU)",
@@ -127,6 +138,7 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     if max_batch < 1:
         raise ValueError("--max-batch must be at least 1")
     return EngineConfig(
+        token=_token(pick("token_file"), env),
         models=models.resolve(),
         loras=loras.resolve(),
         host=pick("host") or DEFAULT_HOST,
@@ -145,6 +157,26 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     )
 
 
+def _token(token_file: str | None, env: Mapping[str, str]) -> str:
+    """The token from ``--token-file`` (or ATELIER_ENGINE_TOKEN_FILE), else ATELIER_ENGINE_TOKEN.
+
+    There is deliberately no way to run without one: the engine spends a GPU and reads the
+    operator's model folders for whoever can reach its port.
+    """
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file '{token_file}': {exc.strerror}") from exc
+        return check_token(text, source=f"'{token_file}'")
+    text = env.get(ENV_PREFIX + "TOKEN", "")
+    if not text:
+        raise ValueError(
+            "the engine needs a shared secret: set ATELIER_ENGINE_TOKEN (or --token-file) to a "
+            "long random string and give the bot the same value. A bot that starts the engine "
+            "itself does this for you."
+        )
+    return check_token(text, source="ATELIER_ENGINE_TOKEN")
 def _optional_size(text: str | None) -> int | None:
     return None if text in (None, "", "auto") else parse_size(text)
 

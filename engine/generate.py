@@ -37,9 +37,10 @@ from engine.model_cache import CachedModel, ModelCache
 from engine.patcher import MODES, PATCHED, UNFUSED, StackEntry, StackWork, stack_key, stack_work
 from engine.paths import resolve_within
 from engine.pipelines import load_pipeline, load_vae
-from engine.png_metadata import a1111_parameters, model_display_name, write_png
+from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
+from engine.recipe.a1111 import write_parameters
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
@@ -195,7 +196,7 @@ class Generator:
             stack = self._resolve_loras(recipe)
             if model_info.architecture in ("sd15", "sdxl"):
                 for lora in stack:
-                    check_architecture(lora, model_info.architecture, model_display_name(recipe))
+                    check_architecture(lora, model_info.architecture, recipe.model_label)
             reads = self.loras.prefetch(stack)
             if not self.models.holds(model_info.sha256):
                 model = self.models.prefetch(model_path, model_info.sha256, recipe.model,
@@ -266,7 +267,7 @@ class Generator:
             raise ValueError("run_batch needs jobs with one batch_key; run the others apart")
         model_path = resolve_within(self.model_root, first.model, allow_dir=True)
         model_info = self.inspect(model_path)
-        model_name = model_display_name(first)
+        model_name = first.model_label
         stack = self._resolve_loras(first)
         vae_path = resolve_within(self.model_root, first.vae) if first.vae else None
         vae_info = self.inspect(vae_path) if vae_path is not None else None
@@ -306,25 +307,28 @@ class Generator:
         finished = time.perf_counter()
         self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
         results = []
-        lora_hashes = {lora.ref.display_name: lora.info.a1111_hash for lora in stack}
-        pinned = tuple(replace(lora.ref, sha256=lora.info.sha256) for lora in stack)
+        pinned_loras = tuple(
+            replace(lora.ref, sha256=lora.info.sha256, a1111_hash=lora.info.a1111_hash) for lora in stack
+        )
         pinned_embeddings = tuple(replace(ref, sha256=info.sha256) for ref, _, info in embedding_files)
         position = 0
         for recipe in recipes:
             images = outputs[position : position + recipe.count]
             names = set().union(*used[position : position + recipe.count])
             position += recipe.count
-            # A1111's TI hashes: the embeddings this job's prompts used, first 12 hex.
-            ti_hashes = {ref.name: info.sha256[:12] for ref, _, info in embedding_files if ref.name in names}
+            # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes
+            # of every file used), so re-running it from the PNG gives that image.
+            pinned = replace(recipe, count=1, loras=pinned_loras, embeddings=pinned_embeddings,
+                             model_hash=model_info.autov2)  # fmt: skip
             seeds = [recipe.seed + i for i in range(recipe.count)]
             pngs = []
             for seed, image in zip(seeds, images, strict=True):
-                # Each PNG carries the recipe of that one image (its own seed, count 1, the
-                # sha256 of every file used), so re-running it from the PNG gives that image.
-                parameters = a1111_parameters(recipe, model_info.autov2, lora_hashes, seed=seed, ti_hashes=ti_hashes,
-                                              vae_hash=vae_info.autov2 if vae_info else None)  # fmt: skip
-                image_recipe = replace(recipe, seed=seed, count=1, loras=pinned, embeddings=pinned_embeddings)
-                pngs.append(write_png(image, parameters, json.dumps(image_recipe.to_json(), sort_keys=True)))
+                image_recipe = replace(pinned, seed=seed)
+                # A1111 lists in "TI hashes" only the embeddings this job's prompts really used.
+                used_refs = tuple(e for e in image_recipe.embeddings if e.name in names)
+                parameters = write_parameters(replace(image_recipe, embeddings=used_refs))
+                # Names and hashes only: no path on the operator's disk leaves in an image.
+                pngs.append(write_png(image, parameters, json.dumps(shareable_recipe(image_recipe), sort_keys=True)))
             results.append(GenerationResult(images=pngs, seeds=seeds))
         ended = time.perf_counter()
         timings: dict[str, Any] = {

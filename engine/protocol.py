@@ -4,7 +4,9 @@ The bot never imports torch, so everything here is plain Python: dataclasses tha
 serialise to JSON and back. Both sides import this module; the engine's HTTP server
 speaks it and :class:`engine.client.EngineClient` reads it.
 
-HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``):
+HTTP API (JSON bodies; errors are ``{"error": {"code": ..., "message": ...}}``). Every
+request carries ``Authorization: Bearer <token>`` (:mod:`engine.auth`); without it each route
+answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}``:
 
 - ``POST /jobs`` ``{"id": str, "recipe": Recipe}`` -> 202 ``JobStatus``; the same id
   again answers the existing job's status and runs nothing twice.
@@ -27,6 +29,14 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+# The recipe model lives in engine.recipe (with its A1111 text, share code and readers); it is
+# re-exported here because the recipe is what crosses the process boundary.
+from engine.recipe.model import PREDICTION_TYPES as PREDICTION_TYPES
+from engine.recipe.model import EmbeddingRef as EmbeddingRef
+from engine.recipe.model import LoraRef as LoraRef
+from engine.recipe.model import Recipe as Recipe
+from engine.recipe.model import RecipeError as RecipeError
 
 #: Architectures a model or LoRA can be made for. A LoRA only works on its own.
 ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "unknown")
@@ -67,6 +77,8 @@ class ErrorCode(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     CANCELLED = "cancelled"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    #: The request lacked the engine's token (or sent a wrong one): HTTP 401.
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal"
 
 
@@ -90,84 +102,6 @@ class EngineError(Exception):
     def from_json(cls, data: dict[str, Any]) -> EngineError:
         err = data.get("error", data)
         return cls(err.get("code", ErrorCode.INTERNAL), err.get("message", "unknown error"))
-
-
-@dataclass(frozen=True)
-class LoraRef:
-    """One LoRA of a stack. ``file`` is relative to the LoRA folder."""
-
-    file: str
-    weight: float
-    #: Display name, used in ``<lora:name:w>`` and the A1111 ``Lora hashes``.
-    name: str = ""
-    #: Expected sha256; when given the engine refuses a file whose content differs.
-    sha256: str | None = None
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.file.rsplit("/", 1)[-1].removesuffix(".safetensors")
-
-
-@dataclass(frozen=True)
-class EmbeddingRef:
-    """A textual-inversion embedding used by ``name`` in the prompt or negative (as in A1111).
-
-    ``file`` is relative to the engine's embedding folder; ``name`` is the word that calls it.
-    """
-
-    file: str
-    name: str
-    #: Expected sha256; when given the engine refuses a file whose content differs.
-    sha256: str | None = None
-
-
-#: ``Recipe.prediction_type`` values: "" reads it from the model file (keys and metadata).
-PREDICTION_TYPES = ("", "epsilon", "v_prediction", "v_prediction_ztsnr")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything needed to reproduce an image, bit for bit on the same machine."""
-
-    model: str
-    prompt: str
-    negative_prompt: str = ""
-    loras: tuple[LoraRef, ...] = ()
-    sampler: str = "DPM++ 2M Karras"
-    steps: int = 20
-    cfg_scale: float = 7.0
-    seed: int = 0
-    width: int = 512
-    height: int = 512
-    #: Number of images; image ``i`` uses seed ``seed + i``.
-    count: int = 1
-    #: Display name of the model (defaults to the file name).
-    model_name: str = ""
-    #: A1111's ``CLIP_stop_at_last_layers``: 2 reads the text encoder's penultimate layer.
-    clip_skip: int = 1
-    #: Textual-inversion embeddings the prompt or negative names.
-    embeddings: tuple[EmbeddingRef, ...] = ()
-    #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
-    prediction_type: str = ""
-    #: A VAE ``.safetensors`` file relative to the model folder; empty: the model's own VAE.
-    vae: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
-        data["embeddings"] = [dataclasses.asdict(e) for e in self.embeddings]
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise EngineError(ErrorCode.INVALID_RECIPE, f"unknown recipe fields: {sorted(unknown)}")
-        values = dict(data)
-        values["loras"] = tuple(LoraRef(**lora) for lora in data.get("loras", ()))
-        values["embeddings"] = tuple(EmbeddingRef(**e) for e in data.get("embeddings", ()))
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -263,9 +197,7 @@ class JobStatus:
 #   {"type": "started",  "job": id}
 #   {"type": "progress", "job": id, "step": int, "total": int}   # total = steps * count
 #   {"type": "done",     "job": id, "images": int, "seconds": float,
-#                        "timings": {"prepare": s, "denoise": s, "total": s, ...}}
-#     timings may also carry text: "lora_path" ("patched"/"unfused") and "lora_path_reason",
-#     "model_source" ("cached"/"host"/"disk"); and counts: "batch_images", "batch_jobs".
+#                        "timings": {"prepare": s, "denoise": s, "total": s}}
 #   {"type": "failed",   "job": id, "error": {"code": str, "message": str}}
 #   {"type": "heartbeat", "job": id}   # after HEARTBEAT_INTERVAL s without another event; liveness only
 # A cancelled job ends with "failed" and code "cancelled".

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engine.auth import TOKEN_KEY, require_token
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
@@ -45,6 +46,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.LORA_NO_MATCH: 422,
     ErrorCode.OUT_OF_MEMORY: 507,
     ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -269,15 +271,22 @@ def create_app(
     models_root: Path,
     loras_root: Path,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+    token: str | None = None,
 ) -> web.Application:
     """The aiohttp application; the job worker starts and stops with it.
 
+    ``token`` is the shared secret every request must carry (:mod:`engine.auth`);
+    ``python -m engine serve`` always passes one. None builds an open app, for tests that
+    run it in-process and exercise something else.
     ``heartbeat_interval_s`` is the longest an event stream stays silent; keep it well
     below the clients' read timeout (tests shorten both).
     """
     if heartbeat_interval_s <= 0:
         raise ValueError(f"heartbeat_interval_s must be positive, not {heartbeat_interval_s}")
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
+    # The token check runs first, so a refused caller learns nothing, not even a 404.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[require_token, _errors])
+    if token is not None:
+        app[TOKEN_KEY] = token
     app[MANAGER_KEY] = manager
     # Textual-inversion embeddings live in the LoRA folder (e.g. an embeddings/ subfolder).
     app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root), "embedding": Path(loras_root)}

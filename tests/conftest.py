@@ -17,6 +17,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # cores, torch's intra-op threads spin against each other and make every step ~10x slower.
 # (Set before anything imports torch; the bot's tests never import it.)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+#: The shared secret of every engine process the tests start: they inherit it from here, as an
+#: engine started by an operator reads it from its environment (see engine.auth).
+ENGINE_TOKEN = "atelier-tests-engine-token-5f2c9a"
+os.environ["ATELIER_ENGINE_TOKEN"] = ENGINE_TOKEN
 
 
 @pytest.fixture(scope="session")

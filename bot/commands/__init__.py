@@ -12,7 +12,21 @@ from discord import app_commands
 
 
 def register_all(tree: app_commands.CommandTree[Any]) -> None:
-    from bot.commands import embedding, imagine, lora, model, queue, recipes, settings
+    from bot.commands import (
+        audit,
+        embedding,
+        imagine,
+        lora,
+        model,
+        privacy,
+        queue,
+        recipe,
+        recipes,
+        settings,
+    )
 
-    for command in (imagine.imagine, lora.lora, model.model, embedding.embedding, settings.settings, queue.queue, recipes.recipes):
+    for command in (
+        imagine.imagine, lora.lora, model.model, embedding.embedding, settings.settings, queue.queue,
+        recipes.recipes, recipe.recipe, recipe.remix_this_image, audit.audit, privacy.privacy,
+    ):  # fmt: skip
         tree.add_command(command)

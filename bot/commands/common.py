@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADMIN_PERMISSION = "manage_guild"
-#: Of Discord's 3 s for an autocomplete answer, what the engine's file listing may take.
-ENGINE_LISTING_TIMEOUT = 2.0
 
 
 def bot_of(interaction: discord.Interaction[Any]) -> AtelierBot:
@@ -33,7 +30,11 @@ def is_admin(interaction: discord.Interaction[Any]) -> bool:
     that in Integrations settings, so the bot checks again every time.
     """
     permissions = interaction.permissions
-    return bool(permissions.manage_guild or permissions.administrator)
+    if permissions.manage_guild or permissions.administrator:
+        return True
+    # The bot's owners (see bot.access) administer it in every server it serves.
+    access = getattr(interaction.client, "access", None)
+    return access is not None and access.is_owner(interaction.user.id)
 
 
 def admin_only() -> Any:
@@ -116,7 +117,7 @@ async def inspect_new_file(
         await send_private(interaction, f"`{truncate(file, 200)}` is registered here already; {_ALREADY[kind]}.")
         return None
     try:
-        info = await bot_of(interaction).engine.inspect(kind, file)
+        info = await bot_of(interaction).files_for(interaction.guild_id).inspect(kind, file)
     except EngineError as exc:
         await send_private(interaction, f"I could not read `{file}`: {exc.message}")
         return None
@@ -132,16 +133,16 @@ async def inspect_new_file(
 async def unregistered_file_choices(
     interaction: discord.Interaction[Any], kind: Kind, current: str
 ) -> list[app_commands.Choice[str]]:
-    """Files of ``kind`` the engine sees that this server has not registered yet (``/… add``).
+    """Files of ``kind`` within this server's share that it has not registered yet (``/… add``).
 
     Admins only: autocomplete runs before the command's admin check, and the engine's folders
-    are shared by every server, so members of any server would otherwise browse them.
+    may be shared by several servers, so members would otherwise browse them.
     """
     if interaction.guild_id is None or not is_admin(interaction):
         return []
     try:
         # Autocomplete has 3 s in all; a busy or absent engine must not eat them.
-        files = await asyncio.wait_for(bot_of(interaction).engine.list_files(kind), ENGINE_LISTING_TIMEOUT)
+        files = await bot_of(interaction).files_for(interaction.guild_id).list(kind)
     except (EngineError, TimeoutError):
         return []
     taken = await registered_files(interaction, kind)
@@ -157,3 +158,19 @@ def to_choices(choices: Any) -> list[app_commands.Choice[str]]:
     for choice in list(choices)[:25]:
         out.append(app_commands.Choice(name=str(choice.name)[:100], value=str(choice.value)[:100]))
     return out
+
+
+def affected_recipes(uses: Any, *, shown: int = 10) -> str:
+    """The sentence naming saved recipes that used a removed model or LoRA (or nothing)."""
+    uses = list(uses)
+    if not uses:
+        return ""
+    listed = ", ".join(
+        (f"the recipe book's **{truncate(u.name, 60)}**" if u.in_book else f"<@{u.user_id}>'s **{truncate(u.name, 60)}**")
+        for u in uses[:shown]
+    )
+    more = f" and {len(uses) - shown} more" if len(uses) > shown else ""
+    return (
+        f"\n{len(uses)} saved recipe(s) used it and will be refused until it is registered again "
+        f"under the same name: {listed}{more}."
+    )

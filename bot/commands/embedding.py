@@ -15,6 +15,7 @@ from discord import app_commands
 from bot import embeds
 from bot.commands.common import (
     admin_only,
+    affected_recipes,
     bot_of,
     inspect_new_file,
     send_private,
@@ -87,12 +88,15 @@ async def embedding_add(
 async def embedding_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_embedding(interaction.guild_id, name)
+    uses = await registry.recipes_using(interaction.guild_id, embedding=entry) if entry else []
     try:
-        await bot_of(interaction).registry.remove_embedding(interaction.guild_id, name, interaction.user.id)
+        await registry.remove_embedding(interaction.guild_id, name, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Removed **{name}**.")
+    await send_private(interaction, f"Removed **{entry.name if entry else name}**." + affected_recipes(uses))
 
 
 @embedding.command(name="list", description="List this server's embeddings")

@@ -12,7 +12,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.commands.common import bot_of, nsfw_channel, to_choices
+from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
 from bot.validation import SAMPLERS as VALIDATOR_SAMPLERS
 
 #: A1111 sampler names the engine maps to diffusers schedulers (the validator's list).
@@ -104,6 +104,7 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     size="Image size (default: the model's)",
     count="How many images (1-4)",
     clip_skip="Clip skip: 2 reads the text encoder's penultimate layer (default: the model's)",
+    recipe="A recipe code (AT1.…) from a recipe card; the other options you give change it",
 )
 @app_commands.choices(
     sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
@@ -118,7 +119,7 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
 )
 async def imagine(
     interaction: discord.Interaction[Any],
-    prompt: app_commands.Range[str, 1, 6000],
+    prompt: app_commands.Range[str, 1, 6000] | None = None,
     model: app_commands.Range[str, 1, 100] | None = None,
     lora1: app_commands.Range[str, 1, 100] | None = None,
     weight1: app_commands.Range[str, 1, 32] | None = None,
@@ -134,17 +135,38 @@ async def imagine(
     size: str | None = None,
     count: app_commands.Range[int, 1, 4] | None = None,
     clip_skip: app_commands.Range[int, 1, 12] | None = None,
+    recipe: app_commands.Range[str, 1, 6000] | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
     width = height = None
     if size:
         width, height = (int(v) for v in size.split("x"))
+    slots = [(lora1, weight1), (lora2, weight2), (lora3, weight3)]
+    if recipe:
+        from engine.recipe.share_code import ShareCodeError, decode
+
+        try:
+            base = decode(recipe)
+        except ShareCodeError as exc:
+            await send_private(interaction, f"That recipe code can't be read: {exc}.")
+            return
+        given = {"prompt": prompt, "model": model, "negative": negative, "sampler": sampler, "steps": steps,
+                 "cfg": cfg, "seed": seed, "width": width, "height": height, "count": count,
+                 "clip_skip": clip_skip}  # fmt: skip
+        changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        if any(name for name, _ in slots):
+            changes["slots"] = slots
+        await bot_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
+        return
+    if not prompt:
+        await send_private(interaction, "Describe the image in `prompt`, or paste a recipe code in `recipe`.")
+        return
     await bot_of(interaction).actions.imagine(
         interaction,
         prompt=prompt,
         model=model,
-        slots=[(lora1, weight1), (lora2, weight2), (lora3, weight3)],
+        slots=slots,
         negative=negative,
         sampler=sampler,
         steps=steps,

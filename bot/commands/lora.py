@@ -5,7 +5,8 @@ than asking for a confirmation first: everything it fills in (architecture, hash
 words) comes from the file itself, a pending confirmation would be state that can expire
 or be lost in a restart, and the Edit button (which survives restarts) covers the case
 where the admin wants to correct a guess. Discord's default permissions apply to a whole
-top-level command, so the admin subcommands (add, edit, remove) rely on the run-time check.
+top-level command, so the admin subcommands (add, edit, remove, enable, disable) rely on
+the run-time check. ``edit`` is built from :data:`LORA_EDIT_FIELDS`, one line per field.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import discord
 from discord import app_commands
 
 from bot import embeds, views
-from bot.actions import lora_changes
 from bot.commands.common import (
     admin_only,
+    affected_recipes,
     bot_of,
     inspect_new_file,
     is_admin,
@@ -27,6 +28,14 @@ from bot.commands.common import (
     send_private,
     to_choices,
     unregistered_file_choices,
+)
+from bot.commands.edit_fields import (
+    CLEAR_WORDS,
+    EditField,
+    build_edit_command,
+    build_toggle_commands,
+    comma_list,
+    text_or_clear,
 )
 from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
 from engine.families import FAMILIES, family_label
@@ -136,77 +145,66 @@ async def lora_add(
     await send_private(
         interaction,
         note + " Check the card; press Edit to correct trigger words, weights or category.",
-        embed=embeds.lora_card(added),
+        embed=embeds.lora_card(added, show_file=True),
         view=views.lora_card_view(added.id or 0),
     )
 
 
-@lora.command(name="edit", description="Change a registered LoRA (admin)")
-@admin_only()
-@app_commands.describe(
-    name="The LoRA to change",
-    new_name="Rename it",
-    category="Category",
-    trigger_words="Comma-separated trigger words (replaces the current ones)",
-    default_weight="Default weight",
-    min_weight="Lowest recommended weight",
-    max_weight="Highest recommended weight",
-    nsfw="NSFW",
-    enabled="Whether members can use it",
-    description="Description",
-    source="Civitai AIR or URL",
-    preview="Link (https://…) to a preview image shown on the card; `none` removes it",
-    family="Model family it was trained for",
+def _category(value: str, _interaction: discord.Interaction[Any]) -> dict[str, Any]:
+    return {"category": Category(value)}
+
+
+def _preview(value: str, _interaction: discord.Interaction[Any]) -> dict[str, Any]:
+    # A link, not an uploaded attachment: Discord's attachment URLs expire after a day.
+    return {"preview_url": None if value.strip().lower() in CLEAR_WORDS else value}
+
+
+#: ``/lora edit``'s options: one line per field (option, registry field, type, description).
+LORA_EDIT_FIELDS: tuple[EditField, ...] = (
+    EditField("new_name", "name", app_commands.Range[str, 1, 100], "Rename it"),
+    EditField("category", "category", str, "Category", choices=CATEGORY_CHOICES, convert=_category),
+    EditField("trigger_words", "trigger_words", str, "Comma-separated trigger words (replaces the current ones; `none` clears)", convert=comma_list("trigger_words")),
+    EditField("default_weight", "default_weight", app_commands.Range[float, -10.0, 10.0], "Default weight"),
+    EditField("min_weight", "recommended_min", app_commands.Range[float, -10.0, 10.0], "Lowest recommended weight"),
+    EditField("max_weight", "recommended_max", app_commands.Range[float, -10.0, 10.0], "Highest recommended weight"),
+    EditField("nsfw", "nsfw", bool, "NSFW"),
+    EditField("enabled", "enabled", bool, "Whether members can use it"),
+    EditField("description", "description", str, "Description (`none` clears it)", convert=text_or_clear("description")),
+    EditField("source", "source", str, "Civitai AIR or URL (`none` clears it)", convert=text_or_clear("source", None)),
+    EditField("family", "family", str, "Model family it was trained for", choices=FAMILY_CHOICES),
+    EditField("preview", "preview_url", app_commands.Range[str, 1, 2000], "Link (https://…) to a preview image shown on the card; `none` removes it", convert=_preview),
 )
-@app_commands.choices(category=CATEGORY_CHOICES, family=FAMILY_CHOICES)
-@app_commands.autocomplete(name=any_lora_autocomplete)
-async def lora_edit(
-    interaction: discord.Interaction[Any],
-    name: str,
-    new_name: app_commands.Range[str, 1, 100] | None = None,
-    category: str | None = None,
-    trigger_words: str | None = None,
-    default_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
-    min_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
-    max_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
-    nsfw: bool | None = None,
-    enabled: bool | None = None,
-    description: str | None = None,
-    source: str | None = None,
-    preview: app_commands.Range[str, 1, 2000] | None = None,
-    family: str | None = None,
-) -> None:
-    await interaction.response.defer(ephemeral=True, thinking=True)
+
+
+async def _apply_lora_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
-    changes, problems = lora_changes(trigger_words=trigger_words, category=category, description=description)
-    if problems:
-        await send_private(interaction, embeds.problems_message(problems))
-        return
-    for key, value in (
-        ("name", new_name),
-        ("default_weight", default_weight),
-        ("recommended_min", min_weight),
-        ("recommended_max", max_weight),
-        ("nsfw", nsfw),
-        ("enabled", enabled),
-        ("source", source),
-        ("family", family),
-    ):
-        if value is not None:
-            changes[key] = value
-    if preview is not None:
-        # A link, not an uploaded attachment: Discord's attachment URLs expire after a day.
-        changes["preview_url"] = None if preview.strip().lower() == "none" else preview
-    if not changes:
-        await send_private(interaction, "Nothing to change: give at least one option besides the name.")
-        return
     try:
-        updated = await registry.update_lora(interaction.guild_id, name, interaction.user.id, **changes)
+        updated = await bot_of(interaction).registry.update_lora(interaction.guild_id, name, interaction.user.id, **changes)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated))
+    await send_private(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated, show_file=True))
+
+
+lora_edit = build_edit_command(
+    lora,
+    description="Change a registered LoRA (admin)",
+    target_description="The LoRA to change",
+    target_autocomplete=any_lora_autocomplete,
+    fields=LORA_EDIT_FIELDS,
+    apply=_apply_lora_edit,
+)
+
+
+async def _set_lora_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    return (await registry.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)).name
+
+
+lora_enable, lora_disable = build_toggle_commands(
+    lora, noun="LoRA", autocomplete=any_lora_autocomplete, set_enabled=_set_lora_enabled
+)
 
 
 @lora.command(name="remove", description="Remove a LoRA from this server's registry (admin)")
@@ -216,12 +214,16 @@ async def lora_edit(
 async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_lora(interaction.guild_id, name)
+    uses = await registry.recipes_using(interaction.guild_id, lora=entry) if entry else []
     try:
-        await bot_of(interaction).registry.remove_lora(interaction.guild_id, name, interaction.user.id)
+        await registry.remove_lora(interaction.guild_id, name, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Removed **{name}**. Images already posted keep their recipes.")
+    shown = entry.name if entry else name
+    await send_private(interaction, f"Removed **{shown}**. Images already posted keep their recipes." + affected_recipes(uses))
 
 
 @lora.command(name="info", description="Show a LoRA's card")
@@ -242,7 +244,9 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
         # The card still says NSFW; only its picture waits for a channel where NSFW is allowed.
         entry = replace(entry, preview_url=None)
     marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
-    await send_private(interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks))
+    await send_private(
+        interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks, show_file=is_admin(interaction))
+    )
 
 
 def _lora_line(entry: LoraEntry) -> str:

@@ -1,4 +1,9 @@
-"""``/model``: the base models a server offers; ``add`` is for admins (run-time check)."""
+"""``/model``: the base models a server offers.
+
+``list`` and ``info`` are for everyone; ``add``, ``edit``, ``remove``, ``enable`` and
+``disable`` for admins (run-time check: Discord's default permissions apply to a whole
+top-level command). ``edit`` is built from :data:`MODEL_EDIT_FIELDS`, one line per field.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,25 @@ from discord import app_commands
 from bot import embeds
 from bot.commands.common import (
     admin_only,
+    affected_recipes,
     bot_of,
     inspect_new_file,
+    is_admin,
     send_private,
     to_choices,
     unregistered_file_choices,
 )
+from bot.commands.edit_fields import (
+    EditField,
+    build_edit_command,
+    build_toggle_commands,
+    channel_set,
+    size,
+    text_or_clear,
+)
 from bot.registry import ModelEntry, RegistryError
+from bot.registry.checks import MAX_CFG, MAX_STEPS
+from bot.validation import SAMPLERS
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
 
@@ -36,13 +53,25 @@ async def model_file_autocomplete(interaction: discord.Interaction[Any], current
     return await unregistered_file_choices(interaction, "model", current)
 
 
-def model_card(entry: ModelEntry) -> discord.Embed:
+async def any_model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Every model, disabled ones included, for the admin subcommands; members get nothing."""
+    if interaction.guild_id is None or not is_admin(interaction):
+        return []
+    needle = current.lower()
+    models = await bot_of(interaction).registry.list_models(interaction.guild_id)
+    names = [m.name for m in models if needle in m.name.lower()]
+    return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+
+def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
     embed = discord.Embed(title=f"Model · {entry.name}", colour=embeds.ACCENT, description=entry.description or None)
     embed.add_field(name="Architecture", value=entry.architecture, inline=True)
     embed.add_field(name="Default size", value=f"{entry.default_width}×{entry.default_height}", inline=True)
     embed.add_field(name="Default steps", value=str(entry.default_steps), inline=True)
     embed.add_field(name="Default CFG", value=f"{entry.default_cfg:g}", inline=True)
     embed.add_field(name="Default sampler", value=entry.default_sampler, inline=True)
+    if entry.default_negative:
+        embed.add_field(name="Default negative", value=embeds.truncate(entry.default_negative, 300), inline=False)
     embed.add_field(name="Status", value="enabled" if entry.enabled else "disabled", inline=True)
     embed.add_field(name="Family", value=family_label(entry.family), inline=True)
     embed.add_field(name="Clip skip", value=str(entry.default_clip_skip), inline=True)
@@ -53,8 +82,13 @@ def model_card(entry: ModelEntry) -> discord.Embed:
         embed.add_field(
             name="Channels", value=" ".join(f"<#{c}>" for c in sorted(entry.allowed_channel_ids)), inline=False
         )
-    embed.add_field(name="File", value=f"`{entry.file}`" + (f"\nAutoV2 `{entry.autov2}`" if entry.autov2 else ""), inline=False)
-    if entry.vae:
+    # Members see the file's hash, never where it lies on the operator's disk.
+    file_lines = [f"`{entry.file}`"] if show_file else []
+    if entry.autov2:
+        file_lines.append(f"AutoV2 `{entry.autov2}`")
+    if file_lines:
+        embed.add_field(name="File", value="\n".join(file_lines), inline=False)
+    if entry.vae and show_file:
         embed.add_field(name="VAE", value=f"`{entry.vae}`", inline=False)
     return embeds.fit_embed(embed)
 
@@ -88,7 +122,7 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
         return
-    await send_private(interaction, embed=model_card(entry))
+    await send_private(interaction, embed=model_card(entry, show_file=is_admin(interaction)))
 
 
 @model.command(name="add", description="Register a model file the engine can see (admin)")
@@ -139,7 +173,7 @@ async def model_add(
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added))
+    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added, show_file=True))
 
 
 def _model_options(family: str | None, clip_skip: int | None, prediction: str | None) -> dict[str, Any]:
@@ -153,32 +187,83 @@ def _model_options(family: str | None, clip_skip: int | None, prediction: str | 
     return changes
 
 
-@model.command(name="defaults", description="Set a model's family, clip skip and prediction type (admin)")
-@admin_only()
-@app_commands.describe(
-    name="The model",
-    family="Model family (Pony, Illustrious, ...): LoRAs of other families get a warning",
-    clip_skip="Clip skip used when a request gives none",
-    prediction="Prediction type; auto reads it from the file",
+SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS]
+
+#: ``/model edit``'s options: one line per field (option, registry field, type, description).
+MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
+    EditField("new_name", "name", app_commands.Range[str, 1, 100], "Rename it"),
+    EditField("size", "", str, "Default size, e.g. 832x1216", convert=size("default_width", "default_height")),
+    EditField("steps", "default_steps", app_commands.Range[int, 1, MAX_STEPS], "Default denoising steps"),
+    EditField("cfg", "default_cfg", app_commands.Range[float, 0.0, MAX_CFG], "Default CFG scale"),
+    EditField("sampler", "default_sampler", str, "Default sampler", choices=SAMPLER_CHOICES),
+    EditField("negative", "default_negative", app_commands.Range[str, 1, 4000], "Default negative prompt (`none` clears it)", convert=text_or_clear("default_negative")),
+    EditField("description", "description", app_commands.Range[str, 1, 4000], "Description (`none` clears it)", convert=text_or_clear("description")),
+    EditField("nsfw", "nsfw", bool, "Whether it is NSFW"),
+    EditField("channels", "allowed_channel_ids", str, "Channels that may use it: type # to pick them, or `all`", convert=channel_set("allowed_channel_ids")),
+    EditField("family", "family", str, "Model family (Pony, Illustrious, ...): LoRAs of other families get a warning", choices=FAMILY_CHOICES),
+    EditField("clip_skip", "default_clip_skip", app_commands.Range[int, 1, 12], "Clip skip used when a request gives none"),
+    EditField("prediction", "prediction_type", str, "Prediction type; auto reads it from the file", choices=PREDICTION_CHOICES, convert=lambda v, _i: {"prediction_type": "" if v == "auto" else v}),
 )
-@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
-@app_commands.autocomplete(name=model_name_autocomplete)
-async def model_defaults(
-    interaction: discord.Interaction[Any],
-    name: str,
-    family: str | None = None,
-    clip_skip: app_commands.Range[int, 1, 12] | None = None,
-    prediction: str | None = None,
-) -> None:
-    await interaction.response.defer(ephemeral=True, thinking=True)
+
+
+async def _apply_model_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
-    changes = _model_options(family, clip_skip, prediction)
-    if not changes:
-        await send_private(interaction, "Nothing to change: give a family, a clip skip or a prediction type.")
-        return
+    registry = bot_of(interaction).registry
     try:
-        updated = await bot_of(interaction).registry.update_model(interaction.guild_id, name, interaction.user.id, **changes)
+        updated = await registry.update_model(interaction.guild_id, name, interaction.user.id, **changes)
+        settings = await registry.get_settings(interaction.guild_id)
+        if "name" in changes and settings.default_model and settings.default_model.lower() == name.lower():
+            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=updated.name)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Updated **{updated.name}**.", embed=model_card(updated))
+    await send_private(interaction, f"Updated **{updated.name}**.", embed=model_card(updated, show_file=True))
+
+
+model_edit = build_edit_command(
+    model,
+    description="Change a model's defaults, name or channels (admin)",
+    target_description="The model to change",
+    target_autocomplete=any_model_autocomplete,
+    fields=MODEL_EDIT_FIELDS,
+    apply=_apply_model_edit,
+)
+
+
+@model.command(name="remove", description="Remove a model from this server (admin)")
+@admin_only()
+@app_commands.describe(name="The model to remove")
+@app_commands.autocomplete(name=any_model_autocomplete)
+async def model_remove(interaction: discord.Interaction[Any], name: str) -> None:
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    entry = await registry.get_model(interaction.guild_id, name)
+    if entry is None:
+        await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here; see `/model list`.")
+        return
+    uses = await registry.recipes_using(interaction.guild_id, model=entry)
+    try:
+        await registry.remove_model(interaction.guild_id, entry.name, interaction.user.id)
+        settings = await registry.get_settings(interaction.guild_id)
+        was_default = bool(settings.default_model) and settings.default_model.lower() == entry.name.lower()
+        if was_default:
+            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=None)
+    except RegistryError as exc:
+        await send_private(interaction, str(exc))
+        return
+    text = f"Removed **{entry.name}**. Images already posted keep their recipes."
+    if was_default:
+        text += " It was the default model: pick another with `/settings default_model`."
+    await send_private(interaction, text + affected_recipes(uses))
+
+
+async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
+    assert interaction.guild_id is not None
+    registry = bot_of(interaction).registry
+    return (await registry.update_model(interaction.guild_id, name, interaction.user.id, enabled=enabled)).name
+
+
+model_enable, model_disable = build_toggle_commands(
+    model, noun="model", autocomplete=any_model_autocomplete, set_enabled=_set_model_enabled
+)

@@ -13,17 +13,33 @@ from discord import app_commands
 
 from bot import embeds
 from bot.commands.common import admin_only, bot_of
+from bot.commands.edit_fields import CLEAR_WORDS
 from bot.commands.model import model_name_autocomplete
-from bot.registry import NsfwPolicy, RegistryError, ServerSettings
+from bot.registry import ImageCheck, NsfwPolicy, RegistryError, ServerSettings
+from bot.registry.checks import HARD_MAX_LORAS, MAX_CFG, MAX_SIDE, MAX_STEPS, MIN_SIDE
+
+# The option ranges Discord's client enforces are the engine's own limits (engine.validation
+# RecipeLimits, through bot.registry.checks): an admin can never allow what the engine refuses.
+# discord.py reads these annotations when the module is imported, so they are module names.
+MaxLoras = app_commands.Range[int, 1, HARD_MAX_LORAS]
+Steps = app_commands.Range[int, 1, MAX_STEPS]
+Cfg = app_commands.Range[float, 0.0, MAX_CFG]
+Side = app_commands.Range[int, MIN_SIDE, MAX_SIDE]
+RoleCap = app_commands.Range[int, 0, HARD_MAX_LORAS]
 
 POLICY_CHOICES = [
     app_commands.Choice(name="only in age-restricted channels", value=NsfwPolicy.NSFW_CHANNELS.value),
     app_commands.Choice(name="never", value=NsfwPolicy.NEVER.value),
     app_commands.Choice(name="anywhere", value=NsfwPolicy.ANYWHERE.value),
 ]
+IMAGE_CHECK_CHOICES = [
+    app_commands.Choice(name="withhold flagged images (outside NSFW channels)", value=ImageCheck.WITHHOLD.value),
+    app_commands.Choice(name="post flagged images behind a spoiler", value=ImageCheck.SPOILER.value),
+    app_commands.Choice(name="off: post every image as it is", value=ImageCheck.OFF.value),
+]
 
 
-def settings_embed(settings: ServerSettings) -> discord.Embed:
+def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -> discord.Embed:
     embed = discord.Embed(title="Server settings", colour=embeds.ACCENT)
     rows = [
         ("LoRAs per image", str(settings.max_loras)),
@@ -37,6 +53,11 @@ def settings_embed(settings: ServerSettings) -> discord.Embed:
         ("Add missing trigger words", "yes" if settings.auto_trigger_words else "no, report them"),
         ("NSFW", settings.nsfw_policy.value),
         ("Default model", settings.default_model or "none"),
+        (
+            "Image check",
+            f"{settings.image_check} ({classifier})" if classifier else
+            f"{settings.image_check} (no classifier installed: images are posted unchecked)",
+        ),
     ]
     for name, value in rows:
         embed.add_field(name=name, value=value, inline=True)
@@ -46,6 +67,11 @@ def settings_embed(settings: ServerSettings) -> discord.Embed:
             value="\n".join(f"<@&{role}>: {cap}" for role, cap in settings.role_max_loras.items()),
             inline=False,
         )
+    embed.add_field(
+        name=f"Blocked in prompts ({len(settings.blocked_words)})",
+        value=embeds.truncate(", ".join(f"`{w}`" for w in settings.blocked_words), 1000) or "nothing",
+        inline=False,
+    )
     return embeds.fit_embed(embed)
 
 
@@ -71,20 +97,22 @@ def settings_embed(settings: ServerSettings) -> discord.Embed:
     default_model="Model used when /imagine names none",
     role="Give this role a different LoRA cap (with role_max_loras)",
     role_max_loras="LoRA cap for the role (0 removes the override)",
+    image_check="What happens to an image the classifier flags outside age-restricted channels",
+    blocklist="Comma-separated words or phrases refused in prompts (`word*` matches endings; `none` clears)",
 )
-@app_commands.choices(nsfw_policy=POLICY_CHOICES)
+@app_commands.choices(nsfw_policy=POLICY_CHOICES, image_check=IMAGE_CHECK_CHOICES)
 @app_commands.autocomplete(default_model=model_name_autocomplete)
 async def settings(
     interaction: discord.Interaction[Any],
-    max_loras: app_commands.Range[int, 1, 20] | None = None,
+    max_loras: MaxLoras | None = None,
     weight_min: app_commands.Range[float, -10.0, 10.0] | None = None,
     weight_max: app_commands.Range[float, -10.0, 10.0] | None = None,
-    steps_min: app_commands.Range[int, 1, 150] | None = None,
-    steps_max: app_commands.Range[int, 1, 150] | None = None,
-    cfg_min: app_commands.Range[float, 0.0, 50.0] | None = None,
-    cfg_max: app_commands.Range[float, 0.0, 50.0] | None = None,
-    size_min: app_commands.Range[int, 64, 4096] | None = None,
-    size_max: app_commands.Range[int, 64, 4096] | None = None,
+    steps_min: Steps | None = None,
+    steps_max: Steps | None = None,
+    cfg_min: Cfg | None = None,
+    cfg_max: Cfg | None = None,
+    size_min: Side | None = None,
+    size_max: Side | None = None,
     max_count: app_commands.Range[int, 1, 4] | None = None,
     prompt_limit: app_commands.Range[int, 1, 6000] | None = None,
     queue_limit: app_commands.Range[int, 1, 100] | None = None,
@@ -92,11 +120,15 @@ async def settings(
     nsfw_policy: str | None = None,
     default_model: str | None = None,
     role: discord.Role | None = None,
-    role_max_loras: app_commands.Range[int, 0, 20] | None = None,
+    role_max_loras: RoleCap | None = None,
+    image_check: str | None = None,
+    blocklist: app_commands.Range[str, 1, 4000] | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    bot = bot_of(interaction)
+    registry = bot.registry
+    classifier = bot.safety.classifier.name if bot.safety.classifier else None
     current = await registry.get_settings(interaction.guild_id)
     changes: dict[str, Any] = {
         key: value
@@ -116,6 +148,8 @@ async def settings(
             ("auto_trigger_words", auto_trigger_words),
             ("nsfw_policy", NsfwPolicy(nsfw_policy) if nsfw_policy else None),
             ("default_model", default_model),
+            ("image_check", image_check),
+            ("blocked_words", _blocklist(blocklist)),
         )
         if value is not None
     }
@@ -133,11 +167,21 @@ async def settings(
         await interaction.followup.send(f"There is no model named `{default_model}`; see `/model list`.", ephemeral=True)
         return
     if not changes:
-        await interaction.followup.send(embed=settings_embed(current), ephemeral=True)
+        await interaction.followup.send(embed=settings_embed(current, classifier=classifier), ephemeral=True)
         return
     try:
         updated = await registry.update_settings(interaction.guild_id, interaction.user.id, **changes)
     except RegistryError as exc:
         await interaction.followup.send(str(exc), ephemeral=True)
         return
-    await interaction.followup.send("Settings saved.", embed=settings_embed(updated), ephemeral=True)
+    await interaction.followup.send(
+        "Settings saved.", embed=settings_embed(updated, classifier=classifier), ephemeral=True
+    )
+
+
+def _blocklist(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() in CLEAR_WORDS:
+        return ()
+    return tuple(term for term in (t.strip() for t in text.split(",")) if term)

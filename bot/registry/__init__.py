@@ -39,7 +39,11 @@ Public API (everything the bot needs is re-exported here)::
     await registry.delete_recipe(guild_id, user_id, name) -> bool
     await registry.get_settings(guild_id) -> ServerSettings
     await registry.update_settings(guild_id, actor_id, **changes) -> ServerSettings
-    await registry.audit_log(guild_id, limit=50) -> list[AuditEntry]
+    await registry.audit_log(guild_id, limit=50, *, actor_id=None, target=None) -> list[AuditEntry]
+    await registry.recipes_using(guild_id, model=entry | lora=entry) -> list[RecipeUse]
+    await registry.purge_departed(grace_s) -> list[int]      # servers whose data was deleted
+    registry.privacy   # PrivacyStore: member_data, delete_member_data, record/cancel_departure
+    registry.sync_state  # SyncState: the command tree's hash as last synced
     await registry.record_post(guild_id, channel_id, message_id, user_id, recipe_dict) -> PostRecord
     await registry.get_post(guild_id, message_id) -> PostRecord | None
     await registry.delete_post(guild_id, message_id) -> bool
@@ -58,11 +62,13 @@ from bot.registry.models import (
     AuditEntry,
     Category,
     Choice,
+    ImageCheck,
     LoraEntry,
     ModelEntry,
     NotFound,
     NsfwPolicy,
     PostRecord,
+    RecipeUse,
     RegistryError,
     SavedRecipe,
     SearchSort,
@@ -79,11 +85,13 @@ __all__ = [
     "Catalog",
     "Category",
     "Choice",
+    "ImageCheck",
     "LoraEntry",
     "ModelEntry",
     "NotFound",
     "NsfwPolicy",
     "PostRecord",
+    "RecipeUse",
     "Registry",
     "RegistryError",
     "SavedRecipe",

@@ -13,6 +13,7 @@ from typing import Any
 from bot.registry.models import (
     Category,
     EmbeddingEntry,
+    ImageCheck,
     LoraEntry,
     ModelEntry,
     NsfwPolicy,
@@ -22,6 +23,7 @@ from bot.registry.models import (
 from bot.registry.text import (
     MAX_DESCRIPTION_LENGTH,
     check_architecture,
+    clean_blocklist,
     clean_hash,
     clean_name,
     clean_source,
@@ -34,11 +36,18 @@ from engine.families import FAMILIES, family_label
 from engine.paths import PICKLE_SUFFIXES
 from engine.prediction import PREDICTION_LABELS
 from engine.protocol import PREDICTION_TYPES
+from engine.validation import DEFAULT_LIMITS
 
 #: Weights beyond this are never meaningful, whatever a server allows.
 WEIGHT_LIMIT = 10.0
 #: The most LoRAs any server may allow in one stack (the engine keeps them all loaded).
-HARD_MAX_LORAS = 16
+HARD_MAX_LORAS = DEFAULT_LIMITS.max_loras
+# Every bound a server or a model default may be set to is the engine's own limit, so the
+# bot never promises what the engine then refuses (one source of truth: RecipeLimits).
+MAX_STEPS = DEFAULT_LIMITS.max_steps
+MAX_CFG = DEFAULT_LIMITS.max_cfg
+MIN_SIDE = DEFAULT_LIMITS.min_side
+MAX_SIDE = DEFAULT_LIMITS.max_side
 
 
 def clean_file(path: str, *, allow_folder: bool = False) -> str:
@@ -149,6 +158,7 @@ def clean_lora(entry: LoraEntry) -> LoraEntry:
         recommended_max=high,
         sha256=clean_hash(entry.sha256, length=64, what="sha256"),
         autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
+        a1111_hash=clean_hash(entry.a1111_hash, length=12, what="A1111 LoRA hash"),
         source=clean_source(entry.source, kind="lora", architecture=architecture),
         description=clean_text(entry.description, what="description", limit=MAX_DESCRIPTION_LENGTH),
         nsfw=bool(entry.nsfw),
@@ -164,7 +174,7 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         (entry.default_width, "default width"),
         (entry.default_height, "default height"),
     ):
-        _int(side, what, 64, 4096)
+        _int(side, what, MIN_SIDE, MAX_SIDE)
         if side % 8:
             raise RegistryError(
                 f"The {what} {side} must be a multiple of 8, e.g. {side - side % 8}."
@@ -181,8 +191,9 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         file=clean_file(entry.file, allow_folder=True),
         sha256=clean_hash(entry.sha256, length=64, what="sha256"),
         autov2=clean_hash(entry.autov2, length=10, what="AutoV2 hash", upper=True),
-        default_steps=_int(entry.default_steps, "default steps", 1, 150),
-        default_cfg=_finite(entry.default_cfg, "default CFG", 0.0, 50.0),
+        a1111_hash=clean_hash(entry.a1111_hash, length=12, what="tensor hash"),
+        default_steps=_int(entry.default_steps, "default steps", 1, MAX_STEPS),
+        default_cfg=_finite(entry.default_cfg, "default CFG", 0.0, MAX_CFG),
         default_sampler=clean_name(entry.default_sampler, what="default sampler"),
         default_negative=clean_text(
             entry.default_negative, what="default negative prompt", limit=4096
@@ -212,18 +223,18 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
     _order(weight_min, weight_max, "LoRA weight")
     _int(s.prompt_limit, "prompt length limit", 1, 6000)
     _int(s.negative_prompt_limit, "negative prompt length limit", 0, 6000)
-    _int(s.steps_min, "minimum steps", 1, 150)
-    _int(s.steps_max, "maximum steps", 1, 150)
+    _int(s.steps_min, "minimum steps", 1, MAX_STEPS)
+    _int(s.steps_max, "maximum steps", 1, MAX_STEPS)
     _order(s.steps_min, s.steps_max, "steps")
-    cfg_min = _finite(s.cfg_min, "minimum CFG", 0.0, 50.0)
-    cfg_max = _finite(s.cfg_max, "maximum CFG", 0.0, 50.0)
+    cfg_min = _finite(s.cfg_min, "minimum CFG", 0.0, MAX_CFG)
+    cfg_max = _finite(s.cfg_max, "maximum CFG", 0.0, MAX_CFG)
     _order(cfg_min, cfg_max, "CFG")
     for value, what in ((s.size_min, "minimum size"), (s.size_max, "maximum size")):
-        _int(value, what, 64, 4096)
+        _int(value, what, MIN_SIDE, MAX_SIDE)
         if value % 8:
             raise RegistryError(f"The {what} {value} must be a multiple of 8.")
     _order(s.size_min, s.size_max, "size")
-    _int(s.max_count, "images per request", 1, 4)
+    _int(s.max_count, "images per request", 1, min(4, DEFAULT_LIMITS.max_count))
     _int(s.queue_limit_per_user, "per-user queue limit", 1, 100)
     try:
         policy = NsfwPolicy(s.nsfw_policy)
@@ -234,6 +245,16 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
     default_model = s.default_model
     if default_model is not None:
         default_model = clean_name(default_model, what="default model")
+    try:
+        image_check = ImageCheck(s.image_check)
+    except ValueError:
+        raise RegistryError(
+            f"Unknown image check {s.image_check!r}; use one of {', '.join(c.value for c in ImageCheck)}."
+        ) from None
+    try:
+        blocked = clean_blocklist(s.blocked_words)
+    except ValueError as exc:
+        raise RegistryError(f"The prompt blocklist is refused: {exc}.") from None
     return replace(
         s,
         role_max_loras=roles,
@@ -244,6 +265,8 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
         auto_trigger_words=bool(s.auto_trigger_words),
         nsfw_policy=policy,
         default_model=default_model,
+        image_check=image_check.value,
+        blocked_words=blocked,
     )
 
 

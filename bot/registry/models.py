@@ -21,11 +21,13 @@ __all__ = [
     "Category",
     "Choice",
     "EmbeddingEntry",
+    "ImageCheck",
     "LoraEntry",
     "ModelEntry",
     "NotFound",
     "NsfwPolicy",
     "PostRecord",
+    "RecipeUse",
     "RegistryError",
     "SavedRecipe",
     "ServerSettings",
@@ -65,6 +67,14 @@ class NsfwPolicy(enum.StrEnum):
     ANYWHERE = "anywhere"
 
 
+class ImageCheck(enum.StrEnum):
+    """What happens to an image the classifier flags where NSFW is not allowed (bot.safety)."""
+
+    WITHHOLD = "withhold"
+    SPOILER = "spoiler"
+    OFF = "off"
+
+
 SearchSort = Literal["newest", "most_used", "name"]
 
 
@@ -86,6 +96,9 @@ class ModelEntry:
     file: str
     sha256: str | None = None
     autov2: str | None = None
+    #: sha256 of the bytes after the safetensors header, first 12 hex (SwarmUI and Civitai's
+    #: AutoV3 hash tensors only); None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     default_width: int = 512
     default_height: int = 512
     default_steps: int = 20
@@ -124,6 +137,7 @@ class ModelEntry:
             "file": info.path,
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "default_width": side,
             "default_height": side,
             "family": info.family,
@@ -151,6 +165,9 @@ class LoraEntry:
     sha256: str | None = None
     #: Civitai's AutoV2 hash: the first 10 hex digits of the sha256, upper case.
     autov2: str | None = None
+    #: AUTOMATIC1111's LoRA hash (what ``Lora hashes`` carries): sha256 of the bytes after the
+    #: safetensors header, first 12 hex. None for entries registered before it was recorded.
+    a1111_hash: str | None = None
     #: A Civitai AIR (``urn:air:sdxl:lora:civitai:120096@135931``) or an http(s) URL.
     source: str | None = None
     description: str = ""
@@ -191,6 +208,7 @@ class LoraEntry:
             "trigger_words": tuple(info.trigger_words[:10]),
             "sha256": info.sha256,
             "autov2": info.autov2,
+            "a1111_hash": info.a1111_hash,
             "family": info.family,
             "lora_format": info.lora_format,
             "rank": info.rank,
@@ -293,6 +311,11 @@ class ServerSettings:
     queue_limit_per_user: int = 2
     #: Model used when /imagine names none.
     default_model: str | None = None
+    #: What happens to an image the classifier flags where NSFW is not allowed (see
+    #: bot.safety.ImageCheck): "withhold", "spoiler" or "off".
+    image_check: str = "withhold"
+    #: Words or phrases refused in prompts (normalised, see bot.safety.clean_blocklist).
+    blocked_words: tuple[str, ...] = ()
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""
@@ -303,6 +326,7 @@ class ServerSettings:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["role_max_loras"] = {str(k): v for k, v in self.role_max_loras.items()}
         data["nsfw_policy"] = str(self.nsfw_policy)
+        data["blocked_words"] = list(self.blocked_words)
         return data
 
     @classmethod
@@ -314,6 +338,8 @@ class ServerSettings:
             values["role_max_loras"] = {int(k): int(v) for k, v in values["role_max_loras"].items()}
         if "nsfw_policy" in values:
             values["nsfw_policy"] = NsfwPolicy(values["nsfw_policy"])
+        if "blocked_words" in values:
+            values["blocked_words"] = tuple(values["blocked_words"])
         return cls(**values)
 
 
@@ -324,6 +350,17 @@ class SavedRecipe:
     #: Whatever the bot saved, typically ``Recipe.to_json()``.
     recipe: dict[str, Any]
     created_at: float
+
+
+@dataclass(frozen=True)
+class RecipeUse:
+    """A saved recipe that names a given model, LoRA or embedding."""
+
+    #: The member who saved it (a recipe book entry's author).
+    user_id: int
+    name: str
+    #: In the server's recipe book rather than the member's own saved recipes.
+    in_book: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,23 +42,25 @@ from bot.registry.models import (
     ModelEntry,
     NotFound,
     PostRecord,
+    RecipeUse,
     RegistryError,
     SavedRecipe,
     SearchSort,
     ServerSettings,
 )
+from bot.registry.privacy import PrivacyStore, SyncState
+from bot.registry.recipe_book import RecipeBook
+from bot.registry.recipe_book import recipe_text as _recipe_text
 from bot.registry.text import clean_name, name_key
 
 #: Saved recipes one member may keep per server.
 MAX_SAVED_RECIPES = 100
-#: A stored recipe is a few hundred bytes; this only stops abuse.
-MAX_RECIPE_JSON = 32_000
 _AUDIT_VALUE_LIMIT = 200
 
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip"
+    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 #: Everything but the description, which validation never needs.
@@ -68,7 +70,7 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, vae"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae"
 )
 
 
@@ -123,6 +125,7 @@ def _lora_from_row(row: sqlite3.Row) -> LoraEntry:
         lora_format=row["lora_format"],
         rank=row["rank"],
         trained_clip_skip=row["trained_clip_skip"],
+        a1111_hash=row["a1111_hash"],
     )
 
 
@@ -151,6 +154,7 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.lora_format,
         lora.rank,
         lora.trained_clip_skip,
+        lora.a1111_hash,
     )
 
 
@@ -177,6 +181,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         family=row["family"],
         default_clip_skip=row["default_clip_skip"],
         prediction_type=row["prediction_type"],
+        a1111_hash=row["a1111_hash"],
         vae=row["vae"],
     )
 
@@ -204,6 +209,7 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         model.family,
         model.default_clip_skip,
         model.prediction_type,
+        model.a1111_hash,
         model.vae,
     )
 
@@ -226,16 +232,6 @@ def _diff(before: object, after: object, names: Iterable[str]) -> dict[str, list
     }
 
 
-def _recipe_text(recipe: Mapping[str, Any]) -> str:
-    text = json.dumps(recipe, ensure_ascii=False, sort_keys=True)
-    if len(text) > MAX_RECIPE_JSON:
-        raise RegistryError(
-            f"This recipe is {len(text):,} characters as JSON, over the {MAX_RECIPE_JSON:,} limit; "
-            "shorten the prompt."
-        )
-    return text
-
-
 class Registry:
     """Each server's models, LoRAs, bookmarks, saved recipes, settings, posts and audit log.
 
@@ -245,10 +241,16 @@ class Registry:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: The server recipe book, recipe cards, lineage and hash look-ups.
+        self.book = RecipeBook(db)
         self._catalogs: dict[int, Catalog] = {}
         self._catalog_versions: dict[int, int] = {}
         self._catalog_locks: dict[int, asyncio.Lock] = {}
         self._warming: set[asyncio.Future[Catalog]] = set()
+        #: A member's data and a departed server's deletion (see bot.registry.privacy).
+        self.privacy = PrivacyStore(db)
+        #: The command tree's hash as last synced with Discord.
+        self.sync_state = SyncState(db)
 
     @classmethod
     async def open(cls, path: Path | str) -> Registry:
@@ -899,13 +901,71 @@ class Registry:
         self._invalidate(guild_id)
         return after
 
+    async def recipes_using(
+        self,
+        guild_id: int,
+        *,
+        model: ModelEntry | None = None,
+        lora: LoraEntry | None = None,
+        embedding: EmbeddingEntry | None = None,
+    ) -> list[RecipeUse]:
+        """Saved recipes (members' own and the server's recipe book) that name ``model``,
+        ``lora`` or ``embedding``, by name or by file.
+
+        Recipes keep the names and files they were saved with, so both are compared: a
+        recipe saved before a rename still counts.
+        """
+        if model is not None:
+            match = "(lower(json_extract(recipe, '$.model_name')) = lower(?2) OR json_extract(recipe, '$.model') = ?3)"
+            params: tuple[Any, ...] = (guild_id, model.name, model.file)
+        elif lora is not None or embedding is not None:
+            entry, array = (lora, "$.loras") if lora is not None else (embedding, "$.embeddings")
+            assert entry is not None
+            match = (
+                "EXISTS (SELECT 1 FROM json_each(recipe, ?4) WHERE "
+                "lower(json_extract(value, '$.name')) = lower(?2) OR json_extract(value, '$.file') = ?3)"
+            )
+            params = (guild_id, entry.name, entry.file, array)
+        else:
+            raise ValueError("name a model, a LoRA or an embedding")
+        rows = await self._db.fetch_all(
+            f"SELECT user_id, name, 0 AS in_book FROM saved_recipes WHERE guild_id = ?1 AND {match} "  # noqa: S608 - fixed fragments
+            f"UNION ALL SELECT author_id, name, 1 FROM recipe_book WHERE guild_id = ?1 AND {match} "
+            "ORDER BY in_book, name",
+            params,
+        )
+        return [RecipeUse(int(r["user_id"]), r["name"], bool(r["in_book"])) for r in rows]
+
+    # --- data rights -----------------------------------------------------------------------
+
+    async def purge_departed(self, grace_s: float, now: float | None = None) -> list[int]:
+        """Delete the data of servers the bot left more than ``grace_s`` ago; their ids."""
+        purged = await self.privacy.purge_due(grace_s, now)
+        for guild_id in purged:
+            self._invalidate(guild_id)
+        return purged
+
     # --- audit -----------------------------------------------------------------------------
 
-    async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
-        """Admin changes in this server, newest first."""
+    async def audit_log(
+        self,
+        guild_id: int,
+        limit: int = 50,
+        *,
+        actor_id: int | None = None,
+        target: str | None = None,
+    ) -> list[AuditEntry]:
+        """Admin changes in this server, newest first; optionally one admin's or one entry's."""
+        clauses, params = ["guild_id = ?"], [guild_id]
+        if actor_id is not None:
+            clauses.append("actor_id = ?")
+            params.append(actor_id)
+        if target is not None:
+            clauses.append("lower(target) = lower(?)")
+            params.append(target)
         rows = await self._db.fetch_all(
-            "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
-            (guild_id, max(1, min(int(limit), 500))),
+            f"SELECT * FROM audit_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (*params, max(1, min(int(limit), 500))),
         )
         return [
             AuditEntry(
@@ -949,6 +1009,18 @@ class Registry:
             json.loads(row["recipe"]),
             row["created_at"],
         )
+
+    async def recent_posts(self, guild_id: int, user_id: int, channel_id: int | None, limit: int = 1) -> list[PostRecord]:
+        """A member's latest results here (newest first), for "save my last image"."""
+        rows = await self._db.fetch_all(
+            "SELECT * FROM posts WHERE guild_id = ? AND user_id = ? AND (? IS NULL OR channel_id = ?) "
+            "ORDER BY created_at DESC LIMIT ?",
+            (guild_id, user_id, channel_id, channel_id, max(1, min(limit, 50))),
+        )
+        return [
+            PostRecord(r["guild_id"], r["channel_id"], r["message_id"], r["user_id"], json.loads(r["recipe"]), r["created_at"])
+            for r in rows
+        ]
 
     async def delete_post(self, guild_id: int, message_id: int) -> bool:
         changed = await self._db.execute(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -234,3 +235,28 @@ def clean_hash(value: str | None, *, length: int, what: str, upper: bool = False
     if len(value) != length or not _HEX.match(value):
         raise RegistryError(f"The {what} must be {length} hexadecimal digits, got {value[:80]!r}.")
     return value.upper() if upper else value.lower()
+
+
+#: Words (or phrases) one server may block in prompts, and the longest one.
+MAX_BLOCKED_TERMS = 200
+MAX_TERM_LENGTH = 60
+
+
+def normalise_for_matching(text: str) -> str:
+    """What blocklist matching compares: NFKC, invisible characters removed, case-folded."""
+    return unicodedata.normalize("NFKC", strip_invisible(text)).casefold()
+
+
+def clean_blocklist(terms: Iterable[str]) -> tuple[str, ...]:
+    """An admin's blocked terms, normalised and de-duplicated; ValueError says what to shorten."""
+    out: list[str] = []
+    for raw in terms:
+        term = " ".join(normalise_for_matching(raw).split())
+        if not term or term in out:
+            continue
+        if len(term) > MAX_TERM_LENGTH:
+            raise ValueError(f"the blocked term {raw[:40]!r}… is over {MAX_TERM_LENGTH} characters")
+        out.append(term)
+    if len(out) > MAX_BLOCKED_TERMS:
+        raise ValueError(f"a server can block at most {MAX_BLOCKED_TERMS} terms (got {len(out)})")
+    return tuple(out)

@@ -81,6 +81,8 @@ class DiscordDouble:
         self.attachment_size_limit = attachment_size_limit
         self.request_size_limit = request_size_limit
         self.guilds: list[Guild] = []
+        #: Servers the bot was removed from or left, in order.
+        self.left_guilds: list[Guild] = []
         self.users: dict[int, User] = {self.bot_user.id: self.bot_user, self.app_owner.id: self.app_owner}
         self.channels: dict[int, Channel] = {}
         self.requests: list[RequestRecord] = []
@@ -93,6 +95,8 @@ class DiscordDouble:
         self._messages: dict[int, list[StoredMessage]] = {}
         self._messages_by_id: dict[int, StoredMessage] = {}
         self._attachments: dict[int, StoredAttachment] = {}
+        #: Attachment ids fetched through the media proxy (``proxy_url``), in order.
+        self.proxy_fetches: list[int] = []
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._rate_limits: list[RateLimitRule] = []
         self._clock_offset = 0.0
@@ -170,8 +174,19 @@ class DiscordDouble:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str, *, owner_name: str = "owner", attachment_size_limit: int | None = None) -> Guild:
-        """A server with its owner and the bot already in it (dispatched if the bot is online)."""
+    def add_guild(
+        self,
+        name: str,
+        *,
+        owner_name: str = "owner",
+        attachment_size_limit: int | None = None,
+        channels: Iterable[str] = (),
+    ) -> Guild:
+        """A server with its owner and the bot already in it (dispatched if the bot is online).
+
+        ``channels`` are created first, so they are in the GUILD_CREATE a running bot gets as
+        it joins (as Discord sends them); the first one is the server's system channel.
+        """
         guild_id = snowflake()
         owner = self.add_user(owner_name)
         guild = Guild(
@@ -183,6 +198,12 @@ class DiscordDouble:
         bot_role = Role(snowflake(), self.bot_user.name, BOT_PERMISSIONS, position=1)
         guild.roles.append(bot_role)
         guild.members[self.bot_user.id] = Member(self.bot_user, guild, [bot_role])
+        for channel_name in channels:
+            channel = Channel(snowflake(), channel_name, guild, position=len(guild.channels))
+            guild.channels.append(channel)
+            self.channels[channel.id] = channel
+        if guild.channels:
+            guild.system_channel_id = guild.channels[0].id
         self.guilds.append(guild)
         joined = guild.to_payload()
         # Without "unavailable", discord.py reads a GUILD_CREATE as a join (on_guild_join).
@@ -231,6 +252,17 @@ class DiscordDouble:
         channel = Channel(snowflake(), "", None, type=1, recipients=[person])
         self.channels[channel.id] = channel
         return channel
+
+    def remove_bot(self, guild: Guild) -> None:
+        """A server admin kicks the bot: the guild is gone for it, and GUILD_DELETE (without
+        ``unavailable``, which would mean an outage) tells the client."""
+        self.forget_guild(guild)
+
+    def forget_guild(self, guild: Guild) -> None:
+        if guild in self.guilds:
+            self.guilds.remove(guild)
+            self.left_guilds.append(guild)
+            self._broadcast_soon("GUILD_DELETE", {"id": str(guild.id)})
 
     def guild_by_id(self, guild_id: int) -> Guild | None:
         return next((guild for guild in self.guilds if guild.id == guild_id), None)
@@ -364,6 +396,20 @@ class DiscordDouble:
             data["guild_id"] = command["guild_id"]
         return await self._dispatch_interaction(2, person, channel, data, locale=locale)
 
+    async def message_command(self, user: UserLike, message: StoredMessage, name: str) -> InteractionHandle:
+        """Right-click ``message`` -> Apps -> ``name``, as Discord's client sends it (type 3
+        command with the message in ``resolved``)."""
+        person = _user_of(user)
+        command = options_.find_command(self._commands, name, message.channel, kind=3)
+        options_.check_can_use(command, person, message.channel, False)
+        data: dict[str, Any] = {
+            "id": command["id"], "name": command["name"], "type": 3, "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): message.to_payload()}},
+        }
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._dispatch_interaction(2, person, message.channel, data)
+
     async def autocomplete(
         self,
         user: UserLike,
@@ -475,9 +521,19 @@ class DiscordDouble:
             5, _user_of(user), source.channel, data, message=source.source_message
         )
 
-    async def send_user_message(self, user: UserLike, channel: Channel, content: str) -> StoredMessage:
-        """A person posting in a channel (dispatched as MESSAGE_CREATE)."""
-        message = StoredMessage(snowflake(), channel, _user_of(user), content=content)
+    async def send_user_message(
+        self, user: UserLike, channel: Channel, content: str, *, files: Iterable[tuple[str, bytes]] = ()
+    ) -> StoredMessage:
+        """A person posting in a channel (dispatched as MESSAGE_CREATE), with ``files`` as
+        ``(filename, bytes)`` attachments served from the double's CDN."""
+        attachments = [
+            self.store_attachment(
+                StoredAttachment(snowflake(), name, bytes(data), mimetypes.guess_type(name)[0] or "application/octet-stream"),
+                channel.id,
+            )
+            for name, data in files
+        ]
+        message = StoredMessage(snowflake(), channel, _user_of(user), content=content, attachments=attachments)
         await self.store_message(message)
         return message
 
@@ -530,6 +586,7 @@ class DiscordDouble:
     def store_attachment(self, attachment: StoredAttachment, channel_id: int) -> StoredAttachment:
         filename = urllib.parse.quote(attachment.filename)
         attachment.url = f"{self.base_url}/attachments/{channel_id}/{attachment.id}/{filename}"
+        attachment.proxy_url = f"{self.base_url}/media-proxy/{channel_id}/{attachment.id}/{filename}?format=webp"
         self._attachments[attachment.id] = attachment
         return attachment
 

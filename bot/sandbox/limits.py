@@ -400,7 +400,11 @@ def check_commands(errors: FormErrors, commands: list[dict[str, Any]]) -> None:
         command_type = int(command.get("type", 1))
         counts[command_type] = counts.get(command_type, 0) + 1
         name = command.get("name")
-        _check_name(errors, (index, "name"), name, lowercase=command_type == 1)
+        if command_type == 1:
+            _check_name(errors, (index, "name"), name, lowercase=True)
+        else:
+            # Context menu names are free text (spaces and capitals allowed), 1-32 characters.
+            _check_length(errors, (index, "name"), name, minimum=1, maximum=COMMAND_NAME_MAX)
         if command_type == 1:
             _check_length(
                 errors, (index, "description"), command.get("description"),

@@ -28,13 +28,14 @@ CommandsByScope = Mapping[int | None, list[dict[str, Any]]]
 Resolved = dict[str, dict[str, Any]]
 
 
-def find_command(commands: CommandsByScope, name: str, channel: Channel) -> dict[str, Any]:
-    """The chat command ``name`` as the channel sees it: guild commands first, then global ones."""
+def find_command(commands: CommandsByScope, name: str, channel: Channel, kind: int = 1) -> dict[str, Any]:
+    """The command ``name`` of type ``kind`` (1 chat, 2 user, 3 message) as the channel sees
+    it: guild commands first, then global ones."""
     scopes: list[int | None] = [] if channel.guild is None else [channel.guild.id]
     scopes.append(None)
     for scope in scopes:
         for command in commands.get(scope, []):
-            if command["name"] == name and command.get("type", 1) == 1:
+            if command["name"] == name and command.get("type", 1) == kind:
                 if channel.is_dm and not allowed_in_dm(command):
                     raise PermissionError(f"/{name} is not available in direct messages")
                 return command

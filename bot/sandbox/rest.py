@@ -82,6 +82,7 @@ class RestApi:
         app.router.add_post(p + "/webhooks/{app}/{token}", self.webhook_execute)
         app.router.add_route("*", p + "/webhooks/{app}/{token}/messages/{message}", self.webhook_message)
         app.router.add_post(p + "/users/@me/channels", self.open_dm)
+        app.router.add_delete(p + "/users/@me/guilds/{guild}", self.leave_guild)
         app.router.add_get(p + "/users/{user}", self.get_user)
         app.router.add_get(p + "/channels/{channel}", self.get_channel)
         app.router.add_post(p + "/channels/{channel}/typing", self.typing)
@@ -92,6 +93,7 @@ class RestApi:
         app.router.add_get(p + "/guilds/{guild}/roles", self.get_guild_roles)
         app.router.add_get(p + "/guilds/{guild}/members/{user}", self.get_member)
         app.router.add_get("/attachments/{channel}/{attachment}/{filename}", self.cdn)
+        app.router.add_get("/media-proxy/{channel}/{attachment}/{filename}", self.media_proxy)
         app.router.add_route("*", p + "/{tail:.*}", self.unserved)
 
     @web.middleware
@@ -439,6 +441,11 @@ class RestApi:
     async def get_channel(self, request: web.Request) -> web.Response:
         return json_reply(self._channel(request).to_payload())
 
+    async def leave_guild(self, request: web.Request) -> web.Response:
+        """``Guild.leave()``: 204, then GUILD_DELETE on the gateway, as Discord does."""
+        self.double.forget_guild(self._guild(request))
+        return no_content()
+
     async def typing(self, request: web.Request) -> web.Response:
         self._channel(request)
         return no_content()
@@ -541,6 +548,25 @@ class RestApi:
         if attachment is None or attachment.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=attachment.data, headers={"Content-Type": attachment.content_type})
+
+    async def media_proxy(self, request: web.Request) -> web.Response:
+        """Discord's media proxy (``proxy_url``): images come back as a WebP preview, which has
+        lost the PNG's text chunks, as Discord's does for ``format=webp``."""
+        raw = request.match_info["attachment"]
+        attachment = self.double.attachment_by_id(int(raw)) if raw.isdigit() else None
+        if attachment is None or attachment.filename != request.match_info["filename"]:
+            return web.Response(status=404, text="Not Found")
+        self.double.proxy_fetches.append(attachment.id)
+        if not attachment.content_type.startswith("image/"):
+            return web.Response(body=attachment.data, headers={"Content-Type": attachment.content_type})
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(attachment.data)) as image:
+            out = io.BytesIO()
+            image.convert("RGBA").save(out, format="WEBP")
+        return web.Response(body=out.getvalue(), headers={"Content-Type": "image/webp"})
 
     # ------------------------------------------------------------------ message building
 

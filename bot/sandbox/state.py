@@ -194,6 +194,8 @@ class Guild:
     channels: list[Channel] = field(default_factory=list)
     members: dict[int, Member] = field(default_factory=dict)
     attachment_size_limit: int | None = None
+    #: Where Discord posts join messages (and bots greet a server); set_system_channel().
+    system_channel_id: int | None = None
 
     def member(self, user: User) -> Member:
         try:
@@ -225,7 +227,7 @@ class Guild:
             "stickers": [],
             "features": [],
             "mfa_level": 0,
-            "system_channel_id": None,
+            "system_channel_id": str(self.system_channel_id) if self.system_channel_id else None,
             "system_channel_flags": 0,
             "rules_channel_id": None,
             "max_members": 500000,
@@ -263,6 +265,8 @@ class StoredAttachment:
     content_type: str
     description: str | None = None
     url: str = ""
+    #: Where Discord's media proxy serves a preview of it (a WebP without PNG text chunks).
+    proxy_url: str = ""
 
     @property
     def size(self) -> int:
@@ -281,7 +285,7 @@ class StoredAttachment:
             "filename": self.filename,
             "size": self.size,
             "url": self.url,
-            "proxy_url": self.url,
+            "proxy_url": self.proxy_url or self.url,
             "content_type": self.content_type,
         }
         if self.description:

@@ -27,7 +27,8 @@ async def main(args: argparse.Namespace) -> None:
     discord.http.Route.BASE = args.api
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(args.gateway)
     registry = await Registry.open(args.db)
-    engine = EngineClient(args.engine)
+    # The token comes in the environment, as it would for the real bot (never on a command line).
+    engine = EngineClient(args.engine, token=os.environ["ATELIER_ENGINE_TOKEN"])
     bot = AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, status_interval=0.5)
 
     def report() -> None:

@@ -34,6 +34,7 @@ from bot.sandbox import (
     run_bot,
 )
 from engine.client import EngineClient
+from tests.conftest import ENGINE_TOKEN
 
 SD15 = "tiny-sd15"
 SDXL = "tiny-sdxl"
@@ -141,7 +142,7 @@ async def world(engine_url: str, demo_assets: Any, tmp_path: Path) -> AsyncItera
         moderator = double.add_member(guild, "moderator", permissions=MANAGE_MESSAGES)
         db_path = tmp_path / "atelier.sqlite3"
         registry = await Registry.open(db_path)
-        engine = EngineClient(engine_url)
+        engine = EngineClient(engine_url, token=ENGINE_TOKEN)
         try:
             await seed_registry(registry, guild.id, engine, demo_assets, admin.user.id)
             bot = make_bot(registry, engine)

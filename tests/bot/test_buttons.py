@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from bot.sandbox import StoredMessage
-from engine.png_metadata import parse_a1111_parameters
+from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
 from tests.bot.conftest import World, make_bot, png_parameters
 from tests.bot.test_imagine_flow import imagine_and_wait, is_result
 
@@ -43,6 +43,8 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
     assert await click.wait_response(3) == 5
     rerolled = await next_result(world, seen)
     assert seed_of(rerolled) != "7"
+    assert rerolled.embeds[0]["author"]["url"].endswith(f"/{first.id}")  # links to what it rerolled
+    assert f"<@{world.bob.user.id}>" in rerolled.content  # the presser is credited
     assert "<lora:watercolor:0.6>" in png_parameters(rerolled.attachments[0].data)
 
     # Remix: a modal prefilled with the recipe; changing the weight changes the image's recipe.
@@ -72,7 +74,9 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
 
     # Save recipe: stored for the clicking member.
     click = await world.double.click(world.bob, first, "atelier:img:save")
-    assert "Saved" in (await click.wait_followup()).content
+    assert await click.wait_response(3) == 9  # a modal: the member names the recipe
+    submitted = await world.double.submit_modal(world.bob, click, {})  # the suggested name, "me"
+    assert "Saved" in (await submitted.wait_followup()).content
     saved = await world.registry.saved_recipes(world.guild.id, world.bob.user.id)
     assert [s.recipe["seed"] for s in saved] == [7]
 
@@ -194,7 +198,9 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
     )
     await recorded(world, first)
     click = await world.double.click(world.alice, first, "atelier:img:save")
-    assert "Saved" in (await click.wait_followup()).content
+    assert await click.wait_response(3) == 9
+    submitted = await world.double.submit_modal(world.alice, click, {})
+    assert "Saved" in (await submitted.wait_followup()).content
     (saved,) = await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
 
     async def recipes(user: Any, subcommand: str, options: dict[str, Any] | None = None) -> Any:

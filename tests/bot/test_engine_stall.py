@@ -25,6 +25,7 @@ from bot.registry import Registry
 from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
 from tests.bot.conftest import FAST, make_bot, seed_registry
+from tests.conftest import ENGINE_TOKEN
 
 
 @dataclass
@@ -87,7 +88,7 @@ async def studio(engine_url: str, demo_assets: Any, tmp_path: Path) -> AsyncIter
         guild = double.add_guild("Studio")
         channel = double.add_channel(guild, "studio")
         alice = double.add_member(guild, "alice")
-        async with EngineClient(engine_url) as real_engine:
+        async with EngineClient(engine_url, token=ENGINE_TOKEN) as real_engine:
             await seed_registry(registry, guild.id, real_engine, demo_assets, guild.owner_id)
         yield double, registry, channel, alice
 

@@ -69,7 +69,8 @@ async def test_two_lora_stack_posts_png_with_recipe_and_embed(world: World) -> N
 
     ids = [b.custom_id for b in result.buttons]
     assert ids == [
-        "atelier:img:reroll", "atelier:img:remix", "atelier:img:recipe", "atelier:img:save", "atelier:img:delete"
+        "atelier:img:reroll", "atelier:img:remix", "atelier:img:recipe", "atelier:img:save", "atelier:img:share",
+        "atelier:img:delete",
     ]  # fmt: skip
     assert all(len(i) <= 100 for i in ids)
 

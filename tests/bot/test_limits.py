@@ -9,6 +9,7 @@ from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
 from tests.bot.conftest import FAST, make_bot, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
+from tests.conftest import ENGINE_TOKEN
 
 
 async def test_small_upload_limit_and_expired_token_still_deliver_the_image(
@@ -16,7 +17,7 @@ async def test_small_upload_limit_and_expired_token_still_deliver_the_image(
 ) -> None:
     limit = 24 * 1024  # a 256² render of the tiny model is larger than this
     async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
-        async with EngineClient(engine_url) as engine:
+        async with EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
             guild = double.add_guild("Small", attachment_size_limit=limit)
             channel = double.add_channel(guild, "studio")
             alice = double.add_member(guild, "alice")
@@ -53,6 +54,7 @@ async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str,
             "DISCORD_TOKEN": double.token,
             "ATELIER_DATA_DIR": str(tmp_path / "data"),
             "ATELIER_ENGINE_URL": engine_url,
+            "ATELIER_ENGINE_TOKEN": ENGINE_TOKEN,
             "ATELIER_SYNC_GUILDS": str(guild.id),
         }
         with patch_discord_endpoints(double):

@@ -22,6 +22,7 @@ from engine.client import EngineClient
 from engine.protocol import Recipe
 from tests.bot.conftest import FAST, World, free_port, make_bot, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import imagine_and_wait, is_result
+from tests.conftest import ENGINE_TOKEN
 
 RSS_LIMIT = 150 * 1024 * 1024
 
@@ -34,7 +35,7 @@ async def test_running_bot_has_no_torch_and_stays_under_150_mb(
         channel = double.add_channel(guild, "studio")
         alice = double.add_member(guild, "alice")
         db = tmp_path / "atelier.sqlite3"
-        async with await Registry.open(db) as registry, EngineClient(engine_url) as engine:
+        async with await Registry.open(db) as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
         report = tmp_path / "report.json"
         child = subprocess.Popen(  # noqa: ASYNC220 - psutil needs the pid of a plain child
@@ -85,11 +86,12 @@ async def test_engine_crash_is_reported_and_the_request_survives_the_restart(
         port=free_port(),
         start_timeout=180,
         on_exit=exits.append,
+        token=ENGINE_TOKEN,
     )
     await engine_process.start()
     try:
         async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
-            async with EngineClient(engine_process.url) as engine:
+            async with EngineClient(engine_process.url, token=ENGINE_TOKEN) as engine:
                 guild = double.add_guild("Studio")
                 channel = double.add_channel(guild, "studio")
                 alice = double.add_member(guild, "alice")

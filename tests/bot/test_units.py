@@ -14,10 +14,12 @@ from bot import embeds, views
 from bot.actions import lora_changes, parse_lora_lines
 from bot.config import BotConfig, ConfigError
 from bot.dispatch import fit_files
-from bot.recipe_text import a1111_parameters, imagine_command, recipe_reply
+from bot.recipe_text import imagine_command, recipe_reply, suggest_name
 from bot.registry import Category, LoraEntry
-from engine.png_metadata import parse_a1111_parameters
+from bot.registry.text import clean_name
 from engine.protocol import LoraRef, Recipe
+from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
+from engine.recipe.a1111 import write_parameters as a1111_parameters
 
 
 def recipe(**changes) -> Recipe:
@@ -99,7 +101,7 @@ def test_a1111_parameters_round_trip_through_the_engine_reader() -> None:
     assert parsed.negative_prompt == "blurry"
     assert parsed.params["Seed"] == "42" and parsed.params["Sampler"] == "DPM++ 2M"
     assert parsed.params["Schedule type"] == "Karras" and parsed.params["Size"] == "512x768"
-    assert parsed.params["Lora hashes"] == "alpha: " + ("ab" * 32)[:12]
+    assert "Lora hashes" not in parsed.params  # the LoRAs carry no A1111 hash: none is invented
 
 
 def test_imagine_command_uses_three_slots_then_inline_tags() -> None:
@@ -110,22 +112,37 @@ def test_imagine_command_uses_three_slots_then_inline_tags() -> None:
     assert "seed:42" in line and "size:512x768" in line and "\n" not in line
 
 
-def test_recipe_reply_fits_one_message() -> None:
-    assert len(recipe_reply(recipe())) <= 2000
-    assert len(recipe_reply(recipe(prompt="word " * 1000))) <= 2000
-    assert "```" in recipe_reply(recipe(), parameters="from the png\nSteps: 1, Seed: 2, Size: 3x3")
+def test_recipe_reply_fits_one_message_or_comes_whole_as_a_file() -> None:
+    text, attachment = recipe_reply(recipe())
+    assert len(text) <= 2000 and attachment is None and "/imagine recipe:AT1." in text
+    long = recipe(prompt="word " * 800 + "end")
+    text, attachment = recipe_reply(long)
+    assert len(text) <= 2000 and attachment is not None
+    assert imagine_command(long) in attachment and a1111_parameters(long) in attachment  # nothing cut
+
+
+def test_suggested_recipe_names_are_always_valid() -> None:
+    for prompt in ("(masterpiece:1.2), a <very> long prompt " * 5, "x" * 60, "", "::::", "a cat"):
+        for seed in (7, 4294967295):
+            name = suggest_name(recipe(prompt=prompt, seed=seed))
+            assert clean_name(name, what="recipe name") == name and name.endswith(f"#{seed}")
 
 
 def test_custom_ids_fit_and_match_their_templates() -> None:
     ids = [b.custom_id for b in views.result_view().children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.status_view("f" * 32).children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.lora_card_view(2**63 - 1).children]  # type: ignore[attr-defined]
-    assert len(ids) == 5 + 1 + 2
+    ids += [b.custom_id for b in views.card_view(2**63 - 1, shareable=True).children]  # type: ignore[attr-defined]
+    assert len(ids) == 6 + 1 + 2 + 5
+    assert all(any(item.__discord_ui_compiled_template__.fullmatch(i) for item in views.DYNAMIC_ITEMS) for i in ids)
     assert all(0 < len(i) <= views.CUSTOM_ID_LIMIT for i in ids)
     modal = views.RemixModal(message_id=2**63, prompt="p" * 9000, negative="", loras="a:1", seed="1", steps="2")
     assert len(modal.children) <= 5 and len(modal.title) <= 45
     assert len(modal.custom_id) <= 100
     assert all(len(item.default or "") <= 4000 for item in modal.children)  # type: ignore[attr-defined]
+    for kind in ("remixcard", "savepost", "savecard"):
+        save = views.SaveRecipeModal(kind=kind, target=2**63, name="n", scope="me")
+        assert views.parse_modal_submit({"custom_id": save.custom_id, "components": []}) == (kind, 2**63, {})
 
 
 def test_modal_submits_are_read_from_their_payload_in_both_layouts() -> None:
@@ -208,7 +225,13 @@ def test_command_definitions_respect_discord_limits() -> None:
     tree = app_commands.CommandTree(client)
     register_all(tree)
     payloads = [command.to_dict(tree) for command in tree.get_commands()]
-    assert sorted(p["name"] for p in payloads) == ["embedding", "imagine", "lora", "model", "queue", "recipes", "settings"]
+    assert sorted(p["name"] for p in payloads) == [
+        "Remix this image", "audit", "embedding", "imagine", "lora", "model", "privacy", "queue", "recipe",
+        "recipes", "settings",
+    ]  # fmt: skip
+    menus = [p for p in payloads if p.get("type") == 3]
+    assert [m["name"] for m in menus] == ["Remix this image"] and not menus[0].get("description")
+    payloads = [p for p in payloads if p.get("type", 1) == 1]
 
     def walk(options):
         for option in options:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import pickle
 import weakref
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.generate import Generator
-from engine.png_metadata import read_png_metadata
+from engine.png_metadata import read_png_metadata, recipe_with_files
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 from tests.engine._images import mean_abs_diff, pixels
 
@@ -58,10 +59,12 @@ def test_batch_uses_consecutive_seeds(tiny_generator: Generator) -> None:
     first, second = pixels(result.images[0]), pixels(result.images[1])
     assert mean_abs_diff(result.images[0], result.images[1]) > 1.0, (first.shape, second.shape)
     # The second PNG's own recipe is the one that makes it: seed 43, one image.
-    second_recipe = Recipe.from_json(read_png_metadata(result.images[1])["recipe"])
-    assert (second_recipe.seed, second_recipe.count) == (43, 1)
-    rerun = tiny_generator.run(second_recipe).images[0]
-    assert mean_abs_diff(rerun, result.images[1]) <= BATCH_TOLERANCE
+    shared = read_png_metadata(result.images[1])["recipe"]
+    assert (shared["seed"], shared["count"]) == (43, 1)
+    # Mapped back to this machine's files (as the bot maps names and hashes to its registry),
+    # it makes the same image (within the batch tolerance: it now runs alone).
+    second = recipe_with_files(shared, RECIPE.model, {})
+    assert mean_abs_diff(tiny_generator.run(second).images[0], result.images[1]) <= BATCH_TOLERANCE
     assert {"prepare", "denoise", "encode", "total"} <= set(result.timings)
     assert result.timings["total"] >= result.timings["denoise"] > 0
 
@@ -109,10 +112,17 @@ def test_png_carries_a1111_text_and_the_recipe(tiny_generator: Generator) -> Non
     png = tiny_generator.run(recipe).images[0]
     meta = read_png_metadata(png)
     lora_info = tiny_generator.inspect(tiny_generator.lora_root / "sd15/watercolor.safetensors")
-    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256),)
-    assert Recipe.from_json(meta["recipe"]) == dataclasses.replace(recipe, loras=pinned)
-    text = meta["parameters"]
     model_info = tiny_generator.inspect(tiny_generator.model_root / "sd15-tiny.safetensors")
+    # The PNG's recipe pins every file's hashes, the ones A1111 writes included, and names no
+    # path on the operator's disk: files are empty, names and hashes identify them.
+    shared = meta["recipe"]
+    assert (shared["model"], shared["model_name"], shared["model_hash"]) == ("", "Tiny SD", model_info.autov2)
+    assert [(lo["file"], lo["name"]) for lo in shared["loras"]] == [("", "watercolor")]
+    assert "sd15" not in json.dumps(shared) and "safetensors" not in png.decode("latin-1")
+    pinned = (dataclasses.replace(recipe.loras[0], sha256=lora_info.sha256, a1111_hash=lora_info.a1111_hash),)
+    again = recipe_with_files(shared, recipe.model, {"watercolor": recipe.loras[0].file})
+    assert again == dataclasses.replace(recipe, loras=pinned, model_hash=model_info.autov2)
+    text = meta["parameters"]
     assert text.startswith("a lighthouse at dusk <lora:watercolor:0.8>\nNegative prompt: blurry\n")
     assert f"Model hash: {model_info.autov2}, Model: Tiny SD" in text
     assert f'Lora hashes: "watercolor: {lora_info.a1111_hash}"' in text

@@ -13,9 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from engine.builder import config_sidecar
 from engine.inspect import inspect_file
-from engine.png_metadata import parse_a1111_parameters, read_png_metadata
+from engine.png_metadata import read_png_metadata
 from engine.prediction import resolve_prediction
 from engine.protocol import EmbeddingRef, EngineError, ErrorCode, Recipe
+from engine.recipe.a1111 import read_parameters
 from engine.samplers import make_scheduler
 from tests.engine._images import pixels
 
@@ -79,7 +80,7 @@ def test_clip_skip_and_embeddings_change_the_image_and_reach_the_png(tiny_genera
     skipped = tiny_generator.run(_recipe(demo_assets, clip_skip=2)).images[0]
     assert (pixels(base) != pixels(skipped)).any()
     text = read_png_metadata(skipped)["parameters"]
-    assert parse_a1111_parameters(text).clip_skip == 2 and "Clip skip: 2" in text
+    assert read_parameters(text).recipe.clip_skip == 2 and "Clip skip: 2" in text
     assert "Clip skip" not in read_png_metadata(base)["parameters"]
 
     embedding = EmbeddingRef(file="embeddings/glowy.safetensors", name="glowy")
@@ -88,8 +89,9 @@ def test_clip_skip_and_embeddings_change_the_image_and_reach_the_png(tiny_genera
     assert (pixels(used.images[0]) != pixels(plain)).any()
     metadata = read_png_metadata(used.images[0])
     sha = inspect_file(emb_dir / "glowy.safetensors").sha256
-    assert parse_a1111_parameters(metadata["parameters"]).ti_hashes == {"glowy": sha[:12]}
-    assert metadata["recipe"]["embeddings"] == [{"file": "embeddings/glowy.safetensors", "name": "glowy", "sha256": sha}]
+    assert read_parameters(metadata["parameters"]).recipe.embeddings == (EmbeddingRef("", "glowy", sha[:12]),)
+    # Named by its name and hash in the image, never by its path on the operator's disk.
+    assert metadata["recipe"]["embeddings"] == [{"file": "", "name": "glowy", "sha256": sha}]
     # Named but not used: no TI hash, as A1111 writes only the embeddings the prompt used.
     unused = tiny_generator.run(_recipe(demo_assets, embeddings=(embedding,))).images[0]
     assert "TI hashes" not in read_png_metadata(unused)["parameters"]

@@ -32,6 +32,7 @@ from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 from engine.server import HEARTBEAT_INTERVAL_S, create_app
+from tests.conftest import ENGINE_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -379,6 +380,7 @@ def test_settings_come_from_flags_then_environment(demo_assets) -> None:
         "ATELIER_ENGINE_PORT": "9999",
         "ATELIER_ENGINE_CACHE_BYTES": "512MiB",
         "ATELIER_ENGINE_DEVICE": "cpu",
+        "ATELIER_ENGINE_TOKEN": ENGINE_TOKEN,
     }
     config = parse_serve_args(["--port", "7000", "--cache-loras", "3"], env)
     assert (config.port, config.cache_loras, config.device) == (7000, 3, "cpu")
@@ -418,7 +420,7 @@ async def test_the_serve_command_runs_jobs_and_shuts_down_cleanly(demo_assets) -
     port = _free_port()
     process = _spawn(demo_assets, "--port", str(port))
     try:
-        async with EngineClient(f"http://127.0.0.1:{port}") as client:
+        async with EngineClient(f"http://127.0.0.1:{port}", token=ENGINE_TOKEN) as client:
             health = await client.wait_ready(120)
             assert health["pid"] == process.pid
             images = await client.run("proc-1", tiny_recipe(demo_assets))
@@ -448,13 +450,14 @@ async def test_the_serve_command_runs_jobs_and_shuts_down_cleanly(demo_assets) -
     assert process.returncode == 0, output
     assert f"engine ready at http://127.0.0.1:{port}" in output
     assert "engine stopped" in output and "Traceback" not in output
+    assert ENGINE_TOKEN not in output  # the secret is never logged
 
 
 async def test_a_crashed_engine_is_reported_to_a_waiting_client(demo_assets, tmp_path) -> None:
     socket_path = str(tmp_path / "engine.sock")
     process = _spawn(demo_assets, "--unix-socket", socket_path)
     try:
-        async with EngineClient(unix_socket=socket_path) as client:
+        async with EngineClient(unix_socket=socket_path, token=ENGINE_TOKEN) as client:
             await client.wait_ready(120)
             await client.submit(
                 "doomed", tiny_recipe(demo_assets, steps=150, width=128, height=128)
@@ -480,7 +483,7 @@ async def test_a_frozen_engine_process_is_reported_as_stopped_answering(demo_ass
     process = _spawn(demo_assets, "--port", str(port))
     try:
         # Above the engine's 5-s heartbeat interval, so only a silent engine trips it.
-        async with EngineClient(f"http://127.0.0.1:{port}", event_timeout_s=8) as client:
+        async with EngineClient(f"http://127.0.0.1:{port}", token=ENGINE_TOKEN, event_timeout_s=8) as client:
             await client.wait_ready(120)
             await client.submit("frozen", tiny_recipe(demo_assets, steps=150, width=128, height=128))
             received: list[dict[str, Any]] = []

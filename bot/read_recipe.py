@@ -1,0 +1,82 @@
+"""``python -m bot read-recipe FILE... [--json]``: what the importer finds in image files.
+
+For admins checking images from other tools without Discord: the format, the recipe fields,
+the model, LoRAs (with weights and hashes), embeddings and VAE it names, and what could not
+be read. No registry is opened: matching to a server happens in Discord (``/recipe read``).
+Exit status 0 when every file had a recipe, 1 when one had none, 2 for unreadable paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.recipe.readers import MAX_FILE_BYTES, read_image
+
+
+def _describe(path: str, out: TextIO) -> tuple[int, dict[str, Any]]:
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise OSError(f"{size / 2**20:.0f} MiB is over the {MAX_FILE_BYTES // 2**20} MiB limit")
+        data = file.read_bytes()
+    except OSError as exc:
+        return 2, {"file": path, "error": str(exc)}
+    read = read_image(data)
+    if read.found is None:
+        return 1, {"file": path, "found": False, "reason": read.reason}
+    return 0, {"file": path, "found": True, **read.found.to_json()}
+
+
+def _print_text(report: dict[str, Any], out: TextIO) -> None:
+    out.write(f"{report['file']}\n")
+    if "error" in report:
+        out.write(f"  cannot read: {report['error']}\n\n")
+        return
+    if not report["found"]:
+        out.write(f"  {report['reason']}\n\n")
+        return
+    recipe = report["recipe"]
+    out.write(f"  format: {report['format']} ({report['source']}){' - exact' if report['exact'] else ''}\n")
+    out.write(f"  prompt: {recipe['prompt']!r}\n")
+    if recipe["negative_prompt"]:
+        out.write(f"  negative: {recipe['negative_prompt']!r}\n")
+    settings = ", ".join(
+        f"{key} {recipe[key]}" for key in ("sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip")
+    )
+    out.write(f"  settings: {settings}\n")
+    for res in report["resources"]:
+        weight = "" if res["weight"] is None else f" x {res['weight']:g}"
+        ids = [f"hash {h}" for h in res["hashes"]]
+        if res["civitai_version"] is not None:
+            ids.append(f"Civitai version {res['civitai_version']}")
+        if res["foreign_hash"]:
+            ids.append(f"{res['foreign_hash']} (cannot be compared)")
+        out.write(f"  {res['kind']}: {res['name'] or '(unnamed)'}{weight}{' (' + ', '.join(ids) + ')' if ids else ''}\n")
+    if report["missing"]:
+        out.write(f"  not in the image (defaults apply): {', '.join(report['missing'])}\n")
+    for note in report["notes"]:
+        out.write(f"  note: {note}\n")
+    out.write("\n")
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="python -m bot read-recipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.files:
+        code, report = _describe(path, out)
+        status = max(status, code)
+        if args.json:
+            out.write(json.dumps(report, ensure_ascii=False) + "\n")
+        else:
+            _print_text(report, out)
+    return status

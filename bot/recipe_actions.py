@@ -1,0 +1,431 @@
+"""What happens behind sharing, the server recipe book, recipe cards and "Remix this image".
+
+:mod:`bot.actions` runs generations; this module moves recipes around: posts a recipe card
+in the channel (Share button, ``/recipe share``), saves under a name the member picks (the
+card's and the result's Save, ``/recipe save``), lists and runs the server's book, and reads
+an image from anywhere (the message context menu, ``/recipe read``): our database first (by
+message, then by attachment), then the file's own metadata through
+:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipe_match`.
+
+Attachments are always fetched from their original ``url``: Discord's media proxy may serve
+a WebP preview that has lost the PNG's text chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import embeds, views
+from bot.actions import Parent, new_seed, parse_lora_lines, show_modal
+from bot.commands.common import is_admin, send_private
+from bot.recipe_match import health, match_found
+from bot.recipe_text import suggest_name
+from bot.registry import RegistryError
+from bot.registry.recipe_book import Card
+from bot.registry.text import parse_air
+from engine.protocol import Recipe
+from engine.recipe import share_code
+from engine.recipe.model import RecipeError
+from engine.recipe.readers import MAX_FILE_BYTES, read_image
+
+if TYPE_CHECKING:
+    from bot.app import AtelierBot
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LINK = re.compile(r"https?://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+|@me)/(\d+)/(\d+)")
+#: Reading one image may take this long (a worker thread; large stealth PNGs decode pixels).
+READ_TIMEOUT_S = 20.0
+_PERSONAL = {"me", "mine", "my", "personal", "private", "my recipes", "just me", "you"}
+_SERVER = {"server", "book", "recipe book", "the server", "everyone", "public", "all", "guild"}
+PAGE = 10
+
+
+def _recipe(data: Mapping[str, Any]) -> Recipe | None:
+    try:
+        return Recipe.from_json(data)
+    except (RecipeError, TypeError, ValueError, KeyError):
+        return None
+
+
+class RecipeActions:
+    def __init__(self, bot: AtelierBot) -> None:
+        self.bot = bot
+
+    @property
+    def registry(self) -> Any:
+        return self.bot.registry
+
+    # -- cards --------------------------------------------------------------------------
+    async def _lora_links(self, guild_id: int, recipe: Recipe) -> dict[str, str]:
+        """Each LoRA's registry source as a link (its Civitai page or URL), where it has one."""
+        links: dict[str, str] = {}
+        for lora in recipe.loras:
+            entry = await self.registry.get_lora(guild_id, lora.display_name)
+            source = entry.source if entry else None
+            if not source:
+                continue
+            if source.startswith(("http://", "https://")):
+                links[lora.display_name] = source
+            else:
+                try:
+                    url = parse_air(source).url
+                except RegistryError:
+                    url = None
+                if url:
+                    links[lora.display_name] = url
+        return links
+
+    async def card_embed(self, card: Card, recipe: Recipe, *, title: str | None = None, notes: list[str] | None = None, problems: list[str] | None = None) -> discord.Embed:
+        catalog = await self.registry.catalog(card.guild_id)
+        missing = health(recipe, catalog) if problems is None else problems
+        source_url = None
+        if card.source_message_id and card.source_channel_id:
+            source_url = f"https://discord.com/channels/{card.guild_id}/{card.source_channel_id}/{card.source_message_id}"
+        heading = title or (f"📖 {card.book_name}" if card.book_name else f"📜 {recipe.prompt or 'A recipe'}")
+        return embeds.recipe_card(
+            recipe,
+            title=heading,
+            author_id=card.author_id,
+            shared_by=card.shared_by,
+            code=share_code.encode(recipe),
+            lora_links=await self._lora_links(card.guild_id, recipe),
+            missing=missing,
+            notes=notes or [],
+            source_url=source_url,
+            image_url=card.image_url,
+        )
+
+    async def post_card(self, interaction: discord.Interaction[Any], recipe: Recipe, **card_fields: Any) -> discord.Message | None:
+        """Post a recipe card in the interaction's channel; None (and an answer) if it failed."""
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        card = await self.registry.book.add_card(
+            interaction.guild_id, interaction.channel_id, recipe.to_json(), shared_by=interaction.user.id, **card_fields
+        )
+        channel = self.bot.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
+        try:
+            message = await channel.send(
+                embed=await self.card_embed(card, recipe),
+                view=views.card_view(card.id),
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except discord.HTTPException as exc:
+            await send_private(interaction, f"Discord did not let me post the card here ({exc.status}); check my Send Messages and Embed Links permissions.")
+            return None
+        await self.registry.book.set_card_message(interaction.guild_id, card.id, message.id)
+        return message
+
+    async def share_post(self, interaction: discord.Interaction[Any], requester_id: int, recipe: Recipe) -> None:
+        """The Share button under a result (the interaction is deferred)."""
+        message = interaction.message
+        assert message is not None
+        image = next((a.url for a in message.attachments), None)
+        posted = await self.post_card(
+            interaction, recipe, author_id=requester_id, source="post", source_message_id=message.id,
+            source_channel_id=message.channel.id, image_url=image,
+        )  # fmt: skip
+        if posted is not None:
+            await send_private(interaction, f"Shared in this channel: {posted.jump_url}")
+
+    async def _card(self, interaction: discord.Interaction[Any], card_id: int) -> tuple[Card, Recipe] | None:
+        """The card a button or modal names, in this server; otherwise the member is told."""
+        card = await self.registry.book.card(interaction.guild_id, card_id) if interaction.guild_id else None
+        recipe = _recipe(card.recipe) if card else None
+        if card is None or recipe is None:
+            await send_private(interaction, "This card's recipe is no longer available.")
+            return None
+        return card, recipe
+
+    async def card_button(self, interaction: discord.Interaction[Any], action: str, card_id: int) -> None:
+        if interaction.guild_id is None:
+            await send_private(interaction, "Recipe cards only work in a server.")
+            return
+        found = await self._card(interaction, card_id)
+        if found is None:
+            return
+        card, recipe = found
+        if action == "remix":
+            modal = views.RemixModal(
+                message_id=card.id, kind="remixcard", title="Remix this recipe", prompt=recipe.prompt,
+                negative=recipe.negative_prompt, loras="\n".join(f"{lo.display_name}:{lo.weight:g}" for lo in recipe.loras),
+                seed=str(recipe.seed), steps=str(recipe.steps),
+            )  # fmt: skip
+            await show_modal(interaction, modal)
+            return
+        if action == "save":
+            name = card.book_name or suggest_name(recipe)
+            await show_modal(interaction, views.SaveRecipeModal(kind="savecard", target=card.id, name=name, scope="server"))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if action == "share":
+            posted = await self.post_card(
+                interaction, recipe, author_id=card.author_id, source=card.source, source_message_id=card.source_message_id,
+                source_channel_id=card.source_channel_id, book_name=card.book_name, image_url=card.image_url,
+            )  # fmt: skip
+            if posted is not None:
+                await send_private(interaction, f"Shared in this channel: {posted.jump_url}")
+            return
+        seed = new_seed() if action == "use" else recipe.seed
+        await self._run_card(interaction, card, recipe, seed=seed)
+
+    def _card_parent(self, card: Card) -> Parent | None:
+        label = f"📖 From the recipe book: {card.book_name}" if card.book_name else "📜 Made from a shared recipe"
+        if card.source_message_id and card.source_channel_id:
+            return Parent(card.source_message_id, card.source_channel_id, label, card.guild_id)
+        if card.message_id:
+            return Parent(card.message_id, card.channel_id, label, card.guild_id)
+        return None
+
+    async def _run_card(self, interaction: discord.Interaction[Any], card: Card, recipe: Recipe, **changes: Any) -> None:
+        origin = "recipe book" if card.book_name else "recipe card"
+        queued = await self.bot.actions.rerun(interaction, recipe, origin=origin, parent=self._card_parent(card), **changes)
+        if queued and card.book_name:
+            entry = await self.registry.book.get(card.guild_id, card.book_name)
+            if entry is not None:
+                await self.registry.book.count_use(card.guild_id, entry.id)
+
+    # -- modals -------------------------------------------------------------------------
+    async def modal_submit(self, interaction: discord.Interaction[Any], kind: str, target: int, fields: Mapping[str, str]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.guild_id is None:
+            await send_private(interaction, "This only works in a server.")
+            return
+        if kind == "savepost":
+            post = await self.registry.get_post(interaction.guild_id, target)
+            recipe = _recipe(post.recipe) if post else None
+            if recipe is None:
+                await send_private(interaction, "The image is gone, so there is nothing to save.")
+                return
+            await self._save(interaction, recipe, fields, source_message_id=target)
+            return
+        found = await self._card(interaction, target)
+        if found is None:
+            return
+        card, recipe = found
+        if kind == "savecard":
+            await self._save(interaction, recipe, fields, source_message_id=card.source_message_id)
+            return
+        origin_parent = self._card_parent(card)
+        await self.bot.actions.run_remix_form(interaction, recipe, fields, parent=origin_parent)
+
+    async def _save(self, interaction: discord.Interaction[Any], recipe: Recipe, fields: Mapping[str, str], *, source_message_id: int | None) -> None:
+        name = fields.get("name", "").strip()
+        scope = " ".join(fields.get("scope", "me").lower().split())
+        assert interaction.guild_id is not None
+        try:
+            if scope in _PERSONAL:
+                saved = await self.registry.save_recipe(interaction.guild_id, interaction.user.id, name, recipe.to_json())
+                await send_private(interaction, f"Saved as **{saved.name}** in your recipes; run it with `/recipes run`.")
+            elif scope in _SERVER:
+                entry = await self.save_to_book(interaction, name, recipe, source_message_id=source_message_id)
+                await send_private(interaction, f"Saved to this server's recipe book as **{entry.name}**; anyone can `/recipe use name:{entry.name}`.")
+            else:
+                await send_private(interaction, f"Keep it for `server` (the recipe book, for everyone) or `me` (your recipes), not `{embeds.truncate(scope, 30)}`.")
+        except RegistryError as exc:
+            await send_private(interaction, str(exc))
+
+    async def save_to_book(self, interaction: discord.Interaction[Any], name: str, recipe: Recipe, *, source_message_id: int | None) -> Any:
+        assert interaction.guild_id is not None
+        return await self.registry.book.save(
+            interaction.guild_id, interaction.user.id, name, dataclasses.replace(recipe, count=1).to_json(),
+            model_name=recipe.model_label, lora_names=[lo.display_name for lo in recipe.loras], source_message_id=source_message_id,
+        )  # fmt: skip
+
+    # -- where a recipe comes from in the commands ----------------------------------------
+    async def recipe_from(self, interaction: discord.Interaction[Any], source: str) -> tuple[Recipe, int | None, int | None] | None:
+        """(recipe, author, source message) from a share code, a message link, or a book name."""
+        assert interaction.guild_id is not None
+        text = source.strip()
+        if share_code.looks_like_code(text):
+            try:
+                return share_code.decode(text), interaction.user.id, None
+            except share_code.ShareCodeError as exc:
+                await send_private(interaction, f"That recipe code can't be read: {exc}.")
+                return None
+        link = MESSAGE_LINK.search(text)
+        if link is not None:
+            if link[1] != str(interaction.guild_id):
+                await send_private(interaction, "That message is not in this server; recipes stay in their own server.")
+                return None
+            message_id = int(link[3])
+            post = await self.registry.get_post(interaction.guild_id, message_id)
+            if post is not None and (recipe := _recipe(post.recipe)) is not None:
+                return recipe, post.user_id, message_id
+            card = await self.registry.book.card_by_message(interaction.guild_id, message_id)
+            if card is not None and (recipe := _recipe(card.recipe)) is not None:
+                return recipe, card.author_id, card.source_message_id
+            await send_private(interaction, "I have no recipe for that message; for an image from another tool use `/recipe read`.")
+            return None
+        entry = await self.registry.book.get(interaction.guild_id, text)
+        if entry is not None and (recipe := _recipe(entry.recipe)) is not None:
+            return recipe, entry.author_id, entry.source_message_id
+        await send_private(interaction, f"`{embeds.truncate(text, 80)}` is not a recipe code, a message link or a recipe in this server's book (`/recipe list`).")
+        return None
+
+    async def latest_post(self, interaction: discord.Interaction[Any]) -> tuple[Recipe, int] | None:
+        rows = await self.registry.recent_posts(interaction.guild_id, interaction.user.id, interaction.channel_id, limit=1)
+        for post in rows:
+            recipe = _recipe(post.recipe)
+            if recipe is not None:
+                return recipe, post.message_id
+        return None
+
+    # -- reading images ----------------------------------------------------------------
+    async def read_message(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        """"Remix this image" and ``/recipe read`` with a link (the interaction is deferred)."""
+        assert interaction.guild_id is not None
+        post = await self.registry.get_post(interaction.guild_id, message.id)
+        if post is None:
+            for attachment in message.attachments:
+                source_id = await self.registry.book.post_for_attachment(interaction.guild_id, attachment.id)
+                if source_id is not None:
+                    post = await self.registry.get_post(interaction.guild_id, source_id)
+                    break
+        if post is not None and (recipe := _recipe(post.recipe)) is not None:
+            await self._answer_import(
+                interaction, recipe, title="📜 An image made here", author_id=post.user_id, source="post",
+                source_message_id=post.message_id, source_channel_id=post.channel_id,
+                image_url=next((a.url for a in message.attachments), None), notes=["Read from this server's records (exact)."],
+            )  # fmt: skip
+            return
+        card = await self.registry.book.card_by_message(interaction.guild_id, message.id)
+        if card is not None and (recipe := _recipe(card.recipe)) is not None:
+            await self._answer_import(interaction, recipe, title="📜 A shared recipe", author_id=card.author_id, source=card.source,
+                                      source_message_id=card.source_message_id, source_channel_id=card.source_channel_id)  # fmt: skip
+            return
+        images = [a for a in message.attachments if (a.content_type or "").startswith("image/") or a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
+        if not images:
+            await send_private(interaction, "That message has no image file. Use it on a message with the image attached, or attach the file to `/recipe read`.")
+            return
+        await self.read_attachment(interaction, images[0], source_message=message)
+
+    async def read_attachment(self, interaction: discord.Interaction[Any], attachment: discord.Attachment, *, source_message: discord.Message | None = None) -> None:
+        if attachment.size > MAX_FILE_BYTES:
+            await send_private(interaction, f"`{attachment.filename}` is {attachment.size / 2**20:.0f} MiB; I read images up to {MAX_FILE_BYTES // 2**20} MiB.")
+            return
+        try:
+            # The original file, never the media proxy's preview (which may drop PNG chunks).
+            data = await attachment.read(use_cached=False)
+        except (discord.HTTPException, discord.NotFound) as exc:
+            await send_private(interaction, f"I could not download `{attachment.filename}` ({getattr(exc, 'status', exc)}); try again.")
+            return
+        try:
+            read = await asyncio.wait_for(asyncio.to_thread(read_image, data), READ_TIMEOUT_S)
+        except TimeoutError:
+            await send_private(interaction, "Reading that image took too long, so I stopped. Try the original PNG file.")
+            return
+        if read.found is None:
+            await send_private(interaction, f"`{embeds.truncate(attachment.filename, 80)}`: {read.reason}")
+            return
+        found = read.found
+        assert interaction.guild_id is not None
+        catalog = await self.registry.catalog(interaction.guild_id)
+        matched = await match_found(self.registry, catalog, interaction.guild_id, found)
+        notes = list(matched.notes)
+        if matched.how:
+            notes.insert(0, "Matched " + ", ".join(matched.how) + ".")
+        if found.missing:
+            notes.append("Not in the image, so the model's defaults are used: " + ", ".join(found.missing) + ".")
+        await self._answer_import(
+            interaction, matched.recipe, title=f"🖼️ Recipe read from a {found.format} image", author_id=None,
+            source=f"import:{found.format}", source_message_id=source_message.id if source_message else None,
+            source_channel_id=source_message.channel.id if source_message else None, image_url=attachment.url,
+            notes=notes, problems=matched.problems,
+        )  # fmt: skip
+
+    async def _answer_import(self, interaction: discord.Interaction[Any], recipe: Recipe, *, title: str, notes: list[str] | None = None,
+                             problems: list[str] | None = None, **card_fields: Any) -> None:  # fmt: skip
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        card = await self.registry.book.add_card(
+            interaction.guild_id, interaction.channel_id, recipe.to_json(), shared_by=interaction.user.id, **card_fields
+        )
+        if problems is not None:
+            problems = problems + health(recipe, await self.registry.catalog(interaction.guild_id))
+        embed = await self.card_embed(card, recipe, title=title, notes=notes, problems=problems)
+        await send_private(interaction, "Here is the recipe. **Remix** opens it in the form; **Use this recipe** runs it as is.",
+                           embed=embed, view=views.card_view(card.id, shareable=True))  # fmt: skip
+
+    # -- the book -----------------------------------------------------------------------
+    async def show(self, interaction: discord.Interaction[Any], name: str) -> None:
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        entry = await self.registry.book.get(interaction.guild_id, name)
+        recipe = _recipe(entry.recipe) if entry else None
+        if entry is None or recipe is None:
+            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`; see `/recipe list`.")
+            return
+        card = await self.registry.book.add_card(
+            interaction.guild_id, interaction.channel_id, recipe.to_json(), author_id=entry.author_id, shared_by=interaction.user.id,
+            source="book", source_message_id=entry.source_message_id, book_name=entry.name,
+        )  # fmt: skip
+        await send_private(interaction, embed=await self.card_embed(card, recipe), view=views.card_view(card.id, shareable=True))
+
+    async def use(self, interaction: discord.Interaction[Any], name: str, *, prompt: str | None, seed: int | None,
+                  weights: str | None, reseed: bool) -> None:  # fmt: skip
+        assert interaction.guild_id is not None
+        entry = await self.registry.book.get(interaction.guild_id, name)
+        recipe = _recipe(entry.recipe) if entry else None
+        if entry is None or recipe is None:
+            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`; see `/recipe list`.")
+            return
+        changes: dict[str, Any] = {}
+        if prompt:
+            changes["prompt"] = prompt
+        if seed is not None:
+            changes["seed"] = seed
+        elif reseed:
+            changes["seed"] = new_seed()
+        if weights:
+            given = {n.casefold(): w for n, w in parse_lora_lines(weights.replace(",", "\n"))}
+            slots = [(lo.display_name, given.pop(lo.display_name.casefold(), f"{lo.weight:g}")) for lo in recipe.loras]
+            slots += [(n, w) for n, w in given.items()]
+            changes["slots"] = slots
+        parent = None
+        if entry.source_message_id:
+            post = await self.registry.get_post(interaction.guild_id, entry.source_message_id)
+            if post is not None:
+                parent = Parent(post.message_id, post.channel_id, f"📖 From the recipe book: {entry.name}", interaction.guild_id)
+        if await self.bot.actions.rerun(interaction, recipe, origin="recipe book", parent=parent, **changes):
+            await self.registry.book.count_use(interaction.guild_id, entry.id)
+
+    async def delete(self, interaction: discord.Interaction[Any], name: str) -> None:
+        assert interaction.guild_id is not None
+        entry = await self.registry.book.get(interaction.guild_id, name)
+        if entry is None:
+            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`.")
+            return
+        if entry.author_id != interaction.user.id and not is_admin(interaction):
+            await send_private(interaction, f"Only <@{entry.author_id}>, who saved **{entry.name}**, or an admin (Manage Server) can delete it.")
+            return
+        await self.registry.book.delete(interaction.guild_id, entry.name)
+        await send_private(interaction, f"Deleted **{entry.name}** from the recipe book.")
+
+    async def list(self, interaction: discord.Interaction[Any], *, sort: str, model: str | None, lora: str | None,
+                   author: discord.abc.User | None, page: int) -> None:  # fmt: skip
+        assert interaction.guild_id is not None
+        entries, total = await self.registry.book.list(
+            interaction.guild_id, sort=sort, model=model, lora=lora, author_id=author.id if author else None,  # type: ignore[arg-type]
+            limit=PAGE, offset=(page - 1) * PAGE,
+        )  # fmt: skip
+        catalog = await self.registry.catalog(interaction.guild_id)
+        lines = []
+        for entry in entries:
+            recipe = _recipe(entry.recipe)
+            if recipe is None:
+                lines.append(f"**{entry.name}** · (can no longer be read)")
+                continue
+            stack = ", ".join(f"{lo.display_name} {lo.weight:g}" for lo in recipe.loras) or "no LoRAs"
+            warn = " ⚠️" if health(recipe, catalog) else ""
+            lines.append(f"**{entry.name}**{warn} · {recipe.model_label} · {stack} · by <@{entry.author_id}> · used {entry.uses}×")
+        pages = max(1, -(-total // PAGE))
+        filters = [f for f in (model and f"model {model}", lora and f"LoRA {lora}", author and f"by {author.display_name}") if f]
+        title = f"Recipe book · {total} recipe(s)" + (f" · {', '.join(filters)}" if filters else "") + f" · page {min(page, pages)}/{pages}"
+        embed = embeds.list_embed(title, lines, empty="No recipes yet: press 💾 on a recipe card or use `/recipe save`.")
+        embed.set_footer(text="⚠️ = uses something this server no longer has; /recipe show says what to use instead.")
+        await send_private(interaction, embed=embed)

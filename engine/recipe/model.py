@@ -1,0 +1,131 @@
+"""The recipe: everything that makes an image, as one frozen value shared by bot and engine.
+
+A recipe names its files the engine's way (paths relative to the configured folders) and
+its resources the way people name them (``model_name``, each LoRA's ``name``), and carries
+the short hashes AUTOMATIC1111 writes (``model_hash``, each LoRA's ``a1111_hash``), so that
+one writer (:mod:`engine.recipe.a1111`) gives the same ``parameters`` text in the engine's
+PNG and in the bot's Recipe button. A recipe read from another tool's image has its names
+and hashes but no files yet (``model == ""``, ``file == ""``): the bot resolves those
+against its registry before anything runs.
+
+Plain dataclasses, no torch: both processes import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class RecipeError(ValueError):
+    """A recipe (JSON, share code) that cannot be read; the message says what is wrong."""
+
+
+def file_stem(path: str) -> str:
+    """``"styles/oil v2.safetensors"`` -> ``"oil v2"``: how tools name a file in their metadata."""
+    name = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One LoRA of a stack. ``file`` is relative to the LoRA folder ("" = not resolved yet)."""
+
+    file: str
+    weight: float
+    #: Display name, used in ``<lora:name:w>`` and the A1111 ``Lora hashes``.
+    name: str = ""
+    #: Expected sha256; when given the engine refuses a file whose content differs.
+    sha256: str | None = None
+    #: AUTOMATIC1111's LoRA hash (sha256 of the bytes after the safetensors header, 12 hex),
+    #: what ``Lora hashes`` carries; Civitai's AutoV3 starts with the same digits.
+    a1111_hash: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or file_stem(self.file)
+
+
+@dataclass(frozen=True)
+class EmbeddingRef:
+    """A textual-inversion embedding the prompt or negative uses by ``name``."""
+
+    file: str
+    name: str
+    #: sha256 of the file; A1111's ``TI hashes`` carry its first 12 hex digits, so one read
+    #: from another tool's image may hold only those.
+    sha256: str | None = None
+
+
+#: ``Recipe.prediction_type`` values: "" reads it from the model file (keys and metadata).
+PREDICTION_TYPES = ("", "epsilon", "v_prediction", "v_prediction_ztsnr")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything needed to reproduce an image, bit for bit on the same machine."""
+
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    loras: tuple[LoraRef, ...] = ()
+    sampler: str = "DPM++ 2M Karras"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    #: Number of images; image ``i`` uses seed ``seed + i``.
+    count: int = 1
+    #: Display name of the model (defaults to the file name).
+    model_name: str = ""
+    #: A1111's ``CLIP_stop_at_last_layers``: 2 reads the text encoder's penultimate layer.
+    clip_skip: int = 1
+    embeddings: tuple[EmbeddingRef, ...] = ()
+    #: A VAE file relative to the model folder; empty = the model's own VAE.
+    vae: str = ""
+    #: A1111's ``Model hash``: Civitai's AutoV2 (the first 10 hex of the file's sha256).
+    model_hash: str = ""
+    #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
+    prediction_type: str = ""
+
+    @property
+    def model_label(self) -> str:
+        """The model as people name it: its registry name, else its file's stem."""
+        return self.model_name or file_stem(self.model)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
+        data["embeddings"] = [dataclasses.asdict(e) for e in self.embeddings]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Recipe:
+        """The inverse of :meth:`to_json`. Keys added later take their defaults, so recipes
+        stored by an older version keep loading; unknown keys are refused."""
+        if not isinstance(data, Mapping):
+            raise RecipeError("a recipe must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise RecipeError(f"unknown recipe fields: {sorted(unknown)}")
+        values = dict(data)
+        values["loras"] = tuple(_ref(LoraRef, item) for item in data.get("loras") or ())
+        values["embeddings"] = tuple(_ref(EmbeddingRef, item) for item in data.get("embeddings") or ())
+        return cls(**values)
+
+
+def _ref(kind: type[Any], item: Any) -> Any:
+    if not isinstance(item, Mapping):
+        raise RecipeError(f"each {kind.__name__} must be a JSON object, not {type(item).__name__}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(item) - known
+    if unknown:
+        raise RecipeError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    return kind(**item)

@@ -1,0 +1,192 @@
+"""ComfyUI: the API graph in the PNG's ``prompt`` chunk.
+
+The graph is ``{node_id: {"class_type": ..., "inputs": {...}}}``; an input is a value or a
+link ``[node_id, output_index]``. From the sampler (KSampler and kin) we follow ``model``
+links up through the LoRA loaders to the checkpoint loader, ``positive``/``negative`` to the
+text encoders, ``latent_image`` to the empty latent (the size), and ``clip`` to
+CLIPSetLastLayer (clip skip). Every walk keeps a visited set and a depth cap, so cyclic or
+absurdly deep graphs end; nodes past :data:`MAX_NODES` are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from engine.recipe.model import EmbeddingRef, Recipe
+from engine.recipe.readers import samplers
+from engine.recipe.readers.a1111 import with_tag_loras
+from engine.recipe.readers.found import FoundRecipe, Resource, as_float, as_int, as_text, resource
+
+MAX_NODES = 5_000
+MAX_DEPTH = 200
+SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")
+CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader")
+LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
+TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "CLIPTextEncodeFlux")
+#: Nodes that change the image in ways a recipe cannot hold, in people's words.
+_UNSUPPORTED = {
+    "ControlNet": "ControlNet",
+    "IPAdapter": "IP-Adapter",
+    "Upscale": "upscaling",
+    "VAEEncode": "a source image (img2img)",
+    "LoadImage": "a source image",
+    "FaceDetailer": "face detailing",
+    "Hypernetwork": "a hypernetwork",
+}
+_EMBEDDING = re.compile(r"embedding:([^\s,()\[\]{}<>:]+)(?:\.(?:safetensors|pt|bin))?", re.IGNORECASE)
+
+
+class _Graph:
+    def __init__(self, graph: dict[str, Any]) -> None:
+        self.nodes: dict[str, dict[str, Any]] = {}
+        for key, node in list(graph.items())[:MAX_NODES]:
+            if isinstance(node, dict) and isinstance(node.get("class_type"), str):
+                inputs = node.get("inputs")
+                self.nodes[str(key)] = {"class_type": node["class_type"], "inputs": inputs if isinstance(inputs, dict) else {}}
+
+    def linked(self, value: Any) -> dict[str, Any] | None:
+        if isinstance(value, list) and value and isinstance(value[0], (str, int)) and not isinstance(value[0], bool):
+            return self.nodes.get(str(value[0]))
+        return None
+
+    def upstream(self, start: Any, via: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+        """Nodes reached from the link ``start`` by following the inputs named ``via``."""
+        seen: set[int] = set()
+        node = self.linked(start)
+        depth = 0
+        while node is not None and id(node) not in seen and depth < MAX_DEPTH:
+            seen.add(id(node))
+            depth += 1
+            yield node
+            following = None
+            for name in via:
+                following = self.linked(node["inputs"].get(name))
+                if following is not None:
+                    break
+            node = following
+
+    def text(self, value: Any, depth: int = 0) -> str:
+        """A string input, following links to primitive/string nodes."""
+        if isinstance(value, str):
+            return value
+        node = self.linked(value)
+        if node is None or depth > 20:
+            return ""
+        for key in ("text", "string", "value", "prompt", "text_g", "Text"):
+            if key in node["inputs"]:
+                return self.text(node["inputs"][key], depth + 1)
+        return ""
+
+    def conditioning_text(self, start: Any) -> tuple[str, Any]:
+        """(text, the encoder's clip link) of the first text encoder above ``start``."""
+        seen: set[int] = set()
+        stack = [self.linked(start)]
+        while stack and len(seen) < MAX_DEPTH:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node["class_type"] in TEXT_ENCODERS or "text" in node["inputs"]:
+                inputs = node["inputs"]
+                text = self.text(inputs.get("text")) or self.text(inputs.get("text_g")) or self.text(inputs.get("clip_l"))
+                if text or node["class_type"] in TEXT_ENCODERS:
+                    return text, inputs.get("clip")
+            for name in ("conditioning", "conditioning_1", "conditioning_to", "positive", "negative", "conditioning_2"):
+                stack.append(self.linked(node["inputs"].get(name)))
+        return "", None
+
+
+def _sampler_node(graph: _Graph) -> dict[str, Any] | None:
+    candidates = [n for n in graph.nodes.values() if n["class_type"] in SAMPLERS]
+    if not candidates:
+        return None
+    # With a hires pass there are two samplers; the first pass starts from an empty latent.
+    for node in candidates:
+        latent = graph.linked(node["inputs"].get("latent_image"))
+        if latent is not None and latent["class_type"].startswith("Empty"):
+            return node
+    return candidates[0]
+
+
+def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
+    graph = _Graph(data)
+    sampler = _sampler_node(graph)
+    if sampler is None:
+        return None
+    inputs = sampler["inputs"]
+    notes: list[str] = []
+    model: Resource | None = None
+    loras: list[Resource] = []
+    for node in graph.upstream(inputs.get("model"), ("model",)):
+        kind, node_inputs = node["class_type"], node["inputs"]
+        if kind in LORA_LOADERS:
+            weight = as_float(node_inputs.get("strength_model"))
+            clip_weight = as_float(node_inputs.get("strength_clip"))
+            if clip_weight is not None and weight is not None and clip_weight != weight:
+                notes.append(f"LoRA `{as_text(node_inputs.get('lora_name'))[:80]}` had a separate text-encoder weight {clip_weight:g}; one weight ({weight:g}) is used here.")
+            loras.append(resource("lora", node_inputs.get("lora_name"), weight if weight is not None else 1.0))
+        elif kind in CHECKPOINT_LOADERS:
+            model = resource("model", node_inputs.get("ckpt_name") or node_inputs.get("unet_name"))
+            break
+    loras.reverse()  # listed from the checkpoint down, as people read a graph
+    positive, clip_link = graph.conditioning_text(inputs.get("positive"))
+    negative, _ = graph.conditioning_text(inputs.get("negative"))
+    clip_skip = 1
+    for node in graph.upstream(clip_link, ("clip",)):
+        if node["class_type"] == "CLIPSetLastLayer":
+            layer = as_int(node["inputs"].get("stop_at_clip_layer"))
+            if layer is not None and layer < 0:
+                clip_skip = -layer
+            break
+    values: dict[str, Any] = {
+        "seed": as_int(inputs.get("seed", inputs.get("noise_seed"))),
+        "steps": as_int(inputs.get("steps")),
+        "cfg_scale": as_float(inputs.get("cfg")),
+    }
+    sampler_name = inputs.get("sampler_name")
+    if isinstance(sampler_name, str):
+        values["sampler"] = samplers.from_comfy(sampler_name, as_text(inputs.get("scheduler")))
+    latent = graph.linked(inputs.get("latent_image"))
+    if latent is not None and "width" in latent["inputs"]:
+        values["width"], values["height"] = as_int(latent["inputs"].get("width")), as_int(latent["inputs"].get("height"))
+    denoise = as_float(inputs.get("denoise"))
+    if denoise is not None and denoise < 1.0:
+        notes.append(f"It was made from another image (denoise {denoise:g}); only the prompt and settings carry over.")
+    vae = None
+    for node in graph.nodes.values():
+        if node["class_type"] == "VAELoader":
+            vae = resource("vae", node["inputs"].get("vae_name"))
+            break
+    for class_type in sorted({n["class_type"] for n in graph.nodes.values()}):
+        for marker, words in _UNSUPPORTED.items():
+            if marker in class_type:
+                notes.append(f"Not carried over: {words} ({class_type}).")
+                break
+    embeddings: list[str] = []
+
+    def lift(text: str) -> str:
+        def name(match: re.Match[str]) -> str:
+            if match[1] not in embeddings:
+                embeddings.append(match[1])
+            return match[1]
+
+        return _EMBEDDING.sub(name, text)
+
+    positive, negative = lift(positive), lift(negative)
+    missing = tuple(k for k in ("seed", "steps", "cfg_scale", "sampler", "width") if values.get(k) is None)
+    if model is None:
+        missing += ("model",)
+    recipe = Recipe(
+        model="",
+        model_name=model.name if model else "",
+        prompt=positive,
+        negative_prompt=negative,
+        clip_skip=clip_skip,
+        vae=vae.name if vae else "",
+        embeddings=tuple(EmbeddingRef("", e) for e in embeddings),
+        **{k: v for k, v in values.items() if v is not None},
+    )
+    resources = ([model] if model else []) + loras + [resource("embedding", e) for e in embeddings] + ([vae] if vae else [])
+    return with_tag_loras(FoundRecipe("ComfyUI", source, recipe, tuple(resources), missing, tuple(notes)))
