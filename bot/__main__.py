@@ -3,9 +3,10 @@
 
 Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
 SQLite registry in the data folder, starts the engine as a child process with a generated
-token (unless ``ATELIER_ENGINE_URL`` and ``ATELIER_ENGINE_TOKEN`` point at one already
-running), connects to Discord, and on Ctrl-C or SIGTERM stops the engine and closes the
-database. See :mod:`bot.config` for every setting.
+token (unless ``ATELIER_ENGINE_URL`` / ``ATELIER_ENGINE_URLS`` and ``ATELIER_ENGINE_TOKEN``
+point at engines already running), connects to Discord, takes up the jobs a previous run left
+in the database, and on Ctrl-C or SIGTERM stops the engine and closes the database (queued
+jobs stay there and run at the next start). See :mod:`bot.config` for every setting.
 
 Creating the Discord application (for the README):
 
@@ -48,6 +49,7 @@ async def run(
     from bot.config import BotConfig, ConfigError
     from bot.engine_process import EngineProcess, EngineStartError
     from bot.guild_lifecycle import DAY_S
+    from bot.jobs import EngineLink
     from bot.registry import Registry
     from bot.safety import ImageSafety, load_classifier
     from engine.client import EngineClient
@@ -67,9 +69,9 @@ async def run(
             file=sys.stderr,
         )
         return 2
-    if config.engine_url and not config.engine_token:
+    if config.external_engines and not config.engine_token:
         print(
-            "atelier: ATELIER_ENGINE_URL is set but ATELIER_ENGINE_TOKEN is not. The engine answers "
+            "atelier: ATELIER_ENGINE_URL(S) is set but ATELIER_ENGINE_TOKEN is not. The engine answers "
             "only requests that carry its token: set ATELIER_ENGINE_TOKEN to the value the engine "
             "was started with.",
             file=sys.stderr,
@@ -85,9 +87,20 @@ async def run(
     engine_process: EngineProcess | None = None
     bot: AtelierBot | None = None
     try:
-        if config.engine_url:
-            engine_url = config.engine_url
+        links: list[EngineLink] = []
+        if config.external_engines:
             token = config.engine_token
+            links = [EngineLink(EngineClient(url, token=token)) for url in config.external_engines]
+            for link in links:
+                try:  # a wrong token is refused here, at start, not at the first /imagine
+                    await link.client.health()
+                except EngineError as exc:
+                    if exc.code == "unauthorized":
+                        print(f"atelier: {exc.message}", file=sys.stderr)
+                        for other in links:
+                            await other.client.close()
+                        return 2
+                    log.warning("the engine %s does not answer yet: %s", link.client, exc.message)
         else:
             token = config.engine_token or engine_token.load_or_create(config.engine_token_path)
             engine_process = EngineProcess(
@@ -104,24 +117,19 @@ async def run(
             except EngineStartError as exc:
                 print(f"atelier: {exc}", file=sys.stderr)
                 return 1
-            engine_url = engine_process.url
-        engine = EngineClient(engine_url, token=token)
-        if config.engine_url:
-            try:  # a wrong token is refused here, at start, not at the first /imagine
-                await engine.health()
-            except EngineError as exc:
-                if exc.code == "unauthorized":
-                    print(f"atelier: {exc.message}", file=sys.stderr)
-                    await engine.close()
-                    return 2
-                log.warning("the engine at %s does not answer yet: %s", engine_url, exc.message)
+            links = [EngineLink(EngineClient(engine_process.url, token=token), engine_process)]
         bot = AtelierBot(
             registry=registry,
-            engine=engine,
+            engines=links,
             sync_guilds=config.sync_guilds,
             status_interval=config.status_interval,
             max_pending=config.max_pending,
+            server_share=config.server_share,
+            engine_depth=config.engine_depth,
+            max_batch=config.engine_batch,
             stall_limit=config.stall_limit,
+            retry_wait=config.retry_wait,
+            result_retry=config.result_retry,
             force_sync=force_sync,
             access=AccessPolicy.from_config(
                 allowed_guilds=config.allowed_guilds, shares=config.shares, owners=config.owners
@@ -155,7 +163,8 @@ async def run(
         if bot is not None and not bot.is_closed():
             await bot.close()
         if bot is not None:
-            await bot.engine.close()
+            for slot in bot.engines.slots:
+                await slot.client.close()
         if engine_process is not None:
             await engine_process.stop()
         await registry.close()

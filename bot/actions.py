@@ -15,11 +15,14 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot import embeds, views
 from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
-from bot.dispatch import Job, QueueFull
+from bot.jobs import Job, QueueFull, token_expiry
+from bot.jobs.poster import with_retries
+from bot.jobs.status import status_text
 from bot.recipe_text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
@@ -89,6 +92,22 @@ def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
             name, weight = line, ""
         slots.append((name.strip(), weight.strip() or None))
     return slots
+
+
+#: What the bot needs in a channel to post an image with its recipe and buttons.
+POST_PERMISSIONS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+    "embed_links": "Embed Links",
+    "attach_files": "Attach Files",
+}
+
+
+def missing_post_permissions(interaction: discord.Interaction[Any]) -> list[str]:
+    permissions = interaction.app_permissions
+    if permissions.administrator:
+        return []
+    return [label for name, label in POST_PERMISSIONS.items() if not getattr(permissions, name)]
 
 
 class Actions:
@@ -210,7 +229,20 @@ class Actions:
         refusal = self.bot.access.recipe_refusal(interaction.guild_id, recipe)
         if refusal is not None:
             await send_private(interaction, refusal)
-            return
+            return False
+        settings = catalog.settings
+        missing = missing_post_permissions(interaction)
+        if missing:
+            # Checked before queueing: Discord resolved the bot's permissions in this channel
+            # for the interaction, so no GPU second is spent on an image that cannot be posted.
+            await send_private(
+                interaction,
+                f"I can't post images in this channel: I'm missing {', '.join(missing)}. Ask an "
+                "admin to give me View Channel, Send Messages, Embed Links and Attach Files "
+                "here, or use another channel.",
+            )
+            return False
+        priority = bool(set(settings.priority_roles) & set(role_ids(interaction)))
         job = Job(
             recipe=recipe,
             guild_id=interaction.guild_id,
@@ -220,30 +252,47 @@ class Actions:
             file_limit=interaction.filesize_limit,
             notes=tuple(n.message for n in outcome.notes),
             origin=origin,
+            weight=2 if priority else 1,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            token_expires_at=token_expiry(interaction.created_at.timestamp()),
             parent_message_id=parent.message_id if parent else None,
             parent_channel_id=parent.channel_id if parent else None,
             parent_credit=(parent.label, parent.url) if parent else None,
         )
+        dispatcher = self.bot.dispatcher
         try:
-            await self.bot.submit_job(job, user_limit=catalog.settings.queue_limit_per_user)
+            await dispatcher.submit(
+                job,
+                user_limit=settings.queue_limit_per_user,
+                server_limit=settings.server_queue_limit,
+                active_limit=settings.active_jobs_per_user,
+            )
         except QueueFull as exc:
             await send_private(interaction, str(exc))
             return False
-        if job.status_message is None:
-            # The bot could not post in this channel, so it could not post the image either.
-            await self.bot.dispatcher.cancel(job.id)
-            await send_private(
-                interaction,
-                "I can't post in this channel. Ask an admin to give me View Channel, Send Messages, "
-                "Embed Links and Attach Files here, or use another channel.",
-            )
-            return False
-        ahead = job.position
-        where = "it starts next" if ahead == 0 else f"{ahead} job(s) ahead of it"
-        text = f"Queued ({where}). The image will be posted in this channel."
+        # The member's private reply is the job's status message from now on (edited through
+        # this interaction's token, which has its own rate limit, not the channel's).
+        status = status_text(job, engines_down=dispatcher.engines_down())
+        text = status
         if outcome.notes:
             text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
-        await send_private(interaction, embeds.truncate(text, embeds.CONTENT_LIMIT))
+        try:
+            reply = await with_retries(
+                lambda: interaction.followup.send(
+                    embeds.truncate(text, embeds.CONTENT_LIMIT),
+                    view=views.detached(views.status_view(job.id)),
+                    ephemeral=True,
+                    wait=True,
+                ),
+                within_s=30, what=f"the reply to interaction {interaction.id}",
+            )  # fmt: skip
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            # The job is queued all the same: its image (or a failure notice) comes in the channel.
+            log.warning("could not answer interaction %s: %s", interaction.id, exc)
+            await dispatcher.reply_lost(job)
+            return True
+        await dispatcher.attach_status(job, reply.id, status)
         return True
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
@@ -443,6 +492,18 @@ class Actions:
         await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.bot.dispatcher.cancel(job_id)
         await send_private(interaction, "Cancelling…" if cancelled else "It had already finished.")
+
+    async def cancel_mine(self, interaction: discord.Interaction[Any]) -> None:
+        """The "Cancel all my jobs" button under ``/queue``."""
+        if interaction.guild_id is None:
+            await send_private(interaction, "This button only works in a server.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        count = await self.bot.dispatcher.cancel_all(interaction.guild_id, interaction.user.id)
+        if count:
+            await send_private(interaction, f"Cancelling your {count} job(s) in this server.")
+        else:
+            await send_private(interaction, "You have no jobs waiting or running in this server.")
 
     # -- LoRA cards --------------------------------------------------------------------
     async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:

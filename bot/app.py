@@ -1,4 +1,4 @@
-"""The Discord client: command tree, persistent buttons, the dispatcher and the engine link.
+"""The Discord client: command tree, persistent buttons, the job dispatcher and the engines.
 
 Everything long-lived hangs off :class:`AtelierBot` so that commands, buttons and modals
 reach the registry, the engine client and the job queue through ``interaction.client``.
@@ -9,6 +9,7 @@ Discord double, and start it exactly as production does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import discord
@@ -19,8 +20,16 @@ from bot.access import AccessPolicy, GuildFiles
 from bot.actions import Actions
 from bot.command_sync import sync_if_changed
 from bot.commands.common import send_private
-from bot.dispatch import DEFAULT_STALL_LIMIT_S, Dispatcher, Job
 from bot.guild_lifecycle import DAY_S, NOT_ENABLED, PURGE_INTERVAL_S, GuildLifecycle
+from bot.jobs import (
+    DEFAULT_STALL_LIMIT_S,
+    Dispatcher,
+    EngineLink,
+    EnginePool,
+    JobStore,
+    Limits,
+    Poster,
+)
 from bot.recipe_actions import RecipeActions
 from bot.safety import ImageSafety
 from engine.client import EngineClient
@@ -73,6 +82,8 @@ async def refuse_unlisted(interaction: discord.Interaction[Any]) -> None:
 class AtelierBot(discord.Client):
     """The bot. ``registry`` is an open :class:`bot.registry.Registry`.
 
+    ``engine`` is the one-engine form; ``engines`` lists several (one per GPU or machine),
+    each an :class:`~bot.jobs.EngineLink` or a bare client. Jobs go to whichever is free.
     ``access`` holds the operator's rules (allowed servers, file shares, owners; default:
     everything open, as for a single-server install), ``safety`` the image check run
     before every post (default: none). ``force_sync`` syncs commands even when unchanged.
@@ -82,12 +93,18 @@ class AtelierBot(discord.Client):
         self,
         *,
         registry: Any,
-        engine: EngineClient,
+        engine: EngineClient | None = None,
+        engines: Sequence[EngineLink | EngineClient] = (),
         sync_guilds: tuple[int, ...] = (),
         status_interval: float = 2.0,
-        max_pending: int = 500,
+        max_pending: int = 2000,
+        server_share: float = 0.5,
+        engine_depth: int = 2,
+        max_batch: int = 4,
+        affinity_window: int = 8,
         stall_limit: float = DEFAULT_STALL_LIMIT_S,
-        retry_wait: float = 60.0,
+        retry_wait: float = 300.0,
+        result_retry: float = 15 * 60.0,
         sync_commands: bool = True,
         force_sync: bool = False,
         access: AccessPolicy | None = None,
@@ -105,7 +122,12 @@ class AtelierBot(discord.Client):
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(intents=intents, **options)
         self.registry = registry
-        self.engine = engine
+        links = [link if isinstance(link, EngineLink) else EngineLink(link) for link in engines]
+        if engine is not None:
+            links.insert(0, EngineLink(engine))
+        if not links:
+            raise ValueError("AtelierBot needs an engine: pass engine= or engines=")
+        self.engines = EnginePool(links, depth=engine_depth)
         self.sync_guilds = sync_guilds
         self.sync_commands = sync_commands
         self.force_sync = force_sync
@@ -120,25 +142,36 @@ class AtelierBot(discord.Client):
         self.tree = AtelierTree(self)
         self.actions = Actions(self)
         self.recipes = RecipeActions(self)
+        self.poster = Poster(
+            self, result_view=lambda job: views.detached(views.result_view()), result_retry_s=result_retry
+        )
         self.dispatcher = Dispatcher(
             self,
-            engine,
+            self.engines,
+            self.poster,
+            limits=Limits(max_pending=max_pending, server_share=server_share),
             status_interval=status_interval,
-            max_pending=max_pending,
             stall_limit=stall_limit,
             retry_wait=retry_wait,
-            view_factory=lambda job: views.status_view(job.id),
-            result_view=lambda job: views.result_view(),
+            max_batch=max_batch,
+            affinity_window=affinity_window,
             on_result=self.actions.record_result,
         )
         self.synced: list[app_commands.AppCommand] = []
+
+    @property
+    def engine(self) -> EngineClient:
+        """An engine for one-off questions (inspecting a file, listing files)."""
+        return self.engines.primary
 
     async def setup_hook(self) -> None:
         from bot.commands import register_all
 
         register_all(self.tree)
         self.add_dynamic_items(*views.DYNAMIC_ITEMS)
-        self.dispatcher.start()
+        if self.registry is not None:
+            self.dispatcher.store = JobStore(self.registry.database)
+        await self.dispatcher.start()
         if not self.access.owners and self.application is not None:
             # No owners configured: the application's owner, or its team's members.
             team = self.application.team
@@ -174,6 +207,3 @@ class AtelierBot(discord.Client):
         await self.lifecycle.close()
         await self.dispatcher.close()
         await super().close()
-
-    async def submit_job(self, job: Job, *, user_limit: int) -> Job:
-        return await self.dispatcher.submit(job, user_limit=user_limit)

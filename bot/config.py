@@ -9,6 +9,9 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `data_dir` | `ATELIER_DATA_DIR` | `./var` | Folder for the SQLite registry |
 | `database` | `ATELIER_DATABASE` | `<data_dir>/atelier.sqlite3` | SQLite file, if elsewhere |
 | `engine_url` | `ATELIER_ENGINE_URL` | (empty: spawn one) | Use an engine already running at this URL |
+| `engine_urls` | `ATELIER_ENGINE_URLS` | (empty) | Several engines already running (comma-separated URLs, one per GPU or machine); jobs go to a free one, preferring one that holds their model |
+| `engine_depth` | `ATELIER_ENGINE_DEPTH` | `2` | Jobs (or batches) each engine holds at once, so the next is ready while one denoises |
+| `engine_batch` | `ATELIER_ENGINE_BATCH` | `4` | Most compatible jobs handed to an engine together (same model, LoRAs, size, steps, sampler, CFG) |
 | `engine_port` | `ATELIER_ENGINE_PORT` | `7861` | Loopback port of the spawned engine |
 | `model_dir` | `ATELIER_MODEL_DIR` | `./models` | Base models folder for the spawned engine |
 | `lora_dir` | `ATELIER_LORA_DIR` | `./loras` | LoRA folder for the spawned engine |
@@ -16,10 +19,13 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `engine_start_timeout` | `ATELIER_ENGINE_START_TIMEOUT` | `120` | Seconds to wait for the engine's `/health` |
 | `sync_guilds` | `ATELIER_SYNC_GUILDS` | (empty: global) | Comma-separated guild ids to sync commands to instantly |
 | `status_interval` | `ATELIER_STATUS_INTERVAL` | `2` | Minimum seconds between edits of a status message |
-| `max_pending` | `ATELIER_MAX_PENDING` | `500` | Jobs the bot holds for all servers together |
-| `stall_limit` | `ATELIER_STALL_LIMIT` | `900` | Seconds a job may go without progress before it is given up (raise it for very slow GPUs) |
+| `max_pending` | `ATELIER_MAX_PENDING` | `2000` | Jobs the bot holds for all servers together |
+| `server_share` | `ATELIER_SERVER_SHARE` | `0.5` | Largest share of `max_pending` one server may hold |
+| `stall_limit` | `ATELIER_STALL_LIMIT` | `900` | Seconds a job may go without progress before it is stopped (an engine the bot started is then restarted; raise it for very slow GPUs) |
+| `retry_wait` | `ATELIER_RETRY_WAIT` | `300` | Seconds a job interrupted by an engine crash waits for an engine before it fails |
+| `result_retry` | `ATELIER_RESULT_RETRY` | `900` | Seconds a finished image is retried while Discord fails, before the member is told |
 | `log_level` | `ATELIER_LOG_LEVEL` | `INFO` | Logging level |
-| `engine_token` | `ATELIER_ENGINE_TOKEN` | (generated) | The engine's shared secret. Required with `engine_url`; a spawned engine gets one generated on first start and kept in `<data_dir>/engine-token` (mode 600) |
+| `engine_token` | `ATELIER_ENGINE_TOKEN` | (generated) | The engine's shared secret (one for all engines). Required with `engine_url` or `engine_urls`; a spawned engine gets one generated on first start and kept in `<data_dir>/engine-token` (mode 600) |
 | `allowed_guilds` | `ATELIER_ALLOWED_GUILDS` | (empty: every server) | Comma-separated ids of the servers the bot serves; others get a polite refusal |
 | `leave_other_guilds` | `ATELIER_LEAVE_OTHER_GUILDS` | `false` | Leave servers not in `allowed_guilds` (when invited, and at start) |
 | `owners` | `ATELIER_OWNERS` | (the application's owner or team) | Comma-separated user ids of the bot's owners: admins in every allowed server |
@@ -49,6 +55,9 @@ _ENV = {
     "data_dir": "ATELIER_DATA_DIR",
     "database": "ATELIER_DATABASE",
     "engine_url": "ATELIER_ENGINE_URL",
+    "engine_urls": "ATELIER_ENGINE_URLS",
+    "engine_depth": "ATELIER_ENGINE_DEPTH",
+    "engine_batch": "ATELIER_ENGINE_BATCH",
     "engine_port": "ATELIER_ENGINE_PORT",
     "model_dir": "ATELIER_MODEL_DIR",
     "lora_dir": "ATELIER_LORA_DIR",
@@ -57,7 +66,10 @@ _ENV = {
     "sync_guilds": "ATELIER_SYNC_GUILDS",
     "status_interval": "ATELIER_STATUS_INTERVAL",
     "max_pending": "ATELIER_MAX_PENDING",
+    "server_share": "ATELIER_SERVER_SHARE",
     "stall_limit": "ATELIER_STALL_LIMIT",
+    "retry_wait": "ATELIER_RETRY_WAIT",
+    "result_retry": "ATELIER_RESULT_RETRY",
     "log_level": "ATELIER_LOG_LEVEL",
     "engine_token": "ATELIER_ENGINE_TOKEN",
     "allowed_guilds": "ATELIER_ALLOWED_GUILDS",
@@ -83,6 +95,9 @@ class BotConfig:
     data_dir: Path = Path("var")
     database: Path | None = None
     engine_url: str = ""
+    engine_urls: tuple[str, ...] = ()
+    engine_depth: int = 2
+    engine_batch: int = 4
     engine_port: int = 7861
     model_dir: Path = Path("models")
     lora_dir: Path = Path("loras")
@@ -90,8 +105,11 @@ class BotConfig:
     engine_start_timeout: float = 120.0
     sync_guilds: tuple[int, ...] = ()
     status_interval: float = 2.0
-    max_pending: int = 500
+    max_pending: int = 2000
+    server_share: float = 0.5
     stall_limit: float = 900.0
+    retry_wait: float = 300.0
+    result_retry: float = 900.0
     log_level: str = "INFO"
     #: Kept out of repr: a config printed or logged must not show the secret.
     engine_token: str = dataclasses.field(default="", repr=False)
@@ -106,6 +124,12 @@ class BotConfig:
     @property
     def database_path(self) -> Path:
         return self.database or self.data_dir / "atelier.sqlite3"
+
+    @property
+    def external_engines(self) -> tuple[str, ...]:
+        """Engines already running that the bot uses (empty: it starts its own)."""
+        urls = [*([self.engine_url] if self.engine_url else []), *self.engine_urls]
+        return tuple(dict.fromkeys(url.rstrip("/") for url in urls))
 
     @property
     def engine_token_path(self) -> Path:
@@ -151,6 +175,14 @@ class BotConfig:
                     if isinstance(value, str):
                         value = [v for v in value.replace(" ", "").split(",") if v]
                     values[key] = tuple(int(v) for v in value)
+                elif key == "engine_urls":
+                    if isinstance(value, str):
+                        value = value.replace(" ", "").split(",")
+                    urls = tuple(str(v) for v in value if str(v))
+                    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+                    if bad:
+                        raise ValueError(f"not an http(s) URL: {bad[0]}")
+                    values[key] = urls
                 elif key == "shares":
                     values[key] = _shares(value)
                 elif kind in ("bool", bool):
@@ -171,6 +203,11 @@ class BotConfig:
                     f"{kind}; fix it in the environment or the config file"
                 ) from exc
         config = cls(**values)
+        for key, low in (("engine_depth", 1), ("engine_batch", 1), ("max_pending", 1)):
+            if getattr(config, key) < low:
+                raise ConfigError(f"setting '{key}' ({_ENV[key]}) must be at least {low}")
+        if not 0 < config.server_share <= 1:
+            raise ConfigError("setting 'server_share' (ATELIER_SERVER_SHARE) must be above 0 and at most 1")
         if config.image_classifier not in IMAGE_CLASSIFIERS:
             raise ConfigError(
                 f"image_classifier (ATELIER_IMAGE_CLASSIFIER) is {config.image_classifier!r}; "

@@ -92,11 +92,14 @@ def recipe_embed(
     seconds: float | None = None,
     notes: Sequence[str] = (),
     parent: tuple[str, str] | None = None,
+    reference: str | None = None,
 ) -> discord.Embed:
     """The embed under every generated image: the full recipe, readable at a glance.
 
     ``parent`` is (label, message link) of the image it was rerolled or remixed from, shown
-    as the embed's author line, which Discord makes a link.
+    as the embed's author line, which Discord makes a link. ``reference`` (a short job id)
+    goes in the footer: support can find the job with it, and the bot recognises its own
+    post after a restart.
     """
     embed = discord.Embed(title=truncate(recipe.prompt or "(empty prompt)", TITLE_LIMIT), colour=ACCENT)
     if parent is not None:
@@ -123,6 +126,8 @@ def recipe_embed(
         footer.append(f"{recipe.count} images, seeds {recipe.seed}–{recipe.seed + recipe.count - 1}")
     if seconds is not None:
         footer.append(f"{seconds:.1f} s")
+    if reference:
+        footer.append(f"job {reference}")
     if footer:
         embed.set_footer(text=" · ".join(footer))
     return fit_embed(embed)

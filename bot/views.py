@@ -11,6 +11,7 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
 - ``atelier:card:<action>:<card id>`` on recipe cards, action use/same/remix/save/share; the
   card (recipe, author, where it came from) is a row of ``recipe_cards``.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
+- ``atelier:cancelmine`` under ``/queue``: cancels every job of the clicking member there.
 - ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
 - ``atelier:privacy:delete:<user id>:<0|1>`` under ``/privacy delete`` (1: images too).
 - ``atelier:remix:<message id>``, ``atelier:remixcard:<card id>``, ``atelier:savepost:<message
@@ -189,7 +190,39 @@ class PrivacyDeleteButton(
         await bot.actions.guarded(interaction, delete_member_data(interaction, self.user_id, images=self.images))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton)
+class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"atelier:cancelmine"):
+    """Under ``/queue``: cancels every job of the member who presses it, in that server."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel all my jobs", emoji="✖️", style=discord.ButtonStyle.danger,
+                custom_id="atelier:cancelmine",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelMineButton:
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.actions.cancel_mine(interaction))
+
+
+DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton, CancelMineButton)
+
+
+def detached(view: discord.ui.View) -> discord.ui.View:
+    """``view`` with its components sent, but not kept by discord.py for the message.
+
+    Every button here is a DynamicItem registered once on the client, so discord.py's
+    per-message copy of the view would only grow with every status reply and image.
+    """
+    view.stop()
+    return view
 
 
 def card_view(card_id: int, *, shareable: bool = False) -> discord.ui.View:
@@ -211,6 +244,12 @@ def result_view() -> discord.ui.View:
 def status_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
+    return view
+
+
+def queue_view() -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelMineButton())
     return view
 
 

@@ -31,6 +31,14 @@ SIZES = (
 )
 
 
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``"512x768"`` -> (512, 768); None for anything that is not one of the offered sizes."""
+    if text not in {value for _, value in SIZES}:
+        return None
+    width, height = text.split("x")
+    return int(width), int(height)
+
+
 async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
@@ -141,7 +149,18 @@ async def imagine(
     await interaction.response.defer(ephemeral=True, thinking=True)
     width = height = None
     if size:
-        width, height = (int(v) for v in size.split("x"))
+        parsed = parse_size(size)
+        if parsed is None:
+            # A client that has not reloaded the command list can still send a size that is
+            # no longer offered (or anything at all): say so instead of failing.
+            offered = ", ".join(f"`{value}`" for _, value in SIZES)
+            await send_private(
+                interaction,
+                f"Size `{size[:40]}` is not one of the sizes offered ({offered}). Pick one from "
+                "the list; if it looks different, reload Discord (Ctrl+R) to get the current one.",
+            )
+            return
+        width, height = parsed
     slots = [(lora1, weight1), (lora2, weight2), (lora3, weight3)]
     if recipe:
         from engine.recipe.share_code import ShareCodeError, decode

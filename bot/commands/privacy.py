@@ -35,7 +35,7 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
     data = await bot.registry.privacy.member_data(interaction.guild_id, interaction.user.id)
-    waiting = bot.dispatcher.pending_for(interaction.user.id, interaction.guild_id)
+    waiting = bot.dispatcher.open_jobs(interaction.guild_id, interaction.user.id)
     embed = discord.Embed(title="What Atelier keeps about you here", colour=embeds.ACCENT)
     recipes = ", ".join(f"**{embeds.truncate(n, 50)}**" for n in data.saved_recipes[:10])
     more = f" and {len(data.saved_recipes) - 10} more" if len(data.saved_recipes) > 10 else ""
@@ -56,12 +56,13 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
     embed.add_field(name="Bookmarked LoRAs", value=str(data.bookmarks), inline=True)
     embed.add_field(name="Your admin changes in the audit log", value=str(data.audit_entries), inline=True)
     embed.add_field(name="Jobs waiting now", value=str(len(waiting)), inline=True)
+    embed.add_field(name="Finished jobs (kept a day)", value=str(data.finished_jobs), inline=True)
     grace = bot.lifecycle.grace_s / DAY_S
     embed.set_footer(
         text=(
             "Kept with your user id until you delete it, or until the bot has been out of this server "
-            f"for {grace:g} days. Prompts of jobs live in memory only until the image is posted. "
-            "/privacy delete removes it."
+            f"for {grace:g} days. A job (with its prompt) is kept until it has finished, and a day "
+            "after for time estimates. /privacy delete removes it."
         )
     )
     await send_private(interaction, embed=embeds.fit_embed(embed))
@@ -82,6 +83,7 @@ async def privacy_delete(interaction: discord.Interaction[Any], images: bool = F
         f"{data.cards} recipe card record(s)",
         f"the recipes of {len(data.posts)} image(s)" + (" and the image messages" if images else ""),
         f"{data.bookmarks} bookmark(s)",
+        f"{data.finished_jobs} finished job(s)",
     ]
     text = (
         "This deletes " + ", ".join(what) + ". "
@@ -112,6 +114,7 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
         f"{done.cards} card record(s)",
         f"{len(done.posts)} image record(s)",
         f"{done.bookmarks} bookmark(s)",
+        f"{done.finished_jobs} finished job(s)",
     ]
     text = "Deleted " + ", ".join(parts) + "."
     if images:

@@ -50,6 +50,8 @@ def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -
         ("Images per request", str(settings.max_count)),
         ("Prompt limit", f"{settings.prompt_limit} characters"),
         ("Queue limit per member", str(settings.queue_limit_per_user)),
+        ("Worked on at once per member", str(settings.active_jobs_per_user)),
+        ("Queue limit for the server", str(settings.server_queue_limit)),
         ("Add missing trigger words", "yes" if settings.auto_trigger_words else "no, report them"),
         ("NSFW", settings.nsfw_policy.value),
         ("Default model", settings.default_model or "none"),
@@ -61,6 +63,12 @@ def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -
     ]
     for name, value in rows:
         embed.add_field(name=name, value=value, inline=True)
+    if settings.priority_roles:
+        embed.add_field(
+            name="Priority roles (twice the share of turns)",
+            value=", ".join(f"<@&{role}>" for role in settings.priority_roles),
+            inline=False,
+        )
     if settings.role_max_loras:
         embed.add_field(
             name="Role stack caps",
@@ -92,6 +100,10 @@ def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -
     max_count="Most images per request",
     prompt_limit="Longest prompt, in characters",
     queue_limit="Jobs one member may have waiting at once",
+    active_limit="Jobs of one member the GPU works on at once while others wait",
+    server_queue_limit="Jobs this whole server may have waiting at once",
+    priority_role="A role whose members get twice the share of turns (with priority)",
+    priority="Give priority_role priority (true) or take it away (false)",
     auto_trigger_words="Add a LoRA's missing trigger words to the prompt (or only report them)",
     nsfw_policy="Where NSFW models and LoRAs may be used",
     default_model="Model used when /imagine names none",
@@ -116,6 +128,10 @@ async def settings(
     max_count: app_commands.Range[int, 1, 4] | None = None,
     prompt_limit: app_commands.Range[int, 1, 6000] | None = None,
     queue_limit: app_commands.Range[int, 1, 100] | None = None,
+    active_limit: app_commands.Range[int, 1, 16] | None = None,
+    server_queue_limit: app_commands.Range[int, 1, 5000] | None = None,
+    priority_role: discord.Role | None = None,
+    priority: bool | None = None,
     auto_trigger_words: bool | None = None,
     nsfw_policy: str | None = None,
     default_model: str | None = None,
@@ -145,6 +161,8 @@ async def settings(
             ("max_count", max_count),
             ("prompt_limit", prompt_limit),
             ("queue_limit_per_user", queue_limit),
+            ("active_jobs_per_user", active_limit),
+            ("server_queue_limit", server_queue_limit),
             ("auto_trigger_words", auto_trigger_words),
             ("nsfw_policy", NsfwPolicy(nsfw_policy) if nsfw_policy else None),
             ("default_model", default_model),
@@ -163,6 +181,16 @@ async def settings(
         else:
             caps[role.id] = role_max_loras
         changes["role_max_loras"] = caps
+    if (priority_role is None) != (priority is None):
+        await interaction.followup.send("Give both `priority_role` and `priority` to change a role's priority.", ephemeral=True)
+        return
+    if priority_role is not None and priority is not None:
+        roles = set(current.priority_roles)
+        if priority:
+            roles.add(priority_role.id)
+        else:
+            roles.discard(priority_role.id)
+        changes["priority_roles"] = tuple(sorted(roles))
     if default_model is not None and await registry.get_model(interaction.guild_id, default_model) is None:
         await interaction.followup.send(f"There is no model named `{default_model}`; see `/model list`.", ephemeral=True)
         return

@@ -236,6 +236,14 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
     _order(s.size_min, s.size_max, "size")
     _int(s.max_count, "images per request", 1, min(4, DEFAULT_LIMITS.max_count))
     _int(s.queue_limit_per_user, "per-user queue limit", 1, 100)
+    _int(s.active_jobs_per_user, "jobs worked on at once per member", 1, 16)
+    _int(s.server_queue_limit, "server queue limit", 1, 5000)
+    try:
+        priority_roles = tuple(sorted({int(role) for role in s.priority_roles}))
+    except (TypeError, ValueError):
+        raise RegistryError("Priority roles must be role ids.") from None
+    if len(priority_roles) > 25:
+        raise RegistryError("At most 25 priority roles; remove one first.")
     try:
         policy = NsfwPolicy(s.nsfw_policy)
     except ValueError:
@@ -265,6 +273,7 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
         auto_trigger_words=bool(s.auto_trigger_words),
         nsfw_policy=policy,
         default_model=default_model,
+        priority_roles=priority_roles,
         image_check=image_check.value,
         blocked_words=blocked,
     )

@@ -96,8 +96,15 @@ class Database:
     async def transaction(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run ``work`` inside ``BEGIN IMMEDIATE … COMMIT`` on the writer, retrying when busy.
 
-        ``work`` may run more than once, so it must only touch the database.
+        ``work`` may run more than once, so it must only touch the database. A caller that is
+        cancelled (a task stopped at shutdown) does not cut the transaction short: it runs to
+        its COMMIT or ROLLBACK in a shielded task, because aiosqlite cannot take back a
+        statement already sent to its thread, and a half-done one would leave the shared
+        writer inside a transaction for everyone after.
         """
+        return await asyncio.shield(self._transaction(work))
+
+    async def _transaction(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         delay = 0.02
         async with self._write_lock:
             for attempt in range(1, WRITE_ATTEMPTS + 1):

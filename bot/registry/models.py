@@ -309,6 +309,12 @@ class ServerSettings:
     nsfw_policy: NsfwPolicy = NsfwPolicy.NSFW_CHANNELS
     #: Jobs one member may have queued or running at once.
     queue_limit_per_user: int = 2
+    #: Jobs the engines work on for one member at once while other members wait.
+    active_jobs_per_user: int = 2
+    #: Jobs this whole server may have queued or running at once (the bot's own cap may be lower).
+    server_queue_limit: int = 200
+    #: Roles whose members get twice the share of the server's turns (never the whole queue).
+    priority_roles: tuple[int, ...] = ()
     #: Model used when /imagine names none.
     default_model: str | None = None
     #: What happens to an image the classifier flags where NSFW is not allowed (see
@@ -325,6 +331,7 @@ class ServerSettings:
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["role_max_loras"] = {str(k): v for k, v in self.role_max_loras.items()}
+        data["priority_roles"] = [str(role) for role in self.priority_roles]
         data["nsfw_policy"] = str(self.nsfw_policy)
         data["blocked_words"] = list(self.blocked_words)
         return data
@@ -338,6 +345,8 @@ class ServerSettings:
             values["role_max_loras"] = {int(k): int(v) for k, v in values["role_max_loras"].items()}
         if "nsfw_policy" in values:
             values["nsfw_policy"] = NsfwPolicy(values["nsfw_policy"])
+        if "priority_roles" in values:
+            values["priority_roles"] = tuple(int(role) for role in values["priority_roles"])
         if "blocked_words" in values:
             values["blocked_words"] = tuple(values["blocked_words"])
         return cls(**values)

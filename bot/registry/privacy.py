@@ -20,6 +20,7 @@ from bot.registry.db import Database
 #: (ON DELETE CASCADE) and are listed too, for the rows left by LoRAs already removed.
 GUILD_TABLES = (
     # Children before the rows they reference (foreign keys are on).
+    "jobs",
     "post_attachments",
     "recipe_book_loras",
     "recipe_cards",
@@ -33,6 +34,8 @@ GUILD_TABLES = (
     "embeddings",
     "guild_settings",
 )
+#: A job the member has been told the outcome of.
+_FINISHED = "state IN ('done', 'failed', 'cancelled') AND told = 1"
 #: Rows kept for a departed server's last sync of commands to it directly (development).
 _GUILD_SYNC_SCOPE = "guild:{}"
 
@@ -51,12 +54,14 @@ class MemberData:
     book_entries: tuple[str, ...] = ()
     #: Recipe cards the member shared, or that credit them as the recipe's author.
     cards: int = 0
+    #: Finished jobs still in the job table (kept a day, for ETAs; see bot.jobs.store).
+    finished_jobs: int = 0
 
     @property
     def empty(self) -> bool:
         return not (
             self.saved_recipes or self.posts or self.bookmarks or self.audit_entries
-            or self.book_entries or self.cards
+            or self.book_entries or self.cards or self.finished_jobs
         )
 
 
@@ -68,6 +73,7 @@ class MemberDeletion:
     audit_entries: int
     book_entries: int = 0
     cards: int = 0
+    finished_jobs: int = 0
 
 
 class PrivacyStore:
@@ -100,6 +106,10 @@ class PrivacyStore:
             "SELECT count(*) FROM recipe_cards WHERE guild_id = ? AND (author_id = ? OR shared_by = ?)",
             (guild_id, user_id, user_id),
         )
+        jobs = await self._db.fetch_one(
+            f"SELECT count(*) FROM jobs WHERE guild_id = ? AND user_id = ? AND {_FINISHED}",  # noqa: S608
+            (guild_id, user_id),
+        )
         return MemberData(
             tuple(r[0] for r in recipes),
             tuple((int(r[0]), int(r[1])) for r in posts),
@@ -107,6 +117,7 @@ class PrivacyStore:
             int(audit[0]) if audit else 0,
             tuple(r[0] for r in book),
             int(cards[0]) if cards else 0,
+            int(jobs[0]) if jobs else 0,
         )
 
     async def delete_member_data(self, guild_id: int, user_id: int) -> MemberDeletion:
@@ -132,9 +143,11 @@ class PrivacyStore:
                 "UPDATE audit_log SET actor_id = 0 WHERE guild_id = ? AND actor_id = ?",
                 "DELETE FROM recipe_book WHERE guild_id = ? AND author_id = ?",  # its LoRA keys cascade
                 "DELETE FROM recipe_cards WHERE guild_id = ?1 AND (author_id = ?2 OR shared_by = ?2)",
+                # Waiting jobs stay (the member cancels them from /queue); finished ones go.
+                f"DELETE FROM jobs WHERE guild_id = ? AND user_id = ? AND {_FINISHED}",  # noqa: S608
             ):
                 counts.append((await conn.execute(sql, (guild_id, user_id))).rowcount)
-            return MemberDeletion(counts[0], posts, counts[1], counts[3], counts[4], counts[5])
+            return MemberDeletion(counts[0], posts, counts[1], counts[3], counts[4], counts[5], counts[6])
 
         return await self._db.transaction(work)
 

@@ -276,6 +276,15 @@ class Registry:
     def path(self) -> Path:
         return self._db.path
 
+    @property
+    def database(self) -> Database:
+        """The open SQLite file, for the other stores that live in it (the job store).
+
+        One writer connection per file: sharing it keeps every write in this process behind
+        the same lock, so the job store and the registry never meet "database is locked".
+        """
+        return self._db
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _invalidate(self, guild_id: int) -> None:

@@ -4,7 +4,10 @@
 ``/api/v10`` and a gateway websocket under ``/gateway``. Tests build a world (guilds, channels,
 members), act as people (slash commands, autocomplete, button clicks, modal submits: all sent
 as real INTERACTION_CREATE payloads), and read back what the bot put on the wire. Discord's rules
-are enforced server-side, as Discord does, and every refusal is recorded in ``violations``.
+are enforced server-side, as Discord does, and every refusal is recorded in ``violations``;
+rate limits included (:mod:`bot.sandbox.ratelimits`: per-route buckets, 5 messages per 5 s
+per channel, interaction-token buckets, the global limit), with ``fail``, ``reset_connections``
+and ``rate_limit`` to inject Discord's bad moments.
 
 Usage::
 
@@ -33,7 +36,8 @@ from aiohttp import web
 from bot.sandbox import gateway as gw
 from bot.sandbox import options as options_
 from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, REQUEST_SIZE_MAX, modal_text_inputs
-from bot.sandbox.records import RateLimitRule, RequestRecord, Violation
+from bot.sandbox.ratelimits import RateLimiter
+from bot.sandbox.records import FaultRule, RateLimitRule, RequestRecord, Violation
 from bot.sandbox.rest import RestApi
 from bot.sandbox.state import (
     BOT_PERMISSIONS,
@@ -71,6 +75,8 @@ class DiscordDouble:
         token_lifetime: float = 15 * 60,
         attachment_size_limit: int = DEFAULT_ATTACHMENT_SIZE_LIMIT,
         request_size_limit: int = REQUEST_SIZE_MAX,
+        rate_limits: bool = True,
+        nonce_window: float = 5 * 60,
     ) -> None:
         self.token = token
         self.bot_user = User(snowflake(), bot_name, bot=True)
@@ -99,6 +105,12 @@ class DiscordDouble:
         self.proxy_fetches: list[int] = []
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._rate_limits: list[RateLimitRule] = []
+        self._faults: list[FaultRule] = []
+        #: Discord's buckets and global limit (see :mod:`bot.sandbox.ratelimits`); on by default.
+        self.limiter = RateLimiter(enabled=rate_limits)
+        #: How long a message nonce sent with ``enforce_nonce`` stays unique ("a few minutes").
+        self.nonce_window = nonce_window
+        self._nonces: dict[str, tuple[float, StoredMessage]] = {}
         self._clock_offset = 0.0
         self._last_intents = 0
         self._message_event = asyncio.Condition()
@@ -339,6 +351,26 @@ class DiscordDouble:
         sends Cloudflare's bare HTML 429 instead (no ``Via``), which discord.py does not retry.
         """
         self._rate_limits.append(RateLimitRule(route_pattern, count, retry_after, is_global, cloudflare))
+
+    def fail(
+        self,
+        route_pattern: str,
+        count: int = 1,
+        *,
+        status: int = 503,
+        code: int = 0,
+        message: str = "upstream connect error or disconnect/reset before headers",
+    ) -> None:
+        """Answer the next ``count`` requests matching ``route_pattern`` with ``status``.
+
+        Discord's edge answers 500, 502, 503 and 504 during incidents; the pattern is the same
+        glob as :meth:`rate_limit`. ``status=403, code=50013`` gives a permissions error.
+        """
+        self._faults.append(FaultRule(route_pattern, count, "http", status, code, message))
+
+    def reset_connections(self, route_pattern: str, count: int = 1) -> None:
+        """Drop the connection of the next ``count`` matching requests without an answer."""
+        self._faults.append(FaultRule(route_pattern, count, "reset"))
 
     def requests_matching(self, pattern: str) -> list[RequestRecord]:
         """Requests whose ``"METHOD /path"`` matches an fnmatch glob."""
@@ -616,6 +648,23 @@ class DiscordDouble:
         if channel.guild is None:
             return DEFAULT_EVERYONE_PERMISSIONS
         return channel.guild.members[self.bot_user.id].permissions
+
+    def take_fault(self, method: str, path: str) -> FaultRule | None:
+        for rule in self._faults:
+            if rule.remaining > 0 and fnmatch.fnmatchcase(f"{method} {path}", rule.pattern):
+                rule.remaining -= 1
+                return rule
+        return None
+
+    def message_for_nonce(self, author: User, nonce: str) -> StoredMessage | None:
+        """The message ``author`` created with ``nonce`` within the nonce window, if any."""
+        found = self._nonces.get(f"{author.id}:{nonce}")
+        if found is None or time.monotonic() - found[0] > self.nonce_window:
+            return None
+        return found[1]
+
+    def remember_nonce(self, author: User, nonce: str, message: StoredMessage) -> None:
+        self._nonces[f"{author.id}:{nonce}"] = (time.monotonic(), message)
 
     def take_rate_limit(self, method: str, path: str) -> RateLimitRule | None:
         for rule in self._rate_limits:

@@ -41,6 +41,7 @@ CHAT_INPUT_COMMANDS_MAX = 100
 CONTEXT_MENU_COMMANDS_MAX = 15
 DEFAULT_ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 REQUEST_SIZE_MAX = 25 * 1024 * 1024
+NONCE_MAX = 25
 
 INVALID_FORM_BODY = 50035
 EMPTY_MESSAGE = 50006
@@ -261,6 +262,9 @@ def check_message(
     check_embeds(errors, embeds)
     components = payload.get("components") or []
     check_components(errors, components, int(payload.get("flags") or 0))
+    nonce = payload.get("nonce")
+    if isinstance(nonce, str) and len(nonce) > NONCE_MAX:
+        errors.add(("nonce",), "BASE_TYPE_MAX_LENGTH", f"Must be {NONCE_MAX} or fewer in length.")
     if creating and not (content or embeds or components or file_count or payload.get("sticker_ids")
                          or payload.get("poll")):
         errors.add((), "EMPTY_MESSAGE", "Cannot send an empty message")

@@ -22,6 +22,8 @@ class RequestRecord:
     files: list[str] = field(default_factory=list)
     error_code: int | None = None
     rate_limited: bool = False
+    #: An injected fault this request got instead of an answer ("http" or "reset").
+    fault: str | None = None
 
 
 @dataclass
@@ -47,6 +49,18 @@ class RateLimitRule:
     retry_after: float
     is_global: bool
     cloudflare: bool = False
+
+
+@dataclass
+class FaultRule:
+    """Answer the next ``remaining`` matching requests with a server error or a reset."""
+
+    pattern: str
+    remaining: int
+    kind: str  # "http": answer ``status``; "reset": drop the connection without an answer
+    status: int = 503
+    code: int = 0
+    message: str = "upstream connect error or disconnect/reset before headers"
 
 
 RECORD_KEY = web.RequestKey("record", RequestRecord)

@@ -106,11 +106,27 @@ class RestApi:
         if is_api:
             double.requests.append(record)
         response: web.StreamResponse
+        limits = None
         try:
             rule = double.take_rate_limit(request.method, path) if is_api else None
+            fault = double.take_fault(request.method, path) if is_api and rule is None else None
+            if is_api and rule is None:
+                authenticated = request.headers.get("Authorization") == f"Bot {double.token}"
+                limits = double.limiter.check(request.method, path, authenticated=authenticated)
             if rule is not None:
                 record.rate_limited = True
                 response = self._too_many_requests(rule)
+            elif limits is not None and limits.retry_after is not None:
+                record.rate_limited = True
+                response = self._refused_by_limiter(limits)
+            elif fault is not None:
+                record.fault = fault.kind
+                if fault.kind == "reset":
+                    # The connection dies before any answer, as when Discord's edge resets it.
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise ConnectionResetError("connection reset by the double")
+                response = json_reply({"message": fault.message, "code": fault.code}, fault.status)
             else:
                 if is_api and self._needs_bot_auth(path):
                     if request.headers.get("Authorization") != f"Bot {double.token}":
@@ -130,6 +146,13 @@ class RestApi:
                     handle.errors.append((error.status, error.code))
                     await handle._notify()
             response = error.to_response()
+        if limits is not None and limits.retry_after is None:
+            response.headers.update(limits.headers)
+        if is_api and double.limiter.count_invalid(response.status):
+            double.record_violation(Violation(
+                "invalid_request_limit", request.method, path, response.status, None,
+                ["10,000 invalid requests (401/403/429) within 10 minutes: Cloudflare bans the IP"],
+            ))
         record.status = response.status
         record.duration = time.monotonic() - record.started_at
         return response
@@ -137,6 +160,12 @@ class RestApi:
     @staticmethod
     def _needs_bot_auth(path: str) -> bool:
         return not (path.startswith("/interactions/") or path.startswith("/webhooks/"))
+
+    @staticmethod
+    def _refused_by_limiter(decision: Any) -> web.Response:
+        body = {"message": "You are being rate limited.", "retry_after": round(decision.retry_after, 3),
+                "global": decision.is_global}
+        return json_reply(body, 429, decision.headers)
 
     @staticmethod
     def _too_many_requests(rule: RateLimitRule) -> web.Response:
@@ -469,10 +498,22 @@ class RestApi:
         check_message(errors, payload, creating=True, file_count=len(files))
         if errors:
             raise _form_error(errors, "invalid_message")
+        nonce = payload.get("nonce")
+        if nonce is not None and payload.get("enforce_nonce"):
+            # Discord: "If another message was created by the same author with the same nonce,
+            # that message will be returned and no new message will be created."
+            earlier = self.double.message_for_nonce(self.double.bot_user, str(nonce))
+            if earlier is not None:
+                return json_reply({**earlier.to_payload(), "nonce": str(nonce)})
         message_type = MESSAGE_TYPE_REPLY if payload.get("message_reference") else MESSAGE_TYPE_DEFAULT
         payload = {**payload, "flags": int(payload.get("flags") or 0) & ~EPHEMERAL}
         message = await self._create_message(channel, payload, files, message_type=message_type)
-        return json_reply(message.to_payload())
+        reply = message.to_payload()
+        if nonce is not None:
+            reply["nonce"] = str(nonce)
+            if payload.get("enforce_nonce"):
+                self.double.remember_nonce(self.double.bot_user, str(nonce), message)
+        return json_reply(reply)
 
     async def channel_message(self, request: web.Request) -> web.StreamResponse:
         channel = self._channel(request)

@@ -143,7 +143,7 @@ async def test_member_commands_answer_privately(world: World) -> None:
     assert "pixel-art" in await run("lora", {}, "bookmarks")
     assert SDXL in await run("model", {}, "list")
     assert "sd15" in await run("model", {"name": SD15}, "info")
-    assert "queue is empty" in await run("queue", {})
+    assert "Nobody: `/imagine` starts right away" in await run("queue", {})
     assert world.double.violations == []
 
 

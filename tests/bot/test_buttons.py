@@ -131,7 +131,7 @@ async def test_cancel_button_only_for_requester_or_moderator(world: World) -> No
     assert "Manage Messages" in (await click.wait_response(3) and click.response_payloads[-1]["data"]["content"])
     click = await world.double.click(world.alice, status, cancel_id)
     await click.wait_followup()
-    await world.double.wait_for_message(world.channel, lambda m: m.id == status.id and "cancelled" in m.content, within=30)
+    await world.double.wait_for_message(world.channel, lambda m: m.id == status.id and "Cancelled" in m.content, within=30)
     assert not any(is_result(m) for m in world.double.messages(world.channel))
 
 

@@ -35,7 +35,9 @@ async def test_small_upload_limit_and_expired_token_still_deliver_the_image(
                 assert "Seed: 3" in png_parameters(png.data)  # the recipe survives re-encoding
                 notes = next(f["value"] for f in result.embeds[0]["fields"] if f["name"] == "Notes")
                 assert "scaled down" in notes
-                assert double.violations == []
+                # The double expired the token behind the bot's back: the bot may learn it from
+                # one refused edit of its private reply, and must stop using the token then.
+                assert [v.kind for v in double.violations] in ([], ["interaction_token_expired"])
 
 
 async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str, tmp_path) -> None:

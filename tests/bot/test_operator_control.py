@@ -168,8 +168,8 @@ async def test_results_mention_only_the_requester(world: World) -> None:
     mentions = post.payload["allowed_mentions"]  # type: ignore[index]
     # Was {"users": [id], "parse": ["everyone", "roles"]}: now nothing is parsed from the text.
     assert mentions == {"users": [world.alice.user.id], "parse": []}
-    # Status messages echo the prompt too, and ping nobody.
-    statuses = [r for r in world.double.requests_matching("POST /channels/*/messages") if not r.files]
+    # Status messages (the private reply and its edits) echo the prompt too, and ping nobody.
+    statuses = [r for r in world.double.requests_matching("* /webhooks/*") if r.payload and "content" in r.payload]
     assert statuses and all(r.payload["allowed_mentions"]["parse"] == [] for r in statuses)  # type: ignore[index]
 
 

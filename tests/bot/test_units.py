@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 from bot import embeds, views
 from bot.actions import lora_changes, parse_lora_lines
 from bot.config import BotConfig, ConfigError
-from bot.dispatch import fit_files
+from bot.jobs import fit_files
 from bot.recipe_text import imagine_command, recipe_reply, suggest_name
 from bot.registry import Category, LoraEntry
 from bot.registry.text import clean_name
@@ -260,3 +260,47 @@ async def test_the_configured_stall_limit_reaches_the_dispatcher() -> None:
     async with EngineClient("http://127.0.0.1:9") as engine:
         bot = AtelierBot(registry=None, engine=engine, stall_limit=1800.0)
         assert bot.dispatcher.stall_limit == 1800.0
+
+
+def test_engine_addresses_and_queue_settings_from_the_environment() -> None:
+    config = BotConfig.load(env={"ATELIER_ENGINE_URLS": "http://gpu1:7861, http://gpu2:7861/", "ATELIER_ENGINE_DEPTH": "3"})
+    assert config.engine_urls == ("http://gpu1:7861", "http://gpu2:7861/")
+    assert config.external_engines == ("http://gpu1:7861", "http://gpu2:7861")
+    assert config.engine_depth == 3 and config.engine_batch == 4 and config.max_pending == 2000
+    one = BotConfig.load(env={"ATELIER_ENGINE_URL": "http://gpu1:7861", "ATELIER_ENGINE_URLS": "http://gpu1:7861"})
+    assert one.external_engines == ("http://gpu1:7861",)  # the one-engine form and the list agree
+    assert BotConfig.load(env={}).external_engines == ()  # none: the bot starts its own
+    with pytest.raises(ConfigError, match="ATELIER_ENGINE_URLS"):
+        BotConfig.load(env={"ATELIER_ENGINE_URLS": "gpu1:7861"})
+    with pytest.raises(ConfigError, match="server_share"):
+        BotConfig.load(env={"ATELIER_SERVER_SHARE": "1.5"})
+    with pytest.raises(ConfigError, match="engine_depth"):
+        BotConfig.load(env={"ATELIER_ENGINE_DEPTH": "0"})
+
+
+def test_server_queue_settings_round_trip_and_are_checked() -> None:
+    from bot.registry import RegistryError, ServerSettings
+    from bot.registry.checks import clean_settings
+
+    settings = ServerSettings(priority_roles=(5, 3), active_jobs_per_user=1, server_queue_limit=50)
+    again = ServerSettings.from_json(settings.to_json())
+    assert again.priority_roles == (5, 3) and again.active_jobs_per_user == 1 and again.server_queue_limit == 50
+    assert clean_settings(settings).priority_roles == (3, 5)
+    assert ServerSettings.from_json({}).server_queue_limit == 200  # old rows load with defaults
+    with pytest.raises(RegistryError, match="server queue limit"):
+        clean_settings(ServerSettings(server_queue_limit=0))
+
+
+def test_status_text_rounds_far_positions_so_a_long_queue_is_edited_rarely() -> None:
+    from bot.jobs import Job
+    from bot.jobs.status import describe_eta, describe_position, status_text
+
+    assert describe_position(0) == "you are next" and describe_position(3) == "**3** ahead of you"
+    assert describe_position(243) == describe_position(180) == "about **200** ahead of you"
+    assert describe_position(7) == "about **10** ahead of you" and describe_position(5) == "**5** ahead of you"
+    assert describe_eta(30) == "starts in under a minute" and describe_eta(125) == "starts in about 2 min"
+    job = Job(recipe=recipe(), guild_id=1, channel_id=2, user_id=3, user_name="u")
+    job.position, job.eta_s = 243, 1800
+    text = status_text(job)
+    assert "about **200** ahead" in text and "30 min" in text and "posted in this channel" in text
+    assert "restarting" in status_text(job, engines_down=True)

@@ -123,3 +123,25 @@ async def test_the_recipe_book_counts_as_a_members_data_and_goes_with_the_server
     await registry.privacy.record_departure(GUILD, at=0.0)
     assert await registry.purge_departed(grace_s=1, now=10.0) == [GUILD]
     assert await registry.book.get(GUILD, "storm") is None
+
+
+async def test_the_job_table_is_a_members_data_too(registry: Registry) -> None:
+    """Finished jobs (prompts, names) are listed and deleted with the member's data; a job still
+    waiting stays for its member to cancel; a departed server's jobs go with the server."""
+    import time
+
+    from bot.jobs import Job, JobState, JobStore
+
+    store = JobStore(registry.database)
+    recipe = Recipe(model="base.safetensors", prompt="a private prompt")
+    done = Job(recipe=recipe, guild_id=GUILD, channel_id=10, user_id=ALICE, user_name="alice",
+               state=JobState.DONE, told=True, finished_at=time.time())  # fmt: skip
+    waiting = Job(recipe=recipe, guild_id=GUILD, channel_id=10, user_id=ALICE, user_name="alice")
+    elsewhere = Job(recipe=recipe, guild_id=OTHER_GUILD, channel_id=20, user_id=ALICE, user_name="alice")
+    for job in (done, waiting, elsewhere):
+        await store.add(job)
+    assert (await registry.privacy.member_data(GUILD, ALICE)).finished_jobs == 1
+    assert (await registry.privacy.delete_member_data(GUILD, ALICE)).finished_jobs == 1
+    assert await store.get(done.id) is None and await store.get(waiting.id) is not None
+    await registry.privacy.purge_guild(GUILD)
+    assert await store.get(waiting.id) is None and await store.get(elsewhere.id) is not None

@@ -1,0 +1,702 @@
+"""From an accepted request to a posted image, whatever crashes in between.
+
+The dispatcher owns the job path. It writes each job to the job table before the member is
+told it is queued, asks the :class:`~bot.jobs.scheduler.FairScheduler` what each free engine
+should get, follows every job on its engine, and hands finished images to the
+:class:`~bot.jobs.poster.Poster` in their own tasks, so the engines never wait on Discord.
+
+What can go wrong, and what happens:
+
+- **An engine dies** (SIGKILL, crash, host out of memory): its jobs' event streams break at
+  once; each job goes back to the front of the queue and runs once more on the next engine
+  that is up; a second loss fails it with a message that says so. An engine the bot owns is
+  restarted by :class:`~bot.engine_process.EngineProcess`, with backoff, for as long as the
+  bot runs. A job lost this way fails if no engine takes it within ``retry_wait``.
+- **A job stalls** (the engine answers, the job never advances for ``stall_limit``): it is
+  cancelled; an engine the bot owns is restarted and the job runs once more; on an engine
+  the bot does not own the job fails with its request, since the same engine would stall again.
+- **The bot dies** (SIGKILL, power): on the next start every unfinished job is taken up.
+  Queued ones are queued again; for submitted and running ones the engine is asked, by the
+  job's idempotent engine id, whether it finished: finished results are collected and
+  posted, running ones followed, lost ones run again. A result whose post may already have
+  reached Discord is posted with the same nonce, which Discord answers with the first post.
+  Members are told: their private reply says so while its token lives, and one message per
+  channel names the others (:mod:`bot.jobs.recovery`).
+- **Discord fails** (5xx, 429, resets): posts and edits are retried for a bounded time
+  (:mod:`bot.jobs.poster`); an image is kept until Discord takes it or the time runs out.
+
+Operator details (engine addresses, commands) go to the log, never to a channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import discord
+
+from bot import embeds
+from bot.jobs.engines import EnginePool, EngineSlot
+from bot.jobs.model import Job, JobState
+from bot.jobs.poster import Poster, PostRefused
+from bot.jobs.recovery import Recovery
+from bot.jobs.scheduler import FairScheduler
+from bot.jobs.speed import SpeedBook
+from bot.jobs.status import FAREWELL_S, StatusBoard, status_text
+from bot.jobs.store import JobStore
+from bot.recipe_text import imagine_command, public_error
+from engine.protocol import EngineError, ErrorCode
+
+log = logging.getLogger(__name__)
+
+#: Longest a job may go without an event (heartbeats do not count) before it is given up.
+#: Generous on purpose: the first use of a large model can spend minutes loading before its
+#: first step, and one step of a big image on a small GPU can take a minute.
+DEFAULT_STALL_LIMIT_S = 15 * 60.0
+#: Engine losses a job survives: it runs once more after the first, then fails.
+MAX_LOSSES = 1
+#: Finished jobs kept in memory for buttons clicked before their post is recorded.
+RECENT_POSTS = 256
+#: How often old finished jobs are deleted from the job table.
+PRUNE_EVERY_S = 3600.0
+
+ADVICE: dict[str, str] = {
+    ErrorCode.ARCH_MISMATCH: "Pick LoRAs made for the same architecture as the model.",
+    ErrorCode.LORA_NO_MATCH: "This LoRA file does not fit the model; an admin should check its architecture.",
+    ErrorCode.UNKNOWN_FILE: "The file is missing from the engine's folder; ask an admin to check the registry.",
+    ErrorCode.CORRUPT_FILE: "The file is damaged; ask an admin to replace or remove it.",
+    ErrorCode.UNSUPPORTED_FORMAT: "The engine cannot apply this LoRA's format; ask an admin to remove it or convert it.",
+    ErrorCode.OUT_OF_MEMORY: "Try a smaller size, fewer images or fewer LoRAs.",
+}
+#: What members read when an engine went away (the engine's own words name its address).
+ENGINE_LOST = (
+    "The image engine stopped while making this image, twice, so it was not retried again; "
+    "it may be too large for the GPU. Try a smaller size or fewer images, and tell an admin "
+    "if it keeps happening."
+)
+ENGINE_GONE = (
+    "The image engine stopped while making this image and did not come back within {wait}. "
+    "Try again later, and tell an admin if it keeps happening."
+)
+
+ResultHook = Callable[[Job, discord.Message, float], Awaitable[None]]
+
+
+class QueueFull(Exception):
+    """The member, the server or the whole bot has too many jobs waiting; says what to do."""
+
+
+class JobStalled(Exception):
+    """The engine answers but sent nothing about this job for ``stall_limit`` seconds.
+
+    Deliberately not a TimeoutError or OSError: those mean the engine is gone.
+    """
+
+
+class EngineLost(Exception):
+    """The engine went away while it held the job (the detail is for the log)."""
+
+
+def describe_error(code: str, message: str) -> str:
+    advice = ADVICE.get(code, "")
+    return f"{message} {advice}".strip()
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} s"
+
+
+def _with_request(job: Job, text: str) -> str:
+    request = embeds.truncate(imagine_command(job.recipe), 1500)
+    return f"{text}\nYour request, to run it again:\n`{request}`"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much the queue holds (the operator's settings; servers have their own below these)."""
+
+    max_pending: int = 2000
+    #: Largest share of ``max_pending`` one server may hold, so a busy server cannot lock out others.
+    server_share: float = 0.5
+
+
+class Dispatcher:
+    """Holds the queue, feeds the engines, posts every outcome."""
+
+    def __init__(
+        self,
+        client: discord.Client,
+        pool: EnginePool,
+        poster: Poster,
+        *,
+        store: JobStore | None = None,
+        limits: Limits = Limits(),
+        status_interval: float = 2.0,
+        retry_wait: float = 300.0,
+        stall_limit: float = DEFAULT_STALL_LIMIT_S,
+        max_batch: int = 4,
+        affinity_window: int = 8,
+        on_result: ResultHook | None = None,
+    ) -> None:
+        self.client = client
+        self.pool = pool
+        self.poster = poster
+        self.store = store
+        self.limits = limits
+        self.status_interval = status_interval
+        self.retry_wait = retry_wait
+        self.stall_limit = stall_limit
+        self.on_result = on_result
+        self.speed = SpeedBook()
+        self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch, affinity_window=affinity_window)
+        self.board = StatusBoard(poster, self._render, interval=status_interval)
+        pool.on_change = self._wake_up
+        #: Every job not yet finished and told, by id.
+        self.jobs: dict[str, Job] = {}
+        self._open_by_member: dict[tuple[int, int], int] = {}
+        self._open_by_guild: dict[int, int] = {}
+        self._recent_posts: dict[int, Job] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._order: list[Job] = []
+        self._order_version = -1
+        self._order_at = 0.0
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take up the job table, start the engines' health loop and the dispatch loops."""
+        if self._started:
+            return
+        self._started = True
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.prune()
+            for job in await self.store.recent_speeds():
+                if job.seconds:
+                    self.speed.record(job.recipe, job.seconds)
+        await self.pool.start()
+        recovered = await self.store.open_jobs() if self.store is not None else []
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="jobs-dispatch"),
+            asyncio.create_task(self._status_loop(), name="jobs-status"),
+        ]
+        if recovered:
+            self._spawn(Recovery(self).take_up(recovered), "jobs-recover")
+        self._wake_up()
+
+    async def close(self, *, notify_timeout: float = 5.0) -> None:
+        """Stop feeding engines. Jobs stay in the job table and resume at the next start;
+        members whose reply can still be edited are told so (within ``notify_timeout``)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.poster.closing = True
+        running = [*self._loops, *self._tasks]
+        for task in running:
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        waiting = [job for job in self.jobs.values() if not job.state.final and job.token_usable()]
+        text = "⏸️ The bot is restarting. Your request is kept and runs when it is back."
+        if waiting:
+            work = [self.board.final(job, text=text + f" · *{embeds.truncate(job.recipe.prompt, 80)}*") for job in waiting]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*work, return_exceptions=True), notify_timeout)
+        await self.board.close()
+        await self.pool.close()
+
+    def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task %s crashed", task.get_name(), exc_info=task.exception())
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    # -- admission ---------------------------------------------------------------------------
+
+    async def submit(self, job: Job, *, user_limit: int, server_limit: int, active_limit: int) -> Job:
+        """Write ``job`` to the table and queue it; :class:`QueueFull` says why it cannot be."""
+        if self._closed:
+            raise QueueFull("The bot is restarting; try again in a minute.")
+        member = (job.guild_id, job.user_id)
+        mine = self._open_by_member.get(member, 0)
+        if user_limit > 0 and mine >= user_limit:
+            raise QueueFull(
+                f"You already have {mine} image job(s) waiting, the most this server allows "
+                f"({user_limit}). Wait for one to finish, or cancel one with its Cancel button "
+                "(or all of them from `/queue`)."
+            )
+        share = max(1, int(self.limits.max_pending * self.limits.server_share))
+        cap = min(server_limit, share) if server_limit > 0 else share
+        here = self._open_by_guild.get(job.guild_id, 0)
+        if here >= cap:
+            raise QueueFull(
+                f"This server already has {here} image jobs waiting, the most it may have at "
+                "once. Try again in a few minutes."
+            )
+        if len(self.jobs) >= self.limits.max_pending:
+            raise QueueFull(f"The queue is full ({self.limits.max_pending} jobs). Try again in a few minutes.")
+        self.scheduler.active_limit[job.guild_id] = active_limit
+        job.state = JobState.QUEUED
+        if self.store is not None:
+            await self.store.add(job)
+        self._track(job)
+        newcomer = self.scheduler.is_newcomer(job.guild_id)
+        self.scheduler.add(job)
+        if newcomer:
+            self._make_room_for(job.guild_id)
+        self._estimate_position(job)
+        self._wake_up()
+        return job
+
+    def _make_room_for(self, guild_id: int) -> None:
+        """A server's first job while every engine is full: take back the other servers' jobs
+        that wait in an engine's queue, so this one goes next instead of behind them."""
+        for slot in self.pool.healthy():
+            if len(slot.units) < self.pool.depth:
+                continue
+            for job in slot.jobs():
+                if job.state == JobState.SUBMITTED and job.guild_id != guild_id and not job.withdrawn:
+                    job.withdrawn = True
+                    self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
+
+    async def _withdraw(self, job: Job, slot: EngineSlot) -> None:
+        # Its follow task sees the engine's "cancelled" and queues it again (see _follow); a
+        # job whose submit has not gone out yet is held back by _hand_over instead.
+        try:
+            await asyncio.wait_for(slot.client.cancel(job.engine_job_id), 10)
+        except EngineError as exc:
+            if exc.code != ErrorCode.UNKNOWN_JOB:  # unknown: not submitted yet, see above
+                log.info("could not take job %s back from %s: %s", job.id, slot.name, exc)
+                job.withdrawn = False
+            return
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            log.info("could not take job %s back from %s: %s", job.id, slot.name, exc)
+            job.withdrawn = False
+            return
+        log.info("took job %s back from %s for another server's first job", job.id, slot.name)
+
+    async def _requeue_withdrawn(self, job: Job) -> None:
+        job.withdrawn, job.prepaid = False, True
+        job.state, job.engine, job.step, job.total = JobState.QUEUED, None, 0, 0
+        if self.store is not None:
+            await self.store.save(job)
+        self.scheduler.add(job)
+        self._wake_up()
+
+    def _track(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        member = (job.guild_id, job.user_id)
+        self._open_by_member[member] = self._open_by_member.get(member, 0) + 1
+        self._open_by_guild[job.guild_id] = self._open_by_guild.get(job.guild_id, 0) + 1
+
+    def _untrack(self, job: Job) -> None:
+        if self.jobs.pop(job.id, None) is None:
+            return
+        member = (job.guild_id, job.user_id)
+        for counts, key in ((self._open_by_member, member), (self._open_by_guild, job.guild_id)):
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+    async def attach_status(self, job: Job, message_id: int, text: str) -> None:
+        """The member's private reply exists now (saying ``text``): it is the job's status."""
+        job.status_message_id = message_id
+        self.board.sent(job, text)
+        if self.store is not None and not job.state.final:
+            await self.store.save(job)
+        if job.state.final:
+            await self._tell(job)  # it ended before the reply existed
+        else:
+            self.board.mark(job)
+
+    # -- views -------------------------------------------------------------------------------
+
+    def open_jobs(self, guild_id: int | None = None, user_id: int | None = None) -> list[Job]:
+        """Unfinished jobs: on engines first, then queued in the order they will run."""
+        self._refresh_order()
+        queued_ids = {job.id for job in self._order}
+        on_engine = [j for j in self.jobs.values() if not j.state.final and j.id not in queued_ids
+                     and j.state != JobState.QUEUED]
+        queued = [j for j in self._order if not j.state.final]
+        late = [j for j in self.jobs.values() if j.state == JobState.QUEUED and j.id not in queued_ids]
+        jobs = [*sorted(on_engine, key=lambda j: j.created_at), *queued, *late]
+        return [
+            j for j in jobs
+            if (guild_id is None or j.guild_id == guild_id) and (user_id is None or j.user_id == user_id)
+        ]
+
+    def engines_down(self) -> bool:
+        return not self.pool.healthy()
+
+    def posted_job(self, message_id: int) -> Job | None:
+        """A result posted moments ago whose recipe may not be in the database yet."""
+        return self._recent_posts.get(message_id)
+
+    def _cost(self, job: Job) -> float:
+        return self.speed.estimate(job.recipe)
+
+    def _render(self, job: Job) -> str:
+        return status_text(job, engines_down=self.engines_down())
+
+    def _refresh_order(self, *, force: bool = False) -> None:
+        """Positions and ETAs of every queued job, from the fair order (at most every 0.25 s)."""
+        now = time.monotonic()
+        if not force and (self._order_version == self.scheduler.version or now - self._order_at < 0.25):
+            return
+        self._order = list(self.scheduler.fair_order())
+        self._order_version, self._order_at = self.scheduler.version, now
+        engines = max(1, len(self.pool.healthy()) or len(self.pool.slots))
+        busy = [job for slot in self.pool.slots for job in slot.jobs()]
+        ahead_s = 0.0
+        for job in busy:
+            estimate = self._cost(job)
+            if job.state == JobState.RUNNING and job.total:
+                estimate *= max(0.0, 1 - job.step / job.total)
+            ahead_s += estimate
+        ahead = len(busy)
+        for job in self._order:
+            job.position = ahead
+            job.eta_s = ahead_s / engines
+            ahead += 1
+            ahead_s += self._cost(job)
+
+    def _estimate_position(self, job: Job) -> None:
+        self._refresh_order()
+        if job in self._order:
+            return
+        last = self._order[-1] if self._order else None
+        job.position = (last.position + 1) if last else sum(len(s.jobs()) for s in self.pool.slots)
+        job.eta_s = ((last.eta_s or 0) + self._cost(last) / max(1, len(self.pool.healthy()))) if last else 0.0
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, a running one at its next step; False if too late."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state.final or job.state == JobState.POSTING:
+            return False
+        job.cancel_requested = True
+        if self.scheduler.remove(job):
+            await self._finish(job, JobState.CANCELLED)
+            return True
+        if self.store is not None:
+            await self.store.save(job)
+        slot = self.pool.slot(job.engine)
+        if slot is not None:
+            with contextlib.suppress(EngineError, OSError, TimeoutError):
+                await asyncio.wait_for(slot.client.cancel(job.engine_job_id), 10)
+        return True
+
+    async def cancel_all(self, guild_id: int, user_id: int) -> int:
+        jobs = self.open_jobs(guild_id, user_id)
+        results = await asyncio.gather(*(self.cancel(job.id) for job in jobs))
+        return sum(results)
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._dispatch_once()
+            except Exception:
+                log.exception("the dispatch loop failed; it goes on")
+                await asyncio.sleep(0.5)
+
+    async def _dispatch_once(self) -> None:
+        assignments = self.scheduler.plan(self.pool.views())
+        for assignment in assignments:
+            slot = self.pool.slot(assignment.engine)
+            assert slot is not None
+            now = time.time()
+            for job in assignment.jobs:
+                job.state, job.engine, job.submitted_at = JobState.SUBMITTED, slot.key, now
+                job.attempts += 1
+                job.waiting_for, job.retry_deadline, job.step, job.total = None, None, 0, 0
+                self.board.mark(job)
+            slot.hand_over(assignment.jobs)
+            if self.store is not None:
+                await self.store.save_many(assignment.jobs)  # written before the engine sees them
+            self._spawn(self._hand_over(slot, assignment.jobs), f"jobs-submit-{slot.name}")
+
+    async def _status_loop(self) -> None:
+        pruned = time.monotonic()
+        while not self._closed:
+            await asyncio.sleep(self.status_interval)
+            try:
+                self._status_tick()
+                if self.store is not None and time.monotonic() - pruned > PRUNE_EVERY_S:
+                    pruned = time.monotonic()
+                    await self.store.prune()
+            except Exception:
+                log.exception("the status loop failed; it goes on")
+
+    def _status_tick(self) -> None:
+        self._refresh_order()
+        now_wall, now = time.time(), time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.state.final:
+                continue
+            if job.state == JobState.QUEUED and job.retry_deadline is not None and now > job.retry_deadline:
+                self._spawn(self._give_up_waiting(job), f"jobs-expire-{job.id}")
+                continue
+            if not job.token_usable(now_wall):
+                continue
+            if job.state == JobState.QUEUED and job.token_expires_at is not None and (
+                job.token_expires_at - now_wall < FAREWELL_S
+            ):
+                self._spawn(self.board.farewell(job), f"jobs-farewell-{job.id}")
+                continue
+            self.board.mark(job)
+
+    async def _give_up_waiting(self, job: Job) -> None:
+        if not self.scheduler.remove(job):
+            return
+        job.error = _with_request(job, ENGINE_GONE.format(wait=_duration(self.retry_wait)))
+        await self._finish(job, JobState.FAILED)
+
+    # -- on the engine -----------------------------------------------------------------------
+
+    async def _hand_over(self, slot: EngineSlot, jobs: list[Job]) -> None:
+        """Submit ``jobs`` back to back (so the engine can batch them), then follow each."""
+        for index, job in enumerate(jobs):
+            if job.cancel_requested or job.withdrawn:  # before it even reached the engine
+                await self._leave_engine(job, slot)
+                if job.cancel_requested:
+                    await self._finish(job, JobState.CANCELLED)
+                else:
+                    await self._requeue_withdrawn(job)
+                continue
+            try:
+                await slot.client.submit(job.engine_job_id, job.recipe)
+                if job.cancel_requested or job.withdrawn:  # while the submit was on its way
+                    self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
+            except EngineError as exc:
+                if exc.code == ErrorCode.ENGINE_UNAVAILABLE:
+                    # Never reached the engine (down, or its queue full): queue them again.
+                    self.pool.mark_down(slot, exc.message)
+                    for rest in jobs[index:]:
+                        await self._leave_engine(rest, slot)
+                        rest.attempts -= 1
+                        await self._engine_lost(rest, slot, exc.message, counts=False)
+                    return
+                await self._leave_engine(job, slot)
+                await self._fail_job(job, exc.code, exc.message)
+                continue
+            self._spawn(self._follow(job, slot), f"jobs-follow-{job.id}")
+
+    async def _leave_engine(self, job: Job, slot: EngineSlot) -> None:
+        slot.release(job)
+        self.scheduler.left_engine(job)
+        self._wake_up()
+
+    async def _follow(self, job: Job, slot: EngineSlot) -> None:
+        """Follow one job on its engine to its images; then post them in a task of their own."""
+        try:
+            count, seconds = await self._watch(job, slot)
+            images = [await slot.client.image(job.engine_job_id, n) for n in range(count)]
+        except JobStalled as exc:
+            await self._leave_engine(job, slot)
+            await self._stalled(job, slot, str(exc))
+            return
+        except EngineError as exc:
+            await self._leave_engine(job, slot)
+            if job.withdrawn and not job.cancel_requested:
+                await self._requeue_withdrawn(job)
+            elif exc.code == ErrorCode.CANCELLED or job.cancel_requested:
+                await self._finish(job, JobState.CANCELLED)
+            elif exc.code in (ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
+                await self._engine_lost(job, slot, exc.message)
+            else:
+                await self._fail_job(job, exc.code, exc.message)
+            return
+        except (EngineLost, TimeoutError, OSError, aiohttp.ClientError) as exc:
+            await self._leave_engine(job, slot)
+            if job.cancel_requested:
+                await self._finish(job, JobState.CANCELLED)
+            else:
+                await self._engine_lost(job, slot, f"{type(exc).__name__}: {exc}")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("following job %s failed", job.id)
+            await self._leave_engine(job, slot)
+            job.error = _with_request(job, f"Something went wrong on the bot's side ({type(exc).__name__}).")
+            await self._finish(job, JobState.FAILED)
+            return
+        await self._leave_engine(job, slot)
+        if seconds:
+            self.speed.record(job.recipe, seconds)
+        await self._post(job, images, seconds)
+
+    async def _watch(self, job: Job, slot: EngineSlot) -> tuple[int, float | None]:
+        """The job's events until ``done``; the images' count and the engine's seconds."""
+        loop = asyncio.get_running_loop()
+        stream = slot.client.events(job.engine_job_id)
+        # The stall clock also covers the wait in the engine's own queue: the bot gives each
+        # engine only what it is about to run, so a long silence there means the job ahead is stuck.
+        deadline = loop.time() + self.stall_limit
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline) as scope:
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    raise EngineLost("the engine closed the event stream before the job finished") from None
+                except TimeoutError:
+                    if not scope.expired():
+                        raise  # the engine client's own read timeout: the engine is gone
+                    raise JobStalled(
+                        f"The image engine still answers but made no progress on this job for "
+                        f"{_duration(self.stall_limit)}, so the job was stopped."
+                    ) from None
+                deadline = loop.time() + self.stall_limit
+                kind = event.get("type")
+                if kind == "started":
+                    if job.state != JobState.RUNNING:
+                        job.state, job.started_at = JobState.RUNNING, time.time()
+                        if self.store is not None:
+                            await self.store.save(job)
+                    self.board.mark(job)
+                elif kind == "progress":
+                    job.state = JobState.RUNNING
+                    job.step, job.total = int(event.get("step", 0)), int(event.get("total", 0))
+                    self.board.mark(job)
+                elif kind == "done":
+                    return int(event.get("images", job.recipe.count)), event.get("seconds")
+                elif kind == "failed":
+                    error = event.get("error") or {}
+                    raise EngineError(error.get("code", ErrorCode.INTERNAL), error.get("message", "failed"))
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _stalled(self, job: Job, slot: EngineSlot, text: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(slot.client.cancel(job.engine_job_id), timeout=10)
+        if job.cancel_requested:
+            await self._finish(job, JobState.CANCELLED)
+            return
+        if slot.process is not None:
+            log.error("job %s stalled on %s (%s); restarting that engine", job.id, slot.name, slot.key)
+            self.pool.mark_down(slot, "a job stalled; restarting it")
+            self._spawn(slot.process.restart("a job made no progress"), f"jobs-restart-{slot.name}")
+            await self._engine_lost(job, slot, "stalled", counts=True)
+            return
+        log.error("job %s stalled on %s (%s), an engine this bot does not own", job.id, slot.name, slot.key)
+        await self._fail_text(job, text + " The engine may be stuck: an admin should check its log and "
+                              "restart it if this happens again.")
+
+    async def _engine_lost(self, job: Job, slot: EngineSlot, detail: str, *, counts: bool = True) -> None:
+        """The engine went away with ``job``: queue it again (first), or fail it."""
+        log.warning("job %s lost on %s (%s): %s", job.id, slot.name, slot.key, detail)
+        if counts:
+            self.pool.mark_down(slot, detail)
+            job.losses += 1
+        if job.cancel_requested:
+            await self._finish(job, JobState.CANCELLED)
+            return
+        if job.losses > MAX_LOSSES:
+            await self._fail_text(job, ENGINE_LOST)
+            return
+        job.state, job.engine = JobState.QUEUED, None
+        job.step = job.total = 0
+        job.waiting_for = "retrying" if counts else None
+        job.retry_deadline = time.monotonic() + self.retry_wait
+        if self.store is not None:
+            await self.store.save(job)
+        self.scheduler.add(job, front=True)
+        self.board.mark(job)
+        self._wake_up()
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    async def _post(self, job: Job, images: list[bytes], seconds: float | None) -> None:
+        job.state, job.posting_at, job.seconds = JobState.POSTING, time.time(), seconds
+        if self.store is not None:
+            await self.store.save(job)
+        self.board.mark(job)
+        try:
+            message = await self.poster.post_result(job, images, seconds)
+        except PostRefused as exc:
+            await self._fail_text(job, exc.text)
+            return
+        await self._posted(job, message)
+
+    async def _posted(self, job: Job, message: discord.Message) -> None:
+        job.result_message_ids = (message.id,)
+        self._recent_posts[message.id] = job
+        while len(self._recent_posts) > RECENT_POSTS:
+            self._recent_posts.pop(next(iter(self._recent_posts)))
+        if self.on_result is not None:
+            try:
+                await self.on_result(job, message, job.seconds or 0.0)
+            except Exception:
+                log.exception("recording the post of job %s failed", job.id)
+        await self._finish(job, JobState.DONE)
+
+    async def _fail_job(self, job: Job, code: str, message: str) -> None:
+        if code in (ErrorCode.INTERNAL, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
+            # The engine's own words here are for its operator (exception text, addresses).
+            log.error("job %s failed on the engine: %s: %s", job.id, code, message)
+            message = ("The image engine failed while making this image; the error was logged "
+                       "for the bot's operator. Try again, and tell an admin if it keeps happening.")
+        await self._fail_text(job, describe_error(code, public_error(message, job.recipe)))
+
+    async def _fail_text(self, job: Job, text: str) -> None:
+        job.error = _with_request(job, text)
+        await self._finish(job, JobState.FAILED)
+
+    async def _finish(self, job: Job, state: JobState) -> None:
+        """Record the outcome, then tell the member (a restart in between tells them again)."""
+        job.state, job.finished_at = state, time.time()
+        self.scheduler.remove(job)
+        if self.store is not None:
+            await self.store.save(job)
+        self._untrack(job)
+        self._wake_up()
+        await self._tell(job)
+
+    async def reply_lost(self, job: Job) -> None:
+        """The member's private reply could not be sent; outcomes go to the channel then."""
+        job.reply_lost = True
+        if job.state.final and not job.told:
+            await self._tell(job)
+
+    async def _tell(self, job: Job) -> None:
+        if job.status_message_id is None and job.token_usable() and not job.reply_lost:
+            return  # the private reply is on its way; attach_status tells the outcome there
+        result = await self.board.final(job)
+        if result != "ok" and job.state == JobState.FAILED:
+            # The private reply is gone (expired token): the member is told in the channel.
+            await self.poster.notify_channel(job, job.error or "your image could not be made.")
+        job.told = True
+        job.forget_token()
+        if self.store is not None:
+            await self.store.save(job)

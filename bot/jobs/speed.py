@@ -1,0 +1,62 @@
+"""How long a job takes, learnt from the jobs that ran: for ETAs and for fair turns.
+
+Estimates are kept per (model, size, steps, images) as an exponential moving average of the
+engine's own reported seconds, with a per-model rate (seconds per megapixel-step-image) for
+shapes not seen yet, and a global rate before anything ran. Moving averages, not means: a
+model that moved to a faster GPU should be believed within a few jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.protocol import Recipe
+
+#: Weight of the newest measurement.
+ALPHA = 0.3
+#: Before anything was measured: a guess of a mid-range GPU at SD 1.5 sizes.
+DEFAULT_RATE_S = 0.05  # seconds per megapixel-step-image
+MIN_ESTIMATE_S = 0.05
+
+
+def _work(recipe: Recipe) -> float:
+    return max(1e-6, recipe.width * recipe.height / 1e6 * recipe.steps * max(1, recipe.count))
+
+
+def _shape(recipe: Recipe) -> tuple[str, int, int, int, int]:
+    return (recipe.model, recipe.width, recipe.height, recipe.steps, recipe.count)
+
+
+@dataclass
+class SpeedBook:
+    default_rate: float = DEFAULT_RATE_S
+
+    def __post_init__(self) -> None:
+        self._by_shape: dict[tuple[str, int, int, int, int], float] = {}
+        self._rate_by_model: dict[str, float] = {}
+        self._rate: float | None = None
+
+    def record(self, recipe: Recipe, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        shape = _shape(recipe)
+        self._by_shape[shape] = self._ema(self._by_shape.get(shape), seconds)
+        rate = seconds / _work(recipe)
+        self._rate_by_model[recipe.model] = self._ema(self._rate_by_model.get(recipe.model), rate)
+        self._rate = self._ema(self._rate, rate)
+
+    @staticmethod
+    def _ema(old: float | None, new: float) -> float:
+        return new if old is None else old + ALPHA * (new - old)
+
+    def estimate(self, recipe: Recipe) -> float:
+        """Seconds the engine will likely spend on ``recipe`` (model loading not included)."""
+        known = self._by_shape.get(_shape(recipe))
+        if known is not None:
+            return max(MIN_ESTIMATE_S, known)
+        rate = self._rate_by_model.get(recipe.model, self._rate or self.default_rate)
+        return max(MIN_ESTIMATE_S, rate * _work(recipe))
+
+    @property
+    def measured(self) -> bool:
+        return self._rate is not None
