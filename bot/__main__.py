@@ -52,6 +52,8 @@ async def run(
     from bot.jobs import EngineLink
     from bot.registry import Registry
     from bot.safety import ImageSafety, load_classifier
+    from bot.sources.civitai import CivitaiClient
+    from bot.sources.fetcher import FetchSettings
     from engine.client import EngineClient
     from engine.protocol import EngineError
 
@@ -103,6 +105,13 @@ async def run(
                     log.warning("the engine %s does not answer yet: %s", link.client, exc.message)
         else:
             token = config.engine_token or engine_token.load_or_create(config.engine_token_path)
+            # Downloads are the engine's to make (it owns the LoRA folder): on only when the
+            # operator turned fetching on, and only from the configured hosts.
+            downloads = (
+                ["--allow-downloads", "--download-hosts", ",".join(config.civitai_download_hosts)]
+                if config.civitai_fetch
+                else []
+            )
             engine_process = EngineProcess(
                 token=token,
                 model_dir=config.model_dir,
@@ -110,6 +119,7 @@ async def run(
                 port=config.engine_port,
                 python=config.engine_python,
                 start_timeout=config.engine_start_timeout,
+                extra_args=downloads,
             )
             log.info("starting the engine: %s", " ".join(engine_process.command()))
             try:
@@ -137,6 +147,17 @@ async def run(
             safety=ImageSafety(classifier),
             data_grace_s=config.data_grace_days * DAY_S,
             leave_other_guilds=config.leave_other_guilds,
+            civitai=CivitaiClient(config.civitai_url, token=config.civitai_token),
+            fetch=FetchSettings(
+                enabled=config.civitai_fetch,
+                guilds=frozenset(config.civitai_fetch_guilds),
+                max_file_bytes=config.civitai_max_file_size,
+                quota_bytes=config.civitai_guild_quota,
+                timeout_s=config.civitai_download_timeout,
+                stall_s=config.civitai_stall_timeout,
+                folder=config.civitai_folder,
+                token=config.civitai_token,
+            ),
         )
         own_signals = stop is None
         stop = stop or asyncio.Event()

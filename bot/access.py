@@ -100,6 +100,24 @@ class AccessPolicy:
             return None
         return self.shares.get(str(guild_id), self.shares.get("*", ()))
 
+    def download_folder(self, guild_id: int, subfolder: str) -> str | None:
+        """Where files fetched for this server go, relative to the LoRA folder: ``subfolder``
+        inside the first folder of its share (at the top with no shares or a ``*`` share);
+        None when its share names only files or globs, so nothing fetched could stay visible."""
+        subfolder = subfolder.strip().strip("/")
+        rules = self.rules_for(guild_id)
+        if rules is None:
+            return subfolder
+        for rule in rules:
+            if rule.kind not in (None, "lora"):
+                continue
+            if rule.pattern == "*":
+                return subfolder
+            if _GLOB & set(rule.pattern) or rule.pattern.lower().endswith(".safetensors"):
+                continue
+            return f"{rule.pattern.rstrip('/')}/{subfolder}".strip("/")
+        return None
+
     def file_visible(self, guild_id: int, kind: FileKind, path: str) -> bool:
         if not self.guild_allowed(guild_id):
             return False

@@ -26,6 +26,7 @@ from bot.jobs.status import status_text
 from bot.recipe_text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
+from bot.sources.refs import split_inline_air
 from engine.protocol import EngineError, Recipe
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ def parse_lora_lines(text: str) -> list[tuple[str, str | None]]:
             continue
         if line.lower().startswith("lora:"):
             line = line[5:]
+        air = split_inline_air(line)  # civitai:120096@135931[:0.7]
+        if air is not None:
+            slots.append((air[0], air[1] or None))
+            continue
         name, sep, weight = line.rpartition(":")
         if not sep:
             name, weight = line, ""
@@ -221,7 +226,13 @@ class Actions:
             count=count,
             clip_skip=clip_skip,
         )
-        outcome = validate(request, catalog)
+        # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
+        # may (bot.sources), else validation explains who can add them.
+        fresh = await self.bot.sources.fetch_missing(interaction, request, catalog)
+        if fresh is None:
+            return False
+        outcome = validate(request, fresh)
+        catalog = fresh
         if isinstance(outcome, Rejected):
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
@@ -522,6 +533,9 @@ class Actions:
                 interaction,
                 views.LoraEditModal(lora_id=lora_id, **views.lora_edit_values(lora)),
             )
+            return
+        if action == "lookup":
+            await self.bot.sources.lookup(interaction, lora)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:

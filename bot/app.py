@@ -32,6 +32,9 @@ from bot.jobs import (
 )
 from bot.recipe_actions import RecipeActions
 from bot.safety import ImageSafety
+from bot.sources.actions import SourceActions
+from bot.sources.civitai import CivitaiClient
+from bot.sources.fetcher import Fetcher, FetchSettings
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ class AtelierBot(discord.Client):
     ``access`` holds the operator's rules (allowed servers, file shares, owners; default:
     everything open, as for a single-server install), ``safety`` the image check run
     before every post (default: none). ``force_sync`` syncs commands even when unchanged.
+    ``civitai`` and ``fetch`` are Civitai's API and the operator's fetching rules (default:
+    civitai.com, fetching off; see bot.sources).
     """
 
     def __init__(
@@ -112,6 +117,9 @@ class AtelierBot(discord.Client):
         data_grace_s: float = 30 * DAY_S,
         leave_other_guilds: bool = False,
         purge_interval_s: float = PURGE_INTERVAL_S,
+        civitai: CivitaiClient | None = None,
+        fetch: FetchSettings | None = None,
+        fetch_poll_interval: float = 0.5,
         **options: Any,
     ) -> None:
         intents = discord.Intents.none()
@@ -145,6 +153,16 @@ class AtelierBot(discord.Client):
         self.poster = Poster(
             self, result_view=lambda job: views.detached(views.result_view()), result_retry_s=result_retry
         )
+        fetcher = Fetcher(
+            registry=registry,
+            engine=engine,
+            civitai=civitai or CivitaiClient(),
+            access=lambda: self.access,
+            settings=fetch or FetchSettings(),
+            poll_interval=fetch_poll_interval,
+        )
+        #: LoRAs from Civitai: /lora add source:, "Look up on Civitai", AIRs in /imagine.
+        self.sources = SourceActions(self, fetcher, status_interval=status_interval)
         self.dispatcher = Dispatcher(
             self,
             self.engines,
@@ -205,5 +223,6 @@ class AtelierBot(discord.Client):
 
     async def close(self) -> None:
         await self.lifecycle.close()
+        await self.sources.close()
         await self.dispatcher.close()
         await super().close()

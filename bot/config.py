@@ -32,6 +32,16 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `shares` | `ATELIER_SHARES` | (empty: every server sees every file) | Which model/LoRA files each server may see: a TOML table, or JSON in the variable, mapping a server id (or `"*"` for the others) to a list of folders, files or globs |
 | `data_grace_days` | `ATELIER_DATA_GRACE_DAYS` | `30` | Days a server's data is kept after the bot is removed from it, then deleted |
 | `image_classifier` | `ATELIER_IMAGE_CLASSIFIER` | `auto` | `nudenet` (required), `auto` (NudeNet if installed) or `off`: the check run on every image before it is posted |
+| `civitai_fetch` | `ATELIER_CIVITAI_FETCH` | `false` | Let admins fetch LoRAs from Civitai (`/lora add source:`); a spawned engine then gets `--allow-downloads` |
+| `civitai_fetch_guilds` | `ATELIER_CIVITAI_FETCH_GUILDS` | (empty: every allowed server) | Comma-separated ids of the servers that may fetch |
+| `civitai_token` | `ATELIER_CIVITAI_TOKEN` | (none) | A Civitai API key, for files whose creators require a login; never logged or shown |
+| `civitai_url` | `ATELIER_CIVITAI_URL` | `https://civitai.com` | Civitai's address (a mirror) |
+| `civitai_max_file_size` | `ATELIER_CIVITAI_MAX_FILE_SIZE` | `2GiB` | The largest file one fetch may download |
+| `civitai_guild_quota` | `ATELIER_CIVITAI_GUILD_QUOTA` | `20GiB` | Disk one server's downloads may fill (what lies in its download folder) |
+| `civitai_download_timeout` | `ATELIER_CIVITAI_DOWNLOAD_TIMEOUT` | `1800` | Seconds one download may take in all |
+| `civitai_stall_timeout` | `ATELIER_CIVITAI_STALL_TIMEOUT` | `60` | Seconds without a byte after which a download counts as stalled |
+| `civitai_download_hosts` | `ATELIER_CIVITAI_DOWNLOAD_HOSTS` | Civitai and its storage hosts | Comma-separated hosts a spawned engine may download from (`*.example.com` for subdomains) |
+| `civitai_folder` | `ATELIER_CIVITAI_FOLDER` | `civitai` | Subfolder of each server's share of the LoRA folder that fetched files go to |
 
 Per-server limits (stack cap, weight range, per-user queue limit, NSFW policy...) are not
 here: admins change them with ``/settings`` and they live in the database.
@@ -49,6 +59,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from engine.config import parse_size
+from engine.downloads import DEFAULT_DOWNLOAD_HOSTS
 
 _ENV = {
     "token": "DISCORD_TOKEN",
@@ -78,8 +91,21 @@ _ENV = {
     "shares": "ATELIER_SHARES",
     "data_grace_days": "ATELIER_DATA_GRACE_DAYS",
     "image_classifier": "ATELIER_IMAGE_CLASSIFIER",
+    "civitai_fetch": "ATELIER_CIVITAI_FETCH",
+    "civitai_fetch_guilds": "ATELIER_CIVITAI_FETCH_GUILDS",
+    "civitai_token": "ATELIER_CIVITAI_TOKEN",
+    "civitai_url": "ATELIER_CIVITAI_URL",
+    "civitai_max_file_size": "ATELIER_CIVITAI_MAX_FILE_SIZE",
+    "civitai_guild_quota": "ATELIER_CIVITAI_GUILD_QUOTA",
+    "civitai_download_timeout": "ATELIER_CIVITAI_DOWNLOAD_TIMEOUT",
+    "civitai_stall_timeout": "ATELIER_CIVITAI_STALL_TIMEOUT",
+    "civitai_download_hosts": "ATELIER_CIVITAI_DOWNLOAD_HOSTS",
+    "civitai_folder": "ATELIER_CIVITAI_FOLDER",
 }
-_ID_LISTS = ("sync_guilds", "allowed_guilds", "owners")
+_ID_LISTS = ("sync_guilds", "allowed_guilds", "owners", "civitai_fetch_guilds")
+#: Sizes written like engine.config.parse_size reads them ("2GiB", "500MB", bytes).
+_SIZES = ("civitai_max_file_size", "civitai_guild_quota")
+_TEXT_LISTS = ("civitai_download_hosts",)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 IMAGE_CLASSIFIERS = ("auto", "nudenet", "off")
@@ -120,6 +146,17 @@ class BotConfig:
     shares: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     data_grace_days: float = 30.0
     image_classifier: str = "auto"
+    civitai_fetch: bool = False
+    civitai_fetch_guilds: tuple[int, ...] = ()
+    #: Kept out of repr, like the other secrets.
+    civitai_token: str = dataclasses.field(default="", repr=False)
+    civitai_url: str = "https://civitai.com"
+    civitai_max_file_size: int = 2 * 1024**3
+    civitai_guild_quota: int = 20 * 1024**3
+    civitai_download_timeout: float = 1800.0
+    civitai_stall_timeout: float = 60.0
+    civitai_download_hosts: tuple[str, ...] = DEFAULT_DOWNLOAD_HOSTS
+    civitai_folder: str = "civitai"
 
     @property
     def database_path(self) -> Path:
@@ -185,6 +222,11 @@ class BotConfig:
                     values[key] = urls
                 elif key == "shares":
                     values[key] = _shares(value)
+                elif key in _SIZES:
+                    values[key] = value if isinstance(value, int) and not isinstance(value, bool) else parse_size(str(value))
+                elif key in _TEXT_LISTS:
+                    items = value.split(",") if isinstance(value, str) else list(value)
+                    values[key] = tuple(str(v).strip() for v in items if str(v).strip())
                 elif kind in ("bool", bool):
                     values[key] = _bool(value)
                 elif "Path" in str(kind):
@@ -215,6 +257,15 @@ class BotConfig:
             )
         if config.data_grace_days < 0:
             raise ConfigError("data_grace_days (ATELIER_DATA_GRACE_DAYS) cannot be negative")
+        for key in ("civitai_max_file_size", "civitai_guild_quota", "civitai_download_timeout", "civitai_stall_timeout"):
+            if getattr(config, key) <= 0:
+                raise ConfigError(f"{key} ({_ENV[key]}) must be above zero")
+        if not config.civitai_url.startswith(("https://", "http://")):
+            raise ConfigError("civitai_url (ATELIER_CIVITAI_URL) must be an http(s) address such as https://civitai.com")
+        if config.civitai_fetch and not config.civitai_download_hosts:
+            raise ConfigError("civitai_download_hosts (ATELIER_CIVITAI_DOWNLOAD_HOSTS) is empty while fetching is on")
+        if ".." in config.civitai_folder.replace("\\", "/").split("/"):
+            raise ConfigError("civitai_folder (ATELIER_CIVITAI_FOLDER) must stay inside the LoRA folder (no '..')")
         return config
 
 

@@ -1,6 +1,7 @@
 """Turning raw ``/imagine`` input into a :class:`ImagineRequest`, before any registry lookup.
 
-Members bring AUTOMATIC1111's inline syntax ``<lora:name:0.7>``; those tags are lifted out
+Members bring AUTOMATIC1111's inline syntax ``<lora:name:0.7>`` (or a LoRA's Civitai AIR in
+place of its name, ``<lora:civitai:120096@135931:0.7>``); those tags are lifted out
 of the prompt here and join the slot LoRAs (``lora1``…``lora3``), so validation sees one
 stack and can spot the same LoRA given twice. Weights stay text until validation, so that
 ``0.7.1`` is reported with advice instead of being lost in a Discord number option.
@@ -13,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from bot.sources.refs import split_inline_air
 
 __all__ = [
     "ImagineRequest",
@@ -91,14 +94,14 @@ def extract_inline_loras(prompt: str) -> tuple[str, list[LoraRequest]]:
     found: list[LoraRequest] = []
 
     def lift(match: re.Match[str]) -> str:
-        name, sep, weight = match[1].partition(":")
+        air = split_inline_air(match[1])
+        if air is not None:  # <lora:civitai:120096@135931:0.7>: the LoRA named by its AIR
+            name, weight_text = air
+        else:
+            name, sep, weight = match[1].partition(":")
+            weight_text = weight.strip() if sep else None
         found.append(
-            LoraRequest(
-                name=name.strip(),
-                weight_text=weight.strip() if sep else None,
-                origin="inline",
-                position=len(found) + 1,
-            )
+            LoraRequest(name=name.strip(), weight_text=weight_text, origin="inline", position=len(found) + 1)
         )
         return " "
 

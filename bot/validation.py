@@ -23,6 +23,7 @@ from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy
 from bot.registry.text import name_key, strip_invisible
 from bot.safety import blocked_terms_in
+from bot.sources.refs import looks_like_air
 from engine.families import families_differ, family_label, related
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker
 from engine.protocol import EmbeddingRef, LoraRef, Recipe, architecture_label
@@ -411,6 +412,7 @@ def _check_loras(
         )
 
     stack: list[tuple[LoraEntry, float]] = []
+    resolved: dict[str, LoraRequest] = {}
     for wanted in distinct:
         if not name_key(wanted.name):
             fix = (
@@ -420,20 +422,22 @@ def _check_loras(
             )
             check.problem("empty_lora_name", f"The {wanted.describe()} has no LoRA name.", fix)
             continue
-        lora = catalog.lora(wanted.name)
+        lora = _resolve_lora(wanted, catalog, check)
         if lora is None:
-            check.problem(
-                "unknown_lora",
-                f"There is no LoRA named `{wanted.name}` in this server.",
-                "Pick one from the autocomplete list or find it with `/lora search`.",
-                catalog.suggest_loras(wanted.name),
-            )
             # Its weight is checked all the same, so every problem is reported in one answer.
             try:
                 parse_weight(wanted.weight_text, 1.0)
             except ParseError as error:
                 check.problem("bad_weight", f"Weight for `{wanted.name}`: {error.message}", error.fix)
             continue
+        if name_key(lora.name) in resolved:
+            check.problem(
+                "duplicate_lora",
+                f"`{wanted.name}` is `{lora.name}`, which is in the stack already ({resolved[name_key(lora.name)].describe()}).",
+                "Keep it once, with the weight you want.",
+            )
+            continue
+        resolved[name_key(lora.name)] = wanted
         ok = True
         if not lora.enabled:
             ok = False
@@ -500,6 +504,39 @@ def _check_loras(
         if ok:
             stack.append((lora, weight))
     return stack
+
+
+def _resolve_lora(wanted: LoraRequest, catalog: Catalog, check: _Check) -> LoraEntry | None:
+    """The registered LoRA a stack entry names, by name or by AIR (``civitai:120096@135931``);
+    None with the problem recorded when there is none (or an AIR fits several)."""
+    lora = catalog.lora(wanted.name)
+    if lora is not None:
+        return lora
+    if not looks_like_air(wanted.name):
+        check.problem(
+            "unknown_lora",
+            f"There is no LoRA named `{wanted.name}` in this server.",
+            "Pick one from the autocomplete list or find it with `/lora search`.",
+            catalog.suggest_loras(wanted.name),
+        )
+        return None
+    found = catalog.loras_by_air(wanted.name)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        check.problem(
+            "ambiguous_air",
+            f"`{wanted.name}` names a model of which this server has several versions: "
+            + ", ".join(f"`{lora.name}`" for lora in found[:5]) + ".",
+            "Add the version to the AIR (`civitai:MODEL@VERSION`) or pick the LoRA by name.",
+        )
+        return None
+    check.problem(
+        "unknown_air",
+        f"No LoRA in this server has the AIR `{wanted.name}`.",
+        f"An admin can fetch it from Civitai with `/lora add source:{wanted.name}`, or pick a LoRA from the list.",
+    )
+    return None
 
 
 def _check_sampler(request: ImagineRequest, model: ModelEntry | None, check: _Check) -> str:

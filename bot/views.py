@@ -11,8 +11,11 @@ kept in memory. Custom id scheme (all ≤ 100 characters, checked in tests):
 - ``atelier:card:<action>:<card id>`` on recipe cards, action use/same/remix/save/share; the
   card (recipe, author, where it came from) is a row of ``recipe_cards``.
 - ``atelier:cancel:<job id>`` on status messages (32 hex digits).
+- ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove/lookup ("Look up on
+  Civitai", by the file's sha256).
+- ``atelier:civitai:apply:<lora id>:<version id>`` under a look-up's proposal; the version is
+  looked up again and must contain the LoRA's file before anything changes.
 - ``atelier:cancelmine`` under ``/queue``: cancels every job of the clicking member there.
-- ``atelier:lora:<action>:<lora id>`` on LoRA cards, action edit/remove.
 - ``atelier:privacy:delete:<user id>:<0|1>`` under ``/privacy delete`` (1: images too).
 - ``atelier:remix:<message id>``, ``atelier:remixcard:<card id>``, ``atelier:savepost:<message
   id>``, ``atelier:savecard:<card id>`` and ``atelier:loraedit:<lora id>`` on modals.
@@ -108,17 +111,21 @@ class CancelButton(
         await bot.actions.guarded(interaction, bot.actions.cancel_job(interaction, self.job_id))
 
 
+_LORA_CARD_LABELS = {
+    "edit": ("Edit", None, discord.ButtonStyle.primary),
+    "remove": ("Remove", None, discord.ButtonStyle.danger),
+    "lookup": ("Look up on Civitai", "🔎", discord.ButtonStyle.secondary),
+}
+
+
 class LoraCardButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"atelier:lora:(?P<action>edit|remove):(?P<lora>\d{1,20})",
+    template=r"atelier:lora:(?P<action>edit|remove|lookup):(?P<lora>\d{1,20})",
 ):
     def __init__(self, action: str, lora_id: int) -> None:
-        label, style = ("Edit", discord.ButtonStyle.primary) if action == "edit" else (
-            "Remove",
-            discord.ButtonStyle.danger,
-        )
+        label, emoji, style = _LORA_CARD_LABELS[action]
         super().__init__(
-            discord.ui.Button(label=label, style=style, custom_id=f"atelier:lora:{action}:{lora_id}")
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"atelier:lora:{action}:{lora_id}")
         )
         self.action = action
         self.lora_id = lora_id
@@ -132,6 +139,33 @@ class LoraCardButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         bot = _bot(interaction)
         await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
+
+
+class CivitaiApplyButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:civitai:apply:(?P<lora>\d{1,20}):(?P<version>\d{1,12})",
+):
+    """Applies what "Look up on Civitai" proposed (see bot.sources.actions)."""
+
+    def __init__(self, lora_id: int, version_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Apply", emoji="✅", style=discord.ButtonStyle.success,
+                custom_id=f"atelier:civitai:apply:{lora_id}:{version_id}",
+            )
+        )  # fmt: skip
+        self.lora_id = lora_id
+        self.version_id = version_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CivitaiApplyButton:
+        return cls(int(match["lora"]), int(match["version"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        bot = _bot(interaction)
+        await bot.actions.guarded(interaction, bot.sources.apply_lookup(interaction, self.lora_id, self.version_id))
 
 
 class CardButton(
@@ -212,7 +246,9 @@ class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=
         await bot.actions.guarded(interaction, bot.actions.cancel_mine(interaction))
 
 
-DYNAMIC_ITEMS = (ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton, CancelMineButton)
+DYNAMIC_ITEMS = (
+    ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton, CancelMineButton, CivitaiApplyButton,
+)
 
 
 def detached(view: discord.ui.View) -> discord.ui.View:
@@ -253,10 +289,19 @@ def queue_view() -> discord.ui.View:
     return view
 
 
-def lora_card_view(lora_id: int) -> discord.ui.View:
+def lora_card_view(lora_id: int, *, lookup: bool = True) -> discord.ui.View:
+    """Edit / Remove, and "Look up on Civitai" (left out for a LoRA that came from there)."""
     view = discord.ui.View(timeout=None)
     view.add_item(LoraCardButton("edit", lora_id))
     view.add_item(LoraCardButton("remove", lora_id))
+    if lookup:
+        view.add_item(LoraCardButton("lookup", lora_id))
+    return view
+
+
+def civitai_apply_view(lora_id: int, version_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CivitaiApplyButton(lora_id, version_id))
     return view
 
 

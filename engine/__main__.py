@@ -52,6 +52,7 @@ async def serve(config: EngineConfig) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from aiohttp import web
 
+    from engine.downloads import DownloadManager
     from engine.generate import Generator
     from engine.jobs import JobManager
     from engine.server import create_app
@@ -75,6 +76,9 @@ async def serve(config: EngineConfig) -> None:
         models_root=config.models,
         loras_root=config.loras,
         token=config.token,
+        downloads=DownloadManager(
+            config.loras, enabled=config.allow_downloads, allowed_hosts=config.download_hosts
+        ),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -91,12 +95,13 @@ async def serve(config: EngineConfig) -> None:
             address = f"http://{config.host}:{sockets[0].getsockname()[1]}"
     health = generator.health()
     log.info(
-        "engine ready at %s (device %s, dtype %s; models %s, loras %s)",
+        "engine ready at %s (device %s, dtype %s; models %s, loras %s; downloads %s)",
         address,
         health.get("device"),
         health.get("dtype"),
         config.models,
         config.loras,
+        f"from {', '.join(config.download_hosts)}" if config.allow_downloads else "off",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -25,6 +25,8 @@ import aiohttp
 
 from engine.protocol import (
     TERMINAL_EVENTS,
+    DownloadRequest,
+    DownloadStatus,
     EngineError,
     ErrorCode,
     FileEntry,
@@ -228,6 +230,16 @@ class EngineClient:
     async def list_files(self, kind: FileKind) -> list[FileEntry]:
         data = await self._request("GET", "/files", params={"kind": kind})
         return [FileEntry(path=f["path"], size_bytes=f["size_bytes"]) for f in data["files"]]
+
+    async def start_download(self, request: DownloadRequest) -> DownloadStatus:
+        """Have the engine fetch a file into its LoRA folder (see engine.downloads)."""
+        return DownloadStatus.from_json(await self._request("POST", "/downloads", json=request.to_json()))
+
+    async def download_status(self, download_id: str) -> DownloadStatus:
+        return DownloadStatus.from_json(await self._request("GET", f"/downloads/{_quote(download_id)}"))
+
+    async def cancel_download(self, download_id: str) -> DownloadStatus:
+        return DownloadStatus.from_json(await self._request("POST", f"/downloads/{_quote(download_id)}/cancel"))
 
     async def wait_ready(self, timeout: float = 60.0, *, interval: float = 0.2) -> dict[str, Any]:  # noqa: ASYNC109 (contract name)
         """Poll ``/health`` until the engine answers (it spends a while importing torch)."""

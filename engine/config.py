@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.auth import check_token
+from engine.downloads import DEFAULT_DOWNLOAD_HOSTS
 
 ENV_PREFIX = "ATELIER_ENGINE_"
 DEFAULT_HOST = "127.0.0.1"
@@ -54,6 +55,10 @@ class EngineConfig:
     #: The shared secret every request must carry (see engine.auth). Kept out of repr so
     #: that printing or logging the config never shows it.
     token: str = dataclasses.field(default="", repr=False)
+    #: Fetch files into the LoRA folder when the bot asks (``POST /downloads``); off by default.
+    allow_downloads: bool = False
+    #: Hosts downloads and their redirects may come from (``http://host`` also allows http).
+    download_hosts: tuple[str, ...] = DEFAULT_DOWNLOAD_HOSTS
     #: Model cache budgets in bytes; None: automatic (most of the GPU, half the RAM).
     model_device_budget: int | None = None
     model_host_budget: int | None = None
@@ -78,6 +83,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-loras", type=int, help="LoRAs kept loaded (default 8)")
     parser.add_argument("--cache-bytes", help="bytes of LoRAs kept loaded (default 2GiB)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument(
+        "--allow-downloads",
+        action="store_true",
+        default=None,
+        help="let the bot have files fetched into the LoRA folder (Civitai LoRAs); off by default",
+    )
+    parser.add_argument(
+        "--download-hosts",
+        help="comma-separated hosts downloads may come from, e.g. civitai.com,*.civitai.com "
+        "(default: Civitai and its storage hosts); write http://host to allow plain http",
+    )
     # No --token flag: a command line is visible to every user of the machine (ps).
     parser.add_argument(
         "--token-file",
@@ -149,12 +165,32 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
         cache_loras=cache_loras,
         cache_bytes=parse_size(pick("cache_bytes") or "2GiB"),
         log_level=(pick("log_level") or "INFO").upper(),
+        allow_downloads=_flag(pick("allow_downloads")),
+        download_hosts=_hosts(pick("download_hosts")),
         model_device_budget=_optional_size(pick("model_device_budget")),
         model_host_budget=_optional_size(pick("model_host_budget")),
         lora_mode=lora_mode,
         max_batch_images=max_batch,
-        compile_unet=_flag("compile", pick("compile") or "off"),
+        compile_unet=_on_off("compile", pick("compile") or "off"),
     )
+
+
+def _flag(text: str | None) -> bool:
+    value = (text or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"--allow-downloads (ATELIER_ENGINE_ALLOW_DOWNLOADS) must be true or false, not {text!r}")
+
+
+def _hosts(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return DEFAULT_DOWNLOAD_HOSTS
+    hosts = tuple(h.strip() for h in text.split(",") if h.strip())
+    if not hosts:
+        raise ValueError("--download-hosts is empty; leave it out for Civitai's hosts, or list some")
+    return hosts
 
 
 def _token(token_file: str | None, env: Mapping[str, str]) -> str:
@@ -181,7 +217,7 @@ def _optional_size(text: str | None) -> int | None:
     return None if text in (None, "", "auto") else parse_size(text)
 
 
-def _flag(name: str, text: str) -> bool:
+def _on_off(name: str, text: str) -> bool:
     if text.lower() in _TRUE:
         return True
     if text.lower() in _FALSE:

@@ -94,6 +94,38 @@ def resolve_within(root: Path, relative: str, *, allow_dir: bool = False) -> Pat
     return candidate
 
 
+def resolve_new_file(root: Path, relative: str) -> Path:
+    """Where a file that does not exist yet may be written under ``root`` (a download).
+
+    The same rules as :func:`resolve_within` (relative, no ``..``, no symlink out, never a
+    pickle suffix, only ``.safetensors``), except that the file and its folders may be missing.
+    """
+    if not isinstance(relative, str) or not relative.strip() or "\x00" in relative:
+        raise EngineError(ErrorCode.OUTSIDE_FOLDER, "the destination must be a file name inside the folder")
+    try:
+        real_root = Path(root).resolve(strict=True)
+    except OSError as exc:
+        raise EngineError(ErrorCode.UNKNOWN_FILE, f"the configured folder '{root}' does not exist") from exc
+    posix = PurePosixPath(relative.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(relative).drive or ".." in posix.parts or not posix.parts:
+        raise EngineError(
+            ErrorCode.OUTSIDE_FOLDER,
+            f"'{relative}' points outside the LoRA folder; give a path relative to it without '..'",
+        )
+    if any(part.startswith(".") for part in posix.parts):
+        raise EngineError(ErrorCode.OUTSIDE_FOLDER, f"'{relative}' names a hidden file or folder")
+    _refuse_pickle(relative)
+    if posix.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise EngineError(ErrorCode.NOT_SAFETENSORS, f"'{relative}' is not a .safetensors file name")
+    candidate = real_root.joinpath(*posix.parts).resolve(strict=False)
+    if not candidate.is_relative_to(real_root):
+        raise EngineError(
+            ErrorCode.OUTSIDE_FOLDER,
+            f"'{relative}' resolves (through a symlink) outside the folder '{real_root}'",
+        )
+    return candidate
+
+
 def link_leading_outside(folder: Path, real_root: Path) -> Path | None:
     """The first entry under ``folder`` that resolves outside ``real_root``, or None.
 

@@ -18,6 +18,11 @@ answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}`
 - ``GET /health`` -> ``Health``.
 - ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``.
 - ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
+- ``POST /downloads`` ``DownloadRequest`` -> 202 ``DownloadStatus``: the engine fetches a file
+  (only from its allowed hosts, only when started with ``--allow-downloads``) into its LoRA
+  folder, verifies its sha256 and kind, and moves it into place atomically. The same id, or
+  another id for the same destination and sha256, answers the download already under way.
+- ``GET /downloads/{id}`` -> ``DownloadStatus``; ``POST /downloads/{id}/cancel`` stops one.
 
 Paths are always relative to the engine's configured model, LoRA or embedding folder (the
 embedding folder is the LoRA folder unless the operator configures another).
@@ -79,6 +84,11 @@ class ErrorCode(enum.StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     #: The request lacked the engine's token (or sent a wrong one): HTTP 401.
     UNAUTHORIZED = "unauthorized"
+    #: A download the engine will not start (downloads off, a host it may not fetch from, a
+    #: destination another download is writing): HTTP 403/409.
+    DOWNLOAD_REFUSED = "download_refused"
+    #: A download that failed; its status's ``error.reason`` says why (see DOWNLOAD_REASONS).
+    DOWNLOAD_FAILED = "download_failed"
     INTERNAL = "internal"
 
 
@@ -168,6 +178,80 @@ class FileInfo:
 class FileEntry:
     path: str
     size_bytes: int
+
+
+#: Why a download failed (``DownloadStatus.error["reason"]``), stable for callers and tests.
+DOWNLOAD_REASONS = (
+    "not_found", "login_required", "token_refused", "redirect_refused", "too_many_redirects",
+    "unavailable", "not_a_file", "stalled", "timeout", "truncated", "too_large", "hash_mismatch",
+    "pickle", "archive", "corrupt", "wrong_kind", "exists_different", "cancelled",
+)  # fmt: skip
+DownloadState = Literal["queued", "running", "verifying", "done", "failed"]
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What ``POST /downloads`` takes. ``auth_token`` is sent only to ``url``'s own host (never
+    to a host it redirects to) and never logged, stored or echoed."""
+
+    id: str
+    url: str
+    #: Destination relative to the LoRA folder (a ``.safetensors`` name, folders created).
+    path: str
+    #: The sha256 the file must have (lower-case hex).
+    sha256: str
+    #: "lora" or "embedding": what the file must turn out to be once inspected.
+    kind: str
+    #: The size the source announced (0: unknown) and the most the engine will accept.
+    size_bytes: int = 0
+    max_bytes: int = 2 * 1024**3
+    timeout_s: float = 1800.0
+    #: Seconds without a byte after which the download counts as stalled.
+    stall_s: float = 60.0
+    auth_token: str = field(default="", repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownloadRequest:
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        request = cls(**values)
+        texts = (request.id, request.url, request.path, request.sha256, request.kind, request.auth_token)
+        if not all(isinstance(v, str) for v in texts):
+            raise ValueError("id, url, path, sha256, kind and auth_token must be strings")
+        numbers = (request.size_bytes, request.max_bytes, request.timeout_s, request.stall_s)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in numbers):
+            raise ValueError("size_bytes, max_bytes, timeout_s and stall_s must be non-negative numbers")
+        return request
+
+
+@dataclass(frozen=True)
+class DownloadStatus:
+    id: str
+    state: DownloadState
+    path: str
+    received: int = 0
+    #: Bytes expected (the response's length, else the announced size; 0 when unknown).
+    total: int = 0
+    #: ``{"code": "download_failed", "reason": ..., "message": ...}`` once failed.
+    error: dict[str, str] | None = None
+    #: The inspected file once done (its ``path`` is the destination).
+    file: FileInfo | None = None
+    #: The destination held this very file already: nothing was downloaded.
+    reused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["file"] = self.file.to_json() if self.file else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownloadStatus:
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        if values.get("file"):
+            values["file"] = FileInfo.from_json(values["file"])
+        return cls(**values)
 
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]

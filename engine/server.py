@@ -20,10 +20,11 @@ from typing import Any
 from aiohttp import web
 
 from engine.auth import TOKEN_KEY, require_token
+from engine.downloads import DownloadManager
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
-from engine.protocol import TERMINAL_EVENTS, EngineError, ErrorCode, Recipe
+from engine.protocol import TERMINAL_EVENTS, DownloadRequest, EngineError, ErrorCode, Recipe
 
 log = logging.getLogger("engine.server")
 
@@ -47,6 +48,8 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OUT_OF_MEMORY: 507,
     ErrorCode.ENGINE_UNAVAILABLE: 503,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.DOWNLOAD_REFUSED: 403,
+    ErrorCode.DOWNLOAD_FAILED: 502,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -54,6 +57,7 @@ MANAGER_KEY = web.AppKey("manager", JobManager)
 FOLDERS_KEY = web.AppKey("folders", dict)
 STARTED_KEY = web.AppKey("started", float)
 HEARTBEAT_KEY = web.AppKey("heartbeat_interval_s", float)
+DOWNLOADS_KEY = web.AppKey("downloads", DownloadManager)
 
 
 def error_response(error: EngineError) -> web.Response:
@@ -221,6 +225,24 @@ async def files(request: web.Request) -> web.Response:
     )
 
 
+async def start_download(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    try:
+        wanted = DownloadRequest.from_json(body)
+    except (TypeError, ValueError) as exc:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"the download request is malformed: {exc}") from exc
+    status = request.app[DOWNLOADS_KEY].submit(wanted)
+    return web.json_response(status.to_json(), status=202)
+
+
+async def download_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DOWNLOADS_KEY].status(request.match_info["id"]).to_json())
+
+
+async def cancel_download(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DOWNLOADS_KEY].cancel(request.match_info["id"]).to_json())
+
+
 def memory_report() -> dict[str, Any]:
     """RSS always; CUDA figures only when torch is already loaded (never import it here)."""
     report: dict[str, Any] = {"rss_bytes": _rss_bytes()}
@@ -272,8 +294,12 @@ def create_app(
     loras_root: Path,
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     token: str | None = None,
+    downloads: DownloadManager | None = None,
 ) -> web.Application:
-    """The aiohttp application; the job worker starts and stops with it.
+    """The aiohttp application; the job worker and the downloads start and stop with it.
+
+    ``downloads`` fetches files into the LoRA folder (:mod:`engine.downloads`); without one
+    the download routes answer that downloads are off.
 
     ``token`` is the shared secret every request must carry (:mod:`engine.auth`);
     ``python -m engine serve`` always passes one. None builds an open app, for tests that
@@ -292,10 +318,13 @@ def create_app(
     app[FOLDERS_KEY] = {"model": Path(models_root), "lora": Path(loras_root), "embedding": Path(loras_root)}
     app[STARTED_KEY] = time.monotonic()
     app[HEARTBEAT_KEY] = float(heartbeat_interval_s)
+    app[DOWNLOADS_KEY] = downloads or DownloadManager(Path(loras_root), enabled=False)
 
     async def lifecycle(app: web.Application) -> Any:
         await manager.start()
+        await app[DOWNLOADS_KEY].start()
         yield
+        await app[DOWNLOADS_KEY].stop()
         await manager.stop()
 
     async def stop_jobs(_app: web.Application) -> None:
@@ -314,4 +343,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_post("/inspect", inspect)
     app.router.add_get("/files", files)
+    app.router.add_post("/downloads", start_download)
+    app.router.add_get("/downloads/{id}", download_status)
+    app.router.add_post("/downloads/{id}/cancel", cancel_download)
     return app

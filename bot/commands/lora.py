@@ -84,16 +84,16 @@ async def unregistered_file_autocomplete(
     return await unregistered_file_choices(interaction, "lora", current)
 
 
-@lora.command(name="add", description="Register a LoRA file the engine can see (admin)")
+@lora.command(name="add", description="Register a LoRA file, or fetch one from Civitai by AIR, link or hash (admin)")
 @admin_only()
 @app_commands.describe(
-    file="LoRA file in the engine's folder",
-    name="Name members will type (default: from the file)",
+    file="LoRA file in the engine's folder (leave empty to fetch `source` from Civitai)",
+    name="Name members will type (default: from the file, or Civitai's)",
     category="What kind of LoRA it is",
-    trigger_words="Comma-separated trigger words (default: read from the file)",
+    trigger_words="Comma-separated trigger words (default: read from the file, or Civitai's)",
     default_weight="Weight used when a member gives none",
-    nsfw="Whether it is NSFW",
-    source="Where it comes from: Civitai AIR or URL",
+    nsfw="Whether it is NSFW (Civitai's NSFW rating always counts)",
+    source="Civitai AIR (civitai:120096@135931), link or file hash; fetched when no file is given",
     description="A short description",
     family="Model family it was trained for (default: read from the file)",
 )
@@ -101,40 +101,55 @@ async def unregistered_file_autocomplete(
 @app_commands.autocomplete(file=unregistered_file_autocomplete)
 async def lora_add(
     interaction: discord.Interaction[Any],
-    file: str,
+    file: str | None = None,
     name: app_commands.Range[str, 1, 100] | None = None,
-    category: str = "other",
+    category: str | None = None,
     trigger_words: str | None = None,
     default_weight: app_commands.Range[float, -10.0, 10.0] | None = None,
-    nsfw: bool = False,
-    source: str | None = None,
+    nsfw: bool | None = None,
+    source: app_commands.Range[str, 1, 1000] | None = None,
     description: str | None = None,
     family: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
-    info = await inspect_new_file(interaction, "lora", file)
-    if info is None:
-        return
-    overrides: dict[str, Any] = {"nsfw": nsfw}
+    overrides: dict[str, Any] = {}
+    if category is not None:
+        overrides["category"] = Category(category)
+    if nsfw is not None:
+        overrides["nsfw"] = nsfw
     if trigger_words is not None:
         overrides["trigger_words"] = tuple(w.strip() for w in trigger_words.split(",") if w.strip())
     if default_weight is not None:
         overrides["default_weight"] = default_weight
-    if source:
-        overrides["source"] = source
     if description:
         overrides["description"] = description
     if family:
         overrides["family"] = family
-    elif info.base_model_sha256:
+    if file is None:
+        if not source:
+            await send_private(
+                interaction,
+                "Give `file` (a LoRA file the engine already has) or `source` (a Civitai AIR such as "
+                "`civitai:120096@135931`, a Civitai link or a file hash) to fetch it.",
+            )
+            return
+        await bot.sources.add(interaction, source, name=name, overrides=overrides)
+        return
+    info = await inspect_new_file(interaction, "lora", file)
+    if info is None:
+        return
+    overrides.setdefault("nsfw", False)
+    if source:
+        overrides["source"] = source
+    if not family and info.base_model_sha256:
         # Trained on a model this server has: that model's family is the LoRA's.
         for known in await bot.registry.list_models(interaction.guild_id):
             if known.sha256 == info.base_model_sha256 and known.family != "unknown":
                 overrides["family"] = known.family
     try:
-        entry = LoraEntry.from_file_info(info, name=name, category=category, **overrides)
+        entry = LoraEntry.from_file_info(info, name=name, **overrides)
         added = await bot.registry.add_lora(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
@@ -144,9 +159,9 @@ async def lora_add(
         note += " I could not tell its architecture from the file; it will not match any model until that is fixed."
     await send_private(
         interaction,
-        note + " Check the card; press Edit to correct trigger words, weights or category.",
+        note + " Check the card; press Edit to correct trigger words, weights or category, or Look up on Civitai to fill in what Civitai knows.",
         embed=embeds.lora_card(added, show_file=True),
-        view=views.lora_card_view(added.id or 0),
+        view=views.lora_card_view(added.id or 0, lookup=bool(added.sha256)),
     )
 
 
@@ -244,8 +259,10 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
         # The card still says NSFW; only its picture waits for a channel where NSFW is allowed.
         entry = replace(entry, preview_url=None)
     marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
+    admin = is_admin(interaction)
+    extra: dict[str, Any] = {"view": views.lora_card_view(entry.id or 0, lookup=bool(entry.sha256))} if admin else {}
     await send_private(
-        interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks, show_file=is_admin(interaction))
+        interaction, embed=embeds.lora_card(entry, bookmarked=entry.name in marks, show_file=admin), **extra
     )
 
 

@@ -69,6 +69,12 @@ def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -
             value=", ".join(f"<@&{role}>" for role in settings.priority_roles),
             inline=False,
         )
+    if settings.fetch_roles:
+        embed.add_field(
+            name="May fetch from Civitai in /imagine",
+            value=" ".join(f"<@&{role}>" for role in settings.fetch_roles),
+            inline=False,
+        )
     if settings.role_max_loras:
         embed.add_field(
             name="Role stack caps",
@@ -111,6 +117,8 @@ def settings_embed(settings: ServerSettings, *, classifier: str | None = None) -
     role_max_loras="LoRA cap for the role (0 removes the override)",
     image_check="What happens to an image the classifier flags outside age-restricted channels",
     blocklist="Comma-separated words or phrases refused in prompts (`word*` matches endings; `none` clears)",
+    fetch_role="A role whose members may have a LoRA fetched from Civitai by its AIR in /imagine",
+    fetch_on_demand="With fetch_role: allow (true) or stop (false) it; alone, false stops every role",
 )
 @app_commands.choices(nsfw_policy=POLICY_CHOICES, image_check=IMAGE_CHECK_CHOICES)
 @app_commands.autocomplete(default_model=model_name_autocomplete)
@@ -139,6 +147,8 @@ async def settings(
     role_max_loras: RoleCap | None = None,
     image_check: str | None = None,
     blocklist: app_commands.Range[str, 1, 4000] | None = None,
+    fetch_role: discord.Role | None = None,
+    fetch_on_demand: bool | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -191,6 +201,15 @@ async def settings(
         else:
             roles.discard(priority_role.id)
         changes["priority_roles"] = tuple(sorted(roles))
+    if fetch_role is not None or fetch_on_demand is not None:
+        roles = _fetch_roles(current.fetch_roles, fetch_role, fetch_on_demand)
+        if roles is None:
+            await interaction.followup.send(
+                "Give `fetch_role` with `fetch_on_demand:true` to let that role fetch, or `fetch_on_demand:false` "
+                "(with or without a role) to stop.", ephemeral=True,
+            )  # fmt: skip
+            return
+        changes["fetch_roles"] = roles
     if default_model is not None and await registry.get_model(interaction.guild_id, default_model) is None:
         await interaction.followup.send(f"There is no model named `{default_model}`; see `/model list`.", ephemeral=True)
         return
@@ -205,6 +224,15 @@ async def settings(
     await interaction.followup.send(
         "Settings saved.", embed=settings_embed(updated, classifier=classifier), ephemeral=True
     )
+
+
+def _fetch_roles(current: tuple[int, ...], role: discord.Role | None, allow: bool | None) -> tuple[int, ...] | None:
+    """The roles that may fetch on demand after this change; None when the options do not say."""
+    if role is None:
+        return () if allow is False else None
+    if allow is False:
+        return tuple(r for r in current if r != role.id)
+    return tuple(dict.fromkeys((*current, role.id)))
 
 
 def _blocklist(text: str | None) -> tuple[str, ...] | None:

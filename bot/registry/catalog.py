@@ -19,6 +19,7 @@ from typing import Any
 
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, ServerSettings
 from bot.registry.text import name_key
+from bot.sources.refs import SourceError, parse_air, parse_source
 
 #: Stop adding posting lists once this many hits were counted; the rarest trigrams come
 #: first, and they are the ones that tell names apart.
@@ -29,6 +30,30 @@ _CANDIDATES = 24
 def trigrams(key: str) -> set[str]:
     padded = f"  {key} "
     return {padded[i : i + 3] for i in range(len(padded) - 2)}
+
+
+def source_keys(source: str) -> list[tuple[str, str, str]]:
+    """The keys a stored source is found by: ``("version", source, version)`` and
+    ``("model", source, id)`` (a Civitai link gives the same keys as its AIR)."""
+    try:
+        if source.lower().startswith(("http://", "https://")):
+            ref = parse_source(source)
+            keys = [("version", "civitai", str(ref.version_id))] if ref.version_id else []
+            return keys + ([("model", "civitai", str(ref.model_id))] if ref.model_id else [])
+        air = parse_air(source)
+    except SourceError:
+        return []
+    keys = [("model", air.source, air.id)]
+    return ([("version", air.source, air.version)] if air.version else []) + keys
+
+
+def air_key(text: str) -> tuple[str, str, str] | None:
+    """What a member's AIR is looked up by: its version when it names one, else its model."""
+    try:
+        air = parse_air(text)
+    except SourceError:
+        return None
+    return ("version", air.source, air.version) if air.version else ("model", air.source, air.id)
 
 
 class NameIndex:
@@ -142,6 +167,13 @@ class LoraTable(Mapping[str, LoraEntry]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def sources(self) -> Iterator[tuple[str, str]]:
+        """``(name key, source)`` of every LoRA that has a source, without building entries."""
+        for key, item in list(self._items.items()):
+            source = item.source if isinstance(item, LoraEntry) else item["source"]
+            if source:
+                yield key, source
+
     def summaries(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         """``(name, architecture, trigger words)`` of every LoRA, without building entries."""
         for item in list(self._items.values()):
@@ -180,6 +212,25 @@ class Catalog:
 
     def model(self, name: str) -> ModelEntry | None:
         return self.models.get(name_key(name))
+
+    def loras_by_air(self, text: str) -> list[LoraEntry]:
+        """The LoRAs registered with the AIR (or Civitai link) ``text``: the one version it
+        names, or every registered version of its model when it names none. Civitai version
+        ids are unique site-wide, so ``civitai:1@2`` also finds a source written as a link."""
+        wanted = air_key(text)
+        if wanted is None:
+            return []
+        index = self._air_index
+        keys = index.get(wanted, ())
+        return [self.loras[k] for k in dict.fromkeys(keys) if k in self.loras]
+
+    @cached_property
+    def _air_index(self) -> dict[tuple[str, str, str], list[str]]:
+        index: dict[tuple[str, str, str], list[str]] = {}
+        for key, source in self.loras.sources():
+            for part in source_keys(source):
+                index.setdefault(part, []).append(key)
+        return index
 
     def lora(self, name: str) -> LoraEntry | None:
         return self.loras.get(name_key(name))

@@ -128,6 +128,7 @@ def clean_embedding(entry: EmbeddingEntry) -> EmbeddingEntry:
         description=clean_text(entry.description, what="description"),
         nsfw=bool(entry.nsfw),
         enabled=bool(entry.enabled),
+        source=clean_source(entry.source, kind="embedding", architecture=entry.architecture),
     )
 
 
@@ -259,6 +260,9 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
         raise RegistryError(
             f"Unknown image check {s.image_check!r}; use one of {', '.join(c.value for c in ImageCheck)}."
         ) from None
+    fetch_roles = tuple(dict.fromkeys(s.fetch_roles))
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in fetch_roles):
+        raise RegistryError("Fetch roles must be role ids.")
     try:
         blocked = clean_blocklist(s.blocked_words)
     except ValueError as exc:
@@ -276,6 +280,7 @@ def clean_settings(settings: ServerSettings) -> ServerSettings:
         priority_roles=priority_roles,
         image_check=image_check.value,
         blocked_words=blocked,
+        fetch_roles=fetch_roles,
     )
 
 

@@ -239,6 +239,8 @@ class EmbeddingEntry:
     added_by: int = 0
     added_at: float = 0.0
     id: int | None = None
+    #: A Civitai AIR or an http(s) URL, as for LoRAs.
+    source: str | None = None
 
     @classmethod
     def from_file_info(cls, info: FileInfo, *, name: str | None = None, **overrides: Any) -> EmbeddingEntry:
@@ -322,6 +324,9 @@ class ServerSettings:
     image_check: str = "withhold"
     #: Words or phrases refused in prompts (normalised, see bot.safety.clean_blocklist).
     blocked_words: tuple[str, ...] = ()
+    #: Roles whose members may have a LoRA fetched from Civitai by writing its AIR in
+    #: ``/imagine`` (where the operator allows fetching); empty: nobody (the default).
+    fetch_roles: tuple[int, ...] = ()
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""
@@ -334,6 +339,7 @@ class ServerSettings:
         data["priority_roles"] = [str(role) for role in self.priority_roles]
         data["nsfw_policy"] = str(self.nsfw_policy)
         data["blocked_words"] = list(self.blocked_words)
+        data["fetch_roles"] = [str(r) for r in self.fetch_roles]
         return data
 
     @classmethod
@@ -349,6 +355,8 @@ class ServerSettings:
             values["priority_roles"] = tuple(int(role) for role in values["priority_roles"])
         if "blocked_words" in values:
             values["blocked_words"] = tuple(values["blocked_words"])
+        if "fetch_roles" in values:
+            values["fetch_roles"] = tuple(int(r) for r in values["fetch_roles"])
         return cls(**values)
 
 

@@ -78,7 +78,7 @@ _LORA_COUNT = len(_LORA_COLUMNS.split(","))
 _MODEL_COUNT = len(_MODEL_COLUMNS.split(","))
 _EMBEDDING_COLUMNS = (
     "name, name_key, architecture, family, file, sha256, autov2, vectors, description, nsfw, "
-    "enabled, added_by, added_at"
+    "enabled, added_by, added_at, source"
 )
 
 
@@ -97,6 +97,7 @@ def _embedding_from_row(row: sqlite3.Row) -> EmbeddingEntry:
         enabled=bool(row["enabled"]),
         added_by=row["added_by"],
         added_at=row["added_at"],
+        source=row["source"],
     )
 
 
@@ -212,6 +213,14 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         model.a1111_hash,
         model.vae,
     )
+
+
+def _added(file: str, architecture: str, source: str | None) -> dict[str, Any]:
+    """What the audit log says of a new entry: its file, and where it came from when known."""
+    details: dict[str, Any] = {"file": file, "architecture": architecture}
+    if source:
+        details["source"] = source
+    return details
 
 
 def _audit_value(value: Any) -> Any:
@@ -470,7 +479,7 @@ class Registry:
                 actor_id,
                 "lora.add",
                 lora.name,
-                {"file": lora.file, "architecture": lora.architecture},
+                _added(lora.file, lora.architecture, lora.source),
             )
             return int(cursor.lastrowid or 0)
 
@@ -727,12 +736,12 @@ class Registry:
                     guild_id, embedding.name, name_key(embedding.name), embedding.architecture,
                     embedding.family, embedding.file, embedding.sha256, embedding.autov2,
                     embedding.vectors, embedding.description, int(embedding.nsfw),
-                    int(embedding.enabled), embedding.added_by, embedding.added_at,
+                    int(embedding.enabled), embedding.added_by, embedding.added_at, embedding.source,
                 ),  # fmt: skip
             )
             await self._audit(
                 conn, guild_id, actor_id, "embedding.add", embedding.name,
-                {"file": embedding.file, "architecture": embedding.architecture},
+                _added(embedding.file, embedding.architecture, embedding.source),
             )  # fmt: skip
             return int(cursor.lastrowid or 0)
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bot.registry.models import ARCHITECTURES, RegistryError
+
+# The registry stores AIRs as sources; the grammar is bot.sources.refs's.
+from bot.sources import refs
+from bot.sources.refs import LORA_TYPES
+from bot.sources.refs import Air as Air
 
 MAX_NAME_LENGTH = 64
 MAX_DESCRIPTION_LENGTH = 10_000
@@ -111,69 +115,19 @@ def clean_trigger_words(words: object) -> tuple[str, ...]:
 
 # --- sources: Civitai AIRs and URLs -------------------------------------------------------
 
-#: AIR ecosystems mapped to the registry's architecture names.
-AIR_ECOSYSTEMS = {
-    "sd1": "sd15",
-    "sd15": "sd15",
-    "sdxl": "sdxl",
-    "sd3": "sd3",
-    "flux1": "flux",
-    "flux": "flux",
-    "other": "unknown",
-}
-_AIR = re.compile(
-    r"^urn:air:(?P<ecosystem>[a-z0-9_]+):(?P<type>[a-z0-9_]+):(?P<source>[a-z0-9_]+):"
-    r"(?P<id>[A-Za-z0-9_.\-/]+?)(?:@(?P<version>[A-Za-z0-9_.\-]+))?"
-    r"(?::(?P<layer>[A-Za-z0-9_]+))?(?:\.(?P<format>[a-z0-9]+))?$"
-)
-
-
-@dataclass(frozen=True)
-class Air:
-    """A parsed Civitai AI Resource name, e.g. ``urn:air:sdxl:lora:civitai:120096@135931``."""
-
-    ecosystem: str
-    type: str
-    source: str
-    id: str
-    version: str | None = None
-
-    @property
-    def architecture(self) -> str:
-        return AIR_ECOSYSTEMS.get(self.ecosystem, "unknown")
-
-    @property
-    def url(self) -> str | None:
-        """The Civitai page, when the AIR points at Civitai."""
-        if self.source != "civitai" or not self.id.isdigit():
-            return None
-        url = f"https://civitai.com/models/{self.id}"
-        return f"{url}?modelVersionId={self.version}" if self.version else url
-
-    def __str__(self) -> str:
-        tail = f"@{self.version}" if self.version else ""
-        return f"urn:air:{self.ecosystem}:{self.type}:{self.source}:{self.id}{tail}"
-
 
 def parse_air(text: str) -> Air:
-    """Parse an AIR or raise a RegistryError showing the expected shape."""
-    match = _AIR.match(text.strip())
-    if not match:
-        raise RegistryError(
-            f"{text[:120]!r} is not a valid AIR. The shape is "
-            "`urn:air:{ecosystem}:{type}:{source}:{id}@{version}`, for example "
-            "`urn:air:sdxl:lora:civitai:120096@135931`."
-        )
-    if match["ecosystem"] not in AIR_ECOSYSTEMS:
-        raise RegistryError(
-            f"Unknown AIR ecosystem {match['ecosystem']!r}; use one of "
-            f"{', '.join(sorted(AIR_ECOSYSTEMS))}."
-        )
-    return Air(match["ecosystem"], match["type"], match["source"], match["id"], match["version"])
+    """Parse an AIR in any of Civitai's forms (see bot.sources.refs), or raise a RegistryError
+    that shows the accepted shapes."""
+    try:
+        return refs.parse_air(text)
+    except refs.SourceError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def clean_source(raw: str | None, *, kind: str, architecture: str | None) -> str | None:
-    """A LoRA's source: an AIR (checked against the kind and architecture) or an http(s) URL."""
+    """A LoRA's or embedding's source: an AIR in any of Civitai's forms (checked against the
+    kind and architecture, stored in its full ``urn:air:…`` form) or an http(s) URL."""
     if raw is None:
         return None
     text = strip_invisible(raw).strip()
@@ -181,23 +135,21 @@ def clean_source(raw: str | None, *, kind: str, architecture: str | None) -> str
         return None
     if len(text) > MAX_URL_LENGTH:
         raise RegistryError(f"The source is longer than {MAX_URL_LENGTH} characters.")
-    if text.lower().startswith("urn:"):
-        air = parse_air(text)
-        if air.type != kind:
-            raise RegistryError(
-                f"The AIR names a {air.type!r}, but this entry is a {kind}; "
-                "check that you copied the right AIR."
-            )
-        if architecture not in (None, "unknown") and air.architecture not in (
-            architecture,
-            "unknown",
-        ):
-            raise RegistryError(
-                f"The AIR is for {air.architecture} but the file is {architecture}; "
-                "check that you copied the AIR of the same version as the file."
-            )
-        return str(air)
-    return clean_url(text, what="source")
+    if text.lower().startswith(("http://", "https://")):
+        return clean_url(text, what="source")
+    air = parse_air(text)
+    types = LORA_TYPES if kind == "lora" else frozenset({kind})
+    if air.type is not None and air.type not in types:
+        raise RegistryError(
+            f"The AIR names a {air.type!r}, but this entry is a {kind}; "
+            "check that you copied the right AIR."
+        )
+    if architecture not in (None, "unknown") and air.architecture not in (architecture, "unknown"):
+        raise RegistryError(
+            f"The AIR is for {air.architecture} but the file is {architecture}; "
+            "check that you copied the AIR of the same version as the file."
+        )
+    return str(air.canonical(type=kind, architecture=architecture))
 
 
 def clean_url(raw: str | None, *, what: str) -> str | None:

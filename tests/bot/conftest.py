@@ -8,6 +8,7 @@ started with its real ``start()``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -49,10 +50,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def engine_command(demo_assets: Any, port: int) -> list[str]:
+def engine_command(demo_assets: Any, port: int, lora_root: Path | None = None) -> list[str]:
     return [
         sys.executable, "-m", "engine", "serve",
-        "--models", str(demo_assets.model_root), "--loras", str(demo_assets.lora_root),
+        "--models", str(demo_assets.model_root), "--loras", str(lora_root or demo_assets.lora_root),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
 
@@ -71,14 +72,14 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
     raise RuntimeError(f"the engine did not start within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def engine_url(demo_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One engine subprocess for the whole bot suite."""
+@contextlib.contextmanager
+def engine_subprocess(demo_assets: Any, log: Path, *extra: str, lora_root: Path | None = None) -> Iterator[str]:
+    """``python -m engine serve`` on the demo models, its output in ``log``; yields its URL."""
     port = free_port()
-    log = tmp_path_factory.mktemp("engine-log") / "engine.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as sink:
-        proc = subprocess.Popen(engine_command(demo_assets, port), stdout=sink, stderr=subprocess.STDOUT, env=env)
+        command = [*engine_command(demo_assets, port, lora_root), *extra]
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log)
@@ -90,6 +91,13 @@ def engine_url(demo_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def engine_url(demo_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One engine subprocess for the whole bot suite."""
+    with engine_subprocess(demo_assets, tmp_path_factory.mktemp("engine-log") / "engine.log") as url:
+        yield url
 
 
 async def seed_registry(registry: Registry, guild_id: int, engine: EngineClient, demo_assets: Any, actor: int) -> None:

@@ -87,7 +87,9 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     assert card.ephemeral and card.embeds[0]["title"] == "LoRA · twin"
     entry = await world.registry.get_lora(world.guild.id, "twin")
     assert entry is not None and entry.architecture == "sd15" and entry.sha256 and len(entry.sha256) == 64
-    assert [b.custom_id for b in card.buttons] == [f"atelier:lora:edit:{entry.id}", f"atelier:lora:remove:{entry.id}"]
+    assert [b.custom_id for b in card.buttons] == [
+        f"atelier:lora:edit:{entry.id}", f"atelier:lora:remove:{entry.id}", f"atelier:lora:lookup:{entry.id}"
+    ]
 
     # Edit from the card: a modal with the guesses, saved after the admin corrects them.
     click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")

@@ -133,7 +133,8 @@ def test_custom_ids_fit_and_match_their_templates() -> None:
     ids += [b.custom_id for b in views.status_view("f" * 32).children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.lora_card_view(2**63 - 1).children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.card_view(2**63 - 1, shareable=True).children]  # type: ignore[attr-defined]
-    assert len(ids) == 6 + 1 + 2 + 5
+    ids += [b.custom_id for b in views.civitai_apply_view(2**63 - 1, 10**12 - 1).children]  # type: ignore[attr-defined]
+    assert len(ids) == 6 + 1 + 3 + 5 + 1
     assert all(any(item.__discord_ui_compiled_template__.fullmatch(i) for item in views.DYNAMIC_ITEMS) for i in ids)
     assert all(0 < len(i) <= views.CUSTOM_ID_LIMIT for i in ids)
     modal = views.RemixModal(message_id=2**63, prompt="p" * 9000, negative="", loras="a:1", seed="1", steps="2")
