@@ -289,6 +289,7 @@ def validate(
     recipe = Recipe(
         model=model.file,
         model_name=model.name,
+        vae=model.vae,
         # Lower case, as A1111 and the engine's PNG write it.
         model_hash=(model.sha256[:10] if model.sha256 else (model.autov2 or "")).lower(),
         prompt=prompt,

@@ -65,6 +65,11 @@ async def serve(config: EngineConfig) -> None:
         dtype=dtype,
         cache_max_loras=config.cache_loras,
         cache_max_bytes=config.cache_bytes,
+        model_device_budget=config.model_device_budget,
+        model_host_budget=config.model_host_budget,
+        lora_mode=config.lora_mode,
+        max_batch_images=config.max_batch_images,
+        compile_unet=config.compile_unet,
     )
     app = create_app(
         JobManager(generator),

@@ -28,10 +28,16 @@ from typing import Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.component_configs import (  # config_sidecar is also used from here by tests
+    config_sidecar,
+    shipped_configs,
+    write_config_folder,
+)
+from engine.loras.keys import unet_module_to_ldm
+
 #: Bump when the files the builder writes change, so old builds are rebuilt.
 BUILD_VERSION = 7
 STAMP_FILE = "atelier-build.json"
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 Size = Literal["tiny", "full"]
 
 #: SAI model-spec architecture names (what kohya's sd-scripts writes), per architecture.
@@ -77,12 +83,6 @@ class DemoAssets:
 # Configs
 
 
-def _read_config(arch: str, component: str) -> dict[str, Any]:
-    path = CONFIG_ROOT / arch / component
-    path = path / "scheduler_config.json" if component == "scheduler" else path / "config.json"
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _tiny_text_encoder(*, pad_token_id: int, projection: bool = False) -> dict[str, Any]:
     """Tiny CLIP text encoders; SDXL's second is wider than its first, as in the real model
     (diffusers' single-file loader tells the two apart by their widths)."""
@@ -123,9 +123,7 @@ _TINY_UNET_COMMON = {
 
 def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
     """The config of every component (the real one, or its tiny variant)."""
-    configs = {c: _read_config(arch, c) for c in ("scheduler", "unet", "vae", "text_encoder")}
-    if arch == "sdxl":
-        configs["text_encoder_2"] = _read_config(arch, "text_encoder_2")
+    configs = shipped_configs(arch)
     if size == "full":
         return configs
     configs["vae"].update(_TINY_VAE)
@@ -145,23 +143,6 @@ def component_configs(arch: str, size: Size) -> dict[str, dict[str, Any]]:
         configs["text_encoder"] = _tiny_text_encoder(pad_token_id=49407)
         configs["text_encoder_2"] = _tiny_text_encoder(pad_token_id=0, projection=True)
     return configs
-
-
-def write_config_folder(folder: Path, arch: str, configs: dict[str, dict[str, Any]]) -> Path:
-    """A diffusers pipeline folder without weights: what ``from_single_file(config=...)`` reads."""
-    from engine.tokenizer import write_tokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(CONFIG_ROOT / arch / "model_index.json", folder / "model_index.json")
-    for component, config in configs.items():
-        sub = folder / component
-        sub.mkdir(exist_ok=True)
-        name = "scheduler_config.json" if component == "scheduler" else "config.json"
-        (sub / name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    write_tokenizer(folder / "tokenizer")
-    if arch == "sdxl":
-        write_tokenizer(folder / "tokenizer_2", pad_token="!")
-    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,59 +239,6 @@ def _vae_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-_RESNET_TO_LDM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_UNET_TOP_TO_LDM = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-
-
-def unet_module_to_ldm(module: str, config: dict[str, Any]) -> str:
-    """A diffusers UNet module path -> its original (ldm/sgm) path, e.g. for kohya SDXL keys."""
-    layers = config["layers_per_block"]
-    parts = module.split(".")
-    if module in _UNET_TOP_TO_LDM:
-        return _UNET_TOP_TO_LDM[module]
-    head = parts[0]
-    if head == "down_blocks":
-        block, kind, index = int(parts[1]), parts[2], int(parts[3])
-        rest = parts[4:]
-        if kind == "downsamplers":
-            prefix = f"input_blocks.{(block + 1) * (layers + 1)}.0"
-            rest = ["op"] + rest[1:]
-        else:
-            prefix = f"input_blocks.{block * (layers + 1) + index + 1}.{0 if kind == 'resnets' else 1}"
-    elif head == "mid_block":
-        kind, index = parts[1], int(parts[2])
-        rest = parts[3:]
-        prefix = f"middle_block.{2 * index if kind == 'resnets' else 1}"
-    elif head == "up_blocks":
-        block, kind, index = int(parts[1]), parts[2], int(parts[3])
-        rest = parts[4:]
-        if kind == "upsamplers":
-            has_attention = "CrossAttn" in config["up_block_types"][block]
-            prefix = f"output_blocks.{block * (layers + 1) + layers}.{2 if has_attention else 1}"
-        else:
-            prefix = f"output_blocks.{block * (layers + 1) + index}.{0 if kind == 'resnets' else 1}"
-    else:
-        raise ValueError(f"no ldm name for UNet module {module!r}")
-    if parts[2:3] == ["resnets"] or parts[1:2] == ["resnets"]:
-        rest = [_RESNET_TO_LDM.get(rest[0], rest[0])] + rest[1:]
-    return ".".join([prefix, *rest])
-
-
 def _unet_to_ldm(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, tensor in state.items():
@@ -384,11 +312,6 @@ def save_diffusers_folder(components: dict[str, Any], folder: Path, arch: str, s
     write_config_folder(folder, arch, component_configs(arch, size))
     for name, module in components.items():
         module.save_pretrained(str(folder / name), safe_serialization=True)
-
-
-def config_sidecar(checkpoint: Path) -> Path:
-    """Where a single-file checkpoint's own configs live (hidden, so listings skip it)."""
-    return checkpoint.with_name(f".{checkpoint.name}.config")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7861
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+LORA_MODES = ("auto", "patched", "unfused")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
@@ -57,6 +59,13 @@ class EngineConfig:
     allow_downloads: bool = False
     #: Hosts downloads and their redirects may come from (``http://host`` also allows http).
     download_hosts: tuple[str, ...] = DEFAULT_DOWNLOAD_HOSTS
+    #: Model cache budgets in bytes; None: automatic (most of the GPU, half the RAM).
+    model_device_budget: int | None = None
+    model_host_budget: int | None = None
+    #: How LoRA stacks are applied: "auto" lets the measured cost model choose per job.
+    lora_mode: str = "auto"
+    max_batch_images: int = 8
+    compile_unet: bool = False
 
     @property
     def address(self) -> str:
@@ -90,6 +99,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-file",
         help="file holding the shared secret clients must send (or set ATELIER_ENGINE_TOKEN)",
     )
+    parser.add_argument(
+        "--model-device-budget",
+        help="bytes of models kept on the device (default: 70%% of GPU memory, 60%% of RAM on a CPU)",
+    )
+    parser.add_argument(
+        "--model-host-budget", help="bytes of models parked in RAM off the GPU (default: half the RAM)"
+    )
+    parser.add_argument(
+        "--lora-mode", choices=LORA_MODES,
+        help="patch LoRAs into the weights, run them unfused, or let the measured cost decide per job (default auto)",
+    )  # fmt: skip
+    parser.add_argument("--max-batch", type=int, help="images per pipeline call at most (default 8)")
+    parser.add_argument(
+        "--compile", choices=("on", "off"),
+        help="torch.compile the UNet (default off; stacks are then always patched, so switching never recompiles)",
+    )  # fmt: skip
 
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> EngineConfig:
@@ -122,6 +147,12 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     cache_loras = int(pick("cache_loras") or 8)
     if cache_loras < 1:
         raise ValueError("--cache-loras must be at least 1")
+    lora_mode = pick("lora_mode") or "auto"
+    if lora_mode not in LORA_MODES:
+        raise ValueError(f"lora-mode must be one of {', '.join(LORA_MODES)} (got '{lora_mode}')")
+    max_batch = int(pick("max_batch") or 8)
+    if max_batch < 1:
+        raise ValueError("--max-batch must be at least 1")
     return EngineConfig(
         token=_token(pick("token_file"), env),
         models=models.resolve(),
@@ -136,6 +167,11 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
         log_level=(pick("log_level") or "INFO").upper(),
         allow_downloads=_flag(pick("allow_downloads")),
         download_hosts=_hosts(pick("download_hosts")),
+        model_device_budget=_optional_size(pick("model_device_budget")),
+        model_host_budget=_optional_size(pick("model_host_budget")),
+        lora_mode=lora_mode,
+        max_batch_images=max_batch,
+        compile_unet=_on_off("compile", pick("compile") or "off"),
     )
 
 
@@ -177,6 +213,16 @@ def _token(token_file: str | None, env: Mapping[str, str]) -> str:
             "itself does this for you."
         )
     return check_token(text, source="ATELIER_ENGINE_TOKEN")
+def _optional_size(text: str | None) -> int | None:
+    return None if text in (None, "", "auto") else parse_size(text)
+
+
+def _on_off(name: str, text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError(f"--{name} must be on or off (got '{text}')")
 
 
 def parse_serve_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> EngineConfig:

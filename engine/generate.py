@@ -1,29 +1,42 @@
-"""Turning one recipe into PNGs: the engine's only entry point into torch and diffusers.
+"""Turning recipes into PNGs: the engine's only entry point into torch and diffusers.
 
-The server calls :meth:`Generator.run` from a worker thread. Everything a recipe names is
-resolved inside the configured folders and checked (kind, architecture, hash) before the model
-or any LoRA is touched, so refusals are cheap and happen before any denoising step. Each image
-gets its own fresh CPU generator seeded ``seed + i``, which makes the same recipe give the same
-bytes on the same machine whatever ran before it.
+The job queue calls :meth:`Generator.run_batch` from a worker thread with one job, or with
+several jobs that can share one pipeline call (same model, VAE, LoRA stack, size, steps,
+sampler, CFG: :func:`engine.jobs.batch_key`). Everything a recipe names is resolved inside the configured
+folders and checked (kind, architecture, hash) before the model or any LoRA is touched, so
+refusals are cheap and happen before any denoising step.
+
+Each image's starting latents come from its own fresh CPU generator seeded ``seed + i``, and
+ancestral samplers draw that image's noise from the same generator, so an image's PNG recipe
+(its own seed, count 1) reproduces it. A batched call computes the same maths as batch-1
+calls; only the floating-point blocking of the batched convolutions differs, so images match
+a batch-1 rerun within a stated tolerance (``BATCH_TOLERANCE``), not always bit for bit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.cost_model import CostModel, Decision, model_calls
 from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
-from engine.lora_cache import LoraCache, ResolvedLora
+from engine.jobs import batch_key
+from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
+from engine.loras.reader import BoundLora, bind
+from engine.model_cache import CachedModel, ModelCache
+from engine.patcher import MODES, PATCHED, UNFUSED, StackEntry, StackWork, stack_key, stack_work
 from engine.paths import resolve_within
-from engine.pipelines import ModelSlot
+from engine.pipelines import load_pipeline, load_vae
 from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
@@ -31,29 +44,23 @@ from engine.recipe.a1111 import write_parameters
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 
+log = logging.getLogger("engine.generate")
+
 #: File descriptions kept by a generator; each holds metadata (tag lists can be ~100 kB).
 INFO_CACHE_MAX = 1024
+#: A batched image may differ from its batch-1 rerun by at most this many 8-bit levels per
+#: channel (mean absolute difference over the image); measured on the test models: 0.
+BATCH_TOLERANCE = 1.0
+#: Above this many pixels the VAE decodes in tiles (bounded memory; a visible-seam-free
+#: blend, diffusers' own tiling). Below it, whole: tiling changes pixels slightly.
+VAE_TILING_PIXELS = 1536 * 1536
 
 
 @dataclass
 class GenerationResult:
     images: list[bytes]
     seeds: list[int]
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def encode_recipe_prompts(pipe: Any, recipe: Recipe, vectors: dict[str, Any]) -> Any:
-    """The recipe's prompt and negative with A1111's meaning (see :mod:`engine.prompting`)."""
-    from engine.prompting.encode import PromptEncoder
-
-    encoder = PromptEncoder(pipe, clip_skip=recipe.clip_skip, embeddings=vectors)
-    return encoder.conditioning([recipe.prompt], [recipe.negative_prompt], guidance=recipe.cfg_scale > 1)
-
-
-def used_embedding_hashes(conditioning: Any, files: list[Any]) -> dict[str, str]:
-    """A1111's ``TI hashes``: name -> first 12 hex of the file's sha256, for embeddings used."""
-    used = {n for info in (*conditioning.info, *conditioning.negative_info) for n in info.embeddings_used}
-    return {ref.name: info.sha256[:12] for ref, _, info in files if ref.name in used}
+    timings: dict[str, Any] = field(default_factory=dict)
 
 
 class _Cancelled(Exception):
@@ -63,11 +70,15 @@ class _Cancelled(Exception):
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
 
 
 class Generator:
-    """Owns the loaded model and the LoRA cache; one job at a time."""
+    """Owns the model cache, the LoRA cache and the patcher policy; one batch at a time."""
 
     def __init__(
         self,
@@ -78,8 +89,16 @@ class Generator:
         dtype: str = "float32",
         cache_max_loras: int = 8,
         cache_max_bytes: int = 2 << 30,
+        model_device_budget: int | None = None,
+        model_host_budget: int | None = None,
+        lora_mode: str = "auto",
+        max_batch_images: int = 8,
+        compile_unet: bool = False,
+        channels_last: bool | None = None,
         embedding_root: Path | None = None,
     ) -> None:
+        if lora_mode not in ("auto", *MODES):
+            raise ValueError(f"lora_mode must be auto, patched or unfused (got {lora_mode!r})")
         self.model_root = Path(model_root)
         self.lora_root = Path(lora_root)
         #: Textual-inversion embeddings; the LoRA folder unless configured apart.
@@ -87,12 +106,32 @@ class Generator:
         self.embeddings = EmbeddingStore()
         self.device = device
         self.dtype = dtype
-        self.slot = ModelSlot(device=device, dtype=dtype)
+        self.lora_mode = lora_mode
+        self.max_batch_images = max(1, max_batch_images)
+        self.compile_unet = compile_unet
+        self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
+        self.vae_tiling_pixels = VAE_TILING_PIXELS
+        self.models = ModelCache(
+            self._load_model, device=device, device_budget=model_device_budget,
+            host_budget=model_host_budget,
+        )  # fmt: skip
         self.loras = LoraCache(max_loras=cache_max_loras, max_bytes=cache_max_bytes)
+        self.costs = CostModel(device=device, dtype=dtype)  # calibrated in the model's dtype
         self._lock = threading.Lock()
         self._info_cache: dict[tuple[str, tuple[tuple[str, int, int], ...]], FileInfo] = {}
-        self._base_scheduler_config: Any = None
-        self._loaded_name: str | None = None
+        self._info_lock = threading.Lock()
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-prefetch")
+        #: (model, latent pixels, UNet rows) -> seconds per model call at base speed (plain or
+        #: patched jobs); an unfused job's extra time over it corrects the cost model.
+        self._call_seconds: dict[tuple[str, int, int], float] = {}
+        self._last_model: CachedModel | None = None
+        self._last_model_name: str | None = None
+
+    @property
+    def current(self) -> CachedModel | None:
+        """The model the last job used, while the cache still holds it."""
+        model = self._last_model
+        return model if model is not None and self.models.holds(model.key) else None
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -104,12 +143,14 @@ class Generator:
 
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
         key = (str(path), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-        info = self._info_cache.get(key)
+        with self._info_lock:
+            info = self._info_cache.get(key)
         if info is None:
             info = inspect_file(path)
-            if len(self._info_cache) >= INFO_CACHE_MAX:  # rewritten files leave stale keys
-                self._info_cache.pop(next(iter(self._info_cache)))
-            self._info_cache[key] = info
+            with self._info_lock:
+                if len(self._info_cache) >= INFO_CACHE_MAX:  # rewritten files leave stale keys
+                    self._info_cache.pop(next(iter(self._info_cache)))
+                self._info_cache[key] = info
         return info
 
     def _resolve_loras(self, recipe: Recipe) -> list[ResolvedLora]:
@@ -126,18 +167,77 @@ class Generator:
             resolved.append(ResolvedLora(ref=ref, path=path, info=info))
         return resolved
 
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load_model(self, path: Path) -> tuple[Any, str]:
+        import torch
+
+        pipe, arch = load_pipeline(path, device="cpu", dtype=self.dtype)
+        if self.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if self.compile_unet:
+            # Patched weights keep their shapes and storage, so a stack switch never
+            # recompiles; the unfused path's hooks would, so compiled models always patch.
+            pipe.unet = torch.compile(pipe.unet)
+        return pipe, arch
+
+    def prefetch(self, recipe: Recipe) -> Future[None]:
+        """Read a coming job's LoRA files (and its model, if it would come from disk) now, on
+        background threads, so its own start costs only the apply. Never raises: the job
+        itself reports any problem when it runs. The future ends when the reads are queued
+        (and, for files, done)."""
+        return self._prefetcher.submit(self._prefetch, recipe)
+
+    def _prefetch(self, recipe: Recipe) -> None:
+        try:
+            validate_recipe(recipe)
+            model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
+            model_info = self.inspect(model_path)
+            stack = self._resolve_loras(recipe)
+            if model_info.architecture in ("sd15", "sdxl"):
+                for lora in stack:
+                    check_architecture(lora, model_info.architecture, recipe.model_label)
+            reads = self.loras.prefetch(stack)
+            if not self.models.holds(model_info.sha256):
+                model = self.models.prefetch(model_path, model_info.sha256, recipe.model,
+                                             estimate_bytes=model_info.size_bytes)  # fmt: skip
+                if model is not None:
+                    reads.append(model)  # type: ignore[arg-type]
+            for read in reads:
+                read.exception()  # wait; a failure is the job's to report
+        except Exception as exc:  # the job's own run reports it properly
+            log.debug("prefetch of %s skipped: %s", recipe.model, exc)
+
     # -- the job ----------------------------------------------------------------------------
 
     def run(
         self,
         recipe: Recipe,
         *,
-        on_step: Callable[[int, int], None] | None = None,
-        should_cancel: Callable[[], bool] | None = None,
+        on_step: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
     ) -> GenerationResult:
+        return self.run_batch([recipe], on_step=[on_step], should_cancel=[should_cancel])[0]
+
+    def run_batch(
+        self,
+        recipes: Sequence[Recipe],
+        *,
+        on_step: Sequence[ProgressFn | None] | None = None,
+        should_cancel: Sequence[CancelFn | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Run jobs that share a :func:`batch_key` in one pipeline call (one result each).
+
+        The call stops early only when every job in it asks to; a job cancelled alone in a
+        shared call still gets its images here, and the job queue reports it cancelled.
+        """
+        if not recipes:
+            return []
+        on_step = list(on_step or [None] * len(recipes))
+        should_cancel = list(should_cancel or [None] * len(recipes))
         with self._lock:
             try:
-                return self._run(recipe, on_step, should_cancel)
+                return self._run(list(recipes), on_step, should_cancel)
             except EngineError:
                 raise
             except _Cancelled:
@@ -145,131 +245,305 @@ class Generator:
             except Exception as exc:
                 if _is_oom(exc):
                     self._free_device_memory()
+                    first = recipes[0]
                     raise EngineError(
                         ErrorCode.OUT_OF_MEMORY,
-                        f"the device ran out of memory ({recipe.width}x{recipe.height}, "
-                        f"{recipe.count} image(s)); try a smaller size or fewer images",
+                        f"the device ran out of memory ({first.width}x{first.height}, "
+                        f"{sum(r.count for r in recipes)} image(s)); try a smaller size or fewer images",
                     ) from exc
                 raise EngineError(ErrorCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}") from exc
 
     def _run(
         self,
-        recipe: Recipe,
-        on_step: Callable[[int, int], None] | None,
-        should_cancel: Callable[[], bool] | None,
-    ) -> GenerationResult:
-        import torch
-
-        from engine.prompting.encode import cross_attention_mask
-
+        recipes: list[Recipe],
+        on_step: list[ProgressFn | None],
+        should_cancel: list[CancelFn | None],
+    ) -> list[GenerationResult]:
         started = time.perf_counter()
-        validate_recipe(recipe)
-        model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
+        for recipe in recipes:
+            validate_recipe(recipe)
+        first = recipes[0]
+        if any(batch_key(r) != batch_key(first) for r in recipes):
+            raise ValueError("run_batch needs jobs with one batch_key; run the others apart")
+        model_path = resolve_within(self.model_root, first.model, allow_dir=True)
         model_info = self.inspect(model_path)
-        model_name = recipe.model_label
-        stack = self._resolve_loras(recipe)
-        embedding_files = resolve_embedding_files(recipe, self.embedding_root, self.inspect)
-        prediction = resolve_prediction(recipe.prediction_type, model_info)
+        model_name = first.model_label
+        stack = self._resolve_loras(first)
+        vae_path = resolve_within(self.model_root, first.vae) if first.vae else None
+        vae_info = self.inspect(vae_path) if vae_path is not None else None
+        # One batch_key means one set of embeddings and one prediction type for every job.
+        embedding_files = resolve_embedding_files(first, self.embedding_root, self.inspect)
+        prediction = resolve_prediction(first.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
         if model_info.architecture in ("sd15", "sdxl"):
-            from engine.lora_cache import check_architecture
-
             for lora in stack:
                 check_architecture(lora, model_info.architecture, model_name)
-        if should_cancel is not None and should_cancel():
+        if all(cancel is not None and cancel() for cancel in should_cancel):
             raise _Cancelled
 
-        if not self.slot.holds(model_info.sha256):
-            # The adapters die with the old pipeline; letting the cache keep a reference to it
-            # would hold two models in memory while the next one loads (or for good, if it fails).
-            self.loras.bind(None)
-        loaded, fresh = self.slot.get(model_path, key=model_info.sha256)
-        pipe = loaded.pipe
-        if fresh:
-            self._base_scheduler_config = pipe.scheduler.config
-            self._loaded_name = recipe.model
-        self.loras.activate(pipe, stack, model_arch=loaded.arch, model_name=model_name)
-        pipe.scheduler = make_scheduler(recipe.sampler, self._base_scheduler_config, prediction)
-        vectors = self._embedding_vectors(pipe, loaded.arch, model_name, stack, embedding_files)
+        load_started = time.perf_counter()
+        entry, source = self.models.get(model_path, model_info.sha256, first.model,
+                                        estimate_bytes=model_info.size_bytes)  # fmt: skip
+        self._last_model, self._last_model_name = entry, first.model
+        model_s = time.perf_counter() - load_started
+        pipe = entry.pipe
+        for lora in stack:
+            check_architecture(lora, entry.arch, model_name)
+        self._use_vae(entry, vae_path, vae_info)
+        lora_started = time.perf_counter()
+        in_use = {lora.info.sha256 for lora in stack}
+        entries = [
+            StackEntry(self._bound(entry, lora, model_name, in_use), float(lora.ref.weight)) for lora in stack
+        ]
+        read_s = time.perf_counter() - lora_started
+        total_images = sum(r.count for r in recipes)
+        decision, apply_s, work = self._apply_stack(entry, entries, first, total_images)
+        pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config, prediction)
+        vectors = self._embedding_vectors(pipe, entry.arch, model_name, stack, embedding_files)
+        self._memory_settings(pipe, first, total_images)
 
-        total = recipe.steps * recipe.count
-        done = 0
-        first_step_at: float | None = None
-        denoise = 0.0
-        encode = 0.0
-
-        image_base = 0
-
-        def callback(_pipe: Any, index: int, _timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            # Some samplers (Heun) evaluate the model twice per step: their loop runs over more
-            # timesteps than the recipe's steps, so progress is scaled back to recipe steps.
-            nonlocal done
-            loop_length = len(_pipe.scheduler.timesteps) or recipe.steps
-            reached = image_base + min(recipe.steps, (index + 1) * recipe.steps // loop_length)
-            if reached > done:
-                done = reached
-                if on_step is not None:
-                    on_step(done, total)
-            if should_cancel is not None and should_cancel():
-                raise _Cancelled
-            return kwargs
-
-        images: list[bytes] = []
-        seeds = [recipe.seed + i for i in range(recipe.count)]
-        # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes of
-        # every file actually used), so re-running it from the PNG gives the same pixels.
+        prepared = time.perf_counter()
+        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors)
+        finished = time.perf_counter()
+        self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
+        results = []
         pinned_loras = tuple(
             replace(lora.ref, sha256=lora.info.sha256, a1111_hash=lora.info.a1111_hash) for lora in stack
         )
         pinned_embeddings = tuple(replace(ref, sha256=info.sha256) for ref, _, info in embedding_files)
-        pinned = replace(
-            recipe, count=1, loras=pinned_loras, embeddings=pinned_embeddings, model_hash=model_info.autov2
-        )
-        latent_shape = (1, pipe.unet.config.in_channels, recipe.height // 8, recipe.width // 8)
-        with torch.inference_mode():
-            conditioning = encode_recipe_prompts(pipe, recipe, vectors)
-            ti_hashes = used_embedding_hashes(conditioning, embedding_files)
-            for seed in seeds:
-                generator = torch.Generator(device="cpu").manual_seed(seed)
-                latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
-                latents = latents.to(device=self.device, dtype=pipe.unet.dtype)
-                call_started = time.perf_counter()
-                if first_step_at is None:
-                    first_step_at = call_started
-                image_base = done
-                with cross_attention_mask(pipe.unet, conditioning):
-                    output = pipe(
-                        **conditioning.kwargs,
-                        num_inference_steps=recipe.steps,
-                        guidance_scale=recipe.cfg_scale,
-                        width=recipe.width,
-                        height=recipe.height,
-                        latents=latents,
-                        generator=generator,
-                        callback_on_step_end=callback,
-                        output_type="pil",
-                    )
-                if done < image_base + recipe.steps:  # a scheduler that ran fewer loop iterations
-                    done = image_base + recipe.steps
-                    if on_step is not None:
-                        on_step(done, total)
-                finished = time.perf_counter()
-                denoise += finished - call_started
+        position = 0
+        for recipe in recipes:
+            images = outputs[position : position + recipe.count]
+            names = set().union(*used[position : position + recipe.count])
+            position += recipe.count
+            # Each PNG carries the recipe of that one image (its own seed, count 1, the hashes
+            # of every file used), so re-running it from the PNG gives that image.
+            pinned = replace(recipe, count=1, loras=pinned_loras, embeddings=pinned_embeddings,
+                             model_hash=model_info.autov2)  # fmt: skip
+            seeds = [recipe.seed + i for i in range(recipe.count)]
+            pngs = []
+            for seed, image in zip(seeds, images, strict=True):
                 image_recipe = replace(pinned, seed=seed)
-                # A1111 lists in "TI hashes" only the embeddings the prompts really used.
-                used = tuple(e for e in image_recipe.embeddings if e.name in ti_hashes)
-                parameters = write_parameters(replace(image_recipe, embeddings=used))
+                # A1111 lists in "TI hashes" only the embeddings this job's prompts really used.
+                used_refs = tuple(e for e in image_recipe.embeddings if e.name in names)
+                parameters = write_parameters(replace(image_recipe, embeddings=used_refs))
                 # Names and hashes only: no path on the operator's disk leaves in an image.
-                recipe_json = json.dumps(shareable_recipe(image_recipe), sort_keys=True)
-                images.append(write_png(output.images[0], parameters, recipe_json))
-                encode += time.perf_counter() - finished
+                pngs.append(write_png(image, parameters, json.dumps(shareable_recipe(image_recipe), sort_keys=True)))
+            results.append(GenerationResult(images=pngs, seeds=seeds))
         ended = time.perf_counter()
-        prepare = (first_step_at or ended) - started
-        return GenerationResult(
-            images=images,
-            seeds=seeds,
-            timings={"prepare": prepare, "denoise": denoise, "encode": encode, "total": ended - started},
-        )
+        timings: dict[str, Any] = {
+            "prepare": prepared - started,
+            "denoise": denoise,
+            "encode": ended - finished,
+            "total": ended - started,
+            "model_load": model_s,
+            "model_source": source,
+            "lora_read": read_s,
+            "lora_apply": apply_s,
+            **decision.timings(),
+            "batch_images": total_images,
+            "batch_jobs": len(recipes),
+        }
+        for result in results:
+            result.timings = dict(timings)
+        return results
+
+    # -- the pieces of a job ----------------------------------------------------------------
+
+    def _bound(self, entry: CachedModel, lora: ResolvedLora, model_name: str, in_use: set[str]) -> BoundLora:
+        sha = lora.info.sha256
+        bound = entry.bound.get(sha)
+        if bound is None or not self.loras.touch(sha):
+            parsed = self.loras.get(lora, keep=in_use)
+            bound = bind(parsed, entry.patcher.index, model_name=model_name, model_arch=entry.arch)
+            entry.bound[sha] = bound
+        # Bound files the LoRA cache has evicted would keep their tensors alive here.
+        for stale in [s for s in entry.bound if s not in in_use and not self.loras.holds(s)]:
+            del entry.bound[stale]
+        return bound
+
+    def _apply_stack(
+        self, entry: CachedModel, stack: list[StackEntry], recipe: Recipe, images: int
+    ) -> tuple[Decision, float, StackWork]:
+        patcher = entry.patcher
+        wanted = stack_key(stack)
+        changed = wanted != patcher.applied[1]
+        latent_pixels = (recipe.width // 8) * (recipe.height // 8)
+        unet_batch = (2 if recipe.cfg_scale > 1 else 1) * images  # rows per call, all calls
+        work = stack_work(stack, patcher.positions_for(latent_pixels, unet_batch), patcher.patched_layers)
+        forced = PATCHED if self.compile_unet else (None if self.lora_mode == "auto" else self.lora_mode)
+        if not wanted:
+            decision = Decision(PATCHED, "no LoRA", 0.0, 0.0)
+        elif not changed and forced in (None, patcher.applied[0]):
+            mode = patcher.applied[0]
+            decision = Decision(mode, f"{mode}: this stack is already applied", 0.0, 0.0)
+        else:
+            decision = self.costs.decide(work, steps=recipe.steps, sampler=recipe.sampler,
+                                         changed=True, forced=forced)  # fmt: skip
+        report = patcher.apply(stack, decision.mode)
+        if report["changed"] and decision.mode == PATCHED and work.measured and work.patch_macs:
+            predicted, _ = self.costs.raw_prediction(work, steps=recipe.steps, sampler=recipe.sampler)
+            self.costs.record_patch(predicted, report["seconds"])
+        elif report["changed"] and decision.mode == UNFUSED and work.patch_macs:
+            self.costs.record_unfused_switch(work.low_rank_layers, work.restore_elements.get(UNFUSED, 0),
+                                             report["seconds"])  # fmt: skip
+        return decision, report["seconds"], work
+
+    def _learn_call_time(
+        self, entry: CachedModel, recipe: Recipe, images: int, denoise: float, mode: str, work: StackWork
+    ) -> None:
+        """Seconds per model call at base speed; an unfused job's excess teaches the cost model."""
+        calls = model_calls(recipe.steps, recipe.sampler)
+        if calls <= 0 or denoise <= 0:
+            return
+        key = (entry.key, (recipe.width // 8) * (recipe.height // 8), images * (2 if recipe.cfg_scale > 1 else 1))
+        per_call = denoise / calls
+        if mode == UNFUSED and entry.patcher.applied[1]:
+            base = self._call_seconds.get(key)
+            if base is not None and per_call > base and work.measured and work.patch_macs:
+                no_restore = replace(work, restore_elements={})
+                _, predicted = self.costs.raw_prediction(no_restore, steps=recipe.steps, sampler=recipe.sampler)
+                self.costs.record_unfused(predicted, (per_call - base) * calls)
+            return
+        previous = self._call_seconds.get(key)
+        self._call_seconds[key] = per_call if previous is None else 0.5 * (previous + per_call)
+
+    def _use_vae(self, entry: CachedModel, path: Path | None, info: FileInfo | None) -> None:
+        key = info.sha256 if info is not None else ""
+        if key == entry.vae_key:
+            return
+        if "" not in entry.vaes:
+            entry.vaes[""] = entry.pipe.vae
+        vae = entry.vaes.get(key)
+        if vae is None:
+            assert path is not None and info is not None
+            if info.kind not in ("vae", "unknown", "checkpoint"):
+                raise EngineError(
+                    ErrorCode.INVALID_RECIPE,
+                    f"'{path.name}' is a {info.kind} file, not a VAE; pick a VAE .safetensors file",
+                )
+            vae = load_vae(path, like=entry.vaes[""])
+            entry.vaes[key] = vae
+        entry.pipe.vae = vae
+        entry.vae_key = key
+
+    def _memory_settings(self, pipe: Any, recipe: Recipe, images: int) -> None:
+        """VAE tiling for large images; attention slicing only when device memory is short."""
+        if recipe.width * recipe.height > self.vae_tiling_pixels:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        if str(self.device).startswith("cuda"):
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            if free < total * 0.2:
+                pipe.enable_attention_slicing()
+            else:
+                pipe.disable_attention_slicing()
+
+    def _denoise(
+        self,
+        entry: CachedModel,
+        recipes: list[Recipe],
+        on_step: list[ProgressFn | None],
+        should_cancel: list[CancelFn | None],
+        vectors: dict[str, Any],
+    ) -> tuple[list[Any], list[set[str]], float]:
+        """Every image of every job, in calls of at most ``max_batch_images`` images; with the
+        embeddings each image's prompts used."""
+        import torch
+
+        from engine.prompting.encode import PromptEncoder, cross_attention_mask
+
+        first = recipes[0]
+        encoder = PromptEncoder(pipe := entry.pipe, clip_skip=first.clip_skip, embeddings=vectors)
+        used: list[set[str]] = []
+        prompts, negatives, seeds, owners = [], [], [], []
+        for index, recipe in enumerate(recipes):
+            for i in range(recipe.count):
+                prompts.append(recipe.prompt)
+                negatives.append(recipe.negative_prompt)
+                seeds.append(recipe.seed + i)
+                owners.append(index)
+        done_images = [0] * len(recipes)
+        reported = [0] * len(recipes)
+        images: list[Any] = []
+        denoise = 0.0
+        latent_pixels = (first.width // 8) * (first.height // 8)
+        unet_batch = 2 if first.cfg_scale > 1 else 1
+        limit = self.max_batch_images
+        start = 0
+        while start < len(prompts):
+            chunk = slice(start, min(len(prompts), start + limit))
+            chunk_owners = owners[chunk]
+            step_state = {"reached": 0}
+
+            def callback(_pipe: Any, index: int, _timestep: Any, kwargs: dict[str, Any],
+                         chunk_owners: list[int] = chunk_owners, state: dict[str, int] = step_state) -> dict[str, Any]:  # fmt: skip
+                # Some samplers (Heun) evaluate the model twice per step: their loop runs over
+                # more timesteps than the recipe's steps, so progress is scaled to recipe steps.
+                loop_length = len(_pipe.scheduler.timesteps) or first.steps
+                reached = min(first.steps, (index + 1) * first.steps // loop_length)
+                if reached > state["reached"]:
+                    state["reached"] = reached
+                    _report(reached, chunk_owners)
+                entry.patcher.end_probe()
+                if all(c is not None and c() for c in (should_cancel[o] for o in set(chunk_owners))):
+                    raise _Cancelled
+                return kwargs
+
+            def _report(reached: int, chunk_owners: list[int]) -> None:
+                for owner in sorted(set(chunk_owners)):
+                    in_chunk = chunk_owners.count(owner)
+                    done = done_images[owner] * first.steps + in_chunk * reached
+                    if done > reported[owner] and on_step[owner] is not None:
+                        reported[owner] = done
+                        on_step[owner](done, recipes[owner].steps * recipes[owner].count)  # type: ignore[misc]
+
+            generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[chunk]]
+            latent_shape = (1, pipe.unet.config.in_channels, first.height // 8, first.width // 8)
+            latents = torch.cat([torch.randn(latent_shape, generator=g, dtype=torch.float32) for g in generators])
+            latents = latents.to(device=self.device, dtype=pipe.unet.dtype)
+            entry.patcher.probe_positions(latent_pixels, unet_batch * (chunk.stop - chunk.start))
+            call_started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    # A1111's prompt meaning, per image: a batch mate never changes an image.
+                    conditioning = encoder.conditioning(prompts[chunk], negatives[chunk], guidance=first.cfg_scale > 1)
+                    with cross_attention_mask(pipe.unet, conditioning):
+                        output = pipe(
+                            **conditioning.kwargs,
+                            num_inference_steps=first.steps,
+                            guidance_scale=first.cfg_scale,
+                            width=first.width,
+                            height=first.height,
+                            latents=latents,
+                            generator=generators if len(generators) > 1 else generators[0],
+                            callback_on_step_end=callback,
+                            output_type="pil",
+                        )
+            except Exception as exc:
+                entry.patcher.end_probe()
+                if _is_oom(exc) and limit > 1:
+                    # Batch size is bounded by device memory: halve it and try again.
+                    self._free_device_memory()
+                    limit = max(1, (chunk.stop - chunk.start) // 2)
+                    self.max_batch_images = min(self.max_batch_images, limit)
+                    log.warning("out of memory with %d images per call; retrying with %d",
+                                chunk.stop - chunk.start, limit)  # fmt: skip
+                    continue
+                raise
+            entry.patcher.end_probe()
+            denoise += time.perf_counter() - call_started
+            _report(first.steps, chunk_owners)  # a scheduler that ran fewer loop iterations
+            for owner in chunk_owners:
+                done_images[owner] += 1
+            images.extend(output.images)
+            for positive, negative in zip(conditioning.info, conditioning.negative_info, strict=True):
+                used.append(set(positive.embeddings_used) | set(negative.embeddings_used))
+            start = chunk.stop
+        return images, used, denoise
 
     def _embedding_vectors(
         self, pipe: Any, arch: str, model_name: str, stack: list[ResolvedLora], files: list[Any]
@@ -313,21 +587,28 @@ class Generator:
                 memory["device_total_bytes"] = total
         except Exception:
             pass
-        current = self.slot.current
-        # Health answers from the server's thread while a job may be loading or evicting LoRAs:
-        # list() copies the entries in one C call, where a comprehension over the live view could
-        # meet "OrderedDict mutated during iteration" and lose the whole report.
+        current = self.current
+        # Health answers from the server's thread while a job may be loading or evicting:
+        # list() copies the entries in one C call, so a concurrent change cannot break it.
         cached = list(self.loras.entries.values())
         return {
             "device": self.device,
             "dtype": self.dtype,
-            "loaded_model": self._loaded_name if current is not None else None,
+            "loaded_model": self._last_model_name if current is not None else None,
             "model_architecture": architecture_label(current.arch) if current is not None else None,
-            "cached_loras": [
-                {"file": e.file, "sha256": e.sha256, "bytes": e.size_bytes, "adapter": e.adapter}
-                for e in cached
-            ],
+            "models": [{"file": m["file"], "sha256": m["sha256"], "tier": m["tier"]} for m in self.models.report()],
+            "model_cache": {
+                "device_budget_bytes": self.models.device_budget,
+                "host_budget_bytes": self.models.host_budget,
+                "device_bytes": self.models.used("device"),
+                "host_bytes": self.models.used("host"),
+                "disk_loads": self.models.disk_loads,
+            },
+            "cached_loras": [{"file": e.file, "sha256": e.sha256, "bytes": e.size_bytes} for e in cached],
             "cached_lora_bytes": sum(e.size_bytes for e in cached),
             "lora_loads": self.loras.loads,
+            "lora_mode": self.lora_mode,
+            "cost_model": self.costs.snapshot(),
             "memory": memory,
         }
+

@@ -1,4 +1,10 @@
-"""The engine's job queue: one GPU, one job at a time, in the order callers asked.
+"""The engine's job queue: one GPU, jobs in the order callers asked, compatible ones together.
+
+When the job at the head of the queue starts, every queued job that can share its pipeline
+call (:func:`batch_key`: same model, VAE, LoRA stack and weights, size, steps, sampler, CFG,
+clip skip, embeddings and prediction type; prompts and seeds may differ) joins it, up to the runner's
+``max_batch_images``: one batched call costs less than several. While they run, the next
+job's files are read ahead (the runner's ``prefetch``).
 
 Callers choose job ids so that a retried submit (a bot restart, a lost HTTP response) never
 runs the same generation twice. Every event of a job is kept so a late listener sees the whole
@@ -34,10 +40,24 @@ log = logging.getLogger("engine.jobs")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def batch_key(recipe: Recipe) -> tuple[Any, ...]:
+    """What jobs must share to run in one pipeline call (prompts and seeds may differ).
+
+    clip skip and embeddings are read with defaults so the key stays right for recipes of an
+    engine that has those fields and one that does not yet.
+    """
+    return (
+        recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
+        recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
+        getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
+        getattr(recipe, "prediction_type", ""),
+    )  # fmt: skip
+
+
 class GenerationOutcome(Protocol):
     images: list[bytes]
     seeds: list[int]
-    timings: dict[str, float]
+    timings: dict[str, Any]
 
 
 class Runner(Protocol):
@@ -107,6 +127,8 @@ class JobManager:
         self._stopping = False
         self._worker: asyncio.Task[None] | None = None
         self.running: Job | None = None
+        #: Every job of the pipeline call in progress (``running`` is the first of them).
+        self.running_batch: list[Job] = []
         self.completed = 0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -126,8 +148,8 @@ class JobManager:
         self._stopping = True
         for job_id in list(self._queue):
             self.cancel(job_id)
-        if self.running is not None:
-            self.running.cancel_requested = True
+        for running in self.running_batch:
+            running.cancel_requested = True
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
@@ -278,63 +300,114 @@ class JobManager:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             self._idle.clear()
-            job = self._jobs[self._queue.popleft()]
-            self.running = job
+            batch = self._take_batch()
+            self.running, self.running_batch = batch[0], batch
+            self._prefetch_next()
             try:
-                await self._run_one(job, loop)
+                await self._run_batch(batch, loop)
             except Exception:  # the worker must survive anything a job does
-                log.exception("job %s crashed the worker loop", job.id)
+                log.exception("jobs %s crashed the worker loop", [job.id for job in batch])
             finally:
-                self.running = None
-                self.completed += 1
-                self._finished_order.append(job)
+                self.running, self.running_batch = None, []
+                self.completed += len(batch)
+                self._finished_order.extend(batch)
                 self._compact_events()
                 self._expire_images()
 
-    async def _run_one(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        job.state = "running"
-        self._emit(job, {"type": "started"})
+    def _take_batch(self) -> list[Job]:
+        """The head of the queue and every queued job that can share its call, in order."""
+        head = self._jobs[self._queue.popleft()]
+        batch = [head]
+        limit = int(getattr(self.runner, "max_batch_images", 1))
+        if not hasattr(self.runner, "run_batch") or head.recipe.count >= limit:
+            return batch
+        key, images = batch_key(head.recipe), head.recipe.count
+        for job_id in list(self._queue):
+            job = self._jobs[job_id]
+            if batch_key(job.recipe) == key and images + job.recipe.count <= limit:
+                self._queue.remove(job_id)
+                batch.append(job)
+                images += job.recipe.count
+        return batch
 
-        def on_step(done: int, total: int) -> None:
-            loop.call_soon_threadsafe(self._progress, job, done, total)
+    def _prefetch_next(self) -> None:
+        prefetch = getattr(self.runner, "prefetch", None)
+        if prefetch is not None and self._queue:
+            try:
+                prefetch(self._jobs[self._queue[0]].recipe)
+            except Exception:  # only an optimisation
+                log.debug("prefetch failed", exc_info=True)
+
+    async def _run_batch(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> None:
+        for job in batch:
+            job.state = "running"
+            self._emit(job, {"type": "started", "batch_jobs": len(batch)})
+
+        def progress_for(job: Job) -> Callable[[int, int], None]:
+            def on_step(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(self._progress, job, done, total)
+
+            return on_step
 
         started = time.perf_counter()
         try:
-            result = await asyncio.to_thread(
-                functools.partial(
-                    self.runner.run,
-                    job.recipe,
-                    on_step=on_step,
-                    should_cancel=lambda: job.cancel_requested,
-                )
-            )
-        except EngineError as exc:
-            if exc.code is ErrorCode.CANCELLED:
-                self._finish_cancelled(job)
+            if len(batch) == 1 and not hasattr(self.runner, "run_batch"):
+                job = batch[0]
+                results = [
+                    await asyncio.to_thread(
+                        functools.partial(
+                            self.runner.run,
+                            job.recipe,
+                            on_step=progress_for(job),
+                            should_cancel=lambda: job.cancel_requested,
+                        )
+                    )
+                ]
             else:
-                self._fail(job, exc.code, exc.message)
+                results = await asyncio.to_thread(
+                    functools.partial(
+                        self.runner.run_batch,  # type: ignore[attr-defined]
+                        [job.recipe for job in batch],
+                        on_step=[progress_for(job) for job in batch],
+                        should_cancel=[(lambda job=job: job.cancel_requested) for job in batch],
+                    )
+                )
+        except EngineError as exc:
+            for job in batch:
+                if exc.code is ErrorCode.CANCELLED or job.cancel_requested:
+                    self._finish_cancelled(job)
+                else:
+                    self._fail(job, exc.code, exc.message)
             return
         except Exception as exc:
             code, message = _classify_crash(exc)
             if code is ErrorCode.INTERNAL:
-                log.exception("job %s failed", job.id)
-            self._fail(job, code, message)
+                log.exception("jobs %s failed", [job.id for job in batch])
+            for job in batch:
+                self._fail(job, code, message)
             return
-        job.images = list(result.images)
-        job.state = "done"
-        job.finished_at = time.monotonic()
         seconds = time.perf_counter() - started
-        timings = {k: round(float(v), 6) for k, v in dict(result.timings).items()}
-        self._emit(
-            job,
-            {
-                "type": "done",
-                "images": len(job.images),
-                "seconds": round(seconds, 6),
-                "timings": timings,
-                "seeds": list(result.seeds),
-            },
-        )
+        for job, result in zip(batch, results, strict=True):
+            if job.cancel_requested:  # cancelled while sharing a call that went on for others
+                self._finish_cancelled(job)
+                continue
+            job.images = list(result.images)
+            job.state = "done"
+            job.finished_at = time.monotonic()
+            timings = {
+                k: round(float(v), 6) if isinstance(v, int | float) else v
+                for k, v in dict(result.timings).items()
+            }
+            self._emit(
+                job,
+                {
+                    "type": "done",
+                    "images": len(job.images),
+                    "seconds": round(seconds, 6),
+                    "timings": timings,
+                    "seeds": list(result.seeds),
+                },
+            )
 
     def _progress(self, job: Job, done: int, total: int) -> None:
         if job.finished:

@@ -1,42 +1,27 @@
-"""LoRAs as named adapters on the loaded pipeline, each file loaded once, LRU-bounded.
+"""Parsed LoRA files kept in memory, LRU-bounded, and read ahead on another thread.
 
-Loading a LoRA (read, convert keys, inject layers) costs far more than switching which adapters
-are active, so every file is loaded once, under a name derived from its content hash, and
-kept until the cache is over its count or byte budget. A job then only calls
-``set_adapters`` with its whole stack. Architecture mismatches are refused from the file's
-header before anything is injected, and a LoRA that created no layers is an error, never a
-silent no-op (diffusers only logs a warning).
+Reading a file (disk, safetensors, key layout, per-layer format) costs far more than applying
+it, and it does not depend on the model: every file is read once, kept under its content
+hash until the cache is over its count or byte budget, and shared by every model that uses it.
+While one job denoises, the next job's files are read by :meth:`LoraCache.prefetch` on a
+background thread, so its switch costs only the apply. Architecture mismatches are refused
+from the file's header before anything is read.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from engine.loras.reader import LoraFile, read_lora_file
 from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef, architecture_label
 
-_QUIET_LOGGERS = ("diffusers", "transformers", "peft")
-
-
-def adapter_name(sha256: str) -> str:
-    """Long and unique: a short name can be a substring of module paths and confuse diffusers."""
-    return f"lora_{sha256[:16]}"
-
-
-@dataclass
-class CachedLora:
-    adapter: str
-    sha256: str
-    file: str
-    size_bytes: int
-    architecture: str
+log = logging.getLogger("engine.lora_cache")
 
 
 @dataclass(frozen=True)
@@ -48,20 +33,13 @@ class ResolvedLora:
     info: FileInfo
 
 
-@contextmanager
-def _quiet_loading():
-    """diffusers/transformers print per-key load reports for every other adapter; keep logs readable."""
-    saved = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            # "Already found a `peft_config` attribute": several adapters per model is the design.
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+@dataclass
+class CachedLora:
+    file: str
+    sha256: str
+    size_bytes: int
+    architecture: str
+    lora: LoraFile
 
 
 def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> None:
@@ -70,6 +48,13 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
         raise EngineError(
             ErrorCode.INVALID_RECIPE,
             f"'{lora.ref.file}' is a full checkpoint, not a LoRA: use it as the model instead",
+        )
+    if lora.info.kind in ("embedding", "vae"):
+        use = "name it in the prompt" if lora.info.kind == "embedding" else "set it as the model's VAE"
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"'{lora.ref.file}' is a {'textual-inversion embedding' if lora.info.kind == 'embedding' else 'VAE'}, "
+            f"not a LoRA: {use} instead",
         )
     lora_arch = lora.info.architecture
     if lora_arch in ("unknown", model_arch):
@@ -87,136 +72,114 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
 
 
 class LoraCache:
-    """Adapters on one pipeline; ``bind`` a new pipeline and the old entries are forgotten."""
+    """sha256 -> parsed file, least recently used first; thread-safe."""
 
     def __init__(self, *, max_loras: int = 8, max_bytes: int = 2 << 30) -> None:
         if max_loras < 1:
             raise ValueError("the LoRA cache must hold at least one LoRA")
         self.max_loras = max_loras
         self.max_bytes = max_bytes
-        self.entries: OrderedDict[str, CachedLora] = OrderedDict()  # sha256 -> entry, LRU first
+        self.entries: OrderedDict[str, CachedLora] = OrderedDict()
         #: How many files were read from disk (tests and benchmarks count these).
         self.loads = 0
         self.evictions = 0
-        self._pipe: Any = None
-        self._lock = threading.Lock()
+        self.prefetched = 0
+        self._lock = threading.RLock()
+        self._pending: dict[str, Future[CachedLora]] = {}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-prefetch")
 
     @property
     def total_bytes(self) -> int:
-        return sum(entry.size_bytes for entry in self.entries.values())
+        return sum(entry.size_bytes for entry in list(self.entries.values()))
 
-    def bind(self, pipe: Any) -> None:
-        """Adapters live inside a pipeline: a different pipeline starts with none."""
-        if pipe is not self._pipe:
-            self._pipe = pipe
-            self.entries.clear()
+    def holds(self, sha256: str) -> bool:
+        return sha256 in self.entries
 
-    def activate(
-        self, pipe: Any, stack: Sequence[ResolvedLora], *, model_arch: str, model_name: str
-    ) -> list[CachedLora]:
-        """Load what is missing, then make exactly ``stack`` active with its weights."""
+    def touch(self, sha256: str) -> bool:
+        """Mark a cached file as just used (LRU); False if it is not cached."""
         with self._lock:
-            self.bind(pipe)
-            for lora in stack:
-                check_architecture(lora, model_arch, model_name)
-            needed = {lora.info.sha256 for lora in stack}
-            entries = []
-            for lora in stack:
-                entry = self.entries.get(lora.info.sha256)
-                if entry is None:
-                    self._make_room(lora.info.size_bytes, keep=needed)
-                    entry = self._load(pipe, lora, model_arch, model_name)
-                    self.entries[entry.sha256] = entry
-                self.entries.move_to_end(entry.sha256)
-                entries.append(entry)
-            self._set_active(pipe, stack)
-            return entries
+            if sha256 not in self.entries:
+                return False
+            self.entries.move_to_end(sha256)
+            return True
 
-    def _set_active(self, pipe: Any, stack: Sequence[ResolvedLora]) -> None:
-        if not stack:
-            if self.entries:
-                pipe.disable_lora()
+    def get(self, lora: ResolvedLora, *, keep: set[str] = frozenset()) -> LoraFile:  # type: ignore[assignment]
+        """The parsed file, read now unless cached or being prefetched (then waited for)."""
+        sha = lora.info.sha256
+        with self._lock:
+            entry = self.entries.get(sha)
+            if entry is not None:
+                self.entries.move_to_end(sha)
+                return entry.lora
+            pending = self._pending.get(sha)
+        if pending is not None:
+            try:
+                entry = pending.result()
+            except EngineError:
+                entry = None  # read again below, so the error is this job's own
+            if entry is not None:
+                with self._lock:
+                    self._store(entry, keep | {sha})
+                return entry.lora
+        entry = self._read(lora)
+        with self._lock:
+            self._store(entry, keep | {sha})
+        return entry.lora
+
+    def prefetch(self, stack: Sequence[ResolvedLora]) -> list[Future[CachedLora]]:
+        """Read the files of a coming job in the background; errors wait for that job."""
+        futures = []
+        with self._lock:
+            for lora in stack:
+                sha = lora.info.sha256
+                if sha in self.entries or sha in self._pending:
+                    continue
+                future = self._reader.submit(self._read, lora)
+                self._pending[sha] = future
+                future.add_done_callback(lambda _f, sha=sha: self._prefetched(sha))
+                futures.append(future)
+        return futures
+
+    def _prefetched(self, sha: str) -> None:
+        with self._lock:
+            future = self._pending.get(sha)
+            if future is None or future.exception() is not None:
+                self._pending.pop(sha, None)
+                return
+            self.prefetched += 1
+            self._store(future.result(), {sha})
+            self._pending.pop(sha, None)
+
+    def _read(self, lora: ResolvedLora) -> CachedLora:
+        parsed = read_lora_file(lora.path, label=lora.ref.display_name, sha256=lora.info.sha256)
+        with self._lock:
+            self.loads += 1
+        return CachedLora(
+            file=lora.ref.file,
+            sha256=lora.info.sha256,
+            size_bytes=max(parsed.nbytes, 1),
+            architecture=lora.info.architecture,
+            lora=parsed,
+        )
+
+    def _store(self, entry: CachedLora, keep: set[str]) -> None:
+        if entry.sha256 in self.entries:
+            self.entries.move_to_end(entry.sha256)
             return
-        # Sum the weights of a LoRA named twice; sort so stack order cannot change the floating
-        # point summation order inside PEFT (a stack and its reverse give the same bits).
-        weights: dict[str, float] = {}
-        for lora in stack:
-            name = adapter_name(lora.info.sha256)
-            weights[name] = weights.get(name, 0.0) + float(lora.ref.weight)
-        names = sorted(weights)
-        with _quiet_loading():
-            pipe.enable_lora()
-            pipe.set_adapters(names, adapter_weights=[weights[n] for n in names])
-
-    def _make_room(self, incoming_bytes: int, *, keep: set[str]) -> None:
         while self.entries and (
-            len(self.entries) + 1 > self.max_loras or self.total_bytes + incoming_bytes > self.max_bytes
+            len(self.entries) + 1 > self.max_loras
+            or self.total_bytes + entry.size_bytes > self.max_bytes
         ):
             victim = next((sha for sha in self.entries if sha not in keep), None)
             if victim is None:
                 break  # everything cached is in this stack: allow the overshoot for this job
             self.evict(victim)
+        self.entries[entry.sha256] = entry
 
     def evict(self, sha256: str) -> None:
-        entry = self.entries.pop(sha256)
-        if self._pipe is not None:
-            with _quiet_loading():
-                self._pipe.delete_adapters(entry.adapter)
-        self.evictions += 1
+        with self._lock:
+            self.entries.pop(sha256)
+            self.evictions += 1
 
-    def _load(self, pipe: Any, lora: ResolvedLora, model_arch: str, model_name: str) -> CachedLora:
-        name = adapter_name(lora.info.sha256)
-        label = lora.ref.display_name
-        self.loads += 1
-        try:
-            with _quiet_loading():
-                pipe.load_lora_weights(str(lora.path), adapter_name=name)
-        except RuntimeError as exc:
-            self._drop_partial(pipe, name)
-            if "size mismatch" in str(exc):
-                raise EngineError(
-                    ErrorCode.ARCH_MISMATCH,
-                    f"LoRA '{label}' does not fit the model '{model_name}' "
-                    f"({architecture_label(model_arch)}): its layer shapes differ, so it "
-                    f"was trained for another architecture; pick an {architecture_label(model_arch)} LoRA",
-                ) from exc
-            if "out of memory" in str(exc).lower():
-                raise EngineError(ErrorCode.OUT_OF_MEMORY, f"out of memory loading LoRA '{label}'") from exc
-            raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load LoRA '{label}': {exc}") from exc
-        except (ValueError, KeyError) as exc:
-            self._drop_partial(pipe, name)
-            text = str(exc)
-            if "not found in the base model" in text or "Target modules" in text:
-                raise self._no_match(label, model_name, model_arch) from exc
-            raise EngineError(
-                ErrorCode.CORRUPT_FILE,
-                f"LoRA '{label}' could not be read as a LoRA ({type(exc).__name__}: {text[:300]})",
-            ) from exc
-        created = [name in adapters for adapters in pipe.get_list_adapters().values()]
-        if not any(created):
-            raise self._no_match(label, model_name, model_arch)
-        return CachedLora(
-            adapter=name,
-            sha256=lora.info.sha256,
-            file=lora.ref.file,
-            size_bytes=lora.info.size_bytes,
-            architecture=lora.info.architecture,
-        )
-
-    @staticmethod
-    def _no_match(label: str, model_name: str, model_arch: str) -> EngineError:
-        return EngineError(
-            ErrorCode.LORA_NO_MATCH,
-            f"LoRA '{label}' has no layers matching model '{model_name}' "
-            f"({architecture_label(model_arch)}): it was made for a different model family "
-            "or uses an unsupported key format; check what it was trained for",
-        )
-
-    @staticmethod
-    def _drop_partial(pipe: Any, name: str) -> None:
-        try:
-            if any(name in adapters for adapters in pipe.get_list_adapters().values()):
-                with _quiet_loading():
-                    pipe.delete_adapters(name)
-        except Exception:
-            pass
+    def close(self) -> None:
+        self._reader.shutdown(wait=False, cancel_futures=True)

@@ -3,24 +3,22 @@
 ``from_single_file`` normally fetches component configs from the Hub. The engine never goes
 online, so it always passes a local config folder: the checkpoint's own sidecar
 (``.<file>.config/``, written by the builder for its tiny models) or the real configs shipped
-in ``data/configs/<arch>``. Only safetensors are ever read: pickles are refused by name before
+in ``data/configs/<arch>`` (read by :mod:`engine.component_configs`). Only safetensors are ever read: pickles are refused by name before
 any loader sees them.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine.builder import component_configs, config_sidecar, write_config_folder
+from engine.component_configs import config_sidecar, shipped_configs, write_config_folder
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode, architecture_label
 
@@ -46,7 +44,7 @@ def shipped_config(arch: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        write_config_folder(staging, arch, component_configs(arch, "full"))
+        write_config_folder(staging, arch, shipped_configs(arch))
         staging.rename(folder)
     except OSError:
         if not folder.is_dir():  # not just another writer finishing first
@@ -192,43 +190,41 @@ def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") ->
     return pipe, arch
 
 
-@dataclass
-class LoadedModel:
-    pipe: Any
-    arch: str
-    path: Path
-    key: str
+def load_vae(path: Path, *, like: Any) -> Any:
+    """A VAE from one ``.safetensors`` file, built on the config of the model's own VAE.
 
+    Standalone VAEs (e.g. the fp16-fix SDXL VAE) come either in diffusers' key layout or in the
+    original ``first_stage_model`` one; diffusers' own converter reads the latter. A file that
+    does not fit the model's VAE (another architecture, not a VAE) is refused, not half-loaded.
+    """
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import load_file
 
-class ModelSlot:
-    """Holds exactly one loaded model: switching frees the previous one before loading."""
-
-    def __init__(self, *, device: str = "cpu", dtype: str = "float32") -> None:
-        self.device = device
-        self.dtype = dtype
-        self.current: LoadedModel | None = None
-
-    def holds(self, key: str) -> bool:
-        return self.current is not None and self.current.key == key
-
-    def get(self, path: Path, key: str) -> tuple[LoadedModel, bool]:
-        """The model for ``path`` and whether it was (re)loaded now; ``key`` identifies content."""
-        if self.current is not None and self.current.key == key:
-            return self.current, False
-        self.release()
-        pipe, arch = load_pipeline(path, device=self.device, dtype=self.dtype)
-        self.current = LoadedModel(pipe=pipe, arch=arch, path=path, key=key)
-        return self.current, True
-
-    def release(self) -> None:
-        if self.current is None:
-            return
-        self.current = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - torch is always there in the engine
-            pass
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise EngineError(ErrorCode.CORRUPT_FILE, f"could not read VAE '{path.name}': {exc}") from exc
+    if any(k.startswith("first_stage_model.") for k in state):
+        state = {k.removeprefix("first_stage_model."): v for k, v in state.items()
+                 if k.startswith("first_stage_model.")}  # fmt: skip
+    if any(".down.0." in k or k.startswith("encoder.down.") for k in state):
+        state = convert_ldm_vae_checkpoint(state, dict(like.config))
+    vae = AutoencoderKL.from_config(like.config)
+    try:
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise EngineError(
+            ErrorCode.ARCH_MISMATCH,
+            f"'{path.name}' does not fit this model's VAE (its tensor shapes differ): pick a VAE "
+            "made for the model's architecture",
+        ) from exc
+    if missing:
+        raise EngineError(
+            ErrorCode.ARCH_MISMATCH,
+            f"'{path.name}' is not a VAE for this model ({len(missing)} of its tensors are "
+            f"missing, e.g. '{missing[0]}'); pick a VAE .safetensors file for this architecture",
+        )
+    del unexpected
+    return vae.to(device=like.device, dtype=like.dtype).eval().requires_grad_(False)

@@ -42,6 +42,7 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 409,
     ErrorCode.NOT_SAFETENSORS: 415,
     ErrorCode.CORRUPT_FILE: 422,
+    ErrorCode.UNSUPPORTED_FORMAT: 422,
     ErrorCode.ARCH_MISMATCH: 422,
     ErrorCode.LORA_NO_MATCH: 422,
     ErrorCode.OUT_OF_MEMORY: 507,

@@ -54,6 +54,8 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
         refuse("the recipe names no model")
     if not isinstance(recipe.model_name, str):
         refuse("model_name must be text")
+    if not isinstance(recipe.vae, str):
+        refuse("vae must be a file name relative to the model folder (or empty)")
     for name, text in (("prompt", recipe.prompt), ("negative prompt", recipe.negative_prompt)):
         if not isinstance(text, str):
             refuse(f"the {name} must be text")

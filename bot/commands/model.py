@@ -88,6 +88,8 @@ def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
         file_lines.append(f"AutoV2 `{entry.autov2}`")
     if file_lines:
         embed.add_field(name="File", value="\n".join(file_lines), inline=False)
+    if entry.vae and show_file:
+        embed.add_field(name="VAE", value=f"`{entry.vae}`", inline=False)
     return embeds.fit_embed(embed)
 
 
@@ -134,6 +136,7 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     family="Model family (default: read from the file)",
     clip_skip="Default clip skip (anime SD 1.5 models usually want 2)",
     prediction="Prediction type (default: as the file says)",
+    vae="A VAE .safetensors in the model folder to use instead of the model's own",
 )
 @app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
 @app_commands.autocomplete(file=model_file_autocomplete)
@@ -147,6 +150,7 @@ async def model_add(
     family: str | None = None,
     clip_skip: app_commands.Range[int, 1, 12] | None = None,
     prediction: str | None = None,
+    vae: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -159,7 +163,9 @@ async def model_add(
         return
     try:
         extra = _model_options(family, clip_skip, prediction)
-        entry = ModelEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "", **extra)
+        entry = ModelEntry.from_file_info(
+            info, name=name, nsfw=nsfw, description=description or "", vae=vae or "", **extra
+        )
         added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
         settings = await bot.registry.get_settings(interaction.guild_id)
         if make_default or not settings.default_model:

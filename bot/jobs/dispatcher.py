@@ -71,6 +71,7 @@ ADVICE: dict[str, str] = {
     ErrorCode.LORA_NO_MATCH: "This LoRA file does not fit the model; an admin should check its architecture.",
     ErrorCode.UNKNOWN_FILE: "The file is missing from the engine's folder; ask an admin to check the registry.",
     ErrorCode.CORRUPT_FILE: "The file is damaged; ask an admin to replace or remove it.",
+    ErrorCode.UNSUPPORTED_FORMAT: "The engine cannot apply this LoRA's format; ask an admin to remove it or convert it.",
     ErrorCode.OUT_OF_MEMORY: "Try a smaller size, fewer images or fewer LoRAs.",
 }
 #: What members read when an engine went away (the engine's own words name its address).

@@ -206,6 +206,7 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         family=clean_family(entry.family),
         default_clip_skip=clean_clip_skip(entry.default_clip_skip, "default clip skip"),
         prediction_type=clean_prediction(entry.prediction_type),
+        vae=clean_file(entry.vae) if entry.vae else "",
     )
 
 

@@ -119,6 +119,9 @@ class ModelEntry:
     default_clip_skip: int = 1
     #: "" = as the file says; "epsilon", "v_prediction", "v_prediction_ztsnr" override it.
     prediction_type: str = ""
+    #: A VAE ``.safetensors`` file in the engine's model folder (e.g. the fp16-fix SDXL VAE);
+    #: empty: the model's own VAE.
+    vae: str = ""
 
     @classmethod
     def from_file_info(

@@ -70,7 +70,7 @@ BACKGROUND_INDEX_THRESHOLD = 5_000
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae"
 )
 
 
@@ -183,6 +183,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         default_clip_skip=row["default_clip_skip"],
         prediction_type=row["prediction_type"],
         a1111_hash=row["a1111_hash"],
+        vae=row["vae"],
     )
 
 
@@ -210,6 +211,7 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         model.default_clip_skip,
         model.prediction_type,
         model.a1111_hash,
+        model.vae,
     )
 
 

@@ -1,10 +1,10 @@
-"""GPU benchmark: images per second of the engine against the raw diffusers pipeline.
+"""GPU benchmark: the engine against raw diffusers on patched weights, and the runtime figures.
 
 Run on a machine with a CUDA GPU (the full-size models are built there, from random weights
 with the real SD 1.5 / SDXL architectures; nothing is downloaded)::
 
     python -m tests.bench.gpu --device cuda --dtype float16 --size full \
-        --arch sd15 --arch sdxl --steps 20 --images 8 --out demo-out/gpu-bench
+        --arch sd15 --arch sdxl --steps 30 --images 8 --out demo-out/gpu-bench
 
 It prints ONE JSON object. For each architecture, four modes generate ``--images`` images
 (one image per pipeline call, seeds ``seed + i``, same prompt, sampler, steps and CFG), each
@@ -15,13 +15,18 @@ after one untimed warm-up image, with CUDA synchronised around every timing:
 - ``engine``: ``engine.generate.Generator.run`` (validation, hashing memoised, scheduler
   swap, per-image seeded latents, PNG with A1111 + recipe metadata), no LoRA;
 - ``raw_lora``: the raw pipeline with the three demo LoRAs (watercolor, pixel-art,
-  captain-nova; ``-xl`` for SDXL) loaded by ``load_lora_weights`` and made active once by
-  ``set_adapters`` (the plain diffusers way; loading is reported apart, not timed);
+  captain-nova; ``-xl`` for SDXL) loaded by ``load_lora_weights``, weighted by
+  ``set_adapters``, then ``fuse_lora`` + ``unload_lora_weights``: raw diffusers on *patched*
+  weights, the fastest plain diffusers can run a stack (loading is reported apart, not timed);
 - ``engine_lora``: ``Generator.run`` with the same stack, already in its LoRA cache (the
   warm-up job loaded it), as a user repeating a recipe would see it.
 
 ``ratio_engine_over_raw`` is engine images/s over raw images/s (1.0 = no overhead; below 1
-means the engine is slower). ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated``
+means the engine is slower). ``runtime`` holds, per architecture, the figures of
+``tests.bench.runtime`` at this size and dtype (step time, LoRA step ratios on both paths,
+stack switches cached and prefetched, the path policy's regret, model-cache and batch
+speedups), measured with rank-32 kohya LoCon files on every LoCon layer; ``--no-runtime``
+skips them. ``peak_gpu_memory_gib`` is ``torch.cuda.max_memory_allocated``
 over each half (the raw pipeline is freed before the engine loads its own). ``build_s`` is
 the demo build (near zero when ``--out`` already holds it: each architecture is built in
 ``OUT/<arch>-<size>`` and reused; ``demo-out/`` is git-ignored). Under a 10-minute limit per
@@ -66,10 +71,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--arch", action="append", choices=ARCHITECTURES, help="repeatable (default: both)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=8, help="timed images per mode")
     parser.add_argument("--sampler", default="DPM++ 2M Karras", help="an A1111 sampler name")
     parser.add_argument("--out", type=Path, help="where to build (and reuse) the models; default: a temp dir")
+    parser.add_argument("--no-runtime", action="store_true", help="skip the runtime figures")
+    parser.add_argument("--runtime-steps", type=int, default=10, help="steps of the step-time jobs")
+    parser.add_argument("--runtime-side", type=int, help="image side of the runtime figures (default: the native size)")
+    parser.add_argument("--short-steps", type=int, default=4)
+    parser.add_argument("--long-steps", type=int, default=30)
+    parser.add_argument("--rank", type=int, default=32, help="rank of the runtime figures' LoCon files")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.images < 1:
         parser.error("--steps and --images must be at least 1")
@@ -143,10 +155,13 @@ class RawPipeline:
         self.pipe.scheduler = make_scheduler(sampler, self.pipe.scheduler.config)
 
     def load_loras(self, files: Sequence[Path], weights: Sequence[float]) -> None:
+        """The stack fused into the weights and the adapter layers removed: patched weights."""
         names = [f"bench_{index}" for index in range(len(files))]
         for name, file in zip(names, files, strict=True):
             self.pipe.load_lora_weights(str(file), adapter_name=name)
         self.pipe.set_adapters(names, adapter_weights=list(weights))
+        self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        self.pipe.unload_lora_weights()
 
     def images(self, recipe: Any, count: int) -> list[bytes]:
         import torch
@@ -179,7 +194,8 @@ def _engine_images(generator: Any, recipe: Any, count: int) -> tuple[list[bytes]
         result = generator.run(job)
         pngs += result.images
         for key, value in result.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
+            if isinstance(value, int | float):
+                timings[key] = timings.get(key, 0.0) + value
     return pngs, timings
 
 
@@ -264,6 +280,18 @@ def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[s
     model_path = assets.model_root / assets.models[arch]
     raw = _bench_raw(model_path, recipe, lora_recipe, files, [w for _, w in loras], args)
     engine = _bench_engine(assets, recipe, lora_recipe, args)
+    runtime_figures = None
+    if not args.no_runtime:
+        from tests.bench import runtime
+
+        _free(args.device)
+        other = runtime.second_model(assets, out / "second-model")
+        runtime_figures = runtime.measure(
+            assets, model=assets.models[arch], other_model=other, side=args.runtime_side or side, steps=args.runtime_steps,
+            short_steps=args.short_steps, long_steps=args.long_steps, rank=args.rank, rounds=args.rounds,
+            device=args.device, dtype=args.dtype, sync=lambda: _sync(args.device),
+        )  # fmt: skip
+        runtime_figures["peak_gpu_memory_gib"] = _peak_gib(args.device)
     seconds = {**raw.pop("seconds"), **engine.pop("seconds")}
     per_second = {mode: round(count / seconds[mode], 4) for mode in MODES}
     return {
@@ -280,6 +308,7 @@ def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[s
         "peak_gpu_memory_gib": {"raw": raw.pop("peak"), "engine": engine.pop("peak")},
         "build_s": round(build_s, 2),
         "build_reused": reused,
+        "runtime": runtime_figures,
         **{name: round(value, 3) for name, value in {**raw, **engine}.items()},
     }
 

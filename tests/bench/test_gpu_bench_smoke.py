@@ -18,7 +18,8 @@ MODES = {"raw", "engine", "raw_lora", "engine_lora"}
 
 def test_tiny_cpu_run_reports_every_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--device", "cpu", "--dtype", "float32", "--size", "tiny", "--arch", "sd15",
-            "--steps", "2", "--images", "1", "--out", str(tmp_path)]  # fmt: skip
+            "--steps", "2", "--images", "1", "--out", str(tmp_path), "--runtime-steps", "2", "--runtime-side", "64",
+            "--short-steps", "2", "--long-steps", "3", "--rank", "4", "--rounds", "1"]  # fmt: skip
     assert gpu.main(argv) == 0
     report = json.loads(capsys.readouterr().out)  # the whole of stdout is one JSON object
 
@@ -43,4 +44,8 @@ def test_tiny_cpu_run_reports_every_mode(tmp_path: Path, capsys: pytest.CaptureF
     assert sd15["peak_gpu_memory_gib"] == {"raw": None, "engine": None}
     assert sd15["raw_lora_load_s"] > 0 and sd15["engine_first_lora_job_s"] > 0
     assert sd15["build_reused"] is False
+    runtime = sd15["runtime"]  # the runtime figures at this size, as tests.bench.runtime measures them
+    assert runtime["size"] == "64x64" and runtime["lora_step_ratio"] > 0
+    assert runtime["policy_regret_short"] >= 1.0 and runtime["policy_regret_long"] >= 1.0
+    assert set(runtime["meets_targets"]) == set(runtime["targets"])
     assert (tmp_path / "sd15-tiny" / "models" / sd15["model"]).is_file()

@@ -313,3 +313,80 @@ async def test_images_are_kept_within_a_byte_budget_newest_first() -> None:
         assert manager.image("new", 0).startswith(b"\x89PNG")
     finally:
         await manager.stop()
+
+
+@dataclass
+class BatchingRunner(SteppingRunner):
+    """A SteppingRunner that also takes compatible jobs together, as the real generator does."""
+
+    max_batch_images: int = 4
+    batches: list[list[str]] = field(default_factory=list)
+    prefetched: list[str] = field(default_factory=list)
+    #: A call of several jobs sets ``entered`` and waits for ``gate`` before its first step.
+    entered: threading.Event = field(default_factory=threading.Event)
+    gate: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.gate.set()
+
+    def run_batch(self, recipes: list[Recipe], *, on_step: Any, should_cancel: Any) -> list[Outcome]:
+        self.batches.append([r.prompt for r in recipes])
+        if len(recipes) > 1:
+            self.entered.set()
+            self.gate.wait(10)
+        # Like the generator: a shared call stops only when every job in it asks to.
+        everyone = lambda: all(cancel() for cancel in should_cancel)  # noqa: E731
+        return [self.run(r, on_step=step, should_cancel=everyone) for r, step in zip(recipes, on_step, strict=True)]
+
+    def prefetch(self, recipe: Recipe) -> None:
+        self.prefetched.append(recipe.prompt)
+
+
+async def test_queued_jobs_sharing_a_batch_key_run_in_one_call_in_order() -> None:
+    runner = BatchingRunner()
+    manager = JobManager(runner)
+    await manager.start()
+    try:
+        runner.proceed.clear()
+        manager.submit("first", recipe("first"))
+        await wait_for_step(runner)  # "first" runs alone: nothing else was queued yet
+        manager.submit("a", recipe("a", seed=1))
+        manager.submit("other-size", recipe("other-size", width=128))
+        manager.submit("b", recipe("b", seed=2, count=2))
+        manager.submit("c", recipe("c", count=2))  # would make 5 images: over the limit
+        runner.proceed.set()
+        for name in ("first", "a", "other-size", "b", "c"):
+            assert (await collect(manager, name))[-1]["type"] == "done"
+    finally:
+        runner.proceed.set()
+        await manager.stop()
+    assert runner.batches == [["first"], ["a", "b"], ["other-size"], ["c"]]
+    assert runner.prefetched[:2] == ["other-size", "c"]  # the next job's files, while a batch runs
+
+
+async def test_a_job_cancelled_inside_a_shared_call_is_cancelled_and_the_others_finish() -> None:
+    runner = BatchingRunner()
+    manager = JobManager(runner)
+    await manager.start()
+    try:
+        runner.proceed.clear()
+        runner.gate.clear()
+        manager.submit("blocker", recipe("blocker"))
+        await wait_for_step(runner)
+        manager.submit("keep", recipe("keep"))
+        manager.submit("drop", recipe("drop"))
+        runner.proceed.set()
+        await asyncio.to_thread(runner.entered.wait, 10)  # keep and drop share a call now
+        assert manager.status("drop").state == "running"
+        manager.cancel("drop")
+        runner.gate.set()
+        events = {name: await collect(manager, name) for name in ("keep", "drop")}
+    finally:
+        runner.proceed.set()
+        runner.gate.set()
+        await manager.stop()
+    assert runner.batches[-1] == ["keep", "drop"]
+    assert events["keep"][-1]["type"] == "done"
+    assert events["drop"][-1] == {"type": "failed", "job": "drop",
+                                  "error": {"code": "cancelled", "message": "the job was cancelled"}}  # fmt: skip

@@ -1,4 +1,5 @@
-"""LoRA stacks on the tiny models: the maths, the equivalences and the refusals."""
+"""LoRA stacks on the tiny models: the maths, the equivalences and the refusals, on both the
+patched path (deltas in the weights) and the unfused one (deltas beside them)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 from safetensors import safe_open
 
 from engine.generate import Generator
-from engine.lora_cache import adapter_name
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 from tests.engine._images import mean_abs_diff, pixels
 
@@ -35,13 +35,21 @@ def run(generator: Generator, recipe: Recipe) -> bytes:
     return generator.run(recipe).images[0]
 
 
-def test_weight_zero_equals_base_bit_for_bit(tiny_generator: Generator) -> None:
-    base = pixels(run(tiny_generator, SD15))
+@pytest.fixture(scope="module", params=["patched", "unfused"])
+def path_generator(request, demo_assets) -> Generator:
+    """A generator forced onto one LoRA path; the invariants must hold on both."""
+    return Generator(demo_assets.model_root, demo_assets.lora_root, lora_mode=request.param)
+
+
+def test_weight_zero_equals_base_bit_for_bit(path_generator: Generator) -> None:
+    base = pixels(run(path_generator, SD15))
     for file in ("sd15/watercolor.safetensors", "sd15/pixel-art.safetensors"):
-        zero = pixels(run(tiny_generator, with_loras(SD15, (file, 0.0))))
+        run(path_generator, with_loras(SD15, (file, 0.8)))  # something applied before
+        zero = pixels(run(path_generator, with_loras(SD15, (file, 0.0))))
         assert np.array_equal(base, zero), file
-    # and a job without LoRAs after LoRA jobs is the base again (adapters disabled)
-    assert np.array_equal(base, pixels(run(tiny_generator, SD15)))
+    # and a job without LoRAs after LoRA jobs is the base again (weights restored)
+    run(path_generator, with_loras(SD15, ("sd15/watercolor.safetensors", 1.0)))
+    assert np.array_equal(base, pixels(run(path_generator, SD15)))
 
 
 def test_weight_zero_equals_base_on_sdxl_with_both_text_encoders(
@@ -54,7 +62,8 @@ def test_weight_zero_equals_base_on_sdxl_with_both_text_encoders(
     assert mean_abs_diff(zero, one) > 1.0  # the same LoRA at 1 does change it
 
 
-def test_lora_visibly_changes_the_image(tiny_generator: Generator) -> None:
+def test_lora_visibly_changes_the_image(path_generator: Generator) -> None:
+    tiny_generator = path_generator
     base = run(tiny_generator, SD15)
     for file in (
         "sd15/watercolor.safetensors",
@@ -95,29 +104,33 @@ def _lora_pair(path, key: str) -> tuple[torch.Tensor, torch.Tensor, float]:
         ),
     ],
 )
-def test_patched_layer_equals_w_plus_scaled_ba(
-    tiny_generator: Generator, demo_assets, component, module, kohya_key
+def test_effective_layer_equals_w_plus_scaled_ba(
+    path_generator: Generator, demo_assets, component, module, kohya_key
 ) -> None:
-    """Effective weight of a patched layer = W + w·(alpha/r)·B·A, with A, B, alpha read from the file."""
+    """Effective weight of a layer = W + w·(alpha/r)·B·A, with A, B, alpha read from the file."""
     weight = 0.7
-    tiny_generator.run(with_loras(SD15, ("sd15/twin-kohya.safetensors", weight)))
-    pipe = tiny_generator.slot.current.pipe
-    layer = dict(getattr(pipe, component).named_modules())[module]
+    path_generator.run(SD15)
+    layer = dict(getattr(path_generator.current.pipe, component).named_modules())[module]
+    base_w = layer.weight.detach().clone()
+    path_generator.run(with_loras(SD15, ("sd15/twin-kohya.safetensors", weight)))
     down, up, alpha = _lora_pair(demo_assets.lora_root / "sd15/twin-kohya.safetensors", kohya_key)
     rank = down.shape[0]
     assert alpha != rank  # the scale really is exercised
-    base_w = layer.base_layer.weight.detach()
     expected = base_w + weight * (alpha / rank) * (up @ down)
-    # Probe the patched layer with the identity: its output rows are the effective weight's columns.
+    # Probe the layer with the identity: its output rows are the effective weight's columns
+    # (on the unfused path the live weight is the base one and the hook adds the rest).
     eye = torch.eye(base_w.shape[1])
     with torch.no_grad():
-        bias = layer.base_layer.bias if layer.base_layer.bias is not None else 0.0
+        bias = layer.bias if layer.bias is not None else 0.0
         effective = (layer(eye) - bias).T
     assert torch.allclose(effective, expected, atol=1e-5), (effective - expected).abs().max()
     assert not torch.allclose(effective, base_w, atol=1e-3)
+    live_is_patched = not torch.equal(layer.weight, base_w)
+    assert live_is_patched == (path_generator.lora_mode == "patched")
 
 
-def test_stack_equals_its_reverse(tiny_generator: Generator) -> None:
+def test_stack_equals_its_reverse(path_generator: Generator) -> None:
+    tiny_generator = path_generator
     a, b = ("sd15/watercolor.safetensors", 0.8), ("sd15/pixel-art.safetensors", -0.6)
     forward = run(tiny_generator, with_loras(SD15, a, b))
     backward = run(tiny_generator, with_loras(SD15, b, a))
@@ -127,9 +140,9 @@ def test_stack_equals_its_reverse(tiny_generator: Generator) -> None:
 
 @pytest.mark.parametrize("recipe, folder", [(SD15, "sd15"), (SDXL, "sdxl")])
 def test_kohya_and_diffusers_forms_give_identical_images(
-    tiny_generator: Generator, sdxl_generator: Generator, recipe: Recipe, folder: str
+    path_generator: Generator, recipe: Recipe, folder: str
 ) -> None:
-    generator = tiny_generator if folder == "sd15" else sdxl_generator
+    generator = path_generator
     kohya = run(generator, with_loras(recipe, (f"{folder}/twin-kohya.safetensors", 0.9)))
     diffusers = run(generator, with_loras(recipe, (f"{folder}/twin-diffusers.safetensors", 0.9)))
     assert np.array_equal(pixels(kohya), pixels(diffusers))
@@ -158,56 +171,33 @@ def test_other_architecture_refused_before_denoising(
     assert steps == []
 
 
-def test_lora_matching_nothing_refused_and_left_no_adapter(
-    tiny_generator: Generator, demo_assets
-) -> None:
+def test_lora_matching_nothing_refused_and_changed_nothing(path_generator: Generator) -> None:
+    base = pixels(run(path_generator, SD15))
     steps: list[int] = []
     with pytest.raises(EngineError) as caught:
-        tiny_generator.run(
-            with_loras(SD15, ("sd15/no-match.safetensors", 1.0)),
+        path_generator.run(
+            with_loras(SD15, ("sd15/watercolor.safetensors", 1.0), ("sd15/no-match.safetensors", 1.0)),
             on_step=lambda d, t: steps.append(d),
         )
     assert caught.value.code is ErrorCode.LORA_NO_MATCH
     assert "no layers matching" in caught.value.message and "sd15-tiny" in caught.value.message
     assert steps == []
-    sha = tiny_generator.inspect(demo_assets.lora_root / "sd15/no-match.safetensors").sha256
-    adapters = tiny_generator.slot.current.pipe.get_list_adapters()
-    assert all(adapter_name(sha) not in names for names in adapters.values())
-    # the engine still works afterwards
-    assert tiny_generator.run(SD15).images
+    assert path_generator.current.patcher.applied[1] == ()  # the stack was not half-applied
+    # the engine still works afterwards, on the base weights
+    assert np.array_equal(base, pixels(run(path_generator, SD15)))
 
 
-def test_size_mismatch_on_load_is_an_architecture_error(
-    sdxl_generator: Generator, demo_assets
-) -> None:
-    """When the header cannot tell the architecture, diffusers' "size mismatch" still maps to ARCH_MISMATCH."""
-    from engine.lora_cache import LoraCache, ResolvedLora
+def test_size_mismatch_is_an_architecture_error(sdxl_generator: Generator, demo_assets) -> None:
+    """When the header cannot tell the architecture, a layer shape that differs still does."""
+    from engine.loras.reader import bind, read_lora_file
 
     sdxl_generator.run(SDXL)
-    pipe = sdxl_generator.slot.current.pipe
     path = demo_assets.lora_root / "sd15/pixel-art.safetensors"
-    info = dataclasses.replace(sdxl_generator.inspect(path), architecture="unknown")
-    cache = LoraCache()
+    parsed = read_lora_file(path, label="pixel-art", sha256="0" * 64)
     with pytest.raises(EngineError) as caught:
-        cache.activate(
-            pipe,
-            [ResolvedLora(LoraRef("sd15/pixel-art.safetensors", 1.0), path, info)],
-            model_arch="sdxl",
-            model_name="sdxl-tiny",
-        )
+        bind(parsed, sdxl_generator.current.patcher.index, model_name="sdxl-tiny", model_arch="sdxl")
     assert caught.value.code is ErrorCode.ARCH_MISMATCH
-    assert "SDXL" in caught.value.message
-    assert all(
-        adapter_name(info.sha256) not in names for names in pipe.get_list_adapters().values()
-    )
-
-
-def _adapters_holding_weights(pipe) -> set[str]:
-    names: set[str] = set()
-    for component in (pipe.unet, pipe.text_encoder):
-        for module in component.modules():
-            names.update(getattr(module, "lora_A", {}).keys())
-    return names
+    assert "SDXL" in caught.value.message and "shapes differ" in caught.value.message
 
 
 def test_repeated_stack_does_not_reload_and_cache_is_bounded(demo_assets) -> None:
@@ -225,24 +215,23 @@ def test_repeated_stack_does_not_reload_and_cache_is_bounded(demo_assets) -> Non
     assert generator.loras.loads == 2
     generator.run(with_loras(SD15, (c, 1.0)))  # evicts b, the least recently used
     assert generator.loras.loads == 3 and generator.loras.evictions == 1
-    pipe = generator.slot.current.pipe
-    loaded = set().union(*pipe.get_list_adapters().values())
     sha = {f: generator.inspect(demo_assets.lora_root / f).sha256 for f in (a, b, c)}
-    assert loaded == {adapter_name(sha[a]), adapter_name(sha[c])}
-    # Really freed: no layer still holds the evicted adapter's weights (peft_config aside).
-    assert adapter_name(sha[b]) not in _adapters_holding_weights(pipe)
-    assert adapter_name(sha[a]) in _adapters_holding_weights(pipe)
+    assert set(generator.loras.entries) == {sha[a], sha[c]}
+    # Really freed: the model's matched files no longer hold the evicted one's tensors.
+    generator.run(with_loras(SD15, (a, 1.0)))
+    assert sha[b] not in generator.current.bound
     generator.run(with_loras(SD15, (b, 1.0)))
     assert generator.loras.loads == 4
 
-    # The byte budget bounds it too: room for the largest file only.
-    sizes = [(demo_assets.lora_root / f).stat().st_size for f in (a, b, c)]
-    generator.loras.max_loras, generator.loras.max_bytes = 16, max(sizes)
+    # The byte budget bounds it too: room for the largest parsed file only.
+    sizes = [entry.size_bytes for entry in generator.loras.entries.values()]
+    generator.loras.max_loras, generator.loras.max_bytes = 16, max(
+        sizes + [generator.loras.entries[sha[b]].size_bytes]
+    )
     for file in (a, b, c):
         generator.run(with_loras(SD15, (file, 1.0)))
-    assert len(generator.loras.entries) == 1 and generator.loras.total_bytes <= max(sizes)
-    loaded = set().union(*pipe.get_list_adapters().values())
-    assert loaded == {adapter_name(sha[c])}
+    assert set(generator.loras.entries) == {sha[c]}
+    assert generator.loras.total_bytes <= generator.loras.max_bytes
 
 
 def test_changed_file_refused_by_hash(tiny_generator: Generator) -> None:

@@ -43,13 +43,13 @@ def test_v_prediction_checkpoints_get_a_v_prediction_scheduler(demo_assets, tmp_
     generator = Generator(models, demo_assets.lora_root)
     recipe = Recipe(model="vpred.safetensors", prompt="a lighthouse", steps=2, width=64, height=64, sampler="Euler")
     generator.run(recipe)
-    config = generator.slot.current.pipe.scheduler.config
+    config = generator.current.pipe.scheduler.config
     assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
         "v_prediction", True, "trailing",
     )  # fmt: skip
     # An admin's override wins over the file; Heun cannot rescale betas and says so.
     generator.run(replace(recipe, prediction_type="epsilon"))
-    assert generator.slot.current.pipe.scheduler.config.prediction_type == "epsilon"
+    assert generator.current.pipe.scheduler.config.prediction_type == "epsilon"
     with pytest.raises(EngineError) as caught:
         generator.run(replace(recipe, sampler="Heun"))
     assert caught.value.code is ErrorCode.INVALID_RECIPE and "zero-terminal-SNR" in caught.value.message
@@ -73,7 +73,7 @@ def emb_dir(tiny_generator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_clip_skip_and_embeddings_change_the_image_and_reach_the_png(tiny_generator, demo_assets, emb_dir) -> None:
-    width = tiny_generator.slot.current.pipe.text_encoder.config.hidden_size if tiny_generator.slot.current else 32
+    width = tiny_generator.current.pipe.text_encoder.config.hidden_size if tiny_generator.current else 32
     save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(1)) * 3},
               str(emb_dir / "glowy.safetensors"))  # fmt: skip
     base = tiny_generator.run(_recipe(demo_assets)).images[0]

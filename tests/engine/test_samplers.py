@@ -42,7 +42,7 @@ def test_each_a1111_name_builds_its_diffusers_scheduler(
     tiny_generator: Generator, name: str
 ) -> None:
     tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
-    scheduler = make_scheduler(name, tiny_generator._base_scheduler_config)
+    scheduler = make_scheduler(name, tiny_generator.current.base_scheduler_config)
     cls, karras, algorithm = EXPECTED[name]
     assert type(scheduler).__name__ == cls
     assert scheduler.config.get("use_karras_sigmas", False) is karras
@@ -66,7 +66,7 @@ def test_schedule_type_and_a1111_names() -> None:
 
 def test_schedulers_keep_the_model_training_schedule(tiny_generator: Generator) -> None:
     tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
-    base = tiny_generator._base_scheduler_config
+    base = tiny_generator.current.base_scheduler_config
     for name in SAMPLERS:
         scheduler = make_scheduler(name, base)
         assert type(scheduler).__name__ == get_sampler(name).scheduler
@@ -96,7 +96,7 @@ def test_a_sampler_name_means_the_same_whatever_the_model_config_says(
 
     tiny_generator.run(dataclasses.replace(RECIPE, steps=1))
     shipped = DPMSolverMultistepScheduler.from_config(
-        tiny_generator._base_scheduler_config,
+        tiny_generator.current.base_scheduler_config,
         use_karras_sigmas=True,
         algorithm_type="sde-dpmsolver++",
         solver_order=3,

@@ -97,7 +97,11 @@ async def test_a_job_runs_end_to_end_with_a_lora_and_the_png_carries_its_recipe(
     kinds = [e["type"] for e in events]
     assert kinds[:2] == ["queued", "started"] and kinds[-1] == "done"
     progress = [e for e in events if e["type"] == "progress"]
-    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["total"] == 4
+    # the two images run in one batched call: 2 image-steps per denoising step
+    assert [e["step"] for e in progress] == [2, 4] and progress[-1]["total"] == 4
+    done = events[-1]
+    assert done["timings"]["batch_images"] == 2 and done["timings"]["lora_path"] in ("patched", "unfused")
+    assert isinstance(done["timings"]["lora_path_reason"], str)
     assert len(images) == 2 and images[0] != images[1]  # seeds 42 and 43
     picture = Image.open(io.BytesIO(images[0]))
     assert picture.format == "PNG" and picture.size == (64, 64)
@@ -192,6 +196,35 @@ async def test_request_errors_have_codes_and_http_statuses(engine, demo_assets) 
     assert status == 404 and body["error"]["code"] == "unknown_job"
     status, body = await raw(base, "GET", "/no/such/route")
     assert status == 404 and "error" in body
+
+
+async def test_jobs_handed_over_together_share_one_call_and_match_their_solo_images(
+    engine, demo_assets, generator
+) -> None:
+    """Back-to-back submits with one model, stack, size, steps, sampler and CFG: one call."""
+    from engine.generate import BATCH_TOLERANCE
+    from tests.engine._images import mean_abs_diff
+
+    client, _ = engine
+    manager = client.manager  # type: ignore[attr-defined]
+    lora = demo_assets.lora("pixel-art")
+    stack = (LoraRef(lora.file, 0.6),)
+    recipes = {
+        f"together-{i}": tiny_recipe(demo_assets, prompt=f"lighthouse number {i}", seed=20 + i, loras=stack)
+        for i in range(3)
+    }
+    for job_id, recipe in recipes.items():  # no await in between: all queued before the worker runs
+        manager.submit(job_id, recipe)
+    done = {}
+    for job_id in recipes:
+        events = [e async for e in client.events(job_id)]
+        done[job_id] = events[-1]
+    assert {d["type"] for d in done.values()} == {"done"}
+    assert all(d["timings"]["batch_jobs"] == 3 for d in done.values())
+    for job_id, recipe in recipes.items():
+        together = await client.image(job_id, 0)
+        alone = generator.run(recipe).images[0]
+        assert mean_abs_diff(together, alone) <= BATCH_TOLERANCE
 
 
 async def test_events_stream_is_ndjson_replayed_after_the_end(engine, demo_assets) -> None:

@@ -296,3 +296,26 @@ async def test_add_loras_is_all_or_nothing(registry: Registry) -> None:
         await registry.add_loras(GUILD, [lora("fresh"), lora("bulk 3")], ADMIN)
     assert await registry.get_lora(GUILD, "fresh") is None
     assert await registry.count_loras(GUILD) == 50
+
+
+async def test_a_models_vae_is_stored_checked_and_reaches_the_recipe(registry: Registry) -> None:
+    from bot.parse import build_request
+    from bot.registry import Catalog, ServerSettings
+    from bot.validation import Validated, validate
+
+    stored = await registry.add_model(GUILD, model("Juggernaut XL", "sdxl", vae="vae/sdxl-fp16-fix.safetensors"), ADMIN)
+    assert stored.vae == "vae/sdxl-fp16-fix.safetensors"
+    got = await registry.get_model(GUILD, "juggernaut xl")
+    assert got is not None and got.vae == "vae/sdxl-fp16-fix.safetensors"
+    assert (await registry.add_model(GUILD, model("Dream"), ADMIN)).vae == ""  # the model's own
+    with pytest.raises(RegistryError, match="only loads safetensors"):
+        await registry.add_model(GUILD, model("Pickled VAE", vae="vae/kl-f8.pt"), ADMIN)
+    with pytest.raises(RegistryError, match="inside the engine's folder"):
+        await registry.update_model(GUILD, "dream", ADMIN, vae="../elsewhere.safetensors")
+    updated = await registry.update_model(GUILD, "dream", ADMIN, vae="vae/other.safetensors")
+    assert updated.vae == "vae/other.safetensors"
+    catalog = Catalog(GUILD, ServerSettings(), [got], [])
+    request = build_request(guild_id=GUILD, channel_id=1, user_id=2, channel_is_nsfw=False,
+                            prompt="a lighthouse", model="Juggernaut XL")  # fmt: skip
+    result = validate(request, catalog, new_seed=lambda: 5)
+    assert isinstance(result, Validated) and result.recipe.vae == "vae/sdxl-fp16-fix.safetensors"
