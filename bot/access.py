@@ -131,6 +131,8 @@ class AccessPolicy:
         names: list[str] = []
         if not self.file_visible(guild_id, "model", recipe.model):
             names.append(f"the model `{recipe.model_name or 'of this recipe'}`")
+        if recipe.vae and not self.file_visible(guild_id, "model", recipe.vae):
+            names.append(f"the VAE of the model `{recipe.model_name or 'of this recipe'}`")
         names += [
             f"the LoRA `{lora.display_name}`"
             for lora in recipe.loras

@@ -36,6 +36,7 @@ from bot.registry.checks import MAX_CFG, MAX_STEPS
 from bot.validation import SAMPLERS
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
+from engine.protocol import EngineError
 
 FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
 PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]
@@ -161,6 +162,8 @@ async def model_add(
     if info.architecture == "unknown":
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
+    if vae and not await _vae_usable(interaction, vae):
+        return
     try:
         extra = _model_options(family, clip_skip, prediction)
         entry = ModelEntry.from_file_info(
@@ -174,6 +177,26 @@ async def model_add(
         await send_private(interaction, str(exc))
         return
     await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added, show_file=True))
+
+
+async def _vae_usable(interaction: discord.Interaction[Any], vae: str) -> bool:
+    """Read the VAE as the model is read (within this server's share, a real VAE) before any
+    image depends on it: a wrong name would otherwise fail only at a member's first /imagine."""
+    assert interaction.guild_id is not None
+    shown = embeds.truncate(vae, 200)
+    try:
+        info = await bot_of(interaction).files_for(interaction.guild_id).inspect("model", vae)
+    except EngineError as exc:
+        await send_private(interaction, f"I could not read the VAE `{shown}`: {exc.message}")
+        return False
+    if info.kind != "vae":
+        await send_private(
+            interaction,
+            f"`{shown}` is not a VAE (it reads as a {info.kind} file), so I did not register the model. "
+            "Pick a VAE `.safetensors` from the model folder, or leave `vae` out to use the model's own.",
+        )
+        return False
+    return True
 
 
 def _model_options(family: str | None, clip_skip: int | None, prediction: str | None) -> dict[str, Any]:

@@ -5,11 +5,12 @@ and the refusals members get."""
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 from bot.commands.model import MODEL_EDIT_FIELDS
 from bot.sandbox import InteractionHandle
-from tests.bot.conftest import SD15, SDXL, World
+from tests.bot.conftest import SD15, SDXL, World, png_parameters
 from tests.bot.test_imagine_flow import is_result
 
 
@@ -180,3 +181,38 @@ async def test_issue_9_fields_are_edited_with_the_rest(world: World) -> None:
     assert (entry.family, entry.default_clip_skip, entry.prediction_type, entry.default_steps) == ("pony", 2, "v_prediction", 4)
     await run(world, world.admin, "model", {"name": SD15, "prediction": "auto"}, "edit")
     assert (await world.registry.get_model(world.guild.id, SD15)).prediction_type == ""  # type: ignore[union-attr]
+
+
+async def test_model_add_reads_its_vae_before_registering(world: World, demo_assets: Any) -> None:
+    """A VAE named in /model add is read first: missing or not a VAE is refused, nothing is
+    registered; a real VAE (ldm keys, as standalone VAEs are shipped) registers and is used."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    root = demo_assets.model_root
+    checkpoint = root / demo_assets.models["sd15"]
+    folder = root / "vae-under-test"
+    with safe_open(str(checkpoint), "np") as f:
+        prefix = "first_stage_model."
+        tensors = {key.removeprefix(prefix): f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+    folder.mkdir()
+    save_file(tensors, str(folder / "own.safetensors"))
+    try:
+        assert "Removed" in await run(world, world.admin, "model", {"name": SD15}, "remove")
+        file = demo_assets.models["sd15"]
+        missing = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": "vae-under-test/none.safetensors"}, "add")
+        assert "I could not read the VAE `vae-under-test/none.safetensors`" in missing, missing
+        not_vae = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": demo_assets.models["sdxl"]}, "add")
+        assert "is not a VAE (it reads as a checkpoint file)" in not_vae, not_vae
+        assert await world.registry.get_model(world.guild.id, SD15) is None
+
+        added = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": "vae-under-test/own.safetensors"}, "add")
+        assert f"Registered **{SD15}**" in added and "VAE: `vae-under-test/own.safetensors`" in added, added
+        entry = await world.registry.get_model(world.guild.id, SD15)
+        assert entry is not None and entry.vae == "vae-under-test/own.safetensors"
+        handle = await world.double.slash(world.alice, world.channel, "imagine", {"prompt": "a lamp", "model": SD15, "steps": 2, "size": "256x256"})
+        assert await handle.wait_response(3) == 5
+        result = await world.double.wait_for_message(world.channel, is_result, within=90)
+        assert "VAE: own" in png_parameters(result.attachments[0].data)
+    finally:
+        shutil.rmtree(folder)

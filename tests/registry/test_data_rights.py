@@ -92,6 +92,9 @@ def test_access_policy_and_its_configuration() -> None:
     assert not policy.file_visible(3, "lora", "shared/x.safetensors")  # not an allowed server
     recipe = Recipe(model="community-a/m.safetensors", model_name="M", prompt="p", loras=(LoraRef("b/x.safetensors", 1, "x"),))
     assert "the LoRA `x`" in (policy.recipe_refusal(1, recipe) or "")
+    vae_elsewhere = Recipe(model="community-a/m.safetensors", model_name="M", prompt="p", vae="community-b/v.safetensors")
+    assert "the VAE of the model `M`" in (policy.recipe_refusal(1, vae_elsewhere) or "")
+    assert policy.recipe_refusal(1, Recipe(model="community-a/m.safetensors", prompt="p", vae="community-a/v.safetensors")) is None
     assert AccessPolicy().file_visible(123, "lora", "anything.safetensors")  # a single-server install
     for bad in ('{"guild": ["a"]}', '{"1": "a/"}', "not json"):
         with pytest.raises(ConfigError):
