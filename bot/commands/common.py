@@ -107,6 +107,18 @@ _ALREADY = {"lora": "change it with `/lora edit`", "model": "see `/model info`",
 _WANTED = {"lora": "lora", "model": "checkpoint", "embedding": "embedding"}
 
 
+async def read_server_file(
+    interaction: discord.Interaction[Any], kind: Kind, file: str, *, label: str = ""
+) -> FileInfo | None:
+    """The engine's reading of ``file`` through this server's share; an error is answered
+    privately ("I could not read {label}`file`: why") and gives None."""
+    try:
+        return await bot_of(interaction).files_for(interaction.guild_id).inspect(kind, file)
+    except EngineError as exc:
+        await send_private(interaction, f"I could not read {label}`{truncate(file, 200)}`: {exc.message}")
+        return None
+
+
 async def inspect_new_file(
     interaction: discord.Interaction[Any], kind: Kind, file: str
 ) -> FileInfo | None:
@@ -116,10 +128,8 @@ async def inspect_new_file(
     if file in await registered_files(interaction, kind):
         await send_private(interaction, f"`{truncate(file, 200)}` is registered here already; {_ALREADY[kind]}.")
         return None
-    try:
-        info = await bot_of(interaction).files_for(interaction.guild_id).inspect(kind, file)
-    except EngineError as exc:
-        await send_private(interaction, f"I could not read `{file}`: {exc.message}")
+    info = await read_server_file(interaction, kind, file)
+    if info is None:
         return None
     if info.kind != _WANTED[kind]:
         from bot.registry.models import not_a_message

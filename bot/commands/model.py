@@ -19,6 +19,7 @@ from bot.commands.common import (
     bot_of,
     inspect_new_file,
     is_admin,
+    read_server_file,
     send_private,
     to_choices,
     unregistered_file_choices,
@@ -33,10 +34,10 @@ from bot.commands.edit_fields import (
 )
 from bot.registry import ModelEntry, RegistryError
 from bot.registry.checks import MAX_CFG, MAX_STEPS
+from bot.registry.models import kind_description
 from bot.validation import SAMPLERS
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
-from engine.protocol import EngineError
 
 FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
 PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]
@@ -182,17 +183,14 @@ async def model_add(
 async def _vae_usable(interaction: discord.Interaction[Any], vae: str) -> bool:
     """Read the VAE as the model is read (within this server's share, a real VAE) before any
     image depends on it: a wrong name would otherwise fail only at a member's first /imagine."""
-    assert interaction.guild_id is not None
     shown = embeds.truncate(vae, 200)
-    try:
-        info = await bot_of(interaction).files_for(interaction.guild_id).inspect("model", vae)
-    except EngineError as exc:
-        await send_private(interaction, f"I could not read the VAE `{shown}`: {exc.message}")
+    info = await read_server_file(interaction, "model", vae, label="the VAE ")
+    if info is None:
         return False
     if info.kind != "vae":
         await send_private(
             interaction,
-            f"`{shown}` is not a VAE (it reads as a {info.kind} file), so I did not register the model. "
+            f"`{shown}` is {kind_description(info.kind)}, not a VAE, so I did not register the model. "
             "Pick a VAE `.safetensors` from the model folder, or leave `vae` out to use the model's own.",
         )
         return False

@@ -270,9 +270,14 @@ _KIND_ADVICE = {
 }  # fmt: skip
 
 
+def kind_description(kind: str) -> str:
+    """What an inspected kind is, in words ("a full model (checkpoint)", ...)."""
+    return _KIND_ADVICE.get(kind, _KIND_ADVICE["unknown"])[0]
+
+
 def not_a_message(info: FileInfo, wanted: str, command: str) -> str:
-    what, advice = _KIND_ADVICE.get(info.kind, _KIND_ADVICE["unknown"])
-    return f"`{info.path}` is {what}, not {wanted}, so {command} cannot take it: {advice}."
+    _, advice = _KIND_ADVICE.get(info.kind, _KIND_ADVICE["unknown"])
+    return f"`{info.path}` is {kind_description(info.kind)}, not {wanted}, so {command} cannot take it: {advice}."
 
 
 #: Fields of LoraEntry an admin may change with ``update_lora``.

@@ -203,7 +203,7 @@ async def test_model_add_reads_its_vae_before_registering(world: World, demo_ass
         missing = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": "vae-under-test/none.safetensors"}, "add")
         assert "I could not read the VAE `vae-under-test/none.safetensors`" in missing, missing
         not_vae = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": demo_assets.models["sdxl"]}, "add")
-        assert "is not a VAE (it reads as a checkpoint file)" in not_vae, not_vae
+        assert "is a full model (checkpoint), not a VAE, so I did not register the model" in not_vae, not_vae
         assert await world.registry.get_model(world.guild.id, SD15) is None
 
         added = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": "vae-under-test/own.safetensors"}, "add")
