@@ -13,16 +13,17 @@ ENV PYTHONUNBUFFERED=1 \
     ATELIER_LORA_DIR=/loras \
     ATELIER_ENGINE_DEVICE=cuda
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY bot ./bot
-COPY engine ./engine
-COPY data ./data
-# Editable, so the code finds data/ (configs, schema, tokenizer vocabulary) beside it.
-RUN pip install --no-cache-dir -e '.[engine,safety]'
+COPY pyproject.toml README.md /src/
+COPY bot /src/bot
+COPY engine /src/engine
+COPY data /src/data
+# A plain install: data/ (schema, configs, tokenizer vocabulary) ships in the wheel as the
+# package atelier_data. The sources go afterwards, so the image runs what was installed.
+RUN pip install --no-cache-dir '/src[engine,safety]' && rm -rf /src
 
 RUN useradd --create-home atelier && mkdir -p /data && chown atelier /data
 USER atelier
+WORKDIR /home/atelier
 VOLUME ["/data"]
 
 # The bot spawns the engine (python -m engine serve) on loopback and talks to it over HTTP.

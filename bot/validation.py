@@ -27,6 +27,7 @@ from bot.sources.refs import looks_like_air
 from engine.families import families_differ, family_label, related
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker
 from engine.protocol import EmbeddingRef, LoraRef, Recipe, architecture_label
+from engine.recipe.sampler_names import SAMPLERS
 from engine.tokenizer import BOS_ID, EOS_ID, clip_bpe
 
 __all__ = [
@@ -44,23 +45,6 @@ __all__ = [
 
 SEED_MAX = 2**32 - 1
 
-#: AUTOMATIC1111 sampler names the engine maps to diffusers schedulers (``engine.samplers``;
-#: a test keeps the two lists equal without the bot importing engine internals).
-SAMPLERS = (
-    "Euler",
-    "Euler a",
-    "DPM++ 2M",
-    "DPM++ 2M Karras",
-    "DPM++ 2M SDE",
-    "DPM++ 2M SDE Karras",
-    "DPM++ SDE",
-    "DPM++ SDE Karras",
-    "Heun",
-    "LMS",
-    "LMS Karras",
-    "DDIM",
-    "UniPC",
-)
 _SAMPLER_KEYS = {s.casefold(): s for s in SAMPLERS}
 
 #: Pixel area each architecture handles well: (minimum, maximum, a size to suggest).

@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
+from engine.shipped_data import data_path
+
+CONFIG_ROOT = data_path("configs")
 #: The components of each pipeline, in ``model_index.json`` order (the tokenizers aside).
 COMPONENTS = {
     "sd15": ("scheduler", "unet", "vae", "text_encoder"),

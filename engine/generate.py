@@ -2,7 +2,7 @@
 
 The job queue calls :meth:`Generator.run_batch` from a worker thread with one job, or with
 several jobs that can share one pipeline call (same model, VAE, LoRA stack, size, steps,
-sampler, CFG: :func:`engine.jobs.batch_key`). Everything a recipe names is resolved inside the configured
+sampler, CFG: :func:`engine.recipe.batching.batch_key`). Everything a recipe names is resolved inside the configured
 folders and checked (kind, architecture, hash) before the model or any LoRA is touched, so
 refusals are cheap and happen before any denoising step.
 
@@ -30,7 +30,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.cost_model import CostModel, Decision, model_calls
 from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
-from engine.jobs import batch_key
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
 from engine.loras.reader import BoundLora, bind
 from engine.model_cache import CachedModel, ModelCache
@@ -41,6 +40,7 @@ from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.recipe.a1111 import write_parameters
+from engine.recipe.batching import batch_key
 from engine.samplers import make_scheduler
 from engine.validation import validate_recipe
 

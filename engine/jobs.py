@@ -34,24 +34,11 @@ from engine.protocol import (
     JobStatus,
     Recipe,
 )
+from engine.recipe.batching import batch_key
 from engine.validation import DEFAULT_LIMITS, RecipeLimits, validate_recipe
 
 log = logging.getLogger("engine.jobs")
 _JOB_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def batch_key(recipe: Recipe) -> tuple[Any, ...]:
-    """What jobs must share to run in one pipeline call (prompts and seeds may differ).
-
-    clip skip and embeddings are read with defaults so the key stays right for recipes of an
-    engine that has those fields and one that does not yet.
-    """
-    return (
-        recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
-        recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
-        getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
-        getattr(recipe, "prediction_type", ""),
-    )  # fmt: skip
 
 
 class GenerationOutcome(Protocol):

@@ -1,8 +1,11 @@
 """AUTOMATIC1111 sampler names, mapped onto diffusers schedulers.
 
 People share recipes with A1111's names ("DPM++ 2M Karras"), so those are the names the bot
-accepts and writes into PNG metadata. Each is built ``from_config`` of the pipeline's own
-scheduler so the model's training schedule (betas, offsets, prediction type) is kept.
+accepts and writes into PNG metadata. The names themselves are defined once, torch-free, in
+:mod:`engine.recipe.sampler_names` (the bot offers and checks the same list); this module maps
+each onto a diffusers scheduler and refuses at import to map more or fewer. Each is built
+``from_config`` of the pipeline's own scheduler so the model's training schedule (betas,
+offsets, prediction type) is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.protocol import EngineError, ErrorCode
+from engine.recipe.sampler_names import SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,27 @@ _SAMPLER_LIST = (
     Sampler("DDIM", "DDIMScheduler"),
     Sampler("UniPC", "UniPCMultistepScheduler"),
 )
-SAMPLER_BY_NAME = {s.name: s for s in _SAMPLER_LIST}
-#: Every accepted sampler name, in the order a menu should show them.
-SAMPLERS: tuple[str, ...] = tuple(SAMPLER_BY_NAME)
+
+
+def check_covers(mapped: tuple[Sampler, ...], names: tuple[str, ...]) -> dict[str, Sampler]:
+    """``mapped`` by name, in the order of ``names``; an error unless it maps exactly those.
+
+    Run at import, so a name added to the shared list without a scheduler (or a scheduler
+    for a name the bot does not offer) stops the engine from starting instead of failing a
+    member's job later.
+    """
+    by_name = {s.name: s for s in mapped}
+    missing = [name for name in names if name not in by_name]
+    extra = [name for name in by_name if name not in names]
+    if missing or extra or len(by_name) != len(mapped):
+        raise RuntimeError(
+            "engine.samplers must map exactly the names of engine.recipe.sampler_names.SAMPLERS: "
+            f"no scheduler for {missing}, not in the shared list {extra}"
+        )
+    return {name: by_name[name] for name in names}
+
+
+SAMPLER_BY_NAME = check_covers(_SAMPLER_LIST, SAMPLERS)
 
 
 def get_sampler(name: str) -> Sampler:

@@ -13,7 +13,9 @@ import gzip
 import json
 from pathlib import Path
 
-BPE_FILE = Path(__file__).resolve().parent.parent / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+from engine.shipped_data import data_path
+
+BPE_FILE = data_path("clip", "bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 49408
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

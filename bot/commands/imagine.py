@@ -13,10 +13,10 @@ import discord
 from discord import app_commands
 
 from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
-from bot.validation import SAMPLERS as VALIDATOR_SAMPLERS
+from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
-#: A1111 sampler names the engine maps to diffusers schedulers (the validator's list).
-SAMPLERS = VALIDATOR_SAMPLERS[:25]
+#: A1111 sampler names the engine maps to diffusers schedulers (Discord shows 25 choices).
+SAMPLERS = ALL_SAMPLERS[:25]
 #: Sizes offered; "WxH" values. SD 1.5 likes ~512², SDXL ~1024²; the validator checks.
 SIZES = (
     ("512×512 · square (SD 1.5)", "512x512"),

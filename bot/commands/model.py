@@ -35,9 +35,9 @@ from bot.commands.edit_fields import (
 from bot.registry import ModelEntry, RegistryError
 from bot.registry.checks import MAX_CFG, MAX_STEPS
 from bot.registry.models import kind_description
-from bot.validation import SAMPLERS
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
+from engine.recipe.sampler_names import SAMPLERS
 
 FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
 PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]

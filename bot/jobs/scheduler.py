@@ -19,9 +19,10 @@ The order, from the most important rule to the least:
    loaded model is reused instead of swapped out. The wait this adds is bounded, which is the
    aging rule: a job passed over ``affinity_max_skips`` times, or waiting longer than
    ``affinity_max_wait_s``, is never passed over again. Affinity never reorders servers.
-5. **Batching.** Jobs that could share one engine call (same model, VAE, LoRA stack, size,
-   steps, sampler, CFG, clip skip, embeddings) are handed over together, up to ``max_batch``,
-   as one unit of an engine's depth, when no other server is waiting for a turn. When another
+5. **Batching.** Jobs that could share one engine call (the engine's own rule,
+   :func:`engine.recipe.batching.batch_key`: same model, VAE, LoRA stack in order, size,
+   steps, sampler, CFG, clip skip, embeddings, prediction type) are handed over together,
+   up to ``max_batch``, as one unit of an engine's depth, when no other server is waiting for a turn. When another
    server's first job arrives while the engines are full, the dispatcher takes back the jobs
    that have not started yet (see :meth:`is_newcomer`), so the newcomer waits only for what
    is already running; the jobs taken back keep their place and their paid turn.
@@ -43,6 +44,7 @@ from typing import Any
 
 from bot.jobs.model import Job
 from engine.protocol import Recipe
+from engine.recipe.batching import batch_key
 
 #: How far below the lowest active level a newly active flow starts (so it goes next).
 _NEW_FLOW_LEAD = 1e-6
@@ -53,23 +55,6 @@ Stack = tuple[tuple[str, float], ...]
 def lora_stack(recipe: Recipe) -> Stack:
     """The LoRA stack as a set: order in the stack does not change the image."""
     return tuple(sorted((lora.file, round(float(lora.weight), 6)) for lora in recipe.loras))
-
-
-def batch_key(recipe: Recipe) -> tuple[Any, ...]:
-    """Recipes with the same key can share one batched engine call (only seeds and prompts
-    differ). Fields other branches add to the recipe are read with their defaults."""
-    return (
-        recipe.model,
-        getattr(recipe, "vae", ""),
-        lora_stack(recipe),
-        recipe.width,
-        recipe.height,
-        recipe.steps,
-        recipe.sampler,
-        round(float(recipe.cfg_scale), 6),
-        getattr(recipe, "clip_skip", 1),
-        tuple(getattr(recipe, "embeddings", ())),
-    )
 
 
 @dataclass

@@ -14,8 +14,9 @@ from pathlib import Path
 import aiosqlite
 
 from bot.registry.models import RegistryError
+from engine.shipped_data import data_path
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "data" / "schema"
+SCHEMA_DIR = data_path("schema")
 _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 

@@ -140,6 +140,29 @@ def test_compatible_jobs_are_handed_over_together_only_while_no_other_server_wai
     assert len(assignment.jobs) == 1  # another server waits: one job per turn
 
 
+def test_the_bot_batches_only_what_the_engine_runs_in_one_call() -> None:
+    """One rule (the engine's): a stack in another order, another expected sha256 or another
+    prediction type is another call on the engine, so the bot does not hand them over together."""
+    import dataclasses
+
+    from engine import jobs as engine_jobs
+
+    assert batch_key is engine_jobs.batch_key
+    a, b = LoraRef("a.safetensors", 0.5), LoraRef("b.safetensors", 0.8)
+    scheduler = FairScheduler(clock=lambda: 1000.0, max_batch=4)
+    first = job(1, 1, loras=(a, b))
+    scheduler.add(first)
+    scheduler.add(job(1, 2, loras=(b, a)))
+    scheduler.add(job(1, 3, loras=(a, dataclasses.replace(b, sha256="cd" * 32))))
+    other_prediction = job(1, 4, loras=(a, b))
+    other_prediction.recipe = dataclasses.replace(other_prediction.recipe, prediction_type="v_prediction")
+    scheduler.add(other_prediction)
+    same = job(1, 5, loras=(a, b))
+    scheduler.add(same)
+    (assignment,) = scheduler.plan([engine()])
+    assert assignment.jobs == [first, same]
+
+
 def test_jobs_an_engine_lost_go_first_and_the_soft_member_limit_holds_while_others_wait() -> None:
     scheduler = fair(clock=lambda: 1000.0)
     scheduler.active_limit[1] = 1

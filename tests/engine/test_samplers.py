@@ -9,7 +9,17 @@ import pytest
 
 from engine.generate import Generator
 from engine.protocol import EngineError, ErrorCode, Recipe
-from engine.samplers import SAMPLERS, a1111_base_name, get_sampler, make_scheduler, schedule_type
+from engine.recipe import sampler_names
+from engine.samplers import (
+    SAMPLER_BY_NAME,
+    SAMPLERS,
+    Sampler,
+    a1111_base_name,
+    check_covers,
+    get_sampler,
+    make_scheduler,
+    schedule_type,
+)
 from tests.engine._images import pixels
 
 RECIPE = Recipe(
@@ -35,6 +45,19 @@ EXPECTED = {
 
 def test_names_users_know_are_all_there() -> None:
     assert set(EXPECTED) <= set(SAMPLERS)
+
+
+def test_the_engine_maps_exactly_the_shared_names_the_bot_offers() -> None:
+    """One list (torch-free, the bot's too); the engine's scheduler table is checked against it."""
+    assert SAMPLERS is sampler_names.SAMPLERS
+    assert tuple(SAMPLER_BY_NAME) == sampler_names.SAMPLERS
+    table = tuple(SAMPLER_BY_NAME.values())
+    with pytest.raises(RuntimeError, match=r"no scheduler for \['Restart'\]"):
+        check_covers(table, (*sampler_names.SAMPLERS, "Restart"))
+    with pytest.raises(RuntimeError, match=r"not in the shared list \['DDIM'\]"):
+        check_covers(table, tuple(n for n in sampler_names.SAMPLERS if n != "DDIM"))
+    with pytest.raises(RuntimeError):
+        check_covers((*table, Sampler("Euler", "EulerDiscreteScheduler")), sampler_names.SAMPLERS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -1,0 +1,33 @@
+"""Which recipes can share one pipeline call: one rule for the bot's scheduler and the engine.
+
+The engine's queue (:mod:`engine.jobs`) joins queued jobs with equal keys into one batched
+call, and :meth:`engine.generate.Generator.run_batch` refuses a batch whose keys differ; the
+bot's scheduler (:mod:`bot.jobs.scheduler`) hands such jobs to an engine together. Both use
+this function, so the bot never groups jobs the engine would then run apart. Plain Python,
+no torch: the bot process imports this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.recipe.model import Recipe
+
+
+def batch_key(recipe: Recipe) -> tuple[Any, ...]:
+    """What jobs must share to run in one pipeline call (prompts and seeds may differ).
+
+    The LoRA stack is compared in order, with its weights and expected sha256s as given: the
+    engine patches the stack as written. clip skip and embeddings are read with defaults so
+    the key stays right for recipes of an engine that has those fields and one that does not
+    yet.
+    """
+    return (
+        recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
+        recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
+        getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
+        getattr(recipe, "prediction_type", ""),
+    )  # fmt: skip
+
+
+__all__ = ["batch_key"]
