@@ -107,8 +107,13 @@ def _print_text(report: dict[str, Any], out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="python -m bot read-recipe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", metavar="FILE")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot read-recipe",
+        description="Print what the recipe importer finds in image files: the format, prompt and "
+        "settings, and the model, LoRAs, embeddings and VAE they name, with their hashes. No "
+        "registry is opened (matching files to a server happens in Discord, /recipe read).",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG or WebP files")
     parser.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
     args = parser.parse_args(argv)
     status = 0
