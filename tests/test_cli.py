@@ -53,8 +53,11 @@ def test_bot_help_lists_its_commands_and_points_to_the_configuration_table() -> 
 
 @pytest.mark.parametrize(
     "args",
-    [("engine", "--help"), ("engine", "serve", "--help"), ("engine", "inspect", "--help"), ("bot", "read-recipe", "--help")],
-)
+    [
+        ("engine", "--help"), ("engine", "serve", "--help"), ("engine", "inspect", "--help"),
+        ("engine", "build-demo", "--help"), ("bot", "read-recipe", "--help"), ("bot", "demo", "--help"),
+    ],
+)  # fmt: skip
 def test_help_shows_no_restructuredtext_markup(args: tuple[str, ...]) -> None:
     done = run("-m", *args)
     assert done.returncode == 0, done.stderr
