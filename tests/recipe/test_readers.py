@@ -164,6 +164,7 @@ def test_old_novelai_prompt_is_the_description_chunk() -> None:
     assert recipe.negative_prompt == "lowres, bad anatomy, bad hands"
     assert (recipe.steps, recipe.seed, recipe.cfg_scale, recipe.sampler) == (50, 2253955223, 10.0, "Euler a")
     assert (recipe.width, recipe.height) == (512, 768) and "width" not in found.missing  # the image's own size
+    assert recipe.clip_skip == 2  # as A1111 reads these images
     assert found.recipe.model_name == "Stable Diffusion"
 
 

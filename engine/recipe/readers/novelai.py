@@ -45,6 +45,10 @@ def read_comment(
         "width": width,
         "height": height,
     }
+    if description and "prompt" not in data and "v4_prompt" not in data:
+        # The first generator (SD 1.x based) read CLIP's penultimate layer; AUTOMATIC1111
+        # writes these images' settings with "Clip skip: 2" for the same reason.
+        values["clip_skip"] = 2
     if isinstance(data.get("sampler"), str):
         values["sampler"] = samplers.from_table(samplers.NOVELAI, data["sampler"], as_text(data.get("noise_schedule")))
     notes = [
