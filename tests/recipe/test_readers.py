@@ -158,7 +158,7 @@ def test_novelai_stealth_payload() -> None:
 
 def test_old_novelai_prompt_is_the_description_chunk() -> None:
     found = read_image(images.png(images.NOVELAI_V1, image=Image.new("RGB", (512, 768)))).found
-    assert found is not None and found.format == "NovelAI"
+    assert found is not None and found.format == "NovelAI" and "'Description'" in found.source
     recipe = found.recipe
     assert recipe.prompt == "masterpiece, best quality, cat, space, icon"
     assert recipe.negative_prompt == "lowres, bad anatomy, bad hands"

@@ -69,6 +69,7 @@ def read_chunks(texts: dict[str, str], size: tuple[int, int] = (0, 0)) -> FoundR
     source_text = as_text(texts.get("Source"))
     # "NovelAI Diffusion V3 4BB0ED1D": the trailing code is NovelAI's own, not a file hash.
     model = source_text.rsplit(" ", 1)[0] if source_text.count(" ") >= 1 else source_text
-    return read_comment(
-        data, "PNG text chunk 'Comment' (NovelAI)", model, description=as_text(texts.get("Description")), size=size
-    )
+    description = as_text(texts.get("Description"))
+    old = description and "prompt" not in data and "v4_prompt" not in data
+    source = "PNG text chunks 'Description' and 'Comment' (NovelAI)" if old else "PNG text chunk 'Comment' (NovelAI)"
+    return read_comment(data, source, model, description=description, size=size)
