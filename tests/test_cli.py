@@ -151,3 +151,18 @@ def test_an_engine_serving_every_interface_warns_in_its_log(tmp_path: Path) -> N
     assert any("engine ready" in line for line in lines), "".join(lines)
     warnings = [line for line in lines if "WARNING" in line and "plain HTTP" in line]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0], "".join(lines)
+
+
+async def test_an_engine_that_refuses_its_settings_is_reported_in_its_own_words(tmp_path: Path) -> None:
+    """The folders exist, so the engine itself starts and refuses: its one line reaches the operator."""
+    from bot.engine_process import EngineProcess, EngineStartError
+
+    process = EngineProcess(
+        model_dir=tmp_path, lora_dir=tmp_path, port=closed_port(), start_timeout=60, extra_args=["--cache-loras", "0"]
+    )
+    with pytest.raises(EngineStartError) as caught:
+        await process.start()
+    message = str(caught.value)
+    assert "exited with code 2" in message and "python -m engine serve: --cache-loras must be at least 1" in message
+    assert "usage:" not in message
+    await process.stop()
