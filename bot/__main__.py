@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -41,6 +43,7 @@ async def run(
     force_sync: bool = False,
 ) -> int:
     """Run until SIGINT/SIGTERM (or until ``stop`` is set, for tests and embedding)."""
+    import aiohttp
     import discord
 
     from bot import engine_token
@@ -173,6 +176,9 @@ async def run(
             if isinstance(exc, discord.LoginFailure):
                 print("atelier: Discord refused the token; copy it again from the Bot page.", file=sys.stderr)
                 return 1
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                print(f"atelier: {unreachable(exc)}", file=sys.stderr)
+                return 1
             if exc is not None:
                 raise exc
         stopper.cancel()
@@ -191,6 +197,40 @@ async def run(
         await registry.close()
 
 
+#: The commands dispatched before argparse sees the arguments, and where the settings are.
+_COMMANDS = """other commands:
+  python -m bot demo --out DIR             play a scripted session offline (no token,
+                                           no GPU) and write what the channel shows
+  python -m bot read-recipe FILE [--json]  print the recipes found in image files
+                                           from other tools (A1111, ComfyUI, ...)
+  (each takes --help)
+
+settings:
+  Environment variables (DISCORD_TOKEN, ATELIER_*) or a TOML file given with
+  --config; every key, its variable and its default are in the configuration
+  table of README.md (section "Configuration"). The engine's own settings are
+  listed by `python -m engine serve --help`.
+"""
+
+
+def unreachable(exc: OSError) -> str:
+    """One line for a Discord that cannot be reached (no DNS, refused, no route): the
+    operator's network is at fault, and a traceback through aiohttp would not say so."""
+    host = getattr(exc, "host", "") or "Discord"
+    port = getattr(exc, "port", None)
+    cause = getattr(exc, "os_error", None) or exc
+    if isinstance(cause, socket.gaierror):
+        reason = f"the name does not resolve: {cause.strerror}"
+    elif isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
+        reason = "connection refused"
+    else:
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+    return (
+        f"cannot reach Discord at {host}{f':{port}' if port else ''} ({reason}); check this "
+        "machine's network connection, its DNS and any firewall or proxy, then start again."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "read-recipe":
@@ -201,8 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot import demo  # the lead's offline sandbox demo; imported only when asked for
 
         return int(demo.main(args[1:]) or 0)
-    parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Atelier Discord bot.")
-    parser.add_argument("--config", help="TOML config file (see bot/config.py for the keys)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="Run the Atelier Discord bot: DISCORD_TOKEN=... python -m bot\n"
+        "It starts its engine unless ATELIER_ENGINE_URL(S) names engines already running.",
+        epilog=_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config file (the keys are in README.md, section Configuration)"
+    )
     parser.add_argument(
         "--sync",
         action="store_true",

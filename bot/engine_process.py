@@ -129,6 +129,7 @@ class EngineProcess:
         """Start the engine (or adopt one already answering on the port) and wait until
         ``/health`` answers; raise :class:`EngineStartError` with its output otherwise."""
         self._stopping = False
+        self._check_folders()
         self.state = "starting"
         health = await self._probe()
         if health is not None and health.get("status") == "ok" and health.get("pid"):
@@ -142,6 +143,23 @@ class EngineProcess:
         self.state = "running"
         self._up_since = time.monotonic()
         self._watch = asyncio.create_task(self._watchdog(), name="engine-watchdog")
+
+    def _check_folders(self) -> None:
+        """Name the bot's setting for a missing folder, once, before any process starts.
+
+        The engine would refuse it too, but in its own words (its ``--models`` flag) and
+        after an import of torch, inside a dump of its output.
+        """
+        problems = [
+            f"the {label} folder '{folder}' does not exist: set {variable} ({key} in a --config file) to {what}"
+            for label, folder, variable, key, what in (
+                ("models", self.model_dir, "ATELIER_MODEL_DIR", "model_dir", "the folder of your checkpoints"),
+                ("LoRA", self.lora_dir, "ATELIER_LORA_DIR", "lora_dir", "the folder of your LoRAs (an empty one will do)"),
+            )
+            if not folder.is_dir()
+        ]  # fmt: skip
+        if problems:
+            raise EngineStartError("; ".join(problems))
 
     def _adopt(self, pid: int) -> None:
         self._proc = None

@@ -55,7 +55,7 @@ async def serve(config: EngineConfig) -> None:
     from engine.downloads import DownloadManager
     from engine.generate import Generator
     from engine.jobs import JobManager
-    from engine.server import create_app
+    from engine.server import create_app, warn_if_exposed
 
     device, dtype = resolve_device(config.device, config.dtype)
     generator = Generator(
@@ -93,6 +93,8 @@ async def serve(config: EngineConfig) -> None:
         sockets = getattr(site._server, "sockets", None) or []  # the OS chose the port
         if sockets:
             address = f"http://{config.host}:{sockets[0].getsockname()[1]}"
+    if not config.unix_socket:
+        warn_if_exposed(config.host, address)
     health = generator.health()
     log.info(
         "engine ready at %s (device %s, dtype %s; models %s, loras %s; downloads %s)",
@@ -147,12 +149,24 @@ def _inspect(target: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="Atelier's generation engine: serve its HTTP API (the bot starts one itself), "
+        "describe a .safetensors file, or build the tiny offline demo models.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the generation engine's HTTP API")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the generation engine's HTTP API",
+        description="Run the generation engine's HTTP API until Ctrl-C or SIGTERM.",
+    )
     add_serve_arguments(serve_parser)
-    inspect_parser = commands.add_parser("inspect", help="describe a .safetensors file")
-    inspect_parser.add_argument("file")
+    inspect_parser = commands.add_parser(
+        "inspect",
+        help="describe a .safetensors file",
+        description="Print what a .safetensors file is (model, LoRA, VAE, embedding; its family and hashes) as JSON.",
+    )
+    inspect_parser.add_argument("file", help="a .safetensors file (or a diffusers folder)")
     commands.add_parser("build-demo", help="build the tiny demo models and LoRAs", add_help=False)
     args, rest = parser.parse_known_args(argv)
 
@@ -167,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        # A setting, not the command line, is wrong: say which in one line, without usage.
+        print(f"python -m engine serve: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -115,6 +115,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile", choices=("on", "off"),
         help="torch.compile the UNet (default off; stacks are then always patched, so switching never recompiles)",
     )  # fmt: skip
+    _name_environment(parser)
+
+
+def _name_environment(parser: argparse.ArgumentParser) -> None:
+    """Show each flag's ``ATELIER_ENGINE_*`` twin in ``--help`` (the names :func:`config_from` reads).
+
+    Derived from the flags themselves so that a new flag cannot be left out of the help.
+    """
+    for action in parser._actions:  # argparse has no public list of a parser's arguments
+        if action.dest != "help" and action.option_strings:
+            action.help = f"{action.help or ''} [{ENV_PREFIX}{action.dest.upper()}]".strip()
+    parser.epilog = (
+        f"Each flag can be set instead as the environment variable in brackets ({ENV_PREFIX}<FLAG>); "
+        f"a flag given on the command line wins. The shared secret is {ENV_PREFIX}TOKEN (or "
+        "--token-file): there is no --token flag, as every user of the machine can read a command line."
+    )
 
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> EngineConfig:
@@ -134,7 +150,9 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     models, loras = Path(pick("models") or ""), Path(pick("loras") or "")
     for label, folder in (("models", models), ("loras", loras)):
         if not folder.is_dir():
-            raise ValueError(f"the {label} folder '{folder}' does not exist")
+            raise ValueError(
+                f"the {label} folder '{folder}' does not exist (--{label} or {ENV_PREFIX}{label.upper()})"
+            )
     device = pick("device") or "auto"
     dtype = pick("dtype") or "auto"
     if device not in DEVICES:

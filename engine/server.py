@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -58,6 +59,36 @@ FOLDERS_KEY = web.AppKey("folders", dict)
 STARTED_KEY = web.AppKey("started", float)
 HEARTBEAT_KEY = web.AppKey("heartbeat_interval_s", float)
 DOWNLOADS_KEY = web.AppKey("downloads", DownloadManager)
+
+
+def reachable_beyond_loopback(host: str) -> bool:
+    """Whether a TCP bind on ``host`` can be reached from other machines.
+
+    A host name counts as reachable: it can resolve to anything. An empty host binds every
+    interface (aiohttp's default).
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return True
+
+
+def warn_if_exposed(host: str, address: str) -> bool:
+    """Log a warning when the engine listens beyond loopback over plain HTTP (the README
+    asks for TLS in front then): its token, prompts and images would cross the network in
+    clear text. Returns whether it warned."""
+    if not reachable_beyond_loopback(host):
+        return False
+    log.warning(
+        "the engine listens on %s over plain HTTP: other machines can reach it, and its token, "
+        "prompts and images cross the network unencrypted. Put TLS in front of it (a reverse proxy "
+        "on a private link) or listen on 127.0.0.1 (--host / ATELIER_ENGINE_HOST).",
+        address if host else f"{address} (every interface)",
+    )
+    return True
 
 
 def error_response(error: EngineError) -> web.Response:

@@ -133,3 +133,27 @@ CIVITAI_TEXT = (
     '"modelName":"Tiny SDXL","modelVersionName":"v1"},{"type":"lora","weight":0.45,"modelVersionId":135931,'
     '"modelName":"Watercolor XL","modelVersionName":"v2"}], Civitai metadata: {}'
 )
+
+#: NovelAI's first image generator (2022), chunk for chunk as it saved a PNG: the prompt only
+#: in ``Description``, no prompt or size in ``Comment`` (the layout AUTOMATIC1111's
+#: ``read_info_from_image`` reads; values as in the sample of novelai-png-metadata-cli).
+NOVELAI_V1 = {
+    "Title": "AI generated image",
+    "Description": "masterpiece, best quality, cat, space, icon",
+    "Software": "NovelAI",
+    "Source": "Stable Diffusion 1D44365E",
+    "Comment": json.dumps({"steps": 50, "sampler": "k_euler_ancestral", "seed": 2253955223, "strength": 0.4,
+                           "noise": 0, "scale": 10, "uc": "lowres, bad anatomy, bad hands"}),
+}  # fmt: skip
+
+#: InvokeAI's ``Dream`` chunk, as each of its writers formatted it: lstein's fork / 1.x
+#: (``ldm/dream/pngwriter.py`` normalize_prompt, the seed appended by dream.py), 2.0-2.1
+#: (``ldm/invoke/args.py`` dream_prompt_str, quoted prompt) and 2.2+ (unquoted prompt).
+DREAM_1X = '"a fantasy landscape, castle [blurry, lowres]" -s50 -W512 -H768 -C7.5 -Ak_lms -S1234567'
+DREAM_20 = '"there\'s a fly in my soup [text]" -s 30 -S 42 -W 640 -H 512 -C 9.0 -A k_euler_a -I init.png -f 0.6'
+DREAM_22 = "an astronaut riding a horse [cartoon] [ugly] -s 25 -S 7 -W 512 -H 512 -C 6.5 -A k_dpmpp_2 -U 2 0.75"
+
+
+def invokeai_dream_png(dream: str, *, size: tuple[int, int] = (8, 8)) -> bytes:
+    """A PNG with only the ``Dream`` chunk (``PngWriter.save_image_and_prompt_to_png``)."""
+    return png({"Dream": dream}, image=Image.new("RGB", size, (12, 34, 56)))

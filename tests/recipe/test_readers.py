@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from engine.protocol import LoraRef, Recipe
 from engine.recipe.a1111 import write_parameters
@@ -153,3 +154,50 @@ def test_novelai_stealth_payload() -> None:
     info = {"Software": "NovelAI", "Source": "NovelAI Diffusion V4 Curated 8BA2AF87", "Comment": json.dumps(images.NOVELAI_COMMENT)}
     found = read_image(images.stealth_png(json.dumps(info), size=(64, 64))).found
     assert found is not None and found.format == "NovelAI" and found.recipe.seed == 1234567
+
+
+def test_old_novelai_prompt_is_the_description_chunk() -> None:
+    found = read_image(images.png(images.NOVELAI_V1, image=Image.new("RGB", (512, 768)))).found
+    assert found is not None and found.format == "NovelAI" and "'Description'" in found.source
+    recipe = found.recipe
+    assert recipe.prompt == "masterpiece, best quality, cat, space, icon"
+    assert recipe.negative_prompt == "lowres, bad anatomy, bad hands"
+    assert (recipe.steps, recipe.seed, recipe.cfg_scale, recipe.sampler) == (50, 2253955223, 10.0, "Euler a")
+    assert (recipe.width, recipe.height) == (512, 768) and "width" not in found.missing  # the image's own size
+    assert recipe.clip_skip == 2  # as A1111 reads these images
+    assert found.recipe.model_name == "Stable Diffusion"
+
+
+@pytest.mark.parametrize(
+    ("dream", "prompt", "negative", "settings"),
+    [
+        (images.DREAM_1X, "a fantasy landscape, castle", "blurry, lowres", (50, 1234567, 7.5, "LMS", 512, 768)),
+        (images.DREAM_20, "there's a fly in my soup", "text", (30, 42, 9.0, "Euler a", 640, 512)),
+        (images.DREAM_22, "an astronaut riding a horse", "cartoon, ugly", (25, 7, 6.5, "DPM++ 2M", 512, 512)),
+    ],
+)
+def test_invokeai_dream_text(dream: str, prompt: str, negative: str, settings: tuple) -> None:
+    found = read_image(images.invokeai_dream_png(dream)).found
+    assert found is not None and found.format == "InvokeAI" and found.source == "PNG text chunk 'Dream'"
+    recipe = found.recipe
+    assert (recipe.prompt, recipe.negative_prompt) == (prompt, negative)
+    assert (recipe.steps, recipe.seed, recipe.cfg_scale, recipe.sampler, recipe.width, recipe.height) == settings
+    assert "model" in found.missing and found.resources == ()
+
+
+def test_invokeai_dream_notes_what_does_not_carry_over() -> None:
+    img2img = read_image(images.invokeai_dream_png(images.DREAM_20)).found
+    upscaled = read_image(images.invokeai_dream_png(images.DREAM_22)).found
+    assert img2img is not None and any("init image" in n for n in img2img.notes)
+    assert upscaled is not None and any("upscaling" in n for n in upscaled.notes)
+
+
+def test_invokeai_2_prefers_sd_metadata_over_its_dream_twin() -> None:
+    sd_metadata = {"model_weights": "stable-diffusion-1.5", "image": {"prompt": [{"prompt": "a cat", "weight": 1}],
+                   "steps": 20, "cfg_scale": 7.5, "seed": 5, "width": 512, "height": 512, "sampler": "k_euler_a"}}  # fmt: skip
+    found = read_image(images.png({"Dream": images.DREAM_20, "sd-metadata": json.dumps(sd_metadata)})).found
+    assert found is not None and found.source == "PNG text chunk 'sd-metadata'" and found.recipe.model_name == "stable-diffusion-1.5"
+
+
+def test_text_that_is_not_a_dream_command_is_not_read() -> None:
+    assert read_image(images.invokeai_dream_png("just some words")).found is None

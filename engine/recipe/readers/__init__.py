@@ -7,8 +7,8 @@ given, and what could not be carried over), or None with the reason. One module 
 family; the order below is the order of precedence when an image carries several:
 
 - :mod:`.atelier`: our own ``atelier_recipe`` chunk (exact, files included).
-- :mod:`.invokeai`: ``invokeai_metadata`` (and InvokeAI 2's ``sd-metadata``).
-- :mod:`.novelai`: NovelAI's ``Comment`` JSON.
+- :mod:`.invokeai`: ``invokeai_metadata`` (and InvokeAI 2's ``sd-metadata``, 1.x's ``Dream`` text).
+- :mod:`.novelai`: NovelAI's ``Comment`` JSON (with the ``Description`` chunk for old images).
 - :mod:`.swarmui`: ``sui_image_params`` JSON in ``parameters`` / EXIF UserComment.
 - :mod:`.fooocus`: Fooocus's JSON scheme in ``parameters`` / UserComment.
 - :mod:`.civitai`: Civitai's JSON meta (``civitaiResources``); also its ``Civitai resources``
@@ -120,12 +120,12 @@ def _read(meta: ImageMetadata) -> FoundRecipe | None:
         found = atelier.read(texts[atelier.KEY], texts.get("parameters"))
         if found is not None:
             return found
-    if "invokeai_metadata" in texts or "sd-metadata" in texts:
+    if "invokeai_metadata" in texts or "sd-metadata" in texts or "Dream" in texts:
         found = invokeai.read_chunks(texts)
         if found is not None:
             return found
     if "Comment" in texts:
-        found = novelai.read_chunks(texts)
+        found = novelai.read_chunks(texts, (meta.width, meta.height))
         if found is not None:
             return found
     for key, source in (("parameters", "PNG text chunk 'parameters'"), ("exif", "EXIF UserComment"), ("comment", "JPEG comment")):

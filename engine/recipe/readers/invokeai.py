@@ -4,10 +4,20 @@
 (its default) or ``"sha256:…"``; 3.x as ``{"model_name", "base_model"}``; LoRAs are
 ``[{"model" | "lora": {...}, "weight": w}]``. InvokeAI's ``clip_skip`` counts layers skipped
 (0 = none), A1111's counts from the end (1 = none).
+
+Before any JSON (lstein's stable-diffusion fork, InvokeAI 1.x, and beside ``sd-metadata`` in
+2.x) the only record was the ``Dream`` chunk: the command line that makes the image again,
+``"a fantasy landscape [blurry]" -s 50 -S 1234567 -W 512 -H 512 -C 7.5 -A k_lms``. Its
+writers: ``ldm/dream/pngwriter.py`` (``PromptFormatter.normalize_prompt``: ``"{prompt}"
+-s{steps} -W{width} -H{height} -C{cfg} -A{sampler}``, the seed appended as ``-S{seed}``) and
+``ldm/invoke/args.py`` (``dream_prompt_str``: ``-s {steps} -S {seed} ...``, the prompt
+unquoted from 2.2 on). Negative prompts are the ``[…]`` groups inside the prompt.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from typing import Any
 
 from engine.recipe.model import Recipe
@@ -107,6 +117,93 @@ def _legacy(data: dict[str, Any], source: str) -> FoundRecipe | None:
     return read_metadata(flat, source)
 
 
+#: Where a quoted prompt ends: the first quote followed by a switch or the end (the writers
+#: put the prompt in quotes without escaping the quotes inside it).
+_QUOTED = re.compile(r'^\s*"(.*?)"\s*(?=--?[A-Za-z]|$)', re.DOTALL)
+#: An unquoted prompt ends before the first switch; InvokeAI's own parser splits the same way
+#: (``Args.parse_cmd``: ``^(.+?)\s(--?[a-zA-Z].+)``).
+_UNQUOTED = re.compile(r"^(.+?)\s(--?[A-Za-z].*)$", re.DOTALL)
+_NEGATIVE = re.compile(r"\[([^\[\]]*)\]")
+#: The switches that carry a setting or change what the image is; others are skipped.
+_SWITCHES = {
+    "-s": "steps", "--steps": "steps", "-S": "seed", "--seed": "seed",
+    "-W": "width", "--width": "width", "-H": "height", "--height": "height",
+    "-C": "cfg_scale", "--cfg_scale": "cfg_scale",
+    "-A": "sampler", "-m": "sampler", "--sampler": "sampler",
+    "-I": "init_img", "--init_img": "init_img", "-f": "strength", "--strength": "strength",
+    "-V": "variations", "--with_variations": "variations", "-v": "variation_amount",
+    "-G": "facetool", "--facetool_strength": "facetool", "-U": "upscale", "--upscale": "upscale",
+}  # fmt: skip
+_BARE = {"--seamless": "seamless", "--hires_fix": "hires_fix"}
+_MAX_DREAM = 20_000
+
+
+def _switches(text: str) -> dict[str, str]:
+    try:
+        tokens = shlex.split(text)
+    except ValueError:  # an unbalanced quote in a path: plain whitespace splitting is enough
+        tokens = text.split()
+    values: dict[str, str] = {}
+    index = 0
+    while index < len(tokens) and index < 400:
+        token = tokens[index]
+        index += 1
+        flag, _, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        if flag in _BARE:
+            values[_BARE[flag]] = "1"
+        elif flag in _SWITCHES:
+            if inline:
+                values[_SWITCHES[flag]] = inline
+            elif index < len(tokens):
+                values[_SWITCHES[flag]] = tokens[index]
+                index += 1
+        elif len(token) > 2 and token[:2] in _SWITCHES and not token.startswith("--"):
+            values[_SWITCHES[token[:2]]] = token[2:]  # the 1.x writer: -s50 -W512 -Ak_lms
+    return values
+
+
+def read_dream(text: str, source: str) -> FoundRecipe | None:
+    """The ``Dream`` command line, or None when it does not look like one."""
+    text = text[:_MAX_DREAM]
+    quoted = _QUOTED.match(text)
+    if quoted:
+        prompt, rest = quoted.group(1), text[quoted.end() :]
+    else:
+        split = _UNQUOTED.match(text.strip())
+        if split is None:
+            return None
+        prompt, rest = split.group(1), split.group(2)
+    switches = _switches(rest)
+    if not ({"steps", "seed", "cfg_scale"} & switches.keys()):
+        return None
+    negative = ", ".join(n.strip() for n in _NEGATIVE.findall(prompt) if n.strip())
+    prompt = re.sub(r"\s{2,}", " ", _NEGATIVE.sub("", prompt)).strip()
+    values: dict[str, Any] = {
+        "seed": as_int(switches.get("seed")),
+        "steps": as_int(switches.get("steps")),
+        "cfg_scale": as_float(switches.get("cfg_scale")),
+        "width": as_int(switches.get("width")),
+        "height": as_int(switches.get("height")),
+    }
+    sampler = switches.get("sampler", "").strip().lower()
+    if sampler:
+        values["sampler"] = samplers.INVOKEAI_K.get(sampler) or samplers.from_table(samplers.INVOKEAI, sampler)
+    notes = ["InvokeAI's Dream text does not name the model: pick a model of this server for it."]
+    if "init_img" in switches:
+        notes.append("It was made from an init image (img2img); only the prompt and settings carry over.")
+    if "variations" in switches or as_float(switches.get("variation_amount")):
+        notes.append("Not carried over: seed variations (-V / -v).")
+    if "upscale" in switches or "facetool" in switches:
+        notes.append("Not carried over: upscaling and face restoration.")
+    if "hires_fix" in switches:
+        notes.append("Not carried over: the hires fix (a second, upscaled pass).")
+    if "seamless" in switches:
+        notes.append("Not carried over: seamless tiling.")
+    missing = ("model",) + tuple(k for k in ("seed", "steps", "cfg_scale", "sampler", "width") if values.get(k) is None)
+    recipe = Recipe(model="", prompt=prompt, negative_prompt=negative, **{k: v for k, v in values.items() if v is not None})
+    return FoundRecipe("InvokeAI", source, recipe, (), missing, tuple(notes))
+
+
 def read_chunks(texts: dict[str, str]) -> FoundRecipe | None:
     if "invokeai_metadata" in texts:
         data = load_json(texts["invokeai_metadata"])
@@ -114,5 +211,9 @@ def read_chunks(texts: dict[str, str]) -> FoundRecipe | None:
             return read_metadata(data, "PNG text chunk 'invokeai_metadata'")
     data = load_json(texts.get("sd-metadata", ""))
     if isinstance(data, dict):
-        return _legacy(data, "PNG text chunk 'sd-metadata'")
+        found = _legacy(data, "PNG text chunk 'sd-metadata'")
+        if found is not None:
+            return found
+    if "Dream" in texts:
+        return read_dream(texts["Dream"], "PNG text chunk 'Dream'")
     return None

@@ -52,6 +52,21 @@ INVOKEAI = {
     "lcm": "LCM",
 }
 
+#: The k-diffusion names of lstein's stable-diffusion fork and InvokeAI 1.x-2.x (``-A k_lms``;
+#: ``SAMPLER_CHOICES`` in ``ldm/invoke/args.py``); InvokeAI 2.2+ also took the names above.
+INVOKEAI_K = {
+    "k_lms": "LMS",
+    "k_euler": "Euler",
+    "k_euler_a": "Euler a",
+    "k_heun": "Heun",
+    "k_dpm_2": "DPM2",
+    "k_dpm_2_a": "DPM2 a",
+    "k_dpmpp_2": "DPM++ 2M",
+    "k_dpmpp_2_a": "DPM++ 2S a",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+}
+
 #: NovelAI's names.
 NOVELAI = {
     "k_euler": "Euler",
@@ -63,6 +78,7 @@ NOVELAI = {
     "k_dpm_2": "DPM2",
     "k_dpm_2_ancestral": "DPM2 a",
     "k_lms": "LMS",
+    "plms": "PLMS",
     "ddim": "DDIM",
     "ddim_v3": "DDIM",
 }
