@@ -560,4 +560,6 @@ class RecipeActions:
             lines.append(f"**{entry.name}**\n`{embeds.truncate(line, LINE_PREVIEW)}`")
         filters = [f for f in (model and f"model {model}", lora and f"LoRA {lora}") if f]
         title = f"🔒 Your recipes · {len(rows)} recipe(s)" + (f" · {', '.join(filters)}" if filters else "") + f" · page {min(page, pages)}/{pages}"
-        return embeds.list_embed(title, lines, empty="None yet: press 💾 Save recipe under an image, or use `/recipe save`.")
+        empty = ("`author` only filters the server's book; your recipes are all yours." if by_other
+                 else "None yet: press 💾 Save recipe under an image, or use `/recipe save`.")  # fmt: skip
+        return embeds.list_embed(title, lines, empty=empty)
