@@ -255,3 +255,24 @@ async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> N
     assert "from the recipe book" in (await recipe(world.alice, "delete", {"name": "Dusk"})).content
     assert await world.registry.book.get(world.guild.id, "Dusk") is None
     assert double.violations == []
+
+
+async def test_recipe_list_of_both_full_pages_fits_one_message(world: World) -> None:
+    """Two full pages (the book's and the member's own) share Discord's 6000 characters."""
+    first = await imagine_and_wait(world, world.alice, {"prompt": "a kite", "lora1": "watercolor", "weight1": "0.5", "seed": 1})
+    await recorded(world, first)
+    post = await world.registry.get_post(world.guild.id, first.id)
+    stack = [{**post.recipe["loras"][0], "name": f"a-lora-with-a-rather-long-name-{i}"} for i in range(8)]
+    long = {**post.recipe, "prompt": "a very long prompt about kites and fog, " * 40, "loras": stack}
+    for i in range(12):
+        name = f"kite recipe with a long name number {i:02d} " + "x" * 20
+        await world.registry.save_recipe(world.guild.id, world.alice.user.id, name, long)
+        await world.registry.book.save(world.guild.id, world.alice.user.id, name, long, model_name="tiny-sdxl", lora_names=["watercolor"])
+    handle = await world.double.slash(world.alice, world.channel, "recipe", {}, subcommand="list")
+    listed = await handle.wait_followup()
+    book, mine = listed.embeds
+    assert "page 1/2" in book["title"] and "page 1/2" in mine["title"]
+    assert "number 11" in book["description"] and "number 11" in mine["description"]  # newest first
+    assert mine["description"].endswith("…")  # cut to the room the book's page left
+    assert sum(len(e["title"]) + len(e["description"]) + len((e.get("footer") or {}).get("text", "")) for e in listed.embeds) <= 6000
+    assert world.double.violations == []
