@@ -248,6 +248,17 @@ async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> N
     assert "Seed: 4" in png_parameters((await next_result(world, seen)).attachments[0].data)
     assert "not a saved recipe in your recipes" in (await recipe(world.bob, "use", {"name": "Lantern", "scope": "mine"})).content
 
+    # show and share find a member's own recipe too; save with a name copies it into the book.
+    shown = await recipe(world.alice, "show", {"name": "lantern"})
+    assert shown.embeds[0]["title"] == "🔒 Lantern (your recipe)" and "an old lantern" in json.dumps(shown.embeds)
+    seen = {m.id for m in double.messages(world.channel)}
+    assert "Shared" in (await recipe(world.alice, "share", {"source": "Lantern", "scope": "mine"})).content
+    card = card_in(world, seen)
+    assert card is not None and "an old lantern" in json.dumps(card.embeds)
+    copied = await recipe(world.alice, "save", {"name": "Lantern for all", "source": "Lantern", "scope": "server"})
+    assert "recipe book as **Lantern for all**" in copied.content
+    assert (await world.registry.book.get(world.guild.id, "Lantern for all")).recipe["seed"] == 4
+
     # Delete with a scope removes only that one; the other is then found without one.
     assert "from your recipes" in (await recipe(world.alice, "delete", {"name": "Dusk", "scope": "mine"})).content
     assert [s.name for s in await world.registry.saved_recipes(world.guild.id, world.alice.user.id)] == ["Lantern"]
