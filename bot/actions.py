@@ -27,7 +27,7 @@ from bot.recipe_text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
 from bot.sources.refs import split_inline_air
-from engine.protocol import EngineError, Recipe
+from engine.protocol import Recipe
 
 if TYPE_CHECKING:
     from bot.app import AtelierBot
@@ -357,21 +357,6 @@ class Actions:
         }
         values.update(changes)
         return await self.imagine(interaction, origin=origin, **values)
-
-    async def run_saved_recipe(self, interaction: discord.Interaction[Any], name: str, *, reseed: bool) -> None:
-        """``/recipes run``: a member's saved recipe, validated again like any request."""
-        assert interaction.guild_id is not None
-        saved = await self.bot.registry.get_recipe(interaction.guild_id, interaction.user.id, name)
-        if saved is None:
-            await send_private(interaction, f"You have no saved recipe named `{name}`; see `/recipes list`.")
-            return
-        try:
-            recipe = Recipe.from_json(saved.recipe)
-        except (EngineError, KeyError, TypeError, ValueError):
-            await send_private(interaction, f"The saved recipe `{name}` can no longer be read; delete it and save it again.")
-            return
-        changes = {"seed": new_seed()} if reseed else {}
-        await self._rerun(interaction, recipe, origin="recipe", **changes)
 
     async def image_button(self, interaction: discord.Interaction[Any], action: str) -> None:
         if interaction.guild_id is None or interaction.message is None:

@@ -2,10 +2,16 @@
 
 :mod:`bot.actions` runs generations; this module moves recipes around: posts a recipe card
 in the channel (Share button, ``/recipe share``), saves under a name the member picks (the
-card's and the result's Save, ``/recipe save``), lists and runs the server's book, and reads
+card's and the result's Save, ``/recipe save``), lists and runs saved recipes, and reads
 an image from anywhere (the message context menu, ``/recipe read``): our database first (by
 message, then by attachment), then the file's own metadata through
 :mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipe_match`.
+
+Saved recipes live in two stores with different rules, kept apart on purpose: a member's own
+(``saved_recipes``: private, a name per member, saving again overwrites) and the server's book
+(``recipe_book``: everyone sees and uses it, names unique per server, use counts, only the author
+or an admin deletes). ``/recipe`` reaches both through one ``scope`` (``mine`` / ``server``):
+without it, a name is looked up in both and the member is asked only when both have it.
 
 Attachments are always fetched from their original ``url``: Discord's media proxy may serve
 a WebP preview that has lost the PNG's text chunks.
@@ -18,7 +24,8 @@ import dataclasses
 import logging
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
@@ -26,10 +33,10 @@ from bot import embeds, views
 from bot.actions import Parent, new_seed, parse_lora_lines, show_modal
 from bot.commands.common import is_admin, send_private
 from bot.recipe_match import health, match_found
-from bot.recipe_text import suggest_name
+from bot.recipe_text import imagine_command, suggest_name
 from bot.registry import RegistryError
-from bot.registry.recipe_book import Card
-from bot.registry.text import parse_air
+from bot.registry.recipe_book import BookEntry, Card
+from bot.registry.text import name_key, parse_air
 from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.model import RecipeError
@@ -46,6 +53,23 @@ READ_TIMEOUT_S = 20.0
 _PERSONAL = {"me", "mine", "my", "personal", "private", "my recipes", "just me", "you"}
 _SERVER = {"server", "book", "recipe book", "the server", "everyone", "public", "all", "guild"}
 PAGE = 10
+#: Characters of each of a member's own recipes' /imagine line in a list; ``show`` has it whole.
+LINE_PREVIEW = 300
+#: Where a saved recipe lives: the member's own recipes or the server's book.
+Scope = Literal["mine", "server"]
+_SCOPE_WORDS = {"mine": "your recipes", "server": "this server's recipe book"}
+
+
+@dataclass(frozen=True)
+class Named:
+    """A saved recipe found by name, in either store."""
+
+    scope: Scope
+    name: str
+    recipe: Recipe | None  # None: stored, but no longer readable
+    author_id: int
+    source_message_id: int | None
+    book: BookEntry | None  # the book entry, for scope "server"
 
 
 def _recipe(data: Mapping[str, Any]) -> Recipe | None:
@@ -222,10 +246,10 @@ class RecipeActions:
         try:
             if scope in _PERSONAL:
                 saved = await self.registry.save_recipe(interaction.guild_id, interaction.user.id, name, recipe.to_json())
-                await send_private(interaction, f"Saved as **{saved.name}** in your recipes; run it with `/recipes run`.")
+                await send_private(interaction, f"Saved as **{saved.name}** in your recipes (only you see them); make it with `/recipe use scope:mine name:{saved.name}`.")
             elif scope in _SERVER:
                 entry = await self.save_to_book(interaction, name, recipe, source_message_id=source_message_id)
-                await send_private(interaction, f"Saved to this server's recipe book as **{entry.name}**; anyone can `/recipe use name:{entry.name}`.")
+                await send_private(interaction, f"Saved to this server's recipe book as **{entry.name}**; anyone can `/recipe use scope:server name:{entry.name}`.")
             else:
                 await send_private(interaction, f"Keep it for `server` (the recipe book, for everyone) or `me` (your recipes), not `{embeds.truncate(scope, 30)}`.")
         except RegistryError as exc:
@@ -239,13 +263,16 @@ class RecipeActions:
         )  # fmt: skip
 
     # -- where a recipe comes from in the commands ----------------------------------------
-    async def recipe_from(self, interaction: discord.Interaction[Any], source: str) -> tuple[Recipe, int | None, int | None] | None:
-        """(recipe, author, source message) from a share code, a message link, or a book name."""
+    async def recipe_from(
+        self, interaction: discord.Interaction[Any], source: str, *, scopes: tuple[Scope, ...] | None = None, first_found: bool = False
+    ) -> tuple[Recipe, int | None, int | None, Named | None] | None:
+        """(recipe, author, source message, the saved recipe if named) from a share code, a
+        message link, or the name of a saved recipe in ``scopes`` (see :meth:`find`)."""
         assert interaction.guild_id is not None
         text = source.strip()
         if share_code.looks_like_code(text):
             try:
-                return share_code.decode(text), interaction.user.id, None
+                return share_code.decode(text), interaction.user.id, None, None
             except share_code.ShareCodeError as exc:
                 await send_private(interaction, f"That recipe code can't be read: {exc}.")
                 return None
@@ -257,17 +284,16 @@ class RecipeActions:
             message_id = int(link[3])
             post = await self.registry.get_post(interaction.guild_id, message_id)
             if post is not None and (recipe := _recipe(post.recipe)) is not None:
-                return recipe, post.user_id, message_id
+                return recipe, post.user_id, message_id, None
             card = await self.registry.book.card_by_message(interaction.guild_id, message_id)
             if card is not None and (recipe := _recipe(card.recipe)) is not None:
-                return recipe, card.author_id, card.source_message_id
+                return recipe, card.author_id, card.source_message_id, None
             await send_private(interaction, "I have no recipe for that message; for an image from another tool use `/recipe read`.")
             return None
-        entry = await self.registry.book.get(interaction.guild_id, text)
-        if entry is not None and (recipe := _recipe(entry.recipe)) is not None:
-            return recipe, entry.author_id, entry.source_message_id
-        await send_private(interaction, f"`{embeds.truncate(text, 80)}` is not a recipe code, a message link or a recipe in this server's book (`/recipe list`).")
-        return None
+        named = await self.find(interaction, text, scopes, first_found=first_found, what="a recipe code, a message link or a saved recipe")
+        if named is None or named.recipe is None:
+            return None
+        return named.recipe, named.author_id, named.source_message_id, named
 
     async def latest_post(self, interaction: discord.Interaction[Any]) -> tuple[Recipe, int] | None:
         rows = await self.registry.recent_posts(interaction.guild_id, interaction.user.id, interaction.channel_id, limit=1)
@@ -352,28 +378,79 @@ class RecipeActions:
         await send_private(interaction, "Here is the recipe. **Remix** opens it in the form; **Use this recipe** runs it as is.",
                            embed=embed, view=views.card_view(card.id, shareable=True))  # fmt: skip
 
-    # -- the book -----------------------------------------------------------------------
-    async def show(self, interaction: discord.Interaction[Any], name: str) -> None:
+    # -- saved recipes, by name and scope ----------------------------------------------------
+    async def _lookup(self, guild_id: int, user_id: int, name: str, scope: Scope) -> Named | None:
+        if scope == "mine":
+            saved = await self.registry.get_recipe(guild_id, user_id, name)
+            if saved is None:
+                return None
+            return Named("mine", saved.name, _recipe(saved.recipe), user_id, None, None)
+        entry = await self.registry.book.get(guild_id, name)
+        if entry is None:
+            return None
+        return Named("server", entry.name, _recipe(entry.recipe), entry.author_id, entry.source_message_id, entry)
+
+    async def find(self, interaction: discord.Interaction[Any], name: str, scopes: tuple[Scope, ...] | Scope | None, *,
+                   first_found: bool = False, readable: bool = True, what: str = "a saved recipe") -> Named | None:  # fmt: skip
+        """The saved recipe called ``name`` in ``scopes`` (both when None); otherwise None, and
+        the member is told where it was looked for.
+
+        With both scopes and the name in both, the member is asked which one they mean, unless
+        ``first_found`` (then the first scope listed wins: ``save`` copies from the other store).
+        A recipe that can no longer be read is refused unless not ``readable`` (``delete``).
+        """
+        assert interaction.guild_id is not None
+        if isinstance(scopes, str):
+            scopes = (scopes,)
+        order: tuple[Scope, ...] = scopes or ("mine", "server")
+        found = []
+        for scope in order:
+            named = await self._lookup(interaction.guild_id, interaction.user.id, name, scope)
+            if named is not None:
+                found.append(named)
+                if first_found:
+                    break
+        shown = embeds.truncate(name, 80)
+        if not found:
+            where = " or ".join(_SCOPE_WORDS[s] for s in order)
+            scope_hint = f" scope:{order[0]}" if len(order) == 1 else ""
+            await send_private(interaction, f"`{shown}` is not {what} in {where}; see `/recipe list{scope_hint}`.")
+            return None
+        if len(found) > 1:
+            await send_private(
+                interaction,
+                f"Both your recipes and this server's recipe book have **{embeds.truncate(found[0].name, 80)}**; "
+                "say which with `scope:mine` or `scope:server`.",
+            )
+            return None
+        named = found[0]
+        if readable and named.recipe is None:
+            fix = "delete it and save it again" if named.scope == "mine" else "its author or an admin can delete it"
+            await send_private(interaction, f"The saved recipe **{embeds.truncate(named.name, 80)}** can no longer be read; {fix}.")
+            return None
+        return named
+
+    async def show(self, interaction: discord.Interaction[Any], name: str, scope: Scope | None = None) -> None:
         assert interaction.guild_id is not None and interaction.channel_id is not None
-        entry = await self.registry.book.get(interaction.guild_id, name)
-        recipe = _recipe(entry.recipe) if entry else None
-        if entry is None or recipe is None:
-            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`; see `/recipe list`.")
+        named = await self.find(interaction, name, scope)
+        if named is None or named.recipe is None:
             return
+        recipe = named.recipe
         card = await self.registry.book.add_card(
-            interaction.guild_id, interaction.channel_id, recipe.to_json(), author_id=entry.author_id, shared_by=interaction.user.id,
-            source="book", source_message_id=entry.source_message_id, book_name=entry.name,
+            interaction.guild_id, interaction.channel_id, recipe.to_json(), author_id=named.author_id, shared_by=interaction.user.id,
+            source="book" if named.scope == "server" else "mine", source_message_id=named.source_message_id,
+            book_name=named.name if named.scope == "server" else None,
         )  # fmt: skip
-        await send_private(interaction, embed=await self.card_embed(card, recipe), view=views.card_view(card.id, shareable=True))
+        title = None if named.scope == "server" else f"🔒 {named.name} (your recipe)"
+        await send_private(interaction, embed=await self.card_embed(card, recipe, title=title), view=views.card_view(card.id, shareable=True))
 
     async def use(self, interaction: discord.Interaction[Any], name: str, *, prompt: str | None, seed: int | None,
-                  weights: str | None, reseed: bool) -> None:  # fmt: skip
+                  weights: str | None, reseed: bool, scope: Scope | None = None) -> None:  # fmt: skip
         assert interaction.guild_id is not None
-        entry = await self.registry.book.get(interaction.guild_id, name)
-        recipe = _recipe(entry.recipe) if entry else None
-        if entry is None or recipe is None:
-            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`; see `/recipe list`.")
+        named = await self.find(interaction, name, scope)
+        if named is None or named.recipe is None:
             return
+        recipe = named.recipe
         changes: dict[str, Any] = {}
         if prompt:
             changes["prompt"] = prompt
@@ -387,27 +464,61 @@ class RecipeActions:
             slots += [(n, w) for n, w in given.items()]
             changes["slots"] = slots
         parent = None
-        if entry.source_message_id:
-            post = await self.registry.get_post(interaction.guild_id, entry.source_message_id)
+        if named.source_message_id:
+            post = await self.registry.get_post(interaction.guild_id, named.source_message_id)
             if post is not None:
-                parent = Parent(post.message_id, post.channel_id, f"📖 From the recipe book: {entry.name}", interaction.guild_id)
-        if await self.bot.actions.rerun(interaction, recipe, origin="recipe book", parent=parent, **changes):
-            await self.registry.book.count_use(interaction.guild_id, entry.id)
+                parent = Parent(post.message_id, post.channel_id, f"📖 From the recipe book: {named.name}", interaction.guild_id)
+        origin = "recipe book" if named.scope == "server" else "recipe"
+        if await self.bot.actions.rerun(interaction, recipe, origin=origin, parent=parent, **changes) and named.book is not None:
+            await self.registry.book.count_use(interaction.guild_id, named.book.id)
 
-    async def delete(self, interaction: discord.Interaction[Any], name: str) -> None:
+    async def delete(self, interaction: discord.Interaction[Any], name: str, scope: Scope | None = None) -> None:
         assert interaction.guild_id is not None
-        entry = await self.registry.book.get(interaction.guild_id, name)
-        if entry is None:
-            await send_private(interaction, f"This server's recipe book has no `{embeds.truncate(name, 80)}`.")
+        named = await self.find(interaction, name, scope, readable=False)
+        if named is None:
             return
-        if entry.author_id != interaction.user.id and not is_admin(interaction):
-            await send_private(interaction, f"Only <@{entry.author_id}>, who saved **{entry.name}**, or an admin (Manage Server) can delete it.")
+        if named.scope == "mine":
+            await self.registry.delete_recipe(interaction.guild_id, interaction.user.id, named.name)
+            await send_private(interaction, f"Deleted **{named.name}** from your recipes.")
             return
-        await self.registry.book.delete(interaction.guild_id, entry.name)
-        await send_private(interaction, f"Deleted **{entry.name}** from the recipe book.")
+        if named.author_id != interaction.user.id and not is_admin(interaction):
+            await send_private(interaction, f"Only <@{named.author_id}>, who saved **{named.name}**, or an admin (Manage Server) can delete it.")
+            return
+        await self.registry.book.delete(interaction.guild_id, named.name)
+        await send_private(interaction, f"Deleted **{named.name}** from the recipe book.")
+
+    async def name_choices(self, guild_id: int, user_id: int, current: str, scope: Scope | None) -> list[tuple[str, str]]:
+        """(label, name) for autocomplete: the member's own, then the book's, each labelled
+        when both scopes are offered (the same name may be in both)."""
+        needle = name_key(current) if current.strip() else ""
+        out: list[tuple[str, str]] = []
+        if scope in (None, "mine"):
+            mine = [s.name for s in await self.registry.saved_recipes(guild_id, user_id) if needle in name_key(s.name)]
+            mine.sort(key=lambda n: not name_key(n).startswith(needle))
+            out += [(f"{n} · yours" if scope is None else n, n) for n in mine]
+        if scope in (None, "server"):
+            out += [(f"{n} · server's book" if scope is None else n, n) for n in await self.registry.book.names(guild_id, current)]
+        return [(embeds.truncate(label, 100), name) for label, name in out if len(name) <= 100][:25]
 
     async def list(self, interaction: discord.Interaction[Any], *, sort: str, model: str | None, lora: str | None,
-                   author: discord.abc.User | None, page: int) -> None:  # fmt: skip
+                   author: discord.abc.User | None, page: int, scope: Scope | None = None) -> None:  # fmt: skip
+        """The book's page and/or the member's own page; without a scope both, in two labelled
+        embeds that share Discord's 6000 characters per message."""
+        assert interaction.guild_id is not None
+        shown: list[discord.Embed] = []
+        if scope in (None, "server"):
+            shown.append(await self._book_page(interaction, sort=sort, model=model, lora=lora, author=author, page=page))
+        mine_by_author = author is None or author.id == interaction.user.id
+        if scope == "mine" or (scope is None and mine_by_author):
+            embed = await self._mine_page(interaction, sort=sort, model=model, lora=lora, page=page, by_other=not mine_by_author)
+            room = embeds.EMBED_TOTAL_LIMIT - sum(len(e) for e in shown)
+            if len(embed) > room and embed.description:
+                embed.description = embeds.truncate(embed.description, max(1, len(embed.description) - (len(embed) - room)))
+            shown.append(embed)
+        await send_private(interaction, embeds=shown)
+
+    async def _book_page(self, interaction: discord.Interaction[Any], *, sort: str, model: str | None, lora: str | None,
+                         author: discord.abc.User | None, page: int) -> discord.Embed:  # fmt: skip
         assert interaction.guild_id is not None
         entries, total = await self.registry.book.list(
             interaction.guild_id, sort=sort, model=model, lora=lora, author_id=author.id if author else None,  # type: ignore[arg-type]
@@ -425,7 +536,30 @@ class RecipeActions:
             lines.append(f"**{entry.name}**{warn} · {recipe.model_label} · {stack} · by <@{entry.author_id}> · used {entry.uses}×")
         pages = max(1, -(-total // PAGE))
         filters = [f for f in (model and f"model {model}", lora and f"LoRA {lora}", author and f"by {author.display_name}") if f]
-        title = f"Recipe book · {total} recipe(s)" + (f" · {', '.join(filters)}" if filters else "") + f" · page {min(page, pages)}/{pages}"
-        embed = embeds.list_embed(title, lines, empty="No recipes yet: press 💾 on a recipe card or use `/recipe save`.")
+        title = f"📖 Server's recipe book · {total} recipe(s)" + (f" · {', '.join(filters)}" if filters else "") + f" · page {min(page, pages)}/{pages}"
+        embed = embeds.list_embed(title, lines, empty="No recipes yet: press 💾 on a recipe card or use `/recipe save scope:server`.")
         embed.set_footer(text="⚠️ = uses something this server no longer has; /recipe show says what to use instead.")
-        await send_private(interaction, embed=embed)
+        return embed
+
+    async def _mine_page(self, interaction: discord.Interaction[Any], *, sort: str, model: str | None, lora: str | None,
+                         page: int, by_other: bool) -> discord.Embed:  # fmt: skip
+        """The member's own recipes (at most ``MAX_SAVED_RECIPES``, so filtered here in Python)."""
+        assert interaction.guild_id is not None
+        saved = [] if by_other else await self.registry.saved_recipes(interaction.guild_id, interaction.user.id)
+        rows = [(entry, _recipe(entry.recipe)) for entry in saved]
+        if model:
+            rows = [(e, r) for e, r in rows if r is not None and name_key(r.model_label) == name_key(model)]
+        if lora:
+            rows = [(e, r) for e, r in rows if r is not None and any(name_key(lo.display_name) == name_key(lora) for lo in r.loras)]
+        if sort == "name":
+            rows.sort(key=lambda row: name_key(row[0].name))
+        pages = max(1, -(-len(rows) // PAGE))
+        lines = []
+        for entry, recipe in rows[(page - 1) * PAGE : page * PAGE]:
+            line = imagine_command(recipe) if recipe is not None else "(this recipe can no longer be read)"
+            lines.append(f"**{entry.name}**\n`{embeds.truncate(line, LINE_PREVIEW)}`")
+        filters = [f for f in (model and f"model {model}", lora and f"LoRA {lora}") if f]
+        title = f"🔒 Your recipes · {len(rows)} recipe(s)" + (f" · {', '.join(filters)}" if filters else "") + f" · page {min(page, pages)}/{pages}"
+        empty = ("`author` only filters the server's book; your recipes are all yours." if by_other
+                 else "None yet: press 💾 Save recipe under an image, or use `/recipe save`.")  # fmt: skip
+        return embeds.list_embed(title, lines, empty=empty)

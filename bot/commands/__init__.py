@@ -21,12 +21,11 @@ def register_all(tree: app_commands.CommandTree[Any]) -> None:
         privacy,
         queue,
         recipe,
-        recipes,
         settings,
     )
 
     for command in (
         imagine.imagine, lora.lora, model.model, embedding.embedding, settings.settings, queue.queue,
-        recipes.recipes, recipe.recipe, recipe.remix_this_image, audit.audit, privacy.privacy,
+        recipe.recipe, recipe.remix_this_image, audit.audit, privacy.privacy,
     ):  # fmt: skip
         tree.add_command(command)

@@ -1,10 +1,13 @@
-"""``/recipe``: the server recipe book and sharing; and the "Remix this image" message command.
+"""``/recipe``: every saved recipe, a member's own and the server's book; and the "Remix this
+image" message command.
 
-``/recipes`` (plural) keeps each member's own saved recipes; ``/recipe`` is what a server
-shares: ``share`` posts a recipe card in the channel, ``save`` names a recipe in the book
-(names are unique per server), ``list`` browses it (newest or most used, by model, LoRA or
-author), ``show`` and ``use`` open and run one, ``delete`` removes one (its author or an
-admin), ``read`` reads the recipe of any image (an attachment or a message link).
+Members used to have ``/recipes`` (their own) beside ``/recipe`` (the server's book), with
+overlapping verbs, and could not guess which held what they saved. Now one group, and where
+a recipe lives is its ``scope``: ``mine`` (private, only you see and use it) or ``server``
+(the book, for everyone; names unique per server). ``save`` keeps it for you unless told
+``scope:server``; ``list`` without a scope shows both, labelled; ``show``, ``use``,
+``delete`` and ``share`` look a name up in both and ask only when both have it. ``read``
+reads the recipe of any image (an attachment or a message link).
 """
 
 from __future__ import annotations
@@ -16,51 +19,65 @@ from discord import app_commands
 
 from bot.commands.common import bot_of, send_private
 
-recipe = app_commands.Group(name="recipe", description="The server's recipe book: share, save, browse and read recipes", guild_only=True)
+recipe = app_commands.Group(name="recipe", description="Your saved recipes and the server's recipe book", guild_only=True)
+
+ScopeOption = Literal["mine", "server"]
+_SCOPE_HELP = "mine (only you) or server (the recipe book); default: look in both"
 
 
-async def book_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+async def name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """Names in the scope already chosen in the command (both, labelled, when none is)."""
     if interaction.guild_id is None:
         return []
-    names = await bot_of(interaction).registry.book.names(interaction.guild_id, current)
-    return [app_commands.Choice(name=n, value=n) for n in names[:25] if len(n) <= 100]
+    scope = getattr(interaction.namespace, "scope", None)
+    scope = scope if scope in ("mine", "server") else None
+    choices = await bot_of(interaction).recipes.name_choices(interaction.guild_id, interaction.user.id, current, scope)
+    return [app_commands.Choice(name=label, value=name) for label, name in choices]
 
 
 @recipe.command(name="share", description="Post a recipe card in this channel")
-@app_commands.describe(source="A recipe book name, a recipe code (AT1.…) or a link to an image made here")
-@app_commands.autocomplete(source=book_autocomplete)
-async def recipe_share(interaction: discord.Interaction[Any], source: app_commands.Range[str, 1, 6000]) -> None:
+@app_commands.describe(source="A saved recipe's name, a recipe code (AT1.…) or a link to an image made here", scope=_SCOPE_HELP)
+@app_commands.autocomplete(source=name_autocomplete)
+async def recipe_share(
+    interaction: discord.Interaction[Any], source: app_commands.Range[str, 1, 6000], scope: ScopeOption | None = None
+) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = bot_of(interaction)
-    found = await bot.recipes.recipe_from(interaction, source)
+    found = await bot.recipes.recipe_from(interaction, source, scopes=(scope,) if scope else None)
     if found is None:
         return
-    recipe_, author, message_id = found
-    entry = await bot.registry.book.get(interaction.guild_id, source) if interaction.guild_id else None
+    recipe_, author, message_id, named = found
+    in_book = named is not None and named.scope == "server"
     posted = await bot.recipes.post_card(
-        interaction, recipe_, author_id=author, source="book" if entry else "code", source_message_id=message_id,
-        source_channel_id=None, book_name=entry.name if entry else None,
+        interaction, recipe_, author_id=author, source="book" if in_book else ("mine" if named else "code"),
+        source_message_id=message_id, source_channel_id=None, book_name=named.name if in_book and named else None,
     )  # fmt: skip
     if posted is not None:
         await send_private(interaction, f"Shared: {posted.jump_url}")
 
 
-@recipe.command(name="save", description="Save a recipe in this server's book under a name you choose")
+@recipe.command(name="save", description="Save a recipe under a name, for you (default) or the server's book")
 @app_commands.describe(
-    name="A name nobody here has used (letters, digits, spaces, - or _)",
-    source="A link to an image or card, or a recipe code (default: your latest image in this channel)",
+    name="A name (letters, digits, spaces, - or _); in the server's book nobody may have used it",
+    source="A link to an image or card, a recipe code or a saved recipe's name (default: your latest image here)",
+    scope="mine (default: only you see it) or server (the recipe book, for everyone)",
 )
 async def recipe_save(
-    interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 64], source: app_commands.Range[str, 1, 6000] | None = None
+    interaction: discord.Interaction[Any],
+    name: app_commands.Range[str, 1, 64],
+    source: app_commands.Range[str, 1, 6000] | None = None,
+    scope: ScopeOption = "mine",
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = bot_of(interaction)
     message_id = None
     if source:
-        found = await bot.recipes.recipe_from(interaction, source)
+        # A name is looked up in the other store first: saving copies between them.
+        other: tuple[ScopeOption, ScopeOption] = ("mine", "server") if scope == "server" else ("server", "mine")
+        found = await bot.recipes.recipe_from(interaction, source, scopes=other, first_found=True)
         if found is None:
             return
-        recipe_, _, message_id = found
+        recipe_, _, message_id, _ = found
     else:
         latest = await bot.recipes.latest_post(interaction)
         if latest is None:
@@ -70,18 +87,31 @@ async def recipe_save(
     from bot.registry import RegistryError
 
     try:
-        entry = await bot.recipes.save_to_book(interaction, name, recipe_, source_message_id=message_id)
+        if scope == "server":
+            entry = await bot.recipes.save_to_book(interaction, name, recipe_, source_message_id=message_id)
+        else:
+            assert interaction.guild_id is not None
+            saved = await bot.registry.save_recipe(interaction.guild_id, interaction.user.id, name, recipe_.to_json())
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Saved to the recipe book as **{entry.name}**; anyone here can `/recipe use name:{entry.name}`.")
+    if scope == "server":
+        await send_private(interaction, f"Saved to the server's recipe book as **{entry.name}**; anyone here can `/recipe use scope:server name:{entry.name}`.")
+    else:
+        await send_private(
+            interaction,
+            f"Saved as **{saved.name}** in your recipes (only you see them); make it with `/recipe use scope:mine name:{saved.name}`. "
+            "To give it to everyone, `/recipe save scope:server`.",
+        )
 
 
-@recipe.command(name="list", description="Browse this server's recipe book")
-@app_commands.describe(sort="Newest first or most used first", model="Only recipes for this model", lora="Only recipes using this LoRA",
-                       author="Only recipes saved by this member", page="Page number")  # fmt: skip
+@recipe.command(name="list", description="Your saved recipes and the server's recipe book")
+@app_commands.describe(scope="mine, server, or both (default)", sort="Newest first, most used first (the book) or by name",
+                       model="Only recipes for this model", lora="Only recipes using this LoRA",
+                       author="Only the book's recipes saved by this member", page="Page number")  # fmt: skip
 async def recipe_list(
     interaction: discord.Interaction[Any],
+    scope: ScopeOption | None = None,
     sort: Literal["newest", "most_used", "name"] = "newest",
     model: app_commands.Range[str, 1, 100] | None = None,
     lora: app_commands.Range[str, 1, 100] | None = None,
@@ -89,41 +119,42 @@ async def recipe_list(
     page: app_commands.Range[int, 1, 1000] = 1,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.list(interaction, sort=sort, model=model, lora=lora, author=author, page=page)
+    await bot_of(interaction).recipes.list(interaction, sort=sort, model=model, lora=lora, author=author, page=page, scope=scope)
 
 
-@recipe.command(name="show", description="Show a recipe of the book, with its buttons")
-@app_commands.describe(name="The recipe")
-@app_commands.autocomplete(name=book_autocomplete)
-async def recipe_show(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100]) -> None:
+@recipe.command(name="show", description="Show a saved recipe as a card, with its buttons")
+@app_commands.describe(name="The recipe", scope=_SCOPE_HELP)
+@app_commands.autocomplete(name=name_autocomplete)
+async def recipe_show(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100], scope: ScopeOption | None = None) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.show(interaction, name)
+    await bot_of(interaction).recipes.show(interaction, name, scope)
 
 
-@recipe.command(name="use", description="Make a recipe of the book, optionally changed")
+@recipe.command(name="use", description="Make a saved recipe again, optionally changed")
 @app_commands.describe(
-    name="The recipe", prompt="Use this prompt instead", seed="Use this seed", new_seed="Use a new random seed",
-    weights="Change LoRA weights, e.g. watercolor:0.5, pixel-art:0.8",
+    name="The recipe", scope=_SCOPE_HELP, prompt="Use this prompt instead", seed="Use this seed",
+    new_seed="Use a new random seed", weights="Change LoRA weights, e.g. watercolor:0.5, pixel-art:0.8",
 )  # fmt: skip
-@app_commands.autocomplete(name=book_autocomplete)
+@app_commands.autocomplete(name=name_autocomplete)
 async def recipe_use(
     interaction: discord.Interaction[Any],
     name: app_commands.Range[str, 1, 100],
+    scope: ScopeOption | None = None,
     prompt: app_commands.Range[str, 1, 6000] | None = None,
     seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
     new_seed: bool = False,
     weights: app_commands.Range[str, 1, 500] | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.use(interaction, name, prompt=prompt, seed=seed, weights=weights, reseed=new_seed)
+    await bot_of(interaction).recipes.use(interaction, name, prompt=prompt, seed=seed, weights=weights, reseed=new_seed, scope=scope)
 
 
-@recipe.command(name="delete", description="Remove a recipe from the book (its author or an admin)")
-@app_commands.describe(name="The recipe")
-@app_commands.autocomplete(name=book_autocomplete)
-async def recipe_delete(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100]) -> None:
+@recipe.command(name="delete", description="Delete one of your recipes, or one from the book (its author or an admin)")
+@app_commands.describe(name="The recipe", scope=_SCOPE_HELP)
+@app_commands.autocomplete(name=name_autocomplete)
+async def recipe_delete(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100], scope: ScopeOption | None = None) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.delete(interaction, name)
+    await bot_of(interaction).recipes.delete(interaction, name, scope)
 
 
 @recipe.command(name="read", description="Read the recipe of an image, from here or made with another tool")

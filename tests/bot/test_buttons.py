@@ -204,23 +204,24 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
     (saved,) = await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
 
     async def recipes(user: Any, subcommand: str, options: dict[str, Any] | None = None) -> Any:
-        handle = await world.double.slash(user, world.channel, "recipes", options or {}, subcommand=subcommand)
+        # A member's own recipes are /recipe's "mine" scope (there was a separate /recipes).
+        handle = await world.double.slash(user, world.channel, "recipe", {"scope": "mine", **(options or {})}, subcommand=subcommand)
         assert await handle.wait_response(3) == 5
         return await handle.wait_followup()
 
     listed = await recipes(world.alice, "list")
     assert listed.ephemeral and saved.name in str(listed.embeds) and "lora1:watercolor weight1:0.5" in str(listed.embeds)
     assert saved.name not in str((await recipes(world.bob, "list")).embeds)  # per member
-    choices = await world.double.autocomplete(world.alice, world.channel, "recipes", {"name": "moth"}, "name", subcommand="run")
+    choices = await world.double.autocomplete(world.alice, world.channel, "recipe", {"scope": "mine", "name": "moth"}, "name", subcommand="use")
     assert [c["value"] for c in choices] == [saved.name]
 
     seen = {m.id for m in world.double.messages(world.channel)}
-    assert "Queued" in (await recipes(world.alice, "run", {"name": saved.name})).content
+    assert "Queued" in (await recipes(world.alice, "use", {"name": saved.name})).content
     again = await next_result(world, seen)
     parameters = png_parameters(again.attachments[0].data)
     assert "Seed: 21" in parameters and "<lora:watercolor:0.5>" in parameters
 
-    assert "no saved recipe" in (await recipes(world.bob, "run", {"name": saved.name})).content
+    assert "is not a saved recipe in your recipes" in (await recipes(world.bob, "use", {"name": saved.name})).content
     assert "Deleted" in (await recipes(world.alice, "delete", {"name": saved.name})).content
     assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id) == []
     assert world.double.violations == []

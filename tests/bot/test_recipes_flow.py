@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bot.sandbox import StoredMessage
 from engine.recipe.readers import read_image
 from tests.bot.conftest import World, png_parameters
@@ -179,3 +181,109 @@ async def test_recipe_read_an_attachment_and_long_recipes_come_whole(world: Worl
     handle = await double.slash(world.bob, world.channel, "imagine", {"recipe": "AT1.nonsense"})
     assert "can't be read" in (await handle.wait_followup()).content
     assert double.violations == []
+
+
+async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> None:
+    """Issue 16: /recipes (a member's own) and /recipe (the server's book) are one /recipe
+    group; where a recipe lives is its scope. What members saved before keeps working."""
+    double = world.double
+    # Saved the way the 💾 button (and the old /recipes) stored it, before this change.
+    old = await imagine_and_wait(world, world.alice, {"prompt": "an old lantern", "seed": 4})
+    await recorded(world, old)
+    old_post = await world.registry.get_post(world.guild.id, old.id)
+    await world.registry.save_recipe(world.guild.id, world.alice.user.id, "Lantern", old_post.recipe)
+
+    with pytest.raises(LookupError, match="/recipes is not registered"):
+        await double.slash(world.alice, world.channel, "recipes", {}, subcommand="list")
+    (registered,) = [c for c in double.registered_commands(world.guild) + double.registered_commands() if c["name"] == "recipe"]
+    subcommands = {o["name"]: o for o in registered["options"]}
+    assert set(subcommands) == {"share", "save", "list", "show", "use", "delete", "read"}
+    for verb in ("share", "save", "list", "show", "use", "delete"):
+        (scope,) = [o for o in subcommands[verb]["options"] if o["name"] == "scope"]
+        assert [c["value"] for c in scope["choices"]] == ["mine", "server"]
+
+    async def recipe(user, sub: str, options: dict) -> StoredMessage:
+        handle = await double.slash(user, world.channel, "recipe", options, subcommand=sub)
+        assert await handle.wait_response(3) == 5
+        return await handle.wait_followup()
+
+    first = await imagine_and_wait(world, world.alice, {"prompt": "a moth at dusk", "lora1": "watercolor", "weight1": "0.5", "seed": 21})
+    await recorded(world, first)
+    # save keeps it for the member unless told scope:server; the answer says where it went.
+    assert "in your recipes" in (await recipe(world.alice, "save", {"name": "Dusk"})).content
+    assert [s.name for s in await world.registry.saved_recipes(world.guild.id, world.alice.user.id)] == ["Dusk", "Lantern"]
+    assert await world.registry.book.get(world.guild.id, "Dusk") is None
+    assert "server's recipe book as **Dusk**" in (await recipe(world.alice, "save", {"name": "Dusk", "scope": "server"})).content
+    assert (await world.registry.book.get(world.guild.id, "Dusk")).author_id == world.alice.user.id
+
+    # list without a scope shows both, labelled; each member sees only their own.
+    listed = await recipe(world.alice, "list", {})
+    book, mine = listed.embeds
+    assert "recipe book" in book["title"] and "**Dusk**" in book["description"] and "Lantern" not in book["description"]
+    assert "Your recipes" in mine["title"] and "**Dusk**" in mine["description"] and "**Lantern**" in mine["description"]
+    assert "lora1:watercolor weight1:0.5" in mine["description"]
+    (only_mine,) = (await recipe(world.alice, "list", {"scope": "mine", "lora": "watercolor"})).embeds
+    assert "**Dusk**" in only_mine["description"] and "Lantern" not in only_mine["description"]
+    bob_book, bob_mine = (await recipe(world.bob, "list", {})).embeds
+    assert "**Dusk**" in bob_book["description"] and "Dusk" not in bob_mine["description"]
+
+    # Autocomplete follows the scope chosen; without one it offers both, labelled.
+    choices = await double.autocomplete(world.alice, world.channel, "recipe", {"name": "d"}, "name", subcommand="use")
+    assert [(c["name"], c["value"]) for c in choices] == [("Dusk · yours", "Dusk"), ("Dusk · server's book", "Dusk")]
+    choices = await double.autocomplete(world.alice, world.channel, "recipe", {"scope": "mine", "name": "an"}, "name", subcommand="use")
+    assert [c["value"] for c in choices] == ["Lantern"]
+    choices = await double.autocomplete(world.alice, world.channel, "recipe", {"scope": "server", "name": "an"}, "name", subcommand="delete")
+    assert choices == []
+
+    # A name in both stores: the member is asked which; with a scope it runs.
+    assert "say which with `scope:mine` or `scope:server`" in (await recipe(world.alice, "use", {"name": "dusk"})).content
+    seen = {m.id for m in double.messages(world.channel)}
+    assert "Queued" in (await recipe(world.alice, "use", {"name": "dusk", "scope": "mine", "seed": 9})).content
+    made = await next_result(world, seen)
+    assert "Seed: 9" in png_parameters(made.attachments[0].data) and "<lora:watercolor:0.5>" in png_parameters(made.attachments[0].data)
+    assert (await world.registry.book.get(world.guild.id, "Dusk")).uses == 0  # the book's entry was not the one used
+    # A recipe saved before the change runs by name alone (it is only in Alice's recipes).
+    seen = {m.id for m in double.messages(world.channel)}
+    assert "Queued" in (await recipe(world.alice, "use", {"name": "Lantern"})).content
+    assert "Seed: 4" in png_parameters((await next_result(world, seen)).attachments[0].data)
+    assert "not a saved recipe in your recipes" in (await recipe(world.bob, "use", {"name": "Lantern", "scope": "mine"})).content
+
+    # show and share find a member's own recipe too; save with a name copies it into the book.
+    shown = await recipe(world.alice, "show", {"name": "lantern"})
+    assert shown.embeds[0]["title"] == "🔒 Lantern (your recipe)" and "an old lantern" in json.dumps(shown.embeds)
+    seen = {m.id for m in double.messages(world.channel)}
+    assert "Shared" in (await recipe(world.alice, "share", {"source": "Lantern", "scope": "mine"})).content
+    card = card_in(world, seen)
+    assert card is not None and "an old lantern" in json.dumps(card.embeds)
+    copied = await recipe(world.alice, "save", {"name": "Lantern for all", "source": "Lantern", "scope": "server"})
+    assert "recipe book as **Lantern for all**" in copied.content
+    assert (await world.registry.book.get(world.guild.id, "Lantern for all")).recipe["seed"] == 4
+
+    # Delete with a scope removes only that one; the other is then found without one.
+    assert "from your recipes" in (await recipe(world.alice, "delete", {"name": "Dusk", "scope": "mine"})).content
+    assert [s.name for s in await world.registry.saved_recipes(world.guild.id, world.alice.user.id)] == ["Lantern"]
+    assert "Only" in (await recipe(world.bob, "delete", {"name": "Dusk"})).content
+    assert "from the recipe book" in (await recipe(world.alice, "delete", {"name": "Dusk"})).content
+    assert await world.registry.book.get(world.guild.id, "Dusk") is None
+    assert double.violations == []
+
+
+async def test_recipe_list_of_both_full_pages_fits_one_message(world: World) -> None:
+    """Two full pages (the book's and the member's own) share Discord's 6000 characters."""
+    first = await imagine_and_wait(world, world.alice, {"prompt": "a kite", "lora1": "watercolor", "weight1": "0.5", "seed": 1})
+    await recorded(world, first)
+    post = await world.registry.get_post(world.guild.id, first.id)
+    stack = [{**post.recipe["loras"][0], "name": f"a-lora-with-a-rather-long-name-{i}"} for i in range(8)]
+    long = {**post.recipe, "prompt": "a very long prompt about kites and fog, " * 40, "loras": stack}
+    for i in range(12):
+        name = f"kite recipe with a long name number {i:02d} " + "x" * 20
+        await world.registry.save_recipe(world.guild.id, world.alice.user.id, name, long)
+        await world.registry.book.save(world.guild.id, world.alice.user.id, name, long, model_name="tiny-sdxl", lora_names=["watercolor"])
+    handle = await world.double.slash(world.alice, world.channel, "recipe", {}, subcommand="list")
+    listed = await handle.wait_followup()
+    book, mine = listed.embeds
+    assert "page 1/2" in book["title"] and "page 1/2" in mine["title"]
+    assert "number 11" in book["description"] and "number 11" in mine["description"]  # newest first
+    assert mine["description"].endswith("…")  # cut to the room the book's page left
+    assert sum(len(e["title"]) + len(e["description"]) + len((e.get("footer") or {}).get("text", "")) for e in listed.embeds) <= 6000
+    assert world.double.violations == []
