@@ -21,12 +21,12 @@ import re
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from engine.classify import (
     BUNDLE_PREFIX,
+    adapter_configs,
     is_network_key,
     looks_like_checkpoint,
     looks_like_vae,
@@ -368,25 +368,12 @@ def _alpha(
             return float(metadata[key])
         except (KeyError, ValueError):
             pass
-    raw = metadata.get("lora_adapter_metadata")
-    if raw:
-        try:
-            adapter = json.loads(raw)
-        except json.JSONDecodeError:
-            return None
-        found = [v for k, v in _flatten(adapter) if k.endswith("lora_alpha")]
-        numbers = [float(v) for v in found if isinstance(v, int | float)]
-        if numbers:
-            return float(most_common(numbers))
+    # The same reading of diffusers' metadata as the engine's, so both agree on alpha.
+    found = [config.get("lora_alpha") for config in adapter_configs(metadata).values()]
+    numbers = [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers:
+        return float(most_common(numbers))
     return None
-
-
-def _flatten(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, data
 
 
 def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
