@@ -34,7 +34,6 @@ from engine.classify import (
     prediction_from,
     read_embedding,
     read_network,
-    sshs_hash,
     trained_clip_skip,
 )
 from engine.families import detect_family
@@ -398,7 +397,10 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
         size_bytes=path.stat().st_size,
         sha256=sha256,
         autov2=sha256[:10],
-        a1111_hash=sshs_hash(metadata) or after_header[:12],
+        # Not kohya's ``sshs_model_hash``: it is trusted only where it equals this computed
+        # hash (kohya's does), which makes it the same value; LyCORIS writes "0x" + a hash of
+        # other bytes, which neither Civitai nor our remix matching would ever find.
+        a1111_hash=after_header[:12],
         rank=network.rank if network else None,
         alpha=_alpha(path, header_len, tensors, metadata) if network else None,
         has_text_encoder=any(_TE_KEY.search(k) for k in tensors),
