@@ -377,3 +377,19 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return handle.metadata() or {}
+
+
+@pytest.mark.parametrize("config", [{"unet.lora_alpha": "strong"}, {"unet.r": 0}, {"unet.alpha_pattern": ["to_q"]}])
+def test_unreadable_adapter_metadata_is_a_clear_corrupt_file_error(format_files, config: dict[str, Any]) -> None:
+    """Untrusted metadata now reaches the maths: a value PEFT could not use is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    generator: Generator = format_files["generator"]
+    root: Path = format_files["root"]
+    state = load_file(str(root / "sd15/diffusers.safetensors"))
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 2, **config})}
+    save_file(state, str(root / "sd15/bad-metadata.safetensors"), metadata=metadata)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPES["sd15"], loras=(LoraRef("sd15/bad-metadata.safetensors", 1.0),)))
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    assert "lora_adapter_metadata" in caught.value.message and "save_lora_weights" in caught.value.message
