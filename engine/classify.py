@@ -303,3 +303,35 @@ def sshs_hash(metadata: dict[str, str]) -> str | None:
     """kohya's precomputed ``sshs_model_hash`` (sha256 of the tensor bytes), 12 hex, if valid."""
     match = _HEX.fullmatch(metadata.get("sshs_model_hash", "").strip())
     return match.group(1)[:12].lower() if match else None
+
+
+def adapter_configs(metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each component's PEFT ``LoraConfig`` (r, lora_alpha, rank_pattern, alpha_pattern,
+    use_rslora) from diffusers' ``lora_adapter_metadata``; without one a file means scale 1.
+
+    diffusers' ``save_lora_weights`` writes ONE flat JSON object whose keys carry the component
+    as a prefix (``"unet.r"``, ``"unet.lora_alpha"``, ``"text_encoder.alpha_pattern"``:
+    ``_pack_dict_with_prefix`` in ``diffusers/loaders/lora_base.py``), and ``load_lora_adapter``
+    reads a component's config back by keeping the keys that start with ``"<component>."``.
+    Reading it any other way loses alpha/r and applies the file at r/alpha times its strength.
+    A nested ``{"unet": {...}}`` object, which no writer we know of produces but older Atelier
+    files did, is still read. The engine (``engine.loras.reader``) and inspection both use this,
+    so the alpha the registry shows is the one generation applies.
+    """
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    configs: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        component, dot, field = str(key).partition(".")
+        if dot and component and field:
+            configs.setdefault(component, {})[field] = value
+        elif not dot and isinstance(value, dict):
+            configs.setdefault(component, {}).update(value)
+    return configs

@@ -21,12 +21,12 @@ import re
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from engine.classify import (
     BUNDLE_PREFIX,
+    adapter_configs,
     is_network_key,
     looks_like_checkpoint,
     looks_like_vae,
@@ -34,7 +34,6 @@ from engine.classify import (
     prediction_from,
     read_embedding,
     read_network,
-    sshs_hash,
     trained_clip_skip,
 )
 from engine.families import detect_family
@@ -344,7 +343,11 @@ def trigger_words(metadata: dict[str, str], *, limit: int = 20) -> tuple[str, ..
             folded = clean.casefold()
             first_seen.setdefault(folded, clean)
             totals[folded] += count
-    ordered = sorted(totals, key=lambda t: (-totals[t], list(first_seen).index(t)))
+    # Ties keep the order in which tags were first seen. The position comes from a dict built
+    # once: a header can hold millions of tags, and looking each one up in a list made this
+    # quadratic (8,000 tags took 0.7 s; a 100 MB header would never finish).
+    position = {tag: index for index, tag in enumerate(first_seen)}
+    ordered = sorted(totals, key=lambda t: (-totals[t], position[t]))
     return tuple(first_seen[t] for t in ordered[:limit])
 
 
@@ -364,25 +367,12 @@ def _alpha(
             return float(metadata[key])
         except (KeyError, ValueError):
             pass
-    raw = metadata.get("lora_adapter_metadata")
-    if raw:
-        try:
-            adapter = json.loads(raw)
-        except json.JSONDecodeError:
-            return None
-        found = [v for k, v in _flatten(adapter) if k.endswith("lora_alpha")]
-        numbers = [float(v) for v in found if isinstance(v, int | float)]
-        if numbers:
-            return float(most_common(numbers))
+    # The same reading of diffusers' metadata as the engine's, so both agree on alpha.
+    found = [config.get("lora_alpha") for config in adapter_configs(metadata).values()]
+    numbers = [float(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers:
+        return float(most_common(numbers))
     return None
-
-
-def _flatten(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, data
 
 
 def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
@@ -407,7 +397,10 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
         size_bytes=path.stat().st_size,
         sha256=sha256,
         autov2=sha256[:10],
-        a1111_hash=sshs_hash(metadata) or after_header[:12],
+        # Not kohya's ``sshs_model_hash``: it is trusted only where it equals this computed
+        # hash (kohya's does), which makes it the same value; LyCORIS writes "0x" + a hash of
+        # other bytes, which neither Civitai nor our remix matching would ever find.
+        a1111_hash=after_header[:12],
         rank=network.rank if network else None,
         alpha=_alpha(path, header_len, tensors, metadata) if network else None,
         has_text_encoder=any(_TE_KEY.search(k) for k in tensors),

@@ -125,8 +125,9 @@ class FileInfo:
     sha256: str
     #: Civitai's AutoV2: the first 10 hex digits of the sha256.
     autov2: str
-    #: AUTOMATIC1111's LoRA hash, first 12 hex: the file's ``sshs_model_hash`` where it has
-    #: one (as A1111 prefers), else the sha256 of the bytes after the header.
+    #: AUTOMATIC1111's LoRA hash, first 12 hex of the sha256 of the bytes after the header
+    #: (kohya's "addnet hash", what Civitai computes). A file's ``sshs_model_hash`` is not
+    #: copied: kohya's equals this, LyCORIS's ("0x" + a hash of other bytes) does not.
     a1111_hash: str
     rank: int | None = None
     alpha: float | None = None

@@ -7,12 +7,12 @@ another job denoises. Binding it to a loaded model (:func:`bind`) is a dictionar
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.classify import adapter_configs
 from engine.loras.base import LayerDelta
 from engine.loras.dora import DoraDelta
 from engine.loras.full import FullDelta
@@ -97,11 +97,18 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
                 groups[(parts.component, parts.flat_module)][parts.role] = handle.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise EngineError(ErrorCode.CORRUPT_FILE, f"could not read LoRA '{label}': {exc}") from exc
-    alphas = _adapter_alphas(metadata)
+    alphas = adapter_configs(metadata)
     layers: dict[tuple[str | None, str], LayerDelta] = {}
     for where, roles in groups.items():
         if "alpha" not in roles and where[0] in alphas and "down" in roles:
-            roles["alpha"] = _pattern_alpha(alphas[where[0]], where[1], int(roles["down"].shape[0]))
+            try:
+                roles["alpha"] = _pattern_alpha(alphas[where[0]], where[1], int(roles["down"].shape[0]))
+            except (TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+                raise EngineError(
+                    ErrorCode.CORRUPT_FILE,
+                    f"LoRA '{label}' has unreadable lora_adapter_metadata for '{where[0]}' "
+                    f"({type(exc).__name__}: {exc}); re-save it with diffusers' save_lora_weights",
+                ) from exc
         try:
             delta = _delta_for(roles)
         except (KeyError, IndexError, RuntimeError, AttributeError) as exc:
@@ -127,21 +134,6 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
         embeddings=dict(embeddings),
         nbytes=sum(delta.nbytes for delta in layers.values()),
     )
-
-
-def _adapter_alphas(metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """diffusers' ``lora_adapter_metadata``: each component's PEFT LoraConfig (r, lora_alpha,
-    rank_pattern, alpha_pattern). Without it a diffusers file means scale 1 (alpha = rank)."""
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return {}
-    try:
-        configs = json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
-    if not isinstance(configs, dict):
-        return {}
-    return {component: config for component, config in configs.items() if isinstance(config, dict)}
 
 
 def _pattern_alpha(config: dict[str, Any], flat_module: str, rank: int) -> Any:

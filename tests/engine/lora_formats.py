@@ -289,8 +289,10 @@ def write_diffusers(path: Path, arch: str, layers_for: list[Target], *, seed: in
     metadata = {"format": "pt"}
     if not (old or peft):
         config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted({t.name.split(".")[-1] for t in layers})}
-        components = sorted({t.component for t in layers})
-        metadata["lora_adapter_metadata"] = json.dumps({component: config for component in components})
+        # As diffusers' save_lora_weights writes it: one flat object, keys prefixed with the
+        # component ("unet.r", "unet.lora_alpha", ...; lora_base._pack_dict_with_prefix).
+        packed = {f"{c}.{key}": value for c in sorted({t.component for t in layers}) for key, value in config.items()}
+        metadata["lora_adapter_metadata"] = json.dumps(packed, indent=2, sort_keys=True)
     save_file(state, str(path), metadata=metadata)
     return layers
 

@@ -9,6 +9,7 @@ the header is read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -272,12 +273,32 @@ def test_vae_and_v_prediction_checkpoints(tmp_path: Path) -> None:
     assert (eps.prediction_type, eps.family) == (None, "unknown")
 
 
-def test_sshs_model_hash_is_the_a1111_lora_hash(tmp_path: Path) -> None:
-    sshs = "abcdef0123456789" + "0" * 48
-    info = _save(tmp_path, "sshs", _pair(SD15_TO_K, 4, 768, 320), {"sshs_model_hash": sshs})
-    assert info.a1111_hash == sshs[:12]
-    bogus = _save(tmp_path, "bogus", _pair(SD15_TO_K, 4, 768, 320), {"sshs_model_hash": "not a hash"})
-    assert bogus.a1111_hash != "not a hash" and len(bogus.a1111_hash) == 12
+def _tensor_sha256(path: Path) -> str:
+    """A1111's addnet hash, as Civitai computes it: sha256 of the bytes after the header."""
+    data = path.read_bytes()
+    return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+
+
+def test_a1111_lora_hash_is_the_files_own_and_sshs_model_hash_only_where_it_agrees(tmp_path: Path) -> None:
+    """Issue 16: ``sshs_model_hash`` used to be trusted whatever it held. kohya's equals the
+    file's tensor hash; LyCORIS writes "0x" + a hash of other bytes (each tensor serialised on
+    its own), which neither Civitai nor A1111's own hashing finds, so only an agreeing value counts."""
+    from lycoris.utils import precalculate_safetensors_hashes
+
+    state = {k: v.contiguous() for k, v in _pair(SD15_TO_K, 4, 768, 320).items()}
+    # kohya: the metadata holds the hash of these very tensor bytes (the header does not count).
+    plain = _save(tmp_path, "plain", state)
+    computed = _tensor_sha256(tmp_path / "plain.safetensors")
+    kohya = _save(tmp_path, "kohya", state, {"sshs_model_hash": computed})
+    assert plain.a1111_hash == kohya.a1111_hash == computed[:12]
+    # LyCORIS, as lycoris/kohya.py's save_weights does it.
+    lycoris_hash = precalculate_safetensors_hashes(state)
+    lycoris = _save(tmp_path, "lycoris", state, {"sshs_model_hash": lycoris_hash})
+    assert lycoris_hash.startswith("0x") and lycoris_hash[2:14] != computed[:12]
+    assert lycoris.a1111_hash == _tensor_sha256(tmp_path / "lycoris.safetensors")[:12] == computed[:12]
+    for i, claimed in enumerate(("abcdef0123456789" + "0" * 48, "not a hash", "0x" + computed[:10])):
+        other = _save(tmp_path, f"claims-{i}", state, {"sshs_model_hash": claimed})
+        assert other.a1111_hash == computed[:12], claimed
 
 
 def test_families_from_kohya_metadata(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ import struct
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from engine import inspect as inspection
@@ -124,6 +127,82 @@ def test_trigger_words_are_summed_ordered_and_deduplicated(tmp_path: Path) -> No
     assert info.trigger_words == ("Dog", "cat", "hat")
     assert info.output_name == "pets"
     assert info.has_text_encoder is True
+
+
+def _quadratic_trigger_words(metadata: dict[str, str], *, limit: int = 20) -> tuple[str, ...]:
+    """The ordering as it was before issue 16, kept verbatim as the specification of the order."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        phrase = metadata.get("modelspec.trigger_phrase", "")
+        words = [" ".join(w.split()) for w in phrase.split(",")]
+        return tuple(dict.fromkeys(w for w in words if w))[:limit]
+    try:
+        datasets = json.loads(raw)
+    except json.JSONDecodeError:
+        return ()
+    totals: Counter[str] = Counter()
+    first_seen: dict[str, str] = {}
+    if not isinstance(datasets, dict):
+        return ()
+    for tags in datasets.values():
+        if not isinstance(tags, dict):
+            continue
+        for tag, count in tags.items():
+            clean = " ".join(str(tag).split())
+            if not clean or not isinstance(count, int | float):
+                continue
+            folded = clean.casefold()
+            first_seen.setdefault(folded, clean)
+            totals[folded] += count
+    ordered = sorted(totals, key=lambda t: (-totals[t], list(first_seen).index(t)))
+    return tuple(first_seen[t] for t in ordered[:limit])
+
+
+# Few distinct words in several spellings, so that case folding, whitespace and ties collide.
+_TAG = st.builds(
+    lambda word, upper, pad: (pad + (word.upper() if upper else word) + pad),
+    st.sampled_from(["cat", "Cat", "dog", "red hat", "red  hat", "1girl", "ß", "SS", ""]),
+    st.booleans(),
+    st.sampled_from(["", " ", "\t"]),
+)
+_COUNT = st.one_of(
+    st.integers(-3, 50), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.text(max_size=2)
+)
+_DATASETS = st.dictionaries(
+    st.text(max_size=8), st.one_of(st.dictionaries(_TAG, _COUNT, max_size=12), st.integers(), st.lists(st.integers()))
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets=_DATASETS, limit=st.integers(0, 25))
+def test_trigger_word_order_is_unchanged_by_the_linear_ordering(datasets: dict, limit: int) -> None:
+    metadata = {"ss_tag_frequency": json.dumps(datasets)}
+    assert inspection.trigger_words(metadata, limit=limit) == _quadratic_trigger_words(metadata, limit=limit)
+
+
+def test_a_header_with_200k_tags_is_described_promptly(tmp_path: Path) -> None:
+    """Untrusted headers get bounded work: 200,000 distinct tags (the old quadratic ordering
+    needed minutes for them, 8,000 took 0.7 s) are ordered within a generous 60 s budget that
+    only a super-linear ordering can exceed, in a child process that the timeout then ends."""
+    tags = 200_000
+    frequency = {
+        "1_a": {f"tag {i:06d}": 1 + (i % 3 == 0) for i in range(tags)},
+        "1_b": {f"TAG {i:06d}": 1 for i in range(0, tags, 7)},  # case-folded into set a's tags
+    }
+    path = tmp_path / "many-tags.safetensors"
+    save_file(
+        _kohya_pair("lora_unet_mid_block_attentions_0_proj_in", 4, 32, 32),
+        str(path),
+        metadata={"ss_tag_frequency": json.dumps(frequency)},
+    )
+    code = "import sys, json; from engine.inspect import inspect_file; print(json.dumps(inspect_file(sys.argv[1]).trigger_words))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    # i % 21 == 0: counted 2 in set a and once more in set b, the only tags with 3.
+    expected = [f"tag {i:06d}" for i in range(0, tags, 21)][:20]
+    assert json.loads(done.stdout) == expected
 
 
 def test_hashes_match_hashlib_and_are_cached_by_size_and_mtime(tmp_path: Path) -> None:

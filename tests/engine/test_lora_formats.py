@@ -10,6 +10,7 @@ on real SD 1.5 layer shapes (320-channel convs, 768-wide cross-attention, CLIP-L
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -278,3 +279,117 @@ def test_real_layer_shapes(tmp_path, name: str) -> None:
     for target in layers:
         module = dict(getattr(model, target.component).named_modules())[target.name]
         assert torch.equal(module.weight, clean[target])
+
+
+# --- a file written by diffusers itself, checked against diffusers' own fuse ---------------
+
+
+def _diffusers_pipeline(pipe: Any) -> Any:
+    """A plain diffusers StableDiffusionPipeline on copies of the engine's clean components."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=copy.deepcopy(pipe.vae), text_encoder=copy.deepcopy(pipe.text_encoder), tokenizer=pipe.tokenizer,
+        unet=copy.deepcopy(pipe.unet), scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def _save_with_diffusers(pipe: Any, path: Path) -> None:
+    """Train-script style: a PEFT adapter on the UNet (r=4, lora_alpha=2) with random B, saved by
+    ``save_lora_weights`` with the metadata diffusers' training scripts pass
+    (``_collate_lora_metadata``), so the file is exactly what diffusers writes. (Text-encoder
+    adapters go through transformers, which wants a newer PEFT than the one installed; the
+    metadata for them is the same, prefixed ``text_encoder.``, and the format tests cover it.)"""
+    from diffusers.training_utils import _collate_lora_metadata
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    trainer = _diffusers_pipeline(pipe)
+    trainer.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(40)
+    with torch.no_grad():
+        for param_name, param in trainer.unet.named_parameters():
+            if "lora_B" in param_name:  # PEFT starts B at zero: a trained adapter has not
+                param.copy_(torch.randn(param.shape, generator=g) * 0.2)
+    type(trainer).save_lora_weights(
+        path.parent,
+        weight_name=path.name,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(trainer.unet)),
+        **_collate_lora_metadata({"unet": trainer.unet}),
+    )
+
+
+@pytest.fixture(scope="module")
+def diffusers_saved(format_files) -> Path:
+    generator: Generator = format_files["generator"]
+    generator.run(RECIPES["sd15"])
+    path = format_files["root"] / "sd15/diffusers-saved.safetensors"
+    _save_with_diffusers(generator.current.pipe, path)
+    return path
+
+
+def test_a_diffusers_saved_lora_changes_weights_as_diffusers_fuse_does(format_files, diffusers_saved: Path) -> None:
+    """``save_lora_weights`` writes ``lora_adapter_metadata`` flat (``"unet.lora_alpha": 2``); the
+    engine once read only a nested form, so alpha/r was never applied and an r=4, alpha=2 file
+    changed every weight by exactly twice what diffusers' own load_lora_weights + fuse_lora do."""
+    generator: Generator = format_files["generator"]
+    recipe = RECIPES["sd15"]
+    generator.run(recipe)
+    pipe = generator.current.pipe
+    clean = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    metadata = json.loads(safetensors_metadata(diffusers_saved)["lora_adapter_metadata"])
+    assert (metadata["unet.r"], metadata["unet.lora_alpha"]) == (4, 2) and "unet" not in metadata
+
+    reference = _diffusers_pipeline(pipe)
+    reference.load_lora_weights(diffusers_saved.parent, weight_name=diffusers_saved.name)
+    reference.fuse_lora(lora_scale=WEIGHT)
+    reference.unload_lora_weights()  # keeps the fused weights, drops the PEFT wrappers
+    theirs = reference.unet.state_dict()
+
+    generator.run(dataclasses.replace(recipe, loras=(LoraRef(f"sd15/{diffusers_saved.name}", WEIGHT),)))
+    ours = pipe.unet.state_dict()
+    changed = 0
+    for key, base in clean.items():
+        expected = theirs[key] - base
+        delta = ours[key] - base
+        assert torch.allclose(delta, expected, atol=1e-6, rtol=1e-4), (key, (delta - expected).abs().max().item())
+        changed += bool(expected.abs().max() > 1e-4)
+    assert changed >= 8  # the adapter really moved q/k/v/out of several blocks
+
+
+def test_inspection_and_the_engine_agree_on_a_diffusers_saved_alpha(format_files, diffusers_saved: Path) -> None:
+    """The registry shows alpha 2 and rank 4 for the file; the engine applies exactly alpha/rank."""
+    from engine.loras.reader import read_lora_file
+
+    info = format_files["generator"].inspect(diffusers_saved)
+    assert (info.key_format, info.rank, info.alpha) == ("diffusers", 4, 2.0)
+    parsed = read_lora_file(diffusers_saved, label="diffusers-saved", sha256=info.sha256)
+    scales = {getattr(delta, "scale", None) for delta in parsed.layers.values()}
+    assert parsed.layers and scales == {info.alpha / info.rank}
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
+
+@pytest.mark.parametrize("config", [{"unet.lora_alpha": "strong"}, {"unet.r": 0}, {"unet.alpha_pattern": ["to_q"]}])
+def test_unreadable_adapter_metadata_is_a_clear_corrupt_file_error(format_files, config: dict[str, Any]) -> None:
+    """Untrusted metadata now reaches the maths: a value PEFT could not use is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    generator: Generator = format_files["generator"]
+    root: Path = format_files["root"]
+    state = load_file(str(root / "sd15/diffusers.safetensors"))
+    metadata = {"format": "pt", "lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 2, **config})}
+    save_file(state, str(root / "sd15/bad-metadata.safetensors"), metadata=metadata)
+    with pytest.raises(EngineError) as caught:
+        generator.run(dataclasses.replace(RECIPES["sd15"], loras=(LoraRef("sd15/bad-metadata.safetensors", 1.0),)))
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    assert "lora_adapter_metadata" in caught.value.message and "save_lora_weights" in caught.value.message
