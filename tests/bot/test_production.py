@@ -1,0 +1,94 @@
+"""Features through the real ``python -m bot`` process, configured only by its environment.
+
+The other bot tests build the bot in the test process (through :func:`bot.assembly.build_bot`,
+as ``python -m bot`` does); these start the entry point itself, against the Discord double, so
+that a setting that never reaches the running bot, or an object the entry point builds
+differently, fails here. Each process costs seconds, so each test covers a whole feature.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bot.registry import Registry
+from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle
+from engine.client import EngineClient
+from tests.bot.conftest import FAST, free_port, png_parameters, seed_registry
+from tests.bot.test_imagine_flow import is_result
+from tests.bot.test_process import wait_commands
+from tests.bot.test_sources_flow import CIVITAI_TOKEN, done, pixel_quest
+from tests.bot_process import end_process, spawn_bot
+from tests.civitai_double import CivitaiDouble
+from tests.conftest import ENGINE_TOKEN
+
+#: Generic answer of AtelierTree.on_error: an exception nobody meant to raise.
+GENERIC_ERROR = "Something went wrong on the bot's side"
+
+
+def answers(handle: InteractionHandle) -> list[str]:
+    """Everything the member was told privately: the original reply and any followups."""
+    texts = [handle.original.content] if handle.original is not None else []
+    return texts + [m.content for m in handle.followups]
+
+
+async def test_python_m_bot_fetches_a_lora_from_civitai_and_a_member_uses_it_by_air(
+    engine_url: str, demo_assets: Any, tmp_path: Path
+) -> None:
+    """The process starts its own engine with downloads on (hosts: the Civitai double on
+    loopback); an admin adds ``civitai:ID@VERSION``, a member names it by its AIR in /imagine."""
+    lora_root = tmp_path / "loras"
+    shutil.copytree(demo_assets.lora_root, lora_root)
+    async with CivitaiDouble(token=CIVITAI_TOKEN) as civitai, DiscordDouble() as double:
+        version = civitai.add(pixel_quest(demo_assets, 135931, login_required=True))
+        file = version.files[0]
+        guild = double.add_guild("Studio")
+        channel = double.add_channel(guild, "studio")
+        admin = double.add_member(guild, "admin", permissions=MANAGE_GUILD)
+        alice = double.add_member(guild, "alice")
+        db = tmp_path / "atelier.sqlite3"
+        async with await Registry.open(db) as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
+            await seed_registry(registry, guild.id, engine, demo_assets, admin.user.id)
+        log = tmp_path / "bot.log"
+        child = spawn_bot(
+            double, tmp_path, "", log=log,
+            ATELIER_MODEL_DIR=str(demo_assets.model_root), ATELIER_LORA_DIR=str(lora_root),
+            ATELIER_ENGINE_PORT=str(free_port()), ATELIER_ENGINE_START_TIMEOUT="240",
+            ATELIER_CIVITAI_FETCH="true", ATELIER_CIVITAI_URL=civitai.base_url,
+            ATELIER_CIVITAI_DOWNLOAD_HOSTS="http://127.0.0.1", ATELIER_CIVITAI_TOKEN=CIVITAI_TOKEN,
+            ATELIER_STATUS_INTERVAL="0.3", ATELIER_IMAGE_CLASSIFIER="off",
+        )  # fmt: skip
+        try:
+            await wait_commands(double, within=300)  # the bot starts its engine first
+            handle = await double.slash(admin, channel, "lora", {"source": "civitai:120096@135931"}, subcommand="add")
+            assert await handle.wait_response(3) == 5
+            await handle.wait_until(
+                lambda: done(handle) or any(GENERIC_ERROR in t for t in answers(handle)), 90, "the fetch's last word"
+            )
+            assert not any(GENERIC_ERROR in t for t in answers(handle)), answers(handle)
+            assert handle.original is not None
+            assert handle.original.content.startswith("✅ Registered **Pixel Quest** from Civitai"), answers(handle)
+            assert (lora_root / "civitai" / "135931-pixel_quest.safetensors").read_bytes() == file.data
+            assert civitai.downloads[file.id] == 1
+            # The download went through the login the operator configured, and only to loopback.
+            assert any(auth == f"Bearer {CIVITAI_TOKEN}" for path, auth in civitai.requests if "/download/" in path)
+
+            before = {m.id for m in double.messages(channel)}
+            ask = await double.slash(
+                alice, channel, "imagine", {**FAST, "prompt": "a castle <lora:civitai:120096@135931:0.7>", "seed": 7}
+            )
+            assert await ask.wait_response(3) == 5
+            result = await double.wait_for_message(channel, lambda m: is_result(m) and m.id not in before, within=120)
+            parameters = png_parameters(result.attachments[0].data)
+            assert "pixelquest, 8-bit, a castle" in parameters
+            assert "Pixel Quest: " in parameters
+        finally:
+            end_process(child)
+    async with await Registry.open(db) as registry:
+        entry = await registry.get_lora(guild.id, "Pixel Quest")
+    assert entry is not None and entry.source == "urn:air:sd1:lora:civitai:120096@135931"
+    assert entry.sha256 == file.hashes["SHA256"].lower() and entry.added_by == admin.user.id
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert CIVITAI_TOKEN not in text  # never logged, by the bot or its engine
