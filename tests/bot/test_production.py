@@ -8,6 +8,7 @@ differently, fails here. Each process costs seconds, so each test covers a whole
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from bot.registry import Registry
 from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle
 from engine.client import EngineClient
-from tests.bot.conftest import FAST, free_port, png_parameters, seed_registry
+from tests.bot.conftest import FAST, SD15, free_port, png_parameters, seed_registry
+from tests.bot.test_admin_registry import answer
 from tests.bot.test_imagine_flow import is_result
 from tests.bot.test_process import wait_commands
 from tests.bot.test_sources_flow import CIVITAI_TOKEN, done, pixel_quest
@@ -92,3 +94,50 @@ async def test_python_m_bot_fetches_a_lora_from_civitai_and_a_member_uses_it_by_
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
     assert CIVITAI_TOKEN not in text  # never logged, by the bot or its engine
+
+
+async def test_python_m_bot_serves_the_allowed_servers_their_shared_files_and_its_owners(
+    engine_url: str, demo_assets: Any, tmp_path: Path
+) -> None:
+    """ATELIER_ALLOWED_GUILDS, ATELIER_SHARES and ATELIER_OWNERS, as an operator sets them,
+    reach the running bot: a server off the list is refused, the listed one sees only its
+    share, and an owner without Manage Server administers it while a member cannot."""
+    async with DiscordDouble() as double:
+        home = double.add_guild("Studio")
+        channel = double.add_channel(home, "studio")
+        alice = double.add_member(home, "alice")
+        operator = double.add_member(home, "operator")  # no Manage Server: an owner by the setting only
+        stranger = double.add_guild("Strangers")
+        hall = double.add_channel(stranger, "hall")
+        outsider = double.add_member(stranger, "outsider", permissions=MANAGE_GUILD)
+        async with await Registry.open(tmp_path / "atelier.sqlite3") as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
+            await seed_registry(registry, home.id, engine, demo_assets, home.owner_id)
+        shares = {str(home.id): ["lora:sd15/", "model:sd15-tiny.safetensors"], "*": []}
+        log = tmp_path / "bot.log"
+        child = spawn_bot(
+            double, tmp_path, engine_url, log=log, ATELIER_IMAGE_CLASSIFIER="off",
+            ATELIER_ALLOWED_GUILDS=str(home.id), ATELIER_SHARES=json.dumps(shares), ATELIER_OWNERS=str(operator.user.id),
+        )  # fmt: skip
+        try:
+            await wait_commands(double)
+            text = await answer(await double.slash(outsider, hall, "model", {}, subcommand="list"))
+            assert "not enabled for this server" in text and str(stranger.id) in text
+            offered = await double.autocomplete(outsider, hall, "lora", {"file": ""}, "file", subcommand="add")
+            assert offered == []
+
+            loras = await double.autocomplete(operator, channel, "lora", {"file": ""}, "file", subcommand="add")
+            offered_files = {c["value"] for c in loras}
+            assert "sd15/twin-kohya.safetensors" in offered_files
+            assert not any(path.startswith("sdxl/") for path in offered_files)
+
+            refused = await answer(await double.slash(alice, channel, "model", {"name": SD15}, subcommand="disable"))
+            assert "Manage Server" in refused
+            text = await answer(await double.slash(operator, channel, "model", {"name": SD15}, subcommand="disable"))
+            assert "disabled" in text
+            assert double.violations == []
+        finally:
+            end_process(child)
+    async with await Registry.open(tmp_path / "atelier.sqlite3") as registry:
+        model = await registry.get_model(home.id, SD15)
+    assert model is not None and not model.enabled
+    assert "Traceback" not in log.read_text(errors="replace")
