@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.registry import Registry
 from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle
 from engine.client import EngineClient
@@ -141,3 +143,19 @@ async def test_python_m_bot_serves_the_allowed_servers_their_shared_files_and_it
         model = await registry.get_model(home.id, SD15)
     assert model is not None and not model.enabled
     assert "Traceback" not in log.read_text(errors="replace")
+
+
+async def test_python_m_bot_says_why_it_cannot_start(
+    engine_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The start errors of bot.assembly end ``run()`` with a line for the operator, not a traceback."""
+    from bot.__main__ import run
+
+    base = {"DISCORD_TOKEN": "x", "ATELIER_DATA_DIR": str(tmp_path), "ATELIER_IMAGE_CLASSIFIER": "off"}
+    wrong = {"ATELIER_ENGINE_URL": engine_url, "ATELIER_ENGINE_TOKEN": "a-wrong-token-of-some-length"}
+    assert await run(env={**base, **wrong}) == 2
+    assert "does not match" in capsys.readouterr().err
+    # An engine that dies while starting (here: a "Python" that exits at once).
+    broken = {"ATELIER_ENGINE_PYTHON": shutil.which("false") or "/bin/false", "ATELIER_ENGINE_PORT": str(free_port())}
+    assert await run(env={**base, **broken}) == 1
+    assert "the engine exited with code 1 while starting" in capsys.readouterr().err
