@@ -46,19 +46,8 @@ async def run(
     import aiohttp
     import discord
 
-    from bot import engine_token
-    from bot.access import AccessPolicy
-    from bot.app import AtelierBot
+    from bot.assembly import StartError, assembled
     from bot.config import BotConfig, ConfigError
-    from bot.engine_process import EngineProcess, EngineStartError
-    from bot.guild_lifecycle import DAY_S
-    from bot.jobs import EngineLink
-    from bot.registry import Registry
-    from bot.safety import ImageSafety, load_classifier
-    from bot.sources.civitai import CivitaiClient
-    from bot.sources.fetcher import FetchSettings
-    from engine.client import EngineClient
-    from engine.protocol import EngineError
 
     try:
         config = BotConfig.load(env=env, config_file=config_file)
@@ -74,127 +63,35 @@ async def run(
             file=sys.stderr,
         )
         return 2
-    if config.external_engines and not config.engine_token:
-        print(
-            "atelier: ATELIER_ENGINE_URL(S) is set but ATELIER_ENGINE_TOKEN is not. The engine answers "
-            "only requests that carry its token: set ATELIER_ENGINE_TOKEN to the value the engine "
-            "was started with.",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        classifier = load_classifier(config.image_classifier)
-    except RuntimeError as exc:
+        async with assembled(config, force_sync=force_sync) as bot:
+            own_signals = stop is None
+            stop = stop or asyncio.Event()
+            loop = asyncio.get_running_loop()
+            if own_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+            runner = asyncio.create_task(bot.start(config.token))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                exc = runner.exception()
+                if isinstance(exc, discord.LoginFailure):
+                    print("atelier: Discord refused the token; copy it again from the Bot page.", file=sys.stderr)
+                    return 1
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    print(f"atelier: {unreachable(exc)}", file=sys.stderr)
+                    return 1
+                if exc is not None:
+                    raise exc
+            stopper.cancel()
+            if own_signals:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+            return 0
+    except StartError as exc:
         print(f"atelier: {exc}", file=sys.stderr)
-        return 2
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = await Registry.open(config.database_path)
-    engine_process: EngineProcess | None = None
-    bot: AtelierBot | None = None
-    try:
-        links: list[EngineLink] = []
-        if config.external_engines:
-            token = config.engine_token
-            links = [EngineLink(EngineClient(url, token=token)) for url in config.external_engines]
-            for link in links:
-                try:  # a wrong token is refused here, at start, not at the first /imagine
-                    await link.client.health()
-                except EngineError as exc:
-                    if exc.code == "unauthorized":
-                        print(f"atelier: {exc.message}", file=sys.stderr)
-                        for other in links:
-                            await other.client.close()
-                        return 2
-                    log.warning("the engine %s does not answer yet: %s", link.client, exc.message)
-        else:
-            token = config.engine_token or engine_token.load_or_create(config.engine_token_path)
-            # Downloads are the engine's to make (it owns the LoRA folder): on only when the
-            # operator turned fetching on, and only from the configured hosts.
-            downloads = (
-                ["--allow-downloads", "--download-hosts", ",".join(config.civitai_download_hosts)]
-                if config.civitai_fetch
-                else []
-            )
-            engine_process = EngineProcess(
-                token=token,
-                model_dir=config.model_dir,
-                lora_dir=config.lora_dir,
-                port=config.engine_port,
-                python=config.engine_python,
-                start_timeout=config.engine_start_timeout,
-                extra_args=downloads,
-            )
-            log.info("starting the engine: %s", " ".join(engine_process.command()))
-            try:
-                await engine_process.start()
-            except EngineStartError as exc:
-                print(f"atelier: {exc}", file=sys.stderr)
-                return 1
-            links = [EngineLink(EngineClient(engine_process.url, token=token), engine_process)]
-        bot = AtelierBot(
-            registry=registry,
-            engines=links,
-            sync_guilds=config.sync_guilds,
-            status_interval=config.status_interval,
-            max_pending=config.max_pending,
-            server_share=config.server_share,
-            engine_depth=config.engine_depth,
-            max_batch=config.engine_batch,
-            stall_limit=config.stall_limit,
-            retry_wait=config.retry_wait,
-            result_retry=config.result_retry,
-            force_sync=force_sync,
-            access=AccessPolicy.from_config(
-                allowed_guilds=config.allowed_guilds, shares=config.shares, owners=config.owners
-            ),
-            safety=ImageSafety(classifier),
-            data_grace_s=config.data_grace_days * DAY_S,
-            leave_other_guilds=config.leave_other_guilds,
-            civitai=CivitaiClient(config.civitai_url, token=config.civitai_token),
-            fetch=FetchSettings(
-                enabled=config.civitai_fetch,
-                guilds=frozenset(config.civitai_fetch_guilds),
-                max_file_bytes=config.civitai_max_file_size,
-                quota_bytes=config.civitai_guild_quota,
-                timeout_s=config.civitai_download_timeout,
-                stall_s=config.civitai_stall_timeout,
-                folder=config.civitai_folder,
-                token=config.civitai_token,
-            ),
-        )
-        own_signals = stop is None
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        if own_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
-        runner = asyncio.create_task(bot.start(config.token))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if runner in done:
-            exc = runner.exception()
-            if isinstance(exc, discord.LoginFailure):
-                print("atelier: Discord refused the token; copy it again from the Bot page.", file=sys.stderr)
-                return 1
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                print(f"atelier: {unreachable(exc)}", file=sys.stderr)
-                return 1
-            if exc is not None:
-                raise exc
-        stopper.cancel()
-        if own_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-        return 0
-    finally:
-        if bot is not None and not bot.is_closed():
-            await bot.close()
-        if bot is not None:
-            for slot in bot.engines.slots:
-                await slot.client.close()
-        if engine_process is not None:
-            await engine_process.stop()
-        await registry.close()
+        return exc.code
 
 
 #: The commands dispatched before argparse sees the arguments, and where the settings are.

@@ -2,8 +2,8 @@
 
 Everything long-lived hangs off :class:`AtelierBot` so that commands, buttons and modals
 reach the registry, the engine client and the job queue through ``interaction.client``.
-Tests build one with a temporary registry and an engine URL, point discord.py at the local
-Discord double, and start it exactly as production does.
+``python -m bot``, the demo and the tests all build it through :mod:`bot.assembly`, from the
+same settings, and start it exactly as production does (tests against the local Discord double).
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ async def refuse_unlisted(interaction: discord.Interaction[Any]) -> None:
 class AtelierBot(discord.Client):
     """The bot. ``registry`` is an open :class:`bot.registry.Registry`.
 
-    ``engine`` is the one-engine form; ``engines`` lists several (one per GPU or machine),
-    each an :class:`~bot.jobs.EngineLink` or a bare client. Jobs go to whichever is free.
+    ``engines`` lists the engines (one per GPU or machine), each an
+    :class:`~bot.jobs.EngineLink` or a bare client. Jobs go to whichever is free; one-off
+    questions and downloads go to a healthy one (see :attr:`engine`). Build it with
+    :func:`bot.assembly.build_bot`, which gives every setting to the part it belongs to.
     ``access`` holds the operator's rules (allowed servers, file shares, owners; default:
     everything open, as for a single-server install), ``safety`` the image check run
     before every post (default: none). ``force_sync`` syncs commands even when unchanged.
@@ -98,8 +100,7 @@ class AtelierBot(discord.Client):
         self,
         *,
         registry: Any,
-        engine: EngineClient | None = None,
-        engines: Sequence[EngineLink | EngineClient] = (),
+        engines: Sequence[EngineLink | EngineClient],
         sync_guilds: tuple[int, ...] = (),
         status_interval: float = 2.0,
         max_pending: int = 2000,
@@ -131,10 +132,8 @@ class AtelierBot(discord.Client):
         super().__init__(intents=intents, **options)
         self.registry = registry
         links = [link if isinstance(link, EngineLink) else EngineLink(link) for link in engines]
-        if engine is not None:
-            links.insert(0, EngineLink(engine))
         if not links:
-            raise ValueError("AtelierBot needs an engine: pass engine= or engines=")
+            raise ValueError("AtelierBot needs at least one engine in engines=")
         self.engines = EnginePool(links, depth=engine_depth)
         self.sync_guilds = sync_guilds
         self.sync_commands = sync_commands
@@ -155,7 +154,9 @@ class AtelierBot(discord.Client):
         )
         fetcher = Fetcher(
             registry=registry,
-            engine=engine,
+            # Asked at each use, like ``self.engine``: the healthy engine of the moment, never
+            # one fixed at construction (production once handed the fetcher None here).
+            engine=lambda: self.engines.primary,
             civitai=civitai or CivitaiClient(),
             access=lambda: self.access,
             settings=fetch or FetchSettings(),

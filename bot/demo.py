@@ -28,9 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bot.app import AtelierBot
-from bot.engine_process import EngineProcess
-from bot.registry import Registry
+from bot.assembly import StartError, assembled
+from bot.config import BotConfig
 from bot.sandbox import (
     MANAGE_GUILD,
     Channel,
@@ -42,7 +41,6 @@ from bot.sandbox import (
 )
 from bot.sandbox.transcript import write_transcript
 from engine.auth import new_token
-from engine.client import EngineClient
 
 #: The scripted member's recipe: small enough for a 2-core CPU, real enough to show everything.
 PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
@@ -213,36 +211,34 @@ def prepare(out: Path, assets: Path) -> dict[str, Any]:
 async def run_demo(
     out: Path, assets: Path, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE
 ) -> Path:
-    """Start the engine, the double and the bot, play the session, write what the channel shows."""
-    token = new_token()  # as `python -m bot` does when it starts its own engine
-    engine_process = EngineProcess(
+    """Start the engine, the double and the bot, play the session, write what the channel shows.
+
+    The bot and its engine are built by :func:`bot.assembly.assembled`, as ``python -m bot``
+    builds them, from the settings an operator would give: only Discord is the double."""
+    config = BotConfig(
+        data_dir=out,
         model_dir=assets / "models",
         lora_dir=assets / "loras",
-        port=_free_port(),
-        start_timeout=180.0,
-        token=token,
+        engine_port=_free_port(),
+        engine_start_timeout=180.0,
+        engine_token=new_token(),  # as `python -m bot` does when it starts its own engine
+        status_interval=1.0,
+        image_classifier="off",
     )
-    await engine_process.start()
-    _say(f"engine process {engine_process.pid} serving on {engine_process.url}")
-    registry = await Registry.open(out / "atelier.sqlite3")
-    engine = EngineClient(engine_process.url, token=token)
-    try:
-        async with DiscordDouble() as double:
-            guild = double.add_guild("Atelier demo")
-            channel = double.add_channel(guild, "studio")
-            admin = double.add_member(guild, "ada-admin", permissions=MANAGE_GUILD)
-            member = double.add_member(guild, "milo")
-            bot = AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, status_interval=1.0)
+    async with DiscordDouble() as double:
+        guild = double.add_guild("Atelier demo")
+        channel = double.add_channel(guild, "studio")
+        admin = double.add_member(guild, "ada-admin", permissions=MANAGE_GUILD)
+        member = double.add_member(guild, "milo")
+        async with assembled(config, guild_ready_timeout=0.1) as bot:
+            engine_process = bot.engines.slots[0].process
+            _say(f"engine process {engine_process and engine_process.pid} serving on {bot.engine.base_url}")
             async with run_bot(bot, double):
                 _say(f"bot connected to the local Discord double at {double.base_url}")
                 started = time.perf_counter()
                 await play(Session(double, channel, admin, member), manifest, steps=steps, size=size)
                 _say(f"scripted session played in {time.perf_counter() - started:.1f} s")
-            transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
-    finally:
-        await engine.close()
-        await registry.close()
-        await engine_process.stop()
+        transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
     _say(f"wrote {transcript.text} and {len(transcript.files)} uploaded file(s) in {transcript.folder / 'files'}")
     return transcript.html
 
@@ -262,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assets = args.assets or args.out / "assets"
         manifest = prepare(args.out, assets)
         page = asyncio.run(run_demo(args.out, assets, manifest, steps=args.steps, size=args.size))
-    except DemoError as exc:
+    except (DemoError, StartError) as exc:
         print(f"[demo] failed: {exc}", file=sys.stderr)
         return 1
     _say(f"done in {time.perf_counter() - started:.1f} s. Open {page.resolve()} in a browser.")

@@ -34,6 +34,7 @@ from bot.sources.refs import (
     parse_air,
     parse_source,
 )
+from engine.client import EngineClient
 from engine.protocol import DownloadRequest, DownloadStatus, EngineError, FileInfo
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,15 @@ class Fetcher:
         self,
         *,
         registry: Any,
-        engine: Any,
+        engine: Callable[[], EngineClient],
         civitai: CivitaiClient,
         access: Callable[[], AccessPolicy],
         settings: FetchSettings,
         poll_interval: float = 0.5,
     ) -> None:
         self.registry = registry
+        #: The engine to ask, chosen at each use (the pool's healthy one): one download then
+        #: stays on the engine it started on.
         self.engine = engine
         self.civitai = civitai
         self._access = access
@@ -130,7 +133,7 @@ class Fetcher:
         """What this server's downloads fill: files in its download folder, plus those under way."""
         folder = self.folder(guild_id) or ""
         prefix = f"{folder}/" if folder else ""
-        files = await self.engine.list_files("lora")
+        files = await self.engine().list_files("lora")
         on_disk = sum(f.size_bytes for f in files if f.path.startswith(prefix))
         return on_disk + sum(self._reserved.get(guild_id, {}).values())
 
@@ -288,13 +291,14 @@ class Fetcher:
             stall_s=self.settings.stall_s,
             auth_token=self.settings.token,
         )
+        engine = self.engine()
         try:
-            status = await self.engine.start_download(request)
+            status = await engine.start_download(request)
             while status.state not in ("done", "failed"):
                 stage: Stage = "verifying" if status.state == "verifying" else "downloading"
                 await self._tell(plan.path, stage, plan, status.received, status.total or file.size_bytes)
                 await asyncio.sleep(self.poll_interval)
-                status = await self.engine.download_status(status.id)
+                status = await engine.download_status(status.id)
         except EngineError as exc:
             raise FetchRefused([f"The engine could not download it: {exc.message}"]) from None
         if status.state == "failed" or status.file is None:

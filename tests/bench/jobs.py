@@ -359,7 +359,8 @@ async def phase_fair(root: Path, engine_url: str, loras: Path) -> dict[str, Any]
 
 
 async def run_affinity_once(root: Path, models: Path, loras: Path, workload: list[tuple[int, str]], *, affinity: bool) -> float:
-    from bot.app import AtelierBot
+    from bot.assembly import build_bot
+    from bot.config import BotConfig
     from bot.registry import Registry
     from bot.sandbox import DiscordDouble, run_bot
     from engine.client import EngineClient
@@ -372,8 +373,9 @@ async def run_affinity_once(root: Path, models: Path, loras: Path, workload: lis
             members = [double.add_member(guild, f"p{i}") for i in range(6)]
             await seed(registry, guild.id, guild.owner_id, url, loras, models=AFFINITY_MODELS)
             async with EngineClient(url, token=ENGINE_TOKEN) as engine:
-                options = {} if affinity else {"affinity_window": 1, "max_batch": 1}
-                bot = AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, **options)
+                config = BotConfig(image_classifier="off", engine_batch=4 if affinity else 1)
+                options = {} if affinity else {"affinity_window": 1}
+                bot = build_bot(config, registry=registry, engines=[engine], guild_ready_timeout=0.1, **options)
                 async with run_bot(bot, double):
                     handles = []
                     for index, (model, stack) in enumerate(workload):

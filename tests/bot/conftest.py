@@ -9,6 +9,7 @@ started with its real ``start()``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from typing import Any
 import pytest
 
 from bot.app import AtelierBot
+from bot.assembly import build_bot
+from bot.config import BotConfig
+from bot.jobs import EngineLink
 from bot.registry import LoraEntry, ModelEntry, Registry
 from bot.sandbox import (
     MANAGE_GUILD,
@@ -133,10 +137,26 @@ class World:
     engine_url: str
 
 
-def make_bot(registry: Registry, engine: EngineClient, **options: Any) -> AtelierBot:
-    options.setdefault("status_interval", 0.3)
-    options.setdefault("retry_wait", 2.0)
-    return AtelierBot(registry=registry, engine=engine, guild_ready_timeout=0.1, **options)
+#: The settings every test bot starts from (its ``BotConfig``), fast where a test waits on them.
+TEST_SETTINGS: dict[str, Any] = {"status_interval": 0.3, "retry_wait": 2.0, "image_classifier": "off"}
+_SETTING_NAMES = {f.name for f in dataclasses.fields(BotConfig)}
+
+
+def bot_config(**settings: Any) -> BotConfig:
+    """A ``BotConfig`` as an operator would write it, on the tests' fast defaults."""
+    return BotConfig(**{**TEST_SETTINGS, **settings})
+
+
+def make_bot(
+    registry: Registry, engine: EngineClient | None, *, engines: Sequence[Any] = (), **options: Any
+) -> AtelierBot:
+    """The bot as ``python -m bot`` builds it (:func:`bot.assembly.build_bot`), on the test's
+    registry and engine. ``options`` named like a setting (``BotConfig``: ``retry_wait``,
+    ``allowed_guilds``, ``civitai_fetch``...) go into its config; the rest (``safety``,
+    ``purge_interval_s``, ``fetch_poll_interval``...) are the few things no setting gives."""
+    settings = {key: options.pop(key) for key in list(options) if key in _SETTING_NAMES}
+    links = [*([EngineLink(engine)] if engine is not None else []), *engines]
+    return build_bot(bot_config(**settings), registry=registry, engines=links, guild_ready_timeout=0.1, **options)
 
 
 @pytest.fixture

@@ -115,8 +115,7 @@ async def test_a_job_that_makes_no_progress_is_stopped_and_its_request_kept(stud
     server = await _serve(hanging)
     try:
         async with EngineClient(str(server.make_url("")).rstrip("/"), event_timeout_s=0.5) as engine:
-            bot = make_bot(registry, engine, retry_wait=1.0)
-            bot.dispatcher.stall_limit = 1.5
+            bot = make_bot(registry, engine, retry_wait=1.0, stall_limit=1.5)
             async with run_bot(bot, double):
                 handle = await double.slash(alice, channel, "imagine", {**FAST, "prompt": "a stuck mill"})
                 assert await handle.wait_response(3) == 5
@@ -161,8 +160,7 @@ async def test_a_stalled_job_on_an_engine_the_bot_owns_restarts_it_and_runs_once
     process = StuckEngineProcess(hanging)
     try:
         async with EngineClient(str(server.make_url("")).rstrip("/"), event_timeout_s=0.5) as engine:
-            bot = make_bot(registry, None, engines=[EngineLink(engine, process)], retry_wait=30)  # type: ignore[arg-type]
-            bot.dispatcher.stall_limit = 1.5
+            bot = make_bot(registry, None, engines=[EngineLink(engine, process)], retry_wait=30, stall_limit=1.5)  # type: ignore[arg-type]
             async with run_bot(bot, double):
                 handle = await double.slash(alice, channel, "imagine", {**FAST, "prompt": "a stuck mill"})
                 assert await handle.wait_response(3) == 5

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bot.access import AccessPolicy
+from bot.guild_lifecycle import DAY_S
 from bot.registry import Registry
 from bot.safety import ImageSafety, Verdict
 from bot.sandbox import MANAGE_GUILD, DiscordDouble, run_bot
@@ -73,8 +73,7 @@ async def test_servers_off_the_allowlist_get_a_polite_refusal_and_no_files(
         stranger = double.add_guild("Strangers")
         hall = double.add_channel(stranger, "hall")
         outsider = double.add_member(stranger, "outsider", permissions=MANAGE_GUILD)
-        policy = AccessPolicy.from_config(allowed_guilds=[home.id])
-        async with studio(engine_url, demo_assets, tmp_path / "a.sqlite3", double, access=policy) as world:
+        async with studio(engine_url, demo_assets, tmp_path / "a.sqlite3", double, allowed_guilds=(home.id,)) as world:
             handle = await double.slash(outsider, hall, "model", {}, subcommand="list")
             text = await answer(handle)
             assert "not enabled for this server" in text and str(stranger.id) in text
@@ -108,10 +107,8 @@ async def test_servers_off_the_allowlist_get_a_polite_refusal_and_no_files(
 async def test_a_server_sees_only_the_files_shared_with_it(engine_url: str, demo_assets: Any, tmp_path: Path) -> None:
     async with DiscordDouble() as double:
         guild = double.add_guild("Studio")
-        policy = AccessPolicy.from_config(
-            shares={str(guild.id): ["lora:sd15/", "model:sd15-tiny.safetensors"], "*": []}
-        )
-        async with studio(engine_url, demo_assets, tmp_path / "a.sqlite3", double, access=policy) as world:
+        shares = {str(guild.id): ("lora:sd15/", "model:sd15-tiny.safetensors"), "*": ()}
+        async with studio(engine_url, demo_assets, tmp_path / "a.sqlite3", double, shares=shares) as world:
             loras = await double.autocomplete(world.admin, world.channel, "lora", {"file": ""}, "file", subcommand="add")
             offered = {c["value"] for c in loras}
             assert "sd15/twin-kohya.safetensors" in offered
@@ -225,7 +222,7 @@ async def test_leaving_a_server_deletes_its_data_after_the_grace_period(
         double.add_guild("Studio")
         kept = double.add_guild("Kept")
         async with studio(
-            engine_url, demo_assets, tmp_path / "a.sqlite3", double, data_grace_s=0.6, purge_interval_s=0.1
+            engine_url, demo_assets, tmp_path / "a.sqlite3", double, data_grace_days=0.6 / DAY_S, purge_interval_s=0.1
         ) as world:
             other = world.guild
             await world.registry.save_recipe(other.id, world.alice.user.id, "r", {"model": "m", "prompt": "p"})

@@ -12,12 +12,20 @@ from typing import Any
 
 import psutil
 
-from bot.engine_process import EngineProcess
-from bot.jobs import EngineLink, JobState, JobStore
+from bot.assembly import assembled
+from bot.jobs import JobState, JobStore
 from bot.registry import Registry
 from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
-from tests.bot.conftest import FAST, World, free_port, make_bot, png_parameters, seed_registry
+from tests.bot.conftest import (
+    FAST,
+    World,
+    bot_config,
+    free_port,
+    make_bot,
+    png_parameters,
+    seed_registry,
+)
 from tests.bot.test_imagine_flow import is_result
 from tests.bot_process import end_process, spawn_bot
 from tests.conftest import ENGINE_TOKEN
@@ -73,47 +81,40 @@ async def test_running_bot_has_no_torch_and_stays_under_150_mb(
 async def test_engine_killed_mid_job_is_restarted_and_the_job_runs_once_more(
     demo_assets: Any, tmp_path: Path
 ) -> None:
-    exits: list[int | None] = []
-    engine_process = EngineProcess(
-        model_dir=demo_assets.model_root,
-        lora_dir=demo_assets.lora_root,
-        port=free_port(),
-        start_timeout=180,
-        on_exit=exits.append,
-        token=ENGINE_TOKEN,
-    )
-    await engine_process.start()
-    try:
-        async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
-            async with EngineClient(engine_process.url, token=ENGINE_TOKEN) as engine:
-                guild = double.add_guild("Studio")
-                channel = double.add_channel(guild, "studio")
-                alice = double.add_member(guild, "alice")
-                await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
-                bot = make_bot(registry, None, engines=[EngineLink(engine, engine_process)], retry_wait=180)
-                async with run_bot(bot, double):
-                    handle = await double.slash(
-                        alice, channel, "imagine", {**FAST, "prompt": "a storm", "steps": 20, "count": 2, "seed": 5}
-                    )
-                    await handle.wait_response(3)
-                    status = await double.wait_for_message(channel, lambda m: m.content.startswith("🎨"), within=60)
-                    os.kill(engine_process.pid or 0, signal.SIGKILL)  # the engine dies mid-job
-                    await double.wait_for_message(
-                        channel, lambda m: m.id == status.id and "engine stopped" in m.content, within=30
-                    )
-                    # The bot is alive and answering while the engine restarts.
-                    queue = await double.slash(alice, channel, "queue")
-                    assert await queue.wait_response(3) == 5
-                    assert "a storm" in str((await queue.wait_followup()).embeds)
-                    result = await double.wait_for_message(channel, is_result, within=240)
-                    assert len(result.attachments) == 2
-                    assert "Seed: 5" in png_parameters(result.attachments[0].data)
-                    assert exits == [-signal.SIGKILL] and engine_process.restarts == 1
-                    await double.wait_for_message(channel, lambda m: m.id == status.id and m.content.startswith("✅"))
-                    assert len([m for m in double.messages(channel) if is_result(m)]) == 1
-                    assert double.violations == []
-    finally:
-        await engine_process.stop()
+    """The engine the bot starts itself, from its settings (bot.assembly, as ``python -m bot``)."""
+    config = bot_config(
+        data_dir=tmp_path, model_dir=demo_assets.model_root, lora_dir=demo_assets.lora_root,
+        engine_port=free_port(), engine_start_timeout=180, engine_token=ENGINE_TOKEN, retry_wait=180,
+    )  # fmt: skip
+    async with DiscordDouble() as double, await Registry.open(tmp_path / "a.sqlite3") as registry:
+        async with assembled(config, registry=registry, guild_ready_timeout=0.1) as bot:
+            engine_process = bot.engines.slots[0].process
+            assert engine_process is not None and engine_process.running
+            guild = double.add_guild("Studio")
+            channel = double.add_channel(guild, "studio")
+            alice = double.add_member(guild, "alice")
+            await seed_registry(registry, guild.id, bot.engine, demo_assets, guild.owner_id)
+            async with run_bot(bot, double):
+                handle = await double.slash(
+                    alice, channel, "imagine", {**FAST, "prompt": "a storm", "steps": 20, "count": 2, "seed": 5}
+                )
+                await handle.wait_response(3)
+                status = await double.wait_for_message(channel, lambda m: m.content.startswith("🎨"), within=60)
+                os.kill(engine_process.pid or 0, signal.SIGKILL)  # the engine dies mid-job
+                await double.wait_for_message(
+                    channel, lambda m: m.id == status.id and "engine stopped" in m.content, within=30
+                )
+                # The bot is alive and answering while the engine restarts.
+                queue = await double.slash(alice, channel, "queue")
+                assert await queue.wait_response(3) == 5
+                assert "a storm" in str((await queue.wait_followup()).embeds)
+                result = await double.wait_for_message(channel, is_result, within=240)
+                assert len(result.attachments) == 2
+                assert "Seed: 5" in png_parameters(result.attachments[0].data)
+                assert engine_process.exits == [-signal.SIGKILL] and engine_process.restarts == 1
+                await double.wait_for_message(channel, lambda m: m.id == status.id and m.content.startswith("✅"))
+                assert len([m for m in double.messages(channel) if is_result(m)]) == 1
+                assert double.violations == []
     assert not engine_process.running
 
 

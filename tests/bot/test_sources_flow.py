@@ -23,8 +23,6 @@ import pytest
 from bot import views
 from bot.registry import LoraEntry, Registry
 from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle, Member, run_bot
-from bot.sources.civitai import CivitaiClient
-from bot.sources.fetcher import FetchSettings
 from engine.client import EngineClient
 from engine.downloads import TEMP_PREFIX
 from tests.bot.conftest import (
@@ -76,9 +74,9 @@ async def civitai() -> AsyncIterator[CivitaiDouble]:
 
 @contextlib.asynccontextmanager
 async def studio(
-    fetch_engine: FetchEngine, demo_assets: Any, civitai: CivitaiDouble, tmp_path: Path, *, guilds: int = 1, **fetch: Any
+    fetch_engine: FetchEngine, demo_assets: Any, civitai: CivitaiDouble, tmp_path: Path, *, guilds: int = 1, **settings: Any
 ) -> AsyncIterator[tuple[World, list[Any]]]:
-    """A bot that may fetch (settings from ``fetch``), its servers seeded with the demo models."""
+    """A bot that may fetch (``civitai_*`` settings from ``settings``), its servers seeded with the demo models."""
     async with DiscordDouble() as double:
         servers = []
         registry = await Registry.open(tmp_path / "atelier.sqlite3")
@@ -92,11 +90,11 @@ async def studio(
                 servers.append((guild, channel, admin))
             guild, channel, admin = servers[0]
             alice = double.add_member(guild, "alice")
-            settings = FetchSettings(**{"enabled": True, "token": CIVITAI_TOKEN, "stall_s": 5.0, "timeout_s": 60.0, **fetch})
-            bot = make_bot(
-                registry, engine, civitai=CivitaiClient(civitai.base_url, token=CIVITAI_TOKEN), fetch=settings,
-                fetch_poll_interval=0.05, status_interval=0.05,
-            )  # fmt: skip
+            fetching = {
+                "civitai_fetch": True, "civitai_url": civitai.base_url, "civitai_token": CIVITAI_TOKEN,
+                "civitai_stall_timeout": 5.0, "civitai_download_timeout": 60.0, **settings,
+            }  # fmt: skip
+            bot = make_bot(registry, engine, fetch_poll_interval=0.05, status_interval=0.05, **fetching)
             async with run_bot(bot, double):
                 world = World(double, guild, channel, alice, alice, admin, admin, registry, engine, bot, tmp_path, fetch_engine.url)
                 yield world, servers
@@ -206,7 +204,7 @@ async def test_two_servers_fetching_one_version_download_it_once_and_jobs_go_on(
     version = civitai.add(pixel_quest(demo_assets, 200001, behaviour=Behaviour(gate=gate)))
     # The download is held open while an image is made: the stall limit must outlast that job
     # (a first job on a loaded 2-core machine can take well over the usual 5 s).
-    async with studio(fetch_engine, demo_assets, civitai, tmp_path, guilds=2, stall_s=120.0) as (world, servers):
+    async with studio(fetch_engine, demo_assets, civitai, tmp_path, guilds=2, civitai_stall_timeout=120.0) as (world, servers):
         (_, _, first_admin), (second_guild, second_channel, second_admin) = servers
         first = await add_source(world, first_admin, "urn:air:sd1:lora:civitai:120096@200001")
         second = await add_source(world, second_admin, "civitai:120096@200001", channel=second_channel)
@@ -243,7 +241,7 @@ async def test_bad_sources_are_refused_with_nothing_written_or_registered(
         FakeFile(id=3000050, name="pickled.pt", data=b"\x80\x04...", format="PickleTensor")]))  # fmt: skip
     wrong = civitai.add(pixel_quest(demo_assets, 300006, model_name="Tampered"))
     wrong.files[0].behaviour = Behaviour(serve_instead=bytes(reversed(wrong.files[0].data)))
-    async with studio(fetch_engine, demo_assets, civitai, tmp_path, token="") as (world, _):
+    async with studio(fetch_engine, demo_assets, civitai, tmp_path, civitai_token="") as (world, _):
         cases = {
             "civitai:120096@999999": "Civitai has no model version 999999",
             "civitai:120096@300001": "can only be downloaded with a login",

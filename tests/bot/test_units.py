@@ -255,11 +255,12 @@ def test_command_definitions_respect_discord_limits() -> None:
 
 
 async def test_the_configured_stall_limit_reaches_the_dispatcher() -> None:
-    from bot.app import AtelierBot
+    from bot.assembly import build_bot
     from engine.client import EngineClient
 
     async with EngineClient("http://127.0.0.1:9") as engine:
-        bot = AtelierBot(registry=None, engine=engine, stall_limit=1800.0)
+        config = BotConfig(stall_limit=1800.0, image_classifier="off")
+        bot = build_bot(config, registry=None, engines=[engine])
         assert bot.dispatcher.stall_limit == 1800.0
 
 
