@@ -156,6 +156,14 @@ async def test_python_m_bot_says_why_it_cannot_start(
     assert await run(env={**base, **wrong}) == 2
     assert "does not match" in capsys.readouterr().err
     # An engine that dies while starting (here: a "Python" that exits at once).
-    broken = {"ATELIER_ENGINE_PYTHON": shutil.which("false") or "/bin/false", "ATELIER_ENGINE_PORT": str(free_port())}
+    # (Its folders exist: a missing folder is refused before any engine starts.)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "loras").mkdir()
+    broken = {
+        "ATELIER_ENGINE_PYTHON": shutil.which("false") or "/bin/false",
+        "ATELIER_ENGINE_PORT": str(free_port()),
+        "ATELIER_MODEL_DIR": str(tmp_path / "models"),
+        "ATELIER_LORA_DIR": str(tmp_path / "loras"),
+    }
     assert await run(env={**base, **broken}) == 1
     assert "the engine exited with code 1 while starting" in capsys.readouterr().err
