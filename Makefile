@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m bot demo --out demo-out
+	$(BIN)/python -m sandbox demo --out demo-out
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

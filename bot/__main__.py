@@ -1,4 +1,4 @@
-"""``python -m bot`` runs the bot; ``python -m bot demo --out DIR`` runs the offline demo;
+"""``python -m bot`` runs the bot (the offline demo is the sandbox's: ``make demo``);
 ``python -m bot read-recipe FILE... [--json]`` prints the recipes found in image files.
 
 Running the bot: ``DISCORD_TOKEN=... python -m bot [--config FILE] [--sync]``. It opens the
@@ -59,7 +59,7 @@ async def run(
         print(
             "atelier: no bot token. Create an application at https://discord.com/developers/applications, "
             "add a bot, copy its token and run `DISCORD_TOKEN=... python -m bot` "
-            "(or try the offline demo: `python -m bot demo --out demo-out`).",
+            "(or try the offline demo from a source checkout: `make demo`).",
             file=sys.stderr,
         )
         return 2
@@ -96,7 +96,8 @@ async def run(
 
 #: The commands dispatched before argparse sees the arguments, and where the settings are.
 _COMMANDS = """other commands:
-  python -m bot demo --out DIR             play a scripted session offline (no token,
+  make demo  (python -m sandbox demo --out DIR, in a source checkout)
+                                           play a scripted session offline (no token,
                                            no GPU) and write what the channel shows
   python -m bot read-recipe FILE [--json]  print the recipes found in image files
                                            from other tools (A1111, ComfyUI, ...)
@@ -108,6 +109,12 @@ settings:
   table of README.md (section "Configuration"). The engine's own settings are
   listed by `python -m engine serve --help`.
 """
+
+
+DEMO_MOVED = (
+    "atelier: the offline demo runs from a source checkout: `make demo`, or "
+    "`python -m sandbox demo --out DIR` (the sandbox is not part of the installed bot)."
+)
 
 
 def unreachable(exc: OSError) -> str:
@@ -135,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return read_recipe.main(args[1:])
     if args and args[0] == "demo":
-        from bot import demo  # the lead's offline sandbox demo; imported only when asked for
-
-        return int(demo.main(args[1:]) or 0)
+        # The demo lives in the sandbox package (a source checkout's, never the wheel's): the
+        # bot does not import it, so an installed bot carries no Discord double.
+        print(DEMO_MOVED, file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(
         prog="python -m bot",
         description="Run the Atelier Discord bot: DISCORD_TOKEN=... python -m bot\n"

@@ -1,6 +1,6 @@
-"""``python -m engine serve | inspect FILE | build-demo --out DIR``.
+"""``python -m engine serve | inspect FILE``.
 
-torch is imported only by ``serve`` (through the generator) and ``build-demo``, so inspecting
+torch is imported only by ``serve`` (through the generator), so inspecting
 a file answers in a fraction of a second.
 """
 
@@ -151,8 +151,8 @@ def _inspect(target: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
-        description="Atelier's generation engine: serve its HTTP API (the bot starts one itself), "
-        "describe a .safetensors file, or build the tiny offline demo models.",
+        description="Atelier's generation engine: serve its HTTP API (the bot starts one itself) "
+        "or describe a .safetensors file.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser(
@@ -167,13 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Print what a .safetensors file is (model, LoRA, VAE, embedding; its family and hashes) as JSON.",
     )
     inspect_parser.add_argument("file", help="a .safetensors file (or a diffusers folder)")
-    commands.add_parser("build-demo", help="build the tiny demo models and LoRAs", add_help=False)
     args, rest = parser.parse_known_args(argv)
 
-    if args.command == "build-demo":
-        from engine.builder import main as build_main
-
-        return int(build_main(rest) or 0)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     if args.command == "inspect":

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.sandbox import DiscordDouble
+from sandbox.discord_double import DiscordDouble
 
 
 def spawn_bot(

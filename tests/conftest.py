@@ -25,8 +25,8 @@ os.environ["ATELIER_ENGINE_TOKEN"] = ENGINE_TOKEN
 
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory: pytest.TempPathFactory):
-    """The tiny demo build (``engine.builder.DemoAssets``): models, LoRAs and their manifest."""
-    from engine.builder import build_demo_assets
+    """The tiny demo build (``sandbox.model_builder.DemoAssets``): models, LoRAs and their manifest."""
+    from sandbox.model_builder import build_demo_assets
 
     return build_demo_assets(Path(tmp_path_factory.mktemp("demo-assets")), size="tiny")
 

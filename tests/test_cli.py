@@ -46,7 +46,7 @@ def bot_env(tmp_path: Path, **settings: str) -> dict[str, str]:
 def test_bot_help_lists_its_commands_and_points_to_the_configuration_table() -> None:
     done = run("-m", "bot", "--help")
     assert done.returncode == 0, done.stderr
-    assert "python -m bot demo" in done.stdout and "python -m bot read-recipe" in done.stdout
+    assert "make demo" in done.stdout and "python -m bot read-recipe" in done.stdout
     assert "README.md" in done.stdout and '"Configuration"' in done.stdout
     assert "\n## Configuration\n" in (ROOT / "README.md").read_text(encoding="utf-8")  # where it points exists
 
@@ -55,13 +55,22 @@ def test_bot_help_lists_its_commands_and_points_to_the_configuration_table() -> 
     "args",
     [
         ("engine", "--help"), ("engine", "serve", "--help"), ("engine", "inspect", "--help"),
-        ("engine", "build-demo", "--help"), ("bot", "read-recipe", "--help"), ("bot", "demo", "--help"),
+        ("sandbox", "build-models", "--help"), ("bot", "read-recipe", "--help"), ("sandbox", "demo", "--help"),
+        ("sandbox", "--help"),
     ],
 )  # fmt: skip
 def test_help_shows_no_restructuredtext_markup(args: tuple[str, ...]) -> None:
     done = run("-m", *args)
     assert done.returncode == 0, done.stderr
     assert "``" not in done.stdout and ":mod:" not in done.stdout and ":func:" not in done.stdout, done.stdout
+
+
+def test_bot_demo_points_to_the_sandbox_without_importing_it() -> None:
+    """An installed bot has no sandbox: ``python -m bot demo`` says where the demo is instead."""
+    done = run("-m", "bot", "demo", "--out", "x")
+    assert done.returncode == 2
+    assert "make demo" in done.stderr and "python -m sandbox demo" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_serve_help_lists_every_engine_variable_the_readme_names() -> None:

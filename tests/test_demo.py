@@ -1,4 +1,4 @@
-"""The README's main command, played end to end: ``python -m bot demo`` in its own process."""
+"""The README's main command, played end to end: ``python -m sandbox demo`` in its own process."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_the_demo_plays_the_scripted_session_offline(demo_assets: Any, tmp_path:
     assets = demo_assets.model_root.parent  # already built: the demo reuses it as is
     result = subprocess.run(
         [
-            sys.executable, "-m", "bot", "demo", "--out", str(out), "--assets", str(assets),
+            sys.executable, "-m", "sandbox", "demo", "--out", str(out), "--assets", str(assets),
             "--steps", "2", "--size", "256x256",
         ],
         capture_output=True, text=True, timeout=600, check=False,

@@ -57,7 +57,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for name in ("bot", "engine", "data"):
+    for name in ("bot", "engine", "data", "sandbox"):  # the sandbox too: the wheel must leave it out
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     env = {**os.environ, "PYTHONPATH": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
@@ -80,6 +80,8 @@ def test_the_wheel_holds_every_module_and_every_data_file(wheel: Path) -> None:
     missing = sorted(shipped - names)
     assert not missing, f"data files not in the wheel (see [tool.setuptools.package-data]): {missing}"
     assert f"{DATA_PACKAGE}/clip/LICENSE.open_clip" in names  # the vocabulary's licence travels with it
+    # The Discord double, the model builder and the demo stay in the checkout: never in the wheel.
+    assert not [name for name in names if name.startswith(("sandbox/", "tests/"))]
 
 
 def test_code_run_from_the_wheel_alone_finds_its_data_there(wheel: Path, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def make_loras(out: Path, count: int) -> list[str]:
     import torch
     from safetensors.torch import save_file
 
-    from engine.builder import (
+    from sandbox.model_builder import (
         build_components,
         diffusers_state_dict,
         kohya_state_dict,
@@ -317,8 +317,8 @@ async def measure_rss(
 async def main_async() -> dict[str, Any]:
     import torch
 
-    from engine.builder import build_demo_assets
     from engine.protocol import Recipe
+    from sandbox.model_builder import build_demo_assets
 
     _quiet()
     started = time.perf_counter()

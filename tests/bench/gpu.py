@@ -260,8 +260,8 @@ def _bench_engine(assets: Any, recipe: Any, lora_recipe: Any, args: argparse.Nam
 def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from dataclasses import replace
 
-    from engine.builder import STAMP_FILE, build_demo_assets
     from engine.protocol import LoraRef, Recipe
+    from sandbox.model_builder import STAMP_FILE, build_demo_assets
 
     count = args.images
     build_dir = out / f"{arch}-{args.size}"

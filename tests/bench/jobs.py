@@ -94,7 +94,7 @@ def build_models(folder: Path) -> Path:
     script = (
         "import sys, shutil\n"
         "from pathlib import Path\n"
-        "from engine.builder import build_demo_assets, config_sidecar\n"
+        "from sandbox.model_builder import build_demo_assets, config_sidecar\n"
         "out = Path(sys.argv[1]); models = out / 'all-models'; models.mkdir(parents=True, exist_ok=True)\n"
         f"for i in range({AFFINITY_MODELS}):\n"
         "    a = build_demo_assets(out / f'build-{i}', architectures=('sd15',), seed=i, with_loras=i == 0)\n"
@@ -163,7 +163,7 @@ class World:
 
     async def __aenter__(self) -> World:
         from bot.registry import Registry
-        from bot.sandbox import DiscordDouble
+        from sandbox.discord_double import DiscordDouble
 
         self.double = await DiscordDouble().__aenter__()
         self.guilds = [self.double.add_guild(f"Server {'AB'[i]}") for i in range(len(self.channel_counts))]
@@ -362,8 +362,8 @@ async def run_affinity_once(root: Path, models: Path, loras: Path, workload: lis
     from bot.assembly import build_bot
     from bot.config import BotConfig
     from bot.registry import Registry
-    from bot.sandbox import DiscordDouble, run_bot
     from engine.client import EngineClient
+    from sandbox.discord_double import DiscordDouble, run_bot
 
     proc, url = await start_engine(models, loras, root / "engine.log")
     try:

@@ -86,11 +86,11 @@ def _quiet() -> None:
 
 def build(out: Path, size: str) -> Any:
     """The model, built in a child process so its build-time peak is returned to the OS."""
-    from engine.builder import STAMP_FILE, build_demo_assets
+    from sandbox.model_builder import STAMP_FILE, build_demo_assets
 
     if not (out / STAMP_FILE).is_file():
         code = (
-            "import sys; from pathlib import Path; from engine.builder import build_demo_assets; "
+            "import sys; from pathlib import Path; from sandbox.model_builder import build_demo_assets; "
             f"build_demo_assets(Path({str(out)!r}), size={size!r}, architectures=('sd15',), with_loras=False)"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
@@ -186,8 +186,8 @@ def second_model(assets: Any, out: Path) -> str:
     """A small second model beside the measured one, to switch to and back from."""
     import shutil
 
-    from engine.builder import build_demo_assets
     from engine.component_configs import config_sidecar
+    from sandbox.model_builder import build_demo_assets
 
     tiny = build_demo_assets(out, size="tiny", architectures=("sd15",), with_loras=False)
     (assets.model_root / "other").mkdir(exist_ok=True)

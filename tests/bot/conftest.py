@@ -29,7 +29,8 @@ from bot.assembly import build_bot
 from bot.config import BotConfig
 from bot.jobs import EngineLink
 from bot.registry import LoraEntry, ModelEntry, Registry
-from bot.sandbox import (
+from engine.client import EngineClient
+from sandbox.discord_double import (
     MANAGE_GUILD,
     MANAGE_MESSAGES,
     Channel,
@@ -38,7 +39,6 @@ from bot.sandbox import (
     Member,
     run_bot,
 )
-from engine.client import EngineClient
 from tests.conftest import ENGINE_TOKEN
 
 SD15 = "tiny-sd15"

@@ -9,7 +9,7 @@ import shutil
 from typing import Any
 
 from bot.commands.model import MODEL_EDIT_FIELDS
-from bot.sandbox import InteractionHandle
+from sandbox.discord_double import InteractionHandle
 from tests.bot.conftest import SD15, SDXL, World, png_parameters
 from tests.bot.test_imagine_flow import is_result
 

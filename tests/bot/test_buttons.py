@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bot.sandbox import StoredMessage
 from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
+from sandbox.discord_double import StoredMessage
 from tests.bot.conftest import World, make_bot, png_parameters
 from tests.bot.test_imagine_flow import imagine_and_wait, is_result
 
@@ -101,7 +101,7 @@ async def test_buttons_on_an_old_message_work_in_a_new_bot_instance(world: World
     await world.double.wait_for_message(world.channel, lambda m: m.content.startswith("✅"))
     await world.bot.close()
 
-    from bot.sandbox import run_bot
+    from sandbox.discord_double import run_bot
 
     fresh = make_bot(world.registry, world.engine)
     async with run_bot(fresh, world.double):
@@ -164,7 +164,7 @@ async def test_two_members_remix_one_image_and_a_modal_outlives_a_restart(world:
         await asyncio.sleep(0.1)
     await world.bot.close()
 
-    from bot.sandbox import run_bot
+    from sandbox.discord_double import run_bot
 
     fresh = make_bot(world.registry, world.engine)
     async with run_bot(fresh, world.double):

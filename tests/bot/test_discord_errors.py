@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bot.jobs import JobState, JobStore, poster
-from bot.sandbox.state import ATTACH_FILES
+from sandbox.discord_double.state import ATTACH_FILES
 from tests.bot.conftest import FAST, World, make_bot
 from tests.bot.test_imagine_flow import is_result
 
@@ -99,7 +99,7 @@ async def test_after_a_restart_members_whose_reply_expired_are_told_in_one_chann
         world.double.expire_token(next(h for h in handles if h.token == job.interaction_token))
     await store.save_many(waiting)
     before = {m.id for m in world.double.messages(world.channel)}
-    from bot.sandbox import run_bot
+    from sandbox.discord_double import run_bot
 
     async with run_bot(make_bot(world.registry, world.engine), world.double):
         notice = await world.double.wait_for_message(

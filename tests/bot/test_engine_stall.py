@@ -22,8 +22,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.registry import Registry
-from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
+from sandbox.discord_double import DiscordDouble, run_bot
 from tests.bot.conftest import FAST, make_bot, seed_registry
 from tests.conftest import ENGINE_TOKEN
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from bot.embeds import EMBED_TOTAL_LIMIT, FIELD_VALUE_LIMIT
-from bot.sandbox import Member, StoredMessage
+from sandbox.discord_double import Member, StoredMessage
 from tests.bot.conftest import FAST, SD15, World, embed_total, png_parameters
 
 

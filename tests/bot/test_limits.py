@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bot.registry import Registry
-from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
+from sandbox.discord_double import DiscordDouble, run_bot
 from tests.bot.conftest import FAST, make_bot, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
 from tests.conftest import ENGINE_TOKEN
@@ -45,7 +45,7 @@ async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str,
     import asyncio
 
     from bot.__main__ import run
-    from bot.sandbox import patch_discord_endpoints
+    from sandbox.discord_double import patch_discord_endpoints
 
     async with DiscordDouble() as double:
         guild = double.add_guild("Studio")

@@ -18,7 +18,8 @@ import pytest
 
 from bot.app import AtelierBot
 from bot.registry import Registry
-from bot.sandbox import (
+from engine.client import EngineClient
+from sandbox.discord_double import (
     Channel,
     DiscordDouble,
     Guild,
@@ -27,7 +28,6 @@ from bot.sandbox import (
     StoredMessage,
     run_bot,
 )
-from engine.client import EngineClient
 from tests.bot.conftest import FAST, make_bot, seed_registry
 from tests.conftest import ENGINE_TOKEN
 from tests.standin_engine import StandinEngine

@@ -13,8 +13,8 @@ from typing import Any
 from bot.guild_lifecycle import DAY_S
 from bot.registry import Registry
 from bot.safety import ImageSafety, Verdict
-from bot.sandbox import MANAGE_GUILD, DiscordDouble, run_bot
 from engine.client import EngineClient
+from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, run_bot
 from tests.bot.conftest import FAST, SD15, SDXL, World, make_bot, seed_registry
 from tests.bot.test_admin_registry import answer
 from tests.bot.test_imagine_flow import imagine_and_wait, is_result

@@ -15,8 +15,8 @@ import psutil
 from bot.assembly import assembled
 from bot.jobs import JobState, JobStore
 from bot.registry import Registry
-from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
+from sandbox.discord_double import DiscordDouble, run_bot
 from tests.bot.conftest import (
     FAST,
     World,

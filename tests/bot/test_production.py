@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from bot.registry import Registry
-from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle
 from engine.client import EngineClient
+from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, InteractionHandle
 from tests.bot.conftest import FAST, SD15, free_port, png_parameters, seed_registry
 from tests.bot.test_admin_registry import answer
 from tests.bot.test_imagine_flow import is_result

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from bot.sandbox import StoredMessage
 from engine.recipe.readers import read_image
+from sandbox.discord_double import StoredMessage
 from tests.bot.conftest import World, png_parameters
 from tests.bot.test_buttons import next_result, recorded
 from tests.bot.test_imagine_flow import imagine_and_wait

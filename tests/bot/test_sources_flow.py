@@ -22,9 +22,9 @@ import pytest
 
 from bot import views
 from bot.registry import LoraEntry, Registry
-from bot.sandbox import MANAGE_GUILD, DiscordDouble, InteractionHandle, Member, run_bot
 from engine.client import EngineClient
 from engine.downloads import TEMP_PREFIX
+from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, InteractionHandle, Member, run_bot
 from tests.bot.conftest import (
     FAST,
     World,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.builder import build_components, build_demo_assets, config_sidecar, main
 from engine.inspect import inspect_file
 from engine.pipelines import load_pipeline
 from engine.tokenizer import BOS_ID, EOS_ID, load_tokenizer, write_tokenizer
+from sandbox.model_builder import build_components, build_demo_assets, config_sidecar, main
 
 
 def _keys(path) -> list[str]:
@@ -67,7 +67,7 @@ def test_sdxl_is_a_diffusers_folder_of_safetensors(demo_assets) -> None:
 
 
 def test_shipped_real_configs_describe_the_real_models() -> None:
-    from engine.builder import component_configs
+    from sandbox.model_builder import component_configs
 
     sd15, sdxl = component_configs("sd15", "full"), component_configs("sdxl", "full")
     assert sd15["unet"]["cross_attention_dim"] == 768 and sd15["unet"]["block_out_channels"] == [
@@ -154,7 +154,7 @@ def test_never_goes_online() -> None:
 
 def test_sdxl_single_file_in_sgm_layout_loads_back_exactly(tmp_path) -> None:
     """SDXL civitai-style single files (sgm UNet, OpenCLIP second encoder) go through from_single_file."""
-    from engine.builder import component_configs, save_single_file, write_config_folder
+    from sandbox.model_builder import component_configs, save_single_file, write_config_folder
 
     components = build_components("sdxl", "tiny", 3)
     path = tmp_path / "xl-single.safetensors"

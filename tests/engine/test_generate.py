@@ -269,7 +269,7 @@ def test_a_failed_model_switch_leaves_no_old_pipeline_alive(demo_assets, tmp_pat
     cache included) keeps it, even when the next one fails to load."""
     import shutil
 
-    from engine.builder import config_sidecar
+    from sandbox.model_builder import config_sidecar
 
     models = tmp_path / "models"
     models.mkdir()
@@ -318,7 +318,7 @@ def test_a_single_file_config_folder_with_a_pickle_or_an_outside_link_is_refused
     """from_single_file would load a component missing from the checkpoint out of this folder."""
     import shutil
 
-    from engine.builder import config_sidecar
+    from sandbox.model_builder import config_sidecar
 
     models = tmp_path / "models"
     models.mkdir()
@@ -348,7 +348,7 @@ def test_a_checkpoint_missing_a_component_is_corrupt_not_internal(demo_assets, t
 
     from safetensors.torch import load_file, save_file
 
-    from engine.builder import config_sidecar
+    from sandbox.model_builder import config_sidecar
 
     models = tmp_path / "models"
     models.mkdir()

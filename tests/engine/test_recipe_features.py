@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.builder import config_sidecar
 from engine.inspect import inspect_file
 from engine.png_metadata import read_png_metadata
 from engine.prediction import resolve_prediction
 from engine.protocol import EmbeddingRef, EngineError, ErrorCode, Recipe
 from engine.recipe.a1111 import read_parameters
 from engine.samplers import make_scheduler
+from sandbox.model_builder import config_sidecar
 from tests.engine._images import pixels
 
 

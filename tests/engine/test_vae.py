@@ -29,7 +29,7 @@ def vae_folder(demo_assets, tmp_path_factory):
     state = {k: v.detach().clone().contiguous() for k, v in vae.state_dict().items()}
     (root / "vae").mkdir()
     save_file(state, str(root / "vae" / "same.safetensors"))
-    from engine.builder import _vae_to_ldm
+    from sandbox.model_builder import _vae_to_ldm
 
     changed = dict(state)
     changed["decoder.conv_out.weight"] = changed["decoder.conv_out.weight"] * -1.5

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.sandbox import Channel, DiscordDouble, Guild, Member, run_bot
+from sandbox.discord_double import Channel, DiscordDouble, Guild, Member, run_bot
 from tests.sandbox.sandbox_bot import SandboxBot
 
 

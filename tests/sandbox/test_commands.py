@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.sandbox import DiscordDouble
+from sandbox.discord_double import DiscordDouble
 from tests.sandbox.conftest import World
 
 

@@ -12,7 +12,7 @@ import yarl
 from aiohttp import web
 from discord.gateway import DiscordWebSocket
 
-from bot.sandbox import DiscordDouble, patch_discord_endpoints, run_bot
+from sandbox.discord_double import DiscordDouble, patch_discord_endpoints, run_bot
 from tests.sandbox.conftest import World
 from tests.sandbox.sandbox_bot import SandboxBot
 
@@ -85,5 +85,5 @@ async def test_rest_calls_need_the_bot_token(double: DiscordDouble) -> None:
 
 
 def test_the_sandbox_does_not_import_torch() -> None:
-    code = "import sys, bot.sandbox; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, sandbox.discord_double; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from bot.sandbox.limits import FormErrors, check_choices, check_message, check_modal, embed_length
+from sandbox.discord_double.limits import (
+    FormErrors,
+    check_choices,
+    check_message,
+    check_modal,
+    embed_length,
+)
 
 
 def button(custom_id: str = "b", label: str = "ok", **extra: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import discord
 
-from bot.sandbox import DiscordDouble, run_bot, write_transcript
+from sandbox.discord_double import DiscordDouble, run_bot, write_transcript
 from tests.sandbox.conftest import World, until
 from tests.sandbox.sandbox_bot import SandboxBot, png_bytes
 

@@ -8,8 +8,8 @@ import time
 import aiohttp
 import discord
 
-from bot.sandbox import DiscordDouble
-from bot.sandbox.ratelimits import RateLimiter
+from sandbox.discord_double import DiscordDouble
+from sandbox.discord_double.ratelimits import RateLimiter
 from tests.sandbox.conftest import World
 
 

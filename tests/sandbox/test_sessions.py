@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 import pytest
 
-from bot.sandbox import DiscordDouble, run_bot
+from sandbox.discord_double import DiscordDouble, run_bot
 from tests.sandbox.conftest import World, until
 from tests.sandbox.sandbox_bot import SandboxBot
 

@@ -1,12 +1,12 @@
 """A local Discord for tests and the offline demo: a real discord.py bot talks to it over HTTP
 and a websocket, exactly as it would talk to Discord, and every rule Discord enforces is enforced.
 
-Torch-free; needs only aiohttp and discord.py. See :mod:`bot.sandbox.discord_double`.
+Torch-free; needs only aiohttp and discord.py. See :mod:`sandbox.discord_double.double`.
 """
 
-from bot.sandbox.discord_double import DiscordDouble, RequestRecord, Violation
-from bot.sandbox.harness import patch_discord_endpoints, run_bot
-from bot.sandbox.state import (
+from sandbox.discord_double.double import DiscordDouble, RequestRecord, Violation
+from sandbox.discord_double.harness import patch_discord_endpoints, run_bot
+from sandbox.discord_double.state import (
     MANAGE_GUILD,
     MANAGE_MESSAGES,
     Button,
@@ -19,7 +19,7 @@ from bot.sandbox.state import (
     StoredMessage,
     User,
 )
-from bot.sandbox.transcript import Transcript, write_transcript
+from sandbox.discord_double.transcript import Transcript, write_transcript
 
 __all__ = [
     "MANAGE_GUILD",

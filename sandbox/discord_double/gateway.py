@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 if TYPE_CHECKING:
-    from bot.sandbox.discord_double import DiscordDouble
+    from sandbox.discord_double.double import DiscordDouble
 
 HEARTBEAT_INTERVAL_MS = 41250
 CLOSE_AUTHENTICATION_FAILED = 4004

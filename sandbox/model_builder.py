@@ -9,7 +9,7 @@ key layout, SDXL as a diffusers folder, LoRAs in diffusers/PEFT and kohya key fo
 ``size="tiny"`` keeps every tensor small (seconds to build, a 512x512 image in about a second
 on a CPU); ``size="full"`` uses the shipped real configs for speed measurements on a GPU.
 
-    python -m engine.builder --out demo-assets [--size full] [--arch sd15 --arch sdxl]
+    python -m sandbox build-models --out demo-assets [--size full] [--arch sd15 --arch sdxl]
 """
 
 from __future__ import annotations
@@ -625,7 +625,7 @@ def build_demo_assets(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.builder", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sandbox build-models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to build into")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--arch", action="append", choices=sorted(MODELSPEC), help="repeatable (default: all)")

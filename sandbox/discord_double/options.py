@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bot.sandbox.state import (
+from sandbox.discord_double.state import (
     ALL_PERMISSIONS,
     Channel,
     Member,

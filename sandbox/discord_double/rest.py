@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bot.sandbox.limits import (
+from sandbox.discord_double.limits import (
     ALREADY_ACKNOWLEDGED,
     INVALID_WEBHOOK_TOKEN,
     UNKNOWN_CHANNEL,
@@ -27,8 +27,8 @@ from bot.sandbox.limits import (
     check_message,
     check_modal,
 )
-from bot.sandbox.records import RECORD_KEY, RateLimitRule, RequestRecord, Violation
-from bot.sandbox.state import (
+from sandbox.discord_double.records import RECORD_KEY, RateLimitRule, RequestRecord, Violation
+from sandbox.discord_double.state import (
     EPHEMERAL,
     LOADING,
     MANAGE_MESSAGES,
@@ -38,10 +38,16 @@ from bot.sandbox.state import (
     StoredMessage,
     snowflake,
 )
-from bot.sandbox.wire import DiscordHTTPError, UploadedFile, json_reply, no_content, read_body
+from sandbox.discord_double.wire import (
+    DiscordHTTPError,
+    UploadedFile,
+    json_reply,
+    no_content,
+    read_body,
+)
 
 if TYPE_CHECKING:
-    from bot.sandbox.discord_double import DiscordDouble
+    from sandbox.discord_double.double import DiscordDouble
 
 API_PREFIX = "/api/v10"
 # Callback types each interaction type accepts (4 message, 5 deferred message, 6 deferred

@@ -17,7 +17,7 @@ import discord
 import yarl
 from discord.gateway import DiscordWebSocket
 
-from bot.sandbox.discord_double import DiscordDouble
+from sandbox.discord_double.double import DiscordDouble
 
 ClientT = TypeVar("ClientT", bound=discord.Client)
 

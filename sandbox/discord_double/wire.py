@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox.limits import REQUEST_SIZE_MAX, REQUEST_TOO_LARGE
+from sandbox.discord_double.limits import REQUEST_SIZE_MAX, REQUEST_TOO_LARGE
 
 
 def json_reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -1,15 +1,15 @@
 """The offline sandbox demo: the whole product on one machine, no token, no network.
 
-``python -m bot demo --out DIR`` builds the tiny demo models (random weights, real SD 1.5 and
+``python -m sandbox demo --out DIR`` (what ``make demo`` runs) builds the tiny demo models (random weights, real SD 1.5 and
 SDXL architectures), starts the real engine process on them, starts the real bot against the
-local Discord double (:mod:`bot.sandbox`), and plays a short session through Discord's wire
+local Discord double (:mod:`sandbox.discord_double`), and plays a short session through Discord's wire
 protocol, as people would: an admin registers the models and LoRAs, a member imagines with a
 two-LoRA stack, rerolls, remixes with another weight, and asks for a LoRA of the wrong
 architecture, which is refused before the engine spends a step on it. What the channel would
 show is written to ``DIR`` (``index.html``, ``transcript.txt`` and the uploaded PNG files).
 
-The demo process itself never imports torch: the models are built by ``python -m engine
-build-demo`` in a child process, and the engine is a child process too, exactly as in
+The demo process itself never imports torch: the models are built by ``python -m sandbox
+build-models`` in a child process, and the engine is a child process too, exactly as in
 production.
 """
 
@@ -30,7 +30,8 @@ from typing import Any
 
 from bot.assembly import StartError, assembled
 from bot.config import BotConfig
-from bot.sandbox import (
+from engine.auth import new_token
+from sandbox.discord_double import (
     MANAGE_GUILD,
     Channel,
     DiscordDouble,
@@ -39,8 +40,7 @@ from bot.sandbox import (
     StoredMessage,
     run_bot,
 )
-from bot.sandbox.transcript import write_transcript
-from engine.auth import new_token
+from sandbox.discord_double.transcript import write_transcript
 
 #: The scripted member's recipe: small enough for a 2-core CPU, real enough to show everything.
 PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
@@ -72,7 +72,7 @@ def build_assets(folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine", "build-demo", "--out", str(folder)],
+        [sys.executable, "-m", "sandbox", "build-models", "--out", str(folder)],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     if result.returncode != 0 or not manifest.is_file():
@@ -245,7 +245,7 @@ async def run_demo(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bot demo",
+        prog="python -m sandbox demo",
         description="Play a scripted session against a local Discord double and tiny models, offline.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where to write what the channel shows")

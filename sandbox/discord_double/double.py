@@ -5,7 +5,7 @@
 members), act as people (slash commands, autocomplete, button clicks, modal submits: all sent
 as real INTERACTION_CREATE payloads), and read back what the bot put on the wire. Discord's rules
 are enforced server-side, as Discord does, and every refusal is recorded in ``violations``;
-rate limits included (:mod:`bot.sandbox.ratelimits`: per-route buckets, 5 messages per 5 s
+rate limits included (:mod:`sandbox.discord_double.ratelimits`: per-route buckets, 5 messages per 5 s
 per channel, interaction-token buckets, the global limit), with ``fail``, ``reset_connections``
 and ``rate_limit`` to inject Discord's bad moments.
 
@@ -33,13 +33,17 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.sandbox import gateway as gw
-from bot.sandbox import options as options_
-from bot.sandbox.limits import DEFAULT_ATTACHMENT_SIZE_LIMIT, REQUEST_SIZE_MAX, modal_text_inputs
-from bot.sandbox.ratelimits import RateLimiter
-from bot.sandbox.records import FaultRule, RateLimitRule, RequestRecord, Violation
-from bot.sandbox.rest import RestApi
-from bot.sandbox.state import (
+from sandbox.discord_double import gateway as gw
+from sandbox.discord_double import options as options_
+from sandbox.discord_double.limits import (
+    DEFAULT_ATTACHMENT_SIZE_LIMIT,
+    REQUEST_SIZE_MAX,
+    modal_text_inputs,
+)
+from sandbox.discord_double.ratelimits import RateLimiter
+from sandbox.discord_double.records import FaultRule, RateLimitRule, RequestRecord, Violation
+from sandbox.discord_double.rest import RestApi
+from sandbox.discord_double.state import (
     BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     Channel,
@@ -106,7 +110,7 @@ class DiscordDouble:
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._rate_limits: list[RateLimitRule] = []
         self._faults: list[FaultRule] = []
-        #: Discord's buckets and global limit (see :mod:`bot.sandbox.ratelimits`); on by default.
+        #: Discord's buckets and global limit (see :mod:`sandbox.discord_double.ratelimits`); on by default.
         self.limiter = RateLimiter(enabled=rate_limits)
         #: How long a message nonce sent with ``enforce_nonce`` stays unique ("a few minutes").
         self.nonce_window = nonce_window

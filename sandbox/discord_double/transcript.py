@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.sandbox.discord_double import DiscordDouble
-from bot.sandbox.state import Channel, StoredMessage
+from sandbox.discord_double.double import DiscordDouble
+from sandbox.discord_double.state import Channel, StoredMessage
 
 _STYLE = """
 body { font-family: sans-serif; background: #313338; color: #dbdee1; max-width: 60rem; margin: 2rem auto; }
