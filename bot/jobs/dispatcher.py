@@ -266,7 +266,6 @@ class Dispatcher:
         # Counted in the same step as the checks above (no await in between): submits that
         # run concurrently each see the ones before them, so none can pass a full cap.
         self._track(job)
-        self.scheduler.active_limit[job.guild_id] = active_limit
         job.state = JobState.QUEUED
         if self.store is not None:
             try:
@@ -274,6 +273,8 @@ class Dispatcher:
             except BaseException:
                 self._untrack(job)  # not written, so not queued: its place is free again
                 raise
+        # After the write, with the add below: the scheduler forgets the limits of idle servers.
+        self.scheduler.active_limit[job.guild_id] = active_limit
         newcomer = self.scheduler.is_newcomer(job.guild_id)
         self.scheduler.add(job)
         if newcomer:
