@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import pytest
+
 from bot.jobs import FairScheduler, Job
 from bot.jobs.scheduler import EngineView, batch_key
 from engine.protocol import LoraRef, Recipe
@@ -208,3 +210,19 @@ def test_idle_members_and_servers_are_forgotten_beyond_the_bound_busy_ones_never
     again = job(100, 1000)
     scheduler.add(again)
     assert run_in_order(scheduler, 1) == [again]
+
+
+def test_the_speed_book_keeps_a_bounded_number_of_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members pick sizes and steps freely; the averages kept for them must stay bounded."""
+    from bot.jobs import speed
+
+    monkeypatch.setattr(speed, "KEPT", 4, raising=False)
+    book = speed.SpeedBook()
+    shapes = [Recipe(model=f"m{n % 6}.safetensors", prompt="p", steps=10 + n, width=512, height=512) for n in range(30)]
+    for recipe in shapes:
+        book.record(recipe, 2.0)
+    assert len(book._by_shape) == 4 and len(book._rate_by_model) == 4
+    assert book.estimate(shapes[-1]) == 2.0  # the newest shape is still known exactly
+    old = shapes[0]  # forgotten, and so is its model: the global rate prices it
+    assert old.model not in book._rate_by_model
+    assert book.estimate(old) == pytest.approx(book._rate * 0.512 * 0.512 * old.steps)  # type: ignore[operator]
