@@ -67,6 +67,10 @@ _LORA_SELECT = "SELECT l.* FROM loras l"
 _CATALOG_COLUMNS = "id, name_key, " + _LORA_COLUMNS.replace("description", "'' AS description")
 #: Catalogs with at least this many LoRAs build their suggestion index in a worker thread.
 BACKGROUND_INDEX_THRESHOLD = 5_000
+#: Servers whose catalog stays in memory, least recently used dropped first (and rebuilt from
+#: the file when asked again): a catalog holds a server's whole LoRA table, and a bot in many
+#: servers would otherwise keep every one it ever validated a request for.
+CATALOGS_KEPT = 256
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
@@ -997,6 +1001,12 @@ class Registry:
         purged = await self.privacy.purge_due(grace_s, now)
         for guild_id in purged:
             self._invalidate(guild_id)
+            lock = self._catalog_locks.get(guild_id)
+            if lock is None or not lock.locked():
+                # No catalog build under way: nothing compares against its version, so the
+                # server leaves no entry behind (a later build starts from version 0, cached).
+                self._catalog_locks.pop(guild_id, None)
+                self._catalog_versions.pop(guild_id, None)
         return purged
 
     # --- audit -----------------------------------------------------------------------------
@@ -1089,8 +1099,9 @@ class Registry:
 
         Concurrent callers share one build; a build raced by a write is used once, not cached.
         """
-        cached = self._catalogs.get(guild_id)
+        cached = self._catalogs.pop(guild_id, None)
         if cached is not None:
+            self._catalogs[guild_id] = cached  # put back last: the most recently used
             return cached
         lock = self._catalog_locks.setdefault(guild_id, asyncio.Lock())
         async with lock:
@@ -1113,4 +1124,6 @@ class Registry:
                 self._warming = {f for f in self._warming if not f.done()}
             if self._catalog_versions.get(guild_id, 0) == version:
                 self._catalogs[guild_id] = catalog
+                while len(self._catalogs) > CATALOGS_KEPT:
+                    del self._catalogs[next(iter(self._catalogs))]
             return catalog
