@@ -48,6 +48,10 @@ log = logging.getLogger("engine.generate")
 
 #: File descriptions kept by a generator; each holds metadata (tag lists can be ~100 kB).
 INFO_CACHE_MAX = 1024
+#: Measured seconds per model call kept by a generator, one per (model, latent size, batch
+#: rows) seen, least recently measured dropped first: recipes choose sizes freely, so the
+#: table would otherwise grow with every new shape for as long as the engine runs.
+CALL_SECONDS_MAX = 256
 #: A batched image may differ from its batch-1 rerun by at most this many 8-bit levels per
 #: channel (mean absolute difference over the image); measured on the test models: 0.
 BATCH_TOLERANCE = 1.0
@@ -405,8 +409,10 @@ class Generator:
                 _, predicted = self.costs.raw_prediction(no_restore, steps=recipe.steps, sampler=recipe.sampler)
                 self.costs.record_unfused(predicted, (per_call - base) * calls)
             return
-        previous = self._call_seconds.get(key)
+        previous = self._call_seconds.pop(key, None)  # re-inserted last: most recently measured
         self._call_seconds[key] = per_call if previous is None else 0.5 * (previous + per_call)
+        while len(self._call_seconds) > CALL_SECONDS_MAX:
+            del self._call_seconds[next(iter(self._call_seconds))]
 
     def _use_vae(self, entry: CachedModel, path: Path | None, info: FileInfo | None) -> None:
         key = info.sha256 if info is not None else ""

@@ -181,8 +181,12 @@ class Dispatcher:
             return
         self._started = True
         if self.store is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.store.prune()
+            except Exception:
+                # Not fatal (the status loop tries again every PRUNE_EVERY_S), but a table
+                # that never shrinks keeps prompts longer than promised: the operator must know.
+                log.exception("deleting old finished jobs from the job table failed; trying again later")
             for job in await self.store.recent_speeds():
                 if job.seconds:
                     self.speed.record(job.recipe, job.seconds)
@@ -259,11 +263,18 @@ class Dispatcher:
             )
         if len(self.jobs) >= self.limits.max_pending:
             raise QueueFull(f"The queue is full ({self.limits.max_pending} jobs). Try again in a few minutes.")
-        self.scheduler.active_limit[job.guild_id] = active_limit
+        # Counted in the same step as the checks above (no await in between): submits that
+        # run concurrently each see the ones before them, so none can pass a full cap.
+        self._track(job)
         job.state = JobState.QUEUED
         if self.store is not None:
-            await self.store.add(job)
-        self._track(job)
+            try:
+                await self.store.add(job)
+            except BaseException:
+                self._untrack(job)  # not written, so not queued: its place is free again
+                raise
+        # After the write, with the add below: the scheduler forgets the limits of idle servers.
+        self.scheduler.active_limit[job.guild_id] = active_limit
         newcomer = self.scheduler.is_newcomer(job.guild_id)
         self.scheduler.add(job)
         if newcomer:

@@ -48,6 +48,11 @@ from engine.recipe.batching import batch_key
 
 #: How far below the lowest active level a newly active flow starts (so it goes next).
 _NEW_FLOW_LEAD = 1e-6
+#: Levels of idle members (and of idle servers) kept so that coming back neither banks credit
+#: nor loses a place; beyond this many, the least recently served idle ones are forgotten and
+#: start again like newcomers. Without a bound the tables grow with every member who ever
+#: asked for an image, for as long as the bot runs.
+REMEMBERED_IDLE = 10_000
 
 Stack = tuple[tuple[str, float], ...]
 
@@ -101,6 +106,7 @@ class FairScheduler:
         affinity_max_wait_s: float = 60.0,
         max_batch: int = 4,
         clock: Callable[[], float] = time.time,
+        remembered_idle: int = REMEMBERED_IDLE,
     ) -> None:
         self.cost = cost
         self.affinity_window = max(1, affinity_window)
@@ -108,6 +114,7 @@ class FairScheduler:
         self.affinity_max_wait_s = affinity_max_wait_s
         self.max_batch = max(1, max_batch)
         self.clock = clock
+        self.remembered_idle = max(1, remembered_idle)
         self._retry: deque[Job] = deque()
         self._guilds: dict[int, dict[int, _Flow]] = {}
         self._guild_vt: dict[int, float] = {}
@@ -379,10 +386,37 @@ class FairScheduler:
             return
         if not job.prepaid:
             cost = self.cost(job)
-            self._guild_vt[job.guild_id] = self._guild_vt.get(job.guild_id, 0.0) + cost
-            self._user_vt[key] = self._user_vt.get(key, 0.0) + cost / max(1, job.weight)
+            # Popped and put back: the tables stay ordered from least to most recently served.
+            self._guild_vt[job.guild_id] = self._guild_vt.pop(job.guild_id, 0.0) + cost
+            self._user_vt[key] = self._user_vt.pop(key, 0.0) + cost / max(1, job.weight)
         job.prepaid = False
         flow = self._guilds.get(job.guild_id, {}).get(job.user_id)
         if flow is not None:
             flow.jobs.remove(job)
             self._drop_if_empty(job.guild_id, job.user_id)
+        self._forget_idle()
+
+    def _forget_idle(self) -> None:
+        """Drop the least recently served idle levels beyond what the tables remember.
+
+        A member or server with a job queued, on an engine or waiting for a retry is never
+        forgotten: the fair order and the limits read their entries.
+        """
+        if len(self._user_vt) <= self.remembered_idle and len(self._guild_vt) <= self.remembered_idle:
+            return
+        busy_members = set(self.active) | {(j.guild_id, j.user_id) for j in self._retry}
+        busy_guilds = set(self._guilds) | {guild for guild, _ in busy_members}
+        excess = len(self._user_vt) - self.remembered_idle
+        if excess > 0:
+            idle = (
+                key for key in self._user_vt
+                if key not in busy_members and key[1] not in self._guilds.get(key[0], {})
+            )  # fmt: skip
+            for key in list(itertools.islice(idle, excess)):  # the oldest first; stops early
+                del self._user_vt[key]
+        excess = len(self._guild_vt) - self.remembered_idle
+        if excess > 0:
+            idle_guilds = (g for g in self._guild_vt if g not in busy_guilds)
+            for guild_id in list(itertools.islice(idle_guilds, excess)):
+                del self._guild_vt[guild_id]
+                self.active_limit.pop(guild_id, None)  # set again by the server's next submit

@@ -17,6 +17,10 @@ ALPHA = 0.3
 #: Before anything was measured: a guess of a mid-range GPU at SD 1.5 sizes.
 DEFAULT_RATE_S = 0.05  # seconds per megapixel-step-image
 MIN_ESTIMATE_S = 0.05
+#: Shapes (and models) whose averages are kept, least recently measured dropped first:
+#: members choose sizes, steps and counts freely, so the shapes seen grow without end.
+#: A dropped shape falls back to its model's rate, a dropped model to the global rate.
+KEPT = 2048
 
 
 def _work(recipe: Recipe) -> float:
@@ -40,9 +44,13 @@ class SpeedBook:
         if seconds <= 0:
             return
         shape = _shape(recipe)
-        self._by_shape[shape] = self._ema(self._by_shape.get(shape), seconds)
         rate = seconds / _work(recipe)
-        self._rate_by_model[recipe.model] = self._ema(self._rate_by_model.get(recipe.model), rate)
+        # Popped and put back last: each table stays ordered from least to most recently measured.
+        self._by_shape[shape] = self._ema(self._by_shape.pop(shape, None), seconds)
+        self._rate_by_model[recipe.model] = self._ema(self._rate_by_model.pop(recipe.model, None), rate)
+        for table in (self._by_shape, self._rate_by_model):
+            while len(table) > KEPT:
+                del table[next(iter(table))]
         self._rate = self._ema(self._rate, rate)
 
     @staticmethod

@@ -67,6 +67,10 @@ _LORA_SELECT = "SELECT l.* FROM loras l"
 _CATALOG_COLUMNS = "id, name_key, " + _LORA_COLUMNS.replace("description", "'' AS description")
 #: Catalogs with at least this many LoRAs build their suggestion index in a worker thread.
 BACKGROUND_INDEX_THRESHOLD = 5_000
+#: Servers whose catalog stays in memory, least recently used dropped first (and rebuilt from
+#: the file when asked again): a catalog holds a server's whole LoRA table, and a bot in many
+#: servers would otherwise keep every one it ever validated a request for.
+CATALOGS_KEPT = 256
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
@@ -241,6 +245,16 @@ def _diff(before: object, after: object, names: Iterable[str]) -> dict[str, list
     }
 
 
+def _changed_columns(columns: str, before: tuple[Any, ...], after: tuple[Any, ...]) -> dict[str, Any]:
+    """The columns whose stored value an edit changes, with their new values.
+
+    An update writes only these, so it can never put back an old value of a column it did
+    not mean to change (and a rename writes ``name_key`` along with ``name``).
+    """
+    names = [c.strip() for c in columns.split(",")]
+    return {name: new for name, old, new in zip(names, before, after, strict=True) if old != new}
+
+
 class Registry:
     """Each server's models, LoRAs, bookmarks, saved recipes, settings, posts and audit log.
 
@@ -378,25 +392,37 @@ class Registry:
     async def update_model(
         self, guild_id: int, name: str, actor_id: int, /, **changes: Any
     ) -> ModelEntry:
-        """Change fields of a model (see ``MODEL_EDITABLE``); a rename keeps names unique."""
-        check_changes(changes, MODEL_EDITABLE, "A model")
-        before = await self._require_model(guild_id, name)
-        after = clean_model(replace(before, **changes))
+        """Change fields of a model (see ``MODEL_EDITABLE``); a rename keeps names unique.
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        The entry is read inside the write transaction and only the changed columns are
+        written, so two admins editing different fields at once both keep their change, and
+        the audit row's before/after values are the ones really replaced.
+        """
+        check_changes(changes, MODEL_EDITABLE, "A model")
+
+        async def work(conn: aiosqlite.Connection) -> ModelEntry:
+            cursor = await conn.execute(
+                "SELECT * FROM models WHERE guild_id = ? AND name_key = ?", (guild_id, name_key(name))
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise NotFound(f"No model named {name!r} in this server; `/model list` shows them.")
+            before = _model_from_row(row)
+            after = clean_model(replace(before, **changes))
             if name_key(after.name) != name_key(before.name):
                 existing = await self._taken(conn, "models", guild_id, name_key(after.name))
                 if existing is not None:
                     raise AlreadyExists(
                         f"A model named {existing!r} already exists in this server."
                     )
-            assignments = ", ".join(f"{c.strip()} = ?" for c in _MODEL_COLUMNS.split(","))
-            cursor = await conn.execute(
+            changed = _changed_columns(_MODEL_COLUMNS, _model_values(before), _model_values(after))
+            if not changed:
+                return after  # nothing to write, nothing to audit
+            assignments = ", ".join(f"{column} = ?" for column in changed)
+            await conn.execute(
                 f"UPDATE models SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
-                (*_model_values(after), before.id, guild_id),
+                (*changed.values(), before.id, guild_id),
             )
-            if cursor.rowcount != 1:
-                raise NotFound(f"The model {before.name!r} was removed meanwhile.")
             await self._audit(
                 conn,
                 guild_id,
@@ -405,8 +431,9 @@ class Registry:
                 before.name,
                 _diff(before, after, MODEL_EDITABLE),
             )
+            return after
 
-        await self._db.transaction(work)
+        after = await self._db.transaction(work)
         self._invalidate(guild_id)
         return after
 
@@ -540,28 +567,35 @@ class Registry:
     async def update_lora(
         self, guild_id: int, name: str, actor_id: int, /, **changes: Any
     ) -> LoraEntry:
-        """Change fields of a LoRA (see ``LORA_EDITABLE``), audited with before/after values."""
-        check_changes(changes, LORA_EDITABLE, "A LoRA")
-        before = await self._require_lora(guild_id, name)
-        after = clean_lora(replace(before, **changes))
+        """Change fields of a LoRA (see ``LORA_EDITABLE``), audited with before/after values.
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        Read and written in one transaction, changed columns only (see :meth:`update_model`).
+        """
+        check_changes(changes, LORA_EDITABLE, "A LoRA")
+
+        async def work(conn: aiosqlite.Connection) -> LoraEntry:
+            cursor = await conn.execute(
+                f"{_LORA_SELECT} WHERE l.guild_id = ? AND l.name_key = ?", (guild_id, name_key(name))
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise NotFound(f"No LoRA named {name!r} in this server; try `/lora search`.")
+            before = _lora_from_row(row)
+            after = clean_lora(replace(before, **changes))
             if name_key(after.name) != name_key(before.name):
                 existing = await self._taken(conn, "loras", guild_id, name_key(after.name))
                 if existing is not None:
                     raise AlreadyExists(f"A LoRA named {existing!r} already exists in this server.")
-            editable = [c.strip() for c in _LORA_COLUMNS.split(",")]
-            editable = [c for c in editable if c not in ("added_by", "added_at", "uses")]
-            values = dict(
-                zip([c.strip() for c in _LORA_COLUMNS.split(",")], _lora_values(after), strict=True)
-            )
-            assignments = ", ".join(f"{c} = ?" for c in editable)
-            cursor = await conn.execute(
+            changed = _changed_columns(_LORA_COLUMNS, _lora_values(before), _lora_values(after))
+            for kept in ("added_by", "added_at", "uses"):  # not editable; uses counts on meanwhile
+                changed.pop(kept, None)
+            if not changed:
+                return after  # nothing to write, nothing to audit
+            assignments = ", ".join(f"{column} = ?" for column in changed)
+            await conn.execute(
                 f"UPDATE loras SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
-                (*(values[c] for c in editable), before.id, guild_id),
+                (*changed.values(), before.id, guild_id),
             )
-            if cursor.rowcount != 1:
-                raise NotFound(f"The LoRA {before.name!r} was removed meanwhile.")
             await self._audit(
                 conn,
                 guild_id,
@@ -570,8 +604,9 @@ class Registry:
                 before.name,
                 _diff(before, after, LORA_EDITABLE),
             )
+            return after
 
-        await self._db.transaction(work)
+        after = await self._db.transaction(work)
         self._invalidate(guild_id)
         return after
 
@@ -897,10 +932,14 @@ class Registry:
     ) -> ServerSettings:
         """Change settings (field names of :class:`ServerSettings`), all checked together."""
         check_changes(changes, SETTINGS_FIELDS, "Settings")
-        before = await self.get_settings(guild_id)
-        after = clean_settings(replace(before, **changes))
 
-        async def work(conn: aiosqlite.Connection) -> None:
+        async def work(conn: aiosqlite.Connection) -> ServerSettings:
+            # Read inside the transaction: the settings are one row, so a read before it
+            # would let two admins' concurrent changes of different settings undo each other.
+            cursor = await conn.execute("SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,))
+            row = await cursor.fetchone()
+            before = ServerSettings.from_json(json.loads(row[0])) if row else ServerSettings()
+            after = clean_settings(replace(before, **changes))
             await conn.execute(
                 "INSERT INTO guild_settings (guild_id, settings) VALUES (?, ?) "
                 "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings",
@@ -914,8 +953,9 @@ class Registry:
                 "settings",
                 _diff(before, after, changes),
             )
+            return after
 
-        await self._db.transaction(work)
+        after = await self._db.transaction(work)
         self._invalidate(guild_id)
         return after
 
@@ -961,6 +1001,12 @@ class Registry:
         purged = await self.privacy.purge_due(grace_s, now)
         for guild_id in purged:
             self._invalidate(guild_id)
+            lock = self._catalog_locks.get(guild_id)
+            if lock is None or not lock.locked():
+                # No catalog build under way: nothing compares against its version, so the
+                # server leaves no entry behind (a later build starts from version 0, cached).
+                self._catalog_locks.pop(guild_id, None)
+                self._catalog_versions.pop(guild_id, None)
         return purged
 
     # --- audit -----------------------------------------------------------------------------
@@ -1053,8 +1099,9 @@ class Registry:
 
         Concurrent callers share one build; a build raced by a write is used once, not cached.
         """
-        cached = self._catalogs.get(guild_id)
+        cached = self._catalogs.pop(guild_id, None)
         if cached is not None:
+            self._catalogs[guild_id] = cached  # put back last: the most recently used
             return cached
         lock = self._catalog_locks.setdefault(guild_id, asyncio.Lock())
         async with lock:
@@ -1077,4 +1124,6 @@ class Registry:
                 self._warming = {f for f in self._warming if not f.done()}
             if self._catalog_versions.get(guild_id, 0) == version:
                 self._catalogs[guild_id] = catalog
+                while len(self._catalogs) > CATALOGS_KEPT:
+                    del self._catalogs[next(iter(self._catalogs))]
             return catalog

@@ -208,6 +208,8 @@ class Fetcher:
             info, reused = await self._download(plan, progress)
         finally:
             reserved.pop(plan.path, None)
+            if not reserved:  # no download of this server under way: no entry kept for it
+                self._reserved.pop(guild_id, None)
         # Someone else in this server may have registered it while it downloaded.
         existing = await self._registered(guild_id, await self.registry.catalog(guild_id), version)
         if existing is not None:

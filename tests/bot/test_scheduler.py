@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import pytest
+
 from bot.jobs import FairScheduler, Job
 from bot.jobs.scheduler import EngineView, batch_key
 from engine.protocol import LoraRef, Recipe
@@ -191,3 +193,59 @@ def test_a_job_taken_back_keeps_its_place_and_is_not_charged_twice() -> None:
     first.prepaid = True
     scheduler.add(first)
     assert next(scheduler.fair_order()) is first
+
+
+def test_idle_members_and_servers_are_forgotten_beyond_the_bound_busy_ones_never() -> None:
+    """A bot that runs for months meets many members once: their levels must not pile up."""
+    scheduler = fair(clock=lambda: 1000.0)
+    scheduler.remembered_idle = 4
+    running = job(1, 1)
+    scheduler.active_limit[1] = 1
+    scheduler.add(running)
+    (assignment,) = scheduler.plan([engine()])
+    assert assignment.jobs == [running]  # it stays on its engine for the whole test
+    for n in range(40):  # forty members of forty servers, one job each, one after the other
+        guild = 100 + n
+        scheduler.active_limit[guild] = 2  # as the dispatcher sets it with each submit
+        scheduler.add(job(guild, 1000 + n))
+        (assignment,) = scheduler.plan([engine("e2")])
+        for taken in assignment.jobs:
+            scheduler.left_engine(taken)
+    levels, servers = scheduler._user_vt, scheduler._guild_vt
+    assert len(levels) == len(servers) == 4 and len(scheduler.active_limit) == 4
+    assert (1, 1) in levels and 1 in servers and scheduler.active_limit[1] == 1  # on an engine
+    assert {(137, 1037), (138, 1038), (139, 1039)} <= set(levels)  # the most recently served
+    assert (100, 1000) not in levels and 100 not in servers and 100 not in scheduler.active_limit
+    # Members with a job queued are never forgotten, however many there are.
+    queued = [job(200 + n, 2000 + n) for n in range(10)]
+    for waiting in queued:
+        scheduler.add(waiting)
+    (assignment,) = scheduler.plan([engine("e2")])
+    scheduler.left_engine(assignment.jobs[0])
+    assert {(j.guild_id, j.user_id) for j in queued} <= set(levels)
+    assert len(list(scheduler.fair_order())) == 9  # every queued one still has its level
+    # Served to the end, they are trimmed to the bound too; a forgotten one comes back as a
+    # newcomer and goes next.
+    for _ in range(9):
+        (assignment,) = scheduler.plan([engine("e2")])
+        scheduler.left_engine(assignment.jobs[0])
+    assert len(levels) == len(servers) == 4
+    again = job(100, 1000)
+    scheduler.add(again)
+    assert run_in_order(scheduler, 1) == [again]
+
+
+def test_the_speed_book_keeps_a_bounded_number_of_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members pick sizes and steps freely; the averages kept for them must stay bounded."""
+    from bot.jobs import speed
+
+    monkeypatch.setattr(speed, "KEPT", 4, raising=False)
+    book = speed.SpeedBook()
+    shapes = [Recipe(model=f"m{n % 6}.safetensors", prompt="p", steps=10 + n, width=512, height=512) for n in range(30)]
+    for recipe in shapes:
+        book.record(recipe, 2.0)
+    assert len(book._by_shape) == 4 and len(book._rate_by_model) == 4
+    assert book.estimate(shapes[-1]) == 2.0  # the newest shape is still known exactly
+    old = shapes[0]  # forgotten, and so is its model: the global rate prices it
+    assert old.model not in book._rate_by_model
+    assert book.estimate(old) == pytest.approx(book._rate * 0.512 * 0.512 * old.steps)  # type: ignore[operator]

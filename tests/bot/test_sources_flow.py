@@ -226,6 +226,7 @@ async def test_two_servers_fetching_one_version_download_it_once_and_jobs_go_on(
         one = await world.registry.get_lora(world.guild.id, "Pixel Quest")
         other = await world.registry.get_lora(second_guild.id, "Pixel Quest")
         assert one is not None and other is not None and one.file == other.file and one.added_by != other.added_by
+        assert world.bot.sources.fetcher._reserved == {}  # nothing under way: nothing kept per server
 
 
 async def test_bad_sources_are_refused_with_nothing_written_or_registered(

@@ -361,3 +361,17 @@ def test_a_checkpoint_missing_a_component_is_corrupt_not_internal(demo_assets, t
         Generator(models, demo_assets.lora_root).run(RECIPE)
     assert caught.value.code is ErrorCode.CORRUPT_FILE
     assert "complete" in caught.value.message
+
+
+def test_the_per_call_timing_table_stays_bounded(tiny_generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new size adds a measurement; a long-running engine keeps only the newest ones."""
+    import engine.generate
+
+    monkeypatch.setattr(engine.generate, "CALL_SECONDS_MAX", 3, raising=False)
+    sizes = [(64, 64), (64, 96), (128, 64), (96, 96), (128, 96), (64, 64)]  # five latent sizes
+    for width, height in sizes:
+        tiny_generator.run(dataclasses.replace(RECIPE, steps=1, width=width, height=height))
+    table = tiny_generator._call_seconds
+    assert len(table) == 3
+    # The newest three shapes (64x64 measured again counts as new), not the first three.
+    assert sorted(latent for _, latent, _ in table) == sorted((w // 8) * (h // 8) for w, h in sizes[-3:])

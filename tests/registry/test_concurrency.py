@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.registry import Registry
 
-from .conftest import ADMIN, GUILD, lora
+from .conftest import ADMIN, GUILD, lora, model
 
 
 async def test_200_concurrent_writers_on_one_registry(registry: Registry) -> None:
@@ -48,3 +48,45 @@ async def test_two_processes_worth_of_connections_share_the_file(tmp_path: Path)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_concurrent_edits_of_different_lora_fields_both_survive_with_true_audit_rows(registry: Registry) -> None:
+    await registry.add_lora(GUILD, lora("ink"), ADMIN)
+    await asyncio.gather(
+        registry.update_lora(GUILD, "ink", 5, description="bold strokes"),
+        registry.update_lora(GUILD, "INK", 6, trigger_words=["inky"]),
+        registry.record_use(GUILD, ["ink"]),  # a member's use meanwhile is counted, not undone
+    )
+    stored = await registry.get_lora(GUILD, "ink")
+    assert stored is not None
+    assert (stored.description, stored.trigger_words, stored.uses) == ("bold strokes", ("inky",), 1)
+    updates = {e.actor_id: e.details for e in await registry.audit_log(GUILD) if e.action == "lora.update"}
+    assert updates == {5: {"description": ["", "bold strokes"]}, 6: {"trigger_words": [[], ["inky"]]}}
+    # An edit that changes nothing writes nothing, and the log does not claim a change.
+    await registry.update_lora(GUILD, "ink", 7, description="bold strokes")
+    assert sorted(e.actor_id for e in await registry.audit_log(GUILD) if e.action == "lora.update") == [5, 6]
+
+
+async def test_concurrent_edits_of_different_model_fields_both_survive_with_true_audit_rows(registry: Registry) -> None:
+    await registry.add_model(GUILD, model("Dream"), ADMIN)
+    await asyncio.gather(
+        registry.update_model(GUILD, "dream", 5, default_steps=30),
+        registry.update_model(GUILD, "Dream", 6, nsfw=True, allowed_channel_ids=frozenset({42})),
+    )
+    stored = await registry.get_model(GUILD, "dream")
+    assert stored is not None
+    assert (stored.default_steps, stored.nsfw, stored.allowed_channel_ids) == (30, True, frozenset({42}))
+    models = {e.actor_id: e.details for e in await registry.audit_log(GUILD) if e.action == "model.update"}
+    assert models == {5: {"default_steps": [20, 30]}, 6: {"nsfw": [False, True], "allowed_channel_ids": [[], [42]]}}
+
+
+async def test_concurrent_changes_of_different_settings_both_survive(registry: Registry) -> None:
+    await asyncio.gather(
+        registry.update_settings(GUILD, 5, max_loras=4),
+        registry.update_settings(GUILD, 6, queue_limit_per_user=7),
+    )
+    settings = await registry.get_settings(GUILD)
+    assert (settings.max_loras, settings.queue_limit_per_user) == (4, 7)
+    log = await registry.audit_log(GUILD)
+    changed = {e.actor_id: set(e.details) for e in log if e.action == "settings.update"}
+    assert changed == {5: {"max_loras"}, 6: {"queue_limit_per_user"}}
