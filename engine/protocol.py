@@ -56,7 +56,7 @@ ARCHITECTURE_LABELS: dict[str, str] = {
     "sd15": "SD 1.5",
     "sdxl": "SDXL",
     "sd3": "SD 3",
-    "flux": "FLUX",
+    "flux": "FLUX.1",
     "unknown": "an unknown architecture",
 }
 
@@ -158,6 +158,13 @@ class FileInfo:
     encoders: tuple[str, ...] = ()
     #: LoRAs with embeddings bundled in (OneTrainer ``bundle_emb.<name>.*``): their names.
     bundled_embeddings: tuple[str, ...] = ()
+    #: Checkpoints that are not plain text-to-image ones: "inpainting", "instruct-pix2pix",
+    #: "refiner" (``engine.support.VARIANT_TEXT``).
+    variant: str | None = None
+    #: The engine's verdict (``engine.support``): why it cannot make images with this file or
+    #: apply it (naming what the file is, what the engine runs and what to do), or None when it
+    #: can. Registration refuses a file that has one. An older engine never sets it.
+    cannot_run: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
