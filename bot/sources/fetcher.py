@@ -306,6 +306,13 @@ class Fetcher:
     ) -> tuple[LoraEntry | EmbeddingEntry, tuple[str, ...]]:
         version = plan.version
         notes: list[str] = []
+        if info.cannot_run:
+            # Civitai's label passed the plan, but the file itself is for something the engine
+            # cannot run (a FLUX LoRA listed as SDXL): its header wins, as everywhere else.
+            raise FetchRefused([
+                f"It was downloaded and verified, but {info.cannot_run} It was not registered; "
+                f"the operator can delete `{plan.path}` from the LoRA folder."
+            ])  # fmt: skip
         if plan.architecture not in ("unknown", info.architecture) and info.architecture != "unknown":
             notes.append(
                 f"Civitai says {version.base_model}, but the file reads as {info.architecture}; it is registered as the file says."
