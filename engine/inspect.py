@@ -76,7 +76,9 @@ _DENOISER_PREFIXES = (
 _DIT_TOP = re.compile(
     r"^(double_blocks|single_blocks|single_transformer_blocks|transformer_blocks|joint_blocks|"
     r"x_embedder|context_embedder|img_in|txt_in|time_in|vector_in|guidance_in|pos_embed|"
-    r"time_text_embed|double_stream_modulation_img|single_stream_modulation|distilled_guidance_layer)[._]"
+    r"time_text_embed|double_stream_modulation_img|single_stream_modulation|distilled_guidance_layer|"
+    r"double_layers|single_layers|double_stream_blocks|single_stream_blocks|noise_refiner|context_refiner|"
+    r"(layers|blocks)[._]\d+)[._]"
 )
 #: FLUX.1's BFL layout (double/single blocks) and diffusers' single-stream blocks.
 _FLUX_BLOCKS = re.compile(r"^(double_blocks|single_blocks|single_transformer_blocks)[._]")
@@ -91,6 +93,8 @@ _OTHER_DITS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(double_stream_modulation_img|single_stream_modulation)[._]"), "FLUX.2"),
     (re.compile(r"^distilled_guidance_layer[._]"), "Chroma"),
     (re.compile(r"^transformer_blocks[._]\d+[._](img_mlp|txt_mlp|img_mod|txt_mod)[._]"), "Qwen-Image"),
+    (re.compile(r"^(double_layers|single_layers)[._]"), "AuraFlow"),
+    (re.compile(r"^(double_stream_blocks|single_stream_blocks)[._]"), "HiDream"),
 )
 UNKNOWN_DIT = "a diffusion-transformer (DiT) family this engine does not know"
 _SDXL_UNET_KEY = re.compile(r"(add_embedding|label_emb)")

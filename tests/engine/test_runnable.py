@@ -62,6 +62,23 @@ def test_an_unknown_dit_is_not_taken_for_a_unet(tmp_path: Path) -> None:
     assert info.cannot_run is not None and "diffusion-transformer (DiT)" in info.cannot_run
 
 
+@pytest.mark.parametrize(
+    ("module", "says"),
+    [
+        ("lora_unet_single_layers_0_attn_to_q", "is a LoRA for AuraFlow"),  # was read as SD 1.5
+        ("lora_unet_double_stream_blocks_0_block_attn1_to_q", "is a LoRA for HiDream"),
+        ("lora_unet_layers_0_attention_qkv", "diffusion-transformer (DiT)"),  # Lumina 2 / Z-Image
+        ("diffusion_model.blocks.0.self_attn.q", "diffusion-transformer (DiT)"),
+    ],
+)
+def test_other_dit_loras_are_never_read_as_sd(tmp_path: Path, module: str, says: str) -> None:
+    state = {f"{module}.lora_down.weight": np.zeros((4, 64), np.float16),
+             f"{module}.lora_up.weight": np.zeros((64, 4), np.float16)}  # fmt: skip
+    info = inspect_file(_write(tmp_path / "dit.safetensors", state))
+    assert info.architecture == "unknown"
+    assert info.cannot_run is not None and says in info.cannot_run, info.cannot_run
+
+
 def _write(path: Path, state: dict[str, Any]) -> Path:
     save_file(state, str(path))
     return path
