@@ -15,8 +15,10 @@ answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}`
   event first, then live ones, closing after ``done``/``failed``.
 - ``POST /jobs/{id}/cancel`` -> ``JobStatus``; takes effect at the next denoising step.
 - ``GET /jobs/{id}/images/{n}`` -> ``image/png`` (with the recipe in its metadata).
-- ``GET /health`` -> ``Health``.
-- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``.
+- ``GET /health`` -> ``Health``, with ``architectures``: those this engine runs
+  (``engine.support.RUNNABLE_ARCHITECTURES``).
+- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``,
+  whose ``cannot_run`` says why this engine cannot use the file (None when it can).
 - ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
 - ``POST /downloads`` ``DownloadRequest`` -> 202 ``DownloadStatus``: the engine fetches a file
   (only from its allowed hosts, only when started with ``--allow-downloads``) into its LoRA
