@@ -130,3 +130,23 @@ def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
             assert info.cannot_run is not None and "a LoRA for FLUX.1" in info.cannot_run
         elif info.kind == "lora" and info.architecture != "unknown":
             assert info.cannot_run is None, (lora.name, info.cannot_run)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "says"),
+    [
+        ("FluxPipeline", "is a FLUX.1 checkpoint"),
+        ("StableDiffusionInpaintPipeline", "is an SD 1.5 inpainting checkpoint"),
+        ("QwenImagePipeline", "is a checkpoint of the diffusers pipeline `QwenImagePipeline`"),
+    ],
+)
+def test_diffusers_folders_the_engine_cannot_run(tmp_path: Path, class_name: str, says: str) -> None:
+    import json
+
+    folder = tmp_path / "pipeline"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    save_file({"w": np.zeros(4, np.float16)}, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    info = inspect_file(folder, relative_to=tmp_path)
+    assert info.cannot_run is not None and info.cannot_run.startswith("`pipeline` is ")
+    assert says in info.cannot_run, info.cannot_run
