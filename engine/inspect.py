@@ -85,6 +85,8 @@ _FLUX_BLOCKS = re.compile(r"^(double_blocks|single_blocks|single_transformer_blo
 #: Joint (MMDiT) attention: a second stream for the text tokens, as SD 3 and FLUX have.
 _MMDIT = re.compile(r"(^context_embedder|[._](add_[qkv]_proj|ff_context|norm1_context)([._]|$))")
 _DIT_Q = re.compile(r"[._]attn[._](to_q|add_q_proj)[._]")
+#: Separate cross-attention to the text (PixArt, SANA): not FLUX's joint attention.
+_CROSS_ATTN = re.compile(r"[._]attn2[._]")
 #: Hidden widths: FLUX.1 3072; SD 3 medium / 3.5 medium 1536, SD 3.5 large 2432.
 _FLUX_WIDTH = 3072
 _SD3_WIDTHS = (1536, 2432)
@@ -333,7 +335,7 @@ def dit_family(tensors: dict[str, dict[str, Any]]) -> tuple[Architecture, str | 
         return "sd3", None
     width = _dit_width(tensors, paths)
     joint = any(_MMDIT.search(p) for p in paths.values())
-    cross = any(re.search(r"[._]attn2[._]", p) for p in paths.values())  # PixArt-style cross-attention
+    cross = any(_CROSS_ATTN.search(p) for p in paths.values())
     if width == _FLUX_WIDTH and not cross:
         return "flux", None
     if joint and (width in _SD3_WIDTHS or any(p.startswith("pos_embed") for p in paths.values())):
