@@ -39,6 +39,7 @@ from engine.classify import (
 from engine.families import detect_family
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, SAFETENSORS_SUFFIX
 from engine.protocol import Architecture, EngineError, ErrorCode, FileInfo
+from engine.support import cannot_run
 
 #: Headers of real files are kilobytes to a few megabytes; a larger claim is corruption or
 #: an attempt to make us allocate memory.
@@ -63,11 +64,40 @@ _TE_KEY = re.compile(
 _TE2_KEY = re.compile(
     r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g|^clip_g\.)"
 )
-_FLUX_KEY = re.compile(
-    r"(double_blocks|single_blocks|single_transformer_blocks|^transformer\.x_embedder|"
-    r"lora_transformer_single_transformer_blocks)"
+# Diffusion transformers (DiT: FLUX, SD 3, Qwen-Image, ...) have their blocks at the top of the
+# denoiser; a UNet's transformer_blocks only ever sit inside its down/mid/up blocks. Reading the
+# module path under the prefixes tools add tells the two apart whatever the key layout (kohya
+# "lora_unet_transformer_blocks_1_attn_to_q" is a FLUX LoRA, not an SDXL one).
+_DENOISER_PREFIXES = (
+    "lora_unet_", "lora_transformer_", "base_model.model.", "model.diffusion_model.",
+    "diffusion_model.", "transformer.", "unet.",
+)  # fmt: skip
+_DIT_TOP = re.compile(
+    r"^(double_blocks|single_blocks|single_transformer_blocks|transformer_blocks|joint_blocks|"
+    r"x_embedder|context_embedder|img_in|txt_in|time_in|vector_in|guidance_in|pos_embed|"
+    r"time_text_embed|double_stream_modulation_img|single_stream_modulation|distilled_guidance_layer|"
+    r"double_layers|single_layers|double_stream_blocks|single_stream_blocks|noise_refiner|context_refiner|"
+    r"(layers|blocks)[._]\d+)[._]"
 )
-_SD3_KEY = re.compile(r"(joint_blocks|^transformer\.transformer_blocks\.\d+\.attn\.add_q_proj)")
+#: FLUX.1's BFL layout (double/single blocks) and diffusers' single-stream blocks.
+_FLUX_BLOCKS = re.compile(r"^(double_blocks|single_blocks|single_transformer_blocks)[._]")
+#: Joint (MMDiT) attention: a second stream for the text tokens, as SD 3 and FLUX have.
+_MMDIT = re.compile(r"(^context_embedder|[._](add_[qkv]_proj|ff_context|norm1_context)([._]|$))")
+_DIT_Q = re.compile(r"[._]attn[._](to_q|add_q_proj)[._]")
+#: Separate cross-attention to the text (PixArt, SANA): not FLUX's joint attention.
+_CROSS_ATTN = re.compile(r"[._]attn2[._]")
+#: Hidden widths: FLUX.1 3072; SD 3 medium / 3.5 medium 1536, SD 3.5 large 2432.
+_FLUX_WIDTH = 3072
+_SD3_WIDTHS = (1536, 2432)
+#: DiT families no architecture here stands for: their keys, and what to call them.
+_OTHER_DITS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^(double_stream_modulation_img|single_stream_modulation)[._]"), "FLUX.2"),
+    (re.compile(r"^distilled_guidance_layer[._]"), "Chroma"),
+    (re.compile(r"^transformer_blocks[._]\d+[._](img_mlp|txt_mlp|img_mod|txt_mod)[._]"), "Qwen-Image"),
+    (re.compile(r"^(double_layers|single_layers)[._]"), "AuraFlow"),
+    (re.compile(r"^(double_stream_blocks|single_stream_blocks)[._]"), "HiDream"),
+)
+UNKNOWN_DIT = "a diffusion-transformer (DiT) family this engine does not know"
 _SDXL_UNET_KEY = re.compile(r"(add_embedding|label_emb)")
 # transformer_blocks beyond the first one only exist where transformer_layers_per_block > 1.
 _DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._]([1-9]\d*)[._]")
@@ -272,6 +302,76 @@ def _context_dim(tensors: dict[str, dict[str, Any]]) -> int | None:
     return None
 
 
+def _denoiser_path(key: str) -> str:
+    """The module path under the prefixes kohya, PEFT, diffusers and ComfyUI put before it."""
+    for _ in range(3):  # "base_model.model.transformer.", at most three deep
+        for prefix in _DENOISER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        else:
+            break
+    return key
+
+
+def dit_family(tensors: dict[str, dict[str, Any]]) -> tuple[Architecture, str | None] | None:
+    """(architecture, name of a family without one) of a diffusion-transformer file, or None
+    for anything else (a UNet's, a text encoder's, a VAE's).
+
+    Structure decides first (FLUX's double/single blocks, SD 3's joint blocks, Qwen-Image's
+    img/txt MLPs); a layout both use (diffusers' ``transformer_blocks.N.attn.to_q``) is told
+    apart by the attention width, which the real models fix.
+    """
+    paths = {key: path for key in tensors if _DIT_TOP.match(path := _denoiser_path(key))}
+    if not paths:
+        return None
+    for pattern, name in _OTHER_DITS:
+        if any(pattern.match(p) for p in paths.values()):
+            return "unknown", name
+    if any(_FLUX_BLOCKS.match(p) for p in paths.values()):
+        return "flux", None
+    if any(p.startswith(("joint_blocks.", "joint_blocks_")) for p in paths.values()):
+        return "sd3", None
+    width = _dit_width(tensors, paths)
+    joint = any(_MMDIT.search(p) for p in paths.values())
+    cross = any(_CROSS_ATTN.search(p) for p in paths.values())
+    if width == _FLUX_WIDTH and not cross:
+        return "flux", None
+    if joint and (width in _SD3_WIDTHS or any(p.startswith("pos_embed") for p in paths.values())):
+        return "sd3", None
+    return "unknown", UNKNOWN_DIT
+
+
+def _dit_width(tensors: dict[str, dict[str, Any]], paths: dict[str, str]) -> int | None:
+    """The input width of a DiT block's query projection (its hidden size)."""
+    for key, path in paths.items():
+        if not _DIT_Q.search(path):
+            continue
+        shape = tensors[key]["shape"]
+        if len(shape) == 2 and (_DOWN_KEY.search(key) or key.endswith(".weight") and not is_network_key(key)):
+            return int(shape[1])
+    return None
+
+
+#: conv_in of a UNet checkpoint (ldm, diffusers single-file and pipeline-prefixed names).
+_CONV_IN_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conv_in.weight", "unet.conv_in.weight")
+_INPUT_CHANNEL_VARIANTS = {9: "inpainting", 8: "instruct-pix2pix"}
+#: The SDXL refiner's UNet reads OpenCLIP-G alone (1280 wide), not SDXL base's 2048.
+_REFINER_CONTEXT = 1280
+
+
+def checkpoint_variant(tensors: dict[str, dict[str, Any]], architecture: str) -> str | None:
+    """"inpainting", "instruct-pix2pix" or "refiner" for a UNet checkpoint that is not a plain
+    text-to-image one (the engine's pipelines would fail loading it), else None."""
+    for key in _CONV_IN_KEYS:
+        shape = tensors.get(key, {}).get("shape")
+        if shape and len(shape) == 4 and shape[1] in _INPUT_CHANNEL_VARIANTS:
+            return _INPUT_CHANNEL_VARIANTS[shape[1]]
+    if architecture == "sdxl" and _context_dim(tensors) == _REFINER_CONTEXT:
+        return "refiner"
+    return None
+
+
 def classify(
     tensors: dict[str, dict[str, Any]], metadata: dict[str, str]
 ) -> tuple[str, Architecture]:
@@ -279,15 +379,17 @@ def classify(
 
     Key structure decides where it can, so the tiny test models (whose widths are not the
     real ones) are recognised like real files: SDXL has a second text encoder, the
-    ``add_embedding``/``label_emb`` micro-conditioning and transformer depth > 1.
+    ``add_embedding``/``label_emb`` micro-conditioning and transformer depth > 1. A diffusion
+    transformer (FLUX, SD 3, ...) is recognised before any of that and is never SD 1.5/SDXL.
     """
     keys = [k for k in tensors if not k.startswith(BUNDLE_PREFIX)]
     embedding = read_embedding(tensors)
     if embedding is not None:
         return "embedding", embedding.architecture
+    dit = dit_family({k: tensors[k] for k in keys})
     if any(is_network_key(k) for k in tensors):
         kind = "lora"
-    elif looks_like_checkpoint(keys):
+    elif looks_like_checkpoint(keys) or dit is not None:
         kind = "checkpoint"
     elif looks_like_vae(keys):
         return "vae", _metadata_architecture(metadata) or "unknown"
@@ -295,11 +397,12 @@ def classify(
         kind = "unknown"
 
     architecture: Architecture = "unknown"
-    if any(_FLUX_KEY.search(k) for k in keys):
-        architecture = "flux"
-    elif any(_SD3_KEY.search(k) for k in keys):
-        architecture = "sd3"
-    elif any(_TE2_KEY.search(k) or _SDXL_UNET_KEY.search(k) for k in keys):
+    if dit is not None:
+        hinted = _metadata_architecture(metadata)
+        if dit == ("unknown", UNKNOWN_DIT) and hinted in ("flux", "sd3"):
+            return kind, hinted  # a DiT its keys alone cannot place, whose metadata does
+        return kind, dit[0]
+    if any(_TE2_KEY.search(k) or _SDXL_UNET_KEY.search(k) for k in keys):
         architecture = "sdxl"
     else:
         width = _context_dim(tensors)
@@ -389,6 +492,9 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     network = read_network(tensors) if kind == "lora" else None
     embedding = read_embedding(tensors) if kind == "embedding" else None
     prediction, ztsnr = prediction_from(tensors, metadata) if kind == "checkpoint" else (None, False)
+    dit = dit_family(tensors)
+    family_text = dit[1] if dit is not None and architecture == "unknown" else None
+    variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and dit is None else None
     base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,
@@ -418,6 +524,11 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
         vectors=embedding.vectors if embedding else None,
         encoders=embedding.encoders if embedding else (),
         bundled_embeddings=network.bundled_embeddings if network else (),
+        variant=variant,
+        cannot_run=cannot_run(
+            shown, kind, architecture, lora_format=network.lora_format if network else None,
+            family_text=family_text, variant=variant,
+        ),
         metadata=dict(metadata),
     )
 
@@ -427,6 +538,15 @@ _PIPELINE_ARCH: dict[str, Architecture] = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "FluxPipeline": "flux",
+    "StableDiffusionInpaintPipeline": "sd15",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+    "StableDiffusionInstructPix2PixPipeline": "sd15",
+}
+#: Pipelines of a runnable architecture that are not text-to-image ones.
+_PIPELINE_VARIANT = {
+    "StableDiffusionInpaintPipeline": "inpainting",
+    "StableDiffusionXLInpaintPipeline": "inpainting",
+    "StableDiffusionInstructPix2PixPipeline": "instruct-pix2pix",
 }
 
 
@@ -445,7 +565,11 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
             f"'{shown}' is a folder without a readable {DIFFUSERS_INDEX}; point at a "
             "diffusers pipeline folder or a single .safetensors file",
         ) from exc
-    architecture = _PIPELINE_ARCH.get(str(index.get("_class_name", "")), "unknown")
+    class_name = str(index.get("_class_name", ""))
+    architecture = _PIPELINE_ARCH.get(class_name, "unknown")
+    variant = _PIPELINE_VARIANT.get(class_name)
+    # A pipeline class this engine does not know is named as it is (QwenImagePipeline, ...).
+    family_text = None if architecture != "unknown" or not class_name else f"the diffusers pipeline `{class_name[:80]}`"
     digest = hashlib.sha256()
     weights_only = hashlib.sha256()
     total = 0
@@ -472,7 +596,9 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
         autov2=sha256[:10],
         a1111_hash=weights_only.hexdigest()[:12],
         has_text_encoder=(folder / "text_encoder").is_dir(),
-        metadata={"_class_name": str(index.get("_class_name", ""))},
+        variant=variant,
+        cannot_run=cannot_run(shown, "checkpoint", architecture, family_text=family_text, variant=variant),
+        metadata={"_class_name": class_name},
     )
 
 

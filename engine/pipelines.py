@@ -21,7 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from engine.component_configs import config_sidecar, shipped_configs, write_config_folder
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode, architecture_label
+from engine.support import RUNNABLE_ARCHITECTURES
 
+#: The pipelines this loader builds, one per architecture in engine.support's
+#: RUNNABLE_ARCHITECTURES (what inspection tells registration this engine runs).
 PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 #: Bumped when the folder layout changes; 2: written atomically (v1 folders may be partial).
 CONFIG_VERSION = 2
@@ -131,7 +134,9 @@ def single_file_arch(path: Path) -> tuple[str, Path]:
     from engine.inspect import inspect_file
 
     info = inspect_file(path)
-    if info.kind != "checkpoint" or info.architecture not in PIPELINE_ARCH.values():
+    if info.kind == "checkpoint" and info.cannot_run:
+        raise EngineError(ErrorCode.ARCH_MISMATCH, info.cannot_run)
+    if info.kind != "checkpoint" or info.architecture not in RUNNABLE_ARCHITECTURES:
         what = "a LoRA" if info.kind == "lora" else f"a {architecture_label(info.architecture)} file"
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,

@@ -15,8 +15,10 @@ answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}`
   event first, then live ones, closing after ``done``/``failed``.
 - ``POST /jobs/{id}/cancel`` -> ``JobStatus``; takes effect at the next denoising step.
 - ``GET /jobs/{id}/images/{n}`` -> ``image/png`` (with the recipe in its metadata).
-- ``GET /health`` -> ``Health``.
-- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``.
+- ``GET /health`` -> ``Health``, with ``architectures``: those this engine runs
+  (``engine.support.RUNNABLE_ARCHITECTURES``).
+- ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``,
+  whose ``cannot_run`` says why this engine cannot use the file (None when it can).
 - ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
 - ``POST /downloads`` ``DownloadRequest`` -> 202 ``DownloadStatus``: the engine fetches a file
   (only from its allowed hosts, only when started with ``--allow-downloads``) into its LoRA
@@ -56,7 +58,7 @@ ARCHITECTURE_LABELS: dict[str, str] = {
     "sd15": "SD 1.5",
     "sdxl": "SDXL",
     "sd3": "SD 3",
-    "flux": "FLUX",
+    "flux": "FLUX.1",
     "unknown": "an unknown architecture",
 }
 
@@ -159,6 +161,13 @@ class FileInfo:
     encoders: tuple[str, ...] = ()
     #: LoRAs with embeddings bundled in (OneTrainer ``bundle_emb.<name>.*``): their names.
     bundled_embeddings: tuple[str, ...] = ()
+    #: Checkpoints that are not plain text-to-image ones: "inpainting", "instruct-pix2pix",
+    #: "refiner" (``engine.support.VARIANT_TEXT``).
+    variant: str | None = None
+    #: The engine's verdict (``engine.support``): why it cannot make images with this file or
+    #: apply it (naming what the file is, what the engine runs and what to do), or None when it
+    #: can. Registration refuses a file that has one. An older engine never sets it.
+    cannot_run: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
 from engine.protocol import TERMINAL_EVENTS, DownloadRequest, EngineError, ErrorCode, Recipe
+from engine.support import RUNNABLE_ARCHITECTURES
 
 log = logging.getLogger("engine.server")
 
@@ -312,6 +313,8 @@ async def health(request: web.Request) -> web.Response:
         "queue": manager.queue_info(),
         "memory": {**memory_report(), **runner.get("memory", {})},
         "folders": {kind: str(path) for kind, path in folders.items()},
+        # What this engine makes images with (engine.support): registration refuses the rest.
+        "architectures": list(RUNNABLE_ARCHITECTURES),
         "uptime_s": round(time.monotonic() - request.app[STARTED_KEY], 3),
         "pid": os.getpid(),
     }

@@ -122,9 +122,10 @@ async def read_server_file(
 async def inspect_new_file(
     interaction: discord.Interaction[Any], kind: Kind, file: str
 ) -> FileInfo | None:
-    """The first half of ``/lora add`` and ``/model add``: the engine's reading of a file this
-    server has not registered yet, of the kind the command registers. Anything else is
-    answered privately (with the command to use instead) and gives None."""
+    """The first half of ``/lora add``, ``/model add`` and ``/embedding add``: the engine's
+    reading of a file this server has not registered yet, of the kind the command registers,
+    that the engine can run. Anything else is answered privately (with the command to use
+    instead, or why the engine cannot run it) and gives None."""
     if file in await registered_files(interaction, kind):
         await send_private(interaction, f"`{truncate(file, 200)}` is registered here already; {_ALREADY[kind]}.")
         return None
@@ -136,6 +137,11 @@ async def inspect_new_file(
 
         wanted = {"lora": "a LoRA", "model": "a base model", "embedding": "a textual-inversion embedding"}[kind]
         await send_private(interaction, not_a_message(info, wanted, f"/{kind} add"))
+        return None
+    if info.cannot_run:
+        # The engine's own verdict (engine.support): it names what the file is, what the
+        # engine runs and what to do; the bot keeps no list of runnable architectures.
+        await send_private(interaction, f"{info.cannot_run} I did not register it.")
         return None
     return info
 

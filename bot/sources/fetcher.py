@@ -200,6 +200,7 @@ class Fetcher:
             limits=Limits(self.settings.max_file_bytes, self.settings.quota_bytes, used),
             taken_names=kind_names.keys(),
             name=name,
+            runnable=await self._runnable(),
         )
         await progress("downloading", plan, 0, plan.file.size_bytes)
         reserved = self._reserved.setdefault(guild_id, {})
@@ -217,6 +218,15 @@ class Fetcher:
         await progress("registering", plan, plan.file.size_bytes, plan.file.size_bytes)
         entry, notes = await self._register(guild_id, actor_id, plan, info, overrides or {})
         return Fetched(entry, plan, reused, plan.notes + notes)
+
+    async def _runnable(self) -> tuple[str, ...] | None:
+        """The architectures the engine says it runs (its /health), so a version made for one
+        it cannot run is refused before any download; None when the engine does not say."""
+        try:
+            found = (await self.engine.health()).get("architectures")
+        except (EngineError, AttributeError):
+            return None
+        return tuple(str(a) for a in found) if isinstance(found, list) and found else None
 
     async def _registered(self, guild_id: int, catalog: Any, version: CivitaiVersion) -> LoraEntry | EmbeddingEntry | None:
         """This server's entry for that version (by AIR) or for one of its files (by sha256)."""
@@ -312,6 +322,13 @@ class Fetcher:
     ) -> tuple[LoraEntry | EmbeddingEntry, tuple[str, ...]]:
         version = plan.version
         notes: list[str] = []
+        if info.cannot_run:
+            # Civitai's label passed the plan, but the file itself is for something the engine
+            # cannot run (a FLUX LoRA listed as SDXL): its header wins, as everywhere else.
+            raise FetchRefused([
+                f"It was downloaded and verified, but {info.cannot_run} It was not registered; "
+                f"the operator can delete `{plan.path}` from the LoRA folder."
+            ])  # fmt: skip
         if plan.architecture not in ("unknown", info.architecture) and info.architecture != "unknown":
             notes.append(
                 f"Civitai says {version.base_model}, but the file reads as {info.architecture}; it is registered as the file says."

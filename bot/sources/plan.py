@@ -159,8 +159,13 @@ def plan_fetch(
     limits: Limits,
     taken_names: Collection[str] = (),
     name: str | None = None,
+    runnable: Collection[str] | None = None,
 ) -> FetchPlan:
-    """The plan for fetching ``version`` into this server, or FetchRefused with every reason."""
+    """The plan for fetching ``version`` into this server, or FetchRefused with every reason.
+
+    ``runnable``: the architectures the engine says it runs (None: it did not say); a version
+    made for another is refused as one no model here could ever use, not one waiting for a model.
+    """
     reasons: list[str] = []
     notes: list[str] = []
     what = f"**{version.model_name or 'This resource'}**"
@@ -223,6 +228,14 @@ def plan_fetch(
         reasons.append(
             f"Civitai says it was made for `{version.base_model or 'an unknown base model'}`, which Atelier "
             f"cannot run; this server's models are {', '.join(architecture_label(a) for a in served)}."
+        )
+    elif runnable is not None and architecture not in runnable:
+        runs = [architecture_label(a) for a in runnable]
+        runs_text = runs[0] if len(runs) == 1 else ", ".join(runs[:-1]) + " and " + runs[-1]
+        reasons.append(
+            f"It was made for {architecture_label(architecture)} (Civitai: {version.base_model}), and this "
+            f"bot's engine runs {runs_text} models only, so no model here could use it: pick a version made "
+            f"for {' or '.join(runs)}."
         )
     elif architecture not in served:
         reasons.append(

@@ -19,9 +19,9 @@ import pytest
 from bot.app import AtelierBot
 from bot.jobs import Job, JobState, JobStore, QueueFull
 from bot.registry import Registry
-from bot.sandbox import DiscordDouble, run_bot
 from engine.client import EngineClient
 from engine.protocol import Recipe
+from sandbox.discord_double import DiscordDouble, run_bot
 from tests.bot.conftest import make_bot
 
 #: Nothing listens there (the discard port): the engine is down for the whole test.

@@ -1,0 +1,86 @@
+"""Registration takes only what the engine can run (issue 16), through the Discord double and
+the real engine process: FLUX.1 checkpoints and FLUX.1 LoRAs in each layout people bring are
+refused at ``/model add`` and ``/lora add`` with what they are and what the engine runs, and
+nothing is registered; SD 1.5 and SDXL files still register."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import dit_files
+from tests.bot.conftest import SD15, SDXL, World
+from tests.bot.test_admin_registry import run
+
+RUNS = "this engine runs SD 1.5 and SDXL models only"
+
+
+@contextmanager
+def placed(root: Path, relative: str, build: Callable[[Path], Path]) -> Iterator[str]:
+    """A file written into the engine's (session-wide) folder for one test, removed after."""
+    path = root / relative
+    build(path)
+    try:
+        yield relative
+    finally:
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [dit_files.flux_bfl_checkpoint, lambda p: dit_files.flux_bfl_checkpoint(p, prefix="model.diffusion_model."),
+     dit_files.flux_diffusers_transformer],
+    ids=["bfl", "comfyui", "diffusers"],
+)  # fmt: skip
+async def test_model_add_refuses_a_flux_checkpoint_naming_it(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+    with placed(demo_assets.model_root, "flux-test/flux1-dev.safetensors", build) as file:
+        text = await run(world, world.admin, "model", {"file": file, "name": "Flux Dev"}, "add")
+    assert f"`{file}` is a FLUX.1 checkpoint" in text and RUNS in text and "I did not register it" in text, text
+    assert "pick an SD 1.5 or SDXL checkpoint" in text
+    assert await world.registry.get_model(world.guild.id, "Flux Dev") is None
+    assert [m.name for m in await world.registry.list_models(world.guild.id)] == sorted([SD15, SDXL])
+    assert world.double.violations == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [dit_files.flux_kohya_lora, dit_files.flux_diffusers_kohya_lora, dit_files.flux_peft_lora,
+     lambda p: dit_files.flux_peft_lora(p, add_q_proj=True)],
+    ids=["kohya", "kohya-diffusers-names", "peft", "peft-with-text-stream"],
+)  # fmt: skip
+async def test_lora_add_refuses_a_flux_lora_in_every_layout(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+    with placed(demo_assets.lora_root, "flux-test/flux-style.safetensors", build) as file:
+        text = await run(world, world.admin, "lora", {"file": file, "name": "flux-style"}, "add")
+    assert f"`{file}` is a LoRA for FLUX.1" in text and RUNS in text and "I did not register it" in text, text
+    assert "made for SD 1.5 or SDXL" in text
+    assert await world.registry.get_lora(world.guild.id, "flux-style") is None
+    assert file not in await world.registry.registered_lora_files(world.guild.id)
+
+
+async def test_sd15_and_sdxl_files_still_register(world: World, demo_assets: Any) -> None:
+    """Both models again (a single file and a diffusers folder) and a fresh copy of a LoRA."""
+    for name in (SD15, SDXL):
+        assert "Removed" in await run(world, world.admin, "model", {"name": name}, "remove")
+    for arch, name in (("sd15", SD15), ("sdxl", SDXL)):
+        text = await run(world, world.admin, "model", {"file": demo_assets.models[arch], "name": name}, "add")
+        assert f"Registered **{name}**" in text, text
+        entry = await world.registry.get_model(world.guild.id, name)
+        assert entry is not None and entry.architecture == arch
+
+    def copy(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo_assets.lora_root / demo_assets.lora("pixel-art-xl").file, path)
+        return path
+
+    with placed(demo_assets.lora_root, "copies/pixel-art-xl-copy.safetensors", copy) as file:
+        text = await run(world, world.admin, "lora", {"file": file, "name": "pixel-copy"}, "add")
+    assert "Registered **pixel-copy**" in text, text
+    entry = await world.registry.get_lora(world.guild.id, "pixel-copy")
+    assert entry is not None and entry.architecture == "sdxl"
