@@ -223,8 +223,8 @@ class Fetcher:
         """The architectures the engine says it runs (its /health), so a version made for one
         it cannot run is refused before any download; None when the engine does not say."""
         try:
-            found = (await self.engine.health()).get("architectures")
-        except (EngineError, AttributeError):
+            found = (await self.engine().health()).get("architectures")
+        except EngineError:
             return None
         return tuple(str(a) for a in found) if isinstance(found, list) and found else None
 
