@@ -1,7 +1,9 @@
 # Atelier on an NVIDIA GPU: the bot and its engine process in one container.
 #   docker build -t atelier .
 #   docker run --gpus all -e DISCORD_TOKEN=... \
-#     -v /srv/models:/models:ro -v /srv/loras:/loras:ro -v atelier-data:/data atelier
+#     -v /srv/models:/models:ro -v /srv/loras:/loras -v atelier-data:/data atelier
+# /loras is writable for Civitai fetching (ATELIER_CIVITAI_FETCH=true), which saves files there;
+# host folders mounted on /data or /loras must be writable by uid 10001 (see README).
 # The PyTorch image already carries a CUDA build of torch; pip keeps it (torch>=2.7 is satisfied).
 FROM pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 
@@ -21,7 +23,9 @@ COPY data /src/data
 # package atelier_data. The sources go afterwards, so the image runs what was installed.
 RUN pip install --no-cache-dir '/src[engine,safety]' && rm -rf /src
 
-RUN useradd --create-home atelier && mkdir -p /data && chown atelier /data
+# A fixed uid and gid, so an operator knows whom a host folder mounted on /data must belong to.
+RUN groupadd --gid 10001 atelier && useradd --create-home --uid 10001 --gid 10001 atelier \
+    && mkdir -p /data && chown atelier:atelier /data
 USER atelier
 WORKDIR /home/atelier
 VOLUME ["/data"]

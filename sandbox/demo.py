@@ -28,8 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import discord
+
 from bot.assembly import StartError, assembled
 from bot.config import BotConfig
+from bot.jobs.dispatcher import Dispatcher
 from engine.auth import new_token
 from sandbox.discord_double import (
     MANAGE_GUILD,
@@ -49,6 +52,8 @@ STEPS = 12
 SIZE = "512x512"
 SEED = 1234
 RESULT_TIMEOUT = 240.0
+#: How long the demo waits, after the session, for every job to end before it stops the bot.
+SETTLE_TIMEOUT = 60.0
 HUMAN_PAUSE = 1.0
 
 
@@ -192,7 +197,27 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
     refusal = await session.answer(handle)
     if not refusal.ephemeral:
         raise DemoError("the refusal should be visible only to the member who asked")
-    _say(f"  -> refused, privately: {refusal.content.splitlines()[0] if refusal.content else refusal.embeds}")
+    _say("  -> refused, privately:")
+    for line in shown_text(refusal).splitlines():
+        _say(f"     {line}")
+
+
+def shown_text(message: StoredMessage) -> str:
+    """What the member reads in ``message``: Discord renders the markdown, so the console
+    shows the text without its ``**`` and backticks (and embeds' titles and descriptions)."""
+    parts = [message.content, *(
+        part for embed in message.embeds for part in (embed.get("title"), embed.get("description")) if part
+    )]  # fmt: skip
+    return discord.utils.remove_markdown("\n".join(p for p in parts if p), ignore_links=True)
+
+
+async def wait_until_settled(dispatcher: Dispatcher, within: float = SETTLE_TIMEOUT) -> None:
+    """Every job ended and its member told, before the bot is stopped: a demo that stopped it
+    earlier would show a stop, not the product (a job cut off in its last step)."""
+    left = await dispatcher.wait_settled(within)
+    if left:
+        states = ", ".join(f"{job.origin} job {job.id[:8]} is {job.state.value}" for job in left)
+        raise DemoError(f"the jobs had not all ended {within:.0f} s after the session: {states}")
 
 
 def prepare(out: Path, assets: Path) -> dict[str, Any]:
@@ -237,6 +262,7 @@ async def run_demo(
                 _say(f"bot connected to the local Discord double at {double.base_url}")
                 started = time.perf_counter()
                 await play(Session(double, channel, admin, member), manifest, steps=steps, size=size)
+                await wait_until_settled(bot.dispatcher)
                 _say(f"scripted session played in {time.perf_counter() - started:.1f} s")
         transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
     _say(f"wrote {transcript.text} and {len(transcript.files)} uploaded file(s) in {transcript.folder / 'files'}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +44,19 @@ def test_the_demo_plays_the_scripted_session_offline(demo_assets: Any, tmp_path:
     assert "stopped before this image was made" not in transcript
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count("<img") == 3
+
+    # Every job ended before the bot stopped: done, with its post, and its member told so.
+    # (Before: the remix stayed 'posting' and its reply said the bot was restarting.)
+    with sqlite3.connect(out / "atelier.sqlite3") as db:
+        rows = db.execute("SELECT origin, state, result_message_ids, finished_at, told FROM jobs").fetchall()
+    assert sorted(row[0] for row in rows) == ["imagine", "remix", "reroll"], rows
+    for origin, state, result_ids, finished_at, told in rows:
+        assert state == "done" and len(json.loads(result_ids)) == 1, (origin, state, result_ids)
+        assert finished_at is not None and told == 1, (origin, finished_at, told)
+    assert "restarting" not in transcript
+
+    # The console shows the refusal as the member reads it: its reasons, no raw markdown.
+    refusal = result.stdout[result.stdout.index("refused, privately"):]
+    assert "was trained for SDXL, but the model tiny-sd15 is SD 1.5" in refusal
+    assert "Pick a LoRA made for SD 1.5" in refusal and "did you mean watercolor" in refusal
+    assert "**" not in refusal and "`" not in refusal

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from bot.jobs.poster import Poster, PostRefused
 from bot.jobs.recovery import Recovery
 from bot.jobs.scheduler import FairScheduler
 from bot.jobs.speed import SpeedBook
-from bot.jobs.status import FAREWELL_S, StatusBoard, status_text
+from bot.jobs.status import FAREWELL_S, StatusBoard, status_text, stop_text
 from bot.jobs.store import JobStore
 from bot.recipe_text import imagine_command, public_error
 from engine.protocol import EngineError, ErrorCode
@@ -165,6 +165,8 @@ class Dispatcher:
         self._open_by_guild: dict[int, int] = {}
         self._recent_posts: dict[int, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Tasks posting a job's image or telling its member the outcome (see close).
+        self._ending: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._order: list[Job] = []
@@ -202,10 +204,25 @@ class Dispatcher:
 
     async def close(self, *, notify_timeout: float = 5.0) -> None:
         """Stop feeding engines. Jobs stay in the job table and resume at the next start;
-        members whose reply can still be edited are told so (within ``notify_timeout``)."""
+        members whose reply can still be edited are told so (within ``notify_timeout``).
+
+        A job that is ending (its image on its way to Discord or already there, or its
+        member being told the outcome) is let finish first, for up to ``notify_timeout``:
+        cancelling it there left a posted image's job ``posting`` and told its member that
+        the request would run when the bot is back, with a Cancel button that could no
+        longer cancel anything.
+        """
         if self._closed:
             return
         self._closed = True
+        for loop_task in self._loops:  # nothing new is handed to an engine from here on
+            loop_task.cancel()
+        ending = [task for task in self._ending if task is not asyncio.current_task()]
+        if ending:
+            _, late = await asyncio.wait(ending, timeout=notify_timeout)
+            for task in late:
+                log.warning("job task %s was still ending after %.0f s; it resumes at the next start",
+                            task.get_name(), notify_timeout)
         self.poster.closing = True
         running = [*self._loops, *self._tasks]
         for task in running:
@@ -216,13 +233,40 @@ class Dispatcher:
             for task in stuck:
                 log.error("job task %s did not stop within %.0f s of being cancelled", task.get_name(), notify_timeout)
         waiting = [job for job in self.jobs.values() if not job.state.final and job.token_usable()]
-        text = "⏸️ The bot is restarting. Your request is kept and runs when it is back."
         if waiting:
-            work = [self.board.final(job, text=text + f" · *{embeds.truncate(job.recipe.prompt, 80)}*") for job in waiting]
+            work = [self.board.final(job, text=stop_text(job), keep_view=job.state != JobState.POSTING)
+                    for job in waiting]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*work, return_exceptions=True), notify_timeout)
         await self.board.close()
         await self.pool.close()
+
+    async def wait_settled(self, within: float) -> list[Job]:
+        """Wait until every job has ended and its member was told; the jobs still open after
+        ``within`` seconds (none: all settled). Read from the job table, the source of truth,
+        where there is one, so a job taken up after a restart counts too."""
+        deadline = time.monotonic() + within
+        while True:
+            if self.store is not None:
+                left = await self.store.open_jobs()
+            else:
+                left = list(self.jobs.values())
+            if not left or time.monotonic() >= deadline:
+                return left
+            await asyncio.sleep(0.1)
+
+    @contextlib.contextmanager
+    def _ending_here(self) -> Iterator[None]:
+        """Marks the current task as ending a job, so :meth:`close` lets it finish first."""
+        task = asyncio.current_task()
+        if task is None or task in self._ending:  # an outer frame of this task marked it already
+            yield
+            return
+        self._ending.add(task)
+        try:
+            yield
+        finally:
+            self._ending.discard(task)
 
     def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
@@ -651,6 +695,10 @@ class Dispatcher:
     # -- outcomes ----------------------------------------------------------------------------
 
     async def _post(self, job: Job, images: list[bytes], seconds: float | None) -> None:
+        with self._ending_here():
+            await self._post_now(job, images, seconds)
+
+    async def _post_now(self, job: Job, images: list[bytes], seconds: float | None) -> None:
         job.state, job.posting_at, job.seconds = JobState.POSTING, time.time(), seconds
         if self.store is not None:
             await self.store.save(job)
@@ -663,16 +711,18 @@ class Dispatcher:
         await self._posted(job, message)
 
     async def _posted(self, job: Job, message: discord.Message) -> None:
-        job.result_message_ids = (message.id,)
-        self._recent_posts[message.id] = job
-        while len(self._recent_posts) > RECENT_POSTS:
-            self._recent_posts.pop(next(iter(self._recent_posts)))
-        if self.on_result is not None:
-            try:
-                await self.on_result(job, message, job.seconds or 0.0)
-            except Exception:
-                log.exception("recording the post of job %s failed", job.id)
-        await self._finish(job, JobState.DONE)
+        """Discord holds the image: record the post, end the job, tell the member."""
+        with self._ending_here():  # also when recovery found the post of a previous process
+            job.result_message_ids = (message.id,)
+            self._recent_posts[message.id] = job
+            while len(self._recent_posts) > RECENT_POSTS:
+                self._recent_posts.pop(next(iter(self._recent_posts)))
+            if self.on_result is not None:
+                try:
+                    await self.on_result(job, message, job.seconds or 0.0)
+                except Exception:
+                    log.exception("recording the post of job %s failed", job.id)
+            await self._finish(job, JobState.DONE)
 
     async def _fail_job(self, job: Job, code: str, message: str) -> None:
         if code in (ErrorCode.INTERNAL, ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
@@ -703,6 +753,10 @@ class Dispatcher:
             await self._tell(job)
 
     async def _tell(self, job: Job) -> None:
+        with self._ending_here():
+            await self._tell_now(job)
+
+    async def _tell_now(self, job: Job) -> None:
         if job.status_message_id is None and job.token_usable() and not job.reply_lost:
             return  # the private reply is on its way; attach_status tells the outcome there
         result = await self.board.final(job)

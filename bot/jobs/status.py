@@ -99,6 +99,17 @@ def status_text(job: Job, *, engines_down: bool = False) -> str:
     return f"⚠️ {job.error or 'The image could not be made.'}"
 
 
+def stop_text(job: Job) -> str:
+    """What a job's reply says while the bot is stopped (:meth:`Dispatcher.close`); only for
+    jobs that have not ended: an ended one keeps its outcome."""
+    prompt = embeds.truncate(job.recipe.prompt.replace("\n", " "), 80)
+    if job.state == JobState.POSTING:
+        # Made, and possibly already in the channel: nothing runs again and nothing can be cancelled.
+        return ("⏸️ The bot is restarting. Your image is made; it is posted in this channel when "
+                f"the bot is back. · *{prompt}*")
+    return f"⏸️ The bot is restarting. Your request is kept and runs when it is back. · *{prompt}*"
+
+
 def farewell_text(job: Job) -> str:
     where = describe_position(job.position)
     return (
@@ -159,8 +170,10 @@ class StatusBoard:
         entry.dirty = True
         entry.task = asyncio.create_task(self._flush(job, entry), name=f"status-{job.id}")
 
-    async def final(self, job: Job, text: str | None = None) -> str:
-        """Show the job's final state now; ``ok``, or why not (``token``: the reply is gone)."""
+    async def final(self, job: Job, text: str | None = None, *, keep_view: bool | None = None) -> str:
+        """Show the job's final state now; ``ok``, or why not (``token``: the reply is gone).
+
+        ``keep_view`` (default: only while the job has not ended) keeps the Cancel button."""
         if job.status_message_id is None or not job.token_usable():
             self._entries.pop(job.id, None)
             return "token"
@@ -173,7 +186,7 @@ class StatusBoard:
             # swallow the cancellation of the job's own task, which then never stops.
             await asyncio.wait([entry.task])
         if entry.dirty and not entry.dead:
-            await self._flush(job, entry, text=text)
+            await self._flush(job, entry, text=text, keep_view=keep_view)
         self._entries.pop(job.id, None)
         return entry.result or "token"
 
