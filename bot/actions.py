@@ -149,12 +149,12 @@ class Actions:
         return True
 
     # -- helpers for autocomplete ------------------------------------------------------
-    # These read single rows (get_settings, get_model), never ``registry.catalog()``: after
+    # These read single rows (settings.get, models.get), never ``registry.catalogs.get()``: after
     # an admin change the catalog of a 100k-LoRA server takes most of a second to rebuild,
     # and autocomplete must answer within Discord's 3 seconds while members keep typing.
     async def nsfw_ok(self, guild_id: int, channel_is_nsfw: bool) -> bool | None:
         """None: the policy allows NSFW anywhere; True: allowed in this channel; False: hide it."""
-        settings = await self.bot.registry.get_settings(guild_id)
+        settings = await self.bot.registry.settings.get(guild_id)
         if settings.nsfw_policy == NsfwPolicy.ANYWHERE:
             return None
         if settings.nsfw_policy == NsfwPolicy.NEVER:
@@ -167,10 +167,10 @@ class Actions:
         registry = self.bot.registry
         name = getattr(interaction.namespace, "model", None)
         if not name:
-            name = (await registry.get_settings(interaction.guild_id)).default_model
+            name = (await registry.settings.get(interaction.guild_id)).default_model
         if not name:
             return None
-        return await registry.get_model(interaction.guild_id, str(name))
+        return await registry.models.get(interaction.guild_id, str(name))
 
     async def chosen_architecture(self, interaction: discord.Interaction[Any]) -> str | None:
         """The architecture of the model picked earlier in the same command, if any."""
@@ -206,7 +206,7 @@ class Actions:
 
         assert interaction.guild_id is not None and interaction.channel_id is not None
         registry = self.bot.registry
-        catalog = await registry.catalog(interaction.guild_id)
+        catalog = await registry.catalogs.get(interaction.guild_id)
         request = build_request(
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
@@ -307,14 +307,14 @@ class Actions:
         return True
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
-        await self.bot.registry.record_post(
+        await self.bot.registry.posts.record(
             job.guild_id, job.channel_id, message.id, job.user_id, job.recipe.to_json()
         )
         lineage = Lineage(job.origin, job.parent_message_id, job.parent_channel_id)
         await self.bot.registry.book.record_lineage(job.guild_id, message.id, lineage, [a.id for a in message.attachments])
         names = [lora.display_name for lora in job.recipe.loras]
         if names:
-            await self.bot.registry.record_use(job.guild_id, names)
+            await self.bot.registry.loras.record_use(job.guild_id, names)
 
     async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[int, Recipe] | None:
         """(requester id, recipe) behind the clicked image, from the database.
@@ -323,7 +323,7 @@ class Actions:
         dispatcher still holds that job, so its recipe is used rather than refusing.
         """
         assert interaction.guild_id is not None and interaction.message is not None
-        post = await self.bot.registry.get_post(interaction.guild_id, interaction.message.id)
+        post = await self.bot.registry.posts.get(interaction.guild_id, interaction.message.id)
         if post is not None:
             return post.user_id, Recipe.from_json(post.recipe)
         just_posted = self.bot.dispatcher.posted_job(interaction.message.id)
@@ -413,7 +413,7 @@ class Actions:
             except discord.HTTPException as exc:
                 await send_private(interaction, f"Discord did not let me delete it ({exc.status}).")
                 return
-            await self.bot.registry.delete_post(interaction.guild_id, interaction.message.id)
+            await self.bot.registry.posts.delete(interaction.guild_id, interaction.message.id)
             await send_private(interaction, "Deleted.")
 
     async def remix_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
@@ -422,7 +422,7 @@ class Actions:
         if interaction.guild_id is None:
             await send_private(interaction, "Remix only works on images in a server channel.")
             return
-        post = await self.bot.registry.get_post(interaction.guild_id, message_id)
+        post = await self.bot.registry.posts.get(interaction.guild_id, message_id)
         just_posted = self.bot.dispatcher.posted_job(message_id)
         if post is not None:
             recipe = Recipe.from_json(post.recipe)
@@ -509,7 +509,7 @@ class Actions:
         if not is_admin(interaction):
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
+        lora = await self.bot.registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
@@ -524,7 +524,7 @@ class Actions:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.bot.registry.remove_lora(interaction.guild_id, lora.name, interaction.user.id)
+            await self.bot.registry.loras.remove(interaction.guild_id, lora.name, interaction.user.id)
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return
@@ -536,7 +536,7 @@ class Actions:
         if interaction.guild_id is None or not is_admin(interaction):
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self.bot.registry.get_lora_by_id(interaction.guild_id, lora_id)
+        lora = await self.bot.registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
@@ -552,7 +552,7 @@ class Actions:
             await send_private(interaction, embeds.problems_message(problems))
             return
         try:
-            updated = await self.bot.registry.update_lora(interaction.guild_id, lora.name, interaction.user.id, **changes)
+            updated = await self.bot.registry.loras.update(interaction.guild_id, lora.name, interaction.user.id, **changes)
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return

@@ -92,7 +92,7 @@ class RecipeActions:
         """Each LoRA's registry source as a link (its Civitai page or URL), where it has one."""
         links: dict[str, str] = {}
         for lora in recipe.loras:
-            entry = await self.registry.get_lora(guild_id, lora.display_name)
+            entry = await self.registry.loras.get(guild_id, lora.display_name)
             source = entry.source if entry else None
             if not source:
                 continue
@@ -108,7 +108,7 @@ class RecipeActions:
         return links
 
     async def card_embed(self, card: Card, recipe: Recipe, *, title: str | None = None, notes: list[str] | None = None, problems: list[str] | None = None) -> discord.Embed:
-        catalog = await self.registry.catalog(card.guild_id)
+        catalog = await self.registry.catalogs.get(card.guild_id)
         missing = health(recipe, catalog) if problems is None else problems
         source_url = None
         if card.source_message_id and card.source_channel_id:
@@ -222,7 +222,7 @@ class RecipeActions:
             await send_private(interaction, "This only works in a server.")
             return
         if kind == "savepost":
-            post = await self.registry.get_post(interaction.guild_id, target)
+            post = await self.registry.posts.get(interaction.guild_id, target)
             recipe = _recipe(post.recipe) if post else None
             if recipe is None:
                 await send_private(interaction, "The image is gone, so there is nothing to save.")
@@ -245,7 +245,7 @@ class RecipeActions:
         assert interaction.guild_id is not None
         try:
             if scope in _PERSONAL:
-                saved = await self.registry.save_recipe(interaction.guild_id, interaction.user.id, name, recipe.to_json())
+                saved = await self.registry.saved_recipes.save(interaction.guild_id, interaction.user.id, name, recipe.to_json())
                 await send_private(interaction, f"Saved as **{saved.name}** in your recipes (only you see them); make it with `/recipe use scope:mine name:{saved.name}`.")
             elif scope in _SERVER:
                 entry = await self.save_to_book(interaction, name, recipe, source_message_id=source_message_id)
@@ -282,7 +282,7 @@ class RecipeActions:
                 await send_private(interaction, "That message is not in this server; recipes stay in their own server.")
                 return None
             message_id = int(link[3])
-            post = await self.registry.get_post(interaction.guild_id, message_id)
+            post = await self.registry.posts.get(interaction.guild_id, message_id)
             if post is not None and (recipe := _recipe(post.recipe)) is not None:
                 return recipe, post.user_id, message_id, None
             card = await self.registry.book.card_by_message(interaction.guild_id, message_id)
@@ -296,7 +296,7 @@ class RecipeActions:
         return named.recipe, named.author_id, named.source_message_id, named
 
     async def latest_post(self, interaction: discord.Interaction[Any]) -> tuple[Recipe, int] | None:
-        rows = await self.registry.recent_posts(interaction.guild_id, interaction.user.id, interaction.channel_id, limit=1)
+        rows = await self.registry.posts.recent(interaction.guild_id, interaction.user.id, interaction.channel_id, limit=1)
         for post in rows:
             recipe = _recipe(post.recipe)
             if recipe is not None:
@@ -307,12 +307,12 @@ class RecipeActions:
     async def read_message(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
         """"Remix this image" and ``/recipe read`` with a link (the interaction is deferred)."""
         assert interaction.guild_id is not None
-        post = await self.registry.get_post(interaction.guild_id, message.id)
+        post = await self.registry.posts.get(interaction.guild_id, message.id)
         if post is None:
             for attachment in message.attachments:
                 source_id = await self.registry.book.post_for_attachment(interaction.guild_id, attachment.id)
                 if source_id is not None:
-                    post = await self.registry.get_post(interaction.guild_id, source_id)
+                    post = await self.registry.posts.get(interaction.guild_id, source_id)
                     break
         if post is not None and (recipe := _recipe(post.recipe)) is not None:
             await self._answer_import(
@@ -352,7 +352,7 @@ class RecipeActions:
             return
         found = read.found
         assert interaction.guild_id is not None
-        catalog = await self.registry.catalog(interaction.guild_id)
+        catalog = await self.registry.catalogs.get(interaction.guild_id)
         matched = await match_found(self.registry, catalog, interaction.guild_id, found)
         notes = list(matched.notes)
         if matched.how:
@@ -373,7 +373,7 @@ class RecipeActions:
             interaction.guild_id, interaction.channel_id, recipe.to_json(), shared_by=interaction.user.id, **card_fields
         )
         if problems is not None:
-            problems = problems + health(recipe, await self.registry.catalog(interaction.guild_id))
+            problems = problems + health(recipe, await self.registry.catalogs.get(interaction.guild_id))
         embed = await self.card_embed(card, recipe, title=title, notes=notes, problems=problems)
         await send_private(interaction, "Here is the recipe. **Remix** opens it in the form; **Use this recipe** runs it as is.",
                            embed=embed, view=views.card_view(card.id, shareable=True))  # fmt: skip
@@ -381,7 +381,7 @@ class RecipeActions:
     # -- saved recipes, by name and scope ----------------------------------------------------
     async def _lookup(self, guild_id: int, user_id: int, name: str, scope: Scope) -> Named | None:
         if scope == "mine":
-            saved = await self.registry.get_recipe(guild_id, user_id, name)
+            saved = await self.registry.saved_recipes.get(guild_id, user_id, name)
             if saved is None:
                 return None
             return Named("mine", saved.name, _recipe(saved.recipe), user_id, None, None)
@@ -465,7 +465,7 @@ class RecipeActions:
             changes["slots"] = slots
         parent = None
         if named.source_message_id:
-            post = await self.registry.get_post(interaction.guild_id, named.source_message_id)
+            post = await self.registry.posts.get(interaction.guild_id, named.source_message_id)
             if post is not None:
                 parent = Parent(post.message_id, post.channel_id, f"📖 From the recipe book: {named.name}", interaction.guild_id)
         origin = "recipe book" if named.scope == "server" else "recipe"
@@ -478,7 +478,7 @@ class RecipeActions:
         if named is None:
             return
         if named.scope == "mine":
-            await self.registry.delete_recipe(interaction.guild_id, interaction.user.id, named.name)
+            await self.registry.saved_recipes.delete(interaction.guild_id, interaction.user.id, named.name)
             await send_private(interaction, f"Deleted **{named.name}** from your recipes.")
             return
         if named.author_id != interaction.user.id and not is_admin(interaction):
@@ -493,7 +493,7 @@ class RecipeActions:
         needle = name_key(current) if current.strip() else ""
         out: list[tuple[str, str]] = []
         if scope in (None, "mine"):
-            mine = [s.name for s in await self.registry.saved_recipes(guild_id, user_id) if needle in name_key(s.name)]
+            mine = [s.name for s in await self.registry.saved_recipes.of_member(guild_id, user_id) if needle in name_key(s.name)]
             mine.sort(key=lambda n: not name_key(n).startswith(needle))
             out += [(f"{n} · yours" if scope is None else n, n) for n in mine]
         if scope in (None, "server"):
@@ -524,7 +524,7 @@ class RecipeActions:
             interaction.guild_id, sort=sort, model=model, lora=lora, author_id=author.id if author else None,  # type: ignore[arg-type]
             limit=PAGE, offset=(page - 1) * PAGE,
         )  # fmt: skip
-        catalog = await self.registry.catalog(interaction.guild_id)
+        catalog = await self.registry.catalogs.get(interaction.guild_id)
         lines = []
         for entry in entries:
             recipe = _recipe(entry.recipe)
@@ -545,7 +545,7 @@ class RecipeActions:
                          page: int, by_other: bool) -> discord.Embed:  # fmt: skip
         """The member's own recipes (at most ``MAX_SAVED_RECIPES``, so filtered here in Python)."""
         assert interaction.guild_id is not None
-        saved = [] if by_other else await self.registry.saved_recipes(interaction.guild_id, interaction.user.id)
+        saved = [] if by_other else await self.registry.saved_recipes.of_member(interaction.guild_id, interaction.user.id)
         rows = [(entry, _recipe(entry.recipe)) for entry in saved]
         if model:
             rows = [(e, r) for e, r in rows if r is not None and name_key(r.model_label) == name_key(model)]

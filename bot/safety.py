@@ -190,7 +190,7 @@ async def screen_for_channel(client: Any, guild_id: int, channel_id: int, images
     safety: ImageSafety | None = getattr(client, "safety", None)
     if safety is None or not safety.available:
         return _as_posted(images)
-    settings = await client.registry.get_settings(guild_id)
+    settings = await client.registry.settings.get(guild_id)
     channel = client.get_channel(channel_id)
     is_nsfw = getattr(channel, "is_nsfw", None)
     channel_nsfw = bool(is_nsfw()) if callable(is_nsfw) else False

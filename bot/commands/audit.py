@@ -1,7 +1,7 @@
 """``/audit`` (admin): who changed what in this server's registry and settings, newest first.
 
 Every admin change is written to the audit log in the same transaction as the change itself
-(see :mod:`bot.registry.registry`), so this list is complete.
+(see :mod:`bot.registry.audit`), so this list is complete.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def audit(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.audit_log(
+    entries = await bot_of(interaction).registry.audit.entries(
         interaction.guild_id, count, actor_id=member.id if member else None, target=entry
     )
     title = "Audit log" + (f" · {member.display_name}" if member else "") + (f" · {entry}" if entry else "")

@@ -95,10 +95,10 @@ async def registered_files(interaction: discord.Interaction[Any], kind: Kind) ->
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
     if kind == "lora":
-        return await registry.registered_lora_files(interaction.guild_id)
+        return await registry.loras.files(interaction.guild_id)
     if kind == "embedding":
-        return {e.file for e in await registry.list_embeddings(interaction.guild_id)}
-    return {m.file for m in await registry.list_models(interaction.guild_id)}
+        return {e.file for e in await registry.embeddings.all(interaction.guild_id)}
+    return {m.file for m in await registry.models.all(interaction.guild_id)}
 
 
 #: How the add commands answer a file already registered.

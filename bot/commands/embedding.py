@@ -37,7 +37,7 @@ async def _file_autocomplete(interaction: discord.Interaction[Any], current: str
 async def _name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    found = await bot_of(interaction).registry.autocomplete_embeddings(interaction.guild_id, current)
+    found = await bot_of(interaction).registry.embeddings.autocomplete(interaction.guild_id, current)
     return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in found]
 
 
@@ -70,7 +70,7 @@ async def embedding_add(
         return
     try:
         entry = EmbeddingEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
-        added = await bot_of(interaction).registry.add_embedding(interaction.guild_id, entry, interaction.user.id)
+        added = await bot_of(interaction).registry.embeddings.add(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -89,10 +89,10 @@ async def embedding_remove(interaction: discord.Interaction[Any], name: str) -> 
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    entry = await registry.get_embedding(interaction.guild_id, name)
-    uses = await registry.recipes_using(interaction.guild_id, embedding=entry) if entry else []
+    entry = await registry.embeddings.get(interaction.guild_id, name)
+    uses = await registry.saved_recipes.using(interaction.guild_id, embedding=entry) if entry else []
     try:
-        await registry.remove_embedding(interaction.guild_id, name, interaction.user.id)
+        await registry.embeddings.remove(interaction.guild_id, name, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -103,7 +103,7 @@ async def embedding_remove(interaction: discord.Interaction[Any], name: str) -> 
 async def embedding_list(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.list_embeddings(interaction.guild_id)
+    entries = await bot_of(interaction).registry.embeddings.all(interaction.guild_id)
     await send_private(
         interaction,
         embed=embeds.list_embed(

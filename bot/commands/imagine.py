@@ -43,7 +43,7 @@ async def model_autocomplete(interaction: discord.Interaction[Any], current: str
     if interaction.guild_id is None:
         return []
     bot = bot_of(interaction)
-    choices = await bot.registry.autocomplete_models(
+    choices = await bot.registry.models.autocomplete(
         interaction.guild_id,
         current,
         channel_id=interaction.channel_id,
@@ -58,7 +58,7 @@ async def lora_autocomplete(interaction: discord.Interaction[Any], current: str)
         return []
     bot = bot_of(interaction)
     chosen = await bot.actions.chosen_model(interaction)
-    choices = await bot.registry.autocomplete_loras(
+    choices = await bot.registry.loras.autocomplete(
         interaction.guild_id,
         current,
         architecture=chosen.architecture if chosen else None,
@@ -82,7 +82,7 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
         return []
     bot = bot_of(interaction)
     architecture = await bot.actions.chosen_architecture(interaction)
-    found = await bot.registry.autocomplete_embeddings(
+    found = await bot.registry.embeddings.autocomplete(
         interaction.guild_id,
         word,
         architecture=architecture,

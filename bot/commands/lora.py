@@ -58,7 +58,7 @@ async def registered_lora_autocomplete(
     if interaction.guild_id is None:
         return []
     bot = bot_of(interaction)
-    choices = await bot.registry.autocomplete_loras(
+    choices = await bot.registry.loras.autocomplete(
         interaction.guild_id,
         current,
         nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
@@ -74,7 +74,7 @@ async def any_lora_autocomplete(interaction: discord.Interaction[Any], current: 
     """
     if interaction.guild_id is None or not is_admin(interaction):
         return []
-    entries = await bot_of(interaction).registry.search_loras(interaction.guild_id, current, sort="name", limit=25)
+    entries = await bot_of(interaction).registry.loras.search(interaction.guild_id, current, sort="name", limit=25)
     return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in entries[:25]]
 
 
@@ -145,12 +145,12 @@ async def lora_add(
         overrides["source"] = source
     if not family and info.base_model_sha256:
         # Trained on a model this server has: that model's family is the LoRA's.
-        for known in await bot.registry.list_models(interaction.guild_id):
+        for known in await bot.registry.models.all(interaction.guild_id):
             if known.sha256 == info.base_model_sha256 and known.family != "unknown":
                 overrides["family"] = known.family
     try:
         entry = LoraEntry.from_file_info(info, name=name, **overrides)
-        added = await bot.registry.add_lora(interaction.guild_id, entry, interaction.user.id)
+        added = await bot.registry.loras.add(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -194,7 +194,7 @@ LORA_EDIT_FIELDS: tuple[EditField, ...] = (
 async def _apply_lora_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
     try:
-        updated = await bot_of(interaction).registry.update_lora(interaction.guild_id, name, interaction.user.id, **changes)
+        updated = await bot_of(interaction).registry.loras.update(interaction.guild_id, name, interaction.user.id, **changes)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -214,7 +214,7 @@ lora_edit = build_edit_command(
 async def _set_lora_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    return (await registry.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)).name
+    return (await registry.loras.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)).name
 
 
 lora_enable, lora_disable = build_toggle_commands(
@@ -230,10 +230,10 @@ async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    entry = await registry.get_lora(interaction.guild_id, name)
-    uses = await registry.recipes_using(interaction.guild_id, lora=entry) if entry else []
+    entry = await registry.loras.get(interaction.guild_id, name)
+    uses = await registry.saved_recipes.using(interaction.guild_id, lora=entry) if entry else []
     try:
-        await registry.remove_lora(interaction.guild_id, name, interaction.user.id)
+        await registry.loras.remove(interaction.guild_id, name, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -248,9 +248,9 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    entry = await registry.get_lora(interaction.guild_id, name)
+    entry = await registry.loras.get(interaction.guild_id, name)
     if entry is None:
-        catalog = await registry.catalog(interaction.guild_id)
+        catalog = await registry.catalogs.get(interaction.guild_id)
         hints = catalog.suggest_loras(name)
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
@@ -258,7 +258,7 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
     if entry.nsfw and await bot_of(interaction).actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)) is False:
         # The card still says NSFW; only its picture waits for a channel where NSFW is allowed.
         entry = replace(entry, preview_url=None)
-    marks = {b.name for b in await registry.bookmarks(interaction.guild_id, interaction.user.id)}
+    marks = {b.name for b in await registry.loras.bookmarked_by(interaction.guild_id, interaction.user.id)}
     admin = is_admin(interaction)
     extra: dict[str, Any] = {"view": views.lora_card_view(entry.id or 0, lookup=bool(entry.sha256))} if admin else {}
     await send_private(
@@ -296,7 +296,7 @@ async def lora_search(
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
     nsfw = await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction))
-    entries = await bot.registry.search_loras(
+    entries = await bot.registry.loras.search(
         interaction.guild_id,
         query,
         architecture=architecture,
@@ -320,9 +320,9 @@ async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> Non
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
     try:
-        added = await registry.bookmark(interaction.guild_id, interaction.user.id, name)
+        added = await registry.loras.bookmark(interaction.guild_id, interaction.user.id, name)
         if not added:
-            await registry.unbookmark(interaction.guild_id, interaction.user.id, name)
+            await registry.loras.unbookmark(interaction.guild_id, interaction.user.id, name)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -333,7 +333,7 @@ async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> Non
 async def lora_bookmarks(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.bookmarks(interaction.guild_id, interaction.user.id)
+    entries = await bot_of(interaction).registry.loras.bookmarked_by(interaction.guild_id, interaction.user.id)
     await send_private(
         interaction,
         embed=embeds.list_embed(

@@ -48,7 +48,7 @@ model = app_commands.Group(name="model", description="The base models of this se
 async def model_name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    return to_choices(await bot_of(interaction).registry.autocomplete_models(interaction.guild_id, current))
+    return to_choices(await bot_of(interaction).registry.models.autocomplete(interaction.guild_id, current))
 
 
 async def model_file_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -60,7 +60,7 @@ async def any_model_autocomplete(interaction: discord.Interaction[Any], current:
     if interaction.guild_id is None or not is_admin(interaction):
         return []
     needle = current.lower()
-    models = await bot_of(interaction).registry.list_models(interaction.guild_id)
+    models = await bot_of(interaction).registry.models.all(interaction.guild_id)
     names = [m.name for m in models if needle in m.name.lower()]
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
 
@@ -100,8 +100,8 @@ async def model_list(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = bot_of(interaction)
-    models = await bot.registry.list_models(interaction.guild_id)
-    default = (await bot.registry.get_settings(interaction.guild_id)).default_model
+    models = await bot.registry.models.all(interaction.guild_id)
+    default = (await bot.registry.settings.get(interaction.guild_id)).default_model
     lines = [
         f"**{m.name}** · {m.architecture} · {m.default_width}×{m.default_height}"
         + (" · default" if default and m.name == default else "")
@@ -118,9 +118,9 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    entry = await registry.get_model(interaction.guild_id, name)
+    entry = await registry.models.get(interaction.guild_id, name)
     if entry is None:
-        hints = (await registry.catalog(interaction.guild_id)).suggest_models(name)
+        hints = (await registry.catalogs.get(interaction.guild_id)).suggest_models(name)
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here.{tip}")
         return
@@ -170,10 +170,10 @@ async def model_add(
         entry = ModelEntry.from_file_info(
             info, name=name, nsfw=nsfw, description=description or "", vae=vae or "", **extra
         )
-        added = await bot.registry.add_model(interaction.guild_id, entry, interaction.user.id)
-        settings = await bot.registry.get_settings(interaction.guild_id)
+        added = await bot.registry.models.add(interaction.guild_id, entry, interaction.user.id)
+        settings = await bot.registry.settings.get(interaction.guild_id)
         if make_default or not settings.default_model:
-            await bot.registry.update_settings(interaction.guild_id, interaction.user.id, default_model=added.name)
+            await bot.registry.settings.update(interaction.guild_id, interaction.user.id, default_model=added.name)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -231,10 +231,10 @@ async def _apply_model_edit(interaction: discord.Interaction[Any], name: str, ch
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
     try:
-        updated = await registry.update_model(interaction.guild_id, name, interaction.user.id, **changes)
-        settings = await registry.get_settings(interaction.guild_id)
+        updated = await registry.models.update(interaction.guild_id, name, interaction.user.id, **changes)
+        settings = await registry.settings.get(interaction.guild_id)
         if "name" in changes and settings.default_model and settings.default_model.lower() == name.lower():
-            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=updated.name)
+            await registry.settings.update(interaction.guild_id, interaction.user.id, default_model=updated.name)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -259,17 +259,17 @@ async def model_remove(interaction: discord.Interaction[Any], name: str) -> None
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    entry = await registry.get_model(interaction.guild_id, name)
+    entry = await registry.models.get(interaction.guild_id, name)
     if entry is None:
         await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here; see `/model list`.")
         return
-    uses = await registry.recipes_using(interaction.guild_id, model=entry)
+    uses = await registry.saved_recipes.using(interaction.guild_id, model=entry)
     try:
-        await registry.remove_model(interaction.guild_id, entry.name, interaction.user.id)
-        settings = await registry.get_settings(interaction.guild_id)
+        await registry.models.remove(interaction.guild_id, entry.name, interaction.user.id)
+        settings = await registry.settings.get(interaction.guild_id)
         was_default = bool(settings.default_model) and settings.default_model.lower() == entry.name.lower()
         if was_default:
-            await registry.update_settings(interaction.guild_id, interaction.user.id, default_model=None)
+            await registry.settings.update(interaction.guild_id, interaction.user.id, default_model=None)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -282,7 +282,7 @@ async def model_remove(interaction: discord.Interaction[Any], name: str) -> None
 async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
     registry = bot_of(interaction).registry
-    return (await registry.update_model(interaction.guild_id, name, interaction.user.id, enabled=enabled)).name
+    return (await registry.models.update(interaction.guild_id, name, interaction.user.id, enabled=enabled)).name
 
 
 model_enable, model_disable = build_toggle_commands(

@@ -91,7 +91,7 @@ async def recipe_save(
             entry = await bot.recipes.save_to_book(interaction, name, recipe_, source_message_id=message_id)
         else:
             assert interaction.guild_id is not None
-            saved = await bot.registry.save_recipe(interaction.guild_id, interaction.user.id, name, recipe_.to_json())
+            saved = await bot.registry.saved_recipes.save(interaction.guild_id, interaction.user.id, name, recipe_.to_json())
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return

@@ -155,7 +155,7 @@ async def settings(
     bot = bot_of(interaction)
     registry = bot.registry
     classifier = bot.safety.classifier.name if bot.safety.classifier else None
-    current = await registry.get_settings(interaction.guild_id)
+    current = await registry.settings.get(interaction.guild_id)
     changes: dict[str, Any] = {
         key: value
         for key, value in (
@@ -210,14 +210,14 @@ async def settings(
             )  # fmt: skip
             return
         changes["fetch_roles"] = roles
-    if default_model is not None and await registry.get_model(interaction.guild_id, default_model) is None:
+    if default_model is not None and await registry.models.get(interaction.guild_id, default_model) is None:
         await interaction.followup.send(f"There is no model named `{default_model}`; see `/model list`.", ephemeral=True)
         return
     if not changes:
         await interaction.followup.send(embed=settings_embed(current, classifier=classifier), ephemeral=True)
         return
     try:
-        updated = await registry.update_settings(interaction.guild_id, interaction.user.id, **changes)
+        updated = await registry.settings.update(interaction.guild_id, interaction.user.id, **changes)
     except RegistryError as exc:
         await interaction.followup.send(str(exc), ephemeral=True)
         return

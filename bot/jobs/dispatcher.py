@@ -35,13 +35,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import discord
 
 from bot import embeds
+from bot.jobs.admission import Admission, Limits, QueueFull
 from bot.jobs.engines import EnginePool, EngineSlot
 from bot.jobs.model import Job, JobState
 from bot.jobs.poster import Poster, PostRefused
@@ -88,10 +88,6 @@ ENGINE_GONE = (
 ResultHook = Callable[[Job, discord.Message, float], Awaitable[None]]
 
 
-class QueueFull(Exception):
-    """The member, the server or the whole bot has too many jobs waiting; says what to do."""
-
-
 class JobStalled(Exception):
     """The engine answers but sent nothing about this job for ``stall_limit`` seconds.
 
@@ -119,15 +115,6 @@ def _with_request(job: Job, text: str) -> str:
     return f"{text}\nYour request, to run it again:\n`{request}`"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """How much the queue holds (the operator's settings; servers have their own below these)."""
-
-    max_pending: int = 2000
-    #: Largest share of ``max_pending`` one server may hold, so a busy server cannot lock out others.
-    server_share: float = 0.5
-
-
 class Dispatcher:
     """Holds the queue, feeds the engines, posts every outcome."""
 
@@ -138,7 +125,7 @@ class Dispatcher:
         poster: Poster,
         *,
         store: JobStore | None = None,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         status_interval: float = 2.0,
         retry_wait: float = 300.0,
         stall_limit: float = DEFAULT_STALL_LIMIT_S,
@@ -150,7 +137,8 @@ class Dispatcher:
         self.pool = pool
         self.poster = poster
         self.store = store
-        self.limits = limits
+        #: The open jobs, counted, and the caps a new one must pass.
+        self.admission = Admission(limits if limits is not None else Limits())
         self.status_interval = status_interval
         self.retry_wait = retry_wait
         self.stall_limit = stall_limit
@@ -159,10 +147,6 @@ class Dispatcher:
         self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch, affinity_window=affinity_window)
         self.board = StatusBoard(poster, self._render, interval=status_interval)
         pool.on_change = self._wake_up
-        #: Every job not yet finished and told, by id.
-        self.jobs: dict[str, Job] = {}
-        self._open_by_member: dict[tuple[int, int], int] = {}
-        self._open_by_guild: dict[int, int] = {}
         self._recent_posts: dict[int, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Tasks posting a job's image or telling its member the outcome (see close).
@@ -174,6 +158,11 @@ class Dispatcher:
         self._order_at = 0.0
         self._closed = False
         self._started = False
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        """Every job not yet finished and told, by id (kept by :attr:`admission`)."""
+        return self.admission.jobs
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -283,39 +272,21 @@ class Dispatcher:
     def _wake_up(self) -> None:
         self._wake.set()
 
-    # -- admission ---------------------------------------------------------------------------
+    # -- submitting ---------------------------------------------------------------------------
 
     async def submit(self, job: Job, *, user_limit: int, server_limit: int, active_limit: int) -> Job:
         """Write ``job`` to the table and queue it; :class:`QueueFull` says why it cannot be."""
         if self._closed:
             raise QueueFull("The bot is restarting; try again in a minute.")
-        member = (job.guild_id, job.user_id)
-        mine = self._open_by_member.get(member, 0)
-        if user_limit > 0 and mine >= user_limit:
-            raise QueueFull(
-                f"You already have {mine} image job(s) waiting, the most this server allows "
-                f"({user_limit}). Wait for one to finish, or cancel one with its Cancel button "
-                "(or all of them from `/queue`)."
-            )
-        share = max(1, int(self.limits.max_pending * self.limits.server_share))
-        cap = min(server_limit, share) if server_limit > 0 else share
-        here = self._open_by_guild.get(job.guild_id, 0)
-        if here >= cap:
-            raise QueueFull(
-                f"This server already has {here} image jobs waiting, the most it may have at "
-                "once. Try again in a few minutes."
-            )
-        if len(self.jobs) >= self.limits.max_pending:
-            raise QueueFull(f"The queue is full ({self.limits.max_pending} jobs). Try again in a few minutes.")
-        # Counted in the same step as the checks above (no await in between): submits that
-        # run concurrently each see the ones before them, so none can pass a full cap.
-        self._track(job)
+        # Checked and counted in one step (no await in between): submits that run
+        # concurrently each see the ones before them, so none can pass a full cap.
+        self.admission.admit(job, user_limit=user_limit, server_limit=server_limit)
         job.state = JobState.QUEUED
         if self.store is not None:
             try:
                 await self.store.add(job)
             except BaseException:
-                self._untrack(job)  # not written, so not queued: its place is free again
+                self.admission.release(job)  # not written, so not queued: its place is free again
                 raise
         # After the write, with the add below: the scheduler forgets the limits of idle servers.
         self.scheduler.active_limit[job.guild_id] = active_limit
@@ -361,23 +332,6 @@ class Dispatcher:
             await self.store.save(job)
         self.scheduler.add(job)
         self._wake_up()
-
-    def _track(self, job: Job) -> None:
-        self.jobs[job.id] = job
-        member = (job.guild_id, job.user_id)
-        self._open_by_member[member] = self._open_by_member.get(member, 0) + 1
-        self._open_by_guild[job.guild_id] = self._open_by_guild.get(job.guild_id, 0) + 1
-
-    def _untrack(self, job: Job) -> None:
-        if self.jobs.pop(job.id, None) is None:
-            return
-        member = (job.guild_id, job.user_id)
-        for counts, key in ((self._open_by_member, member), (self._open_by_guild, job.guild_id)):
-            left = counts.get(key, 0) - 1
-            if left > 0:
-                counts[key] = left
-            else:
-                counts.pop(key, None)
 
     async def attach_status(self, job: Job, message_id: int, text: str) -> None:
         """The member's private reply exists now (saying ``text``): it is the job's status."""
@@ -742,7 +696,7 @@ class Dispatcher:
         self.scheduler.remove(job)
         if self.store is not None:
             await self.store.save(job)
-        self._untrack(job)
+        self.admission.release(job)
         self._wake_up()
         await self._tell(job)
 

@@ -45,7 +45,7 @@ class Recovery:
                 if not job.told:
                     d._spawn(d._tell(job), f"jobs-tell-{job.id}")
                 continue
-            d._track(job)
+            d.admission.track(job)
             if job.cancel_requested and job.state == JobState.QUEUED:
                 await d._finish(job, JobState.CANCELLED)
                 continue

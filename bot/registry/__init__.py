@@ -5,51 +5,56 @@ Public API (everything the bot needs is re-exported here)::
     registry = await Registry.open(path)          # WAL, foreign keys, migrations applied
     await registry.close()
 
-    # models (per guild)
-    await registry.add_model(guild_id, ModelEntry(...), actor_id) -> ModelEntry
-    await registry.get_model(guild_id, name) -> ModelEntry | None
-    await registry.list_models(guild_id) -> list[ModelEntry]
-    await registry.update_model(guild_id, name, actor_id, **changes) -> ModelEntry
-    await registry.remove_model(guild_id, name, actor_id)
-    await registry.autocomplete_models(guild_id, text, *, channel_id=None, nsfw_ok=None) -> list[Choice]
+    # models (per guild): registry.models, a ModelStore
+    await registry.models.add(guild_id, ModelEntry(...), actor_id) -> ModelEntry
+    await registry.models.get(guild_id, name) -> ModelEntry | None
+    await registry.models.all(guild_id) -> list[ModelEntry]
+    await registry.models.update(guild_id, name, actor_id, **changes) -> ModelEntry
+    await registry.models.remove(guild_id, name, actor_id)
+    await registry.models.autocomplete(guild_id, text, *, channel_id=None, nsfw_ok=None) -> list[Choice]
 
-    # LoRAs (per guild)
+    # LoRAs (per guild): registry.loras, a LoraStore, with use counts and bookmarks
     entry = LoraEntry.from_file_info(info, name=..., category=...)   # engine's /inspect result
-    await registry.add_lora(guild_id, entry, actor_id) -> LoraEntry
-    await registry.add_loras(guild_id, entries, actor_id) -> int     # one transaction
-    await registry.get_lora(guild_id, name) -> LoraEntry | None
-    await registry.update_lora(guild_id, name, actor_id, **changes) -> LoraEntry
-    await registry.set_enabled(guild_id, name, actor_id, enabled) -> LoraEntry
-    await registry.remove_lora(guild_id, name, actor_id)
-    await registry.registered_lora_files(guild_id) -> set[str]
-    await registry.count_loras(guild_id) -> int
-    await registry.search_loras(guild_id, query="", *, architecture=None, category=None,
+    await registry.loras.add(guild_id, entry, actor_id) -> LoraEntry
+    await registry.loras.add_many(guild_id, entries, actor_id) -> int     # one transaction
+    await registry.loras.get(guild_id, name) -> LoraEntry | None
+    await registry.loras.get_by_id(guild_id, lora_id) -> LoraEntry | None
+    await registry.loras.update(guild_id, name, actor_id, **changes) -> LoraEntry
+    await registry.loras.set_enabled(guild_id, name, actor_id, enabled) -> LoraEntry
+    await registry.loras.remove(guild_id, name, actor_id)
+    await registry.loras.files(guild_id) -> set[str]
+    await registry.loras.count(guild_id) -> int
+    await registry.loras.search(guild_id, query="", *, architecture=None, category=None,
                                 nsfw=None, enabled=None, bookmarked_by=None,
                                 sort="newest"|"most_used"|"name", limit=25, offset=0)
-    await registry.autocomplete_loras(guild_id, text, *, architecture=None, nsfw_ok=None)
-    await registry.record_use(guild_id, lora_names)
+    await registry.loras.autocomplete(guild_id, text, *, architecture=None, nsfw_ok=None)
+    await registry.loras.record_use(guild_id, lora_names)
+    await registry.loras.bookmark(guild_id, user_id, lora_name) -> bool   # False: already there
+    await registry.loras.unbookmark(guild_id, user_id, lora_name) -> bool
+    await registry.loras.bookmarked_by(guild_id, user_id) -> list[LoraEntry]
 
-    # bookmarks, saved recipes, settings, audit, posted images
-    await registry.bookmark(guild_id, user_id, lora_name) -> bool   # False: already there
-    await registry.unbookmark(guild_id, user_id, lora_name) -> bool
-    await registry.bookmarks(guild_id, user_id) -> list[LoraEntry]
-    await registry.save_recipe(guild_id, user_id, name, recipe_dict) -> SavedRecipe
-    await registry.saved_recipes(guild_id, user_id) -> list[SavedRecipe]
-    await registry.get_recipe(guild_id, user_id, name) -> SavedRecipe | None
-    await registry.delete_recipe(guild_id, user_id, name) -> bool
-    await registry.get_settings(guild_id) -> ServerSettings
-    await registry.update_settings(guild_id, actor_id, **changes) -> ServerSettings
-    await registry.audit_log(guild_id, limit=50, *, actor_id=None, target=None) -> list[AuditEntry]
-    await registry.recipes_using(guild_id, model=entry | lora=entry) -> list[RecipeUse]
-    await registry.purge_departed(grace_s) -> list[int]      # servers whose data was deleted
-    registry.privacy   # PrivacyStore: member_data, delete_member_data, record/cancel_departure
+    # embeddings: registry.embeddings (add, get, all, remove, autocomplete, as models)
+
+    # saved recipes, settings, audit, posted images
+    await registry.saved_recipes.save(guild_id, user_id, name, recipe_dict) -> SavedRecipe
+    await registry.saved_recipes.of_member(guild_id, user_id) -> list[SavedRecipe]
+    await registry.saved_recipes.get(guild_id, user_id, name) -> SavedRecipe | None
+    await registry.saved_recipes.delete(guild_id, user_id, name) -> bool
+    await registry.saved_recipes.using(guild_id, model=entry | lora=entry) -> list[RecipeUse]
+    await registry.settings.get(guild_id) -> ServerSettings
+    await registry.settings.update(guild_id, actor_id, **changes) -> ServerSettings
+    await registry.audit.entries(guild_id, limit=50, *, actor_id=None, target=None) -> list[AuditEntry]
+    await registry.posts.record(guild_id, channel_id, message_id, user_id, recipe_dict) -> PostRecord
+    await registry.posts.get(guild_id, message_id) -> PostRecord | None
+    await registry.posts.recent(guild_id, user_id, channel_id, limit=1) -> list[PostRecord]
+    await registry.posts.delete(guild_id, message_id) -> bool
+    registry.book        # RecipeBook: the server recipe book, cards, lineage
+    registry.privacy     # PrivacyStore: member_data, delete_member_data, record/cancel_departure
     registry.sync_state  # SyncState: the command tree's hash as last synced
-    await registry.record_post(guild_id, channel_id, message_id, user_id, recipe_dict) -> PostRecord
-    await registry.get_post(guild_id, message_id) -> PostRecord | None
-    await registry.delete_post(guild_id, message_id) -> bool
+    await registry.purge_departed(grace_s) -> list[int]      # servers whose data was deleted
 
     # validation (see bot.parse and bot.validation)
-    catalog = await registry.catalog(guild_id) -> Catalog     # cached, rebuilt after writes
+    catalog = await registry.catalogs.get(guild_id) -> Catalog     # cached, rebuilt after writes
 
 Refusals raise :class:`RegistryError` (subclasses :class:`NotFound`, :class:`AlreadyExists`)
 whose text is written to be shown to the admin unchanged.

@@ -187,7 +187,7 @@ class Catalog:
     """Read-only view of one server: settings, models and LoRAs keyed by :func:`name_key`.
 
     Entries in ``loras`` carry no description (it can be 10,000 characters and validation
-    never needs it); use ``Registry.get_lora`` for the full entry.
+    never needs it); use ``Registry.loras.get`` for the full entry.
     """
 
     def __init__(
@@ -237,7 +237,7 @@ class Catalog:
 
     @property
     def _lora_index(self) -> NameIndex:
-        # Built once, possibly from a worker thread (see Registry.catalog), hence the lock.
+        # Built once, possibly from a worker thread (see CatalogCache.get), hence the lock.
         if self._lora_index_value is None:
             with self._index_lock:
                 if self._lora_index_value is None:

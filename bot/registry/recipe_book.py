@@ -1,6 +1,6 @@
 """The server recipe book, recipe cards, result lineage and hash look-ups, in SQLite.
 
-Kept apart from :mod:`bot.registry.registry` (models, LoRAs, settings) because these are the
+Kept apart from the admin stores (models, LoRAs, settings) because these are the
 members' records rather than the admins' catalogue. ``Registry.book`` is an instance; every
 method takes the ``guild_id`` first and filters on it, like the rest of the registry.
 """

@@ -22,7 +22,7 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 #: FTS5 columns searched while typing: name and trigger words (descriptions are for /lora search).
 AUTOCOMPLETE_COLUMNS = "{name trigger_words}"
 
-#: Full-text matches first, then their rows by primary key (see ``search_loras``).
+#: Full-text matches first, then their rows by primary key (see ``LoraStore.search``).
 FTS_SOURCE = "lora_fts CROSS JOIN loras l ON l.id = lora_fts.rowid"
 
 SORT_ORDER: dict[str, str] = {

@@ -212,7 +212,7 @@ class SourceActions:
             await send_private(interaction, "Civitai answered with a version whose files do not have this sha256; nothing to apply.")
             return
         assert interaction.guild_id is not None
-        taken = set((await self.bot.registry.catalog(interaction.guild_id)).loras)
+        taken = set((await self.bot.registry.catalogs.get(interaction.guild_id)).loras)
         changes = lookup_changes(lora, version, taken)
         title = f"Civitai: {version.model_name} · {version.name}"
         embed = discord.Embed(title=embeds.truncate(title, 256), url=version.page_url, colour=embeds.ACCENT)
@@ -240,7 +240,7 @@ class SourceActions:
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
         registry = self.bot.registry
-        lora = await registry.get_lora_by_id(interaction.guild_id, lora_id)
+        lora = await registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
@@ -252,13 +252,13 @@ class SourceActions:
         if not lora.sha256 or not any(f.sha256 == lora.sha256 for f in version.files):
             await send_private(interaction, "That Civitai version does not contain this LoRA's file; nothing was changed.")
             return
-        taken = set((await registry.catalog(interaction.guild_id)).loras)
+        taken = set((await registry.catalogs.get(interaction.guild_id)).loras)
         changes = lookup_changes(lora, version, taken)
         if not changes:
             await send_private(interaction, "Nothing to change.", embed=embeds.lora_card(lora, show_file=True))
             return
         try:
-            updated = await registry.update_lora(interaction.guild_id, lora.name, interaction.user.id, **changes)
+            updated = await registry.loras.update(interaction.guild_id, lora.name, interaction.user.id, **changes)
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return
@@ -291,7 +291,7 @@ class SourceActions:
             except FetchRefused as exc:
                 await message.finish(exc.as_text(f"`{embeds.truncate(air, 200)}` could not be fetched, so nothing was queued"))
                 return None
-        return await self.bot.registry.catalog(interaction.guild_id)
+        return await self.bot.registry.catalogs.get(interaction.guild_id)
 
 
 def _already_text(entry: LoraEntry | EmbeddingEntry) -> str:

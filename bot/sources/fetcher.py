@@ -180,7 +180,7 @@ class Fetcher:
             version = await self.lookup(ref)
         except CivitaiError as exc:
             raise FetchRefused([f"{exc.message}."]) from None
-        catalog = await self.registry.catalog(guild_id)
+        catalog = await self.registry.catalogs.get(guild_id)
         existing = await self._registered(guild_id, catalog, version)
         if existing is not None:
             raise AlreadyRegistered(existing)
@@ -212,7 +212,7 @@ class Fetcher:
             if not reserved:  # no download of this server under way: no entry kept for it
                 self._reserved.pop(guild_id, None)
         # Someone else in this server may have registered it while it downloaded.
-        existing = await self._registered(guild_id, await self.registry.catalog(guild_id), version)
+        existing = await self._registered(guild_id, await self.registry.catalogs.get(guild_id), version)
         if existing is not None:
             raise AlreadyRegistered(existing)
         await progress("registering", plan, plan.file.size_bytes, plan.file.size_bytes)
@@ -241,7 +241,7 @@ class Fetcher:
                     return embedding
             name = await self.registry.book.find_by_hash(guild_id, "loras", file.sha256)
             if name is not None:
-                lora = await self.registry.get_lora(guild_id, name)
+                lora = await self.registry.loras.get(guild_id, name)
                 if lora is not None and lora.sha256 == file.sha256:
                     return lora
         return None
@@ -345,7 +345,7 @@ class Fetcher:
                     info, name=plan.name, **{"architecture": architecture, "family": family, "description": description,
                     "nsfw": plan.nsfw or bool(overrides.get("nsfw")), "source": source, **given},
                 )  # fmt: skip
-                return await self.registry.add_embedding(guild_id, embedding, actor_id), tuple(notes)
+                return await self.registry.embeddings.add(guild_id, embedding, actor_id), tuple(notes)
             category = next((_TAG_CATEGORIES[t] for t in tags if t in _TAG_CATEGORIES), Category.OTHER)
             words = version.trained_words[:25] or tuple(info.trigger_words[:10])
             values: dict[str, Any] = {
@@ -356,7 +356,7 @@ class Fetcher:
             values.update(overrides)
             values["nsfw"] = bool(values["nsfw"]) or plan.nsfw  # Civitai's NSFW rating is never dropped here
             lora = LoraEntry.from_file_info(info, name=plan.name, **values)
-            return await self.registry.add_lora(guild_id, lora, actor_id), tuple(notes)
+            return await self.registry.loras.add(guild_id, lora, actor_id), tuple(notes)
         except RegistryError as exc:
             raise FetchRefused([
                 f"It was downloaded and verified (`{plan.path}`), but could not be registered: {exc} "

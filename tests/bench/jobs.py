@@ -139,7 +139,7 @@ async def seed(registry: Any, guild_id: int, owner: int, engine_url: str, loras:
     async with EngineClient(engine_url, token=ENGINE_TOKEN) as client:
         for i in range(models):
             info = await client.inspect("model", f"model-{i}.safetensors")
-            await registry.add_model(
+            await registry.models.add(
                 guild_id,
                 ModelEntry.from_file_info(info, name=f"m{i}", default_steps=1, default_width=256, default_height=256),
                 owner,
@@ -147,8 +147,8 @@ async def seed(registry: Any, guild_id: int, owner: int, engine_url: str, loras:
         for name in ("watercolor", "pixel-art"):
             file = next(p.relative_to(loras).as_posix() for p in loras.rglob(f"{name}.safetensors"))  # noqa: ASYNC240
             info = await client.inspect("lora", file)
-            await registry.add_lora(guild_id, LoraEntry.from_file_info(info, name=name), owner)
-    await registry.update_settings(
+            await registry.loras.add(guild_id, LoraEntry.from_file_info(info, name=name), owner)
+    await registry.settings.update(
         guild_id, owner, default_model="m0", queue_limit_per_user=20, server_queue_limit=1000
     )
 

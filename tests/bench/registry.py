@@ -6,7 +6,7 @@
   inline tags, typos that need "did you mean", architecture mismatches) with 10,000 LoRAs in
   the server. Baseline, same run and same requests: the same validator with suggestions by
   ``difflib.get_close_matches`` over every name and trigger word (the obvious implementation).
-- ``autocomplete_p99_ms``: :meth:`Registry.autocomplete_loras` with 100,000 LoRAs in the
+- ``autocomplete_p99_ms``: :meth:`LoraStore.autocomplete` with 100,000 LoRAs in the
   server, typing names letter by letter and words from the middle of names, half of the calls
   filtered to an architecture. Baseline, same run, same connection, same queries: a
   ``LIKE '%text%'`` scan over name and trigger words, ordered by name, ``LIMIT 25``.
@@ -210,19 +210,19 @@ async def main() -> dict[str, Any]:
             small = make_loras(SMALL, seed=1)
             large = make_loras(LARGE, seed=2)
             t0 = time.perf_counter()
-            await registry.add_model(
+            await registry.models.add(
                 SMALL_GUILD,
                 ModelEntry(name="base", architecture="sd15", file="base.safetensors"),
                 ADMIN,
             )
-            await registry.add_loras(SMALL_GUILD, small, ADMIN)
+            await registry.loras.add_many(SMALL_GUILD, small, ADMIN)
             for i in range(0, LARGE, 20_000):
-                await registry.add_loras(LARGE_GUILD, large[i : i + 20_000], ADMIN)
+                await registry.loras.add_many(LARGE_GUILD, large[i : i + 20_000], ADMIN)
             insert_s = time.perf_counter() - t0
             log(f"inserted {SMALL + LARGE} LoRAs in {insert_s:.0f}s")
 
             t0 = time.perf_counter()
-            catalog = (await registry.catalog(SMALL_GUILD)).warm()
+            catalog = (await registry.catalogs.get(SMALL_GUILD)).warm()
             catalog_build_s = time.perf_counter() - t0
 
             requests = make_requests(small, 2_000, seed=3)
@@ -247,7 +247,7 @@ async def main() -> dict[str, Any]:
             ours_cpu: list[float] = []
             ours = await timed(
                 [
-                    (lambda q=q, a=a: registry.autocomplete_loras(LARGE_GUILD, q, architecture=a))
+                    (lambda q=q, a=a: registry.loras.autocomplete(LARGE_GUILD, q, architecture=a))
                     for q, a in queries
                 ],
                 ours_cpu,
@@ -263,7 +263,7 @@ async def main() -> dict[str, Any]:
             log(f"baseline autocomplete done {time.perf_counter() - started:.0f}s")
             search = await timed(
                 [
-                    (lambda q=q: registry.search_loras(LARGE_GUILD, q, sort="most_used"))
+                    (lambda q=q: registry.loras.search(LARGE_GUILD, q, sort="most_used"))
                     for q, _ in queries[:100]
                 ]
             )

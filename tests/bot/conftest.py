@@ -108,17 +108,17 @@ async def seed_registry(registry: Registry, guild_id: int, engine: EngineClient,
     """Register the demo models and LoRAs from the engine's inspection of the real files."""
     sd15 = await engine.inspect("model", demo_assets.models["sd15"])
     sdxl = await engine.inspect("model", demo_assets.models["sdxl"])
-    await registry.add_model(
+    await registry.models.add(
         guild_id,
         ModelEntry.from_file_info(sd15, name=SD15, default_steps=2, default_width=256, default_height=256),
         actor,
     )
-    await registry.add_model(guild_id, ModelEntry.from_file_info(sdxl, name=SDXL, default_steps=2), actor)
-    await registry.update_settings(guild_id, actor, default_model=SD15)
+    await registry.models.add(guild_id, ModelEntry.from_file_info(sdxl, name=SDXL, default_steps=2), actor)
+    await registry.settings.update(guild_id, actor, default_model=SD15)
     for name in DEMO_LORAS:
         demo = demo_assets.lora(name)
         info = await engine.inspect("lora", demo.file)
-        await registry.add_lora(guild_id, LoraEntry.from_file_info(info, name=name, description=demo.description), actor)
+        await registry.loras.add(guild_id, LoraEntry.from_file_info(info, name=name, description=demo.description), actor)
 
 
 @dataclass

@@ -25,7 +25,7 @@ async def test_admin_commands_carry_default_permissions_and_are_checked_at_run_t
     await handle.wait_response(3)
     answer = handle.response_payloads[-1]["data"]
     assert answer["flags"] & 64 and "Manage Server" in answer["content"]
-    assert (await world.registry.get_settings(world.guild.id)).max_loras == 3
+    assert (await world.registry.settings.get(world.guild.id)).max_loras == 3
 
     # /lora add lives in a group members use, so only the run-time check guards it.
     handle = await world.double.slash(
@@ -33,12 +33,12 @@ async def test_admin_commands_carry_default_permissions_and_are_checked_at_run_t
     )
     await handle.wait_response(3)
     assert "Manage Server" in handle.response_payloads[-1]["data"]["content"]
-    assert await world.registry.get_lora(world.guild.id, "twin-kohya") is None
+    assert await world.registry.loras.get(world.guild.id, "twin-kohya") is None
 
     handle = await world.double.slash(world.admin, world.channel, "settings", {"max_loras": 5, "queue_limit": 3})
     assert await handle.wait_response(3) == 5
     assert "Settings saved" in (await handle.wait_followup()).content
-    settings = await world.registry.get_settings(world.guild.id)
+    settings = await world.registry.settings.get(world.guild.id)
     assert (settings.max_loras, settings.queue_limit_per_user) == (5, 3)
 
     # Step, CFG and size bounds too; checked together, so a minimum above a maximum is refused.
@@ -46,14 +46,14 @@ async def test_admin_commands_carry_default_permissions_and_are_checked_at_run_t
         world.admin, world.channel, "settings", {"cfg_min": 2.5, "cfg_max": 12, "size_max": 1024, "steps_min": 2}
     )
     assert "Settings saved" in (await handle.wait_followup()).content
-    settings = await world.registry.get_settings(world.guild.id)
+    settings = await world.registry.settings.get(world.guild.id)
     assert (settings.cfg_min, settings.cfg_max, settings.size_max, settings.steps_min) == (2.5, 12, 1024, 2)
     handle = await world.double.slash(world.admin, world.channel, "settings", {"size_min": 1001})
     refusal = (await handle.wait_followup()).content
     assert "multiple of 8" in refusal
     handle = await world.double.slash(world.admin, world.channel, "settings", {"size_min": 2048})
     assert "Settings saved" not in (await handle.wait_followup()).content
-    assert (await world.registry.get_settings(world.guild.id)).size_min == 256
+    assert (await world.registry.settings.get(world.guild.id)).size_min == 256
     assert world.double.violations == []
 
 
@@ -73,7 +73,7 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
         world.admin, world.channel, "lora", {"file": "sd15/watercolor.safetensors", "name": "again"}, subcommand="add"
     )
     assert "registered here already" in (await handle.wait_followup()).content
-    assert await world.registry.get_lora(world.guild.id, "again") is None
+    assert await world.registry.loras.get(world.guild.id, "again") is None
 
     handle = await world.double.slash(
         world.admin,
@@ -85,7 +85,7 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     assert await handle.wait_response(3) == 5
     card = await handle.wait_followup()
     assert card.ephemeral and card.embeds[0]["title"] == "LoRA · twin"
-    entry = await world.registry.get_lora(world.guild.id, "twin")
+    entry = await world.registry.loras.get(world.guild.id, "twin")
     assert entry is not None and entry.architecture == "sd15" and entry.sha256 and len(entry.sha256) == 64
     assert [b.custom_id for b in card.buttons] == [
         f"atelier:lora:edit:{entry.id}", f"atelier:lora:remove:{entry.id}", f"atelier:lora:lookup:{entry.id}"
@@ -99,7 +99,7 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     )
     assert await submitted.wait_response(3) == 5
     await submitted.wait_followup()
-    entry = await world.registry.get_lora(world.guild.id, "twin")
+    entry = await world.registry.loras.get(world.guild.id, "twin")
     assert entry.trigger_words == ("twin style", "mirrored") and entry.default_weight == 0.7
     assert (entry.recommended_min, entry.recommended_max) == (0.5, 0.9)
 
@@ -107,7 +107,7 @@ async def test_lora_add_offers_unregistered_engine_files_and_fills_in_from_inspe
     click = await world.double.click(world.alice, card, f"atelier:lora:remove:{entry.id}")
     await click.wait_response(3)
     assert "Manage Server" in click.response_payloads[-1]["data"]["content"]
-    assert await world.registry.get_lora(world.guild.id, "twin") is not None
+    assert await world.registry.loras.get(world.guild.id, "twin") is not None
     assert world.double.violations == []
 
 
@@ -117,7 +117,7 @@ async def test_lora_autocomplete_follows_the_chosen_model_and_stays_within_25(wo
     assert {c["value"] for c in sd15} == {"watercolor", "pixel-art", "captain-nova"}
     assert [c["value"] for c in sdxl] == ["pixel-art-xl"]
 
-    await world.registry.add_loras(
+    await world.registry.loras.add_many(
         world.guild.id,
         [LoraEntry(name=f"style-{i:03d}", architecture="sd15", file=f"sd15/style-{i}.safetensors") for i in range(60)],
         world.admin.user.id,
@@ -156,16 +156,16 @@ async def test_autocomplete_and_card_buttons_never_rebuild_the_catalog(
     rebuild; autocomplete and a modal-opening click (which cannot defer) must not wait on it."""
 
     async def rebuild_refused(guild_id: int) -> None:
-        raise AssertionError("registry.catalog() called on an interaction that cannot wait")
+        raise AssertionError("registry.catalogs.get() called on an interaction that cannot wait")
 
     handle = await world.double.slash(
         world.admin, world.channel, "lora", {"file": "sd15/twin-kohya.safetensors", "name": "twin"}, subcommand="add"
     )
     card = await handle.wait_followup()
-    entry = await world.registry.get_lora(world.guild.id, "twin")
+    entry = await world.registry.loras.get(world.guild.id, "twin")
     assert entry is not None
 
-    monkeypatch.setattr(world.registry, "catalog", rebuild_refused)
+    monkeypatch.setattr(world.registry.catalogs, "get", rebuild_refused)
     chosen = await world.double.autocomplete(world.alice, world.channel, "imagine", {"model": SDXL, "lora1": ""}, "lora1")
     assert {c["value"] for c in chosen} == {"pixel-art-xl", "watercolor-xl"}
     # No model option: the server's default model (SD 1.5) decides the architecture.
@@ -187,12 +187,12 @@ async def test_lora_edit_sets_and_removes_the_card_preview(world: World) -> None
         return reply.content + " ".join(str(e) for e in reply.embeds)
 
     assert "not an http(s) URL" in await edit({"preview": "javascript:alert(1)"})
-    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url is None
+    assert (await world.registry.loras.get(world.guild.id, "watercolor")).preview_url is None
     card = await edit({"preview": "https://example.org/watercolor.png"})
     assert "https://example.org/watercolor.png" in card  # the card's thumbnail
-    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url == "https://example.org/watercolor.png"
+    assert (await world.registry.loras.get(world.guild.id, "watercolor")).preview_url == "https://example.org/watercolor.png"
     await edit({"preview": "none"})
-    assert (await world.registry.get_lora(world.guild.id, "watercolor")).preview_url is None
+    assert (await world.registry.loras.get(world.guild.id, "watercolor")).preview_url is None
     assert world.double.violations == []
 
 
@@ -218,14 +218,14 @@ async def test_card_edit_changes_only_what_the_admin_touched(world: World) -> No
         subcommand="add",
     )  # fmt: skip
     card = await handle.wait_followup()
-    entry = await world.registry.get_lora(world.guild.id, "storied")
+    entry = await world.registry.loras.get(world.guild.id, "storied")
     assert entry is not None and len(entry.description) > 4000 and len(entry.trigger_words) == 25
 
     click = await world.double.click(world.admin, card, f"atelier:lora:edit:{entry.id}")
     assert await click.wait_response(3) == 9, click.response_payloads
     submitted = await world.double.submit_modal(world.admin, click, {"default_weight": "0.6"})
     assert "Saved" in (await submitted.wait_followup()).content
-    after = await world.registry.get_lora(world.guild.id, "storied")
+    after = await world.registry.loras.get(world.guild.id, "storied")
     assert after.default_weight == 0.6
     assert after.description == entry.description and after.trigger_words == entry.trigger_words
 
@@ -233,14 +233,14 @@ async def test_card_edit_changes_only_what_the_admin_touched(world: World) -> No
     await click.wait_response(3)
     submitted = await world.double.submit_modal(world.admin, click, {"description": "Short now."})
     await submitted.wait_followup()
-    assert (await world.registry.get_lora(world.guild.id, "storied")).description == "Short now."
+    assert (await world.registry.loras.get(world.guild.id, "storied")).description == "Short now."
     assert world.double.violations == []
 
 
 async def test_an_nsfw_lora_card_shows_its_preview_only_where_nsfw_is_allowed(world: World) -> None:
-    entry = await world.registry.get_lora(world.guild.id, "captain-nova")
+    entry = await world.registry.loras.get(world.guild.id, "captain-nova")
     assert entry is not None
-    await world.registry.update_lora(
+    await world.registry.loras.update(
         world.guild.id, entry.name, world.admin.user.id, nsfw=True, preview_url="https://example.org/nova.png"
     )
     lounge = world.double.add_channel(world.guild, "lounge", nsfw=True)
@@ -272,8 +272,8 @@ async def test_add_refuses_a_file_of_the_other_kind_and_says_which_command_to_us
             world.admin, world.channel, "lora", {"file": stray_model.name}, subcommand="add"
         )
         assert "is a full model (checkpoint), not a LoRA, so /lora add cannot take it: register it with `/model add`" in (await handle.wait_followup(within=30)).content
-        assert await world.registry.get_model(world.guild.id, "stray-lora") is None
-        assert await world.registry.get_lora(world.guild.id, "stray-model") is None
+        assert await world.registry.models.get(world.guild.id, "stray-lora") is None
+        assert await world.registry.loras.get(world.guild.id, "stray-model") is None
     finally:
         stray_lora.unlink()
         stray_model.unlink()

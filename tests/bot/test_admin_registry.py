@@ -52,7 +52,7 @@ async def test_model_edit_changes_defaults_and_channels_and_is_audited(world: Wo
         "edit",
     )
     assert f"Updated **{SD15}**" in text and "320×448" in text
-    entry = await world.registry.get_model(world.guild.id, SD15)
+    entry = await world.registry.models.get(world.guild.id, SD15)
     assert entry is not None
     assert (entry.default_width, entry.default_height, entry.default_steps, entry.default_cfg) == (320, 448, 3, 5.5)
     assert (entry.default_sampler, entry.default_negative) == ("Euler a", "blurry, lowres")
@@ -72,15 +72,15 @@ async def test_model_edit_changes_defaults_and_channels_and_is_audited(world: Wo
     assert "Nothing was changed" in refused and "832x1216" in refused and "typing `#`" in refused
     refused = await run(world, world.admin, "model", {"name": SD15, "channels": f"<#{123456789012345678}>"}, "edit")
     assert "not a channel of this server" in refused
-    assert (await world.registry.get_model(world.guild.id, SD15)).allowed_channel_ids == {world.channel.id}  # type: ignore[union-attr]
+    assert (await world.registry.models.get(world.guild.id, SD15)).allowed_channel_ids == {world.channel.id}  # type: ignore[union-attr]
     await run(world, world.admin, "model", {"name": SD15, "channels": "all", "negative": "none"}, "edit")
-    entry = await world.registry.get_model(world.guild.id, SD15)
+    entry = await world.registry.models.get(world.guild.id, SD15)
     assert entry is not None and entry.allowed_channel_ids == frozenset() and entry.default_negative == ""
     assert other.id not in entry.allowed_channel_ids
 
     # A rename carries the server's default model with it.
     await run(world, world.admin, "model", {"name": SD15, "new_name": "tiny-one"}, "edit")
-    assert (await world.registry.get_settings(world.guild.id)).default_model == "tiny-one"
+    assert (await world.registry.settings.get(world.guild.id)).default_model == "tiny-one"
 
     log = await run(world, world.admin, "audit", {"entry": SD15})
     assert "model.update" in log and "default_cfg: 7.0 → 5.5" in log and f"<@{world.admin.user.id}>" in log
@@ -100,10 +100,10 @@ async def test_members_get_refusals_and_see_no_admin_names(world: World) -> None
     with_permission = world.double.slash(world.alice, world.channel, "audit", {}, bypass_permissions=True)
     assert "Manage Server" in await answer(await with_permission)
     assert await world.double.autocomplete(world.alice, world.channel, "model", {"name": ""}, "name", subcommand="edit") == []
-    entry = await world.registry.get_model(world.guild.id, SD15)
+    entry = await world.registry.models.get(world.guild.id, SD15)
     assert entry is not None and entry.enabled and entry.default_steps == 2
-    assert (await world.registry.get_lora(world.guild.id, "watercolor")).enabled  # type: ignore[union-attr]
-    assert await world.registry.audit_log(world.guild.id, actor_id=world.alice.user.id) == []
+    assert (await world.registry.loras.get(world.guild.id, "watercolor")).enabled  # type: ignore[union-attr]
+    assert await world.registry.audit.entries(world.guild.id, actor_id=world.alice.user.id) == []
 
 
 async def test_disable_enable_and_remove_say_what_they_break(world: World) -> None:
@@ -116,7 +116,7 @@ async def test_disable_enable_and_remove_say_what_they_break(world: World) -> No
     assert "enabled" in await run(world, world.admin, "model", {"name": SDXL}, "enable")
 
     await run(world, world.admin, "lora", {"name": "pixel-art"}, "disable")
-    assert not (await world.registry.get_lora(world.guild.id, "pixel-art")).enabled  # type: ignore[union-attr]
+    assert not (await world.registry.loras.get(world.guild.id, "pixel-art")).enabled  # type: ignore[union-attr]
     await run(world, world.admin, "lora", {"name": "pixel-art"}, "enable")
 
     # Two members saved recipes with the model and a LoRA; removing them names those recipes.
@@ -124,18 +124,18 @@ async def test_disable_enable_and_remove_say_what_they_break(world: World) -> No
         "model": "sd15-tiny.safetensors", "model_name": SD15, "prompt": "p",
         "loras": [{"file": "sd15/watercolor.safetensors", "weight": 0.7, "name": "watercolor", "sha256": None}],
     }  # fmt: skip
-    await world.registry.save_recipe(world.guild.id, world.alice.user.id, "harbour", recipe)
-    await world.registry.save_recipe(world.guild.id, world.bob.user.id, "storm", {**recipe, "loras": []})
+    await world.registry.saved_recipes.save(world.guild.id, world.alice.user.id, "harbour", recipe)
+    await world.registry.saved_recipes.save(world.guild.id, world.bob.user.id, "storm", {**recipe, "loras": []})
     text = await run(world, world.admin, "lora", {"name": "watercolor"}, "remove")
     assert "Removed **watercolor**" in text and "1 saved recipe(s)" in text
     assert f"<@{world.alice.user.id}>'s **harbour**" in text and "storm" not in text
     text = await run(world, world.admin, "model", {"name": SD15}, "remove")
     assert "2 saved recipe(s)" in text and "**harbour**" in text and "**storm**" in text
     assert "default model" in text  # it was, so /imagine without a model needs a new one
-    assert await world.registry.get_model(world.guild.id, SD15) is None
-    assert (await world.registry.get_settings(world.guild.id)).default_model is None
+    assert await world.registry.models.get(world.guild.id, SD15) is None
+    assert (await world.registry.settings.get(world.guild.id)).default_model is None
 
-    log = [e.action for e in await world.registry.audit_log(world.guild.id)]
+    log = [e.action for e in await world.registry.audit.entries(world.guild.id)]
     assert log[:3] == ["settings.update", "model.remove", "lora.remove"]
     text = await run(world, world.admin, "audit", {"member": world.admin.user, "count": 5})
     assert "model.remove" in text and "lora.remove" in text
@@ -151,10 +151,10 @@ async def test_lora_edit_still_takes_several_fields_at_once(world: World) -> Non
         "edit",
     )
     assert "Updated **watercolor**" in text
-    entry = await world.registry.get_lora(world.guild.id, "watercolor")
+    entry = await world.registry.loras.get(world.guild.id, "watercolor")
     assert entry is not None and entry.trigger_words == ("wc", "soft")
     assert (entry.recommended_min, entry.recommended_max, entry.category.value) == (0.2, 0.9, "style")
-    (update,) = [e for e in await world.registry.audit_log(world.guild.id) if e.action == "lora.update"]
+    (update,) = [e for e in await world.registry.audit.entries(world.guild.id) if e.action == "lora.update"]
     assert update.details["recommended_max"] == [1.0, 0.9]
 
 
@@ -176,11 +176,11 @@ async def test_issue_9_fields_are_edited_with_the_rest(world: World) -> None:
         world, world.admin, "model", {"name": SD15, "family": "pony", "clip_skip": 2, "prediction": "v_prediction", "steps": 4}, "edit"
     )
     assert "Updated" in text
-    entry = await world.registry.get_model(world.guild.id, SD15)
+    entry = await world.registry.models.get(world.guild.id, SD15)
     assert entry is not None
     assert (entry.family, entry.default_clip_skip, entry.prediction_type, entry.default_steps) == ("pony", 2, "v_prediction", 4)
     await run(world, world.admin, "model", {"name": SD15, "prediction": "auto"}, "edit")
-    assert (await world.registry.get_model(world.guild.id, SD15)).prediction_type == ""  # type: ignore[union-attr]
+    assert (await world.registry.models.get(world.guild.id, SD15)).prediction_type == ""  # type: ignore[union-attr]
 
 
 async def test_model_add_reads_its_vae_before_registering(world: World, demo_assets: Any) -> None:
@@ -204,11 +204,11 @@ async def test_model_add_reads_its_vae_before_registering(world: World, demo_ass
         assert "I could not read the VAE `vae-under-test/none.safetensors`" in missing, missing
         not_vae = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": demo_assets.models["sdxl"]}, "add")
         assert "is a full model (checkpoint), not a VAE, so I did not register the model" in not_vae, not_vae
-        assert await world.registry.get_model(world.guild.id, SD15) is None
+        assert await world.registry.models.get(world.guild.id, SD15) is None
 
         added = await run(world, world.admin, "model", {"file": file, "name": SD15, "vae": "vae-under-test/own.safetensors"}, "add")
         assert f"Registered **{SD15}**" in added and "VAE: `vae-under-test/own.safetensors`" in added, added
-        entry = await world.registry.get_model(world.guild.id, SD15)
+        entry = await world.registry.models.get(world.guild.id, SD15)
         assert entry is not None and entry.vae == "vae-under-test/own.safetensors"
         handle = await world.double.slash(world.alice, world.channel, "imagine", {"prompt": "a lamp", "model": SD15, "steps": 2, "size": "256x256"})
         assert await handle.wait_response(3) == 5

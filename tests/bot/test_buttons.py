@@ -25,7 +25,7 @@ async def recorded(world: World, message: StoredMessage) -> None:
     """Wait until the bot has stored the post: the double shows a message a moment before
     the bot gets Discord's answer to its upload, a gap no human click can hit."""
     for _ in range(100):
-        if await world.registry.get_post(world.guild.id, message.id) is not None:
+        if await world.registry.posts.get(world.guild.id, message.id) is not None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"the post {message.id} was never recorded")
@@ -77,7 +77,7 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
     assert await click.wait_response(3) == 9  # a modal: the member names the recipe
     submitted = await world.double.submit_modal(world.bob, click, {})  # the suggested name, "me"
     assert "Saved" in (await submitted.wait_followup()).content
-    saved = await world.registry.saved_recipes(world.guild.id, world.bob.user.id)
+    saved = await world.registry.saved_recipes.of_member(world.guild.id, world.bob.user.id)
     assert [s.recipe["seed"] for s in saved] == [7]
 
     # Delete: refused for someone else, allowed for a moderator and for the requester.
@@ -91,7 +91,7 @@ async def test_reroll_remix_recipe_save_and_delete(world: World) -> None:
     click = await world.double.click(world.alice, first, "atelier:img:delete")
     await click.wait_followup()
     assert first.deleted
-    assert await world.registry.get_post(world.guild.id, first.id) is None
+    assert await world.registry.posts.get(world.guild.id, first.id) is None
     assert world.double.violations == []
 
 
@@ -201,7 +201,7 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
     assert await click.wait_response(3) == 9
     submitted = await world.double.submit_modal(world.alice, click, {})
     assert "Saved" in (await submitted.wait_followup()).content
-    (saved,) = await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
+    (saved,) = await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id)
 
     async def recipes(user: Any, subcommand: str, options: dict[str, Any] | None = None) -> Any:
         # A member's own recipes are /recipe's "mine" scope (there was a separate /recipes).
@@ -223,7 +223,7 @@ async def test_saved_recipes_can_be_listed_run_again_and_deleted(world: World) -
 
     assert "is not a saved recipe in your recipes" in (await recipes(world.bob, "use", {"name": saved.name})).content
     assert "Deleted" in (await recipes(world.alice, "delete", {"name": saved.name})).content
-    assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id) == []
+    assert await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id) == []
     assert world.double.violations == []
 
 
@@ -238,6 +238,6 @@ async def test_remix_keeps_a_prompt_longer_than_a_modal_input(world: World) -> N
     assert await submitted.wait_response(3) == 5
     remixed = await next_result(world, seen)
     await recorded(world, remixed)
-    post = await world.registry.get_post(world.guild.id, remixed.id)
+    post = await world.registry.posts.get(world.guild.id, remixed.id)
     assert post is not None and post.recipe["seed"] == 9 and post.recipe["prompt"] == prompt.strip()
     assert world.double.violations == []

@@ -81,7 +81,7 @@ async def test_a_size_a_stale_client_still_offers_gets_a_clear_answer(world: Wor
 
 
 async def test_after_a_restart_members_whose_reply_expired_are_told_in_one_channel_message(world: World) -> None:
-    await world.registry.update_settings(world.guild.id, world.admin.user.id, queue_limit_per_user=5)
+    await world.registry.settings.update(world.guild.id, world.admin.user.id, queue_limit_per_user=5)
     # Slow jobs on the real engine so that some are still queued when the bot stops.
     handles = [
         await world.double.slash(who, world.channel, "imagine", {**FAST, "prompt": f"late {i}", "steps": 12, "seed": 60 + i})

@@ -35,7 +35,7 @@ async def test_an_embedding_is_refused_by_lora_add_then_registered_and_used_by_n
         )
         refusal = (await handle.wait_followup(within=30)).content
         assert "embedding" in refusal and "/embedding add" in refusal
-        assert await world.registry.get_lora(world.guild.id, "tiny-negative") is None
+        assert await world.registry.loras.get(world.guild.id, "tiny-negative") is None
 
         # Members cannot register one.
         handle = await world.double.slash(

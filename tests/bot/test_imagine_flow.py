@@ -79,9 +79,9 @@ async def test_two_lora_stack_posts_png_with_recipe_and_embed(world: World) -> N
     assert status.buttons == []  # Cancel removed once finished
     assert world.double.violations == []
     # The registry remembers the post (buttons survive restarts) and counts LoRA uses.
-    post = await world.registry.get_post(world.guild.id, result.id)
+    post = await world.registry.posts.get(world.guild.id, result.id)
     assert post is not None and post.recipe["seed"] == 1234
-    assert (await world.registry.get_lora(world.guild.id, "watercolor")).uses == 1
+    assert (await world.registry.loras.get(world.guild.id, "watercolor")).uses == 1
 
 
 async def test_validation_problems_come_back_together_in_one_ephemeral_message(world: World) -> None:

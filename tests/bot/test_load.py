@@ -55,7 +55,7 @@ async def busy(engine_url: str, demo_assets: Any, tmp_path: Path, request: pytes
         async with EngineClient(engine_url, token=ENGINE_TOKEN) as real:
             for guild in guilds:
                 await seed_registry(registry, guild.id, real, demo_assets, guild.owner_id)
-                await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=20, server_queue_limit=1000)
+                await registry.settings.update(guild.id, guild.owner_id, queue_limit_per_user=20, server_queue_limit=1000)
         standin = StandinEngine(seconds)
         await standin.start()
         try:
@@ -153,7 +153,7 @@ async def test_jobs_go_to_a_free_engine_preferring_the_one_that_holds_their_mode
         members = [double.add_member(guild, f"m{i}") for i in range(6)]
         async with EngineClient(engine_url, token=ENGINE_TOKEN) as real:
             await seed_registry(registry, guild.id, real, demo_assets, guild.owner_id)
-        await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=10)
+        await registry.settings.update(guild.id, guild.owner_id, queue_limit_per_user=10)
         engines = [StandinEngine(0.1, switch_seconds=0.3) for _ in range(2)]
         for engine in engines:
             await engine.start()

@@ -39,7 +39,7 @@ async def studio(
         stack.push_async_callback(registry.close)
         engine = EngineClient(engine_url, token=ENGINE_TOKEN)
         stack.push_async_callback(engine.close)
-        if not await registry.list_models(guild.id):
+        if not await registry.models.all(guild.id):
             await seed_registry(registry, guild.id, engine, demo_assets, admin.user.id)
         bot = make_bot(registry, engine, **bot_options)
         await stack.enter_async_context(run_bot(bot, double))
@@ -82,7 +82,7 @@ async def test_servers_off_the_allowlist_get_a_polite_refusal_and_no_files(
                 assert offered == []
             handle = await double.slash(outsider, hall, "lora", {"file": "sd15/twin-kohya.safetensors"}, subcommand="add")
             assert "not enabled" in await answer(handle)
-            assert await world.registry.list_models(stranger.id) == []
+            assert await world.registry.models.all(stranger.id) == []
             handle = await double.slash(outsider, hall, "imagine", {**FAST, "prompt": "x"})
             assert "not enabled" in await answer(handle)
             # The allowed server works as before.
@@ -191,7 +191,7 @@ async def test_flagged_images_are_withheld_in_sfw_channels_and_posted_in_nsfw_on
         assert len(shown.attachments) == 1 and "not posted" not in str(shown.embeds)
         assert classifier.seen == 2  # not even looked at where NSFW is allowed
 
-        await world.registry.update_settings(world.guild.id, world.admin.user.id, image_check="spoiler")
+        await world.registry.settings.update(world.guild.id, world.admin.user.id, image_check="spoiler")
         before = {m.id for m in world.double.messages(world.channel)}
         handle = await world.double.slash(world.alice, world.channel, "imagine", {**FAST, "prompt": "a beach"})
         assert await handle.wait_response(3) == 5
@@ -225,29 +225,29 @@ async def test_leaving_a_server_deletes_its_data_after_the_grace_period(
             engine_url, demo_assets, tmp_path / "a.sqlite3", double, data_grace_days=0.6 / DAY_S, purge_interval_s=0.1
         ) as world:
             other = world.guild
-            await world.registry.save_recipe(other.id, world.alice.user.id, "r", {"model": "m", "prompt": "p"})
-            await world.registry.add_model(kept.id, (await world.registry.list_models(other.id))[0], world.admin.user.id)
+            await world.registry.saved_recipes.save(other.id, world.alice.user.id, "r", {"model": "m", "prompt": "p"})
+            await world.registry.models.add(kept.id, (await world.registry.models.all(other.id))[0], world.admin.user.id)
             double.remove_bot(other)
             for _ in range(50):
                 if other.id in await world.registry.privacy.departures():
                     break
                 await asyncio.sleep(0.02)
             assert other.id in await world.registry.privacy.departures()
-            assert await world.registry.list_models(other.id)  # within the grace period: all kept
+            assert await world.registry.models.all(other.id)  # within the grace period: all kept
             await asyncio.sleep(1.0)
-            assert await world.registry.list_models(other.id) == []
-            assert await world.registry.saved_recipes(other.id, world.alice.user.id) == []
-            assert await world.registry.audit_log(other.id) == []
-            assert await world.registry.count_loras(other.id) == 0
+            assert await world.registry.models.all(other.id) == []
+            assert await world.registry.saved_recipes.of_member(other.id, world.alice.user.id) == []
+            assert await world.registry.audit.entries(other.id) == []
+            assert await world.registry.loras.count(other.id) == 0
             assert other.id not in await world.registry.privacy.departures()
-            assert await world.registry.list_models(kept.id)  # the server the bot is still in
+            assert await world.registry.models.all(kept.id)  # the server the bot is still in
 
 
 async def test_privacy_shows_and_deletes_a_members_data(world: World) -> None:
     result = await imagine_and_wait(world, world.alice, {"prompt": "a fox"})
-    await world.registry.save_recipe(world.guild.id, world.alice.user.id, "fox", {"model": "m", "prompt": "p"})
-    await world.registry.bookmark(world.guild.id, world.alice.user.id, "watercolor")
-    await world.registry.bookmark(world.guild.id, world.bob.user.id, "watercolor")
+    await world.registry.saved_recipes.save(world.guild.id, world.alice.user.id, "fox", {"model": "m", "prompt": "p"})
+    await world.registry.loras.bookmark(world.guild.id, world.alice.user.id, "watercolor")
+    await world.registry.loras.bookmark(world.guild.id, world.bob.user.id, "watercolor")
     text = await answer(await world.double.slash(world.alice, world.channel, "privacy", {}, subcommand="show"))
     assert "Saved recipes (1)" in text and "**fox**" in text and "Images made for you (1)" in text
     assert f"/{result.id})" in text and "Bookmarked LoRAs: 1" in text
@@ -256,10 +256,10 @@ async def test_privacy_shows_and_deletes_a_members_data(world: World) -> None:
     confirm = await handle.wait_followup()
     assert "cannot be undone" in confirm.content
     (button,) = confirm.buttons
-    assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id)  # nothing yet
+    assert await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id)  # nothing yet
     refused = await world.double.click(world.bob, confirm, button.custom_id)
     assert "another member's data" in await answer(refused)
-    assert await world.registry.saved_recipes(world.guild.id, world.alice.user.id)
+    assert await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id)
     done = await answer(await world.double.click(world.alice, confirm, button.custom_id))
     assert "1 saved recipe(s), 0 recipe book entries, 0 card record(s), 1 image record(s), 1 bookmark(s)" in done and "1 image message(s) deleted" in done
     assert world.double.message_by_id(result.id).deleted  # type: ignore[union-attr]
@@ -276,4 +276,4 @@ async def test_bot_owners_administer_every_allowed_server(engine_url: str, demo_
         member = world.double.add_member(world.guild, "owner-here", user=owner)
         text = await answer(await world.double.slash(member, world.channel, "model", {"name": SD15}, subcommand="disable"))
         assert "disabled" in text
-        assert not (await world.registry.get_model(world.guild.id, SD15)).enabled  # type: ignore[union-attr]
+        assert not (await world.registry.models.get(world.guild.id, SD15)).enabled  # type: ignore[union-attr]

@@ -131,7 +131,7 @@ async def test_bot_killed_with_jobs_queued_and_running_resumes_each_exactly_once
         db = tmp_path / "atelier.sqlite3"
         async with await Registry.open(db) as registry, EngineClient(engine_url, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
-            await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=5)
+            await registry.settings.update(guild.id, guild.owner_id, queue_limit_per_user=5)
         log = tmp_path / "bot.log"
         first = spawn_bot(double, tmp_path, engine_url, log=log, ATELIER_STATUS_INTERVAL="0.3")
         second = None
@@ -204,7 +204,7 @@ async def test_status_edits_are_throttled(world: World) -> None:
 
 
 async def test_stopping_the_bot_keeps_every_request_and_the_next_start_runs_them(world: World) -> None:
-    await world.registry.update_settings(world.guild.id, world.admin.user.id, queue_limit_per_user=5)
+    await world.registry.settings.update(world.guild.id, world.admin.user.id, queue_limit_per_user=5)
     handles = [
         await world.double.slash(world.alice, world.channel, "imagine", {**FAST, "prompt": f"left behind {i}", "steps": 12, "seed": 40 + i})
         for i in range(3)

@@ -90,7 +90,7 @@ async def test_python_m_bot_fetches_a_lora_from_civitai_and_a_member_uses_it_by_
         finally:
             end_process(child)
     async with await Registry.open(db) as registry:
-        entry = await registry.get_lora(guild.id, "Pixel Quest")
+        entry = await registry.loras.get(guild.id, "Pixel Quest")
     assert entry is not None and entry.source == "urn:air:sd1:lora:civitai:120096@135931"
     assert entry.sha256 == file.hashes["SHA256"].lower() and entry.added_by == admin.user.id
     text = log.read_text(errors="replace")
@@ -140,7 +140,7 @@ async def test_python_m_bot_serves_the_allowed_servers_their_shared_files_and_it
         finally:
             end_process(child)
     async with await Registry.open(tmp_path / "atelier.sqlite3") as registry:
-        model = await registry.get_model(home.id, SD15)
+        model = await registry.models.get(home.id, SD15)
     assert model is not None and not model.enabled
     assert "Traceback" not in log.read_text(errors="replace")
 

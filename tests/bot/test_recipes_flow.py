@@ -128,7 +128,7 @@ async def test_remix_an_image_made_by_comfyui_from_the_context_menu(world: World
     assert "Seed: 5" in parameters and "<lora:watercolor:0.6>" in parameters
     assert made.embeds[0]["author"]["url"].endswith(f"/{posted.id}")  # links to Bob's message
     await recorded(world, made)
-    post = await world.registry.get_post(world.guild.id, made.id)
+    post = await world.registry.posts.get(world.guild.id, made.id)
     assert post.recipe["clip_skip"] == 2  # carried in the recipe (issue 9 applies it in the engine)
 
     # Our own result, read from the menu, comes from the database (exact).
@@ -169,7 +169,7 @@ async def test_recipe_read_an_attachment_and_long_recipes_come_whole(world: Worl
     # The share code from the card runs the same recipe in /imagine.
     from engine.recipe import share_code
 
-    post = await world.registry.get_post(world.guild.id, first.id)
+    post = await world.registry.posts.get(world.guild.id, first.id)
     from engine.protocol import Recipe
 
     code = share_code.encode(Recipe.from_json(post.recipe))
@@ -190,8 +190,8 @@ async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> N
     # Saved the way the 💾 button (and the old /recipes) stored it, before this change.
     old = await imagine_and_wait(world, world.alice, {"prompt": "an old lantern", "seed": 4})
     await recorded(world, old)
-    old_post = await world.registry.get_post(world.guild.id, old.id)
-    await world.registry.save_recipe(world.guild.id, world.alice.user.id, "Lantern", old_post.recipe)
+    old_post = await world.registry.posts.get(world.guild.id, old.id)
+    await world.registry.saved_recipes.save(world.guild.id, world.alice.user.id, "Lantern", old_post.recipe)
 
     with pytest.raises(LookupError, match="/recipes is not registered"):
         await double.slash(world.alice, world.channel, "recipes", {}, subcommand="list")
@@ -211,7 +211,7 @@ async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> N
     await recorded(world, first)
     # save keeps it for the member unless told scope:server; the answer says where it went.
     assert "in your recipes" in (await recipe(world.alice, "save", {"name": "Dusk"})).content
-    assert [s.name for s in await world.registry.saved_recipes(world.guild.id, world.alice.user.id)] == ["Dusk", "Lantern"]
+    assert [s.name for s in await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id)] == ["Dusk", "Lantern"]
     assert await world.registry.book.get(world.guild.id, "Dusk") is None
     assert "server's recipe book as **Dusk**" in (await recipe(world.alice, "save", {"name": "Dusk", "scope": "server"})).content
     assert (await world.registry.book.get(world.guild.id, "Dusk")).author_id == world.alice.user.id
@@ -261,7 +261,7 @@ async def test_one_recipe_command_with_mine_and_server_scopes(world: World) -> N
 
     # Delete with a scope removes only that one; the other is then found without one.
     assert "from your recipes" in (await recipe(world.alice, "delete", {"name": "Dusk", "scope": "mine"})).content
-    assert [s.name for s in await world.registry.saved_recipes(world.guild.id, world.alice.user.id)] == ["Lantern"]
+    assert [s.name for s in await world.registry.saved_recipes.of_member(world.guild.id, world.alice.user.id)] == ["Lantern"]
     assert "Only" in (await recipe(world.bob, "delete", {"name": "Dusk"})).content
     assert "from the recipe book" in (await recipe(world.alice, "delete", {"name": "Dusk"})).content
     assert await world.registry.book.get(world.guild.id, "Dusk") is None
@@ -272,12 +272,12 @@ async def test_recipe_list_of_both_full_pages_fits_one_message(world: World) -> 
     """Two full pages (the book's and the member's own) share Discord's 6000 characters."""
     first = await imagine_and_wait(world, world.alice, {"prompt": "a kite", "lora1": "watercolor", "weight1": "0.5", "seed": 1})
     await recorded(world, first)
-    post = await world.registry.get_post(world.guild.id, first.id)
+    post = await world.registry.posts.get(world.guild.id, first.id)
     stack = [{**post.recipe["loras"][0], "name": f"a-lora-with-a-rather-long-name-{i}"} for i in range(8)]
     long = {**post.recipe, "prompt": "a very long prompt about kites and fog, " * 40, "loras": stack}
     for i in range(12):
         name = f"kite recipe with a long name number {i:02d} " + "x" * 20
-        await world.registry.save_recipe(world.guild.id, world.alice.user.id, name, long)
+        await world.registry.saved_recipes.save(world.guild.id, world.alice.user.id, name, long)
         await world.registry.book.save(world.guild.id, world.alice.user.id, name, long, model_name="tiny-sdxl", lora_names=["watercolor"])
     handle = await world.double.slash(world.alice, world.channel, "recipe", {}, subcommand="list")
     listed = await handle.wait_followup()

@@ -44,8 +44,8 @@ async def test_model_add_refuses_a_flux_checkpoint_naming_it(world: World, demo_
         text = await run(world, world.admin, "model", {"file": file, "name": "Flux Dev"}, "add")
     assert f"`{file}` is a FLUX.1 checkpoint" in text and RUNS in text and "I did not register it" in text, text
     assert "pick an SD 1.5 or SDXL checkpoint" in text
-    assert await world.registry.get_model(world.guild.id, "Flux Dev") is None
-    assert [m.name for m in await world.registry.list_models(world.guild.id)] == sorted([SD15, SDXL])
+    assert await world.registry.models.get(world.guild.id, "Flux Dev") is None
+    assert [m.name for m in await world.registry.models.all(world.guild.id)] == sorted([SD15, SDXL])
     assert world.double.violations == []
 
 
@@ -60,8 +60,8 @@ async def test_lora_add_refuses_a_flux_lora_in_every_layout(world: World, demo_a
         text = await run(world, world.admin, "lora", {"file": file, "name": "flux-style"}, "add")
     assert f"`{file}` is a LoRA for FLUX.1" in text and RUNS in text and "I did not register it" in text, text
     assert "made for SD 1.5 or SDXL" in text
-    assert await world.registry.get_lora(world.guild.id, "flux-style") is None
-    assert file not in await world.registry.registered_lora_files(world.guild.id)
+    assert await world.registry.loras.get(world.guild.id, "flux-style") is None
+    assert file not in await world.registry.loras.files(world.guild.id)
 
 
 async def test_sd15_and_sdxl_files_still_register(world: World, demo_assets: Any) -> None:
@@ -71,7 +71,7 @@ async def test_sd15_and_sdxl_files_still_register(world: World, demo_assets: Any
     for arch, name in (("sd15", SD15), ("sdxl", SDXL)):
         text = await run(world, world.admin, "model", {"file": demo_assets.models[arch], "name": name}, "add")
         assert f"Registered **{name}**" in text, text
-        entry = await world.registry.get_model(world.guild.id, name)
+        entry = await world.registry.models.get(world.guild.id, name)
         assert entry is not None and entry.architecture == arch
 
     def copy(path: Path) -> Path:
@@ -82,5 +82,5 @@ async def test_sd15_and_sdxl_files_still_register(world: World, demo_assets: Any
     with placed(demo_assets.lora_root, "copies/pixel-art-xl-copy.safetensors", copy) as file:
         text = await run(world, world.admin, "lora", {"file": file, "name": "pixel-copy"}, "add")
     assert "Registered **pixel-copy**" in text, text
-    entry = await world.registry.get_lora(world.guild.id, "pixel-copy")
+    entry = await world.registry.loras.get(world.guild.id, "pixel-copy")
     assert entry is not None and entry.architecture == "sdxl"

@@ -162,7 +162,7 @@ async def test_an_admin_adds_a_lora_by_air_and_a_member_uses_it_by_air(
         assert any(s.startswith("🔎 Looking up `civitai:120096@135931`") for s in seen)
         assert any(s.startswith("⬇️ Downloading **Pixel Quest** · SD 1.5") and "%" in s for s in seen), seen
         assert all(CIVITAI_TOKEN not in s for s in seen + [text])
-        entry = await world.registry.get_lora(world.guild.id, "Pixel Quest")
+        entry = await world.registry.loras.get(world.guild.id, "Pixel Quest")
         assert entry is not None
         file = version.files[0]
         assert entry.file == "civitai/135931-pixel_quest.safetensors"
@@ -175,7 +175,7 @@ async def test_an_admin_adds_a_lora_by_air_and_a_member_uses_it_by_air(
         card = handle.original
         assert card is not None and card.embeds[0]["title"] == "LoRA · Pixel Quest"
         assert [b.custom_id for b in card.buttons] == [f"atelier:lora:edit:{entry.id}", f"atelier:lora:remove:{entry.id}"]
-        (audit,) = [a for a in await world.registry.audit_log(world.guild.id) if a.target == "Pixel Quest"]
+        (audit,) = [a for a in await world.registry.audit.entries(world.guild.id) if a.target == "Pixel Quest"]
         assert audit.action == "lora.add" and audit.actor_id == world.admin.user.id and audit.details["source"] == entry.source
 
         # A member names it by its AIR inline, in Civitai's short form, with a weight.
@@ -219,13 +219,13 @@ async def test_two_servers_fetching_one_version_download_it_once_and_jobs_go_on(
         assert await ask.wait_response(3) == 5
         await world.double.wait_for_message(world.channel, lambda m: is_result(m) and m.id not in before, within=90)
         assert not done(first) and not done(second)
-        assert await world.registry.get_lora(world.guild.id, "Pixel Quest") is None
+        assert await world.registry.loras.get(world.guild.id, "Pixel Quest") is None
         gate.set()
         assert (await final_text(first)).startswith("✅ Registered **Pixel Quest**")
         assert (await final_text(second)).startswith("✅ Registered **Pixel Quest**")
         assert civitai.downloads[version.files[0].id] == 1
-        one = await world.registry.get_lora(world.guild.id, "Pixel Quest")
-        other = await world.registry.get_lora(second_guild.id, "Pixel Quest")
+        one = await world.registry.loras.get(world.guild.id, "Pixel Quest")
+        other = await world.registry.loras.get(second_guild.id, "Pixel Quest")
         assert one is not None and other is not None and one.file == other.file and one.added_by != other.added_by
         assert world.bot.sources.fetcher._reserved == {}  # nothing under way: nothing kept per server
 
@@ -258,7 +258,7 @@ async def test_bad_sources_are_refused_with_nothing_written_or_registered(
         for source, needle in cases.items():
             text = await final_text(await add_source(world, world.admin, source))
             assert text.startswith("Nothing was fetched") and needle in text, (source, text)
-        assert [e.name for e in await world.registry.search_loras(world.guild.id, "", sort="name", limit=50) if e.source] == []
+        assert [e.name for e in await world.registry.loras.search(world.guild.id, "", sort="name", limit=50) if e.source] == []
         assert not list((fetch_engine.lora_root / "civitai").glob("30000*")) and not leftovers(fetch_engine.lora_root)
         assert civitai.downloads[locked.files[0].id] == 0 and civitai.downloads[disguised.files[0].id] == 1
 
@@ -284,7 +284,7 @@ async def test_look_up_on_civitai_fills_in_a_hand_registered_lora(
     async with studio(fetch_engine, demo_assets, civitai, tmp_path) as (world, _):
         info = await world.double.slash(world.admin, world.channel, "lora", {"name": "watercolor"}, subcommand="info")
         card = await info.wait_followup()
-        entry = await world.registry.get_lora(world.guild.id, "watercolor")
+        entry = await world.registry.loras.get(world.guild.id, "watercolor")
         assert entry is not None and entry.source is None
         lookup = await world.double.click(world.admin, card, f"atelier:lora:lookup:{entry.id}")
         proposal = await lookup.wait_followup()
@@ -293,12 +293,12 @@ async def test_look_up_on_civitai_fills_in_a_hand_registered_lora(
         assert fields["Name (new)"] == "Wet Paper" and fields["Trigger words (new)"] == "wet watercolor"
         assert fields["AIR (new)"] == "urn:air:sd1:lora:civitai:4000@400001"
         # Nothing changes until the admin applies it; members cannot.
-        assert (await world.registry.get_lora(world.guild.id, "watercolor")) == entry
+        assert (await world.registry.loras.get(world.guild.id, "watercolor")) == entry
         refused = await world.double.click(world.alice, proposal, f"atelier:civitai:apply:{entry.id}:400001")
         assert "Manage Server" in (await refused.wait_followup()).content
         applied = await world.double.click(world.admin, proposal, f"atelier:civitai:apply:{entry.id}:400001")
         assert "Updated **Wet Paper** from Civitai" in (await applied.wait_followup()).content
-        updated = await world.registry.get_lora(world.guild.id, "Wet Paper")
+        updated = await world.registry.loras.get(world.guild.id, "Wet Paper")
         assert updated is not None and updated.id == entry.id and updated.file == entry.file
         assert updated.trigger_words == ("wet watercolor",) and updated.source == "urn:air:sd1:lora:civitai:4000@400001"
         assert updated.description == entry.description  # it had one: not replaced
@@ -311,7 +311,7 @@ async def test_look_up_on_civitai_fills_in_a_hand_registered_lora(
         assert forged_message is not None
         forged = await world.double.click(world.admin, forged_message, f"atelier:civitai:apply:{entry.id}:400002")
         assert "does not contain this LoRA's file" in (await forged.wait_followup()).content
-        assert (await world.registry.get_lora(world.guild.id, "Wet Paper")) == updated
+        assert (await world.registry.loras.get(world.guild.id, "Wet Paper")) == updated
         assert civitai.downloads == {}  # a look-up downloads nothing
 
 
@@ -327,13 +327,13 @@ async def test_a_named_role_fetches_on_demand_from_imagine(
         assert await refused.wait_response(3) == 5
         text = (await refused.wait_followup()).content
         assert "No LoRA in this server has the AIR `civitai:120096@500001`" in text and "/lora add source:" in text
-        await world.registry.update_settings(world.guild.id, world.admin.user.id, fetch_roles=(artists.id,))
+        await world.registry.settings.update(world.guild.id, world.admin.user.id, fetch_roles=(artists.id,))
         before = {m.id for m in world.double.messages(world.channel)}
         ask = await world.double.slash(bea, world.channel, "imagine", options)
         assert await ask.wait_response(3) == 5
         result = await world.double.wait_for_message(world.channel, lambda m: is_result(m) and m.id not in before, within=90)
         assert "Pixel Quest Ondemand" in png_parameters(result.attachments[0].data)
-        entry = await world.registry.get_lora(world.guild.id, "Pixel Quest Ondemand")
+        entry = await world.registry.loras.get(world.guild.id, "Pixel Quest Ondemand")
         assert isinstance(entry, LoraEntry) and entry.added_by == bea.user.id
         assert any("Downloading" in s for s in progress_seen(world, ask))
         # Others still need an admin.
@@ -356,5 +356,5 @@ async def test_a_civitai_file_the_engine_cannot_run_is_not_registered(
         assert text.startswith("Nothing was fetched"), text
         assert "is a LoRA for FLUX.1" in text and "this engine runs SD 1.5 and SDXL models only" in text, text
         assert "It was not registered" in text
-        assert await world.registry.get_lora(world.guild.id, "Sneaky Flux") is None
-        assert not [e for e in await world.registry.search_loras(world.guild.id, "", sort="name", limit=50) if e.source]
+        assert await world.registry.loras.get(world.guild.id, "Sneaky Flux") is None
+        assert not [e for e in await world.registry.loras.search(world.guild.id, "", sort="name", limit=50) if e.source]

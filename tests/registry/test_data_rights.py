@@ -14,14 +14,14 @@ ALICE, BOB = 501, 502
 
 
 async def _fill(registry: Registry, guild: int) -> None:
-    await registry.add_model(guild, model("base"), ADMIN)
-    await registry.add_lora(guild, lora("ink"), ADMIN)
-    await registry.update_settings(guild, ADMIN, max_loras=4)
-    await registry.bookmark(guild, ALICE, "ink")
-    await registry.bookmark(guild, BOB, "ink")
-    await registry.save_recipe(guild, ALICE, "mine", {"model": "base.safetensors", "model_name": "base", "prompt": "p"})
-    await registry.record_post(guild, 10, 900 + guild, ALICE, {"model": "m", "prompt": "p"})
-    await registry.update_lora(guild, "ink", ALICE, description="edited by alice")
+    await registry.models.add(guild, model("base"), ADMIN)
+    await registry.loras.add(guild, lora("ink"), ADMIN)
+    await registry.settings.update(guild, ADMIN, max_loras=4)
+    await registry.loras.bookmark(guild, ALICE, "ink")
+    await registry.loras.bookmark(guild, BOB, "ink")
+    await registry.saved_recipes.save(guild, ALICE, "mine", {"model": "base.safetensors", "model_name": "base", "prompt": "p"})
+    await registry.posts.record(guild, 10, 900 + guild, ALICE, {"model": "m", "prompt": "p"})
+    await registry.loras.update(guild, "ink", ALICE, description="edited by alice")
 
 
 async def test_a_member_sees_and_deletes_only_their_own_data(registry: Registry) -> None:
@@ -33,7 +33,7 @@ async def test_a_member_sees_and_deletes_only_their_own_data(registry: Registry)
     assert (done.saved_recipes, done.posts, done.bookmarks, done.audit_entries) == (1, ((10, 900 + GUILD),), 1, 1)
     assert (await registry.privacy.member_data(GUILD, ALICE)).empty
     # The change alice made stays in the log, by "a former member" (actor 0).
-    assert [e.actor_id for e in await registry.audit_log(GUILD) if e.action == "lora.update"] == [0]
+    assert [e.actor_id for e in await registry.audit.entries(GUILD) if e.action == "lora.update"] == [0]
     assert (await registry.privacy.member_data(GUILD, BOB)).bookmarks == 1
     assert not (await registry.privacy.member_data(OTHER_GUILD, ALICE)).empty  # another server
 
@@ -41,18 +41,18 @@ async def test_a_member_sees_and_deletes_only_their_own_data(registry: Registry)
 async def test_a_departed_server_is_deleted_after_the_grace_period_and_only_it(registry: Registry) -> None:
     await _fill(registry, GUILD)
     await _fill(registry, OTHER_GUILD)
-    await registry.catalog(GUILD)  # cached: must not survive the purge
+    await registry.catalogs.get(GUILD)  # cached: must not survive the purge
     assert await registry.privacy.known_guilds() == {GUILD, OTHER_GUILD}
     await registry.privacy.record_departure(GUILD, at=1000.0)
     await registry.privacy.record_departure(GUILD, at=5000.0)  # a restart does not extend it
     assert await registry.privacy.departures() == {GUILD: 1000.0}
     assert await registry.purge_departed(grace_s=100, now=1050.0) == []
     assert await registry.purge_departed(grace_s=100, now=1101.0) == [GUILD]
-    assert await registry.list_models(GUILD) == [] and await registry.count_loras(GUILD) == 0
-    assert await registry.search_loras(GUILD, "ink") == []  # the full-text index follows
-    assert (await registry.catalog(GUILD)).models == {}
-    assert await registry.audit_log(GUILD) == [] and await registry.privacy.departures() == {}
-    assert await registry.list_models(OTHER_GUILD) and await registry.search_loras(OTHER_GUILD, "ink")
+    assert await registry.models.all(GUILD) == [] and await registry.loras.count(GUILD) == 0
+    assert await registry.loras.search(GUILD, "ink") == []  # the full-text index follows
+    assert (await registry.catalogs.get(GUILD)).models == {}
+    assert await registry.audit.entries(GUILD) == [] and await registry.privacy.departures() == {}
+    assert await registry.models.all(OTHER_GUILD) and await registry.loras.search(OTHER_GUILD, "ink")
     # Re-invited within the grace period: the departure is cancelled, nothing deleted.
     await registry.privacy.record_departure(OTHER_GUILD, at=1000.0)
     assert await registry.privacy.cancel_departure(OTHER_GUILD)
@@ -60,14 +60,14 @@ async def test_a_departed_server_is_deleted_after_the_grace_period_and_only_it(r
 
 
 async def test_recipes_using_an_entry_by_name_or_file(registry: Registry) -> None:
-    base = await registry.add_model(GUILD, model("base"), ADMIN)
-    ink = await registry.add_lora(GUILD, lora("ink"), ADMIN)
+    base = await registry.models.add(GUILD, model("base"), ADMIN)
+    ink = await registry.loras.add(GUILD, lora("ink"), ADMIN)
     with_ink = Recipe(model=base.file, model_name="Base", prompt="p", loras=(LoraRef(ink.file, 0.5, "INK"),))
-    await registry.save_recipe(GUILD, ALICE, "a", with_ink.to_json())
-    await registry.save_recipe(GUILD, BOB, "b", Recipe(model="other.safetensors", model_name="renamed", prompt="p").to_json())
-    await registry.save_recipe(OTHER_GUILD, BOB, "c", with_ink.to_json())
-    assert [(u.user_id, u.name) for u in await registry.recipes_using(GUILD, model=base)] == [(ALICE, "a")]
-    assert [u.name for u in await registry.recipes_using(GUILD, lora=ink)] == ["a"]
+    await registry.saved_recipes.save(GUILD, ALICE, "a", with_ink.to_json())
+    await registry.saved_recipes.save(GUILD, BOB, "b", Recipe(model="other.safetensors", model_name="renamed", prompt="p").to_json())
+    await registry.saved_recipes.save(OTHER_GUILD, BOB, "c", with_ink.to_json())
+    assert [(u.user_id, u.name) for u in await registry.saved_recipes.using(GUILD, model=base)] == [(ALICE, "a")]
+    assert [u.name for u in await registry.saved_recipes.using(GUILD, lora=ink)] == ["a"]
 
 
 def test_access_policy_and_its_configuration() -> None:
@@ -111,12 +111,12 @@ async def test_a_remote_engine_without_its_token_stops_the_bot_at_start(capsys: 
 
 
 async def test_the_recipe_book_counts_as_a_members_data_and_goes_with_the_server(registry: Registry) -> None:
-    base = await registry.add_model(GUILD, model("base"), ADMIN)
-    ink = await registry.add_lora(GUILD, lora("ink"), ADMIN)
+    base = await registry.models.add(GUILD, model("base"), ADMIN)
+    ink = await registry.loras.add(GUILD, lora("ink"), ADMIN)
     recipe = Recipe(model=base.file, model_name="base", prompt="p", loras=(LoraRef(ink.file, 0.5, "ink"),))
     await registry.book.save(GUILD, ALICE, "harbour", recipe.to_json(), model_name="base", lora_names=["ink"])
     await registry.book.save(GUILD, BOB, "storm", recipe.to_json(), model_name="base", lora_names=["ink"])
-    uses = await registry.recipes_using(GUILD, lora=ink)
+    uses = await registry.saved_recipes.using(GUILD, lora=ink)
     assert [(u.user_id, u.name, u.in_book) for u in uses] == [(ALICE, "harbour", True), (BOB, "storm", True)]
     data = await registry.privacy.member_data(GUILD, ALICE)
     assert data.book_entries == ("harbour",) and not data.empty

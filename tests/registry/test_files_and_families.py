@@ -89,30 +89,30 @@ async def test_registry_keeps_families_formats_and_embeddings(registry: Registry
     )  # fmt: skip
     from bot.registry import LoraEntry
 
-    added = await registry.add_lora(GUILD, LoraEntry.from_file_info(info), ADMIN)
-    fetched = await registry.get_lora(GUILD, added.name)
+    added = await registry.loras.add(GUILD, LoraEntry.from_file_info(info), ADMIN)
+    fetched = await registry.loras.get(GUILD, added.name)
     assert fetched is not None
     assert (fetched.family, fetched.lora_format, fetched.rank, fetched.trained_clip_skip) == ("pony", "loha", 8, 2)
-    await registry.add_lora(GUILD, lora("Illu Thing", "sdxl", family="illustrious"), ADMIN)
-    found = await registry.search_loras(GUILD, family="pony")
+    await registry.loras.add(GUILD, lora("Illu Thing", "sdxl", family="illustrious"), ADMIN)
+    found = await registry.loras.search(GUILD, family="pony")
     assert [e.name for e in found] == [added.name]
-    choices = await registry.autocomplete_loras(GUILD, "", family="illustrious")
+    choices = await registry.loras.autocomplete(GUILD, "", family="illustrious")
     assert choices[0].value == "Illu Thing"
-    choices = await registry.autocomplete_loras(GUILD, "", family="pony")
+    choices = await registry.loras.autocomplete(GUILD, "", family="pony")
     assert choices[0].value == added.name
 
     embedding = EmbeddingEntry.from_file_info(
         FileInfo(path="emb/EasyNegative.safetensors", kind="embedding", architecture="sd15", size_bytes=1,
                  sha256="2" * 64, autov2="2" * 10, a1111_hash="2" * 12, vectors=8)  # fmt: skip
     )
-    await registry.add_embedding(GUILD, embedding, ADMIN)
-    assert [e.name for e in (await registry.catalog(GUILD)).embeddings.values()] == ["EasyNegative"]
-    assert [e.name for e in await registry.autocomplete_embeddings(GUILD, "easy", architecture="sd15")] == ["EasyNegative"]
-    assert await registry.autocomplete_embeddings(GUILD, "easy", architecture="sdxl") == []
-    await registry.remove_embedding(GUILD, "easynegative", ADMIN)
-    assert await registry.list_embeddings(GUILD) == []
-    updated = await registry.update_model(
-        GUILD, (await registry.add_model(GUILD, model("M", "sd15"), ADMIN)).name, ADMIN,
+    await registry.embeddings.add(GUILD, embedding, ADMIN)
+    assert [e.name for e in (await registry.catalogs.get(GUILD)).embeddings.values()] == ["EasyNegative"]
+    assert [e.name for e in await registry.embeddings.autocomplete(GUILD, "easy", architecture="sd15")] == ["EasyNegative"]
+    assert await registry.embeddings.autocomplete(GUILD, "easy", architecture="sdxl") == []
+    await registry.embeddings.remove(GUILD, "easynegative", ADMIN)
+    assert await registry.embeddings.all(GUILD) == []
+    updated = await registry.models.update(
+        GUILD, (await registry.models.add(GUILD, model("M", "sd15"), ADMIN)).name, ADMIN,
         family="sd15", default_clip_skip=2, prediction_type="v_prediction_ztsnr",
     )  # fmt: skip
     assert (updated.family, updated.default_clip_skip, updated.prediction_type) == ("sd15", 2, "v_prediction_ztsnr")

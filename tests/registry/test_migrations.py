@@ -49,11 +49,11 @@ async def test_empty_file_reaches_latest_with_wal_and_foreign_keys(tmp_path: Pat
 async def test_reopening_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "again.db"
     reg = await Registry.open(path)
-    await reg.add_lora(GUILD, lora("keep me"), ADMIN)
+    await reg.loras.add(GUILD, lora("keep me"), ADMIN)
     await reg.close()
     reg = await Registry.open(path)
     try:
-        assert (await reg.get_lora(GUILD, "keep me")) is not None
+        assert (await reg.loras.get(GUILD, "keep me")) is not None
     finally:
         await reg.close()
 
@@ -93,14 +93,14 @@ async def test_upgrade_from_every_earlier_version_keeps_data(tmp_path: Path, sta
 
     reg = await Registry.open(path)
     try:
-        old = await reg.get_lora(GUILD, "OLD TIMER")
+        old = await reg.loras.get(GUILD, "OLD TIMER")
         assert old is not None and old.trigger_words == ("vintage",) and old.default_weight == 0.8
         # Rows from before the FTS migration are searchable afterwards.
-        assert [x.name for x in await reg.search_loras(GUILD, "sepia")] == ["Old Timer"]
-        assert [x.name for x in await reg.search_loras(GUILD, "vint")] == ["Old Timer"]
-        assert [x.name for x in await reg.bookmarks(GUILD, 9)] == ["Old Timer"]
-        await reg.add_lora(GUILD, lora("newcomer"), ADMIN)
-        assert len(await reg.search_loras(GUILD, "")) == 2
+        assert [x.name for x in await reg.loras.search(GUILD, "sepia")] == ["Old Timer"]
+        assert [x.name for x in await reg.loras.search(GUILD, "vint")] == ["Old Timer"]
+        assert [x.name for x in await reg.loras.bookmarked_by(GUILD, 9)] == ["Old Timer"]
+        await reg.loras.add(GUILD, lora("newcomer"), ADMIN)
+        assert len(await reg.loras.search(GUILD, "")) == 2
     finally:
         await reg.close()
     raw = sqlite3.connect(path)

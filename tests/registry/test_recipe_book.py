@@ -59,7 +59,7 @@ async def test_cards_and_lineage_stay_in_their_server(registry: Registry) -> Non
     await registry.book.set_card_message(GUILD, card.id, 555)
     assert (await registry.book.card_by_message(GUILD, 555)).id == card.id
     assert await registry.book.card(OTHER_GUILD, card.id) is None
-    await registry.record_post(GUILD, 10, 700, 3, recipe().to_json())
+    await registry.posts.record(GUILD, 10, 700, 3, recipe().to_json())
     await registry.book.record_lineage(GUILD, 700, Lineage("remix", 99, 10), [8001, 8002])
     assert await registry.book.lineage(GUILD, 700) == Lineage("remix", 99, 10)
     assert await registry.book.post_for_attachment(GUILD, 8002) == 700
@@ -67,12 +67,12 @@ async def test_cards_and_lineage_stay_in_their_server(registry: Registry) -> Non
 
 
 async def test_imported_resources_match_by_hash_then_version_then_name(registry: Registry) -> None:
-    await registry.add_model(GUILD, model("base", sha256="cd" * 32, a1111_hash="ef" * 6), ADMIN)
-    await registry.add_lora(GUILD, lora("ink", sha256=SHA, a1111_hash="0123456789ab"), ADMIN)
-    await registry.add_lora(GUILD, lora("fog", source="urn:air:sd1:lora:civitai:120096@135931"), ADMIN)
-    await registry.add_lora(GUILD, lora("Pixel Art", file="styles/pixel_art_v2.safetensors"), ADMIN)
-    await registry.update_settings(GUILD, ADMIN, default_model="base")
-    catalog = await registry.catalog(GUILD)
+    await registry.models.add(GUILD, model("base", sha256="cd" * 32, a1111_hash="ef" * 6), ADMIN)
+    await registry.loras.add(GUILD, lora("ink", sha256=SHA, a1111_hash="0123456789ab"), ADMIN)
+    await registry.loras.add(GUILD, lora("fog", source="urn:air:sd1:lora:civitai:120096@135931"), ADMIN)
+    await registry.loras.add(GUILD, lora("Pixel Art", file="styles/pixel_art_v2.safetensors"), ADMIN)
+    await registry.settings.update(GUILD, ADMIN, default_model="base")
+    catalog = await registry.catalogs.get(GUILD)
     found = FoundRecipe(
         "ComfyUI", "test", Recipe(model="", prompt="a fox", seed=3),
         (
@@ -91,36 +91,36 @@ async def test_imported_resources_match_by_hash_then_version_then_name(registry:
     assert matched.how == ["model `base` (by hash)", "LoRA `ink` (by hash)", "LoRA `fog` (by Civitai version)", "LoRA `Pixel Art` (by file name)"]
     assert any("`not-here`" in p and "/lora add" in p for p in matched.problems)
     assert any("goodhands" in p and "/embedding add" in p for p in matched.problems)
-    other = await match_found(registry, await registry.catalog(OTHER_GUILD), OTHER_GUILD, found)
+    other = await match_found(registry, await registry.catalogs.get(OTHER_GUILD), OTHER_GUILD, found)
     assert other.recipe.loras == ()  # another server's registry matches nothing
 
 
 async def test_a_stored_recipe_says_what_is_missing_and_what_to_use_instead(registry: Registry) -> None:
-    await registry.add_model(GUILD, model("base"), ADMIN)
+    await registry.models.add(GUILD, model("base"), ADMIN)
     for name in ("watercolor", "watercolour soft", "ink"):
-        await registry.add_lora(GUILD, lora(name), ADMIN)
+        await registry.loras.add(GUILD, lora(name), ADMIN)
     stored = recipe("watercolor", "ink")
-    assert health(stored, await registry.catalog(GUILD)) == []
-    await registry.remove_lora(GUILD, "watercolor", ADMIN)
-    await registry.set_enabled(GUILD, "ink", ADMIN, False)
-    catalog = await registry.catalog(GUILD)
+    assert health(stored, await registry.catalogs.get(GUILD)) == []
+    await registry.loras.remove(GUILD, "watercolor", ADMIN)
+    await registry.loras.set_enabled(GUILD, "ink", ADMIN, False)
+    catalog = await registry.catalogs.get(GUILD)
     problems = health(stored, catalog)
     assert "`watercolor` was removed" in problems[0] and "`watercolour soft`" in problems[0]
     assert "`ink` is disabled" in problems[1]
     assert usable(stored, catalog).loras == ()
-    await registry.remove_model(GUILD, "base", ADMIN)
-    assert "model `base` is no longer" in health(stored, await registry.catalog(GUILD))[0]
+    await registry.models.remove(GUILD, "base", ADMIN)
+    assert "model `base` is no longer" in health(stored, await registry.catalogs.get(GUILD))[0]
 
 
 async def test_an_embedding_matched_by_hash_takes_this_servers_name_in_the_prompt(registry: Registry) -> None:
     from bot.registry.models import EmbeddingEntry
 
-    await registry.add_model(GUILD, model("base"), ADMIN)
-    await registry.update_settings(GUILD, ADMIN, default_model="base")
-    await registry.add_embedding(GUILD, EmbeddingEntry("EasyNeg", "sd15", "easy.safetensors", sha256="12" * 32), ADMIN)
+    await registry.models.add(GUILD, model("base"), ADMIN)
+    await registry.settings.update(GUILD, ADMIN, default_model="base")
+    await registry.embeddings.add(GUILD, EmbeddingEntry("EasyNeg", "sd15", "easy.safetensors", sha256="12" * 32), ADMIN)
     found = FoundRecipe(
         "AUTOMATIC1111", "test", Recipe(model="", prompt="a cat", negative_prompt="easynegative, lowres"),
         (Resource("embedding", "easynegative", hashes=("121212121212",)),),
     )  # fmt: skip
-    matched = await match_found(registry, await registry.catalog(GUILD), GUILD, found)
+    matched = await match_found(registry, await registry.catalogs.get(GUILD), GUILD, found)
     assert matched.recipe.negative_prompt == "EasyNeg, lowres" and "embedding `EasyNeg` (by hash)" in matched.how

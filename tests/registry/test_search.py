@@ -31,9 +31,9 @@ async def stocked(registry: Registry) -> Registry:
         lora("Ghibli Sky", "sd15", category="style", trigger_words=("anime sky",), enabled=False),
     ]
     for entry in entries:
-        await registry.add_lora(GUILD, entry, ADMIN)
-    await registry.record_use(GUILD, ["Watercolor"])
-    await registry.record_use(GUILD, ["Watercolor", "Hand Fixer"])
+        await registry.loras.add(GUILD, entry, ADMIN)
+    await registry.loras.record_use(GUILD, ["Watercolor"])
+    await registry.loras.record_use(GUILD, ["Watercolor", "Hand Fixer"])
     return registry
 
 
@@ -42,53 +42,53 @@ def names(entries: list) -> list[str]:
 
 
 async def test_search_name_trigger_and_description(stocked: Registry) -> None:
-    assert set(names(await stocked.search_loras(GUILD, "cyber"))) == {
+    assert set(names(await stocked.loras.search(GUILD, "cyber"))) == {
         "Neon Cyberpunk",
         "Cyber Armor",
         "Watercolor",
     }
-    assert names(await stocked.search_loras(GUILD, "mecha")) == ["Cyber Armor"]
-    assert names(await stocked.search_loras(GUILD, "glowing night")) == ["Neon Cyberpunk"]
-    assert names(await stocked.search_loras(GUILD, "nothing-like-this")) == []
+    assert names(await stocked.loras.search(GUILD, "mecha")) == ["Cyber Armor"]
+    assert names(await stocked.loras.search(GUILD, "glowing night")) == ["Neon Cyberpunk"]
+    assert names(await stocked.loras.search(GUILD, "nothing-like-this")) == []
 
 
 async def test_search_filters(stocked: Registry) -> None:
-    assert names(await stocked.search_loras(GUILD, "cyber", architecture="sd15")) == ["Cyber Armor"]
-    assert set(names(await stocked.search_loras(GUILD, "", category=Category.STYLE))) == {
+    assert names(await stocked.loras.search(GUILD, "cyber", architecture="sd15")) == ["Cyber Armor"]
+    assert set(names(await stocked.loras.search(GUILD, "", category=Category.STYLE))) == {
         "Neon Cyberpunk",
         "Watercolor",
         "Ghibli Sky",
     }
-    assert "Cyber Armor" not in names(await stocked.search_loras(GUILD, "", nsfw=False))
-    assert names(await stocked.search_loras(GUILD, "", nsfw=True)) == ["Cyber Armor"]
-    assert "Ghibli Sky" not in names(await stocked.search_loras(GUILD, "", enabled=True))
-    await stocked.bookmark(GUILD, 9, "hand fixer")
-    await stocked.bookmark(GUILD, 9, "watercolor")
-    assert set(names(await stocked.search_loras(GUILD, "", bookmarked_by=9))) == {
+    assert "Cyber Armor" not in names(await stocked.loras.search(GUILD, "", nsfw=False))
+    assert names(await stocked.loras.search(GUILD, "", nsfw=True)) == ["Cyber Armor"]
+    assert "Ghibli Sky" not in names(await stocked.loras.search(GUILD, "", enabled=True))
+    await stocked.loras.bookmark(GUILD, 9, "hand fixer")
+    await stocked.loras.bookmark(GUILD, 9, "watercolor")
+    assert set(names(await stocked.loras.search(GUILD, "", bookmarked_by=9))) == {
         "Hand Fixer",
         "Watercolor",
     }
-    assert names(await stocked.search_loras(GUILD, "soft", bookmarked_by=9)) == ["Watercolor"]
-    assert names(await stocked.search_loras(GUILD, "", bookmarked_by=8)) == []
+    assert names(await stocked.loras.search(GUILD, "soft", bookmarked_by=9)) == ["Watercolor"]
+    assert names(await stocked.loras.search(GUILD, "", bookmarked_by=8)) == []
 
 
 async def test_search_sorts_and_paging(stocked: Registry) -> None:
-    assert names(await stocked.search_loras(GUILD, "", sort="name")) == [
+    assert names(await stocked.loras.search(GUILD, "", sort="name")) == [
         "Cyber Armor",
         "Ghibli Sky",
         "Hand Fixer",
         "Neon Cyberpunk",
         "Watercolor",
     ]
-    assert names(await stocked.search_loras(GUILD, "", sort="most_used"))[:2] == [
+    assert names(await stocked.loras.search(GUILD, "", sort="most_used"))[:2] == [
         "Watercolor",
         "Hand Fixer",
     ]
-    assert names(await stocked.search_loras(GUILD, "", sort="newest"))[0] == "Ghibli Sky"
-    page2 = await stocked.search_loras(GUILD, "", sort="name", limit=2, offset=2)
+    assert names(await stocked.loras.search(GUILD, "", sort="newest"))[0] == "Ghibli Sky"
+    page2 = await stocked.loras.search(GUILD, "", sort="name", limit=2, offset=2)
     assert names(page2) == ["Hand Fixer", "Neon Cyberpunk"]
     with pytest.raises(ValueError, match="Unknown sort"):
-        await stocked.search_loras(GUILD, "", sort="random")  # type: ignore[arg-type]
+        await stocked.loras.search(GUILD, "", sort="random")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -109,10 +109,10 @@ async def test_search_sorts_and_paging(stocked: Registry) -> None:
     ],
 )
 async def test_fts_syntax_in_user_text_is_harmless(stocked: Registry, query: str) -> None:
-    results = await stocked.search_loras(GUILD, query)
+    results = await stocked.loras.search(GUILD, query)
     assert isinstance(results, list)
-    await stocked.autocomplete_loras(GUILD, query)
-    assert await stocked.count_loras(GUILD) == 5
+    await stocked.loras.autocomplete(GUILD, query)
+    assert await stocked.loras.count(GUILD) == 5
 
 
 def test_fts_query_quotes_every_token() -> None:
@@ -122,26 +122,26 @@ def test_fts_query_quotes_every_token() -> None:
 
 async def test_autocomplete_prefix_while_typing(stocked: Registry) -> None:
     for typed in ("c", "cy", "cyb", "cyber", "CYBER A"):
-        values = [c.value for c in await stocked.autocomplete_loras(GUILD, typed)]
+        values = [c.value for c in await stocked.loras.autocomplete(GUILD, typed)]
         assert values[0] == "Cyber Armor", typed
     # Word prefixes inside names and trigger words match too, after name prefixes.
-    values = [c.value for c in await stocked.autocomplete_loras(GUILD, "cyber")]
+    values = [c.value for c in await stocked.loras.autocomplete(GUILD, "cyber")]
     assert values[:2] == ["Cyber Armor", "Neon Cyberpunk"]
-    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "good ha")] == ["Hand Fixer"]
+    assert [c.value for c in await stocked.loras.autocomplete(GUILD, "good ha")] == ["Hand Fixer"]
 
 
 async def test_autocomplete_filters_architecture_disabled_and_nsfw(stocked: Registry) -> None:
-    sdxl = [c.value for c in await stocked.autocomplete_loras(GUILD, "", architecture="sdxl")]
+    sdxl = [c.value for c in await stocked.loras.autocomplete(GUILD, "", architecture="sdxl")]
     assert set(sdxl) == {"Neon Cyberpunk", "Watercolor"}
     assert [
-        c.value for c in await stocked.autocomplete_loras(GUILD, "cyber", architecture="sdxl")
+        c.value for c in await stocked.loras.autocomplete(GUILD, "cyber", architecture="sdxl")
     ] == ["Neon Cyberpunk"]
-    assert "Ghibli Sky" not in [c.value for c in await stocked.autocomplete_loras(GUILD, "ghibli")]
+    assert "Ghibli Sky" not in [c.value for c in await stocked.loras.autocomplete(GUILD, "ghibli")]
     assert [
-        c.value for c in await stocked.autocomplete_loras(GUILD, "cyber a", nsfw_ok=False)
+        c.value for c in await stocked.loras.autocomplete(GUILD, "cyber a", nsfw_ok=False)
     ] == []
     # Empty text: enabled LoRAs, most used first.
-    assert [c.value for c in await stocked.autocomplete_loras(GUILD, "")][:2] == [
+    assert [c.value for c in await stocked.loras.autocomplete(GUILD, "")][:2] == [
         "Watercolor",
         "Hand Fixer",
     ]
@@ -149,36 +149,36 @@ async def test_autocomplete_filters_architecture_disabled_and_nsfw(stocked: Regi
 
 async def test_autocomplete_respects_discord_limits(registry: Registry) -> None:
     long_words = tuple("w" * 150 + str(i) for i in range(3))
-    await registry.add_loras(
+    await registry.loras.add_many(
         GUILD,
         [lora(f"star {i:02d} " + "x" * 50, trigger_words=long_words) for i in range(40)],
         ADMIN,
     )
-    choices = await registry.autocomplete_loras(GUILD, "star")
+    choices = await registry.loras.autocomplete(GUILD, "star")
     assert len(choices) == 25
     assert all(len(c.name) <= 100 and len(c.value) <= 100 for c in choices)
     assert [c.value for c in choices] == sorted(c.value for c in choices)
-    assert len(await registry.autocomplete_loras(GUILD, "")) == 25
+    assert len(await registry.loras.autocomplete(GUILD, "")) == 25
 
 
 async def test_autocomplete_models(registry: Registry) -> None:
     from .conftest import model
 
-    await registry.add_model(GUILD, model("Dream Shaper"), ADMIN)
-    await registry.add_model(GUILD, model("Juggernaut XL", "sdxl"), ADMIN)
-    await registry.add_model(GUILD, model("Night Dream", nsfw=True), ADMIN)
-    await registry.add_model(GUILD, model("Private", allowed_channel_ids=frozenset({42})), ADMIN)
-    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream")] == [
+    await registry.models.add(GUILD, model("Dream Shaper"), ADMIN)
+    await registry.models.add(GUILD, model("Juggernaut XL", "sdxl"), ADMIN)
+    await registry.models.add(GUILD, model("Night Dream", nsfw=True), ADMIN)
+    await registry.models.add(GUILD, model("Private", allowed_channel_ids=frozenset({42})), ADMIN)
+    assert [c.value for c in await registry.models.autocomplete(GUILD, "dream")] == [
         "Dream Shaper",
         "Night Dream",
     ]
-    assert [c.value for c in await registry.autocomplete_models(GUILD, "dream", nsfw_ok=False)] == [
+    assert [c.value for c in await registry.models.autocomplete(GUILD, "dream", nsfw_ok=False)] == [
         "Dream Shaper"
     ]
     assert "Private" not in [
-        c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=1)
+        c.value for c in await registry.models.autocomplete(GUILD, "", channel_id=1)
     ]
     assert "Private" in [
-        c.value for c in await registry.autocomplete_models(GUILD, "", channel_id=42)
+        c.value for c in await registry.models.autocomplete(GUILD, "", channel_id=42)
     ]
-    assert (await registry.autocomplete_models(GUILD, "jugg"))[0].name == "Juggernaut XL · sdxl"
+    assert (await registry.models.autocomplete(GUILD, "jugg"))[0].name == "Juggernaut XL · sdxl"

@@ -174,15 +174,15 @@ def test_imagine_explains_airs_it_cannot_resolve() -> None:
 
 
 async def test_sources_are_stored_in_their_full_form(registry: Registry) -> None:
-    stored = await registry.add_lora(GUILD, lora("short", "sdxl", source="civitai:120096@135931"), ADMIN)
+    stored = await registry.loras.add(GUILD, lora("short", "sdxl", source="civitai:120096@135931"), ADMIN)
     assert stored.source == "urn:air:sdxl:lora:civitai:120096@135931"
-    locon = await registry.add_lora(GUILD, lora("locon", "sd15", source="urn:air:sd1:lycoris:civitai:3@4+9"), ADMIN)
+    locon = await registry.loras.add(GUILD, lora("locon", "sd15", source="urn:air:sd1:lycoris:civitai:3@4+9"), ADMIN)
     assert locon.source == "urn:air:sd1:lycoris:civitai:3@4"
     with pytest.raises(RegistryError, match="names a 'embedding'"):
-        await registry.add_lora(GUILD, lora("wrong kind", "sd15", source="urn:air:sd1:embedding:civitai:1@2"), ADMIN)
+        await registry.loras.add(GUILD, lora("wrong kind", "sd15", source="urn:air:sd1:embedding:civitai:1@2"), ADMIN)
     with pytest.raises(RegistryError, match="AIR is for sdxl but the file is sd15"):
-        await registry.add_lora(GUILD, lora("arch", "sd15", source="urn:air:pony:lora:civitai:1@2"), ADMIN)
-    (entry,) = [e for e in await registry.audit_log(GUILD) if e.target == "short"]
+        await registry.loras.add(GUILD, lora("arch", "sd15", source="urn:air:pony:lora:civitai:1@2"), ADMIN)
+    (entry,) = [e for e in await registry.audit.entries(GUILD) if e.target == "short"]
     assert entry.details["source"] == "urn:air:sdxl:lora:civitai:120096@135931"
 
 

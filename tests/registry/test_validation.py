@@ -300,16 +300,16 @@ def test_every_sampler_the_validator_accepts_is_one_the_engine_runs() -> None:
 
 
 async def test_catalog_is_cached_and_rebuilt_after_writes(registry: Registry) -> None:
-    await registry.add_model(GUILD, model("Dream"), ADMIN)
-    first = await registry.catalog(GUILD)
-    assert await registry.catalog(GUILD) is first
-    await registry.record_use(GUILD, ["x"])
-    assert await registry.catalog(GUILD) is first
-    await registry.add_lora(GUILD, lora("Fresh"), ADMIN)
-    second = await registry.catalog(GUILD)
+    await registry.models.add(GUILD, model("Dream"), ADMIN)
+    first = await registry.catalogs.get(GUILD)
+    assert await registry.catalogs.get(GUILD) is first
+    await registry.loras.record_use(GUILD, ["x"])
+    assert await registry.catalogs.get(GUILD) is first
+    await registry.loras.add(GUILD, lora("Fresh"), ADMIN)
+    second = await registry.catalogs.get(GUILD)
     assert second is not first and second.lora("fresh") is not None
-    await registry.update_settings(GUILD, ADMIN, max_loras=1)
-    third = await registry.catalog(GUILD)
+    await registry.settings.update(GUILD, ADMIN, max_loras=1)
+    third = await registry.catalogs.get(GUILD)
     assert third.settings.max_loras == 1
     result = validate(request(slots=[("fresh", None)], prompt="<lora:fresh:1> hi"), third)
     assert codes(result) == ["duplicate_lora"]
@@ -318,15 +318,15 @@ async def test_catalog_is_cached_and_rebuilt_after_writes(registry: Registry) ->
 async def test_catalog_from_rows_with_background_index(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bot.registry import registry as registry_module
+    from bot.registry import catalog_cache
 
-    monkeypatch.setattr(registry_module, "BACKGROUND_INDEX_THRESHOLD", 1)
-    await registry.add_model(GUILD, model("Dream"), ADMIN)
-    await registry.add_lora(
+    monkeypatch.setattr(catalog_cache, "BACKGROUND_INDEX_THRESHOLD", 1)
+    await registry.models.add(GUILD, model("Dream"), ADMIN)
+    await registry.loras.add(
         GUILD, lora("Long Story", trigger_words=("saga",), description="d" * 5000), ADMIN
     )
-    await registry.add_lora(GUILD, lora("XL Only", "sdxl"), ADMIN)
-    cat = await registry.catalog(GUILD)
+    await registry.loras.add(GUILD, lora("XL Only", "sdxl"), ADMIN)
+    cat = await registry.catalogs.get(GUILD)
     entry = cat.lora("long story")
     assert entry is not None and entry.trigger_words == ("saga",) and entry.description == ""
     assert len(cat.loras) == 2 and set(cat.loras) == {"long story", "xl only"}
