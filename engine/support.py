@@ -3,16 +3,18 @@
 Registration used to refuse only files of an unknown architecture, so a FLUX checkpoint was
 registered and every job on it failed after waiting in the queue. Now each ``POST /inspect``
 answer carries the engine's own verdict (``FileInfo.cannot_run``): the bot never keeps a list
-of what the engine runs, so a future engine that loads FLUX changes one tuple here and the
-bot follows. Torch-free: :mod:`engine.inspect` and the bot-facing protocol import it.
+of what the engine runs, so an engine that loads FLUX flips one flag in its architecture
+module (``engine.arch.flux.RUNS``) and the bot follows. Torch-free: :mod:`engine.inspect` and the bot-facing protocol import it.
 """
 
 from __future__ import annotations
 
+from engine import arch
 from engine.protocol import architecture_label
 
-#: The architectures :func:`engine.pipelines.load_pipeline` builds text-to-image pipelines for.
-RUNNABLE_ARCHITECTURES: tuple[str, ...] = ("sd15", "sdxl")
+#: The architectures this engine builds text-to-image pipelines for: those whose module in
+#: :mod:`engine.arch` says ``runnable`` (FLUX's ``engine.arch.flux.RUNS``).
+RUNNABLE_ARCHITECTURES: tuple[str, ...] = arch.runnable()
 
 #: LoRA-like maths no patcher here applies (engine.loras.reader refuses a file made only of
 #: them), with the name people know each by.

@@ -25,9 +25,9 @@ class SdRuntime:
     architecture = "sd"
 
     def load(self, path: Path, *, device: str, dtype: str) -> Any:
-        from engine.pipelines import load_pipeline
+        from engine.pipelines import load_sd_pipeline
 
-        pipe, _arch = load_pipeline(path, device=device, dtype=dtype)
+        pipe, _arch = load_sd_pipeline(path, device=device, dtype=dtype)
         return pipe
 
     def denoiser(self, pipe: Any) -> Any:
