@@ -167,7 +167,7 @@ def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") ->
         arch = _folder_arch(path) if path.is_dir() else single_file_arch(path)[0]
         module = _arch.ARCHITECTURES[arch].runtime or _SD_RUNTIME
         if not module.startswith(_SD_RUNTIME):
-            return _arch.runtime(arch).load(path, device=device, dtype=dtype), arch
+            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype), arch
     return load_sd_pipeline(path, device=device, dtype=dtype)
 
 

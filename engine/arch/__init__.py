@@ -13,10 +13,10 @@ Each architecture is a module with two halves:
   capabilities, whether this engine runs it, and what its jobs must share to share a batch.
   The bot (validation, registry checks, the ``/imagine`` menus, Civitai planning), the
   protocol's architecture names, the schema's accepted values and the inspector all read it.
-- a runtime (torch; the module named by ``Architecture.runtime``, exposing ``RUNTIME``, a
-  :class:`engine.arch.runtime.Runtime`): loading, the modules a LoRA may patch and how file
+- a runtime (torch; named by ``Architecture.runtime``: ``"module"`` exposing ``RUNTIME``, or
+  ``"module:attribute"``; a :class:`engine.arch.runtime.Runtime`): loading, the modules a LoRA may patch and how file
   keys map onto them, prompt encoding, latents and the pipeline call. Only the engine imports
-  it (:func:`runtime`), and only for an architecture it runs.
+  it (:func:`runtime_of`; not ``runtime``, the name of the protocol's submodule), and only for an architecture it runs.
 
 How to add an architecture (Z-Image, Qwen-Image, FLUX.2 Klein, Chroma, ...):
 
@@ -151,13 +151,14 @@ def recognise(tensors: Tensors, metadata: dict[str, str]) -> tuple[str, str | No
     return _recognise(tensors, metadata)
 
 
-def runtime(name: str) -> Any:
+def runtime_of(name: str) -> Any:
     """The engine-side runtime of architecture ``name`` (imports torch). Raises LookupError
     for an architecture without one."""
     found = ARCHITECTURES.get(name)
     if found is None or found.runtime is None or not found.runnable:
         raise LookupError(f"no runtime for architecture {name!r}")
-    return importlib.import_module(found.runtime).RUNTIME
+    module, _, attribute = found.runtime.partition(":")
+    return getattr(importlib.import_module(module), attribute or "RUNTIME")
 
 
 __all__ = [
@@ -176,5 +177,5 @@ __all__ = [
     "label",
     "recognise",
     "runnable",
-    "runtime",
+    "runtime_of",
 ]

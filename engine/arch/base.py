@@ -171,6 +171,8 @@ class Architecture:
     guidance: Guidance = Guidance("cfg", 7.0)
     uses_negative: bool = True
     prompt_budget: PromptBudget = PromptBudget("clip_chunks", 75)
+    #: The text encoders its prompts go through, in order ("clip_l", "clip_g", "t5").
+    text_encoders: tuple[str, ...] = ("clip_l",)
     #: A1111 clip skip and textual-inversion embeddings apply (CLIP-only models).
     clip_skip: bool = True
     embeddings: bool = True
@@ -180,7 +182,8 @@ class Architecture:
     #: What jobs on this architecture must share to run in one call, beyond the common key
     #: (:func:`engine.recipe.batching.batch_key`).
     batch_fields: Callable[[Any], tuple[Any, ...]] | None = None
-    #: Dotted path of the module with its :class:`engine.arch.runtime.Runtime` (torch);
+    #: Where its :class:`engine.arch.runtime.Runtime` is: ``"module"`` (its ``RUNTIME``) or
+    #: ``"module:attribute"`` (torch);
     #: imported only by the engine, only when the architecture runs.
     runtime: str | None = None
 

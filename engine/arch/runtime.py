@@ -1,7 +1,7 @@
 """The engine-side half of an architecture: what :class:`engine.generate.Generator` asks.
 
-Each runnable architecture names a module (``Architecture.runtime``) exposing ``RUNTIME``, an
-object with these methods; :func:`engine.arch.runtime` imports it. The generator, the LoRA
+Each runnable architecture names a module (``Architecture.runtime``) exposing ``RUNTIME`` (or
+``"module:attribute"``), an object with these methods; :func:`engine.arch.runtime_of` imports it. The generator, the LoRA
 binder and the prompt encoder ask it instead of testing ``arch in ("sd15", "sdxl")`` or
 ``hasattr(pipe, "text_encoder_2")``, so a new architecture brings its own loading, LoRA
 targets, prompt encoding, latents and pipeline call without touching them.

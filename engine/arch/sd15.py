@@ -40,5 +40,5 @@ SD15 = Architecture(
     guidance=Guidance("cfg", 7.0, typical="5 to 8"),
     uses_negative=True,
     prompt_budget=PromptBudget("clip_chunks", 75),
-    runtime="engine.arch.sd_runtime",
+    runtime="engine.arch.sd_runtime:SD15",
 )

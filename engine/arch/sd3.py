@@ -41,6 +41,7 @@ SD3 = Architecture(
     guidance=Guidance("cfg", 4.5, low=1.0, high=15.0, typical="4.5 to 7"),
     uses_negative=True,
     prompt_budget=PromptBudget("t5", 256, emphasis=False),
+    text_encoders=("clip_l", "clip_g", "t5"),
     clip_skip=False,
     embeddings=False,
 )

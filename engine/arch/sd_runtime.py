@@ -20,9 +20,11 @@ SD_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 class SdRuntime:
-    """SD 1.5 and SDXL (one class: they differ only in data the pipeline already holds)."""
+    """SD 1.5 and SDXL: one class, an instance per architecture (they differ in data: the
+    pipeline class, the text encoders)."""
 
-    architecture = "sd"
+    def __init__(self, architecture: str) -> None:
+        self.architecture = architecture
 
     def load(self, path: Path, *, device: str, dtype: str) -> Any:
         from engine.pipelines import load_sd_pipeline
@@ -51,14 +53,10 @@ class SdRuntime:
     def rows_per_image(self, recipe: Any) -> int:
         return 2 if recipe.cfg_scale > 1 else 1
 
-    def is_sdxl(self, pipe: Any) -> bool:
-        """SDXL's pipeline has CLIP-G as ``text_encoder_2`` (and its pooled output)."""
-        return getattr(pipe, "text_encoder_2", None) is not None
-
     def prompt_encoder(self, pipe: Any, *, clip_skip: int, embeddings: dict[str, Any]) -> Any:
         from engine.prompting.encode import PromptEncoder
 
-        return PromptEncoder(pipe, clip_skip=clip_skip, embeddings=embeddings)
+        return PromptEncoder(pipe, clip_skip=clip_skip, embeddings=embeddings, architecture=self.architecture)
 
     def hooks(self, pipe: Any, conditioning: Any) -> AbstractContextManager[None]:
         from engine.prompting.encode import cross_attention_mask
@@ -98,6 +96,7 @@ class SdRuntime:
         )
 
 
-RUNTIME = SdRuntime()
+SD15 = SdRuntime("sd15")
+SDXL = SdRuntime("sdxl")
 
-__all__ = ["RUNTIME", "SD_COMPONENTS", "SdRuntime"]
+__all__ = ["SD15", "SDXL", "SD_COMPONENTS", "SdRuntime"]

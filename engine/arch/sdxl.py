@@ -45,5 +45,6 @@ SDXL = Architecture(
     guidance=Guidance("cfg", 7.0, typical="5 to 8"),
     uses_negative=True,
     prompt_budget=PromptBudget("clip_chunks", 75),
-    runtime="engine.arch.sd_runtime",
+    text_encoders=("clip_l", "clip_g"),
+    runtime="engine.arch.sd_runtime:SDXL",
 )

@@ -90,6 +90,7 @@ FLUX = Architecture(
     guidance=DEV_GUIDANCE,
     uses_negative=False,
     prompt_budget=PromptBudget("t5", 512, emphasis=False),
+    text_encoders=("clip_l", "t5"),
     clip_skip=False,
     embeddings=False,
     variants={
