@@ -41,7 +41,7 @@ SDXL = Architecture(
     ),
     samplers=SAMPLERS,
     default_sampler="DPM++ 2M Karras",
-    default_steps=25,
+    default_steps=20,
     guidance=Guidance("cfg", 7.0, typical="5 to 8"),
     uses_negative=True,
     prompt_budget=PromptBudget("clip_chunks", 75),
