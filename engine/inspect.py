@@ -348,6 +348,9 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     dit = dit_family(tensors)
     family_text = dit[1] if dit is not None and architecture == "unknown" else None
     variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and dit is None else None
+    spec = _arch.get(architecture)
+    if kind == "checkpoint" and dit is not None and spec is not None and spec.checkpoint_variant is not None:
+        variant = spec.checkpoint_variant(tensors)
     base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,

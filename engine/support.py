@@ -88,6 +88,18 @@ def cannot_run(
                 f"`{path}` is {what}; this engine makes images from text with plain {runs} "
                 f"checkpoints only: pick the text-to-image checkpoint it was made from, or another {either} checkpoint."
             )
+        spec = arch.get(architecture)
+        found = spec.variants.get(variant or "") if spec is not None else None
+        if (
+            architecture in RUNNABLE_ARCHITECTURES
+            and found is not None
+            and found.capabilities is not None
+            and "txt2img" not in found.capabilities
+        ):
+            return (
+                f"`{path}` is a {found.label} checkpoint, made for {' and '.join(sorted(found.capabilities))} "
+                f"rather than text-to-image, which is what this engine does: pick a text-to-image {spec.label} checkpoint."
+            )
         if architecture in RUNNABLE_ARCHITECTURES:
             return None
         if architecture == "unknown" and not family_text:

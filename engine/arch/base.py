@@ -162,6 +162,8 @@ class Architecture:
     #: diffusers ``model_index.json`` class names -> the variant they are (None: the plain one).
     pipeline_classes: Mapping[str, str | None] = field(default_factory=dict)
     dit: DitRule | None = None
+    #: The variant a checkpoint's tensors show (FLUX: a guidance input means dev), or None.
+    checkpoint_variant: Callable[[Tensors], str | None] | None = None
     #: Text-encoder context widths that identify a UNet of this architecture (SD 1.5: 768).
     context_widths: tuple[int, ...] = ()
     size: SizeRule | None = None

@@ -343,3 +343,27 @@ def test_cfg_bounds_per_architecture() -> None:
     ]
     assert isinstance(validate(request(model="Dream", cfg=12.0), catalog()), Validated)
     assert codes(validate(request(model="Dream", cfg=25.0), catalog())) == ["cfg_out_of_range"]
+
+
+def test_size_multiple_comes_from_the_architecture() -> None:
+    """FLUX packs 2x2 latent patches: sides in multiples of 16; SD's stay multiples of 8."""
+    assert isinstance(validate(request(model="Juggernaut XL", width=1000, height=1024), catalog()), Validated)
+    result = validate(request(model="Flux Dev", width=1000, height=1024), catalog())
+    assert codes(result) == ["size_not_multiple_of_16"]
+    assert isinstance(result, Rejected) and "Use 992 or 1008." in result.as_text()
+    assert codes(validate(request(model="Dream", width=500), catalog())) == ["size_not_multiple_of_8"]
+
+
+def test_settings_a_flux_model_ignores_are_noted_or_refused() -> None:
+    """A negative prompt on FLUX is not used: the member is told, not silently ignored; clip skip
+    (CLIP-only) and an SD sampler are refused with the reason."""
+    result = validate(request(model="Flux Dev", negative_prompt="blurry"), catalog())
+    assert isinstance(result, Validated)
+    assert [n.code for n in result.notes] == ["negative_ignored"]
+    plain = validate(request(model="Dream", negative_prompt="blurry"), catalog())
+    assert isinstance(plain, Validated) and plain.notes == ()
+    assert codes(validate(request(model="Flux Dev", clip_skip=2), catalog())) == ["clip_skip_unsupported"]
+    assert codes(validate(request(model="Flux Dev", sampler="DPM++ 2M Karras"), catalog())) == [
+        "sampler_wrong_for_architecture"
+    ]
+    assert isinstance(validate(request(model="Flux Dev", sampler="euler"), catalog()), Validated)

@@ -21,6 +21,7 @@ from engine.arch.base import (
     Guidance,
     PromptBudget,
     SizeRule,
+    Tensors,
     Variant,
     path_matcher,
 )
@@ -35,6 +36,28 @@ WIDTH = 3072
 DEV_GUIDANCE = Guidance("distilled", 3.5, low=1.0, high=10.0, typical="3.5")
 #: schnell was distilled to four steps without a guidance input: a value set is not used.
 SCHNELL_GUIDANCE = Guidance("none", 0.0, typical="none (schnell ignores it)")
+
+
+#: The image input of the denoiser (BFL and diffusers names, with the prefixes full files add).
+_IMAGE_INPUTS = ("img_in.weight", "x_embedder.weight")
+_GUIDANCE_INPUTS = ("guidance_in.", "time_text_embed.guidance_embedder.")
+_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "transformer.")
+#: Fill reads the noise (64 packed channels) with the masked image and the mask (320 more).
+_FILL_INPUT = 384
+
+
+def checkpoint_variant(tensors: Tensors) -> str | None:
+    """"fill", "dev" or "schnell" from where their files differ: Fill's wider image input,
+    dev's guidance embedding (schnell was distilled without one). Kontext and Krea files
+    look like dev's; Civitai's names tell them apart."""
+    for prefix in _PREFIXES:
+        for name in _IMAGE_INPUTS:
+            shape = tensors.get(prefix + name, {}).get("shape")
+            if shape and len(shape) == 2 and shape[1] == _FILL_INPUT:
+                return "fill"
+    if not any(k.startswith(p + g) for k in tensors for p in _PREFIXES for g in _GUIDANCE_INPUTS):
+        return "schnell"
+    return "dev"
 
 
 def _shape(width: int | None, _joint: bool, cross: bool, _paths: tuple[str, ...]) -> bool:
@@ -62,6 +85,7 @@ FLUX = Architecture(
         "FluxFillPipeline": "fill",
         "FluxKontextPipeline": "kontext",
     },
+    checkpoint_variant=checkpoint_variant,
     dit=DitRule(
         structure=path_matcher(r"(double_blocks|single_blocks|single_transformer_blocks)[._]"),
         shape=_shape,
