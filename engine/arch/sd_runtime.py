@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.arch.runtime import LoraTarget
+from engine.loras.keys import COMPONENTS
 
 #: The components an SD LoRA may patch, with the pipeline attribute that holds each.
-SD_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+SD_COMPONENTS = COMPONENTS
 
 
 class SdRuntime:
