@@ -207,15 +207,14 @@ def check_clip_skip(
             "Leave clip skip empty (or 1).",
         )
         return 1
-    if model is not None and model.architecture == "sdxl" and value > 2:
-        check.note(
-            "clip_skip_sdxl",
-            f"Clip skip {value} has no effect on SDXL: SDXL models always read the penultimate layer "
-            "(what “clip skip 2” means for Pony), as in A1111.",
-        )
+    if spec is not None and spec.clip_skip_note and value > 2:
+        # The code keeps its first architecture's name: tests and formatting key on it.
+        check.note("clip_skip_sdxl", spec.clip_skip_note.format(value=value))
+    # Only where clip skip changes what the model reads does a LoRA's training value matter.
+    reads_it = model is None or (spec is not None and spec.clip_skip and spec.clip_skip_note is None)
     for lora, _ in stack:
         trained = lora.trained_clip_skip
-        if trained and trained != value and (model is None or model.architecture == "sd15"):
+        if trained and trained != value and reads_it:
             check.note(
                 "clip_skip_differs",
                 f"`{lora.name}` was trained with clip skip {trained}; this image uses {value}.",

@@ -177,6 +177,9 @@ class Architecture:
     text_encoders: tuple[str, ...] = ("clip_l",)
     #: A1111 clip skip and textual-inversion embeddings apply (CLIP-only models).
     clip_skip: bool = True
+    #: Where the model reads one fixed CLIP layer whatever clip skip says (SDXL: the
+    #: penultimate), what to tell a member who sets more; ``{value}`` is theirs.
+    clip_skip_note: str | None = None
     embeddings: bool = True
     capabilities: frozenset[str] = frozenset({"txt2img"})
     variants: Mapping[str, Variant] = field(default_factory=dict)

@@ -46,5 +46,9 @@ SDXL = Architecture(
     uses_negative=True,
     prompt_budget=PromptBudget("clip_chunks", 75),
     text_encoders=("clip_l", "clip_g"),
+    clip_skip_note=(
+        "Clip skip {value} has no effect on SDXL: SDXL models always read the penultimate layer "
+        "(what “clip skip 2” means for Pony), as in A1111."
+    ),
     runtime="engine.arch.sd_runtime:SDXL",
 )

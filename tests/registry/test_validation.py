@@ -367,3 +367,17 @@ def test_settings_a_flux_model_ignores_are_noted_or_refused() -> None:
         "sampler_wrong_for_architecture"
     ]
     assert isinstance(validate(request(model="Flux Dev", sampler="euler"), catalog()), Validated)
+
+
+def test_clip_skip_notes_follow_the_architecture() -> None:
+    result = validate(request(model="Juggernaut XL", clip_skip=3, width=1024, height=1024), catalog())
+    assert isinstance(result, Validated)
+    assert [(n.code, n.message) for n in result.notes] == [
+        (
+            "clip_skip_sdxl",
+            "Clip skip 3 has no effect on SDXL: SDXL models always read the penultimate layer "
+            "(what “clip skip 2” means for Pony), as in A1111.",
+        )
+    ]
+    plain = validate(request(model="Dream", clip_skip=3), catalog())
+    assert isinstance(plain, Validated) and plain.notes == ()
