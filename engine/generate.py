@@ -44,7 +44,7 @@ from engine.recipe.a1111 import write_parameters
 from engine.recipe.batching import batch_key
 from engine.samplers import make_scheduler
 from engine.support import RUNNABLE_ARCHITECTURES
-from engine.validation import validate_recipe
+from engine.validation import check_for_architecture, validate_recipe
 
 log = logging.getLogger("engine.generate")
 
@@ -282,6 +282,7 @@ class Generator:
         embedding_files = resolve_embedding_files(first, self.embedding_root, self.inspect)
         prediction = resolve_prediction(first.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
+        check_for_architecture(first, model_info.architecture, model_name)
         if model_info.architecture in RUNNABLE_ARCHITECTURES:
             for lora in stack:
                 check_architecture(lora, model_info.architecture, model_name)

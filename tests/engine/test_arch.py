@@ -187,3 +187,18 @@ def test_nothing_is_listed_twice() -> None:
     assert offenders == []
     for path in sorted((ROOT / "data" / "schema").glob("*.sql"))[-1:]:
         assert "'sd15', 'sdxl'" not in path.read_text(encoding="utf-8")
+
+
+def test_the_engine_checks_the_architectures_size_and_sampler_rules() -> None:
+    """A direct caller of the engine meets the same rules the bot checks first."""
+    from engine.protocol import EngineError, ErrorCode, Recipe
+    from engine.validation import check_for_architecture
+
+    recipe = Recipe(model="m.safetensors", prompt="a cat", width=1000, height=1024, sampler="Euler")
+    check_for_architecture(recipe, "sd15", "Dream")
+    with pytest.raises(EngineError, match="multiple of 16 .*992 or 1008") as caught:
+        check_for_architecture(recipe, "flux", "Flux Dev")
+    assert caught.value.code is ErrorCode.INVALID_RECIPE
+    with pytest.raises(EngineError, match="sampler 'DPM\\+\\+ 2M Karras' does not run FLUX.1"):
+        check_for_architecture(Recipe(model="m.safetensors", prompt="a", sampler="DPM++ 2M Karras"), "flux", "F")
+    check_for_architecture(Recipe(model="m.safetensors", prompt="a", sampler="DPM++ 2M Karras"), "sdxl", "XL")
