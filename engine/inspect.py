@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import arch as _arch
 from engine.arch import recognition as _recognition
+from engine.arch import unet as _unet
 from engine.classify import (
     BUNDLE_PREFIX,
     adapter_configs,
@@ -227,23 +228,14 @@ def _read_scalar(path: Path, header_len: int, entry: dict[str, Any]) -> float | 
 # --- classification ----------------------------------------------------------------------
 
 
-#: conv_in of a UNet checkpoint (ldm, diffusers single-file and pipeline-prefixed names).
-_CONV_IN_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conv_in.weight", "unet.conv_in.weight")
-_INPUT_CHANNEL_VARIANTS = {9: "inpainting", 8: "instruct-pix2pix"}
-#: The SDXL refiner's UNet reads OpenCLIP-G alone (1280 wide), not SDXL base's 2048.
-_REFINER_CONTEXT = 1280
-
-
 def checkpoint_variant(tensors: dict[str, dict[str, Any]], architecture: str) -> str | None:
-    """"inpainting", "instruct-pix2pix" or "refiner" for a UNet checkpoint that is not a plain
-    text-to-image one (the engine's pipelines would fail loading it), else None."""
-    for key in _CONV_IN_KEYS:
-        shape = tensors.get(key, {}).get("shape")
-        if shape and len(shape) == 4 and shape[1] in _INPUT_CHANNEL_VARIANTS:
-            return _INPUT_CHANNEL_VARIANTS[shape[1]]
-    if architecture == "sdxl" and _recognition.context_dim(tensors) == _REFINER_CONTEXT:
-        return "refiner"
-    return None
+    """What a checkpoint of ``architecture`` is beyond that ("inpainting", "refiner", "dev",
+    "schnell", ...): its module's rule (engine.arch); for a UNet no module claims (SD 2.x), its
+    input channels still name an inpainting or InstructPix2Pix file."""
+    spec = _arch.get(architecture)
+    if spec is None:
+        return _unet.input_variant(tensors)
+    return spec.checkpoint_variant(tensors) if spec.checkpoint_variant is not None else None
 
 
 def classify(
@@ -347,10 +339,8 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     prediction, ztsnr = prediction_from(tensors, metadata) if kind == "checkpoint" else (None, False)
     dit = dit_family(tensors)
     family_text = dit[1] if dit is not None and architecture == "unknown" else None
-    variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and dit is None else None
-    spec = _arch.get(architecture)
-    if kind == "checkpoint" and dit is not None and spec is not None and spec.checkpoint_variant is not None:
-        variant = spec.checkpoint_variant(tensors)
+    unnamed_dit = dit is not None and _arch.get(architecture) is None
+    variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and not unnamed_dit else None
     base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,

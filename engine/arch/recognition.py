@@ -21,6 +21,7 @@ from typing import Any
 
 from engine import arch as registry
 from engine.arch.base import Tensors
+from engine.arch.unet import context_dim
 
 _DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down|hada_w1_b)")
 _TE2_KEY = re.compile(
@@ -49,7 +50,6 @@ _CROSS_ATTN = re.compile(r"[._]attn2[._]")
 _SDXL_UNET_KEY = re.compile(r"(add_embedding|label_emb)")
 # transformer_blocks beyond the first one only exist where transformer_layers_per_block > 1.
 _DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._]([1-9]\d*)[._]")
-_ATTN2_TO_K = re.compile(r"attn2[._]to_k")
 # kohya's SGM-style UNet names (input_blocks_4_1_...) versus diffusers' (down_blocks_1_...).
 _UNET_KEY = re.compile(
     r"(^lora_unet_|^unet\.|model\.diffusion_model\.|down_blocks|input_blocks|mid_block|middle_block)"
@@ -68,19 +68,6 @@ def denoiser_path(key: str) -> str:
         else:
             break
     return key
-
-
-def context_dim(tensors: Tensors) -> int | None:
-    """Width of the text features the UNet's cross-attention reads (to_k's input width)."""
-    for name, entry in tensors.items():
-        if not _ATTN2_TO_K.search(name):
-            continue
-        shape = entry["shape"]
-        if _DOWN_KEY.search(name) and len(shape) == 2:
-            return int(shape[1])
-        if name.endswith("to_k.weight") and len(shape) == 2:
-            return int(shape[1])
-    return None
 
 
 def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:

@@ -7,6 +7,7 @@ encoding, the denoising call) is shared with SDXL in :mod:`engine.arch.sd_runtim
 from __future__ import annotations
 
 from engine.arch.base import Architecture, BaseModelName, Guidance, PromptBudget, SizeRule
+from engine.arch.unet import input_variant
 from engine.recipe.sampler_names import SAMPLERS
 
 SD15 = Architecture(
@@ -21,6 +22,7 @@ SD15 = Architecture(
         "StableDiffusionInpaintPipeline": "inpainting",
         "StableDiffusionInstructPix2PixPipeline": "instruct-pix2pix",
     },
+    checkpoint_variant=input_variant,
     context_widths=(768,),
     size=SizeRule(
         multiple=8,

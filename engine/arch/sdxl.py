@@ -8,6 +8,7 @@ Torch-free; the runtime is shared with SD 1.5 in :mod:`engine.arch.sd_runtime`.
 from __future__ import annotations
 
 from engine.arch.base import Architecture, BaseModelName, Guidance, PromptBudget, SizeRule
+from engine.arch.unet import sdxl_variant
 from engine.recipe.sampler_names import SAMPLERS
 
 SDXL = Architecture(
@@ -24,6 +25,7 @@ SDXL = Architecture(
     ),
     metadata_hints=("sdxl", "stable-diffusion-xl"),
     pipeline_classes={"StableDiffusionXLPipeline": None, "StableDiffusionXLInpaintPipeline": "inpainting"},
+    checkpoint_variant=sdxl_variant,
     context_widths=(2048,),
     size=SizeRule(
         multiple=8,

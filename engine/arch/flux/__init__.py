@@ -49,12 +49,13 @@ _FILL_INPUT = 384
 def checkpoint_variant(tensors: Tensors) -> str | None:
     """"fill", "dev" or "schnell" from where their files differ: Fill's wider image input,
     dev's guidance embedding (schnell was distilled without one). Kontext and Krea files
-    look like dev's; Civitai's names tell them apart."""
-    for prefix in _PREFIXES:
-        for name in _IMAGE_INPUTS:
-            shape = tensors.get(prefix + name, {}).get("shape")
-            if shape and len(shape) == 2 and shape[1] == _FILL_INPUT:
-                return "fill"
+    look like dev's; Civitai's names tell them apart. None for a file without FLUX's image
+    input (a partial file, or one only its metadata calls FLUX): nothing to tell from."""
+    shapes = [tensors[p + n].get("shape") for p in _PREFIXES for n in _IMAGE_INPUTS if p + n in tensors]
+    if not shapes:
+        return None
+    if any(shape and len(shape) == 2 and shape[1] == _FILL_INPUT for shape in shapes):
+        return "fill"
     if not any(k.startswith(p + g) for k in tensors for p in _PREFIXES for g in _GUIDANCE_INPUTS):
         return "schnell"
     return "dev"
