@@ -41,7 +41,7 @@ from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.recipe.a1111 import write_parameters
-from engine.recipe.batching import batch_key
+from engine.recipe.batching import architecture_batch_key, batch_key
 from engine.samplers import make_scheduler
 from engine.support import RUNNABLE_ARCHITECTURES
 from engine.validation import check_for_architecture, validate_recipe
@@ -283,6 +283,9 @@ class Generator:
         prediction = resolve_prediction(first.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
         check_for_architecture(first, model_info.architecture, model_name)
+        arch_key = architecture_batch_key(first, model_info.architecture)
+        if any(architecture_batch_key(r, model_info.architecture) != arch_key for r in recipes):
+            raise ValueError("run_batch needs jobs its architecture can batch together; run the others apart")
         if model_info.architecture in RUNNABLE_ARCHITECTURES:
             for lora in stack:
                 check_architecture(lora, model_info.architecture, model_name)

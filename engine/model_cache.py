@@ -25,7 +25,9 @@ from engine.patcher import WeightPatcher
 
 log = logging.getLogger("engine.model_cache")
 DEVICE, HOST = "device", "host"
-_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+#: Pipeline attributes holding weights: SD's UNet and CLIPs, a DiT's transformer (FLUX: CLIP-L
+#: and T5 as text_encoder and text_encoder_2), the VAE.
+_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
 
 
 @dataclass

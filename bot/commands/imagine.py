@@ -16,8 +16,12 @@ from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
 from engine import arch as architectures
 from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
-#: A1111 sampler names the engine maps to diffusers schedulers (Discord shows 25 choices).
-SAMPLERS = ALL_SAMPLERS[:25]
+#: A1111 sampler names the engine maps to diffusers schedulers that some runnable architecture
+#: runs, in the shared list's order (Discord shows 25 choices); the validator checks the model's.
+SAMPLERS = tuple(
+    s for s in ALL_SAMPLERS
+    if any(s in architectures.ARCHITECTURES[name].samplers for name in architectures.runnable())
+)[:25]
 #: A size any architecture's rules let through, offered last for quick drafts.
 _DRAFT = ("256×256 · draft", "256x256")
 

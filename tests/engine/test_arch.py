@@ -202,3 +202,22 @@ def test_the_engine_checks_the_architectures_size_and_sampler_rules() -> None:
     with pytest.raises(EngineError, match="sampler 'DPM\\+\\+ 2M Karras' does not run FLUX.1"):
         check_for_architecture(Recipe(model="m.safetensors", prompt="a", sampler="DPM++ 2M Karras"), "flux", "F")
     check_for_architecture(Recipe(model="m.safetensors", prompt="a", sampler="DPM++ 2M Karras"), "sdxl", "XL")
+
+
+def test_an_architecture_can_add_what_its_jobs_must_share() -> None:
+    """batch_key is the same for every architecture today; a module's batch_fields extends it."""
+    import dataclasses
+
+    from engine.protocol import Recipe
+    from engine.recipe.batching import architecture_batch_key, batch_key
+
+    recipe = Recipe(model="m.safetensors", prompt="a cat")
+    assert architecture_batch_key(recipe, "sdxl") == batch_key(recipe)
+    assert architecture_batch_key(recipe, "unknown") == batch_key(recipe)
+    spec = arch.ARCHITECTURES["flux"]
+    patched = dataclasses.replace(spec, batch_fields=lambda r: (len(r.prompt) > 100,))
+    arch.ARCHITECTURES["flux"] = patched
+    try:
+        assert architecture_batch_key(recipe, "flux") == (*batch_key(recipe), False)
+    finally:
+        arch.ARCHITECTURES["flux"] = spec
