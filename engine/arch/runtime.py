@@ -15,6 +15,7 @@ Contract, for implementers (SD 1.5/SDXL: :mod:`engine.arch.sd_runtime`; FLUX:
   ``out_of_memory``, ``arch_mismatch``).
 - ``denoiser(pipe) -> nn.Module``: the module the steps run (``pipe.unet``,
   ``pipe.transformer``); the generator moves, compiles and sizes it.
+  ``set_denoiser(pipe, module)`` puts a wrapped one (``torch.compile``) in its place.
 - ``lora_components(pipe) -> {component: nn.Module}``: the modules a LoRA may patch, under
   the component names its files use ("unet", "text_encoder", "text_encoder_2",
   "transformer"). A compiled module's ``_orig_mod`` is what gets patched.
