@@ -221,3 +221,32 @@ def test_an_architecture_can_add_what_its_jobs_must_share() -> None:
         assert architecture_batch_key(recipe, "flux") == (*batch_key(recipe), False)
     finally:
         arch.ARCHITECTURES["flux"] = spec
+
+
+def test_runtimes_are_found_through_the_registry() -> None:
+    from engine.arch.runtime import Runtime
+
+    sd15, sdxl = arch.runtime_of("sd15"), arch.runtime_of("sdxl")
+    assert isinstance(sd15, Runtime) and isinstance(sdxl, Runtime)
+    assert (sd15.architecture, sdxl.architecture) == ("sd15", "sdxl")
+    recipe = type("R", (), {"cfg_scale": 7.0})()
+    assert sd15.rows_per_image(recipe) == 2
+    recipe.cfg_scale = 1.0
+    assert sd15.rows_per_image(recipe) == 1
+    for name in ("flux", "sd3", "unknown"):  # FLUX's runtime runs once engine.arch.flux.RUNS is set
+        with pytest.raises(LookupError):
+            arch.runtime_of(name)
+
+
+def test_clip_prompt_encoding_asks_the_architecture(demo_assets) -> None:
+    """Which CLIPs read the prompt is the architecture's to say, not "the pipeline has a
+    text_encoder_2" (FLUX's is T5): an architecture that reads T5 is refused by name."""
+    from engine.pipelines import load_pipeline
+    from engine.prompting.encode import PromptEncoder
+    from engine.protocol import EngineError, ErrorCode
+
+    sdxl, _ = load_pipeline(demo_assets.model_root / demo_assets.models["sdxl"])
+    assert PromptEncoder(sdxl).sdxl and PromptEncoder(sdxl, architecture="sdxl").sdxl
+    with pytest.raises(EngineError) as caught:
+        PromptEncoder(sdxl, architecture="flux")
+    assert caught.value.code is ErrorCode.ARCH_MISMATCH and "FLUX.1" in caught.value.message
