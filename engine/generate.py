@@ -379,8 +379,9 @@ class Generator:
         patcher = entry.patcher
         wanted = stack_key(stack)
         changed = wanted != patcher.applied[1]
-        latent_pixels = (recipe.width // 8) * (recipe.height // 8)
-        unet_batch = _arch.runtime_of(entry.arch).rows_per_image(recipe) * images  # rows per call, all calls
+        runtime = _arch.runtime_of(entry.arch)
+        latent_pixels = runtime.positions(recipe)
+        unet_batch = runtime.rows_per_image(recipe) * images  # rows per call, all calls
         work = stack_work(stack, patcher.positions_for(latent_pixels, unet_batch), patcher.patched_layers)
         forced = PATCHED if self.compile_unet else (None if self.lora_mode == "auto" else self.lora_mode)
         if not wanted:
@@ -407,8 +408,8 @@ class Generator:
         calls = model_calls(recipe.steps, recipe.sampler)
         if calls <= 0 or denoise <= 0:
             return
-        rows = _arch.runtime_of(entry.arch).rows_per_image(recipe)
-        key = (entry.key, (recipe.width // 8) * (recipe.height // 8), images * rows)
+        runtime = _arch.runtime_of(entry.arch)
+        key = (entry.key, runtime.positions(recipe), images * runtime.rows_per_image(recipe))
         per_call = denoise / calls
         if mode == UNFUSED and entry.patcher.applied[1]:
             base = self._call_seconds.get(key)
@@ -483,7 +484,7 @@ class Generator:
         reported = [0] * len(recipes)
         images: list[Any] = []
         denoise = 0.0
-        latent_pixels = (first.width // 8) * (first.height // 8)
+        latent_pixels = runtime.positions(first)
         unet_batch = runtime.rows_per_image(first)
         limit = self.max_batch_images
         start = 0

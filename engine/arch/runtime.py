@@ -24,6 +24,9 @@ Contract, for implementers (SD 1.5/SDXL: :mod:`engine.arch.sd_runtime`; FLUX:
   of its ΔW (a fused ``qkv`` or ``linear1`` split onto diffusers' ``to_q/to_k/to_v`` and
   ``proj_mlp``); a name it cannot place is left out, and the caller reports how much
   matched. SD layers map one to one (``None`` here: the patcher's name index does it).
+- ``positions(recipe) -> int``: spatial positions the denoiser's layers see per row (SD:
+  ``(w/8)*(h/8)`` latent pixels; FLUX: ``(w/16)*(h/16)`` packed image tokens): the LoRA cost
+  model's unit.
 - ``rows_per_image(recipe) -> int``: denoiser rows per image per step (2 under CFG > 1, 1
   for distilled or no guidance): the cost model and batch limits read it.
 - ``prompt_encoder(pipe, *, clip_skip, embeddings)``: an object with
@@ -72,6 +75,8 @@ class Runtime(Protocol):
     def lora_components(self, pipe: Any) -> dict[str, Any]: ...
 
     def map_lora_keys(self, pipe: Any, modules: Sequence[str]) -> dict[str, list[LoraTarget]] | None: ...
+
+    def positions(self, recipe: Any) -> int: ...
 
     def rows_per_image(self, recipe: Any) -> int: ...
 

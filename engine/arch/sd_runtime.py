@@ -51,6 +51,9 @@ class SdRuntime:
         # SD layers map one to one by flattened diffusers or SGM name: engine.loras.keys does it.
         return None
 
+    def positions(self, recipe: Any) -> int:
+        return (recipe.width // 8) * (recipe.height // 8)
+
     def rows_per_image(self, recipe: Any) -> int:
         return 2 if recipe.cfg_scale > 1 else 1
 
