@@ -137,6 +137,13 @@ def _check_sidecar(sidecar: Path, home: Path) -> None:
 
 def single_file_arch(path: Path) -> tuple[str, Path]:
     """(architecture, local config folder) for a single-file checkpoint."""
+    arch, sidecar = _file_arch(path)
+    return arch, sidecar or shipped_config(arch)
+
+
+def _file_arch(path: Path) -> tuple[str, Path | None]:
+    """(architecture, its config sidecar if it has one) of a single-file checkpoint this
+    engine runs; an error naming what it is otherwise."""
     sidecar = config_sidecar(path)
     if (sidecar / DIFFUSERS_INDEX).is_file():
         _check_sidecar(sidecar, Path(path).resolve().parent)
@@ -152,7 +159,7 @@ def single_file_arch(path: Path) -> tuple[str, Path]:
             ErrorCode.ARCH_MISMATCH,
             f"'{path.name}' is {what}, not an SD 1.5 or SDXL checkpoint; pick a base model file",
         )
-    return info.architecture, shipped_config(info.architecture)
+    return info.architecture, None
 
 
 def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
@@ -164,7 +171,7 @@ def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") ->
     """
     path = Path(path)
     if path.suffix.lower() not in PICKLE_SUFFIXES and (path.is_dir() or path.suffix.lower() == ".safetensors"):
-        arch = _folder_arch(path) if path.is_dir() else single_file_arch(path)[0]
+        arch = _folder_arch(path) if path.is_dir() else _file_arch(path)[0]
         module = _arch.ARCHITECTURES[arch].runtime or _SD_RUNTIME
         if not module.startswith(_SD_RUNTIME):
             return _arch.runtime_of(arch).load(path, device=device, dtype=dtype), arch
