@@ -28,6 +28,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine import arch as _arch
 from engine.cost_model import CostModel, Decision, model_calls
 from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
@@ -40,9 +41,10 @@ from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.recipe.a1111 import write_parameters
-from engine.recipe.batching import batch_key
+from engine.recipe.batching import architecture_batch_key, batch_key
 from engine.samplers import make_scheduler
-from engine.validation import validate_recipe
+from engine.support import RUNNABLE_ARCHITECTURES
+from engine.validation import check_for_architecture, validate_recipe
 
 log = logging.getLogger("engine.generate")
 
@@ -177,12 +179,13 @@ class Generator:
         import torch
 
         pipe, arch = load_pipeline(path, device="cpu", dtype=self.dtype)
+        runtime = _arch.runtime_of(arch)
         if self.channels_last:
-            pipe.unet.to(memory_format=torch.channels_last)
+            runtime.denoiser(pipe).to(memory_format=torch.channels_last)
         if self.compile_unet:
             # Patched weights keep their shapes and storage, so a stack switch never
             # recompiles; the unfused path's hooks would, so compiled models always patch.
-            pipe.unet = torch.compile(pipe.unet)
+            runtime.set_denoiser(pipe, torch.compile(runtime.denoiser(pipe)))
         return pipe, arch
 
     def prefetch(self, recipe: Recipe) -> Future[None]:
@@ -198,7 +201,7 @@ class Generator:
             model_path = resolve_within(self.model_root, recipe.model, allow_dir=True)
             model_info = self.inspect(model_path)
             stack = self._resolve_loras(recipe)
-            if model_info.architecture in ("sd15", "sdxl"):
+            if model_info.architecture in RUNNABLE_ARCHITECTURES:
                 for lora in stack:
                     check_architecture(lora, model_info.architecture, recipe.model_label)
             reads = self.loras.prefetch(stack)
@@ -279,7 +282,11 @@ class Generator:
         embedding_files = resolve_embedding_files(first, self.embedding_root, self.inspect)
         prediction = resolve_prediction(first.prediction_type, model_info)
         # Refuse before loading anything when the header already tells the architecture.
-        if model_info.architecture in ("sd15", "sdxl"):
+        check_for_architecture(first, model_info.architecture, model_name)
+        arch_key = architecture_batch_key(first, model_info.architecture)
+        if any(architecture_batch_key(r, model_info.architecture) != arch_key for r in recipes):
+            raise ValueError("run_batch needs jobs its architecture can batch together; run the others apart")
+        if model_info.architecture in RUNNABLE_ARCHITECTURES:
             for lora in stack:
                 check_architecture(lora, model_info.architecture, model_name)
         if all(cancel is not None and cancel() for cancel in should_cancel):
@@ -372,8 +379,9 @@ class Generator:
         patcher = entry.patcher
         wanted = stack_key(stack)
         changed = wanted != patcher.applied[1]
-        latent_pixels = (recipe.width // 8) * (recipe.height // 8)
-        unet_batch = (2 if recipe.cfg_scale > 1 else 1) * images  # rows per call, all calls
+        runtime = _arch.runtime_of(entry.arch)
+        latent_pixels = runtime.positions(recipe)
+        unet_batch = runtime.rows_per_image(recipe) * images  # rows per call, all calls
         work = stack_work(stack, patcher.positions_for(latent_pixels, unet_batch), patcher.patched_layers)
         forced = PATCHED if self.compile_unet else (None if self.lora_mode == "auto" else self.lora_mode)
         if not wanted:
@@ -400,7 +408,8 @@ class Generator:
         calls = model_calls(recipe.steps, recipe.sampler)
         if calls <= 0 or denoise <= 0:
             return
-        key = (entry.key, (recipe.width // 8) * (recipe.height // 8), images * (2 if recipe.cfg_scale > 1 else 1))
+        runtime = _arch.runtime_of(entry.arch)
+        key = (entry.key, runtime.positions(recipe), images * runtime.rows_per_image(recipe))
         per_call = denoise / calls
         if mode == UNFUSED and entry.patcher.applied[1]:
             base = self._call_seconds.get(key)
@@ -460,10 +469,9 @@ class Generator:
         embeddings each image's prompts used."""
         import torch
 
-        from engine.prompting.encode import PromptEncoder, cross_attention_mask
-
         first = recipes[0]
-        encoder = PromptEncoder(pipe := entry.pipe, clip_skip=first.clip_skip, embeddings=vectors)
+        runtime = _arch.runtime_of(entry.arch)
+        encoder = runtime.prompt_encoder(pipe := entry.pipe, clip_skip=first.clip_skip, embeddings=vectors)
         used: list[set[str]] = []
         prompts, negatives, seeds, owners = [], [], [], []
         for index, recipe in enumerate(recipes):
@@ -476,8 +484,8 @@ class Generator:
         reported = [0] * len(recipes)
         images: list[Any] = []
         denoise = 0.0
-        latent_pixels = (first.width // 8) * (first.height // 8)
-        unet_batch = 2 if first.cfg_scale > 1 else 1
+        latent_pixels = runtime.positions(first)
+        unet_batch = runtime.rows_per_image(first)
         limit = self.max_batch_images
         start = 0
         while start < len(prompts):
@@ -508,27 +516,18 @@ class Generator:
                         on_step[owner](done, recipes[owner].steps * recipes[owner].count)  # type: ignore[misc]
 
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[chunk]]
-            latent_shape = (1, pipe.unet.config.in_channels, first.height // 8, first.width // 8)
-            latents = torch.cat([torch.randn(latent_shape, generator=g, dtype=torch.float32) for g in generators])
-            latents = latents.to(device=self.device, dtype=pipe.unet.dtype)
+            latents = runtime.prepare_latents(pipe, first, generators, device=self.device)
             entry.patcher.probe_positions(latent_pixels, unet_batch * (chunk.stop - chunk.start))
             call_started = time.perf_counter()
             try:
                 with torch.inference_mode():
                     # A1111's prompt meaning, per image: a batch mate never changes an image.
-                    conditioning = encoder.conditioning(prompts[chunk], negatives[chunk], guidance=first.cfg_scale > 1)
-                    with cross_attention_mask(pipe.unet, conditioning):
-                        output = pipe(
-                            **conditioning.kwargs,
-                            num_inference_steps=first.steps,
-                            guidance_scale=first.cfg_scale,
-                            width=first.width,
-                            height=first.height,
-                            latents=latents,
-                            generator=generators if len(generators) > 1 else generators[0],
-                            callback_on_step_end=callback,
-                            output_type="pil",
-                        )
+                    conditioning = encoder.conditioning(
+                        prompts[chunk], negatives[chunk], guidance=runtime.rows_per_image(first) > 1
+                    )
+                    with runtime.hooks(pipe, conditioning):
+                        output = runtime.call(pipe, conditioning=conditioning, recipe=first, latents=latents,
+                                              generators=generators, callback=callback)  # fmt: skip
             except Exception as exc:
                 entry.patcher.end_probe()
                 if _is_oom(exc) and limit > 1:

@@ -24,6 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from engine import arch as _arch
+from engine.arch import recognition as _recognition
+from engine.arch import unet as _unet
 from engine.classify import (
     BUNDLE_PREFIX,
     adapter_configs,
@@ -56,70 +59,15 @@ _SCALAR_FORMATS = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = tuple(bytes([0x80, n]) for n in range(2, 6))
 
-_DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down|hada_w1_b)")
 _TE_KEY = re.compile(
-    r"(^lora_te\d?_|^text_encoder(_2)?\.|^te\d?\.|cond_stage_model|conditioner\.embedders|"
+    r"(^lora_te\d?_|^text_encoder(_2)?\.|cond_stage_model|conditioner\.embedders|"
     r"^text_encoders\.|text_model\.|^clip_[lg]\.)"
 )
-_TE2_KEY = re.compile(
-    r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g|^clip_g\.)"
-)
-# Diffusion transformers (DiT: FLUX, SD 3, Qwen-Image, ...) have their blocks at the top of the
-# denoiser; a UNet's transformer_blocks only ever sit inside its down/mid/up blocks. Reading the
-# module path under the prefixes tools add tells the two apart whatever the key layout (kohya
-# "lora_unet_transformer_blocks_1_attn_to_q" is a FLUX LoRA, not an SDXL one).
-_DENOISER_PREFIXES = (
-    "lora_unet_", "lora_transformer_", "base_model.model.", "model.diffusion_model.",
-    "diffusion_model.", "transformer.", "unet.",
-)  # fmt: skip
-_DIT_TOP = re.compile(
-    r"^(double_blocks|single_blocks|single_transformer_blocks|transformer_blocks|joint_blocks|"
-    r"x_embedder|context_embedder|img_in|txt_in|time_in|vector_in|guidance_in|pos_embed|"
-    r"time_text_embed|double_stream_modulation_img|single_stream_modulation|distilled_guidance_layer|"
-    r"double_layers|single_layers|double_stream_blocks|single_stream_blocks|noise_refiner|context_refiner|"
-    r"(layers|blocks)[._]\d+)[._]"
-)
-#: FLUX.1's BFL layout (double/single blocks) and diffusers' single-stream blocks.
-_FLUX_BLOCKS = re.compile(r"^(double_blocks|single_blocks|single_transformer_blocks)[._]")
-#: Joint (MMDiT) attention: a second stream for the text tokens, as SD 3 and FLUX have.
-_MMDIT = re.compile(r"(^context_embedder|[._](add_[qkv]_proj|ff_context|norm1_context)([._]|$))")
-_DIT_Q = re.compile(r"[._]attn[._](to_q|add_q_proj)[._]")
-#: Separate cross-attention to the text (PixArt, SANA): not FLUX's joint attention.
-_CROSS_ATTN = re.compile(r"[._]attn2[._]")
-#: Hidden widths: FLUX.1 3072; SD 3 medium / 3.5 medium 1536, SD 3.5 large 2432.
-_FLUX_WIDTH = 3072
-_SD3_WIDTHS = (1536, 2432)
-#: DiT families no architecture here stands for: their keys, and what to call them.
-_OTHER_DITS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^(double_stream_modulation_img|single_stream_modulation)[._]"), "FLUX.2"),
-    (re.compile(r"^distilled_guidance_layer[._]"), "Chroma"),
-    (re.compile(r"^transformer_blocks[._]\d+[._](img_mlp|txt_mlp|img_mod|txt_mod)[._]"), "Qwen-Image"),
-    (re.compile(r"^(double_layers|single_layers)[._]"), "AuraFlow"),
-    (re.compile(r"^(double_stream_blocks|single_stream_blocks)[._]"), "HiDream"),
-)
-UNKNOWN_DIT = "a diffusion-transformer (DiT) family this engine does not know"
-_SDXL_UNET_KEY = re.compile(r"(add_embedding|label_emb)")
-# transformer_blocks beyond the first one only exist where transformer_layers_per_block > 1.
-_DEEP_TRANSFORMER = re.compile(r"transformer_blocks[._]([1-9]\d*)[._]")
-_ATTN2_TO_K = re.compile(r"attn2[._]to_k")
-# kohya's SGM-style UNet names (input_blocks_4_1_...) versus diffusers' (down_blocks_1_...).
-_UNET_KEY = re.compile(
-    r"(^lora_unet_|^unet\.|model\.diffusion_model\.|down_blocks|input_blocks|mid_block|middle_block)"
-)
-
-#: Real cross-attention (context) widths: SD 1.5 CLIP-L 768, SD 2 OpenCLIP-H 1024, SDXL 2048.
-_CONTEXT_DIM_ARCH: dict[int, Architecture] = {768: "sd15", 2048: "sdxl"}
-
-_BASE_VERSION_HINTS: tuple[tuple[str, Architecture], ...] = (
-    ("sdxl", "sdxl"),
-    ("stable-diffusion-xl", "sdxl"),
-    ("flux", "flux"),
-    ("sd3", "sd3"),
-    ("stable-diffusion-v3", "sd3"),
-    ("sd_v1", "sd15"),
-    ("sd_1", "sd15"),
-    ("stable-diffusion-v1", "sd15"),
-)
+# Which architecture a file is for is each architecture module's to say (engine.arch): the key
+# rules that lived here (DiT blocks and widths, CLIP context widths, SDXL's second encoder)
+# moved to engine.arch.recognition, next to the modules whose rules they apply.
+UNKNOWN_DIT = _arch.UNKNOWN_DIT
+dit_family = _recognition.dit_family
 
 
 def _corrupt(path: Path, why: str) -> EngineError:
@@ -280,96 +228,14 @@ def _read_scalar(path: Path, header_len: int, entry: dict[str, Any]) -> float | 
 # --- classification ----------------------------------------------------------------------
 
 
-def _metadata_architecture(metadata: dict[str, str]) -> Architecture | None:
-    for key in ("modelspec.architecture", "ss_base_model_version"):
-        value = metadata.get(key, "").lower()
-        for needle, arch in _BASE_VERSION_HINTS:
-            if needle in value:
-                return arch
-    return None
-
-
-def _context_dim(tensors: dict[str, dict[str, Any]]) -> int | None:
-    """Width of the text features the UNet's cross-attention reads (to_k's input width)."""
-    for name, entry in tensors.items():
-        if not _ATTN2_TO_K.search(name):
-            continue
-        shape = entry["shape"]
-        if _DOWN_KEY.search(name) and len(shape) == 2:
-            return int(shape[1])
-        if name.endswith("to_k.weight") and len(shape) == 2:
-            return int(shape[1])
-    return None
-
-
-def _denoiser_path(key: str) -> str:
-    """The module path under the prefixes kohya, PEFT, diffusers and ComfyUI put before it."""
-    for _ in range(3):  # "base_model.model.transformer.", at most three deep
-        for prefix in _DENOISER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        else:
-            break
-    return key
-
-
-def dit_family(tensors: dict[str, dict[str, Any]]) -> tuple[Architecture, str | None] | None:
-    """(architecture, name of a family without one) of a diffusion-transformer file, or None
-    for anything else (a UNet's, a text encoder's, a VAE's).
-
-    Structure decides first (FLUX's double/single blocks, SD 3's joint blocks, Qwen-Image's
-    img/txt MLPs); a layout both use (diffusers' ``transformer_blocks.N.attn.to_q``) is told
-    apart by the attention width, which the real models fix.
-    """
-    paths = {key: path for key in tensors if _DIT_TOP.match(path := _denoiser_path(key))}
-    if not paths:
-        return None
-    for pattern, name in _OTHER_DITS:
-        if any(pattern.match(p) for p in paths.values()):
-            return "unknown", name
-    if any(_FLUX_BLOCKS.match(p) for p in paths.values()):
-        return "flux", None
-    if any(p.startswith(("joint_blocks.", "joint_blocks_")) for p in paths.values()):
-        return "sd3", None
-    width = _dit_width(tensors, paths)
-    joint = any(_MMDIT.search(p) for p in paths.values())
-    cross = any(_CROSS_ATTN.search(p) for p in paths.values())
-    if width == _FLUX_WIDTH and not cross:
-        return "flux", None
-    if joint and (width in _SD3_WIDTHS or any(p.startswith("pos_embed") for p in paths.values())):
-        return "sd3", None
-    return "unknown", UNKNOWN_DIT
-
-
-def _dit_width(tensors: dict[str, dict[str, Any]], paths: dict[str, str]) -> int | None:
-    """The input width of a DiT block's query projection (its hidden size)."""
-    for key, path in paths.items():
-        if not _DIT_Q.search(path):
-            continue
-        shape = tensors[key]["shape"]
-        if len(shape) == 2 and (_DOWN_KEY.search(key) or key.endswith(".weight") and not is_network_key(key)):
-            return int(shape[1])
-    return None
-
-
-#: conv_in of a UNet checkpoint (ldm, diffusers single-file and pipeline-prefixed names).
-_CONV_IN_KEYS = ("model.diffusion_model.input_blocks.0.0.weight", "conv_in.weight", "unet.conv_in.weight")
-_INPUT_CHANNEL_VARIANTS = {9: "inpainting", 8: "instruct-pix2pix"}
-#: The SDXL refiner's UNet reads OpenCLIP-G alone (1280 wide), not SDXL base's 2048.
-_REFINER_CONTEXT = 1280
-
-
 def checkpoint_variant(tensors: dict[str, dict[str, Any]], architecture: str) -> str | None:
-    """"inpainting", "instruct-pix2pix" or "refiner" for a UNet checkpoint that is not a plain
-    text-to-image one (the engine's pipelines would fail loading it), else None."""
-    for key in _CONV_IN_KEYS:
-        shape = tensors.get(key, {}).get("shape")
-        if shape and len(shape) == 4 and shape[1] in _INPUT_CHANNEL_VARIANTS:
-            return _INPUT_CHANNEL_VARIANTS[shape[1]]
-    if architecture == "sdxl" and _context_dim(tensors) == _REFINER_CONTEXT:
-        return "refiner"
-    return None
+    """What a checkpoint of ``architecture`` is beyond that ("inpainting", "refiner", "dev",
+    "schnell", ...): its module's rule (engine.arch); for a UNet no module claims (SD 2.x), its
+    input channels still name an inpainting or InstructPix2Pix file."""
+    spec = _arch.get(architecture)
+    if spec is None:
+        return _unet.input_variant(tensors)
+    return spec.checkpoint_variant(tensors) if spec.checkpoint_variant is not None else None
 
 
 def classify(
@@ -392,32 +258,11 @@ def classify(
     elif looks_like_checkpoint(keys) or dit is not None:
         kind = "checkpoint"
     elif looks_like_vae(keys):
-        return "vae", _metadata_architecture(metadata) or "unknown"
+        return "vae", _arch.from_metadata(metadata) or "unknown"
     else:
         kind = "unknown"
 
-    architecture: Architecture = "unknown"
-    if dit is not None:
-        hinted = _metadata_architecture(metadata)
-        if dit == ("unknown", UNKNOWN_DIT) and hinted in ("flux", "sd3"):
-            return kind, hinted  # a DiT its keys alone cannot place, whose metadata does
-        return kind, dit[0]
-    if any(_TE2_KEY.search(k) or _SDXL_UNET_KEY.search(k) for k in keys):
-        architecture = "sdxl"
-    else:
-        width = _context_dim(tensors)
-        if width in _CONTEXT_DIM_ARCH:
-            architecture = _CONTEXT_DIM_ARCH[width]
-        elif width == 1024 or any(k.startswith("cond_stage_model.model.") for k in keys):
-            architecture = "unknown"  # SD 2.x: not an architecture the engine runs
-        elif any(_DEEP_TRANSFORMER.search(k) for k in keys if _UNET_KEY.search(k)):
-            architecture = "sdxl"
-        elif any(_UNET_KEY.search(k) for k in keys) or any(
-            k.startswith(("lora_te_", "cond_stage_model.transformer.")) for k in keys
-        ):
-            architecture = "sd15"
-    if architecture == "unknown":
-        architecture = _metadata_architecture(metadata) or "unknown"
+    architecture, _family = _recognition.recognise({k: tensors[k] for k in keys}, metadata, dit=dit)
     return kind, architecture
 
 
@@ -494,7 +339,8 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     prediction, ztsnr = prediction_from(tensors, metadata) if kind == "checkpoint" else (None, False)
     dit = dit_family(tensors)
     family_text = dit[1] if dit is not None and architecture == "unknown" else None
-    variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and dit is None else None
+    unnamed_dit = dit is not None and _arch.get(architecture) is None
+    variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and not unnamed_dit else None
     base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,
@@ -533,23 +379,6 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     )
 
 
-_PIPELINE_ARCH: dict[str, Architecture] = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "FluxPipeline": "flux",
-    "StableDiffusionInpaintPipeline": "sd15",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "StableDiffusionInstructPix2PixPipeline": "sd15",
-}
-#: Pipelines of a runnable architecture that are not text-to-image ones.
-_PIPELINE_VARIANT = {
-    "StableDiffusionInpaintPipeline": "inpainting",
-    "StableDiffusionXLInpaintPipeline": "inpainting",
-    "StableDiffusionInstructPix2PixPipeline": "instruct-pix2pix",
-}
-
-
 def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
     """A diffusers folder is a model; its identity hash covers every weight file in it.
 
@@ -566,8 +395,7 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
             "diffusers pipeline folder or a single .safetensors file",
         ) from exc
     class_name = str(index.get("_class_name", ""))
-    architecture = _PIPELINE_ARCH.get(class_name, "unknown")
-    variant = _PIPELINE_VARIANT.get(class_name)
+    architecture, variant = _arch.from_pipeline_class(class_name)
     # A pipeline class this engine does not know is named as it is (QwenImagePipeline, ...).
     family_text = None if architecture != "unknown" or not class_name else f"the diffusers pipeline `{class_name[:80]}`"
     digest = hashlib.sha256()

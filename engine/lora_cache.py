@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.loras.reader import LoraFile, read_lora_file
 from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef, architecture_label
+from engine.support import RUNNABLE_ARCHITECTURES
 
 log = logging.getLogger("engine.lora_cache")
 
@@ -62,7 +63,7 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
     lora_label = architecture_label(lora_arch)
     model_label = architecture_label(model_arch)
     advice = f"pick an {model_label} LoRA or an {lora_label} model"
-    if lora_arch not in ("sd15", "sdxl"):
+    if lora_arch not in RUNNABLE_ARCHITECTURES:
         advice = f"pick an {model_label} LoRA ({lora_label} models do not run on this engine)"
     raise EngineError(
         ErrorCode.ARCH_MISMATCH,

@@ -25,7 +25,9 @@ from engine.patcher import WeightPatcher
 
 log = logging.getLogger("engine.model_cache")
 DEVICE, HOST = "device", "host"
-_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+#: Pipeline attributes holding weights: SD's UNet and CLIPs, a DiT's transformer (FLUX: CLIP-L
+#: and T5 as text_encoder and text_encoder_2), the VAE.
+_COMPONENTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -45,6 +47,17 @@ class CachedModel:
     #: VAE sha256 (or "" for its own) -> AutoencoderKL; the pipeline's current one is ``vae_key``.
     vaes: dict[str, Any] = field(default_factory=dict)
     vae_key: str = ""
+
+
+def _lora_components(arch: str, pipe: Any) -> dict[str, Any] | None:
+    """The modules a LoRA may patch, as the architecture's runtime names them (None: a loader
+    that is not an architecture's, as tests pass, keeps the SD attribute names)."""
+    from engine.arch import get, runtime_of
+
+    spec = get(arch)
+    if spec is None or not spec.runnable or spec.runtime is None:
+        return None
+    return runtime_of(arch).lora_components(pipe)
 
 
 def model_bytes(pipe: Any) -> int:
@@ -177,7 +190,7 @@ class ModelCache:
         with self._lock:
             self.disk_loads += 1
         return CachedModel(
-            key=key, path=path, file=file, arch=arch, pipe=pipe, patcher=WeightPatcher(pipe),
+            key=key, path=path, file=file, arch=arch, pipe=pipe, patcher=WeightPatcher(pipe, _lora_components(arch, pipe)),
             size_bytes=model_bytes(pipe), tier=tier, base_scheduler_config=pipe.scheduler.config,
         )  # fmt: skip
 

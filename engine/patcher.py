@@ -21,12 +21,12 @@ applied in a canonical order), and the same stack as the previous job is a no-op
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.loras.base import LayerDelta
-from engine.loras.keys import Layer, ModuleIndex
+from engine.loras.keys import DENOISERS, Layer, ModuleIndex
 from engine.loras.reader import BoundLora
 
 PATCHED = "patched"
@@ -122,7 +122,7 @@ def stack_work(
         rank = sum(delta.rank for delta, _ in plan.low_rank)
         macs += out * inner * rank
         seen = (positions or {}).get(module_id, 0.0)
-        if plan.layer.component == "unet":
+        if plan.layer.component in DENOISERS:
             per_call += seen * rank * (inner + out)
         else:
             once += seen * rank * (inner + out)
@@ -133,8 +133,8 @@ def stack_work(
 class WeightPatcher:
     """One model's LoRA state: clean copies, what is applied now, and the unfused hooks."""
 
-    def __init__(self, pipe: Any) -> None:
-        self.index = ModuleIndex(pipe)
+    def __init__(self, pipe: Any, components: Mapping[str, Any] | None = None) -> None:
+        self.index = ModuleIndex(pipe, components)
         #: id(module) -> (clean weight, clean bias or None), on the host.
         self._clean: dict[int, tuple[Any, Any]] = {}
         #: id(module) -> layer, for every layer whose live weight differs from its clean copy.

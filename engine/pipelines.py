@@ -18,14 +18,24 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine import arch as _arch
 from engine.component_configs import config_sidecar, shipped_configs, write_config_folder
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode, architecture_label
 from engine.support import RUNNABLE_ARCHITECTURES
 
-#: The pipelines this loader builds, one per architecture in engine.support's
-#: RUNNABLE_ARCHITECTURES (what inspection tells registration this engine runs).
-PIPELINE_ARCH = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+#: The text-to-image pipelines this engine builds, one per runnable architecture (what
+#: inspection tells registration this engine runs): each module's plain pipeline class.
+PIPELINE_ARCH = {
+    class_name: name
+    for name in RUNNABLE_ARCHITECTURES
+    for class_name, variant in _arch.ARCHITECTURES[name].pipeline_classes.items()
+    if variant is None
+}
+#: The diffusers class that builds each runnable architecture's pipeline.
+_PIPELINE_CLASS = {name: class_name for class_name, name in PIPELINE_ARCH.items()}
+#: The loader below builds these; another runnable architecture brings its runtime's own.
+_SD_RUNTIME = "engine.arch.sd_runtime"
 #: Bumped when the folder layout changes; 2: written atomically (v1 folders may be partial).
 CONFIG_VERSION = 2
 
@@ -127,6 +137,13 @@ def _check_sidecar(sidecar: Path, home: Path) -> None:
 
 def single_file_arch(path: Path) -> tuple[str, Path]:
     """(architecture, local config folder) for a single-file checkpoint."""
+    arch, sidecar = _file_arch(path)
+    return arch, sidecar or shipped_config(arch)
+
+
+def _file_arch(path: Path) -> tuple[str, Path | None]:
+    """(architecture, its config sidecar if it has one) of a single-file checkpoint this
+    engine runs; an error naming what it is otherwise."""
     sidecar = config_sidecar(path)
     if (sidecar / DIFFUSERS_INDEX).is_file():
         _check_sidecar(sidecar, Path(path).resolve().parent)
@@ -142,15 +159,30 @@ def single_file_arch(path: Path) -> tuple[str, Path]:
             ErrorCode.ARCH_MISMATCH,
             f"'{path.name}' is {what}, not an SD 1.5 or SDXL checkpoint; pick a base model file",
         )
-    return info.architecture, shipped_config(info.architecture)
+    return info.architecture, None
 
 
 def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
-    """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch)."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch).
+
+    The architecture comes from the folder's pipeline class or the file's header; one whose
+    module names a runtime other than SD's is loaded by that runtime
+    (:class:`engine.arch.runtime.Runtime`).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in PICKLE_SUFFIXES and (path.is_dir() or path.suffix.lower() == ".safetensors"):
+        arch = _folder_arch(path) if path.is_dir() else _file_arch(path)[0]
+        module = _arch.ARCHITECTURES[arch].runtime or _SD_RUNTIME
+        if not module.startswith(_SD_RUNTIME):
+            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype), arch
+    return load_sd_pipeline(path, device=device, dtype=dtype)
+
+
+def load_sd_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
+    """An SD 1.5 or SDXL pipeline (the SD runtime's loading); (pipe, arch)."""
+    import diffusers
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    classes = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise EngineError(
@@ -164,14 +196,14 @@ def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") ->
             _refuse_pickled_folder(path)
             if arch == "sd15":
                 extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-            pipe = classes[arch].from_pretrained(
+            pipe = getattr(diffusers, _PIPELINE_CLASS[arch]).from_pretrained(
                 str(path), local_files_only=True, use_safetensors=True, dtype=torch_dtype(dtype), **extra
             )
         elif path.suffix.lower() == ".safetensors":
             arch, config = single_file_arch(path)
             if arch == "sd15":
                 extra = {"safety_checker": None, "requires_safety_checker": False}
-            pipe = classes[arch].from_single_file(
+            pipe = getattr(diffusers, _PIPELINE_CLASS[arch]).from_single_file(
                 str(path), config=str(config), local_files_only=True, dtype=torch_dtype(dtype), **extra
             )
         else:

@@ -16,7 +16,7 @@ answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}`
 - ``POST /jobs/{id}/cancel`` -> ``JobStatus``; takes effect at the next denoising step.
 - ``GET /jobs/{id}/images/{n}`` -> ``image/png`` (with the recipe in its metadata).
 - ``GET /health`` -> ``Health``, with ``architectures``: those this engine runs
-  (``engine.support.RUNNABLE_ARCHITECTURES``).
+  (``engine.arch.runnable()``).
 - ``POST /inspect`` ``{"kind": "lora"|"model"|"embedding", "path": str}`` -> ``FileInfo``,
   whose ``cannot_run`` says why this engine cannot use the file (None when it can).
 - ``GET /files?kind=lora|model|embedding`` -> ``{"files": [FileEntry, ...]}``.
@@ -37,6 +37,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine import arch as _arch
+
 # The recipe model lives in engine.recipe (with its A1111 text, share code and readers); it is
 # re-exported here because the recipe is what crosses the process boundary.
 from engine.recipe.model import PREDICTION_TYPES as PREDICTION_TYPES
@@ -45,27 +47,25 @@ from engine.recipe.model import LoraRef as LoraRef
 from engine.recipe.model import Recipe as Recipe
 from engine.recipe.model import RecipeError as RecipeError
 
-#: Architectures a model or LoRA can be made for. A LoRA only works on its own.
-ARCHITECTURES = ("sd15", "sdxl", "sd3", "flux", "unknown")
-Architecture = Literal["sd15", "sdxl", "sd3", "flux", "unknown"]
+#: Architectures a model or LoRA can be made for (a LoRA only works on its own): the names
+#: registered in :mod:`engine.arch`, plus "unknown". Data, not a ``Literal``: adding an
+#: architecture is adding its module there, and this follows.
+ARCHITECTURES: tuple[str, ...] = _arch.NAMES
+#: An architecture's name, one of :data:`ARCHITECTURES` (a newer engine may send one this side
+#: does not know yet; :func:`architecture_label` shows it as it is).
+Architecture = str
 #: The folders a file can be asked about (``POST /inspect``, ``GET /files``).
 FileKind = Literal["lora", "model", "embedding"]
 #: What a ``.safetensors`` file turned out to be. "lora" is any LoRA-like network file
 #: (whatever its maths: see ``FileInfo.lora_format``).
 InspectedKind = Literal["lora", "embedding", "checkpoint", "vae", "unknown"]
 #: How people write each architecture's name, for every message that names one.
-ARCHITECTURE_LABELS: dict[str, str] = {
-    "sd15": "SD 1.5",
-    "sdxl": "SDXL",
-    "sd3": "SD 3",
-    "flux": "FLUX.1",
-    "unknown": "an unknown architecture",
-}
+ARCHITECTURE_LABELS: dict[str, str] = {name: _arch.label(name) for name in ARCHITECTURES}
 
 
 def architecture_label(architecture: str) -> str:
     """``"sdxl"`` -> ``"SDXL"``; an architecture we do not know by name is shown as it is."""
-    return ARCHITECTURE_LABELS.get(architecture, architecture)
+    return _arch.label(architecture)
 
 
 class ErrorCode(enum.StrEnum):

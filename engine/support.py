@@ -3,16 +3,18 @@
 Registration used to refuse only files of an unknown architecture, so a FLUX checkpoint was
 registered and every job on it failed after waiting in the queue. Now each ``POST /inspect``
 answer carries the engine's own verdict (``FileInfo.cannot_run``): the bot never keeps a list
-of what the engine runs, so a future engine that loads FLUX changes one tuple here and the
-bot follows. Torch-free: :mod:`engine.inspect` and the bot-facing protocol import it.
+of what the engine runs, so an engine that loads FLUX flips one flag in its architecture
+module (``engine.arch.flux.RUNS``) and the bot follows. Torch-free: :mod:`engine.inspect` and the bot-facing protocol import it.
 """
 
 from __future__ import annotations
 
+from engine import arch
 from engine.protocol import architecture_label
 
-#: The architectures :func:`engine.pipelines.load_pipeline` builds text-to-image pipelines for.
-RUNNABLE_ARCHITECTURES: tuple[str, ...] = ("sd15", "sdxl")
+#: The architectures this engine builds text-to-image pipelines for: those whose module in
+#: :mod:`engine.arch` says ``runnable`` (FLUX's ``engine.arch.flux.RUNS``).
+RUNNABLE_ARCHITECTURES: tuple[str, ...] = arch.runnable()
 
 #: LoRA-like maths no patcher here applies (engine.loras.reader refuses a file made only of
 #: them), with the name people know each by.
@@ -85,6 +87,18 @@ def cannot_run(
             return (
                 f"`{path}` is {what}; this engine makes images from text with plain {runs} "
                 f"checkpoints only: pick the text-to-image checkpoint it was made from, or another {either} checkpoint."
+            )
+        spec = arch.get(architecture)
+        found = spec.variants.get(variant or "") if spec is not None else None
+        if (
+            architecture in RUNNABLE_ARCHITECTURES
+            and found is not None
+            and found.capabilities is not None
+            and "txt2img" not in found.capabilities
+        ):
+            return (
+                f"`{path}` is a {found.label} checkpoint, made for {' and '.join(sorted(found.capabilities))} "
+                f"rather than text-to-image, which is what this engine does: pick a text-to-image {spec.label} checkpoint."
             )
         if architecture in RUNNABLE_ARCHITECTURES:
             return None

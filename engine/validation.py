@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from engine import arch as _arch
 from engine.protocol import PREDICTION_TYPES, EngineError, ErrorCode, Recipe
 from engine.samplers import get_sampler
 
@@ -105,3 +106,27 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
             isinstance(embedding.sha256, str) and _SHA256.fullmatch(embedding.sha256)
         ):
             refuse(f"embedding '{embedding.file}' sha256 must be 64 hex digits (or left out)")
+
+
+def check_for_architecture(recipe: Recipe, architecture: str, model_name: str) -> None:
+    """What the model's architecture adds to :func:`validate_recipe`, once the model's header
+    has told which it is: its size multiple (FLUX packs 2x2 latent patches: 16) and samplers.
+    The bot checks the same rules first (bot.request.rules); this is for direct callers."""
+    spec = _arch.get(architecture)
+    if spec is None:
+        return
+    if spec.size is not None:
+        for side_name, side in (("width", recipe.width), ("height", recipe.height)):
+            around = spec.size.side_problem(side)
+            if around is not None:
+                raise EngineError(
+                    ErrorCode.INVALID_RECIPE,
+                    f"{spec.label} models like '{model_name}' need a {side_name} that is a multiple of "
+                    f"{spec.size.multiple} (got {side}; use {around[0]} or {around[1]})",
+                )
+    if spec.samplers and recipe.sampler not in spec.samplers:
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"the sampler '{recipe.sampler}' does not run {spec.label} models like '{model_name}'; "
+            f"use {', '.join(repr(s) for s in spec.samplers[:5])}",
+        )

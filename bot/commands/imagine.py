@@ -13,22 +13,34 @@ import discord
 from discord import app_commands
 
 from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
+from engine import arch as architectures
 from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
-#: A1111 sampler names the engine maps to diffusers schedulers (Discord shows 25 choices).
-SAMPLERS = ALL_SAMPLERS[:25]
-#: Sizes offered; "WxH" values. SD 1.5 likes ~512², SDXL ~1024²; the validator checks.
-SIZES = (
-    ("512×512 · square (SD 1.5)", "512x512"),
-    ("512×768 · portrait (SD 1.5)", "512x768"),
-    ("768×512 · landscape (SD 1.5)", "768x512"),
-    ("1024×1024 · square (SDXL)", "1024x1024"),
-    ("832×1216 · portrait (SDXL)", "832x1216"),
-    ("1216×832 · landscape (SDXL)", "1216x832"),
-    ("1344×768 · wide 16:9 (SDXL)", "1344x768"),
-    ("768×1344 · tall 9:16 (SDXL)", "768x1344"),
-    ("256×256 · draft", "256x256"),
-)
+#: A1111 sampler names the engine maps to diffusers schedulers that some runnable architecture
+#: runs, in the shared list's order (Discord shows 25 choices); the validator checks the model's.
+SAMPLERS = tuple(
+    s for s in ALL_SAMPLERS
+    if any(s in architectures.ARCHITECTURES[name].samplers for name in architectures.runnable())
+)[:25]
+#: A size any architecture's rules let through, offered last for quick drafts.
+_DRAFT = ("256×256 · draft", "256x256")
+
+
+def offered_sizes() -> tuple[tuple[str, str], ...]:
+    """The size menu: each runnable architecture's presets (from its module in engine.arch),
+    labelled with it, a size two architectures share shown once (under the first), then the
+    draft; at most Discord's 25 choices. The validator checks the size against the model."""
+    sizes: dict[str, str] = {}
+    for name in architectures.runnable():
+        spec = architectures.ARCHITECTURES[name]
+        for label, value in spec.size.presets if spec.size else ():
+            sizes.setdefault(value, f"{label} ({spec.label})")
+    sizes.setdefault(_DRAFT[1], _DRAFT[0])
+    return tuple((label, value) for value, label in sizes.items())[:25]
+
+
+#: Sizes offered; "WxH" values.
+SIZES = offered_sizes()
 
 
 def parse_size(text: str) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from engine import arch as architectures
 from engine.protocol import ARCHITECTURES, Architecture, FileInfo
 
 __all__ = [
@@ -127,10 +128,12 @@ class ModelEntry:
     def from_file_info(
         cls, info: FileInfo, *, name: str | None = None, **overrides: Any
     ) -> ModelEntry:
-        """Prefill from the engine's inspection; the default size follows the architecture."""
+        """Prefill from the engine's inspection; the default size, and for an architecture with
+        its own (FLUX: steps, guidance, sampler) those defaults, come from its module."""
         if info.kind != "checkpoint":
             raise RegistryError(not_a_message(info, "a base model", "/model add"))
-        side = 1024 if info.architecture in ("sdxl", "sd3", "flux") else 512
+        spec = architectures.get(info.architecture)
+        width, height = spec.size.default if spec is not None and spec.size is not None else (512, 512)
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -138,10 +141,19 @@ class ModelEntry:
             "sha256": info.sha256,
             "autov2": info.autov2,
             "a1111_hash": info.a1111_hash,
-            "default_width": side,
-            "default_height": side,
+            "default_width": width,
+            "default_height": height,
             "family": info.family,
         }
+        if spec is not None and spec.guidance.kind != "cfg":
+            # SD keeps the entry's long-standing defaults (which its module's equal); others
+            # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without.
+            variant = info.variant if spec.variant(info.variant) else None
+            values.update(
+                default_steps=spec.steps_for(variant),
+                default_cfg=spec.guidance_for(variant).default or 1.0,
+                default_sampler=spec.default_sampler,
+            )
         values.update(overrides)
         return cls(**values)
 

@@ -20,6 +20,7 @@ from bot.registry.models import ModelEntry, NsfwPolicy, ServerSettings
 from bot.registry.text import MAX_NAME_LENGTH, name_key
 from bot.sources.civitai import CivitaiFile, CivitaiVersion
 from bot.sources.refs import SourceRef
+from engine import arch as architectures
 from engine.families import family_label
 from engine.protocol import architecture_label
 
@@ -28,30 +29,11 @@ FETCHABLE_TYPES: dict[str, Literal["lora", "embedding"]] = {
     "lora": "lora", "locon": "lora", "lycoris": "lora", "dora": "lora", "textualinversion": "embedding",
 }  # fmt: skip
 
-#: Civitai ``baseModel`` -> (registry architecture, family). Prefix matches, longest first,
-#: so "SDXL 1.0 LCM" is SDXL and "SD 1.5 Hyper" SD 1.5. Anything else is "unknown".
-_BASE_MODELS: tuple[tuple[str, str, str], ...] = (
-    ("sd 1.4", "sd15", "sd15"),
-    ("sd 1.5", "sd15", "sd15"),
-    ("sdxl distilled", "sdxl", "sdxl"),
-    ("sdxl", "sdxl", "sdxl"),
-    ("pony", "sdxl", "pony"),
-    ("illustrious", "sdxl", "illustrious"),
-    ("noobai", "sdxl", "noobai"),
-    ("sd 3", "sd3", "unknown"),
-    ("flux.1", "flux", "unknown"),
-)
-
-
 def base_model_of(base_model: str) -> tuple[str, str]:
-    """``"SDXL 1.0"`` -> ``("sdxl", "sdxl")``; ``"Pony"`` -> ``("sdxl", "pony")``."""
-    text = " ".join(base_model.lower().split())
-    if text.startswith("pony v7"):  # an AuraFlow model, not SDXL
-        return "unknown", "unknown"
-    for prefix, architecture, family in _BASE_MODELS:
-        if text.startswith(prefix):
-            return architecture, family
-    return "unknown", "unknown"
+    """``"SDXL 1.0"`` -> ``("sdxl", "sdxl")``; ``"Pony"`` -> ``("sdxl", "pony")``: the names
+    each architecture module claims (:func:`engine.arch.from_base_model`)."""
+    architecture, _variant, family = architectures.from_base_model(base_model)
+    return architecture, family
 
 
 class FetchRefused(Exception):

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from engine import arch as architectures
+
 
 class SourceError(ValueError):
     """Text that is not an AIR, a Civitai link or a hash; ``str(error)`` says what to type.
@@ -32,13 +34,10 @@ SOURCES = ("civitai", "civitai-r2", "huggingface", "orchestrator")
 #: Sources whose ids are Civitai model and version numbers (fetchable through its REST API).
 CIVITAI_SOURCES = ("civitai",)
 
-#: Civitai's ecosystems (its ``basemodel.constants`` names, lower case), with the registry
-#: architecture each runs on; ``sd15`` and ``flux`` are spellings seen in older docs and tools.
-ECOSYSTEM_ARCHITECTURES: dict[str, str] = {
-    "sd1": "sd15", "sd15": "sd15", "sd2": "unknown", "sd3": "sd3", "sd35m": "sd3",
-    "sdxl": "sdxl", "sdxldistilled": "sdxl", "pony": "sdxl", "illustrious": "sdxl", "noobai": "sdxl",
-    "flux1": "flux", "flux": "flux", "fluxkrea": "flux", "flux1kontext": "flux",
-    "flux2": "unknown", "flux2klein_9b": "unknown", "flux2klein_9b_base": "unknown",
+#: Civitai's ecosystems (its ``basemodel.constants`` names, lower case) that no architecture
+#: module here claims: known, so an AIR naming one is read, and "unknown" here.
+_OTHER_ECOSYSTEMS: dict[str, str] = {
+    "sd2": "unknown", "flux2": "unknown", "flux2klein_9b": "unknown", "flux2klein_9b_base": "unknown",
     "flux2klein_4b": "unknown", "flux2klein_4b_base": "unknown",
     "qwen": "unknown", "chroma": "unknown", "hydit1": "unknown", "auraflow": "unknown",
     "hidream": "unknown", "kolors": "unknown", "lumina": "unknown", "pixarta": "unknown",
@@ -47,10 +46,19 @@ ECOSYSTEM_ARCHITECTURES: dict[str, str] = {
     "hyv1": "unknown", "wanvideo": "unknown", "ltxv": "unknown", "ltxv2": "unknown",
     "mochi": "unknown", "cogvideox": "unknown", "svd": "unknown", "other": "unknown",
 }  # fmt: skip
+#: Every Civitai ecosystem, with the registry architecture each runs on: the architecture
+#: modules' own (``engine.arch``: ``sd15`` and ``flux`` are spellings seen in older docs and
+#: tools), then the rest.
+ECOSYSTEM_ARCHITECTURES: dict[str, str] = {
+    **{eco: spec.name for spec in architectures.ARCHITECTURES.values() for eco in spec.ecosystems},
+    **_OTHER_ECOSYSTEMS,
+}
 #: Ecosystems that name a model family within an architecture (``engine.families`` names).
 ECOSYSTEM_FAMILIES = {"pony": "pony", "illustrious": "illustrious", "noobai": "noobai", "sd1": "sd15", "sd15": "sd15"}
 #: The ecosystem written into a canonical AIR for a file of each registry architecture.
-ARCHITECTURE_ECOSYSTEMS = {"sd15": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1"}
+ARCHITECTURE_ECOSYSTEMS = {
+    name: eco for name in architectures.ARCHITECTURES if (eco := architectures.ecosystem_of(name))
+}
 #: AIR types (Civitai's ``typeUrnMap`` plus the older spec's ``model`` and ``hypernet``).
 TYPES = (
     "checkpoint", "lora", "lycoris", "locon", "dora", "embedding", "vae", "controlnet", "upscaler",

@@ -17,12 +17,15 @@ Flattening dots to underscores is how kohya names layers, and it is unambiguous 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: Components a LoRA may patch, with the pipeline attribute that holds each.
+#: Components an SD LoRA may patch, with the pipeline attribute that holds each (another
+#: architecture's runtime names its own: engine.arch.runtime.Runtime.lora_components).
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+#: Components that run every denoising step (a LoRA there costs per call, not once).
+DENOISERS = ("unet", "transformer")
 
 #: Parameter names (the end of a key) -> the role the formats read. Longest first.
 _ROLES: tuple[tuple[str, str], ...] = tuple(
@@ -213,12 +216,14 @@ def _patchable(component: Any) -> Iterator[tuple[str, Any]]:
 class ModuleIndex:
     """Every patchable layer of a pipeline, under each name a LoRA file may give it."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, components: Mapping[str, Any] | None = None) -> None:
+        """``components``: the modules a LoRA may patch, by the component names its files use,
+        as the architecture's runtime says (:meth:`engine.arch.runtime.Runtime.lora_components`);
+        None: the SD pipeline attributes in :data:`COMPONENTS`."""
         self.by_component: dict[str, dict[str, Layer]] = {}
-        for component in COMPONENTS:
-            model = getattr(pipe, component, None)
-            if model is None:
-                continue
+        if components is None:
+            components = {c: getattr(pipe, c) for c in COMPONENTS if getattr(pipe, c, None) is not None}
+        for component, model in components.items():
             model = getattr(model, "_orig_mod", model)  # a torch.compile'd UNet: its own modules
             names: dict[str, Layer] = {}
             config = dict(getattr(model, "config", None) or {}) if component == "unet" else None

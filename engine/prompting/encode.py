@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from engine import arch as _arch
 from engine.prompting.chunks import Chunk, ChunkedPrompt, Chunker, EmbeddingWord
 from engine.protocol import EngineError, ErrorCode
 
@@ -99,10 +100,21 @@ class PromptEncoder:
         *,
         clip_skip: int = 1,
         embeddings: Mapping[str, EmbeddingVectors] | None = None,
+        architecture: str | None = None,
     ) -> None:
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
-        self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
+        # Which CLIPs read the prompt is the architecture's to say (engine.arch), not "has a
+        # text_encoder_2": FLUX's text_encoder_2 is T5. Without a name, the pipeline's class
+        # says which architecture it is.
+        name = architecture or _arch.from_pipeline_class(type(pipe).__name__)[0]
+        spec = _arch.get(name)
+        if spec is None or spec.prompt_budget.kind != "clip_chunks":
+            raise EngineError(
+                ErrorCode.ARCH_MISMATCH,
+                f"A1111 CLIP prompt encoding does not apply to {_arch.label(name)} models",
+            )
+        self.sdxl = "clip_g" in spec.text_encoders
         self.encoders = [_Encoder(pipe.text_encoder, "clip_l", self.tokenizer.eos_token_id, "last", False)]
         if self.sdxl:
             pad = getattr(pipe.tokenizer_2, "pad_token_id", None)

@@ -21,6 +21,12 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
     engine patches the stack as written. clip skip and embeddings are read with defaults so
     the key stays right for recipes of an engine that has those fields and one that does not
     yet.
+
+    Nothing per architecture is added: the model file is in the key, so jobs that share it
+    share the architecture and its variant, and every setting an architecture reads (FLUX's
+    distilled guidance is ``cfg_scale``) is a recipe field already here. An architecture whose
+    recipes carry more says so in ``Architecture.batch_fields`` (:mod:`engine.arch`), which
+    :func:`architecture_batch_key` appends.
     """
     return (
         recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
@@ -30,4 +36,14 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-__all__ = ["batch_key"]
+def architecture_batch_key(recipe: Recipe, architecture: str) -> tuple[Any, ...]:
+    """:func:`batch_key` plus what ``architecture``'s module says its jobs must also share,
+    for a caller that knows the model's architecture (the engine, once the header is read)."""
+    from engine.arch import get
+
+    spec = get(architecture)
+    extra = spec.batch_fields(recipe) if spec is not None and spec.batch_fields is not None else ()
+    return (*batch_key(recipe), *extra)
+
+
+__all__ = ["architecture_batch_key", "batch_key"]

@@ -151,3 +151,92 @@ def test_gaps_in_numbering_are_refused(tmp_path: Path) -> None:
     (tmp_path / "003_c.sql").write_text("SELECT 1;")
     with pytest.raises(RuntimeError, match="consecutive"):
         load_migrations(tmp_path)
+
+
+#: Every row of each table migration 010 rebuilds (and of bookmarks, which it must keep).
+_ALL_ROWS = {
+    "models": "SELECT * FROM models ORDER BY rowid",
+    "loras": "SELECT * FROM loras ORDER BY rowid",
+    "embeddings": "SELECT * FROM embeddings ORDER BY rowid",
+    "bookmarks": "SELECT * FROM bookmarks ORDER BY rowid",
+}
+
+
+def _schema_objects(conn: sqlite3.Connection, kind: str) -> dict[str, str]:
+    return {
+        name: sql
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = ? AND sql IS NOT NULL", (kind,))
+    }
+
+
+async def test_architecture_names_migration_drops_the_check_and_keeps_every_row(tmp_path: Path) -> None:
+    """Migration 010 rebuilds models, loras and embeddings without the CHECK that listed the
+    architectures: every row (ids included), bookmark, index, trigger and foreign key survives,
+    through Registry.open as production runs it (foreign keys on, so a careless rebuild would
+    cascade the bookmarks away)."""
+    path = tmp_path / "v9.db"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await migrate(conn, target=9) == 9
+    raw = sqlite3.connect(path)
+    _seed_rows(raw, 9)
+    now = time.time()
+    raw.execute(
+        "INSERT INTO models (guild_id, name, name_key, architecture, file, default_width, default_height, "
+        "default_steps, default_cfg, default_sampler, added_by, added_at, family, vae) "
+        "VALUES (?, 'Pony XL', 'pony xl', 'sdxl', 'pony.safetensors', 1024, 1024, 25, 6.5, 'Euler a', 5, ?, 'pony', 'vae.safetensors')",
+        (GUILD, now),
+    )
+    raw.execute(
+        "INSERT INTO embeddings (guild_id, name, name_key, architecture, file, vectors, added_by, added_at, source) "
+        "VALUES (?, 'easyneg', 'easyneg', 'sd15', 'easyneg.safetensors', 8, 5, ?, 'civitai:1@2')",
+        (GUILD, now),
+    )
+    raw.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # the old schema refuses a name it does not list
+        raw.execute(
+            "INSERT INTO models (guild_id, name, name_key, architecture, file, default_width, default_height, "
+            "default_steps, default_cfg, default_sampler, added_by, added_at) "
+            "VALUES (?, 'Z', 'z', 'zimage', 'z.safetensors', 1024, 1024, 8, 1, 'Euler', 5, ?)",
+            (GUILD, now),
+        )
+    before = {table: raw.execute(sql).fetchall() for table, sql in _ALL_ROWS.items()}
+    indexes, triggers = _schema_objects(raw, "index"), _schema_objects(raw, "trigger")
+    raw.close()
+
+    reg = await Registry.open(path)
+    try:
+        assert [x.name for x in await reg.bookmarks(GUILD, 9)] == ["Old Timer"]
+        assert [x.name for x in await reg.search_loras(GUILD, "sepia")] == ["Old Timer"]
+    finally:
+        await reg.close()
+
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+        for table, rows in before.items():
+            assert raw.execute(_ALL_ROWS[table]).fetchall() == rows, table
+        assert _schema_objects(raw, "index") == indexes
+        assert _schema_objects(raw, "trigger") == triggers
+        assert {r[2] for r in raw.execute("PRAGMA foreign_key_list(bookmarks)")} == {"loras"}
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        raw.execute("INSERT INTO lora_fts (lora_fts) VALUES ('integrity-check')")
+        for table in ("models", "loras", "embeddings"):
+            sql = raw.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+            assert "'sd15'" not in sql and "_rebuilt" not in sql, sql
+        # A name the schema never listed is now the registry's to judge, not SQLite's.
+        raw.execute(
+            "INSERT INTO models (guild_id, name, name_key, architecture, file, default_width, default_height, "
+            "default_steps, default_cfg, default_sampler, added_by, added_at) "
+            "VALUES (?, 'Z', 'z', 'zimage', 'z.safetensors', 1024, 1024, 8, 1, 'Euler', 5, ?)",
+            (GUILD, now),
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute(
+                "INSERT INTO loras (guild_id, name, name_key, architecture, category, default_weight, "
+                "recommended_min, recommended_max, file, added_by, added_at) "
+                "VALUES (?, 'E', 'e', '', 'style', 1, 0, 1, 'e.safetensors', 5, ?)",
+                (GUILD, now),
+            )
+    finally:
+        raw.close()

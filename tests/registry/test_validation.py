@@ -343,3 +343,41 @@ def test_cfg_bounds_per_architecture() -> None:
     ]
     assert isinstance(validate(request(model="Dream", cfg=12.0), catalog()), Validated)
     assert codes(validate(request(model="Dream", cfg=25.0), catalog())) == ["cfg_out_of_range"]
+
+
+def test_size_multiple_comes_from_the_architecture() -> None:
+    """FLUX packs 2x2 latent patches: sides in multiples of 16; SD's stay multiples of 8."""
+    assert isinstance(validate(request(model="Juggernaut XL", width=1000, height=1024), catalog()), Validated)
+    result = validate(request(model="Flux Dev", width=1000, height=1024), catalog())
+    assert codes(result) == ["size_not_multiple_of_16"]
+    assert isinstance(result, Rejected) and "Use 992 or 1008." in result.as_text()
+    assert codes(validate(request(model="Dream", width=500), catalog())) == ["size_not_multiple_of_8"]
+
+
+def test_settings_a_flux_model_ignores_are_noted_or_refused() -> None:
+    """A negative prompt on FLUX is not used: the member is told, not silently ignored; clip skip
+    (CLIP-only) and an SD sampler are refused with the reason."""
+    result = validate(request(model="Flux Dev", negative_prompt="blurry"), catalog())
+    assert isinstance(result, Validated)
+    assert [n.code for n in result.notes] == ["negative_ignored"]
+    plain = validate(request(model="Dream", negative_prompt="blurry"), catalog())
+    assert isinstance(plain, Validated) and plain.notes == ()
+    assert codes(validate(request(model="Flux Dev", clip_skip=2), catalog())) == ["clip_skip_unsupported"]
+    assert codes(validate(request(model="Flux Dev", sampler="DPM++ 2M Karras"), catalog())) == [
+        "sampler_wrong_for_architecture"
+    ]
+    assert isinstance(validate(request(model="Flux Dev", sampler="euler"), catalog()), Validated)
+
+
+def test_clip_skip_notes_follow_the_architecture() -> None:
+    result = validate(request(model="Juggernaut XL", clip_skip=3, width=1024, height=1024), catalog())
+    assert isinstance(result, Validated)
+    assert [(n.code, n.message) for n in result.notes] == [
+        (
+            "clip_skip_sdxl",
+            "Clip skip 3 has no effect on SDXL: SDXL models always read the penultimate layer "
+            "(what “clip skip 2” means for Pony), as in A1111.",
+        )
+    ]
+    plain = validate(request(model="Dream", clip_skip=3), catalog())
+    assert isinstance(plain, Validated) and plain.notes == ()
