@@ -205,8 +205,8 @@ async def test_architecture_names_migration_drops_the_check_and_keeps_every_row(
 
     reg = await Registry.open(path)
     try:
-        assert [x.name for x in await reg.bookmarks(GUILD, 9)] == ["Old Timer"]
-        assert [x.name for x in await reg.search_loras(GUILD, "sepia")] == ["Old Timer"]
+        assert [x.name for x in await reg.loras.bookmarked_by(GUILD, 9)] == ["Old Timer"]
+        assert [x.name for x in await reg.loras.search(GUILD, "sepia")] == ["Old Timer"]
     finally:
         await reg.close()
 
