@@ -193,3 +193,16 @@ def test_bfl_round_trip_is_exact(flux_build) -> None:
     back = convert.bfl_to_diffusers(bfl)
     state = transformer.state_dict()
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_a_transformer_saved_with_diffusers_names_loads_too(flux_build, tmp_path) -> None:
+    with safe_open(str(flux_build.folder / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        state = {k: handle.get_tensor(k).to(torch.bfloat16) for k in handle.keys()}
+    save_file(state, str(tmp_path / "flux-finetune.safetensors"))
+    info = inspect_transformer(tmp_path / "flux-finetune.safetensors")
+    assert (info.variant, info.width, info.storage) == ("dev", 32, "bfloat16")
+    b = flux_build
+    pipe = load_from_files(tmp_path / "flux-finetune.safetensors", vae=b.vae, clip_l=b.clip_l, t5=b.t5,
+                           dtype=torch.bfloat16)  # fmt: skip
+    reference = load_folder(b.folder, dtype=torch.bfloat16)
+    assert _same_weights(pipe, reference) == []

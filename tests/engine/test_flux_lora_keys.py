@@ -254,3 +254,39 @@ def test_xlabs_single_block_proj_is_named_unsupported(pipe, tmp_path) -> None:
     with pytest.raises(EngineError) as error:
         _apply(pipe, state, tmp_path, 1.0)
     assert error.value.code == ErrorCode.UNSUPPORTED_FORMAT and "XLabs" in str(error.value)
+
+
+def test_peft_alpha_from_diffusers_metadata(pipe, tmp_path) -> None:
+    import json
+
+    w = pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    clean = w.detach().clone()
+    down, up = _pair(w.shape[0], w.shape[1], 60)
+    state = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": down,
+             "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": up}  # fmt: skip
+    path = tmp_path / "peft.safetensors"
+    save_file(state, str(path), metadata={"lora_adapter_metadata": json.dumps(
+        {"transformer.r": RANK, "transformer.lora_alpha": 2 * RANK})})  # fmt: skip
+    bound = bind_flux_lora(read_flux_lora(path, label="p", sha256="p" * 64), pipe, model_name="t")
+    WeightPatcher(pipe).apply([StackEntry(bound, 1.0)])
+    assert torch.allclose(w, clean + 2.0 * (up @ down), atol=ATOL)
+
+
+def test_full_diff_on_linear1_is_sliced(pipe, tmp_path) -> None:
+    base = _bfl(pipe)
+    fused = base["single_blocks.0.linear1.weight"]
+    g = torch.Generator().manual_seed(70)
+    diff = torch.randn(fused.shape, generator=g) * 0.01
+    _apply(pipe, {"lora_unet_single_blocks_0_linear1.diff": diff}, tmp_path, 0.5)
+    _assert_transformer(pipe, _merged(base, {"single_blocks.0.linear1": diff}, 0.5))
+
+
+def test_dora_on_a_fused_layer_is_named_unsupported(pipe, tmp_path) -> None:
+    base = _bfl(pipe)
+    out, inner = base["double_blocks.0.img_attn.qkv.weight"].shape
+    down, up = _pair(out, inner, 80)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    state = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.dora_scale": torch.ones(out, 1)}
+    with pytest.raises(EngineError) as error:
+        _apply(pipe, state, tmp_path, 1.0)
+    assert error.value.code == ErrorCode.UNSUPPORTED_FORMAT and "DoRA" in str(error.value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.arch.flux.convert import bfl_to_diffusers, transformer_config
+from engine.arch.flux.convert import bfl_to_diffusers, diffusers_to_bfl, transformer_config
 from engine.arch.flux.t5_tokenizer import load_t5_tokenizer, tokenizer_beside
 from engine.component_configs import CONFIG_ROOT
 from engine.protocol import EngineError, ErrorCode
@@ -88,6 +88,13 @@ _DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F8_E4M3
 
 def transformer_info(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str] | None = None) -> TransformerInfo:
     """Config and variant of a BFL-named transformer from its tensor shapes."""
+    counts: dict[str, int] = {}
+    for key, dtype in (dtypes or {}).items():
+        if key.endswith(".weight") and len(shapes[key]) >= 2:
+            counts[dtype] = counts.get(dtype, 0) + 1
+    storage = _DTYPE_NAMES.get(max(counts, key=counts.__getitem__), "unknown") if counts else "unknown"
+    if "x_embedder.weight" in shapes:  # diffusers' names: read the BFL shapes they stand for
+        shapes = {k: tuple(v.shape) for k, v in diffusers_to_bfl(_meta(shapes)).items()}
     if "img_in.weight" not in shapes or "double_blocks.0.img_attn.qkv.weight" not in shapes:
         raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, "this file has no FLUX.1 transformer in BFL's layout "
                           "(no img_in / double_blocks tensors)")  # fmt: skip
@@ -100,12 +107,13 @@ def transformer_info(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str,
         variant = "fill"
     else:
         variant = "dev" if config["guidance_embeds"] else "schnell"
-    counts: dict[str, int] = {}
-    for key, dtype in (dtypes or {}).items():
-        if key.endswith(".weight") and len(shapes[key]) >= 2:
-            counts[dtype] = counts.get(dtype, 0) + 1
-    storage = _DTYPE_NAMES.get(max(counts, key=counts.__getitem__), "unknown") if counts else "unknown"
     return TransformerInfo(config=config, variant=variant, storage=storage, width=width, mlp_hidden=mlp_hidden)
+
+
+def _meta(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.empty(v, device="meta") for k, v in shapes.items()}
 
 
 def inspect_transformer(path: Path, prefix: str | None = None) -> TransformerInfo:
@@ -142,6 +150,8 @@ def transformer_from_bfl(state: dict[str, Any], *, dtype: Any) -> Any:
     import torch
     from diffusers import FluxTransformer2DModel
 
+    if "x_embedder.weight" in state:  # a transformer saved with diffusers' names: same tensors
+        state = diffusers_to_bfl(state)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     info = transformer_info(shapes, {k: _torch_dtype_name(v.dtype) for k, v in state.items()})
     fp8 = info.storage.startswith("float8")

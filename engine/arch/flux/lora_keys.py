@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.arch.flux.convert import DOUBLE, SINGLE, SWAPPED, TOP_LEVEL, diffusers_targets
+from engine.classify import adapter_configs
 from engine.loras.base import LayerDelta
 from engine.loras.dora import DoraDelta
 from engine.loras.full import FullDelta
@@ -30,7 +31,7 @@ from engine.loras.keys import Layer
 from engine.loras.loha import LohaDelta
 from engine.loras.lokr import LokrDelta
 from engine.loras.lora import LoraDelta
-from engine.loras.reader import BoundLora, LoraFile
+from engine.loras.reader import BoundLora, LoraFile, _pattern_alpha
 from engine.protocol import EngineError, ErrorCode
 
 TRANSFORMER = "transformer"
@@ -127,6 +128,7 @@ def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
     skipped: list[str] = []
     try:
         with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
             for key in handle.keys():
                 parsed = parse_key(key)
                 if isinstance(parsed, str):
@@ -143,8 +145,11 @@ def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
         if any(needle in key for key in skipped):
             raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, f"LoRA '{label}' is a {name} file, a format this "
                               "engine cannot apply; use a LoRA, LoHa, LoKr or full/diff file")  # fmt: skip
+    configs = adapter_configs(metadata)
     layers: dict[tuple[str | None, str], LayerDelta] = {}
     for where, roles in groups.items():
+        if "alpha" not in roles and where[0] in configs and "down" in roles:  # diffusers' saved PEFT config
+            roles["alpha"] = _pattern_alpha(configs[where[0]], where[1], int(roles["down"].shape[0]))
         try:
             delta = _delta_for(roles)
         except (KeyError, IndexError, RuntimeError, AttributeError) as exc:
