@@ -290,3 +290,31 @@ def test_dora_on_a_fused_layer_is_named_unsupported(pipe, tmp_path) -> None:
     with pytest.raises(EngineError) as error:
         _apply(pipe, state, tmp_path, 1.0)
     assert error.value.code == ErrorCode.UNSUPPORTED_FORMAT and "DoRA" in str(error.value)
+
+
+def test_fp8_weights_take_a_lora_and_restore_exactly(tmp_path) -> None:
+    from engine.arch.flux.loading import load_from_files
+    from sandbox.flux_builder import build_flux
+
+    build = build_flux(tmp_path / "fp8", "dev", seed=5, dtype="fp8")
+    pipe = load_from_files(build.transformer, vae=build.vae, clip_l=build.clip_l, t5=build.t5, dtype=torch.bfloat16)
+    q = pipe.transformer.transformer_blocks[0].attn.to_q
+    clean = q.weight.detach().clone()
+    assert clean.dtype == torch.float8_e4m3fn
+    state, deltas, _ = _bfl_lora(pipe, ("double_blocks.0.img_attn.qkv",), _kohya_key, alpha=2.0)
+    inputs = {k: (v.to(torch.bfloat16) if v is not None and v.is_floating_point() and k != "img_ids"
+                  and k != "txt_ids" else v) for k, v in _inputs(pipe.transformer).items()}  # fmt: skip
+    with torch.no_grad():
+        plain = pipe.transformer(**inputs).sample
+    _, bound, patcher = _apply(pipe, state, tmp_path, 1.0)
+    width = q.out_features
+    expected = clean.float() + deltas["double_blocks.0.img_attn.qkv"][:width]
+    assert q.weight.dtype == torch.float8_e4m3fn
+    assert torch.allclose(q.weight.float(), expected, rtol=0.07, atol=2e-3)  # fp8 keeps 3 mantissa bits
+    with torch.no_grad():
+        patched = pipe.transformer(**inputs).sample
+        patcher.apply([StackEntry(bound, 1.0)], UNFUSED)
+        unfused = pipe.transformer(**inputs).sample
+    assert not torch.equal(patched, plain) and not torch.equal(unfused, plain)
+    patcher.restore_all()
+    assert torch.equal(q.weight.view(torch.uint8), clean.view(torch.uint8))
