@@ -318,3 +318,36 @@ def test_fp8_weights_take_a_lora_and_restore_exactly(tmp_path) -> None:
     assert not torch.equal(patched, plain) and not torch.equal(unfused, plain)
     patcher.restore_all()
     assert torch.equal(q.weight.view(torch.uint8), clean.view(torch.uint8))
+
+
+def test_loha_on_a_fused_layer_and_a_t5_layer(pipe, tmp_path) -> None:
+    from lycoris.functional.loha import diff_weight
+
+    base = _bfl(pipe)
+    out, inner = base["double_blocks.0.txt_attn.qkv.weight"].shape
+    g = torch.Generator().manual_seed(90)
+    hada = {"hada_w1_a": torch.randn(out, 2, generator=g) * 0.3, "hada_w1_b": torch.randn(2, inner, generator=g) * 0.3,
+            "hada_w2_a": torch.randn(out, 2, generator=g) * 0.3, "hada_w2_b": torch.randn(2, inner, generator=g) * 0.3}  # fmt: skip
+    state = {f"lora_unet_double_blocks_0_txt_attn_qkv.{k}": v for k, v in hada.items()}
+    state["lora_unet_double_blocks_0_txt_attn_qkv.alpha"] = torch.tensor(1.0)
+    delta = diff_weight(hada["hada_w1_b"], hada["hada_w1_a"], hada["hada_w2_b"], hada["hada_w2_a"], None, None,
+                        gamma=1.0 / 2, backend="torch")  # fmt: skip
+    closed = (hada["hada_w1_a"] @ hada["hada_w1_b"]) * (hada["hada_w2_a"] @ hada["hada_w2_b"]) / 2
+    assert torch.allclose(delta, closed, atol=1e-6)
+    t5_q = pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q
+    clean_q = t5_q.weight.detach().clone()
+    down, up = _pair(t5_q.out_features, t5_q.in_features, 91)
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    state.update({f"{t5}.lora_down.weight": down, f"{t5}.lora_up.weight": up})
+    _apply(pipe, state, tmp_path, 0.4)
+    _assert_transformer(pipe, _merged(base, {"double_blocks.0.txt_attn.qkv": delta.reshape(out, inner)}, 0.4))
+    assert torch.allclose(t5_q.weight, clean_q + 0.4 * (up @ down), atol=ATOL)
+
+
+def test_tensors_no_layout_names_are_not_left_out_silently(pipe, tmp_path) -> None:
+    state, _, _ = _bfl_lora(pipe, ("double_blocks.0.img_attn.qkv",), lambda layer: (
+        f"diffusion_model.{layer}.lora_A.weight", f"diffusion_model.{layer}.lora_B.weight", "x"), alpha=None)  # fmt: skip
+    state["diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"] = torch.ones(16)
+    with pytest.raises(EngineError) as error:
+        _apply(pipe, state, tmp_path, 1.0)
+    assert error.value.code == ErrorCode.UNSUPPORTED_FORMAT and "key_norm.scale" in str(error.value)

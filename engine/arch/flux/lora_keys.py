@@ -145,6 +145,11 @@ def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
         if any(needle in key for key in skipped):
             raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, f"LoRA '{label}' is a {name} file, a format this "
                               "engine cannot apply; use a LoRA, LoHa, LoKr or full/diff file")  # fmt: skip
+    if skipped and groups:  # part of the file would be left out: say so rather than apply the rest
+        raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, f"LoRA '{label}' has {len(skipped)} tensor(s) this "
+                          f"engine cannot apply to FLUX.1 (e.g. '{skipped[0]}': not a LoRA, LoHa, LoKr or "
+                          "diff parameter, such as the norm replacements of BFL's Control LoRAs), beside "
+                          f"{len(groups)} layer(s) it can; applying only those would not be this LoRA")  # fmt: skip
     configs = adapter_configs(metadata)
     layers: dict[tuple[str | None, str], LayerDelta] = {}
     for where, roles in groups.items():
