@@ -206,3 +206,12 @@ def test_a_transformer_saved_with_diffusers_names_loads_too(flux_build, tmp_path
                            dtype=torch.bfloat16)  # fmt: skip
     reference = load_folder(b.folder, dtype=torch.bfloat16)
     assert _same_weights(pipe, reference) == []
+
+
+def test_fp16_files_load_in_the_dtype_asked_for(tmp_path) -> None:
+    build = build_flux(tmp_path, "dev", seed=6, dtype="fp16")
+    assert inspect_transformer(build.transformer).storage == "float16"
+    assert inspect_transformer(build.all_in_one).storage == "float16"
+    pipe = load_all_in_one(build.all_in_one, dtype=torch.bfloat16)
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.text_encoder_2.parameters()} == {torch.bfloat16}

@@ -290,11 +290,11 @@ def bind_flux_lora(lora: LoraFile, pipe: Any, *, model_name: str) -> BoundLora:
     unmatched: list[str] = []
     misfit: tuple[str, tuple[int, ...], str] | None = None
     width = int(transformer.config.num_attention_heads) * int(transformer.config.attention_head_dim)
+    modules = dict(transformer.named_modules())
     for (component, flat), delta in lora.layers.items():
         assert component is not None
         pairs: list[tuple[str, Any, LayerDelta]] = []
         if component == TRANSFORMER and flat in bfl:
-            modules = dict(transformer.named_modules())
             for t in bfl[flat]:
                 sliced = delta if (t.stop - t.start == t.fused_rows and not t.swap) else RowSliceDelta(
                     delta, t.start, t.stop, t.fused_rows, t.swap)  # fmt: skip
