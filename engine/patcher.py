@@ -256,13 +256,14 @@ class WeightPatcher:
 
         clean_weight, clean_bias = self._clean_copy(layer)
         live = layer.module.weight
+        compute = compute_dtype(live.dtype)
         if low_rank:
-            up, down = _concat_factors(low_rank, device=live.device, dtype=live.dtype)
+            up, down = _concat_factors(low_rank, device=live.device, dtype=compute)
             rows = (live.shape[0], -1)
-            if clean_weight.device == live.device and live.is_contiguous():
+            if compute == live.dtype and clean_weight.device == live.device and live.is_contiguous():
                 torch.addmm(clean_weight.view(rows), up, down, out=live.view(rows))
-            else:  # the clean copy is on the host, or the weight is channels_last
-                clean = clean_weight.to(live.device, non_blocking=True).view(rows)
+            else:  # the clean copy is on the host, the weight is channels_last or stored in fp8
+                clean = clean_weight.to(live.device, compute, non_blocking=True).view(rows)
                 live.copy_(torch.addmm(clean, up, down).view(live.shape))
         else:
             live.copy_(clean_weight, non_blocking=True)
@@ -272,7 +273,10 @@ class WeightPatcher:
             for delta, weight in dense:
                 change = delta.dense(base) * weight
                 total = change if total is None else total + change
-            live.add_(total.to(live.dtype))
+            if compute == live.dtype:
+                live.add_(total.to(live.dtype))
+            else:  # fp8 has no arithmetic: add in the compute dtype, round once
+                live.copy_(live.to(compute) + total.to(compute))
         bias_change = None
         for delta, weight in [*low_rank, *dense]:
             delta_bias = delta.dense_bias()
@@ -291,8 +295,9 @@ class WeightPatcher:
 
         module = layer.module
         weight = module.weight
-        up, _ = _concat_factors(low_rank, device=weight.device, dtype=weight.dtype)
-        downs = [delta.bypass_down().to(device=weight.device, dtype=weight.dtype)  # type: ignore[union-attr]
+        compute = compute_dtype(weight.dtype)
+        up, _ = _concat_factors(low_rank, device=weight.device, dtype=compute)
+        downs = [delta.bypass_down().to(device=weight.device, dtype=compute)  # type: ignore[union-attr]
                  for delta, _ in low_rank]  # fmt: skip
         if isinstance(module, torch.nn.Conv2d):
             down = torch.cat([d.reshape(d.shape[0], *weight.shape[1:]) for d in downs])
@@ -316,6 +321,14 @@ class WeightPatcher:
         for handle in self._hooks.values():
             handle.remove()
         self._hooks.clear()
+
+
+def compute_dtype(storage: Any) -> Any:
+    """The dtype a LoRA is merged in for a weight stored as ``storage``: itself, except fp8
+    storage (FLUX fp8 files), which has no matmul or add and is computed in bf16."""
+    import torch
+
+    return torch.bfloat16 if storage in (torch.float8_e4m3fn, torch.float8_e5m2) else storage
 
 
 def _host_clone(tensor: Any, pin: bool) -> Any:
