@@ -30,7 +30,7 @@ def cluster_args(folder: Path, **overrides: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
         "models": str(folder / "models"), "loras": str(folder / "loras"), "token": TOKEN,
         "gpus_per_replica": 0, "cpus_per_replica": 0.1, "min_replicas": 2, "max_replicas": 2,
-        "runner": STANDIN, "runner_args": {"seconds_per_job": 0.3},
+        "runner": STANDIN, "runner_args": {"seconds_per_step": 0.1},
         "heartbeat_interval_s": 1.0,
     }  # fmt: skip
     args.update(overrides)

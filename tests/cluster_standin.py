@@ -27,10 +27,10 @@ class Outcome:
 
 
 class StandinRunner:
-    def __init__(self, seconds_per_job: float = 0.2, switch_seconds: float = 0.0, steps: int = 4) -> None:
-        self.seconds_per_job = seconds_per_job
+    def __init__(self, seconds_per_step: float = 0.05, switch_seconds: float = 0.0) -> None:
+        #: A job takes ``steps * count * seconds_per_step``: a test picks a job's length by its steps.
+        self.seconds_per_step = seconds_per_step
         self.switch_seconds = switch_seconds
-        self.steps = steps
         self.loaded: set[str] = set()
         self.loads = 0
         self._lock = threading.Lock()
@@ -42,9 +42,9 @@ class StandinRunner:
             self.loads += miss
         if miss:
             time.sleep(self.switch_seconds)
-        total = self.steps * max(1, recipe.count)
+        total = recipe.steps * max(1, recipe.count)
         for step in range(1, total + 1):
-            time.sleep(self.seconds_per_job / total)
+            time.sleep(self.seconds_per_step)
             if should_cancel():
                 raise EngineError(ErrorCode.CANCELLED, "the job was cancelled")
             on_step(step, total)
