@@ -38,7 +38,10 @@ def build(args: dict[str, Any]) -> Application:
         EngineReplica,
         name="EngineReplica",
         ray_actor_options={"num_gpus": settings.gpus_per_replica, "num_cpus": settings.cpus_per_replica},
-        max_ongoing_requests=settings.jobs_per_replica,
+        # Twice what the bot sends a replica: Serve treats a replica at this limit as busy and
+        # sends its model's next job to another replica (a model load, an eviction), while the
+        # bot never keeps more than jobs_per_replica per running replica in flight anyway.
+        max_ongoing_requests=2 * settings.jobs_per_replica,
         autoscaling_config=autoscaling if settings.max_replicas > settings.min_replicas else None,
         num_replicas=None if settings.max_replicas > settings.min_replicas else settings.min_replicas,
         # A replica killed mid-job is replaced by Serve; its health check is the actor's.

@@ -22,7 +22,7 @@ import pytest
 from bot.jobs import EngineLink, EnginePool, JobState, JobStore
 from bot.registry import Registry
 from engine.client import EngineClient
-from engine.protocol import EngineError, ErrorCode, Recipe
+from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
 from sandbox.discord_double import DiscordDouble
 from tests.bot.conftest import FAST, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
@@ -235,3 +235,32 @@ async def test_the_ingress_refuses_a_caller_without_the_token(cluster: str) -> N
     async with EngineClient(cluster, token=ENGINE_TOKEN) as client:
         files = await client.list_files("model")
         assert files  # the shared model folder, listed by the ingress
+
+
+async def test_the_real_tiny_engine_runs_on_a_replica_and_serve_evicts_from_its_model_cache(
+    ray_port: int, demo_assets: Any, tmp_path: Path
+) -> None:
+    """The replica runs the real generator; holding one model, Serve's eviction of the first
+    model (for the second) empties it from the generator's own model cache."""
+    from ray import serve
+
+    args = cluster_args(tmp_path, models=str(demo_assets.model_root), loras=str(demo_assets.lora_root),
+                        token=ENGINE_TOKEN, min_replicas=1, max_replicas=1, models_per_replica=1,
+                        cpus_per_replica=0.5, runner="generator", device="cpu", dtype="float32",
+                        heartbeat_interval_s=5.0)  # fmt: skip
+    url = deploy(args, ray_port)
+    sd15, sdxl = demo_assets.models["sd15"], demo_assets.models["sdxl"]
+    async with EngineClient(url, token=ENGINE_TOKEN) as client:
+        await client.wait_ready(60)
+        lora = demo_assets.lora("watercolor")
+        job = Recipe(model=sd15, prompt="a lighthouse", steps=2, seed=5, width=64, height=64,
+                     loras=(LoraRef(lora.file, 0.8),))  # fmt: skip
+        (image,) = await asyncio.wait_for(client.run("real-sd15", job), 120)
+        text = png_parameters(image)
+        assert "Seed: 5" in text and "Size: 64x64" in text
+        replica = serve.get_deployment_handle("EngineReplica", app_name="atelier")
+        held = [m["file"] for m in (await replica.health.remote())["runner"]["models"]]
+        assert held == [sd15]
+        await asyncio.wait_for(client.run("real-sdxl", recipe(sdxl, steps=2, seed=6)), 120)
+        held = [m["file"] for m in (await replica.health.remote())["runner"]["models"]]
+        assert held == [sdxl]  # Serve dropped sd15 (one model per replica): so did the cache
