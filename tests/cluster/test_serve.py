@@ -23,7 +23,7 @@ from bot.jobs import EngineLink, EnginePool, JobState, JobStore
 from bot.registry import Registry
 from engine.client import EngineClient
 from engine.protocol import EngineError, ErrorCode, LoraRef, Recipe
-from sandbox.discord_double import DiscordDouble
+from sandbox.discord_double import MANAGE_GUILD, DiscordDouble
 from tests.bot.conftest import FAST, png_parameters, seed_registry
 from tests.bot.test_imagine_flow import is_result
 from tests.bot.test_process import wait_commands
@@ -114,6 +114,7 @@ async def test_a_replica_killed_mid_job_gives_one_retry_and_one_post(
         guild = double.add_guild("Studio")
         channel = double.add_channel(guild, "studio")
         alice = double.add_member(guild, "alice")
+        admin = double.add_member(guild, "admin", permissions=MANAGE_GUILD)
         db = tmp_path / "atelier.sqlite3"
         async with await Registry.open(db) as registry, EngineClient(cluster, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
@@ -138,6 +139,12 @@ async def test_a_replica_killed_mid_job_gives_one_retry_and_one_post(
             results = [m for m in double.messages(channel) if is_result(m)]
             assert len(results) == 1, [m.content for m in double.messages(channel)]
             assert "Seed: 77" in png_parameters(results[0].attachments[0].data)
+            # The admins' /queue lists the cluster's replicas, with the models they hold.
+            ask = await double.slash(admin, channel, "queue", {})
+            reply = await ask.wait_followup()
+            view = reply.content + " ".join(str(e) for e in reply.embeds)
+            assert "Ray Serve cluster" in view and "replica 1:" in view, view
+            assert demo_assets.models["sd15"] in view and "job(s) in the last minute" in view, view
         finally:
             end_process(bot)
         async with await Registry.open(db) as registry:
