@@ -121,6 +121,7 @@ class EngineReplica:
         self._hold = serve.multiplexed(max_num_models_per_replica=self.settings.models_per_replica)(hold)
 
     def _in_use(self) -> set[str]:
+        """Models of the jobs queued or running here (read from the manager: same process)."""
         jobs = [*self.manager.running_batch, *(self.manager._jobs[i] for i in list(self.manager._queue))]
         return {job.recipe.model for job in jobs}
 
@@ -154,7 +155,11 @@ class EngineReplica:
         await self._hold(model_id)
         yield {"type": "replica", "replica": self.replica_id, "pid": self.pid, "hit": hit,
                "models": sorted(self.held)}  # fmt: skip
-        self.manager.submit(job_id, recipe)
+        try:
+            self.manager.submit(job_id, recipe)
+        except EngineError as exc:  # refused here (its queue full, shutting down): said as the engine says it
+            yield {"type": "failed", "job": job_id, **exc.to_json()}
+            return
         finished = False
         try:
             async for event in self.manager.events(job_id):
