@@ -73,3 +73,17 @@ async def test_a_cluster_is_one_engine_as_deep_as_its_replicas_with_no_affinity_
         assert (cluster_view.free_units, cluster_view.models, cluster_view.model) == (6, frozenset(), None)
         assert (single_view.free_units, single_view.models) == (2, frozenset({"a.safetensors"}))
         assert pool.slots[0].replicas[0]["id"] == "r1" and pool.slots[0].name == "Ray Serve cluster"
+
+
+def test_the_bot_never_imports_ray() -> None:
+    """The bot reaches a cluster over HTTP: no bot module imports Ray (nor engine.cluster)."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "bot").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "ray" or n.startswith("engine.cluster")]
+    assert offenders == []
