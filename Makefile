@@ -34,6 +34,12 @@ endif
 	$(PIP) -e '.[engine,safety,test]'
 	touch $@
 
+# The Ray Serve tests (tests/cluster) need the cluster extra; the demo and the bot never do.
+CLUSTER_STAMP := $(VENV)/.atelier-cluster-installed
+$(CLUSTER_STAMP): $(STAMP)
+	$(PIP) -e '.[cluster]'
+	touch $@
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -42,7 +48,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(STAMP) $(CLUSTER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

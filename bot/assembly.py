@@ -118,10 +118,17 @@ async def start_engines(config: BotConfig) -> list[EngineLink]:
                 "only requests that carry its token: set ATELIER_ENGINE_TOKEN to the value the engine "
                 "was started with."
             )
-        links = [EngineLink(EngineClient(url, token=config.engine_token)) for url in config.external_engines]
+        cluster = config.engine_backend == "ray"
+        links = [
+            EngineLink(EngineClient(url, token=config.engine_token), cluster=cluster)
+            for url in config.external_engines
+        ]
         for link in links:
             try:
-                await link.client.health()
+                health = await link.client.health()
+                if cluster and health.get("backend") != "ray":
+                    log.warning("engine_backend is 'ray' but %s does not answer as a Ray Serve cluster "
+                                "(is it the address of `serve deploy deploy/serve.yaml`?)", link.client)
             except EngineError as exc:
                 if exc.code == "unauthorized":
                     for other in links:

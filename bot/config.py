@@ -10,6 +10,7 @@ the file. Every key, its variable and its default (Markdown, ready for the READM
 | `database` | `ATELIER_DATABASE` | `<data_dir>/atelier.sqlite3` | SQLite file, if elsewhere |
 | `engine_url` | `ATELIER_ENGINE_URL` | (empty: spawn one) | Use an engine already running at this URL |
 | `engine_urls` | `ATELIER_ENGINE_URLS` | (empty) | Several engines already running (comma-separated URLs, one per GPU or machine); jobs go to a free one, preferring one that holds their model |
+| `engine_backend` | `ATELIER_ENGINE_BACKEND` | `process` | `process`: one engine process per address (or one spawned); `ray`: `engine_url` is a Ray Serve cluster's address (README, "Many GPUs") |
 | `engine_depth` | `ATELIER_ENGINE_DEPTH` | `2` | Jobs (or batches) each engine holds at once, so the next is ready while one denoises |
 | `engine_batch` | `ATELIER_ENGINE_BATCH` | `4` | Most compatible jobs handed to an engine together (same model, LoRAs, size, steps, sampler, CFG) |
 | `engine_port` | `ATELIER_ENGINE_PORT` | `7861` | Loopback port of the spawned engine |
@@ -69,6 +70,7 @@ _ENV = {
     "database": "ATELIER_DATABASE",
     "engine_url": "ATELIER_ENGINE_URL",
     "engine_urls": "ATELIER_ENGINE_URLS",
+    "engine_backend": "ATELIER_ENGINE_BACKEND",
     "engine_depth": "ATELIER_ENGINE_DEPTH",
     "engine_batch": "ATELIER_ENGINE_BATCH",
     "engine_port": "ATELIER_ENGINE_PORT",
@@ -109,6 +111,7 @@ _TEXT_LISTS = ("civitai_download_hosts",)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 IMAGE_CLASSIFIERS = ("auto", "nudenet", "off")
+ENGINE_BACKENDS = ("process", "ray")
 
 
 class ConfigError(ValueError):
@@ -122,6 +125,8 @@ class BotConfig:
     database: Path | None = None
     engine_url: str = ""
     engine_urls: tuple[str, ...] = ()
+    #: "process" (engine processes, or one spawned) or "ray" (a Serve cluster at engine_url).
+    engine_backend: str = "process"
     engine_depth: int = 2
     engine_batch: int = 4
     engine_port: int = 7861
@@ -254,6 +259,17 @@ class BotConfig:
             raise ConfigError(
                 f"image_classifier (ATELIER_IMAGE_CLASSIFIER) is {config.image_classifier!r}; "
                 f"use one of {', '.join(IMAGE_CLASSIFIERS)}"
+            )
+        if config.engine_backend not in ENGINE_BACKENDS:
+            raise ConfigError(
+                f"engine_backend (ATELIER_ENGINE_BACKEND) is {config.engine_backend!r}; use one of "
+                f"{', '.join(ENGINE_BACKENDS)}"
+            )
+        if config.engine_backend == "ray" and len(config.external_engines) != 1:
+            raise ConfigError(
+                "engine_backend (ATELIER_ENGINE_BACKEND) is 'ray': set engine_url (ATELIER_ENGINE_URL) "
+                "to the Ray Serve cluster's HTTP address, e.g. http://head:8000, and leave engine_urls "
+                "empty (the cluster routes jobs to its replicas itself)"
             )
         if config.data_grace_days < 0:
             raise ConfigError("data_grace_days (ATELIER_DATA_GRACE_DAYS) cannot be negative")

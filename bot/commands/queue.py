@@ -16,6 +16,7 @@ from discord import app_commands
 from bot import embeds, views
 from bot.commands.common import bot_of, is_admin
 from bot.jobs import Job, JobState
+from bot.jobs.engines import replica_lines
 from bot.jobs.status import describe_eta, describe_position
 
 SHOWN = 15
@@ -38,7 +39,10 @@ def _state(job: Job) -> str:
 def _engine_lines(bot: Any) -> list[str]:
     lines = []
     for slot in bot.engines.slots:
-        if slot.healthy:
+        if slot.healthy and slot.cluster:
+            lines.append(f"**{slot.name}**: up, {len(slot.jobs())} job(s) in hand, room for {bot.engines.units_of(slot)}")
+            lines += [f"- {line}" for line in replica_lines(slot)]
+        elif slot.healthy:
             busy = len(slot.jobs())
             lines.append(f"**{slot.name}**: up, {busy} job(s) in hand" + (f", holding `{slot.model}`" if slot.model else ""))
         else:

@@ -11,6 +11,14 @@ a loop asks ``/health`` (every second while an engine is down, every ten while i
 ``/health`` also says which models the engine holds: the ``models`` list of newer engines, or
 ``loaded_model`` of older ones. Addresses and errors stay in the log and in the admins'
 ``/queue`` view; members only ever read that "the image engine" is down.
+
+A Ray Serve cluster (``engine_backend = "ray"``, :mod:`engine.cluster`) is one slot here: its
+ingress speaks the engine API, so jobs, recovery and retries take the same path. What Serve
+does itself is left out of that slot: its depth is the cluster's own capacity (its running
+replicas times the jobs each holds, from ``/health``, so it grows as Serve scales up), it
+reports no held models (Serve routes each job to a replica holding its model; affinity here
+would reorder jobs for nothing), and a job lost with a replica does not keep the cluster out
+of use: it is checked again at once.
 """
 
 from __future__ import annotations
@@ -42,6 +50,12 @@ class EngineLink:
 
     client: EngineClient
     process: EngineProcess | None = None
+    #: A Ray Serve cluster behind one address (see the module docstring).
+    cluster: bool = False
+
+
+#: How often a cluster's ``/health`` is read while it is up: its capacity follows Serve's scaling.
+CHECK_CLUSTER_S = 2.0
 
 
 @dataclass
@@ -60,6 +74,10 @@ class EngineSlot:
     problem: str = ""
     down_since: float | None = None
     checked_at: float = 0.0
+    cluster: bool = False
+    #: A cluster's units (replicas times jobs per replica), and what it says of each replica.
+    capacity: int | None = None
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -101,7 +119,10 @@ class EnginePool:
         self.depth = max(1, depth)
         self.on_change = on_change
         self.slots = [
-            EngineSlot(name=f"engine {index}", client=link.client, process=link.process)
+            EngineSlot(
+                name="Ray Serve cluster" if link.cluster else f"engine {index}",
+                client=link.client, process=link.process, cluster=link.cluster,
+            )  # fmt: skip
             for index, link in enumerate(links, 1)
         ]
         self._loop: asyncio.Task[None] | None = None
@@ -136,15 +157,19 @@ class EnginePool:
         return [
             EngineView(
                 name=slot.key,
-                free_units=self.depth - len(slot.units),
-                model=slot.model,
-                stack=slot.stack,
+                free_units=self.units_of(slot) - len(slot.units),
+                model=None if slot.cluster else slot.model,
+                stack=None if slot.cluster else slot.stack,
                 idle=not slot.units,
-                models=slot.models,
+                models=frozenset() if slot.cluster else slot.models,
             )
             for slot in self.slots
             if slot.healthy
         ]
+
+    def units_of(self, slot: EngineSlot) -> int:
+        """Units ``slot`` takes at once: ``depth``, or a cluster's own capacity."""
+        return max(1, slot.capacity) if slot.cluster and slot.capacity else self.depth
 
     async def start(self) -> None:
         await asyncio.gather(*(self.check(slot) for slot in self.slots))
@@ -173,6 +198,14 @@ class EnginePool:
 
     @staticmethod
     def _read_models(slot: EngineSlot, health: dict[str, Any]) -> None:
+        cluster = health.get("cluster")
+        if slot.cluster:
+            if isinstance(cluster, dict):
+                capacity = cluster.get("capacity")
+                slot.capacity = int(capacity) if isinstance(capacity, int) and capacity > 0 else None
+                replicas = cluster.get("replicas")
+                slot.replicas = [r for r in replicas if isinstance(r, dict)] if isinstance(replicas, list) else []
+            return
         listed = health.get("models")
         if isinstance(listed, list):
             device = [m.get("file") for m in listed if isinstance(m, dict) and m.get("tier", "device") == "device"]
@@ -187,6 +220,10 @@ class EnginePool:
             log.warning("%s (%s) is unavailable: %s", slot.name, slot.key, problem)
         if slot.healthy:
             slot.down_since = time.time()
+            if slot.cluster:
+                # A job lost with one replica (Ray replaces it): the others still run jobs.
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().create_task(self.check(slot), name="engine-recheck")
         slot.healthy, slot.problem = False, problem
         slot.models = frozenset()
         slot.model = slot.stack = None
@@ -198,7 +235,23 @@ class EnginePool:
             now = time.monotonic()
             due = [
                 slot for slot in self.slots
-                if now - slot.checked_at >= (CHECK_UP_S if slot.healthy else CHECK_DOWN_S)
+                if now - slot.checked_at >= (
+                    (CHECK_CLUSTER_S if slot.cluster else CHECK_UP_S) if slot.healthy else CHECK_DOWN_S
+                )
             ]  # fmt: skip
             if due:
                 await asyncio.gather(*(self.check(slot) for slot in due))
+
+
+def replica_lines(slot: EngineSlot) -> list[str]:
+    """The admins' view of a cluster: each replica's load, models held and jobs per minute."""
+    if not slot.replicas:
+        return ["no replica has run a job yet"]
+    lines = []
+    for index, replica in enumerate(slot.replicas, 1):
+        models = ", ".join(f"`{m}`" for m in replica.get("models", [])[:4]) or "no model"
+        lines.append(
+            f"replica {index}: {replica.get('load', 0)} job(s) in hand, holding {models}, "
+            f"{replica.get('jobs_per_minute', 0)} job(s) in the last minute"
+        )
+    return lines
