@@ -1,7 +1,9 @@
-"""Slash commands, one module per top-level command.
+"""Slash commands and their cogs, one module per feature.
 
-``register_all`` adds them to the bot's tree; each module exposes its command objects so
-tests can inspect names, options and limits without starting a client.
+Each feature module defines its app commands as module-level objects (tests inspect names,
+options and limits without starting a client) and a :class:`~bot.commands.cog.FeatureCog`
+that puts them, its buttons and its modals on a client. ``register_all`` adds every
+feature's commands to a bare tree, for those tests.
 """
 
 from __future__ import annotations
@@ -12,20 +14,8 @@ from discord import app_commands
 
 
 def register_all(tree: app_commands.CommandTree[Any]) -> None:
-    from bot.commands import (
-        audit,
-        embedding,
-        imagine,
-        lora,
-        model,
-        privacy,
-        queue,
-        recipe,
-        settings,
-    )
+    from bot.commands.cogs import COGS
 
-    for command in (
-        imagine.imagine, lora.lora, model.model, embedding.embedding, settings.settings, queue.queue,
-        recipe.recipe, recipe.remix_this_image, audit.audit, privacy.privacy,
-    ):  # fmt: skip
-        tree.add_command(command)
+    for cog in COGS:
+        for command in cog.feature_commands:
+            tree.add_command(command)

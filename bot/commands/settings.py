@@ -12,8 +12,10 @@ import discord
 from discord import app_commands
 
 from bot import embeds
-from bot.commands.common import admin_only, bot_of
+from bot.commands.cog import FeatureCog
+from bot.commands.common import admin_only
 from bot.commands.edit_fields import CLEAR_WORDS
+from bot.commands.features import features_of
 from bot.commands.model import model_name_autocomplete
 from bot.registry import ImageCheck, NsfwPolicy, RegistryError, ServerSettings
 from bot.registry.checks import HARD_MAX_LORAS, MAX_CFG, MAX_SIDE, MAX_STEPS, MIN_SIDE
@@ -152,7 +154,7 @@ async def settings(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     registry = bot.registry
     classifier = bot.safety.classifier.name if bot.safety.classifier else None
     current = await registry.settings.get(interaction.guild_id)
@@ -241,3 +243,7 @@ def _blocklist(text: str | None) -> tuple[str, ...] | None:
     if text.strip().lower() in CLEAR_WORDS:
         return ()
     return tuple(term for term in (t.strip() for t in text.split(",")) if term)
+
+
+class SettingsCog(FeatureCog, name="settings"):
+    feature_commands = (settings,)
