@@ -2,8 +2,8 @@
 
 :class:`AtelierBot` builds the long-lived services (:class:`bot.services.Services`: registry,
 engines, job dispatcher, poster, fetcher, access rules, image safety) and the shared flows
-(:class:`bot.commands.features.Features`), then adds one cog per feature
-(:mod:`bot.commands.cogs`), each given what it uses. Nothing imports this module but
+(:class:`bot.ui.features.Features`), then adds one cog per feature
+(:mod:`bot.ui.cogs`), each given what it uses. Nothing imports this module but
 :mod:`bot.assembly`; the layers below never reach back up to it.
 ``python -m bot``, the demo and the tests all build it through :mod:`bot.assembly`, from the
 same settings, and start it exactly as production does (tests against the local Discord double).
@@ -19,15 +19,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import views
-from bot.access import AccessPolicy, GuildFiles
-from bot.actions import Actions
-from bot.command_sync import sync_if_changed
-from bot.commands.cogs import COGS
-from bot.commands.common import send_private
-from bot.commands.features import Features
-from bot.commands.routes import Routes, refuse_unlisted
-from bot.guild_lifecycle import DAY_S, PURGE_INTERVAL_S, GuildLifecycle
 from bot.jobs import (
     DEFAULT_STALL_LIMIT_S,
     Dispatcher,
@@ -37,12 +28,21 @@ from bot.jobs import (
     Limits,
     Poster,
 )
-from bot.recipe_actions import RecipeActions
-from bot.safety import ImageSafety
+from bot.operator.access import AccessPolicy, GuildFiles
+from bot.operator.command_sync import sync_if_changed
+from bot.operator.guild_lifecycle import DAY_S, PURGE_INTERVAL_S, GuildLifecycle
+from bot.operator.safety import ImageSafety
 from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.sources.civitai import CivitaiClient
 from bot.sources.fetcher import Fetcher, FetchSettings
+from bot.ui import views
+from bot.ui.actions import Actions
+from bot.ui.cogs import COGS
+from bot.ui.common import send_private
+from bot.ui.features import Features
+from bot.ui.recipe_actions import RecipeActions
+from bot.ui.routes import Routes, refuse_unlisted
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class AtelierBot(commands.Bot):
                 self.synced = synced
 
     def files_for(self, guild_id: int) -> GuildFiles:
-        """The engine's files as this server may see them (see bot.access)."""
+        """The engine's files as this server may see them (see bot.operator.access)."""
         return self.services.files_for(guild_id)
 
     async def on_ready(self) -> None:
@@ -241,7 +241,7 @@ class AtelierBot(commands.Bot):
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Modal submits are routed here from their payload, not through discord.py's
-        in-memory modal store, so they survive restarts and concurrent modals (see bot.views)."""
+        in-memory modal store, so they survive restarts and concurrent modals (see bot.ui.views)."""
         if interaction.type == discord.InteractionType.modal_submit:
             await self.routes.submit(interaction)
 

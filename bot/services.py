@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.access import AccessPolicy, GuildFiles
-from bot.guild_lifecycle import GuildLifecycle
 from bot.jobs import Dispatcher, EnginePool, Poster
+from bot.operator.access import AccessPolicy, GuildFiles
+from bot.operator.guild_lifecycle import GuildLifecycle
+from bot.operator.safety import ImageSafety
 from bot.registry import Registry
-from bot.safety import ImageSafety
 from bot.sources.fetcher import Fetcher
 from engine.client import EngineClient
 
@@ -42,5 +42,5 @@ class Services:
         return self.engines.primary
 
     def files_for(self, guild_id: int) -> GuildFiles:
-        """The engine's files as this server may see them (see bot.access)."""
+        """The engine's files as this server may see them (see bot.operator.access)."""
         return GuildFiles(self.engine, self.access, guild_id)

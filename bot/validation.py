@@ -18,11 +18,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
+from bot.operator.safety import blocked_terms_in
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy
 from bot.registry.text import name_key, strip_invisible
-from bot.safety import blocked_terms_in
+from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.sources.refs import looks_like_air
 from engine.families import families_differ, family_label, related
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import embeds, views
-from bot.commands.common import is_admin, role_ids, send_private
 from bot.registry.models import EmbeddingEntry, LoraEntry, RegistryError
 from bot.registry.text import name_key
 from bot.services import Services
@@ -25,10 +23,12 @@ from bot.sources.civitai import CivitaiError, CivitaiVersion
 from bot.sources.fetcher import AlreadyRegistered, Fetched, Fetcher, Stage, describe_plan
 from bot.sources.plan import FetchPlan, FetchRefused, base_model_of, registry_name, size_text
 from bot.sources.refs import SourceRef, looks_like_air, parse_air
+from bot.ui import embeds, views
+from bot.ui.common import is_admin, role_ids, send_private
 
 if TYPE_CHECKING:
-    from bot.parse import ImagineRequest
     from bot.registry.catalog import Catalog
+    from bot.request.parse import ImagineRequest
 
 log = logging.getLogger(__name__)
 

@@ -360,7 +360,7 @@ async def phase_fair(root: Path, engine_url: str, loras: Path) -> dict[str, Any]
 
 async def run_affinity_once(root: Path, models: Path, loras: Path, workload: list[tuple[int, str]], *, affinity: bool) -> float:
     from bot.assembly import build_bot
-    from bot.config import BotConfig
+    from bot.operator.config import BotConfig
     from bot.registry import Registry
     from engine.client import EngineClient
     from sandbox.discord_double import DiscordDouble, run_bot

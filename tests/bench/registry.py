@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bot.parse import build_request
 from bot.registry import Catalog, LoraEntry, ModelEntry, Registry
 from bot.registry.search import lora_choice
 from bot.registry.text import name_key
+from bot.request.parse import build_request
 from bot.validation import validate
 
 SMALL_GUILD, LARGE_GUILD = 1, 2

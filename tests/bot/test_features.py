@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot import views
-from bot.commands.cogs import COGS
-from bot.commands.privacy import PrivacyCog
+from bot.ui import views
+from bot.ui.cogs import COGS
+from bot.ui.cogs.privacy import PrivacyCog
 from tests.bot.conftest import World
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.parse import build_request
 from bot.registry import Catalog, Registry, ServerSettings
 from bot.registry.models import EmbeddingEntry
+from bot.request.parse import build_request
 from bot.validation import Rejected, Validated, validate
 from engine.protocol import FileInfo
 

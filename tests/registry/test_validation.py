@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bot.parse import build_request
 from bot.registry import Catalog, NsfwPolicy, Registry, ServerSettings
+from bot.request.parse import build_request
 from bot.validation import SAMPLERS, Rejected, Validated, validate
 
 from .conftest import ADMIN, GUILD, lora, model

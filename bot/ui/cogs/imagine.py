@@ -13,11 +13,11 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import views
-from bot.commands.cog import FeatureCog
-from bot.commands.common import nsfw_channel, send_private, to_choices
-from bot.commands.features import features_of
-from bot.commands.routes import ButtonWork, ModalWork
+from bot.ui import views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import nsfw_channel, send_private, to_choices
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
 #: A1111 sampler names the engine maps to diffusers schedulers (Discord shows 25 choices).

@@ -1,8 +1,8 @@
 """The typed bundle a feature's cog and its commands work with.
 
 :class:`Features` is the services (:class:`bot.services.Services`) plus the flows several
-features share: generation (:class:`bot.actions.Actions`), recipes and Civitai sources, and
-the table of buttons and modals (:class:`bot.commands.routes.Routes`). Each cog receives it
+features share: generation (:class:`bot.ui.actions.Actions`), recipes and Civitai sources, and
+the table of buttons and modals (:class:`bot.ui.routes.Routes`). Each cog receives it
 when the client adds the cog; the module-level app commands read it from the interaction
 through :func:`features_of` (discord.py calls them with nothing else), typed, in one place.
 """
@@ -14,16 +14,16 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.access import AccessPolicy, GuildFiles
-from bot.actions import Actions
-from bot.commands.routes import Routes
-from bot.guild_lifecycle import GuildLifecycle
 from bot.jobs import Dispatcher, EnginePool, Poster
-from bot.recipe_actions import RecipeActions
+from bot.operator.access import AccessPolicy, GuildFiles
+from bot.operator.guild_lifecycle import GuildLifecycle
+from bot.operator.safety import ImageSafety
 from bot.registry import Registry
-from bot.safety import ImageSafety
 from bot.services import Services
 from bot.sources.actions import SourceActions
+from bot.ui.actions import Actions
+from bot.ui.recipe_actions import RecipeActions
+from bot.ui.routes import Routes
 from engine.client import EngineClient
 
 

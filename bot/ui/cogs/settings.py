@@ -11,14 +11,14 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.cog import FeatureCog
-from bot.commands.common import admin_only
-from bot.commands.edit_fields import CLEAR_WORDS
-from bot.commands.features import features_of
-from bot.commands.model import model_name_autocomplete
 from bot.registry import ImageCheck, NsfwPolicy, RegistryError, ServerSettings
 from bot.registry.checks import HARD_MAX_LORAS, MAX_CFG, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import CLEAR_WORDS
+from bot.ui.cogs.model import model_name_autocomplete
+from bot.ui.common import admin_only
+from bot.ui.features import features_of
 
 # The option ranges Discord's client enforces are the engine's own limits (engine.validation
 # RecipeLimits, through bot.registry.checks): an admin can never allow what the engine refuses.

@@ -12,13 +12,13 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.cog import FeatureCog
-from bot.commands.common import admin_only, affected_recipes, send_private
-from bot.commands.features import features_of
-from bot.commands.files import inspect_new_file, unregistered_file_choices
 from bot.registry import RegistryError
 from bot.registry.models import EmbeddingEntry
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.files import inspect_new_file, unregistered_file_choices
+from bot.ui.common import admin_only, affected_recipes, send_private
+from bot.ui.features import features_of
 from engine.protocol import architecture_label
 
 embedding = app_commands.Group(

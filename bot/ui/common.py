@@ -8,7 +8,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.embeds import CONTENT_LIMIT, truncate
+from bot.ui.embeds import CONTENT_LIMIT, truncate
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def is_admin(interaction: discord.Interaction[Any]) -> bool:
     permissions = interaction.permissions
     if permissions.manage_guild or permissions.administrator:
         return True
-    # The bot's owners (see bot.access) administer it in every server it serves.
+    # The bot's owners (see bot.operator.access) administer it in every server it serves.
     access = getattr(interaction.client, "access", None)
     return access is not None and access.is_owner(interaction.user.id)
 

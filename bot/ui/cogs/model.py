@@ -12,10 +12,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.cog import FeatureCog
-from bot.commands.common import admin_only, affected_recipes, is_admin, send_private, to_choices
-from bot.commands.edit_fields import (
+from bot.registry import ModelEntry, RegistryError
+from bot.registry.checks import MAX_CFG, MAX_STEPS
+from bot.registry.models import kind_description
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import (
     EditField,
     build_edit_command,
     build_toggle_commands,
@@ -23,11 +25,9 @@ from bot.commands.edit_fields import (
     size,
     text_or_clear,
 )
-from bot.commands.features import features_of
-from bot.commands.files import inspect_new_file, read_server_file, unregistered_file_choices
-from bot.registry import ModelEntry, RegistryError
-from bot.registry.checks import MAX_CFG, MAX_STEPS
-from bot.registry.models import kind_description
+from bot.ui.cogs.files import inspect_new_file, read_server_file, unregistered_file_choices
+from bot.ui.common import admin_only, affected_recipes, is_admin, send_private, to_choices
+from bot.ui.features import features_of
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
 from engine.recipe.sampler_names import SAMPLERS

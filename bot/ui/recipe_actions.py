@@ -1,11 +1,11 @@
 """What happens behind sharing, the server recipe book, recipe cards and "Remix this image".
 
-:mod:`bot.actions` runs generations; this module moves recipes around: posts a recipe card
+:mod:`bot.ui.actions` runs generations; this module moves recipes around: posts a recipe card
 in the channel (Share button, ``/recipe share``), saves under a name the member picks (the
 card's and the result's Save, ``/recipe save``), lists and runs saved recipes, and reads
 an image from anywhere (the message context menu, ``/recipe read``): our database first (by
 message, then by attachment), then the file's own metadata through
-:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipe_match`.
+:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipes.match`.
 
 Saved recipes live in two stores with different rules, kept apart on purpose: a member's own
 (``saved_recipes``: private, a name per member, saving again overwrites) and the server's book
@@ -29,15 +29,15 @@ from typing import Any, Literal
 
 import discord
 
-from bot import embeds, views
-from bot.actions import Actions, Parent, new_seed, parse_lora_lines, show_modal
-from bot.commands.common import is_admin, send_private
-from bot.recipe_match import health, match_found
-from bot.recipe_text import imagine_command, suggest_name
+from bot.recipes.match import health, match_found
+from bot.recipes.text import imagine_command, suggest_name
 from bot.registry import Registry, RegistryError
 from bot.registry.recipe_book import BookEntry, Card
 from bot.registry.text import name_key, parse_air
 from bot.services import Services
+from bot.ui import embeds, views
+from bot.ui.actions import Actions, Parent, new_seed, parse_lora_lines, show_modal
+from bot.ui.common import is_admin, send_private
 from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.model import RecipeError

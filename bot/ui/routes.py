@@ -1,9 +1,9 @@
 """Where a click or a modal submit goes: each feature's cog registers the buttons and modal
 kinds it owns here when it loads, and takes them back when it unloads.
 
-Buttons are :class:`discord.ui.DynamicItem` (see :mod:`bot.views`) and modals are read from
+Buttons are :class:`discord.ui.DynamicItem` (see :mod:`bot.ui.views`) and modals are read from
 their payload, so both reach the right feature after a restart; this table is what lets
-``bot.views`` stay a module of UI shapes that imports no feature.
+``bot.ui.views`` stay a module of UI shapes that imports no feature.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import discord
 
-from bot import views
-from bot.access import AccessPolicy
-from bot.commands.common import send_private
-from bot.guild_lifecycle import NOT_ENABLED
+from bot.operator.access import AccessPolicy
+from bot.operator.guild_lifecycle import NOT_ENABLED
+from bot.ui import views
+from bot.ui.common import send_private
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Routes:
         await self.guarded(interaction, work(interaction, item))
 
     async def submit(self, interaction: discord.Interaction[Any]) -> bool:
-        """Route a submit of one of our modals (see :mod:`bot.views`); False if not ours."""
+        """Route a submit of one of our modals (see :mod:`bot.ui.views`); False if not ours."""
         parsed = views.parse_modal_submit(dict(interaction.data or {}))
         if parsed is None:
             return False

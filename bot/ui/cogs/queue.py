@@ -14,13 +14,13 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.cog import FeatureCog
-from bot.commands.common import is_admin
-from bot.commands.features import features_of
-from bot.commands.routes import ButtonWork
 from bot.jobs import Job, JobState
 from bot.jobs.status import describe_eta, describe_position
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import is_admin
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork
 
 SHOWN = 15
 MINE_SHOWN = 10

@@ -12,11 +12,11 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.cog import FeatureCog
-from bot.commands.common import admin_only, send_private
-from bot.commands.features import features_of
 from bot.registry import AuditEntry
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import admin_only, send_private
+from bot.ui.features import features_of
 
 #: Characters of one entry's details in the list.
 DETAILS_PREVIEW = 240

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot.commands.common import is_admin, send_private
-from bot.commands.features import features_of
-from bot.embeds import truncate
+from bot.ui.common import is_admin, send_private
+from bot.ui.embeds import truncate
+from bot.ui.features import features_of
 from engine.protocol import EngineError, FileInfo
 
 Kind = Literal["lora", "model", "embedding"]

@@ -16,12 +16,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.cog import FeatureCog
-from bot.commands.common import send_private
-from bot.commands.features import features_of
-from bot.commands.routes import ButtonWork
-from bot.guild_lifecycle import DAY_S
+from bot.operator.guild_lifecycle import DAY_S
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import send_private
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork
 
 privacy = app_commands.Group(name="privacy", description="See or delete what Atelier keeps about you", guild_only=True)
 

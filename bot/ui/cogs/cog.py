@@ -1,6 +1,6 @@
 """One cog per feature: it owns the feature's app commands, buttons and modal kinds.
 
-A cog is built with the client and the typed :class:`~bot.commands.features.Features` it
+A cog is built with the client and the typed :class:`~bot.ui.features.Features` it
 uses, and on load puts its commands on the client's tree, its DynamicItem buttons on the
 client and its buttons' and modals' work in the route table; on unload it takes them back,
 so a feature can be added, removed or tested on its own. The commands themselves stay
@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 from discord import AppCommandType, app_commands
 from discord.ext import commands
 
-from bot.commands.features import Features
-from bot.commands.routes import ButtonWork, ModalWork
+from bot.ui.features import Features
+from bot.ui.routes import ButtonWork, ModalWork
 
 AppCommand = app_commands.Command[Any, ..., Any] | app_commands.Group | app_commands.ContextMenu
 
@@ -34,7 +34,7 @@ class FeatureCog(commands.Cog):
         return {}
 
     def modals(self) -> Mapping[str, ModalWork]:
-        """The modal kinds (see bot.views.MODAL_ID) this feature answers, with their work."""
+        """The modal kinds (see bot.ui.views.MODAL_ID) this feature answers, with their work."""
         return {}
 
     async def cog_load(self) -> None:

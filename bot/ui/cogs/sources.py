@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bot import views
-from bot.commands.cog import FeatureCog
-from bot.commands.routes import ButtonWork
+from bot.ui import views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.routes import ButtonWork
 
 
 class SourcesCog(FeatureCog, name="sources"):

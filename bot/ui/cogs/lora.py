@@ -18,17 +18,10 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.cog import FeatureCog
-from bot.commands.common import (
-    admin_only,
-    affected_recipes,
-    is_admin,
-    nsfw_channel,
-    send_private,
-    to_choices,
-)
-from bot.commands.edit_fields import (
+from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import (
     CLEAR_WORDS,
     EditField,
     build_edit_command,
@@ -36,10 +29,17 @@ from bot.commands.edit_fields import (
     comma_list,
     text_or_clear,
 )
-from bot.commands.features import features_of
-from bot.commands.files import inspect_new_file, unregistered_file_choices
-from bot.commands.routes import ButtonWork, ModalWork
-from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from bot.ui.cogs.files import inspect_new_file, unregistered_file_choices
+from bot.ui.common import (
+    admin_only,
+    affected_recipes,
+    is_admin,
+    nsfw_channel,
+    send_private,
+    to_choices,
+)
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 from engine.families import FAMILIES, family_label
 
 lora = app_commands.Group(name="lora", description="Find, bookmark and manage this server's LoRAs", guild_only=True)

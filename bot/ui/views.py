@@ -24,10 +24,10 @@ Modal submits are not left to discord.py's modal store: it keys open modals by c
 alone and lives in memory, so a second member remixing the same image replaced the first
 one's modal (and then one submit was dropped), and a modal open across a restart went
 nowhere. :func:`parse_modal_submit` reads the submitted payload instead and
-``bot.commands.routes`` routes it to the feature that owns it, so the modal classes here only draw the form.
+``bot.ui.routes`` routes it to the feature that owns it, so the modal classes here only draw the form.
 
 The work behind each click lives in the feature that registers the button (see
-:mod:`bot.commands.routes`); this module is only the UI shape and imports no feature.
+:mod:`bot.ui.routes`); this module is only the UI shape and imports no feature.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _CARD_LABELS = {
 
 
 class Router(Protocol):
-    """Where clicks go (bot.commands.routes.Routes): each feature registers its buttons there."""
+    """Where clicks go (bot.ui.routes.Routes): each feature registers its buttons there."""
 
     async def press(self, interaction: discord.Interaction[Any], item: discord.ui.DynamicItem[Any]) -> None: ...
 

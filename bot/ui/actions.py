@@ -18,17 +18,17 @@ from typing import Any, Protocol
 import aiohttp
 import discord
 
-from bot import embeds, views
-from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from bot.jobs import Job, QueueFull, token_expiry
 from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
-from bot.recipe_text import recipe_reply, suggest_name
+from bot.recipes.text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
 from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.sources.refs import split_inline_air
+from bot.ui import embeds, views
+from bot.ui.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from engine.protocol import Recipe
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def missing_post_permissions(interaction: discord.Interaction[Any]) -> list[str]
 
 
 class PostSharing(Protocol):
-    """The recipes feature's "Share" of an image's recipe (see bot.recipe_actions)."""
+    """The recipes feature's "Share" of an image's recipe (see bot.ui.recipe_actions)."""
 
     async def share_post(self, interaction: discord.Interaction[Any], requester_id: int, recipe: Recipe) -> None: ...
 
@@ -182,7 +182,7 @@ class Actions:
 
         True when the job was queued.
         """
-        from bot.parse import build_request
+        from bot.request.parse import build_request
         from bot.validation import Rejected, validate
 
         assert interaction.guild_id is not None and interaction.channel_id is not None

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.access import AccessPolicy
+from bot.operator.access import AccessPolicy
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot import views
-from bot.commands.cog import FeatureCog
-from bot.commands.common import send_private
-from bot.commands.features import features_of
-from bot.commands.routes import ButtonWork, ModalWork
+from bot.ui import views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import send_private
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 
 recipe = app_commands.Group(name="recipe", description="Your saved recipes and the server's recipe book", guild_only=True)
 
@@ -175,7 +175,7 @@ async def recipe_read(
     if not link:
         await send_private(interaction, "Attach the image to `image`, or paste a link to the message that has it in `link`.")
         return
-    from bot.recipe_actions import MESSAGE_LINK
+    from bot.ui.recipe_actions import MESSAGE_LINK
 
     match = MESSAGE_LINK.search(link)
     if match is None or match[1] != str(interaction.guild_id):
