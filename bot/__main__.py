@@ -6,7 +6,7 @@ SQLite registry in the data folder, starts the engine as a child process with a 
 token (unless ``ATELIER_ENGINE_URL`` / ``ATELIER_ENGINE_URLS`` and ``ATELIER_ENGINE_TOKEN``
 point at engines already running), connects to Discord, takes up the jobs a previous run left
 in the database, and on Ctrl-C or SIGTERM stops the engine and closes the database (queued
-jobs stay there and run at the next start). See :mod:`bot.config` for every setting.
+jobs stay there and run at the next start). See :mod:`bot.operator.config` for every setting.
 
 Creating the Discord application (for the README):
 
@@ -47,7 +47,7 @@ async def run(
     import discord
 
     from bot.assembly import StartError, assembled
-    from bot.config import BotConfig, ConfigError
+    from bot.operator.config import BotConfig, ConfigError
 
     try:
         config = BotConfig.load(env=env, config_file=config_file)
@@ -138,7 +138,7 @@ def unreachable(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "read-recipe":
-        from bot import read_recipe
+        from bot.recipes import read as read_recipe
 
         return read_recipe.main(args[1:])
     if args and args[0] == "demo":

@@ -1,7 +1,10 @@
-"""The Discord client: command tree, persistent buttons, the job dispatcher and the engines.
+"""The Discord client: the composition root that builds the services and adds the features.
 
-Everything long-lived hangs off :class:`AtelierBot` so that commands, buttons and modals
-reach the registry, the engine client and the job queue through ``interaction.client``.
+:class:`AtelierBot` builds the long-lived services (:class:`bot.services.Services`: registry,
+engines, job dispatcher, poster, fetcher, access rules, image safety) and the shared flows
+(:class:`bot.ui.features.Features`), then adds one cog per feature
+(:mod:`bot.ui.cogs`), each given what it uses. Nothing imports this module but
+:mod:`bot.assembly`; the layers below never reach back up to it.
 ``python -m bot``, the demo and the tests all build it through :mod:`bot.assembly`, from the
 same settings, and start it exactly as production does (tests against the local Discord double).
 """
@@ -14,13 +17,8 @@ from typing import Any
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
-from bot import views
-from bot.access import AccessPolicy, GuildFiles
-from bot.actions import Actions
-from bot.command_sync import sync_if_changed
-from bot.commands.common import send_private
-from bot.guild_lifecycle import DAY_S, NOT_ENABLED, PURGE_INTERVAL_S, GuildLifecycle
 from bot.jobs import (
     DEFAULT_STALL_LIMIT_S,
     Dispatcher,
@@ -30,11 +28,21 @@ from bot.jobs import (
     Limits,
     Poster,
 )
-from bot.recipe_actions import RecipeActions
-from bot.safety import ImageSafety
+from bot.operator.access import AccessPolicy, GuildFiles
+from bot.operator.command_sync import sync_if_changed
+from bot.operator.guild_lifecycle import DAY_S, PURGE_INTERVAL_S, GuildLifecycle
+from bot.operator.safety import ImageSafety
+from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.sources.civitai import CivitaiClient
 from bot.sources.fetcher import Fetcher, FetchSettings
+from bot.ui import views
+from bot.ui.actions import Actions
+from bot.ui.cogs import COGS
+from bot.ui.common import send_private
+from bot.ui.features import Features
+from bot.ui.recipe_actions import RecipeActions
+from bot.ui.routes import Routes, refuse_unlisted
 from engine.client import EngineClient
 
 log = logging.getLogger(__name__)
@@ -73,16 +81,7 @@ class AtelierTree(app_commands.CommandTree["AtelierBot"]):
         await send_private(interaction, text)
 
 
-async def refuse_unlisted(interaction: discord.Interaction[Any]) -> None:
-    """The answer a server outside the allowlist gets: no choices, no files, a polite note."""
-    if interaction.type == discord.InteractionType.autocomplete:
-        if not interaction.response.is_done():
-            await interaction.response.autocomplete([])
-        return
-    await send_private(interaction, NOT_ENABLED.format(guild_id=interaction.guild_id))
-
-
-class AtelierBot(discord.Client):
+class AtelierBot(commands.Bot):
     """The bot. ``registry`` is an open :class:`bot.registry.Registry`.
 
     ``engines`` lists the engines (one per GPU or machine), each an
@@ -129,7 +128,11 @@ class AtelierBot(discord.Client):
         # Nothing the bot sends pings anyone unless that one message says so: prompts and
         # names are echoed in messages and may contain @everyone or role mentions.
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
-        super().__init__(intents=intents, **options)
+        # Slash commands only: a prefix that is only a mention, no message content intent and
+        # no message events, so no text command can ever run (discord.py's documented way).
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents, tree_cls=AtelierTree, help_command=None, **options
+        )
         self.registry = registry
         links = [link if isinstance(link, EngineLink) else EngineLink(link) for link in engines]
         if not links:
@@ -138,7 +141,7 @@ class AtelierBot(discord.Client):
         self.sync_guilds = sync_guilds
         self.sync_commands = sync_commands
         self.force_sync = force_sync
-        self.access = access or AccessPolicy()
+        policy = access or AccessPolicy()
         self.safety = safety or ImageSafety(None)
         self.lifecycle = GuildLifecycle(
             self,
@@ -146,9 +149,6 @@ class AtelierBot(discord.Client):
             leave_other_guilds=leave_other_guilds,
             purge_interval_s=purge_interval_s,
         )
-        self.tree = AtelierTree(self)
-        self.actions = Actions(self)
-        self.recipes = RecipeActions(self)
         self.poster = Poster(
             self, result_view=lambda job: views.detached(views.result_view()), result_retry_s=result_retry
         )
@@ -162,8 +162,6 @@ class AtelierBot(discord.Client):
             settings=fetch or FetchSettings(),
             poll_interval=fetch_poll_interval,
         )
-        #: LoRAs from Civitai: /lora add source:, "Look up on Civitai", AIRs in /imagine.
-        self.sources = SourceActions(self, fetcher, status_interval=status_interval)
         self.dispatcher = Dispatcher(
             self,
             self.engines,
@@ -174,8 +172,26 @@ class AtelierBot(discord.Client):
             retry_wait=retry_wait,
             max_batch=max_batch,
             affinity_window=affinity_window,
-            on_result=self.actions.record_result,
+            on_result=lambda job, message, seconds: self.actions.record_result(job, message, seconds),
         )
+        self.services = Services(
+            client=self,
+            registry=registry,
+            engines=self.engines,
+            access=policy,
+            safety=self.safety,
+            lifecycle=self.lifecycle,
+            poster=self.poster,
+            dispatcher=self.dispatcher,
+            fetcher=fetcher,
+        )
+        #: LoRAs from Civitai: /lora add source:, "Look up on Civitai", AIRs in /imagine.
+        self.sources = SourceActions(self.services, status_interval=status_interval)
+        self.actions = Actions(self.services, self.sources)
+        self.recipes = RecipeActions(self.services, self.actions)
+        self.actions.recipes = self.recipes
+        self.routes = Routes(lambda: self.access)
+        self.features = Features(self.services, self.actions, self.recipes, self.sources, self.routes)
         self.synced: list[app_commands.AppCommand] = []
 
     @property
@@ -183,11 +199,18 @@ class AtelierBot(discord.Client):
         """An engine for one-off questions (inspecting a file, listing files)."""
         return self.engines.primary
 
-    async def setup_hook(self) -> None:
-        from bot.commands import register_all
+    @property
+    def access(self) -> AccessPolicy:
+        """The operator's rules; kept in the services, where every feature reads them."""
+        return self.services.access
 
-        register_all(self.tree)
-        self.add_dynamic_items(*views.DYNAMIC_ITEMS)
+    @access.setter
+    def access(self, policy: AccessPolicy) -> None:
+        self.services.access = policy
+
+    async def setup_hook(self) -> None:
+        for cog in COGS:
+            await self.add_cog(cog(self, self.features))
         if self.registry is not None:
             self.dispatcher.store = JobStore(self.registry.database)
         await self.dispatcher.start()
@@ -204,8 +227,8 @@ class AtelierBot(discord.Client):
                 self.synced = synced
 
     def files_for(self, guild_id: int) -> GuildFiles:
-        """The engine's files as this server may see them (see bot.access)."""
-        return GuildFiles(self.engine, self.access, guild_id)
+        """The engine's files as this server may see them (see bot.operator.access)."""
+        return self.services.files_for(guild_id)
 
     async def on_ready(self) -> None:
         await self.lifecycle.ready()
@@ -218,9 +241,9 @@ class AtelierBot(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Modal submits are routed here from their payload, not through discord.py's
-        in-memory modal store, so they survive restarts and concurrent modals (see bot.views)."""
+        in-memory modal store, so they survive restarts and concurrent modals (see bot.ui.views)."""
         if interaction.type == discord.InteractionType.modal_submit:
-            await self.actions.modal_submit(interaction)
+            await self.routes.submit(interaction)
 
     async def close(self) -> None:
         await self.lifecycle.close()

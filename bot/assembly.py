@@ -5,7 +5,7 @@ tests run is what production runs. When each built it its own way, the fetcher g
 production (the entry point passed ``engines=``, the fetcher read ``engine=``) while every test,
 which passed ``engine=``, went green; one path leaves no such gap to hide in.
 
-- :func:`build_bot` turns a :class:`~bot.config.BotConfig` (plus the registry and engines it
+- :func:`build_bot` turns a :class:`~bot.operator.config.BotConfig` (plus the registry and engines it
   runs on) into an :class:`~bot.app.AtelierBot`: every setting reaches its part here.
 - :func:`assembled` opens what the bot runs on as well (the SQLite registry, the image check,
   the engines: those already running, or one started as a child process), builds the bot with
@@ -19,15 +19,15 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from bot import engine_token
-from bot.access import AccessPolicy
 from bot.app import AtelierBot
-from bot.config import BotConfig
-from bot.engine_process import EngineProcess, EngineStartError
-from bot.guild_lifecycle import DAY_S
+from bot.engine_link import token as engine_token
+from bot.engine_link.process import EngineProcess, EngineStartError
 from bot.jobs import EngineLink
+from bot.operator.access import AccessPolicy
+from bot.operator.config import BotConfig
+from bot.operator.guild_lifecycle import DAY_S
+from bot.operator.safety import ImageSafety, load_classifier
 from bot.registry import Registry
-from bot.safety import ImageSafety, load_classifier
 from bot.sources.civitai import CivitaiClient
 from bot.sources.fetcher import FetchSettings
 from engine.client import EngineClient

@@ -10,7 +10,7 @@ An image travels far beyond the server that made it, so neither chunk names a fi
 path on the operator's disk: :func:`shareable_recipe` leaves the files empty (as a recipe read
 from another tool's image has them, see :mod:`engine.recipe.model`) and keeps the registered
 names and the hashes (model AutoV2, each LoRA's sha256 and A1111 hash, each embedding's
-sha256), which is how the bot matches them to its registry (``bot.recipe_match``) and how
+sha256), which is how the bot matches them to its registry (``bot.recipes.match``) and how
 Civitai and A1111 name them. :func:`recipe_with_files` maps them back to files of one's own.
 """
 

@@ -31,8 +31,8 @@ from typing import Any
 import discord
 
 from bot.assembly import StartError, assembled
-from bot.config import BotConfig
 from bot.jobs.dispatcher import Dispatcher
+from bot.operator.config import BotConfig
 from engine.auth import new_token
 from sandbox.discord_double import (
     MANAGE_GUILD,

@@ -164,7 +164,7 @@ def test_an_engine_serving_every_interface_warns_in_its_log(tmp_path: Path) -> N
 
 async def test_an_engine_that_refuses_its_settings_is_reported_in_its_own_words(tmp_path: Path) -> None:
     """The folders exist, so the engine itself starts and refuses: its one line reaches the operator."""
-    from bot.engine_process import EngineProcess, EngineStartError
+    from bot.engine_link.process import EngineProcess, EngineStartError
 
     process = EngineProcess(
         model_dir=tmp_path, lora_dir=tmp_path, port=closed_port(), start_timeout=60, extra_args=["--cache-loras", "0"]

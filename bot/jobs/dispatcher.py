@@ -10,7 +10,7 @@ What can go wrong, and what happens:
 - **An engine dies** (SIGKILL, crash, host out of memory): its jobs' event streams break at
   once; each job goes back to the front of the queue and runs once more on the next engine
   that is up; a second loss fails it with a message that says so. An engine the bot owns is
-  restarted by :class:`~bot.engine_process.EngineProcess`, with backoff, for as long as the
+  restarted by :class:`~bot.engine_link.process.EngineProcess`, with backoff, for as long as the
   bot runs. A job lost this way fails if no engine takes it within ``retry_wait``.
 - **A job stalls** (the engine answers, the job never advances for ``stall_limit``): it is
   cancelled; an engine the bot owns is restarted and the job runs once more; on an engine
@@ -40,7 +40,6 @@ from typing import Any
 import aiohttp
 import discord
 
-from bot import embeds
 from bot.jobs.admission import Admission, Limits, QueueFull
 from bot.jobs.engines import EnginePool, EngineSlot
 from bot.jobs.model import Job, JobState
@@ -50,7 +49,8 @@ from bot.jobs.scheduler import FairScheduler
 from bot.jobs.speed import SpeedBook
 from bot.jobs.status import FAREWELL_S, StatusBoard, status_text, stop_text
 from bot.jobs.store import JobStore
-from bot.recipe_text import imagine_command, public_error
+from bot.recipes.text import imagine_command, public_error
+from bot.ui import embeds
 from engine.protocol import EngineError, ErrorCode
 
 log = logging.getLogger(__name__)

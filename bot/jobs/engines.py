@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.engine_process import EngineProcess
+from bot.engine_link.process import EngineProcess
 from bot.jobs.model import Job
 from bot.jobs.scheduler import EngineView, Stack, lora_stack
 from engine.client import EngineClient

@@ -66,7 +66,7 @@ class Job:
     #: Share of the server's turns relative to other members: 2 for an admin-named priority role.
     weight: int = 1
     #: The message this job was rerolled/remixed/made from, and how the result credits it
-    #: ((label, link) for the embed); recorded by ``on_result`` (see bot.recipe_actions).
+    #: ((label, link) for the embed); recorded by ``on_result`` (see bot.ui.recipe_actions).
     parent_message_id: int | None = None
     parent_channel_id: int | None = None
     parent_credit: tuple[str, str] | None = None

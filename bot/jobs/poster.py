@@ -11,7 +11,7 @@
   reset connection, a timeout) are retried with exponential backoff for a bounded time;
   discord.py itself retries only some of them (not 503, not resets on Linux). A permissions
   message is given only for Discord's real permission errors (403 with 50001 or 50013).
-- **One place** checks images before they are posted: :func:`bot.safety.screen_for_channel`,
+- **One place** checks images before they are posted: :func:`bot.operator.safety.screen_for_channel`,
   called by :meth:`Poster.post_result` (flagged images withheld or spoilered where the
   server's policy says so); mentions are limited to the requester.
 
@@ -33,10 +33,10 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
-from bot import embeds
 from bot.jobs.images import fit_files
 from bot.jobs.model import Job
-from bot.safety import screen_for_channel
+from bot.operator.safety import screen_for_channel
+from bot.ui import embeds
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Poster:
         fitted, notes = await asyncio.to_thread(fit_files, images, job.file_limit)
         if not fitted:
             raise PostRefused("; ".join(notes) or "the engine returned no image.", kind="too_large")
-        # The image check (bot.safety): flagged images withheld or spoilered where NSFW is not allowed.
+        # The image check (bot.operator.safety): flagged images withheld or spoilered where NSFW is not allowed.
         screened = await screen_for_channel(self.client, job.guild_id, job.channel_id, fitted)
         embed = embeds.recipe_embed(
             job.recipe, requester=job.user_name, seconds=seconds,

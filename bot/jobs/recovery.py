@@ -13,24 +13,50 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 import aiohttp
+import discord
 
+from bot.jobs.admission import Admission
+from bot.jobs.engines import EnginePool, EngineSlot
 from bot.jobs.model import Job, JobState
+from bot.jobs.poster import Poster
+from bot.jobs.scheduler import FairScheduler
+from bot.jobs.status import StatusBoard
+from bot.jobs.store import JobStore
 from engine.protocol import EngineError, ErrorCode
 
-if TYPE_CHECKING:
-    from bot.jobs.dispatcher import Dispatcher
-
 log = logging.getLogger(__name__)
+
+
+class DispatcherState(Protocol):
+    """The dispatcher's state and steps that recovery uses (bot.jobs.dispatcher.Dispatcher),
+    named here so that recovery does not import the dispatcher that imports it."""
+
+    pool: EnginePool
+    poster: Poster
+    store: JobStore | None
+    admission: Admission
+    retry_wait: float
+    scheduler: FairScheduler
+    board: StatusBoard
+
+    def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]: ...
+    def _wake_up(self) -> None: ...
+    async def _tell(self, job: Job) -> None: ...
+    async def _finish(self, job: Job, state: JobState) -> None: ...
+    async def _follow(self, job: Job, slot: EngineSlot) -> None: ...
+    async def _post(self, job: Job, images: list[bytes], seconds: float | None) -> None: ...
+    async def _posted(self, job: Job, message: discord.Message) -> None: ...
+    async def _fail_job(self, job: Job, code: str, message: str) -> None: ...
 
 
 class Recovery:
     """Works on the dispatcher's own state (the same package): one concept, kept apart."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: DispatcherState) -> None:
         self.d = dispatcher
 
     async def take_up(self, jobs: Sequence[Job]) -> None:

@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot import embeds
 from bot.jobs.model import Job, JobState
 from bot.jobs.poster import Poster
+from bot.ui import embeds
 
 log = logging.getLogger(__name__)
 

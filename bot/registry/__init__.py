@@ -53,7 +53,7 @@ Public API (everything the bot needs is re-exported here)::
     registry.sync_state  # SyncState: the command tree's hash as last synced
     await registry.purge_departed(grace_s) -> list[int]      # servers whose data was deleted
 
-    # validation (see bot.parse and bot.validation)
+    # validation (see bot.request.parse and bot.request.validation)
     catalog = await registry.catalogs.get(guild_id) -> Catalog     # cached, rebuilt after writes
 
 Refusals raise :class:`RegistryError` (subclasses :class:`NotFound`, :class:`AlreadyExists`)

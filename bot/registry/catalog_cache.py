@@ -1,6 +1,6 @@
 """The validation catalogs kept in memory (``Registry.catalogs``), one per recently used server.
 
-A catalog is the in-memory view :func:`bot.validation.validate` needs (settings, models,
+A catalog is the in-memory view :func:`bot.request.validation.validate` needs (settings, models,
 LoRAs, embeddings). It is built from the file on first use, kept until a write to that
 server invalidates it, and at most :data:`CATALOGS_KEPT` servers' catalogs are kept.
 """

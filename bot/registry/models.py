@@ -69,7 +69,7 @@ class NsfwPolicy(enum.StrEnum):
 
 
 class ImageCheck(enum.StrEnum):
-    """What happens to an image the classifier flags where NSFW is not allowed (bot.safety)."""
+    """What happens to an image the classifier flags where NSFW is not allowed (bot.operator.safety)."""
 
     WITHHOLD = "withhold"
     SPOILER = "spoiler"
@@ -337,9 +337,9 @@ class ServerSettings:
     #: Model used when /imagine names none.
     default_model: str | None = None
     #: What happens to an image the classifier flags where NSFW is not allowed (see
-    #: bot.safety.ImageCheck): "withhold", "spoiler" or "off".
+    #: bot.operator.safety.ImageCheck): "withhold", "spoiler" or "off".
     image_check: str = "withhold"
-    #: Words or phrases refused in prompts (normalised, see bot.safety.clean_blocklist).
+    #: Words or phrases refused in prompts (normalised, see bot.operator.safety.clean_blocklist).
     blocked_words: tuple[str, ...] = ()
     #: Roles whose members may have a LoRA fetched from Civitai by writing its AIR in
     #: ``/imagine`` (where the operator allows fetching); empty: nobody (the default).

@@ -42,7 +42,7 @@ class Registry:
         self.loras = LoraStore(db, self._changed)
         self.embeddings = EmbeddingStore(db, self._changed)
         self.settings = SettingsStore(db, self._changed)
-        #: The in-memory view bot.validation needs, per server (see bot.registry.catalog_cache).
+        #: The in-memory view bot.request.validation needs, per server (see bot.registry.catalog_cache).
         self.catalogs = CatalogCache(db, self.settings, self.models, self.embeddings)
         self.audit = AuditLog(db)
         self.saved_recipes = SavedRecipes(db)

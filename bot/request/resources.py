@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bot.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
+from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy, ServerSettings
 from bot.registry.text import name_key

@@ -12,7 +12,7 @@ import math
 import secrets
 from collections.abc import Callable
 
-from bot.parse import ImagineRequest
+from bot.request.parse import ImagineRequest
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry
 from bot.request.outcome import Check, fmt

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import embeds, views
-from bot.commands.common import is_admin, role_ids, send_private
 from bot.registry.models import EmbeddingEntry, LoraEntry, RegistryError
 from bot.registry.text import name_key
+from bot.services import Services
 from bot.sources.civitai import CivitaiError, CivitaiVersion
 from bot.sources.fetcher import AlreadyRegistered, Fetched, Fetcher, Stage, describe_plan
 from bot.sources.plan import FetchPlan, FetchRefused, base_model_of, registry_name, size_text
 from bot.sources.refs import SourceRef, looks_like_air, parse_air
+from bot.ui import embeds, views
+from bot.ui.common import is_admin, role_ids, send_private
 
 if TYPE_CHECKING:
-    from bot.app import AtelierBot
-    from bot.parse import ImagineRequest
     from bot.registry.catalog import Catalog
+    from bot.request.parse import ImagineRequest
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,9 @@ _LABELS = {"name": "Name", "trigger_words": "Trigger words", "family": "Family",
 
 
 class SourceActions:
-    def __init__(self, bot: AtelierBot, fetcher: Fetcher, *, status_interval: float = 2.0) -> None:
-        self.bot = bot
-        self.fetcher = fetcher
+    def __init__(self, services: Services, *, status_interval: float = 2.0) -> None:
+        self.services = services
+        self.fetcher: Fetcher = services.fetcher
         self.status_interval = status_interval
 
     async def close(self) -> None:
@@ -212,7 +212,7 @@ class SourceActions:
             await send_private(interaction, "Civitai answered with a version whose files do not have this sha256; nothing to apply.")
             return
         assert interaction.guild_id is not None
-        taken = set((await self.bot.registry.catalogs.get(interaction.guild_id)).loras)
+        taken = set((await self.services.registry.catalogs.get(interaction.guild_id)).loras)
         changes = lookup_changes(lora, version, taken)
         title = f"Civitai: {version.model_name} · {version.name}"
         embed = discord.Embed(title=embeds.truncate(title, 256), url=version.page_url, colour=embeds.ACCENT)
@@ -239,7 +239,7 @@ class SourceActions:
         if interaction.guild_id is None or not is_admin(interaction):
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        registry = self.bot.registry
+        registry = self.services.registry
         lora = await registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
@@ -291,7 +291,7 @@ class SourceActions:
             except FetchRefused as exc:
                 await message.finish(exc.as_text(f"`{embeds.truncate(air, 200)}` could not be fetched, so nothing was queued"))
                 return None
-        return await self.bot.registry.catalogs.get(interaction.guild_id)
+        return await self.services.registry.catalogs.get(interaction.guild_id)
 
 
 def _already_text(entry: LoraEntry | EmbeddingEntry) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bot.access import AccessPolicy
+from bot.operator.access import AccessPolicy
 from bot.registry.models import Category, EmbeddingEntry, LoraEntry, RegistryError
 from bot.sources.civitai import CivitaiClient, CivitaiError, CivitaiVersion
 from bot.sources.plan import FetchPlan, FetchRefused, Limits, plan_fetch, size_text

@@ -372,7 +372,7 @@ def affinity_budget(models: Path) -> tuple[str, ...]:
 
 async def run_affinity_once(root: Path, models: Path, loras: Path, workload: list[tuple[int, str]], *, affinity: bool) -> float:
     from bot.assembly import build_bot
-    from bot.config import BotConfig
+    from bot.operator.config import BotConfig
     from bot.registry import Registry
     from engine.client import EngineClient
     from sandbox.discord_double import DiscordDouble, run_bot

@@ -1,6 +1,6 @@
 """Registry benchmark: ``python -m tests.bench.registry`` prints one JSON object.
 
-- ``validate_p99_ms``: the median of three rounds' p99 of :func:`bot.validation.validate`
+- ``validate_p99_ms``: the median of three rounds' p99 of :func:`bot.request.validation.validate`
   (``validate_rounds_p99_ms`` lists all three; ``validate_cpu_p99_ms`` is the same round's
   p99 of this thread's CPU time, which other processes cannot inflate) over a mix of requests (valid stacks,
   inline tags, typos that need "did you mean", architecture mismatches) with 10,000 LoRAs in
@@ -29,11 +29,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bot.parse import build_request
 from bot.registry import Catalog, LoraEntry, ModelEntry, Registry
 from bot.registry.search import lora_choice
 from bot.registry.text import name_key
-from bot.validation import validate
+from bot.request.parse import build_request
+from bot.request.validation import validate
 
 SMALL_GUILD, LARGE_GUILD = 1, 2
 SMALL, LARGE = 10_000, 100_000

@@ -26,8 +26,8 @@ import pytest
 
 from bot.app import AtelierBot
 from bot.assembly import build_bot
-from bot.config import BotConfig
 from bot.jobs import EngineLink
+from bot.operator.config import BotConfig
 from bot.registry import LoraEntry, ModelEntry, Registry
 from engine.client import EngineClient
 from sandbox.discord_double import (

@@ -8,7 +8,7 @@ import json
 import shutil
 from typing import Any
 
-from bot.commands.model import MODEL_EDIT_FIELDS
+from bot.ui.cogs.model import MODEL_EDIT_FIELDS
 from sandbox.discord_double import InteractionHandle
 from tests.bot.conftest import SD15, SDXL, World, png_parameters
 from tests.bot.test_imagine_flow import is_result
@@ -161,7 +161,7 @@ async def test_lora_edit_still_takes_several_fields_at_once(world: World) -> Non
 def test_a_model_field_is_one_line_in_the_table() -> None:
     """Other issues add per-model fields (VAE, clip skip...): each is one EditField, and the
     command's options are exactly the table's."""
-    from bot.commands.model import model_edit
+    from bot.ui.cogs.model import model_edit
 
     options = [p.name for p in model_edit.parameters]
     assert options == ["name", *(f.option for f in MODEL_EDIT_FIELDS)]

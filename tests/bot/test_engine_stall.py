@@ -138,7 +138,7 @@ async def test_a_job_that_makes_no_progress_is_stopped_and_its_request_kept(stud
 
 @dataclass
 class StuckEngineProcess:
-    """The part of :class:`bot.engine_process.EngineProcess` the dispatcher uses; a restart
+    """The part of :class:`bot.engine_link.process.EngineProcess` the dispatcher uses; a restart
     turns the stuck stand-in into a working one, as a fresh engine process would be."""
 
     engine: HangingEngine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bot.embeds import EMBED_TOTAL_LIMIT, FIELD_VALUE_LIMIT
+from bot.ui.embeds import EMBED_TOTAL_LIMIT, FIELD_VALUE_LIMIT
 from sandbox.discord_double import Member, StoredMessage
 from tests.bot.conftest import FAST, SD15, World, embed_total, png_parameters
 

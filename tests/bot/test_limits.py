@@ -78,7 +78,7 @@ async def test_python_m_bot_entry_point_runs_against_the_double(engine_url: str,
 async def test_engine_that_cannot_start_is_reported_with_its_own_words(tmp_path) -> None:
     import pytest
 
-    from bot.engine_process import EngineProcess, EngineStartError
+    from bot.engine_link.process import EngineProcess, EngineStartError
 
     process = EngineProcess(model_dir=tmp_path / "missing", lora_dir=tmp_path, port=1, start_timeout=30)
     with pytest.raises(EngineStartError, match="models folder .* does not exist"):

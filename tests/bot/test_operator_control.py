@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bot.guild_lifecycle import DAY_S
+from bot.operator.guild_lifecycle import DAY_S
+from bot.operator.safety import ImageSafety, Verdict
 from bot.registry import Registry
-from bot.safety import ImageSafety, Verdict
 from engine.client import EngineClient
 from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, run_bot
 from tests.bot.conftest import FAST, SD15, SDXL, World, make_bot, seed_registry

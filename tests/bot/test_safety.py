@@ -1,4 +1,4 @@
-"""bot.safety with the real NudeNet on real results, the policy around it, and the blocklist."""
+"""bot.operator.safety with the real NudeNet on real results, the policy around it, and the blocklist."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot.operator.safety import (
+    ImageSafety,
+    NudeNetClassifier,
+    Verdict,
+    blocked_terms_in,
+    load_classifier,
+)
 from bot.registry import ImageCheck, RegistryError, ServerSettings
 from bot.registry.checks import clean_settings
-from bot.safety import ImageSafety, NudeNetClassifier, Verdict, blocked_terms_in, load_classifier
 from engine.client import EngineClient
 from engine.protocol import Recipe
 from tests.conftest import ENGINE_TOKEN
@@ -101,7 +107,7 @@ def test_blocklist_matches_whole_words_however_written() -> None:
 
 
 def test_bounds_never_exceed_the_engines() -> None:
-    from bot.commands.settings import settings as settings_command
+    from bot.ui.cogs.settings import settings as settings_command
     from engine.validation import DEFAULT_LIMITS
 
     bounds = {p.name: p.max_value for p in settings_command.parameters if p.max_value is not None}

@@ -20,8 +20,8 @@ from typing import Any
 import discord
 import pytest
 
-from bot import views
 from bot.registry import LoraEntry, Registry
+from bot.ui import views
 from engine.client import EngineClient
 from engine.downloads import TEMP_PREFIX
 from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, InteractionHandle, Member, run_bot

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot.engine_process import EngineProcess
+from bot.engine_link.process import EngineProcess
 from tests.bot.conftest import free_port
 
 

@@ -10,13 +10,13 @@ import pytest
 from discord import app_commands
 from PIL import Image, PngImagePlugin
 
-from bot import embeds, views
-from bot.actions import lora_changes, parse_lora_lines
-from bot.config import BotConfig, ConfigError
 from bot.jobs import fit_files
-from bot.recipe_text import imagine_command, recipe_reply, suggest_name
+from bot.operator.config import BotConfig, ConfigError
+from bot.recipes.text import imagine_command, recipe_reply, suggest_name
 from bot.registry import Category, LoraEntry
 from bot.registry.text import clean_name
+from bot.ui import embeds, views
+from bot.ui.actions import lora_changes, parse_lora_lines
 from engine.protocol import LoraRef, Recipe
 from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
 from engine.recipe.a1111 import write_parameters as a1111_parameters
@@ -81,7 +81,7 @@ def test_lora_card_and_lists_fit() -> None:
 
 
 def test_problems_message_lists_every_problem_in_one_message() -> None:
-    from bot.validation import Problem
+    from bot.request.validation import Problem
 
     problems = [
         Problem("unknown_lora", f"There is no LoRA named `x{i}`.", "Pick one from the list.", ("alpha", "beta"))
@@ -220,7 +220,7 @@ def test_config_from_env_and_toml(tmp_path: Path) -> None:
 
 
 def test_command_definitions_respect_discord_limits() -> None:
-    from bot.commands import register_all
+    from bot.ui.cogs import register_all
 
     client = discord.Client(intents=discord.Intents.none())
     tree = app_commands.CommandTree(client)

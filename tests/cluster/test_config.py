@@ -9,7 +9,7 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from bot.config import BotConfig, ConfigError
+from bot.operator.config import BotConfig, ConfigError
 from bot.jobs import EngineLink, EnginePool
 from engine.client import EngineClient
 from engine.cluster.app import build

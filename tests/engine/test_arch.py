@@ -161,7 +161,7 @@ def test_flux_defaults_per_variant() -> None:
 def test_nothing_is_listed_twice() -> None:
     """The protocol, the runnable set, Civitai's ecosystems and the size menu are the
     registry's own data, and no production module outside engine/arch names the SD pair."""
-    from bot.commands.imagine import SIZES
+    from bot.ui.cogs.imagine import SIZES
     from bot.sources.refs import ARCHITECTURE_ECOSYSTEMS, ECOSYSTEM_ARCHITECTURES
     from engine.pipelines import PIPELINE_ARCH
     from engine.protocol import ARCHITECTURE_LABELS, ARCHITECTURES

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from bot.engine_token import load_or_create
+from bot.engine_link.token import load_or_create
 from engine.client import EngineClient
 from engine.config import parse_serve_args
 from engine.jobs import JobManager

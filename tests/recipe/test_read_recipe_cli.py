@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot import read_recipe
+from bot.recipes import read as read_recipe
 from tests.recipe import images
 
 

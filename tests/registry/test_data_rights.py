@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.access import AccessPolicy
-from bot.config import BotConfig, ConfigError
+from bot.operator.access import AccessPolicy
+from bot.operator.config import BotConfig, ConfigError
 from bot.registry import Registry
 from engine.protocol import LoraRef, Recipe
 from tests.registry.conftest import ADMIN, GUILD, OTHER_GUILD, lora, model

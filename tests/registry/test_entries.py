@@ -299,9 +299,9 @@ async def test_add_loras_is_all_or_nothing(registry: Registry) -> None:
 
 
 async def test_a_models_vae_is_stored_checked_and_reaches_the_recipe(registry: Registry) -> None:
-    from bot.parse import build_request
     from bot.registry import Catalog, ServerSettings
-    from bot.validation import Validated, validate
+    from bot.request.parse import build_request
+    from bot.request.validation import Validated, validate
 
     stored = await registry.models.add(GUILD, model("Juggernaut XL", "sdxl", vae="vae/sdxl-fp16-fix.safetensors"), ADMIN)
     assert stored.vae == "vae/sdxl-fp16-fix.safetensors"

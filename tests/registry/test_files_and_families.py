@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.parse import build_request
 from bot.registry import Catalog, Registry, ServerSettings
 from bot.registry.models import EmbeddingEntry
-from bot.validation import Rejected, Validated, validate
+from bot.request.parse import build_request
+from bot.request.validation import Rejected, Validated, validate
 from engine.protocol import FileInfo
 
 from .conftest import ADMIN, GUILD, lora, model

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot.parse import LoraRequest, ParseError, build_request, extract_inline_loras, parse_weight
+from bot.request.parse import (
+    LoraRequest,
+    ParseError,
+    build_request,
+    extract_inline_loras,
+    parse_weight,
+)
 
 
 def test_extract_inline_loras() -> None:

@@ -1,11 +1,11 @@
 """The server recipe book, cards, lineage and hash look-ups (real SQLite), and matching an
-imported or stored recipe to the registry (bot.recipe_match)."""
+imported or stored recipe to the registry (bot.recipes.match)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bot.recipe_match import health, match_found, usable
+from bot.recipes.match import health, match_found, usable
 from bot.registry import AlreadyExists, Registry, RegistryError
 from bot.registry.recipe_book import Lineage
 from engine.protocol import LoraRef, Recipe

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from bot.parse import build_request, extract_inline_loras
 from bot.registry import Catalog, NsfwPolicy, Registry, RegistryError, ServerSettings
 from bot.registry.text import parse_air
+from bot.request.parse import build_request, extract_inline_loras
 from bot.sources.civitai import CivitaiFile, CivitaiVersion, html_to_text, read_version
 from bot.sources.plan import FetchRefused, Limits, base_model_of, plan_fetch
 from bot.sources.refs import ACCEPTED_SHAPES, SourceError, parse_source, split_inline_air
-from bot.validation import Rejected, Validated, validate
+from bot.request.validation import Rejected, Validated, validate
 
 from .conftest import ADMIN, GUILD, lora, model
 
@@ -322,7 +322,7 @@ def test_production_code_never_imports_the_test_doubles() -> None:
 
 
 def test_the_operator_decides_who_fetches_and_where_files_go() -> None:
-    from bot.access import AccessPolicy
+    from bot.operator.access import AccessPolicy
     from bot.sources.civitai import CivitaiClient
     from bot.sources.fetcher import Fetcher, FetchSettings
 
@@ -342,7 +342,7 @@ def test_the_operator_decides_who_fetches_and_where_files_go() -> None:
 
 
 def test_fetching_configuration() -> None:
-    from bot.config import BotConfig, ConfigError
+    from bot.operator.config import BotConfig, ConfigError
 
     config = BotConfig.load(env={
         "ATELIER_CIVITAI_FETCH": "yes", "ATELIER_CIVITAI_FETCH_GUILDS": "11, 22", "ATELIER_CIVITAI_TOKEN": "sekrit-key",

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from bot.parse import build_request
 from bot.registry import Catalog, NsfwPolicy, Registry, ServerSettings
-from bot.validation import SAMPLERS, Rejected, Validated, validate
+from bot.request.parse import build_request
+from bot.request.validation import SAMPLERS, Rejected, Validated, validate
 
 from .conftest import ADMIN, GUILD, lora, model
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from engine.recipe.a1111 import alias, parse_hash_list, read_parameters
 from engine.recipe.readers import civitai
+from engine.recipe.readers.civitai import (
+    with_tag_loras as with_tag_loras,  # the other readers import it here
+)
 from engine.recipe.readers.found import FoundRecipe, Resource, as_float, resource
 
 #: Settings that change the image but have no place in a recipe here, in people's words.
@@ -31,12 +32,6 @@ def _notes(extras: dict[str, str]) -> list[str]:
             if key.startswith(prefix.split(" ")[0]) and key.startswith(prefix) and words not in seen:
                 seen.append(words)
     return [f"Not carried over: {words}." for words in seen]
-
-
-def with_tag_loras(found: FoundRecipe) -> FoundRecipe:
-    """Make the recipe's LoRA list agree with the resources (for readers that build both)."""
-    loras = [r for r in found.resources if r.kind == "lora"]
-    return dataclasses.replace(found, recipe=dataclasses.replace(found.recipe, loras=civitai.lora_refs(loras)))
 
 
 def read(text: str, source: str, *, format_name: str | None = None) -> FoundRecipe | None:

@@ -10,6 +10,7 @@ registry entry whose source is that Civitai version (an AIR ``…@<version>`` or
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from engine.recipe.model import LoraRef, Recipe
@@ -57,12 +58,16 @@ def hashes_from(value: Any) -> dict[str, str]:
     return {str(k)[:200]: v for k, v in list(data.items())[:MAX_RESOURCES] if isinstance(v, str)}
 
 
+def with_tag_loras(found: FoundRecipe) -> FoundRecipe:
+    """Make the recipe's LoRA list agree with the resources (for readers that build both)."""
+    loras = [r for r in found.resources if r.kind == "lora"]
+    return dataclasses.replace(found, recipe=dataclasses.replace(found.recipe, loras=lora_refs(loras)))
+
+
 def read_meta(data: dict[str, Any], source: str) -> FoundRecipe | None:
     """Civitai's JSON image meta (``prompt``, ``negativePrompt``, ``civitaiResources``...)."""
     if "civitaiResources" not in data and "cfgScale" not in data:
         return None
-    from engine.recipe.readers import a1111 as a1111_reader
-
     resources = resources_from(data.get("civitaiResources"))
     prompt = as_text(data.get("prompt"))
     width = height = None
@@ -86,7 +91,7 @@ def read_meta(data: dict[str, Any], source: str) -> FoundRecipe | None:
         negative_prompt=as_text(data.get("negativePrompt")),
         **{k: v for k, v in values.items() if v is not None},
     )
-    found = a1111_reader.with_tag_loras(FoundRecipe("Civitai", source, recipe, tuple(resources), missing))
+    found = with_tag_loras(FoundRecipe("Civitai", source, recipe, tuple(resources), missing))
     return found
 
 

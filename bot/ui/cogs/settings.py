@@ -11,12 +11,14 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.common import admin_only, bot_of
-from bot.commands.edit_fields import CLEAR_WORDS
-from bot.commands.model import model_name_autocomplete
 from bot.registry import ImageCheck, NsfwPolicy, RegistryError, ServerSettings
 from bot.registry.checks import HARD_MAX_LORAS, MAX_CFG, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import CLEAR_WORDS
+from bot.ui.cogs.model import model_name_autocomplete
+from bot.ui.common import admin_only
+from bot.ui.features import features_of
 
 # The option ranges Discord's client enforces are the engine's own limits (engine.validation
 # RecipeLimits, through bot.registry.checks): an admin can never allow what the engine refuses.
@@ -152,7 +154,7 @@ async def settings(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     registry = bot.registry
     classifier = bot.safety.classifier.name if bot.safety.classifier else None
     current = await registry.settings.get(interaction.guild_id)
@@ -241,3 +243,7 @@ def _blocklist(text: str | None) -> tuple[str, ...] | None:
     if text.strip().lower() in CLEAR_WORDS:
         return ()
     return tuple(term for term in (t.strip() for t in text.split(",")) if term)
+
+
+class SettingsCog(FeatureCog, name="settings"):
+    feature_commands = (settings,)

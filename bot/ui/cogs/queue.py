@@ -8,16 +8,20 @@ each engine's state, without addresses: those are for the operator's log.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.common import bot_of, is_admin
 from bot.jobs import Job, JobState
 from bot.jobs.engines import replica_lines
 from bot.jobs.status import describe_eta, describe_position
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import is_admin
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork
 
 SHOWN = 15
 MINE_SHOWN = 10
@@ -57,7 +61,7 @@ def _engine_lines(bot: Any) -> list[str]:
 @app_commands.guild_only()
 async def queue(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     dispatcher = bot.dispatcher
     everyone = dispatcher.open_jobs()
     here = [job for job in everyone if job.guild_id == interaction.guild_id]
@@ -93,3 +97,11 @@ async def queue(interaction: discord.Interaction[Any]) -> None:
         view=views.detached(views.queue_view()) if mine else discord.utils.MISSING,
         ephemeral=True,
     )
+
+
+class QueueCog(FeatureCog, name="queue"):
+    feature_commands = (queue,)
+
+    def buttons(self) -> Mapping[type[Any], ButtonWork]:
+        f = self.features
+        return {views.CancelMineButton: lambda i, item: f.actions.cancel_mine(i)}

@@ -7,12 +7,17 @@ and list it together with every other problem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from bot.commands.common import bot_of, nsfw_channel, send_private, to_choices
+from bot.ui import views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import nsfw_channel, send_private, to_choices
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 from engine import arch as architectures
 from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
@@ -54,7 +59,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
 async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     choices = await bot.registry.models.autocomplete(
         interaction.guild_id,
         current,
@@ -68,7 +73,7 @@ async def lora_autocomplete(interaction: discord.Interaction[Any], current: str)
     """Only LoRAs for the architecture of the model already chosen in this command."""
     if interaction.guild_id is None:
         return []
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     chosen = await bot.actions.chosen_model(interaction)
     choices = await bot.registry.loras.autocomplete(
         interaction.guild_id,
@@ -92,7 +97,7 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     word = last.lstrip("(,[")
     if len(word) < 2:
         return []
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     architecture = await bot.actions.chosen_architecture(interaction)
     found = await bot.registry.embeddings.autocomplete(
         interaction.guild_id,
@@ -188,12 +193,12 @@ async def imagine(
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if any(name for name, _ in slots):
             changes["slots"] = slots
-        await bot_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
+        await features_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
         return
     if not prompt:
         await send_private(interaction, "Describe the image in `prompt`, or paste a recipe code in `recipe`.")
         return
-    await bot_of(interaction).actions.imagine(
+    await features_of(interaction).actions.imagine(
         interaction,
         prompt=prompt,
         model=model,
@@ -208,3 +213,18 @@ async def imagine(
         count=count,
         clip_skip=clip_skip,
     )
+
+
+class ImagineCog(FeatureCog, name="imagine"):
+    feature_commands = (imagine,)
+
+    def buttons(self) -> Mapping[type[Any], ButtonWork]:
+        f = self.features
+        return {
+            views.ImageButton: lambda i, item: f.actions.image_button(i, item.action),
+            views.CancelButton: lambda i, item: f.actions.cancel_job(i, item.job_id),
+        }
+
+    def modals(self) -> Mapping[str, ModalWork]:
+        f = self.features
+        return {"remix": lambda i, kind, target, fields: f.actions.remix_submit(i, target, fields)}

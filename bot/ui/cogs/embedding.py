@@ -12,17 +12,13 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.common import (
-    admin_only,
-    affected_recipes,
-    bot_of,
-    inspect_new_file,
-    send_private,
-    unregistered_file_choices,
-)
 from bot.registry import RegistryError
 from bot.registry.models import EmbeddingEntry
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.files import inspect_new_file, unregistered_file_choices
+from bot.ui.common import admin_only, affected_recipes, send_private
+from bot.ui.features import features_of
 from engine.protocol import architecture_label
 
 embedding = app_commands.Group(
@@ -37,7 +33,7 @@ async def _file_autocomplete(interaction: discord.Interaction[Any], current: str
 async def _name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    found = await bot_of(interaction).registry.embeddings.autocomplete(interaction.guild_id, current)
+    found = await features_of(interaction).registry.embeddings.autocomplete(interaction.guild_id, current)
     return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in found]
 
 
@@ -70,7 +66,7 @@ async def embedding_add(
         return
     try:
         entry = EmbeddingEntry.from_file_info(info, name=name, nsfw=nsfw, description=description or "")
-        added = await bot_of(interaction).registry.embeddings.add(interaction.guild_id, entry, interaction.user.id)
+        added = await features_of(interaction).registry.embeddings.add(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -88,7 +84,7 @@ async def embedding_add(
 async def embedding_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     entry = await registry.embeddings.get(interaction.guild_id, name)
     uses = await registry.saved_recipes.using(interaction.guild_id, embedding=entry) if entry else []
     try:
@@ -103,10 +99,14 @@ async def embedding_remove(interaction: discord.Interaction[Any], name: str) -> 
 async def embedding_list(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.embeddings.all(interaction.guild_id)
+    entries = await features_of(interaction).registry.embeddings.all(interaction.guild_id)
     await send_private(
         interaction,
         embed=embeds.list_embed(
             "Embeddings", [_line(e) for e in entries], empty="No embeddings yet: an admin adds one with `/embedding add`."
         ),
     )
+
+
+class EmbeddingsCog(FeatureCog, name="embeddings"):
+    feature_commands = (embedding,)

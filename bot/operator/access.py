@@ -1,6 +1,6 @@
 """The operator's rules: which servers the bot serves, what each may see of the disk, who owns it.
 
-These are configuration, not per-server commands (see :mod:`bot.config`): a server's admins
+These are configuration, not per-server commands (see :mod:`bot.operator.config`): a server's admins
 must not be able to widen what the operator gave them. Three rules:
 
 - **Servers**: an allowlist (empty: every server). Other servers get a polite refusal to

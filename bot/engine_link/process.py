@@ -81,7 +81,7 @@ class EngineProcess:
         self.backoff_first_s = backoff_first_s
         self.backoff_max_s = backoff_max_s
         self.healthy_after_s = healthy_after_s
-        #: The engine's shared secret, handed over in the child's environment (see bot.engine_token).
+        #: The engine's shared secret, handed over in the child's environment (see bot.engine_link.token).
         self._token = token
         #: Starts after the first one, successful or not.
         self.restarts = 0

@@ -11,26 +11,25 @@ from __future__ import annotations
 import io
 import logging
 import random
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import discord
 
-from bot import embeds, views
-from bot.commands.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from bot.jobs import Job, QueueFull, token_expiry
 from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
-from bot.recipe_text import recipe_reply, suggest_name
+from bot.recipes.text import recipe_reply, suggest_name
 from bot.registry import Category, NsfwPolicy, RegistryError
 from bot.registry.recipe_book import Lineage
+from bot.services import Services
+from bot.sources.actions import SourceActions
 from bot.sources.refs import split_inline_air
+from bot.ui import embeds, views
+from bot.ui.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
 from engine.protocol import Recipe
-
-if TYPE_CHECKING:
-    from bot.app import AtelierBot
 
 log = logging.getLogger(__name__)
 
@@ -115,38 +114,20 @@ def missing_post_permissions(interaction: discord.Interaction[Any]) -> list[str]
     return [label for name, label in POST_PERMISSIONS.items() if not getattr(permissions, name)]
 
 
+class PostSharing(Protocol):
+    """The recipes feature's "Share" of an image's recipe (see bot.ui.recipe_actions)."""
+
+    async def share_post(self, interaction: discord.Interaction[Any], requester_id: int, recipe: Recipe) -> None: ...
+
+
 class Actions:
-    def __init__(self, bot: AtelierBot) -> None:
-        self.bot = bot
+    """Generation, LoRA cards and the image buttons. ``recipes`` is set once the recipes
+    feature is built on top of this one (it reruns through :meth:`rerun`)."""
 
-    async def guarded(self, interaction: discord.Interaction[Any], work: Awaitable[None]) -> None:
-        """Run a button's or modal's work; a bug answers the member instead of leaving
-        "thinking…" forever (discord.py only logs errors raised in component callbacks)."""
-        if not self.bot.access.guild_allowed(interaction.guild_id):
-            from bot.app import refuse_unlisted
-
-            work.close()  # type: ignore[attr-defined]  # never started: no "never awaited" warning
-            await refuse_unlisted(interaction)
-            return
-        try:
-            await work
-        except Exception:
-            log.exception("interaction %s (%s) failed", interaction.id, interaction.data and interaction.data.get("custom_id"))
-            await send_private(interaction, "Something went wrong on the bot's side; the error was logged. Please try again.")
-
-    async def modal_submit(self, interaction: discord.Interaction[Any]) -> bool:
-        """Route a submit of one of our modals (see :mod:`bot.views`); False if not ours."""
-        parsed = views.parse_modal_submit(dict(interaction.data or {}))
-        if parsed is None:
-            return False
-        kind, target, fields = parsed
-        if kind == "remix":
-            await self.guarded(interaction, self.remix_submit(interaction, target, fields))
-        elif kind == "loraedit":
-            await self.guarded(interaction, self.lora_edit_submit(interaction, target, fields))
-        else:
-            await self.guarded(interaction, self.bot.recipes.modal_submit(interaction, kind, target, fields))
-        return True
+    def __init__(self, services: Services, sources: SourceActions) -> None:
+        self.services = services
+        self.sources = sources
+        self.recipes: PostSharing | None = None
 
     # -- helpers for autocomplete ------------------------------------------------------
     # These read single rows (settings.get, models.get), never ``registry.catalogs.get()``: after
@@ -154,7 +135,7 @@ class Actions:
     # and autocomplete must answer within Discord's 3 seconds while members keep typing.
     async def nsfw_ok(self, guild_id: int, channel_is_nsfw: bool) -> bool | None:
         """None: the policy allows NSFW anywhere; True: allowed in this channel; False: hide it."""
-        settings = await self.bot.registry.settings.get(guild_id)
+        settings = await self.services.registry.settings.get(guild_id)
         if settings.nsfw_policy == NsfwPolicy.ANYWHERE:
             return None
         if settings.nsfw_policy == NsfwPolicy.NEVER:
@@ -164,7 +145,7 @@ class Actions:
     async def chosen_model(self, interaction: discord.Interaction[Any]) -> Any:
         """The model picked earlier in the same command (or the default), if any."""
         assert interaction.guild_id is not None
-        registry = self.bot.registry
+        registry = self.services.registry
         name = getattr(interaction.namespace, "model", None)
         if not name:
             name = (await registry.settings.get(interaction.guild_id)).default_model
@@ -201,11 +182,11 @@ class Actions:
 
         True when the job was queued.
         """
-        from bot.parse import build_request
-        from bot.validation import Rejected, validate
+        from bot.request.parse import build_request
+        from bot.request.validation import Rejected, validate
 
         assert interaction.guild_id is not None and interaction.channel_id is not None
-        registry = self.bot.registry
+        registry = self.services.registry
         catalog = await registry.catalogs.get(interaction.guild_id)
         request = build_request(
             guild_id=interaction.guild_id,
@@ -228,7 +209,7 @@ class Actions:
         )
         # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
         # may (bot.sources), else validation explains who can add them.
-        fresh = await self.bot.sources.fetch_missing(interaction, request, catalog)
+        fresh = await self.sources.fetch_missing(interaction, request, catalog)
         if fresh is None:
             return False
         outcome = validate(request, fresh)
@@ -237,7 +218,7 @@ class Actions:
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
         recipe: Recipe = outcome.recipe
-        refusal = self.bot.access.recipe_refusal(interaction.guild_id, recipe)
+        refusal = self.services.access.recipe_refusal(interaction.guild_id, recipe)
         if refusal is not None:
             await send_private(interaction, refusal)
             return False
@@ -271,7 +252,7 @@ class Actions:
             parent_channel_id=parent.channel_id if parent else None,
             parent_credit=(parent.label, parent.url) if parent else None,
         )
-        dispatcher = self.bot.dispatcher
+        dispatcher = self.services.dispatcher
         try:
             await dispatcher.submit(
                 job,
@@ -307,14 +288,14 @@ class Actions:
         return True
 
     async def record_result(self, job: Job, message: discord.Message, seconds: float) -> None:
-        await self.bot.registry.posts.record(
+        await self.services.registry.posts.record(
             job.guild_id, job.channel_id, message.id, job.user_id, job.recipe.to_json()
         )
         lineage = Lineage(job.origin, job.parent_message_id, job.parent_channel_id)
-        await self.bot.registry.book.record_lineage(job.guild_id, message.id, lineage, [a.id for a in message.attachments])
+        await self.services.registry.book.record_lineage(job.guild_id, message.id, lineage, [a.id for a in message.attachments])
         names = [lora.display_name for lora in job.recipe.loras]
         if names:
-            await self.bot.registry.loras.record_use(job.guild_id, names)
+            await self.services.registry.loras.record_use(job.guild_id, names)
 
     async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[int, Recipe] | None:
         """(requester id, recipe) behind the clicked image, from the database.
@@ -323,10 +304,10 @@ class Actions:
         dispatcher still holds that job, so its recipe is used rather than refusing.
         """
         assert interaction.guild_id is not None and interaction.message is not None
-        post = await self.bot.registry.posts.get(interaction.guild_id, interaction.message.id)
+        post = await self.services.registry.posts.get(interaction.guild_id, interaction.message.id)
         if post is not None:
             return post.user_id, Recipe.from_json(post.recipe)
-        just_posted = self.bot.dispatcher.posted_job(interaction.message.id)
+        just_posted = self.services.dispatcher.posted_job(interaction.message.id)
         if just_posted is not None and just_posted.guild_id == interaction.guild_id:
             return just_posted.user_id, just_posted.recipe
         await send_private(interaction, "I have no recipe for this message any more (it may have been deleted).")
@@ -401,7 +382,8 @@ class Actions:
             files = [discord.File(io.BytesIO(attachment.encode("utf-8")), filename="recipe.txt")] if attachment else []
             await send_private(interaction, text, files=files)
         elif action == "share":
-            await self.bot.recipes.share_post(interaction, requester_id, recipe)
+            assert self.recipes is not None
+            await self.recipes.share_post(interaction, requester_id, recipe)
         elif action == "delete":
             if interaction.user.id != requester_id and not can_manage_messages(interaction):
                 await send_private(
@@ -413,7 +395,7 @@ class Actions:
             except discord.HTTPException as exc:
                 await send_private(interaction, f"Discord did not let me delete it ({exc.status}).")
                 return
-            await self.bot.registry.posts.delete(interaction.guild_id, interaction.message.id)
+            await self.services.registry.posts.delete(interaction.guild_id, interaction.message.id)
             await send_private(interaction, "Deleted.")
 
     async def remix_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
@@ -422,8 +404,8 @@ class Actions:
         if interaction.guild_id is None:
             await send_private(interaction, "Remix only works on images in a server channel.")
             return
-        post = await self.bot.registry.posts.get(interaction.guild_id, message_id)
-        just_posted = self.bot.dispatcher.posted_job(message_id)
+        post = await self.services.registry.posts.get(interaction.guild_id, message_id)
+        just_posted = self.services.dispatcher.posted_job(message_id)
         if post is not None:
             recipe = Recipe.from_json(post.recipe)
         elif just_posted is not None and just_posted.guild_id == interaction.guild_id:
@@ -477,7 +459,7 @@ class Actions:
         )
 
     async def cancel_job(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        job = self.bot.dispatcher.jobs.get(job_id)
+        job = self.services.dispatcher.jobs.get(job_id)
         # Another server's job is treated as unknown: its moderators are not this one's.
         if job is None or job.guild_id != interaction.guild_id:
             await send_private(interaction, "This job is no longer running.")
@@ -486,7 +468,7 @@ class Actions:
             await send_private(interaction, "Only the person who asked for this image, or a member with Manage Messages, can cancel it.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        cancelled = await self.bot.dispatcher.cancel(job_id)
+        cancelled = await self.services.dispatcher.cancel(job_id)
         await send_private(interaction, "Cancelling…" if cancelled else "It had already finished.")
 
     async def cancel_mine(self, interaction: discord.Interaction[Any]) -> None:
@@ -495,7 +477,7 @@ class Actions:
             await send_private(interaction, "This button only works in a server.")
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        count = await self.bot.dispatcher.cancel_all(interaction.guild_id, interaction.user.id)
+        count = await self.services.dispatcher.cancel_all(interaction.guild_id, interaction.user.id)
         if count:
             await send_private(interaction, f"Cancelling your {count} job(s) in this server.")
         else:
@@ -509,7 +491,7 @@ class Actions:
         if not is_admin(interaction):
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self.bot.registry.loras.get_by_id(interaction.guild_id, lora_id)
+        lora = await self.services.registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
@@ -520,11 +502,11 @@ class Actions:
             )
             return
         if action == "lookup":
-            await self.bot.sources.lookup(interaction, lora)
+            await self.sources.lookup(interaction, lora)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.bot.registry.loras.remove(interaction.guild_id, lora.name, interaction.user.id)
+            await self.services.registry.loras.remove(interaction.guild_id, lora.name, interaction.user.id)
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return
@@ -536,7 +518,7 @@ class Actions:
         if interaction.guild_id is None or not is_admin(interaction):
             await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
             return
-        lora = await self.bot.registry.loras.get_by_id(interaction.guild_id, lora_id)
+        lora = await self.services.registry.loras.get_by_id(interaction.guild_id, lora_id)
         if lora is None:
             await send_private(interaction, "This LoRA is not registered any more.")
             return
@@ -552,7 +534,7 @@ class Actions:
             await send_private(interaction, embeds.problems_message(problems))
             return
         try:
-            updated = await self.bot.registry.loras.update(interaction.guild_id, lora.name, interaction.user.id, **changes)
+            updated = await self.services.registry.loras.update(interaction.guild_id, lora.name, interaction.user.id, **changes)
         except RegistryError as exc:
             await send_private(interaction, str(exc))
             return

@@ -5,7 +5,7 @@ Models, LoRAs and embeddings are matched by hash first (a file's sha256 or its A
 prefix; the tensor hash A1111, SwarmUI and Civitai's AutoV3 use), then by Civitai version
 (a LoRA registered with that version as its source), then by name or file name. What cannot
 be matched is said plainly, each with what to do; the rest becomes the stack of the Remix
-form. Nothing here runs anything: the result goes through :func:`bot.validation.validate`
+form. Nothing here runs anything: the result goes through :func:`bot.request.validation.validate`
 like any request.
 """
 

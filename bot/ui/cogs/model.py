@@ -12,19 +12,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.common import (
-    admin_only,
-    affected_recipes,
-    bot_of,
-    inspect_new_file,
-    is_admin,
-    read_server_file,
-    send_private,
-    to_choices,
-    unregistered_file_choices,
-)
-from bot.commands.edit_fields import (
+from bot.registry import ModelEntry, RegistryError
+from bot.registry.checks import MAX_CFG, MAX_STEPS
+from bot.registry.models import kind_description
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import (
     EditField,
     build_edit_command,
     build_toggle_commands,
@@ -32,9 +25,9 @@ from bot.commands.edit_fields import (
     size,
     text_or_clear,
 )
-from bot.registry import ModelEntry, RegistryError
-from bot.registry.checks import MAX_CFG, MAX_STEPS
-from bot.registry.models import kind_description
+from bot.ui.cogs.files import inspect_new_file, read_server_file, unregistered_file_choices
+from bot.ui.common import admin_only, affected_recipes, is_admin, send_private, to_choices
+from bot.ui.features import features_of
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
 from engine.recipe.sampler_names import SAMPLERS
@@ -48,7 +41,7 @@ model = app_commands.Group(name="model", description="The base models of this se
 async def model_name_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    return to_choices(await bot_of(interaction).registry.models.autocomplete(interaction.guild_id, current))
+    return to_choices(await features_of(interaction).registry.models.autocomplete(interaction.guild_id, current))
 
 
 async def model_file_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -60,7 +53,7 @@ async def any_model_autocomplete(interaction: discord.Interaction[Any], current:
     if interaction.guild_id is None or not is_admin(interaction):
         return []
     needle = current.lower()
-    models = await bot_of(interaction).registry.models.all(interaction.guild_id)
+    models = await features_of(interaction).registry.models.all(interaction.guild_id)
     names = [m.name for m in models if needle in m.name.lower()]
     return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
 
@@ -99,7 +92,7 @@ def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
 async def model_list(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     models = await bot.registry.models.all(interaction.guild_id)
     default = (await bot.registry.settings.get(interaction.guild_id)).default_model
     lines = [
@@ -117,7 +110,7 @@ async def model_list(interaction: discord.Interaction[Any]) -> None:
 async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     entry = await registry.models.get(interaction.guild_id, name)
     if entry is None:
         hints = (await registry.catalogs.get(interaction.guild_id)).suggest_models(name)
@@ -156,7 +149,7 @@ async def model_add(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     info = await inspect_new_file(interaction, "model", file)
     if info is None:
         return
@@ -229,7 +222,7 @@ MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
 
 async def _apply_model_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     try:
         updated = await registry.models.update(interaction.guild_id, name, interaction.user.id, **changes)
         settings = await registry.settings.get(interaction.guild_id)
@@ -258,7 +251,7 @@ model_edit = build_edit_command(
 async def model_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     entry = await registry.models.get(interaction.guild_id, name)
     if entry is None:
         await send_private(interaction, f"No model named `{embeds.truncate(name, 100)}` here; see `/model list`.")
@@ -281,10 +274,14 @@ async def model_remove(interaction: discord.Interaction[Any], name: str) -> None
 
 async def _set_model_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     return (await registry.models.update(interaction.guild_id, name, interaction.user.id, enabled=enabled)).name
 
 
 model_enable, model_disable = build_toggle_commands(
     model, noun="model", autocomplete=any_model_autocomplete, set_enabled=_set_model_enabled
 )
+
+
+class ModelsCog(FeatureCog, name="models"):
+    feature_commands = (model,)

@@ -24,8 +24,8 @@ from typing import Any, Optional
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.common import admin_only, send_private
+from bot.ui import embeds
+from bot.ui.common import admin_only, send_private
 
 #: Turns one option's value into registry changes; raises FieldError with what to type instead.
 Convert = Callable[[Any, discord.Interaction[Any]], Mapping[str, Any]]

@@ -1,11 +1,11 @@
 """What happens behind sharing, the server recipe book, recipe cards and "Remix this image".
 
-:mod:`bot.actions` runs generations; this module moves recipes around: posts a recipe card
+:mod:`bot.ui.actions` runs generations; this module moves recipes around: posts a recipe card
 in the channel (Share button, ``/recipe share``), saves under a name the member picks (the
 card's and the result's Save, ``/recipe save``), lists and runs saved recipes, and reads
 an image from anywhere (the message context menu, ``/recipe read``): our database first (by
 message, then by attachment), then the file's own metadata through
-:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipe_match`.
+:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipes.match`.
 
 Saved recipes live in two stores with different rules, kept apart on purpose: a member's own
 (``saved_recipes``: private, a name per member, saving again overwrites) and the server's book
@@ -25,25 +25,23 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import discord
 
-from bot import embeds, views
-from bot.actions import Parent, new_seed, parse_lora_lines, show_modal
-from bot.commands.common import is_admin, send_private
-from bot.recipe_match import health, match_found
-from bot.recipe_text import imagine_command, suggest_name
-from bot.registry import RegistryError
+from bot.recipes.match import health, match_found
+from bot.recipes.text import imagine_command, suggest_name
+from bot.registry import Registry, RegistryError
 from bot.registry.recipe_book import BookEntry, Card
 from bot.registry.text import name_key, parse_air
+from bot.services import Services
+from bot.ui import embeds, views
+from bot.ui.actions import Actions, Parent, new_seed, parse_lora_lines, show_modal
+from bot.ui.common import is_admin, send_private
 from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.model import RecipeError
 from engine.recipe.readers import MAX_FILE_BYTES, read_image
-
-if TYPE_CHECKING:
-    from bot.app import AtelierBot
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +78,16 @@ def _recipe(data: Mapping[str, Any]) -> Recipe | None:
 
 
 class RecipeActions:
-    def __init__(self, bot: AtelierBot) -> None:
-        self.bot = bot
+    """Recipe cards, saved recipes and the recipe book; a recipe is made again through
+    ``actions`` (the generation feature)."""
+
+    def __init__(self, services: Services, actions: Actions) -> None:
+        self.services = services
+        self.actions = actions
 
     @property
-    def registry(self) -> Any:
-        return self.bot.registry
+    def registry(self) -> Registry:
+        return self.services.registry
 
     # -- cards --------------------------------------------------------------------------
     async def _lora_links(self, guild_id: int, recipe: Recipe) -> dict[str, str]:
@@ -133,7 +135,7 @@ class RecipeActions:
         card = await self.registry.book.add_card(
             interaction.guild_id, interaction.channel_id, recipe.to_json(), shared_by=interaction.user.id, **card_fields
         )
-        channel = self.bot.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
+        channel = self.services.client.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
         try:
             message = await channel.send(
                 embed=await self.card_embed(card, recipe),
@@ -209,7 +211,7 @@ class RecipeActions:
 
     async def _run_card(self, interaction: discord.Interaction[Any], card: Card, recipe: Recipe, **changes: Any) -> None:
         origin = "recipe book" if card.book_name else "recipe card"
-        queued = await self.bot.actions.rerun(interaction, recipe, origin=origin, parent=self._card_parent(card), **changes)
+        queued = await self.actions.rerun(interaction, recipe, origin=origin, parent=self._card_parent(card), **changes)
         if queued and card.book_name:
             entry = await self.registry.book.get(card.guild_id, card.book_name)
             if entry is not None:
@@ -237,7 +239,7 @@ class RecipeActions:
             await self._save(interaction, recipe, fields, source_message_id=card.source_message_id)
             return
         origin_parent = self._card_parent(card)
-        await self.bot.actions.run_remix_form(interaction, recipe, fields, parent=origin_parent)
+        await self.actions.run_remix_form(interaction, recipe, fields, parent=origin_parent)
 
     async def _save(self, interaction: discord.Interaction[Any], recipe: Recipe, fields: Mapping[str, str], *, source_message_id: int | None) -> None:
         name = fields.get("name", "").strip()
@@ -469,7 +471,7 @@ class RecipeActions:
             if post is not None:
                 parent = Parent(post.message_id, post.channel_id, f"📖 From the recipe book: {named.name}", interaction.guild_id)
         origin = "recipe book" if named.scope == "server" else "recipe"
-        if await self.bot.actions.rerun(interaction, recipe, origin=origin, parent=parent, **changes) and named.book is not None:
+        if await self.actions.rerun(interaction, recipe, origin=origin, parent=parent, **changes) and named.book is not None:
             await self.registry.book.count_use(interaction.guild_id, named.book.id)
 
     async def delete(self, interaction: discord.Interaction[Any], name: str, scope: Scope | None = None) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.parse import ImagineRequest
+from bot.request.parse import ImagineRequest
 from bot.registry.catalog import Catalog
 from bot.registry.text import strip_invisible
 from bot.request.outcome import Check, Note, Problem, Rejected, Validated
@@ -42,7 +42,7 @@ from bot.request.rules import (
     note_length,
     random_seed,
 )
-from bot.safety import blocked_terms_in
+from bot.operator.safety import blocked_terms_in
 from engine.protocol import EmbeddingRef, LoraRef, Recipe
 from engine.recipe.sampler_names import SAMPLERS
 

@@ -12,9 +12,11 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot import embeds
-from bot.commands.common import admin_only, bot_of, send_private
 from bot.registry import AuditEntry
+from bot.ui import embeds
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import admin_only, send_private
+from bot.ui.features import features_of
 
 #: Characters of one entry's details in the list.
 DETAILS_PREVIEW = 240
@@ -58,9 +60,13 @@ async def audit(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.audit.entries(
+    entries = await features_of(interaction).registry.audit.entries(
         interaction.guild_id, count, actor_id=member.id if member else None, target=entry
     )
     title = "Audit log" + (f" · {member.display_name}" if member else "") + (f" · {entry}" if entry else "")
     lines = [describe(e) for e in entries]
     await send_private(interaction, embed=embeds.list_embed(title, lines, empty="No changes recorded yet."))
+
+
+class AuditCog(FeatureCog, name="audit"):
+    feature_commands = (audit,)

@@ -10,14 +10,18 @@ server's audit log with your name removed. See the README's "Data" section.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.common import bot_of, send_private
-from bot.guild_lifecycle import DAY_S
+from bot.operator.guild_lifecycle import DAY_S
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import send_private
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork
 
 privacy = app_commands.Group(name="privacy", description="See or delete what Atelier keeps about you", guild_only=True)
 
@@ -33,7 +37,7 @@ def _jump(guild_id: int, channel_id: int, message_id: int) -> str:
 async def privacy_show(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     data = await bot.registry.privacy.member_data(interaction.guild_id, interaction.user.id)
     waiting = bot.dispatcher.open_jobs(interaction.guild_id, interaction.user.id)
     embed = discord.Embed(title="What Atelier keeps about you here", colour=embeds.ACCENT)
@@ -73,7 +77,7 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
 async def privacy_delete(interaction: discord.Interaction[Any], images: bool = False) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    data = await bot_of(interaction).registry.privacy.member_data(interaction.guild_id, interaction.user.id)
+    data = await features_of(interaction).registry.privacy.member_data(interaction.guild_id, interaction.user.id)
     if data.empty:
         await send_private(interaction, "Atelier keeps nothing about you in this server.")
         return
@@ -99,12 +103,12 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
         await send_private(interaction, "This button deletes another member's data; run `/privacy delete` yourself.")
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     done = await bot.registry.privacy.delete_member_data(interaction.guild_id, user_id)
     removed = 0
     if images:
         for channel_id, message_id in done.posts[:MAX_IMAGE_DELETIONS]:
-            message = bot.get_partial_messageable(channel_id, guild_id=interaction.guild_id).get_partial_message(message_id)
+            message = bot.client.get_partial_messageable(channel_id, guild_id=interaction.guild_id).get_partial_message(message_id)
             with contextlib.suppress(discord.NotFound, discord.Forbidden):
                 await message.delete()
                 removed += 1
@@ -122,3 +126,10 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
     if done.audit_entries:
         text += f" Your name was removed from {done.audit_entries} audit entries."
     await send_private(interaction, text)
+
+
+class PrivacyCog(FeatureCog, name="privacy"):
+    feature_commands = (privacy,)
+
+    def buttons(self) -> Mapping[type[Any], ButtonWork]:
+        return {views.PrivacyDeleteButton: lambda i, item: delete_member_data(i, item.user_id, images=item.images)}

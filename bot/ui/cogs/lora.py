@@ -11,25 +11,17 @@ the run-time check. ``edit`` is built from :data:`LORA_EDIT_FIELDS`, one line pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import discord
 from discord import app_commands
 
-from bot import embeds, views
-from bot.commands.common import (
-    admin_only,
-    affected_recipes,
-    bot_of,
-    inspect_new_file,
-    is_admin,
-    nsfw_channel,
-    send_private,
-    to_choices,
-    unregistered_file_choices,
-)
-from bot.commands.edit_fields import (
+from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from bot.ui import embeds, views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.cogs.edit_fields import (
     CLEAR_WORDS,
     EditField,
     build_edit_command,
@@ -37,7 +29,17 @@ from bot.commands.edit_fields import (
     comma_list,
     text_or_clear,
 )
-from bot.registry import ARCHITECTURES, Category, LoraEntry, RegistryError
+from bot.ui.cogs.files import inspect_new_file, unregistered_file_choices
+from bot.ui.common import (
+    admin_only,
+    affected_recipes,
+    is_admin,
+    nsfw_channel,
+    send_private,
+    to_choices,
+)
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 from engine.families import FAMILIES, family_label
 
 lora = app_commands.Group(name="lora", description="Find, bookmark and manage this server's LoRAs", guild_only=True)
@@ -57,7 +59,7 @@ async def registered_lora_autocomplete(
 ) -> list[app_commands.Choice[str]]:
     if interaction.guild_id is None:
         return []
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     choices = await bot.registry.loras.autocomplete(
         interaction.guild_id,
         current,
@@ -74,7 +76,7 @@ async def any_lora_autocomplete(interaction: discord.Interaction[Any], current: 
     """
     if interaction.guild_id is None or not is_admin(interaction):
         return []
-    entries = await bot_of(interaction).registry.loras.search(interaction.guild_id, current, sort="name", limit=25)
+    entries = await features_of(interaction).registry.loras.search(interaction.guild_id, current, sort="name", limit=25)
     return [app_commands.Choice(name=e.name[:100], value=e.name[:100]) for e in entries[:25]]
 
 
@@ -113,7 +115,7 @@ async def lora_add(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     overrides: dict[str, Any] = {}
     if category is not None:
         overrides["category"] = Category(category)
@@ -194,7 +196,7 @@ LORA_EDIT_FIELDS: tuple[EditField, ...] = (
 async def _apply_lora_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
     try:
-        updated = await bot_of(interaction).registry.loras.update(interaction.guild_id, name, interaction.user.id, **changes)
+        updated = await features_of(interaction).registry.loras.update(interaction.guild_id, name, interaction.user.id, **changes)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
@@ -213,7 +215,7 @@ lora_edit = build_edit_command(
 
 async def _set_lora_enabled(interaction: discord.Interaction[Any], name: str, enabled: bool) -> str:
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     return (await registry.loras.set_enabled(interaction.guild_id, name, interaction.user.id, enabled)).name
 
 
@@ -229,7 +231,7 @@ lora_enable, lora_disable = build_toggle_commands(
 async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     entry = await registry.loras.get(interaction.guild_id, name)
     uses = await registry.saved_recipes.using(interaction.guild_id, lora=entry) if entry else []
     try:
@@ -247,7 +249,7 @@ async def lora_remove(interaction: discord.Interaction[Any], name: str) -> None:
 async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     entry = await registry.loras.get(interaction.guild_id, name)
     if entry is None:
         catalog = await registry.catalogs.get(interaction.guild_id)
@@ -255,7 +257,7 @@ async def lora_info(interaction: discord.Interaction[Any], name: str) -> None:
         tip = (" Did you mean " + ", ".join(f"`{h}`" for h in hints) + "?") if hints else ""
         await send_private(interaction, f"No LoRA named `{embeds.truncate(name, 100)}` in this server.{tip}")
         return
-    if entry.nsfw and await bot_of(interaction).actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)) is False:
+    if entry.nsfw and await features_of(interaction).actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)) is False:
         # The card still says NSFW; only its picture waits for a channel where NSFW is allowed.
         entry = replace(entry, preview_url=None)
     marks = {b.name for b in await registry.loras.bookmarked_by(interaction.guild_id, interaction.user.id)}
@@ -294,7 +296,7 @@ async def lora_search(
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     nsfw = await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction))
     entries = await bot.registry.loras.search(
         interaction.guild_id,
@@ -318,7 +320,7 @@ async def lora_search(
 async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    registry = bot_of(interaction).registry
+    registry = features_of(interaction).registry
     try:
         added = await registry.loras.bookmark(interaction.guild_id, interaction.user.id, name)
         if not added:
@@ -333,10 +335,22 @@ async def lora_bookmark(interaction: discord.Interaction[Any], name: str) -> Non
 async def lora_bookmarks(interaction: discord.Interaction[Any]) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    entries = await bot_of(interaction).registry.loras.bookmarked_by(interaction.guild_id, interaction.user.id)
+    entries = await features_of(interaction).registry.loras.bookmarked_by(interaction.guild_id, interaction.user.id)
     await send_private(
         interaction,
         embed=embeds.list_embed(
             "Your bookmarks", [_lora_line(e) for e in entries], empty="No bookmarks yet: try `/lora bookmark`."
         ),
     )
+
+
+class LorasCog(FeatureCog, name="loras"):
+    feature_commands = (lora,)
+
+    def buttons(self) -> Mapping[type[Any], ButtonWork]:
+        f = self.features
+        return {views.LoraCardButton: lambda i, item: f.actions.lora_card_button(i, item.action, item.lora_id)}
+
+    def modals(self) -> Mapping[str, ModalWork]:
+        f = self.features
+        return {"loraedit": lambda i, kind, target, fields: f.actions.lora_edit_submit(i, target, fields)}

@@ -24,21 +24,19 @@ Modal submits are not left to discord.py's modal store: it keys open modals by c
 alone and lives in memory, so a second member remixing the same image replaced the first
 one's modal (and then one submit was dropped), and a modal open across a restart went
 nowhere. :func:`parse_modal_submit` reads the submitted payload instead and
-``AtelierBot.on_interaction`` routes it, so the modal classes here only draw the form.
+``bot.ui.routes`` routes it to the feature that owns it, so the modal classes here only draw the form.
 
-The work behind each click lives in :mod:`bot.actions`; this module is only the UI shape.
+The work behind each click lives in the feature that registers the button (see
+:mod:`bot.ui.routes`); this module is only the UI shape and imports no feature.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
-
-if TYPE_CHECKING:
-    from bot.app import AtelierBot
 
 CUSTOM_ID_LIMIT = 100
 #: Discord's limit for a text input's value (and its prefilled text).
@@ -63,8 +61,17 @@ _CARD_LABELS = {
 }
 
 
-def _bot(interaction: discord.Interaction[Any]) -> AtelierBot:
-    return interaction.client  # type: ignore[return-value]
+class Router(Protocol):
+    """Where clicks go (bot.ui.routes.Routes): each feature registers its buttons there."""
+
+    async def press(self, interaction: discord.Interaction[Any], item: discord.ui.DynamicItem[Any]) -> None: ...
+
+
+async def _press(interaction: discord.Interaction[Any], item: discord.ui.DynamicItem[Any]) -> None:
+    """Hand a click to the feature that owns ``item``. discord.py rebuilds a DynamicItem from
+    its custom id with nothing but the interaction, so the client's table is reached here."""
+    router: Router = interaction.client.routes  # type: ignore[attr-defined]
+    await router.press(interaction, item)
 
 
 class ImageButton(
@@ -85,8 +92,7 @@ class ImageButton(
         return cls(match["action"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.actions.image_button(interaction, self.action))
+        await _press(interaction, self)
 
 
 class CancelButton(
@@ -107,8 +113,7 @@ class CancelButton(
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.actions.cancel_job(interaction, self.job_id))
+        await _press(interaction, self)
 
 
 _LORA_CARD_LABELS = {
@@ -137,8 +142,7 @@ class LoraCardButton(
         return cls(match["action"], int(match["lora"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.actions.lora_card_button(interaction, self.action, self.lora_id))
+        await _press(interaction, self)
 
 
 class CivitaiApplyButton(
@@ -164,8 +168,7 @@ class CivitaiApplyButton(
         return cls(int(match["lora"]), int(match["version"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.sources.apply_lookup(interaction, self.lora_id, self.version_id))
+        await _press(interaction, self)
 
 
 class CardButton(
@@ -189,8 +192,7 @@ class CardButton(
         return cls(match["action"], int(match["card"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.recipes.card_button(interaction, self.action, self.card_id))
+        await _press(interaction, self)
 
 
 class PrivacyDeleteButton(
@@ -218,10 +220,7 @@ class PrivacyDeleteButton(
         return cls(int(match["user"]), match["images"] == "1")
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        from bot.commands.privacy import delete_member_data
-
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, delete_member_data(interaction, self.user_id, images=self.images))
+        await _press(interaction, self)
 
 
 class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"atelier:cancelmine"):
@@ -242,8 +241,7 @@ class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=
         return cls()
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot = _bot(interaction)
-        await bot.actions.guarded(interaction, bot.actions.cancel_mine(interaction))
+        await _press(interaction, self)
 
 
 DYNAMIC_ITEMS = (

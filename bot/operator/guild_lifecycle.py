@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import discord
 
-if TYPE_CHECKING:
-    from bot.app import AtelierBot
+from bot.operator.access import AccessPolicy
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,23 @@ NOT_ENABLED = (
 )
 
 
+class Host(Protocol):
+    """What the lifecycle reads of the client: its servers, the registry, the operator's rules."""
+
+    @property
+    def registry(self) -> Any: ...
+
+    @property
+    def guilds(self) -> Sequence[discord.Guild]: ...
+
+    @property
+    def access(self) -> AccessPolicy: ...
+
+
 class GuildLifecycle:
     def __init__(
         self,
-        bot: AtelierBot,
+        bot: Host,
         *,
         grace_s: float = 30 * DAY_S,
         leave_other_guilds: bool = False,

@@ -12,12 +12,17 @@ reads the recipe of any image (an attachment or a message link).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 
-from bot.commands.common import bot_of, send_private
+from bot.ui import views
+from bot.ui.cogs.cog import FeatureCog
+from bot.ui.common import send_private
+from bot.ui.features import features_of
+from bot.ui.routes import ButtonWork, ModalWork
 
 recipe = app_commands.Group(name="recipe", description="Your saved recipes and the server's recipe book", guild_only=True)
 
@@ -31,7 +36,7 @@ async def name_autocomplete(interaction: discord.Interaction[Any], current: str)
         return []
     scope = getattr(interaction.namespace, "scope", None)
     scope = scope if scope in ("mine", "server") else None
-    choices = await bot_of(interaction).recipes.name_choices(interaction.guild_id, interaction.user.id, current, scope)
+    choices = await features_of(interaction).recipes.name_choices(interaction.guild_id, interaction.user.id, current, scope)
     return [app_commands.Choice(name=label, value=name) for label, name in choices]
 
 
@@ -42,7 +47,7 @@ async def recipe_share(
     interaction: discord.Interaction[Any], source: app_commands.Range[str, 1, 6000], scope: ScopeOption | None = None
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     found = await bot.recipes.recipe_from(interaction, source, scopes=(scope,) if scope else None)
     if found is None:
         return
@@ -69,7 +74,7 @@ async def recipe_save(
     scope: ScopeOption = "mine",
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     message_id = None
     if source:
         # A name is looked up in the other store first: saving copies between them.
@@ -119,7 +124,7 @@ async def recipe_list(
     page: app_commands.Range[int, 1, 1000] = 1,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.list(interaction, sort=sort, model=model, lora=lora, author=author, page=page, scope=scope)
+    await features_of(interaction).recipes.list(interaction, sort=sort, model=model, lora=lora, author=author, page=page, scope=scope)
 
 
 @recipe.command(name="show", description="Show a saved recipe as a card, with its buttons")
@@ -127,7 +132,7 @@ async def recipe_list(
 @app_commands.autocomplete(name=name_autocomplete)
 async def recipe_show(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100], scope: ScopeOption | None = None) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.show(interaction, name, scope)
+    await features_of(interaction).recipes.show(interaction, name, scope)
 
 
 @recipe.command(name="use", description="Make a saved recipe again, optionally changed")
@@ -146,7 +151,7 @@ async def recipe_use(
     weights: app_commands.Range[str, 1, 500] | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.use(interaction, name, prompt=prompt, seed=seed, weights=weights, reseed=new_seed, scope=scope)
+    await features_of(interaction).recipes.use(interaction, name, prompt=prompt, seed=seed, weights=weights, reseed=new_seed, scope=scope)
 
 
 @recipe.command(name="delete", description="Delete one of your recipes, or one from the book (its author or an admin)")
@@ -154,7 +159,7 @@ async def recipe_use(
 @app_commands.autocomplete(name=name_autocomplete)
 async def recipe_delete(interaction: discord.Interaction[Any], name: app_commands.Range[str, 1, 100], scope: ScopeOption | None = None) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.delete(interaction, name, scope)
+    await features_of(interaction).recipes.delete(interaction, name, scope)
 
 
 @recipe.command(name="read", description="Read the recipe of an image, from here or made with another tool")
@@ -163,20 +168,20 @@ async def recipe_read(
     interaction: discord.Interaction[Any], image: discord.Attachment | None = None, link: app_commands.Range[str, 1, 300] | None = None
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    bot = bot_of(interaction)
+    bot = features_of(interaction)
     if image is not None:
         await bot.recipes.read_attachment(interaction, image)
         return
     if not link:
         await send_private(interaction, "Attach the image to `image`, or paste a link to the message that has it in `link`.")
         return
-    from bot.recipe_actions import MESSAGE_LINK
+    from bot.ui.recipe_actions import MESSAGE_LINK
 
     match = MESSAGE_LINK.search(link)
     if match is None or match[1] != str(interaction.guild_id):
         await send_private(interaction, "That is not a link to a message in this server (right-click a message → Copy Message Link).")
         return
-    channel = bot.get_partial_messageable(int(match[2]), guild_id=interaction.guild_id)
+    channel = bot.client.get_partial_messageable(int(match[2]), guild_id=interaction.guild_id)
     try:
         message = await channel.fetch_message(int(match[3]))
     except discord.HTTPException as exc:
@@ -189,4 +194,19 @@ async def recipe_read(
 @app_commands.guild_only()
 async def remix_this_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await bot_of(interaction).recipes.read_message(interaction, message)
+    await features_of(interaction).recipes.read_message(interaction, message)
+
+
+class RecipesCog(FeatureCog, name="recipes"):
+    feature_commands = (recipe, remix_this_image)
+
+    def buttons(self) -> Mapping[type[Any], ButtonWork]:
+        f = self.features
+        return {views.CardButton: lambda i, item: f.recipes.card_button(i, item.action, item.card_id)}
+
+    def modals(self) -> Mapping[str, ModalWork]:
+        f = self.features
+        return {
+            kind: lambda i, kind, target, fields: f.recipes.modal_submit(i, kind, target, fields)
+            for kind in ("remixcard", "savepost", "savecard")
+        }
