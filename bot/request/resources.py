@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 
-from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolicy, ServerSettings
 from bot.registry.text import name_key
 from bot.request.outcome import Check, fmt
+from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.sources.refs import looks_like_air
 from engine.families import families_differ, family_label, related
 from engine.protocol import architecture_label

@@ -12,10 +12,10 @@ import math
 import secrets
 from collections.abc import Callable
 
-from bot.request.parse import ImagineRequest
 from bot.registry.catalog import Catalog
 from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry
 from bot.request.outcome import Check, fmt
+from bot.request.parse import ImagineRequest
 from engine import arch as architectures
 from engine.arch.base import SizeRule
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bot.request.parse import ImagineRequest
+from bot.operator.safety import blocked_terms_in
 from bot.registry.catalog import Catalog
 from bot.registry.text import strip_invisible
 from bot.request.outcome import Check, Note, Problem, Rejected, Validated
+from bot.request.parse import ImagineRequest
 from bot.request.resources import (
     apply_trigger_words,
     check_embeddings,
@@ -42,7 +43,6 @@ from bot.request.rules import (
     note_length,
     random_seed,
 )
-from bot.operator.safety import blocked_terms_in
 from engine.protocol import EmbeddingRef, LoraRef, Recipe
 from engine.recipe.sampler_names import SAMPLERS
 

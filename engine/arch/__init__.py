@@ -142,15 +142,6 @@ def from_metadata(metadata: dict[str, str]) -> str | None:
     return None
 
 
-def recognise(tensors: Tensors, metadata: dict[str, str]) -> tuple[str, str | None]:
-    """(architecture, name of a family without a module) of a file's denoiser and encoders,
-    from key structure first, widths second and metadata last; see :mod:`engine.arch.recognition`.
-    """
-    from engine.arch.recognition import recognise as _recognise
-
-    return _recognise(tensors, metadata)
-
-
 def runtime_of(name: str) -> Any:
     """The engine-side runtime of architecture ``name`` (imports torch). Raises LookupError
     for an architecture without one."""
@@ -175,7 +166,6 @@ __all__ = [
     "from_pipeline_class",
     "get",
     "label",
-    "recognise",
     "runnable",
     "runtime_of",
 ]

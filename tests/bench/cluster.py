@@ -194,7 +194,7 @@ async def phase_kills(root: Path, port: int, demo: Any) -> dict[str, Any]:
         members = [double.add_member(guild, f"m{i}") for i in range(5)]
         async with await Registry.open(data / "atelier.sqlite3") as registry, EngineClient(url, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo, guild.owner_id)
-            await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=20, server_queue_limit=1000)
+            await registry.settings.update(guild.id, guild.owner_id, queue_limit_per_user=20, server_queue_limit=1000)
 
         def results() -> list[Any]:
             return [m for c in channels for m in double.messages(c) if m.attachments and not m.ephemeral]

@@ -9,8 +9,8 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from bot.operator.config import BotConfig, ConfigError
 from bot.jobs import EngineLink, EnginePool
+from bot.operator.config import BotConfig, ConfigError
 from engine.client import EngineClient
 from engine.cluster.app import build
 from engine.cluster.settings import ClusterSettings

@@ -165,7 +165,7 @@ async def test_a_bot_killed_with_jobs_on_the_cluster_loses_none_and_runs_none_tw
         db = tmp_path / "atelier.sqlite3"
         async with await Registry.open(db) as registry, EngineClient(cluster, token=ENGINE_TOKEN) as engine:
             await seed_registry(registry, guild.id, engine, demo_assets, guild.owner_id)
-            await registry.update_settings(guild.id, guild.owner_id, queue_limit_per_user=5)
+            await registry.settings.update(guild.id, guild.owner_id, queue_limit_per_user=5)
         log = tmp_path / "bot.log"
         env = {"ATELIER_ENGINE_BACKEND": "ray", "ATELIER_STATUS_INTERVAL": "0.3"}
         first = spawn_bot(double, tmp_path, cluster, log=log, **env)

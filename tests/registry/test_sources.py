@@ -11,10 +11,10 @@ import pytest
 from bot.registry import Catalog, NsfwPolicy, Registry, RegistryError, ServerSettings
 from bot.registry.text import parse_air
 from bot.request.parse import build_request, extract_inline_loras
+from bot.request.validation import Rejected, Validated, validate
 from bot.sources.civitai import CivitaiFile, CivitaiVersion, html_to_text, read_version
 from bot.sources.plan import FetchRefused, Limits, base_model_of, plan_fetch
 from bot.sources.refs import ACCEPTED_SHAPES, SourceError, parse_source, split_inline_air
-from bot.request.validation import Rejected, Validated, validate
 
 from .conftest import ADMIN, GUILD, lora, model
 
