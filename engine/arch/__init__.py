@@ -41,7 +41,7 @@ import importlib
 import re
 from typing import Any
 
-from engine.arch.base import Architecture, Tensors
+from engine.arch.base import Architecture
 from engine.arch.flux import FLUX
 from engine.arch.sd3 import SD3
 from engine.arch.sd15 import SD15
