@@ -29,6 +29,7 @@ from bot.request.resources import (
     check_loras,
     check_model,
     note_families,
+    note_variants,
 )
 from bot.request.rules import (
     SEED_MAX,
@@ -125,6 +126,7 @@ def validate(
     clip_skip = check_clip_skip(request, model, stack, check)
     if model is not None:
         note_families(model, stack, check)
+        note_variants(model, stack, check)
         note_length(prompt, negative, embeddings, check, model)
 
     if check.problems or model is None:
