@@ -169,6 +169,7 @@ async def test_an_admin_adds_a_lora_by_air_and_a_member_uses_it_by_air(
         assert entry.sha256 == file.hashes["SHA256"].lower() and entry.autov2 == file.hashes["AutoV2"]
         assert entry.source == "urn:air:sd1:lora:civitai:120096@135931"
         assert (entry.architecture, entry.family, entry.lora_format, entry.category.value) == ("sd15", "sd15", "lora", "style")
+        assert (entry.base_model, entry.variant) == ("SD 1.5", None)  # Civitai's baseModel is kept
         assert entry.trigger_words == ("pixelquest", "8-bit") and entry.description == "Chunky pixels."
         assert entry.preview_url == "https://image.civitai.invalid/135931.jpeg" and not entry.nsfw
         assert (fetch_engine.lora_root / entry.file).read_bytes() == file.data and not leftovers(fetch_engine.lora_root)
