@@ -153,6 +153,8 @@ def validate(
         clip_skip=clip_skip,
         embeddings=tuple(EmbeddingRef(file=e.file, name=e.name, sha256=e.sha256) for e in embeddings),
         prediction_type=model.prediction_type,
+        architecture=model.architecture,
+        variant=model.variant or "",
     )
     return Validated(
         recipe=recipe,

@@ -21,6 +21,7 @@ _UNSUPPORTED = {
     "RNG": "a different noise source (RNG)",
     "CFG Rescale": "CFG rescale",
     "Styles": "saved styles",
+    "CFG scale": "a CFG above 1 beside FLUX's distilled guidance (Forge's extra unconditioned pass)",
 }
 
 
