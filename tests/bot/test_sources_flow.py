@@ -303,6 +303,7 @@ async def test_look_up_on_civitai_fills_in_a_hand_registered_lora(
         assert updated is not None and updated.id == entry.id and updated.file == entry.file
         assert updated.trigger_words == ("wet watercolor",) and updated.source == "urn:air:sd1:lora:civitai:4000@400001"
         assert updated.description == entry.description  # it had one: not replaced
+        assert fields["Civitai base model (new)"] == "SD 1.5" and updated.base_model == "SD 1.5"
         # A forged button naming another version changes nothing.
         civitai.add(pixel_quest(demo_assets, 400002))
         channel = world.bot.get_channel(world.channel.id)
