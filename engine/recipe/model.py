@@ -93,7 +93,7 @@ class Recipe:
     model_hash: str = ""
     #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
     prediction_type: str = ""
-    #: The model's architecture (:mod:`engine.arch`: "sdxl", "flux") and variant ("dev",
+    #: The model's architecture (a name in :mod:`engine.arch`, e.g. "flux") and variant ("dev",
     #: "schnell"), as the registry knows them; "" where not known (a recipe read from text
     #: that does not say). They decide how ``cfg_scale`` is written and read: on FLUX.1 dev
     #: it is the distilled guidance (a model input; Forge's ``Distilled CFG Scale``), and a
