@@ -196,3 +196,21 @@ def test_a_flux_recipe_survives_json_and_older_json_still_loads() -> None:
     assert Recipe.from_json(recipe.to_json()) == recipe
     old = {k: v for k, v in recipe.to_json().items() if k not in ("architecture", "variant")}
     assert Recipe.from_json(old) == dataclasses.replace(recipe, architecture="", variant="")
+
+
+#: Civitai's generator on FLUX (the text Forge's infotext_utils fixes up when it sees "Civitai"
+#: and "FLUX"): CFG scale is the distilled guidance, a meaningless Clip skip, "Sampler: Undefined".
+CIVITAI_FLUX_TEXT = (
+    "a knight in ornate armor, dramatic lighting\n"
+    "Steps: 25, CFG scale: 3.5, Sampler: Undefined, Seed: 77, Size: 832x1216, Clip skip: 2, "
+    'Created Date: 2024-08-20T0000:00.0000000Z, Civitai resources: [{"type":"checkpoint","modelVersionId":691639,'
+    '"modelName":"FLUX","modelVersionName":"Dev"}], Civitai metadata: {}'
+)
+
+
+def test_civitai_flux_text_is_read_as_forge_reads_it() -> None:
+    found = read_image(images.png({"parameters": CIVITAI_FLUX_TEXT})).found
+    assert found is not None and found.format == "Civitai"
+    recipe = found.recipe
+    assert (recipe.architecture, recipe.cfg_scale, recipe.clip_skip, recipe.sampler) == ("flux", 3.5, 1, "Euler")
+    assert found.model is not None and found.model.civitai_version == 691639
