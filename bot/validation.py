@@ -42,6 +42,7 @@ from bot.request.rules import (
     note_ignored,
     note_length,
     random_seed,
+    uses_guidance,
 )
 from bot.safety import blocked_terms_in
 from engine.protocol import EmbeddingRef, LoraRef, Recipe
@@ -145,7 +146,9 @@ def validate(
         ),
         sampler=sampler,
         steps=int(steps),  # type: ignore[call-overload]
-        cfg_scale=float(cfg),  # type: ignore[arg-type]
+        # A model without a guidance input (FLUX.1 schnell) runs as at CFG 1 whatever was set
+        # (the member is told): the recipe says what was used, as Forge writes it.
+        cfg_scale=float(cfg) if uses_guidance(model) else 1.0,  # type: ignore[arg-type]
         seed=seed,
         width=width,
         height=height,

@@ -107,6 +107,12 @@ def check_cfg(request: ImagineRequest, model: ModelEntry | None, catalog: Catalo
     return cfg
 
 
+def uses_guidance(model: ModelEntry) -> bool:
+    """False for a model distilled to run without guidance (FLUX.1 schnell)."""
+    spec = spec_of(model)
+    return spec is None or spec.guidance_for(variant_of(model)).kind != "none"
+
+
 def note_ignored(request: ImagineRequest, model: ModelEntry | None, check: Check) -> None:
     """A CFG or negative prompt the member set on a model that does not read it: say so
     instead of dropping it silently (FLUX schnell has no guidance; FLUX has no negative)."""

@@ -74,7 +74,8 @@ async def test_schnell_rules_apply_to_a_stored_schnell_model(registry: Registry,
     assert isinstance(result, Validated), result
     assert [n.code for n in result.notes] == ["cfg_ignored", "negative_ignored"]
     assert "FLUX.1" in result.notes[0].message and "not used" in result.notes[0].message
-    assert result.recipe.steps == 4
+    assert (result.recipe.steps, result.recipe.cfg_scale) == (4, 1.0)  # what schnell runs at
+    assert (result.recipe.architecture, result.recipe.variant) == ("flux", "schnell")
     on_dev = validate(_request(model="Flux Dev", cfg=5.0), catalog)
     assert isinstance(on_dev, Validated) and on_dev.notes == ()
     assert (on_dev.recipe.steps, on_dev.recipe.cfg_scale) == (28, 5.0)
