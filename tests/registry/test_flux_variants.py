@@ -90,3 +90,16 @@ async def test_a_lora_of_another_variant_is_warned_about(registry: Registry, tmp
     assert "`Fast Style` on `Flux Dev`: it was trained on FLUX.1 schnell and this model is FLUX.1 dev" in result.notes[0].message
     same = validate(_request(model="Flux Dev", slots=[("Dev Style", "0.8")]), catalog)
     assert isinstance(same, Validated) and same.notes == ()
+
+
+async def test_a_kontext_lora_from_civitai_on_a_text_to_image_model_is_warned_about(registry: Registry, tmp_path: Path) -> None:
+    """A fetched LoRA's variant comes from Civitai's baseModel (the fetcher passes it over the
+    file's): a Flux.1 Kontext LoRA (an edit model's) on FLUX.1 dev is warned about."""
+    await _register(registry, tmp_path)
+    info = inspect_file(_lora_for(tmp_path / "l" / "kontext.safetensors", None), relative_to=tmp_path / "l")
+    entry = LoraEntry.from_file_info(info, name="Relight", base_model="Flux.1 Kontext", variant="kontext")
+    await registry.loras.add(GUILD, entry, ADMIN)
+    result = validate(_request(model="Flux Dev", slots=[("Relight", "1")]), await registry.catalogs.get(GUILD))
+    assert isinstance(result, Validated), result
+    assert [n.code for n in result.notes] == ["variant_mismatch"]
+    assert "made for editing a reference image rather than text-to-image" in result.notes[0].message
