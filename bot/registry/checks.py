@@ -32,6 +32,7 @@ from bot.registry.text import (
     clean_url,
     strip_invisible,
 )
+from engine import arch as architectures
 from engine.families import FAMILIES, family_label
 from engine.paths import PICKLE_SUFFIXES
 from engine.prediction import PREDICTION_LABELS
@@ -166,7 +167,21 @@ def clean_lora(entry: LoraEntry) -> LoraEntry:
         enabled=bool(entry.enabled),
         preview_url=clean_url(entry.preview_url, what="preview image"),
         family=clean_family(entry.family),
+        variant=clean_variant(entry.variant, architecture),
+        base_model=clean_text(entry.base_model, what="Civitai base model", limit=100) or None,
     )
+
+
+def clean_variant(variant: str | None, architecture: str) -> str | None:
+    """None, or one of the architecture's variants (FLUX.1 "dev", "schnell", ...)."""
+    if variant is None or variant == "":
+        return None
+    spec = architectures.get(architecture)
+    names = tuple(spec.variants) if spec is not None else ()
+    if not isinstance(variant, str) or variant not in names:
+        known = f"use one of {', '.join(names)}" if names else f"{architectures.label(architecture)} has none"
+        raise RegistryError(f"Unknown variant {variant!r}: {known}, or leave it empty.")
+    return variant
 
 
 def clean_model(entry: ModelEntry) -> ModelEntry:
@@ -207,6 +222,7 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         default_clip_skip=clean_clip_skip(entry.default_clip_skip, "default clip skip"),
         prediction_type=clean_prediction(entry.prediction_type),
         vae=clean_file(entry.vae) if entry.vae else "",
+        variant=clean_variant(entry.variant, architecture),
     )
 
 

@@ -35,7 +35,7 @@ from bot.registry.writes import Changed, changed_columns, taken
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash"
+    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash, variant, base_model"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 
@@ -66,6 +66,8 @@ def lora_from_row(row: sqlite3.Row) -> LoraEntry:
         rank=row["rank"],
         trained_clip_skip=row["trained_clip_skip"],
         a1111_hash=row["a1111_hash"],
+        variant=row["variant"],
+        base_model=row["base_model"],
     )
 
 
@@ -95,6 +97,8 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.rank,
         lora.trained_clip_skip,
         lora.a1111_hash,
+        lora.variant,
+        lora.base_model,
     )
 _LORA_COUNT = len(_LORA_COLUMNS.split(","))
 #: Everything but the description, which validation never needs (the catalog's columns).

@@ -24,7 +24,7 @@ from bot.registry.writes import Changed, changed_columns, taken
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae, variant"
 )
 _MODEL_COUNT = len(_MODEL_COLUMNS.split(","))
 
@@ -54,6 +54,7 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         prediction_type=row["prediction_type"],
         a1111_hash=row["a1111_hash"],
         vae=row["vae"],
+        variant=row["variant"],
     )
 
 
@@ -82,6 +83,7 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         model.prediction_type,
         model.a1111_hash,
         model.vae,
+        model.variant,
     )
 
 

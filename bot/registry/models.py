@@ -7,6 +7,7 @@ never touches rows. Times are Unix seconds (float, UTC).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
@@ -123,6 +124,10 @@ class ModelEntry:
     #: A VAE ``.safetensors`` file in the engine's model folder (e.g. the fp16-fix SDXL VAE);
     #: empty: the model's own VAE.
     vae: str = ""
+    #: Its variant within the architecture (FLUX.1 "dev", "schnell", "fill"), as its file
+    #: shows it; None where the architecture has none or it is not known. Validation applies
+    #: the variant's rules (:mod:`bot.request.rules`).
+    variant: str | None = None
 
     @classmethod
     def from_file_info(
@@ -144,6 +149,7 @@ class ModelEntry:
             "default_width": width,
             "default_height": height,
             "family": info.family,
+            "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
         }
         if spec is not None and spec.guidance.kind != "cfg":
             # SD keeps the entry's long-standing defaults (which its module's equal); others
@@ -196,6 +202,11 @@ class LoraEntry:
     rank: int | None = None
     #: The clip skip it was trained with (kohya ``ss_clip_skip``), if the file says.
     trained_clip_skip: int | None = None
+    #: The variant of its architecture it was trained on (FLUX.1 "dev", "schnell",
+    #: "kontext"), from Civitai's baseModel or the file's model spec; None if not known.
+    variant: str | None = None
+    #: Civitai's ``baseModel`` of the version it was fetched from ("Flux.1 S", "Pony").
+    base_model: str | None = None
 
     @classmethod
     def from_file_info(
@@ -225,6 +236,7 @@ class LoraEntry:
             "lora_format": info.lora_format,
             "rank": info.rank,
             "trained_clip_skip": info.clip_skip,
+            "variant": metadata_variant(info.architecture, info.metadata),
         }
         values.update(overrides)
         return cls(**values)
@@ -269,6 +281,19 @@ class EmbeddingEntry:
         }
         values.update(overrides)
         return cls(**values)
+
+
+def metadata_variant(architecture: str, metadata: Mapping[str, str]) -> str | None:
+    """The variant a LoRA's model spec names (sd-scripts writes ``modelspec.architecture``
+    as ``flux-1-dev/lora`` or ``flux-1-schnell/lora``), if it is one of its architecture's;
+    the tensors of a FLUX LoRA do not tell dev from schnell."""
+    spec = architectures.get(architecture)
+    text = metadata.get("modelspec.architecture", "") if isinstance(metadata, Mapping) else ""
+    if spec is None or not spec.variants or not isinstance(text, str):
+        return None
+    words = set(re.split(r"[^a-z0-9]+", text.lower()))
+    found = [name for name in spec.variants if name in words]
+    return found[0] if len(found) == 1 else None
 
 
 #: What each inspected kind is, and where it goes instead.

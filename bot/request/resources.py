@@ -14,6 +14,7 @@ from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolic
 from bot.registry.text import name_key
 from bot.request.outcome import Check, fmt
 from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
+from bot.request.rules import variant_mismatch
 from bot.sources.refs import looks_like_air
 from engine.families import families_differ, family_label, related
 from engine.protocol import architecture_label
@@ -298,6 +299,17 @@ def note_families(model: ModelEntry, stack: list[tuple[LoraEntry, float]], check
                 f"`{lora.name}` is a {family_label(lora.family)} LoRA and `{model.name}` is a "
                 f"{family_label(model.family)} model: it may have little effect{kin}.",
             )
+
+
+def note_variants(model: ModelEntry, stack: list[tuple[LoraEntry, float]], check: Check) -> None:
+    """A LoRA trained on another variant of the model's architecture (FLUX.1 schnell on dev,
+    Kontext on a text-to-image model) runs, but its author did not make it for this: warn."""
+    for lora, _ in stack:
+        if lora.architecture != model.architecture:
+            continue
+        why = variant_mismatch(model.architecture, lora.variant, model.variant)
+        if why is not None:
+            check.note("variant_mismatch", f"`{lora.name}` on `{model.name}`: {why}.")
 
 
 def apply_trigger_words(

@@ -40,7 +40,27 @@ def spec_of(model: ModelEntry | None) -> architectures.Architecture | None:
 
 def variant_of(model: ModelEntry | None) -> str | None:
     """The model's variant where the registry knows one (FLUX dev or schnell)."""
-    return getattr(model, "variant", None) if model is not None else None
+    return model.variant if model is not None else None
+
+
+def variant_mismatch(architecture: str, trained_on: str | None, used_on: str | None) -> str | None:
+    """Why a LoRA trained on one variant of an architecture may not suit a model of another
+    (a schnell LoRA on dev, a Kontext edit LoRA on a text-to-image model), or None when
+    either variant is unknown or they are the same."""
+    spec = architectures.get(architecture)
+    if spec is None or not trained_on or not used_on or trained_on == used_on:
+        return None
+    lora, model = spec.variants.get(trained_on), spec.variants.get(used_on)
+    if lora is None or model is None:
+        return None
+    text = f"it was trained on {lora.label} and this model is {model.label}"
+    lora_does = spec.capabilities if lora.capabilities is None else lora.capabilities
+    model_does = spec.capabilities if model.capabilities is None else model.capabilities
+    if lora_does != model_does:
+        what = {"edit": "editing a reference image", "inpaint": "inpainting", "txt2img": "text-to-image"}
+        return (f"{text}, made for {', '.join(what.get(c, c) for c in sorted(lora_does))} rather than "
+                f"{', '.join(what.get(c, c) for c in sorted(model_does))}: it may do little or spoil the image")  # fmt: skip
+    return f"{text}: it may have less effect or change the image in ways its author did not test"
 
 
 def check_steps(request: ImagineRequest, model: ModelEntry | None, catalog: Catalog, check: Check) -> object:
@@ -85,6 +105,12 @@ def check_cfg(request: ImagineRequest, model: ModelEntry | None, catalog: Catalo
                 f"Use a CFG around {guidance.typical}.",
             )
     return cfg
+
+
+def uses_guidance(model: ModelEntry) -> bool:
+    """False for a model distilled to run without guidance (FLUX.1 schnell)."""
+    spec = spec_of(model)
+    return spec is None or spec.guidance_for(variant_of(model)).kind != "none"
 
 
 def note_ignored(request: ImagineRequest, model: ModelEntry | None, check: Check) -> None:

@@ -30,6 +30,7 @@ from bot.request.resources import (
     check_loras,
     check_model,
     note_families,
+    note_variants,
 )
 from bot.request.rules import (
     SEED_MAX,
@@ -42,6 +43,7 @@ from bot.request.rules import (
     note_ignored,
     note_length,
     random_seed,
+    uses_guidance,
 )
 from engine.protocol import EmbeddingRef, LoraRef, Recipe
 from engine.recipe.sampler_names import SAMPLERS
@@ -125,6 +127,7 @@ def validate(
     clip_skip = check_clip_skip(request, model, stack, check)
     if model is not None:
         note_families(model, stack, check)
+        note_variants(model, stack, check)
         note_length(prompt, negative, embeddings, check, model)
 
     if check.problems or model is None:
@@ -143,7 +146,9 @@ def validate(
         ),
         sampler=sampler,
         steps=int(steps),  # type: ignore[call-overload]
-        cfg_scale=float(cfg),  # type: ignore[arg-type]
+        # A model without a guidance input (FLUX.1 schnell) runs as at CFG 1 whatever was set
+        # (the member is told): the recipe says what was used, as Forge writes it.
+        cfg_scale=float(cfg) if uses_guidance(model) else 1.0,  # type: ignore[arg-type]
         seed=seed,
         width=width,
         height=height,
@@ -151,6 +156,8 @@ def validate(
         clip_skip=clip_skip,
         embeddings=tuple(EmbeddingRef(file=e.file, name=e.name, sha256=e.sha256) for e in embeddings),
         prediction_type=model.prediction_type,
+        architecture=model.architecture,
+        variant=model.variant or "",
     )
     return Validated(
         recipe=recipe,

@@ -25,6 +25,7 @@ from bot.sources.plan import FetchPlan, FetchRefused, base_model_of, registry_na
 from bot.sources.refs import SourceRef, looks_like_air, parse_air
 from bot.ui import embeds, views
 from bot.ui.common import is_admin, role_ids, send_private
+from engine import arch as architectures
 
 if TYPE_CHECKING:
     from bot.registry.catalog import Catalog
@@ -127,6 +128,11 @@ def lookup_changes(lora: LoraEntry, version: CivitaiVersion, taken: Collection[s
     architecture, family = base_model_of(version.base_model)
     if family != "unknown" and family != lora.family and architecture in (lora.architecture, "unknown"):
         changes["family"] = family
+    if version.base_model and version.base_model != lora.base_model:
+        changes["base_model"] = version.base_model
+    variant = architectures.from_base_model(version.base_model)[1]
+    if variant is not None and variant != lora.variant and architecture == lora.architecture:
+        changes["variant"] = variant
     air = _air_text(version, lora.architecture)
     if air and air != lora.source:
         changes["source"] = air
@@ -149,7 +155,8 @@ def _air_text(version: CivitaiVersion, architecture: str) -> str | None:
 
 
 _LABELS = {"name": "Name", "trigger_words": "Trigger words", "family": "Family", "source": "AIR",
-           "description": "Description", "preview_url": "Preview", "nsfw": "NSFW"}  # fmt: skip
+           "description": "Description", "preview_url": "Preview", "nsfw": "NSFW",
+           "base_model": "Civitai base model", "variant": "Variant"}  # fmt: skip
 
 
 class SourceActions:

@@ -353,6 +353,11 @@ class Fetcher:
                 "trigger_words": tuple(dict.fromkeys(w for w in words if len(w) <= 200)),
                 "description": description, "nsfw": plan.nsfw, "source": source, "preview_url": version.preview(),
             }  # fmt: skip
+            # Civitai's baseModel names the weights it was trained against ("Flux.1 S"), which
+            # the file's keys cannot tell (a schnell LoRA looks like a dev one).
+            values["base_model"] = version.base_model or None
+            if plan.variant is not None and plan.architecture == architecture:
+                values["variant"] = plan.variant
             values.update(overrides)
             values["nsfw"] = bool(values["nsfw"]) or plan.nsfw  # Civitai's NSFW rating is never dropped here
             lora = LoraEntry.from_file_info(info, name=plan.name, **values)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from bot.registry.models import ModelEntry, NsfwPolicy, ServerSettings
 from bot.registry.text import MAX_NAME_LENGTH, name_key
+from bot.request.rules import variant_mismatch
 from bot.sources.civitai import CivitaiFile, CivitaiVersion
 from bot.sources.refs import SourceRef
 from engine import arch as architectures
@@ -72,6 +73,8 @@ class FetchPlan:
     name: str
     #: Warnings for the admin (another family, NSFW marking, another file than the primary).
     notes: tuple[str, ...] = ()
+    #: The variant Civitai's baseModel names ("Flux.1 S" -> "schnell"), or None.
+    variant: str | None = None
 
 
 def size_text(size: int) -> str:
@@ -202,7 +205,7 @@ def plan_fetch(
                 "civitai_guild_quota or to clear old downloads."
             )
 
-    architecture, family = base_model_of(version.base_model)
+    architecture, variant, family = architectures.from_base_model(version.base_model)
     served = sorted({m.architecture for m in models if m.enabled})
     if not served:
         reasons.append("This server has no models yet, so nothing could use it: register a model with `/model add` first.")
@@ -235,6 +238,9 @@ def plan_fetch(
                 "effect on them."
             )
 
+    if variant is not None and architecture in served:
+        notes.extend(_variant_notes(version.base_model, architecture, variant, models))
+
     if version.nsfw:
         if settings.nsfw_policy is NsfwPolicy.NEVER:
             reasons.append(
@@ -263,4 +269,19 @@ def plan_fetch(
         path=destination(folder, version, file),
         name=chosen_name,
         notes=tuple(notes),
+        variant=variant,
     )
+
+
+def _variant_notes(base_model: str, architecture: str, variant: str, models: Sequence[ModelEntry]) -> list[str]:
+    """A warning when every model here of that architecture whose variant is known is another
+    variant than the one Civitai says the LoRA was trained on (a Flux.1 S LoRA, dev models)."""
+    known = [m for m in models if m.enabled and m.architecture == architecture and m.variant]
+    if not known or any(m.variant == variant for m in known):
+        return []
+    why = variant_mismatch(architecture, variant, known[0].variant)
+    if why is None:
+        return []
+    names = ", ".join(f"`{m.name}`" for m in known[:3])
+    return [f"Civitai says it was made for {base_model}; this server's {architecture_label(architecture)} "
+            f"models ({names}) are another variant. On `{known[0].name}`, {why}."]  # fmt: skip

@@ -10,7 +10,9 @@ Civitai read it back, and :func:`read_parameters` reads what they write::
     Model hash: 6ce0161689, Model: name, Clip skip: 2, TI hashes: "emb: 0123456789ab",
     Lora hashes: "name: 0123456789ab", Version: atelier 0.1.0
 
-(the settings are one line). Values holding ``,`` ``:`` or a newline are JSON-quoted, as
+(the settings are one line). On FLUX.1 the text is Forge's: ``CFG scale: 1, Distilled CFG
+Scale: 3.5`` for dev (the recipe's ``cfg_scale`` is its guidance input), ``CFG scale: 1`` for
+schnell (no guidance input). Values holding ``,`` ``:`` or a newline are JSON-quoted, as
 A1111's ``quote`` does; Civitai writes JSON lists and objects unquoted (``Civitai resources:
 [...]``), which the reader also takes.
 
@@ -46,8 +48,11 @@ _KEY_CHARS = re.compile(r"[\w \-/]")
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "VAE", "Clip skip", "TI hashes", "Lora hashes"}
+     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale"}
 )  # fmt: skip
+#: Forge's field for FLUX.1 dev's guidance input (``modules/processing.py``), written right
+#: after ``CFG scale``, which Forge keeps at 1 on FLUX (no unconditioned pass).
+DISTILLED = "Distilled CFG Scale"
 
 
 def number(value: float) -> str:
@@ -108,6 +113,18 @@ def _hash_list(pairs: Iterable[tuple[str, str]]) -> str:
     return ", ".join(f"{alias(name, ':,')}: {value}" for name, value in pairs)
 
 
+def _guidance_fields(recipe: Recipe) -> list[tuple[str, str]]:
+    """CFG as A1111 writes it; on FLUX as Forge does: ``CFG scale: 1`` (one row per step, no
+    negative), then dev's guidance input as ``Distilled CFG Scale`` (Forge writes none for
+    schnell, which has no guidance input)."""
+    kind = recipe.guidance_kind
+    if kind == "cfg":
+        return [("CFG scale", number(recipe.cfg_scale))]
+    if kind == "distilled":
+        return [("CFG scale", "1"), (DISTILLED, number(recipe.cfg_scale))]
+    return [("CFG scale", "1")]
+
+
 def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
     """The ``parameters`` text of one image of ``recipe`` (its ``seed`` is that image's)."""
     if version is None:
@@ -119,7 +136,7 @@ def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
         ("Steps", str(recipe.steps)),
         ("Sampler", sampler),
         ("Schedule type", schedule),
-        ("CFG scale", number(recipe.cfg_scale)),
+        *_guidance_fields(recipe),
         ("Seed", str(recipe.seed)),
         ("Size", f"{recipe.width}x{recipe.height}"),
     ]
@@ -340,6 +357,19 @@ def read_parameters(text: str) -> ReadParameters:
                 missing.append(name)
         else:
             values[name] = value
+    extras_kept: dict[str, str] = {}
+    distilled = _float(params.get(DISTILLED))
+    if distilled is not None:
+        # Forge on FLUX.1: the guidance the model reads is the distilled one (a recipe's
+        # cfg_scale there); a CFG above 1 beside it is Forge's extra unconditioned pass,
+        # which has no place here, so it is handed on as an extra to be reported.
+        cfg = values.pop("cfg_scale", None)
+        if cfg not in (None, 1, 1.0):
+            extras_kept["CFG scale"] = params["CFG scale"]
+        values["cfg_scale"] = distilled
+        values["architecture"] = "flux"
+        if "cfg_scale" in missing:
+            missing.remove("cfg_scale")
     size = params.get("Size", "")
     width, _, height = size.partition("x")
     if _int(width) is not None and _int(height) is not None:
@@ -348,6 +378,10 @@ def read_parameters(text: str) -> ReadParameters:
         missing.append("size")
     if "Sampler" in params:
         values["sampler"] = join_sampler(params["Sampler"].strip(), params.get("Schedule type"))
+        if values.get("architecture") == "flux" and values["sampler"] == "Euler Simple":
+            # Forge's FLUX preset: Euler on evenly spaced, shifted flow-matching sigmas, which is
+            # FLUX's one sampler here (FluxPipeline's flow-matching Euler with the same shift).
+            values["sampler"] = "Euler"
     else:
         missing.append("sampler")
     if not params.get("Model") and not params.get("Model hash"):
@@ -363,7 +397,7 @@ def read_parameters(text: str) -> ReadParameters:
         vae=params.get("VAE", "").strip(),
         **values,  # type: ignore[arg-type]
     )
-    extras = {k: v for k, v in params.items() if k not in _USED}
+    extras = {k: v for k, v in params.items() if k not in _USED} | extras_kept
     return ReadParameters(recipe, tuple(missing), extras, tuple(default_weights))
 
 
@@ -383,12 +417,16 @@ def carried(recipe: Recipe) -> Recipe:
             EmbeddingRef("", alias(e.name, ":,"), e.sha256[:12]) for e in recipe.embeddings if e.sha256
         ),
         vae=recipe.vae.replace("\\", "/").rsplit("/", 1)[-1],
-        cfg_scale=recipe.cfg_scale + 0.0,
+        cfg_scale=recipe.cfg_scale + 0.0 if recipe.guidance_kind != "none" else 1.0,
         prediction_type="",
+        # Only Forge's Distilled CFG Scale says what the model was (FLUX), not which variant.
+        architecture="flux" if recipe.guidance_kind == "distilled" else "",
+        variant="",
     )
 
 
 __all__ = [
+    "DISTILLED",
     "MAX_TEXT",
     "ParsedParameters",
     "ReadParameters",

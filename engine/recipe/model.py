@@ -93,6 +93,22 @@ class Recipe:
     model_hash: str = ""
     #: How the model predicts noise: "" = as its file says; otherwise an admin's override.
     prediction_type: str = ""
+    #: The model's architecture (a name in :mod:`engine.arch`, e.g. "flux") and variant ("dev",
+    #: "schnell"), as the registry knows them; "" where not known (a recipe read from text
+    #: that does not say). They decide how ``cfg_scale`` is written and read: on FLUX.1 dev
+    #: it is the distilled guidance (a model input; Forge's ``Distilled CFG Scale``), and a
+    #: model without guidance (schnell) ignores it. The engine reads the file, not these.
+    architecture: str = ""
+    variant: str = ""
+
+    @property
+    def guidance_kind(self) -> str:
+        """What ``cfg_scale`` is to the model: "cfg" (classifier-free, SD), "distilled" (FLUX.1
+        dev's guidance input) or "none" (FLUX.1 schnell); "cfg" where the architecture is unknown."""
+        from engine import arch
+
+        spec = arch.get(self.architecture)
+        return spec.guidance_for(self.variant or None).kind if spec is not None else "cfg"
 
     @property
     def model_label(self) -> str:

@@ -43,6 +43,8 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "cs": ("clip_skip", int),
     "v": ("vae", str),
     "pt": ("prediction_type", str),
+    "a": ("architecture", str),
+    "va": ("variant", str),
 }
 _DEFAULTS = Recipe(model="", prompt="")
 

@@ -169,6 +169,7 @@ async def test_an_admin_adds_a_lora_by_air_and_a_member_uses_it_by_air(
         assert entry.sha256 == file.hashes["SHA256"].lower() and entry.autov2 == file.hashes["AutoV2"]
         assert entry.source == "urn:air:sd1:lora:civitai:120096@135931"
         assert (entry.architecture, entry.family, entry.lora_format, entry.category.value) == ("sd15", "sd15", "lora", "style")
+        assert (entry.base_model, entry.variant) == ("SD 1.5", None)  # Civitai's baseModel is kept
         assert entry.trigger_words == ("pixelquest", "8-bit") and entry.description == "Chunky pixels."
         assert entry.preview_url == "https://image.civitai.invalid/135931.jpeg" and not entry.nsfw
         assert (fetch_engine.lora_root / entry.file).read_bytes() == file.data and not leftovers(fetch_engine.lora_root)
@@ -302,6 +303,7 @@ async def test_look_up_on_civitai_fills_in_a_hand_registered_lora(
         assert updated is not None and updated.id == entry.id and updated.file == entry.file
         assert updated.trigger_words == ("wet watercolor",) and updated.source == "urn:air:sd1:lora:civitai:4000@400001"
         assert updated.description == entry.description  # it had one: not replaced
+        assert fields["Civitai base model (new)"] == "SD 1.5" and updated.base_model == "SD 1.5"
         # A forged button naming another version changes nothing.
         civitai.add(pixel_quest(demo_assets, 400002))
         channel = world.bot.get_channel(world.channel.id)

@@ -214,7 +214,9 @@ async def test_architecture_names_migration_drops_the_check_and_keeps_every_row(
     try:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
         for table, rows in before.items():
-            assert raw.execute(_ALL_ROWS[table]).fetchall() == rows, table
+            # Later migrations (011) add columns at the end: the columns there before keep their values.
+            after = raw.execute(_ALL_ROWS[table]).fetchall()
+            assert [row[: len(rows[0])] for row in after] == rows, table
         assert _schema_objects(raw, "index") == indexes
         assert _schema_objects(raw, "trigger") == triggers
         assert {r[2] for r in raw.execute("PRAGMA foreign_key_list(bookmarks)")} == {"loras"}
@@ -238,5 +240,44 @@ async def test_architecture_names_migration_drops_the_check_and_keeps_every_row(
                 "VALUES (?, 'E', 'e', '', 'style', 1, 0, 1, 'e.safetensors', 5, ?)",
                 (GUILD, now),
             )
+    finally:
+        raw.close()
+
+
+async def test_variants_migration_keeps_rows_and_stores_variants(tmp_path: Path) -> None:
+    """011 adds the model's and LoRA's variant and the LoRA's Civitai baseModel: rows from
+    version 10 keep every value and read back with None; new entries keep what they were given."""
+    from dataclasses import replace
+
+    from .conftest import model
+
+    path = tmp_path / "v10.db"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await migrate(conn, target=10) == 10
+    raw = sqlite3.connect(path)
+    _seed_rows(raw, 10)
+    before = {table: raw.execute(sql).fetchall() for table, sql in _ALL_ROWS.items()}
+    raw.close()
+    reg = await Registry.open(path)
+    try:
+        old = await reg.loras.get(GUILD, "Old Timer")
+        assert old is not None and (old.variant, old.base_model) == (None, None)
+        flux = replace(model("Schnell", "flux"), variant="schnell", default_width=1024, default_height=1024)
+        await reg.models.add(GUILD, flux, ADMIN)
+        await reg.loras.add(GUILD, replace(lora("Fast", "flux"), variant="schnell", base_model="Flux.1 S"), ADMIN)
+        assert (await reg.models.get(GUILD, "Schnell")).variant == "schnell"  # type: ignore[union-attr]
+        fast = await reg.loras.get(GUILD, "Fast")
+        assert fast is not None and (fast.variant, fast.base_model) == ("schnell", "Flux.1 S")
+        with pytest.raises(RegistryError, match="Unknown variant 'turbo'"):
+            await reg.models.update(GUILD, "Schnell", ADMIN, variant="turbo")
+    finally:
+        await reg.close()
+    raw = sqlite3.connect(path)
+    try:
+        for table, rows in before.items():
+            after = raw.execute(_ALL_ROWS[table]).fetchall()[: len(rows)]
+            assert [row[: len(rows[0])] for row in after] == rows, table
+        columns = {r[1] for r in raw.execute("PRAGMA table_info(loras)")}
+        assert {"variant", "base_model"} <= columns
     finally:
         raw.close()

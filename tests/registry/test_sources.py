@@ -363,3 +363,32 @@ def test_fetching_configuration() -> None:
     ]:
         with pytest.raises(ConfigError, match=needle):
             BotConfig.load(env=env)
+
+
+def _flux(name: str, variant: str | None) -> Any:
+    return model(name, "flux", variant=variant, default_width=1024, default_height=1024)
+
+
+@pytest.mark.parametrize(
+    ("base_model", "variant", "needle"),
+    [
+        ("Flux.1 S", "schnell", "trained on FLUX.1 schnell and this model is FLUX.1 dev"),
+        ("Flux.1 Kontext", "kontext", "made for editing a reference image rather than text-to-image"),
+        ("Flux.1 D", "dev", None),
+    ],
+)
+def test_civitai_base_model_variant_is_compared_with_the_servers_models(base_model: str, variant: str, needle: str | None) -> None:
+    """Civitai's baseModel names the FLUX variant a LoRA was trained on (its AIR says only
+    ``flux1``): a version for another variant than this server's FLUX models is warned about."""
+    version = civitai_version(base_model=base_model)
+    fetch = plan(version, models=[_flux("Flux Dev", "dev"), model("Dream", "sd15")])
+    assert (fetch.architecture, fetch.variant) == ("flux", variant)
+    warned = [n for n in fetch.notes if "another variant" in n]
+    if needle is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and needle in warned[0] and f"Civitai says it was made for {base_model}" in warned[0]
+    # A model whose variant is not known, or one of the same variant among others: no warning.
+    assert not [n for n in plan(version, models=[_flux("Old Flux", None)]).notes if "another variant" in n]
+    both = plan(version, models=[_flux("Flux Dev", "dev"), _flux("Other", variant)])
+    assert not [n for n in both.notes if "another variant" in n]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from engine.recipe.a1111 import alias, parse_hash_list, read_parameters
 from engine.recipe.readers import civitai
 from engine.recipe.readers.civitai import (
@@ -22,6 +25,7 @@ _UNSUPPORTED = {
     "RNG": "a different noise source (RNG)",
     "CFG Rescale": "CFG rescale",
     "Styles": "saved styles",
+    "CFG scale": "a CFG above 1 beside FLUX's distilled guidance (Forge's extra unconditioned pass)",
 }
 
 
@@ -71,5 +75,13 @@ def read(text: str, source: str, *, format_name: str | None = None) -> FoundReci
     notes = _notes(extras)
     if read_.default_weights:
         notes.append("LoRAs whose weight is not a number take their default weight: " + ", ".join(read_.default_weights) + ".")
+    if name == "Civitai" and "FLUX" in text.rstrip().rsplit("\n", 1)[-1]:
+        # Civitai's FLUX text, read as Forge reads it (infotext_utils.parse_generation_parameters):
+        # its CFG scale is the distilled guidance (what a recipe's cfg_scale is on FLUX), its
+        # Clip skip means nothing on FLUX, and "Sampler: Undefined" is FLUX's Euler.
+        values: dict[str, Any] = {"architecture": "flux", "clip_skip": 1}
+        if recipe.sampler == "Undefined":
+            values["sampler"] = "Euler"
+        recipe = dataclasses.replace(recipe, **values)
     found = FoundRecipe(name, source, recipe, tuple(resources), read_.missing, tuple(notes))
     return with_tag_loras(found)

@@ -4,7 +4,13 @@ The graph is ``{node_id: {"class_type": ..., "inputs": {...}}}``; an input is a 
 link ``[node_id, output_index]``. From the sampler (KSampler and kin) we follow ``model``
 links up through the LoRA loaders to the checkpoint loader, ``positive``/``negative`` to the
 text encoders, ``latent_image`` to the empty latent (the size), and ``clip`` to
-CLIPSetLastLayer (clip skip). Every walk keeps a visited set and a depth cap, so cyclic or
+CLIPSetLastLayer (clip skip). FLUX graphs (``comfy_extras/nodes_flux.py``) are read the same
+way: ``UNETLoader`` (the transformer file) through ``ModelSamplingFlux`` and
+``LoraLoaderModelOnly``; the guidance FLUX.1 dev reads is ``FluxGuidance``'s (or
+``CLIPTextEncodeFlux``'s) ``guidance``, which becomes the recipe's ``cfg_scale`` (the
+sampler's own ``cfg`` stays 1 there); and ``SamplerCustomAdvanced`` takes its seed, steps,
+sampler and conditioning through ``RandomNoise``, ``BasicScheduler``, ``KSamplerSelect`` and
+``BasicGuider``/``CFGGuider``. Every walk keeps a visited set and a depth cap, so cyclic or
 absurdly deep graphs end; nodes past :data:`MAX_NODES` are ignored.
 """
 
@@ -25,6 +31,10 @@ SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvan
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader")
 LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
 TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "CLIPTextEncodeFlux")
+#: Nodes only a FLUX graph has (ComfyUI's comfy_extras/nodes_flux.py, nodes_model_advanced.py).
+FLUX_NODES = ("FluxGuidance", "CLIPTextEncodeFlux", "ModelSamplingFlux", "FluxDisableGuidance")
+#: Where a distilled guidance value sits, by node.
+_GUIDANCE_NODES = ("FluxGuidance", "CLIPTextEncodeFlux")
 #: Nodes that change the image in ways a recipe cannot hold, in people's words.
 _UNSUPPORTED = {
     "ControlNet": "ControlNet",
@@ -90,12 +100,59 @@ class _Graph:
             seen.add(id(node))
             if node["class_type"] in TEXT_ENCODERS or "text" in node["inputs"]:
                 inputs = node["inputs"]
-                text = self.text(inputs.get("text")) or self.text(inputs.get("text_g")) or self.text(inputs.get("clip_l"))
+                # CLIPTextEncodeFlux: T5 reads the prompt proper; CLIP-L only gives the pooled vector.
+                text = (self.text(inputs.get("text")) or self.text(inputs.get("text_g"))
+                        or self.text(inputs.get("t5xxl")) or self.text(inputs.get("clip_l")))  # fmt: skip
                 if text or node["class_type"] in TEXT_ENCODERS:
                     return text, inputs.get("clip")
             for name in ("conditioning", "conditioning_1", "conditioning_to", "positive", "negative", "conditioning_2"):
                 stack.append(self.linked(node["inputs"].get(name)))
         return "", None
+
+
+    def guidance(self, start: Any) -> float | None:
+        """The distilled guidance set on the conditioning above ``start`` (FluxGuidance or
+        CLIPTextEncodeFlux), or None."""
+        seen: set[int] = set()
+        stack = [self.linked(start)]
+        while stack and len(seen) < MAX_DEPTH:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node["class_type"] in _GUIDANCE_NODES:
+                return as_float(node["inputs"].get("guidance"))
+            for name in ("conditioning", "conditioning_1", "conditioning_to", "positive"):
+                stack.append(self.linked(node["inputs"].get(name)))
+        return None
+
+
+def _custom_inputs(graph: _Graph, inputs: dict[str, Any]) -> dict[str, Any]:
+    """SamplerCustom(Advanced)'s settings gathered from the nodes it links to, under
+    KSampler's input names: ``noise`` (RandomNoise), ``guider`` (BasicGuider, CFGGuider),
+    ``sampler`` (KSamplerSelect), ``sigmas`` (BasicScheduler and kin)."""
+    found = dict(inputs)
+    noise = graph.linked(inputs.get("noise"))
+    if noise is not None and "noise_seed" in noise["inputs"]:
+        found["noise_seed"] = noise["inputs"]["noise_seed"]
+    guider = graph.linked(inputs.get("guider"))
+    if guider is not None:
+        for name in ("model", "positive", "negative", "cfg"):
+            if name in guider["inputs"]:
+                found[name] = guider["inputs"][name]
+        if "conditioning" in guider["inputs"]:  # BasicGuider: one conditioning, no CFG
+            found["positive"] = guider["inputs"]["conditioning"]
+    chosen = graph.linked(inputs.get("sampler"))
+    if chosen is not None and "sampler_name" in chosen["inputs"]:
+        found["sampler_name"] = chosen["inputs"]["sampler_name"]
+    sigmas = graph.linked(inputs.get("sigmas"))
+    if sigmas is not None:
+        for name in ("steps", "scheduler", "denoise"):
+            if name in sigmas["inputs"]:
+                found[name] = sigmas["inputs"][name]
+        if "model" not in found and "model" in sigmas["inputs"]:
+            found["model"] = sigmas["inputs"]["model"]
+    return found
 
 
 def _sampler_node(graph: _Graph) -> dict[str, Any] | None:
@@ -115,8 +172,12 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     sampler = _sampler_node(graph)
     if sampler is None:
         return None
-    inputs = sampler["inputs"]
+    inputs = _custom_inputs(graph, sampler["inputs"]) if sampler["class_type"].startswith("SamplerCustom") else sampler["inputs"]
     notes: list[str] = []
+    flux = any(
+        n["class_type"] in FLUX_NODES or (n["class_type"] == "DualCLIPLoader" and n["inputs"].get("type") == "flux")
+        for n in graph.nodes.values()
+    )
     model: Resource | None = None
     loras: list[Resource] = []
     for node in graph.upstream(inputs.get("model"), ("model",)):
@@ -145,6 +206,16 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
         "steps": as_int(inputs.get("steps")),
         "cfg_scale": as_float(inputs.get("cfg")),
     }
+    if flux:
+        values["architecture"] = "flux"
+        guidance = graph.guidance(inputs.get("positive"))
+        if guidance is not None:
+            # The guidance FLUX.1 dev reads; the sampler's CFG beside it stays 1 (one row).
+            if values["cfg_scale"] not in (None, 1.0):
+                notes.append(f"It also used CFG {values['cfg_scale']:g} beside FLUX's distilled guidance; only the guidance ({guidance:g}) carries over.")
+            values["cfg_scale"] = guidance
+        elif values["cfg_scale"] is None:
+            values["cfg_scale"] = 1.0  # BasicGuider without FluxGuidance: no guidance (schnell)
     sampler_name = inputs.get("sampler_name")
     if isinstance(sampler_name, str):
         values["sampler"] = samplers.from_comfy(sampler_name, as_text(inputs.get("scheduler")))
@@ -156,7 +227,10 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
         notes.append(f"It was made from another image (denoise {denoise:g}); only the prompt and settings carry over.")
     vae = None
     for node in graph.nodes.values():
-        if node["class_type"] == "VAELoader":
+        if node["class_type"] == "DualCLIPLoader" and flux:
+            names = [as_text(node["inputs"].get(k))[:120] for k in ("clip_name1", "clip_name2")]
+            notes.append(f"Its FLUX text encoders ({', '.join(n for n in names if n)}) and VAE are the model's own here, as its operator set them up.")
+        if node["class_type"] == "VAELoader" and not flux:
             vae = resource("vae", node["inputs"].get("vae_name"))
             break
     for class_type in sorted({n["class_type"] for n in graph.nodes.values()}):
