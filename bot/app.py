@@ -41,6 +41,9 @@ from bot.ui.actions import Actions
 from bot.ui.cogs import COGS
 from bot.ui.common import send_private
 from bot.ui.features import Features
+from bot.ui.image_buttons import ImageButtons
+from bot.ui.image_reading import ImageReader
+from bot.ui.lora_cards import LoraCards
 from bot.ui.recipe_actions import RecipeActions
 from bot.ui.routes import Routes, refuse_unlisted
 from engine.client import EngineClient
@@ -189,9 +192,15 @@ class AtelierBot(commands.Bot):
         self.sources = SourceActions(self.services, status_interval=status_interval)
         self.actions = Actions(self.services, self.sources)
         self.recipes = RecipeActions(self.services, self.actions)
-        self.actions.recipes = self.recipes
+        self.image_buttons = ImageButtons(self.services, self.actions)
+        self.image_buttons.recipes = self.recipes
+        self.lora_cards = LoraCards(self.services, self.sources)
+        self.image_reader = ImageReader(self.services, self.recipes)
         self.routes = Routes(lambda: self.access)
-        self.features = Features(self.services, self.actions, self.recipes, self.sources, self.routes)
+        self.features = Features(
+            self.services, self.actions, self.recipes, self.sources, self.routes,
+            image_buttons=self.image_buttons, lora_cards=self.lora_cards, image_reader=self.image_reader,
+        )
         self.synced: list[app_commands.AppCommand] = []
 
     @property

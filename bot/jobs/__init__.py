@@ -12,13 +12,15 @@ One concept per module, in the order a job meets them:
 - :mod:`bot.jobs.status` — the member's private status reply, coalesced.
 - :mod:`bot.jobs.images` — fitting PNGs into Discord's upload limits.
 - :mod:`bot.jobs.admission` — the member, server and bot caps a new job must pass.
+- :mod:`bot.jobs.follow` — one job on its engine: progress, stalls, an engine that goes away.
 - :mod:`bot.jobs.dispatcher` — ties them together and survives crashes.
 - :mod:`bot.jobs.recovery` — after a restart: takes up every unfinished job exactly once.
 """
 
 from bot.jobs.admission import Limits, QueueFull
-from bot.jobs.dispatcher import DEFAULT_STALL_LIMIT_S, Dispatcher, describe_error
+from bot.jobs.dispatcher import Dispatcher, describe_error
 from bot.jobs.engines import EngineLink, EnginePool
+from bot.jobs.follow import DEFAULT_STALL_LIMIT_S
 from bot.jobs.images import fit_files
 from bot.jobs.model import DEFAULT_FILE_LIMIT, Job, JobState, token_expiry
 from bot.jobs.poster import Poster, PostRefused

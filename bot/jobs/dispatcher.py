@@ -2,8 +2,9 @@
 
 The dispatcher owns the job path. It writes each job to the job table before the member is
 told it is queued, asks the :class:`~bot.jobs.scheduler.FairScheduler` what each free engine
-should get, follows every job on its engine, and hands finished images to the
-:class:`~bot.jobs.poster.Poster` in their own tasks, so the engines never wait on Discord.
+should get, has every job followed on its engine (:class:`~bot.jobs.follow.JobFollower`), and
+hands finished images to the :class:`~bot.jobs.poster.Poster` in their own tasks, so the engines
+never wait on Discord.
 
 What can go wrong, and what happens:
 
@@ -42,12 +43,13 @@ import discord
 
 from bot.jobs.admission import Admission, Limits, QueueFull
 from bot.jobs.engines import EnginePool, EngineSlot
+from bot.jobs.follow import DEFAULT_STALL_LIMIT_S, JobFollower
 from bot.jobs.model import Job, JobState
 from bot.jobs.poster import Poster, PostRefused
 from bot.jobs.recovery import Recovery
 from bot.jobs.scheduler import FairScheduler
 from bot.jobs.speed import SpeedBook
-from bot.jobs.status import FAREWELL_S, StatusBoard, status_text, stop_text
+from bot.jobs.status import FAREWELL_S, StatusBoard, describe_duration, status_text, stop_text
 from bot.jobs.store import JobStore
 from bot.recipes.text import imagine_command, public_error
 from bot.ui import embeds
@@ -55,12 +57,6 @@ from engine.protocol import EngineError, ErrorCode
 
 log = logging.getLogger(__name__)
 
-#: Longest a job may go without an event (heartbeats do not count) before it is given up.
-#: Generous on purpose: the first use of a large model can spend minutes loading before its
-#: first step, and one step of a big image on a small GPU can take a minute.
-DEFAULT_STALL_LIMIT_S = 15 * 60.0
-#: Engine losses a job survives: it runs once more after the first, then fails.
-MAX_LOSSES = 1
 #: Finished jobs kept in memory for buttons clicked before their post is recorded.
 RECENT_POSTS = 256
 #: How often old finished jobs are deleted from the job table.
@@ -74,12 +70,6 @@ ADVICE: dict[str, str] = {
     ErrorCode.UNSUPPORTED_FORMAT: "The engine cannot apply this LoRA's format; ask an admin to remove it or convert it.",
     ErrorCode.OUT_OF_MEMORY: "Try a smaller size, fewer images or fewer LoRAs.",
 }
-#: What members read when an engine went away (the engine's own words name its address).
-ENGINE_LOST = (
-    "The image engine stopped while making this image, twice, so it was not retried again; "
-    "it may be too large for the GPU. Try a smaller size or fewer images, and tell an admin "
-    "if it keeps happening."
-)
 ENGINE_GONE = (
     "The image engine stopped while making this image and did not come back within {wait}. "
     "Try again later, and tell an admin if it keeps happening."
@@ -88,26 +78,9 @@ ENGINE_GONE = (
 ResultHook = Callable[[Job, discord.Message, float], Awaitable[None]]
 
 
-class JobStalled(Exception):
-    """The engine answers but sent nothing about this job for ``stall_limit`` seconds.
-
-    Deliberately not a TimeoutError or OSError: those mean the engine is gone.
-    """
-
-
-class EngineLost(Exception):
-    """The engine went away while it held the job (the detail is for the log)."""
-
-
 def describe_error(code: str, message: str) -> str:
     advice = ADVICE.get(code, "")
     return f"{message} {advice}".strip()
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 120:
-        return f"{seconds / 60:g} minutes"
-    return f"{seconds:g} s"
 
 
 def _with_request(job: Job, text: str) -> str:
@@ -141,11 +114,12 @@ class Dispatcher:
         self.admission = Admission(limits if limits is not None else Limits())
         self.status_interval = status_interval
         self.retry_wait = retry_wait
-        self.stall_limit = stall_limit
         self.on_result = on_result
         self.speed = SpeedBook()
         self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch, affinity_window=affinity_window)
         self.board = StatusBoard(poster, self._render, interval=status_interval)
+        #: Follows each job on its engine: progress, stalls, engines that go away.
+        self.follower = JobFollower(self, stall_limit=stall_limit)
         pool.on_change = self._wake_up
         self._recent_posts: dict[int, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -158,6 +132,11 @@ class Dispatcher:
         self._order_at = 0.0
         self._closed = False
         self._started = False
+
+    @property
+    def stall_limit(self) -> float:
+        """Seconds a job may go without progress on its engine (kept by :attr:`follower`)."""
+        return self.follower.stall_limit
 
     @property
     def jobs(self) -> dict[str, Job]:
@@ -310,7 +289,7 @@ class Dispatcher:
                     self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
 
     async def _withdraw(self, job: Job, slot: EngineSlot) -> None:
-        # Its follow task sees the engine's "cancelled" and queues it again (see _follow); a
+        # Its follow task sees the engine's "cancelled" and queues it again (see JobFollower.follow); a
         # job whose submit has not gone out yet is held back by _hand_over instead.
         try:
             await asyncio.wait_for(slot.client.cancel(job.engine_job_id), 10)
@@ -488,7 +467,7 @@ class Dispatcher:
     async def _give_up_waiting(self, job: Job) -> None:
         if not self.scheduler.remove(job):
             return
-        job.error = _with_request(job, ENGINE_GONE.format(wait=_duration(self.retry_wait)))
+        job.error = _with_request(job, ENGINE_GONE.format(wait=describe_duration(self.retry_wait)))
         await self._finish(job, JobState.FAILED)
 
     # -- on the engine -----------------------------------------------------------------------
@@ -514,136 +493,16 @@ class Dispatcher:
                     for rest in jobs[index:]:
                         await self._leave_engine(rest, slot)
                         rest.attempts -= 1
-                        await self._engine_lost(rest, slot, exc.message, counts=False)
+                        await self.follower.engine_lost(rest, slot, exc.message, counts=False)
                     return
                 await self._leave_engine(job, slot)
                 await self._fail_job(job, exc.code, exc.message)
                 continue
-            self._spawn(self._follow(job, slot), f"jobs-follow-{job.id}")
+            self._spawn(self.follower.follow(job, slot), f"jobs-follow-{job.id}")
 
     async def _leave_engine(self, job: Job, slot: EngineSlot) -> None:
         slot.release(job)
         self.scheduler.left_engine(job)
-        self._wake_up()
-
-    async def _follow(self, job: Job, slot: EngineSlot) -> None:
-        """Follow one job on its engine to its images; then post them in a task of their own."""
-        try:
-            count, seconds = await self._watch(job, slot)
-            images = [await slot.client.image(job.engine_job_id, n) for n in range(count)]
-        except JobStalled as exc:
-            await self._leave_engine(job, slot)
-            await self._stalled(job, slot, str(exc))
-            return
-        except EngineError as exc:
-            await self._leave_engine(job, slot)
-            if job.withdrawn and not job.cancel_requested:
-                await self._requeue_withdrawn(job)
-            elif exc.code == ErrorCode.CANCELLED or job.cancel_requested:
-                await self._finish(job, JobState.CANCELLED)
-            elif exc.code in (ErrorCode.ENGINE_UNAVAILABLE, ErrorCode.UNKNOWN_JOB):
-                await self._engine_lost(job, slot, exc.message)
-            else:
-                await self._fail_job(job, exc.code, exc.message)
-            return
-        except (EngineLost, TimeoutError, OSError, aiohttp.ClientError) as exc:
-            await self._leave_engine(job, slot)
-            if job.cancel_requested:
-                await self._finish(job, JobState.CANCELLED)
-            else:
-                await self._engine_lost(job, slot, f"{type(exc).__name__}: {exc}")
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("following job %s failed", job.id)
-            await self._leave_engine(job, slot)
-            job.error = _with_request(job, f"Something went wrong on the bot's side ({type(exc).__name__}).")
-            await self._finish(job, JobState.FAILED)
-            return
-        await self._leave_engine(job, slot)
-        if seconds:
-            self.speed.record(job.recipe, seconds)
-        await self._post(job, images, seconds)
-
-    async def _watch(self, job: Job, slot: EngineSlot) -> tuple[int, float | None]:
-        """The job's events until ``done``; the images' count and the engine's seconds."""
-        loop = asyncio.get_running_loop()
-        stream = slot.client.events(job.engine_job_id)
-        # The stall clock also covers the wait in the engine's own queue: the bot gives each
-        # engine only what it is about to run, so a long silence there means the job ahead is stuck.
-        deadline = loop.time() + self.stall_limit
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline) as scope:
-                        event = await anext(stream)
-                except StopAsyncIteration:
-                    raise EngineLost("the engine closed the event stream before the job finished") from None
-                except TimeoutError:
-                    if not scope.expired():
-                        raise  # the engine client's own read timeout: the engine is gone
-                    raise JobStalled(
-                        f"The image engine still answers but made no progress on this job for "
-                        f"{_duration(self.stall_limit)}, so the job was stopped."
-                    ) from None
-                deadline = loop.time() + self.stall_limit
-                kind = event.get("type")
-                if kind == "started":
-                    if job.state != JobState.RUNNING:
-                        job.state, job.started_at = JobState.RUNNING, time.time()
-                        if self.store is not None:
-                            await self.store.save(job)
-                    self.board.mark(job)
-                elif kind == "progress":
-                    job.state = JobState.RUNNING
-                    job.step, job.total = int(event.get("step", 0)), int(event.get("total", 0))
-                    self.board.mark(job)
-                elif kind == "done":
-                    return int(event.get("images", job.recipe.count)), event.get("seconds")
-                elif kind == "failed":
-                    error = event.get("error") or {}
-                    raise EngineError(error.get("code", ErrorCode.INTERNAL), error.get("message", "failed"))
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
-
-    async def _stalled(self, job: Job, slot: EngineSlot, text: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(slot.client.cancel(job.engine_job_id), timeout=10)
-        if job.cancel_requested:
-            await self._finish(job, JobState.CANCELLED)
-            return
-        if slot.process is not None:
-            log.error("job %s stalled on %s (%s); restarting that engine", job.id, slot.name, slot.key)
-            self.pool.mark_down(slot, "a job stalled; restarting it")
-            self._spawn(slot.process.restart("a job made no progress"), f"jobs-restart-{slot.name}")
-            await self._engine_lost(job, slot, "stalled", counts=True)
-            return
-        log.error("job %s stalled on %s (%s), an engine this bot does not own", job.id, slot.name, slot.key)
-        await self._fail_text(job, text + " The engine may be stuck: an admin should check its log and "
-                              "restart it if this happens again.")
-
-    async def _engine_lost(self, job: Job, slot: EngineSlot, detail: str, *, counts: bool = True) -> None:
-        """The engine went away with ``job``: queue it again (first), or fail it."""
-        log.warning("job %s lost on %s (%s): %s", job.id, slot.name, slot.key, detail)
-        if counts:
-            self.pool.mark_down(slot, detail)
-            job.losses += 1
-        if job.cancel_requested:
-            await self._finish(job, JobState.CANCELLED)
-            return
-        if job.losses > MAX_LOSSES:
-            await self._fail_text(job, ENGINE_LOST)
-            return
-        job.state, job.engine = JobState.QUEUED, None
-        job.step = job.total = 0
-        job.waiting_for = "retrying" if counts else None
-        job.retry_deadline = time.monotonic() + self.retry_wait
-        if self.store is not None:
-            await self.store.save(job)
-        self.scheduler.add(job, front=True)
-        self.board.mark(job)
         self._wake_up()
 
     # -- outcomes ----------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import aiohttp
 import discord
 
 from bot.jobs.admission import Admission
-from bot.jobs.engines import EnginePool, EngineSlot
+from bot.jobs.engines import EnginePool
+from bot.jobs.follow import JobFollower
 from bot.jobs.model import Job, JobState
 from bot.jobs.poster import Poster
 from bot.jobs.scheduler import FairScheduler
@@ -42,12 +43,12 @@ class DispatcherState(Protocol):
     retry_wait: float
     scheduler: FairScheduler
     board: StatusBoard
+    follower: JobFollower
 
     def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]: ...
     def _wake_up(self) -> None: ...
     async def _tell(self, job: Job) -> None: ...
     async def _finish(self, job: Job, state: JobState) -> None: ...
-    async def _follow(self, job: Job, slot: EngineSlot) -> None: ...
     async def _post(self, job: Job, images: list[bytes], seconds: float | None) -> None: ...
     async def _posted(self, job: Job, message: discord.Message) -> None: ...
     async def _fail_job(self, job: Job, code: str, message: str) -> None: ...
@@ -130,7 +131,7 @@ class Recovery:
         if status.state in ("queued", "running"):
             slot.hand_over([job])
             d.scheduler.on_engine(job)
-            await d._follow(job, slot)
+            await d.follower.follow(job, slot)
             return
         if status.state == "cancelled" or job.cancel_requested:
             await d._finish(job, JobState.CANCELLED)

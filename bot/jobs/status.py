@@ -63,6 +63,13 @@ def describe_eta(seconds: float | None) -> str:
     return f"starts in about {minutes} min"
 
 
+def describe_duration(seconds: float) -> str:
+    """A setting's length as members read it: minutes from two minutes on, else seconds."""
+    if seconds >= 120:
+        return f"{seconds / 60:g} minutes"
+    return f"{seconds:g} s"
+
+
 def progress_bar(step: int, total: int) -> str:
     percent = int(100 * step / total) if total else 0
     return "█" * (percent // 10) + "░" * (10 - percent // 10) + f"` {step}/{total} ({percent}%)"

@@ -8,12 +8,11 @@ anything slow, and every refusal is an ephemeral message that says what to do.
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import discord
@@ -21,14 +20,13 @@ import discord
 from bot.jobs import Job, QueueFull, token_expiry
 from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
-from bot.recipes.text import recipe_reply, suggest_name
-from bot.registry import Category, NsfwPolicy, RegistryError
+from bot.registry import NsfwPolicy
 from bot.registry.recipe_book import Lineage
 from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.sources.refs import split_inline_air
 from bot.ui import embeds, views
-from bot.ui.common import can_manage_messages, is_admin, nsfw_channel, role_ids, send_private
+from bot.ui.common import can_manage_messages, nsfw_channel, role_ids, send_private
 from engine.protocol import Recipe
 
 log = logging.getLogger(__name__)
@@ -114,20 +112,13 @@ def missing_post_permissions(interaction: discord.Interaction[Any]) -> list[str]
     return [label for name, label in POST_PERMISSIONS.items() if not getattr(permissions, name)]
 
 
-class PostSharing(Protocol):
-    """The recipes feature's "Share" of an image's recipe (see bot.ui.recipe_actions)."""
-
-    async def share_post(self, interaction: discord.Interaction[Any], requester_id: int, recipe: Recipe) -> None: ...
-
-
 class Actions:
-    """Generation, LoRA cards and the image buttons. ``recipes`` is set once the recipes
-    feature is built on top of this one (it reruns through :meth:`rerun`)."""
+    """Generation: ``/imagine``, the reruns other features ask for (:meth:`rerun`, the Remix
+    form), the Cancel buttons of a job, and what a posted result records."""
 
     def __init__(self, services: Services, sources: SourceActions) -> None:
         self.services = services
         self.sources = sources
-        self.recipes: PostSharing | None = None
 
     # -- helpers for autocomplete ------------------------------------------------------
     # These read single rows (settings.get, models.get), never ``registry.catalogs.get()``: after
@@ -297,22 +288,6 @@ class Actions:
         if names:
             await self.services.registry.loras.record_use(job.guild_id, names)
 
-    async def _post_recipe(self, interaction: discord.Interaction[Any]) -> tuple[int, Recipe] | None:
-        """(requester id, recipe) behind the clicked image, from the database.
-
-        A click within moments of the post may come before its record is written; the
-        dispatcher still holds that job, so its recipe is used rather than refusing.
-        """
-        assert interaction.guild_id is not None and interaction.message is not None
-        post = await self.services.registry.posts.get(interaction.guild_id, interaction.message.id)
-        if post is not None:
-            return post.user_id, Recipe.from_json(post.recipe)
-        just_posted = self.services.dispatcher.posted_job(interaction.message.id)
-        if just_posted is not None and just_posted.guild_id == interaction.guild_id:
-            return just_posted.user_id, just_posted.recipe
-        await send_private(interaction, "I have no recipe for this message any more (it may have been deleted).")
-        return None
-
     async def rerun(self, interaction: discord.Interaction[Any], recipe: Recipe, *, origin: str, **changes: Any) -> bool:
         """Run ``recipe`` again for the presser (validated against today's registry)."""
         return await self._rerun(interaction, recipe, origin=origin, **changes)
@@ -338,83 +313,6 @@ class Actions:
         }
         values.update(changes)
         return await self.imagine(interaction, origin=origin, **values)
-
-    async def image_button(self, interaction: discord.Interaction[Any], action: str) -> None:
-        if interaction.guild_id is None or interaction.message is None:
-            await send_private(interaction, "This button only works on images in a server channel.")
-            return
-        if action == "remix":
-            # A modal must be the first response, so no deferral here; one indexed lookup.
-            found = await self._post_recipe(interaction)
-            if found is None:
-                return
-            _, recipe = found
-            await show_modal(
-                interaction,
-                views.RemixModal(
-                    message_id=interaction.message.id,
-                    prompt=recipe.prompt,
-                    negative=recipe.negative_prompt,
-                    loras="\n".join(f"{lo.display_name}:{lo.weight:g}" for lo in recipe.loras),
-                    seed=str(recipe.seed),
-                    steps=str(recipe.steps),
-                ),
-            )
-            return
-        if action == "save":
-            # The member names it: a modal first (no deferral), prefilled with a valid name.
-            found = await self._post_recipe(interaction)
-            if found is not None:
-                modal = views.SaveRecipeModal(
-                    kind="savepost", target=interaction.message.id, name=suggest_name(found[1]), scope="me"
-                )
-                await show_modal(interaction, modal)
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        found = await self._post_recipe(interaction)
-        if found is None:
-            return
-        requester_id, recipe = found
-        if action == "reroll":
-            await self._rerun(interaction, recipe, origin="reroll", seed=new_seed(), parent=parent_of(interaction, "reroll"))
-        elif action == "recipe":
-            text, attachment = recipe_reply(recipe)
-            files = [discord.File(io.BytesIO(attachment.encode("utf-8")), filename="recipe.txt")] if attachment else []
-            await send_private(interaction, text, files=files)
-        elif action == "share":
-            assert self.recipes is not None
-            await self.recipes.share_post(interaction, requester_id, recipe)
-        elif action == "delete":
-            if interaction.user.id != requester_id and not can_manage_messages(interaction):
-                await send_private(
-                    interaction, "Only the person who asked for this image, or a member with Manage Messages, can delete it."
-                )
-                return
-            try:
-                await interaction.message.delete()
-            except discord.HTTPException as exc:
-                await send_private(interaction, f"Discord did not let me delete it ({exc.status}).")
-                return
-            await self.services.registry.posts.delete(interaction.guild_id, interaction.message.id)
-            await send_private(interaction, "Deleted.")
-
-    async def remix_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
-        """Run the Remix modal of the image ``message_id`` with the submitted text ``fields``."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if interaction.guild_id is None:
-            await send_private(interaction, "Remix only works on images in a server channel.")
-            return
-        post = await self.services.registry.posts.get(interaction.guild_id, message_id)
-        just_posted = self.services.dispatcher.posted_job(message_id)
-        if post is not None:
-            recipe = Recipe.from_json(post.recipe)
-        elif just_posted is not None and just_posted.guild_id == interaction.guild_id:
-            recipe = just_posted.recipe
-        else:
-            await send_private(interaction, "The original image is gone, so there is nothing to remix.")
-            return
-        parent = Parent(message_id, interaction.channel_id or 0, "🎛️ Remix of this image", interaction.guild_id)
-        await self.run_remix_form(interaction, recipe, fields, parent=parent)
 
     async def run_remix_form(
         self, interaction: discord.Interaction[Any], recipe: Recipe, fields: Mapping[str, str], *, parent: Parent | None
@@ -482,98 +380,3 @@ class Actions:
             await send_private(interaction, f"Cancelling your {count} job(s) in this server.")
         else:
             await send_private(interaction, "You have no jobs waiting or running in this server.")
-
-    # -- LoRA cards --------------------------------------------------------------------
-    async def lora_card_button(self, interaction: discord.Interaction[Any], action: str, lora_id: int) -> None:
-        if interaction.guild_id is None:
-            await send_private(interaction, "This button only works in a server.")
-            return
-        if not is_admin(interaction):
-            await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
-            return
-        lora = await self.services.registry.loras.get_by_id(interaction.guild_id, lora_id)
-        if lora is None:
-            await send_private(interaction, "This LoRA is not registered any more.")
-            return
-        if action == "edit":
-            await show_modal(
-                interaction,
-                views.LoraEditModal(lora_id=lora_id, **views.lora_edit_values(lora)),
-            )
-            return
-        if action == "lookup":
-            await self.sources.lookup(interaction, lora)
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.services.registry.loras.remove(interaction.guild_id, lora.name, interaction.user.id)
-        except RegistryError as exc:
-            await send_private(interaction, str(exc))
-            return
-        await send_private(interaction, f"Removed **{lora.name}** from this server's registry.")
-
-    async def lora_edit_submit(self, interaction: discord.Interaction[Any], lora_id: int, fields: Mapping[str, str]) -> None:
-        """Apply the Edit modal of a LoRA card; the admin check is repeated for the submit."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if interaction.guild_id is None or not is_admin(interaction):
-            await send_private(interaction, "Only members with the **Manage Server** permission can change LoRAs.")
-            return
-        lora = await self.services.registry.loras.get_by_id(interaction.guild_id, lora_id)
-        if lora is None:
-            await send_private(interaction, "This LoRA is not registered any more.")
-            return
-        # Only what the admin changed: a prefilled text cut to Discord's limit, sent back as
-        # it was, must not overwrite the whole value (e.g. a 10,000-character description).
-        prefilled = views.lora_edit_values(lora)
-        edited = {key: value for key, value in fields.items() if key in prefilled and value != prefilled[key]}
-        if not edited:
-            await send_private(interaction, "Nothing changed.", embed=embeds.lora_card(lora, show_file=True))
-            return
-        changes, problems = lora_changes(**edited)
-        if problems:
-            await send_private(interaction, embeds.problems_message(problems))
-            return
-        try:
-            updated = await self.services.registry.loras.update(interaction.guild_id, lora.name, interaction.user.id, **changes)
-        except RegistryError as exc:
-            await send_private(interaction, str(exc))
-            return
-        await send_private(interaction, "Saved.", embed=embeds.lora_card(updated, show_file=True))
-
-
-def lora_changes(
-    *,
-    trigger_words: str | None = None,
-    default_weight: str | None = None,
-    weight_range: str | None = None,
-    category: str | None = None,
-    description: str | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """Turn an admin's typed fields into registry changes, or explain what is wrong."""
-    changes: dict[str, Any] = {}
-    problems: list[str] = []
-    if trigger_words is not None:
-        changes["trigger_words"] = tuple(w.strip() for w in trigger_words.split(",") if w.strip())
-    if default_weight:
-        try:
-            changes["default_weight"] = float(default_weight)
-        except ValueError:
-            problems.append(f"Default weight `{default_weight}` is not a number; write it like `0.8`.")
-    if weight_range:
-        low, sep, high = weight_range.replace("–", "-").replace(" to ", "-").rpartition("-")
-        try:
-            if not sep or not low:
-                raise ValueError
-            changes["recommended_min"], changes["recommended_max"] = float(low), float(high)
-        except ValueError:
-            problems.append(f"Range `{weight_range}` should look like `0.5-1.0`.")
-    if category:
-        try:
-            changes["category"] = Category(category.strip().lower())
-        except ValueError:
-            problems.append(
-                f"Category `{category}` is not one of: " + ", ".join(c.value for c in Category) + "."
-            )
-    if description is not None:
-        changes["description"] = description
-    return changes, problems

@@ -1,8 +1,8 @@
 """The typed bundle a feature's cog and its commands work with.
 
 :class:`Features` is the services (:class:`bot.services.Services`) plus the flows several
-features share: generation (:class:`bot.ui.actions.Actions`), recipes and Civitai sources, and
-the table of buttons and modals (:class:`bot.ui.routes.Routes`). Each cog receives it
+features share: generation (:class:`bot.ui.actions.Actions`), recipes and Civitai sources, the
+buttons under an image and on a LoRA card, reading images, and the table of buttons and modals (:class:`bot.ui.routes.Routes`). Each cog receives it
 when the client adds the cog; the module-level app commands read it from the interaction
 through :func:`features_of` (discord.py calls them with nothing else), typed, in one place.
 """
@@ -22,6 +22,9 @@ from bot.registry import Registry
 from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.ui.actions import Actions
+from bot.ui.image_buttons import ImageButtons
+from bot.ui.image_reading import ImageReader
+from bot.ui.lora_cards import LoraCards
 from bot.ui.recipe_actions import RecipeActions
 from bot.ui.routes import Routes
 from engine.client import EngineClient
@@ -34,6 +37,9 @@ class Features:
     recipes: RecipeActions
     sources: SourceActions
     routes: Routes
+    image_buttons: ImageButtons
+    lora_cards: LoraCards
+    image_reader: ImageReader
 
     @property
     def client(self) -> discord.Client:

@@ -1,25 +1,22 @@
-"""What happens behind sharing, the server recipe book, recipe cards and "Remix this image".
+"""What happens behind sharing, recipe cards and saved recipes (the member's and the server's book).
 
 :mod:`bot.ui.actions` runs generations; this module moves recipes around: posts a recipe card
 in the channel (Share button, ``/recipe share``), saves under a name the member picks (the
-card's and the result's Save, ``/recipe save``), lists and runs saved recipes, and reads
-an image from anywhere (the message context menu, ``/recipe read``): our database first (by
-message, then by attachment), then the file's own metadata through
-:mod:`engine.recipe.readers`, matched to the registry by :mod:`bot.recipes.match`.
+card's and the result's Save, ``/recipe save``), and lists and runs saved recipes. Cards and
+saved recipes are one concept kept in one module on purpose: a card's Save and ``/recipe
+share <name>`` go through the saved recipes' lookup, and a saved recipe is shown as a card.
+Reading an image from anywhere ("Remix this image", ``/recipe read``) is
+:mod:`bot.ui.image_reading`; it answers with a card made here.
 
 Saved recipes live in two stores with different rules, kept apart on purpose: a member's own
 (``saved_recipes``: private, a name per member, saving again overwrites) and the server's book
 (``recipe_book``: everyone sees and uses it, names unique per server, use counts, only the author
 or an admin deletes). ``/recipe`` reaches both through one ``scope`` (``mine`` / ``server``):
 without it, a name is looked up in both and the member is asked only when both have it.
-
-Attachments are always fetched from their original ``url``: Discord's media proxy may serve
-a WebP preview that has lost the PNG's text chunks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import re
@@ -29,7 +26,7 @@ from typing import Any, Literal
 
 import discord
 
-from bot.recipes.match import health, match_found
+from bot.recipes.match import health
 from bot.recipes.text import imagine_command, suggest_name
 from bot.registry import Registry, RegistryError
 from bot.registry.recipe_book import BookEntry, Card
@@ -41,13 +38,10 @@ from bot.ui.common import is_admin, send_private
 from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.model import RecipeError
-from engine.recipe.readers import MAX_FILE_BYTES, read_image
 
 log = logging.getLogger(__name__)
 
 MESSAGE_LINK = re.compile(r"https?://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+|@me)/(\d+)/(\d+)")
-#: Reading one image may take this long (a worker thread; large stealth PNGs decode pixels).
-READ_TIMEOUT_S = 20.0
 _PERSONAL = {"me", "mine", "my", "personal", "private", "my recipes", "just me", "you"}
 _SERVER = {"server", "book", "recipe book", "the server", "everyone", "public", "all", "guild"}
 PAGE = 10
@@ -70,7 +64,8 @@ class Named:
     book: BookEntry | None  # the book entry, for scope "server"
 
 
-def _recipe(data: Mapping[str, Any]) -> Recipe | None:
+def stored_recipe(data: Mapping[str, Any]) -> Recipe | None:
+    """The recipe a stored row holds, or None where it no longer reads (an older or damaged row)."""
     try:
         return Recipe.from_json(data)
     except (RecipeError, TypeError, ValueError, KeyError):
@@ -163,7 +158,7 @@ class RecipeActions:
     async def _card(self, interaction: discord.Interaction[Any], card_id: int) -> tuple[Card, Recipe] | None:
         """The card a button or modal names, in this server; otherwise the member is told."""
         card = await self.registry.book.card(interaction.guild_id, card_id) if interaction.guild_id else None
-        recipe = _recipe(card.recipe) if card else None
+        recipe = stored_recipe(card.recipe) if card else None
         if card is None or recipe is None:
             await send_private(interaction, "This card's recipe is no longer available.")
             return None
@@ -225,7 +220,7 @@ class RecipeActions:
             return
         if kind == "savepost":
             post = await self.registry.posts.get(interaction.guild_id, target)
-            recipe = _recipe(post.recipe) if post else None
+            recipe = stored_recipe(post.recipe) if post else None
             if recipe is None:
                 await send_private(interaction, "The image is gone, so there is nothing to save.")
                 return
@@ -285,10 +280,10 @@ class RecipeActions:
                 return None
             message_id = int(link[3])
             post = await self.registry.posts.get(interaction.guild_id, message_id)
-            if post is not None and (recipe := _recipe(post.recipe)) is not None:
+            if post is not None and (recipe := stored_recipe(post.recipe)) is not None:
                 return recipe, post.user_id, message_id, None
             card = await self.registry.book.card_by_message(interaction.guild_id, message_id)
-            if card is not None and (recipe := _recipe(card.recipe)) is not None:
+            if card is not None and (recipe := stored_recipe(card.recipe)) is not None:
                 return recipe, card.author_id, card.source_message_id, None
             await send_private(interaction, "I have no recipe for that message; for an image from another tool use `/recipe read`.")
             return None
@@ -300,85 +295,10 @@ class RecipeActions:
     async def latest_post(self, interaction: discord.Interaction[Any]) -> tuple[Recipe, int] | None:
         rows = await self.registry.posts.recent(interaction.guild_id, interaction.user.id, interaction.channel_id, limit=1)
         for post in rows:
-            recipe = _recipe(post.recipe)
+            recipe = stored_recipe(post.recipe)
             if recipe is not None:
                 return recipe, post.message_id
         return None
-
-    # -- reading images ----------------------------------------------------------------
-    async def read_message(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
-        """"Remix this image" and ``/recipe read`` with a link (the interaction is deferred)."""
-        assert interaction.guild_id is not None
-        post = await self.registry.posts.get(interaction.guild_id, message.id)
-        if post is None:
-            for attachment in message.attachments:
-                source_id = await self.registry.book.post_for_attachment(interaction.guild_id, attachment.id)
-                if source_id is not None:
-                    post = await self.registry.posts.get(interaction.guild_id, source_id)
-                    break
-        if post is not None and (recipe := _recipe(post.recipe)) is not None:
-            await self._answer_import(
-                interaction, recipe, title="📜 An image made here", author_id=post.user_id, source="post",
-                source_message_id=post.message_id, source_channel_id=post.channel_id,
-                image_url=next((a.url for a in message.attachments), None), notes=["Read from this server's records (exact)."],
-            )  # fmt: skip
-            return
-        card = await self.registry.book.card_by_message(interaction.guild_id, message.id)
-        if card is not None and (recipe := _recipe(card.recipe)) is not None:
-            await self._answer_import(interaction, recipe, title="📜 A shared recipe", author_id=card.author_id, source=card.source,
-                                      source_message_id=card.source_message_id, source_channel_id=card.source_channel_id)  # fmt: skip
-            return
-        images = [a for a in message.attachments if (a.content_type or "").startswith("image/") or a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
-        if not images:
-            await send_private(interaction, "That message has no image file. Use it on a message with the image attached, or attach the file to `/recipe read`.")
-            return
-        await self.read_attachment(interaction, images[0], source_message=message)
-
-    async def read_attachment(self, interaction: discord.Interaction[Any], attachment: discord.Attachment, *, source_message: discord.Message | None = None) -> None:
-        if attachment.size > MAX_FILE_BYTES:
-            await send_private(interaction, f"`{attachment.filename}` is {attachment.size / 2**20:.0f} MiB; I read images up to {MAX_FILE_BYTES // 2**20} MiB.")
-            return
-        try:
-            # The original file, never the media proxy's preview (which may drop PNG chunks).
-            data = await attachment.read(use_cached=False)
-        except (discord.HTTPException, discord.NotFound) as exc:
-            await send_private(interaction, f"I could not download `{attachment.filename}` ({getattr(exc, 'status', exc)}); try again.")
-            return
-        try:
-            read = await asyncio.wait_for(asyncio.to_thread(read_image, data), READ_TIMEOUT_S)
-        except TimeoutError:
-            await send_private(interaction, "Reading that image took too long, so I stopped. Try the original PNG file.")
-            return
-        if read.found is None:
-            await send_private(interaction, f"`{embeds.truncate(attachment.filename, 80)}`: {read.reason}")
-            return
-        found = read.found
-        assert interaction.guild_id is not None
-        catalog = await self.registry.catalogs.get(interaction.guild_id)
-        matched = await match_found(self.registry, catalog, interaction.guild_id, found)
-        notes = list(matched.notes)
-        if matched.how:
-            notes.insert(0, "Matched " + ", ".join(matched.how) + ".")
-        if found.missing:
-            notes.append("Not in the image, so the model's defaults are used: " + ", ".join(found.missing) + ".")
-        await self._answer_import(
-            interaction, matched.recipe, title=f"🖼️ Recipe read from a {found.format} image", author_id=None,
-            source=f"import:{found.format}", source_message_id=source_message.id if source_message else None,
-            source_channel_id=source_message.channel.id if source_message else None, image_url=attachment.url,
-            notes=notes, problems=matched.problems,
-        )  # fmt: skip
-
-    async def _answer_import(self, interaction: discord.Interaction[Any], recipe: Recipe, *, title: str, notes: list[str] | None = None,
-                             problems: list[str] | None = None, **card_fields: Any) -> None:  # fmt: skip
-        assert interaction.guild_id is not None and interaction.channel_id is not None
-        card = await self.registry.book.add_card(
-            interaction.guild_id, interaction.channel_id, recipe.to_json(), shared_by=interaction.user.id, **card_fields
-        )
-        if problems is not None:
-            problems = problems + health(recipe, await self.registry.catalogs.get(interaction.guild_id))
-        embed = await self.card_embed(card, recipe, title=title, notes=notes, problems=problems)
-        await send_private(interaction, "Here is the recipe. **Remix** opens it in the form; **Use this recipe** runs it as is.",
-                           embed=embed, view=views.card_view(card.id, shareable=True))  # fmt: skip
 
     # -- saved recipes, by name and scope ----------------------------------------------------
     async def _lookup(self, guild_id: int, user_id: int, name: str, scope: Scope) -> Named | None:
@@ -386,11 +306,11 @@ class RecipeActions:
             saved = await self.registry.saved_recipes.get(guild_id, user_id, name)
             if saved is None:
                 return None
-            return Named("mine", saved.name, _recipe(saved.recipe), user_id, None, None)
+            return Named("mine", saved.name, stored_recipe(saved.recipe), user_id, None, None)
         entry = await self.registry.book.get(guild_id, name)
         if entry is None:
             return None
-        return Named("server", entry.name, _recipe(entry.recipe), entry.author_id, entry.source_message_id, entry)
+        return Named("server", entry.name, stored_recipe(entry.recipe), entry.author_id, entry.source_message_id, entry)
 
     async def find(self, interaction: discord.Interaction[Any], name: str, scopes: tuple[Scope, ...] | Scope | None, *,
                    first_found: bool = False, readable: bool = True, what: str = "a saved recipe") -> Named | None:  # fmt: skip
@@ -529,7 +449,7 @@ class RecipeActions:
         catalog = await self.registry.catalogs.get(interaction.guild_id)
         lines = []
         for entry in entries:
-            recipe = _recipe(entry.recipe)
+            recipe = stored_recipe(entry.recipe)
             if recipe is None:
                 lines.append(f"**{entry.name}** · (can no longer be read)")
                 continue
@@ -548,7 +468,7 @@ class RecipeActions:
         """The member's own recipes (at most ``MAX_SAVED_RECIPES``, so filtered here in Python)."""
         assert interaction.guild_id is not None
         saved = [] if by_other else await self.registry.saved_recipes.of_member(interaction.guild_id, interaction.user.id)
-        rows = [(entry, _recipe(entry.recipe)) for entry in saved]
+        rows = [(entry, stored_recipe(entry.recipe)) for entry in saved]
         if model:
             rows = [(e, r) for e, r in rows if r is not None and name_key(r.model_label) == name_key(model)]
         if lora:

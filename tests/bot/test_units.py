@@ -16,7 +16,8 @@ from bot.recipes.text import imagine_command, recipe_reply, suggest_name
 from bot.registry import Category, LoraEntry
 from bot.registry.text import clean_name
 from bot.ui import embeds, views
-from bot.ui.actions import lora_changes, parse_lora_lines
+from bot.ui.actions import parse_lora_lines
+from bot.ui.lora_cards import lora_changes
 from engine.protocol import LoraRef, Recipe
 from engine.recipe.a1111 import parse_parameters as parse_a1111_parameters
 from engine.recipe.a1111 import write_parameters as a1111_parameters

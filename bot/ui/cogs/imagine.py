@@ -221,10 +221,10 @@ class ImagineCog(FeatureCog, name="imagine"):
     def buttons(self) -> Mapping[type[Any], ButtonWork]:
         f = self.features
         return {
-            views.ImageButton: lambda i, item: f.actions.image_button(i, item.action),
+            views.ImageButton: lambda i, item: f.image_buttons.image_button(i, item.action),
             views.CancelButton: lambda i, item: f.actions.cancel_job(i, item.job_id),
         }
 
     def modals(self) -> Mapping[str, ModalWork]:
         f = self.features
-        return {"remix": lambda i, kind, target, fields: f.actions.remix_submit(i, target, fields)}
+        return {"remix": lambda i, kind, target, fields: f.image_buttons.remix_submit(i, target, fields)}

@@ -349,8 +349,8 @@ class LorasCog(FeatureCog, name="loras"):
 
     def buttons(self) -> Mapping[type[Any], ButtonWork]:
         f = self.features
-        return {views.LoraCardButton: lambda i, item: f.actions.lora_card_button(i, item.action, item.lora_id)}
+        return {views.LoraCardButton: lambda i, item: f.lora_cards.lora_card_button(i, item.action, item.lora_id)}
 
     def modals(self) -> Mapping[str, ModalWork]:
         f = self.features
-        return {"loraedit": lambda i, kind, target, fields: f.actions.lora_edit_submit(i, target, fields)}
+        return {"loraedit": lambda i, kind, target, fields: f.lora_cards.lora_edit_submit(i, target, fields)}

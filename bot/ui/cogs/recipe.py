@@ -170,7 +170,7 @@ async def recipe_read(
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = features_of(interaction)
     if image is not None:
-        await bot.recipes.read_attachment(interaction, image)
+        await bot.image_reader.read_attachment(interaction, image)
         return
     if not link:
         await send_private(interaction, "Attach the image to `image`, or paste a link to the message that has it in `link`.")
@@ -187,14 +187,14 @@ async def recipe_read(
     except discord.HTTPException as exc:
         await send_private(interaction, f"I can't open that message ({exc.status}); I need Read Message History in its channel.")
         return
-    await bot.recipes.read_message(interaction, message)
+    await bot.image_reader.read_message(interaction, message)
 
 
 @app_commands.context_menu(name="Remix this image")
 @app_commands.guild_only()
 async def remix_this_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await features_of(interaction).recipes.read_message(interaction, message)
+    await features_of(interaction).image_reader.read_message(interaction, message)
 
 
 class RecipesCog(FeatureCog, name="recipes"):
