@@ -162,19 +162,21 @@ def _file_arch(path: Path) -> tuple[str, Path | None]:
     return info.architecture, None
 
 
-def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
+def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32",
+                  **runtime_options: Any) -> tuple[Any, str]:
     """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch).
 
     The architecture comes from the folder's pipeline class or the file's header; one whose
     module names a runtime other than SD's is loaded by that runtime
-    (:class:`engine.arch.runtime.Runtime`).
+    (:class:`engine.arch.runtime.Runtime`), with ``runtime_options`` (the model folder, the
+    device budget: what a runtime sharing component files or choosing storage needs).
     """
     path = Path(path)
     if path.suffix.lower() not in PICKLE_SUFFIXES and (path.is_dir() or path.suffix.lower() == ".safetensors"):
         arch = _folder_arch(path) if path.is_dir() else _file_arch(path)[0]
         module = _arch.ARCHITECTURES[arch].runtime or _SD_RUNTIME
         if not module.startswith(_SD_RUNTIME):
-            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype), arch
+            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype, **runtime_options), arch
     return load_sd_pipeline(path, device=device, dtype=dtype)
 
 
