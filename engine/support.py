@@ -38,7 +38,7 @@ def runs_text() -> str:
 
 def _either_text() -> str:
     labels = [architecture_label(a) for a in RUNNABLE_ARCHITECTURES]
-    return " or ".join(labels)
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " or " + labels[-1]
 
 
 def _article(label: str) -> str:
