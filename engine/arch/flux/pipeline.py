@@ -229,12 +229,24 @@ class FluxPromptEncoder:
         from engine.arch.flux.t5_tokenizer import EOS_ID, PAD_ID
 
         tokenizer = self.pipe.tokenizer_2
-        ids: list[int] = []
+        # The text without brackets is tokenised whole (Forge tokenises each weighted fragment
+        # apart, which puts a word-start piece at every fragment edge); each token takes the
+        # weight of the fragment its last character came from (a piece's offsets include the
+        # space before the word, which belongs to the fragment before).
+        text = "".join(fragment for fragment, _ in fragments)
+        ends, weight_at = [], []
+        position = 0
+        for fragment, weight in fragments:
+            position += len(fragment)
+            ends.append(position)
+            weight_at.append(weight)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(encoded.input_ids)
         weights: list[float] = []
-        for text, weight in fragments:
-            found = tokenizer(text, add_special_tokens=False).input_ids
-            ids += found
-            weights += [weight] * len(found)
+        for start, stop in encoded.offset_mapping:
+            last = max(start, stop - 1)
+            index = next((i for i, end in enumerate(ends) if last < end), len(ends) - 1)
+            weights.append(weight_at[index] if weight_at else 1.0)
         used = len(ids) + 1
         ids, weights = ids[: self.budget - 1] + [EOS_ID], weights[: self.budget - 1] + [1.0]
         pad = self.budget - len(ids)
@@ -255,15 +267,17 @@ class FluxPromptEncoder:
         plain = "".join(text for text, _ in fragments)
         ids, weights, used = self._t5_tokens(fragments)
         t5 = self.pipe.text_encoder_2
-        hidden = t5(torch.tensor([ids], device=t5.device), output_hidden_states=False)[0].float()
-        if any(w != 1.0 for w in weights):
+        with torch.inference_mode():
+            hidden = t5(torch.tensor([ids], device=t5.device), output_hidden_states=False)[0].float()
+        if any(w != 1.0 for w in weights):  # A1111's "Original" emphasis, as Forge applies it to T5
             mean = hidden.mean()
             hidden = hidden * torch.tensor(weights, device=hidden.device)[None, :, None]
             hidden = hidden * (mean / hidden.mean())
         clip, tokenizer = self.pipe.text_encoder, self.pipe.tokenizer
         clip_ids = tokenizer([plain], padding="max_length", max_length=tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids  # fmt: skip
-        pooled = clip(clip_ids.to(clip.device), output_hidden_states=False).pooler_output.float()
+        with torch.inference_mode():
+            pooled = clip(clip_ids.to(clip.device), output_hidden_states=False).pooler_output.float()
         result = (hidden, pooled, PromptInfo(tokens=used, chunks=1, embeddings_used=()))
         self.cache[key] = result
         while len(self.cache) > PROMPT_CACHE_MAX:
