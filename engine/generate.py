@@ -113,6 +113,8 @@ class Generator:
     ) -> None:
         if lora_mode not in ("auto", *MODES):
             raise ValueError(f"lora_mode must be auto, patched or unfused (got {lora_mode!r})")
+        if fp8 not in ("auto", "on", "off"):
+            raise ValueError(f"fp8 must be auto, on or off (got {fp8!r})")
         self.model_root = Path(model_root)
         self.lora_root = Path(lora_root)
         #: Textual-inversion embeddings; the LoRA folder unless configured apart.
