@@ -206,3 +206,16 @@ def test_transformer_lora_layers_count_as_per_step_work(generator: Generator) ->
     assert transformer and encoders
     assert all(large[m] == pytest.approx(4 * small[m]) for m in transformer)
     assert all(large[m] == small[m] for m in encoders)  # once per prompt, not per step
+
+
+def test_a_diffusers_folder_tells_dev_from_schnell(folders) -> None:
+    """FluxPipeline is the class of both: the transformer's tensors (guidance embedding) tell."""
+    from engine.inspect import inspect_file
+
+    models, _, dev = folders
+    schnell = models.parent / "schnell" / "flux-schnell-diffusers"
+    found = {path.name: inspect_file(path) for path in (dev.folder, schnell)}
+    assert {name: (i.architecture, i.variant, i.cannot_run) for name, i in found.items()} == {
+        "flux-dev-diffusers": ("flux", "dev", None),
+        "flux-schnell-diffusers": ("flux", "schnell", None),
+    }
