@@ -219,3 +219,11 @@ def test_a_diffusers_folder_tells_dev_from_schnell(folders) -> None:
         "flux-dev-diffusers": ("flux", "dev", None),
         "flux-schnell-diffusers": ("flux", "schnell", None),
     }
+
+
+def test_break_is_a_space_for_t5(generator: Generator) -> None:
+    pipe = _pipe(generator)
+    encoder = FluxPromptEncoder(pipe, 512)
+    from engine.prompting.attention import parse_attention
+
+    assert encoder._t5_tokens(parse_attention("red sky BREAK calm sea"))[0] == encoder._t5_tokens([("red sky calm sea", 1.0)])[0]

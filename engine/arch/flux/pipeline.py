@@ -263,7 +263,8 @@ class FluxPromptEncoder:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        fragments = [("" if is_break(f) else f[0], 1.0 if is_break(f) else f[1]) for f in parse_attention(prompt)]
+        # T5 reads one sequence, no 75-token chunks: BREAK is a space between its neighbours.
+        fragments = [(" ", 1.0) if is_break(f) else f for f in parse_attention(prompt)]
         plain = "".join(text for text, _ in fragments)
         ids, weights, used = self._t5_tokens(fragments)
         t5 = self.pipe.text_encoder_2
