@@ -224,6 +224,35 @@ def test_a_diffusers_folder_tells_dev_from_schnell(folders) -> None:
 def test_break_is_a_space_for_t5(generator: Generator) -> None:
     pipe = _pipe(generator)
     encoder = FluxPromptEncoder(pipe, 512)
-    from engine.prompting.attention import parse_attention
+    with_break, _, _ = encoder.encode("red sky BREAK calm sea")
+    assert torch.equal(with_break, encoder.encode("red sky calm sea")[0])
+    assert not torch.equal(with_break, encoder.encode("red skycalm sea")[0])
 
-    assert encoder._t5_tokens(parse_attention("red sky BREAK calm sea"))[0] == encoder._t5_tokens([("red sky calm sea", 1.0)])[0]
+
+def test_fp8_on_request_stores_linear_weights_in_fp8_and_still_renders(folders) -> None:
+    models, loras, _ = folders
+    fp8 = Generator(models, loras, fp8="on")
+    image = fp8.run(recipe(seed=2)).images[0]
+    assert image.startswith(b"\x89PNG")
+    pipe = fp8.current.pipe  # type: ignore[union-attr]
+    linear = [m for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(m.weight.dtype == torch.float8_e4m3fn for m in linear)
+    assert fp8.health()["memory_plan"]["transformer_storage"] == "float8_e4m3fn"
+    with pytest.raises(ValueError, match="auto, on or off"):
+        Generator(models, loras, fp8="maybe")
+
+
+def test_an_fp8_file_stays_fp8_and_renders_in_the_engine_dtype(folders, tmp_path: Path) -> None:
+    """An fp8 e4m3fn transformer file (as published) renders beside 32-bit VAE and encoders:
+    its linear weights stay fp8, everything else follows the engine's dtype."""
+    models, loras, _ = folders
+    built = build_flux(tmp_path / "fp8", "dev", seed=3, dtype="fp8")
+    shutil.copy(built.transformer, models / "flux1-dev-fp8.safetensors")
+    try:
+        generator = Generator(models, loras)
+        assert generator.run(recipe("flux1-dev-fp8.safetensors")).images[0].startswith(b"\x89PNG")
+        transformer = generator.current.pipe.transformer  # type: ignore[union-attr]
+        assert {p.dtype for p in transformer.parameters()} == {torch.float8_e4m3fn, torch.float32}
+        assert generator.health()["memory_plan"]["transformer_storage"] == "float8_e4m3fn"
+    finally:
+        (models / "flux1-dev-fp8.safetensors").unlink()

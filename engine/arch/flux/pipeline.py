@@ -201,9 +201,16 @@ def apply_memory_plan(pipe: Any, plan: MemoryPlan) -> None:
         transformer = pipe.transformer
         names = {f"{n}.weight" for n, m in transformer.named_modules()
                  if isinstance(m, torch.nn.Linear) and m.weight.dtype != torch.float8_e4m3fn}  # fmt: skip
-        if names:
-            transformer.to(torch.bfloat16)
+        if names:  # biases, norms and activations stay in the load dtype, the compute dtype
             keep_fp8(transformer, names, torch.float8_e4m3fn)
+
+
+def compute_dtype(transformer: Any) -> Any:
+    """The dtype the transformer computes in: its first parameter not stored in fp8."""
+    import torch
+
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    return next((p.dtype for p in transformer.parameters() if p.dtype not in fp8), torch.bfloat16)
 
 
 class FluxPromptEncoder:
@@ -292,7 +299,7 @@ class FluxPromptEncoder:
 
         rows = [self.encode(p) for p in prompts]
         transformer = self.pipe.transformer
-        dtype = torch.bfloat16 if transformer.dtype == torch.float8_e4m3fn else transformer.dtype
+        dtype = compute_dtype(transformer)
         kwargs = {
             "prompt_embeds": torch.cat([h for h, _, _ in rows]).to(transformer.device, dtype),
             "pooled_prompt_embeds": torch.cat([p for _, p, _ in rows]).to(transformer.device, dtype),
@@ -348,6 +355,14 @@ class FluxRuntime:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load '{path.name}' as a FLUX.1 model "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
+        import torch
+
+        # An fp8 file computes in bf16 (loading.transformer_from_bfl); the rest of the pipeline
+        # runs in the engine's dtype, so the transformer's 16-bit parts follow it (fp8 stays fp8).
+        fp8_types = (torch.float8_e4m3fn, torch.float8_e5m2)
+        for tensor in [*pipe.transformer.parameters(), *pipe.transformer.buffers()]:
+            if tensor.is_floating_point() and tensor.dtype not in fp8_types and tensor.dtype != torch_type:
+                tensor.data = tensor.data.to(torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         encoders = sum(_tensor_bytes(m) for m in (pipe.text_encoder, pipe.text_encoder_2))
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,
@@ -433,8 +448,7 @@ class FluxRuntime:
         h, w = _PACK * (recipe.height // 16), _PACK * (recipe.width // 16)
         noise = torch.cat([torch.randn((1, channels, h, w), generator=g, dtype=torch.float32) for g in generators])
         packed = pipe._pack_latents(noise, noise.shape[0], channels, h, w)
-        dtype = torch.bfloat16 if pipe.transformer.dtype == torch.float8_e4m3fn else pipe.transformer.dtype
-        return packed.to(device=device, dtype=dtype)
+        return packed.to(device=device, dtype=compute_dtype(pipe.transformer))
 
     def call(self, pipe: Any, *, conditioning: Any, recipe: Any, latents: Any, generators: Sequence[Any],
              callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
