@@ -46,8 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=24)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=5, help="base and LoRA steps each (interleaved)")
-    parser.add_argument("--repeat", type=int, default=2,
+    parser.add_argument("--samples", type=int, default=7, help="base and LoRA steps each (interleaved)")
+    parser.add_argument("--repeat", type=int, default=3,
                         help="calls per sample, the fastest kept (a shared machine's load spikes hit single calls)")
     parser.add_argument("--switches", type=int, default=4)
     parser.add_argument("--image-tokens", type=int, default=64, help="packed 2x2 latent tokens (64: a 128x128 image)")
