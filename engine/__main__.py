@@ -68,6 +68,7 @@ async def serve(config: EngineConfig) -> None:
         model_device_budget=config.model_device_budget,
         model_host_budget=config.model_host_budget,
         lora_mode=config.lora_mode,
+        fp8=config.fp8,
         max_batch_images=config.max_batch_images,
         compile_unet=config.compile_unet,
     )

@@ -23,6 +23,8 @@ DEFAULT_PORT = 7861
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 LORA_MODES = ("auto", "patched", "unfused")
+#: FLUX transformer storage: fp8 when the file is or the budget needs it, always, or never.
+FP8_MODES = ("auto", "on", "off")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -64,6 +66,7 @@ class EngineConfig:
     model_host_budget: int | None = None
     #: How LoRA stacks are applied: "auto" lets the measured cost model choose per job.
     lora_mode: str = "auto"
+    fp8: str = "auto"
     max_batch_images: int = 8
     compile_unet: bool = False
 
@@ -109,6 +112,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lora-mode", choices=LORA_MODES,
         help="patch LoRAs into the weights, run them unfused, or let the measured cost decide per job (default auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fp8", choices=FP8_MODES,
+        help="FLUX transformer weights in fp8 (computed in bf16): auto = when the file is fp8 or 16 bits "
+        "would not fit the device budget (default auto)",
     )  # fmt: skip
     parser.add_argument("--max-batch", type=int, help="images per pipeline call at most (default 8)")
     parser.add_argument(
@@ -166,6 +174,9 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     if cache_loras < 1:
         raise ValueError("--cache-loras must be at least 1")
     lora_mode = pick("lora_mode") or "auto"
+    fp8 = pick("fp8") or "auto"
+    if fp8 not in FP8_MODES:
+        raise ValueError(f"fp8 must be one of {', '.join(FP8_MODES)} (got '{fp8}')")
     if lora_mode not in LORA_MODES:
         raise ValueError(f"lora-mode must be one of {', '.join(LORA_MODES)} (got '{lora_mode}')")
     max_batch = int(pick("max_batch") or 8)
@@ -188,6 +199,7 @@ def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
         model_device_budget=_optional_size(pick("model_device_budget")),
         model_host_budget=_optional_size(pick("model_host_budget")),
         lora_mode=lora_mode,
+        fp8=fp8,
         max_batch_images=max_batch,
         compile_unet=_on_off("compile", pick("compile") or "off"),
     )

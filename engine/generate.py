@@ -83,6 +83,13 @@ ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
 
+def _plan_report(pipe: Any) -> dict[str, str] | None:
+    from dataclasses import asdict, is_dataclass
+
+    plan = getattr(pipe, "_atelier_memory_plan", None)
+    return asdict(plan) if plan is not None and is_dataclass(plan) else None  # type: ignore[arg-type]
+
+
 class Generator:
     """Owns the model cache, the LoRA cache and the patcher policy; one batch at a time."""
 
@@ -102,9 +109,12 @@ class Generator:
         compile_unet: bool = False,
         channels_last: bool | None = None,
         embedding_root: Path | None = None,
+        fp8: str = "auto",
     ) -> None:
         if lora_mode not in ("auto", *MODES):
             raise ValueError(f"lora_mode must be auto, patched or unfused (got {lora_mode!r})")
+        if fp8 not in ("auto", "on", "off"):
+            raise ValueError(f"fp8 must be auto, on or off (got {fp8!r})")
         self.model_root = Path(model_root)
         self.lora_root = Path(lora_root)
         #: Textual-inversion embeddings; the LoRA folder unless configured apart.
@@ -117,6 +127,8 @@ class Generator:
         self.compile_unet = compile_unet
         self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
         self.vae_tiling_pixels = VAE_TILING_PIXELS
+        #: fp8 transformer storage for runtimes that offer it (FLUX): "auto", "on" or "off".
+        self.fp8 = fp8
         self.models = ModelCache(
             self._load_model, device=device, device_budget=model_device_budget,
             host_budget=model_host_budget,
@@ -178,7 +190,8 @@ class Generator:
     def _load_model(self, path: Path) -> tuple[Any, str]:
         import torch
 
-        pipe, arch = load_pipeline(path, device="cpu", dtype=self.dtype)
+        pipe, arch = load_pipeline(path, device="cpu", dtype=self.dtype, model_root=self.model_root,
+                                   device_budget=self.models.device_budget, fp8=self.fp8)  # fmt: skip
         runtime = _arch.runtime_of(arch)
         if self.channels_last:
             runtime.denoiser(pipe).to(memory_format=torch.channels_last)
@@ -309,7 +322,12 @@ class Generator:
         read_s = time.perf_counter() - lora_started
         total_images = sum(r.count for r in recipes)
         decision, apply_s, work = self._apply_stack(entry, entries, first, total_images)
-        pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config, prediction)
+        runtime = _arch.runtime_of(entry.arch)
+        own_scheduler = getattr(runtime, "scheduler", None)  # FLUX: flow-matching Euler
+        if own_scheduler is not None:
+            pipe.scheduler = own_scheduler(entry.base_scheduler_config, first.sampler, prediction)
+        else:
+            pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config, prediction)
         vectors = self._embedding_vectors(pipe, entry.arch, model_name, stack, embedding_files)
         self._memory_settings(pipe, first, total_images)
 
@@ -365,8 +383,18 @@ class Generator:
         sha = lora.info.sha256
         bound = entry.bound.get(sha)
         if bound is None or not self.loras.touch(sha):
-            parsed = self.loras.get(lora, keep=in_use)
-            bound = bind(parsed, entry.patcher.index, model_name=model_name, model_arch=entry.arch)
+            runtime = _arch.runtime_of(entry.arch)
+            own_bind = getattr(runtime, "bind", None)
+            if own_bind is not None and lora.info.architecture != entry.arch:
+                # A file the header did not place (architecture unknown): read it with this
+                # model's own reader so its layouts and fused layers are understood.
+                parsed = runtime.read_lora(lora.path, label=lora.ref.display_name, sha256=sha)
+            else:
+                parsed = self.loras.get(lora, keep=in_use)
+            if own_bind is not None:  # FLUX: BFL names, fused qkv/linear1 sliced onto diffusers'
+                bound = own_bind(parsed, entry.pipe, model_name=model_name)
+            else:
+                bound = bind(parsed, entry.patcher.index, model_name=model_name, model_arch=entry.arch)
             entry.bound[sha] = bound
         # Bound files the LoRA cache has evicted would keep their tensors alive here.
         for stale in [s for s in entry.bound if s not in in_use and not self.loras.holds(s)]:
@@ -393,6 +421,8 @@ class Generator:
             decision = self.costs.decide(work, steps=recipe.steps, sampler=recipe.sampler,
                                          changed=True, forced=forced)  # fmt: skip
         report = patcher.apply(stack, decision.mode)
+        # Cached prompt encodings are valid for one LoRA state of the text encoders.
+        entry.pipe._atelier_lora_state = patcher.applied
         if report["changed"] and decision.mode == PATCHED and work.measured and work.patch_macs:
             predicted, _ = self.costs.raw_prediction(work, steps=recipe.steps, sampler=recipe.sampler)
             self.costs.record_patch(predicted, report["seconds"])
@@ -601,6 +631,9 @@ class Generator:
             "dtype": self.dtype,
             "loaded_model": self._last_model_name if current is not None else None,
             "model_architecture": architecture_label(current.arch) if current is not None else None,
+            # Where a FLUX model's text encoders run and how its transformer is stored, as the
+            # engine chose from the device budget (None for SD models).
+            "memory_plan": _plan_report(current.pipe) if current is not None else None,
             "models": [{"file": m["file"], "sha256": m["sha256"], "tier": m["tier"]} for m in self.models.report()],
             "model_cache": {
                 "device_budget_bytes": self.models.device_budget,

@@ -402,15 +402,20 @@ def _inspect_pipeline_folder(folder: Path, shown: str) -> FileInfo:
     weights_only = hashlib.sha256()
     total = 0
     files = sorted(p for p in folder.rglob("*") if p.is_file())
+    denoiser: dict[str, Any] = {}  # the transformer's header, where its variant shows (FLUX)
     for file in files:
         total += file.stat().st_size
         if file.suffix.lower() != SAFETENSORS_SUFFIX:
             continue  # configs, tokenizers; pickles are never read, only sized
-        _, header_len = read_header(file)
+        header, header_len = read_header(file)
+        if file.parent.name == "transformer":
+            denoiser.update({k: v for k, v in header.items() if k != "__metadata__"})
         whole, after = file_hashes(file, header_len)
         digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + whole.encode())
         weights_only.update(after.encode())
     sha256 = digest.hexdigest()
+    if variant is None and denoiser:  # FluxPipeline is dev or schnell: its tensors tell which
+        variant = checkpoint_variant(denoiser, architecture)
     prediction, ztsnr = _folder_prediction(folder)
     return FileInfo(
         path=shown,

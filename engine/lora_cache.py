@@ -72,6 +72,18 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
     )
 
 
+def read_for_architecture(architecture: str, path: Path, *, label: str, sha256: str) -> LoraFile:
+    """A LoRA file read by its architecture's runtime reader when it has one (FLUX: fused
+    layers and every FLUX layout), else the SD reader."""
+    from engine.arch import get, runtime_of
+
+    spec = get(architecture)
+    reader = getattr(runtime_of(architecture), "read_lora", None) if spec and spec.runnable and spec.runtime else None
+    if reader is not None:
+        return reader(path, label=label, sha256=sha256)
+    return read_lora_file(path, label=label, sha256=sha256)
+
+
 class LoraCache:
     """sha256 -> parsed file, least recently used first; thread-safe."""
 
@@ -152,7 +164,8 @@ class LoraCache:
             self._pending.pop(sha, None)
 
     def _read(self, lora: ResolvedLora) -> CachedLora:
-        parsed = read_lora_file(lora.path, label=lora.ref.display_name, sha256=lora.info.sha256)
+        parsed = read_for_architecture(lora.info.architecture, lora.path, label=lora.ref.display_name,
+                                       sha256=lora.info.sha256)
         with self._lock:
             self.loads += 1
         return CachedLora(

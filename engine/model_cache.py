@@ -47,6 +47,8 @@ class CachedModel:
     #: VAE sha256 (or "" for its own) -> AutoencoderKL; the pipeline's current one is ``vae_key``.
     vaes: dict[str, Any] = field(default_factory=dict)
     vae_key: str = ""
+    #: Shared components (key -> bytes) this model uses, counted once across the cache.
+    shared: dict[str, int] = field(default_factory=dict)
 
 
 def _lora_components(arch: str, pipe: Any) -> dict[str, Any] | None:
@@ -61,14 +63,40 @@ def _lora_components(arch: str, pipe: Any) -> dict[str, Any] | None:
 
 
 def model_bytes(pipe: Any) -> int:
+    """Bytes of the model's own weights; components it shares with other models (FLUX's VAE,
+    CLIP-L and T5 files, marked ``_atelier_shared``) are counted by :func:`shared_bytes`."""
     total = 0
     for name in _COMPONENTS:
         module = getattr(pipe, name, None)
-        if module is None:
+        if module is None or getattr(module, "_atelier_shared", None):
             continue
         for tensor in [*module.parameters(), *module.buffers()]:
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+def shared_bytes(pipe: Any) -> dict[str, int]:
+    """Shared component key -> its bytes: counted once however many cached models use it."""
+    found: dict[str, int] = {}
+    for name in _COMPONENTS:
+        module = getattr(pipe, name, None)
+        key = getattr(module, "_atelier_shared", None) if module is not None else None
+        if key:
+            found[key] = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return found
+
+
+def _place(arch: str, pipe: Any, device: str) -> None:
+    """Move a model as its runtime wants (FLUX keeps CPU text encoders and shared parts put)."""
+    from engine.arch import get, runtime_of
+
+    spec = get(arch)
+    runtime = runtime_of(arch) if spec is not None and spec.runnable and spec.runtime else None
+    place = getattr(runtime, "place", None)
+    if place is not None:
+        place(pipe, device)
+    else:
+        pipe.to(device)
 
 
 def default_budgets(device: str) -> tuple[int, int]:
@@ -118,11 +146,13 @@ class ModelCache:
         return key in self.entries
 
     def used(self, tier: str) -> int:
-        return sum(e.size_bytes for e in list(self.entries.values()) if e.tier == tier)
+        entries = [e for e in list(self.entries.values()) if e.tier == tier]
+        shared = {key: size for e in entries for key, size in e.shared.items()}
+        return sum(e.size_bytes for e in entries) + sum(shared.values())
 
     def report(self) -> list[dict[str, Any]]:
-        return [{"file": e.file, "sha256": e.key, "tier": e.tier, "bytes": e.size_bytes}
-                for e in list(self.entries.values())]  # fmt: skip
+        return [{"file": e.file, "sha256": e.key, "tier": e.tier, "bytes": e.size_bytes,
+                 "shared": sorted(e.shared)} for e in list(self.entries.values())]  # fmt: skip
 
     # -- getting a model ----------------------------------------------------------------------
 
@@ -183,15 +213,13 @@ class ModelCache:
 
     def _load(self, path: Path, key: str, file: str, *, tier: str) -> CachedModel:
         pipe, arch = self.loader(path)
-        if tier == HOST and self.two_tiers:
-            pipe.to("cpu")
-        else:
-            pipe.to(self.device)
+        _place(arch, pipe, "cpu" if tier == HOST and self.two_tiers else self.device)
         with self._lock:
             self.disk_loads += 1
         return CachedModel(
             key=key, path=path, file=file, arch=arch, pipe=pipe, patcher=WeightPatcher(pipe, _lora_components(arch, pipe)),
             size_bytes=model_bytes(pipe), tier=tier, base_scheduler_config=pipe.scheduler.config,
+            shared=shared_bytes(pipe),
         )  # fmt: skip
 
     # -- making room --------------------------------------------------------------------------
@@ -211,9 +239,9 @@ class ModelCache:
     def _to_tier(self, entry: CachedModel, tier: str) -> None:
         if tier == HOST:
             entry.patcher.drop_hooks_for_move()
-            entry.pipe.to("cpu")
+            _place(entry.arch, entry.pipe, "cpu")
         else:
-            entry.pipe.to(self.device)
+            _place(entry.arch, entry.pipe, self.device)
         entry.tier = tier
         if str(self.device).startswith("cuda"):
             import torch

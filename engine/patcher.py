@@ -188,7 +188,7 @@ class WeightPatcher:
         """Each layer's input positions per call at this size, once a job has measured them."""
         if not self._positions:
             return None
-        unet_ids = {id(layer.module) for layer in self.index.layers() if layer.component == "unet"}
+        unet_ids = {id(layer.module) for layer in self.index.layers() if layer.component in DENOISERS}
         scale = latent_pixels * unet_batch
         return {m: p * scale if m in unet_ids else p for m, p in self._positions.items()}
 
@@ -203,7 +203,7 @@ class WeightPatcher:
 
         for layer in self.index.layers():
             module = layer.module
-            per = latent_pixels * unet_batch if layer.component == "unet" else 1
+            per = latent_pixels * unet_batch if layer.component in DENOISERS else 1
 
             def record(mod: Any, args: tuple[Any, ...], per: int = per) -> None:
                 x = args[0]

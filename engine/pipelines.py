@@ -22,7 +22,7 @@ from engine import arch as _arch
 from engine.component_configs import config_sidecar, shipped_configs, write_config_folder
 from engine.paths import DIFFUSERS_INDEX, PICKLE_SUFFIXES, link_leading_outside
 from engine.protocol import EngineError, ErrorCode, architecture_label
-from engine.support import RUNNABLE_ARCHITECTURES
+from engine.support import RUNNABLE_ARCHITECTURES, runs_text
 
 #: The text-to-image pipelines this engine builds, one per runnable architecture (what
 #: inspection tells registration this engine runs): each module's plain pipeline class.
@@ -89,8 +89,8 @@ def _folder_arch(folder: Path) -> str:
     if class_name not in PIPELINE_ARCH:
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,
-            f"'{folder.name}' is a {class_name or 'unknown'} pipeline; the engine runs SD 1.5 "
-            "and SDXL text-to-image pipelines",
+            f"'{folder.name}' is a {class_name or 'unknown'} pipeline; the engine runs {runs_text()} "
+            "text-to-image pipelines",
         )
     return PIPELINE_ARCH[class_name]
 
@@ -157,24 +157,26 @@ def _file_arch(path: Path) -> tuple[str, Path | None]:
         what = "a LoRA" if info.kind == "lora" else f"a {architecture_label(info.architecture)} file"
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,
-            f"'{path.name}' is {what}, not an SD 1.5 or SDXL checkpoint; pick a base model file",
+            f"'{path.name}' is {what}, not a {runs_text(' or ')} checkpoint; pick a base model file",
         )
     return info.architecture, None
 
 
-def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, str]:
+def load_pipeline(path: Path, *, device: str = "cpu", dtype: str = "float32",
+                  **runtime_options: Any) -> tuple[Any, str]:
     """Load a text-to-image pipeline with no network and no safety checker; (pipe, arch).
 
     The architecture comes from the folder's pipeline class or the file's header; one whose
     module names a runtime other than SD's is loaded by that runtime
-    (:class:`engine.arch.runtime.Runtime`).
+    (:class:`engine.arch.runtime.Runtime`), with ``runtime_options`` (the model folder, the
+    device budget: what a runtime sharing component files or choosing storage needs).
     """
     path = Path(path)
     if path.suffix.lower() not in PICKLE_SUFFIXES and (path.is_dir() or path.suffix.lower() == ".safetensors"):
         arch = _folder_arch(path) if path.is_dir() else _file_arch(path)[0]
         module = _arch.ARCHITECTURES[arch].runtime or _SD_RUNTIME
         if not module.startswith(_SD_RUNTIME):
-            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype), arch
+            return _arch.runtime_of(arch).load(path, device=device, dtype=dtype, **runtime_options), arch
     return load_sd_pipeline(path, device=device, dtype=dtype)
 
 

@@ -30,15 +30,16 @@ VARIANT_TEXT: dict[str, str] = {
 }
 
 
-def runs_text() -> str:
-    """``"SD 1.5 and SDXL"``: what this engine makes images with, in people's names."""
+def runs_text(last: str = " and ") -> str:
+    """``"SD 1.5, SDXL and FLUX.1"``: what this engine makes images with, in people's names
+    (``last=" or "``: "SD 1.5, SDXL or FLUX.1")."""
     labels = [architecture_label(a) for a in RUNNABLE_ARCHITECTURES]
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + last + labels[-1]
 
 
 def _either_text() -> str:
     labels = [architecture_label(a) for a in RUNNABLE_ARCHITECTURES]
-    return " or ".join(labels)
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " or " + labels[-1]
 
 
 def _article(label: str) -> str:

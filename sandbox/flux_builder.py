@@ -188,3 +188,47 @@ def build_flux(out: Path, variant: Variant = "dev", *, seed: int = 0, dtype: Sto
     bundle.update({f"text_encoders.t5xxl.transformer.{k}": v for k, v in t5.items()})
     _save(bundle, paths.all_in_one, {})
     return paths
+
+
+def kohya_lora_state(shapes: dict[str, tuple[int, ...]], *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
+                     scale: float = 0.1, clip_layers: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A kohya sd-scripts FLUX LoRA (``lora_unet_<bfl layer>``) on every layer it trains: each 2-D
+    weight of a BFL transformer (fused ``qkv`` and ``linear1``, modulation, in/out layers),
+    plus ``lora_te1_`` CLIP-L layers if given (flattened module name -> (out, in))."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    layers = {k.removesuffix(".weight"): v for k, v in shapes.items() if k.endswith(".weight") and len(v) == 2}
+    named = [("lora_unet_" + name.replace(".", "_"), shape) for name, shape in sorted(layers.items())]
+    named += [("lora_te1_" + name, shape) for name, shape in sorted((clip_layers or {}).items())]
+    for name, (out, inner) in named:
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, inner, generator=generator) * scale
+        state[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=generator) * scale
+        state[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return state
+
+
+def write_kohya_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
+                     clip_l: Path | None = None) -> Path:  # fmt: skip
+    """``write`` a kohya FLUX LoRA fitting the BFL transformer file ``transformer`` (its shapes
+    read from the header), with kohya's metadata, bf16 as sd-scripts saves."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(transformer), framework="pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    clip_layers = None
+    if clip_l is not None:
+        with safe_open(str(clip_l), framework="pt") as handle:
+            clip_layers = {"text_model_" + k.removesuffix(".weight").removeprefix("text_model.").replace(".", "_"):
+                           tuple(handle.get_slice(k).get_shape()) for k in handle.keys()
+                           if k.endswith(("q_proj.weight", "v_proj.weight"))}  # fmt: skip
+    state = kohya_lora_state(shapes, rank=rank, alpha=alpha, seed=seed, clip_layers=clip_layers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"ss_network_module": "networks.lora_flux", "ss_base_model_version": "flux1",
+                "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+                "modelspec.architecture": "flux-1-dev/lora"}  # fmt: skip
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path), metadata)
+    return path

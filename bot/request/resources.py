@@ -16,6 +16,7 @@ from bot.request.outcome import Check, fmt
 from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
 from bot.request.rules import variant_mismatch
 from bot.sources.refs import looks_like_air
+from engine import arch as architectures
 from engine.families import families_differ, family_label, related
 from engine.protocol import architecture_label
 
@@ -272,6 +273,15 @@ def check_embeddings(
             if refusal:
                 check.problem("nsfw_embedding", f"`{embedding.name}` is an NSFW embedding. {refusal}", "Remove it.")
                 continue
+        spec = architectures.get(model.architecture) if model is not None else None
+        if model is not None and spec is not None and not spec.embeddings:
+            check.problem(
+                "embeddings_unsupported",
+                f"`{embedding.name}` is a textual-inversion embedding: CLIP word vectors for SD 1.5/SDXL. "
+                f"{spec.label} models like `{model.name}` read the prompt through T5, where it means nothing.",
+                f"Remove `{embedding.name}` from the prompt and describe it in words.",
+            )
+            continue
         if model is not None and embedding.architecture not in ("unknown", model.architecture):
             check.problem(
                 "embedding_arch_mismatch",

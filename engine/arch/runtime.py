@@ -38,6 +38,19 @@ Contract, for implementers (SD 1.5/SDXL: :mod:`engine.arch.sd_runtime`; FLUX:
   architecture's (SD: ``(n, 4, h/8, w/8)``; FLUX packs 2x2 patches of 16 channels).
 - ``call(pipe, *, conditioning, recipe, latents, generators, callback) -> output``: the
   pipeline call, guidance passed the way the architecture reads it, ``output.images`` PIL.
+
+Optional, asked with ``getattr`` (FLUX has them, SD does not):
+
+- ``load`` may take ``model_root``, ``device_budget`` and ``fp8`` keywords
+  (:func:`engine.pipelines.load_pipeline` passes them to a runtime other than SD's): FLUX
+  finds its shared component files in the model folder and chooses its memory plan.
+- ``place(pipe, device)``: how the model cache moves the model between tiers (FLUX keeps CPU
+  text encoders on the CPU and never moves shared components to the host tier).
+- ``read_lora(path, *, label, sha256) -> LoraFile`` and ``bind(lora, pipe, *, model_name)
+  -> BoundLora``: the architecture's own LoRA reader and binder (FLUX: every FLUX layout, fused
+  layers sliced), used by the LoRA cache and the generator instead of the SD ones.
+- ``scheduler(base_config, sampler, prediction) -> scheduler``: the architecture's sampler
+  (FLUX: flow-matching Euler) instead of :func:`engine.samplers.make_scheduler`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 DENOISERS = ("unet", "transformer")
 
 #: Parameter names (the end of a key) -> the role the formats read. Longest first.
-_ROLES: tuple[tuple[str, str], ...] = tuple(
+ROLES: tuple[tuple[str, str], ...] = tuple(
     sorted(
         {
             "lora_down.weight": "down",
@@ -119,7 +119,7 @@ def split_key(key: str) -> KeyParts | None:
         if not key.startswith(prefix):
             continue
         rest = key.removeprefix(prefix)
-        for suffix, role in _ROLES:
+        for suffix, role in ROLES:
             if rest.endswith("." + suffix):
                 module = rest[: -len(suffix) - 1]
                 if layout == "diffusers" and ".lora_linear_layer." in key:

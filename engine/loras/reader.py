@@ -24,7 +24,7 @@ from engine.loras.lora import LoraDelta
 from engine.protocol import EngineError, ErrorCode, architecture_label
 
 #: Tensor names of network types nobody here applies yet, with the name people know them by.
-_UNSUPPORTED = (
+UNSUPPORTED = (
     ("oft_blocks", "LyCORIS OFT"),
     ("oft_diag", "LyCORIS BOFT/OFT"),
     (".a1.weight", "LyCORIS GLoRA"),
@@ -48,7 +48,7 @@ class LoraFile:
         return sorted({delta.format for delta in self.layers.values()})
 
 
-def _delta_for(roles: dict[str, Any]) -> LayerDelta | None:
+def delta_for(roles: dict[str, Any]) -> LayerDelta | None:
     """Pick the format from which parameters a layer has; None for a layer with no delta."""
     magnitude = roles.get("dora_scale", roles.get("magnitude"))
     inner: LayerDelta | None
@@ -67,8 +67,9 @@ def _delta_for(roles: dict[str, Any]) -> LayerDelta | None:
     return DoraDelta(inner, magnitude) if magnitude is not None else inner
 
 
-def _unsupported(keys: list[str]) -> str | None:
-    for needle, name in _UNSUPPORTED:
+def unsupported_layout(keys: list[str]) -> str | None:
+    """The name of a network type nobody here applies, if ``keys`` are one's."""
+    for needle, name in UNSUPPORTED:
         if any(needle in key for key in keys):
             return name
     return None
@@ -102,7 +103,7 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
     for where, roles in groups.items():
         if "alpha" not in roles and where[0] in alphas and "down" in roles:
             try:
-                roles["alpha"] = _pattern_alpha(alphas[where[0]], where[1], int(roles["down"].shape[0]))
+                roles["alpha"] = pattern_alpha(alphas[where[0]], where[1], int(roles["down"].shape[0]))
             except (TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
                 raise EngineError(
                     ErrorCode.CORRUPT_FILE,
@@ -110,7 +111,7 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
                     f"({type(exc).__name__}: {exc}); re-save it with diffusers' save_lora_weights",
                 ) from exc
         try:
-            delta = _delta_for(roles)
+            delta = delta_for(roles)
         except (KeyError, IndexError, RuntimeError, AttributeError) as exc:
             raise EngineError(
                 ErrorCode.CORRUPT_FILE,
@@ -119,7 +120,7 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
         if delta is not None:
             layers[where] = delta
     if not layers and not embeddings:
-        name = _unsupported(unparsed)
+        name = unsupported_layout(unparsed)
         if name is not None:
             raise EngineError(
                 ErrorCode.UNSUPPORTED_FORMAT,
@@ -136,7 +137,7 @@ def read_lora_file(path: Path, *, label: str, sha256: str) -> LoraFile:
     )
 
 
-def _pattern_alpha(config: dict[str, Any], flat_module: str, rank: int) -> Any:
+def pattern_alpha(config: dict[str, Any], flat_module: str, rank: int) -> Any:
     """PEFT's scaling alpha/r for one layer, written as an alpha for this layer's rank."""
     import torch
 

@@ -52,9 +52,17 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ARCHITECTURES = ("sd15", "sdxl")
+ARCHITECTURES = ("sd15", "sdxl", "flux")
+#: What runs without ``--arch`` (FLUX.1 dev's full build is 34 GB on disk: asked for by name).
+DEFAULT_ARCHITECTURES = ("sd15", "sdxl")
 #: Native resolutions at full size; tiny models only exist to exercise the code, so small.
-RESOLUTION = {"full": {"sd15": 512, "sdxl": 1024}, "tiny": {"sd15": 256, "sdxl": 256}}
+RESOLUTION = {"full": {"sd15": 512, "sdxl": 1024, "flux": 1024}, "tiny": {"sd15": 256, "sdxl": 256, "flux": 256}}
+#: FLUX.1 dev as people run it: 28 steps, distilled guidance 3.5, flow-matching Euler.
+FLUX_STEPS = 28
+FLUX_GUIDANCE = 3.5
+FLUX_STACK = (0.8, 0.6)
+FLUX_PROMPT = ("a lighthouse on a cliff above a stormy sea at dusk, a red-scarfed captain at its door, "
+               "warm light in the windows, painted in loose watercolour")  # fmt: skip
 LORA_STACK = (("watercolor", 0.8), ("pixel-art", 0.6), ("captain-nova", 0.5))
 PROMPT = "watercolor, pixel art, captain nova on a lighthouse cliff at dusk, red scarf"
 NEGATIVE = "blurry, low quality"
@@ -70,7 +78,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
-    parser.add_argument("--arch", action="append", choices=ARCHITECTURES, help="repeatable (default: both)")
+    parser.add_argument("--arch", action="append", choices=ARCHITECTURES,
+                        help="repeatable (default: sd15 and sdxl; flux builds FLUX.1 dev, 34 GB on disk at full size)")
+    parser.add_argument("--flux-steps", type=int, default=FLUX_STEPS, help="steps of the FLUX.1 dev images")
+    parser.add_argument("--flux-rank", type=int, default=16, help="rank of the FLUX LoRAs (PEFT layout, every linear)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--images", type=int, default=8, help="timed images per mode")
     parser.add_argument("--sampler", default="DPM++ 2M Karras", help="an A1111 sampler name")
@@ -313,6 +324,189 @@ def bench_architecture(arch: str, args: argparse.Namespace, out: Path) -> dict[s
     }
 
 
+# --- FLUX.1 dev ----------------------------------------------------------------------------
+
+
+def build_flux_folder(folder: Path, *, size: str, dtype: str, device: str) -> Path:
+    """FLUX.1 dev as a diffusers folder with random weights: the shipped real configs at
+    ``full`` (built on ``device`` in ``dtype``, saved once and reused), the tiny build else."""
+    import shutil
+
+    import torch
+
+    from engine.arch.flux.t5_tokenizer import write_t5_tokenizer
+    from engine.component_configs import CONFIG_ROOT
+    from engine.pipelines import torch_dtype
+    from engine.tokenizer import write_tokenizer
+
+    stamp = folder / ".built"
+    if stamp.is_file():
+        return folder
+    if size == "tiny":
+        from sandbox.flux_builder import build_components, save_diffusers_folder
+
+        save_diffusers_folder(build_components("dev", seed=3), folder, "dev")
+    else:
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+        root = CONFIG_ROOT / "flux1"
+        config = {name: json.loads((root / name / "config.json").read_text()) for name in
+                  ("transformer", "vae", "text_encoder", "text_encoder_2")}  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "model_index.json", folder / "model_index.json")
+        builders = {
+            "transformer": lambda: FluxTransformer2DModel.from_config(config["transformer"]),
+            "vae": lambda: AutoencoderKL.from_config(config["vae"]),
+            "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**config["text_encoder"])),
+            "text_encoder_2": lambda: T5EncoderModel(T5Config(**config["text_encoder_2"])),
+        }
+        torch.manual_seed(0)
+        for name, build in builders.items():  # one at a time: T5-XXL and the transformer are large
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch_dtype(dtype))
+            try:
+                with torch.device(device):
+                    module = build()
+            finally:
+                torch.set_default_dtype(previous)
+            module.save_pretrained(str(folder / name), safe_serialization=True, max_shard_size="10GB")
+            del module
+            _free(device)
+        FlowMatchEulerDiscreteScheduler.from_config(
+            json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+        ).save_pretrained(str(folder / "scheduler"))
+        write_tokenizer(folder / "tokenizer")
+        write_t5_tokenizer(folder / "tokenizer_2", max_length=512)
+    stamp.write_text("ok")
+    return folder
+
+
+def write_flux_loras(folder: Path, lora_root: Path, rank: int) -> list[Path]:
+    """Two PEFT-layout LoRAs (``transformer.<module>.lora_A/B``) on every linear layer of the
+    transformer: a layout both diffusers' ``load_lora_weights`` and the engine read at any width
+    (diffusers' kohya converter assumes width 3072)."""
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config(config)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    lora_root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(len(FLUX_STACK)):
+        path = lora_root / f"flux-peft-{index}.safetensors"
+        if not path.is_file():
+            generator = torch.Generator().manual_seed(index)
+            state = {}
+            for name, module in linears.items():
+                state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.01
+                state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.01
+            save_file({k: v.to(torch.bfloat16) for k, v in state.items()}, str(path))
+        paths.append(path)
+    return paths
+
+
+class RawFlux:
+    """The baseline: diffusers' FluxPipeline as its documentation drives it."""
+
+    def __init__(self, folder: Path, *, device: str, dtype: str) -> None:
+        from diffusers import FluxPipeline
+
+        from engine.pipelines import torch_dtype
+
+        self.pipe = FluxPipeline.from_pretrained(str(folder), torch_dtype=torch_dtype(dtype), local_files_only=True)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.to(device)
+
+    def load_loras(self, files: Sequence[Path], weights: Sequence[float]) -> None:
+        """Fused into the weights, adapters removed: raw diffusers on patched weights."""
+        names = [f"bench_{index}" for index in range(len(files))]
+        for name, file in zip(names, files, strict=True):
+            self.pipe.load_lora_weights(str(file), adapter_name=name)
+        self.pipe.set_adapters(names, adapter_weights=list(weights))
+        self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        self.pipe.unload_lora_weights()
+
+    def images(self, recipe: Any, count: int) -> list[bytes]:
+        import torch
+
+        pngs = []
+        with torch.inference_mode():
+            for index in range(count):
+                image = self.pipe(
+                    prompt=recipe.prompt, num_inference_steps=recipe.steps, guidance_scale=recipe.cfg_scale,
+                    width=recipe.width, height=recipe.height, max_sequence_length=512,
+                    generator=torch.Generator(device="cpu").manual_seed(recipe.seed + index),
+                ).images[0]  # fmt: skip
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                pngs.append(buffer.getvalue())
+        return pngs
+
+
+def _bench_raw_flux(folder: Path, recipe: Any, lora_recipe: Any, files: Sequence[Path],
+                    args: argparse.Namespace) -> tuple[float, float, float, float, float | None]:  # fmt: skip
+    """(plain s, LoRA s, load s, LoRA load s, peak GiB); the pipeline is freed on return."""
+    device, count = args.device, args.images
+    _free(device)
+    load_s, raw = _timed(device, lambda: RawFlux(folder, device=device, dtype=args.dtype))
+    raw.images(recipe, 1)
+    plain_s, _ = _timed(device, lambda: raw.images(recipe, count))
+    lora_load_s, _ = _timed(device, lambda: raw.load_loras(files, FLUX_STACK))
+    raw.images(lora_recipe, 1)
+    lora_s, _ = _timed(device, lambda: raw.images(lora_recipe, count))
+    return plain_s, lora_s, load_s, lora_load_s, _peak_gib(device)
+
+
+def bench_flux(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """FLUX.1 dev at its native size and 28 steps: raw FluxPipeline against the engine, with
+    and without a 2-LoRA stack (raw: fused). Same shape of report as the SD architectures;
+    the LoRA step figures on the CPU are ``tests.bench.flux``'s."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from engine.protocol import LoraRef, Recipe
+
+    base = out / f"flux-{args.size}"
+    models, loras = base / "models", base / "loras"
+    build_s, folder = _timed("cpu", lambda: build_flux_folder(models / "flux1-dev", size=args.size,
+                                                              dtype=args.dtype, device=args.device))  # fmt: skip
+    files = write_flux_loras(folder, loras, args.flux_rank)
+    side = RESOLUTION[args.size]["flux"]
+    recipe = Recipe(model=folder.name, prompt=FLUX_PROMPT, sampler="Euler", steps=args.flux_steps,
+                    cfg_scale=FLUX_GUIDANCE, seed=SEED, width=side, height=side)  # fmt: skip
+    lora_recipe = replace(recipe, loras=tuple(LoraRef(f.name, w) for f, w in zip(files, FLUX_STACK, strict=True)))
+    count = args.images
+    raw_s, raw_lora_s, load_s, lora_load_s, raw_peak = _bench_raw_flux(folder, recipe, lora_recipe, files, args)
+    engine = _bench_engine(SimpleNamespace(model_root=models, lora_root=loras), recipe, lora_recipe, args)
+    seconds = {"raw": raw_s, "raw_lora": raw_lora_s, **engine.pop("seconds")}
+    return {
+        "model": folder.name,
+        "resolution": f"{side}x{side}",
+        "steps": args.flux_steps,
+        "guidance": FLUX_GUIDANCE,
+        "loras": [{"file": f.name, "weight": w, "rank": args.flux_rank} for f, w in zip(files, FLUX_STACK, strict=True)],
+        "images_per_s": {mode: round(count / seconds[mode], 4) for mode in MODES},
+        "ratio_engine_over_raw": {
+            "no_lora": round(seconds["raw"] / seconds["engine"], 4),
+            "lora_stack": round(seconds["raw_lora"] / seconds["engine_lora"], 4),
+        },
+        "target": "ratio_engine_over_raw >= 1 / 1.02 on a GPU",
+        "seconds": {mode: round(seconds[mode], 4) for mode in MODES},
+        "engine_timings_s": engine.pop("timings"),
+        "peak_gpu_memory_gib": {"raw": raw_peak, "engine": engine.pop("peak")},
+        "build_s": round(build_s, 2),
+        "raw_load_s": round(load_s, 3),
+        "raw_lora_load_s": round(lora_load_s, 3),
+        "runtime": None,  # the FLUX step/switch figures: python -m tests.bench.flux
+        **{name: round(value, 3) for name, value in engine.items()},
+    }
+
+
 def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Everything ``main`` prints, as a dict."""
     import diffusers
@@ -321,10 +515,11 @@ def run_benchmark(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     _quiet()
     started = time.perf_counter()
-    architectures = list(dict.fromkeys(args.arch or ARCHITECTURES))
+    architectures = list(dict.fromkeys(args.arch or DEFAULT_ARCHITECTURES))
     with tempfile.TemporaryDirectory(prefix="atelier-gpu-bench-") as tmp:
         out = args.out or Path(tmp)
-        results = {arch: bench_architecture(arch, args, out) for arch in architectures}
+        results = {arch: bench_flux(args, out) if arch == "flux" else bench_architecture(arch, args, out)
+                   for arch in architectures}  # fmt: skip
     on_cuda = _on_cuda(args.device)
     return {
         "benchmark": "gpu",

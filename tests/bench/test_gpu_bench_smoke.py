@@ -49,3 +49,17 @@ def test_tiny_cpu_run_reports_every_mode(tmp_path: Path, capsys: pytest.CaptureF
     assert runtime["policy_regret_short"] >= 1.0 and runtime["policy_regret_long"] >= 1.0
     assert set(runtime["meets_targets"]) == set(runtime["targets"])
     assert (tmp_path / "sd15-tiny" / "models" / sd15["model"]).is_file()
+
+
+def test_tiny_cpu_flux_run_reports_every_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """FLUX.1 dev against raw FluxPipeline on fused weights, at the tiny build's size."""
+    argv = ["--device", "cpu", "--dtype", "float32", "--size", "tiny", "--arch", "flux", "--flux-steps", "2",
+            "--images", "1", "--out", str(tmp_path), "--flux-rank", "4"]  # fmt: skip
+    assert gpu.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    flux = report["architectures"]["flux"]
+    assert (flux["resolution"], flux["steps"], flux["guidance"]) == ("256x256", 2, 3.5)
+    assert set(flux["images_per_s"]) == MODES and all(v > 0 for v in flux["images_per_s"].values())
+    assert flux["ratio_engine_over_raw"]["no_lora"] > 0 and flux["ratio_engine_over_raw"]["lora_stack"] > 0
+    assert flux["engine_timings_s"]["engine_lora"]["denoise"] > 0
+    assert flux["raw_lora_load_s"] > 0 and [lo["weight"] for lo in flux["loras"]] == [0.8, 0.6]

@@ -1,7 +1,8 @@
 """Registration takes only what the engine can run (issue 16), through the Discord double and
-the real engine process: FLUX.1 checkpoints and FLUX.1 LoRAs in each layout people bring are
-refused at ``/model add`` and ``/lora add`` with what they are and what the engine runs, and
-nothing is registered; SD 1.5 and SDXL files still register."""
+the real engine process. Since issue 18 FLUX.1 runs: its checkpoints and LoRAs in each layout
+people bring register as FLUX.1, while other diffusion transformers (SD 3, FLUX.2, Qwen-Image)
+are refused at ``/model add`` and ``/lora add`` with what they are and what the engine runs,
+and nothing is registered; SD 1.5 and SDXL files still register."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests import dit_files
 from tests.bot.conftest import SD15, SDXL, World
 from tests.bot.test_admin_registry import run
 
-RUNS = "this engine runs SD 1.5 and SDXL models only"
+RUNS = "this engine runs SD 1.5, SDXL and FLUX.1 models only"
 
 
 @contextmanager
@@ -39,12 +40,27 @@ def placed(root: Path, relative: str, build: Callable[[Path], Path]) -> Iterator
      dit_files.flux_diffusers_transformer],
     ids=["bfl", "comfyui", "diffusers"],
 )  # fmt: skip
-async def test_model_add_refuses_a_flux_checkpoint_naming_it(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+async def test_model_add_registers_a_flux_checkpoint(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
     with placed(demo_assets.model_root, "flux-test/flux1-dev.safetensors", build) as file:
         text = await run(world, world.admin, "model", {"file": file, "name": "Flux Dev"}, "add")
-    assert f"`{file}` is a FLUX.1 checkpoint" in text and RUNS in text and "I did not register it" in text, text
-    assert "pick an SD 1.5 or SDXL checkpoint" in text
-    assert await world.registry.models.get(world.guild.id, "Flux Dev") is None
+    assert "Registered **Flux Dev**" in text and "I did not register it" not in text, text
+    entry = await world.registry.models.get(world.guild.id, "Flux Dev")
+    assert entry is not None and entry.architecture == "flux"
+    assert world.double.violations == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [dit_files.sd3_checkpoint, dit_files.flux2_checkpoint],
+    ids=["sd3", "flux2"],
+)  # fmt: skip
+async def test_model_add_refuses_other_dit_checkpoints_naming_them(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+    with placed(demo_assets.model_root, "dit-test/model.safetensors", build) as file:
+        text = await run(world, world.admin, "model", {"file": file, "name": "Other DiT"}, "add")
+    assert f"`{file}` is a" in text and RUNS in text and "I did not register it" in text, text
+    assert "SD 3" in text or "FLUX.2" in text
+    assert "pick an SD 1.5, SDXL or FLUX.1 checkpoint" in text
+    assert await world.registry.models.get(world.guild.id, "Other DiT") is None
     assert [m.name for m in await world.registry.models.all(world.guild.id)] == sorted([SD15, SDXL])
     assert world.double.violations == []
 
@@ -55,12 +71,25 @@ async def test_model_add_refuses_a_flux_checkpoint_naming_it(world: World, demo_
      lambda p: dit_files.flux_peft_lora(p, add_q_proj=True)],
     ids=["kohya", "kohya-diffusers-names", "peft", "peft-with-text-stream"],
 )  # fmt: skip
-async def test_lora_add_refuses_a_flux_lora_in_every_layout(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+async def test_lora_add_registers_a_flux_lora_in_every_layout(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
     with placed(demo_assets.lora_root, "flux-test/flux-style.safetensors", build) as file:
         text = await run(world, world.admin, "lora", {"file": file, "name": "flux-style"}, "add")
-    assert f"`{file}` is a LoRA for FLUX.1" in text and RUNS in text and "I did not register it" in text, text
-    assert "made for SD 1.5 or SDXL" in text
-    assert await world.registry.loras.get(world.guild.id, "flux-style") is None
+        entry = await world.registry.loras.get(world.guild.id, "flux-style")
+    assert "I did not register it" not in text, text
+    assert entry is not None and entry.architecture == "flux"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [dit_files.sd3_peft_lora, dit_files.qwen_image_lora],
+    ids=["sd3", "qwen-image"],
+)  # fmt: skip
+async def test_lora_add_refuses_other_dit_loras_in_every_layout(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
+    with placed(demo_assets.lora_root, "dit-test/dit-style.safetensors", build) as file:
+        text = await run(world, world.admin, "lora", {"file": file, "name": "dit-style"}, "add")
+    assert f"`{file}` is a LoRA for" in text and RUNS in text and "I did not register it" in text, text
+    assert "made for SD 1.5, SDXL or FLUX.1" in text
+    assert await world.registry.loras.get(world.guild.id, "dit-style") is None
     assert file not in await world.registry.loras.files(world.guild.id)
 
 

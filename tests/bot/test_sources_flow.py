@@ -239,7 +239,7 @@ async def test_bad_sources_are_refused_with_nothing_written_or_registered(
     civitai.add(pixel_quest(demo_assets, 300002, model_type="Checkpoint", model_name="Dreamy"))
     disguised = civitai.add(pixel_quest(demo_assets, 300003, model_name="Not A Lora", files=[
         FakeFile(id=3000030, name="not_a_lora.safetensors", data=checkpoint)]))  # fmt: skip
-    civitai.add(pixel_quest(demo_assets, 300004, model_name="Flux Thing", base_model="Flux.1 D"))
+    civitai.add(pixel_quest(demo_assets, 300004, model_name="SD3 Thing", base_model="SD 3.5 Large"))
     civitai.add(pixel_quest(demo_assets, 300005, model_name="Pickled", files=[
         FakeFile(id=3000050, name="pickled.pt", data=b"\x80\x04...", format="PickleTensor")]))  # fmt: skip
     wrong = civitai.add(pixel_quest(demo_assets, 300006, model_name="Tampered"))
@@ -250,7 +250,7 @@ async def test_bad_sources_are_refused_with_nothing_written_or_registered(
             "civitai:120096@300001": "can only be downloaded with a login",
             "civitai:120096@300002": "is a checkpoint (a full model)",
             "civitai:120096@300003": "a full model (a checkpoint), not a LoRA as announced",
-            "civitai:120096@300004": "made for FLUX.1 (Civitai: Flux.1 D), and this bot's engine runs SD 1.5 and SDXL models only",
+            "civitai:120096@300004": "made for SD 3 (Civitai: SD 3.5 Large), and this bot's engine runs SD 1.5, SDXL and FLUX.1 models only",
             "civitai:120096@300005": "is a pickle",
             "civitai:120096@300006": "does not have the sha256 the source announced",
             "https://example.com/loras/1": "Civitai link",
@@ -347,16 +347,16 @@ async def test_a_named_role_fetches_on_demand_from_imagine(
 async def test_a_civitai_file_the_engine_cannot_run_is_not_registered(
     fetch_engine: FetchEngine, demo_assets: Any, civitai: CivitaiDouble, tmp_path: Path
 ) -> None:
-    """Civitai labels it SDXL, so the plan lets it through; the downloaded file is a FLUX.1
-    LoRA (kohya names over diffusers' modules, once read as SDXL): its header wins, and the
+    """Civitai labels it SDXL, so the plan lets it through; the downloaded file is an SD 3
+    LoRA (FLUX.1 runs since issue 18, so this is the refused DiT now): its header wins, and the
     engine's verdict keeps it out of the registry."""
-    data = dit_files.flux_diffusers_kohya_lora(tmp_path / "sneaky.safetensors").read_bytes()
+    data = dit_files.sd3_peft_lora(tmp_path / "sneaky.safetensors").read_bytes()
     civitai.add(pixel_quest(demo_assets, 310001, model_name="Sneaky Flux", base_model="SDXL 1.0",
                             files=[FakeFile(id=3100010, name="sneaky.safetensors", data=data)]))  # fmt: skip
     async with studio(fetch_engine, demo_assets, civitai, tmp_path) as (world, _):
         text = await final_text(await add_source(world, world.admin, "civitai:120096@310001"))
         assert text.startswith("Nothing was fetched"), text
-        assert "is a LoRA for FLUX.1" in text and "this engine runs SD 1.5 and SDXL models only" in text, text
+        assert "is a LoRA for SD 3" in text and "this engine runs SD 1.5, SDXL and FLUX.1 models only" in text, text
         assert "It was not registered" in text
         assert await world.registry.loras.get(world.guild.id, "Sneaky Flux") is None
         assert not [e for e in await world.registry.loras.search(world.guild.id, "", sort="name", limit=50) if e.source]

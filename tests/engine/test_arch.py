@@ -92,8 +92,10 @@ def test_flux_variants_are_told_apart_where_their_files_differ(tmp_path: Path) -
         "flux1-fill-dev.safetensors": ("flux", "fill"),
         "transformer.safetensors": ("flux", "dev"),
     }
-    # Until the FLUX runtime lands (engine.arch.flux.RUNS), every one is refused by name.
-    assert all(info.cannot_run and "FLUX.1" in info.cannot_run for info in found.values())
+    # FLUX.1 runs (engine.arch.flux.RUNS): dev and schnell register; Fill inpaints, which
+    # text-to-image cannot do yet, so it is still refused by name.
+    assert [name for name, info in found.items() if info.cannot_run] == ["flux1-fill-dev.safetensors"]
+    assert "FLUX.1 Fill" in (found["flux1-fill-dev.safetensors"].cannot_run or "")
 
 
 @pytest.mark.parametrize(
@@ -147,7 +149,7 @@ def test_size_rules() -> None:
 
 def test_flux_defaults_per_variant() -> None:
     flux = arch.get("flux")
-    assert flux is not None and not flux.runnable
+    assert flux is not None and flux.runnable  # RUNS = True since the runtime landed
     dev, schnell = flux.guidance_for("dev"), flux.guidance_for("schnell")
     assert (dev.kind, dev.default, dev.rows_per_image(3.5)) == ("distilled", 3.5, 1)
     assert (schnell.kind, flux.steps_for("schnell"), flux.steps_for("dev")) == ("none", 4, 28)
@@ -232,7 +234,11 @@ def test_runtimes_are_found_through_the_registry() -> None:
     assert sd15.rows_per_image(recipe) == 2
     recipe.cfg_scale = 1.0
     assert sd15.rows_per_image(recipe) == 1
-    for name in ("flux", "sd3", "unknown"):  # FLUX's runtime runs once engine.arch.flux.RUNS is set
+    flux = arch.runtime_of("flux")  # engine.arch.flux.RUNS is set: FLUX has its runtime
+    assert isinstance(flux, Runtime) and flux.architecture == "flux"
+    recipe.cfg_scale = 3.5  # distilled guidance is a model input: still one row per image
+    assert flux.rows_per_image(recipe) == 1
+    for name in ("sd3", "unknown"):
         with pytest.raises(LookupError):
             arch.runtime_of(name)
 

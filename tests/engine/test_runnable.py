@@ -25,15 +25,8 @@ def test_the_loader_builds_exactly_what_inspection_calls_runnable() -> None:
 @pytest.mark.parametrize(
     ("build", "kind", "architecture", "says"),
     [
-        (dit_files.flux_bfl_checkpoint, "checkpoint", "flux", "is a FLUX.1 checkpoint"),
-        (lambda p: dit_files.flux_bfl_checkpoint(p, prefix="model.diffusion_model."), "checkpoint", "flux", "is a FLUX.1 checkpoint"),
-        (dit_files.flux_diffusers_transformer, "checkpoint", "flux", "is a FLUX.1 checkpoint"),
         (dit_files.sd3_checkpoint, "checkpoint", "sd3", "is an SD 3 checkpoint"),
         (dit_files.flux2_checkpoint, "checkpoint", "unknown", "is a FLUX.2 checkpoint"),
-        (dit_files.flux_kohya_lora, "lora", "flux", "is a LoRA for FLUX.1"),
-        (dit_files.flux_diffusers_kohya_lora, "lora", "flux", "is a LoRA for FLUX.1"),
-        (dit_files.flux_peft_lora, "lora", "flux", "is a LoRA for FLUX.1"),
-        (lambda p: dit_files.flux_peft_lora(p, add_q_proj=True), "lora", "flux", "is a LoRA for FLUX.1"),
         (dit_files.sd3_peft_lora, "lora", "sd3", "is a LoRA for SD 3"),
         (dit_files.qwen_image_lora, "lora", "unknown", "is a LoRA for Qwen-Image"),
     ],
@@ -45,8 +38,27 @@ def test_diffusion_transformers_are_named_and_refused(
     info = inspect_file(path)
     assert (info.kind, info.architecture) == (kind, architecture)
     assert info.cannot_run is not None and says in info.cannot_run, info.cannot_run
-    assert "this engine runs SD 1.5 and SDXL models only" in info.cannot_run
+    assert "this engine runs SD 1.5, SDXL and FLUX.1 models only" in info.cannot_run
     assert info.cannot_run.startswith("`file.safetensors` ")
+
+
+@pytest.mark.parametrize(
+    ("build", "kind"),
+    [
+        (dit_files.flux_bfl_checkpoint, "checkpoint"),
+        (lambda p: dit_files.flux_bfl_checkpoint(p, prefix="model.diffusion_model."), "checkpoint"),
+        (dit_files.flux_diffusers_transformer, "checkpoint"),
+        (dit_files.flux_kohya_lora, "lora"),
+        (dit_files.flux_diffusers_kohya_lora, "lora"),
+        (dit_files.flux_peft_lora, "lora"),
+        (lambda p: dit_files.flux_peft_lora(p, add_q_proj=True), "lora"),
+    ],
+)
+def test_flux_files_are_named_and_run(tmp_path: Path, build: Callable[[Path], Path], kind: str) -> None:
+    """FLUX.1 runs (engine.arch.flux.RUNS): its checkpoints and LoRAs in each layout carry no
+    refusal, and are still never taken for SD 1.5/SDXL."""
+    info = inspect_file(build(tmp_path / "file.safetensors"))
+    assert (info.kind, info.architecture, info.cannot_run) == (kind, "flux", None)
 
 
 def test_an_unknown_dit_is_not_taken_for_a_unet(tmp_path: Path) -> None:
@@ -120,14 +132,14 @@ def test_a_lora_format_no_patcher_applies_is_refused_by_name(tmp_path: Path) -> 
 
 def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
     """SD 1.5/SDXL models (single file and diffusers folder) and their LoRAs: no verdict;
-    the demo's FLUX test LoRA: refused, naming FLUX.1."""
+    the demo's FLUX test LoRA too, now that FLUX.1 runs."""
     for relative in demo_assets.models.values():
         info = inspect_file(demo_assets.model_root / relative)
         assert info.architecture in ("sd15", "sdxl") and info.cannot_run is None, (relative, info.cannot_run)
     for lora in demo_assets.loras:
         info = inspect_file(demo_assets.lora_root / lora.file)
         if lora.name.startswith("flux-only"):
-            assert info.cannot_run is not None and "a LoRA for FLUX.1" in info.cannot_run
+            assert info.architecture == "flux" and info.cannot_run is None
         elif info.kind == "lora" and info.architecture != "unknown":
             assert info.cannot_run is None, (lora.name, info.cannot_run)
 
@@ -135,7 +147,7 @@ def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
 @pytest.mark.parametrize(
     ("class_name", "says"),
     [
-        ("FluxPipeline", "is a FLUX.1 checkpoint"),
+        ("FluxFillPipeline", "is a FLUX.1 Fill checkpoint"),
         ("StableDiffusionInpaintPipeline", "is an SD 1.5 inpainting checkpoint"),
         ("QwenImagePipeline", "is a checkpoint of the diffusers pipeline `QwenImagePipeline`"),
     ],

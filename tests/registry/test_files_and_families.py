@@ -116,3 +116,22 @@ async def test_registry_keeps_families_formats_and_embeddings(registry: Registry
         family="sd15", default_clip_skip=2, prediction_type="v_prediction_ztsnr",
     )  # fmt: skip
     assert (updated.family, updated.default_clip_skip, updated.prediction_type) == ("sd15", 2, "v_prediction_ztsnr")
+
+
+def test_embeddings_on_flux_are_refused_with_the_reason() -> None:
+    """FLUX.1 reads the prompt through T5: a textual-inversion embedding (CLIP word vectors)
+    means nothing there, even one whose architecture the registry could not tell."""
+    flux_catalog = Catalog(
+        GUILD, ServerSettings(), [model("Flux Dev", "flux", default_width=1024, default_height=1024, default_cfg=3.5)],
+        [], [EmbeddingEntry("mystery", "unknown", "emb/mystery.safetensors")],
+    )  # fmt: skip
+    request = build_request(guild_id=GUILD, channel_id=1, user_id=2, channel_is_nsfw=False,
+                            prompt="a castle, mystery", model="Flux Dev")  # fmt: skip
+    result = validate(request, flux_catalog, new_seed=lambda: 7)
+    assert isinstance(result, Rejected)
+    (problem,) = result.problems
+    assert problem.code == "embeddings_unsupported"
+    assert "T5" in problem.message and "FLUX.1" in problem.message and "Remove `mystery`" in problem.fix
+    plain = build_request(guild_id=GUILD, channel_id=1, user_id=2, channel_is_nsfw=False, prompt="a castle",
+                          model="Flux Dev")  # fmt: skip
+    assert isinstance(validate(plain, flux_catalog, new_seed=lambda: 7), Validated)

@@ -27,7 +27,7 @@ from engine.arch.base import (
 )
 
 #: The one switch: True once engine.arch.flux's runtime loads and runs FLUX end to end.
-RUNS = False
+RUNS = True
 
 #: FLUX.1's hidden width (24 heads x 128).
 WIDTH = 3072

@@ -26,28 +26,20 @@ from engine.arch.flux.convert import DOUBLE, SINGLE, SWAPPED, TOP_LEVEL, diffuse
 from engine.classify import adapter_configs
 from engine.loras.base import LayerDelta
 from engine.loras.dora import DoraDelta
-from engine.loras.full import FullDelta
-from engine.loras.keys import Layer
-from engine.loras.loha import LohaDelta
-from engine.loras.lokr import LokrDelta
-from engine.loras.lora import LoraDelta
-from engine.loras.reader import BoundLora, LoraFile, _pattern_alpha
+from engine.loras.keys import ROLES, Layer
+from engine.loras.reader import UNSUPPORTED, BoundLora, LoraFile, delta_for, pattern_alpha
 from engine.protocol import EngineError, ErrorCode
 
 TRANSFORMER = "transformer"
 CLIP = "text_encoder"
 T5 = "text_encoder_2"
 
-#: End of a key -> the role the delta formats read; longest first.
-_ROLES: tuple[tuple[str, str], ...] = tuple(sorted({
-    "lora_down.weight": "down", "lora_up.weight": "up", "lora_A.weight": "down", "lora_B.weight": "up",
-    "lora_B.bias": "up_bias", "down.weight": "down", "up.weight": "up", "alpha": "alpha",
-    "dora_scale": "dora_scale", "lora_magnitude_vector": "magnitude",
-    "hada_w1_a": "hada_w1_a", "hada_w1_b": "hada_w1_b", "hada_w2_a": "hada_w2_a", "hada_w2_b": "hada_w2_b",
-    "lokr_w1": "lokr_w1", "lokr_w1_a": "lokr_w1_a", "lokr_w1_b": "lokr_w1_b",
-    "lokr_w2": "lokr_w2", "lokr_w2_a": "lokr_w2_a", "lokr_w2_b": "lokr_w2_b",
-    "diff": "diff", "diff_b": "diff_b",
-}.items(), key=lambda item: -len(item[0])))  # fmt: skip
+#: End of a key -> the role the delta formats read: engine.loras.keys' table (one place), less
+#: the bare ``weight`` it reads as (IA)3 (on FLUX a bare ``.weight`` is a Control LoRA's layer
+#: replacement, refused below), plus the bare ``down``/``up`` some FLUX trainers write.
+_ROLES: tuple[tuple[str, str], ...] = tuple(sorted(
+    [(suffix, role) for suffix, role in ROLES if suffix != "weight"] + [("down.weight", "down"), ("up.weight", "up")],
+    key=lambda item: -len(item[0])))  # fmt: skip
 
 #: Key prefix -> (layout, component).
 _PREFIXES: tuple[tuple[str, str, str], ...] = (
@@ -65,10 +57,6 @@ _XLABS = re.compile(r"^(?:diffusion_model\.)?(double_blocks|single_blocks)\.(\d+
 _XLABS_TARGET = {("double_blocks", "qkv", "1"): "img_attn.qkv", ("double_blocks", "qkv", "2"): "txt_attn.qkv",
                  ("double_blocks", "proj", "1"): "img_attn.proj", ("double_blocks", "proj", "2"): "txt_attn.proj",
                  ("single_blocks", "qkv", ""): "linear1_qkv"}  # fmt: skip
-#: Layouts we know but cannot apply, by a needle in their keys.
-_UNSUPPORTED = (("oft_blocks", "LyCORIS OFT"), ("oft_diag", "LyCORIS BOFT/OFT"), (".a1.weight", "LyCORIS GLoRA"))
-
-
 def flatten(name: str) -> str:
     return name.replace(".", "_")
 
@@ -102,23 +90,6 @@ def parse_key(key: str) -> ParsedKey | str | None:
     return None
 
 
-def _delta_for(roles: dict[str, Any]) -> LayerDelta | None:
-    """The format from the parameters a layer has (as ``engine.loras.reader`` picks it)."""
-    magnitude = roles.get("dora_scale", roles.get("magnitude"))
-    inner: LayerDelta | None
-    if "hada_w1_a" in roles:
-        inner = LohaDelta(roles)
-    elif any(k.startswith("lokr_") for k in roles):
-        inner = LokrDelta(roles)
-    elif "down" in roles and "up" in roles:
-        inner = LoraDelta(roles)
-    elif "diff" in roles:
-        inner = FullDelta(roles)
-    else:
-        return None
-    return DoraDelta(inner, magnitude) if magnitude is not None else inner
-
-
 def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
     """Every layer delta of a FLUX LoRA ``.safetensors``, keyed (component, flattened layer)."""
     from safetensors import SafetensorError, safe_open
@@ -141,7 +112,7 @@ def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
                 groups[(parsed.component, parsed.flat_module)][parsed.role] = handle.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as exc:
         raise EngineError(ErrorCode.CORRUPT_FILE, f"could not read LoRA '{label}': {exc}") from exc
-    for needle, name in _UNSUPPORTED:
+    for needle, name in UNSUPPORTED:
         if any(needle in key for key in skipped):
             raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, f"LoRA '{label}' is a {name} file, a format this "
                               "engine cannot apply; use a LoRA, LoHa, LoKr or full/diff file")  # fmt: skip
@@ -154,9 +125,9 @@ def read_flux_lora(path: Path, *, label: str, sha256: str) -> LoraFile:
     layers: dict[tuple[str | None, str], LayerDelta] = {}
     for where, roles in groups.items():
         if "alpha" not in roles and where[0] in configs and "down" in roles:  # diffusers' saved PEFT config
-            roles["alpha"] = _pattern_alpha(configs[where[0]], where[1], int(roles["down"].shape[0]))
+            roles["alpha"] = pattern_alpha(configs[where[0]], where[1], int(roles["down"].shape[0]))
         try:
-            delta = _delta_for(roles)
+            delta = delta_for(roles)
         except (KeyError, IndexError, RuntimeError, AttributeError) as exc:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"LoRA '{label}' has a malformed layer '{where[1]}' "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
