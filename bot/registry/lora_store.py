@@ -30,7 +30,7 @@ from bot.registry.models import (
     SearchSort,
 )
 from bot.registry.text import name_key
-from bot.registry.writes import Changed, changed_columns, taken
+from bot.registry.writes import Changed, changed_columns, taken, write_changes
 
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
@@ -222,11 +222,7 @@ class LoraStore:
                 changed.pop(kept, None)
             if not changed:
                 return after  # nothing to write, nothing to audit
-            assignments = ", ".join(f"{column} = ?" for column in changed)
-            await conn.execute(
-                f"UPDATE loras SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
-                (*changed.values(), before.id, guild_id),
-            )
+            await write_changes(conn, "loras", guild_id, before.id, changed)
             await audit.record(
                 conn,
                 guild_id,

@@ -19,7 +19,7 @@ from bot.registry.checks import check_changes, clean_model
 from bot.registry.db import Database
 from bot.registry.models import MODEL_EDITABLE, AlreadyExists, Choice, ModelEntry, NotFound
 from bot.registry.text import name_key
-from bot.registry.writes import Changed, changed_columns, taken
+from bot.registry.writes import Changed, changed_columns, taken, write_changes
 
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
@@ -165,11 +165,7 @@ class ModelStore:
             changed = changed_columns(_MODEL_COLUMNS, _model_values(before), _model_values(after))
             if not changed:
                 return after  # nothing to write, nothing to audit
-            assignments = ", ".join(f"{column} = ?" for column in changed)
-            await conn.execute(
-                f"UPDATE models SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608
-                (*changed.values(), before.id, guild_id),
-            )
+            await write_changes(conn, "models", guild_id, before.id, changed)
             await audit.record(
                 conn,
                 guild_id,

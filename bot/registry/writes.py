@@ -22,6 +22,18 @@ async def taken(conn: aiosqlite.Connection, table: str, guild_id: int, key: str)
     return row[0] if row else None
 
 
+async def write_changes(
+    conn: aiosqlite.Connection, table: str, guild_id: int, row_id: int, changed: dict[str, Any]
+) -> None:
+    """Write ``changed`` (from :func:`changed_columns`) to one entry of this server's ``table``."""
+    assert table in ("loras", "models")
+    assignments = ", ".join(f"{column} = ?" for column in changed)
+    await conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE id = ? AND guild_id = ?",  # noqa: S608 - fixed table, known columns
+        (*changed.values(), row_id, guild_id),
+    )
+
+
 def changed_columns(columns: str, before: tuple[Any, ...], after: tuple[Any, ...]) -> dict[str, Any]:
     """The columns whose stored value an edit changes, with their new values.
 
