@@ -422,14 +422,8 @@ class RawFlux:
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.to(device)
 
-    def load_loras(self, files: Sequence[Path], weights: Sequence[float]) -> None:
-        """Fused into the weights, adapters removed: raw diffusers on patched weights."""
-        names = [f"bench_{index}" for index in range(len(files))]
-        for name, file in zip(names, files, strict=True):
-            self.pipe.load_lora_weights(str(file), adapter_name=name)
-        self.pipe.set_adapters(names, adapter_weights=list(weights))
-        self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
-        self.pipe.unload_lora_weights()
+    #: The stack fused into the weights, adapters removed, as for the SD baseline.
+    load_loras = RawPipeline.load_loras
 
     def images(self, recipe: Any, count: int) -> list[bytes]:
         import torch
