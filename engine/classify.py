@@ -22,7 +22,6 @@ writes (checked against their sources):
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -294,15 +293,6 @@ def most_common(values: Iterable[Any]) -> Any | None:
         return None
     best = max(counts.values())
     return max(v for v, c in counts.items() if c == best)
-
-
-_HEX = re.compile(r"(?:0x)?([0-9a-fA-F]{12,64})")
-
-
-def sshs_hash(metadata: dict[str, str]) -> str | None:
-    """kohya's precomputed ``sshs_model_hash`` (sha256 of the tensor bytes), 12 hex, if valid."""
-    match = _HEX.fullmatch(metadata.get("sshs_model_hash", "").strip())
-    return match.group(1)[:12].lower() if match else None
 
 
 def adapter_configs(metadata: dict[str, str]) -> dict[str, dict[str, Any]]:
