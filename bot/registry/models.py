@@ -128,6 +128,11 @@ class ModelEntry:
     #: shows it; None where the architecture has none or it is not known. Validation applies
     #: the variant's rules (:mod:`bot.request.rules`).
     variant: str | None = None
+    #: The sampling profile (:mod:`engine.profiles` id) a distilled checkpoint needs; None: none.
+    speed_profile: str | None = None
+    #: What the server's fast mode uses with this model: a speed LoRA's name (added to the
+    #: stack) or a faster model's name (used instead); None: fast mode leaves it as it is.
+    fast_with: str | None = None
 
     @classmethod
     def from_file_info(
@@ -150,6 +155,7 @@ class ModelEntry:
             "default_height": height,
             "family": info.family,
             "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
+            "speed_profile": detected_profile(info, "checkpoint", info.variant),
         }
         if spec is not None and spec.guidance.kind != "cfg":
             # SD keeps the entry's long-standing defaults (which its module's equal); others
@@ -207,6 +213,8 @@ class LoraEntry:
     variant: str | None = None
     #: Civitai's ``baseModel`` of the version it was fetched from ("Flux.1 S", "Pony").
     base_model: str | None = None
+    #: The sampling profile (:mod:`engine.profiles` id) of a speed LoRA; None: not one.
+    speed_profile: str | None = None
 
     @classmethod
     def from_file_info(
@@ -238,6 +246,9 @@ class LoraEntry:
             "trained_clip_skip": info.clip_skip,
             "variant": metadata_variant(info.architecture, info.metadata),
         }
+        values["speed_profile"] = detected_profile(
+            info, "lora", overrides.get("variant", values["variant"]), overrides.get("base_model")
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -281,6 +292,20 @@ class EmbeddingEntry:
         }
         values.update(overrides)
         return cls(**values)
+
+
+def detected_profile(info: FileInfo, kind: str, variant: str | None, base_model: str | None = None) -> str | None:
+    """The id of the sampling profile proposed for a file being registered (its metadata's
+    names, its file name, Civitai's ``baseModel``: :func:`engine.profiles.detect`), if a
+    model of the file's architecture and variant can run it; the admin sees it on the card
+    and may change it, as with the trigger words read from the file."""
+    from engine import profiles
+
+    metadata = info.metadata if isinstance(info.metadata, Mapping) else None
+    found = profiles.detect(info.path, metadata, base_model, kind=kind)
+    if found is None or found.profile.cannot_run(info.architecture, variant) is not None:
+        return None
+    return found.profile.id
 
 
 def metadata_variant(architecture: str, metadata: Mapping[str, str]) -> str | None:
