@@ -250,6 +250,11 @@ class LoraEntry:
             info, "lora", overrides.get("variant", values["variant"]), overrides.get("base_model")
         )
         values.update(overrides)
+        from engine import profiles
+
+        speed = profiles.get(values["speed_profile"])
+        if speed is not None and speed.lora_weight is not None and "default_weight" not in overrides:
+            values["default_weight"] = speed.lora_weight  # Hyper-FLUX: 0.125, as its card fuses it
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> LoraEntry:
