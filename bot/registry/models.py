@@ -399,6 +399,9 @@ class ServerSettings:
     #: Roles whose members may have a LoRA fetched from Civitai by writing its AIR in
     #: ``/imagine`` (where the operator allows fetching); empty: nobody (the default).
     fetch_roles: tuple[int, ...] = ()
+    #: Fast mode: every /imagine uses each model's ``fast_with`` (a speed LoRA or a faster
+    #: model) unless the member asks for ``speed:normal``.
+    fast_mode: bool = False
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""

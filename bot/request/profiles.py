@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bot.registry.catalog import Catalog
 from bot.registry.models import LoraEntry, ModelEntry
 from bot.request.outcome import Check, fmt
-from bot.request.parse import ImagineRequest
+from bot.request.parse import ImagineRequest, LoraRequest
 from engine import arch as architectures
 from engine import profiles
 from engine.profiles import SpeedProfile
@@ -98,6 +99,44 @@ def merge_profile(
     return Merged(merged, profile, source)
 
 
+def apply_fast_mode(request: ImagineRequest, catalog: Catalog, check: Check) -> ImagineRequest:
+    """The request as fast mode makes it: with the model's speed LoRA added to the stack (its
+    profile then sets the sampler and steps), or on the faster model its admin named.
+
+    Fast mode applies where the member asks (``speed:fast``) or the server has it on and the
+    member did not ask for ``speed:normal``; a model without a fast setting runs as usual
+    (the member who asked is told). A stack that already has a speed LoRA is left alone.
+    """
+    asked = request.speed == "fast"
+    if not asked and not (catalog.settings.fast_mode and request.speed != "normal"):
+        return request
+    name = request.model or catalog.settings.default_model
+    model = catalog.model(name) if name else None
+    if model is None:
+        return request  # check_model reports it
+    target = model.fast_with
+    if not target:
+        if asked:
+            check.note("fast_unset", f"`{model.name}` has no fast setting (an admin sets one with "
+                                     "`/model edit fast_with:`); running it as usual.")  # fmt: skip
+        return request
+    faster = catalog.model(target)
+    if faster is not None:
+        check.note("fast", f"Fast mode: running `{faster.name}` instead of `{model.name}`.")
+        return dataclasses.replace(request, model=faster.name)
+    lora = catalog.lora(target)
+    if lora is None or profiles.get(lora.speed_profile) is None:
+        check.note("fast_unset", f"`{model.name}`'s fast setting `{target}` is no longer a speed LoRA or a model "
+                                 "here; running it as usual.")  # fmt: skip
+        return request
+    stack = [catalog.lora(wanted.name) for wanted in request.loras]
+    if any(entry is not None and entry.speed_profile for entry in stack):
+        return request  # the member's own speed LoRA
+    position = len(request.loras) + 1
+    check.note("fast", f"Fast mode: added `{lora.name}`.")
+    return dataclasses.replace(request, loras=(*request.loras, LoraRequest(lora.name, None, "slot", position)))
+
+
 def eta_for(merged: Merged, sampler: str) -> float | None:
     """The eta the recipe records: the profile's where its sampler runs, else the sampler's
     own default where it reads one (TCD), else None (written nowhere, as before)."""
@@ -106,4 +145,4 @@ def eta_for(merged: Merged, sampler: str) -> float | None:
     return ETA_SAMPLERS["TCD"] if sampler == "TCD" else None
 
 
-__all__ = ["Merged", "eta_for", "merge_profile"]
+__all__ = ["Merged", "apply_fast_mode", "eta_for", "merge_profile"]

@@ -24,7 +24,7 @@ from bot.registry.catalog import Catalog
 from bot.registry.text import strip_invisible
 from bot.request.outcome import Check, Note, Problem, Rejected, Validated
 from bot.request.parse import ImagineRequest
-from bot.request.profiles import eta_for, merge_profile
+from bot.request.profiles import apply_fast_mode, eta_for, merge_profile
 from bot.request.resources import (
     apply_trigger_words,
     check_embeddings,
@@ -70,6 +70,7 @@ def validate(
     """The engine recipe for ``request``, or every reason it cannot run with its fix."""
     check = Check()
     settings = catalog.settings
+    request = apply_fast_mode(request, catalog, check)
     model = check_model(request, catalog, check)
 
     prompt = strip_invisible(request.prompt).strip()

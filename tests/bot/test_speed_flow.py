@@ -111,3 +111,22 @@ async def test_a_lightning_lora_is_proposed_its_profile_and_runs_4_trailing_step
     refused = await handle.wait_followup()
     assert "2 speed LoRAs" in refused.content and "Keep one of them." in refused.content
     assert world.double.violations == []
+
+
+async def test_server_fast_mode_runs_each_model_with_its_speed_lora(world: World, lightning_file: str) -> None:
+    await run(world, world.admin, "lora", {"file": lightning_file, "name": "lightning"}, "add")
+    await world.registry.models.update(world.guild.id, SDXL, world.admin.user.id, default_width=640, default_height=640)
+    text = await run(world, world.admin, "model", {"name": SDXL, "fast_with": "lightning"}, "edit")
+    assert "Fast mode: with `lightning`" in text, text
+    text = await run(world, world.admin, "model", {"enabled": True}, "fast")
+    assert "Fast mode is **on**" in text and f"**{SDXL}** → `lightning`" in text, text
+    assert (await world.registry.settings.get(world.guild.id)).fast_mode is True
+
+    quick = await imagine(world, {"model": SDXL, "prompt": "a fox in snow", "seed": 3})
+    parameters = png_parameters(quick.attachments[0].data)
+    assert "<lora:lightning:1>" in parameters and "Steps: 4, Sampler: Euler, Schedule type: SGM Uniform" in parameters
+    # A member who wants the model as it is says so; its defaults (2 steps here) run.
+    normal = await imagine(world, {"model": SDXL, "prompt": "a fox in snow", "seed": 3, "speed": "normal"})
+    parameters = png_parameters(normal.attachments[0].data)
+    assert "<lora:" not in parameters and "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras" in parameters
+    assert world.double.violations == []

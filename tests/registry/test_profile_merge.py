@@ -3,8 +3,11 @@ then the member's options; every warning and refusal."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
+
+import pytest
 
 from bot.registry import Catalog, ServerSettings
 from bot.request.parse import build_request
@@ -135,3 +138,52 @@ def test_merging_and_validating_is_fast() -> None:
     for _ in range(50):
         validate(request, data)
     assert (time.perf_counter() - started) / 50 < 0.005  # generous on a loaded 2-core machine
+
+
+def fast_catalog(fast_mode: bool) -> Catalog:
+    base = catalog(fast_mode=fast_mode)
+    models = [dataclasses.replace(m, fast_with={"XL": "Lightning", "Dev": "Schnell"}.get(m.name))
+              for m in base.models.values()]  # fmt: skip
+    return Catalog(GUILD, base.settings, models, [base.lora(n) for n in ("Lightning", "TCD", "Style", "Hyper Flux")])  # type: ignore[misc]
+
+
+def fast(data: Catalog, model_name: str = "XL", **kw: Any) -> Validated | Rejected:
+    values: dict[str, Any] = {"guild_id": GUILD, "channel_id": 1, "user_id": 2, "channel_is_nsfw": False,
+                              "prompt": "a fox", "model": model_name, "seed": 1}  # fmt: skip
+    values.update(kw)
+    return validate(build_request(**values), data)
+
+
+def test_speed_fast_adds_the_models_speed_lora_and_its_profile() -> None:
+    from bot.jobs.speed import SpeedBook
+
+    off = fast_catalog(False)
+    normal = fast(off)
+    assert isinstance(normal, Validated) and normal.recipe.loras == () and normal.recipe.steps == 30
+    quick = fast(off, speed="fast")
+    assert isinstance(quick, Validated)
+    assert [lo.name for lo in quick.recipe.loras] == ["Lightning"]
+    assert (quick.recipe.steps, quick.recipe.sampler, quick.recipe.cfg_scale) == (4, "Euler SGM Uniform", 1.0)
+    assert notes(quick)["fast"] == "Fast mode: added `Lightning`."
+    # ETAs and scheduling weights see the shorter job: its work is 4/30 of the default's.
+    book = SpeedBook()
+    assert book.estimate(quick.recipe) / book.estimate(normal.recipe) == pytest.approx(4 / 30)
+
+
+def test_server_fast_mode_applies_unless_the_member_asks_for_normal() -> None:
+    on = fast_catalog(True)
+    quick = fast(on)
+    assert isinstance(quick, Validated) and quick.recipe.steps == 4 and quick.profile == "sdxl-lightning-4step"
+    normal = fast(on, speed="normal")
+    assert isinstance(normal, Validated) and normal.recipe.loras == () and normal.recipe.steps == 30
+    # A member's own speed LoRA is kept, not doubled.
+    own = fast(on, slots=[("TCD", None)])
+    assert isinstance(own, Validated) and [lo.name for lo in own.recipe.loras] == ["TCD"]
+    # FLUX dev's fast setting is the schnell model: the model is swapped, its profile applies.
+    flux = fast(on, model_name="Dev")
+    assert isinstance(flux, Validated)
+    assert (flux.recipe.model_name, flux.recipe.steps, flux.profile) == ("Schnell", 4, "flux-schnell")
+    assert notes(flux)["fast"] == "Fast mode: running `Schnell` instead of `Dev`."
+    # A model without a fast setting runs as usual; a member who asked is told.
+    plain = fast(fast_catalog(False), model_name="Dream", speed="fast")
+    assert isinstance(plain, Validated) and plain.recipe.steps == 20 and "no fast setting" in notes(plain)["fast_unset"]

@@ -259,6 +259,24 @@ model_edit = build_edit_command(
 )
 
 
+@model.command(name="fast", description="Turn the server's fast mode on or off: each model with its fast_with (admin)")
+@admin_only()
+@app_commands.describe(enabled="On: every /imagine uses its model's fast_with unless a member asks for speed:normal")
+async def model_fast(interaction: discord.Interaction[Any], enabled: bool) -> None:
+    """/settings holds Discord's 25 options already, so the switch lives beside ``fast_with``."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = features_of(interaction).registry
+    await registry.settings.update(interaction.guild_id, interaction.user.id, fast_mode=enabled)
+    models = await registry.models.all(interaction.guild_id)
+    lines = [f"**{m.name}** → `{m.fast_with}`" for m in models if m.fast_with]
+    if not enabled:
+        await send_private(interaction, "Fast mode is **off**: members get it with `/imagine speed:fast`.")
+        return
+    listed = "\n".join(lines) if lines else "No model has a fast setting yet: set one with `/model edit fast_with:`."
+    await send_private(interaction, "Fast mode is **on** (a member opts out with `/imagine speed:normal`).\n" + listed)
+
+
 @model.command(name="remove", description="Remove a model from this server (admin)")
 @admin_only()
 @app_commands.describe(name="The model to remove")
