@@ -122,6 +122,11 @@ def test_each_speed_sampler_is_written_and_read_under_the_other_tools_names(name
     assert a1111_base_name(name) == names.a1111
     assert schedule_type(name) == names.schedule
     assert from_comfy(names.comfy, names.comfy_scheduler) == name
+    # And A1111/Forge text written with it reads back as the same recipe.
+    recipe = Recipe(model="m.safetensors", prompt="a fox", sampler=name, steps=4, cfg_scale=1.0, seed=3)
+    text = a1111.write_parameters(recipe, version="atelier test")
+    assert f"Sampler: {names.a1111}, Schedule type: {names.schedule}," in text
+    assert a1111.read_parameters(text).recipe == a1111.carried(recipe)
 
 
 def test_eta_is_recorded_in_every_form() -> None:
