@@ -26,9 +26,9 @@ def test_the_loader_builds_exactly_what_inspection_calls_runnable() -> None:
     ("build", "kind", "architecture", "says"),
     [
         (dit_files.sd3_checkpoint, "checkpoint", "sd3", "is an SD 3 checkpoint"),
-        (dit_files.flux2_checkpoint, "checkpoint", "unknown", "is a FLUX.2 checkpoint"),
+        (dit_files.flux2_checkpoint, "checkpoint", "flux2", "is a FLUX.2 checkpoint"),
         (dit_files.sd3_peft_lora, "lora", "sd3", "is a LoRA for SD 3"),
-        (dit_files.qwen_image_lora, "lora", "unknown", "is a LoRA for Qwen-Image"),
+        (dit_files.qwen_image_lora, "lora", "qwen_image", "is a LoRA for Qwen-Image"),
     ],
 )
 def test_diffusion_transformers_are_named_and_refused(
@@ -148,7 +148,8 @@ def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
     [
         ("FluxFillPipeline", "is a FLUX.1 Fill checkpoint"),
         ("StableDiffusionInpaintPipeline", "is an SD 1.5 inpainting checkpoint"),
-        ("QwenImagePipeline", "is a checkpoint of the diffusers pipeline `QwenImagePipeline`"),
+        ("QwenImagePipeline", "is a Qwen-Image checkpoint"),
+        ("HunyuanDiTPipeline", "is a checkpoint of the diffusers pipeline `HunyuanDiTPipeline`"),
     ],
 )
 def test_diffusers_folders_the_engine_cannot_run(tmp_path: Path, class_name: str, says: str) -> None:
