@@ -1,6 +1,7 @@
-"""Qwen-Image (and Qwen-Image-Edit): recognised and refused by name; no runtime yet.
+"""Qwen-Image (and Qwen-Image-Edit, recognised and refused until the picture-in issue's /edit).
 
-Torch-free. A 20B MMDiT (60 blocks, 3072 wide) reading Qwen2.5-VL-7B's last hidden states, with
+This is the torch-free half; the runtime (``loading``, ``lora_keys``, ``pipeline`` beside this
+file) is built against :class:`engine.arch.runtime.Runtime`, behind :data:`RUNS`. A 20B MMDiT (60 blocks, 3072 wide) reading Qwen2.5-VL-7B's last hidden states, with
 a Wan-style 16-channel VAE. Its blocks carry ``img_mlp``/``txt_mlp`` and ``img_mod``/``txt_mod``
 (FLUX.1's diffusers blocks have ``ff``/``ff_context`` and ``norm1``), and a ``txt_norm`` before
 its text input. The authors' pipeline (diffusers ``QwenImagePipeline``): true CFG with a negative
@@ -23,7 +24,7 @@ from engine.arch.base import (
 )
 
 #: The one switch: True once engine.arch.qwen_image runs Qwen-Image end to end.
-RUNS = False
+RUNS = True
 WIDTH = 3072
 
 QWEN_IMAGE = Architecture(
@@ -71,4 +72,5 @@ QWEN_IMAGE = Architecture(
     embeddings=False,
     capabilities=frozenset({"txt2img"}),
     variants={"edit": Variant("edit", "Qwen-Image-Edit", capabilities=frozenset({"edit"}))},
+    runtime="engine.arch.qwen_image.pipeline",
 )
