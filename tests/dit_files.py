@@ -211,3 +211,20 @@ def qwen_image_kohya_lora(path: Path) -> Path:
     state = {**_kohya("lora_unet_transformer_blocks_0_attn_to_q", w, w),
              **_kohya("lora_unet_transformer_blocks_0_img_mlp_net_0_proj", w, 4 * w)}  # fmt: skip
     return _save(path, state)
+
+
+def chroma_checkpoint(path: Path, *, width: int = 32) -> Path:
+    """Chroma: FLUX.1 schnell's blocks with its modulations replaced by a distilled guidance
+    layer (``distilled_guidance_layer.in_proj``), no ``vector_in``/``guidance_in``."""
+    w = width
+    state = {"img_in.weight": _zeros(w, 64), "txt_in.weight": _zeros(w, 64),
+             "distilled_guidance_layer.in_proj.weight": _zeros(w, 64),
+             "double_blocks.0.img_attn.qkv.weight": _zeros(3 * w, w),
+             "double_blocks.0.img_mlp.0.weight": _zeros(4 * w, w),
+             "single_blocks.0.linear1.weight": _zeros(7 * w, w)}  # fmt: skip
+    return _save(path, state)
+
+
+def hidream_lora(path: Path) -> Path:
+    """A HiDream-I1 LoRA (kohya names over its double-stream blocks): no module runs it."""
+    return _save(path, _kohya("lora_unet_double_stream_blocks_0_block_attn1_to_q", 2560, 2560))

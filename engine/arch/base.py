@@ -114,6 +114,9 @@ class Variant:
     prompt_budget: PromptBudget | None = None
     uses_negative: bool | None = None
     capabilities: frozenset[str] | None = None
+    #: False for a variant of a runnable architecture that this engine does not run (FLUX.2 dev,
+    #: whose text encoder is Mistral's, beside the Klein models it runs): refused by name.
+    runs: bool = True
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,9 @@ def bind_dit_lora(lora: LoraFile, models: Mapping[str, Any], table: Mapping[tupl
                                       f"{arch_label} layer '{flat}'; DoRA's norm is of the whole fused weight, "
                                       "which this engine does not split")  # fmt: skip
                 part = RowSliceDelta(delta, target.rows[0], target.rows[1], fused)
+            elif target.swap_halves:
+                rows = int(module.weight.shape[0])
+                part = RowSliceDelta(delta, 0, rows, rows, swap_halves=True)
             if not part.fits(tuple(module.weight.shape)):
                 misfit = misfit or (target.module, tuple(module.weight.shape), flat)
                 continue

@@ -1,6 +1,5 @@
-"""Qwen-Image and FLUX.2 Klein (issue 19): recognised from their files and Civitai's names, and
-refused by name at registration while their modules' RUNS flags are off; FLUX.1 files are
-never taken for them (Klein 4B shares FLUX.1's width and BFL names: its MLP proportions tell)."""
+"""Qwen-Image and FLUX.2 Klein (issue 19): recognised from their files and Civitai's names;
+FLUX.1 files are never taken for them (Klein 4B shares FLUX.1's width and BFL names: its MLP proportions tell)."""
 
 from __future__ import annotations
 
@@ -44,9 +43,9 @@ def test_a_flux2_checkpoint_says_its_size(tmp_path: Path, width: int, variant: s
     assert checkpoint_variant({"img_in.weight": {"shape": [width, 128]}}) == variant
 
 
-def test_flux2_is_refused_by_name_while_it_does_not_run_and_qwen_image_runs(tmp_path: Path) -> None:
+def test_klein_and_qwen_image_files_register(tmp_path: Path) -> None:
     info = inspect_file(dit_files.flux2_kohya_lora(tmp_path / "klein.safetensors", width=dit_files.KLEIN_9B_WIDTH))
-    assert info.cannot_run is not None and "is a LoRA for FLUX.2" in info.cannot_run, info.cannot_run
+    assert (info.architecture, info.cannot_run) == ("flux2", None)
     info = inspect_file(dit_files.qwen_image_kohya_lora(tmp_path / "qwen.safetensors"))
     assert (info.architecture, info.cannot_run) == ("qwen_image", None)
 

@@ -26,9 +26,7 @@ def test_the_loader_builds_exactly_what_inspection_calls_runnable() -> None:
     ("build", "kind", "architecture", "says"),
     [
         (dit_files.sd3_checkpoint, "checkpoint", "sd3", "is an SD 3 checkpoint"),
-        (dit_files.flux2_checkpoint, "checkpoint", "flux2", "is a FLUX.2 checkpoint"),
         (dit_files.sd3_peft_lora, "lora", "sd3", "is a LoRA for SD 3"),
-        (lambda p: dit_files.flux2_kohya_lora(p, width=dit_files.KLEIN_9B_WIDTH), "lora", "flux2", "is a LoRA for FLUX.2"),
     ],
 )
 def test_diffusion_transformers_are_named_and_refused(
@@ -148,7 +146,7 @@ def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
     [
         ("FluxFillPipeline", "is a FLUX.1 Fill checkpoint"),
         ("StableDiffusionInpaintPipeline", "is an SD 1.5 inpainting checkpoint"),
-        ("Flux2KleinPipeline", "is a FLUX.2 checkpoint"),
+        ("Flux2Pipeline", "is a FLUX.2 dev checkpoint, which this engine does not run yet"),
         ("QwenImageEditPipeline", "is a Qwen-Image-Edit checkpoint, made for edit"),
         ("HunyuanDiTPipeline", "is a checkpoint of the diffusers pipeline `HunyuanDiTPipeline`"),
     ],

@@ -1,6 +1,7 @@
-"""FLUX.2 (dev, Klein 4B / 9B and their base models): recognised and refused by name; no runtime yet.
+"""FLUX.2 (Klein 4B / 9B and their base models; dev recognised and refused): the torch-free half.
 
-Torch-free. FLUX.2 keeps BFL's block names (``double_blocks.N.img_attn.qkv``,
+The runtime (``convert``, ``loading``, ``lora_keys``, ``pipeline`` beside this file) runs Klein
+through diffusers' ``Flux2KleinPipeline``, behind :data:`RUNS`. FLUX.2 keeps BFL's block names (``double_blocks.N.img_attn.qkv``,
 ``single_blocks.N.linear1``) but moves the modulations out of the blocks
 (``double_stream_modulation_img``, ``single_stream_modulation``) and uses a SwiGLU MLP of 3x the
 width: its ``img_mlp.0`` has 6x the width in rows (FLUX.1: 4x), ``linear1`` 9x (FLUX.1: 7x) and
@@ -32,8 +33,8 @@ from engine.arch.base import (
     never,
 )
 
-#: The one switch: True once a FLUX.2 runtime loads and runs Klein end to end.
-RUNS = False
+#: The one switch: True once engine.arch.flux2 loads and runs Klein end to end.
+RUNS = True
 
 #: Hidden width -> variant.
 WIDTHS = {3072: "klein-4b", 4096: "klein-9b", 6144: "dev"}
@@ -111,7 +112,8 @@ FLUX2 = Architecture(
                                  uses_negative=True),
         "klein-9b-base": Variant("klein-9b-base", "FLUX.2 Klein 9B base", steps=50, guidance=BASE_GUIDANCE,
                                  uses_negative=True),
-        "dev": Variant("dev", "FLUX.2 dev", steps=50, guidance=Guidance("distilled", 4.0, low=1.0, high=10.0)),
+        "dev": Variant("dev", "FLUX.2 dev", steps=50, guidance=Guidance("distilled", 4.0, low=1.0, high=10.0), runs=False),
     },
     default_variant="klein-4b",
+    runtime="engine.arch.flux2.pipeline",
 )
