@@ -41,8 +41,15 @@ from engine.cluster.settings import ClusterSettings
 from engine.downloads import DownloadManager
 from engine.inspect import inspect_file
 from engine.paths import list_files, resolve_within
-from engine.protocol import TERMINAL_EVENTS, DownloadRequest, EngineError, ErrorCode, Recipe
-from engine.server import _HTTP_STATUS, MAX_BODY_BYTES
+from engine.protocol import (
+    MAX_BODY_BYTES,
+    TERMINAL_EVENTS,
+    DownloadRequest,
+    EngineError,
+    ErrorCode,
+    Recipe,
+    http_status,
+)
 from engine.support import RUNNABLE_ARCHITECTURES
 from engine.validation import validate_recipe
 
@@ -105,7 +112,7 @@ class ReplicaSeen:
 
 
 def _error(exc: EngineError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=_HTTP_STATUS.get(exc.code, 500))
+    return JSONResponse(exc.to_json(), status_code=http_status(exc.code))
 
 
 class Ingress:

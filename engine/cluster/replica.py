@@ -120,22 +120,17 @@ class EngineReplica:
         # Built per instance so that the number of models comes from the config file.
         self._hold = serve.multiplexed(max_num_models_per_replica=self.settings.models_per_replica)(hold)
 
-    def _in_use(self) -> set[str]:
-        """Models of the jobs queued or running here (read from the manager: same process)."""
-        jobs = [*self.manager.running_batch, *(self.manager._jobs[i] for i in list(self.manager._queue))]
-        return {job.recipe.model for job in jobs}
-
     def _release(self, model_id: str) -> None:
         with self._lock:
             self.held.discard(model_id)
-            if model_id in self._in_use():
+            if model_id in self.manager.models_in_use():
                 self._evict_after.add(model_id)  # a job here still uses it: after that job
                 return
         self._evict(model_id)
 
     def _evict_unused(self) -> None:
         with self._lock:
-            due = self._evict_after - self._in_use() - self.held
+            due = self._evict_after - self.manager.models_in_use() - self.held
             self._evict_after -= due
         for model_id in due:
             self._evict(model_id)
