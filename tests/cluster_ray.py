@@ -85,5 +85,8 @@ def _ingress_targets() -> set[int]:
 
     from engine.cluster.app import APP_NAME
 
-    groups = ray.get(_get_global_client()._controller.get_target_groups.remote(APP_NAME))
+    try:
+        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(APP_NAME))
+    except ray.exceptions.RayTaskError:  # no such app yet
+        return set()
     return {t.port for g in groups if g.protocol == "HTTP" for t in g.targets}
