@@ -95,7 +95,11 @@ FLUX2 = Architecture(
     pipeline_classes={"Flux2Pipeline": "dev", "Flux2KleinPipeline": None},
     dit=DitRule(structure=never, shape=never, modules=is_flux2, priority=5),
     checkpoint_variant=checkpoint_variant,
-    size=SizeRule(multiple=16, min_pixels=256 * 256, max_pixels=2048 * 2048, hint="1024x1024", default=(1024, 1024)),
+    size=SizeRule(
+        multiple=16, min_pixels=256 * 256, max_pixels=2048 * 2048, hint="1024x1024", default=(1024, 1024),
+        presets=(("1024×1024 · square", "1024x1024"), ("832×1216 · portrait", "832x1216"),
+                 ("1216×832 · landscape", "1216x832"), ("1344×768 · wide 16:9", "1344x768")),
+    ),
     samplers=("Euler",),
     default_sampler="Euler",
     default_steps=4,
