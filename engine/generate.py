@@ -216,7 +216,7 @@ class Generator:
             stack = self._resolve_loras(recipe)
             if model_info.architecture in RUNNABLE_ARCHITECTURES:
                 for lora in stack:
-                    check_architecture(lora, model_info.architecture, recipe.model_label)
+                    check_architecture(lora, model_info.architecture, recipe.model_label, model_info.variant)
             reads = self.loras.prefetch(stack)
             if not self.models.holds(model_info.sha256):
                 model = self.models.prefetch(model_path, model_info.sha256, recipe.model,
@@ -301,7 +301,7 @@ class Generator:
             raise ValueError("run_batch needs jobs its architecture can batch together; run the others apart")
         if model_info.architecture in RUNNABLE_ARCHITECTURES:
             for lora in stack:
-                check_architecture(lora, model_info.architecture, model_name)
+                check_architecture(lora, model_info.architecture, model_name, model_info.variant)
         if all(cancel is not None and cancel() for cancel in should_cancel):
             raise _Cancelled
 

@@ -341,6 +341,9 @@ def inspect_file(path: Path, *, relative_to: Path | None = None) -> FileInfo:
     family_text = dit[1] if dit is not None and architecture == "unknown" else None
     unnamed_dit = dit is not None and _arch.get(architecture) is None
     variant = checkpoint_variant(tensors, architecture) if kind == "checkpoint" and not unnamed_dit else None
+    spec = _arch.get(architecture)
+    if kind == "lora" and spec is not None and spec.lora_variant is not None:
+        variant = spec.lora_variant(tensors)  # FLUX.2: the Klein size its widths show
     base_hash = metadata.get("ss_new_sd_model_hash", "").strip().lower() or None
     return FileInfo(
         path=shown,

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.arch import get as arch_spec
 from engine.loras.reader import LoraFile, read_lora_file
 from engine.protocol import EngineError, ErrorCode, FileInfo, LoraRef, architecture_label
 from engine.support import RUNNABLE_ARCHITECTURES
@@ -43,8 +44,9 @@ class CachedLora:
     lora: LoraFile
 
 
-def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> None:
-    """Refuse a LoRA made for another architecture, naming both, before anything is loaded."""
+def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str, model_variant: str | None = None) -> None:
+    """Refuse a LoRA made for another architecture, or another size of it (FLUX.2 Klein 4B and
+    9B: ``Variant.size``), naming both, before anything is loaded."""
     if lora.info.kind == "checkpoint":
         raise EngineError(
             ErrorCode.INVALID_RECIPE,
@@ -58,6 +60,15 @@ def check_architecture(lora: ResolvedLora, model_arch: str, model_name: str) -> 
             f"not a LoRA: {use} instead",
         )
     lora_arch = lora.info.architecture
+    if lora_arch == model_arch:
+        spec = arch_spec(model_arch)
+        trained, used = (spec.variants.get(v or "") if spec else None for v in (lora.info.variant, model_variant))
+        if trained is not None and used is not None and trained.size and used.size and trained.size != used.size:
+            raise EngineError(
+                ErrorCode.ARCH_MISMATCH,
+                f"LoRA '{lora.ref.display_name}' was trained for {trained.label} but the model '{model_name}' is "
+                f"{used.label}: a LoRA for one size never fits another; pick a {used.label} LoRA",
+            )
     if lora_arch in ("unknown", model_arch):
         return
     lora_label = architecture_label(lora_arch)

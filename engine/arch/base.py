@@ -117,6 +117,9 @@ class Variant:
     #: False for a variant of a runnable architecture that this engine does not run (FLUX.2 dev,
     #: whose text encoder is Mistral's, beside the Klein models it runs): refused by name.
     runs: bool = True
+    #: The weights' size where variants differ in it (FLUX.2 Klein "4b" / "9b"): a LoRA trained
+    #: for one size never fits another, and is refused before the model is loaded.
+    size: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class Architecture:
     dit: DitRule | None = None
     #: The variant a checkpoint's tensors show (FLUX: a guidance input means dev), or None.
     checkpoint_variant: Callable[[Tensors], str | None] | None = None
+    #: The variant a LoRA's tensors show (FLUX.2: its width names the Klein size), or None.
+    lora_variant: Callable[[Tensors], str | None] | None = None
     #: Text-encoder context widths that identify a UNet of this architecture (SD 1.5: 768).
     context_widths: tuple[int, ...] = ()
     size: SizeRule | None = None

@@ -16,8 +16,8 @@ from tests import dit_files
 @pytest.mark.parametrize(
     ("build", "kind", "architecture", "variant"),
     [
-        (lambda p: dit_files.flux2_kohya_lora(p, width=dit_files.KLEIN_4B_WIDTH), "lora", "flux2", None),
-        (lambda p: dit_files.flux2_kohya_lora(p, width=dit_files.KLEIN_9B_WIDTH, mlp=False), "lora", "flux2", None),
+        (lambda p: dit_files.flux2_kohya_lora(p, width=dit_files.KLEIN_4B_WIDTH), "lora", "flux2", "klein-4b"),
+        (lambda p: dit_files.flux2_kohya_lora(p, width=dit_files.KLEIN_9B_WIDTH, mlp=False), "lora", "flux2", "klein-9b"),
         (dit_files.flux2_diffusers_lora, "lora", "flux2", None),
         (lambda p: dit_files.flux2_bfl_checkpoint(p, width=dit_files.KLEIN_4B_WIDTH // 32), "checkpoint", "flux2", None),
         (dit_files.qwen_image_checkpoint, "checkpoint", "qwen_image", None),

@@ -203,3 +203,23 @@ def test_flux2_dev_is_named_and_refused(tmp_path: Path) -> None:
 
     info = inspect_file(dit_files.flux2_bfl_checkpoint(tmp_path / "d.safetensors", width=6144 // 64))
     assert info.architecture == "flux2"
+
+
+def test_a_lora_for_the_other_real_size_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """Real widths (3072 for 4B, 4096 for 9B) name the size in the header: the refusal needs no
+    model loaded (the check before any load), both ways, and the same size passes."""
+    from engine.lora_cache import ResolvedLora, check_architecture
+    from tests import dit_files
+
+    nine = inspect_file(dit_files.flux2_kohya_lora(tmp_path / "nine.safetensors", width=dit_files.KLEIN_9B_WIDTH))
+    four = inspect_file(dit_files.flux2_kohya_lora(tmp_path / "four.safetensors", width=dit_files.KLEIN_4B_WIDTH))
+    assert (nine.variant, four.variant) == ("klein-9b", "klein-4b")
+    for lora, model_variant, says in ((nine, "klein-4b", "trained for FLUX.2 Klein 9B"),
+                                      (four, "klein-9b-base", "trained for FLUX.2 Klein 4B")):  # fmt: skip
+        resolved = ResolvedLora(ref=LoraRef(lora.path, 1.0), path=tmp_path / lora.path, info=lora)
+        with pytest.raises(EngineError) as caught:
+            check_architecture(resolved, "flux2", "Klein", model_variant)
+        assert caught.value.code is ErrorCode.ARCH_MISMATCH and says in str(caught.value), str(caught.value)
+    same = ResolvedLora(ref=LoraRef(four.path, 1.0), path=tmp_path / four.path, info=four)
+    check_architecture(same, "flux2", "Klein", "klein-4b-base")  # base and distilled 4B share LoRAs
+    check_architecture(same, "flux2", "Klein", None)  # a model whose size is unknown: binding decides

@@ -432,3 +432,14 @@ def test_prompts_go_through_the_chat_template_and_are_cached(generator: Generato
     with pytest.raises(EngineError) as caught:
         RUNTIME.prompt_encoder(pipe, clip_skip=2, embeddings={})
     assert caught.value.code is ErrorCode.INVALID_RECIPE
+
+
+def test_the_speed_profiles_name_the_modules_architectures() -> None:
+    """The shipped profiles (issue 21) of Z-Image Turbo and the Qwen-Image Lightning LoRAs run
+    on the architectures these modules register."""
+    from engine import profiles
+
+    turbo = profiles.get("z-image-turbo")
+    assert turbo is not None and turbo.cannot_run("zimage", "turbo", arch.ARCHITECTURES["zimage"].samplers) is None
+    lightning = profiles.get("qwen-image-lightning-8steps")
+    assert lightning is not None and lightning.cannot_run("qwen_image", None, arch.ARCHITECTURES["qwen_image"].samplers) is None

@@ -40,8 +40,9 @@ def offered_sizes() -> tuple[tuple[str, str], ...]:
         spec = architectures.ARCHITECTURES[name]
         for label, value in spec.size.presets if spec.size else ():
             sizes.setdefault(value, f"{label} ({spec.label})")
-    sizes.setdefault(_DRAFT[1], _DRAFT[0])
-    return tuple((label, value) for value, label in sizes.items())[:25]
+    sizes.pop(_DRAFT[1], None)
+    # The draft size stays however many architectures offer presets (Discord shows 25).
+    return (*tuple((label, value) for value, label in sizes.items())[:24], _DRAFT)
 
 
 #: Sizes offered; "WxH" values.

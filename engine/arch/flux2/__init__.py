@@ -75,6 +75,18 @@ def checkpoint_variant(tensors: Tensors) -> str | None:
     return None
 
 
+def lora_variant(tensors: Tensors) -> str | None:
+    """"klein-4b", "klein-9b" or "dev" from the width a LoRA's attention reads (None where the
+    file shows no such layer, or a width no FLUX.2 has)."""
+    from engine.arch.recognition import _DIT_TOP, denoiser_path, module_features
+
+    paths = {key: path for key in tensors if _DIT_TOP.match(path := denoiser_path(key))}
+    for name, (_out, inner) in module_features(tensors, paths).items():
+        if inner is not None and (_QKV.match(name) or name.endswith(("_attn_to_q", "_attn_to_qkv_mlp_proj"))):
+            return WIDTHS.get(inner)
+    return None
+
+
 KLEIN_GUIDANCE = Guidance("none", 1.0, typical="none (distilled Klein ignores it)")
 BASE_GUIDANCE = Guidance("cfg", 4.0, low=1.0, high=10.0, typical="4")
 
@@ -95,7 +107,12 @@ FLUX2 = Architecture(
     pipeline_classes={"Flux2Pipeline": "dev", "Flux2KleinPipeline": None},
     dit=DitRule(structure=never, shape=never, modules=is_flux2, priority=5),
     checkpoint_variant=checkpoint_variant,
-    size=SizeRule(multiple=16, min_pixels=256 * 256, max_pixels=2048 * 2048, hint="1024x1024", default=(1024, 1024)),
+    lora_variant=lora_variant,
+    size=SizeRule(
+        multiple=16, min_pixels=256 * 256, max_pixels=2048 * 2048, hint="1024x1024", default=(1024, 1024),
+        presets=(("1024×1024 · square", "1024x1024"), ("832×1216 · portrait", "832x1216"),
+                 ("1216×832 · landscape", "1216x832"), ("1344×768 · wide 16:9", "1344x768")),
+    ),
     samplers=("Euler",),
     default_sampler="Euler",
     default_steps=4,
@@ -106,13 +123,14 @@ FLUX2 = Architecture(
     clip_skip=False,
     embeddings=False,
     variants={
-        "klein-4b": Variant("klein-4b", "FLUX.2 Klein 4B", steps=4, guidance=KLEIN_GUIDANCE),
-        "klein-9b": Variant("klein-9b", "FLUX.2 Klein 9B", steps=4, guidance=KLEIN_GUIDANCE),
+        "klein-4b": Variant("klein-4b", "FLUX.2 Klein 4B", steps=4, guidance=KLEIN_GUIDANCE, size="4b"),
+        "klein-9b": Variant("klein-9b", "FLUX.2 Klein 9B", steps=4, guidance=KLEIN_GUIDANCE, size="9b"),
         "klein-4b-base": Variant("klein-4b-base", "FLUX.2 Klein 4B base", steps=50, guidance=BASE_GUIDANCE,
-                                 uses_negative=True),
+                                 uses_negative=True, size="4b"),
         "klein-9b-base": Variant("klein-9b-base", "FLUX.2 Klein 9B base", steps=50, guidance=BASE_GUIDANCE,
-                                 uses_negative=True),
-        "dev": Variant("dev", "FLUX.2 dev", steps=50, guidance=Guidance("distilled", 4.0, low=1.0, high=10.0), runs=False),
+                                 uses_negative=True, size="9b"),
+        "dev": Variant("dev", "FLUX.2 dev", steps=50, guidance=Guidance("distilled", 4.0, low=1.0, high=10.0),
+                       runs=False, size="32b"),
     },
     default_variant="klein-4b",
     runtime="engine.arch.flux2.pipeline",
