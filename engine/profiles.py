@@ -240,10 +240,17 @@ def detect(
     return None
 
 
+def describe(profile_id: str | None) -> str:
+    """``SDXL-Lightning 4-step · Euler SGM Uniform, 4 steps, CFG 1``, or "none"."""
+    profile = get(profile_id)
+    return f"{profile.label} · {profile.summary()}" if profile else "none"
+
+
 __all__ = [
     "Detected",
     "ProfileError",
     "SpeedProfile",
+    "describe",
     "detect",
     "get",
     "match_name",
@@ -251,3 +258,4 @@ __all__ = [
     "parse_profile",
     "profiles",
 ]
+

@@ -11,6 +11,7 @@ offsets, prediction type) is kept.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +102,11 @@ def a1111_base_name(name: str) -> str:
 def trailing_timesteps(steps: int, train_steps: int = 1000) -> list[int]:
     """diffusers' "trailing" spacing: ``[999, 749, 499, 249]`` for 4 of 1000 (DMD2's README
     passes exactly these to LCMScheduler)."""
-    import numpy as np
-
-    return [int(t) for t in np.round(np.arange(train_steps, 0, -train_steps / steps)).astype(np.int64) - 1]
+    # The same float steps as numpy's arange(train_steps, 0, -train_steps / steps) and the same
+    # round-half-to-even, without importing numpy into this module for one list.
+    stride = -train_steps / steps
+    count = math.ceil(-train_steps / stride)
+    return [int(round(train_steps + i * stride)) - 1 for i in range(count)]
 
 
 def _trailing_lcm() -> type:

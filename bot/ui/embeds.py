@@ -13,6 +13,7 @@ from typing import Any
 
 import discord
 
+from engine import profiles
 from engine.protocol import Recipe
 
 TITLE_LIMIT = 256
@@ -165,9 +166,7 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None, show_file: bool = Fa
     embed.add_field(name="Category", value=str(_get(lora, "category", "other")), inline=True)
     speed_profile = _get(lora, "speed_profile", None)
     if speed_profile:
-        from bot.ui.profiles import describe
-
-        embed.add_field(name="Sampling profile", value=describe(str(speed_profile)), inline=False)
+        embed.add_field(name="Sampling profile", value=profiles.describe(str(speed_profile)), inline=False)
     default_weight = _get(lora, "default_weight", 1.0)
     embed.add_field(name="Default weight", value=format_weight(float(default_weight)), inline=True)
     low, high = _get(lora, "recommended_min", None), _get(lora, "recommended_max", None)

@@ -15,6 +15,7 @@ from discord import app_commands
 
 from bot.ui.cogs.edit_fields import CLEAR_WORDS, Convert
 from engine import profiles
+from engine.profiles import describe
 
 #: The option value that removes a profile.
 NONE = "none"
@@ -33,12 +34,6 @@ def profile_option(attribute: str = "speed_profile") -> Convert:
         return {attribute: None if value.strip().lower() in CLEAR_WORDS else value}
 
     return convert
-
-
-def describe(profile_id: str | None) -> str:
-    """``SDXL-Lightning 4-step · Euler SGM Uniform, 4 steps, CFG 1``, or "none"."""
-    profile = profiles.get(profile_id)
-    return f"{profile.label} · {profile.summary()}" if profile else "none"
 
 
 def proposal(profile_id: str | None, evidence: str | None, command: str) -> str:
