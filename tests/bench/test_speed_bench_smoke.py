@@ -25,3 +25,4 @@ def test_tiny_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert details["profile"] == "lcm-sd15"
     assert details["profile_recipe"] == "LCM, 4 steps, CFG 1, lcm x 1"
     assert details["default_recipe"] == "DPM++ 2M Karras, 6 steps, CFG 7"
+    assert details["timings"]["profile"]["lora_path"] in ("patched", "unfused")

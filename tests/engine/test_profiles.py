@@ -89,11 +89,21 @@ def test_civitai_base_model_is_the_last_resort_and_kind_is_respected() -> None:
     assert detect("sdxl_lightning_4step.safetensors", kind="checkpoint").profile.id == "sdxl-lightning-4step"  # type: ignore[union-attr]
     assert detect("dreamshaperXL_lightning.safetensors", base_model="SDXL Lightning", kind="checkpoint").profile.id == (  # type: ignore[union-attr]
         "sdxl-lightning-4step")
-    assert detect("z_image_turbo_bf16.safetensors", kind="lora") is None
-    assert detect("z_image_turbo_bf16.safetensors", kind="checkpoint").profile.id == "z-image-turbo"  # type: ignore[union-attr]
-    # schnell's own variant rules already give it 4 steps without guidance: its profile is for
-    # fast mode, not proposed from the file name.
+    # schnell's and Z-Image Turbo's own variant rules already give them their few steps without
+    # guidance: their profiles are for fast mode, not proposed from the file name.
     assert detect("flux1-schnell.safetensors") is None
+
+
+def test_a_lora_is_never_proposed_a_distilled_checkpoints_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    turbo = parse_profile({"id": "turbo", "label": "Turbo", "kind": "checkpoint", "architectures": ["sdxl"],
+                           "sampler": "Euler a", "steps": 1, "steps_allowed": [1, 4], "cfg": 1, "cfg_allowed": [1, 1],
+                           "names": ["sdxlturbo"], "civitai_base_models": ["SDXL Turbo"],
+                           "sources": {"sampler": "s", "steps": "s", "cfg": "s"}})  # fmt: skip
+    monkeypatch.setattr(profiles, "profiles", lambda: {"turbo": turbo})
+    assert detect("sd_xl_turbo_1.0.safetensors", kind="checkpoint").profile is turbo  # type: ignore[union-attr]
+    assert detect("sd_xl_turbo_1.0.safetensors", kind="lora") is None
+    assert detect("x.safetensors", base_model="SDXL Turbo", kind="lora") is None
+    assert detect("x.safetensors", base_model="SDXL Turbo").profile is turbo  # type: ignore[union-attr]
 
 
 def test_detection_is_bounded_on_hostile_input() -> None:
