@@ -86,8 +86,8 @@ class ClusterJob:
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 
-    def status(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "position": 0, "step": self.step,
+    def status(self, position: int = 0) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "position": position, "step": self.step,
                 "total_steps": self.total_steps, "images": len(self.images), "error": self.error,
                 "seconds": self.seconds}  # fmt: skip
 
@@ -192,6 +192,24 @@ class Ingress:
 
     # -- jobs --------------------------------------------------------------------------------
 
+    def _status_of(self, job: ClusterJob) -> dict[str, Any]:
+        """The job's status; its position counted as its replica's queue counts it.
+
+        Jobs ahead of it on the same replica (arrived before it, in the ingress's order), plus
+        one while that replica runs a job: what the standalone engine's queue answers. A job
+        Serve has not handed to a replica yet has no place in a queue to tell (0).
+        """
+        if job.state != "queued" or job.replica is None:
+            return job.status()
+        ahead, running = 0, False
+        before = True
+        for other in self.jobs.values():  # in submission order
+            before = before and other is not job
+            if other.replica == job.replica:
+                ahead += before and other.state == "queued"
+                running = running or other.state == "running"
+        return job.status(ahead + running)
+
     def _get(self, job_id: str) -> ClusterJob:
         job = self.jobs.get(job_id)
         if job is None:
@@ -206,7 +224,7 @@ class Ingress:
             raise EngineError(ErrorCode.INVALID_RECIPE, "a job id must be 1 to 128 letters, digits or . _ : - (it goes in URLs)")
         existing = self.jobs.get(job_id)
         if existing is not None:
-            return JSONResponse(existing.status())
+            return JSONResponse(self._status_of(existing))
         data = body.get("recipe")
         if not isinstance(data, dict):
             raise EngineError(ErrorCode.INVALID_RECIPE, "'recipe' must be a JSON object")
@@ -221,7 +239,7 @@ class Ingress:
         self._emit(job, {"type": "queued", "position": 0})
         job.task = asyncio.create_task(self._drive(job), name=f"cluster-job-{job_id}")
         self._trim()
-        return JSONResponse(job.status(), status_code=202)
+        return JSONResponse(self._status_of(job), status_code=202)
 
     async def _drive(self, job: ClusterJob) -> None:
         """Run ``job`` on the replica Serve picks for its model, recording what comes back."""
@@ -302,7 +320,7 @@ class Ingress:
             del self.jobs[job.id]
 
     async def job_status(self, _request: Request, id: str) -> Response:
-        return JSONResponse(self._get(id).status())
+        return JSONResponse(self._status_of(self._get(id)))
 
     async def cancel(self, _request: Request, id: str) -> Response:
         job = self._get(id)
@@ -310,7 +328,7 @@ class Ingress:
             job.cancel_requested = True
             if job.call is not None:
                 job.call.cancel()
-        return JSONResponse(job.status())
+        return JSONResponse(self._status_of(job))
 
     async def image(self, _request: Request, id: str, n: str) -> Response:
         job = self._get(id)

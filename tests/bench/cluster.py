@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30600"})  # fmt: skip
     # ``--only overhead`` (any word of a phase's name) runs that phase alone.
     only = args[args.index("--only") + 1] if "--only" in args else None
-    results = asyncio.run(main_async(only))
+    # Ray prints some of its notices (a raylet's, at shutdown) on stdout: they go to stderr,
+    # so stdout holds the one JSON object.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = asyncio.run(main_async(only))
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -131,6 +131,31 @@ async def test_cancel_reaches_a_running_job_at_its_next_step(cluster: str, demo_
         assert time.monotonic() - asked < 4.0
 
 
+async def test_a_queued_job_reports_its_place_in_its_replica_s_queue(cluster: str, demo_assets: Any) -> None:
+    """Three jobs for one model share its replica: the third waits behind the running one and the second."""
+    model = demo_assets.models["sd15"]
+    ids = ["place-0", "place-1", "place-2"]
+    async with EngineClient(cluster, token=ENGINE_TOKEN) as client:
+        # Different steps: the replica's queue would batch identical shapes into one call.
+        for index, job_id in enumerate(ids):
+            await client.submit(job_id, recipe(model, steps=100 + index, seed=index))  # 10 s each
+
+        async def placed() -> bool:
+            states = [await client.status(job_id) for job_id in ids]
+            return states[0].state == "running" and states[2].position == 2
+
+        await until(placed, 30)
+        states = [await client.status(job_id) for job_id in ids]
+        assert [(s.state, s.position) for s in states] == [("running", 0), ("queued", 1), ("queued", 2)]
+        for job_id in ids:
+            await client.cancel(job_id)
+        await until(lambda: _all_finished(client, ids), 20)
+
+
+async def _all_finished(client: EngineClient, ids: list[str]) -> bool:
+    return all(state in ("cancelled", "done") for state in [(await client.status(j)).state for j in ids])
+
+
 async def test_a_replica_killed_mid_job_gives_one_retry_and_one_post(
     cluster: str, demo_assets: Any, tmp_path: Path
 ) -> None:
