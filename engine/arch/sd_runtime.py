@@ -100,6 +100,36 @@ class SdRuntime:
         )
 
 
+    def img2img(
+        self,
+        pipe: Any,
+        *,
+        conditioning: Any,
+        recipe: Any,
+        images: Sequence[Any],
+        strength: float,
+        generators: Sequence[Any],
+        callback: Callable[..., dict[str, Any]],
+    ) -> Any:
+        """diffusers' image-to-image pipeline on this pipeline's own components (``from_pipe``
+        shares them: the patched UNet, the job's scheduler, no copy of any weight)."""
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        kind = StableDiffusionXLImg2ImgPipeline if self.architecture == "sdxl" else StableDiffusionImg2ImgPipeline
+        runner = kind.from_pipe(pipe)
+        runner.set_progress_bar_config(disable=True)
+        return runner(
+            **conditioning.kwargs,
+            image=list(images),
+            strength=strength,
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.cfg_scale,
+            generator=list(generators) if len(generators) > 1 else generators[0],
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+
+
 SD15 = SdRuntime("sd15")
 SDXL = SdRuntime("sdxl")
 
