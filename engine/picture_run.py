@@ -16,6 +16,7 @@ so nothing of the input survives (a DDPM schedule's last timestep still keeps
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,8 +72,10 @@ def img2img(
     own = getattr(runtime, "img2img", None)
     if own is None:
         raise EngineError(ErrorCode.INVALID_RECIPE, f"{runtime.architecture} models do not run image-to-image here")
-    # At least one step for any strength above 0 (diffusers would run int(steps*strength) = 0).
-    strength = max(strength, steps / recipe.steps - 1e-6)
+    if int(recipe.steps * strength) < 1:
+        # Diffusers would run int(steps * strength) = 0 steps and fail on an empty schedule: one
+        # step from the strength's own noise level instead (a schedule of ceil(1/strength) steps).
+        recipe = replace(recipe, steps=max(recipe.steps, math.ceil(1 / strength)))
     return list(own(pipe, conditioning=conditioning, recipe=recipe, images=list(images), strength=strength,
                     generators=generators, callback=callback).images)  # fmt: skip
 

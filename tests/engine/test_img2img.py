@@ -145,3 +145,12 @@ def test_flux_img2img(flux_generator: Generator) -> None:
     assert diff(half[0], half[1]) > 0.5
     one = [flux_generator.run(with_input(flux_generator, recipe, x, strength=1.0)).images[0] for x in (a, b)]
     assert diff(one[0], one[1]) == 0
+
+
+def test_a_strength_too_small_for_the_steps_still_runs_one_step(tiny_generator: Generator) -> None:
+    """2 steps at 0.35: int(2 * 0.35) = 0 steps in diffusers, which fails; here one step runs."""
+    recipe = replace(SD, steps=2)
+    a = picture(8)
+    out = tiny_generator.run(with_input(tiny_generator, recipe, a, strength=0.35)).images[0]
+    zero = tiny_generator.run(with_input(tiny_generator, recipe, a, strength=0.0)).images[0]
+    assert 0 < diff(out, zero)
