@@ -106,13 +106,14 @@ class SdRuntime:
         *,
         conditioning: Any,
         recipe: Any,
-        images: Sequence[Any],
+        images: Any,
         strength: float,
         generators: Sequence[Any],
         callback: Callable[..., dict[str, Any]],
     ) -> Any:
         """diffusers' image-to-image pipeline on this pipeline's own components (``from_pipe``
-        shares them: the patched UNet, the job's scheduler, no copy of any weight)."""
+        shares them: the patched UNet, the job's scheduler, no copy of any weight). ``images``: the
+        pipeline's [-1, 1] pixel tensor (engine.picture_run.as_pixels)."""
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
         kind = StableDiffusionXLImg2ImgPipeline if self.architecture == "sdxl" else StableDiffusionImg2ImgPipeline
@@ -120,7 +121,7 @@ class SdRuntime:
         runner.set_progress_bar_config(disable=True)
         return runner(
             **conditioning.kwargs,
-            image=list(images),
+            image=images,
             strength=strength,
             num_inference_steps=recipe.steps,
             guidance_scale=recipe.cfg_scale,

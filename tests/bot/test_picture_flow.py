@@ -183,3 +183,23 @@ async def test_bad_files_each_get_their_message(world: World) -> None:
     # strength without an image is refused.
     handle = await world.double.slash(world.alice, world.channel, "imagine", {**FAST, "prompt": "x", "strength": 0.3})
     assert "go with `image`" in await answer(handle)
+
+
+async def test_an_input_the_image_check_flags_is_refused_before_any_gpu_time(world: World) -> None:
+    """The server's image check (withhold, the default) applies to inputs: a flagged input in a
+    channel that is not age-restricted is neither kept nor queued. The classifier is the safety
+    tests' stand-in (tests/bot/test_safety.py), which flags what it is told to."""
+    from tests.bot.test_safety import _Flags
+
+    world.bot.safety.classifier = _Flags([True])
+    try:
+        source = smooth_png(9)
+        before = images_posted(world)
+        handle = await world.double.slash(world.alice, world.channel, "imagine",
+                                          {**FAST, "prompt": "x", "image": ("input.png", source)})  # fmt: skip
+        text = await answer(handle)
+    finally:
+        world.bot.safety.classifier = None
+    assert "image check flagged it" in text and "age-restricted" in text, text
+    assert not running(world) and images_posted(world) == before
+    assert not (world.db_path.parent / "inputs" / f"{hashlib.sha256(source).hexdigest()}.img").exists()

@@ -467,7 +467,7 @@ class FluxRuntime:
         )
 
 
-    def img2img(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Sequence[Any], strength: float,
+    def img2img(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Any, strength: float,
                 generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
         """diffusers' ``FluxImg2ImgPipeline`` on the loaded components (flow matching: the input's
         latents are mixed with noise at the strength's sigma, then denoised from there)."""
@@ -478,7 +478,7 @@ class FluxRuntime:
         guidance = float(recipe.cfg_scale) if pipe.transformer.config.guidance_embeds else 0.0
         return runner(
             **conditioning.kwargs,
-            image=list(images),
+            image=images,
             strength=strength,
             num_inference_steps=recipe.steps,
             guidance_scale=guidance,
