@@ -165,6 +165,9 @@ async def test_bad_files_each_get_their_message(world: World) -> None:
         "huge.png": (bomb_png(), "30000x30000 pixels"),
         "party.gif": (b"GIF89a" + b"\0" * 64, "GIF file; inputs must be PNG, JPEG or WebP"),
         "empty.png": (b"", "empty (0 bytes)"),
+        # Past the server's upload limit (the interaction's attachment_size_limit, 10 MiB here):
+        # refused from the attachment's size, before any download.
+        "poster.png": (b"\x89PNG\r\n\x1a\n" + bytes(11 * 2**20), "input images may be at most 10 MiB"),
     }
     before = images_posted(world)
     for name, (data, message) in cases.items():
