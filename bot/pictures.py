@@ -73,6 +73,17 @@ class PictureChoice:
 async def picture_refusal(client: Any, recipe: Recipe) -> str | None:
     """Why ``recipe``'s picture part cannot run now (its input gone, its upscale too large),
     or None. Asked before a job is queued, so no GPU time goes to a job that would fail."""
+    if recipe.init_image or recipe.hires_scale:
+        from engine import arch
+
+        spec = arch.get(recipe.architecture)
+        found = spec.variant(recipe.variant or None) if spec is not None else None
+        does = (found.capabilities if found is not None and found.capabilities is not None
+                else spec.capabilities if spec is not None else frozenset({"img2img"}))  # fmt: skip
+        if "img2img" not in does:
+            what = "an input image" if recipe.init_image else "an upscale pass"
+            return (f"{arch.label(recipe.architecture)} models like `{recipe.model_label}` do not run image-to-image "
+                    f"here, which {what} needs. Pick an SD 1.5, SDXL or FLUX.1 model.")  # fmt: skip
     if recipe.init_image:
         store: PictureStore | None = getattr(client, "pictures", None)
         if store is None or not await store.has(recipe.init_image):

@@ -170,6 +170,7 @@ class Actions:
         clip_skip: int | None = None,
         parent: Parent | None = None,
         picture: PictureChoice | None = None,
+        speed: str | None = None,
     ) -> bool:
         """Validate and queue; the interaction must already be deferred (ephemeral).
 
@@ -201,6 +202,7 @@ class Actions:
             height=height,
             count=count,
             clip_skip=clip_skip,
+            speed=speed,
         )
         # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
         # may (bot.sources), else validation explains who can add them.
@@ -322,6 +324,8 @@ class Actions:
             "clip_skip": recipe.clip_skip,
             # An input image and its strength, or an upscale pass, go with the recipe.
             "picture": PictureChoice.of(recipe),
+            # A recipe says what ran: the server's fast mode does not add to it.
+            "speed": "normal",
         }
         values.update(changes)
         return await self.imagine(interaction, origin=origin, **values)

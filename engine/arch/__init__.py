@@ -46,9 +46,10 @@ from engine.arch.flux import FLUX
 from engine.arch.sd3 import SD3
 from engine.arch.sd15 import SD15
 from engine.arch.sdxl import SDXL
+from engine.arch.zimage import ZIMAGE
 
 #: Every architecture, in the order menus show them.
-_MODULES: tuple[Architecture, ...] = (SD15, SDXL, SD3, FLUX)
+_MODULES: tuple[Architecture, ...] = (SD15, SDXL, SD3, FLUX, ZIMAGE)
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in _MODULES}
 #: The value for a file no architecture here recognises.
 UNKNOWN = "unknown"
@@ -136,7 +137,8 @@ def from_metadata(metadata: dict[str, str]) -> str | None:
         if not value:
             continue
         # SDXL's needles before SD 1.5's and FLUX's before SD 3's, as the hints were always read.
-        for arch in (SDXL, FLUX, SD3, SD15):
+        # Modules added later are asked after these (their needles are their own names).
+        for arch in (SDXL, FLUX, SD3, SD15, *(a for a in _MODULES if a not in (SDXL, FLUX, SD3, SD15))):
             if arch.metadata_match(value):
                 return arch.name
     return None

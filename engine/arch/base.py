@@ -23,7 +23,7 @@ from typing import Any, Literal
 Tensors = Mapping[str, Mapping[str, Any]]
 
 GuidanceKind = Literal["cfg", "distilled", "none"]
-PromptKind = Literal["clip_chunks", "t5"]
+PromptKind = Literal["clip_chunks", "t5", "llm"]
 #: What a model of an architecture can be asked to do (image-to-image and edit come later).
 Capability = Literal["txt2img", "img2img", "inpaint", "edit"]
 
@@ -61,6 +61,8 @@ class PromptBudget:
 
     ``clip_chunks``: A1111's 75-token CLIP chunks, as many as needed, nothing cut.
     ``t5``: one T5 sequence of at most ``tokens`` tokens; natural language, never 77-cut.
+    ``llm``: one sequence through a language model's chat template (Qwen3 for Z-Image), at
+    most ``tokens`` tokens with the template's own.
     """
 
     kind: PromptKind

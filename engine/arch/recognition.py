@@ -32,7 +32,7 @@ _TE2_KEY = re.compile(
 # module path under the prefixes tools add tells the two apart whatever the key layout (kohya
 # "lora_unet_transformer_blocks_1_attn_to_q" is a FLUX LoRA, not an SDXL one).
 _DENOISER_PREFIXES = (
-    "lora_unet_", "lora_transformer_", "base_model.model.", "model.diffusion_model.",
+    "lora_unet_", "lora_transformer_", "lycoris_", "base_model.model.", "model.diffusion_model.",
     "diffusion_model.", "transformer.", "unet.",
 )  # fmt: skip
 _DIT_TOP = re.compile(

@@ -100,9 +100,12 @@ class Recipe:
     #: model without guidance (schnell) ignores it. The engine reads the file, not these.
     architecture: str = ""
     variant: str = ""
+    #: The sampler's eta (TCD's gamma, DDIM's eta); None = the sampler's own default. A1111
+    #: writes it as ``Eta``.
+    eta: float | None = None
     #: Image-to-image (:mod:`engine.recipe.picture`): the input image's sha256 ("" for
     #: text-to-image) and where it came from (the Discord message link it was attached to).
-    #: The bytes travel beside the recipe (``POST /jobs`` ``inputs``), never inside it.
+    #: The bytes travel beside the recipe (``POST /inputs``), never inside it.
     init_image: str = ""
     init_image_source: str = ""
     #: A1111's "Denoising strength" of image-to-image: 0 gives the input back (through the

@@ -45,6 +45,7 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "pt": ("prediction_type", str),
     "a": ("architecture", str),
     "va": ("variant", str),
+    "et": ("eta", (int, float)),
     "ii": ("init_image", str),
     "is": ("init_image_source", str),
     "ds": ("strength", (int, float)),
@@ -160,4 +161,6 @@ def decode(code: str) -> Recipe:
     for number in ("cfg_scale", "strength", "hires_scale", "hires_strength"):
         if number in values:
             values[number] = float(values[number])
+    if "eta" in values:
+        values["eta"] = float(values["eta"])
     return Recipe(loras=tuple(loras), embeddings=tuple(embeddings), **values)

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from engine.support import runs_text
 from tests import dit_files
 from tests.bot.conftest import SD15, SDXL, World
 from tests.bot.test_admin_registry import run
 
-RUNS = "this engine runs SD 1.5, SDXL and FLUX.1 models only"
+RUNS = f"this engine runs {runs_text()} models only"
 
 
 @contextmanager
@@ -59,7 +60,7 @@ async def test_model_add_refuses_other_dit_checkpoints_naming_them(world: World,
         text = await run(world, world.admin, "model", {"file": file, "name": "Other DiT"}, "add")
     assert f"`{file}` is a" in text and RUNS in text and "I did not register it" in text, text
     assert "SD 3" in text or "FLUX.2" in text
-    assert "pick an SD 1.5, SDXL or FLUX.1 checkpoint" in text
+    assert f"pick an {runs_text(' or ')} checkpoint" in text
     assert await world.registry.models.get(world.guild.id, "Other DiT") is None
     assert [m.name for m in await world.registry.models.all(world.guild.id)] == sorted([SD15, SDXL])
     assert world.double.violations == []
@@ -88,7 +89,7 @@ async def test_lora_add_refuses_other_dit_loras_in_every_layout(world: World, de
     with placed(demo_assets.lora_root, "dit-test/dit-style.safetensors", build) as file:
         text = await run(world, world.admin, "lora", {"file": file, "name": "dit-style"}, "add")
     assert f"`{file}` is a LoRA for" in text and RUNS in text and "I did not register it" in text, text
-    assert "made for SD 1.5, SDXL or FLUX.1" in text
+    assert f"made for {runs_text(' or ')}" in text
     assert await world.registry.loras.get(world.guild.id, "dit-style") is None
     assert file not in await world.registry.loras.files(world.guild.id)
 

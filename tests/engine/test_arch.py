@@ -126,7 +126,7 @@ def test_air_ecosystems_map_to_their_architecture() -> None:
         "sd15", "sdxl", "sdxl", "flux", "flux", "sd3", "unknown"
     ]
     assert {name: arch.ecosystem_of(name) for name in arch.ARCHITECTURES} == {
-        "sd15": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1"
+        "sd15": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1", "zimage": "zimageturbo"
     }
 
 

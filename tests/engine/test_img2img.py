@@ -59,9 +59,10 @@ def round_trip_error(generator: Generator, recipe: Recipe, data: bytes) -> float
     return diff(out, data)
 
 
-def test_every_runnable_architecture_declares_img2img() -> None:
-    for name in arch.runnable():
-        assert "img2img" in arch.ARCHITECTURES[name].capabilities
+def test_the_architectures_that_declare_img2img_run_it() -> None:
+    declared = [name for name in arch.runnable() if "img2img" in arch.ARCHITECTURES[name].capabilities]
+    assert {"sd15", "sdxl", "flux"} <= set(declared)
+    for name in declared:
         assert hasattr(arch.runtime_of(name), "img2img")
 
 

@@ -38,7 +38,7 @@ def test_diffusion_transformers_are_named_and_refused(
     info = inspect_file(path)
     assert (info.kind, info.architecture) == (kind, architecture)
     assert info.cannot_run is not None and says in info.cannot_run, info.cannot_run
-    assert "this engine runs SD 1.5, SDXL and FLUX.1 models only" in info.cannot_run
+    assert "this engine runs SD 1.5, SDXL, FLUX.1 and Z-Image models only" in info.cannot_run
     assert info.cannot_run.startswith("`file.safetensors` ")
 
 
@@ -79,7 +79,6 @@ def test_an_unknown_dit_is_not_taken_for_a_unet(tmp_path: Path) -> None:
     [
         ("lora_unet_single_layers_0_attn_to_q", "is a LoRA for AuraFlow"),  # was read as SD 1.5
         ("lora_unet_double_stream_blocks_0_block_attn1_to_q", "is a LoRA for HiDream"),
-        ("lora_unet_layers_0_attention_qkv", "diffusion-transformer (DiT)"),  # Lumina 2 / Z-Image
         ("diffusion_model.blocks.0.self_attn.q", "diffusion-transformer (DiT)"),
     ],
 )

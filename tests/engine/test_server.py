@@ -367,7 +367,7 @@ async def test_health_reports_device_memory_queue_and_loaded_state(engine, demo_
         "completed": health["queue"]["completed"],
     }
     assert health["folders"]["model"] == str(demo_assets.model_root)
-    assert health["architectures"] == ["sd15", "sdxl", "flux"]  # what registration lets in (engine.support)
+    assert health["architectures"] == ["sd15", "sdxl", "flux", "zimage"]  # what registration lets in (engine.support)
     assert health["memory_plan"] is None  # an SD model: no FLUX placement to report
     assert health["loaded_model"] == demo_assets.models["sd15"]
     assert health["model_architecture"] == "SD 1.5"

@@ -134,8 +134,10 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     image="A picture to start from (PNG, JPEG or WebP): image-to-image",
     strength="With image: 0 keeps the picture, 1 keeps only its size (default 0.6)",
     resize="With image: how a picture of another shape is fitted (default: crop and resize)",
+    speed="fast: the model's speed LoRA and few steps; normal: not even in the server's fast mode",
 )
 @app_commands.choices(
+    speed=[app_commands.Choice(name="fast", value="fast"), app_commands.Choice(name="normal", value="normal")],
     sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
     size=[app_commands.Choice(name=label, value=value) for label, value in SIZES],
     resize=[app_commands.Choice(name=label, value=value) for value, label in RESIZE_MODES.items()],
@@ -169,6 +171,7 @@ async def imagine(
     image: discord.Attachment | None = None,
     strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     resize: str | None = None,
+    speed: str | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -212,6 +215,8 @@ async def imagine(
             changes["slots"] = slots
         if picture is not None:
             changes["picture"] = picture
+        if speed is not None:
+            changes["speed"] = speed
         await features_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
         return
     if not prompt:
@@ -232,6 +237,7 @@ async def imagine(
         count=count,
         clip_skip=clip_skip,
         picture=picture,
+        speed=speed,
     )
 
 
