@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -32,6 +33,7 @@ from bot.operator.access import AccessPolicy, GuildFiles
 from bot.operator.command_sync import sync_if_changed
 from bot.operator.guild_lifecycle import DAY_S, PURGE_INTERVAL_S, GuildLifecycle
 from bot.operator.safety import ImageSafety
+from bot.pictures import PictureStore
 from bot.services import Services
 from bot.sources.actions import SourceActions
 from bot.sources.civitai import CivitaiClient
@@ -44,6 +46,7 @@ from bot.ui.features import Features
 from bot.ui.image_buttons import ImageButtons
 from bot.ui.image_reading import ImageReader
 from bot.ui.lora_cards import LoraCards
+from bot.ui.pictures import PictureActions
 from bot.ui.recipe_actions import RecipeActions
 from bot.ui.routes import Routes, refuse_unlisted
 from engine.client import EngineClient
@@ -165,6 +168,8 @@ class AtelierBot(commands.Bot):
             settings=fetch or FetchSettings(),
             poll_interval=fetch_poll_interval,
         )
+        #: Input images of image-to-image recipes, kept beside the database (bot.pictures).
+        self.pictures = PictureStore(Path(getattr(registry, "path", "var/atelier.sqlite3")).parent / "inputs")
         self.dispatcher = Dispatcher(
             self,
             self.engines,
@@ -177,6 +182,7 @@ class AtelierBot(commands.Bot):
             affinity_window=affinity_window,
             on_result=lambda job, message, seconds: self.actions.record_result(job, message, seconds),
         )
+        self.dispatcher.inputs = self.pictures
         self.services = Services(
             client=self,
             registry=registry,
@@ -197,9 +203,11 @@ class AtelierBot(commands.Bot):
         self.lora_cards = LoraCards(self.services, self.sources)
         self.image_reader = ImageReader(self.services, self.recipes)
         self.routes = Routes(lambda: self.access)
+        self.picture_actions = PictureActions(self.services, self.actions)
         self.features = Features(
             self.services, self.actions, self.recipes, self.sources, self.routes,
             image_buttons=self.image_buttons, lora_cards=self.lora_cards, image_reader=self.image_reader,
+            pictures=self.picture_actions,
         )
         self.synced: list[app_commands.AppCommand] = []
 

@@ -159,6 +159,14 @@ class EngineClient:
         data = await self._request("POST", "/jobs", json={"id": job_id, "recipe": recipe.to_json()})
         return JobStatus.from_json(data)
 
+    async def put_input(self, data: bytes) -> str:
+        """Send an input image for image-to-image jobs (``POST /inputs``); its sha256."""
+        answer = await self._request("POST", "/inputs", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        if not isinstance(answer, dict) or not isinstance(answer.get("sha256"), str):
+            raise EngineError(ErrorCode.INTERNAL, "the engine answered an input upload without its sha256")
+        return str(answer["sha256"])
+
     async def status(self, job_id: str) -> JobStatus:
         return JobStatus.from_json(await self._request("GET", f"/jobs/{_quote(job_id)}"))
 

@@ -31,17 +31,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from engine import arch as _arch
 from engine.cost_model import CostModel, Decision, model_calls
 from engine.embeddings import EmbeddingStore, check_fits, resolve_embedding_files
+from engine.inputs import InputStore
 from engine.lora_cache import LoraCache, ResolvedLora, check_architecture
 from engine.loras.reader import BoundLora, bind
 from engine.model_cache import CachedModel, ModelCache
 from engine.patcher import MODES, PATCHED, UNFUSED, StackEntry, StackWork, stack_key, stack_work
 from engine.paths import resolve_within
+from engine.picture_run import picture_call
 from engine.pipelines import load_pipeline, load_vae
 from engine.png_metadata import shareable_recipe, write_png
 from engine.prediction import resolve_prediction
 from engine.protocol import EngineError, ErrorCode, FileInfo, Recipe, architecture_label
 from engine.recipe.a1111 import write_parameters
 from engine.recipe.batching import architecture_batch_key, batch_key
+from engine.recipe.picture import effective_steps
 from engine.samplers import make_scheduler
 from engine.support import RUNNABLE_ARCHITECTURES
 from engine.validation import check_for_architecture, validate_recipe
@@ -120,6 +123,8 @@ class Generator:
         #: Textual-inversion embeddings; the LoRA folder unless configured apart.
         self.embedding_root = Path(embedding_root) if embedding_root is not None else self.lora_root
         self.embeddings = EmbeddingStore()
+        #: Input images of image-to-image jobs, by sha256 (``POST /inputs``; engine.inputs).
+        self.inputs = InputStore()
         self.device = device
         self.dtype = dtype
         self.lora_mode = lora_mode
@@ -331,8 +336,9 @@ class Generator:
         vectors = self._embedding_vectors(pipe, entry.arch, model_name, stack, embedding_files)
         self._memory_settings(pipe, first, total_images)
 
+        init = self._input_picture(first)
         prepared = time.perf_counter()
-        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors)
+        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors, init=init)
         finished = time.perf_counter()
         self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
         results = []
@@ -418,13 +424,13 @@ class Generator:
             mode = patcher.applied[0]
             decision = Decision(mode, f"{mode}: this stack is already applied", 0.0, 0.0)
         else:
-            decision = self.costs.decide(work, steps=recipe.steps, sampler=recipe.sampler,
+            decision = self.costs.decide(work, steps=effective_steps(recipe), sampler=recipe.sampler,
                                          changed=True, forced=forced)  # fmt: skip
         report = patcher.apply(stack, decision.mode)
         # Cached prompt encodings are valid for one LoRA state of the text encoders.
         entry.pipe._atelier_lora_state = patcher.applied
         if report["changed"] and decision.mode == PATCHED and work.measured and work.patch_macs:
-            predicted, _ = self.costs.raw_prediction(work, steps=recipe.steps, sampler=recipe.sampler)
+            predicted, _ = self.costs.raw_prediction(work, steps=effective_steps(recipe), sampler=recipe.sampler)
             self.costs.record_patch(predicted, report["seconds"])
         elif report["changed"] and decision.mode == UNFUSED and work.patch_macs:
             self.costs.record_unfused_switch(work.low_rank_layers, work.restore_elements.get(UNFUSED, 0),
@@ -435,7 +441,7 @@ class Generator:
         self, entry: CachedModel, recipe: Recipe, images: int, denoise: float, mode: str, work: StackWork
     ) -> None:
         """Seconds per model call at base speed; an unfused job's excess teaches the cost model."""
-        calls = model_calls(recipe.steps, recipe.sampler)
+        calls = model_calls(effective_steps(recipe), recipe.sampler)
         if calls <= 0 or denoise <= 0:
             return
         runtime = _arch.runtime_of(entry.arch)
@@ -445,7 +451,7 @@ class Generator:
             base = self._call_seconds.get(key)
             if base is not None and per_call > base and work.measured and work.patch_macs:
                 no_restore = replace(work, restore_elements={})
-                _, predicted = self.costs.raw_prediction(no_restore, steps=recipe.steps, sampler=recipe.sampler)
+                _, predicted = self.costs.raw_prediction(no_restore, steps=effective_steps(recipe), sampler=recipe.sampler)
                 self.costs.record_unfused(predicted, (per_call - base) * calls)
             return
         previous = self._call_seconds.pop(key, None)  # re-inserted last: most recently measured
@@ -472,6 +478,23 @@ class Generator:
         entry.pipe.vae = vae
         entry.vae_key = key
 
+    def _input_picture(self, recipe: Recipe) -> Any:
+        """The recipe's input image, decoded (None for text-to-image); refused before any step
+        when the engine does not hold it."""
+        if not recipe.init_image:
+            return None
+        from engine.recipe.picture import PictureError, open_picture
+
+        data = self.inputs.get(recipe.init_image)
+        if data is None:
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… was not sent to this "
+                              "engine (or was dropped since); send it with POST /inputs and submit the job again")  # fmt: skip
+        try:
+            image, _ = open_picture(data, "the input image")
+        except PictureError as exc:
+            raise EngineError(ErrorCode.INVALID_RECIPE, str(exc)) from exc
+        return image
+
     def _memory_settings(self, pipe: Any, recipe: Recipe, images: int) -> None:
         """VAE tiling for large images; attention slicing only when device memory is short."""
         if recipe.width * recipe.height > self.vae_tiling_pixels:
@@ -494,6 +517,8 @@ class Generator:
         on_step: list[ProgressFn | None],
         should_cancel: list[CancelFn | None],
         vectors: dict[str, Any],
+        *,
+        init: Any = None,
     ) -> tuple[list[Any], list[set[str]], float]:
         """Every image of every job, in calls of at most ``max_batch_images`` images; with the
         embeddings each image's prompts used."""
@@ -556,8 +581,11 @@ class Generator:
                         prompts[chunk], negatives[chunk], guidance=runtime.rows_per_image(first) > 1
                     )
                     with runtime.hooks(pipe, conditioning):
-                        output = runtime.call(pipe, conditioning=conditioning, recipe=first, latents=latents,
-                                              generators=generators, callback=callback)  # fmt: skip
+                        # Text-to-image goes straight to runtime.call; an input image or an
+                        # upscale pass goes through engine.picture_run first (issue 20).
+                        output = picture_call(runtime, pipe, conditioning=conditioning, recipe=first, latents=latents,
+                                              generators=generators, callback=callback, init=init,
+                                              before_second_pass=lambda r: self._memory_settings(pipe, r, 1))  # fmt: skip
             except Exception as exc:
                 entry.patcher.end_probe()
                 if _is_oom(exc) and limit > 1:

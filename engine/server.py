@@ -146,8 +146,32 @@ async def submit_job(request: web.Request) -> web.Response:
         return web.json_response(manager.status(job_id).to_json(), status=200)
     except EngineError:
         pass
-    status = manager.submit(job_id, _recipe(body.get("recipe")))
+    recipe = _recipe(body.get("recipe"))
+    inputs = getattr(manager.runner, "inputs", None)
+    if recipe.init_image and inputs is not None and not inputs.holds(recipe.init_image):
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… has not been sent "
+                          "to this engine; send it with POST /inputs first")  # fmt: skip
+    status = manager.submit(job_id, recipe)
     return web.json_response(status.to_json(), status=202)
+
+
+async def put_input(request: web.Request) -> web.Response:
+    """``POST /inputs``: an input image's bytes (the body itself, any content type), checked
+    and held for image-to-image jobs; answers ``{"sha256": ...}``. Read in chunks up to the
+    input cap, past the JSON routes' small body limit, and refused beyond it."""
+    from engine.recipe.picture import MAX_BYTES
+
+    inputs = getattr(request.app[MANAGER_KEY].runner, "inputs", None)
+    if inputs is None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, "this engine takes no input images (image-to-image is off)")
+    chunks, size = [], 0
+    while chunk := await request.content.read(1 << 20):
+        size += len(chunk)
+        if size > MAX_BYTES:
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"an input image may have at most {MAX_BYTES} bytes")
+        chunks.append(chunk)
+    digest = await asyncio.to_thread(inputs.put, b"".join(chunks))
+    return web.json_response({"sha256": digest})
 
 
 async def job_status(request: web.Request) -> web.Response:
@@ -359,6 +383,7 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(stop_jobs)
     app.router.add_post("/jobs", submit_job)
+    app.router.add_post("/inputs", put_input)
     app.router.add_get("/jobs/{id}", job_status)
     app.router.add_get("/jobs/{id}/events", job_events)
     app.router.add_post("/jobs/{id}/cancel", cancel_job)

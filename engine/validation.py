@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from engine import arch as _arch
 from engine.protocol import PREDICTION_TYPES, EngineError, ErrorCode, Recipe
@@ -109,6 +110,31 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
             isinstance(embedding.sha256, str) and _SHA256.fullmatch(embedding.sha256)
         ):
             refuse(f"embedding '{embedding.file}' sha256 must be 64 hex digits (or left out)")
+    _check_picture_fields(recipe, limits, refuse)
+
+
+def _check_picture_fields(recipe: Recipe, limits: RecipeLimits, refuse: Any) -> None:
+    """Image-to-image and the upscale pass (:mod:`engine.recipe.picture`)."""
+    from engine.recipe.picture import RESIZE_MODES, hires_size
+
+    init = getattr(recipe, "init_image", "")
+    if not isinstance(init, str) or (init and not _SHA256.fullmatch(init)):
+        refuse("init_image must be the input image's sha256 (64 hex digits) or empty")
+    if not _number(recipe.strength) or not 0 <= recipe.strength <= 1:
+        refuse(f"the denoising strength must be from 0 to 1 (got {recipe.strength})")
+    if recipe.resize_mode not in RESIZE_MODES:
+        refuse(f"resize_mode must be one of {', '.join(RESIZE_MODES)}")
+    if not _number(recipe.hires_scale) or not (recipe.hires_scale == 0 or 1 <= recipe.hires_scale <= 4):
+        refuse(f"hires_scale must be 0 (no upscale pass) or from 1 to 4 (got {recipe.hires_scale})")
+    if not _whole(recipe.hires_steps) or not 0 <= recipe.hires_steps <= limits.max_steps:
+        refuse(f"hires_steps must be a whole number from 0 (same as steps) to {limits.max_steps}")
+    if not _number(recipe.hires_strength) or not 0 <= recipe.hires_strength <= 1:
+        refuse(f"the upscale pass's denoising strength must be from 0 to 1 (got {recipe.hires_strength})")
+    if recipe.hires_scale:
+        width, height = hires_size(recipe.width, recipe.height, recipe.hires_scale)
+        if max(width, height) > limits.max_side:
+            refuse(f"the upscaled image would be {width}x{height}; sides may be at most {limits.max_side} "
+                   "pixels, so upscale a smaller image or by less")  # fmt: skip
 
 
 def check_for_architecture(recipe: Recipe, architecture: str, model_name: str) -> None:

@@ -116,6 +116,8 @@ class Dispatcher:
         self.retry_wait = retry_wait
         self.on_result = on_result
         self.speed = SpeedBook()
+        #: Where image-to-image inputs are kept (bot.pictures.PictureStore); the bot sets it.
+        self.inputs: Any = None
         self.scheduler = FairScheduler(cost=self._cost, max_batch=max_batch, affinity_window=affinity_window)
         self.board = StatusBoard(poster, self._render, interval=status_interval)
         #: Follows each job on its engine: progress, stalls, engines that go away.
@@ -483,6 +485,7 @@ class Dispatcher:
                     await self._requeue_withdrawn(job)
                 continue
             try:
+                await self._send_input(slot, job)
                 await slot.client.submit(job.engine_job_id, job.recipe)
                 if job.cancel_requested or job.withdrawn:  # while the submit was on its way
                     self._spawn(self._withdraw(job, slot), f"jobs-withdraw-{job.id}")
@@ -499,6 +502,19 @@ class Dispatcher:
                 await self._fail_job(job, exc.code, exc.message)
                 continue
             self._spawn(self.follower.follow(job, slot), f"jobs-follow-{job.id}")
+
+    async def _send_input(self, slot: EngineSlot, job: Job) -> None:
+        """An image-to-image job's input goes to its engine first, with every (re)submission:
+        the engine only holds inputs in a bounded cache (``POST /inputs``)."""
+        digest = job.recipe.init_image
+        if not digest:
+            return
+        from bot.pictures import gone_message
+
+        data = await self.inputs.read(digest) if self.inputs is not None else None
+        if data is None:
+            raise EngineError(ErrorCode.INVALID_RECIPE, gone_message(getattr(self.inputs, "max_age_s", 30 * 86400.0)))
+        await slot.client.put_input(data)
 
     async def _leave_engine(self, job: Job, slot: EngineSlot) -> None:
         slot.release(job)

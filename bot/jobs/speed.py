@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.protocol import Recipe
+from engine.recipe.picture import step_work
 
 #: Weight of the newest measurement.
 ALPHA = 0.3
@@ -24,11 +25,12 @@ KEPT = 2048
 
 
 def _work(recipe: Recipe) -> float:
-    return max(1e-6, recipe.width * recipe.height / 1e6 * recipe.steps * max(1, recipe.count))
+    # step_work: image-to-image at strength s runs ~s*steps steps; an upscale pass adds its own.
+    return max(1e-6, recipe.width * recipe.height / 1e6 * step_work(recipe) * max(1, recipe.count))
 
 
-def _shape(recipe: Recipe) -> tuple[str, int, int, int, int]:
-    return (recipe.model, recipe.width, recipe.height, recipe.steps, recipe.count)
+def _shape(recipe: Recipe) -> tuple[str, int, int, float, int]:
+    return (recipe.model, recipe.width, recipe.height, step_work(recipe), recipe.count)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class SpeedBook:
     default_rate: float = DEFAULT_RATE_S
 
     def __post_init__(self) -> None:
-        self._by_shape: dict[tuple[str, int, int, int, int], float] = {}
+        self._by_shape: dict[tuple[str, int, int, float, int], float] = {}
         self._rate_by_model: dict[str, float] = {}
         self._rate: float | None = None
 

@@ -93,8 +93,13 @@ class GuildLifecycle:
 
     async def purge_now(self) -> list[int]:
         purged = await self.bot.registry.purge_departed(self.grace_s)
+        pictures = getattr(self.bot, "pictures", None)  # input images (bot.pictures)
         for guild_id in purged:
+            if pictures is not None:
+                await pictures.forget_guild(guild_id)
             log.info("deleted the data of server %s (removed more than the grace period ago)", guild_id)
+        if pictures is not None:
+            await pictures.prune()  # inputs past their age limit or the size cap
         return purged
 
     async def close(self) -> None:

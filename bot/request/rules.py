@@ -57,7 +57,8 @@ def variant_mismatch(architecture: str, trained_on: str | None, used_on: str | N
     lora_does = spec.capabilities if lora.capabilities is None else lora.capabilities
     model_does = spec.capabilities if model.capabilities is None else model.capabilities
     if lora_does != model_does:
-        what = {"edit": "editing a reference image", "inpaint": "inpainting", "txt2img": "text-to-image"}
+        what = {"edit": "editing a reference image", "inpaint": "inpainting", "txt2img": "text-to-image",
+                "img2img": "image-to-image"}
         return (f"{text}, made for {', '.join(what.get(c, c) for c in sorted(lora_does))} rather than "
                 f"{', '.join(what.get(c, c) for c in sorted(model_does))}: it may do little or spoil the image")  # fmt: skip
     return f"{text}: it may have less effect or change the image in ways its author did not test"

@@ -20,6 +20,7 @@ import discord
 from bot.jobs import Job, QueueFull, token_expiry
 from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
+from bot.pictures import PictureChoice, picture_refusal
 from bot.registry import NsfwPolicy
 from bot.registry.recipe_book import Lineage
 from bot.services import Services
@@ -168,10 +169,13 @@ class Actions:
         origin: str = "imagine",
         clip_skip: int | None = None,
         parent: Parent | None = None,
+        picture: PictureChoice | None = None,
         speed: str | None = None,
     ) -> bool:
         """Validate and queue; the interaction must already be deferred (ephemeral).
 
+        ``picture``: an input image (kept in bot.pictures) and its strength, or an upscale
+        pass, added to the validated recipe (bot.ui.pictures checks them first).
         True when the job was queued.
         """
         from bot.request.parse import build_request
@@ -211,6 +215,12 @@ class Actions:
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
         recipe: Recipe = outcome.recipe
+        if picture is not None:
+            recipe = picture.apply(recipe)
+            refusal = await picture_refusal(interaction.client, recipe)
+            if refusal is not None:
+                await send_private(interaction, refusal)
+                return False
         refusal = self.services.access.recipe_refusal(interaction.guild_id, recipe)
         if refusal is not None:
             await send_private(interaction, refusal)
@@ -312,6 +322,8 @@ class Actions:
             "height": recipe.height,
             "count": recipe.count,
             "clip_skip": recipe.clip_skip,
+            # An input image and its strength, or an upscale pass, go with the recipe.
+            "picture": PictureChoice.of(recipe),
             # A recipe says what ran: the server's fast mode does not add to it.
             "speed": "normal",
         }

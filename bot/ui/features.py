@@ -40,6 +40,8 @@ class Features:
     image_buttons: ImageButtons
     lora_cards: LoraCards
     image_reader: ImageReader
+    #: Pictures in: /imagine image:, "Use as starting image", Vary and Upscale (bot.ui.pictures).
+    pictures: Any = None
 
     @property
     def client(self) -> discord.Client:

@@ -41,7 +41,7 @@ import discord
 CUSTOM_ID_LIMIT = 100
 #: Discord's limit for a text input's value (and its prefilled text).
 TEXT_INPUT_LIMIT = 4000
-MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard):(?P<target>\d{1,20})")
+MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard|startimage):(?P<target>\d{1,20})")
 IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "share", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
@@ -50,6 +50,13 @@ _LABELS = {
     "save": ("Save recipe", "💾", discord.ButtonStyle.secondary),
     "share": ("Share", "📣", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+#: The picture buttons under every result (issue 20): image-to-image of it, or its upscale.
+PICTURE_ACTIONS = ("vary_subtle", "vary_strong", "upscale")
+_PICTURE_LABELS = {
+    "vary_subtle": ("Vary (subtle)", "🪄", discord.ButtonStyle.secondary),
+    "vary_strong": ("Vary (strong)", "🌀", discord.ButtonStyle.secondary),
+    "upscale": ("Upscale ×2", "🔍", discord.ButtonStyle.secondary),
 }
 CARD_ACTIONS = ("use", "same", "remix", "save", "share")
 _CARD_LABELS = {
@@ -89,6 +96,29 @@ class ImageButton(
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> ImageButton:
+        return cls(match["action"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _press(interaction, self)
+
+
+class PictureButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"atelier:pic:(?P<action>vary_subtle|vary_strong|upscale)",
+):
+    """Vary (subtle), Vary (strong) and Upscale x2 under a result (bot.ui.pictures)."""
+
+    def __init__(self, action: str) -> None:
+        label, emoji, style = _PICTURE_LABELS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"atelier:pic:{action}")
+        )
+        self.action = action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PictureButton:
         return cls(match["action"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
@@ -246,6 +276,7 @@ class CancelMineButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=
 
 DYNAMIC_ITEMS = (
     ImageButton, CancelButton, LoraCardButton, CardButton, PrivacyDeleteButton, CancelMineButton, CivitaiApplyButton,
+    PictureButton,
 )
 
 
@@ -272,6 +303,8 @@ def result_view() -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for action in IMAGE_ACTIONS:
         view.add_item(ImageButton(action))
+    for action in PICTURE_ACTIONS:
+        view.add_item(PictureButton(action))
     return view
 
 
@@ -343,6 +376,22 @@ class RemixModal(discord.ui.Modal):
         self.steps = discord.ui.TextInput(custom_id="steps", label="Steps", default=steps, required=False, max_length=4)
         for item in (self.prompt, self.negative, self.loras, self.seed, self.steps):
             self.add_item(item)
+
+
+class StartImageModal(discord.ui.Modal):
+    """"Use as starting image": what to make of the image, and how much of it to keep."""
+
+    def __init__(self, *, message_id: int, prompt: str, strength: str) -> None:
+        super().__init__(title="Use as starting image", custom_id=f"atelier:startimage:{message_id}", timeout=900)
+        self.prompt = discord.ui.TextInput(
+            custom_id="prompt", label="Prompt", style=discord.TextStyle.paragraph, default=prompt[:TEXT_INPUT_LIMIT] or None,
+            max_length=TEXT_INPUT_LIMIT,
+        )
+        self.strength = discord.ui.TextInput(
+            custom_id="strength", label="Strength: 0 keeps the image, 1 only its size", default=strength, max_length=10
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.strength)
 
 
 class SaveRecipeModal(discord.ui.Modal):

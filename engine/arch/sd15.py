@@ -14,6 +14,8 @@ SD15 = Architecture(
     name="sd15",
     label="SD 1.5",
     runnable=True,
+    #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
+    capabilities=frozenset({"txt2img", "img2img"}),
     ecosystems=("sd1", "sd15"),
     base_models=(BaseModelName("sd 1.4", family="sd15"), BaseModelName("sd 1.5", family="sd15")),
     metadata_hints=("sd_v1", "sd_1", "stable-diffusion-v1"),

@@ -102,6 +102,38 @@ class SdRuntime:
         )
 
 
+    def img2img(
+        self,
+        pipe: Any,
+        *,
+        conditioning: Any,
+        recipe: Any,
+        images: Any,
+        strength: float,
+        generators: Sequence[Any],
+        callback: Callable[..., dict[str, Any]],
+    ) -> Any:
+        """diffusers' image-to-image pipeline on this pipeline's own components (``from_pipe``
+        shares them: the patched UNet, the job's scheduler, no copy of any weight). ``images``: the
+        pipeline's [-1, 1] pixel tensor (engine.picture_run.as_pixels)."""
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        kind = StableDiffusionXLImg2ImgPipeline if self.architecture == "sdxl" else StableDiffusionImg2ImgPipeline
+        runner = kind.from_pipe(pipe)
+        runner.set_progress_bar_config(disable=True)
+        return runner(
+            **conditioning.kwargs,
+            image=images,
+            strength=strength,
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.cfg_scale,
+            generator=list(generators) if len(generators) > 1 else generators[0],
+            callback_on_step_end=callback,
+            output_type="pil",
+            eta=_eta(recipe),
+        )
+
+
 def _eta(recipe: Any) -> float:
     """The recipe's eta, else its sampler's own default (0 for those without one)."""
     from engine.recipe.sampler_names import ETA_SAMPLERS

@@ -15,6 +15,8 @@ SDXL = Architecture(
     name="sdxl",
     label="SDXL",
     runnable=True,
+    #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
+    capabilities=frozenset({"txt2img", "img2img"}),
     ecosystems=("sdxl", "sdxldistilled", "pony", "illustrious", "noobai"),
     base_models=(
         BaseModelName("sdxl distilled", family="sdxl"),

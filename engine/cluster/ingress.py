@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from engine.auth import LIVENESS_PATH
 from engine.cluster.settings import ClusterSettings
 from engine.downloads import DownloadManager
+from engine.inputs import InputStore
 from engine.inspect import inspect_file
 from engine.paths import list_files, resolve_within
 from engine.protocol import (
@@ -130,9 +131,12 @@ class Ingress:
         )
         self.folders = {"model": self.settings.models, "lora": self.settings.loras, "embedding": self.settings.loras}
         self._downloads_started = False
+        #: Input images of image-to-image jobs (engine.inputs), sent on with each job.
+        self.inputs = InputStore()
         self._status: tuple[float, dict[str, Any]] = (0.0, {})
         self._routes: list[tuple[str, re.Pattern[str], Any]] = [
             ("POST", re.compile(r"/jobs"), self.submit),
+            ("POST", re.compile(r"/inputs"), self.put_input),
             ("GET", re.compile(r"/jobs/(?P<id>[^/]+)"), self.job_status),
             ("GET", re.compile(r"/jobs/(?P<id>[^/]+)/events"), self.job_events),
             ("POST", re.compile(r"/jobs/(?P<id>[^/]+)/cancel"), self.cancel),
@@ -235,16 +239,31 @@ class Ingress:
         except (TypeError, ValueError) as exc:
             raise EngineError(ErrorCode.INVALID_RECIPE, f"the recipe is malformed: {exc}") from exc
         validate_recipe(recipe)
+        if recipe.init_image and not self.inputs.holds(recipe.init_image):
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… has not been sent "
+                              "to this engine; send it with POST /inputs first")  # fmt: skip
         job = self.jobs[job_id] = ClusterJob(job_id, recipe, total_steps=recipe.steps * recipe.count)
         self._emit(job, {"type": "queued", "position": 0})
         job.task = asyncio.create_task(self._drive(job), name=f"cluster-job-{job_id}")
         self._trim()
         return JSONResponse(self._status_of(job), status_code=202)
 
+    async def put_input(self, request: Request) -> Response:
+        """``POST /inputs``, as the single engine answers it: the image's bytes, checked and held
+        here; each image-to-image job carries its input to the replica that runs it."""
+        from engine.recipe.picture import MAX_BYTES
+
+        raw = await request.body()
+        if len(raw) > MAX_BYTES:
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"an input image may have at most {MAX_BYTES} bytes")
+        digest = await asyncio.to_thread(self.inputs.put, raw)
+        return JSONResponse({"sha256": digest})
+
     async def _drive(self, job: ClusterJob) -> None:
         """Run ``job`` on the replica Serve picks for its model, recording what comes back."""
         handle = self.replicas.options(multiplexed_model_id=job.recipe.model, stream=True)
-        job.call = handle.run.remote(job.id, job.recipe.to_json())
+        init = self.inputs.get(job.recipe.init_image) if job.recipe.init_image else None
+        job.call = handle.run.remote(job.id, job.recipe.to_json(), init)
         seen: ReplicaSeen | None = None
         try:
             async for item in job.call:

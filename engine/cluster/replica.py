@@ -34,7 +34,7 @@ from ray import serve
 
 from engine.cluster.settings import GENERATOR, ClusterSettings
 from engine.jobs import JobManager
-from engine.protocol import TERMINAL_EVENTS, EngineError, Recipe
+from engine.protocol import TERMINAL_EVENTS, EngineError, ErrorCode, Recipe
 
 log = logging.getLogger("engine.cluster.replica")
 
@@ -140,10 +140,22 @@ class EngineReplica:
             self._started = True
             await self.manager.start()
 
-    async def run(self, job_id: str, recipe_json: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The job's events, its images on ``done`` (``image_data``, PNG bytes); see the module."""
+    async def run(
+        self, job_id: str, recipe_json: dict[str, Any], init_image: bytes | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The job's events, its images on ``done`` (``image_data``, PNG bytes); see the module.
+        ``init_image``: an image-to-image job's input, which the ingress holds (``POST /inputs``)."""
         await self._start()
         recipe = Recipe.from_json(recipe_json)
+        if init_image is not None:
+            inputs = getattr(self.runner, "inputs", None)
+            try:
+                if inputs is None:
+                    raise EngineError(ErrorCode.INVALID_RECIPE, "this engine's runner takes no input images")
+                await asyncio.to_thread(inputs.put, init_image)
+            except EngineError as exc:
+                yield {"type": "failed", "job": job_id, **exc.to_json()}
+                return
         model_id = serve.get_multiplexed_model_id() or recipe.model
         hit = model_id in self.held
         self.hits, self.misses = self.hits + hit, self.misses + (not hit)

@@ -48,7 +48,8 @@ _KEY_CHARS = re.compile(r"[\w \-/]")
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta"}
+     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta",
+     "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler", "Hires strength", "Resize mode"}
 )  # fmt: skip
 #: Forge's field for FLUX.1 dev's guidance input (``modules/processing.py``), written right
 #: after ``CFG scale``, which Forge keeps at 1 on FLUX (no unconditioned pass).
@@ -125,6 +126,60 @@ def _guidance_fields(recipe: Recipe) -> list[tuple[str, str]]:
     return [("CFG scale", "1")]
 
 
+def _picture_fields(recipe: Recipe) -> list[tuple[str, str]]:
+    """What A1111 writes for image-to-image (``Denoising strength``) and its hires fix
+    (``Hires upscale``, ``Hires steps`` when set, ``Hires upscaler``, the pass's strength as
+    ``Denoising strength``). An image-to-image recipe with an upscale pass has two strengths:
+    the second is written as ``Hires strength``, which only this reader knows."""
+    from engine.recipe.picture import RESIZE_MODES
+
+    fields: list[tuple[str, str]] = []
+    init = bool(getattr(recipe, "init_image", ""))
+    if init:
+        fields.append(("Denoising strength", number(recipe.strength)))
+        if recipe.resize_mode != "just_resize":
+            fields.append(("Resize mode", RESIZE_MODES.get(recipe.resize_mode, recipe.resize_mode)))
+    if recipe.hires_scale:
+        if not init:
+            fields.append(("Denoising strength", number(recipe.hires_strength)))
+        fields.append(("Hires upscale", number(recipe.hires_scale)))
+        if recipe.hires_steps:
+            fields.append(("Hires steps", str(recipe.hires_steps)))
+        fields.append(("Hires upscaler", recipe.hires_upscaler or "Lanczos"))
+        if init:
+            fields.append(("Hires strength", number(recipe.hires_strength)))
+    return fields
+
+
+def _read_picture_fields(params: dict[str, str]) -> dict[str, object]:
+    """The inverse of :func:`_picture_fields` (the input image itself is never in the text)."""
+    from engine.recipe.picture import RESIZE_MODES
+
+    values: dict[str, object] = {}
+    strength = _float(params.get("Denoising strength"))
+    scale = _float(params.get("Hires upscale"))
+    if scale is not None and 1 <= scale <= 4:
+        values["hires_scale"] = scale
+        steps = _int(params.get("Hires steps"))
+        if steps is not None and 0 <= steps <= 150:
+            values["hires_steps"] = steps
+        values["hires_upscaler"] = params.get("Hires upscaler", "").strip() or "Lanczos"
+        second = _float(params.get("Hires strength"))
+        if second is not None and 0 <= second <= 1:
+            values["hires_strength"] = second
+            if strength is not None and 0 <= strength <= 1:
+                values["strength"] = strength
+        elif strength is not None and 0 <= strength <= 1:
+            values["hires_strength"] = strength
+    elif strength is not None and 0 <= strength <= 1:
+        values["strength"] = strength
+    mode = params.get("Resize mode", "").strip()
+    for name, label in RESIZE_MODES.items():
+        if mode.lower() == label.lower():
+            values["resize_mode"] = name
+    return values
+
+
 def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
     """The ``parameters`` text of one image of ``recipe`` (its ``seed`` is that image's)."""
     if version is None:
@@ -154,6 +209,7 @@ def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
     hashed_loras = [(lo.display_name, lo.a1111_hash) for lo in recipe.loras if lo.a1111_hash]
     if hashed_loras:
         fields.append(("Lora hashes", _hash_list(hashed_loras)))  # type: ignore[arg-type]
+    fields += _picture_fields(recipe)
     fields.append(("Version", version))
     tags = lora_tags(recipe.loras)
     lines = [f"{recipe.prompt} {tags}" if tags else recipe.prompt]
@@ -400,6 +456,7 @@ def read_parameters(text: str) -> ReadParameters:
         embeddings=embeddings,
         vae=params.get("VAE", "").strip(),
         **values,  # type: ignore[arg-type]
+        **_read_picture_fields(params),  # type: ignore[arg-type]
     )
     extras = {k: v for k, v in params.items() if k not in _USED} | extras_kept
     return ReadParameters(recipe, tuple(missing), extras, tuple(default_weights))
@@ -426,6 +483,14 @@ def carried(recipe: Recipe) -> Recipe:
         # Only Forge's Distilled CFG Scale says what the model was (FLUX), not which variant.
         architecture="flux" if recipe.guidance_kind == "distilled" else "",
         variant="",
+        # The text names no input image; a strength is written only where one was used.
+        init_image="",
+        init_image_source="",
+        strength=recipe.strength if recipe.init_image else Recipe.strength,
+        resize_mode=recipe.resize_mode if recipe.init_image else Recipe.resize_mode,
+        hires_upscaler=(recipe.hires_upscaler or "Lanczos") if recipe.hires_scale else recipe.hires_upscaler,
+        hires_strength=recipe.hires_strength if recipe.hires_scale else Recipe.hires_strength,
+        hires_steps=recipe.hires_steps if recipe.hires_scale else Recipe.hires_steps,
     )
 
 

@@ -33,6 +33,10 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
         recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
         getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
         getattr(recipe, "prediction_type", ""), getattr(recipe, "eta", None),
+        # Image-to-image and the upscale pass: one input, strength and second pass per call.
+        getattr(recipe, "init_image", ""), float(getattr(recipe, "strength", 0.75)),
+        getattr(recipe, "resize_mode", ""), float(getattr(recipe, "hires_scale", 0.0)),
+        getattr(recipe, "hires_steps", 0), float(getattr(recipe, "hires_strength", 0.4)),
     )  # fmt: skip
 
 

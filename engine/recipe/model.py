@@ -103,6 +103,23 @@ class Recipe:
     #: The sampler's eta (TCD's gamma, DDIM's eta); None = the sampler's own default. A1111
     #: writes it as ``Eta``.
     eta: float | None = None
+    #: Image-to-image (:mod:`engine.recipe.picture`): the input image's sha256 ("" for
+    #: text-to-image) and where it came from (the Discord message link it was attached to).
+    #: The bytes travel beside the recipe (``POST /inputs``), never inside it.
+    init_image: str = ""
+    init_image_source: str = ""
+    #: A1111's "Denoising strength" of image-to-image: 0 gives the input back (through the
+    #: VAE), 1 keeps nothing of it but its size; about ``strength * steps`` steps run.
+    strength: float = 0.75
+    #: How an input of another size is fitted: "just_resize", "crop_and_resize",
+    #: "resize_and_fill" (A1111's resize modes).
+    resize_mode: str = "just_resize"
+    #: A second, upscaled pass (A1111's hires fix; the Upscale button): the scale (0 = none),
+    #: its steps (0 = ``steps``), the upscaler ("Lanczos") and its denoising strength.
+    hires_scale: float = 0.0
+    hires_steps: int = 0
+    hires_upscaler: str = ""
+    hires_strength: float = 0.4
 
     @property
     def guidance_kind(self) -> str:

@@ -46,6 +46,14 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "a": ("architecture", str),
     "va": ("variant", str),
     "et": ("eta", (int, float)),
+    "ii": ("init_image", str),
+    "is": ("init_image_source", str),
+    "ds": ("strength", (int, float)),
+    "rm": ("resize_mode", str),
+    "hs": ("hires_scale", (int, float)),
+    "hn": ("hires_steps", int),
+    "hu": ("hires_upscaler", str),
+    "hd": ("hires_strength", (int, float)),
 }
 _DEFAULTS = Recipe(model="", prompt="")
 
@@ -150,8 +158,9 @@ def decode(code: str) -> Recipe:
                 _optional_str(item[2], "embedding hash"),
             )
         )
-    if "cfg_scale" in values:
-        values["cfg_scale"] = float(values["cfg_scale"])
+    for number in ("cfg_scale", "strength", "hires_scale", "hires_strength"):
+        if number in values:
+            values[number] = float(values[number])
     if "eta" in values:
         values["eta"] = float(values["eta"])
     return Recipe(loras=tuple(loras), embeddings=tuple(embeddings), **values)

@@ -71,6 +71,8 @@ async def test_two_lora_stack_posts_png_with_recipe_and_embed(world: World) -> N
     assert ids == [
         "atelier:img:reroll", "atelier:img:remix", "atelier:img:recipe", "atelier:img:save", "atelier:img:share",
         "atelier:img:delete",
+        # Issue 20: Vary (subtle), Vary (strong) and Upscale x2 on every result.
+        "atelier:pic:vary_subtle", "atelier:pic:vary_strong", "atelier:pic:upscale",
     ]  # fmt: skip
     assert all(len(i) <= 100 for i in ids)
 

@@ -135,7 +135,7 @@ def test_custom_ids_fit_and_match_their_templates() -> None:
     ids += [b.custom_id for b in views.lora_card_view(2**63 - 1).children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.card_view(2**63 - 1, shareable=True).children]  # type: ignore[attr-defined]
     ids += [b.custom_id for b in views.civitai_apply_view(2**63 - 1, 10**12 - 1).children]  # type: ignore[attr-defined]
-    assert len(ids) == 6 + 1 + 3 + 5 + 1
+    assert len(ids) == 6 + 3 + 1 + 3 + 5 + 1  # result: 6 image buttons + 3 picture buttons (issue 20)
     assert all(any(item.__discord_ui_compiled_template__.fullmatch(i) for item in views.DYNAMIC_ITEMS) for i in ids)
     assert all(0 < len(i) <= views.CUSTOM_ID_LIMIT for i in ids)
     modal = views.RemixModal(message_id=2**63, prompt="p" * 9000, negative="", loras="a:1", seed="1", steps="2")
@@ -228,11 +228,12 @@ def test_command_definitions_respect_discord_limits() -> None:
     register_all(tree)
     payloads = [command.to_dict(tree) for command in tree.get_commands()]
     assert sorted(p["name"] for p in payloads) == [
-        "Remix this image", "audit", "embedding", "imagine", "lora", "model", "privacy", "queue", "recipe",
-        "settings",
+        "Remix this image", "Use as starting image", "audit", "embedding", "imagine", "lora", "model", "privacy",
+        "queue", "recipe", "settings",
     ]  # fmt: skip
     menus = [p for p in payloads if p.get("type") == 3]
-    assert [m["name"] for m in menus] == ["Remix this image"] and not menus[0].get("description")
+    assert [m["name"] for m in menus] == ["Remix this image", "Use as starting image"]  # the second: issue 20
+    assert not any(m.get("description") for m in menus)
     payloads = [p for p in payloads if p.get("type", 1) == 1]
 
     def walk(options):

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,12 @@ async def test_the_real_tiny_engine_runs_on_a_replica_and_serve_evicts_from_its_
         (image,) = await asyncio.wait_for(client.run("real-sd15", job), 120)
         text = png_parameters(image)
         assert "Seed: 5" in text and "Size: 64x64" in text
+        # Image-to-image (issue 20): the ingress holds the input and hands it to the replica.
+        digest = await client.put_input(image)
+        (varied,) = await asyncio.wait_for(client.run("real-sd15-img2img", replace(job, init_image=digest, strength=0.5)), 120)
+        assert "Denoising strength: 0.5" in png_parameters(varied)
+        with pytest.raises(EngineError, match="has not been sent"):
+            await client.submit("real-sd15-missing", replace(job, init_image="ab" * 32))
         replica = serve.get_deployment_handle("EngineReplica", app_name="atelier")
         held = [m["file"] for m in (await replica.health.remote())["runner"]["models"]]
         assert held == [sd15]

@@ -37,7 +37,11 @@ def test_a1111_png_text_chunk() -> None:
         ("embedding", "easyneg", None, ("1a2b3c4d5e6f",)),
         ("vae", "vae-ft-mse", None, ("235745af8d",)),
     ]
-    assert any("hires fix" in n for n in found.notes) and found.missing == ()
+    # Issue 20: the hires fix is carried now (the second pass's strength is A1111's
+    # "Denoising strength"); its Latent upscaler is replaced by Lanczos, with a note.
+    assert (recipe.hires_scale, recipe.hires_steps, recipe.hires_strength) == (2.0, 10, 0.45)
+    assert recipe.hires_upscaler == "Lanczos" and any("Hires upscaler Latent" in n for n in found.notes)
+    assert found.missing == ()
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])

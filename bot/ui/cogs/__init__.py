@@ -19,6 +19,7 @@ from bot.ui.cogs.embedding import EmbeddingsCog
 from bot.ui.cogs.imagine import ImagineCog
 from bot.ui.cogs.lora import LorasCog
 from bot.ui.cogs.model import ModelsCog
+from bot.ui.cogs.picture import PictureCog
 from bot.ui.cogs.privacy import PrivacyCog
 from bot.ui.cogs.queue import QueueCog
 from bot.ui.cogs.recipe import RecipesCog
@@ -27,7 +28,7 @@ from bot.ui.cogs.sources import SourcesCog
 
 COGS: tuple[type[FeatureCog], ...] = (
     ImagineCog, LorasCog, ModelsCog, EmbeddingsCog, SettingsCog, QueueCog, RecipesCog, AuditCog, PrivacyCog,
-    SourcesCog,
+    SourcesCog, PictureCog,
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from bot.ui.common import nsfw_channel, send_private, to_choices
 from bot.ui.features import features_of
 from bot.ui.routes import ButtonWork, ModalWork
 from engine import arch as architectures
+from engine.recipe.picture import RESIZE_MODES
 from engine.recipe.sampler_names import SAMPLERS as ALL_SAMPLERS
 
 #: A1111 sampler names the engine maps to diffusers schedulers that some runnable architecture
@@ -131,12 +132,16 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     count="How many images (1-4)",
     clip_skip="Clip skip: 2 reads the text encoder's penultimate layer (default: the model's)",
     recipe="A recipe code (AT1.…) from a recipe card; the other options you give change it",
+    image="A picture to start from (PNG, JPEG or WebP): image-to-image",
+    strength="With image: 0 keeps the picture, 1 keeps only its size (default 0.6)",
+    resize="With image: how a picture of another shape is fitted (default: crop and resize)",
     speed="fast: the model's speed LoRA and few steps; normal: not even in the server's fast mode",
 )
 @app_commands.choices(
     speed=[app_commands.Choice(name="fast", value="fast"), app_commands.Choice(name="normal", value="normal")],
     sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
     size=[app_commands.Choice(name=label, value=value) for label, value in SIZES],
+    resize=[app_commands.Choice(name=label, value=value) for value, label in RESIZE_MODES.items()],
 )
 @app_commands.autocomplete(
     model=model_autocomplete,
@@ -164,10 +169,22 @@ async def imagine(
     count: app_commands.Range[int, 1, 4] | None = None,
     clip_skip: app_commands.Range[int, 1, 12] | None = None,
     recipe: app_commands.Range[str, 1, 6000] | None = None,
+    image: discord.Attachment | None = None,
+    strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+    resize: str | None = None,
     speed: str | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
+    picture = None
+    if image is not None:
+        # Fetched, checked, screened and kept before anything else (bot.ui.pictures).
+        picture = await features_of(interaction).pictures.imagine_choice(interaction, image, strength, resize)
+        if picture is None:
+            return
+    elif strength is not None or resize is not None:
+        await send_private(interaction, "`strength` and `resize` go with `image`: attach a picture to start from.")
+        return
     width = height = None
     if size:
         parsed = parse_size(size)
@@ -197,6 +214,8 @@ async def imagine(
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if any(name for name, _ in slots):
             changes["slots"] = slots
+        if picture is not None:
+            changes["picture"] = picture
         if speed is not None:
             changes["speed"] = speed
         await features_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
@@ -218,6 +237,7 @@ async def imagine(
         height=height,
         count=count,
         clip_skip=clip_skip,
+        picture=picture,
         speed=speed,
     )
 

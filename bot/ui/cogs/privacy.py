@@ -61,6 +61,10 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
     embed.add_field(name="Your admin changes in the audit log", value=str(data.audit_entries), inline=True)
     embed.add_field(name="Jobs waiting now", value=str(len(waiting)), inline=True)
     embed.add_field(name="Finished jobs (kept a day)", value=str(data.finished_jobs), inline=True)
+    pictures = getattr(bot.client, "pictures", None)
+    if pictures is not None:
+        inputs = await pictures.count_for(interaction.guild_id, interaction.user.id)
+        embed.add_field(name="Input images you attached (for re-runs)", value=str(inputs), inline=True)
     grace = bot.lifecycle.grace_s / DAY_S
     embed.set_footer(
         text=(
@@ -105,6 +109,8 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
     await interaction.response.defer(ephemeral=True, thinking=True)
     bot = features_of(interaction)
     done = await bot.registry.privacy.delete_member_data(interaction.guild_id, user_id)
+    pictures = getattr(bot.client, "pictures", None)  # input images the member brought (bot.pictures)
+    inputs = await pictures.forget_member(interaction.guild_id, user_id) if pictures is not None else 0
     removed = 0
     if images:
         for channel_id, message_id in done.posts[:MAX_IMAGE_DELETIONS]:
@@ -119,6 +125,7 @@ async def delete_member_data(interaction: discord.Interaction[Any], user_id: int
         f"{len(done.posts)} image record(s)",
         f"{done.bookmarks} bookmark(s)",
         f"{done.finished_jobs} finished job(s)",
+        f"{inputs} input image(s)",
     ]
     text = "Deleted " + ", ".join(parts) + "."
     if images:

@@ -71,6 +71,8 @@ FLUX = Architecture(
     name="flux",
     label="FLUX.1",
     runnable=RUNS,
+    #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
+    capabilities=frozenset({"txt2img", "img2img"}),
     ecosystems=("flux1", "flux", "fluxkrea", "flux1kontext"),
     base_models=(
         BaseModelName("flux.1 d", variant="dev"),

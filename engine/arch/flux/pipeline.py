@@ -467,4 +467,28 @@ class FluxRuntime:
         )
 
 
+    def img2img(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Any, strength: float,
+                generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """diffusers' ``FluxImg2ImgPipeline`` on the loaded components (flow matching: the input's
+        latents are mixed with noise at the strength's sigma, then denoised from there)."""
+        from diffusers import FluxImg2ImgPipeline
+
+        runner = FluxImg2ImgPipeline.from_pipe(pipe)
+        runner.set_progress_bar_config(disable=True)
+        guidance = float(recipe.cfg_scale) if pipe.transformer.config.guidance_embeds else 0.0
+        return runner(
+            **conditioning.kwargs,
+            image=images,
+            strength=strength,
+            num_inference_steps=recipe.steps,
+            guidance_scale=guidance,
+            width=recipe.width,
+            height=recipe.height,
+            generator=list(generators) if len(generators) > 1 else generators[0],
+            max_sequence_length=self.budget(pipe),
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+
+
 RUNTIME = FluxRuntime()

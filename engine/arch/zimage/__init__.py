@@ -55,6 +55,8 @@ ZIMAGE = Architecture(
     name="zimage",
     label="Z-Image",
     runnable=RUNS,
+    #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
+    capabilities=frozenset({"txt2img", "img2img"}),
     ecosystems=("zimageturbo", "zimagebase", "zimage"),
     base_models=(
         BaseModelName("zimageturbo", variant="turbo"),

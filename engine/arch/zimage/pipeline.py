@@ -287,4 +287,27 @@ class ZImageRuntime:
         )
 
 
+    def img2img(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Any, strength: float,
+                generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """diffusers' ``ZImageImg2ImgPipeline`` on the loaded components (``from_pipe``: no weight
+        copied); ``images`` is the [-1, 1] pixel tensor (engine.picture_run.as_pixels)."""
+        from diffusers import ZImageImg2ImgPipeline
+
+        runner = ZImageImg2ImgPipeline.from_pipe(pipe)
+        runner.set_progress_bar_config(disable=True)
+        return runner(
+            **conditioning.kwargs,
+            image=images,
+            strength=strength,
+            num_inference_steps=recipe.steps,
+            guidance_scale=diffusers_guidance(recipe) if conditioning.guidance else 0.0,
+            width=recipe.width,
+            height=recipe.height,
+            generator=list(generators) if len(generators) > 1 else generators[0],
+            max_sequence_length=BUDGET,
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+
+
 RUNTIME = ZImageRuntime()

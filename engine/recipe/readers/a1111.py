@@ -14,9 +14,6 @@ from engine.recipe.readers.found import FoundRecipe, Resource, as_float, resourc
 
 #: Settings that change the image but have no place in a recipe here, in people's words.
 _UNSUPPORTED = {
-    "Hires upscale": "the hires fix (a second, upscaled pass)",
-    "Hires steps": "the hires fix (a second, upscaled pass)",
-    "Denoising strength": "img2img / hires denoising",
     "ADetailer model": "ADetailer (face and hand fixing)",
     "ControlNet 0": "ControlNet",
     "Refiner": "an SDXL refiner model",
@@ -73,6 +70,13 @@ def read(text: str, source: str, *, format_name: str | None = None) -> FoundReci
     if recipe.vae:
         resources.append(resource("vae", recipe.vae, None, extras.get("VAE hash")))
     notes = _notes(extras)
+    if recipe.hires_scale and recipe.hires_upscaler.lower() != "lanczos":
+        # The upscale pass here upscales the image with Lanczos before its second pass.
+        notes.append(f"Hires upscaler {recipe.hires_upscaler} is not available here: Lanczos is used.")
+        recipe = dataclasses.replace(recipe, hires_upscaler="Lanczos")
+    if recipe.strength != type(recipe).strength and not recipe.init_image:
+        notes.append("Made from an input image (img2img) that is not in the file: attach it to `/imagine` "
+                     "with this strength to run it the same way.")
     if read_.default_weights:
         notes.append("LoRAs whose weight is not a number take their default weight: " + ", ".join(read_.default_weights) + ".")
     if name == "Civitai" and "FLUX" in text.rstrip().rsplit("\n", 1)[-1]:
