@@ -236,6 +236,23 @@ def train_vae(vae: Any, images: Any, *, budget: Budget, decoder_budget: Budget |
     return report
 
 
+def load_checkpoint(path: Path, configs: dict[str, Any]) -> dict[str, Any]:
+    """UNet, VAE and text encoder of a checkpoint this script wrote, through diffusers'
+    single-file loader (the engine's own path), in float32."""
+    import tempfile
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from engine.component_configs import write_config_folder
+
+    folder = write_config_folder(Path(tempfile.mkdtemp(prefix="atelier-cfg-")), "sd15", configs)
+    pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                    torch_dtype=torch.float32, safety_checker=None,
+                                                    requires_safety_checker=False)  # fmt: skip
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder}
+
+
 def fold_latent_scale(vae: Any, images: Any, device: str, scaling_factor: float) -> float:
     """Scale the encoder's mean (and the decoder's input to match) so that latents times
     ``scaling_factor`` have unit variance: the contract SD 1.5 pipelines assume."""
@@ -292,7 +309,8 @@ def train_denoiser(
     unet: Any, text_encoder: Any, latents: Any, ids: Any, *, budget: Budget, batch: int, lr: float,
     device: str, seed: int, log: Callable[[str], None], label: str, train_text_encoder: bool,
     lora_weights_only: bool = False, ema: float | None = None, base_latents: Any = None, base_ids: Any = None,
-    base_share: float = 0.0, caption_dropout: float = 0.1, empty_ids: Any = None,
+    base_share: float = 0.0, caption_dropout: float = 0.1, empty_ids: Any = None, snr_gamma: float | None = 5.0,
+    warmup: int = 100,
 ) -> dict[str, Any]:  # fmt: skip
     """Epsilon prediction with min-SNR-5 weighting; returns the losses and, with ``ema``, the
     EMA weights are copied into the models at the end."""
@@ -317,7 +335,7 @@ def train_denoiser(
     budget.started = time.perf_counter()
     while step < budget.steps and budget.elapsed() < budget.seconds:
         for group in opt.param_groups:
-            group["lr"] = _lr(lr, budget.progress(step), step)
+            group["lr"] = _lr(lr, budget.progress(step), step, warmup)
         n_base = int(round(batch * base_share)) if base_latents is not None else 0
         index = torch.randint(0, latents.shape[0], (batch - n_base,), generator=generator)
         x0, tokens = latents[index], ids[index]
@@ -334,7 +352,9 @@ def train_denoiser(
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         snr = a / (1 - a)
-        weight = (snr.clamp(max=5.0) / snr).flatten()
+        # min-SNR weighting for the base (layout first); none for the styles, whose look is
+        # fine detail that only low-noise steps teach.
+        weight = (snr.clamp(max=snr_gamma) / snr).flatten() if snr_gamma else torch.ones_like(snr).flatten()
         with _autocast(device):
             context = text_encoder(tokens).last_hidden_state
             pred = unet(xt, t, context).sample
@@ -573,31 +593,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ids = {style: token_ids(tok, caps) for style, (_, caps) in sets.items()}
     empty = token_ids(tok, [""])[0]
 
-    # 2. VAE on every set.
-    vae = AutoencoderKL.from_config(configs["vae"]).to(device)
-    all_images = torch.cat(list(images.values()))
-    report["vae"] = train_vae(
-        vae, all_images, budget=Budget(int(args.vae_steps), args.vae_seconds * scale),
-        decoder_budget=Budget(int(args.decoder_steps), args.decoder_seconds * scale),
-        batch=args.vae_batch, lr=args.vae_lr, device=device, seed=args.seed, log=log,
-    )  # fmt: skip
+    # 2. VAE on every set (or the one of the checkpoint resumed from).
     sf = configs["vae"]["scaling_factor"]
-    report["vae"]["latent_rescale"] = round(fold_latent_scale(vae, all_images, device, sf), 4)
-    del all_images
+    resumed = load_checkpoint(args.resume, configs) if args.resume else None
+    if resumed is not None:
+        vae = resumed["vae"].to(device)
+        report["resumed_from"] = str(args.resume)
+    else:
+        vae = AutoencoderKL.from_config(configs["vae"]).to(device)
+        all_images = torch.cat(list(images.values()))
+        report["vae"] = train_vae(
+            vae, all_images, budget=Budget(int(args.vae_steps), args.vae_seconds * scale),
+            decoder_budget=Budget(int(args.decoder_steps), args.decoder_seconds * scale),
+            batch=args.vae_batch, lr=args.vae_lr, device=device, seed=args.seed, log=log,
+        )  # fmt: skip
+        report["vae"]["latent_rescale"] = round(fold_latent_scale(vae, all_images, device, sf), 4)
+        del all_images
     latents = {style: encode_all(vae, imgs, device, sf) for style, imgs in images.items()}
     ids = {style: torch.cat([t, t]) for style, t in ids.items()}  # originals, then mirrors
     log(f"latents: std {float(latents['base'].std()):.3f}")
 
     # 3. UNet and text encoder on the base scenes.
-    unet = UNet2DConditionModel.from_config(configs["unet"]).to(device)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).to(device)
+    if resumed is not None:
+        unet, text_encoder = resumed["unet"].to(device), resumed["text_encoder"].to(device)
+        unet.train()
+        text_encoder.train()
+    else:
+        unet = UNet2DConditionModel.from_config(configs["unet"]).to(device)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).to(device)
     report["params"] = {name: sum(p.numel() for p in m.parameters())
                         for name, m in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder))}  # fmt: skip
     log(f"parameters: {report['params']}")
     report["base"] = train_denoiser(
         unet, text_encoder, latents["base"], ids["base"], budget=Budget(int(args.base_steps), args.base_seconds * scale),
         batch=args.batch, lr=args.lr, device=device, seed=args.seed, log=log, label="base", train_text_encoder=True,
-        ema=args.ema, empty_ids=empty,
+        ema=args.ema or None, empty_ids=empty, warmup=args.warmup,
     )  # fmt: skip
     for module in (unet, vae, text_encoder):
         module.eval()
@@ -616,9 +646,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tuned_te.train()
         tune = train_denoiser(
             tuned_unet, tuned_te, latents[spec.style], ids[spec.style],
-            budget=Budget(int(args.lora_steps), args.lora_seconds * scale), batch=args.batch, lr=args.lora_lr,
+            budget=Budget(int(args.lora_steps), args.lora_seconds * scale), batch=args.lora_batch or args.batch, lr=args.lora_lr,
             device=device, seed=args.seed + 1 + LORAS.index(spec), log=log, label=spec.name,
-            train_text_encoder=spec.text_encoder, lora_weights_only=True,
+            train_text_encoder=spec.text_encoder, lora_weights_only=True, snr_gamma=args.lora_snr_gamma, warmup=args.warmup,
             base_latents=latents["base"] if spec.base_share else None,
             base_ids=ids["base"] if spec.base_share else None, base_share=spec.base_share, empty_ids=empty,
         )  # fmt: skip
@@ -636,7 +666,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             more_meta = lora_metadata(spec, rank, conv_rank, tune, more_stats, sets[spec.style][1], args.seed)
             save_lora(more, out / "extras" / f"{spec.name}-r{rank}.safetensors", more_meta)
             stats[f"energy_kept_r{rank}"] = more_stats["energy_kept"]
-        stats["tuned_measure"] = tuned_measure(spec, tuned_unet, vae, tuned_te, tok, configs, args)
+        if args.preview_steps:
+            stats["tuned_measure"] = tuned_measure(spec, tuned_unet, vae, tuned_te, tok, configs, args)
         lora_states[spec.name] = {k: v.to(torch.float16).float() for k, v in state.items()}
         report["loras"][spec.name] = {"tune": tune, "extraction": stats,
                                       "bytes": (out / f"{spec.name}.safetensors").stat().st_size}  # fmt: skip
@@ -644,7 +675,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del tuned_unet, tuned_te
 
     # 5. Previews and measures, through the extracted (fp16) LoRAs.
-    report["measures"] = previews(unet, vae, text_encoder, tok, configs, lora_states, args, out, log)
+    if args.preview_steps:
+        report["measures"] = previews(unet, vae, text_encoder, tok, configs, lora_states, args, out, log)
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     log(f"done in {report['seconds']} s")
@@ -725,6 +757,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lora-steps", type=int, default=3000)
     parser.add_argument("--lora-seconds", type=float, default=28)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
+    parser.add_argument("--lora-batch", type=int, default=0, help="0: --batch")
+    parser.add_argument("--lora-snr-gamma", type=float, default=0.0, help="min-SNR gamma for the LoRAs (0: none)")
+    parser.add_argument("--resume", type=Path, help="continue from a checkpoint this command wrote (VAE kept)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--conv-rank", type=int, default=8)
     parser.add_argument("--extra-rank", action="append", default=[], metavar="RANK:CONV_RANK",
