@@ -8,11 +8,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: python -m sandbox {demo,build-models} [--help]
+USAGE = """usage: python -m sandbox {demo,build-models,train-demo} [--help]
 
   demo --out DIR          play a scripted session against a local Discord double and tiny
                           models, offline (no token, no GPU); write what the channel shows
   build-models --out DIR  build the tiny (or --size full, random) models and demo LoRAs
+  train-demo --out DIR    train the demo's small model and its LoRAs from procedural scenes
+                          (minutes on a GPU: --device cuda; never run by make demo or tests)
 """
 
 
@@ -26,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sandbox.model_builder import main as build_main
 
         return int(build_main(args[1:]) or 0)
+    if args and args[0] == "train-demo":
+        from sandbox.train_demo.train import main as train_main
+
+        return int(train_main(args[1:]) or 0)
     stream = sys.stdout if args[:1] in (["-h"], ["--help"]) else sys.stderr
     print(USAGE, end="", file=stream)
     return 0 if stream is sys.stdout else 2

@@ -541,14 +541,34 @@ def build_loras(arch: str, components: dict[str, Any], lora_root: Path, seed: in
 # The build
 
 
-def _options(size: Size, architectures: Sequence[str], seed: int, with_loras: bool) -> dict[str, Any]:
-    return {
+def _options(size: Size, architectures: Sequence[str], seed: int, with_loras: bool, trained: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "version": BUILD_VERSION,
         "size": size,
         "architectures": sorted(architectures),
         "seed": seed,
         "with_loras": with_loras,
     }
+    if trained:
+        from sandbox.train_demo.shipped import WEIGHTS
+
+        # The shipped files and their sizes: new weights from git rebuild the assets.
+        options["trained"] = sorted([p.name, p.stat().st_size] for p in WEIGHTS.iterdir())
+    return options
+
+
+def install_trained(model_root: Path, lora_root: Path) -> tuple[str, list[DemoLora]]:
+    """The trained SD 1.5 demo model and its LoRAs (sandbox/demo_weights), in place of random ones."""
+    from sandbox.train_demo.shipped import TRAINED_LORAS, install
+
+    checkpoint, files = install(model_root, lora_root)
+    loras = [
+        DemoLora(name=lora.name, file=file, architecture="sd15", trigger_words=lora.trigger_words,
+                 has_text_encoder=lora.category == "character", key_format="kohya",
+                 description=lora.description, category=lora.category)
+        for lora, file in zip(TRAINED_LORAS, files, strict=True)
+    ]  # fmt: skip
+    return checkpoint, loras
 
 
 def model_file_name(arch: str, size: Size) -> str:
@@ -571,18 +591,20 @@ def build_demo_assets(
     architectures: Sequence[str] = ("sd15", "sdxl"),
     seed: int = 0,
     with_loras: bool = True,
+    trained: bool = False,
 ) -> DemoAssets:
     """Build (or reuse) models under ``out_dir/models`` and LoRAs under ``out_dir/loras``.
 
     Idempotent: a complete build with the same options is returned without touching it; an
     incomplete or different one is rebuilt from scratch. The stamp is written last, so a
-    build interrupted half-way is never mistaken for a complete one.
+    build interrupted half-way is never mistaken for a complete one. ``trained``: SD 1.5 is the
+    trained demo model with its LoRAs (:mod:`sandbox.train_demo.shipped`), not random weights.
     """
     out_dir = Path(out_dir)
     unknown = set(architectures) - set(MODELSPEC)
     if unknown:
         raise ValueError(f"cannot build {sorted(unknown)}: the builder makes {sorted(MODELSPEC)}")
-    options = _options(size, architectures, seed, with_loras)
+    options = _options(size, architectures, seed, with_loras, trained)
     stamp_path = out_dir / STAMP_FILE
     if stamp_path.is_file():
         try:
@@ -604,6 +626,10 @@ def build_demo_assets(
     loras: list[DemoLora] = []
     with torch.no_grad():
         for index, arch in enumerate(sorted(architectures)):
+            if trained and arch == "sd15":
+                models[arch], trained_loras = install_trained(model_root, lora_root)
+                loras += trained_loras if with_loras else []
+                continue
             components = build_components(arch, size, seed + index)
             name = model_file_name(arch, size)
             if arch == "sd15":
@@ -631,11 +657,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arch", action="append", choices=sorted(MODELSPEC), help="repeatable (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-loras", action="store_true")
+    parser.add_argument("--trained", action="store_true",
+                        help="SD 1.5: the trained demo model and LoRAs of sandbox/demo_weights, not random weights")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     assets = build_demo_assets(
         args.out, size=args.size, architectures=args.arch or tuple(MODELSPEC), seed=args.seed,
-        with_loras=not args.no_loras,
+        with_loras=not args.no_loras, trained=args.trained,
     )
     print(json.dumps({
         "models": {arch: str(assets.model_root / rel) for arch, rel in assets.models.items()},

@@ -77,15 +77,22 @@ def write_transcript(
     return Transcript(folder, text_path, html_path, saved)
 
 
+def attachment_paths(message: StoredMessage, files_dir: Path) -> list[Path]:
+    """Where :func:`write_transcript` saves each of ``message``'s attachments."""
+    # Filenames come from the bot; keep only the last path component.
+    return [files_dir / f"{message.id}-{Path(a.filename).name or 'file'}" for a in message.attachments]
+
+
 def _save_files(message: StoredMessage, files_dir: Path) -> list[Path]:
-    paths = []
-    for attachment in message.attachments:
-        # Filenames come from the bot; keep only the last path component.
-        safe_name = Path(attachment.filename).name or "file"
-        path = files_dir / f"{message.id}-{safe_name}"
+    paths = attachment_paths(message, files_dir)
+    for attachment, path in zip(message.attachments, paths, strict=True):
         path.write_bytes(attachment.data)
-        paths.append(path)
     return paths
+
+
+def message_html(message: StoredMessage, folder: Path, names: dict[int, str]) -> str:
+    """One message as the transcript page shows it (its files already saved under ``folder``)."""
+    return _message_html(message, attachment_paths(message, folder / "files"), folder, names)
 
 
 def _message_text(message: StoredMessage, paths: list[Path], folder: Path) -> str:
