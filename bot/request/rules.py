@@ -59,8 +59,13 @@ def variant_mismatch(architecture: str, trained_on: str | None, used_on: str | N
     if lora_does != model_does:
         what = {"edit": "editing a reference image", "inpaint": "inpainting", "txt2img": "text-to-image",
                 "img2img": "image-to-image"}
-        return (f"{text}, made for {', '.join(what.get(c, c) for c in sorted(lora_does))} rather than "
-                f"{', '.join(what.get(c, c) for c in sorted(model_does))}: it may do little or spoil the image")  # fmt: skip
+        # Each side by its main task: image-to-image comes with text-to-image and tells nothing.
+        order = ("edit", "inpaint", "txt2img", "img2img")
+
+        def main(tasks: frozenset[str]) -> str:
+            return what.get(next((t for t in order if t in tasks), ""), "/".join(sorted(tasks)))
+
+        return f"{text}, made for {main(lora_does)} rather than {main(model_does)}: it may do little or spoil the image"
     return f"{text}: it may have less effect or change the image in ways its author did not test"
 
 

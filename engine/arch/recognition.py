@@ -21,26 +21,14 @@ from typing import Any
 
 from engine import arch as registry
 from engine.arch.base import Tensors
+from engine.arch.key_paths import _DIT_TOP, denoiser_path, module_features
 from engine.arch.unet import context_dim
 
-_DOWN_KEY = re.compile(r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down|hada_w1_b)")
+_DOWN_KEY = re.compile(
+    r"(lora_down|lora_A|lora\.down|_lora\.down|lora_linear_layer\.down|hada_w1_b)"
+)
 _TE2_KEY = re.compile(
     r"(^lora_te2_|^text_encoder_2\.|conditioner\.embedders\.1\.|^te2\.|^text_encoders\.clip_g|^clip_g\.)"
-)
-# Diffusion transformers (DiT: FLUX, SD 3, Qwen-Image, ...) have their blocks at the top of the
-# denoiser; a UNet's transformer_blocks only ever sit inside its down/mid/up blocks. Reading the
-# module path under the prefixes tools add tells the two apart whatever the key layout (kohya
-# "lora_unet_transformer_blocks_1_attn_to_q" is a FLUX LoRA, not an SDXL one).
-_DENOISER_PREFIXES = (
-    "lora_unet_", "lora_transformer_", "lycoris_", "base_model.model.", "model.diffusion_model.",
-    "diffusion_model.", "transformer.", "unet.",
-)  # fmt: skip
-_DIT_TOP = re.compile(
-    r"^(double_blocks|single_blocks|single_transformer_blocks|transformer_blocks|joint_blocks|"
-    r"x_embedder|context_embedder|img_in|txt_in|time_in|vector_in|guidance_in|pos_embed|"
-    r"time_text_embed|double_stream_modulation_img|single_stream_modulation|distilled_guidance_layer|"
-    r"double_layers|single_layers|double_stream_blocks|single_stream_blocks|noise_refiner|context_refiner|"
-    r"(layers|blocks)[._]\d+)[._]"
 )
 #: Joint (MMDiT) attention: a second stream for the text tokens, as SD 3 and FLUX have.
 _MMDIT = re.compile(r"(^context_embedder|[._](add_[qkv]_proj|ff_context|norm1_context)([._]|$))")
@@ -58,18 +46,6 @@ _UNET_KEY = re.compile(
 _SD2_CONTEXT = 1024
 
 
-def denoiser_path(key: str) -> str:
-    """The module path under the prefixes kohya, PEFT, diffusers and ComfyUI put before it."""
-    for _ in range(3):  # "base_model.model.transformer.", at most three deep
-        for prefix in _DENOISER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        else:
-            break
-    return key
-
-
 def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
     """(architecture, name of a family without a module) of a diffusion-transformer file, or
     None for anything else (a UNet's, a text encoder's, a VAE's)."""
@@ -80,7 +56,10 @@ def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
     if not paths:
         return None
     found = tuple(paths.values())
-    dits = sorted((a for a in registry.ARCHITECTURES.values() if a.dit), key=lambda a: a.dit.priority if a.dit else 0)
+    dits = sorted(
+        (a for a in registry.ARCHITECTURES.values() if a.dit),
+        key=lambda a: a.dit.priority if a.dit else 0,
+    )
     by_shape = [a for a in dits if a.dit is not None and a.dit.modules is not None]
     if by_shape:
         features = module_features(tensors, paths)
@@ -100,7 +79,9 @@ def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
         if not _DIT_Q.search(path):
             continue
         shape = tensors[key]["shape"]
-        if len(shape) == 2 and (_DOWN_KEY.search(key) or key.endswith(".weight") and not is_network_key(key)):
+        if len(shape) == 2 and (
+            _DOWN_KEY.search(key) or key.endswith(".weight") and not is_network_key(key)
+        ):
             width = int(shape[1])
             break
     joint = any(_MMDIT.search(p) for p in found)
@@ -110,28 +91,6 @@ def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
         if architecture.dit.shape(width, joint, cross, found):
             return architecture.name, None
     return registry.UNKNOWN, registry.UNKNOWN_DIT
-
-
-_UP_KEY = re.compile(r"[._](lora_up|lora_B|lora\.up|up)\.weight$")
-_DOWN_END = re.compile(r"[._](lora_down|lora_A|lora\.down|down)\.weight$")
-
-
-def module_features(tensors: Tensors, paths: dict[str, str]) -> dict[str, tuple[int | None, int | None]]:
-    """Flattened denoiser module -> (out, in) features, from a weight's shape or a LoRA's up
-    rows and down columns (None where the file does not show it)."""
-    found: dict[str, tuple[int | None, int | None]] = {}
-    for key, path in paths.items():
-        shape = tensors[key].get("shape") or ()
-        if len(shape) != 2:
-            continue
-        up, down = _UP_KEY.search(path), _DOWN_END.search(path)
-        if up is not None or down is not None:
-            module = path[: (up or down).start()].replace(".", "_")  # type: ignore[union-attr]
-            out, inner = found.get(module, (None, None))
-            found[module] = (int(shape[0]), inner) if up is not None else (out, int(shape[1]))
-        elif path.endswith(".weight"):
-            found[path.removesuffix(".weight").replace(".", "_")] = (int(shape[0]), int(shape[1]))
-    return found
 
 
 def unet_architecture(keys: list[str], tensors: Tensors) -> str:
@@ -155,7 +114,9 @@ def unet_architecture(keys: list[str], tensors: Tensors) -> str:
     return registry.UNKNOWN
 
 
-def recognise(tensors: Tensors, metadata: dict[str, str], *, dit: Any = False) -> tuple[str, str | None]:
+def recognise(
+    tensors: Tensors, metadata: dict[str, str], *, dit: Any = False
+) -> tuple[str, str | None]:
     """(architecture, family name without a module) from keys first, metadata last.
 
     ``dit`` may pass an already computed :func:`dit_family` result (False: compute it).

@@ -78,7 +78,7 @@ def checkpoint_variant(tensors: Tensors) -> str | None:
 def lora_variant(tensors: Tensors) -> str | None:
     """"klein-4b", "klein-9b" or "dev" from the width a LoRA's attention reads (None where the
     file shows no such layer, or a width no FLUX.2 has)."""
-    from engine.arch.recognition import _DIT_TOP, denoiser_path, module_features
+    from engine.arch.key_paths import _DIT_TOP, denoiser_path, module_features
 
     paths = {key: path for key in tensors if _DIT_TOP.match(path := denoiser_path(key))}
     for name, (_out, inner) in module_features(tensors, paths).items():
