@@ -231,6 +231,7 @@ class LoraEntry:
         """
         if info.kind != "lora":
             raise RegistryError(not_a_message(info, "a LoRA", "/lora add"))
+        spec = architectures.get(info.architecture)
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -244,7 +245,9 @@ class LoraEntry:
             "lora_format": info.lora_format,
             "rank": info.rank,
             "trained_clip_skip": info.clip_skip,
-            "variant": metadata_variant(info.architecture, info.metadata),
+            # sd-scripts' model spec names FLUX.1's variant; FLUX.2's widths name the Klein size.
+            "variant": metadata_variant(info.architecture, info.metadata)
+            or (info.variant if spec is not None and info.variant in spec.variants else None),
         }
         values["speed_profile"] = detected_profile(
             info, "lora", overrides.get("variant", values["variant"]), overrides.get("base_model")
