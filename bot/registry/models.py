@@ -157,9 +157,10 @@ class ModelEntry:
             "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
             "speed_profile": detected_profile(info, "checkpoint", info.variant),
         }
-        if spec is not None and spec.guidance.kind != "cfg":
+        if spec is not None and (spec.guidance.kind != "cfg" or spec.dit is not None):
             # SD keeps the entry's long-standing defaults (which its module's equal); others
-            # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without.
+            # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without, and a
+            # diffusion transformer with true CFG (Qwen-Image: 50 steps at 4) its authors' own.
             variant = info.variant if spec.variant(info.variant) else None
             values.update(
                 default_steps=spec.steps_for(variant),
