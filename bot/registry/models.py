@@ -157,9 +157,10 @@ class ModelEntry:
             "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
             "speed_profile": detected_profile(info, "checkpoint", info.variant),
         }
-        if spec is not None and spec.guidance.kind != "cfg":
+        if spec is not None and (spec.guidance.kind != "cfg" or spec.dit is not None):
             # SD keeps the entry's long-standing defaults (which its module's equal); others
-            # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without.
+            # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without, and a
+            # diffusion transformer with true CFG (Qwen-Image: 50 steps at 4) its authors' own.
             variant = info.variant if spec.variant(info.variant) else None
             values.update(
                 default_steps=spec.steps_for(variant),
@@ -231,6 +232,7 @@ class LoraEntry:
         """
         if info.kind != "lora":
             raise RegistryError(not_a_message(info, "a LoRA", "/lora add"))
+        spec = architectures.get(info.architecture)
         values: dict[str, Any] = {
             "name": name or info.output_name or _stem(info.path),
             "architecture": info.architecture,
@@ -244,7 +246,9 @@ class LoraEntry:
             "lora_format": info.lora_format,
             "rank": info.rank,
             "trained_clip_skip": info.clip_skip,
-            "variant": metadata_variant(info.architecture, info.metadata),
+            # sd-scripts' model spec names FLUX.1's variant; FLUX.2's widths name the Klein size.
+            "variant": metadata_variant(info.architecture, info.metadata)
+            or (info.variant if spec is not None and info.variant in spec.variants else None),
         }
         values["speed_profile"] = detected_profile(
             info, "lora", overrides.get("variant", values["variant"]), overrides.get("base_model")

@@ -14,7 +14,7 @@ from bot.registry.models import EmbeddingEntry, LoraEntry, ModelEntry, NsfwPolic
 from bot.registry.text import name_key
 from bot.request.outcome import Check, fmt
 from bot.request.parse import ImagineRequest, LoraRequest, ParseError, parse_weight
-from bot.request.rules import variant_mismatch
+from bot.request.rules import size_mismatch, variant_mismatch
 from bot.sources.refs import looks_like_air
 from engine import arch as architectures
 from engine.families import families_differ, family_label, related
@@ -170,6 +170,14 @@ def check_loras(
                 "on it, the LoRA would do nothing.",
                 f"Pick a LoRA made for {architecture_label(model.architecture)}, or a model made "
                 f"for {architecture_label(lora.architecture)}.",
+                catalog.suggest_loras(lora.name, architecture=model.architecture),
+            )
+        elif model is not None and (why := size_mismatch(model.architecture, lora.variant, model.variant)):
+            ok = False
+            check.problem(
+                "arch_mismatch",
+                f"The LoRA `{lora.name}` cannot run on `{model.name}`: {why}.",
+                "Pick a LoRA made for this size of the model.",
                 catalog.suggest_loras(lora.name, architecture=model.architecture),
             )
         if lora.nsfw:

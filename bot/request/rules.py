@@ -69,6 +69,17 @@ def variant_mismatch(architecture: str, trained_on: str | None, used_on: str | N
     return f"{text}: it may have less effect or change the image in ways its author did not test"
 
 
+def size_mismatch(architecture: str, trained_on: str | None, used_on: str | None) -> str | None:
+    """Why a LoRA trained for one size of an architecture cannot run on another (FLUX.2 Klein 4B
+    and 9B: ``Variant.size``; their layers differ in width), or None."""
+    spec = architectures.get(architecture)
+    lora = spec.variants.get(trained_on or "") if spec else None
+    model = spec.variants.get(used_on or "") if spec else None
+    if lora is None or model is None or not lora.size or not model.size or lora.size == model.size:
+        return None
+    return f"it was trained for {lora.label} and this model is {model.label}, whose layers have other sizes"
+
+
 def check_steps(request: ImagineRequest, model: ModelEntry | None, catalog: Catalog, check: Check) -> object:
     settings = catalog.settings
     steps = request.steps if request.steps is not None else (model.default_steps if model else 20)

@@ -33,6 +33,14 @@ How to add an architecture (Z-Image, Qwen-Image, FLUX.2 Klein, Chroma, ...):
    and set ``runnable=True``. Until then files of it are refused by name at registration.
 4. Tests: ``tests/engine/test_arch.py`` builds its files (``tests/dit_files.py``) and checks
    recognition, Civitai names and the size rule.
+
+What a diffusion transformer's module finds ready (issue 19 added Z-Image, Qwen-Image and FLUX.2
+Klein this way, each touching nothing outside its module): :mod:`engine.arch.dit_lora` reads a
+LoRA under every tool prefix and binds it through a (component, file layer) -> ``LoraTarget``
+table (row slices of fused layers, swapped halves); ``DitRule.modules`` recognises a family by
+its modules' shapes where its names are another's; ``Variant.size`` refuses a LoRA of another
+size before loading, ``Variant.runs`` refuses a variant not run yet; FLUX's
+``_shared_component`` and ``memory_plan`` share text encoders and choose placement.
 """
 
 from __future__ import annotations

@@ -45,3 +45,33 @@ def test_a_lumina_2_graph_is_not_zimage() -> None:
     graph["16"]["inputs"]["unet_name"] = "lumina_2.safetensors"
     found = read_image(comfy_flux_png(graph)).found
     assert found is not None and found.recipe.architecture != "zimage"
+
+
+def _graph(unet: str, clip: str, clip_type: str, *, cfg: float, steps: int, sampler: str, negative: str) -> dict:
+    graph = {k: {**v, "inputs": dict(v["inputs"])} for k, v in COMFY_ZIMAGE_TURBO.items() if k not in ("7", "30")}
+    graph["16"]["inputs"]["unet_name"] = unet
+    graph["18"]["inputs"].update(clip_name=clip, type=clip_type)
+    graph["11"]["inputs"]["model"] = ["16", 0]
+    graph["7"] = {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["18", 0]}}
+    graph["3"]["inputs"].update(cfg=cfg, steps=steps, sampler_name=sampler)
+    return graph
+
+
+def test_comfyui_qwen_image_graph_keeps_its_true_cfg_and_negative() -> None:
+    graph = _graph("qwen_image_fp8_e4m3fn.safetensors", "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image",
+                   cfg=2.5, steps=20, sampler="euler", negative="blurry, low quality")  # fmt: skip
+    found = read_image(comfy_flux_png(graph)).found
+    assert found is not None
+    recipe = found.recipe
+    assert (recipe.architecture, recipe.variant, recipe.cfg_scale, recipe.steps) == ("qwen_image", "", 2.5, 20)
+    assert recipe.negative_prompt == "blurry, low quality" and recipe.guidance_kind == "cfg"
+    assert recipe.vae == "" and found.model is not None and found.model.name == "qwen_image_fp8_e4m3fn"
+
+
+def test_comfyui_flux2_klein_graph() -> None:
+    graph = _graph("flux-2-klein-9b.safetensors", "qwen_3_8b.safetensors", "flux2", cfg=1.0, steps=4, sampler="euler",
+                   negative="")  # fmt: skip
+    found = read_image(comfy_flux_png(graph)).found
+    assert found is not None
+    assert (found.recipe.architecture, found.recipe.variant, found.recipe.steps) == ("flux2", "klein-9b", 4)
+    assert found.recipe.guidance_kind == "none"

@@ -180,7 +180,8 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
         n["class_type"] in FLUX_NODES or (n["class_type"] == "DualCLIPLoader" and n["inputs"].get("type") == "flux")
         for n in graph.nodes.values()
     )
-    zimage = is_zimage(graph) and not flux
+    dit = None if flux else dit_graph(graph)  # Z-Image, Qwen-Image, FLUX.2 Klein (issue 19)
+    zimage = dit is not None
     model: Resource | None = None
     loras: list[Resource] = []
     for node in graph.upstream(inputs.get("model"), ("model",)):
@@ -222,12 +223,12 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     sampler_name = inputs.get("sampler_name")
     if isinstance(sampler_name, str):
         values["sampler"] = samplers.from_comfy(sampler_name, as_text(inputs.get("scheduler")))
-    if zimage:
-        values["architecture"], values["variant"] = "zimage", _zimage_variant(graph)
+    if dit is not None:
+        values["architecture"], values["variant"] = dit[0], dit[1] or ""
         if values.get("sampler") not in (None, "Euler"):
-            # ComfyUI's Z-Image template samples with res_multistep; Z-Image runs flow-matching
-            # Euler here (ZImagePipeline's), at the same shift.
-            notes.append(f"It used the sampler {values['sampler']}; Z-Image runs flow-matching Euler here.")
+            # ComfyUI's Z-Image template samples with res_multistep; these DiTs run flow-matching
+            # Euler here (their diffusers pipelines'), at their shift.
+            notes.append(f"It used the sampler {values['sampler']}; {dit[2]} runs flow-matching Euler here.")
             values["sampler"] = "Euler"
     latent = graph.linked(inputs.get("latent_image"))
     if latent is not None and "width" in latent["inputs"]:
@@ -278,22 +279,40 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     return with_tag_loras(FoundRecipe("ComfyUI", source, recipe, tuple(resources), missing, tuple(notes)))
 
 
-#: What ComfyUI's Z-Image graphs (its z_image templates) load: the Qwen3 text encoder through a
-#: CLIPLoader of type ``lumina2`` (Lumina 2's own reads Gemma), or a transformer so named.
-_ZIMAGE_NAMES = ("z_image", "z-image", "zimage")
+#: What ComfyUI's graphs for the issue-19 DiTs load: the text encoder through a ``CLIPLoader``
+#: of a type naming the family (Z-Image's Qwen3 as ``lumina2``, whose own Lumina 2 reads Gemma;
+#: ``qwen_image``; ``flux2``), or a transformer file so named.
+_DIT_NAMES = (
+    ("zimage", "Z-Image", ("z_image", "z-image", "zimage")),
+    ("qwen_image", "Qwen-Image", ("qwen_image", "qwen-image", "qwenimage")),
+    ("flux2", "FLUX.2", ("flux-2", "flux2", "flux_2")),
+)
+_CLIP_TYPES = {"qwen_image": "qwen_image", "flux2": "flux2"}
 
 
-def is_zimage(graph: _Graph) -> bool:
-    for node in graph.nodes.values():
-        inputs = node["inputs"]
-        if node["class_type"] == "CLIPLoader" and inputs.get("type") == "lumina2" and "qwen" in as_text(inputs.get("clip_name")).lower():
-            return True
-        if node["class_type"] in CHECKPOINT_LOADERS and any(n in as_text(inputs.get("unet_name") or inputs.get("ckpt_name")).lower() for n in _ZIMAGE_NAMES):
-            return True
-    return False
-
-
-def _zimage_variant(graph: _Graph) -> str:
+def dit_graph(graph: _Graph) -> tuple[str, str | None, str] | None:
+    """(architecture, variant, label) of a Z-Image, Qwen-Image or FLUX.2 graph, or None."""
     names = " ".join(as_text(n["inputs"].get("unet_name") or n["inputs"].get("ckpt_name")).lower()
                      for n in graph.nodes.values() if n["class_type"] in CHECKPOINT_LOADERS)  # fmt: skip
-    return "base" if "base" in names and "turbo" not in names else "turbo"
+    found = None
+    for node in graph.nodes.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CLIPLoader":
+            kind, clip = inputs.get("type"), as_text(inputs.get("clip_name")).lower()
+            if kind == "lumina2" and "qwen" in clip:
+                found = "zimage"
+            elif kind in _CLIP_TYPES:
+                found = _CLIP_TYPES[kind]
+    if found is None:
+        found = next((arch for arch, _, needles in _DIT_NAMES if any(n in names for n in needles)), None)
+    if found is None:
+        return None
+    label = next(label for arch, label, _ in _DIT_NAMES if arch == found)
+    if found == "zimage":
+        variant: str | None = "base" if "base" in names and "turbo" not in names else "turbo"
+    elif found == "qwen_image":
+        variant = "edit" if "edit" in names else None
+    else:
+        size = "9b" if "9b" in names else "4b" if "4b" in names else None
+        variant = f"klein-{size}{'-base' if 'base' in names else ''}" if size and "klein" in names else None
+    return found, variant, label
