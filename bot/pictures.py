@@ -70,7 +70,7 @@ class PictureChoice:
         return replace(recipe, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
-async def picture_refusal(client: Any, recipe: Recipe) -> str | None:
+async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = None) -> str | None:
     """Why ``recipe``'s picture part cannot run now (its input gone, its upscale too large),
     or None. Asked before a job is queued, so no GPU time goes to a job that would fail."""
     if recipe.init_image or recipe.hires_scale:
@@ -86,7 +86,9 @@ async def picture_refusal(client: Any, recipe: Recipe) -> str | None:
                     f"here, which {what} needs. Pick an SD 1.5, SDXL or FLUX.1 model.")  # fmt: skip
     if recipe.init_image:
         store: PictureStore | None = getattr(client, "pictures", None)
-        if store is None or not await store.has(recipe.init_image):
+        # Inputs are a server's data: a recipe code from elsewhere does not reach another
+        # server's copy of its input, even by the right hash.
+        if store is None or not await store.has(recipe.init_image, guild_id=guild_id):
             return gone_message(store.max_age_s if store is not None else MAX_AGE_S)
     if recipe.hires_scale:
         from engine.recipe.picture import hires_size
@@ -180,8 +182,14 @@ class PictureStore:
 
         return await asyncio.to_thread(work)
 
-    async def has(self, digest: str, *, now: float | None = None) -> bool:
-        return await self.read(digest, now=now) is not None
+    async def has(self, digest: str, *, guild_id: int | None = None, now: float | None = None) -> bool:
+        """Whether ``digest`` is kept (for ``guild_id``: brought in there by someone)."""
+        if await self.read(digest, now=now) is None:
+            return False
+        if guild_id is None:
+            return True
+        meta = await asyncio.to_thread(self._read_meta, digest)
+        return meta is not None and any(o[0] == guild_id for o in meta["owners"])
 
     # -- deletion ---------------------------------------------------------------------------
 

@@ -217,7 +217,7 @@ class Actions:
         recipe: Recipe = outcome.recipe
         if picture is not None:
             recipe = picture.apply(recipe)
-            refusal = await picture_refusal(interaction.client, recipe)
+            refusal = await picture_refusal(interaction.client, recipe, interaction.guild_id)
             if refusal is not None:
                 await send_private(interaction, refusal)
                 return False

@@ -10,6 +10,7 @@ import time
 import tracemalloc
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -185,3 +186,26 @@ def test_a1111_text_and_share_code_carry_picture_fields() -> None:
     both = replace(img2img, hires_scale=1.5, hires_steps=12, hires_strength=0.25)
     assert read_parameters(write_parameters(both, version="t")).recipe == carried(both)
     assert decode(encode(both)) == both
+
+
+async def test_the_bot_keeps_inputs_per_server_within_its_limits(tmp_path: Path) -> None:
+    """bot.pictures: by sha256, per (server, member); /privacy and purges drop owners, the bytes
+    go with the last one; past the age limit or the size cap the oldest go first."""
+    from bot.pictures import PictureStore
+
+    store = PictureStore(tmp_path / "inputs", max_bytes=2500, max_age_s=100.0)
+    a, b, c = b"a" * 1000, b"b" * 1000, b"c" * 1000
+    da = await store.add(a, guild_id=1, user_id=10, source="s", now=0.0)
+    assert await store.read(da, now=1.0) == a
+    assert await store.has(da, guild_id=1, now=1.0) and not await store.has(da, guild_id=2, now=1.0)
+    await store.add(a, guild_id=1, user_id=11, source="s", now=1.0)
+    assert await store.forget_member(1, 10) == 1 and await store.read(da, now=2.0) == a  # 11 still has it
+    assert await store.forget_member(1, 11) == 1 and await store.read(da, now=2.0) is None
+    db = await store.add(b, guild_id=2, user_id=10, source="s", now=10.0)
+    assert await store.forget_guild(2) == 1 and await store.read(db, now=11.0) is None
+    d1 = await store.add(a, guild_id=1, user_id=1, source="s", now=20.0)
+    d2 = await store.add(b, guild_id=1, user_id=1, source="s", now=21.0)
+    d3 = await store.add(c, guild_id=1, user_id=1, source="s", now=22.0)  # 3000 bytes > 2500: oldest goes
+    assert await store.read(d1, now=23.0) is None and await store.read(d3, now=23.0) == c
+    assert await store.read(d2, now=200.0) is None  # past the age limit
+    assert await store.prune(now=200.0) >= 1 and not list((tmp_path / "inputs").glob("*.img"))
