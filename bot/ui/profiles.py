@@ -46,10 +46,35 @@ def proposal(profile_id: str | None, evidence: str | None, command: str) -> str:
             f"keep it, or change it with `{command} profile:` (`none` removes it).")  # fmt: skip
 
 
+def with_profile_weight(changes: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``/lora edit profile:`` sets the profile's LoRA weight as the default weight, as ``/lora
+    add`` does (a Hyper-FLUX LoRA at the usual 1.0 ruins the image: its card fuses it at 0.125),
+    unless the same edit gives ``default_weight:``. Returns the changes and whether it did."""
+    if "speed_profile" not in changes or "default_weight" in changes:
+        return changes, False
+    profile = profiles.get(changes["speed_profile"])
+    if profile is None or profile.lora_weight is None:
+        return changes, False
+    return {**changes, "default_weight": profile.lora_weight}, True
+
+
+def weight_note(changes: dict[str, Any], set_by_profile: bool, default_weight: float) -> str:
+    """What a profile edit did to the default weight, so the admin never has to guess."""
+    if "speed_profile" not in changes:
+        return ""
+    if set_by_profile:
+        return (f" Default weight set to {default_weight:g}, the profile's; change it with "
+                f"`/lora edit default_weight:`.")  # fmt: skip
+    if "default_weight" in changes:
+        return ""
+    return f" Default weight unchanged ({default_weight:g})."
+
+
 def evidence_for(file: str, metadata: Any, base_model: str | None, kind: str, profile_id: str | None) -> str | None:
     """Where the proposed profile was read from, if it is the one detection gives."""
     found = profiles.detect(file, metadata if isinstance(metadata, dict) else None, base_model, kind=kind)
     return found.evidence if found is not None and found.profile.id == profile_id else None
 
 
-__all__ = ["NONE", "describe", "evidence_for", "profile_choices", "profile_option", "proposal"]
+__all__ = ["NONE", "describe", "evidence_for", "profile_choices", "profile_option", "proposal", "weight_note",
+           "with_profile_weight"]

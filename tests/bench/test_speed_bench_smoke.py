@@ -26,3 +26,14 @@ def test_tiny_run_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert details["profile_recipe"] == "LCM, 4 steps, CFG 1, lcm x 1"
     assert details["default_recipe"] == "DPM++ 2M Karras, 6 steps, CFG 7"
     assert details["timings"]["profile"]["lora_path"] in ("patched", "unfused")
+    # Steady state: the timed fast images found the LoRA applied; switching it in was the first
+    # fast image's, reported on its own.
+    assert "already applied" in details["timings"]["profile"]["lora_path_reason"]
+    assert details["lora_switch"]["in_path"] in ("patched", "unfused")
+    assert details["lora_switch"]["in_apply_s"] > 0 and details["lora_switch"]["out_apply_s"] > 0
+    assert details["lora_switch"]["fast_profile_ratio_after_switch"] > report["fast_profile_ratio"]
+    # The split wrapped the pipeline's own modules: one UNet call per step (CFG 7 runs its two
+    # rows in one call), one VAE decode per image.
+    assert details["split"]["profile"]["unet_calls"] == 4
+    assert details["split"]["default"]["unet_calls"] == 6
+    assert details["split"]["profile"]["vae_decode"] > 0

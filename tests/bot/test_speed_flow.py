@@ -130,3 +130,24 @@ async def test_server_fast_mode_runs_each_model_with_its_speed_lora(world: World
     parameters = png_parameters(normal.attachments[0].data)
     assert "<lora:" not in parameters and "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras" in parameters
     assert world.double.violations == []
+
+
+async def test_editing_a_loras_profile_sets_its_default_weight_as_registration_does(world: World) -> None:
+    """``/lora edit profile:`` gives the LoRA the profile's weight, as ``/lora add`` does, and the
+    answer says what happened to the default weight whichever way it went."""
+    await world.registry.loras.update(world.guild.id, "watercolor-xl", world.admin.user.id, default_weight=0.6)
+    text = await run(world, world.admin, "lora", {"name": "watercolor-xl", "profile": "sdxl-lightning-4step"}, "edit")
+    assert "Default weight set to 1, the profile's" in text, text
+    entry = await world.registry.loras.get(world.guild.id, "watercolor-xl")
+    assert entry is not None and entry.default_weight == 1.0 and entry.speed_profile == "sdxl-lightning-4step"
+    # The admin's own weight in the same edit wins.
+    text = await run(world, world.admin, "lora", {"name": "watercolor-xl", "profile": "tcd-sdxl",
+                                                   "default_weight": 0.7}, "edit")  # fmt: skip
+    assert text.split("\n")[0] == "Updated **watercolor-xl**.", text
+    entry = await world.registry.loras.get(world.guild.id, "watercolor-xl")
+    assert entry is not None and entry.default_weight == 0.7 and entry.speed_profile == "tcd-sdxl"
+    # Removing the profile leaves the weight, and says so.
+    text = await run(world, world.admin, "lora", {"name": "watercolor-xl", "profile": "none"}, "edit")
+    assert "Default weight unchanged (0.7)" in text, text
+    entry = await world.registry.loras.get(world.guild.id, "watercolor-xl")
+    assert entry is not None and entry.default_weight == 0.7 and entry.speed_profile is None

@@ -39,7 +39,14 @@ from bot.ui.common import (
     to_choices,
 )
 from bot.ui.features import features_of
-from bot.ui.profiles import evidence_for, profile_choices, profile_option, proposal
+from bot.ui.profiles import (
+    evidence_for,
+    profile_choices,
+    profile_option,
+    proposal,
+    weight_note,
+    with_profile_weight,
+)
 from bot.ui.routes import ButtonWork, ModalWork
 from engine.families import FAMILIES, family_label
 
@@ -206,12 +213,14 @@ LORA_EDIT_FIELDS: tuple[EditField, ...] = (
 
 async def _apply_lora_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
+    changes, by_profile = with_profile_weight(changes)
     try:
         updated = await features_of(interaction).registry.loras.update(interaction.guild_id, name, interaction.user.id, **changes)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Updated **{updated.name}**.", embed=embeds.lora_card(updated, show_file=True))
+    note = weight_note(changes, by_profile, updated.default_weight)
+    await send_private(interaction, f"Updated **{updated.name}**.{note}", embed=embeds.lora_card(updated, show_file=True))
 
 
 lora_edit = build_edit_command(
