@@ -49,7 +49,8 @@ class SpeedProfile:
 
     id: str
     label: str
-    #: "lora" (a speed LoRA in the stack) or "checkpoint" (a distilled model).
+    #: "lora" (a speed LoRA; a model merged with one, or distilled the same way, may take it
+    #: too) or "checkpoint" (a distilled model only).
     kind: str
     #: Architectures (:mod:`engine.arch` names) it was made for.
     architectures: tuple[str, ...]
@@ -210,11 +211,12 @@ def detect(
     file_name: str, metadata: Mapping[str, Any] | None = None, base_model: str | None = None, *, kind: str | None = None
 ) -> Detected | None:
     """The profile a file is proposed, or None: its metadata's names first (the trainer's),
-    then its file name, then Civitai's ``baseModel``. ``kind`` ("lora"/"checkpoint") keeps a
-    LoRA from being proposed a checkpoint's profile and the other way round."""
+    then its file name, then Civitai's ``baseModel``. ``kind`` "lora" keeps a LoRA from being
+    proposed a distilled checkpoint's profile; a checkpoint may take a speed LoRA's (ByteDance
+    publishes ``sdxl_lightning_4step.safetensors`` whole, and Lightning merges run the same way)."""
 
     def fits(profile: SpeedProfile | None) -> bool:
-        return profile is not None and (kind is None or profile.kind == kind)
+        return profile is not None and (kind != "lora" or profile.kind == "lora")
 
     metadata = metadata or {}
     candidates: list[tuple[str, str]] = []

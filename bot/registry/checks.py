@@ -239,9 +239,8 @@ def clean_speed_profile(profile_id: str | None, kind: str, architecture: str, va
     profile = profiles.get(profile_id) if isinstance(profile_id, str) else None
     if profile is None:
         raise RegistryError(f"Unknown sampling profile {str(profile_id)[:60]!r}: pick one from the list, or `none`.")
-    if profile.kind != kind:
-        what = "speed LoRA" if profile.kind == "lora" else "distilled checkpoint"
-        raise RegistryError(f"{profile.label} is the profile of a {what}, not of a {'LoRA' if kind == 'lora' else 'model'}.")
+    if kind == "lora" and profile.kind != "lora":
+        raise RegistryError(f"{profile.label} is the profile of a distilled checkpoint, not of a LoRA.")
     why = profile.cannot_run(architecture, variant)
     if why is not None:
         raise RegistryError(f"{why}: pick another profile, or `none`.")

@@ -132,6 +132,10 @@ def apply_fast_mode(request: ImagineRequest, catalog: Catalog, check: Check) -> 
     stack = [catalog.lora(wanted.name) for wanted in request.loras]
     if any(entry is not None and entry.speed_profile for entry in stack):
         return request  # the member's own speed LoRA
+    if len(request.loras) >= catalog.settings.max_loras_for(request.user_role_ids):
+        check.note("fast_unset", f"Fast mode needs a LoRA slot for `{lora.name}` and your stack is full; "
+                                 "running it as usual.")  # fmt: skip
+        return request
     position = len(request.loras) + 1
     check.note("fast", f"Fast mode: added `{lora.name}`.")
     return dataclasses.replace(request, loras=(*request.loras, LoraRequest(lora.name, None, "slot", position)))

@@ -22,8 +22,10 @@ NONE = "none"
 
 
 def profile_choices(kind: str) -> list[app_commands.Choice[str]]:
-    """The shipped profiles of ``kind`` ("lora" or "checkpoint") plus "none" (at most 25)."""
-    found = [app_commands.Choice(name=p.label[:100], value=p.id) for p in profiles.profiles().values() if p.kind == kind]
+    """The shipped profiles a ``kind`` ("lora" or "checkpoint") may take, plus "none" (at most
+    25): LoRAs take speed-LoRA profiles, models any (a Lightning merge runs as Lightning)."""
+    found = [app_commands.Choice(name=p.label[:100], value=p.id) for p in profiles.profiles().values()
+             if kind != "lora" or p.kind == "lora"]  # fmt: skip
     return [*found[:24], app_commands.Choice(name="none (no profile)", value=NONE)]
 
 

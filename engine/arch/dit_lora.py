@@ -64,11 +64,12 @@ class ParsedKey:
 
 def parse_key(key: str, prefixes: Sequence[tuple[str, str, str]] = DEFAULT_PREFIXES) -> ParsedKey | None:
     """(layout, component, flattened module, role) of a LoRA key, or None for anything else.
-    PEFT's adapter name (``lora_A.default.weight``) is dropped."""
+    PEFT's adapter name (``lora_A.default.weight``) is dropped. A prefix of layout ``"bare"`` is
+    the start of a module's own name (LoRAs written with no tool prefix): it is kept."""
     key = key.replace(".default.weight", ".weight").replace(".default_0.weight", ".weight")
     for prefix, layout, component in sorted(prefixes, key=lambda p: -len(p[0])):
         if key.startswith(prefix):
-            rest = key[len(prefix):]
+            rest = key if layout == "bare" else key[len(prefix):]
             for suffix, role in _ROLES:
                 if rest.endswith("." + suffix):
                     return ParsedKey(layout, component, flatten(rest[: -len(suffix) - 1]), role)
@@ -166,6 +167,9 @@ def bind_dit_lora(lora: LoraFile, models: Mapping[str, Any], table: Mapping[tupl
                                       f"{arch_label} layer '{flat}'; DoRA's norm is of the whole fused weight, "
                                       "which this engine does not split")  # fmt: skip
                 part = RowSliceDelta(delta, target.rows[0], target.rows[1], fused)
+            elif target.swap_halves:
+                rows = int(module.weight.shape[0])
+                part = RowSliceDelta(delta, 0, rows, rows, swap_halves=True)
             if not part.fits(tuple(module.weight.shape)):
                 misfit = misfit or (target.module, tuple(module.weight.shape), flat)
                 continue

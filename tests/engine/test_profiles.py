@@ -84,8 +84,11 @@ def test_civitai_base_model_is_the_last_resort_and_kind_is_respected() -> None:
     assert found is not None and (found.profile.id, found.evidence) == ("sdxl-lightning-4step", "Civitai base model")
     assert detect("x.safetensors", base_model="SDXL 1.0 LCM").profile.id == "lcm-sdxl"  # type: ignore[union-attr]
     assert detect("x.safetensors", base_model="SDXL 1.0") is None
-    # A checkpoint named like a LoRA is not given the LoRA's profile, and the other way round.
-    assert detect("sdxl_lightning_4step_lora.safetensors", kind="checkpoint") is None
+    # ByteDance's whole 4-step checkpoint, and a Lightning merge from Civitai, run as the LoRA
+    # does; a LoRA is never proposed a distilled checkpoint's profile.
+    assert detect("sdxl_lightning_4step.safetensors", kind="checkpoint").profile.id == "sdxl-lightning-4step"  # type: ignore[union-attr]
+    assert detect("dreamshaperXL_lightning.safetensors", base_model="SDXL Lightning", kind="checkpoint").profile.id == (  # type: ignore[union-attr]
+        "sdxl-lightning-4step")
     assert detect("z_image_turbo_bf16.safetensors", kind="lora") is None
     assert detect("z_image_turbo_bf16.safetensors", kind="checkpoint").profile.id == "z-image-turbo"  # type: ignore[union-attr]
     # schnell's own variant rules already give it 4 steps without guidance: its profile is for

@@ -122,6 +122,11 @@ def test_each_speed_sampler_is_written_and_read_under_the_other_tools_names(name
     assert a1111_base_name(name) == names.a1111
     assert schedule_type(name) == names.schedule
     assert from_comfy(names.comfy, names.comfy_scheduler) == name
+    # And A1111/Forge text written with it reads back as the same recipe.
+    recipe = Recipe(model="m.safetensors", prompt="a fox", sampler=name, steps=4, cfg_scale=1.0, seed=3)
+    text = a1111.write_parameters(recipe, version="atelier test")
+    assert f"Sampler: {names.a1111}, Schedule type: {names.schedule}," in text
+    assert a1111.read_parameters(text).recipe == a1111.carried(recipe)
 
 
 def test_eta_is_recorded_in_every_form() -> None:
@@ -154,3 +159,14 @@ def test_every_speed_sampler_runs_and_tcd_reads_its_eta(tiny_generator: Generato
     assert not np.array_equal(at[0.0], at[0.3])
     # No eta = TCD's own default (0.3), not the pipeline's 0.
     assert np.array_equal(at[0.3], images["TCD"])
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan"), True, "0.3"])
+def test_an_eta_out_of_range_is_refused_before_the_queue(eta: object) -> None:
+    from engine.protocol import EngineError, ErrorCode
+    from engine.validation import validate_recipe
+
+    validate_recipe(dataclasses.replace(RECIPE, sampler="TCD", eta=0.3))
+    with pytest.raises(EngineError) as caught:
+        validate_recipe(dataclasses.replace(RECIPE, sampler="TCD", eta=eta))  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.INVALID_RECIPE and "eta must be from 0 to 1" in caught.value.message

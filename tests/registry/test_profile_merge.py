@@ -184,6 +184,13 @@ def test_server_fast_mode_applies_unless_the_member_asks_for_normal() -> None:
     assert isinstance(flux, Validated)
     assert (flux.recipe.model_name, flux.recipe.steps, flux.profile) == ("Schnell", 4, "flux-schnell")
     assert notes(flux)["fast"] == "Fast mode: running `Schnell` instead of `Dev`."
+    # A full stack is not pushed over the server's cap: fast mode steps aside, and says so.
+    three = validate(build_request(guild_id=GUILD, channel_id=1, user_id=2, channel_is_nsfw=False, prompt="a fox",
+                                   model="XL", seed=1, slots=[("Style", None)]),
+                     Catalog(GUILD, dataclasses.replace(on.settings, max_loras=1), list(on.models.values()),
+                             [on.lora("Lightning"), on.lora("Style")]))  # type: ignore[list-item]  # fmt: skip
+    assert isinstance(three, Validated) and [lo.name for lo in three.recipe.loras] == ["Style"]
+    assert "stack is full" in notes(three)["fast_unset"]
     # A model without a fast setting runs as usual; a member who asked is told.
     plain = fast(fast_catalog(False), model_name="Dream", speed="fast")
     assert isinstance(plain, Validated) and plain.recipe.steps == 20 and "no fast setting" in notes(plain)["fast_unset"]

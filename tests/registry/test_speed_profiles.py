@@ -54,6 +54,9 @@ async def test_profiles_are_stored_and_edited(registry: Registry) -> None:
     turbo = await registry.models.add(GUILD, model("schnell", "flux", variant="schnell", speed_profile="flux-schnell",
                                                    fast_with=None), ADMIN)  # fmt: skip
     assert (await registry.models.get(GUILD, turbo.name)).speed_profile == "flux-schnell"  # type: ignore[union-attr]
+    # A Lightning merge (or ByteDance's whole 4-step checkpoint) runs on the LoRA's profile.
+    merge = await registry.models.add(GUILD, model("merge", "sdxl", speed_profile="sdxl-lightning-4step"), ADMIN)
+    assert merge.speed_profile == "sdxl-lightning-4step"
     base = await registry.models.add(GUILD, model("xl", "sdxl"), ADMIN)
     assert (await registry.models.update(GUILD, base.name, ADMIN, fast_with="lightning")).fast_with == "lightning"
 
@@ -65,7 +68,7 @@ async def test_profiles_are_stored_and_edited(registry: Registry) -> None:
         (lora("a", "sd15", speed_profile="sdxl-lightning-4step"), "made for sdxl models, not sd15"),
         (lora("a", "sdxl", speed_profile="flux-schnell"), "distilled checkpoint, not of a LoRA"),
         (lora("a", "flux", variant="schnell", speed_profile="hyper-flux-dev-8steps"), "variant, not schnell"),
-        (model("m", "sdxl", speed_profile="sdxl-lightning-4step"), "speed LoRA, not of a model"),
+        (model("m", "sd15", speed_profile="sdxl-lightning-4step"), "made for sdxl models, not sd15"),
     ],
 )
 async def test_a_profile_the_entry_cannot_run_is_refused(registry: Registry, entry: object, message: str) -> None:
