@@ -24,6 +24,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """What the operator sets on every Ray node for Ray's direct ingress on a fixed ``port``.
+
+    The README's "Latency" paragraph and deploy/serve.yaml give the same list. Serve hands out
+    ``range(MIN, MAX)`` (ray/serve/_private/node_port_manager.py, ``PortAllocator``), so a range
+    of one; no quarantine and no drain, so a restarted or redeployed ingress gets it back.
+    """
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        # A redeploy starts the new ingress while the old one finishes its open requests (up to
+        # its 20 s graceful stop) on the port: 20 tries instead of 3 outlast that.
+        "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "20",
+    }
+
+
 def cluster_args(folder: Path, **overrides: Any) -> dict[str, Any]:
     """The ``args`` of a serve config for CPU replicas (the stand-in runner unless overridden)."""
     (folder / "models").mkdir(parents=True, exist_ok=True)
@@ -69,10 +88,14 @@ def deploy(args: dict[str, Any], port: int) -> str:
         return f"http://127.0.0.1:{port}"
     # Ray's direct ingress (set before Ray started, as `python -m tests.bench.cluster
     # --direct-ingress` does): the ingress replica's own HTTP port, past Serve's proxy.
+    # A range of one port (direct_ingress_env) is the port itself, before and after a redeploy.
+    fixed = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "0")) + 1 == int(
+        os.environ.get("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "0")
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         targets = _ingress_targets()
-        if len(targets) == 1 and targets != before:
+        if len(targets) == 1 and (targets != before or fixed):
             return f"http://127.0.0.1:{next(iter(targets))}"
         time.sleep(0.2)
     raise TimeoutError("the ingress replica got no direct-ingress port within 90 s")

@@ -17,6 +17,9 @@ from engine.cluster.ingress import Ingress
 from engine.cluster.replica import EngineReplica
 from engine.cluster.settings import ClusterSettings
 
+#: The resource Ray gives the head node (ray._common.constants.HEAD_NODE_RESOURCE_NAME, private).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 #: The application's name, and the name of its replica deployment (what /health counts).
 APP_NAME = "atelier"
 
@@ -52,7 +55,11 @@ def build(args: dict[str, Any]) -> Application:
         Ingress,
         name="Ingress",
         num_replicas=1,  # the job records live in it (see engine.cluster.ingress)
-        ray_actor_options={"num_cpus": 0.1 if settings.gpus_per_replica < 1 else 0.5},
+        ray_actor_options={
+            "num_cpus": 0.1 if settings.gpus_per_replica < 1 else 0.5,
+            # Ray's built-in resource of the head node: a sliver of it pins the actor there.
+            **({"resources": {HEAD_NODE_RESOURCE: 0.001}} if settings.ingress_on_head else {}),
+        },
         max_ongoing_requests=10_000,
     )
     return ingress.bind(replica.bind(dict(args)), dict(args))

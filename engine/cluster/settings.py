@@ -58,6 +58,9 @@ class ClusterSettings:
     runner: str = GENERATOR
     runner_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     heartbeat_interval_s: float = 5.0
+    #: Keep the ingress on the head node, so Ray's direct ingress (README, "Latency") has one
+    #: address the bot can be given: the head's, at the operator's fixed port.
+    ingress_on_head: bool = False
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ClusterSettings:

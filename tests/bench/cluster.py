@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         # Ray's experimental direct ingress: the bench talks to the ingress replica's own port
         # (tests.cluster_ray.deploy finds it), past Serve's HTTP proxy. Read by Ray's processes
         # at start, which inherit this environment.
-        os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30500",
-                           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30600"})  # fmt: skip
+        from tests.cluster_ray import direct_ingress_env, free_port
+
+        os.environ.update(direct_ingress_env(free_port()))  # the README's setting: one fixed port
     # ``--only overhead`` (any word of a phase's name) runs that phase alone.
     only = args[args.index("--only") + 1] if "--only" in args else None
     # Ray prints some of its notices (a raylet's, at shutdown) on stdout: they go to stderr,

@@ -87,3 +87,18 @@ def test_the_bot_never_imports_ray() -> None:
                 names = [node.module]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "ray" or n.startswith("engine.cluster")]
     assert offenders == []
+
+
+def test_the_direct_ingress_setting_the_docs_give_is_the_one_the_tests_run() -> None:
+    """README, deploy/serve.yaml and deploy/rayservice.yaml list tests.cluster_ray's variables."""
+    from tests.cluster_ray import direct_ingress_env
+
+    readme = (ROOT / "README.md").read_text()
+    serve_yaml = (ROOT / "deploy" / "serve.yaml").read_text()
+    rayservice = (ROOT / "deploy" / "rayservice.yaml").read_text()
+    for key, value in direct_ingress_env(8100).items():
+        assert f"{key}={value}" in readme and f"{key}={value}" in serve_yaml, key
+        assert f"{{name: {key}, value: \"{value}\"}}" in rayservice, key
+    served = yaml.safe_load(serve_yaml)["applications"][0]["args"]
+    assert served["ingress_on_head"] is False  # opt-in: the proxy stays the default
+    assert ClusterSettings.from_args({**served, "ingress_on_head": True}, env={"ATELIER_ENGINE_TOKEN": TOKEN}).ingress_on_head
