@@ -120,7 +120,7 @@ async def start_engines(config: BotConfig) -> list[EngineLink]:
             )
         cluster = config.engine_backend == "ray"
         links = [
-            EngineLink(EngineClient(url, token=config.engine_token), cluster=cluster)
+            EngineLink(EngineClient(url, token=config.engine_token, inline_images=cluster), cluster=cluster)
             for url in config.external_engines
         ]
         for link in links:

@@ -15,6 +15,7 @@ answers, not that a job advances; watching a job for stalls is the caller's busi
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,11 @@ DEFAULT_BASE_URL = "http://127.0.0.1:7861"
 #: GIL-heavy model load) is tolerated, a silent engine is not.
 DEFAULT_EVENT_TIMEOUT_S = 15.0
 EventCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+#: Largest image accepted inline on an event stream (a 4096x4096 RGBA PNG stays below it).
+MAX_INLINE_IMAGE_BYTES = 128 * 1024 * 1024
+#: Jobs whose inline images are kept until fetched (a follower that died before fetching them
+#: would otherwise leave them in memory; past this, the oldest are dropped and fetched again).
+MAX_INLINE_JOBS = 32
 
 
 def _unavailable(where: str, exc: BaseException) -> EngineError:
@@ -66,6 +72,7 @@ class EngineClient:
         unix_socket: str | None = None,
         request_timeout_s: float = 60.0,
         event_timeout_s: float = DEFAULT_EVENT_TIMEOUT_S,
+        inline_images: bool = False,
     ) -> None:
         self.unix_socket = unix_socket
         self.base_url = (base_url or ("http://engine" if unix_socket else DEFAULT_BASE_URL)).rstrip(
@@ -77,6 +84,11 @@ class EngineClient:
         self.event_timeout_s = event_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: Ask for a job's images on its event stream (``?images=inline``, which the cluster's
+        #: ingress answers): a request less per job through Serve's proxy. They are kept here
+        #: until ``image`` is asked for them; an engine that ignores the option is asked as usual.
+        self.inline_images = inline_images
+        self._inline: collections.OrderedDict[str, dict[int, bytes]] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"<EngineClient {self._where}>"
@@ -154,6 +166,12 @@ class EngineClient:
         return JobStatus.from_json(await self._request("POST", f"/jobs/{_quote(job_id)}/cancel"))
 
     async def image(self, job_id: str, index: int) -> bytes:
+        held = self._inline.get(job_id)
+        if held is not None and index in held:
+            data = held.pop(index)
+            if not held:
+                del self._inline[job_id]
+            return data
         data = await self._request("GET", f"/jobs/{_quote(job_id)}/images/{int(index)}")
         if not isinstance(data, bytes):
             raise EngineError(ErrorCode.INTERNAL, "the engine answered an image request with JSON")
@@ -168,7 +186,7 @@ class EngineClient:
         silent (not even a heartbeat) for ``event_timeout_s`` means it stopped answering.
         Both raise ``ENGINE_UNAVAILABLE``.
         """
-        url = f"{self.base_url}/jobs/{_quote(job_id)}/events"
+        url = f"{self.base_url}/jobs/{_quote(job_id)}/events" + ("?images=inline" if self.inline_images else "")
         # sock_read restarts with every chunk the engine sends, heartbeats included, so it
         # bounds the engine's silence and not the job's length.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.event_timeout_s)
@@ -181,6 +199,9 @@ class EngineClient:
                         continue
                     event = _decode(line, self._where)
                     if event.get("type") == "heartbeat":
+                        continue
+                    if event.get("type") == "image" and self.inline_images:
+                        await self._read_inline(job_id, event, response.content)
                         continue
                     yield event
                     if event.get("type") in TERMINAL_EVENTS:
@@ -195,13 +216,27 @@ class EngineClient:
                 "heartbeat. Its process may be frozen; check its log, restart it if it stays "
                 "silent, and submit the job again",
             ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError, OSError) as exc:
             raise _unavailable(self._where, exc) from exc
         raise EngineError(
             ErrorCode.ENGINE_UNAVAILABLE,
             f"the engine at {self._where} closed the event stream of job '{job_id}' before it "
             "finished; it may have crashed (check its log) and the job can be submitted again",
         )
+
+    async def _read_inline(self, job_id: str, event: dict[str, Any], stream: aiohttp.StreamReader) -> None:
+        """An ``image`` event's bytes, which follow its line on the stream (``bytes`` of them)."""
+        size, index = event.get("bytes"), event.get("index")
+        if not isinstance(size, int) or not isinstance(index, int) or not 0 <= size <= MAX_INLINE_IMAGE_BYTES:
+            raise EngineError(
+                ErrorCode.INTERNAL,
+                f"the engine at {self._where} sent a malformed inline image for job '{job_id}' ({event!r})",
+            )
+        data = await stream.readexactly(size)
+        self._inline.setdefault(job_id, {})[index] = data
+        self._inline.move_to_end(job_id)
+        while len(self._inline) > MAX_INLINE_JOBS:
+            self._inline.popitem(last=False)
 
     async def run(
         self, job_id: str, recipe: Recipe, on_event: EventCallback | None = None

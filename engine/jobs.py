@@ -234,6 +234,15 @@ class JobManager:
             "completed": self.completed,
         }
 
+    def models_in_use(self) -> set[str]:
+        """Base models of the jobs queued or running here.
+
+        A caller that evicts models from the runner's cache (a cluster replica, when Serve's
+        multiplexing drops one) must not evict one that a job here is about to use.
+        """
+        jobs = [*self.running_batch, *(self._jobs[job_id] for job_id in list(self._queue))]
+        return {job.recipe.model for job in jobs}
+
     # --- internals ---------------------------------------------------------------------
 
     def _get(self, job_id: str) -> Job:

@@ -116,6 +116,36 @@ class EngineError(Exception):
         return cls(err.get("code", ErrorCode.INTERNAL), err.get("message", "unknown error"))
 
 
+#: The largest request body an engine front (``engine.server``, the cluster's ingress) reads:
+#: recipes and file requests are small, so a bad client cannot make the engine allocate much.
+MAX_BODY_BYTES = 256 * 1024
+
+#: The HTTP status each error code is answered with, the same on every engine front.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_RECIPE: 400,
+    ErrorCode.OUTSIDE_FOLDER: 403,
+    ErrorCode.UNKNOWN_FILE: 404,
+    ErrorCode.UNKNOWN_JOB: 404,
+    ErrorCode.CANCELLED: 409,
+    ErrorCode.NOT_SAFETENSORS: 415,
+    ErrorCode.CORRUPT_FILE: 422,
+    ErrorCode.UNSUPPORTED_FORMAT: 422,
+    ErrorCode.ARCH_MISMATCH: 422,
+    ErrorCode.LORA_NO_MATCH: 422,
+    ErrorCode.OUT_OF_MEMORY: 507,
+    ErrorCode.ENGINE_UNAVAILABLE: 503,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.DOWNLOAD_REFUSED: 403,
+    ErrorCode.DOWNLOAD_FAILED: 502,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def http_status(code: ErrorCode) -> int:
+    """The HTTP status an engine answers ``code`` with (500 for a code without one)."""
+    return HTTP_STATUS.get(code, 500)
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """What the engine learns from a ``.safetensors`` header, without loading tensors."""

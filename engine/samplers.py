@@ -11,6 +11,7 @@ offsets, prediction type) is kept.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,13 @@ _SAMPLER_LIST = (
     Sampler("LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}, "Karras"),
     Sampler("DDIM", "DDIMScheduler"),
     Sampler("UniPC", "UniPCMultistepScheduler"),
+    # Speed samplers; the settings are the speed LoRAs' authors' (data/profiles.json).
+    # Trailing spacing is what ComfyUI's sgm_uniform and A1111's "SGM Uniform" give on these.
+    Sampler("Euler SGM Uniform", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, "SGM Uniform"),
+    Sampler("DDIM SGM Uniform", "DDIMScheduler", {"timestep_spacing": "trailing"}, "SGM Uniform"),
+    Sampler("LCM", "LCMScheduler"),
+    Sampler("LCM SGM Uniform", "TrailingLCMScheduler", {}, "SGM Uniform"),
+    Sampler("TCD", "TCDScheduler"),
 )
 
 
@@ -88,7 +96,59 @@ def schedule_type(name: str) -> str:
 def a1111_base_name(name: str) -> str:
     """A1111 (>= 1.9) writes the sampler without the schedule: "DPM++ 2M" + "Karras"."""
     sampler = get_sampler(name)
-    return name.removesuffix(" Karras") if sampler.schedule_type == "Karras" else name
+    return name if sampler.schedule_type == "Automatic" else name.removesuffix(" " + sampler.schedule_type)
+
+
+def trailing_timesteps(steps: int, train_steps: int = 1000) -> list[int]:
+    """diffusers' "trailing" spacing: ``[999, 749, 499, 249]`` for 4 of 1000 (DMD2's README
+    passes exactly these to LCMScheduler)."""
+    # The same float steps as numpy's arange(train_steps, 0, -train_steps / steps) and the same
+    # round-half-to-even, without importing numpy into this module for one list.
+    stride = -train_steps / steps
+    count = math.ceil(-train_steps / stride)
+    return [int(round(train_steps + i * stride)) - 1 for i in range(count)]
+
+
+def _trailing_lcm() -> type:
+    """LCMScheduler on trailing timesteps.
+
+    diffusers' LCMScheduler has no trailing spacing (its ``timestep_spacing`` is unused): DMD2's
+    README passes the timesteps to the pipeline call instead. The engine's pipeline call is the
+    same for every sampler, so this subclass hands LCMScheduler those timesteps itself; the
+    stepping is LCMScheduler's own.
+    """
+    from diffusers import LCMScheduler
+
+    class TrailingLCMScheduler(LCMScheduler):  # type: ignore[misc]
+        def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None,
+                          original_inference_steps: int | None = None, timesteps: list[int] | None = None,
+                          strength: float = 1.0) -> None:  # fmt: skip
+            if timesteps is None and num_inference_steps:
+                timesteps = trailing_timesteps(num_inference_steps, self.config.num_train_timesteps)
+            super().set_timesteps(None, device, original_inference_steps, timesteps, strength)
+
+    return TrailingLCMScheduler
+
+
+def scheduler_class(sampler: Sampler) -> type:
+    import diffusers
+
+    if sampler.scheduler == "TrailingLCMScheduler":
+        return _TRAILING_LCM.setdefault("cls", _trailing_lcm())
+    return getattr(diffusers, sampler.scheduler)  # type: ignore[no-any-return]
+
+
+_TRAILING_LCM: dict[str, type] = {}
+
+
+def flow_match_scheduler(base_config: Any, shift: float | None = None) -> Any:
+    """Flow-matching Euler on a DiT's own scheduler config; ``shift`` fixes the shift (the
+    Qwen-Image-Lightning README's 3) instead of the model's resolution-dependent one."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if shift is None:
+        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
+    return FlowMatchEulerDiscreteScheduler.from_config(base_config, shift=float(shift), use_dynamic_shifting=False)
 
 
 #: Sigma schedules a model's own scheduler config may switch on (many community SDXL folders
@@ -119,12 +179,10 @@ def make_scheduler(name: str, base_config: Any, prediction: Any = None) -> Any:
     ``prediction`` (an :class:`engine.prediction.Prediction`) sets v-prediction and zero
     terminal SNR; None keeps what the pipeline's config says.
     """
-    import diffusers
-
     from engine.prediction import scheduler_overrides
 
     sampler = get_sampler(name)
-    cls = getattr(diffusers, sampler.scheduler)
+    cls = scheduler_class(sampler)
     options = {**scheduler_options(sampler, cls), **scheduler_overrides(prediction, cls, name)}
     try:
         return cls.from_config(base_config, **options)

@@ -25,35 +25,24 @@ from engine.downloads import DownloadManager
 from engine.inspect import inspect_file
 from engine.jobs import JobManager
 from engine.paths import list_files, resolve_within
-from engine.protocol import TERMINAL_EVENTS, DownloadRequest, EngineError, ErrorCode, Recipe
+from engine.protocol import (
+    MAX_BODY_BYTES,
+    TERMINAL_EVENTS,
+    DownloadRequest,
+    EngineError,
+    ErrorCode,
+    Recipe,
+    http_status,
+)
 from engine.support import RUNNABLE_ARCHITECTURES
 
 log = logging.getLogger("engine.server")
 
-MAX_BODY_BYTES = 256 * 1024
 HEALTH_RUNNER_TIMEOUT_S = 2.0
 #: Seconds of silence on an event stream after which a ``heartbeat`` event goes out. The
 #: client gives up after three of them (``engine.client.DEFAULT_EVENT_TIMEOUT_S``).
 HEARTBEAT_INTERVAL_S = 5.0
 
-_HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_RECIPE: 400,
-    ErrorCode.OUTSIDE_FOLDER: 403,
-    ErrorCode.UNKNOWN_FILE: 404,
-    ErrorCode.UNKNOWN_JOB: 404,
-    ErrorCode.CANCELLED: 409,
-    ErrorCode.NOT_SAFETENSORS: 415,
-    ErrorCode.CORRUPT_FILE: 422,
-    ErrorCode.UNSUPPORTED_FORMAT: 422,
-    ErrorCode.ARCH_MISMATCH: 422,
-    ErrorCode.LORA_NO_MATCH: 422,
-    ErrorCode.OUT_OF_MEMORY: 507,
-    ErrorCode.ENGINE_UNAVAILABLE: 503,
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.DOWNLOAD_REFUSED: 403,
-    ErrorCode.DOWNLOAD_FAILED: 502,
-    ErrorCode.INTERNAL: 500,
-}
 
 MANAGER_KEY = web.AppKey("manager", JobManager)
 FOLDERS_KEY = web.AppKey("folders", dict)
@@ -93,7 +82,7 @@ def warn_if_exposed(host: str, address: str) -> bool:
 
 
 def error_response(error: EngineError) -> web.Response:
-    return web.json_response(error.to_json(), status=_HTTP_STATUS.get(error.code, 500))
+    return web.json_response(error.to_json(), status=http_status(error.code))
 
 
 @web.middleware

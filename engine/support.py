@@ -101,6 +101,11 @@ def cannot_run(
                 f"`{path}` is a {found.label} checkpoint, made for {' and '.join(sorted(found.capabilities))} "
                 f"rather than text-to-image, which is what this engine does: pick a text-to-image {spec.label} checkpoint."
             )
+        if architecture in RUNNABLE_ARCHITECTURES and found is not None and not found.runs:
+            return (
+                f"`{path}` is a {found.label} checkpoint, which this engine does not run yet: pick "
+                f"{_article(either)} {either} checkpoint instead."
+            )
         if architecture in RUNNABLE_ARCHITECTURES:
             return None
         if architecture == "unknown" and not family_text:

@@ -78,6 +78,9 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
     if not isinstance(recipe.sampler, str):
         refuse("the sampler must be a name such as 'DPM++ 2M Karras'")
     get_sampler(recipe.sampler)  # an unknown name fails here, listing the known ones
+    eta = getattr(recipe, "eta", None)
+    if eta is not None and (not _number(eta) or not 0 <= eta <= 1):
+        refuse(f"eta must be from 0 to 1 (TCD's gamma, DDIM's eta), or left out; got {eta!r}")
     if len(recipe.loras) > limits.max_loras:
         refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
     for lora in recipe.loras:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,5 +62,31 @@ def deploy(args: dict[str, Any], port: int) -> str:
     from engine.cluster.app import APP_NAME, build
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
+    before = _ingress_targets() if direct else set()
     serve.run(build(args), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://127.0.0.1:{port}"
+    if not direct:
+        return f"http://127.0.0.1:{port}"
+    # Ray's direct ingress (set before Ray started, as `python -m tests.bench.cluster
+    # --direct-ingress` does): the ingress replica's own HTTP port, past Serve's proxy.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        targets = _ingress_targets()
+        if len(targets) == 1 and targets != before:
+            return f"http://127.0.0.1:{next(iter(targets))}"
+        time.sleep(0.2)
+    raise TimeoutError("the ingress replica got no direct-ingress port within 90 s")
+
+
+def _ingress_targets() -> set[int]:
+    """Ports of the app's ingress replicas, from Serve's controller (direct ingress only)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from engine.cluster.app import APP_NAME
+
+    try:
+        groups = ray.get(_get_global_client()._controller.get_target_groups.remote(APP_NAME))
+    except ray.exceptions.RayTaskError:  # no such app yet
+        return set()
+    return {t.port for g in groups if g.protocol == "HTTP" for t in g.targets}

@@ -155,3 +155,76 @@ def flux2_checkpoint(path: Path, *, width: int = 32) -> Path:
              "single_stream_modulation.lin.weight": _zeros(3 * w, w),
              "double_blocks.0.img_attn.qkv.weight": _zeros(3 * w, w)}  # fmt: skip
     return _save(path, state)
+
+
+# --- FLUX.2 Klein and Qwen-Image in their published layouts (issue 19) -----------------------
+
+#: FLUX.2's widths by size.
+KLEIN_4B_WIDTH = 3072
+KLEIN_9B_WIDTH = 4096
+
+
+def flux2_kohya_lora(path: Path, *, width: int, mlp: bool = True) -> Path:
+    """A kohya/musubi FLUX.2 LoRA in BFL names (FLUX.1's, with FLUX.2's 3x SwiGLU MLP: 6x rows)."""
+    w = width
+    state = {**_kohya("lora_unet_double_blocks_0_img_attn_qkv", w, 3 * w),
+             **_kohya("lora_unet_double_blocks_0_txt_attn_qkv", w, 3 * w)}  # fmt: skip
+    if mlp:
+        state.update(_kohya("lora_unet_double_blocks_0_img_mlp_0", w, 6 * w))
+        state.update(_kohya("lora_unet_single_blocks_0_linear1", w, 9 * w))
+    return _save(path, state)
+
+
+def flux2_diffusers_lora(path: Path, *, width: int = 32) -> Path:
+    """diffusers' FLUX.2 names (ai-toolkit, diffusers): the fused single-block projection."""
+    w = width
+    state = {**_peft("transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj", w, 9 * w),
+             **_peft("transformer.transformer_blocks.0.attn.to_q", w, w)}  # fmt: skip
+    return _save(path, state)
+
+
+def flux2_bfl_checkpoint(path: Path, *, width: int) -> Path:
+    """A FLUX.2 transformer in BFL names (``flux-2-klein-4b.safetensors``): structure only."""
+    w = width
+    state = {"img_in.weight": _zeros(w, 128), "txt_in.weight": _zeros(w, 8),
+             "double_blocks.0.img_attn.qkv.weight": _zeros(3 * w, w),
+             "double_blocks.0.img_mlp.0.weight": _zeros(6 * w, w),
+             "single_blocks.0.linear1.weight": _zeros(9 * w, w),
+             "double_stream_modulation_img.lin.weight": _zeros(6 * w, w)}  # fmt: skip
+    return _save(path, state)
+
+
+def qwen_image_checkpoint(path: Path, *, prefix: str = "", width: int = 32) -> Path:
+    """Qwen-Image's transformer as ComfyUI ships it (diffusers' module names)."""
+    w = width
+    state = {"img_in.weight": _zeros(w, 64), "txt_in.weight": _zeros(w, 16), "txt_norm.weight": _zeros(16, 1)[:, 0],
+             "transformer_blocks.0.attn.to_q.weight": _zeros(w, w),
+             "transformer_blocks.0.attn.add_q_proj.weight": _zeros(w, w),
+             "transformer_blocks.0.img_mlp.net.0.proj.weight": _zeros(4 * w, w),
+             "transformer_blocks.0.img_mod.1.weight": _zeros(6 * w, w)}  # fmt: skip
+    return _save(path, {prefix + k: v for k, v in state.items()})
+
+
+def qwen_image_kohya_lora(path: Path) -> Path:
+    """musubi-tuner's Qwen-Image LoRA: kohya names over diffusers' modules, at 3072."""
+    w = FLUX_WIDTH
+    state = {**_kohya("lora_unet_transformer_blocks_0_attn_to_q", w, w),
+             **_kohya("lora_unet_transformer_blocks_0_img_mlp_net_0_proj", w, 4 * w)}  # fmt: skip
+    return _save(path, state)
+
+
+def chroma_checkpoint(path: Path, *, width: int = 32) -> Path:
+    """Chroma: FLUX.1 schnell's blocks with its modulations replaced by a distilled guidance
+    layer (``distilled_guidance_layer.in_proj``), no ``vector_in``/``guidance_in``."""
+    w = width
+    state = {"img_in.weight": _zeros(w, 64), "txt_in.weight": _zeros(w, 64),
+             "distilled_guidance_layer.in_proj.weight": _zeros(w, 64),
+             "double_blocks.0.img_attn.qkv.weight": _zeros(3 * w, w),
+             "double_blocks.0.img_mlp.0.weight": _zeros(4 * w, w),
+             "single_blocks.0.linear1.weight": _zeros(7 * w, w)}  # fmt: skip
+    return _save(path, state)
+
+
+def hidream_lora(path: Path) -> Path:
+    """A HiDream-I1 LoRA (kohya names over its double-stream blocks): no module runs it."""
+    return _save(path, _kohya("lora_unet_double_stream_blocks_0_block_attn1_to_q", 2560, 2560))

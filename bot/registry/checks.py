@@ -169,6 +169,7 @@ def clean_lora(entry: LoraEntry) -> LoraEntry:
         family=clean_family(entry.family),
         variant=clean_variant(entry.variant, architecture),
         base_model=clean_text(entry.base_model, what="Civitai base model", limit=100) or None,
+        speed_profile=clean_speed_profile(entry.speed_profile, "lora", architecture, entry.variant),
     )
 
 
@@ -223,7 +224,27 @@ def clean_model(entry: ModelEntry) -> ModelEntry:
         prediction_type=clean_prediction(entry.prediction_type),
         vae=clean_file(entry.vae) if entry.vae else "",
         variant=clean_variant(entry.variant, architecture),
+        speed_profile=clean_speed_profile(entry.speed_profile, "checkpoint", architecture, entry.variant),
+        fast_with=clean_text(entry.fast_with, what="fast-mode LoRA or model", limit=100) or None,
     )
+
+
+def clean_speed_profile(profile_id: str | None, kind: str, architecture: str, variant: str | None) -> str | None:
+    """None, or a shipped profile (:mod:`engine.profiles`) of ``kind`` that a model of
+    ``architecture``/``variant`` can run."""
+    from engine import profiles
+
+    if profile_id is None or profile_id == "":
+        return None
+    profile = profiles.get(profile_id) if isinstance(profile_id, str) else None
+    if profile is None:
+        raise RegistryError(f"Unknown sampling profile {str(profile_id)[:60]!r}: pick one from the list, or `none`.")
+    if kind == "lora" and profile.kind != "lora":
+        raise RegistryError(f"{profile.label} is the profile of a distilled checkpoint, not of a LoRA.")
+    why = profile.cannot_run(architecture, variant)
+    if why is not None:
+        raise RegistryError(f"{why}: pick another profile, or `none`.")
+    return profile.id
 
 
 def clean_settings(settings: ServerSettings) -> ServerSettings:

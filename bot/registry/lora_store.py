@@ -35,7 +35,8 @@ from bot.registry.writes import Changed, changed_columns, taken, write_changes
 _LORA_COLUMNS = (
     "name, name_key, architecture, category, trigger_words, default_weight, recommended_min, "
     "recommended_max, file, sha256, autov2, source, description, nsfw, preview_url, added_by, "
-    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash, variant, base_model"
+    "added_at, uses, enabled, family, lora_format, rank, trained_clip_skip, a1111_hash, variant, base_model, "
+    "speed_profile"
 )
 _LORA_SELECT = "SELECT l.* FROM loras l"
 
@@ -68,6 +69,7 @@ def lora_from_row(row: sqlite3.Row) -> LoraEntry:
         a1111_hash=row["a1111_hash"],
         variant=row["variant"],
         base_model=row["base_model"],
+        speed_profile=row["speed_profile"],
     )
 
 
@@ -99,6 +101,7 @@ def _lora_values(lora: LoraEntry) -> tuple[Any, ...]:
         lora.a1111_hash,
         lora.variant,
         lora.base_model,
+        lora.speed_profile,
     )
 _LORA_COUNT = len(_LORA_COLUMNS.split(","))
 #: Everything but the description, which validation never needs (the catalog's columns).

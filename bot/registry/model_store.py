@@ -24,7 +24,8 @@ from bot.registry.writes import Changed, changed_columns, taken, write_changes
 _MODEL_COLUMNS = (
     "name, name_key, architecture, file, sha256, autov2, default_width, default_height, "
     "default_steps, default_cfg, default_sampler, default_negative, description, nsfw, enabled, "
-    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae, variant"
+    "allowed_channels, added_by, added_at, family, default_clip_skip, prediction_type, a1111_hash, vae, variant, "
+    "speed_profile, fast_with"
 )
 _MODEL_COUNT = len(_MODEL_COLUMNS.split(","))
 
@@ -55,6 +56,8 @@ def _model_from_row(row: sqlite3.Row) -> ModelEntry:
         a1111_hash=row["a1111_hash"],
         vae=row["vae"],
         variant=row["variant"],
+        speed_profile=row["speed_profile"],
+        fast_with=row["fast_with"],
     )
 
 
@@ -84,6 +87,8 @@ def _model_values(model: ModelEntry) -> tuple[Any, ...]:
         model.a1111_hash,
         model.vae,
         model.variant,
+        model.speed_profile,
+        model.fast_with,
     )
 
 

@@ -128,6 +128,11 @@ class ModelEntry:
     #: shows it; None where the architecture has none or it is not known. Validation applies
     #: the variant's rules (:mod:`bot.request.rules`).
     variant: str | None = None
+    #: The sampling profile (:mod:`engine.profiles` id) a distilled checkpoint needs; None: none.
+    speed_profile: str | None = None
+    #: What the server's fast mode uses with this model: a speed LoRA's name (added to the
+    #: stack) or a faster model's name (used instead); None: fast mode leaves it as it is.
+    fast_with: str | None = None
 
     @classmethod
     def from_file_info(
@@ -150,6 +155,7 @@ class ModelEntry:
             "default_height": height,
             "family": info.family,
             "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
+            "speed_profile": detected_profile(info, "checkpoint", info.variant),
         }
         if spec is not None and spec.guidance.kind != "cfg":
             # SD keeps the entry's long-standing defaults (which its module's equal); others
@@ -207,6 +213,8 @@ class LoraEntry:
     variant: str | None = None
     #: Civitai's ``baseModel`` of the version it was fetched from ("Flux.1 S", "Pony").
     base_model: str | None = None
+    #: The sampling profile (:mod:`engine.profiles` id) of a speed LoRA; None: not one.
+    speed_profile: str | None = None
 
     @classmethod
     def from_file_info(
@@ -238,7 +246,15 @@ class LoraEntry:
             "trained_clip_skip": info.clip_skip,
             "variant": metadata_variant(info.architecture, info.metadata),
         }
+        values["speed_profile"] = detected_profile(
+            info, "lora", overrides.get("variant", values["variant"]), overrides.get("base_model")
+        )
         values.update(overrides)
+        from engine import profiles
+
+        speed = profiles.get(values["speed_profile"])
+        if speed is not None and speed.lora_weight is not None and "default_weight" not in overrides:
+            values["default_weight"] = speed.lora_weight  # Hyper-FLUX: 0.125, as its card fuses it
         return cls(**values)
 
     def with_changes(self, **changes: Any) -> LoraEntry:
@@ -281,6 +297,20 @@ class EmbeddingEntry:
         }
         values.update(overrides)
         return cls(**values)
+
+
+def detected_profile(info: FileInfo, kind: str, variant: str | None, base_model: str | None = None) -> str | None:
+    """The id of the sampling profile proposed for a file being registered (its metadata's
+    names, its file name, Civitai's ``baseModel``: :func:`engine.profiles.detect`), if a
+    model of the file's architecture and variant can run it; the admin sees it on the card
+    and may change it, as with the trigger words read from the file."""
+    from engine import profiles
+
+    metadata = info.metadata if isinstance(info.metadata, Mapping) else None
+    found = profiles.detect(info.path, metadata, base_model, kind=kind)
+    if found is None or found.profile.cannot_run(info.architecture, variant) is not None:
+        return None
+    return found.profile.id
 
 
 def metadata_variant(architecture: str, metadata: Mapping[str, str]) -> str | None:
@@ -369,6 +399,9 @@ class ServerSettings:
     #: Roles whose members may have a LoRA fetched from Civitai by writing its AIR in
     #: ``/imagine`` (where the operator allows fetching); empty: nobody (the default).
     fetch_roles: tuple[int, ...] = ()
+    #: Fast mode: every /imagine uses each model's ``fast_with`` (a speed LoRA or a faster
+    #: model) unless the member asks for ``speed:normal``.
+    fast_mode: bool = False
 
     def max_loras_for(self, role_ids: frozenset[int] | set[int]) -> int:
         """The stack cap for a member: the server's, or the highest of their roles' overrides."""

@@ -46,6 +46,8 @@ class Validated:
     added_trigger_words: tuple[str, ...] = ()
     #: True when the seed was drawn here rather than given by the member.
     seed_was_random: bool = False
+    #: The sampling profile (:mod:`engine.profiles` id) merged into the recipe, if any.
+    profile: str | None = None
 
 
 @dataclass(frozen=True)

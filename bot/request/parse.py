@@ -83,6 +83,9 @@ class ImagineRequest:
     clip_skip: int | None = None
     #: Extra context the bot wants to carry along (not used by validation).
     extras: dict[str, str] = field(default_factory=dict)
+    #: ``/imagine speed``: "fast" (the model's fast setting), "normal" (not even where the
+    #: server's fast mode is on), None (as the server says).
+    speed: str | None = None
 
 
 def extract_inline_loras(prompt: str) -> tuple[str, list[LoraRequest]]:
@@ -165,6 +168,7 @@ def build_request(
     height: int | None = None,
     count: int | None = None,
     clip_skip: int | None = None,
+    speed: str | None = None,
 ) -> ImagineRequest:
     """Assemble a request from ``/imagine``'s options (or a Remix modal).
 
@@ -202,4 +206,5 @@ def build_request(
         height=height,
         count=1 if count is None else count,
         clip_skip=clip_skip,
+        speed=speed,
     )

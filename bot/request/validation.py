@@ -24,6 +24,7 @@ from bot.registry.catalog import Catalog
 from bot.registry.text import strip_invisible
 from bot.request.outcome import Check, Note, Problem, Rejected, Validated
 from bot.request.parse import ImagineRequest
+from bot.request.profiles import apply_fast_mode, eta_for, merge_profile
 from bot.request.resources import (
     apply_trigger_words,
     check_embeddings,
@@ -69,6 +70,7 @@ def validate(
     """The engine recipe for ``request``, or every reason it cannot run with its fix."""
     check = Check()
     settings = catalog.settings
+    request = apply_fast_mode(request, catalog, check)
     model = check_model(request, catalog, check)
 
     prompt = strip_invisible(request.prompt).strip()
@@ -107,9 +109,11 @@ def validate(
             "Shorten the negative prompt.",
         )
 
-    sampler = check_sampler(request, model, check)
-    steps = check_steps(request, model, catalog, check)
-    cfg = check_cfg(request, model, catalog, check)
+    # Model defaults, then the stack's (or model's) sampling profile, then the member's options.
+    merged = merge_profile(request, model, stack, check)
+    sampler = check_sampler(merged.request, model, check)
+    steps = check_steps(merged.request, model, catalog, check)
+    cfg = check_cfg(merged.request, model, catalog, check)
     note_ignored(request, model, check)
     width, height = check_size(request, model, catalog, check)
     if (
@@ -158,6 +162,7 @@ def validate(
         prediction_type=model.prediction_type,
         architecture=model.architecture,
         variant=model.variant or "",
+        eta=eta_for(merged, sampler),
     )
     return Validated(
         recipe=recipe,
@@ -166,4 +171,5 @@ def validate(
         notes=tuple(check.notes),
         added_trigger_words=tuple(added),
         seed_was_random=seed_was_random,
+        profile=merged.profile.id if merged.profile is not None else None,
     )

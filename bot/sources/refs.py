@@ -50,8 +50,10 @@ _OTHER_ECOSYSTEMS: dict[str, str] = {
 #: modules' own (``engine.arch``: ``sd15`` and ``flux`` are spellings seen in older docs and
 #: tools), then the rest.
 ECOSYSTEM_ARCHITECTURES: dict[str, str] = {
-    **{eco: spec.name for spec in architectures.ARCHITECTURES.values() for eco in spec.ecosystems},
+    # A module's own ecosystems win over the list of others, so a new module claims its
+    # ecosystems without an edit here.
     **_OTHER_ECOSYSTEMS,
+    **{eco: spec.name for spec in architectures.ARCHITECTURES.values() for eco in spec.ecosystems},
 }
 #: Ecosystems that name a model family within an architecture (``engine.families`` names).
 ECOSYSTEM_FAMILIES = {"pony": "pony", "illustrious": "illustrious", "noobai": "noobai", "sd1": "sd15", "sd15": "sd15"}

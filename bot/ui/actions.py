@@ -168,6 +168,7 @@ class Actions:
         origin: str = "imagine",
         clip_skip: int | None = None,
         parent: Parent | None = None,
+        speed: str | None = None,
     ) -> bool:
         """Validate and queue; the interaction must already be deferred (ephemeral).
 
@@ -197,6 +198,7 @@ class Actions:
             height=height,
             count=count,
             clip_skip=clip_skip,
+            speed=speed,
         )
         # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
         # may (bot.sources), else validation explains who can add them.
@@ -310,6 +312,8 @@ class Actions:
             "height": recipe.height,
             "count": recipe.count,
             "clip_skip": recipe.clip_skip,
+            # A recipe says what ran: the server's fast mode does not add to it.
+            "speed": "normal",
         }
         values.update(changes)
         return await self.imagine(interaction, origin=origin, **values)

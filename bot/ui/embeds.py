@@ -13,6 +13,7 @@ from typing import Any
 
 import discord
 
+from engine import profiles
 from engine.protocol import Recipe
 
 TITLE_LIMIT = 256
@@ -163,6 +164,9 @@ def lora_card(lora: Any, *, bookmarked: bool | None = None, show_file: bool = Fa
             name="Format", value=str(lora_format) + (f" · rank {rank}" if rank else ""), inline=True
         )
     embed.add_field(name="Category", value=str(_get(lora, "category", "other")), inline=True)
+    speed_profile = _get(lora, "speed_profile", None)
+    if speed_profile:
+        embed.add_field(name="Sampling profile", value=profiles.describe(str(speed_profile)), inline=False)
     default_weight = _get(lora, "default_weight", 1.0)
     embed.add_field(name="Default weight", value=format_weight(float(default_weight)), inline=True)
     low, high = _get(lora, "recommended_min", None), _get(lora, "recommended_max", None)

@@ -43,12 +43,15 @@ from typing import Any
 
 from engine.arch.base import Architecture
 from engine.arch.flux import FLUX
+from engine.arch.flux2 import FLUX2
+from engine.arch.qwen_image import QWEN_IMAGE
 from engine.arch.sd3 import SD3
 from engine.arch.sd15 import SD15
 from engine.arch.sdxl import SDXL
+from engine.arch.zimage import ZIMAGE
 
 #: Every architecture, in the order menus show them.
-_MODULES: tuple[Architecture, ...] = (SD15, SDXL, SD3, FLUX)
+_MODULES: tuple[Architecture, ...] = (SD15, SDXL, SD3, FLUX, ZIMAGE, QWEN_IMAGE, FLUX2)
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in _MODULES}
 #: The value for a file no architecture here recognises.
 UNKNOWN = "unknown"
@@ -58,9 +61,7 @@ NAMES: tuple[str, ...] = (*ARCHITECTURES, UNKNOWN)
 #: Diffusion-transformer families with no module here: recognised from their own keys so the
 #: refusal names them. (pattern on the denoiser's module path, name people know it by)
 NAMED_ONLY: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^(double_stream_modulation_img|single_stream_modulation)[._]"), "FLUX.2"),
     (re.compile(r"^distilled_guidance_layer[._]"), "Chroma"),
-    (re.compile(r"^transformer_blocks[._]\d+[._](img_mlp|txt_mlp|img_mod|txt_mod)[._]"), "Qwen-Image"),
     (re.compile(r"^(double_layers|single_layers)[._]"), "AuraFlow"),
     (re.compile(r"^(double_stream_blocks|single_stream_blocks)[._]"), "HiDream"),
 )
@@ -136,7 +137,8 @@ def from_metadata(metadata: dict[str, str]) -> str | None:
         if not value:
             continue
         # SDXL's needles before SD 1.5's and FLUX's before SD 3's, as the hints were always read.
-        for arch in (SDXL, FLUX, SD3, SD15):
+        # Modules added later are asked after these (their needles are their own names).
+        for arch in (SDXL, FLUX, SD3, SD15, *(a for a in _MODULES if a not in (SDXL, FLUX, SD3, SD15))):
             if arch.metadata_match(value):
                 return arch.name
     return None

@@ -23,7 +23,7 @@ from typing import Any, Literal
 Tensors = Mapping[str, Mapping[str, Any]]
 
 GuidanceKind = Literal["cfg", "distilled", "none"]
-PromptKind = Literal["clip_chunks", "t5"]
+PromptKind = Literal["clip_chunks", "t5", "llm"]
 #: What a model of an architecture can be asked to do (image-to-image and edit come later).
 Capability = Literal["txt2img", "img2img", "inpaint", "edit"]
 
@@ -61,6 +61,8 @@ class PromptBudget:
 
     ``clip_chunks``: A1111's 75-token CLIP chunks, as many as needed, nothing cut.
     ``t5``: one T5 sequence of at most ``tokens`` tokens; natural language, never 77-cut.
+    ``llm``: one sequence through a language model's chat template (Qwen3 for Z-Image), at
+    most ``tokens`` tokens with the template's own.
     """
 
     kind: PromptKind
@@ -112,6 +114,9 @@ class Variant:
     prompt_budget: PromptBudget | None = None
     uses_negative: bool | None = None
     capabilities: frozenset[str] | None = None
+    #: False for a variant of a runnable architecture that this engine does not run (FLUX.2 dev,
+    #: whose text encoder is Mistral's, beside the Klein models it runs): refused by name.
+    runs: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,12 @@ class DitRule:
 
     structure: Callable[[tuple[str, ...]], bool]
     shape: Callable[[int | None, bool, bool, tuple[str, ...]], bool]
+    #: Asked before any ``structure`` (and before the named-only families), with every
+    #: denoiser module's flattened path and its (out, in) features where the file shows them
+    #: (a weight's shape, a LoRA's up rows and down columns): for a family whose key names
+    #: another's layout also uses and only its shapes tell apart (FLUX.2's BFL names are
+    #: FLUX.1's, with a 6x SwiGLU MLP instead of 4x).
+    modules: Callable[[Mapping[str, tuple[int | None, int | None]]], bool] | None = None
     #: Lower is asked first, where two rules could both say yes (FLUX's width rule before
     #: SD 3's ``pos_embed`` one: a 3072-wide joint DiT with a ``pos_embed`` is FLUX).
     priority: int = 100

@@ -32,7 +32,7 @@ _TE2_KEY = re.compile(
 # module path under the prefixes tools add tells the two apart whatever the key layout (kohya
 # "lora_unet_transformer_blocks_1_attn_to_q" is a FLUX LoRA, not an SDXL one).
 _DENOISER_PREFIXES = (
-    "lora_unet_", "lora_transformer_", "base_model.model.", "model.diffusion_model.",
+    "lora_unet_", "lora_transformer_", "lycoris_", "base_model.model.", "model.diffusion_model.",
     "diffusion_model.", "transformer.", "unet.",
 )  # fmt: skip
 _DIT_TOP = re.compile(
@@ -80,10 +80,17 @@ def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
     if not paths:
         return None
     found = tuple(paths.values())
+    dits = sorted((a for a in registry.ARCHITECTURES.values() if a.dit), key=lambda a: a.dit.priority if a.dit else 0)
+    by_shape = [a for a in dits if a.dit is not None and a.dit.modules is not None]
+    if by_shape:
+        features = module_features(tensors, paths)
+        for architecture in by_shape:
+            assert architecture.dit is not None and architecture.dit.modules is not None
+            if architecture.dit.modules(features):
+                return architecture.name, None
     for pattern, name in registry.NAMED_ONLY:
         if any(pattern.match(p) for p in found):
             return registry.UNKNOWN, name
-    dits = sorted((a for a in registry.ARCHITECTURES.values() if a.dit), key=lambda a: a.dit.priority if a.dit else 0)
     for architecture in dits:
         assert architecture.dit is not None
         if architecture.dit.structure(found):
@@ -103,6 +110,28 @@ def dit_family(tensors: Tensors) -> tuple[str, str | None] | None:
         if architecture.dit.shape(width, joint, cross, found):
             return architecture.name, None
     return registry.UNKNOWN, registry.UNKNOWN_DIT
+
+
+_UP_KEY = re.compile(r"[._](lora_up|lora_B|lora\.up|up)\.weight$")
+_DOWN_END = re.compile(r"[._](lora_down|lora_A|lora\.down|down)\.weight$")
+
+
+def module_features(tensors: Tensors, paths: dict[str, str]) -> dict[str, tuple[int | None, int | None]]:
+    """Flattened denoiser module -> (out, in) features, from a weight's shape or a LoRA's up
+    rows and down columns (None where the file does not show it)."""
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for key, path in paths.items():
+        shape = tensors[key].get("shape") or ()
+        if len(shape) != 2:
+            continue
+        up, down = _UP_KEY.search(path), _DOWN_END.search(path)
+        if up is not None or down is not None:
+            module = path[: (up or down).start()].replace(".", "_")  # type: ignore[union-attr]
+            out, inner = found.get(module, (None, None))
+            found[module] = (int(shape[0]), inner) if up is not None else (out, int(shape[1]))
+        elif path.endswith(".weight"):
+            found[path.removesuffix(".weight").replace(".", "_")] = (int(shape[0]), int(shape[1]))
+    return found
 
 
 def unet_architecture(keys: list[str], tensors: Tensors) -> str:

@@ -71,6 +71,8 @@ class LoraTarget:
     module: str
     #: Rows [start, stop) of the file module's ΔW that belong to this target; None: all.
     rows: tuple[int, int] | None = None
+    #: The ΔW's two row halves swap places (BFL's (shift, scale) modulation is diffusers' (scale, shift)).
+    swap_halves: bool = False
 
 
 @runtime_checkable

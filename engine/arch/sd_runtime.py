@@ -97,7 +97,17 @@ class SdRuntime:
             generator=list(generators) if len(generators) > 1 else generators[0],
             callback_on_step_end=callback,
             output_type="pil",
+            # TCD's and DDIM's eta: the pipeline's own default, 0, would override TCD's 0.3.
+            eta=_eta(recipe),
         )
+
+
+def _eta(recipe: Any) -> float:
+    """The recipe's eta, else its sampler's own default (0 for those without one)."""
+    from engine.recipe.sampler_names import ETA_SAMPLERS
+
+    eta = getattr(recipe, "eta", None)
+    return float(eta) if eta is not None else ETA_SAMPLERS.get(recipe.sampler, 0.0)
 
 
 SD15 = SdRuntime("sd15")

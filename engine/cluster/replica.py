@@ -13,7 +13,7 @@ job's run loads it into the cache as in the standalone engine, and when Serve ev
 model the replica evicts it from that same cache (after the jobs using it end). The
 cache's byte budget stays as the safety net it is on one GPU.
 
-``run`` is a streaming call: the job's events, then its images, then ``done``. The ingress
+``run`` is a streaming call: the job's events, its images on ``done`` (``image_data``). The ingress
 cancels the call to cancel the job; Ray delivers that at the replica's next ``await``, where
 the job is flagged and stops at its next step (a sync call could not be stopped: Ray cancels
 only at an await, which is why the job itself runs in the manager's worker thread).
@@ -120,22 +120,17 @@ class EngineReplica:
         # Built per instance so that the number of models comes from the config file.
         self._hold = serve.multiplexed(max_num_models_per_replica=self.settings.models_per_replica)(hold)
 
-    def _in_use(self) -> set[str]:
-        """Models of the jobs queued or running here (read from the manager: same process)."""
-        jobs = [*self.manager.running_batch, *(self.manager._jobs[i] for i in list(self.manager._queue))]
-        return {job.recipe.model for job in jobs}
-
     def _release(self, model_id: str) -> None:
         with self._lock:
             self.held.discard(model_id)
-            if model_id in self._in_use():
+            if model_id in self.manager.models_in_use():
                 self._evict_after.add(model_id)  # a job here still uses it: after that job
                 return
         self._evict(model_id)
 
     def _evict_unused(self) -> None:
         with self._lock:
-            due = self._evict_after - self._in_use() - self.held
+            due = self._evict_after - self.manager.models_in_use() - self.held
             self._evict_after -= due
         for model_id in due:
             self._evict(model_id)
@@ -146,7 +141,7 @@ class EngineReplica:
             await self.manager.start()
 
     async def run(self, job_id: str, recipe_json: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The job's events, its images (``{"type": "image"}``) before ``done``; see the module."""
+        """The job's events, its images on ``done`` (``image_data``, PNG bytes); see the module."""
         await self._start()
         recipe = Recipe.from_json(recipe_json)
         model_id = serve.get_multiplexed_model_id() or recipe.model
@@ -164,8 +159,10 @@ class EngineReplica:
         try:
             async for event in self.manager.events(job_id):
                 if event["type"] == "done":
-                    for index in range(int(event.get("images", 0))):
-                        yield {"type": "image", "index": index, "data": self.manager.image(job_id, index)}
+                    # On the done item itself: one item less through Ray per image, on the
+                    # path between the job's end and its post.
+                    images = [self.manager.image(job_id, index) for index in range(int(event.get("images", 0)))]
+                    event = {**event, "image_data": images}
                 yield event
                 if event["type"] in TERMINAL_EVENTS:
                     finished = True

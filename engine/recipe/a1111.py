@@ -48,7 +48,7 @@ _KEY_CHARS = re.compile(r"[\w \-/]")
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale"}
+     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta"}
 )  # fmt: skip
 #: Forge's field for FLUX.1 dev's guidance input (``modules/processing.py``), written right
 #: after ``CFG scale``, which Forge keeps at 1 on FLUX (no unconditioned pass).
@@ -137,6 +137,7 @@ def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
         ("Sampler", sampler),
         ("Schedule type", schedule),
         *_guidance_fields(recipe),
+        *([("Eta", number(recipe.eta))] if recipe.eta is not None else []),
         ("Seed", str(recipe.seed)),
         ("Size", f"{recipe.width}x{recipe.height}"),
     ]
@@ -370,6 +371,9 @@ def read_parameters(text: str) -> ReadParameters:
         values["architecture"] = "flux"
         if "cfg_scale" in missing:
             missing.remove("cfg_scale")
+    eta = _float(params.get("Eta"))
+    if eta is not None:
+        values["eta"] = eta
     size = params.get("Size", "")
     width, _, height = size.partition("x")
     if _int(width) is not None and _int(height) is not None:

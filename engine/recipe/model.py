@@ -100,6 +100,9 @@ class Recipe:
     #: model without guidance (schnell) ignores it. The engine reads the file, not these.
     architecture: str = ""
     variant: str = ""
+    #: The sampler's eta (TCD's gamma, DDIM's eta); None = the sampler's own default. A1111
+    #: writes it as ``Eta``.
+    eta: float | None = None
 
     @property
     def guidance_kind(self) -> str:

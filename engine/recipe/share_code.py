@@ -45,6 +45,7 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "pt": ("prediction_type", str),
     "a": ("architecture", str),
     "va": ("variant", str),
+    "et": ("eta", (int, float)),
 }
 _DEFAULTS = Recipe(model="", prompt="")
 
@@ -151,4 +152,6 @@ def decode(code: str) -> Recipe:
         )
     if "cfg_scale" in values:
         values["cfg_scale"] = float(values["cfg_scale"])
+    if "eta" in values:
+        values["eta"] = float(values["eta"])
     return Recipe(loras=tuple(loras), embeddings=tuple(embeddings), **values)

@@ -22,6 +22,7 @@ time per job, a GPU is not needed to measure routing):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -153,25 +154,70 @@ async def phase_overhead(root: Path, port: int, models: list[str], folders: tupl
     await runner.setup()
     direct_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", direct_port).start()
-    times: dict[str, list[float]] = {"direct": [], "serve": []}
+    direct = f"http://127.0.0.1:{direct_port}"
+    # Three ways, one job of each in turn (the machine's load drifts alike for all three): the
+    # direct engine, Serve as the bot uses it (images on the event stream), and Serve with a
+    # request per image (the protocol before, for comparison).
+    ways = {"direct": (direct, False), "serve": (url, True), "serve_image_requests": (url, False)}
+    times: dict[str, list[float]] = {name: [] for name in ways}
     try:
-        for name, base in (("direct", f"http://127.0.0.1:{direct_port}"), ("serve", url)):
-            async with EngineClient(base, token=ENGINE_TOKEN) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {name: await stack.enter_async_context(EngineClient(base, token=ENGINE_TOKEN, inline_images=inline))
+                       for name, (base, inline) in ways.items()}  # fmt: skip
+            for name, client in clients.items():
                 await client.run(f"warm-{name}", recipe(models[0], 0, steps=steps))
-                for i in range(OVERHEAD_JOBS):
+            for i in range(OVERHEAD_JOBS):
+                for name, client in clients.items():
                     started = time.perf_counter()
                     await client.run(f"{name}-{i}", recipe(models[0], i, steps=steps))
                     times[name].append(time.perf_counter() - started)
+        hops = {name: await _hops(base, inline, models[0], steps, name) for name, (base, inline) in ways.items()}
     finally:
         await runner.cleanup()
     base = statistics.median(times["direct"])
-    extra = sorted((t - base) * 1000 for t in times["serve"])
+
+    def extra(name: str) -> list[float]:
+        return sorted((t - base) * 1000 for t in times[name])
+
+    def p99(values: list[float]) -> float:
+        return round(values[max(0, int(len(values) * 0.99) - 1)], 1)
+
     return {
-        "routing_overhead_ms_p99": round(extra[int(len(extra) * 0.99) - 1], 1),
-        "routing_overhead_ms_p50": round(statistics.median(extra), 1),
+        "routing_overhead_ms_p99": p99(extra("serve")),
+        "routing_overhead_ms_p50": round(statistics.median(extra("serve")), 1),
+        "routing_overhead_ms_p99_image_requests": p99(extra("serve_image_requests")),
+        "routing_overhead_ms_p50_image_requests": round(statistics.median(extra("serve_image_requests")), 1),
         "direct_job_ms_p50": round(base * 1000, 1),
+        "direct_job_ms_p99": p99(sorted(t * 1000 for t in times["direct"])),
         "serve_job_ms_p50": round(statistics.median(times["serve"]) * 1000, 1),
+        "hops_ms_p50": hops,
     }
+
+
+async def _hops(base: str, inline: bool, model: str, steps: int, name: str) -> dict[str, float]:
+    """Where a job's time goes, per request the bot makes (medians in ms): to say which hop costs."""
+    from engine.client import EngineClient
+
+    parts: dict[str, list[float]] = {"status_round_trip": [], "submit": [], "events_to_done": [], "images": []}
+    async with EngineClient(base, token=ENGINE_TOKEN, inline_images=inline) as client:
+        for i in range(OVERHEAD_JOBS // 2):
+            job_id = f"hops-{name}-{i}"
+            t0 = time.perf_counter()
+            await client.submit(job_id, recipe(model, i, steps=steps))
+            t1 = time.perf_counter()
+            count = 0
+            async for event in client.events(job_id):
+                if event["type"] == "done":
+                    count = int(event["images"])
+            t2 = time.perf_counter()
+            for n in range(count):
+                await client.image(job_id, n)
+            t3 = time.perf_counter()
+            await client.status(job_id)
+            t4 = time.perf_counter()
+            for key, seconds in zip(parts, (t4 - t3, t1 - t0, t2 - t1, t3 - t2), strict=True):
+                parts[key].append(seconds * 1000)
+    return {key: round(statistics.median(values), 2) for key, values in parts.items()}
 
 
 async def phase_kills(root: Path, port: int, demo: Any) -> dict[str, Any]:
@@ -252,7 +298,7 @@ async def phase_kills(root: Path, port: int, demo: Any) -> dict[str, Any]:
                 end_process(second)
 
 
-async def main_async() -> dict[str, Any]:
+async def main_async(only: str | None = None) -> dict[str, Any]:
     from sandbox.model_builder import build_demo_assets
     from tests.cluster_ray import free_port, local_ray
 
@@ -273,9 +319,11 @@ async def main_async() -> dict[str, Any]:
                 ("routing overhead", lambda: phase_overhead(root / "overhead", port, models, folders)),
                 ("replica kill and bot kill", lambda: phase_kills(root / "kill", port, demo)),
             ):
+                if only is not None and only not in name:
+                    continue
                 _say(f"phase: {name}")
                 results.update(await phase())
-    headline = tuple(TARGETS)
+    headline = tuple(key for key in TARGETS if key in results)
     return {
         **{key: results[key] for key in headline},
         "targets": TARGETS,
@@ -293,7 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     if "--quick" in args:  # a smoke run of every phase at a fraction of the size (not the figures)
         global THROUGHPUT_JOBS, HIT_JOBS, OVERHEAD_JOBS, KILL_JOBS, JOB_S
         THROUGHPUT_JOBS, HIT_JOBS, OVERHEAD_JOBS, KILL_JOBS, JOB_S = 8, 16, 10, 10, 0.2
-    results = asyncio.run(main_async())
+    if "--direct-ingress" in args:
+        # Ray's experimental direct ingress: the bench talks to the ingress replica's own port
+        # (tests.cluster_ray.deploy finds it), past Serve's HTTP proxy. Read by Ray's processes
+        # at start, which inherit this environment.
+        os.environ.update({"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "30500",
+                           "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "30600"})  # fmt: skip
+    # ``--only overhead`` (any word of a phase's name) runs that phase alone.
+    only = args[args.index("--only") + 1] if "--only" in args else None
+    results = asyncio.run(main_async(only))
     json.dump(results, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -1,7 +1,7 @@
 """Registration takes only what the engine can run (issue 16), through the Discord double and
 the real engine process. Since issue 18 FLUX.1 runs: its checkpoints and LoRAs in each layout
-people bring register as FLUX.1, while other diffusion transformers (SD 3, FLUX.2, Qwen-Image)
-are refused at ``/model add`` and ``/lora add`` with what they are and what the engine runs,
+people bring register as FLUX.1 (and since issue 19 Z-Image, Qwen-Image and FLUX.2 Klein's as
+theirs), while other diffusion transformers (SD 3, Chroma, HiDream) are refused at ``/model add`` and ``/lora add`` with what they are and what the engine runs,
 and nothing is registered; SD 1.5 and SDXL files still register."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from engine.support import runs_text
 from tests import dit_files
 from tests.bot.conftest import SD15, SDXL, World
 from tests.bot.test_admin_registry import run
 
-RUNS = "this engine runs SD 1.5, SDXL and FLUX.1 models only"
+RUNS = f"this engine runs {runs_text()} models only"
 
 
 @contextmanager
@@ -51,15 +52,15 @@ async def test_model_add_registers_a_flux_checkpoint(world: World, demo_assets: 
 
 @pytest.mark.parametrize(
     "build",
-    [dit_files.sd3_checkpoint, dit_files.flux2_checkpoint],
-    ids=["sd3", "flux2"],
+    [dit_files.sd3_checkpoint, dit_files.chroma_checkpoint],
+    ids=["sd3", "chroma"],
 )  # fmt: skip
 async def test_model_add_refuses_other_dit_checkpoints_naming_them(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
     with placed(demo_assets.model_root, "dit-test/model.safetensors", build) as file:
         text = await run(world, world.admin, "model", {"file": file, "name": "Other DiT"}, "add")
     assert f"`{file}` is a" in text and RUNS in text and "I did not register it" in text, text
-    assert "SD 3" in text or "FLUX.2" in text
-    assert "pick an SD 1.5, SDXL or FLUX.1 checkpoint" in text
+    assert "SD 3" in text or "Chroma" in text
+    assert f"pick an {runs_text(' or ')} checkpoint" in text
     assert await world.registry.models.get(world.guild.id, "Other DiT") is None
     assert [m.name for m in await world.registry.models.all(world.guild.id)] == sorted([SD15, SDXL])
     assert world.double.violations == []
@@ -81,14 +82,14 @@ async def test_lora_add_registers_a_flux_lora_in_every_layout(world: World, demo
 
 @pytest.mark.parametrize(
     "build",
-    [dit_files.sd3_peft_lora, dit_files.qwen_image_lora],
-    ids=["sd3", "qwen-image"],
+    [dit_files.sd3_peft_lora, dit_files.hidream_lora],
+    ids=["sd3", "hidream"],
 )  # fmt: skip
 async def test_lora_add_refuses_other_dit_loras_in_every_layout(world: World, demo_assets: Any, build: Callable[[Path], Path]) -> None:
     with placed(demo_assets.lora_root, "dit-test/dit-style.safetensors", build) as file:
         text = await run(world, world.admin, "lora", {"file": file, "name": "dit-style"}, "add")
     assert f"`{file}` is a LoRA for" in text and RUNS in text and "I did not register it" in text, text
-    assert "made for SD 1.5, SDXL or FLUX.1" in text
+    assert f"made for {runs_text(' or ')}" in text
     assert await world.registry.loras.get(world.guild.id, "dit-style") is None
     assert file not in await world.registry.loras.files(world.guild.id)
 

@@ -24,6 +24,7 @@ from bot.registry import LoraEntry, Registry
 from bot.ui import views
 from engine.client import EngineClient
 from engine.downloads import TEMP_PREFIX
+from engine.support import runs_text
 from sandbox.discord_double import MANAGE_GUILD, DiscordDouble, InteractionHandle, Member, run_bot
 from tests import dit_files
 from tests.bot.conftest import (
@@ -250,7 +251,7 @@ async def test_bad_sources_are_refused_with_nothing_written_or_registered(
             "civitai:120096@300001": "can only be downloaded with a login",
             "civitai:120096@300002": "is a checkpoint (a full model)",
             "civitai:120096@300003": "a full model (a checkpoint), not a LoRA as announced",
-            "civitai:120096@300004": "made for SD 3 (Civitai: SD 3.5 Large), and this bot's engine runs SD 1.5, SDXL and FLUX.1 models only",
+            "civitai:120096@300004": f"made for SD 3 (Civitai: SD 3.5 Large), and this bot's engine runs {runs_text()} models only",
             "civitai:120096@300005": "is a pickle",
             "civitai:120096@300006": "does not have the sha256 the source announced",
             "https://example.com/loras/1": "Civitai link",
@@ -356,7 +357,7 @@ async def test_a_civitai_file_the_engine_cannot_run_is_not_registered(
     async with studio(fetch_engine, demo_assets, civitai, tmp_path) as (world, _):
         text = await final_text(await add_source(world, world.admin, "civitai:120096@310001"))
         assert text.startswith("Nothing was fetched"), text
-        assert "is a LoRA for SD 3" in text and "this engine runs SD 1.5, SDXL and FLUX.1 models only" in text, text
+        assert "is a LoRA for SD 3" in text and f"this engine runs {runs_text()} models only" in text, text
         assert "It was not registered" in text
         assert await world.registry.loras.get(world.guild.id, "Sneaky Flux") is None
         assert not [e for e in await world.registry.loras.search(world.guild.id, "", sort="name", limit=50) if e.source]

@@ -85,6 +85,30 @@ async def test_each_models_jobs_land_on_the_replica_that_holds_it(cluster: str, 
     assert all(r["jobs_per_minute"] >= 4 for r in replicas)
 
 
+async def test_a_cluster_client_gets_the_images_on_the_event_stream_without_a_request_each(
+    cluster: str, demo_assets: Any
+) -> None:
+    """The bot's client for a cluster (``inline_images``) asks Serve's proxy for no image."""
+    model = demo_assets.models["sd15"]
+    async with EngineClient(cluster, token=ENGINE_TOKEN, inline_images=True) as inline, \
+            EngineClient(cluster, token=ENGINE_TOKEN) as plain:  # fmt: skip
+        paths: list[str] = []
+        request = inline._request
+
+        async def recorded(method: str, path: str, **kwargs: Any) -> Any:
+            paths.append(path)
+            return await request(method, path, **kwargs)
+
+        inline._request = recorded  # type: ignore[method-assign]
+        job = Recipe(model=model, prompt="a lighthouse", steps=2, seed=5, width=256, height=256, count=2)
+        images = await inline.run("inline-images", job)
+        assert paths == ["/jobs"]  # the submit only: no /jobs/<id>/images/<n>
+        assert images == [await plain.image("inline-images", n) for n in range(2)]
+        assert len(images) == 2 and all(image.startswith(b"\x89PNG") for image in images)
+        # A client that did not ask reads the same stream without image frames (as before).
+        assert [e["type"] for e in [e async for e in plain.events("inline-images")]][-1] == "done"
+
+
 async def test_cancel_reaches_a_running_job_at_its_next_step(cluster: str, demo_assets: Any) -> None:
     model = demo_assets.models["sd15"]
     async with EngineClient(cluster, token=ENGINE_TOKEN) as client:

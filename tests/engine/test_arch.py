@@ -39,8 +39,8 @@ def _header(entries: dict[str, list[int]]) -> dict[str, dict]:
         (lambda p: dit_files.flux_peft_lora(p, add_q_proj=True), ("flux", None)),
         (dit_files.sd3_peft_lora, ("sd3", None)),
         (dit_files.sd3_checkpoint, ("sd3", None)),
-        (dit_files.qwen_image_lora, ("unknown", "Qwen-Image")),
-        (dit_files.flux2_checkpoint, ("unknown", "FLUX.2")),
+        (dit_files.qwen_image_lora, ("qwen_image", None)),
+        (dit_files.flux2_checkpoint, ("flux2", None)),
     ],
 )
 def test_each_dit_module_recognises_its_files(tmp_path: Path, build, expected: tuple[str, str | None]) -> None:
@@ -113,8 +113,10 @@ def test_flux_variants_are_told_apart_where_their_files_differ(tmp_path: Path) -
         ("SD 1.5", ("sd15", None, "sd15")),
         ("SD 3.5 Large", ("sd3", None, "unknown")),
         ("Pony V7", ("unknown", None, "unknown")),
-        ("Flux.2 Klein 9B", ("unknown", None, "unknown")),
-        ("Qwen", ("unknown", None, "unknown")),
+        ("Flux.2 Klein 9B", ("flux2", "klein-9b", "unknown")),
+        ("Flux.2 Klein 4B Base", ("flux2", "klein-4b-base", "unknown")),
+        ("Qwen", ("qwen_image", None, "unknown")),
+        ("ZImageTurbo", ("zimage", "turbo", "unknown")),
     ],
 )
 def test_civitai_base_model_names(base_model: str, expected: tuple[str, str | None, str]) -> None:
@@ -123,10 +125,11 @@ def test_civitai_base_model_names(base_model: str, expected: tuple[str, str | No
 
 def test_air_ecosystems_map_to_their_architecture() -> None:
     assert [arch.from_ecosystem(e) for e in ("sd1", "pony", "illustrious", "flux1", "fluxkrea", "sd3", "qwen")] == [
-        "sd15", "sdxl", "sdxl", "flux", "flux", "sd3", "unknown"
+        "sd15", "sdxl", "sdxl", "flux", "flux", "sd3", "qwen_image"
     ]
     assert {name: arch.ecosystem_of(name) for name in arch.ARCHITECTURES} == {
-        "sd15": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1"
+        "sd15": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1", "zimage": "zimageturbo",
+        "qwen_image": "qwen", "flux2": "flux2",
     }
 
 

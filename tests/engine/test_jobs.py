@@ -9,6 +9,7 @@ queue against the real diffusers generator is covered in ``test_server.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import threading
 from dataclasses import dataclass, field
@@ -390,3 +391,19 @@ async def test_a_job_cancelled_inside_a_shared_call_is_cancelled_and_the_others_
     assert events["keep"][-1]["type"] == "done"
     assert events["drop"][-1] == {"type": "failed", "job": "drop",
                                   "error": {"code": "cancelled", "message": "the job was cancelled"}}  # fmt: skip
+
+
+async def test_models_in_use_are_those_of_the_running_and_queued_jobs(runner_and_manager) -> None:
+    """What a cluster replica asks before evicting a model Serve dropped (engine.cluster.replica)."""
+    runner, manager = runner_and_manager
+    assert manager.models_in_use() == set()
+    runner.proceed.clear()
+    manager.submit("running", dataclasses.replace(recipe(), model="a.safetensors"))
+    await wait_for_step(runner)
+    manager.submit("queued", dataclasses.replace(recipe(), model="b.safetensors"))
+    assert manager.models_in_use() == {"a.safetensors", "b.safetensors"}
+    manager.cancel("queued")
+    assert manager.models_in_use() == {"a.safetensors"}
+    runner.proceed.set()
+    await collect(manager, "running")
+    assert manager.models_in_use() == set()

@@ -130,8 +130,10 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     count="How many images (1-4)",
     clip_skip="Clip skip: 2 reads the text encoder's penultimate layer (default: the model's)",
     recipe="A recipe code (AT1.…) from a recipe card; the other options you give change it",
+    speed="fast: the model's speed LoRA and few steps; normal: not even in the server's fast mode",
 )
 @app_commands.choices(
+    speed=[app_commands.Choice(name="fast", value="fast"), app_commands.Choice(name="normal", value="normal")],
     sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
     size=[app_commands.Choice(name=label, value=value) for label, value in SIZES],
 )
@@ -161,6 +163,7 @@ async def imagine(
     count: app_commands.Range[int, 1, 4] | None = None,
     clip_skip: app_commands.Range[int, 1, 12] | None = None,
     recipe: app_commands.Range[str, 1, 6000] | None = None,
+    speed: str | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -193,6 +196,8 @@ async def imagine(
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if any(name for name, _ in slots):
             changes["slots"] = slots
+        if speed is not None:
+            changes["speed"] = speed
         await features_of(interaction).actions.rerun(interaction, base, origin="recipe code", **changes)
         return
     if not prompt:
@@ -212,6 +217,7 @@ async def imagine(
         height=height,
         count=count,
         clip_skip=clip_skip,
+        speed=speed,
     )
 
 

@@ -39,6 +39,7 @@ from bot.ui.common import (
     to_choices,
 )
 from bot.ui.features import features_of
+from bot.ui.profiles import evidence_for, profile_choices, profile_option, proposal
 from bot.ui.routes import ButtonWork, ModalWork
 from engine.families import FAMILIES, family_label
 
@@ -98,8 +99,9 @@ async def unregistered_file_autocomplete(
     source="Civitai AIR (civitai:120096@135931), link or file hash; fetched when no file is given",
     description="A short description",
     family="Model family it was trained for (default: read from the file)",
+    profile="Sampling profile of a speed LoRA (default: read from the file's name and metadata)",
 )
-@app_commands.choices(category=CATEGORY_CHOICES, family=FAMILY_CHOICES)
+@app_commands.choices(category=CATEGORY_CHOICES, family=FAMILY_CHOICES, profile=profile_choices("lora"))
 @app_commands.autocomplete(file=unregistered_file_autocomplete)
 async def lora_add(
     interaction: discord.Interaction[Any],
@@ -112,11 +114,14 @@ async def lora_add(
     source: app_commands.Range[str, 1, 1000] | None = None,
     description: str | None = None,
     family: str | None = None,
+    profile: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
     bot = features_of(interaction)
     overrides: dict[str, Any] = {}
+    if profile is not None:
+        overrides.update(profile_option()(profile, interaction))
     if category is not None:
         overrides["category"] = Category(category)
     if nsfw is not None:
@@ -152,11 +157,16 @@ async def lora_add(
                 overrides["family"] = known.family
     try:
         entry = LoraEntry.from_file_info(info, name=name, **overrides)
+        if entry.speed_profile and category is None:
+            entry = replace(entry, category=Category.SPEED)
         added = await bot.registry.loras.add(interaction.guild_id, entry, interaction.user.id)
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
     note = f"Registered **{added.name}**."
+    if added.speed_profile:
+        evidence = None if profile else evidence_for(info.path, info.metadata, None, "lora", added.speed_profile)
+        note += proposal(added.speed_profile, evidence, "/lora edit")
     if added.architecture == "unknown":
         note += " I could not tell its architecture from the file; it will not match any model until that is fixed."
     await send_private(
@@ -189,6 +199,7 @@ LORA_EDIT_FIELDS: tuple[EditField, ...] = (
     EditField("description", "description", str, "Description (`none` clears it)", convert=text_or_clear("description")),
     EditField("source", "source", str, "Civitai AIR or URL (`none` clears it)", convert=text_or_clear("source", None)),
     EditField("family", "family", str, "Model family it was trained for", choices=FAMILY_CHOICES),
+    EditField("profile", "speed_profile", str, "Sampling profile of a speed LoRA (`none` removes it)", choices=profile_choices("lora"), convert=profile_option()),
     EditField("preview", "preview_url", app_commands.Range[str, 1, 2000], "Link (https://…) to a preview image shown on the card; `none` removes it", convert=_preview),
 )
 

@@ -28,6 +28,7 @@ from bot.ui.cogs.edit_fields import (
 from bot.ui.cogs.files import inspect_new_file, read_server_file, unregistered_file_choices
 from bot.ui.common import admin_only, affected_recipes, is_admin, send_private, to_choices
 from bot.ui.features import features_of
+from bot.ui.profiles import describe, evidence_for, profile_choices, profile_option, proposal
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
 from engine.recipe.sampler_names import SAMPLERS
@@ -85,6 +86,10 @@ def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
         embed.add_field(name="File", value="\n".join(file_lines), inline=False)
     if entry.vae and show_file:
         embed.add_field(name="VAE", value=f"`{entry.vae}`", inline=False)
+    if entry.speed_profile:
+        embed.add_field(name="Sampling profile", value=describe(entry.speed_profile), inline=False)
+    if entry.fast_with:
+        embed.add_field(name="Fast mode", value=f"with `{entry.fast_with}`", inline=False)
     return embeds.fit_embed(embed)
 
 
@@ -132,8 +137,9 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     clip_skip="Default clip skip (anime SD 1.5 models usually want 2)",
     prediction="Prediction type (default: as the file says)",
     vae="A VAE .safetensors in the model folder to use instead of the model's own",
+    profile="Sampling profile of a distilled checkpoint (default: read from the file)",
 )
-@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES)
+@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES, profile=profile_choices("checkpoint"))
 @app_commands.autocomplete(file=model_file_autocomplete)
 async def model_add(
     interaction: discord.Interaction[Any],
@@ -146,6 +152,7 @@ async def model_add(
     clip_skip: app_commands.Range[int, 1, 12] | None = None,
     prediction: str | None = None,
     vae: str | None = None,
+    profile: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -160,6 +167,8 @@ async def model_add(
         return
     try:
         extra = _model_options(family, clip_skip, prediction)
+        if profile is not None:
+            extra.update(profile_option()(profile, interaction))
         entry = ModelEntry.from_file_info(
             info, name=name, nsfw=nsfw, description=description or "", vae=vae or "", **extra
         )
@@ -170,7 +179,11 @@ async def model_add(
     except RegistryError as exc:
         await send_private(interaction, str(exc))
         return
-    await send_private(interaction, f"Registered **{added.name}**.", embed=model_card(added, show_file=True))
+    note = f"Registered **{added.name}**."
+    if added.speed_profile:
+        evidence = None if profile else evidence_for(info.path, info.metadata, None, "checkpoint", added.speed_profile)
+        note += proposal(added.speed_profile, evidence, "/model edit")
+    await send_private(interaction, note, embed=model_card(added, show_file=True))
 
 
 async def _vae_usable(interaction: discord.Interaction[Any], vae: str) -> bool:
@@ -216,6 +229,8 @@ MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
     EditField("channels", "allowed_channel_ids", str, "Channels that may use it: type # to pick them, or `all`", convert=channel_set("allowed_channel_ids")),
     EditField("family", "family", str, "Model family (Pony, Illustrious, ...): LoRAs of other families get a warning", choices=FAMILY_CHOICES),
     EditField("clip_skip", "default_clip_skip", app_commands.Range[int, 1, 12], "Clip skip used when a request gives none"),
+    EditField("profile", "speed_profile", str, "Sampling profile of a distilled checkpoint (`none` removes it)", choices=profile_choices("checkpoint"), convert=profile_option()),
+    EditField("fast_with", "fast_with", app_commands.Range[str, 1, 100], "Speed LoRA (or faster model) the server's fast mode uses with it (`none` clears)", convert=text_or_clear("fast_with", None)),
     EditField("prediction", "prediction_type", str, "Prediction type; auto reads it from the file", choices=PREDICTION_CHOICES, convert=lambda v, _i: {"prediction_type": "" if v == "auto" else v}),
 )
 
@@ -242,6 +257,24 @@ model_edit = build_edit_command(
     fields=MODEL_EDIT_FIELDS,
     apply=_apply_model_edit,
 )
+
+
+@model.command(name="fast", description="Turn the server's fast mode on or off: each model with its fast_with (admin)")
+@admin_only()
+@app_commands.describe(enabled="On: every /imagine uses its model's fast_with unless a member asks for speed:normal")
+async def model_fast(interaction: discord.Interaction[Any], enabled: bool) -> None:
+    """/settings holds Discord's 25 options already, so the switch lives beside ``fast_with``."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    assert interaction.guild_id is not None
+    registry = features_of(interaction).registry
+    await registry.settings.update(interaction.guild_id, interaction.user.id, fast_mode=enabled)
+    models = await registry.models.all(interaction.guild_id)
+    lines = [f"**{m.name}** → `{m.fast_with}`" for m in models if m.fast_with]
+    if not enabled:
+        await send_private(interaction, "Fast mode is **off**: members get it with `/imagine speed:fast`.")
+        return
+    listed = "\n".join(lines) if lines else "No model has a fast setting yet: set one with `/model edit fast_with:`."
+    await send_private(interaction, "Fast mode is **on** (a member opts out with `/imagine speed:normal`).\n" + listed)
 
 
 @model.command(name="remove", description="Remove a model from this server (admin)")

@@ -175,7 +175,11 @@ def keep_fp8(model: Any, stored_fp8: set[str], storage: Any) -> int:
     import torch
     import torch.nn.functional as F
 
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
     def forward(self: Any, x: Any) -> Any:
+        if x.dtype in fp8:  # a model that casts its input to the weight's dtype (Z-Image's t_embedder)
+            x = x.to(self.bias.dtype if self.bias is not None else torch.bfloat16)
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
     count = 0

@@ -437,9 +437,9 @@ class FluxRuntime:
 
     def scheduler(self, base_config: Any, sampler: str, prediction: Any = None) -> Any:
         """Flow-matching Euler on the model's own config (dev: resolution-dependent shift)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        from engine.samplers import flow_match_scheduler
 
-        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
+        return flow_match_scheduler(base_config)
 
     def prepare_latents(self, pipe: Any, recipe: Any, generators: Sequence[Any], *, device: Any) -> Any:
         import torch

@@ -98,6 +98,8 @@ class _Graph:
             if node is None or id(node) in seen:
                 continue
             seen.add(id(node))
+            if node["class_type"] == "ConditioningZeroOut":  # a zeroed conditioning: no text (Z-Image's negative)
+                return "", None
             if node["class_type"] in TEXT_ENCODERS or "text" in node["inputs"]:
                 inputs = node["inputs"]
                 # CLIPTextEncodeFlux: T5 reads the prompt proper; CLIP-L only gives the pooled vector.
@@ -178,6 +180,7 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
         n["class_type"] in FLUX_NODES or (n["class_type"] == "DualCLIPLoader" and n["inputs"].get("type") == "flux")
         for n in graph.nodes.values()
     )
+    zimage = is_zimage(graph) and not flux
     model: Resource | None = None
     loras: list[Resource] = []
     for node in graph.upstream(inputs.get("model"), ("model",)):
@@ -219,6 +222,13 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     sampler_name = inputs.get("sampler_name")
     if isinstance(sampler_name, str):
         values["sampler"] = samplers.from_comfy(sampler_name, as_text(inputs.get("scheduler")))
+    if zimage:
+        values["architecture"], values["variant"] = "zimage", _zimage_variant(graph)
+        if values.get("sampler") not in (None, "Euler"):
+            # ComfyUI's Z-Image template samples with res_multistep; Z-Image runs flow-matching
+            # Euler here (ZImagePipeline's), at the same shift.
+            notes.append(f"It used the sampler {values['sampler']}; Z-Image runs flow-matching Euler here.")
+            values["sampler"] = "Euler"
     latent = graph.linked(inputs.get("latent_image"))
     if latent is not None and "width" in latent["inputs"]:
         values["width"], values["height"] = as_int(latent["inputs"].get("width")), as_int(latent["inputs"].get("height"))
@@ -230,7 +240,9 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
         if node["class_type"] == "DualCLIPLoader" and flux:
             names = [as_text(node["inputs"].get(k))[:120] for k in ("clip_name1", "clip_name2")]
             notes.append(f"Its FLUX text encoders ({', '.join(n for n in names if n)}) and VAE are the model's own here, as its operator set them up.")
-        if node["class_type"] == "VAELoader" and not flux:
+        if node["class_type"] == "CLIPLoader" and zimage:
+            notes.append(f"Its text encoder ({as_text(node['inputs'].get('clip_name'))[:120]}) and VAE are the model's own here, as its operator set them up.")
+        if node["class_type"] == "VAELoader" and not flux and not zimage:
             vae = resource("vae", node["inputs"].get("vae_name"))
             break
     for class_type in sorted({n["class_type"] for n in graph.nodes.values()}):
@@ -264,3 +276,24 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     )
     resources = ([model] if model else []) + loras + [resource("embedding", e) for e in embeddings] + ([vae] if vae else [])
     return with_tag_loras(FoundRecipe("ComfyUI", source, recipe, tuple(resources), missing, tuple(notes)))
+
+
+#: What ComfyUI's Z-Image graphs (its z_image templates) load: the Qwen3 text encoder through a
+#: CLIPLoader of type ``lumina2`` (Lumina 2's own reads Gemma), or a transformer so named.
+_ZIMAGE_NAMES = ("z_image", "z-image", "zimage")
+
+
+def is_zimage(graph: _Graph) -> bool:
+    for node in graph.nodes.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CLIPLoader" and inputs.get("type") == "lumina2" and "qwen" in as_text(inputs.get("clip_name")).lower():
+            return True
+        if node["class_type"] in CHECKPOINT_LOADERS and any(n in as_text(inputs.get("unet_name") or inputs.get("ckpt_name")).lower() for n in _ZIMAGE_NAMES):
+            return True
+    return False
+
+
+def _zimage_variant(graph: _Graph) -> str:
+    names = " ".join(as_text(n["inputs"].get("unet_name") or n["inputs"].get("ckpt_name")).lower()
+                     for n in graph.nodes.values() if n["class_type"] in CHECKPOINT_LOADERS)  # fmt: skip
+    return "base" if "base" in names and "turbo" not in names else "turbo"

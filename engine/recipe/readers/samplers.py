@@ -26,6 +26,7 @@ COMFY = {
     "uni_pc": "UniPC",
     "uni_pc_bh2": "UniPC",
     "lcm": "LCM",
+    "tcd": "TCD",
 }
 COMFY_SCHEDULES = {"karras": "Karras", "exponential": "Exponential", "sgm_uniform": "SGM Uniform"}
 

@@ -1,0 +1,125 @@
+"""Tiny Qwen-Image models in the layouts people download, with seeded random weights, offline.
+
+The real classes (diffusers ``QwenImageTransformer2DModel`` and ``AutoencoderKLQwenImage``,
+transformers ``Qwen2_5_VLForConditionalGeneration`` with a one-block vision tower) at a tiny
+width, and the tiny byte-level Qwen tokenizer of :mod:`sandbox.zimage_builder`. Saved as a
+diffusers folder, and as the published single-file transformer (``qwen_image_bf16.safetensors``:
+diffusers' module names; bf16 or fp8 e4m3fn) beside a ``qwen-image-components/`` holding the
+repository's ``vae/``, ``text_encoder/`` and ``tokenizer/`` folders.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.component_configs import CONFIG_ROOT
+from sandbox.model_builder import _save, _seeded
+from sandbox.zimage_builder import SPECIAL, _store, write_tokenizer
+
+StoreDtype = Literal["bf16", "fp8", "fp8_scaled"]
+TEXT_WIDTH = 32
+
+
+def _read(component: str, name: str = "config.json") -> dict[str, Any]:
+    return json.loads((CONFIG_ROOT / "qwen_image" / component / name).read_text(encoding="utf-8"))
+
+
+def text_encoder_config() -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    vocab = 256 + len(SPECIAL)
+    return Qwen2_5_VLConfig(
+        text_config=dict(hidden_size=TEXT_WIDTH, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=vocab + 3, max_position_embeddings=2048, rope_theta=1e6,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=None,
+                         eos_token_id=258),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=TEXT_WIDTH,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]),
+        image_token_id=vocab, video_token_id=vocab + 1, vision_start_token_id=vocab + 2,
+    )  # fmt: skip
+
+
+def build_components(seed: int = 0, *, heads: int = 2, head_dim: int = 16, layers: int = 2) -> dict[str, Any]:
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from engine.arch.qwen_image.loading import rope_axes
+
+    config = _read("transformer")
+    config.update(num_layers=layers, attention_head_dim=head_dim, num_attention_heads=heads,
+                  joint_attention_dim=TEXT_WIDTH, axes_dims_rope=rope_axes(head_dim))  # fmt: skip
+    _seeded(seed * 100 + 31)
+    transformer = QwenImageTransformer2DModel.from_config(config)
+    _seeded(seed * 100 + 32)
+    vae = AutoencoderKLQwenImage(base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
+                                 temperal_downsample=[False, True, True])  # fmt: skip
+    _seeded(seed * 100 + 33)
+    text = Qwen2_5_VLForConditionalGeneration(text_encoder_config())
+    generator = torch.Generator().manual_seed(seed * 100 + 39)
+    with torch.no_grad():  # louder outputs than a fresh network's, so a LoRA's change shows
+        for name, param in transformer.named_parameters():
+            if name.startswith(("proj_out", "norm_out")) and param.ndim >= 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    parts = {"transformer": transformer, "vae": vae, "text_encoder": text,
+             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(_read("scheduler", "scheduler_config.json"))}  # fmt: skip
+    for module in parts.values():
+        if hasattr(module, "eval"):
+            module.eval()
+    return parts
+
+
+@dataclass(frozen=True)
+class QwenImageBuild:
+    folder: Path
+    transformer: Path
+    components: Path  # qwen-image-components/ with vae/, text_encoder/, tokenizer/
+
+
+def build_qwen_image(out: Path, *, seed: int = 0, dtype: StoreDtype = "bf16", **shape: int) -> QwenImageBuild:
+    parts = build_components(seed, **shape)
+    folder = out / "qwen-image-diffusers"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text((CONFIG_ROOT / "qwen_image" / "model_index.json").read_text())
+    for name, module in parts.items():
+        module.save_pretrained(str(folder / name), **({} if name == "scheduler" else {"safe_serialization": True}))
+    write_tokenizer(folder / "tokenizer")
+    components = out / "qwen-image-components"
+    for name in ("vae", "text_encoder", "tokenizer"):
+        shutil.copytree(folder / name, components / name, dirs_exist_ok=True)
+    suffix = {"bf16": "bf16", "fp8": "fp8_e4m3fn", "fp8_scaled": "fp8_scaled"}[dtype]
+    transformer = out / f"qwen_image_{suffix}.safetensors"
+    _save(_store({k: v.detach() for k, v in parts["transformer"].state_dict().items()}, dtype), transformer, {})
+    return QwenImageBuild(folder=folder, transformer=transformer, components=components)
+
+
+def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> Path:
+    """A musubi-tuner Qwen-Image LoRA (kohya names over diffusers' modules) on every 2-D weight
+    of the blocks, bf16."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(transformer), framework="pt") as handle:
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for key, shape in sorted(shapes.items()):
+        if not key.startswith("transformer_blocks.") or not key.endswith(".weight") or len(shape) != 2:
+            continue
+        name = "lora_unet_" + key.removesuffix(".weight").replace(".", "_")
+        state[f"{name}.lora_down.weight"] = torch.randn(rank, shape[1], generator=generator) * 0.1
+        state[f"{name}.lora_up.weight"] = torch.randn(shape[0], rank, generator=generator) * 0.1
+        state[f"{name}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path),
+              {"ss_network_module": "networks.lora_qwen_image", "ss_base_model_version": "qwen_image"})  # fmt: skip
+    return path
