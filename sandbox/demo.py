@@ -250,12 +250,15 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
     moments.refusal, moments.refusal_text = refusal, shown_text(refusal)
     moments.notes = {
         "alone": f"The same seed ({SEED}) and the same words, one changed: 'noon' or 'night'. The model "
-                 "learned what each word looks like from its captions.",
+                 "learned what each word looks like from its captions. It is under-trained: its noon "
+                 "can look like a warm evening, but its night is unmistakable.",
         "strip": f"The same prompt and seed ({LORA_SEED}) with the {style['name']} LoRA ({style['description']}) at "
                  f"weights {', '.join(STRIP)}. The weight scales what the LoRA adds to the model's "
                  "weights, so the style fades in.",
         "stack": f"{character['name']} ({character['description']}) is called by its trigger words in the "
-                 f"prompt; {style['name']} is stacked on top. Reroll keeps the recipe and draws a new seed.",
+                 f"prompt; {style['name']} is stacked on top. Reroll keeps the recipe and draws a new seed. "
+                 "This small model draws the captain only roughly (pale figures with a touch of red), "
+                 "but with both LoRAs the picture is sepia and holds shapes that sepia alone does not.",
         "remix": f"Remix opens the recipe prefilled; here the member set {style['name']} to 0 and kept "
                  "everything else, seed included.",
         "refusal": f"{wrong['name']} was made for SDXL; the bot checks a LoRA against the model before "
