@@ -575,7 +575,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        # No cuDNN autotuning: each new batch shape costs seconds, more than a short stage gains.
+        torch.backends.cudnn.benchmark = False
     configs = component_configs()
     report: dict[str, Any] = {"seed": args.seed, "device": device, "command": " ".join(sys.argv), "configs": configs}
 
