@@ -34,6 +34,7 @@ from bot.assembly import StartError, assembled
 from bot.jobs.dispatcher import Dispatcher
 from bot.operator.config import BotConfig
 from engine.auth import new_token
+from sandbox.demo_page import Moments, write_page
 from sandbox.discord_double import (
     MANAGE_GUILD,
     Channel,
@@ -45,12 +46,21 @@ from sandbox.discord_double import (
 )
 from sandbox.discord_double.transcript import write_transcript
 
-#: The scripted member's recipe: small enough for a 2-core CPU, real enough to show everything.
-PROMPT = "a lighthouse on a cliff at dusk, dramatic sky"
-NEGATIVE = "blurry, low quality"
-STEPS = 12
-SIZE = "512x512"
-SEED = 1234
+#: The scripted member's recipes: the trained demo model's world (sandbox/train_demo/scenes.py)
+#: at the size it was trained for, few enough steps for a 2-core CPU.
+PROMPT = "a lighthouse by the sea at noon"
+NIGHT_PROMPT = "a lighthouse by the sea at night"
+#: The LoRAs' trigger words are in the prompts (the bot would add them otherwise).
+STYLE_PROMPT = "sepia photo, a lighthouse by the sea at noon"
+CHARACTER_PROMPT = "sepia photo, captain nova, a lighthouse by the sea at noon"
+STEPS = 14
+SIZE = "256x256"
+#: Seeds picked where the small model draws its scene cleanly (it is under-trained: some seeds
+#: give a muddled picture; see sandbox/demo_weights/README.md).
+SEED = 1234  # the model alone: noon against night
+LORA_SEED = 99  # the LoRA pictures: the weight strip, the stack and its remix
+#: The weights of the weight strip (the same seed and prompt at each).
+STRIP = ("0", "0.3", "0.6", "1")
 RESULT_TIMEOUT = 240.0
 #: How long the demo waits, after the session, for every job to end before it stops the bot.
 SETTLE_TIMEOUT = 60.0
@@ -77,23 +87,33 @@ def build_assets(folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "sandbox", "build-models", "--out", str(folder)],
+        [sys.executable, "-m", "sandbox", "build-models", "--out", str(folder), "--trained"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     if result.returncode != 0 or not manifest.is_file():
         raise DemoError(f"building the demo models failed:\n{result.stderr[-3000:]}")
-    _say(f"tiny models and LoRAs ready in {folder} ({time.perf_counter() - started:.1f} s)")
+    _say(f"models and LoRAs ready in {folder} ({time.perf_counter() - started:.1f} s)")
     return json.loads(manifest.read_text(encoding="utf-8"))
 
 
 class Session:
     """The people in the demo channel and the few moves they make."""
 
-    def __init__(self, double: DiscordDouble, channel: Channel, admin: Member, member: Member) -> None:
+    def __init__(
+        self, double: DiscordDouble, channel: Channel, admin: Member, member: Member,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:  # fmt: skip
         self.double = double
         self.channel = channel
         self.admin = admin
         self.member = member
+        self.dispatcher = dispatcher
+
+    async def settled(self) -> None:
+        """Wait until the member's last job has fully ended (posted, and the member told), as a
+        person would before sending the next one: the server holds at most two per member."""
+        if self.dispatcher is not None:
+            await wait_until_settled(self.dispatcher)
 
     async def command(
         self, who: Member, name: str, options: dict[str, Any], *, subcommand: str | None = None
@@ -129,14 +149,16 @@ class Session:
         await asyncio.sleep(HUMAN_PAUSE)
 
 
-async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE) -> None:
-    """The scripted session. Each step goes through Discord's wire protocol, as a person's would."""
+async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS, size: str = SIZE) -> Moments:
+    """The scripted session. Each step goes through Discord's wire protocol, as a person's would;
+    returns its messages by what they teach (for the page)."""
     models: dict[str, str] = manifest["models"]
     demo_loras = [lora for lora in manifest["loras"] if lora.get("purpose", "demo") == "demo"]
     sd15_loras = [lora for lora in demo_loras if lora["architecture"] == "sd15"]
     sdxl_loras = [lora for lora in demo_loras if lora["architecture"] == "sdxl"]
     if len(sd15_loras) < 2 or not sdxl_loras:
         raise DemoError(f"the demo needs two SD 1.5 LoRAs and one SDXL LoRA; the build made {demo_loras}")
+    moments = Moments()
 
     # 1. The admin curates the registry from the files the engine can see.
     for arch, file in sorted(models.items()):
@@ -144,7 +166,9 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
             session.admin, "model", {"file": file, "name": f"tiny-{arch}", "make_default": arch == "sd15"},
             subcommand="add",
         )  # fmt: skip
-        _say(f"  -> {(await session.answer(handle)).content}")
+        answer = await session.answer(handle)
+        moments.admin.append(answer)
+        _say(f"  -> {answer.content}")
     for lora in demo_loras:
         options = {
             "file": lora["file"], "name": lora["name"], "category": lora.get("category", "other"),
@@ -154,41 +178,64 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
             # A diffusers-format file carries no training tags: the admin supplies the trigger word.
             options["trigger_words"] = ", ".join(lora["trigger_words"])
         handle = await session.command(session.admin, "lora", options, subcommand="add")
-        _say(f"  -> {(await session.answer(handle)).content}")
+        answer = await session.answer(handle)
+        moments.admin.append(answer)
+        _say(f"  -> {answer.content}")
 
-    # 2. A member imagines with a two-LoRA stack.
-    first, second = sd15_loras[0], sd15_loras[1]
-    before = session.seen()
-    await session.command(
-        session.member, "imagine",
-        {
-            "prompt": PROMPT, "negative": NEGATIVE, "model": "tiny-sd15",
-            "lora1": first["name"], "weight1": "0.8", "lora2": second["name"], "weight2": "0.5",
-            "steps": steps, "size": size, "seed": SEED,
-        },
-    )  # fmt: skip
-    original = await session.next_result(before, "/imagine")
+    style = next((lo for lo in sd15_loras if lo.get("category") == "style"), sd15_loras[0])
+    character = next((lo for lo in sd15_loras if lo.get("category") == "character" and lo is not style),
+                     next(lo for lo in sd15_loras if lo is not style))  # fmt: skip
+    base = {"model": "tiny-sd15", "steps": steps, "size": size, "seed": SEED}
 
-    # 3. Reroll: the same recipe with a new seed.
+    async def imagine(what: str, options: dict[str, Any]) -> StoredMessage:
+        before = session.seen()
+        await session.command(session.member, "imagine", {**base, **options})
+        message = await session.next_result(before, what)
+        await session.settled()
+        return message
+
+    # 2. The model alone: the prompt decides the picture (night against noon, same seed).
+    noon = await imagine("/imagine at noon", {"prompt": PROMPT})
+    night = await imagine("/imagine at night", {"prompt": NIGHT_PROMPT})
+    # 3. A weight strip: the same seed and prompt with the style LoRA at each weight.
+    strip = []
+    for weight in STRIP:
+        message = await imagine(f"/imagine {style['name']}:{weight}",
+                                {"prompt": STYLE_PROMPT, "lora1": style["name"], "weight1": weight,
+                                 "seed": LORA_SEED})  # fmt: skip
+        strip.append((f"{style['name']} at weight {weight}", message))
+    moments.alone = [("at noon", noon), ("at night", night)]
+    moments.strip = strip
+
+    # 4. Two LoRAs at once: the character (its trigger word in the prompt) and the style.
+    original = await imagine("/imagine with two LoRAs", {
+        "prompt": CHARACTER_PROMPT, "lora1": character["name"], "weight1": "1",
+        "lora2": style["name"], "weight2": "1", "seed": LORA_SEED,
+    })  # fmt: skip
+
+    # 5. Reroll: the same recipe with a new seed.
     await session.look_at()
     _say(f"{session.member.user.name} presses Reroll")
     before = session.seen()
     await session.double.click(session.member, original, "atelier:img:reroll")
-    await session.next_result(before, "Reroll")
+    reroll = await session.next_result(before, "Reroll")
+    await session.settled()
+    moments.stack = [(f"{character['name']} 1 + {style['name']} 1", original), ("Reroll: a new seed", reroll)]
 
-    # 4. Remix: the modal comes prefilled; the member lowers the first LoRA's weight.
-    _say(f"{session.member.user.name} presses Remix and changes {first['name']} to 0.3")
+    # 6. Remix: the modal comes prefilled; the member takes the style LoRA out (weight 0).
+    _say(f"{session.member.user.name} presses Remix and sets {style['name']} to 0")
     click = await session.double.click(session.member, original, "atelier:img:remix")
     await click.wait_response(3)
     if click.modal is None:
         raise DemoError(f"Remix did not open a modal: {click.responses}")
     before = session.seen()
     await session.double.submit_modal(
-        session.member, click, {"loras": f"{first['name']}:0.3\n{second['name']}:0.5"}
+        session.member, click, {"loras": f"{character['name']}:1\n{style['name']}:0"}
     )
-    await session.next_result(before, "Remix")
+    remix = await session.next_result(before, "Remix")
+    moments.remix = [("the original", original), (f"Remix: {style['name']} at 0", remix)]
 
-    # 5. A LoRA trained for SDXL on the SD 1.5 model: refused before any GPU time is spent.
+    # 7. A LoRA trained for SDXL on the SD 1.5 model: refused before any GPU time is spent.
     wrong = sdxl_loras[0]
     handle = await session.command(
         session.member, "imagine",
@@ -200,6 +247,24 @@ async def play(session: Session, manifest: dict[str, Any], *, steps: int = STEPS
     _say("  -> refused, privately:")
     for line in shown_text(refusal).splitlines():
         _say(f"     {line}")
+    moments.refusal, moments.refusal_text = refusal, shown_text(refusal)
+    moments.notes = {
+        "alone": f"The same seed ({SEED}) and the same words, one changed: 'noon' or 'night'. The model "
+                 "learned what each word looks like from its captions. It is under-trained: its noon "
+                 "can look like a warm evening, but its night is unmistakable.",
+        "strip": f"The same prompt and seed ({LORA_SEED}) with the {style['name']} LoRA ({style['description']}) at "
+                 f"weights {', '.join(STRIP)}. The weight scales what the LoRA adds to the model's "
+                 "weights, so the style fades in.",
+        "stack": f"{character['name']} ({character['description']}) is called by its trigger words in the "
+                 f"prompt; {style['name']} is stacked on top. Reroll keeps the recipe and draws a new seed. "
+                 "This small model draws the captain only roughly (pale figures with a touch of red), "
+                 "but with both LoRAs the picture is sepia and holds shapes that sepia alone does not.",
+        "remix": f"Remix opens the recipe prefilled; here the member set {style['name']} to 0 and kept "
+                 "everything else, seed included.",
+        "refusal": f"{wrong['name']} was made for SDXL; the bot checks a LoRA against the model before "
+                   "queueing the job and tells only the member who asked.",
+    }
+    return moments
 
 
 def shown_text(message: StoredMessage) -> str:
@@ -261,12 +326,15 @@ async def run_demo(
             async with run_bot(bot, double):
                 _say(f"bot connected to the local Discord double at {double.base_url}")
                 started = time.perf_counter()
-                await play(Session(double, channel, admin, member), manifest, steps=steps, size=size)
+                session = Session(double, channel, admin, member, bot.dispatcher)
+                moments = await play(session, manifest, steps=steps, size=size)
                 await wait_until_settled(bot.dispatcher)
                 _say(f"scripted session played in {time.perf_counter() - started:.1f} s")
         transcript = write_transcript(double, channel, out, title="Atelier sandbox: #studio")
-    _say(f"wrote {transcript.text} and {len(transcript.files)} uploaded file(s) in {transcript.folder / 'files'}")
-    return transcript.html
+        names = {user_id: user.name for user_id, user in double.users.items()}
+        page = write_page(out, moments, names)
+    _say(f"wrote {page}, {transcript.text} and {len(transcript.files)} uploaded file(s) in {transcript.folder / 'files'}")
+    return page
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -501,14 +501,14 @@ def save_checkpoint(unet: Any, vae: Any, text_encoder: Any, path: Path) -> None:
 
 def lora_metadata(spec: LoraSpec, rank: int, conv_rank: int, tune: dict[str, Any], stats: dict[str, Any],
                   captions: Sequence[str], seed: int) -> dict[str, str]:  # fmt: skip
-    """What kohya's extraction writes, plus the training this LoRA really had."""
-    from collections import Counter
+    """What kohya's extraction writes, plus the training this LoRA really had.
 
+    No ``ss_tag_frequency``: an extracted LoRA has no dataset of its own (kohya's extraction
+    writes none either), and readers take ``modelspec.trigger_phrase`` instead.
+    """
     from sandbox.model_builder import BASE_MODEL_VERSION, MODELSPEC
 
     trigger = scenes.TRIGGERS[spec.style]
-    words = Counter(w.strip() for c in captions for w in c.split(","))
-    tags = dict(words.most_common(12))
     comment = (
         f"extracted by per-layer SVD from a full fine-tune of every conv and linear weight of the "
         f"UNet{' and text encoder' if spec.text_encoder else ''} of atelier-demo-sd15: "
@@ -523,7 +523,6 @@ def lora_metadata(spec: LoraSpec, rank: int, conv_rank: int, tune: dict[str, Any
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(rank)),
         "ss_network_args": json.dumps({"conv_dim": str(conv_rank), "conv_alpha": str(float(conv_rank))}),
-        "ss_tag_frequency": json.dumps({f"1_{spec.name}": tags}),
         "ss_training_comment": comment,
         "ss_seed": str(seed),
         "ss_max_train_steps": str(tune["steps"]),
@@ -576,7 +575,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        # No cuDNN autotuning: each new batch shape costs seconds, more than a short stage gains.
+        torch.backends.cudnn.benchmark = False
     configs = component_configs()
     report: dict[str, Any] = {"seed": args.seed, "device": device, "command": " ".join(sys.argv), "configs": configs}
 
