@@ -28,6 +28,18 @@ DEFAULTS = {"dev": (28, 3.5, 512), "schnell": (4, None, 256)}
 SIZE_MULTIPLE = 16
 
 
+def cast_transformer(transformer: Any, torch_type: Any) -> None:
+    """Put a DiT's 16/32-bit parameters and buffers in the engine's dtype, leaving fp8 ones as
+    stored: an fp8 file keeps its weights fp8 and computes in 16 bits (FLUX.1, Z-Image, Qwen-Image
+    and FLUX.2 load this way)."""
+    import torch
+
+    fp8_types = (torch.float8_e4m3fn, torch.float8_e5m2)
+    for tensor in [*transformer.parameters(), *transformer.buffers()]:
+        if tensor.is_floating_point() and tensor.dtype not in fp8_types and tensor.dtype != torch_type:
+            tensor.data = tensor.data.to(torch_type)
+
+
 @dataclass(frozen=True)
 class FluxRequest:
     prompt: str
@@ -355,14 +367,10 @@ class FluxRuntime:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load '{path.name}' as a FLUX.1 model "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
-        import torch
 
         # An fp8 file computes in bf16 (loading.transformer_from_bfl); the rest of the pipeline
         # runs in the engine's dtype, so the transformer's 16-bit parts follow it (fp8 stays fp8).
-        fp8_types = (torch.float8_e4m3fn, torch.float8_e5m2)
-        for tensor in [*pipe.transformer.parameters(), *pipe.transformer.buffers()]:
-            if tensor.is_floating_point() and tensor.dtype not in fp8_types and tensor.dtype != torch_type:
-                tensor.data = tensor.data.to(torch_type)
+        cast_transformer(pipe.transformer, torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         encoders = sum(_tensor_bytes(m) for m in (pipe.text_encoder, pipe.text_encoder_2))
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,

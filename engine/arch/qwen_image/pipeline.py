@@ -26,6 +26,7 @@ from engine.arch.flux.pipeline import (
     _shared_component,
     _tensor_bytes,
     apply_memory_plan,
+    cast_transformer,
     compute_dtype,
     memory_plan,
 )
@@ -128,7 +129,6 @@ class QwenImageRuntime:
 
     def load(self, path: Path, *, device: str, dtype: str, model_root: Path | None = None,
              device_budget: int | None = None, fp8: str = "auto") -> Any:  # fmt: skip
-        import torch
 
         from engine.arch.qwen_image import loading
         from engine.pipelines import torch_dtype
@@ -157,10 +157,7 @@ class QwenImageRuntime:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load '{path.name}' as a Qwen-Image model "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
-        fp8_types = (torch.float8_e4m3fn, torch.float8_e5m2)
-        for tensor in [*pipe.transformer.parameters(), *pipe.transformer.buffers()]:
-            if tensor.is_floating_point() and tensor.dtype not in fp8_types and tensor.dtype != torch_type:
-                tensor.data = tensor.data.to(torch_type)
+        cast_transformer(pipe.transformer, torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,
                            text_encoder_bytes=_tensor_bytes(pipe.text_encoder), file_storage=storage, dtype=dtype,

@@ -28,6 +28,7 @@ from engine.arch.flux.pipeline import (
     _shared_component,
     _tensor_bytes,
     apply_memory_plan,
+    cast_transformer,
     compute_dtype,
     memory_plan,
 )
@@ -157,7 +158,6 @@ class ZImageRuntime:
              device_budget: int | None = None, fp8: str = "auto") -> Any:  # fmt: skip
         """A ``ZImagePipeline`` from a diffusers folder, or a single-file transformer with the
         shared components of :func:`find_components` (each loaded once for all models)."""
-        import torch
 
         from engine.arch.zimage import loading
         from engine.pipelines import torch_dtype
@@ -193,10 +193,7 @@ class ZImageRuntime:
                               f"text features but its text encoder gives {pipe.text_encoder.config.hidden_size}: "
                               "Z-Image reads Qwen3-4B (2560); a Lumina 2 file reads Gemma and is not Z-Image")  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
-        fp8_types = (torch.float8_e4m3fn, torch.float8_e5m2)
-        for tensor in [*pipe.transformer.parameters(), *pipe.transformer.buffers()]:
-            if tensor.is_floating_point() and tensor.dtype not in fp8_types and tensor.dtype != torch_type:
-                tensor.data = tensor.data.to(torch_type)
+        cast_transformer(pipe.transformer, torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,
                            text_encoder_bytes=_tensor_bytes(pipe.text_encoder), file_storage=storage, dtype=dtype,
