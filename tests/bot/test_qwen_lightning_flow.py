@@ -20,7 +20,7 @@ from engine.protocol import Recipe
 from engine.recipe import share_code
 from engine.recipe.readers import read_image
 from sandbox.qwen_image_builder import QwenImageBuild, build_qwen_image, write_musubi_lora
-from tests.bot.conftest import World, png_parameters
+from tests.bot.conftest import SD15, World, png_parameters
 from tests.bot.test_admin_registry import run
 from tests.bot.test_buttons import recorded
 from tests.bot.test_speed_flow import imagine, pixels
@@ -104,4 +104,10 @@ async def test_a_shift_on_an_sd_model_is_refused_before_any_gpu_time(world: Worl
     handle = await world.double.slash(world.alice, world.channel, "imagine", {"prompt": "a fox", "shift": 3.0})
     refused = await handle.wait_followup()
     assert "Shift is a setting of flow-matching models" in refused.content and "Leave shift empty." in refused.content
+    # A shared Qwen-Image recipe run on an SD model instead leaves its shift behind.
+    code = share_code.encode(Recipe(model="qwen_image_bf16.safetensors", model_name="Qwen", prompt="a fox", steps=2,
+                                    sampler="Euler", cfg_scale=1.0, seed=4, shift=3.0))  # fmt: skip
+    result = await imagine(world, {"recipe": code, "model": SD15, "size": "512x512"})
+    parameters = png_parameters(result.attachments[0].data)
+    assert "Steps: 2, Sampler: Euler," in parameters and "Shift" not in parameters, parameters
     assert world.double.violations == []
