@@ -328,9 +328,11 @@ class Generator:
         total_images = sum(r.count for r in recipes)
         decision, apply_s, work = self._apply_stack(entry, entries, first, total_images)
         runtime = _arch.runtime_of(entry.arch)
-        own_scheduler = getattr(runtime, "scheduler", None)  # FLUX: flow-matching Euler
+        own_scheduler = getattr(runtime, "scheduler", None)  # the DiTs: flow-matching Euler
         if own_scheduler is not None:
-            pipe.scheduler = own_scheduler(entry.base_scheduler_config, first.sampler, prediction)
+            # The batch shares its shift (engine.recipe.batching); None keeps the model's own.
+            pipe.scheduler = own_scheduler(entry.base_scheduler_config, first.sampler, prediction,
+                                           shift=getattr(first, "shift", None))  # fmt: skip
         else:
             pipe.scheduler = make_scheduler(first.sampler, entry.base_scheduler_config, prediction)
         vectors = self._embedding_vectors(pipe, entry.arch, model_name, stack, embedding_files)

@@ -148,7 +148,12 @@ def flow_match_scheduler(base_config: Any, shift: float | None = None) -> Any:
 
     if shift is None:
         return FlowMatchEulerDiscreteScheduler.from_config(base_config)
-    return FlowMatchEulerDiscreteScheduler.from_config(base_config, shift=float(shift), use_dynamic_shifting=False)
+    # A fixed shift is the plain ``shift * s / (1 + (shift - 1) * s)`` of ComfyUI's
+    # ModelSamplingAuraFlow/SD3 and Forge, without Qwen-Image's terminal stretch (its config's
+    # ``shift_terminal`` 0.02), which the Lightning README turns off ("set shift_terminal to None").
+    return FlowMatchEulerDiscreteScheduler.from_config(
+        base_config, shift=float(shift), use_dynamic_shifting=False, shift_terminal=None
+    )
 
 
 #: Sigma schedules a model's own scheduler config may switch on (many community SDXL folders

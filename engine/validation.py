@@ -13,6 +13,7 @@ from typing import Any
 
 from engine import arch as _arch
 from engine.protocol import PREDICTION_TYPES, EngineError, ErrorCode, Recipe
+from engine.recipe.model import MAX_SHIFT
 from engine.samplers import get_sampler
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -82,6 +83,10 @@ def validate_recipe(recipe: Recipe, limits: RecipeLimits = DEFAULT_LIMITS) -> No
     eta = getattr(recipe, "eta", None)
     if eta is not None and (not _number(eta) or not 0 <= eta <= 1):
         refuse(f"eta must be from 0 to 1 (TCD's gamma, DDIM's eta), or left out; got {eta!r}")
+    shift = getattr(recipe, "shift", None)
+    if shift is not None and (not _number(shift) or not 0 < shift <= MAX_SHIFT):
+        refuse(f"shift must be above 0 and at most {MAX_SHIFT:g} (Qwen-Image-Lightning uses 3), "
+               f"or left out for the model's own; got {shift!r}")  # fmt: skip
     if len(recipe.loras) > limits.max_loras:
         refuse(f"at most {limits.max_loras} LoRAs can be stacked (got {len(recipe.loras)})")
     for lora in recipe.loras:
@@ -153,6 +158,12 @@ def check_for_architecture(recipe: Recipe, architecture: str, model_name: str) -
                     f"{spec.label} models like '{model_name}' need a {side_name} that is a multiple of "
                     f"{spec.size.multiple} (got {side}; use {around[0]} or {around[1]})",
                 )
+    if getattr(recipe, "shift", None) is not None and not spec.flow_matching:
+        raise EngineError(
+            ErrorCode.INVALID_RECIPE,
+            f"{spec.label} models like '{model_name}' have no flow-matching shift (only the DiTs such as "
+            "FLUX, Z-Image and Qwen-Image do); leave shift out",
+        )
     if spec.samplers and recipe.sampler not in spec.samplers:
         raise EngineError(
             ErrorCode.INVALID_RECIPE,

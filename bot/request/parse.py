@@ -86,6 +86,8 @@ class ImagineRequest:
     #: ``/imagine speed``: "fast" (the model's fast setting), "normal" (not even where the
     #: server's fast mode is on), None (as the server says).
     speed: str | None = None
+    #: The flow-matching shift (DiTs only); None: the profile's, else the model's own.
+    shift: float | None = None
 
 
 def extract_inline_loras(prompt: str) -> tuple[str, list[LoraRequest]]:
@@ -169,6 +171,7 @@ def build_request(
     count: int | None = None,
     clip_skip: int | None = None,
     speed: str | None = None,
+    shift: float | None = None,
 ) -> ImagineRequest:
     """Assemble a request from ``/imagine``'s options (or a Remix modal).
 
@@ -207,4 +210,5 @@ def build_request(
         count=1 if count is None else count,
         clip_skip=clip_skip,
         speed=speed,
+        shift=shift,
     )

@@ -87,6 +87,8 @@ def merge_profile(
     if reads_cfg and isinstance(request.cfg, (int, float)) and not low_cfg <= request.cfg <= high_cfg:
         cfg = fmt(profile.cfg) if low_cfg == high_cfg else f"{fmt(low_cfg)} to {fmt(high_cfg)}"
         check.note("profile_cfg", f"{wants} CFG {cfg}; running your {fmt(request.cfg)}.")
+    if profile.shift is not None and isinstance(request.shift, (int, float)) and request.shift != profile.shift:
+        check.note("profile_shift", f"{wants} shift {fmt(profile.shift)}; running your {fmt(request.shift)}.")
     if weight is not None and profile.lora_weight is not None and abs(weight - profile.lora_weight) > 1e-9:
         check.note("profile_weight", f"{wants} weight {fmt(profile.lora_weight)}; running your {fmt(weight)}.")
     merged = dataclasses.replace(
@@ -94,6 +96,7 @@ def merge_profile(
         sampler=request.sampler if request.sampler is not None else profile.sampler,
         steps=request.steps if request.steps is not None else profile.steps,
         cfg=request.cfg if request.cfg is not None else profile.cfg,
+        shift=request.shift if request.shift is not None else profile.shift,
     )
     check.note("profile", f"Sampling profile {profile.label} (from `{source}`): {profile.summary()}.")
     return Merged(merged, profile, source)

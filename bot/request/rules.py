@@ -19,6 +19,7 @@ from bot.request.parse import ImagineRequest
 from engine import arch as architectures
 from engine.arch.base import SizeRule
 from engine.prompting.chunks import CHUNK_LENGTH, Chunker
+from engine.recipe.model import MAX_SHIFT
 from engine.recipe.sampler_names import SAMPLERS
 from engine.tokenizer import BOS_ID, EOS_ID, clip_bpe
 
@@ -216,6 +217,31 @@ def check_size(
     return int(width) if isinstance(width, int) else 0, int(height) if isinstance(
         height, int
     ) else 0
+
+
+def check_shift(request: ImagineRequest, model: ModelEntry | None, check: Check) -> float | None:
+    """The recipe's flow-matching shift (the member's, else the profile's; None: the model's
+    own), or None with a problem where the model has none or the value is out of range."""
+    value = request.shift
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SHIFT:
+        check.problem(
+            "shift_out_of_range",
+            f"Shift {value!r} is outside what a flow-matching model runs (above 0, at most {MAX_SHIFT:g}).",
+            "Leave shift empty for the model's own, or use 3 (Qwen-Image-Lightning's).",
+        )
+        return None
+    spec = spec_of(model)
+    if spec is not None and not spec.flow_matching:
+        check.problem(
+            "shift_unsupported",
+            f"Shift is a setting of flow-matching models (FLUX, Z-Image, Qwen-Image); {spec.label} "
+            "models sample another way and have none.",
+            "Leave shift empty.",
+        )
+        return None
+    return float(value)
 
 
 def check_seed(

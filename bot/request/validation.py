@@ -39,6 +39,7 @@ from bot.request.rules import (
     check_clip_skip,
     check_sampler,
     check_seed,
+    check_shift,
     check_size,
     check_steps,
     note_ignored,
@@ -114,6 +115,7 @@ def validate(
     sampler = check_sampler(merged.request, model, check)
     steps = check_steps(merged.request, model, catalog, check)
     cfg = check_cfg(merged.request, model, catalog, check)
+    shift = check_shift(merged.request, model, check)
     note_ignored(request, model, check)
     width, height = check_size(request, model, catalog, check)
     if (
@@ -163,6 +165,7 @@ def validate(
         architecture=model.architecture,
         variant=model.variant or "",
         eta=eta_for(merged, sampler),
+        shift=shift,
     )
     return Validated(
         recipe=recipe,

@@ -171,6 +171,7 @@ class Actions:
         parent: Parent | None = None,
         picture: PictureChoice | None = None,
         speed: str | None = None,
+        shift: float | None = None,
     ) -> bool:
         """Validate and queue; the interaction must already be deferred (ephemeral).
 
@@ -203,6 +204,7 @@ class Actions:
             count=count,
             clip_skip=clip_skip,
             speed=speed,
+            shift=shift,
         )
         # LoRAs named by a Civitai AIR this server lacks: fetched first where the member's role
         # may (bot.sources), else validation explains who can add them.
@@ -322,12 +324,16 @@ class Actions:
             "height": recipe.height,
             "count": recipe.count,
             "clip_skip": recipe.clip_skip,
+            # The shift that ran, whoever set it (the member, or a profile since changed).
+            "shift": recipe.shift,
             # An input image and its strength, or an upscale pass, go with the recipe.
             "picture": PictureChoice.of(recipe),
             # A recipe says what ran: the server's fast mode does not add to it.
             "speed": "normal",
         }
         values.update(changes)
+        if "shift" not in changes and values["model"] != (recipe.model_name or recipe.model):
+            values["shift"] = None  # another model: its own shift (or none: SD has none)
         return await self.imagine(interaction, origin=origin, **values)
 
     async def run_remix_form(

@@ -115,6 +115,8 @@ def recipe_embed(
     embed.add_field(name="CFG", value=format_weight(recipe.cfg_scale), inline=True)
     if recipe.clip_skip > 1:
         embed.add_field(name="Clip skip", value=str(recipe.clip_skip), inline=True)
+    if getattr(recipe, "shift", None) is not None:
+        embed.add_field(name="Shift", value=format_weight(recipe.shift), inline=True)
     if recipe.loras:
         lines = [f"`{lora.display_name}` × {format_weight(lora.weight)}" for lora in recipe.loras]
         embed.add_field(name=f"LoRAs ({len(recipe.loras)})", value="\n".join(lines), inline=False)
@@ -270,6 +272,8 @@ def recipe_card(
     settings = f"{recipe.sampler} · {recipe.steps} steps · CFG {format_weight(recipe.cfg_scale)} · {recipe.width}×{recipe.height} · seed {recipe.seed}"
     if recipe.clip_skip > 1:
         settings += f" · clip skip {recipe.clip_skip}"
+    if getattr(recipe, "shift", None) is not None:
+        settings += f" · shift {format_weight(recipe.shift)}"
     embed.add_field(name="Settings", value=settings, inline=False)
     if recipe.loras:
         links = lora_links or {}

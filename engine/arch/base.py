@@ -186,6 +186,9 @@ class Architecture:
     samplers: tuple[str, ...] = ()
     default_sampler: str = ""
     default_steps: int = 20
+    #: Samples by flow matching (the DiTs), so a recipe's ``shift`` applies; SD 1.5 and SDXL
+    #: sample by noise prediction and have no shift.
+    flow_matching: bool = False
     guidance: Guidance = Guidance("cfg", 7.0)
     uses_negative: bool = True
     prompt_budget: PromptBudget = PromptBudget("clip_chunks", 75)

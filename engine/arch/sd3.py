@@ -36,6 +36,7 @@ SD3 = Architecture(
     dit=DitRule(structure=path_matcher(r"joint_blocks[._]"), shape=_shape),
     size=SizeRule(multiple=16, min_pixels=640 * 640, max_pixels=1536 * 1536, hint="1024x1024", default=(1024, 1024)),
     samplers=("Euler",),
+    flow_matching=True,
     default_sampler="Euler",
     default_steps=28,
     guidance=Guidance("cfg", 4.5, low=1.0, high=15.0, typical="4.5 to 7"),

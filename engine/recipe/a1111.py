@@ -48,7 +48,7 @@ _KEY_CHARS = re.compile(r"[\w \-/]")
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta",
+     "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta", "Shift",
      "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler", "Hires strength", "Resize mode"}
 )  # fmt: skip
 #: Forge's field for FLUX.1 dev's guidance input (``modules/processing.py``), written right
@@ -193,6 +193,7 @@ def write_parameters(recipe: Recipe, *, version: str | None = None) -> str:
         ("Schedule type", schedule),
         *_guidance_fields(recipe),
         *([("Eta", number(recipe.eta))] if recipe.eta is not None else []),
+        *([("Shift", number(recipe.shift))] if getattr(recipe, "shift", None) is not None else []),
         ("Seed", str(recipe.seed)),
         ("Size", f"{recipe.width}x{recipe.height}"),
     ]
@@ -430,6 +431,9 @@ def read_parameters(text: str) -> ReadParameters:
     eta = _float(params.get("Eta"))
     if eta is not None:
         values["eta"] = eta
+    shift = _float(params.get("Shift"))  # Forge's flow-matching shift
+    if shift is not None and shift > 0:
+        values["shift"] = shift
     size = params.get("Size", "")
     width, _, height = size.partition("x")
     if _int(width) is not None and _int(height) is not None:

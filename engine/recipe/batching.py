@@ -32,7 +32,7 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
         recipe.model, recipe.vae, tuple((lo.file, float(lo.weight), lo.sha256) for lo in recipe.loras),
         recipe.width, recipe.height, recipe.steps, recipe.sampler, float(recipe.cfg_scale),
         getattr(recipe, "clip_skip", 1), tuple(getattr(recipe, "embeddings", ())),
-        getattr(recipe, "prediction_type", ""), getattr(recipe, "eta", None),
+        getattr(recipe, "prediction_type", ""), getattr(recipe, "eta", None), getattr(recipe, "shift", None),
         # Image-to-image and the upscale pass: one input, strength and second pass per call.
         getattr(recipe, "init_image", ""), float(getattr(recipe, "strength", 0.75)),
         getattr(recipe, "resize_mode", ""), float(getattr(recipe, "hires_scale", 0.0)),

@@ -65,6 +65,11 @@ class EmbeddingRef:
 #: ``Recipe.prediction_type`` values: "" reads it from the model file (keys and metadata).
 PREDICTION_TYPES = ("", "epsilon", "v_prediction", "v_prediction_ztsnr")
 
+#: The largest flow-matching shift (``Recipe.shift``) a recipe may fix. Published settings run
+#: about 1 to 7 (SD 3 and Qwen-Image-Lightning: 3; Qwen-Image's dynamic one tops out near
+#: e^0.9 = 2.5); past 20 nearly every step is spent at full noise.
+MAX_SHIFT = 20.0
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -103,6 +108,10 @@ class Recipe:
     #: The sampler's eta (TCD's gamma, DDIM's eta); None = the sampler's own default. A1111
     #: writes it as ``Eta``.
     eta: float | None = None
+    #: The flow-matching shift of a DiT (FLUX, Z-Image, Qwen-Image, FLUX.2): a fixed shift of
+    #: the sigma schedule (Qwen-Image-Lightning's 3); None = the model's own (FLUX.1 dev and
+    #: Qwen-Image: resolution-dependent). Forge writes it as ``Shift``.
+    shift: float | None = None
     #: Image-to-image (:mod:`engine.recipe.picture`): the input image's sha256 ("" for
     #: text-to-image) and where it came from (the Discord message link it was attached to).
     #: The bytes travel beside the recipe (``POST /inputs``), never inside it.

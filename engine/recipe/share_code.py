@@ -46,6 +46,7 @@ _FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "a": ("architecture", str),
     "va": ("variant", str),
     "et": ("eta", (int, float)),
+    "sh": ("shift", (int, float)),
     "ii": ("init_image", str),
     "is": ("init_image_source", str),
     "ds": ("strength", (int, float)),
@@ -161,6 +162,7 @@ def decode(code: str) -> Recipe:
     for number in ("cfg_scale", "strength", "hires_scale", "hires_strength"):
         if number in values:
             values[number] = float(values[number])
-    if "eta" in values:
-        values["eta"] = float(values["eta"])
+    for optional in ("eta", "shift"):
+        if optional in values:
+            values[optional] = float(values[optional])
     return Recipe(loras=tuple(loras), embeddings=tuple(embeddings), **values)

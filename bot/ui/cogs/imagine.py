@@ -136,6 +136,7 @@ async def text_with_embeddings(interaction: discord.Interaction[Any], current: s
     strength="With image: 0 keeps the picture, 1 keeps only its size (default 0.6)",
     resize="With image: how a picture of another shape is fitted (default: crop and resize)",
     speed="fast: the model's speed LoRA and few steps; normal: not even in the server's fast mode",
+    shift="FLUX, Z-Image, Qwen-Image: flow-matching shift, e.g. 3 (default: the model's or speed LoRA's)",
 )
 @app_commands.choices(
     speed=[app_commands.Choice(name="fast", value="fast"), app_commands.Choice(name="normal", value="normal")],
@@ -173,6 +174,7 @@ async def imagine(
     strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     resize: str | None = None,
     speed: str | None = None,
+    shift: app_commands.Range[float, 0.0, 20.0] | None = None,
 ) -> None:
     # Acknowledge first: everything after this may take longer than Discord's 3 seconds.
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -210,7 +212,7 @@ async def imagine(
             return
         given = {"prompt": prompt, "model": model, "negative": negative, "sampler": sampler, "steps": steps,
                  "cfg": cfg, "seed": seed, "width": width, "height": height, "count": count,
-                 "clip_skip": clip_skip}  # fmt: skip
+                 "clip_skip": clip_skip, "shift": shift}  # fmt: skip
         changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if any(name for name, _ in slots):
             changes["slots"] = slots
@@ -239,6 +241,7 @@ async def imagine(
         clip_skip=clip_skip,
         picture=picture,
         speed=speed,
+        shift=shift,
     )
 
 

@@ -112,6 +112,7 @@ FLUX = Architecture(
         ),
     ),
     samplers=("Euler",),
+    flow_matching=True,
     default_sampler="Euler",
     default_steps=28,
     guidance=DEV_GUIDANCE,

@@ -443,11 +443,12 @@ class FluxRuntime:
     def hooks(self, pipe: Any, conditioning: Any) -> AbstractContextManager[None]:
         return nullcontext()
 
-    def scheduler(self, base_config: Any, sampler: str, prediction: Any = None) -> Any:
-        """Flow-matching Euler on the model's own config (dev: resolution-dependent shift)."""
+    def scheduler(self, base_config: Any, sampler: str, prediction: Any = None, shift: float | None = None) -> Any:
+        """Flow-matching Euler on the model's own config (dev: resolution-dependent shift); a recipe's
+        ``shift`` fixes the shift instead."""
         from engine.samplers import flow_match_scheduler
 
-        return flow_match_scheduler(base_config)
+        return flow_match_scheduler(base_config, shift)
 
     def prepare_latents(self, pipe: Any, recipe: Any, generators: Sequence[Any], *, device: Any) -> Any:
         import torch

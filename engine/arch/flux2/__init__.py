@@ -114,6 +114,7 @@ FLUX2 = Architecture(
                  ("1216×832 · landscape", "1216x832"), ("1344×768 · wide 16:9", "1344x768")),
     ),
     samplers=("Euler",),
+    flow_matching=True,
     default_sampler="Euler",
     default_steps=4,
     guidance=KLEIN_GUIDANCE,

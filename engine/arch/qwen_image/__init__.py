@@ -62,6 +62,7 @@ QWEN_IMAGE = Architecture(
         ),
     ),
     samplers=("Euler",),
+    flow_matching=True,
     default_sampler="Euler",
     default_steps=50,
     guidance=Guidance("cfg", 4.0, low=1.0, high=10.0, typical="4"),

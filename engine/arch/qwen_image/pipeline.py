@@ -213,10 +213,11 @@ class QwenImageRuntime:
     def hooks(self, pipe: Any, conditioning: Any) -> AbstractContextManager[None]:
         return nullcontext()
 
-    def scheduler(self, base_config: Any, sampler: str, prediction: Any = None) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
+    def scheduler(self, base_config: Any, sampler: str, prediction: Any = None, shift: float | None = None) -> Any:
+        """Flow-matching Euler on the model's own config; a recipe's ``shift`` fixes the shift instead."""
+        from engine.samplers import flow_match_scheduler
 
-        return FlowMatchEulerDiscreteScheduler.from_config(base_config)
+        return flow_match_scheduler(base_config, shift)
 
     def prepare_latents(self, pipe: Any, recipe: Any, generators: Sequence[Any], *, device: Any) -> Any:
         import torch

@@ -87,6 +87,7 @@ ZIMAGE = Architecture(
         ),
     ),
     samplers=("Euler",),
+    flow_matching=True,
     default_sampler="Euler",
     default_steps=8,
     guidance=TURBO_GUIDANCE,

@@ -32,6 +32,9 @@ CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader"
 LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
 TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "CLIPTextEncodeFlux")
 #: Nodes only a FLUX graph has (ComfyUI's comfy_extras/nodes_flux.py, nodes_model_advanced.py).
+#: Nodes that set a fixed flow-matching shift (``comfy_extras/nodes_model_advanced.py``): its
+#: ``shift`` input. ComfyUI's Qwen-Image and Z-Image templates go through ModelSamplingAuraFlow.
+SHIFT_NODES = ("ModelSamplingAuraFlow", "ModelSamplingSD3")
 FLUX_NODES = ("FluxGuidance", "CLIPTextEncodeFlux", "ModelSamplingFlux", "FluxDisableGuidance")
 #: Where a distilled guidance value sits, by node.
 _GUIDANCE_NODES = ("FluxGuidance", "CLIPTextEncodeFlux")
@@ -184,9 +187,15 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
     zimage = dit is not None
     model: Resource | None = None
     loras: list[Resource] = []
+    shift: float | None = None
     for node in graph.upstream(inputs.get("model"), ("model",)):
         kind, node_inputs = node["class_type"], node["inputs"]
-        if kind in LORA_LOADERS:
+        if kind in SHIFT_NODES and shift is None:
+            # A fixed flow-matching shift (the recipe's ``shift``); ModelSamplingFlux's is
+            # FLUX.1 dev's own resolution-dependent one, which a recipe leaves at None.
+            shift = as_float(node_inputs.get("shift"))
+            shift = shift if shift is not None and shift > 0 else None
+        elif kind in LORA_LOADERS:
             weight = as_float(node_inputs.get("strength_model"))
             clip_weight = as_float(node_inputs.get("strength_clip"))
             if clip_weight is not None and weight is not None and clip_weight != weight:
@@ -206,6 +215,7 @@ def read(data: dict[str, Any], source: str) -> FoundRecipe | None:
                 clip_skip = -layer
             break
     values: dict[str, Any] = {
+        "shift": shift,
         "seed": as_int(inputs.get("seed", inputs.get("noise_seed"))),
         "steps": as_int(inputs.get("steps")),
         "cfg_scale": as_float(inputs.get("cfg")),
