@@ -112,6 +112,9 @@ def edit(
     if not recipe.init_image or init is None:
         raise EngineError(ErrorCode.INVALID_RECIPE, f"{recipe.variant} is an edit model: it changes an input "
                           "picture as the prompt says; attach the picture to edit (or pick a text-to-image model)")  # fmt: skip
+    if recipe.hires_scale:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"the upscale pass does not run after an edit ({recipe.variant}): "
+                          "edit at the size you want, or upscale the result in a second, image-to-image job")  # fmt: skip
     own = getattr(runtime, "edit", None)
     if own is None:
         raise EngineError(ErrorCode.INVALID_RECIPE, f"{runtime.architecture} edit models do not run here yet: "

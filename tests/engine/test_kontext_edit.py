@@ -48,3 +48,9 @@ def test_an_edit_differs_from_image_to_image_of_the_same_picture(flux_generator:
 def test_a_kontext_recipe_without_a_picture_is_refused(flux_generator: Generator) -> None:
     with pytest.raises(EngineError, match="edit model.*attach the picture"):
         flux_generator.run(KONTEXT)
+
+
+def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> None:
+    recipe = with_input(flux_generator, replace(KONTEXT, hires_scale=2.0), picture(24, (80, 64)))
+    with pytest.raises(EngineError, match="upscale pass does not run after an edit"):
+        flux_generator.run(recipe)
