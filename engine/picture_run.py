@@ -87,6 +87,43 @@ def img2img(
                     generators=generators, callback=callback).images)  # fmt: skip
 
 
+def edits(runtime: Any, recipe: Recipe) -> bool:
+    """True when the recipe's variant of its architecture is an edit model (FLUX.1 Kontext): its
+    files look like another variant's, so the recipe's variant decides, never the file."""
+    from engine import arch
+
+    spec = arch.get(recipe.architecture or runtime.architecture)
+    found = spec.variants.get(recipe.variant) if spec is not None and recipe.variant else None
+    return found is not None and found.capabilities is not None and "edit" in found.capabilities
+
+
+def edit(
+    runtime: Any,
+    pipe: Any,
+    *,
+    conditioning: Any,
+    recipe: Recipe,
+    latents: Any,
+    generators: Sequence[Any],
+    callback: Callable[..., dict[str, Any]],
+    init: Any | None,
+) -> list[Any]:
+    """The input picture edited as the prompt says, at the recipe's size."""
+    if not recipe.init_image or init is None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"{recipe.variant} is an edit model: it changes an input "
+                          "picture as the prompt says; attach the picture to edit (or pick a text-to-image model)")  # fmt: skip
+    if recipe.hires_scale:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"the upscale pass does not run after an edit ({recipe.variant}): "
+                          "edit at the size you want, or upscale the result in a second, image-to-image job")  # fmt: skip
+    own = getattr(runtime, "edit", None)
+    if own is None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, f"{runtime.architecture} edit models do not run here yet: "
+                          "pick a text-to-image model and use image-to-image instead")  # fmt: skip
+    start = resize_picture(init, recipe.width, recipe.height, recipe.resize_mode)
+    return list(own(pipe, conditioning=conditioning, recipe=recipe, images=[start], latents=latents,
+                    generators=generators, callback=callback).images)  # fmt: skip
+
+
 def picture_call(
     runtime: Any,
     pipe: Any,
@@ -101,6 +138,9 @@ def picture_call(
 ) -> Any:
     """One pipeline call's images for ``recipe``: text-to-image, image-to-image from ``init``
     (a decoded RGB image, resized here as ``recipe.resize_mode`` says), then the upscale pass."""
+    if edits(runtime, recipe):
+        return PictureOutput(edit(runtime, pipe, conditioning=conditioning, recipe=recipe, latents=latents,
+                                  generators=generators, callback=callback, init=init))  # fmt: skip
     if not recipe.init_image and not recipe.hires_scale:
         return runtime.call(pipe, conditioning=conditioning, recipe=recipe, latents=latents,
                             generators=generators, callback=callback)  # fmt: skip
@@ -129,4 +169,4 @@ def picture_call(
     return PictureOutput(images)
 
 
-__all__ = ["PictureOutput", "img2img", "picture_call", "size_multiple", "vae_round_trip"]
+__all__ = ["PictureOutput", "edit", "edits", "img2img", "picture_call", "size_multiple", "vae_round_trip"]

@@ -120,6 +120,8 @@ class Variant:
     #: The weights' size where variants differ in it (FLUX.2 Klein "4b" / "9b"): a LoRA trained
     #: for one size never fits another, and is refused before the model is loaded.
     size: str | None = None
+    #: How many input pictures an edit takes at most (the first is the one edited).
+    max_images: int = 1
 
 
 @dataclass(frozen=True)

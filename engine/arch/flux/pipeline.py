@@ -499,5 +499,33 @@ class FluxRuntime:
             output_type="pil",
         )
 
+    def edit(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Sequence[Any], latents: Any,
+             generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """diffusers' ``FluxKontextPipeline`` on the loaded components (a Kontext transformer has
+        dev's keys): the first picture's latents are appended to the noise as reference tokens
+        and the instruction steers the denoising. Its resizing is turned off (``_auto_resize``
+        would pick Kontext's preferred ~1 MP size, and ``max_area`` the output's): the picture
+        arrives at the recipe's size, and the output keeps it."""
+        from diffusers import FluxKontextPipeline
+
+        runner = FluxKontextPipeline.from_pipe(pipe)
+        runner.set_progress_bar_config(disable=True)
+        guidance = float(recipe.cfg_scale) if pipe.transformer.config.guidance_embeds else 0.0
+        return runner(
+            **conditioning.kwargs,
+            image=images[0],
+            num_inference_steps=recipe.steps,
+            guidance_scale=guidance,
+            width=recipe.width,
+            height=recipe.height,
+            max_area=recipe.width * recipe.height,
+            _auto_resize=False,
+            latents=latents,
+            generator=list(generators) if len(generators) > 1 else generators[0],
+            max_sequence_length=self.budget(pipe),
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+
 
 RUNTIME = FluxRuntime()

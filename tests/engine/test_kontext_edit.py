@@ -1,0 +1,56 @@
+"""FLUX.1 Kontext edits an input picture in the engine (tiny FLUX.1 build, the recipe's variant).
+
+A Kontext transformer has FLUX.1 dev's keys and shapes, so the recipe's ``variant`` says it is
+an edit model; the engine then runs diffusers' ``FluxKontextPipeline`` on the loaded components.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from engine.generate import Generator
+from engine.protocol import EngineError, Recipe
+from tests.engine.test_img2img import diff, flux_generator, picture, with_input
+
+__all__ = ["flux_generator"]  # the tiny FLUX.1 build the image-to-image tests use
+
+KONTEXT = Recipe(model="flux1-dev.safetensors", prompt="make the sky red", width=80, height=64, steps=3,
+                 sampler="Euler", cfg_scale=2.5, seed=11, architecture="flux", variant="kontext")  # fmt: skip
+
+
+def test_kontext_edits_the_picture_at_the_recipes_size(flux_generator: Generator) -> None:
+    a, b = picture(21, (96, 64)), picture(22, (96, 64))
+    out_a = flux_generator.run(with_input(flux_generator, KONTEXT, a)).images[0]
+    assert Image.open(io.BytesIO(out_a)).size == (80, 64)
+    # Bit-identical for the same recipe and picture.
+    assert out_a == flux_generator.run(with_input(flux_generator, KONTEXT, a)).images[0]
+    # Another picture, same seed and instruction: another image. (The same recipe is bit-identical,
+    # so any difference is the picture's; the tiny model's random weights make it small, ~0.1.)
+    out_b = flux_generator.run(with_input(flux_generator, KONTEXT, b)).images[0]
+    assert diff(out_a, out_b) > 0
+    # Another instruction, same picture and seed: another image.
+    other = replace(KONTEXT, prompt="turn the house into a boat")
+    out_c = flux_generator.run(with_input(flux_generator, other, a)).images[0]
+    assert diff(out_a, out_c) > 0
+
+
+def test_an_edit_differs_from_image_to_image_of_the_same_picture(flux_generator: Generator) -> None:
+    a = picture(23, (80, 64))
+    edited = flux_generator.run(with_input(flux_generator, KONTEXT, a)).images[0]
+    plain = flux_generator.run(with_input(flux_generator, replace(KONTEXT, variant="dev"), a, strength=1.0)).images[0]
+    assert diff(edited, plain) > 0
+
+
+def test_a_kontext_recipe_without_a_picture_is_refused(flux_generator: Generator) -> None:
+    with pytest.raises(EngineError, match="edit model.*attach the picture"):
+        flux_generator.run(KONTEXT)
+
+
+def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> None:
+    recipe = with_input(flux_generator, replace(KONTEXT, hires_scale=2.0), picture(24, (80, 64)))
+    with pytest.raises(EngineError, match="upscale pass does not run after an edit"):
+        flux_generator.run(recipe)
