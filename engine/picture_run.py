@@ -88,10 +88,14 @@ def img2img(
 
 
 def edits(runtime: Any, recipe: Recipe) -> bool:
-    """True when the recipe's variant of its architecture is an edit model (FLUX.1 Kontext): its
-    files look like another variant's, so the recipe's variant decides, never the file."""
+    """True when the recipe gives an input picture to an edit model (FLUX.1 Kontext): its files
+    look like another variant's, so the recipe's variant decides, never the file. Without a
+    picture an edit model's recipe stays text-to-image, as it ran before edits (Kontext's own
+    pipeline does the same when it is given no image)."""
     from engine import arch
 
+    if not recipe.init_image:
+        return False
     spec = arch.get(recipe.architecture or runtime.architecture)
     found = spec.variants.get(recipe.variant) if spec is not None and recipe.variant else None
     return found is not None and found.capabilities is not None and "edit" in found.capabilities
@@ -109,9 +113,8 @@ def edit(
     init: Any | None,
 ) -> list[Any]:
     """The input picture edited as the prompt says, at the recipe's size."""
-    if not recipe.init_image or init is None:
-        raise EngineError(ErrorCode.INVALID_RECIPE, f"{recipe.variant} is an edit model: it changes an input "
-                          "picture as the prompt says; attach the picture to edit (or pick a text-to-image model)")  # fmt: skip
+    if init is None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, "the recipe's input picture was not sent to the engine")
     if recipe.hires_scale:
         raise EngineError(ErrorCode.INVALID_RECIPE, f"the upscale pass does not run after an edit ({recipe.variant}): "
                           "edit at the size you want, or upscale the result in a second, image-to-image job")  # fmt: skip

@@ -45,9 +45,16 @@ def test_an_edit_differs_from_image_to_image_of_the_same_picture(flux_generator:
     assert diff(edited, plain) > 0
 
 
-def test_a_kontext_recipe_without_a_picture_is_refused(flux_generator: Generator) -> None:
-    with pytest.raises(EngineError, match="edit model.*attach the picture"):
-        flux_generator.run(KONTEXT)
+def test_a_kontext_recipe_without_a_picture_stays_text_to_image(flux_generator: Generator) -> None:
+    """No picture, no edit: the recipe runs as it did before edits existed (dev's text-to-image)."""
+    alone = flux_generator.run(KONTEXT).images[0]
+    # The PNGs' recipes differ (their variant); the pixels do not.
+    assert diff(alone, flux_generator.run(replace(KONTEXT, variant="dev")).images[0]) == 0
+
+
+def test_an_edit_whose_picture_did_not_reach_the_engine_is_refused(flux_generator: Generator) -> None:
+    with pytest.raises(EngineError, match="input"):
+        flux_generator.run(replace(KONTEXT, init_image="0" * 64))
 
 
 def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> None:
