@@ -31,10 +31,10 @@ SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvan
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple", "CheckpointLoader", "UNETLoader", "unCLIPCheckpointLoader", "ImageOnlyCheckpointLoader")
 LORA_LOADERS = ("LoraLoader", "LoraLoaderModelOnly")
 TEXT_ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "CLIPTextEncodeFlux")
-#: Nodes only a FLUX graph has (ComfyUI's comfy_extras/nodes_flux.py, nodes_model_advanced.py).
 #: Nodes that set a fixed flow-matching shift (``comfy_extras/nodes_model_advanced.py``): its
 #: ``shift`` input. ComfyUI's Qwen-Image and Z-Image templates go through ModelSamplingAuraFlow.
 SHIFT_NODES = ("ModelSamplingAuraFlow", "ModelSamplingSD3")
+#: Nodes only a FLUX graph has (ComfyUI's comfy_extras/nodes_flux.py, nodes_model_advanced.py).
 FLUX_NODES = ("FluxGuidance", "CLIPTextEncodeFlux", "ModelSamplingFlux", "FluxDisableGuidance")
 #: Where a distilled guidance value sits, by node.
 _GUIDANCE_NODES = ("FluxGuidance", "CLIPTextEncodeFlux")
