@@ -61,3 +61,19 @@ def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> 
     recipe = with_input(flux_generator, replace(KONTEXT, hires_scale=2.0), picture(24, (80, 64)))
     with pytest.raises(EngineError, match="upscale pass does not run after an edit"):
         flux_generator.run(recipe)
+
+
+def test_an_edit_model_whose_runtime_cannot_edit_is_refused_with_what_to_do() -> None:
+    """Qwen-Image-Edit is recognised but its runtime has no ``edit`` yet: refused by name, before
+    any pipeline is touched (``pipe`` is None here)."""
+    from types import SimpleNamespace
+
+    from engine.picture_run import edit, edits
+
+    recipe = Recipe(model="qwen-image-edit.safetensors", prompt="make it night", width=64, height=64,
+                    architecture="qwen_image", variant="edit", init_image="0" * 64)  # fmt: skip
+    runtime = SimpleNamespace(architecture="qwen_image")  # no ``edit``
+    assert edits(runtime, recipe)
+    with pytest.raises(EngineError, match="qwen_image edit models do not run here yet: pick a text-to-image model"):
+        edit(runtime, None, conditioning=None, recipe=recipe, latents=None, generators=[], callback=lambda *a: {},
+             init=Image.new("RGB", (64, 64)))  # fmt: skip
