@@ -52,6 +52,8 @@ class PictureChoice:
 
     init_image: str = ""
     init_image_source: str = ""
+    references: tuple[str, ...] = ()
+    reference_sources: tuple[str, ...] = ()
     strength: float = 0.75
     resize_mode: str = "just_resize"
     hires_scale: float = 0.0
@@ -84,12 +86,14 @@ async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = No
             what = "an input image" if recipe.init_image else "an upscale pass"
             return (f"{arch.label(recipe.architecture)} models like `{recipe.model_label}` do not run image-to-image "
                     f"here, which {what} needs. Pick an SD 1.5, SDXL or FLUX.1 model.")  # fmt: skip
-    if recipe.init_image:
+    if recipe.pictures:
         store: PictureStore | None = getattr(client, "pictures", None)
         # Inputs are a server's data: a recipe code from elsewhere does not reach another
-        # server's copy of its input, even by the right hash.
-        if store is None or not await store.has(recipe.init_image, guild_id=guild_id):
-            return gone_message(store.max_age_s if store is not None else MAX_AGE_S)
+        # server's copy of its input, even by the right hash. An edit's reference pictures
+        # are kept and deleted the same way, and each must still be here.
+        for digest in recipe.pictures:
+            if store is None or not await store.has(digest, guild_id=guild_id):
+                return gone_message(store.max_age_s if store is not None else MAX_AGE_S)
     if recipe.hires_scale:
         from engine.recipe.picture import hires_size
         from engine.validation import DEFAULT_LIMITS

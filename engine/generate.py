@@ -339,8 +339,10 @@ class Generator:
         self._memory_settings(pipe, first, total_images)
 
         init = self._input_picture(first)
+        references = [self._held_picture(digest, "reference picture") for digest in first.references]
         prepared = time.perf_counter()
-        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors, init=init)
+        outputs, used, denoise = self._denoise(entry, recipes, on_step, should_cancel, vectors, init=init,
+                                               references=references)  # fmt: skip
         finished = time.perf_counter()
         self._learn_call_time(entry, first, total_images, denoise, decision.mode, work)
         results = []
@@ -485,14 +487,19 @@ class Generator:
         when the engine does not hold it."""
         if not recipe.init_image:
             return None
+        return self._held_picture(recipe.init_image, "input image")
+
+    def _held_picture(self, digest: str, what: str) -> Any:
+        """A picture the engine holds (``POST /inputs``), decoded; refused before any step when
+        it is not held (an edit's reference pictures come the same way as its input)."""
         from engine.recipe.picture import PictureError, open_picture
 
-        data = self.inputs.get(recipe.init_image)
+        data = self.inputs.get(digest)
         if data is None:
-            raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… was not sent to this "
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"the {what} {digest[:12]}… was not sent to this "
                               "engine (or was dropped since); send it with POST /inputs and submit the job again")  # fmt: skip
         try:
-            image, _ = open_picture(data, "the input image")
+            image, _ = open_picture(data, f"the {what}")
         except PictureError as exc:
             raise EngineError(ErrorCode.INVALID_RECIPE, str(exc)) from exc
         return image
@@ -521,6 +528,7 @@ class Generator:
         vectors: dict[str, Any],
         *,
         init: Any = None,
+        references: Sequence[Any] = (),
     ) -> tuple[list[Any], list[set[str]], float]:
         """Every image of every job, in calls of at most ``max_batch_images`` images; with the
         embeddings each image's prompts used."""
@@ -587,6 +595,7 @@ class Generator:
                         # upscale pass goes through engine.picture_run first (issue 20).
                         output = picture_call(runtime, pipe, conditioning=conditioning, recipe=first, latents=latents,
                                               generators=generators, callback=callback, init=init,
+                                              references=references,
                                               before_second_pass=lambda r: self._memory_settings(pipe, r, 1))  # fmt: skip
             except Exception as exc:
                 entry.patcher.end_probe()

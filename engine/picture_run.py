@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.protocol import EngineError, ErrorCode, Recipe
 from engine.recipe.picture import HIRES_STRENGTH, hires_size, img2img_steps, resize_picture
+from engine.validation import reference_problem
 
 
 @dataclass
@@ -111,10 +112,19 @@ def edit(
     generators: Sequence[Any],
     callback: Callable[..., dict[str, Any]],
     init: Any | None,
+    references: Sequence[Any] = (),
 ) -> list[Any]:
-    """The input picture edited as the prompt says, at the recipe's size."""
+    """The input picture edited as the prompt says, at the recipe's size; ``references`` (decoded,
+    in the recipe's order) are the further pictures an edit model may read beside it."""
     if init is None:
         raise EngineError(ErrorCode.INVALID_RECIPE, "the recipe's input picture was not sent to the engine")
+    if len(references) != len(recipe.references):
+        raise EngineError(ErrorCode.INVALID_RECIPE, "the recipe's reference pictures were not all sent to the engine")
+    # More pictures than the model takes (Variant.max_images; FLUX.1 Kontext: 1): refused before
+    # any step, by the same rule the queue applies.
+    problem = reference_problem(recipe, runtime.architecture)
+    if problem is not None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, problem)
     if recipe.hires_scale:
         raise EngineError(ErrorCode.INVALID_RECIPE, f"the upscale pass does not run after an edit ({recipe.variant}): "
                           "edit at the size you want, or upscale the result in a second, image-to-image job")  # fmt: skip
@@ -123,7 +133,11 @@ def edit(
         raise EngineError(ErrorCode.INVALID_RECIPE, f"{runtime.architecture} edit models do not run here yet: "
                           "pick a text-to-image model and use image-to-image instead")  # fmt: skip
     start = resize_picture(init, recipe.width, recipe.height, recipe.resize_mode)
-    return list(own(pipe, conditioning=conditioning, recipe=recipe, images=[start], latents=latents,
+    # Only the edited picture is fitted to the recipe's size. The references go as they came:
+    # an edit model sizes its own (diffusers' QwenImageEditPlusPipeline scales each, keeping its
+    # aspect ratio, to about 384x384 pixels for the vision-language encoder and 1024x1024 for
+    # the VAE), so resizing them to the output's shape here would only distort them.
+    return list(own(pipe, conditioning=conditioning, recipe=recipe, images=[start, *references], latents=latents,
                     generators=generators, callback=callback).images)  # fmt: skip
 
 
@@ -137,13 +151,18 @@ def picture_call(
     generators: Sequence[Any],
     callback: Callable[..., dict[str, Any]],
     init: Any | None,
+    references: Sequence[Any] = (),
     before_second_pass: Callable[[Recipe], None] | None = None,
 ) -> Any:
     """One pipeline call's images for ``recipe``: text-to-image, image-to-image from ``init``
-    (a decoded RGB image, resized here as ``recipe.resize_mode`` says), then the upscale pass."""
+    (a decoded RGB image, resized here as ``recipe.resize_mode`` says), then the upscale pass;
+    or an edit of ``init`` with its ``references`` on an edit model."""
     if edits(runtime, recipe):
         return PictureOutput(edit(runtime, pipe, conditioning=conditioning, recipe=recipe, latents=latents,
-                                  generators=generators, callback=callback, init=init))  # fmt: skip
+                                  generators=generators, callback=callback, init=init, references=references))  # fmt: skip
+    if recipe.references:
+        raise EngineError(ErrorCode.INVALID_RECIPE, reference_problem(recipe, runtime.architecture)
+                          or "reference pictures only go to an edit model, with an input picture")  # fmt: skip
     if not recipe.init_image and not recipe.hires_scale:
         return runtime.call(pipe, conditioning=conditioning, recipe=recipe, latents=latents,
                             generators=generators, callback=callback)  # fmt: skip

@@ -12,8 +12,9 @@ answers 401, except ``GET /health``, which then answers only ``{"status": "ok"}`
   again answers the existing job's status and runs nothing twice.
 - ``POST /inputs`` (the image's bytes as the body) -> ``{"sha256": str}``: an input image
   for image-to-image jobs, checked (PNG/JPEG/WebP by content, pixel count from the header)
-  and held in a bounded cache; a job whose recipe names an ``init_image`` the engine does not
-  hold is refused at ``POST /jobs``, so send it first, with every (re)submission.
+  and held in a bounded cache; a job whose recipe names an ``init_image`` or ``references``
+  the engine does not hold is refused at ``POST /jobs``, so send every picture first, with
+  every (re)submission.
 - ``GET /jobs/{id}`` -> ``JobStatus``.
 - ``GET /jobs/{id}/events`` -> ``application/x-ndjson``, one event per line: every past
   event first, then live ones, closing after ``done``/``failed``.

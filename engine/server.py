@@ -148,9 +148,11 @@ async def submit_job(request: web.Request) -> web.Response:
         pass
     recipe = _recipe(body.get("recipe"))
     inputs = getattr(manager.runner, "inputs", None)
-    if recipe.init_image and inputs is not None and not inputs.holds(recipe.init_image):
-        raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… has not been sent "
-                          "to this engine; send it with POST /inputs first")  # fmt: skip
+    for digest in recipe.pictures if inputs is not None else ():
+        if not inputs.holds(digest):
+            what = "input image" if digest == recipe.init_image else "reference picture"
+            raise EngineError(ErrorCode.INVALID_RECIPE, f"the {what} {digest[:12]}… has not been sent "
+                              "to this engine; send it with POST /inputs first")  # fmt: skip
     status = manager.submit(job_id, recipe)
     return web.json_response(status.to_json(), status=202)
 

@@ -125,6 +125,18 @@ def _check_picture_fields(recipe: Recipe, limits: RecipeLimits, refuse: Any) -> 
     init = getattr(recipe, "init_image", "")
     if not isinstance(init, str) or (init and not _SHA256.fullmatch(init)):
         refuse("init_image must be the input image's sha256 (64 hex digits) or empty")
+    references = getattr(recipe, "references", ())
+    sources = getattr(recipe, "reference_sources", ())
+    if not isinstance(references, tuple) or not all(isinstance(r, str) and _SHA256.fullmatch(r) for r in references):
+        refuse("references must be the further pictures' sha256s (64 hex digits each)")
+    if not isinstance(sources, tuple) or not all(isinstance(s, str) for s in sources) or len(sources) > len(references):
+        refuse("reference_sources must be text, at most one link per reference picture")
+    if references and not init:
+        refuse("reference pictures need an input picture (init_image) first: the first picture is the one "
+               "edited, the references only show it what to use")  # fmt: skip
+    problem = reference_problem(recipe)
+    if problem is not None:
+        refuse(problem)
     if not _number(recipe.strength) or not 0 <= recipe.strength <= 1:
         refuse(f"the denoising strength must be from 0 to 1 (got {recipe.strength})")
     if recipe.resize_mode not in RESIZE_MODES:
@@ -140,6 +152,29 @@ def _check_picture_fields(recipe: Recipe, limits: RecipeLimits, refuse: Any) -> 
         if max(width, height) > limits.max_side:
             refuse(f"the upscaled image would be {width}x{height}; sides may be at most {limits.max_side} "
                    "pixels, so upscale a smaller image or by less")  # fmt: skip
+
+
+def reference_problem(recipe: Recipe, architecture: str = "") -> str | None:
+    """Why ``recipe`` names more pictures than its model takes (the edited one and its
+    references: ``Variant.max_images`` of the recipe's variant, 1 where none is known), or
+    None. Torch-free, so the bot can ask before a job is queued; ``architecture`` is the
+    model file's where known (else the recipe's)."""
+    references = getattr(recipe, "references", ())
+    if not references:
+        return None
+    spec = _arch.get(architecture or recipe.architecture)
+    found = spec.variant(recipe.variant or None) if spec is not None else None
+    most = found.max_images if found is not None else 1
+    given = 1 + len(references)
+    if given <= most:
+        return None
+    label = found.label if found is not None else spec.label if spec is not None else "This model"
+    extra = f"{len(references)} reference picture{'s' if len(references) > 1 else ''}"
+    if most == 1:
+        return (f"{label} takes one picture, the one it edits, and no reference pictures: leave out the "
+                f"{extra}, or pick an edit model that takes several (Qwen-Image-Edit-2509)")  # fmt: skip
+    return (f"{label} takes at most {most} pictures (the one it edits and {most - 1} references); this recipe "
+            f"has {given}: leave out {given - most}")  # fmt: skip
 
 
 def check_for_architecture(recipe: Recipe, architecture: str, model_name: str) -> None:
@@ -164,6 +199,9 @@ def check_for_architecture(recipe: Recipe, architecture: str, model_name: str) -
             f"{spec.label} models like '{model_name}' have no flow-matching shift (only the DiTs such as "
             "FLUX, Z-Image and Qwen-Image do); leave shift out",
         )
+    problem = reference_problem(recipe, architecture)
+    if problem is not None:
+        raise EngineError(ErrorCode.INVALID_RECIPE, problem)
     if spec.samplers and recipe.sampler not in spec.samplers:
         raise EngineError(
             ErrorCode.INVALID_RECIPE,

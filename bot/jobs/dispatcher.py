@@ -504,17 +504,22 @@ class Dispatcher:
             self._spawn(self.follower.follow(job, slot), f"jobs-follow-{job.id}")
 
     async def _send_input(self, slot: EngineSlot, job: Job) -> None:
-        """An image-to-image job's input goes to its engine first, with every (re)submission:
-        the engine only holds inputs in a bounded cache (``POST /inputs``)."""
-        digest = job.recipe.init_image
-        if not digest:
+        """An image-to-image job's input, and an edit's reference pictures, go to its engine
+        first, with every (re)submission: the engine only holds inputs in a bounded cache
+        (``POST /inputs``). All are read before any is sent, so a gone one sends nothing."""
+        digests = job.recipe.pictures
+        if not digests:
             return
         from bot.pictures import gone_message
 
-        data = await self.inputs.read(digest) if self.inputs is not None else None
-        if data is None:
-            raise EngineError(ErrorCode.INVALID_RECIPE, gone_message(getattr(self.inputs, "max_age_s", 30 * 86400.0)))
-        await slot.client.put_input(data)
+        pictures = []
+        for digest in digests:
+            data = await self.inputs.read(digest) if self.inputs is not None else None
+            if data is None:
+                raise EngineError(ErrorCode.INVALID_RECIPE, gone_message(getattr(self.inputs, "max_age_s", 30 * 86400.0)))
+            pictures.append(data)
+        for data in pictures:
+            await slot.client.put_input(data)
 
     async def _leave_engine(self, job: Job, slot: EngineSlot) -> None:
         slot.release(job)

@@ -239,9 +239,11 @@ class Ingress:
         except (TypeError, ValueError) as exc:
             raise EngineError(ErrorCode.INVALID_RECIPE, f"the recipe is malformed: {exc}") from exc
         validate_recipe(recipe)
-        if recipe.init_image and not self.inputs.holds(recipe.init_image):
-            raise EngineError(ErrorCode.INVALID_RECIPE, f"the input image {recipe.init_image[:12]}… has not been sent "
-                              "to this engine; send it with POST /inputs first")  # fmt: skip
+        for digest in recipe.pictures:
+            if not self.inputs.holds(digest):
+                what = "input image" if digest == recipe.init_image else "reference picture"
+                raise EngineError(ErrorCode.INVALID_RECIPE, f"the {what} {digest[:12]}… has not been sent "
+                                  "to this engine; send it with POST /inputs first")  # fmt: skip
         job = self.jobs[job_id] = ClusterJob(job_id, recipe, total_steps=recipe.steps * recipe.count)
         self._emit(job, {"type": "queued", "position": 0})
         job.task = asyncio.create_task(self._drive(job), name=f"cluster-job-{job_id}")
@@ -263,7 +265,8 @@ class Ingress:
         """Run ``job`` on the replica Serve picks for its model, recording what comes back."""
         handle = self.replicas.options(multiplexed_model_id=job.recipe.model, stream=True)
         init = self.inputs.get(job.recipe.init_image) if job.recipe.init_image else None
-        job.call = handle.run.remote(job.id, job.recipe.to_json(), init)
+        references = [data for data in (self.inputs.get(d) for d in job.recipe.references) if data is not None]
+        job.call = handle.run.remote(job.id, job.recipe.to_json(), init, references)
         seen: ReplicaSeen | None = None
         try:
             async for item in job.call:

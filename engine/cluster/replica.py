@@ -27,7 +27,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ray import serve
@@ -141,18 +141,22 @@ class EngineReplica:
             await self.manager.start()
 
     async def run(
-        self, job_id: str, recipe_json: dict[str, Any], init_image: bytes | None = None
+        self, job_id: str, recipe_json: dict[str, Any], init_image: bytes | None = None,
+        references: Sequence[bytes] = (),
     ) -> AsyncIterator[dict[str, Any]]:
         """The job's events, its images on ``done`` (``image_data``, PNG bytes); see the module.
-        ``init_image``: an image-to-image job's input, which the ingress holds (``POST /inputs``)."""
+        ``init_image``: an image-to-image job's input, and ``references`` an edit's further
+        pictures, which the ingress holds (``POST /inputs``)."""
         await self._start()
         recipe = Recipe.from_json(recipe_json)
-        if init_image is not None:
+        pictures = [data for data in (init_image, *references) if data is not None]
+        if pictures:
             inputs = getattr(self.runner, "inputs", None)
             try:
                 if inputs is None:
                     raise EngineError(ErrorCode.INVALID_RECIPE, "this engine's runner takes no input images")
-                await asyncio.to_thread(inputs.put, init_image)
+                for data in pictures:
+                    await asyncio.to_thread(inputs.put, data)
             except EngineError as exc:
                 yield {"type": "failed", "job": job_id, **exc.to_json()}
                 return

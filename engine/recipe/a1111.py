@@ -17,7 +17,8 @@ A1111's ``quote`` does; Civitai writes JSON lists and objects unquoted (``Civita
 [...]``), which the reader also takes.
 
 What the text cannot carry: file paths (it names files by their stem), ``count``, a VAE's
-folder, embeddings without a hash, whitespace at the very start or end of the text. Reading
+folder, embeddings without a hash, whitespace at the very start or end of the text, the input
+pictures (an edit's further ones are named by short hash: ``Reference images``). Reading
 :func:`write_parameters`'s output gives back every other field exactly (see
 :func:`carried`).
 
@@ -45,11 +46,17 @@ _AUTOMATIC = "Automatic"
 _NEGATIVE = "Negative prompt:"
 _TAG = re.compile(r"<\s*(lora|lyco)\s*:([^<>]*)>", re.IGNORECASE)
 _KEY_CHARS = re.compile(r"[\w \-/]")
+#: An edit's further pictures (``Recipe.references``), which A1111 has no field for: their
+#: sha256s' first 10 hex digits (as ``Model hash`` shortens a file's), in order. Like the
+#: input image itself they are not carried back into a recipe (the text holds no pictures);
+#: the reader hands them on as :attr:`ReadParameters.references` to be reported.
+REFERENCES = "Reference images"
 #: Fields the reader turns into recipe fields; everything else is returned as ``extras``.
 _USED = frozenset(
     {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
      "VAE", "Clip skip", "TI hashes", "Lora hashes", "Distilled CFG Scale", "Eta", "Shift",
-     "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler", "Hires strength", "Resize mode"}
+     "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler", "Hires strength", "Resize mode",
+     REFERENCES}
 )  # fmt: skip
 #: Forge's field for FLUX.1 dev's guidance input (``modules/processing.py``), written right
 #: after ``CFG scale``, which Forge keeps at 1 on FLUX (no unconditioned pass).
@@ -148,6 +155,9 @@ def _picture_fields(recipe: Recipe) -> list[tuple[str, str]]:
         fields.append(("Hires upscaler", recipe.hires_upscaler or "Lanczos"))
         if init:
             fields.append(("Hires strength", number(recipe.hires_strength)))
+    references = getattr(recipe, "references", ())
+    if references:
+        fields.append((REFERENCES, ", ".join(digest[:10] for digest in references)))
     return fields
 
 
@@ -378,6 +388,9 @@ class ReadParameters:
     extras: dict[str, str] = field(default_factory=dict)
     #: The LoRA tags whose weight was not a number (the LoRA's default weight applies).
     default_weights: tuple[str, ...] = ()
+    #: An edit's further pictures as the text names them (``Reference images``: short
+    #: hashes, in order); the pictures themselves are not in the text.
+    references: tuple[str, ...] = ()
 
 
 def read_parameters(text: str) -> ReadParameters:
@@ -463,7 +476,11 @@ def read_parameters(text: str) -> ReadParameters:
         **_read_picture_fields(params),  # type: ignore[arg-type]
     )
     extras = {k: v for k, v in params.items() if k not in _USED} | extras_kept
-    return ReadParameters(recipe, tuple(missing), extras, tuple(default_weights))
+    references = tuple(
+        part.strip().lower() for part in params.get(REFERENCES, "").split(",")
+        if re.fullmatch(r"[0-9a-fA-F]{6,64}", part.strip())
+    )  # fmt: skip
+    return ReadParameters(recipe, tuple(missing), extras, tuple(default_weights), references)
 
 
 def carried(recipe: Recipe) -> Recipe:
@@ -490,6 +507,8 @@ def carried(recipe: Recipe) -> Recipe:
         # The text names no input image; a strength is written only where one was used.
         init_image="",
         init_image_source="",
+        references=(),
+        reference_sources=(),
         strength=recipe.strength if recipe.init_image else Recipe.strength,
         resize_mode=recipe.resize_mode if recipe.init_image else Recipe.resize_mode,
         hires_upscaler=(recipe.hires_upscaler or "Lanczos") if recipe.hires_scale else recipe.hires_upscaler,
@@ -501,6 +520,7 @@ def carried(recipe: Recipe) -> Recipe:
 __all__ = [
     "DISTILLED",
     "MAX_TEXT",
+    "REFERENCES",
     "ParsedParameters",
     "ReadParameters",
     "alias",

@@ -37,6 +37,8 @@ def batch_key(recipe: Recipe) -> tuple[Any, ...]:
         getattr(recipe, "init_image", ""), float(getattr(recipe, "strength", 0.75)),
         getattr(recipe, "resize_mode", ""), float(getattr(recipe, "hires_scale", 0.0)),
         getattr(recipe, "hires_steps", 0), float(getattr(recipe, "hires_strength", 0.4)),
+        # An edit's further pictures: one set per call, in order.
+        tuple(getattr(recipe, "references", ())),
     )  # fmt: skip
 
 

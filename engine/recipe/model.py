@@ -117,6 +117,12 @@ class Recipe:
     #: The bytes travel beside the recipe (``POST /inputs``), never inside it.
     init_image: str = ""
     init_image_source: str = ""
+    #: Further pictures an edit model reads beside ``init_image``, which stays the one edited
+    #: (Qwen-Image-Edit-2509 takes three in all: ``Variant.max_images`` in :mod:`engine.arch`):
+    #: their sha256s in order and the message links they came from. Their bytes travel as
+    #: ``init_image``'s do (``POST /inputs``); none without an ``init_image``.
+    references: tuple[str, ...] = ()
+    reference_sources: tuple[str, ...] = ()
     #: A1111's "Denoising strength" of image-to-image: 0 gives the input back (through the
     #: VAE), 1 keeps nothing of it but its size; about ``strength * steps`` steps run.
     strength: float = 0.75
@@ -140,6 +146,12 @@ class Recipe:
         return spec.guidance_for(self.variant or None).kind if spec is not None else "cfg"
 
     @property
+    def pictures(self) -> tuple[str, ...]:
+        """Every input picture the recipe names (sha256s), the edited one first: what must reach
+        the engine before the job does."""
+        return ((self.init_image,) if self.init_image else ()) + tuple(self.references)
+
+    @property
     def model_label(self) -> str:
         """The model as people name it: its registry name, else its file's stem."""
         return self.model_name or file_stem(self.model)
@@ -148,6 +160,8 @@ class Recipe:
         data = dataclasses.asdict(self)
         data["loras"] = [dataclasses.asdict(lora) for lora in self.loras]
         data["embeddings"] = [dataclasses.asdict(e) for e in self.embeddings]
+        data["references"] = list(self.references)
+        data["reference_sources"] = list(self.reference_sources)
         return data
 
     @classmethod
@@ -163,7 +177,15 @@ class Recipe:
         values = dict(data)
         values["loras"] = tuple(_ref(LoraRef, item) for item in data.get("loras") or ())
         values["embeddings"] = tuple(_ref(EmbeddingRef, item) for item in data.get("embeddings") or ())
+        for name in ("references", "reference_sources"):
+            values[name] = _texts(data.get(name) or (), name)
         return cls(**values)
+
+
+def _texts(items: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise RecipeError(f"a recipe's {name} must be a list of strings")
+    return tuple(items)
 
 
 def _ref(kind: type[Any], item: Any) -> Any:

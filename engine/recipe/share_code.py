@@ -80,6 +80,11 @@ def encode(recipe: Recipe) -> str:
         data["l"] = [_trim([lo.file, lo.weight, lo.name, lo.sha256, lo.a1111_hash]) for lo in recipe.loras]
     if recipe.embeddings:
         data["e"] = [_trim([e.file, e.name, e.sha256]) for e in recipe.embeddings]
+    # An edit's further pictures (by sha256) and their message links, in order.
+    if recipe.references:
+        data["r"] = list(recipe.references)
+    if recipe.reference_sources:
+        data["rs"] = list(recipe.reference_sources)
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     packed = zlib.compress(text.encode("utf-8"), 9)
     return PREFIX + base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
@@ -159,6 +164,9 @@ def decode(code: str) -> Recipe:
                 _optional_str(item[2], "embedding hash"),
             )
         )
+    for short, name in (("r", "references"), ("rs", "reference_sources")):
+        items = _check(data.get(short, []), list, name)
+        values[name] = tuple(_check(item, str, name) for item in items)
     for number in ("cfg_scale", "strength", "hires_scale", "hires_strength"):
         if number in values:
             values[number] = float(values[number])

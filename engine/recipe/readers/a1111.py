@@ -77,6 +77,10 @@ def read(text: str, source: str, *, format_name: str | None = None) -> FoundReci
     if recipe.strength != type(recipe).strength and not recipe.init_image:
         notes.append("Made from an input image (img2img) that is not in the file: attach it to `/imagine` "
                      "with this strength to run it the same way.")
+    if read_.references:
+        count = len(read_.references)
+        notes.append(f"Made with {count} more reference picture{'s' if count > 1 else ''} beside the input image, "
+                     "not in the file: attach them again to run it the same way.")  # fmt: skip
     if read_.default_weights:
         notes.append("LoRAs whose weight is not a number take their default weight: " + ", ".join(read_.default_weights) + ".")
     if name == "Civitai" and "FLUX" in text.rstrip().rsplit("\n", 1)[-1]:
