@@ -87,6 +87,12 @@ async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = No
             return (f"{arch.label(recipe.architecture)} models like `{recipe.model_label}` do not run image-to-image "
                     f"here, which {what} needs. Pick an SD 1.5, SDXL or FLUX.1 model.")  # fmt: skip
     if recipe.pictures:
+        from engine.validation import reference_problem
+
+        # More pictures than the model takes (Variant.max_images) is refused as the engine would.
+        problem = reference_problem(recipe)
+        if problem is not None:
+            return problem[0].upper() + problem[1:] + "."
         store: PictureStore | None = getattr(client, "pictures", None)
         # Inputs are a server's data: a recipe code from elsewhere does not reach another
         # server's copy of its input, even by the right hash. An edit's reference pictures

@@ -168,8 +168,14 @@ def reference_problem(recipe: Recipe, architecture: str = "") -> str | None:
     given = 1 + len(references)
     if given <= most:
         return None
-    label = found.label if found is not None else spec.label if spec is not None else "This model"
-    extra = f"{len(references)} reference picture{'s' if len(references) > 1 else ''}"
+    label = found.label if found is not None else spec.label if spec is not None else ""
+    extra = "reference picture" if len(references) == 1 else f"{len(references)} reference pictures"
+    does = (found.capabilities if found is not None and found.capabilities is not None
+            else spec.capabilities if spec is not None else frozenset())  # fmt: skip
+    if "edit" not in does:
+        who = f"{label} models take" if label else "a model of unknown architecture takes"
+        return (f"{who} one input picture and no reference pictures (only an edit model reads "
+                f"those): leave out the {extra}, or pick an edit model that takes several (Qwen-Image-Edit-2509)")  # fmt: skip
     if most == 1:
         return (f"{label} takes one picture, the one it edits, and no reference pictures: leave out the "
                 f"{extra}, or pick an edit model that takes several (Qwen-Image-Edit-2509)")  # fmt: skip
