@@ -89,10 +89,6 @@ async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = No
     if recipe.pictures:
         from engine.validation import reference_problem
 
-        # More pictures than the model takes (Variant.max_images) is refused as the engine would.
-        problem = reference_problem(recipe)
-        if problem is not None:
-            return problem[0].upper() + problem[1:] + "."
         store: PictureStore | None = getattr(client, "pictures", None)
         # Inputs are a server's data: a recipe code from elsewhere does not reach another
         # server's copy of its input, even by the right hash. An edit's reference pictures
@@ -100,6 +96,10 @@ async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = No
         for digest in recipe.pictures:
             if store is None or not await store.has(digest, guild_id=guild_id):
                 return gone_message(store.max_age_s if store is not None else MAX_AGE_S)
+        # More pictures than the model takes (Variant.max_images) is refused as the engine would.
+        problem = reference_problem(recipe)
+        if problem is not None:
+            return problem[0].upper() + problem[1:] + "."
     if recipe.hires_scale:
         from engine.recipe.picture import hires_size
         from engine.validation import DEFAULT_LIMITS

@@ -13,9 +13,11 @@ import hashlib
 import io
 import struct
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from engine.protocol import Recipe
@@ -206,3 +208,55 @@ async def test_an_input_the_image_check_flags_is_refused_before_any_gpu_time(wor
     assert "image check flagged it" in text and "age-restricted" in text, text
     assert not running(world) and images_posted(world) == before
     assert not (world.db_path.parent / "inputs" / f"{hashlib.sha256(source).hexdigest()}.img").exists()
+
+
+async def test_a_recipe_whose_reference_picture_was_deleted_is_refused(world: World) -> None:
+    """An edit's further pictures (``Recipe.references``) are kept like its input: each must still
+    be here, and a member's ``/privacy`` deletion takes theirs with it."""
+    before = seen(world)
+    await world.double.slash(world.alice, world.channel, "imagine",
+                             {**FAST, "prompt": "a fox", "image": ("fox.png", smooth_png(5)), "strength": 0.4})  # fmt: skip
+    result = await next_result(world, before)
+    await recorded(world, result)
+    # Bob brought the reference picture in (as /edit keeps its image2).
+    link = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}/1"
+    hat = await world.bot.pictures.add(smooth_png(6), guild_id=world.guild.id, user_id=world.bob.user.id, source=link)
+    code = encode(replace(recipe_of(result), references=(hat,), reference_sources=(link,)))
+    # Every picture kept: the model's own rule answers, before any GPU time.
+    before = images_posted(world)
+    text = await answer(await world.double.slash(world.alice, world.channel, "imagine", {"recipe": code}))
+    assert "SD 1.5 models take one input picture and no reference pictures" in text, text
+    ask = await world.double.slash(world.bob, world.channel, "privacy", {}, subcommand="delete")
+    asked = await ask.wait_followup()
+    confirm = await world.double.click(world.bob, asked, f"atelier:privacy:delete:{world.bob.user.id}:0")
+    assert "1 input image(s)" in await answer(confirm)
+    assert not (world.db_path.parent / "inputs" / f"{hat}.img").exists()
+    text = await answer(await world.double.slash(world.alice, world.channel, "imagine", {"recipe": code}))
+    assert "no longer kept" in text and "Attach the image again" in text, text
+    assert not running(world) and images_posted(world) == before  # nothing queued, nothing posted
+
+
+async def test_the_dispatcher_sends_every_picture_or_none(world: World) -> None:
+    """Each (re)submission sends the input and every reference picture first (``POST /inputs``),
+    all read before any is sent: a job with one picture gone sends none of them."""
+    from bot.jobs.model import Job
+    from engine.protocol import EngineError
+
+    store, dispatcher = world.bot.pictures, world.bot.dispatcher
+    slot = dispatcher.pool.slots[0]
+    kept = [await store.add(smooth_png(10 + i), guild_id=world.guild.id, user_id=world.alice.user.id, source="s")
+            for i in range(3)]  # fmt: skip
+    recipe = Recipe(model="sd15-tiny.safetensors", prompt="p", architecture="sd15", width=64, height=64,
+                    init_image=kept[0], references=(kept[1], kept[2]))  # fmt: skip
+    job = Job(recipe, world.guild.id, world.channel.id, world.alice.user.id, "alice")
+    await dispatcher._send_input(slot, job)
+    # The engine holds all three: its own rule answers, not a missing picture.
+    with pytest.raises(EngineError, match="SD 1.5 models take one input picture and no reference"):
+        await world.engine.submit("all-sent", recipe)
+    lone = await store.add(smooth_png(20), guild_id=world.guild.id, user_id=world.alice.user.id, source="s")
+    never_kept = hashlib.sha256(smooth_png(21)).hexdigest()
+    gone = replace(recipe, init_image=lone, references=(never_kept,))
+    with pytest.raises(EngineError, match="no longer kept"):
+        await dispatcher._send_input(slot, Job(gone, world.guild.id, world.channel.id, world.alice.user.id, "alice"))
+    with pytest.raises(EngineError, match=f"the input image {lone[:12]}… has not been sent"):
+        await world.engine.submit("none-sent", replace(recipe, init_image=lone, references=()))

@@ -6,6 +6,7 @@ an edit model; the engine then runs diffusers' ``FluxKontextPipeline`` on the lo
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import replace
 
@@ -77,3 +78,52 @@ def test_an_edit_model_whose_runtime_cannot_edit_is_refused_with_what_to_do() ->
     with pytest.raises(EngineError, match="qwen_image edit models do not run here yet: pick a text-to-image model"):
         edit(runtime, None, conditioning=None, recipe=recipe, latents=None, generators=[], callback=lambda *a: {},
              init=Image.new("RGB", (64, 64)))  # fmt: skip
+
+
+def test_kontext_with_a_reference_picture_is_refused_before_any_step(flux_generator: Generator) -> None:
+    """FLUX.1 Kontext takes one picture (``max_images`` 1): a further one is refused by name, even
+    when the engine holds every picture, before the model is touched."""
+    reference = flux_generator.inputs.put(picture(25, (64, 64)))
+    recipe = replace(with_input(flux_generator, KONTEXT, picture(26, (80, 64))), references=(reference,))
+    steps: list[int] = []
+    with pytest.raises(EngineError, match="FLUX.1 Kontext takes one picture, the one it edits, and no reference"):
+        flux_generator.run(recipe, on_step=lambda step, total: steps.append(step))
+    assert steps == []
+
+
+@pytest.fixture
+def kontext_takes_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kontext's variant as an edit model that takes a reference beside its picture (Qwen-Image-
+    Edit-2509 does, three in all): the engine's path for references, on the tiny FLUX.1 build."""
+    from engine import arch
+
+    spec = arch.get("flux")
+    assert spec is not None
+    monkeypatch.setitem(spec.variants, "kontext", replace(spec.variants["kontext"], max_images=2))
+
+
+def test_an_edit_loads_every_reference_and_hands_them_on_as_sent(
+    flux_generator: Generator, kontext_takes_two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.arch.flux.pipeline import FluxRuntime
+
+    seen: list[list[tuple[int, int]]] = []
+    real_edit = FluxRuntime.edit
+
+    def spy(self: FluxRuntime, pipe: object, **kwargs: object) -> object:
+        seen.append([image.size for image in kwargs["images"]])  # type: ignore[attr-defined]
+        return real_edit(self, pipe, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FluxRuntime, "edit", spy)
+    reference = picture(27, (48, 96))
+    recipe = replace(with_input(flux_generator, KONTEXT, picture(28, (96, 64))),
+                     references=(hashlib.sha256(reference).hexdigest(),))  # fmt: skip
+    # Not sent: refused by name before any step.
+    with pytest.raises(EngineError, match=r"the reference picture [0-9a-f]{12}… was not sent to this engine"):
+        flux_generator.run(recipe)
+    assert seen == []
+    flux_generator.inputs.put(reference)
+    out = flux_generator.run(recipe).images[0]
+    # The edited picture fitted to the recipe's size; the reference as it came (the model sizes it).
+    assert seen == [[(80, 64), (48, 96)]]
+    assert Image.open(io.BytesIO(out)).size == (80, 64)

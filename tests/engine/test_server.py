@@ -8,6 +8,7 @@ aiohttp where the wire format itself is under test). The last tests start
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -196,6 +197,28 @@ async def test_request_errors_have_codes_and_http_statuses(engine, demo_assets) 
     assert status == 404 and body["error"]["code"] == "unknown_job"
     status, body = await raw(base, "GET", "/no/such/route")
     assert status == 404 and "error" in body
+
+
+async def test_a_job_is_refused_until_every_picture_it_names_was_sent(engine, demo_assets) -> None:
+    """``POST /jobs`` checks the input picture and each reference picture the recipe names are
+    held (``POST /inputs``) before anything else: the one missing is named."""
+    client, _ = engine
+
+    def png(shade: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (64, 64), (shade, 90, 160)).save(out, "PNG")
+        return out.getvalue()
+
+    first = await client.put_input(png(10))
+    second = hashlib.sha256(png(200)).hexdigest()
+    recipe = tiny_recipe(demo_assets, init_image=first, references=(second,), architecture="sd15")
+    with pytest.raises(EngineError, match=f"the reference picture {second[:12]}… has not been sent") as caught:
+        await client.submit("refs-missing", recipe)
+    assert caught.value.code == ErrorCode.INVALID_RECIPE
+    assert await client.put_input(png(200)) == second
+    # Every picture held: now the recipe's own rules answer (SD 1.5 reads no reference pictures).
+    with pytest.raises(EngineError, match="SD 1.5 models take one input picture and no reference pictures"):
+        await client.submit("refs-held", recipe)
 
 
 async def test_jobs_handed_over_together_share_one_call_and_match_their_solo_images(

@@ -81,8 +81,12 @@ async def privacy_show(interaction: discord.Interaction[Any]) -> None:
 async def privacy_delete(interaction: discord.Interaction[Any], images: bool = False) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
-    data = await features_of(interaction).registry.privacy.member_data(interaction.guild_id, interaction.user.id)
-    if data.empty:
+    bot = features_of(interaction)
+    data = await bot.registry.privacy.member_data(interaction.guild_id, interaction.user.id)
+    # Pictures alone count too: a member may only have brought in an edit's reference picture.
+    pictures = getattr(bot.client, "pictures", None)
+    inputs = await pictures.count_for(interaction.guild_id, interaction.user.id) if pictures is not None else 0
+    if data.empty and not inputs:
         await send_private(interaction, "Atelier keeps nothing about you in this server.")
         return
     what = [
@@ -92,6 +96,7 @@ async def privacy_delete(interaction: discord.Interaction[Any], images: bool = F
         f"the recipes of {len(data.posts)} image(s)" + (" and the image messages" if images else ""),
         f"{data.bookmarks} bookmark(s)",
         f"{data.finished_jobs} finished job(s)",
+        f"{inputs} input image(s)",
     ]
     text = (
         "This deletes " + ", ".join(what) + ". "
