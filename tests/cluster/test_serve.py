@@ -321,6 +321,9 @@ async def test_the_real_tiny_engine_runs_on_a_replica_and_serve_evicts_from_its_
         assert "Denoising strength: 0.5" in png_parameters(varied)
         with pytest.raises(EngineError, match="has not been sent"):
             await client.submit("real-sd15-missing", replace(job, init_image="ab" * 32))
+        # The ingress validates first: SD 1.5 reads no reference pictures (an edit model's), sent or not.
+        with pytest.raises(EngineError, match="one input picture and no reference pictures"):
+            await client.submit("real-sd15-reference", replace(job, init_image=digest, references=("cd" * 32,)))
         replica = serve.get_deployment_handle("EngineReplica", app_name="atelier")
         held = [m["file"] for m in (await replica.health.remote())["runner"]["models"]]
         assert held == [sd15]

@@ -127,3 +127,22 @@ def test_an_edit_loads_every_reference_and_hands_them_on_as_sent(
     # The edited picture fitted to the recipe's size; the reference as it came (the model sizes it).
     assert seen == [[(80, 64), (48, 96)]]
     assert Image.open(io.BytesIO(out)).size == (80, 64)
+
+
+def test_the_edit_call_itself_refuses_more_pictures_than_the_model_takes() -> None:
+    """engine.picture_run.edit holds the same rule for a direct caller: Kontext reads one picture;
+    and every reference the recipe names must have arrived."""
+    from types import SimpleNamespace
+
+    from engine.picture_run import edit
+
+    calls: list[object] = []
+    runtime = SimpleNamespace(architecture="flux", edit=lambda *a, **k: calls.append(k))
+    start, other = Image.new("RGB", (80, 64)), Image.new("RGB", (32, 32))
+    recipe = replace(KONTEXT, init_image="0" * 64, references=("1" * 64,))
+    kwargs = {"conditioning": None, "latents": None, "generators": [], "callback": lambda *a: {}}
+    with pytest.raises(EngineError, match="FLUX.1 Kontext takes one picture"):
+        edit(runtime, None, recipe=recipe, init=start, references=[other], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="reference pictures were not all sent"):
+        edit(runtime, None, recipe=recipe, init=start, references=[], **kwargs)  # type: ignore[arg-type]
+    assert calls == []
