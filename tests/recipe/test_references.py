@@ -121,3 +121,17 @@ def test_kontext_and_text_to_image_models_take_no_references() -> None:
     # Without references every model is as before.
     assert reference_problem(replace(KONTEXT, references=(), reference_sources=())) is None
     validate_recipe(replace(KONTEXT, references=(), reference_sources=()))
+
+
+def test_reroll_and_remix_keep_the_references_and_a_new_start_picture_drops_them() -> None:
+    """bot.pictures.PictureChoice is what Reroll, Remix and a recipe code carry over
+    (bot.ui.actions): the references go with the input they belong to; Vary and "Use as starting
+    image" start from a new picture alone."""
+    from bot.pictures import PictureChoice
+
+    choice = PictureChoice.of(EDIT)
+    assert choice is not None
+    again = choice.apply(replace(EDIT, init_image="", references=(), reference_sources=(), seed=99))
+    assert (again.init_image, again.references, again.reference_sources) == (A, (B, C), LINKS)
+    fresh = PictureChoice(init_image=D, init_image_source="https://discord.com/channels/1/2/40").apply(EDIT)
+    assert fresh.init_image == D and fresh.references == () and fresh.reference_sources == ()
