@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.protocol import EngineError, ErrorCode
+
 #: Prefixes some exports put before a VAE's own names (diffusers' ``LDM_VAE_KEYS``).
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 
@@ -64,3 +66,16 @@ def find_component(folders: Sequence[Path], wanted: Component,
             if component_of(shapes_of(candidate)) == wanted:
                 return candidate
     return None
+
+
+def named(path: Path, build: Callable[[], Any]) -> Any:
+    """Load a component, its refusal naming its file (a components folder holds several)."""
+    try:
+        return build()
+    except EngineError as exc:
+        raise EngineError(exc.code, f"'{path.name}': {exc.message}") from exc
+    except (KeyError, ValueError, RuntimeError) as exc:  # a tensor of the wrong shape or missing
+        if "out of memory" in str(exc).lower():
+            raise
+        raise EngineError(ErrorCode.CORRUPT_FILE, f"'{path.name}' does not fit the layout it was recognised as "
+                          f"({type(exc).__name__}: {exc}); re-download it") from exc  # fmt: skip

@@ -93,7 +93,7 @@ def test_the_text_encoder_file_loads_its_tensors(roots, tmp_path: Path, dtype: s
             assert torch.equal(got["model.language_model." + key.removeprefix("model.")], expected)
             assert not torch.equal(expected, source["model.language_model.layers.0.self_attn.q_proj.weight"])
     # ComfyUI leaves lm_head out; the loaded one is the input embeddings (nothing reads logits).
-    assert torch.equal(got["lm_head.weight"], got["model.language_model.embed_tokens.weight"])
+    assert loaded.lm_head.weight is loaded.model.language_model.embed_tokens.weight
 
 
 def test_a_text_encoder_without_its_vision_tower_reads_text_and_refuses_a_picture(roots, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_a_text_encoder_without_its_vision_tower_reads_text_and_refuses_a_pictur
         ours = parts["text_encoder"](input_ids=torch.tensor([[5, 6, 7]]), output_hidden_states=True)  # type: ignore[operator]
     assert torch.equal(hidden, ours.hidden_states[-1])
     with pytest.raises(EngineError) as caught:
-        loaded.model.visual(torch.zeros(4, 16), grid_thw=torch.tensor([[1, 2, 2]]))
+        loaded.model.get_image_features(pixel_values=torch.zeros(4, 3 * 2 * 14 * 14), image_grid_thw=torch.tensor([[1, 2, 2]]))
     assert "vision tower" in str(caught.value) and "qwen_2.5_vl_7b.safetensors" in str(caught.value)
 
 
@@ -163,3 +163,22 @@ def test_a_wrong_or_broken_file_in_the_components_folder_is_named(roots, tmp_pat
     with pytest.raises(EngineError) as caught:
         RUNTIME.load(transformer, device="cpu", dtype="float32", model_root=root)
     assert caught.value.code is ErrorCode.CORRUPT_FILE and "qwen_2.5_vl_7b.safetensors" in str(caught.value)
+
+
+def test_a_file_missing_a_tensor_is_named_with_what_it_should_be(roots, tmp_path: Path) -> None:
+    _build, single, _parts = roots
+    from safetensors.torch import load_file, save_file
+
+    for name, drop, expected in (("qwen_image_vae.safetensors", "decoder.upsamples.4.shortcut.weight",
+                                  "qwen_image_vae.safetensors (Wan 2.1's VAE)"),
+                                 ("qwen_2.5_vl_7b.safetensors", "model.layers.1.mlp.up_proj.weight",
+                                  "qwen_2.5_vl_7b.safetensors (or its _fp8_scaled copy)")):  # fmt: skip
+        state = load_file(str(single / COMPONENTS_FOLDER / name))
+        del state[drop]
+        save_file(state, str(tmp_path / name))
+        load = single_file.load_vae if "vae" in name else single_file.load_text_encoder
+        with pytest.raises(EngineError) as caught:
+            load(tmp_path / name, dtype=torch.float32)
+        text = str(caught.value)
+        assert caught.value.code is ErrorCode.CORRUPT_FILE, text
+        assert text.startswith(f"'{name}'") and "1 missing" in text and expected in text and "FLUX.1" not in text, text

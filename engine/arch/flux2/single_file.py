@@ -13,10 +13,10 @@ only) normalises the patchified latents.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.arch.components import named as _named
 from engine.arch.components import strip_component_prefix
 from engine.component_configs import CONFIG_ROOT
 from engine.protocol import EngineError, ErrorCode
@@ -77,7 +77,8 @@ def vae_from_bfl(state: dict[str, Any], *, dtype: Any) -> Any:
     converted = to_diffusers(state, config)
     model = _empty(lambda: AutoencoderKLFlux2.from_config(config))
     counter = converted.pop("bn.num_batches_tracked")
-    model = _fill(model, {**converted, "bn.num_batches_tracked": counter.to(dtype)}, dtype, "FLUX.2 VAE")
+    model = _fill(model, {**converted, "bn.num_batches_tracked": counter.to(dtype)}, dtype, "FLUX.2 VAE",
+                  "FLUX.2 reads BFL's flux2-vae.safetensors as published")  # fmt: skip
     model.bn.num_batches_tracked = counter.to(torch.long)  # a counter, never cast
     return model.eval()
 
@@ -95,9 +96,3 @@ def load_vae(path: Path, *, dtype: Any) -> Any:
         return vae_from_folder(path, dtype=dtype)
     return _named(path, lambda: vae_from_bfl(read(path), dtype=dtype))
 
-
-def _named(path: Path, build: Callable[[], Any]) -> Any:
-    try:
-        return build()
-    except EngineError as exc:
-        raise EngineError(exc.code, f"'{path.name}': {exc.message}") from exc

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.arch.components import named as _named
 from engine.arch.components import strip_component_prefix
 from engine.component_configs import CONFIG_ROOT
 from engine.protocol import EngineError, ErrorCode
@@ -74,7 +74,8 @@ def vae_from_comfy(state: dict[str, Any], *, dtype: Any) -> Any:
                           "encoder.conv1 / decoder.head tensors): use qwen_image_vae.safetensors")  # fmt: skip
     config = vae_config(state)
     model = _empty(lambda: AutoencoderKLQwenImage.from_config(config))
-    return _fill(model, convert_wan_vae_to_diffusers(state), dtype, "Qwen-Image VAE")
+    return _fill(model, convert_wan_vae_to_diffusers(state), dtype, "Qwen-Image VAE",
+                 "Qwen-Image reads ComfyUI's qwen_image_vae.safetensors (Wan 2.1's VAE) as published")  # fmt: skip
 
 
 # --- the text encoder -----------------------------------------------------------------------
@@ -137,12 +138,16 @@ def to_transformers(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _no_vision_tower() -> Any:
+def _no_vision_tower(dtype: Any) -> Any:
     """What stands where the vision tower goes when the file has none: text prompts never call
     it, and a picture gets a clear error instead of random weights."""
     import torch
 
     class NoVisionTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtype = dtype  # read by Qwen2_5_VLModel before it calls the tower
+
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             raise EngineError(ErrorCode.UNSUPPORTED_FORMAT, "this Qwen2.5-VL text encoder file has no vision "
                               "tower (visual.* tensors), which reading a picture needs: use ComfyUI's full "
@@ -155,8 +160,8 @@ def text_encoder_from_comfy(state: dict[str, Any], *, dtype: Any) -> Any:
     """``Qwen2_5_VLForConditionalGeneration`` from ``qwen_2.5_vl_7b[_fp8_scaled].safetensors``.
 
     ``lm_head`` is absent from ComfyUI's file: it is tied to the input embeddings so the module
-    is whole (nothing here reads logits). A file without the vision tower loads for text; its
-    tower's parameters are then freed and a picture is refused clearly.
+    is whole (nothing here reads logits). A file without the vision tower loads for text: a
+    one-block stand-in fills the module and is then swapped for one that refuses a picture clearly.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -174,14 +179,18 @@ def text_encoder_from_comfy(state: dict[str, Any], *, dtype: Any) -> Any:
     config = text_encoder_config(state)
     has_vision = "model.visual.patch_embed.proj.weight" in state
     model = _empty(lambda: Qwen2_5_VLForConditionalGeneration(config))
+    tie = "lm_head.weight" not in state
     state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     if not has_vision:
         tower = model.model.visual
         for name, tensor in tower.state_dict().items():
             state[f"model.visual.{name}"] = torch.zeros(tensor.shape, dtype=dtype)
-    _fill(model, state, dtype, "Qwen2.5-VL text encoder")
+    _fill(model, state, dtype, "Qwen2.5-VL text encoder",
+          "Qwen-Image reads ComfyUI's qwen_2.5_vl_7b.safetensors (or its _fp8_scaled copy) as published")  # fmt: skip
     if not has_vision:
-        model.model.visual = _no_vision_tower()
+        model.model.visual = _no_vision_tower(dtype)
+    if tie:
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight  # one tensor, not a copy
     return model
 
 
@@ -210,10 +219,3 @@ def load_text_encoder(path: Path, *, dtype: Any) -> Any:
         return text_encoder_from_folder(path, dtype=dtype)
     return _named(path, lambda: text_encoder_from_comfy(read(path), dtype=dtype).eval())
 
-
-def _named(path: Path, build: Callable[[], Any]) -> Any:
-    """A component's refusal names its file: the components folder may hold several."""
-    try:
-        return build()
-    except EngineError as exc:
-        raise EngineError(exc.code, f"'{path.name}': {exc.message}") from exc
