@@ -108,3 +108,23 @@ def test_another_models_vae_or_a_cut_file_is_named(roots, tmp_path: Path) -> Non
     with pytest.raises(EngineError) as caught:
         RUNTIME.load(transformer, device="cpu", dtype="float32", model_root=root)
     assert caught.value.code is ErrorCode.CORRUPT_FILE and "flux2-vae.safetensors" in str(caught.value)
+
+
+def test_the_real_sizes_are_read_back_from_bfls_layout() -> None:
+    """FLUX.2's published VAE sizes (meta tensors): the config read from the shapes is the shipped one."""
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLFlux2
+
+    from engine.arch.components import FLUX2_VAE, component_of
+    from engine.component_configs import CONFIG_ROOT
+    from sandbox.flux2_builder import bfl_vae_state
+
+    shipped = json.loads((CONFIG_ROOT / "flux2_klein" / "vae" / "config.json").read_text())
+    shipped.pop("_class_name")
+    with init_empty_weights():
+        state = bfl_vae_state(AutoencoderKLFlux2(**shipped))
+    assert component_of({k: v.shape for k, v in state.items()}) == FLUX2_VAE
+    read = single_file.vae_config(state)
+    assert {k: list(v) if isinstance(v, list | tuple) else v for k, v in read.items()} == shipped

@@ -182,3 +182,32 @@ def test_a_file_missing_a_tensor_is_named_with_what_it_should_be(roots, tmp_path
         text = str(caught.value)
         assert caught.value.code is ErrorCode.CORRUPT_FILE, text
         assert text.startswith(f"'{name}'") and "1 missing" in text and expected in text and "FLUX.1" not in text, text
+
+
+def test_the_real_sizes_are_read_back_from_the_real_layouts() -> None:
+    """The published sizes (meta tensors, nothing allocated): the configs read from the shapes
+    are the shipped ones, Qwen2.5-VL's vision tower included."""
+    import json
+
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLQwenImage
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from engine.arch.components import QWEN25_VL, QWEN_IMAGE_VAE, component_of
+    from engine.component_configs import CONFIG_ROOT
+    from sandbox.qwen_image_builder import comfy_text_encoder_state, wan_vae_state
+
+    vae_config = json.loads((CONFIG_ROOT / "qwen_image" / "vae" / "config.json").read_text())
+    vae_config.pop("_class_name")
+    shipped = json.loads((CONFIG_ROOT / "qwen_image" / "text_encoder" / "config.json").read_text())
+    real = Qwen2_5_VLConfig(**{k: v for k, v in shipped.items() if k not in ("architectures", "model_type")})
+    with init_empty_weights():
+        vae = wan_vae_state(AutoencoderKLQwenImage(**vae_config))
+        text = comfy_text_encoder_state(Qwen2_5_VLForConditionalGeneration(real))
+    assert component_of({k: v.shape for k, v in vae.items()}) == QWEN_IMAGE_VAE
+    assert component_of({k: v.shape for k, v in text.items()}) == QWEN25_VL
+    assert single_file.vae_config(vae) == vae_config
+    read = single_file.text_encoder_config(single_file.to_transformers(text))
+    assert read.text_config.to_dict() == real.text_config.to_dict()
+    assert read.vision_config.to_dict() == real.vision_config.to_dict()
+    assert read.image_token_id == 151655 and read.vision_start_token_id == 151652
