@@ -440,7 +440,7 @@ def _check_kind(info: FileInfo, kind: str) -> None:
         return
     what = {
         "checkpoint": "a full model (a checkpoint)", "embedding": "a textual-inversion embedding",
-        "lora": "a LoRA", "vae": "a VAE",
+        "lora": "a LoRA", "vae": "a VAE", "text_encoder": "a text encoder",
     }.get(info.kind, "not a file Atelier recognises")  # fmt: skip
     raise DownloadFailed(
         "wrong_kind", f"the file is {what}, not {'a LoRA' if kind == 'lora' else 'an embedding'} as announced; it was deleted"

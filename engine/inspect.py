@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import arch as _arch
+from engine.arch import components as _components
 from engine.arch import recognition as _recognition
 from engine.arch import unet as _unet
 from engine.classify import (
@@ -169,6 +170,12 @@ def _validate_entries(path: Path, header: dict[str, Any], *, data_bytes: int) ->
             )
 
 
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a validated header (a truncated file is named as such)."""
+    header, _ = read_header(path)
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
 # --- hashing -----------------------------------------------------------------------------
 
 _hash_cache: dict[tuple[str, int, int], tuple[str, str]] = {}
@@ -257,6 +264,8 @@ def classify(
         kind = "lora"
     elif looks_like_checkpoint(keys) or dit is not None:
         kind = "checkpoint"
+    elif (component := _components.component_of({k: tensors[k].get("shape") or () for k in keys})) is not None:
+        return component.role, component.architecture  # a published VAE / text encoder of a DiT
     elif looks_like_vae(keys):
         return "vae", _arch.from_metadata(metadata) or "unknown"
     else:

@@ -63,7 +63,7 @@ Architecture = str
 FileKind = Literal["lora", "model", "embedding"]
 #: What a ``.safetensors`` file turned out to be. "lora" is any LoRA-like network file
 #: (whatever its maths: see ``FileInfo.lora_format``).
-InspectedKind = Literal["lora", "embedding", "checkpoint", "vae", "unknown"]
+InspectedKind = Literal["lora", "embedding", "checkpoint", "vae", "text_encoder", "unknown"]
 #: How people write each architecture's name, for every message that names one.
 ARCHITECTURE_LABELS: dict[str, str] = {name: _arch.label(name) for name in ARCHITECTURES}
 

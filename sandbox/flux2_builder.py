@@ -114,3 +114,41 @@ def write_kohya_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: flo
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path),
               {"ss_network_module": "networks.lora_flux_2", "ss_base_model_version": "flux2"})  # fmt: skip
     return path
+
+
+def bfl_vae_state(vae: Any) -> dict[str, Any]:
+    """``flux2-vae.safetensors``' names (BFL's LDM layout) for an ``AutoencoderKLFlux2``'s tensors,
+    written from BFL's module tree, not by running the loader's converter backwards: up blocks
+    numbered from the bottom, ``block_N`` mid blocks, 1x1-conv attention, the quant convs inside
+    the encoder and decoder, the batch norm's running statistics (no counter)."""
+    import re
+
+    levels = len(vae.config.block_out_channels)
+    out: dict[str, Any] = {}
+    for key, tensor in vae.state_dict().items():
+        if key == "bn.num_batches_tracked":
+            continue
+        new = re.sub(r"^quant_conv\.", "encoder.quant_conv.", key)
+        new = re.sub(r"^post_quant_conv\.", "decoder.post_quant_conv.", new)
+        new = new.replace(".conv_norm_out.", ".norm_out.").replace(".conv_shortcut.", ".nin_shortcut.")
+        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
+        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
+        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.", new)
+        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.", new)
+        new = re.sub(r"\.mid_block\.resnets\.(\d)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", new)
+        attention = ".mid_block.attentions.0." in new
+        for ours, bfls in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            new = new.replace(f".mid_block.attentions.0.{ours}.", f".mid.attn_1.{bfls}.")
+        value = tensor.detach()
+        if attention and new.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # BFL's attention projections are 1x1 convolutions
+        out[new] = value.contiguous()
+    return out
+
+
+def write_bfl_vae(vae: Any, path: Path) -> Path:
+    """BFL's ``flux2-vae.safetensors`` (float32, as Comfy-Org's split_files/vae copy is)."""
+    import torch
+
+    _save({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in bfl_vae_state(vae).items()}, path, {})
+    return path

@@ -33,7 +33,7 @@ def text_encoder_config() -> Any:
 
     vocab = 256 + len(SPECIAL)
     return Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=TEXT_WIDTH, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        text_config=dict(hidden_size=TEXT_WIDTH, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, rms_norm_eps=1e-6,
                          num_key_value_heads=1, vocab_size=vocab + 3, max_position_embeddings=2048, rope_theta=1e6,
                          rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=None,
                          eos_token_id=258),
@@ -43,7 +43,9 @@ def text_encoder_config() -> Any:
     )  # fmt: skip
 
 
-def build_components(seed: int = 0, *, heads: int = 2, head_dim: int = 16, layers: int = 2) -> dict[str, Any]:
+def build_components(seed: int = 0, *, heads: int = 2, head_dim: int = 16, layers: int = 2,
+                     wan_vae: bool = False) -> dict[str, Any]:  # fmt: skip
+    """``wan_vae``: the VAE in the real structure (:func:`build_wan_vae`), as ComfyUI's file needs."""
     import torch
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -60,8 +62,9 @@ def build_components(seed: int = 0, *, heads: int = 2, head_dim: int = 16, layer
     _seeded(seed * 100 + 31)
     transformer = QwenImageTransformer2DModel.from_config(config)
     _seeded(seed * 100 + 32)
-    vae = AutoencoderKLQwenImage(base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
-                                 temperal_downsample=[False, True, True])  # fmt: skip
+    vae = build_wan_vae(seed) if wan_vae else AutoencoderKLQwenImage(
+        base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
+        temperal_downsample=[False, True, True])  # fmt: skip
     _seeded(seed * 100 + 33)
     text = Qwen2_5_VLForConditionalGeneration(text_encoder_config())
     generator = torch.Generator().manual_seed(seed * 100 + 39)
@@ -84,8 +87,9 @@ class QwenImageBuild:
     components: Path  # qwen-image-components/ with vae/, text_encoder/, tokenizer/
 
 
-def build_qwen_image(out: Path, *, seed: int = 0, dtype: StoreDtype = "bf16", **shape: int) -> QwenImageBuild:
-    parts = build_components(seed, **shape)
+def build_qwen_image(out: Path, *, seed: int = 0, dtype: StoreDtype = "bf16", wan_vae: bool = False,
+                     **shape: int) -> QwenImageBuild:  # fmt: skip
+    parts = build_components(seed, wan_vae=wan_vae, **shape)
     folder = out / "qwen-image-diffusers"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text((CONFIG_ROOT / "qwen_image" / "model_index.json").read_text())
@@ -123,3 +127,72 @@ def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: fl
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path),
               {"ss_network_module": "networks.lora_qwen_image", "ss_base_model_version": "qwen_image"})  # fmt: skip
     return path
+
+
+# --- ComfyUI's single files (Comfy-Org/Qwen-Image_ComfyUI, split_files/) ------------------------
+
+#: diffusers' residual-block names -> Wan 2.1's (``residual`` is an nn.Sequential there).
+_WAN_RESIDUAL = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
+                 "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
+                 "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}  # fmt: skip
+
+
+def build_wan_vae(seed: int = 0) -> Any:
+    """A tiny ``AutoencoderKLQwenImage`` with the real structure (four levels of two residual
+    blocks, Wan's channel proportions), at 1/12 of the width: ComfyUI's file is the real one."""
+    from diffusers import AutoencoderKLQwenImage
+
+    _seeded(seed * 100 + 34)
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                  temperal_downsample=[False, True, True]).eval()  # fmt: skip
+
+
+def wan_vae_state(vae: Any) -> dict[str, Any]:
+    """``qwen_image_vae.safetensors``' names (Wan 2.1's VAE) for a diffusers VAE's tensors,
+    written from Wan's module tree (encoder.downsamples / decoder.upsamples as flat lists, the
+    quant convs as conv1 / conv2), not by running the loader's converter backwards."""
+    import re
+
+    out: dict[str, Any] = {}
+    for key, tensor in vae.state_dict().items():
+        new = key
+        for side in ("encoder", "decoder"):
+            new = new.replace(f"{side}.conv_in.", f"{side}.conv1.").replace(f"{side}.norm_out.", f"{side}.head.0.")
+            new = new.replace(f"{side}.conv_out.", f"{side}.head.2.").replace(f"{side}.mid_block.attentions.0.", f"{side}.middle.1.")
+            new = re.sub(rf"^{side}\.mid_block\.resnets\.(\d)\.", lambda m, s=side: f"{s}.middle.{2 * int(m[1])}.", new)
+        new = re.sub(r"^quant_conv\.", "conv1.", re.sub(r"^post_quant_conv\.", "conv2.", new))
+        new = new.replace("encoder.down_blocks.", "encoder.downsamples.")
+        new = re.sub(r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.", lambda m: f"decoder.upsamples.{4 * int(m[1]) + int(m[2])}.", new)
+        new = re.sub(r"^decoder\.up_blocks\.(\d)\.upsamplers\.0\.", lambda m: f"decoder.upsamples.{4 * int(m[1]) + 3}.", new)
+        for ours, wans in _WAN_RESIDUAL.items():
+            if new.endswith("." + ours) and (".downsamples." in new or ".upsamples." in new or ".middle." in new):
+                new = new.removesuffix(ours) + wans
+                break
+        out[new] = tensor.detach()
+    return out
+
+
+def comfy_text_encoder_state(text: Any, *, vision: bool = True) -> dict[str, Any]:
+    """``qwen_2.5_vl_7b.safetensors``' names: transformers' layout before 4.52 (``model.layers``,
+    ``visual.blocks``), without ``lm_head``; ``vision=False``: without the tower too."""
+    out: dict[str, Any] = {}
+    for key, tensor in text.state_dict().items():
+        if key.startswith("model.language_model."):
+            out["model." + key.removeprefix("model.language_model.")] = tensor.detach()
+        elif key.startswith("model.visual.") and vision:
+            out[key.removeprefix("model.")] = tensor.detach()
+    return out
+
+
+def write_comfy_components(folder: Path, parts: dict[str, Any], *, text_dtype: StoreDtype = "bf16",
+                           vision: bool = True) -> tuple[Path, Path]:  # fmt: skip
+    """ComfyUI's ``qwen_image_vae.safetensors`` (bf16) and ``qwen_2.5_vl_7b[_fp8_scaled].safetensors``
+    in ``folder``, from built components (``parts["vae"]`` must have Wan's real structure)."""
+    import torch
+
+    vae = folder / "qwen_image_vae.safetensors"
+    _save({k: v.to(torch.bfloat16).contiguous() for k, v in wan_vae_state(parts["vae"]).items()}, vae, {})
+    suffix = {"bf16": "", "fp8": "_fp8_e4m3fn", "fp8_scaled": "_fp8_scaled"}[text_dtype]
+    text = folder / f"qwen_2.5_vl_7b{suffix}.safetensors"
+    _save(_store(comfy_text_encoder_state(parts["text_encoder"], vision=vision), text_dtype), text, {})
+    return vae, text

@@ -335,7 +335,10 @@ _KIND_ADVICE = {
     "lora": ("a LoRA", "register it with `/lora add`"),
     "checkpoint": ("a full model (checkpoint)", "register it with `/model add`"),
     "embedding": ("a textual-inversion embedding", "register it with `/embedding add`"),
-    "vae": ("a VAE", "it is not registered on its own; a model uses its own VAE"),
+    "vae": ("a VAE", "it is not registered on its own; a model uses its own VAE (a single-file Qwen-Image or "
+            "FLUX.2 model finds it in the models folder's `qwen-image-components/` or `flux2-components/`)"),
+    "text_encoder": ("a text encoder", "it is not registered on its own; a single-file model finds it in its "
+                     "components folder (`qwen-image-components/`, `flux2-components/`, `zimage-components/`)"),
     "unknown": ("not a file Atelier recognises (no LoRA, model or embedding keys)",
                 "check that it is the file you meant, or re-export it"),
 }  # fmt: skip

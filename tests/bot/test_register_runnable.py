@@ -114,3 +114,36 @@ async def test_sd15_and_sdxl_files_still_register(world: World, demo_assets: Any
     assert "Registered **pixel-copy**" in text, text
     entry = await world.registry.loras.get(world.guild.id, "pixel-copy")
     assert entry is not None and entry.architecture == "sdxl"
+
+
+def _component(kind: str) -> Callable[[Path], Path]:
+    """A published component file in its real layout (sandbox builders, tiny widths)."""
+
+    def build(path: Path) -> Path:
+        from sandbox.flux2_builder import build_components as flux2_parts
+        from sandbox.flux2_builder import write_bfl_vae
+        from sandbox.qwen_image_builder import build_components, write_comfy_components
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "flux2-vae":
+            return write_bfl_vae(flux2_parts(0)["vae"], path)
+        vae, text = write_comfy_components(path.parent, build_components(0, wan_vae=True))
+        keep, drop = (vae, text) if kind == "qwen-vae" else (text, vae)
+        drop.unlink()
+        return keep.rename(path)
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [("qwen-vae", "a VAE"), ("qwen-text", "a text encoder"), ("flux2-vae", "a VAE")],
+)  # fmt: skip
+async def test_model_add_names_a_published_component_and_where_it_goes(world: World, demo_assets: Any, kind: str,
+                                                                       what: str) -> None:  # fmt: skip
+    with placed(demo_assets.model_root, f"component-test/{kind}.safetensors", _component(kind)) as file:
+        text = await run(world, world.admin, "model", {"file": file, "name": "Component"}, "add")
+    assert f"`{file}` is {what}, not a base model" in text, text
+    assert ("qwen-image-components/" if kind.startswith("qwen") else "flux2-components/") in text
+    assert await world.registry.models.get(world.guild.id, "Component") is None
+    assert world.double.violations == []

@@ -74,6 +74,12 @@ def test_missing_components_are_named(build: QwenImageBuild, tmp_path: Path) -> 
     (tmp_path / COMPONENTS_FOLDER / "qwen_image_vae.safetensors").write_bytes(b"")
     with pytest.raises(EngineError) as caught:
         find_components(tmp_path, tmp_path / "q.safetensors")
+    text = str(caught.value)  # an empty file where ComfyUI's VAE goes: named, as cut short
+    assert caught.value.code is ErrorCode.CORRUPT_FILE
+    assert "qwen_image_vae.safetensors" in text and "truncated" in text
+    (tmp_path / COMPONENTS_FOLDER / "qwen_image_vae.safetensors").unlink()
+    with pytest.raises(EngineError) as caught:
+        find_components(tmp_path, tmp_path / "q.safetensors")
     text = str(caught.value)
     assert caught.value.code is ErrorCode.UNKNOWN_FILE
     assert "vae/" in text and "text_encoder/" in text and "qwen_image_vae.safetensors" in text

@@ -132,15 +132,16 @@ def _empty(factory: Any) -> Any:
         return factory()
 
 
-def _fill(model: Any, state: dict[str, Any], dtype: Any, what: str) -> Any:
-    """Load ``state`` into a meta-device ``model`` (every parameter must be given), cast to ``dtype``."""
+def _fill(model: Any, state: dict[str, Any], dtype: Any, what: str, hint: str = "is it a FLUX.1 file?") -> Any:
+    """Load ``state`` into a meta-device ``model`` (every parameter must be given), cast to ``dtype``;
+    ``hint`` ends the message of a file that does not fit (what it should have been)."""
     expected = set(model.state_dict())
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
         raise EngineError(ErrorCode.CORRUPT_FILE, f"the {what} weights do not fit its layout: "
                           f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                          f"(e.g. {unexpected[:3]}); is it a FLUX.1 file?")  # fmt: skip
+                          f"(e.g. {unexpected[:3]}); {hint}")  # fmt: skip
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return model.eval()
 

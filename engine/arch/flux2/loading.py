@@ -4,7 +4,8 @@ ComfyUI's ``model.diffusion_model.``) with shared components: the Qwen3 text enc
 ships it (``qwen_3_4b.safetensors`` for 4B, ``qwen_3_8b.safetensors`` for 9B: the one whose
 width, three layers stacked, is what the transformer reads; Z-Image's Qwen3-4B is the same file
 and the same loaded module), the Qwen tokenizer folder, and the repository's ``vae/`` folder
-(FLUX.2's 32-channel VAE; BFL's single-file VAE layout is not converted yet).
+(FLUX.2's 32-channel VAE) or BFL's single-file ``flux2-vae.safetensors`` (converted in
+:mod:`engine.arch.flux2.single_file`).
 """
 
 from __future__ import annotations

@@ -56,13 +56,19 @@ def find_components(model_root: Path | None, transformer: Path, text_width: int)
         if (folder / "vae" / "config.json").is_file():
             found["vae"] = folder / "vae"
             break
+    if "vae" not in found:  # BFL's single file, told apart by its header
+        from engine.arch.components import FLUX2_VAE, find_component
+        from engine.inspect import header_shapes
+
+        if (file := find_component(own, FLUX2_VAE, header_shapes)) is not None:
+            found["vae"] = file
     for folder in shared:
         if "tokenizer" not in found and (folder / "tokenizer" / "tokenizer.json").is_file():
             found["tokenizer"] = folder / "tokenizer"
         for candidate in sorted(folder.glob("qwen*.safetensors")):
             if "text_encoder" not in found and width_of(candidate) == text_width:
                 found["text_encoder"] = candidate
-    wanted = {"vae": "vae/ (the FLUX.2 repository's VAE folder)", "tokenizer": "tokenizer/ (Qwen3's)",
+    wanted = {"vae": "vae/ (the FLUX.2 repository's VAE folder) or BFL's flux2-vae.safetensors", "tokenizer": "tokenizer/ (Qwen3's)",
               "text_encoder": f"a qwen*.safetensors Qwen3 file {text_width} wide "
                               f"({'qwen_3_4b' if text_width == 2560 else 'qwen_3_8b'}.safetensors)"}  # fmt: skip
     missing = [text for name, text in wanted.items() if name not in found]
@@ -140,7 +146,7 @@ class Flux2Runtime:
     def load(self, path: Path, *, device: str, dtype: str, model_root: Path | None = None,
              device_budget: int | None = None, fp8: str = "auto") -> Any:  # fmt: skip
 
-        from engine.arch.flux2 import loading
+        from engine.arch.flux2 import loading, single_file
         from engine.arch.zimage.loading import load_tokenizer, text_encoder_from_state
         from engine.pipelines import torch_dtype
 
@@ -155,8 +161,8 @@ class Flux2Runtime:
                 parts = find_components(model_root, path, int(info.config["joint_attention_dim"]) // 3)
                 storage = dtype if info.storage.endswith("_scaled") else info.storage
                 transformer = loading.transformer_from_state(loading.read(path), dtype=torch_type)
-                vae = _shared_component(parts["vae"] / "config.json", torch_type,
-                                        lambda: loading.vae_from_folder(parts["vae"], dtype=torch_type))  # fmt: skip
+                vae = _shared_component(single_file.identity(parts["vae"]), torch_type,
+                                        lambda: single_file.load_vae(parts["vae"], dtype=torch_type))  # fmt: skip
                 text = _shared_component(parts["text_encoder"], torch_type,
                                          lambda: text_encoder_from_state(loading.read(parts["text_encoder"]),
                                                                          dtype=torch_type))  # fmt: skip

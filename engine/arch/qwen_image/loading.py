@@ -6,9 +6,8 @@ and ``tokenizer/`` folders as they are downloaded.
 
 The transformer's config is read from its tensors (width, head size, depth, text width, input
 and output channels, a guidance input). ComfyUI's single-file VAE (``qwen_image_vae``, Wan's
-layout) and text encoder (``qwen_2.5_vl_7b``, without its config) are refused by name with what
-to use instead: converting them is not written yet. fp8 as Z-Image's (plain kept, scaled
-dequantised).
+layout) and text encoder (``qwen_2.5_vl_7b``, without its config) load in
+:mod:`engine.arch.qwen_image.single_file`. fp8 as Z-Image's (plain kept, scaled dequantised).
 """
 
 from __future__ import annotations

@@ -40,7 +40,12 @@ SIZE_MULTIPLE = 16
 
 
 def find_components(model_root: Path | None, transformer: Path) -> dict[str, Path]:
-    """The ``vae/``, ``text_encoder/`` and ``tokenizer/`` folders in ``qwen-image-components/``."""
+    """The VAE and text encoder (the repository's ``vae/`` and ``text_encoder/`` folders, or
+    ComfyUI's ``qwen_image_vae.safetensors`` and ``qwen_2.5_vl_7b*.safetensors``, told apart by
+    their headers) and the ``tokenizer/`` folder in ``qwen-image-components/``."""
+    from engine.arch.components import QWEN25_VL, QWEN_IMAGE_VAE, component_of, find_component
+    from engine.inspect import header_shapes
+
     roots = [r for r in (model_root, transformer.parent) if r is not None]
     folders = [r / COMPONENTS_FOLDER for r in roots if (r / COMPONENTS_FOLDER).is_dir()]
     found: dict[str, Path] = {}
@@ -50,15 +55,22 @@ def find_components(model_root: Path | None, transformer: Path) -> dict[str, Pat
             if (folder / sub / marker).is_file():
                 found[name] = folder / sub
                 break
-    missing = [f"{sub}/" for name, sub in _PARTS.items() if name not in found]
+    for name, component in (("vae", QWEN_IMAGE_VAE), ("text_encoder", QWEN25_VL)):
+        if name not in found and (file := find_component(folders, component, header_shapes)) is not None:
+            found[name] = file
+    wanted = {"vae": "vae/ (or qwen_image_vae.safetensors)",
+              "text_encoder": "text_encoder/ (or qwen_2.5_vl_7b.safetensors)", "tokenizer": "tokenizer/"}  # fmt: skip
+    missing = [text for name, text in wanted.items() if name not in found]
     if missing:
-        single = sorted(p.name for f in folders for p in f.glob("*.safetensors"))
-        extra = (f" ({', '.join(single)} there are ComfyUI's single files, whose VAE and text-encoder layouts this "
-                 "engine does not convert yet)") if single else ""  # fmt: skip
+        others = []
+        for file in sorted(p for f in folders for p in f.glob("*.safetensors")):
+            what = component_of(header_shapes(file))
+            others.append(f"{file.name} is {what.label if what else 'no Qwen-Image VAE or text encoder'}")
+        extra = f" ({'; '.join(others)})" if others else ""
         raise EngineError(ErrorCode.UNKNOWN_FILE, f"'{transformer.name}' is a Qwen-Image transformer without its "
-                          f"{', '.join(missing)}: copy those folders of the Qwen/Qwen-Image diffusers repository into "
-                          f"the models folder's '{COMPONENTS_FOLDER}/' (shared by every Qwen-Image model), or use the "
-                          f"whole diffusers folder{extra}")  # fmt: skip
+                          f"{', '.join(missing)}: put them in the models folder's '{COMPONENTS_FOLDER}/' (shared by "
+                          f"every Qwen-Image model; folders from the Qwen/Qwen-Image diffusers repository or ComfyUI's "
+                          f"single files), or use the whole diffusers folder{extra}")  # fmt: skip
     return found
 
 
@@ -130,7 +142,7 @@ class QwenImageRuntime:
     def load(self, path: Path, *, device: str, dtype: str, model_root: Path | None = None,
              device_budget: int | None = None, fp8: str = "auto") -> Any:  # fmt: skip
 
-        from engine.arch.qwen_image import loading
+        from engine.arch.qwen_image import loading, single_file
         from engine.pipelines import torch_dtype
 
         torch_type = torch_dtype(dtype)
@@ -144,10 +156,10 @@ class QwenImageRuntime:
                 parts = find_components(model_root, path)
                 storage = dtype if info.storage.endswith("_scaled") else info.storage
                 transformer = loading.transformer_from_state(loading.read(path), dtype=torch_type)
-                vae = _shared_component(parts["vae"] / "config.json", torch_type,
-                                        lambda: loading.vae_from_folder(parts["vae"], dtype=torch_type))  # fmt: skip
-                text = _shared_component(parts["text_encoder"] / "config.json", torch_type,
-                                         lambda: loading.text_encoder_from_folder(parts["text_encoder"], dtype=torch_type))  # fmt: skip
+                vae = _shared_component(single_file.identity(parts["vae"]), torch_type,
+                                        lambda: single_file.load_vae(parts["vae"], dtype=torch_type))  # fmt: skip
+                text = _shared_component(single_file.identity(parts["text_encoder"]), torch_type,
+                                         lambda: single_file.load_text_encoder(parts["text_encoder"], dtype=torch_type))  # fmt: skip
                 pipe = loading.pipeline(transformer, vae, text, loading.tokenizer_from_folder(parts["tokenizer"]))
         except EngineError:
             raise
