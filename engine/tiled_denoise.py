@@ -25,7 +25,10 @@ sample size, the fusion a weighted mean per latent position. The differences, an
 
 The upscale pass is where this belongs: image-to-image from an upscaled picture keeps the
 composition in the input, so tiles need not agree on a global layout (text-to-image at 2048 px
-in tiles would repeat the subject per tile). Only UNets (SD 1.5, SDXL) tile: a diffusion
+in tiles would repeat the subject per tile). A pass at strength 1 (text-to-image at the larger
+size, engine.picture_run) tiles too, for the same memory: nothing anchors its layout, so its
+tiles compose as MultiDiffusion's panoramas do and it differs more from the whole pass (which,
+at twice the training size, repeats subjects of its own). Only UNets (SD 1.5, SDXL) tile: a diffusion
 transformer's (FLUX, Z-Image, Qwen-Image) attention is global over every latent token, so a
 tile would see a different image than the whole and the result would change, not just its
 memory; those second passes run whole.
