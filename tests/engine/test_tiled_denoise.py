@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +20,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+from engine import arch
 from engine.generate import DENOISE_TILING_PIXELS, Generator
+from engine.png_metadata import read_png_metadata
 from engine.protocol import EngineError, Recipe
 from engine.tiled_denoise import TiledDenoiser, blend_weights, ramp, spans, tiled_denoising
 from sandbox.model_builder import build_components
@@ -167,8 +170,17 @@ UPSCALE = Recipe(model="sd15-tiny.safetensors", prompt="a lighthouse", steps=8, 
 TILE = 24
 
 
-def test_the_default_threshold_tiles_a_2048_sdxl_upscale_and_not_a_1024_one() -> None:
-    assert 1024 * 1024 <= DENOISE_TILING_PIXELS < 2048 * 2048
+def test_the_default_threshold_tiles_a_2048_sdxl_upscale_and_not_a_1024_one(sdxl_generator: Generator) -> None:
+    sdxl_generator.run(replace(UPSCALE, model="sdxl-tiny", hires_scale=0.0, steps=1))  # loaded, as a job leaves it
+    entry = next(e for e in sdxl_generator.models.entries.values() if e.arch == "sdxl")
+    for side, tiled in ((1024, False), (1536, False), (2048, True)):
+        second = replace(UPSCALE, model="sdxl-tiny", width=side, height=side, hires_scale=0.0)
+        with ExitStack() as stack:
+            sdxl_generator._second_pass_settings(entry.pipe, arch.runtime_of("sdxl"), second, stack)
+            assert isinstance(entry.pipe.unet.forward, TiledDenoiser) is tiled, side
+            if tiled:  # SDXL's 256 x 256 latent in 3 x 3 tiles of its 128 x 128 training size
+                assert (entry.pipe.unet.forward.tile, entry.pipe.unet.forward.overlap) == (128, 32)
+        assert "forward" not in vars(entry.pipe.unet)
 
 
 def unets_left_tiled(generator: Generator) -> list[str]:
@@ -195,6 +207,8 @@ def test_an_upscale_pass_over_the_threshold_runs_tiled_and_looks_the_same(
     assert (32, 32) not in tile_shapes
     assert not unets_left_tiled(generator)
     assert Image.open(io.BytesIO(tiled)).size == (256, 256)
+    # A memory choice, not a recipe part: the PNG says the same as the whole pass's.
+    assert read_png_metadata(tiled) == read_png_metadata(whole)
     # Near the whole pass's image (mean distance in 8-bit levels, measured: 10.3 for SD 1.5,
     # 21.9 for SDXL) and far nearer than strength 0.3 instead of 0.4 moves it (58.3, 68.9).
     # The tiny UNets' tiles are mostly border (24 positions, where a real SDXL's are 128) and
