@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from engine.recipe.batching import architecture_batch_key, batch_key
 from engine.recipe.picture import effective_steps
 from engine.samplers import make_scheduler
 from engine.support import RUNNABLE_ARCHITECTURES
+from engine.tiled_denoise import TILED_ARCHITECTURES, tiled_denoising
 from engine.validation import check_for_architecture, validate_recipe
 
 log = logging.getLogger("engine.generate")
@@ -63,6 +65,12 @@ BATCH_TOLERANCE = 1.0
 #: Above this many pixels the VAE decodes in tiles (bounded memory; a visible-seam-free
 #: blend, diffusers' own tiling). Below it, whole: tiling changes pixels slightly.
 VAE_TILING_PIXELS = 1536 * 1536
+#: Above this many pixels an upscale pass of a UNet model (SD 1.5, SDXL) denoises in tiles of
+#: the UNet's training size (engine.tiled_denoise: MultiDiffusion, a feathered blend, no
+#: seams): bounded activation memory. So an SDXL ×2 to 2048×2048 tiles, one to 1024×1024 does
+#: not. Below it, whole: tiling changes pixels slightly. A fixed size rather than free memory
+#: decides, so the same recipe gives the same image on every engine.
+DENOISE_TILING_PIXELS = 1536 * 1536
 
 
 @dataclass
@@ -132,6 +140,9 @@ class Generator:
         self.compile_unet = compile_unet
         self.channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
         self.vae_tiling_pixels = VAE_TILING_PIXELS
+        self.denoise_tiling_pixels = DENOISE_TILING_PIXELS
+        #: Latent positions per tile side of a tiled upscale pass; None: the UNet's sample size.
+        self.denoise_tile: int | None = None
         #: fp8 transformer storage for runtimes that offer it (FLUX): "auto", "on" or "off".
         self.fp8 = fp8
         self.models = ModelCache(
@@ -519,6 +530,14 @@ class Generator:
             else:
                 pipe.disable_attention_slicing()
 
+    def _second_pass_settings(self, pipe: Any, runtime: Any, recipe: Recipe, stack: ExitStack) -> None:
+        """The upscale pass's memory settings: tiled VAE as for any image, and tiled denoising
+        above ``denoise_tiling_pixels`` for a UNet (undone when ``stack`` closes). A
+        transformer's pass stays whole: its attention is global, so tiles would change the image."""
+        self._memory_settings(pipe, recipe, 1)
+        if runtime.architecture in TILED_ARCHITECTURES and recipe.width * recipe.height > self.denoise_tiling_pixels:
+            stack.enter_context(tiled_denoising(runtime.denoiser(pipe), tile=self.denoise_tile))
+
     def _denoise(
         self,
         entry: CachedModel,
@@ -590,13 +609,15 @@ class Generator:
                     conditioning = encoder.conditioning(
                         prompts[chunk], negatives[chunk], guidance=runtime.rows_per_image(first) > 1
                     )
-                    with runtime.hooks(pipe, conditioning):
+                    with runtime.hooks(pipe, conditioning), ExitStack() as second_pass:
                         # Text-to-image goes straight to runtime.call; an input image or an
-                        # upscale pass goes through engine.picture_run first (issue 20).
+                        # upscale pass goes through engine.picture_run first (issue 20). The
+                        # upscale pass may tile the UNet; leaving this block puts it back.
                         output = picture_call(runtime, pipe, conditioning=conditioning, recipe=first, latents=latents,
                                               generators=generators, callback=callback, init=init,
                                               references=references,
-                                              before_second_pass=lambda r: self._memory_settings(pipe, r, 1))  # fmt: skip
+                                              before_second_pass=lambda r, s=second_pass: self._second_pass_settings(
+                                                  pipe, runtime, r, s))  # fmt: skip
             except Exception as exc:
                 entry.patcher.end_probe()
                 if _is_oom(exc) and limit > 1:

@@ -7,6 +7,11 @@ CPU, the tiny SD 1.5 model built here, the engine's own :class:`engine.generate.
   of the input is in it). About ``0.5 * steps`` steps run. Target <= 0.6.
 - ``upscale_overhead``: the second (hires-fix) pass at 2x the size and strength 0.4 over the
   first pass: a job with ``hires_scale=2`` minus the plain job, over the plain job. Reported.
+- ``tiled_upscale_time_ratio``, ``tiled_upscale_peak_ratio``: the upscale pass in tiles
+  (engine.tiled_denoise, 3 x 3 tiles of half the upscaled latent's side, the geometry of an
+  SDXL 2048 px pass in 1024 px tiles) over the same pass whole: its time (job minus the plain
+  job) and the peak growth of the process's resident memory during the job (sampled every
+  2 ms; CPU torch returns large blocks to the OS, so it follows the activations). Reported.
 - ``input_check_ms``: :func:`engine.recipe.picture.check_picture` on a 4096x4096 PNG (what
   the bot runs on every attachment: header, pixel count, full decode, EXIF, alpha).
 - ``bomb_refusal_ms``: the same check refusing a 30000x30000 PNG header (a 2.7 GB decode),
@@ -136,11 +141,86 @@ def measure_generation(root: Path, *, steps: int, side: int, rounds: int) -> dic
     }
 
 
+class PeakRss:
+    """The largest resident size seen while the block runs, above the size when it began."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, float(process.memory_info().rss))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self.start = rss_mib() * 2**20
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mib(self) -> float:
+        return max(0.0, self.peak - self.start) / 2**20
+
+
+def measure_tiled(root: Path, *, steps: int, side: int, rounds: int) -> dict[str, Any]:
+    from engine.generate import DENOISE_TILING_PIXELS, Generator
+    from engine.protocol import Recipe
+    from sandbox.model_builder import build_demo_assets
+
+    assets = build_demo_assets(root / "demo", size="tiny", architectures=("sd15",))
+    generator = Generator(assets.model_root, assets.lora_root)
+    base = Recipe(model=assets.models["sd15"], prompt="a lighthouse at dusk", steps=steps, width=side, height=side,
+                  seed=3, cfg_scale=6.0)  # fmt: skip
+    hires = replace(base, hires_scale=2.0, hires_strength=0.4, hires_upscaler="Lanczos")
+    tile = max(8, side * 2 // 8 // 2)  # half the upscaled latent: spans give 3 tiles a side
+
+    def timed(recipe: Recipe, tiled: bool) -> tuple[float, float]:
+        generator.denoise_tiling_pixels = 0 if tiled else DENOISE_TILING_PIXELS
+        generator.denoise_tile = tile if tiled else None
+        with PeakRss() as peak:
+            started = time.perf_counter()
+            generator.run(recipe)
+            seconds = time.perf_counter() - started
+        return seconds, peak.growth_mib
+
+    for recipe, tiled in ((base, False), (hires, False), (hires, True)):  # warm
+        timed(recipe, tiled)
+    plain_s, whole, tiled_runs = [], [], []
+    for _ in range(rounds):
+        plain_s.append(timed(base, False)[0])
+        whole.append(timed(hires, False))
+        tiled_runs.append(timed(hires, True))
+    plain = min(plain_s)
+    whole_s, tiled_s = min(w[0] for w in whole) - plain, min(t[0] for t in tiled_runs) - plain
+    whole_mib, tiled_mib = min(w[1] for w in whole), min(t[1] for t in tiled_runs)
+    return {
+        "tiled_upscale_time_ratio": round(tiled_s / whole_s, 3),
+        "tiled_upscale_peak_ratio": round(tiled_mib / whole_mib, 3) if whole_mib > 0 else None,
+        "tiled_details": {"upscale_pass_s": round(whole_s, 4), "tiled_upscale_pass_s": round(tiled_s, 4),
+                          "peak_rss_growth_mib": round(whole_mib, 2), "tiled_peak_rss_growth_mib": round(tiled_mib, 2),
+                          "side": side, "upscaled_side": 2 * side, "tile_latent": tile, "tiles": 9,
+                          "steps": steps, "rounds": rounds},  # fmt: skip
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--side", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tiled-side", type=int, default=256, help="first-pass side of the tiled-upscale figures")
     args = parser.parse_args(argv)
     import logging
     import warnings
@@ -154,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         report.update(measure_generation(Path(tmp), steps=args.steps, side=args.side, rounds=args.rounds))
+        report.update(measure_tiled(Path(tmp) / "tiled", steps=args.steps, side=args.tiled_side,
+                                    rounds=min(args.rounds, 3)))  # fmt: skip
     report.update(measure_checks(args.rounds))
     report["targets"] = TARGETS
     report["meets_targets"] = {
