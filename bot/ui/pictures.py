@@ -80,9 +80,11 @@ NOT_AN_EDIT_MODEL = ("`{model}` is a text-to-image model; /edit needs an edit mo
 _MAX_ASPECT = 2.5
 
 
-def edit_size(model: ModelEntry, width: int, height: int) -> tuple[int, int] | None:
+def edit_size(model: ModelEntry, width: int, height: int, *, side_min: int = 0,
+              side_max: int = 1 << 16) -> tuple[int, int] | None:  # fmt: skip
     """The picture's shape at about the model's default area, each side a multiple of its
-    architecture's (Kontext's own pipeline also keeps the input's aspect ratio)."""
+    architecture's and within the server's sides (Kontext's own pipeline also keeps the
+    input's aspect ratio)."""
     from engine import arch
 
     spec = arch.get(model.architecture)
@@ -91,9 +93,14 @@ def edit_size(model: ModelEntry, width: int, height: int) -> tuple[int, int] | N
     multiple = spec.size.multiple
     aspect = min(_MAX_ASPECT, max(1 / _MAX_ASPECT, width / height))
     area = model.default_width * model.default_height
-    w = max(multiple, round(math.sqrt(area * aspect) / multiple) * multiple)
-    h = max(multiple, round(math.sqrt(area / aspect) / multiple) * multiple)
-    return w, h
+    w, h = math.sqrt(area * aspect), math.sqrt(area / aspect)
+    grow = max(1.0, side_min / min(w, h))
+    w, h = w * grow, h * grow
+    shrink = min(1.0, side_max / max(w, h))
+    w, h = w * shrink, h * shrink
+    low = -(-max(side_min, multiple) // multiple) * multiple
+    high = max(low, side_max // multiple * multiple)
+    return tuple(min(high, max(low, round(side / multiple) * multiple)) for side in (w, h))  # type: ignore[return-value]
 
 
 class PictureActions:
@@ -329,12 +336,16 @@ class PictureActions:
         if notes:
             await send_private(interaction, "\n".join(f"• {n}" for n in notes))
         if size is None:
-            entry = await self.services.registry.models.get(interaction.guild_id or 0, model)
-            size = edit_size(entry, checked.width, checked.height) if entry is not None else None
+            registry = self.services.registry
+            entry = await registry.models.get(interaction.guild_id or 0, model)
+            settings = await registry.settings.get(interaction.guild_id or 0)
+            size = (edit_size(entry, checked.width, checked.height, side_min=settings.size_min,
+                              side_max=settings.size_max) if entry is not None else None)  # fmt: skip
         # Strength does not apply to an edit (all steps run over the picture's tokens): 1 says so
         # in the recipe, and every step count read from it (ETAs, the engine's cost model) is whole.
         choice = PictureChoice(init_image=digest, init_image_source=source, strength=1.0, resize_mode="crop_and_resize")
         width, height = size if size is not None else (None, None)
+        options.setdefault("slots", [])
         await self.actions.imagine(interaction, prompt=instruction, model=model, origin="edit", parent=parent,
                                    picture=choice, width=width, height=height, **options)  # fmt: skip
 
