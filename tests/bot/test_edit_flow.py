@@ -11,6 +11,7 @@ gets its message and queues nothing. An edit's ETA counts all its steps over twi
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ def kontext_file(demo_assets: Any, kontext_files: FluxBuild) -> Iterator[str]:
     for part in (kontext_files.vae, kontext_files.clip_l, kontext_files.t5):
         shutil.copy(part, models / "flux-components" / part.name)
     shutil.copy(kontext_files.transformer, models / "kontext-test" / "flux1-kontext-dev.safetensors")
+    shutil.copy(kontext_files.transformer, models / "kontext-test" / "flux1-kontext-other.safetensors")
     try:
         yield "kontext-test/flux1-kontext-dev.safetensors"
     finally:
@@ -70,6 +72,18 @@ async def add_kontext(world: World, file: str) -> str:
     edited = await run(world, world.admin, "model", {"name": KONTEXT, "steps": 2, "size": "256x256"}, "edit")
     assert "Updated" in edited, edited
     return text
+
+
+async def lineage_of(world: World, message: Any, origin: str) -> Any:
+    """The post's lineage once recorded: the bot stores the post, then its lineage, a moment
+    after the double shows the message."""
+    await recorded(world, message)
+    for _ in range(100):
+        lineage = await world.registry.book.lineage(world.guild.id, message.id)
+        if lineage is not None and lineage.origin == origin:
+            return lineage
+        await asyncio.sleep(0.05)
+    return await world.registry.book.lineage(world.guild.id, message.id)
 
 
 def embed_text(message: Any) -> str:
@@ -99,8 +113,7 @@ async def test_an_admin_adds_kontext_and_members_edit_with_the_command_and_the_m
     parameters = png_parameters(first.attachments[0].data)
     assert "Edit of: " in parameters and "Denoising strength" not in parameters, parameters
     assert "Edit of" in embed_text(first) and "photo.png" in embed_text(first)
-    await recorded(world, first)
-    lineage = await world.registry.book.lineage(world.guild.id, first.id)
+    lineage = await lineage_of(world, first, "edit")
     assert lineage is not None and lineage.origin == "edit"
 
     # Reroll keeps the input picture (and credits its parent).
@@ -110,8 +123,7 @@ async def test_an_admin_adds_kontext_and_members_edit_with_the_command_and_the_m
     rerolled = await next_result(world, before)
     again = recipe_of(rerolled)
     assert again.init_image == digest and again.variant == "kontext" and again.seed != 5
-    await recorded(world, rerolled)
-    lineage = await world.registry.book.lineage(world.guild.id, rerolled.id)
+    lineage = await lineage_of(world, rerolled, "reroll")
     assert lineage is not None and lineage.parent_message_id == first.id
 
     # "Edit this image" on another member's message, through its modal (one edit model: the
@@ -120,6 +132,7 @@ async def test_an_admin_adds_kontext_and_members_edit_with_the_command_and_the_m
     menu = await world.double.message_command(world.alice, posted, "Edit this image")
     await menu.wait_until(lambda: menu.modal is not None, 5, "the edit modal")
     assert menu.modal is not None and len(menu.modal["components"]) == 1
+    assert menu.modal["components"][0]["components"][0]["custom_id"] == "instruction"
     before = seen(world)
     submit = await world.double.submit_modal(world.alice, menu, {"instruction": "turn the house into a boat"})
     assert await submit.wait_response(3) == 5
@@ -129,9 +142,28 @@ async def test_an_admin_adds_kontext_and_members_edit_with_the_command_and_the_m
     assert made.prompt == "turn the house into a boat"
     assert made.init_image_source == f"https://discord.com/channels/{world.guild.id}/{world.channel.id}/{posted.id}"
     assert "Edit of this image" in embed_text(edited) and str(posted.id) in embed_text(edited)
-    await recorded(world, edited)
-    lineage = await world.registry.book.lineage(world.guild.id, edited.id)
+    lineage = await lineage_of(world, edited, "edit")
     assert lineage is not None and lineage.parent_message_id == posted.id and lineage.origin == "edit"
+
+    # A second edit model: /edit's model option offers only the two, and the menu (here on the
+    # bot's own post) asks which, prefilled with the first.
+    text = await run(world, world.admin, "model", {"file": "kontext-test/flux1-kontext-other.safetensors",
+                                                   "name": "Kontext B", "variant": "kontext"}, "add")  # fmt: skip
+    assert "Registered **Kontext B**" in text, text
+    await run(world, world.admin, "model", {"name": "Kontext B", "steps": 2, "size": "256x256"}, "edit")
+    offered = await world.double.autocomplete(world.alice, world.channel, "edit", {"model": ""}, "model")
+    assert sorted(c["value"] for c in offered) == [KONTEXT, "Kontext B"], offered
+    menu = await world.double.message_command(world.bob, first, "Edit this image")
+    await menu.wait_until(lambda: menu.modal is not None, 5, "the edit modal")
+    assert menu.modal is not None
+    prefilled = {row["components"][0]["custom_id"]: row["components"][0].get("value") for row in menu.modal["components"]}
+    assert prefilled == {"instruction": None, "model": KONTEXT}, prefilled
+    before = seen(world)
+    submit = await world.double.submit_modal(world.bob, menu, {"instruction": "add snow", "model": "Kontext B"})
+    assert await submit.wait_response(3) == 5
+    second = recipe_of(await next_result(world, before))
+    assert second.model_name == "Kontext B" and second.init_image == hashlib.sha256(first.attachments[0].data).hexdigest()
+    assert second.init_image_source.endswith(f"/{first.id}")
 
     # /imagine image: on an edit model is an edit too: all steps, the prompt as instruction, said so.
     before = seen(world)
