@@ -138,7 +138,7 @@ def _picture_fields(recipe: Recipe) -> list[tuple[str, str]]:
     if init and _edits(recipe):
         # An edit (FLUX.1 Kontext) has no denoising strength; A1111 has no field for it, so it
         # names its source (an extra field: readers keep it among the extras).
-        fields.append(("Edit of", quote(recipe.init_image_source or recipe.init_image[:12])))
+        fields.append(("Edit of", recipe.init_image_source or recipe.init_image[:12]))
     elif init:
         fields.append(("Denoising strength", number(recipe.strength)))
         if recipe.resize_mode != "just_resize":

@@ -232,3 +232,50 @@ def test_a_kontext_file_is_registered_with_the_admins_variant(tmp_path: Path) ->
     entry = ModelEntry.from_file_info(info, name="k", variant="kontext")
     assert (entry.variant, entry.default_steps, entry.default_cfg) == ("kontext", 28, 3.5)
     assert ModelEntry.from_file_info(info, name="s").default_steps == 4
+
+
+def test_an_edit_says_what_it_edited_where_a_recipe_is_shown() -> None:
+    """The result's embed, the recipe card and A1111's text name the source; image-to-image
+    of the same picture keeps its strength and says nothing of an edit."""
+    from bot.ui.embeds import recipe_card, recipe_embed
+    from engine.recipe.a1111 import write_parameters
+
+    link = "https://discord.com/channels/1/2/3"
+    edit = Recipe(model="k.safetensors", prompt="make it snow", width=256, height=256, steps=2, architecture="flux",
+                  variant="kontext", init_image="a" * 64, init_image_source=link, strength=1.0)  # fmt: skip
+    img2img = replace(edit, variant="dev", strength=0.5)
+    for embed in (recipe_embed(edit), recipe_card(edit, title="t", author_id=None, shared_by=None, code="AT1.x")):
+        assert {"name": "Edit of", "value": link, "inline": False} in embed.to_dict()["fields"]
+    for embed in (recipe_embed(img2img), recipe_card(img2img, title="t", author_id=None, shared_by=None, code="AT1.x")):
+        assert all(f["name"] != "Edit of" for f in embed.to_dict()["fields"])
+    assert f'Edit of: "{link}"' in write_parameters(edit) and "Denoising strength" not in write_parameters(edit)
+    assert "Denoising strength: 0.5" in write_parameters(img2img) and "Edit of" not in write_parameters(img2img)
+
+
+def test_an_edits_size_keeps_the_pictures_shape_within_the_servers_sides() -> None:
+    from bot.registry import ModelEntry
+    from bot.ui.pictures import edit_size
+
+    model = ModelEntry(name="k", architecture="flux", file="k.safetensors", default_width=1024, default_height=1024,
+                       variant="kontext")  # fmt: skip
+    assert edit_size(model, 1200, 800) == (1248, 832)  # 3:2 at about 1024², multiples of 16
+    assert edit_size(model, 500, 500) == (1024, 1024)
+    # A panorama is held at 2.5:1, and the long side within the server's largest.
+    width, height = edit_size(model, 4000, 500, side_min=256, side_max=1280) or (0, 0)
+    assert width == 1280 and height == 512
+
+
+async def test_model_edit_variant_is_checked_and_moves_untouched_defaults(world: World, kontext_file: str) -> None:
+    text = await run(world, world.admin, "model", {"file": kontext_file, "name": KONTEXT}, "add")
+    entry = await world.registry.models.get(world.guild.id, KONTEXT)
+    assert entry is not None and entry.variant == "dev" and entry.default_steps == 28, text  # the file says dev
+    text = await run(world, world.admin, "model", {"name": KONTEXT, "variant": "turbo"}, "edit")
+    assert "so `turbo` is not one of its variants" in text and "Nothing was changed" in text, text
+    text = await run(world, world.admin, "model", {"name": KONTEXT, "variant": "schnell"}, "edit")
+    entry = await world.registry.models.get(world.guild.id, KONTEXT)
+    assert entry is not None and (entry.variant, entry.default_steps, entry.default_cfg) == ("schnell", 4, 1.0), text
+    await run(world, world.admin, "model", {"name": KONTEXT, "steps": 6}, "edit")
+    text = await run(world, world.admin, "model", {"name": KONTEXT, "variant": "kontext"}, "edit")
+    assert "Variant: FLUX.1 Kontext · edit model" in text, text
+    entry = await world.registry.models.get(world.guild.id, KONTEXT)
+    assert entry is not None and (entry.variant, entry.default_steps, entry.default_cfg) == ("kontext", 6, 3.5)
