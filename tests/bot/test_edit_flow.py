@@ -193,6 +193,9 @@ async def test_each_refusal_gets_its_message_and_queues_nothing(world: World, ko
     assert "is a FLUX.1 model, so `turbo` is not one of its variants" in text and "FLUX.1 Kontext" in text, text
     assert await world.registry.models.get(world.guild.id, "Wrong") is None
     await add_kontext(world, kontext_file)
+    # /edit's LoRAs are those of its edit model, not of the server's default (SD 1.5) model.
+    assert await world.double.autocomplete(world.alice, world.channel, "imagine", {"lora1": "water"}, "lora1")
+    assert await world.double.autocomplete(world.alice, world.channel, "edit", {"lora1": "water"}, "lora1") == []
 
     # A text-to-image model named in /edit.
     text = await run(world, world.alice, "edit", {"image": picture, "instruction": "x", "model": SD15})

@@ -15,7 +15,7 @@ from discord import app_commands
 from bot.pictures import edit_variant
 from bot.ui import views
 from bot.ui.cogs.cog import FeatureCog
-from bot.ui.cogs.imagine import SIZES, lora_autocomplete, parse_size
+from bot.ui.cogs.imagine import SIZES, lora_choices, parse_size
 from bot.ui.common import nsfw_channel, send_private, to_choices
 from bot.ui.features import features_of
 from bot.ui.routes import ButtonWork, ModalWork
@@ -50,6 +50,19 @@ async def edit_model_autocomplete(interaction: discord.Interaction[Any], current
     return to_choices(choices)
 
 
+async def edit_lora_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    """LoRAs for the edit model chosen, else for the server's first edit model (not the default
+    model, which /edit does not use)."""
+    if interaction.guild_id is None:
+        return []
+    bot = features_of(interaction)
+    if getattr(interaction.namespace, "model", None):
+        chosen = await bot.actions.chosen_model(interaction)
+    else:
+        chosen = next(iter(await bot.pictures.edit_models(interaction.guild_id, interaction.channel_id)), None)
+    return await lora_choices(interaction, current, chosen)
+
+
 @app_commands.command(name="edit", description="Change a picture as an instruction says, with an edit model (FLUX.1 Kontext)")
 @app_commands.guild_only()
 @app_commands.describe(
@@ -67,7 +80,7 @@ async def edit_model_autocomplete(interaction: discord.Interaction[Any], current
     image3="A third picture, for edit models that take several",
 )
 @app_commands.choices(size=[app_commands.Choice(name=label, value=value) for label, value in SIZES])
-@app_commands.autocomplete(model=edit_model_autocomplete, lora1=lora_autocomplete, lora2=lora_autocomplete)
+@app_commands.autocomplete(model=edit_model_autocomplete, lora1=edit_lora_autocomplete, lora2=edit_lora_autocomplete)
 async def edit(
     interaction: discord.Interaction[Any],
     image: discord.Attachment,
