@@ -100,7 +100,11 @@ def edit_size(model: ModelEntry, width: int, height: int, *, side_min: int = 0,
     w, h = w * shrink, h * shrink
     low = -(-max(side_min, multiple) // multiple) * multiple
     high = max(low, side_max // multiple * multiple)
-    return tuple(min(high, max(low, round(side / multiple) * multiple)) for side in (w, h))  # type: ignore[return-value]
+
+    def fit(side: float) -> int:
+        return min(high, max(low, round(side / multiple) * multiple))
+
+    return fit(w), fit(h)
 
 
 class PictureActions:

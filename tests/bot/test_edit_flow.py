@@ -282,3 +282,18 @@ async def test_model_edit_variant_is_checked_and_moves_untouched_defaults(world:
     assert "Variant: FLUX.1 Kontext · edit model" in text, text
     entry = await world.registry.models.get(world.guild.id, KONTEXT)
     assert entry is not None and (entry.variant, entry.default_steps, entry.default_cfg) == ("kontext", 6, 3.5)
+
+
+async def test_picture_refusals_of_an_edit_model() -> None:
+    """Asked before any job is queued: an edit model without a picture, an upscale pass after
+    an edit (Upscale ×2 under an edit's result); image-to-image on a model without it."""
+    from bot.pictures import picture_refusal
+
+    kontext = Recipe(model="k.safetensors", model_name="K", prompt="x", architecture="flux", variant="kontext")
+    assert "`K` is an edit model" in (await picture_refusal(None, kontext) or "")
+    upscale = replace(kontext, init_image="a" * 64, hires_scale=2.0)
+    assert "upscale pass does not run after an edit" in (await picture_refusal(None, upscale) or "")
+    qwen = Recipe(model="q.safetensors", model_name="Q", prompt="x", architecture="qwen_image", init_image="a" * 64)
+    assert "do not run image-to-image" in (await picture_refusal(None, qwen) or "")
+    # A plain recipe has nothing to refuse (and reaches no store).
+    assert await picture_refusal(None, replace(kontext, variant="dev")) is None
