@@ -72,10 +72,47 @@ class PictureChoice:
         return replace(recipe, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
+def edit_variant(architecture: str, variant: str | None) -> Any:
+    """The :class:`engine.arch.base.Variant` of an edit model (FLUX.1 Kontext), or None.
+
+    A Kontext file has dev's keys, so the registry's variant decides, never the file (the
+    engine's :func:`engine.picture_run.edits` asks the same of the recipe)."""
+    from engine import arch
+
+    spec = arch.get(architecture)
+    found = spec.variants.get(variant) if spec is not None and variant else None
+    return found if found is not None and found.capabilities is not None and "edit" in found.capabilities else None
+
+
+def edits(recipe: Recipe) -> bool:
+    """Whether ``recipe`` edits its input picture (an edit model given a picture)."""
+    return bool(recipe.init_image) and edit_variant(recipe.architecture, recipe.variant) is not None
+
+
+def picture_count(recipe: Recipe) -> int:
+    """The pictures an edit reads: its input, and any further references it names."""
+    return (1 if recipe.init_image else 0) + len(getattr(recipe, "references", ()) or ())
+
+
+EDIT_NEEDS_PICTURE = ("`{model}` is an edit model: it changes a picture you give it. Use `/edit` with an image "
+                      "and an instruction (or **Apps → Edit this image** on a message), or pick a text-to-image model.")  # fmt: skip
+
+
 async def picture_refusal(client: Any, recipe: Recipe, guild_id: int | None = None) -> str | None:
-    """Why ``recipe``'s picture part cannot run now (its input gone, its upscale too large),
-    or None. Asked before a job is queued, so no GPU time goes to a job that would fail."""
-    if recipe.init_image or recipe.hires_scale:
+    """Why ``recipe``'s picture part cannot run now (its input gone, its upscale too large,
+    an edit model without a picture), or None. Asked before a job is queued, so no GPU time
+    goes to a job that would fail."""
+    edit = edit_variant(recipe.architecture, recipe.variant)
+    if edit is not None:
+        # An input picture on an edit model is an edit (the prompt is its instruction).
+        if not recipe.init_image:
+            return EDIT_NEEDS_PICTURE.format(model=recipe.model_label)
+        if recipe.hires_scale:
+            return (f"The upscale pass does not run after an edit ({edit.label}). Upscale the edited image "
+                    "with `/imagine image:` on a text-to-image model instead.")  # fmt: skip
+        if picture_count(recipe) > edit.max_images:
+            return too_many_pictures(recipe.model_label, edit, picture_count(recipe))
+    elif recipe.init_image or recipe.hires_scale:
         from engine import arch
 
         spec = arch.get(recipe.architecture)
@@ -268,4 +305,14 @@ class PictureStore:
         return dropped
 
 
-__all__ = ["MAX_AGE_S", "MAX_STORE_BYTES", "PictureChoice", "PictureStore", "gone_message", "picture_refusal"]
+def too_many_pictures(model: str, edit: Any, count: int) -> str:
+    """The refusal of more pictures than an edit model's variant takes (``Variant.max_images``)."""
+    takes = "one picture" if edit.max_images == 1 else f"up to {edit.max_images} pictures"
+    return (f"`{model}` ({edit.label}) takes {takes}; you gave {count}. Leave out `image2`/`image3` "
+            "(they are for edit models that take several pictures), or pick such a model.")  # fmt: skip
+
+
+__all__ = [
+    "EDIT_NEEDS_PICTURE", "MAX_AGE_S", "MAX_STORE_BYTES", "PictureChoice", "PictureStore", "edit_variant", "edits",
+    "gone_message", "picture_count", "picture_refusal", "too_many_pictures",
+]  # fmt: skip

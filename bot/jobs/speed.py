@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.pictures import edits, picture_count
 from engine.protocol import Recipe
 from engine.recipe.picture import step_work
 
@@ -24,13 +25,28 @@ MIN_ESTIMATE_S = 0.05
 KEPT = 2048
 
 
+def work_steps(recipe: Recipe) -> float:
+    """Denoising work in steps at the recipe's size (what ETAs and fair turns scale by).
+
+    step_work: image-to-image at strength s runs ~s*steps steps; an upscale pass adds its own.
+    An edit (FLUX.1 Kontext) is not image-to-image: strength does not apply, all its steps
+    run, and each runs the transformer over the result's tokens plus every picture's
+    reference tokens beside them (Kontext: one picture at the result's size, about twice the
+    sequence). Attention grows faster than the sequence, so ``steps x (1 + pictures)`` is a
+    floor, close enough for the tiny-to-mid sizes members ask for; the measured rate per
+    shape corrects it after the first edits ran.
+    """
+    if edits(recipe):
+        return float(recipe.steps) * (1 + picture_count(recipe))
+    return step_work(recipe)
+
+
 def _work(recipe: Recipe) -> float:
-    # step_work: image-to-image at strength s runs ~s*steps steps; an upscale pass adds its own.
-    return max(1e-6, recipe.width * recipe.height / 1e6 * step_work(recipe) * max(1, recipe.count))
+    return max(1e-6, recipe.width * recipe.height / 1e6 * work_steps(recipe) * max(1, recipe.count))
 
 
 def _shape(recipe: Recipe) -> tuple[str, int, int, float, int]:
-    return (recipe.model, recipe.width, recipe.height, step_work(recipe), recipe.count)
+    return (recipe.model, recipe.width, recipe.height, work_steps(recipe), recipe.count)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -208,13 +209,15 @@ class ModelStore:
         *,
         channel_id: int | None = None,
         nsfw_ok: bool | None = None,
+        where: Callable[[ModelEntry], bool] | None = None,
     ) -> list[Choice]:
         """Enabled models whose name contains ``text``: prefix matches first, at most 25.
 
-        ``channel_id`` hides models not allowed there; ``nsfw_ok=False`` hides NSFW models.
+        ``channel_id`` hides models not allowed there; ``nsfw_ok=False`` hides NSFW models;
+        ``where`` keeps only the models it says yes to (``/edit``: edit models).
         """
         key = name_key(text)
-        models = [m for m in await self.all(guild_id) if m.enabled]
+        models = [m for m in await self.all(guild_id) if m.enabled and (where is None or where(m))]
         if channel_id is not None:
             models = [m for m in models if m.allowed_in(channel_id)]
         if nsfw_ok is False:

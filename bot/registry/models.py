@@ -139,7 +139,10 @@ class ModelEntry:
         cls, info: FileInfo, *, name: str | None = None, **overrides: Any
     ) -> ModelEntry:
         """Prefill from the engine's inspection; the default size, and for an architecture with
-        its own (FLUX: steps, guidance, sampler) those defaults, come from its module."""
+        its own (FLUX: steps, guidance, sampler) those defaults, come from its module.
+
+        ``variant`` in ``overrides`` (the admin's, e.g. "kontext": a Kontext file has dev's
+        keys, so inspection says "dev") replaces the file's, and its defaults are used."""
         if info.kind != "checkpoint":
             raise RegistryError(not_a_message(info, "a base model", "/model add"))
         spec = architectures.get(info.architecture)
@@ -157,11 +160,13 @@ class ModelEntry:
             "variant": info.variant if spec is not None and spec.variant(info.variant) else None,
             "speed_profile": detected_profile(info, "checkpoint", info.variant),
         }
+        if overrides.get("variant"):
+            values["variant"] = overrides["variant"]
         if spec is not None and (spec.guidance.kind != "cfg" or spec.dit is not None):
             # SD keeps the entry's long-standing defaults (which its module's equal); others
             # start from theirs: FLUX dev 28 steps at guidance 3.5, schnell 4 without, and a
             # diffusion transformer with true CFG (Qwen-Image: 50 steps at 4) its authors' own.
-            variant = info.variant if spec.variant(info.variant) else None
+            variant = values["variant"] if spec.variant(values["variant"]) else None
             values.update(
                 default_steps=spec.steps_for(variant),
                 default_cfg=spec.guidance_for(variant).default or 1.0,

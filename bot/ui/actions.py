@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ import discord
 from bot.jobs import Job, QueueFull, token_expiry
 from bot.jobs.poster import with_retries
 from bot.jobs.status import status_text
-from bot.pictures import PictureChoice, picture_refusal
+from bot.pictures import PictureChoice, edits, picture_refusal
 from bot.registry import NsfwPolicy
 from bot.registry.recipe_book import Lineage
 from bot.services import Services
@@ -217,12 +217,21 @@ class Actions:
             await send_private(interaction, embeds.problems_message(outcome.problems))
             return False
         recipe: Recipe = outcome.recipe
+        notes = [n.message for n in outcome.notes]
         if picture is not None:
             recipe = picture.apply(recipe)
-            refusal = await picture_refusal(interaction.client, recipe, interaction.guild_id)
-            if refusal is not None:
-                await send_private(interaction, refusal)
-                return False
+        # Asked of every recipe: an edit model without a picture is refused here too.
+        refusal = await picture_refusal(interaction.client, recipe, interaction.guild_id)
+        if refusal is not None:
+            await send_private(interaction, refusal)
+            return False
+        if edits(recipe):
+            if recipe.strength != 1.0:
+                # /imagine image: (or Vary) on an edit model: an edit, all steps; 1 says strength has no part.
+                recipe = replace(recipe, strength=1.0)
+            if origin != "edit":
+                notes.append(f"`{recipe.model_label}` is an edit model: the prompt was the instruction for "
+                             "changing the picture, and strength does not apply (`/edit` does this directly).")  # fmt: skip
         refusal = self.services.access.recipe_refusal(interaction.guild_id, recipe)
         if refusal is not None:
             await send_private(interaction, refusal)
@@ -247,7 +256,7 @@ class Actions:
             user_id=interaction.user.id,
             user_name=interaction.user.display_name,
             file_limit=interaction.filesize_limit,
-            notes=tuple(n.message for n in outcome.notes),
+            notes=tuple(notes),
             origin=origin,
             weight=2 if priority else 1,
             application_id=interaction.application_id,
@@ -272,8 +281,8 @@ class Actions:
         # this interaction's token, which has its own rate limit, not the channel's).
         status = status_text(job, engines_down=dispatcher.engines_down())
         text = status
-        if outcome.notes:
-            text += "\n" + "\n".join(f"• {n.message}" for n in outcome.notes)
+        if notes:
+            text += "\n" + "\n".join(f"• {n}" for n in notes)
         try:
             reply = await with_retries(
                 lambda: interaction.followup.send(

@@ -13,6 +13,7 @@ from typing import Any
 
 import discord
 
+from bot.pictures import edits
 from engine import profiles
 from engine.protocol import Recipe
 
@@ -120,6 +121,8 @@ def recipe_embed(
     if recipe.loras:
         lines = [f"`{lora.display_name}` × {format_weight(lora.weight)}" for lora in recipe.loras]
         embed.add_field(name=f"LoRAs ({len(recipe.loras)})", value="\n".join(lines), inline=False)
+    if edits(recipe):
+        embed.add_field(name="Edit of", value=truncate(recipe.init_image_source or "an input picture", 300), inline=False)
     if notes:
         embed.add_field(name="Notes", value="\n".join(f"• {n}" for n in notes), inline=False)
     footer = []
@@ -283,6 +286,8 @@ def recipe_card(
             shown = f"[{name}]({links[name]})" if name in links else f"`{name}`"
             rows.append(f"{shown} × {format_weight(lora.weight)}")
         embed.add_field(name=f"LoRAs ({len(recipe.loras)})", value="\n".join(rows), inline=False)
+    if edits(recipe):
+        embed.add_field(name="Edit of", value=truncate(recipe.init_image_source or "an input picture", 300), inline=False)
     if missing:
         embed.add_field(name="⚠️ Not available here", value="\n".join(f"• {m}" for m in missing), inline=False)
     if notes:

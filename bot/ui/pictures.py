@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import discord
 
 from bot.operator.safety import screen_for_channel
-from bot.pictures import PictureChoice, PictureStore
+from bot.pictures import PictureChoice, PictureStore, edit_variant, too_many_pictures
+from bot.registry.models import ModelEntry
 from bot.services import Services
 from bot.ui import embeds, views
 from bot.ui.actions import Actions, Parent, new_seed, show_modal
 from bot.ui.common import send_private
 from engine.protocol import Recipe
-from engine.recipe.picture import HIRES_STRENGTH, MAX_BYTES, PictureError, check_picture
+from engine.recipe.picture import (
+    HIRES_STRENGTH,
+    MAX_BYTES,
+    CheckedPicture,
+    PictureError,
+    check_picture,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,44 @@ def parse_strength(text: str) -> float | None:
     return value if 0 <= value <= 1 else None
 
 
+#: What an edit's result credits (its embed's author line links the source message).
+EDIT_LABEL = "✏️ Edit of this image"
+NO_EDIT_MODEL = ("No edit model is registered in this server. An admin adds one with `/model add` and "
+                 "`variant: FLUX.1 Kontext` (its file looks like FLUX.1 dev). Meanwhile `/imagine image:` "
+                 "does image-to-image.")  # fmt: skip
+NOT_AN_EDIT_MODEL = ("`{model}` is a text-to-image model; /edit needs an edit model such as FLUX.1 Kontext — "
+                     "use `/imagine image:` for image-to-image.")  # fmt: skip
+#: An edit's result keeps the picture's shape within these (a panorama would pass the size rules).
+_MAX_ASPECT = 2.5
+
+
+def edit_size(model: ModelEntry, width: int, height: int, *, side_min: int = 0,
+              side_max: int = 1 << 16) -> tuple[int, int] | None:  # fmt: skip
+    """The picture's shape at about the model's default area, each side a multiple of its
+    architecture's and within the server's sides (Kontext's own pipeline also keeps the
+    input's aspect ratio)."""
+    from engine import arch
+
+    spec = arch.get(model.architecture)
+    if spec is None or spec.size is None or width <= 0 or height <= 0:
+        return None
+    multiple = spec.size.multiple
+    aspect = min(_MAX_ASPECT, max(1 / _MAX_ASPECT, width / height))
+    area = model.default_width * model.default_height
+    w, h = math.sqrt(area * aspect), math.sqrt(area / aspect)
+    grow = max(1.0, side_min / min(w, h))
+    w, h = w * grow, h * grow
+    shrink = min(1.0, side_max / max(w, h))
+    w, h = w * shrink, h * shrink
+    low = -(-max(side_min, multiple) // multiple) * multiple
+    high = max(low, side_max // multiple * multiple)
+
+    def fit(side: float) -> int:
+        return min(high, max(low, round(side / multiple) * multiple))
+
+    return fit(w), fit(h)
+
+
 class PictureActions:
     """The picture flows of one bot."""
 
@@ -78,6 +124,12 @@ class PictureActions:
                    source: str, notes: list[str]) -> str | None:  # fmt: skip
         """Fetch, check, screen and keep ``attachment``; its sha256, or None after telling the
         member why not (the interaction is deferred). ``notes`` gets what they should know."""
+        taken = await self.take_checked(interaction, attachment, source=source, notes=notes)
+        return taken[0] if taken is not None else None
+
+    async def take_checked(self, interaction: discord.Interaction[Any], attachment: discord.Attachment, *,
+                           source: str, notes: list[str]) -> tuple[str, CheckedPicture] | None:  # fmt: skip
+        """:meth:`take`, with what the check found (an edit sizes its result from the picture)."""
         assert interaction.guild_id is not None and interaction.channel_id is not None
         name = embeds.truncate(attachment.filename, 80)
         limit = min(MAX_BYTES, max(interaction.filesize_limit or 0, 10 * 1024 * 1024))
@@ -112,7 +164,8 @@ class PictureActions:
                                "this is not an age-restricted channel. Use it in an age-restricted channel, or pick another image.")  # fmt: skip
             return None
         notes.extend(checked.notes)
-        return await self.store.add(data, guild_id=interaction.guild_id, user_id=interaction.user.id, source=source)
+        digest = await self.store.add(data, guild_id=interaction.guild_id, user_id=interaction.user.id, source=source)
+        return digest, checked
 
     # -- /imagine image: ------------------------------------------------------------------------
 
@@ -183,6 +236,123 @@ class PictureActions:
         await self.actions.imagine(interaction, prompt=prompt, model=None, slots=[], origin="start_image",
                                    parent=parent, picture=choice)  # fmt: skip
 
+    # -- /edit and "Edit this image" -----------------------------------------------------------
+
+    async def edit_models(self, guild_id: int, channel_id: int | None = None) -> list[ModelEntry]:
+        """The server's enabled edit models (variant with "edit": FLUX.1 Kontext), usable in
+        ``channel_id``, in the registry's order: the first is the default of an edit."""
+        models = await self.services.registry.models.all(guild_id)
+        return [m for m in models if m.enabled and (channel_id is None or m.allowed_in(channel_id))
+                and edit_variant(m.architecture, m.variant) is not None]  # fmt: skip
+
+    async def edit_model(self, interaction: discord.Interaction[Any], name: str | None, pictures: int) -> str | None:
+        """The edit model's name for an edit of ``pictures`` pictures, or None after telling the
+        member why not (a text-to-image model, too many pictures, no edit model here). A name
+        this server lacks is passed on: validation says so with its suggestions."""
+        assert interaction.guild_id is not None
+        registry = self.services.registry
+        if name:
+            entry = await registry.models.get(interaction.guild_id, name)
+            if entry is None:
+                return name
+        else:
+            found = await self.edit_models(interaction.guild_id, interaction.channel_id)
+            if not found:
+                await send_private(interaction, NO_EDIT_MODEL)
+                return None
+            entry = found[0]
+        edit = edit_variant(entry.architecture, entry.variant)
+        if edit is None:
+            await send_private(interaction, NOT_AN_EDIT_MODEL.format(model=entry.name))
+            return None
+        if pictures > edit.max_images:
+            await send_private(interaction, too_many_pictures(entry.name, edit, pictures))
+            return None
+        return entry.name
+
+    async def edit_command(self, interaction: discord.Interaction[Any], *, image: discord.Attachment, instruction: str,
+                           model: str | None, extra: list[discord.Attachment], size: tuple[int, int] | None,
+                           **options: Any) -> None:  # fmt: skip
+        """``/edit``: the picture changed as ``instruction`` says (the interaction is deferred)."""
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        name = await self.edit_model(interaction, model, 1 + len(extra))
+        if name is None:
+            return
+        if extra:
+            # Only reachable with a variant whose max_images > 1 (none is registered yet): the
+            # further pictures go into the recipe once it can carry them (Recipe.references).
+            await send_private(interaction, "This bot passes one picture to an edit for now; leave out `image2`/`image3`.")
+            return
+        source = f"{message_link(interaction.guild_id, interaction.channel_id, interaction.id)} ({image.filename})"
+        await self._run_edit(interaction, image, source=source[:300], instruction=instruction, model=name,
+                             parent=None, size=size, **options)  # fmt: skip
+
+    async def edit_this(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
+        """The "Edit this image" menu: a modal for the instruction first (the first answer)."""
+        if interaction.guild_id is None:
+            await send_private(interaction, "This works on images in a server channel.")
+            return
+        if first_image(message) is None:
+            await send_private(interaction, "That message has no image attached. Use it on a message with a PNG, JPEG or WebP image.")
+            return
+        found = await self.edit_models(interaction.guild_id, interaction.channel_id)
+        if not found:
+            await send_private(interaction, NO_EDIT_MODEL)
+            return
+        await show_modal(interaction, views.EditImageModal(message_id=message.id, model=found[0].name,
+                                                           ask_model=len(found) > 1))  # fmt: skip
+
+    async def edit_submit(self, interaction: discord.Interaction[Any], message_id: int, fields: Mapping[str, str]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.guild_id is None or interaction.channel_id is None:
+            await send_private(interaction, "This works on images in a server channel.")
+            return
+        instruction = fields.get("instruction", "").strip()
+        if not instruction:
+            await send_private(interaction, "Say how to change the image in the instruction, e.g. \"make the sky red\".")
+            return
+        name = await self.edit_model(interaction, fields.get("model", "").strip() or None, 1)
+        if name is None:
+            return
+        try:
+            channel = interaction.channel or await self.services.client.fetch_channel(interaction.channel_id)
+            message = await channel.fetch_message(message_id)  # type: ignore[union-attr]
+        except (discord.HTTPException, AttributeError):
+            await send_private(interaction, "I can't read that message any more (deleted, or I can't see the channel).")
+            return
+        attachment = first_image(message)
+        if attachment is None:
+            await send_private(interaction, "That message has no image attached any more.")
+            return
+        link = message_link(interaction.guild_id, message.channel.id, message.id)
+        parent = Parent(message.id, message.channel.id, EDIT_LABEL, interaction.guild_id)
+        await self._run_edit(interaction, attachment, source=link, instruction=instruction, model=name,
+                             parent=parent, size=None)  # fmt: skip
+
+    async def _run_edit(self, interaction: discord.Interaction[Any], attachment: discord.Attachment, *, source: str,
+                        instruction: str, model: str, parent: Parent | None, size: tuple[int, int] | None,
+                        **options: Any) -> None:  # fmt: skip
+        notes: list[str] = []
+        taken = await self.take_checked(interaction, attachment, source=source, notes=notes)
+        if taken is None:
+            return
+        digest, checked = taken
+        if notes:
+            await send_private(interaction, "\n".join(f"• {n}" for n in notes))
+        if size is None:
+            registry = self.services.registry
+            entry = await registry.models.get(interaction.guild_id or 0, model)
+            settings = await registry.settings.get(interaction.guild_id or 0)
+            size = (edit_size(entry, checked.width, checked.height, side_min=settings.size_min,
+                              side_max=settings.size_max) if entry is not None else None)  # fmt: skip
+        # Strength does not apply to an edit (all steps run over the picture's tokens): 1 says so
+        # in the recipe, and every step count read from it (ETAs, the engine's cost model) is whole.
+        choice = PictureChoice(init_image=digest, init_image_source=source, strength=1.0, resize_mode="crop_and_resize")
+        width, height = size if size is not None else (None, None)
+        options.setdefault("slots", [])
+        await self.actions.imagine(interaction, prompt=instruction, model=model, origin="edit", parent=parent,
+                                   picture=choice, width=width, height=height, **options)  # fmt: skip
+
     # -- Vary and Upscale -----------------------------------------------------------------------
 
     async def button(self, interaction: discord.Interaction[Any], action: str) -> None:
@@ -225,4 +395,4 @@ class PictureActions:
         await self.actions.rerun(interaction, recipe, origin=action, parent=parent, picture=choice, seed=new_seed())
 
 
-__all__ = ["STRONG", "SUBTLE", "PictureActions", "first_image", "message_link", "parse_strength"]
+__all__ = ["EDIT_LABEL", "STRONG", "SUBTLE", "PictureActions", "edit_size", "first_image", "message_link", "parse_strength"]

@@ -41,7 +41,7 @@ import discord
 CUSTOM_ID_LIMIT = 100
 #: Discord's limit for a text input's value (and its prefilled text).
 TEXT_INPUT_LIMIT = 4000
-MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard|startimage):(?P<target>\d{1,20})")
+MODAL_ID = re.compile(r"atelier:(?P<kind>remix|loraedit|remixcard|savepost|savecard|startimage|editimage):(?P<target>\d{1,20})")
 IMAGE_ACTIONS = ("reroll", "remix", "recipe", "save", "share", "delete")
 _LABELS = {
     "reroll": ("Reroll", "🎲", discord.ButtonStyle.primary),
@@ -392,6 +392,23 @@ class StartImageModal(discord.ui.Modal):
         )
         self.add_item(self.prompt)
         self.add_item(self.strength)
+
+
+class EditImageModal(discord.ui.Modal):
+    """"Edit this image": the instruction, and the edit model where the server has several."""
+
+    def __init__(self, *, message_id: int, model: str, ask_model: bool) -> None:
+        super().__init__(title="Edit this image", custom_id=f"atelier:editimage:{message_id}", timeout=900)
+        self.instruction = discord.ui.TextInput(
+            custom_id="instruction", label="Instruction, e.g. make the sky red", style=discord.TextStyle.paragraph,
+            max_length=TEXT_INPUT_LIMIT,
+        )
+        self.add_item(self.instruction)
+        if ask_model:
+            # A text input (prefilled with the first), checked like /imagine's model option: a
+            # name this server lacks is answered with suggestions.
+            self.model = discord.ui.TextInput(custom_id="model", label="Edit model", default=model[:100], max_length=100)
+            self.add_item(self.model)
 
 
 class SaveRecipeModal(discord.ui.Modal):

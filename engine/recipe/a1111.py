@@ -142,7 +142,11 @@ def _picture_fields(recipe: Recipe) -> list[tuple[str, str]]:
 
     fields: list[tuple[str, str]] = []
     init = bool(getattr(recipe, "init_image", ""))
-    if init:
+    if init and _edits(recipe):
+        # An edit (FLUX.1 Kontext) has no denoising strength; A1111 has no field for it, so it
+        # names its source (an extra field: readers keep it among the extras).
+        fields.append(("Edit of", recipe.init_image_source or recipe.init_image[:12]))
+    elif init:
         fields.append(("Denoising strength", number(recipe.strength)))
         if recipe.resize_mode != "just_resize":
             fields.append(("Resize mode", RESIZE_MODES.get(recipe.resize_mode, recipe.resize_mode)))
@@ -159,6 +163,15 @@ def _picture_fields(recipe: Recipe) -> list[tuple[str, str]]:
     if references:
         fields.append((REFERENCES, ", ".join(digest[:10] for digest in references)))
     return fields
+
+
+def _edits(recipe: Recipe) -> bool:
+    """Whether the recipe's variant is an edit model's (its picture is edited, not denoised)."""
+    from engine import arch
+
+    spec = arch.get(recipe.architecture)
+    found = spec.variants.get(recipe.variant) if spec is not None and recipe.variant else None
+    return found is not None and found.capabilities is not None and "edit" in found.capabilities
 
 
 def _read_picture_fields(params: dict[str, str]) -> dict[str, object]:

@@ -75,8 +75,13 @@ async def lora_autocomplete(interaction: discord.Interaction[Any], current: str)
     """Only LoRAs for the architecture of the model already chosen in this command."""
     if interaction.guild_id is None:
         return []
+    return await lora_choices(interaction, current, await features_of(interaction).actions.chosen_model(interaction))
+
+
+async def lora_choices(interaction: discord.Interaction[Any], current: str, chosen: Any) -> list[app_commands.Choice[str]]:
+    """LoRAs for the architecture (and family) of ``chosen``, a registry model or None."""
+    assert interaction.guild_id is not None
     bot = features_of(interaction)
-    chosen = await bot.actions.chosen_model(interaction)
     choices = await bot.registry.loras.autocomplete(
         interaction.guild_id,
         current,

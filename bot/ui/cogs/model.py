@@ -29,11 +29,37 @@ from bot.ui.cogs.files import inspect_new_file, read_server_file, unregistered_f
 from bot.ui.common import admin_only, affected_recipes, is_admin, send_private, to_choices
 from bot.ui.features import features_of
 from bot.ui.profiles import describe, evidence_for, profile_choices, profile_option, proposal
+from engine import arch as architectures
 from engine.families import FAMILIES, family_label
 from engine.prediction import PREDICTION_LABELS
 from engine.recipe.sampler_names import SAMPLERS
 
 FAMILY_CHOICES = [app_commands.Choice(name=family_label(f), value=f) for f in FAMILIES]
+
+
+def variant_choices() -> list[app_commands.Choice[str]]:
+    """Every architecture's variants (from its module in engine.arch), one choice per name:
+    a name two architectures share (FLUX.1 dev, FLUX.2 dev) is one choice labelled with
+    both, and is checked against the file's architecture when it is used."""
+    labels: dict[str, list[str]] = {}
+    for spec in architectures.ARCHITECTURES.values():
+        for name, found in spec.variants.items():
+            labels.setdefault(name, []).append(found.label)
+    return [app_commands.Choice(name=" / ".join(shown)[:100], value=name) for name, shown in labels.items()][:25]
+
+
+VARIANT_CHOICES = variant_choices()
+
+
+def variant_refusal(architecture: str, variant: str, file: str) -> str | None:
+    """Why ``variant`` cannot be the variant of a file of ``architecture``, or None."""
+    spec = architectures.get(architecture)
+    if spec is not None and variant in spec.variants:
+        return None
+    label = architectures.label(architecture)
+    known = ", ".join(f"`{v.label}`" for v in spec.variants.values()) if spec is not None else ""
+    offered = f" {label}'s variants are {known}." if known else f" {label} has no variants to pick."
+    return f"`{embeds.truncate(file, 100)}` is a {label} model, so `{variant}` is not one of its variants.{offered}"
 PREDICTION_CHOICES = [app_commands.Choice(name=label, value=value or "auto") for value, label in PREDICTION_LABELS.items()]
 
 model = app_commands.Group(name="model", description="The base models of this server", guild_only=True)
@@ -62,6 +88,11 @@ async def any_model_autocomplete(interaction: discord.Interaction[Any], current:
 def model_card(entry: ModelEntry, *, show_file: bool = False) -> discord.Embed:
     embed = discord.Embed(title=f"Model · {entry.name}", colour=embeds.ACCENT, description=entry.description or None)
     embed.add_field(name="Architecture", value=entry.architecture, inline=True)
+    spec = architectures.get(entry.architecture)
+    found = spec.variants.get(entry.variant) if spec is not None and entry.variant else None
+    if found is not None:
+        edits = found.capabilities is not None and "edit" in found.capabilities
+        embed.add_field(name="Variant", value=found.label + (" · edit model (`/edit`)" if edits else ""), inline=True)
     embed.add_field(name="Default size", value=f"{entry.default_width}×{entry.default_height}", inline=True)
     embed.add_field(name="Default steps", value=str(entry.default_steps), inline=True)
     embed.add_field(name="Default CFG", value=f"{entry.default_cfg:g}", inline=True)
@@ -138,8 +169,10 @@ async def model_info(interaction: discord.Interaction[Any], name: str) -> None:
     prediction="Prediction type (default: as the file says)",
     vae="A VAE .safetensors in the model folder to use instead of the model's own",
     profile="Sampling profile of a distilled checkpoint (default: read from the file)",
+    variant="Which model of its architecture it is, e.g. FLUX.1 Kontext (whose file looks like dev); default: the file's",
 )
-@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES, profile=profile_choices("checkpoint"))
+@app_commands.choices(family=FAMILY_CHOICES, prediction=PREDICTION_CHOICES, profile=profile_choices("checkpoint"),
+                      variant=VARIANT_CHOICES)  # fmt: skip
 @app_commands.autocomplete(file=model_file_autocomplete)
 async def model_add(
     interaction: discord.Interaction[Any],
@@ -153,6 +186,7 @@ async def model_add(
     prediction: str | None = None,
     vae: str | None = None,
     profile: str | None = None,
+    variant: str | None = None,
 ) -> None:
     await interaction.response.defer(ephemeral=True, thinking=True)
     assert interaction.guild_id is not None
@@ -163,12 +197,17 @@ async def model_add(
     if info.architecture == "unknown":
         await send_private(interaction, f"I could not tell which architecture `{file}` is for, so I did not register it.")
         return
+    if variant is not None and (why := variant_refusal(info.architecture, variant, file)) is not None:
+        await send_private(interaction, why + " I did not register it.")
+        return
     if vae and not await _vae_usable(interaction, vae):
         return
     try:
         extra = _model_options(family, clip_skip, prediction)
         if profile is not None:
             extra.update(profile_option()(profile, interaction))
+        if variant is not None:
+            extra["variant"] = variant
         entry = ModelEntry.from_file_info(
             info, name=name, nsfw=nsfw, description=description or "", vae=vae or "", **extra
         )
@@ -214,6 +253,20 @@ def _model_options(family: str | None, clip_skip: int | None, prediction: str | 
     return changes
 
 
+def variant_defaults(entry: ModelEntry, variant: str) -> dict[str, Any]:
+    """The new variant's steps and guidance where the entry still has the old one's (an
+    admin's own defaults are kept): Kontext and dev share them, schnell does not."""
+    spec = architectures.get(entry.architecture)
+    if spec is None or (spec.guidance.kind == "cfg" and spec.dit is None):
+        return {}  # SD keeps the entry's long-standing defaults (as ModelEntry.from_file_info)
+    changes: dict[str, Any] = {}
+    if entry.default_steps == spec.steps_for(entry.variant):
+        changes["default_steps"] = spec.steps_for(variant)
+    if entry.default_cfg == (spec.guidance_for(entry.variant).default or 1.0):
+        changes["default_cfg"] = spec.guidance_for(variant).default or 1.0
+    return changes
+
+
 SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS]
 
 #: ``/model edit``'s options: one line per field (option, registry field, type, description).
@@ -231,6 +284,7 @@ MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
     EditField("clip_skip", "default_clip_skip", app_commands.Range[int, 1, 12], "Clip skip used when a request gives none"),
     EditField("profile", "speed_profile", str, "Sampling profile of a distilled checkpoint (`none` removes it)", choices=profile_choices("checkpoint"), convert=profile_option()),
     EditField("fast_with", "fast_with", app_commands.Range[str, 1, 100], "Speed LoRA (or faster model) the server's fast mode uses with it (`none` clears)", convert=text_or_clear("fast_with", None)),
+    EditField("variant", "variant", str, "Which model of its architecture it is (FLUX.1 Kontext: an edit model)", choices=VARIANT_CHOICES),
     EditField("prediction", "prediction_type", str, "Prediction type; auto reads it from the file", choices=PREDICTION_CHOICES, convert=lambda v, _i: {"prediction_type": "" if v == "auto" else v}),
 )
 
@@ -238,6 +292,14 @@ MODEL_EDIT_FIELDS: tuple[EditField, ...] = (
 async def _apply_model_edit(interaction: discord.Interaction[Any], name: str, changes: dict[str, Any]) -> None:
     assert interaction.guild_id is not None
     registry = features_of(interaction).registry
+    if "variant" in changes:
+        entry = await registry.models.get(interaction.guild_id, name)
+        if entry is not None:
+            why = variant_refusal(entry.architecture, changes["variant"], entry.name)
+            if why is not None:
+                await send_private(interaction, why + " Nothing was changed.")
+                return
+            changes = {**variant_defaults(entry, changes["variant"]), **changes}
     try:
         updated = await registry.models.update(interaction.guild_id, name, interaction.user.id, **changes)
         settings = await registry.settings.get(interaction.guild_id)
