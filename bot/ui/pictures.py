@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import discord
@@ -278,14 +278,12 @@ class PictureActions:
         name = await self.edit_model(interaction, model, 1 + len(extra))
         if name is None:
             return
-        if extra:
-            # Only reachable with a variant whose max_images > 1 (none is registered yet): the
-            # further pictures go into the recipe once it can carry them (Recipe.references).
-            await send_private(interaction, "This bot passes one picture to an edit for now; leave out `image2`/`image3`.")
-            return
-        source = f"{message_link(interaction.guild_id, interaction.channel_id, interaction.id)} ({image.filename})"
-        await self._run_edit(interaction, image, source=source[:300], instruction=instruction, model=name,
-                             parent=None, size=size, **options)  # fmt: skip
+        link = message_link(interaction.guild_id, interaction.channel_id, interaction.id)
+        # image2/image3 (a model that takes several: Qwen-Image-Edit-2509) are the recipe's
+        # references: each is checked, screened and kept like the edited picture.
+        references = [(a, f"{link} ({a.filename})"[:300]) for a in extra]
+        await self._run_edit(interaction, image, source=f"{link} ({image.filename})"[:300], instruction=instruction,
+                             model=name, parent=None, size=size, references=references, **options)  # fmt: skip
 
     async def edit_this(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
         """The "Edit this image" menu: a modal for the instruction first (the first answer)."""
@@ -331,12 +329,18 @@ class PictureActions:
 
     async def _run_edit(self, interaction: discord.Interaction[Any], attachment: discord.Attachment, *, source: str,
                         instruction: str, model: str, parent: Parent | None, size: tuple[int, int] | None,
-                        **options: Any) -> None:  # fmt: skip
+                        references: Sequence[tuple[discord.Attachment, str]] = (), **options: Any) -> None:  # fmt: skip
         notes: list[str] = []
         taken = await self.take_checked(interaction, attachment, source=source, notes=notes)
         if taken is None:
             return
         digest, checked = taken
+        kept: list[str] = []
+        for reference, reference_source in references:
+            found = await self.take(interaction, reference, source=reference_source, notes=notes)
+            if found is None:
+                return
+            kept.append(found)
         if notes:
             await send_private(interaction, "\n".join(f"• {n}" for n in notes))
         if size is None:
@@ -347,7 +351,8 @@ class PictureActions:
                               side_max=settings.size_max) if entry is not None else None)  # fmt: skip
         # Strength does not apply to an edit (all steps run over the picture's tokens): 1 says so
         # in the recipe, and every step count read from it (ETAs, the engine's cost model) is whole.
-        choice = PictureChoice(init_image=digest, init_image_source=source, strength=1.0, resize_mode="crop_and_resize")
+        choice = PictureChoice(init_image=digest, init_image_source=source, strength=1.0, resize_mode="crop_and_resize",
+                               references=tuple(kept), reference_sources=tuple(s for _, s in references))  # fmt: skip
         width, height = size if size is not None else (None, None)
         options.setdefault("slots", [])
         await self.actions.imagine(interaction, prompt=instruction, model=model, origin="edit", parent=parent,
