@@ -40,7 +40,8 @@ SIZE_MULTIPLE = 16
 
 
 def find_components(model_root: Path | None, transformer: Path) -> dict[str, Path]:
-    """The ``vae/``, ``text_encoder/`` and ``tokenizer/`` folders in ``qwen-image-components/``."""
+    """The ``vae/``, ``text_encoder/`` and ``tokenizer/`` folders in ``qwen-image-components/``,
+    and its ``processor/`` where there is one (only the edit models read it)."""
     roots = [r for r in (model_root, transformer.parent) if r is not None]
     folders = [r / COMPONENTS_FOLDER for r in roots if (r / COMPONENTS_FOLDER).is_dir()]
     found: dict[str, Path] = {}
@@ -50,6 +51,11 @@ def find_components(model_root: Path | None, transformer: Path) -> dict[str, Pat
             if (folder / sub / marker).is_file():
                 found[name] = folder / sub
                 break
+    from engine.arch.qwen_image.edit import PROCESSOR_FOLDER, has_processor
+
+    processor = next((f / PROCESSOR_FOLDER for f in folders if has_processor(f / PROCESSOR_FOLDER)), None)
+    if processor is not None:
+        found["processor"] = processor
     missing = [f"{sub}/" for name, sub in _PARTS.items() if name not in found]
     if missing:
         single = sorted(p.name for f in folders for p in f.glob("*.safetensors"))
@@ -60,6 +66,15 @@ def find_components(model_root: Path | None, transformer: Path) -> dict[str, Pat
                           f"the models folder's '{COMPONENTS_FOLDER}/' (shared by every Qwen-Image model), or use the "
                           f"whole diffusers folder{extra}")  # fmt: skip
     return found
+
+
+def plain_text(prompt: str) -> str:
+    """What Qwen2.5-VL reads of a prompt: A1111 brackets read off, ``BREAK`` a space, never empty
+    (the pipelines' own negative default is one space)."""
+    from engine.prompting.attention import is_break, parse_attention
+
+    plain = "".join(" " if is_break(f) else f[0] for f in parse_attention(prompt)) if prompt else ""
+    return plain or " "
 
 
 class QwenPromptEncoder:
@@ -76,7 +91,6 @@ class QwenPromptEncoder:
     def encode(self, prompt: str) -> tuple[Any, Any]:
         import torch
 
-        from engine.prompting.attention import is_break, parse_attention
         from engine.prompting.encode import PromptInfo
 
         key = (prompt, getattr(self.pipe, "_atelier_lora_state", None))
@@ -84,10 +98,10 @@ class QwenPromptEncoder:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        plain = "".join(" " if is_break(f) else f[0] for f in parse_attention(prompt)) if prompt else ""
+        plain = plain_text(prompt)
         encoder = self.pipe.text_encoder
         with torch.inference_mode():
-            embeds, mask = self.pipe._get_qwen_prompt_embeds([plain or " "], device=encoder.device)
+            embeds, mask = self.pipe._get_qwen_prompt_embeds([plain], device=encoder.device)
         hidden = embeds[0][: int(mask[0].sum())][:BUDGET].float()
         result = (hidden, PromptInfo(tokens=int(hidden.shape[0]), chunks=1, embeddings_used=()))
         self.cache[key] = result
@@ -109,6 +123,7 @@ class QwenPromptEncoder:
         transformer = self.pipe.transformer
         dtype, device = compute_dtype(transformer), transformer.device
         rows = [self.encode(p) for p in prompts]
+        texts = ([plain_text(p) for p in prompts], [plain_text(n) for n in negatives])
         embeds, mask = self._stack([h for h, _ in rows], device, dtype)
         kwargs: dict[str, Any] = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
         info = [i for _, i in rows]
@@ -119,7 +134,7 @@ class QwenPromptEncoder:
                 [h for h, _ in negative_rows], device, dtype)  # fmt: skip
             negative_info = [i for _, i in negative_rows]
         return Conditioning(kwargs=kwargs, negative_lengths=[], positive_lengths=[BUDGET] * len(rows), info=info,
-                            negative_info=negative_info, guidance=guidance)  # fmt: skip
+                            negative_info=negative_info, guidance=guidance, texts=texts)  # fmt: skip
 
 
 class QwenImageRuntime:
@@ -139,6 +154,7 @@ class QwenImageRuntime:
             if path.is_dir():
                 pipe = loading.load_folder(path, dtype=torch_type)
                 storage = str(pipe.transformer.dtype).removeprefix("torch.")
+                processor: Path | None = path / "processor"
             else:
                 info = loading.inspect_transformer(path)
                 parts = find_components(model_root, path)
@@ -149,6 +165,7 @@ class QwenImageRuntime:
                 text = _shared_component(parts["text_encoder"] / "config.json", torch_type,
                                          lambda: loading.text_encoder_from_folder(parts["text_encoder"], dtype=torch_type))  # fmt: skip
                 pipe = loading.pipeline(transformer, vae, text, loading.tokenizer_from_folder(parts["tokenizer"]))
+                processor = parts.get("processor")
         except EngineError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -157,6 +174,8 @@ class QwenImageRuntime:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load '{path.name}' as a Qwen-Image model "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
+        # An edit model's processor folder, read when a picture comes (engine.arch.qwen_image.edit).
+        pipe._atelier_processor_folder = processor
         cast_transformer(pipe.transformer, torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,
@@ -246,6 +265,19 @@ class QwenImageRuntime:
             callback_on_step_end=callback,
             output_type="pil",
         )
+
+    def edit(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Sequence[Any], latents: Any,
+             generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """Qwen-Image-Edit (one picture) or -2509 (up to three), as the recipe's variant says, at
+        the recipe's size: see :mod:`engine.arch.qwen_image.edit`."""
+        from engine.arch.qwen_image.edit import run_edit
+
+        for side, value in (("width", recipe.width), ("height", recipe.height)):
+            if value % SIZE_MULTIPLE:
+                raise EngineError(ErrorCode.INVALID_RECIPE, f"Qwen-Image image {side} must be a multiple of "
+                                  f"{SIZE_MULTIPLE} (got {value})")  # fmt: skip
+        return run_edit(pipe, conditioning=conditioning, recipe=recipe, images=images, latents=latents,
+                        generators=generators, callback=callback)  # fmt: skip
 
 
 RUNTIME = QwenImageRuntime()
