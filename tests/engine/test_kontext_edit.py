@@ -64,8 +64,9 @@ def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> 
 
 
 def test_an_edit_model_whose_runtime_cannot_edit_is_refused_with_what_to_do() -> None:
-    """Qwen-Image-Edit is recognised but its runtime has no ``edit`` yet: refused by name, before
-    any pipeline is touched (``pipe`` is None here)."""
+    """An edit model whose runtime has no ``edit`` (a stand-in runtime here: FLUX.1's and
+    Qwen-Image's both edit now) is refused by name, before any pipeline is touched (``pipe`` is
+    None here)."""
     from types import SimpleNamespace
 
     from engine.picture_run import edit, edits
