@@ -75,6 +75,8 @@ def test_an_edit_keeps_the_recipes_size_and_reads_the_picture_and_the_instructio
     assert diff(out_a, generator.run(with_input(generator, EDIT, b)).images[0]) > 0
     other = replace(EDIT, prompt="turn the house into a boat")
     assert diff(out_a, generator.run(with_input(generator, other, a)).images[0]) > 0
+    # True CFG (4, the authors' default) reads the negative prompt, itself read beside the picture.
+    assert diff(out_a, generator.run(with_input(generator, replace(EDIT, negative_prompt="blurry"), a)).images[0]) > 0
 
 
 def test_an_edit_model_without_a_picture_stays_text_to_image(generator: Generator) -> None:
@@ -82,9 +84,11 @@ def test_an_edit_model_without_a_picture_stays_text_to_image(generator: Generato
     assert diff(alone, generator.run(replace(EDIT, variant=None)).images[0]) == 0
 
 
-def test_a_qwen_image_lora_on_the_edit_model_and_weight_zero_is_bit_identical(generator: Generator) -> None:
+def test_cfg_1_and_a_qwen_image_lora_on_the_edit_model_with_weight_zero_change_nothing(generator: Generator) -> None:
     recipe = with_input(generator, replace(EDIT, cfg_scale=1.0), picture(23, (80, 64)))
     plain = generator.run(recipe).images[0]
+    # CFG 1: one transformer call per step, the negative prompt not read.
+    assert diff(generator.run(replace(recipe, negative_prompt="blurry")).images[0], plain) == 0
     assert diff(generator.run(replace(recipe, loras=(LoraRef("style.safetensors", 0.8),))).images[0], plain) > 0
     # The PNGs' recipes differ (the LoRA is named in them); the pixels do not.
     assert diff(generator.run(replace(recipe, loras=(LoraRef("style.safetensors", 0.0),))).images[0], plain) == 0
