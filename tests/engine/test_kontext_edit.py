@@ -78,3 +78,20 @@ def test_an_edit_model_whose_runtime_cannot_edit_is_refused_with_what_to_do() ->
     with pytest.raises(EngineError, match="qwen_image edit models do not run here yet: pick a text-to-image model"):
         edit(runtime, None, conditioning=None, recipe=recipe, latents=None, generators=[], callback=lambda *a: {},
              init=Image.new("RGB", (64, 64)))  # fmt: skip
+
+
+def test_a_kontext_diffusers_folder_loads_and_edits(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A folder whose ``model_index.json`` names ``FluxKontextPipeline`` is an edit model that runs
+    (its components are FluxPipeline's), no longer refused as "not text-to-image"."""
+    import json
+
+    from sandbox.flux_builder import build_components, save_diffusers_folder
+
+    root = tmp_path_factory.mktemp("kontext-folder")
+    folder = save_diffusers_folder(build_components("dev", seed=3), root / "models" / "kontext", "dev")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxKontextPipeline"}))
+    (root / "loras").mkdir()
+    generator = Generator(root / "models", root / "loras")
+    recipe = with_input(generator, replace(KONTEXT, model="kontext", steps=2), picture(25, (96, 64)))
+    assert Image.open(io.BytesIO(generator.run(recipe).images[0])).size == (80, 64)
