@@ -32,6 +32,15 @@ PIPELINE_ARCH = {
     for class_name, variant in _arch.ARCHITECTURES[name].pipeline_classes.items()
     if variant is None
 }
+#: Edit models' pipelines (FLUX.1 Kontext, Qwen-Image-Edit): their folders load as the plain
+#: pipeline's components, and the runtime's ``edit`` builds the edit pipeline when a picture comes.
+EDIT_PIPELINE_ARCH = {
+    class_name: name
+    for name in RUNNABLE_ARCHITECTURES
+    for class_name, variant in _arch.ARCHITECTURES[name].pipeline_classes.items()
+    if variant is not None and _arch.ARCHITECTURES[name].variant(variant) is not None
+    and "edit" in (_arch.ARCHITECTURES[name].variants[variant].capabilities or ())
+}
 #: The diffusers class that builds each runnable architecture's pipeline.
 _PIPELINE_CLASS = {name: class_name for class_name, name in PIPELINE_ARCH.items()}
 #: The loader below builds these; another runnable architecture brings its runtime's own.
@@ -86,6 +95,8 @@ def _folder_arch(folder: Path) -> str:
             "folder or a single .safetensors checkpoint",
         ) from exc
     class_name = str(index.get("_class_name", ""))
+    if class_name in EDIT_PIPELINE_ARCH:
+        return EDIT_PIPELINE_ARCH[class_name]
     if class_name not in PIPELINE_ARCH:
         raise EngineError(
             ErrorCode.ARCH_MISMATCH,

@@ -91,11 +91,13 @@ def cannot_run(
             )
         spec = arch.get(architecture)
         found = spec.variants.get(variant or "") if spec is not None else None
+        # An edit model (FLUX.1 Kontext, Qwen-Image-Edit) runs: its runtime's ``edit`` with a
+        # picture, text-to-image without one (engine.picture_run).
         if (
             architecture in RUNNABLE_ARCHITECTURES
             and found is not None
             and found.capabilities is not None
-            and "txt2img" not in found.capabilities
+            and not {"txt2img", "edit"} & found.capabilities
         ):
             return (
                 f"`{path}` is a {found.label} checkpoint, made for {' and '.join(sorted(found.capabilities))} "

@@ -6,6 +6,10 @@ width, and the tiny byte-level Qwen tokenizer of :mod:`sandbox.zimage_builder`. 
 diffusers folder, and as the published single-file transformer (``qwen_image_bf16.safetensors``:
 diffusers' module names; bf16 or fp8 e4m3fn) beside a ``qwen-image-components/`` holding the
 repository's ``vae/``, ``text_encoder/`` and ``tokenizer/`` folders.
+
+Qwen-Image-Edit and -2509 (:func:`build_qwen_image_edit`) have the same components plus the
+repository's ``processor/`` (Qwen2.5-VL's image processor config and its tokenizer, with the
+vision tokens the text encoder's config names), and a ``model_index.json`` naming their pipeline.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from sandbox.model_builder import _save, _seeded
 from sandbox.zimage_builder import SPECIAL, _store, write_tokenizer
 
 StoreDtype = Literal["bf16", "fp8", "fp8_scaled"]
+EditPipeline = Literal["QwenImageEditPipeline", "QwenImageEditPlusPipeline"]
 TEXT_WIDTH = 32
+#: Qwen2.5-VL's vision tokens, after Qwen's own special tokens (the ids the text config names).
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+#: The tiny processor's pixel bounds (the real one's are 56x56 to 3584x3584): a condition image
+#: becomes at most 16 patches of 28x28 for the one-block vision tower.
+PROCESSOR_PIXELS = (56 * 56, 112 * 112)
 
 
 def _read(component: str, name: str = "config.json") -> dict[str, Any]:
@@ -34,7 +44,7 @@ def text_encoder_config() -> Any:
     vocab = 256 + len(SPECIAL)
     return Qwen2_5_VLConfig(
         text_config=dict(hidden_size=TEXT_WIDTH, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, rms_norm_eps=1e-6,
-                         num_key_value_heads=1, vocab_size=vocab + 3, max_position_embeddings=2048, rope_theta=1e6,
+                         num_key_value_heads=1, vocab_size=vocab + len(VISION_TOKENS), max_position_embeddings=2048, rope_theta=1e6,
                          rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, bos_token_id=None,
                          eos_token_id=258),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=TEXT_WIDTH,
@@ -95,7 +105,7 @@ def build_qwen_image(out: Path, *, seed: int = 0, dtype: StoreDtype = "bf16", wa
     (folder / "model_index.json").write_text((CONFIG_ROOT / "qwen_image" / "model_index.json").read_text())
     for name, module in parts.items():
         module.save_pretrained(str(folder / name), **({} if name == "scheduler" else {"safe_serialization": True}))
-    write_tokenizer(folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer", VISION_TOKENS)
     components = out / "qwen-image-components"
     for name in ("vae", "text_encoder", "tokenizer"):
         shutil.copytree(folder / name, components / name, dirs_exist_ok=True)
@@ -103,6 +113,37 @@ def build_qwen_image(out: Path, *, seed: int = 0, dtype: StoreDtype = "bf16", wa
     transformer = out / f"qwen_image_{suffix}.safetensors"
     _save(_store({k: v.detach() for k, v in parts["transformer"].state_dict().items()}, dtype), transformer, {})
     return QwenImageBuild(folder=folder, transformer=transformer, components=components)
+
+
+def write_processor(folder: Path) -> Path:
+    """The repository's ``processor/``: Qwen2-VL's image processor config and the tokenizer."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    write_tokenizer(folder, VISION_TOKENS)
+    low, high = PROCESSOR_PIXELS
+    Qwen2VLImageProcessorPil(min_pixels=low, max_pixels=high, patch_size=14, merge_size=2,
+                             temporal_patch_size=2).save_pretrained(str(folder))  # fmt: skip
+    return folder
+
+
+def build_qwen_image_edit(out: Path, *, pipeline: EditPipeline = "QwenImageEditPipeline", seed: int = 0,
+                          dtype: StoreDtype = "bf16", **shape: int) -> QwenImageBuild:  # fmt: skip
+    """Qwen-Image-Edit (or -2509 with ``QwenImageEditPlusPipeline``): a diffusers folder naming its
+    pipeline, with ``processor/``; the single-file transformer beside the components folder, which
+    gets the processor too."""
+    build = build_qwen_image(out, seed=seed, dtype=dtype, **shape)
+    index = json.loads((build.folder / "model_index.json").read_text())
+    index["_class_name"] = pipeline
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    folder = build.folder.with_name("qwen-image-edit-diffusers")
+    build.folder.rename(folder)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_processor(folder / "processor")
+    write_processor(build.components / "processor")
+    suffix = build.transformer.name.removeprefix("qwen_image_")
+    transformer = build.transformer.with_name(f"qwen_image_edit_{suffix}")
+    build.transformer.rename(transformer)
+    return QwenImageBuild(folder=folder, transformer=transformer, components=build.components)
 
 
 def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> Path:

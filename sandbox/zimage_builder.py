@@ -44,8 +44,9 @@ def _read(component: str, name: str = "config.json") -> dict[str, Any]:
     return json.loads((CONFIG_ROOT / "zimage" / component / name).read_text(encoding="utf-8"))
 
 
-def build_tokenizer() -> Any:
-    """A ``Qwen2TokenizerFast`` over the 256 byte pieces (no merges) plus Qwen's special tokens."""
+def build_tokenizer(extra: tuple[str, ...] = ()) -> Any:
+    """A ``Qwen2TokenizerFast`` over the 256 byte pieces (no merges) plus Qwen's special tokens
+    (and ``extra`` ones after them: Qwen2.5-VL's vision tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
@@ -53,16 +54,16 @@ def build_tokenizer() -> Any:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL))
+    backend.add_special_tokens(list(SPECIAL) + list(extra))
     tokenizer = Qwen2TokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token=None, bos_token=None, model_max_length=512)  # fmt: skip
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def write_tokenizer(folder: Path) -> Path:
+def write_tokenizer(folder: Path, extra: tuple[str, ...] = ()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    build_tokenizer().save_pretrained(str(folder))
+    build_tokenizer(extra).save_pretrained(str(folder))
     return folder
 
 

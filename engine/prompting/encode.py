@@ -58,6 +58,9 @@ class Conditioning:
     #: Whether the pipeline runs classifier-free guidance (CFG > 1): its batch then holds the
     #: negatives first.
     guidance: bool = True
+    #: The prompts and negatives as the text encoder read them, one per row, where a runtime
+    #: encodes them again beside a picture (Qwen-Image-Edit's encoder reads the picture too).
+    texts: tuple[list[str], list[str]] | None = None
 
     @property
     def needs_mask(self) -> bool:

@@ -115,7 +115,7 @@ def test_flux_variants_are_told_apart_where_their_files_differ(tmp_path: Path) -
         ("Pony V7", ("unknown", None, "unknown")),
         ("Flux.2 Klein 9B", ("flux2", "klein-9b", "unknown")),
         ("Flux.2 Klein 4B Base", ("flux2", "klein-4b-base", "unknown")),
-        ("Qwen", ("qwen_image", None, "unknown")),
+        ("Qwen", ("qwen_image", "image", "unknown")),
         ("ZImageTurbo", ("zimage", "turbo", "unknown")),
     ],
 )

@@ -55,7 +55,7 @@ def test_civitai_names_and_ecosystems() -> None:
     assert arch.from_base_model("Flux.2 Klein 9B Base") == ("flux2", "klein-9b-base", "unknown")
     assert arch.from_base_model("Flux.2 D") == ("flux2", "dev", "unknown")
     assert arch.from_base_model("Flux.1 D") == ("flux", "dev", "unknown")
-    assert arch.from_base_model("Qwen") == ("qwen_image", None, "unknown")
+    assert arch.from_base_model("Qwen") == ("qwen_image", "image", "unknown")
     assert arch.from_base_model("Qwen Image Edit") == ("qwen_image", "edit", "unknown")
     assert [arch.from_ecosystem(e) for e in ("flux2klein_4b", "flux2klein_9b_base", "flux2", "qwen")] == [
         "flux2", "flux2", "flux2", "qwen_image"

@@ -65,8 +65,9 @@ def test_an_upscale_pass_after_an_edit_is_refused(flux_generator: Generator) -> 
 
 
 def test_an_edit_model_whose_runtime_cannot_edit_is_refused_with_what_to_do() -> None:
-    """Qwen-Image-Edit is recognised but its runtime has no ``edit`` yet: refused by name, before
-    any pipeline is touched (``pipe`` is None here)."""
+    """An edit model whose runtime has no ``edit`` (a stand-in runtime here: FLUX.1's and
+    Qwen-Image's both edit now) is refused by name, before any pipeline is touched (``pipe`` is
+    None here)."""
     from types import SimpleNamespace
 
     from engine.picture_run import edit, edits
@@ -146,3 +147,20 @@ def test_the_edit_call_itself_refuses_more_pictures_than_the_model_takes() -> No
     with pytest.raises(EngineError, match="reference pictures were not all sent"):
         edit(runtime, None, recipe=recipe, init=start, references=[], **kwargs)  # type: ignore[arg-type]
     assert calls == []
+
+
+def test_a_kontext_diffusers_folder_loads_and_edits(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A folder whose ``model_index.json`` names ``FluxKontextPipeline`` is an edit model that runs
+    (its components are FluxPipeline's), no longer refused as "not text-to-image"."""
+    import json
+
+    from sandbox.flux_builder import build_components, save_diffusers_folder
+
+    root = tmp_path_factory.mktemp("kontext-folder")
+    folder = save_diffusers_folder(build_components("dev", seed=3), root / "models" / "kontext", "dev")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxKontextPipeline"}))
+    (root / "loras").mkdir()
+    generator = Generator(root / "models", root / "loras")
+    recipe = with_input(generator, replace(KONTEXT, model="kontext", steps=2), picture(25, (96, 64)))
+    assert Image.open(io.BytesIO(generator.run(recipe).images[0])).size == (80, 64)

@@ -147,7 +147,6 @@ def test_every_demo_file_the_engine_runs_says_so(demo_assets: Any) -> None:
         ("FluxFillPipeline", "is a FLUX.1 Fill checkpoint"),
         ("StableDiffusionInpaintPipeline", "is an SD 1.5 inpainting checkpoint"),
         ("Flux2Pipeline", "is a FLUX.2 dev checkpoint, which this engine does not run yet"),
-        ("QwenImageEditPipeline", "is a Qwen-Image-Edit checkpoint, made for edit"),
         ("HunyuanDiTPipeline", "is a checkpoint of the diffusers pipeline `HunyuanDiTPipeline`"),
     ],
 )
@@ -161,3 +160,18 @@ def test_diffusers_folders_the_engine_cannot_run(tmp_path: Path, class_name: str
     info = inspect_file(folder, relative_to=tmp_path)
     assert info.cannot_run is not None and info.cannot_run.startswith("`pipeline` is ")
     assert says in info.cannot_run, info.cannot_run
+
+
+@pytest.mark.parametrize(("class_name", "variant"), [
+    ("FluxKontextPipeline", "kontext"), ("QwenImageEditPipeline", "edit"), ("QwenImageEditPlusPipeline", "edit_plus"),
+])  # fmt: skip
+def test_edit_models_diffusers_folders_run(tmp_path: Path, class_name: str, variant: str) -> None:
+    """An edit model runs (its runtime's ``edit`` with a picture, text-to-image without one)."""
+    import json
+
+    folder = tmp_path / "pipeline"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    save_file({"w": np.zeros(4, np.float16)}, str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    info = inspect_file(folder, relative_to=tmp_path)
+    assert (info.variant, info.cannot_run) == (variant, None)

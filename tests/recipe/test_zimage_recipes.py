@@ -75,3 +75,13 @@ def test_comfyui_flux2_klein_graph() -> None:
     assert found is not None
     assert (found.recipe.architecture, found.recipe.variant, found.recipe.steps) == ("flux2", "klein-9b", 4)
     assert found.recipe.guidance_kind == "none"
+
+
+def test_comfyui_qwen_image_edit_graphs_name_their_edit_model() -> None:
+    """Qwen-Image-Edit's and -2509's single files: the edit variant each runs (one picture, or up to three)."""
+    for unet, variant in (("qwen_image_edit_fp8_e4m3fn.safetensors", "edit"),
+                          ("qwen_image_edit_2509_fp8_e4m3fn.safetensors", "edit_plus")):  # fmt: skip
+        graph = _graph(unet, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", cfg=4.0, steps=20,
+                       sampler="euler", negative=" ")  # fmt: skip
+        found = read_image(comfy_flux_png(graph)).found
+        assert found is not None and (found.recipe.architecture, found.recipe.variant) == ("qwen_image", variant)

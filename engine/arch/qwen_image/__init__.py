@@ -1,4 +1,4 @@
-"""Qwen-Image (and Qwen-Image-Edit, recognised and refused until the picture-in issue's /edit).
+"""Qwen-Image, and its edit models Qwen-Image-Edit (one picture) and Qwen-Image-Edit-2509 (up to three).
 
 This is the torch-free half; the runtime (``loading``, ``lora_keys``, ``pipeline`` beside this
 file) is built against :class:`engine.arch.runtime.Runtime`, behind :data:`RUNS`. A 20B MMDiT (60 blocks, 3072 wide) reading Qwen2.5-VL-7B's last hidden states, with
@@ -7,6 +7,13 @@ a Wan-style 16-channel VAE. Its blocks carry ``img_mlp``/``txt_mlp`` and ``img_m
 its text input. The authors' pipeline (diffusers ``QwenImagePipeline``): true CFG with a negative
 prompt (``true_cfg_scale`` 4), 50 steps, flow-matching Euler with a resolution-dependent shift,
 sizes in multiples of 16 around 1328x1328, at most 1024 prompt tokens (512 by default).
+
+The edit models share the text-to-image transformer's layout (their files look alike, so the
+registry's variant decides, as for FLUX.1 Kontext): Qwen-Image-Edit (``QwenImageEditPipeline``)
+reads one picture, both through Qwen2.5-VL's vision tower with the instruction and as VAE latents
+appended to the noise; Qwen-Image-Edit-2509 and -2511 (``QwenImageEditPlusPipeline``) read up to
+three. Text-to-image is the named variant "image", so a LoRA trained on it is flagged when stacked
+on an edit model (and the other way round).
 """
 
 from __future__ import annotations
@@ -33,13 +40,20 @@ QWEN_IMAGE = Architecture(
     runnable=RUNS,
     ecosystems=("qwen", "qwenimage"),
     base_models=(
+        BaseModelName("qwen image edit 2509", variant="edit_plus"),
+        BaseModelName("qwen-image-edit-2509", variant="edit_plus"),
+        BaseModelName("qwen image edit 2511", variant="edit_plus"),
+        BaseModelName("qwen-image-edit-2511", variant="edit_plus"),
+        BaseModelName("qwen image edit plus", variant="edit_plus"),
+        BaseModelName("qwen-image-edit-plus", variant="edit_plus"),
         BaseModelName("qwen image edit", variant="edit"),
         BaseModelName("qwen-image-edit", variant="edit"),
         BaseModelName("qwen edit", variant="edit"),
-        BaseModelName("qwen"),
+        BaseModelName("qwen", variant="image"),
     ),
     metadata_hints=("qwen-image", "qwen_image", "qwenimage"),
-    pipeline_classes={"QwenImagePipeline": None, "QwenImageEditPipeline": "edit", "QwenImageEditPlusPipeline": "edit"},
+    pipeline_classes={"QwenImagePipeline": None, "QwenImageEditPipeline": "edit",
+                      "QwenImageEditPlusPipeline": "edit_plus"},
     dit=DitRule(
         structure=path_matcher(r"transformer_blocks[._]\d+[._](img_mlp|txt_mlp|img_mod|txt_mod)[._]|txt_norm[._]"),
         shape=never,
@@ -72,6 +86,10 @@ QWEN_IMAGE = Architecture(
     clip_skip=False,
     embeddings=False,
     capabilities=frozenset({"txt2img"}),
-    variants={"edit": Variant("edit", "Qwen-Image-Edit", capabilities=frozenset({"edit"}))},
+    variants={
+        "image": Variant("image", "Qwen-Image"),  # the architecture's capabilities: text-to-image
+        "edit": Variant("edit", "Qwen-Image-Edit", capabilities=frozenset({"edit"})),
+        "edit_plus": Variant("edit_plus", "Qwen-Image-Edit-2509", capabilities=frozenset({"edit"}), max_images=3),
+    },
     runtime="engine.arch.qwen_image.pipeline",
 )

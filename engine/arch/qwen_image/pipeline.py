@@ -42,7 +42,8 @@ SIZE_MULTIPLE = 16
 def find_components(model_root: Path | None, transformer: Path) -> dict[str, Path]:
     """The VAE and text encoder (the repository's ``vae/`` and ``text_encoder/`` folders, or
     ComfyUI's ``qwen_image_vae.safetensors`` and ``qwen_2.5_vl_7b*.safetensors``, told apart by
-    their headers) and the ``tokenizer/`` folder in ``qwen-image-components/``."""
+    their headers) and the ``tokenizer/`` folder in ``qwen-image-components/``, and its ``processor/``
+    where there is one (only the edit models read it)."""
     from engine.arch.components import QWEN25_VL, QWEN_IMAGE_VAE, component_of, find_component
     from engine.inspect import header_shapes
 
@@ -58,6 +59,11 @@ def find_components(model_root: Path | None, transformer: Path) -> dict[str, Pat
     for name, component in (("vae", QWEN_IMAGE_VAE), ("text_encoder", QWEN25_VL)):
         if name not in found and (file := find_component(folders, component, header_shapes)) is not None:
             found[name] = file
+    from engine.arch.qwen_image.edit import PROCESSOR_FOLDER, has_processor
+
+    processor = next((f / PROCESSOR_FOLDER for f in folders if has_processor(f / PROCESSOR_FOLDER)), None)
+    if processor is not None:
+        found["processor"] = processor
     wanted = {"vae": "vae/ (or qwen_image_vae.safetensors)",
               "text_encoder": "text_encoder/ (or qwen_2.5_vl_7b.safetensors)", "tokenizer": "tokenizer/"}  # fmt: skip
     missing = [text for name, text in wanted.items() if name not in found]
@@ -74,6 +80,15 @@ def find_components(model_root: Path | None, transformer: Path) -> dict[str, Pat
     return found
 
 
+def plain_text(prompt: str) -> str:
+    """What Qwen2.5-VL reads of a prompt: A1111 brackets read off, ``BREAK`` a space, never empty
+    (the pipelines' own negative default is one space)."""
+    from engine.prompting.attention import is_break, parse_attention
+
+    plain = "".join(" " if is_break(f) else f[0] for f in parse_attention(prompt)) if prompt else ""
+    return plain or " "
+
+
 class QwenPromptEncoder:
     """Prompts through the pipeline's template and Qwen2.5-VL, cached per LoRA state; A1111
     brackets are read off (a language model reads the words), ``BREAK`` is a space."""
@@ -88,7 +103,6 @@ class QwenPromptEncoder:
     def encode(self, prompt: str) -> tuple[Any, Any]:
         import torch
 
-        from engine.prompting.attention import is_break, parse_attention
         from engine.prompting.encode import PromptInfo
 
         key = (prompt, getattr(self.pipe, "_atelier_lora_state", None))
@@ -96,10 +110,10 @@ class QwenPromptEncoder:
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        plain = "".join(" " if is_break(f) else f[0] for f in parse_attention(prompt)) if prompt else ""
+        plain = plain_text(prompt)
         encoder = self.pipe.text_encoder
         with torch.inference_mode():
-            embeds, mask = self.pipe._get_qwen_prompt_embeds([plain or " "], device=encoder.device)
+            embeds, mask = self.pipe._get_qwen_prompt_embeds([plain], device=encoder.device)
         hidden = embeds[0][: int(mask[0].sum())][:BUDGET].float()
         result = (hidden, PromptInfo(tokens=int(hidden.shape[0]), chunks=1, embeddings_used=()))
         self.cache[key] = result
@@ -121,6 +135,7 @@ class QwenPromptEncoder:
         transformer = self.pipe.transformer
         dtype, device = compute_dtype(transformer), transformer.device
         rows = [self.encode(p) for p in prompts]
+        texts = ([plain_text(p) for p in prompts], [plain_text(n) for n in negatives])
         embeds, mask = self._stack([h for h, _ in rows], device, dtype)
         kwargs: dict[str, Any] = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
         info = [i for _, i in rows]
@@ -131,7 +146,7 @@ class QwenPromptEncoder:
                 [h for h, _ in negative_rows], device, dtype)  # fmt: skip
             negative_info = [i for _, i in negative_rows]
         return Conditioning(kwargs=kwargs, negative_lengths=[], positive_lengths=[BUDGET] * len(rows), info=info,
-                            negative_info=negative_info, guidance=guidance)  # fmt: skip
+                            negative_info=negative_info, guidance=guidance, texts=texts)  # fmt: skip
 
 
 class QwenImageRuntime:
@@ -151,6 +166,7 @@ class QwenImageRuntime:
             if path.is_dir():
                 pipe = loading.load_folder(path, dtype=torch_type)
                 storage = str(pipe.transformer.dtype).removeprefix("torch.")
+                processor: Path | None = path / "processor"
             else:
                 info = loading.inspect_transformer(path)
                 parts = find_components(model_root, path)
@@ -161,6 +177,7 @@ class QwenImageRuntime:
                 text = _shared_component(single_file.identity(parts["text_encoder"]), torch_type,
                                          lambda: single_file.load_text_encoder(parts["text_encoder"], dtype=torch_type))  # fmt: skip
                 pipe = loading.pipeline(transformer, vae, text, loading.tokenizer_from_folder(parts["tokenizer"]))
+                processor = parts.get("processor")
         except EngineError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -169,6 +186,8 @@ class QwenImageRuntime:
             raise EngineError(ErrorCode.CORRUPT_FILE, f"could not load '{path.name}' as a Qwen-Image model "
                               f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
+        # An edit model's processor folder, read when a picture comes (engine.arch.qwen_image.edit).
+        pipe._atelier_processor_folder = processor
         cast_transformer(pipe.transformer, torch_type)
         weights = sum(p.numel() for p in pipe.transformer.parameters())
         plan = memory_plan(device=device, budget=device_budget, transformer_bytes=2 * weights,
@@ -258,6 +277,19 @@ class QwenImageRuntime:
             callback_on_step_end=callback,
             output_type="pil",
         )
+
+    def edit(self, pipe: Any, *, conditioning: Any, recipe: Any, images: Sequence[Any], latents: Any,
+             generators: Sequence[Any], callback: Callable[..., dict[str, Any]]) -> Any:  # fmt: skip
+        """Qwen-Image-Edit (one picture) or -2509 (up to three), as the recipe's variant says, at
+        the recipe's size: see :mod:`engine.arch.qwen_image.edit`."""
+        from engine.arch.qwen_image.edit import run_edit
+
+        for side, value in (("width", recipe.width), ("height", recipe.height)):
+            if value % SIZE_MULTIPLE:
+                raise EngineError(ErrorCode.INVALID_RECIPE, f"Qwen-Image image {side} must be a multiple of "
+                                  f"{SIZE_MULTIPLE} (got {value})")  # fmt: skip
+        return run_edit(pipe, conditioning=conditioning, recipe=recipe, images=images, latents=latents,
+                        generators=generators, callback=callback)  # fmt: skip
 
 
 RUNTIME = QwenImageRuntime()

@@ -321,7 +321,8 @@ def dit_graph(graph: _Graph) -> tuple[str, str | None, str] | None:
     if found == "zimage":
         variant: str | None = "base" if "base" in names and "turbo" not in names else "turbo"
     elif found == "qwen_image":
-        variant = "edit" if "edit" in names else None
+        # Qwen-Image-Edit-2509 and -2511 run QwenImageEditPlusPipeline (up to three pictures).
+        variant = ("edit_plus" if "2509" in names or "2511" in names else "edit") if "edit" in names else None
     else:
         size = "9b" if "9b" in names else "4b" if "4b" in names else None
         variant = f"klein-{size}{'-base' if 'base' in names else ''}" if size and "klein" in names else None
