@@ -48,7 +48,7 @@ from engine.recipe.batching import architecture_batch_key, batch_key
 from engine.recipe.picture import effective_steps
 from engine.samplers import make_scheduler
 from engine.support import RUNNABLE_ARCHITECTURES
-from engine.tiled_denoise import TILED_ARCHITECTURES, tiled_denoising
+from engine.tiled_denoise import tiled_denoising
 from engine.validation import check_for_architecture, validate_recipe
 
 log = logging.getLogger("engine.generate")
@@ -535,7 +535,8 @@ class Generator:
         above ``denoise_tiling_pixels`` for a UNet (undone when ``stack`` closes). A
         transformer's pass stays whole: its attention is global, so tiles would change the image."""
         self._memory_settings(pipe, recipe, 1)
-        if runtime.architecture in TILED_ARCHITECTURES and recipe.width * recipe.height > self.denoise_tiling_pixels:
+        spec = _arch.get(runtime.architecture)
+        if spec is not None and spec.tiled_upscale and recipe.width * recipe.height > self.denoise_tiling_pixels:
             stack.enter_context(tiled_denoising(runtime.denoiser(pipe), tile=self.denoise_tile))
 
     def _denoise(

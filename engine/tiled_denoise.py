@@ -28,7 +28,7 @@ composition in the input, so tiles need not agree on a global layout (text-to-im
 in tiles would repeat the subject per tile). A pass at strength 1 (text-to-image at the larger
 size, engine.picture_run) tiles too, for the same memory: nothing anchors its layout, so its
 tiles compose as MultiDiffusion's panoramas do and it differs more from the whole pass (which,
-at twice the training size, repeats subjects of its own). Only UNets (SD 1.5, SDXL) tile: a diffusion
+at twice the training size, repeats subjects of its own). Only UNets (SD 1.5, SDXL: ``Architecture.tiled_upscale``) tile: a diffusion
 transformer's (FLUX, Z-Image, Qwen-Image) attention is global over every latent token, so a
 tile would see a different image than the whole and the result would change, not just its
 memory; those second passes run whole.
@@ -45,8 +45,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-#: The architectures whose upscale pass may run in tiles (UNets; see the module docstring).
-TILED_ARCHITECTURES = frozenset({"sd15", "sdxl"})
 #: Overlap between neighbouring tiles, as a fraction of the tile.
 OVERLAP = 0.25
 #: ``UNet2DConditionModel.forward`` arguments that carry per-position tensors (ControlNet,
@@ -206,5 +204,5 @@ def tiled_denoising(unet: Any, *, tile: int | None = None, overlap: int | None =
             del unet.forward
 
 
-__all__ = ["OVERLAP", "TILED_ARCHITECTURES", "TiledDenoiser", "blend_weights", "default_tile", "ramp", "spans",
+__all__ = ["OVERLAP", "TiledDenoiser", "blend_weights", "default_tile", "ramp", "spans",
            "tiled_denoising"]  # fmt: skip

@@ -191,6 +191,10 @@ class Architecture:
     #: Samples by flow matching (the DiTs), so a recipe's ``shift`` applies; SD 1.5 and SDXL
     #: sample by noise prediction and have no shift.
     flow_matching: bool = False
+    #: Its denoiser is a UNet, whose convolutions see a neighbourhood, so a large upscale pass
+    #: may run in overlapping tiles (:mod:`engine.tiled_denoise`); a diffusion transformer's
+    #: attention is global over the image, so a tile would change the picture, not its memory.
+    tiled_upscale: bool = False
     guidance: Guidance = Guidance("cfg", 7.0)
     uses_negative: bool = True
     prompt_budget: PromptBudget = PromptBudget("clip_chunks", 75)

@@ -16,6 +16,7 @@ SD15 = Architecture(
     runnable=True,
     #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
     capabilities=frozenset({"txt2img", "img2img"}),
+    tiled_upscale=True,
     ecosystems=("sd1", "sd15"),
     base_models=(BaseModelName("sd 1.4", family="sd15"), BaseModelName("sd 1.5", family="sd15")),
     metadata_hints=("sd_v1", "sd_1", "stable-diffusion-v1"),

@@ -17,6 +17,7 @@ SDXL = Architecture(
     runnable=True,
     #: Image-to-image (and the upscale pass) runs through the runtime's ``img2img`` (issue 20).
     capabilities=frozenset({"txt2img", "img2img"}),
+    tiled_upscale=True,
     ecosystems=("sdxl", "sdxldistilled", "pony", "illustrious", "noobai"),
     base_models=(
         BaseModelName("sdxl distilled", family="sdxl"),
