@@ -36,7 +36,7 @@ async def edit_this_image(interaction: discord.Interaction[Any], message: discor
 
 
 async def edit_model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
-    """Only edit models (a variant that edits: FLUX.1 Kontext)."""
+    """Only edit models (a variant that edits: FLUX.1 Kontext, Qwen-Image-Edit)."""
     if interaction.guild_id is None:
         return []
     bot = features_of(interaction)
@@ -63,7 +63,7 @@ async def edit_lora_autocomplete(interaction: discord.Interaction[Any], current:
     return await lora_choices(interaction, current, chosen)
 
 
-@app_commands.command(name="edit", description="Change a picture as an instruction says, with an edit model (FLUX.1 Kontext)")
+@app_commands.command(name="edit", description="Change a picture as an instruction says, with an edit model (FLUX.1 Kontext, Qwen-Image-Edit)")
 @app_commands.guild_only()
 @app_commands.describe(
     image="The picture to edit (PNG, JPEG or WebP)",
@@ -76,7 +76,7 @@ async def edit_lora_autocomplete(interaction: discord.Interaction[Any], current:
     weight1="Weight of the LoRA, e.g. 0.8",
     lora2="Second LoRA",
     weight2="Weight of the second LoRA",
-    image2="A second picture, for edit models that take several",
+    image2="A second picture, for edit models that take several (Qwen-Image-Edit-2509)",
     image3="A third picture, for edit models that take several",
 )
 @app_commands.choices(size=[app_commands.Choice(name=label, value=value) for label, value in SIZES])
