@@ -16,12 +16,16 @@ import hashlib
 import io
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bot.jobs.speed import SpeedBook, work_steps
+from bot.pictures import edits, picture_count
 from engine.recipe.model import Recipe
 from engine.recipe.readers import read_image
 from sandbox.qwen_image_builder import QwenImageBuild, build_qwen_image_edit, write_musubi_lora
@@ -152,3 +156,38 @@ async def test_an_admin_adds_qwen_image_edit_2509_and_a_member_edits_with_three_
     assert "`Kontext` (FLUX.1 Kontext) takes one picture; you gave 2" in text, text
     assert not running(world) and images_posted(world) == before
     assert world.double.violations == []
+
+
+def test_a_three_picture_edit_counts_every_picture_in_its_eta() -> None:
+    """ETA and fair-turn weight (bot.jobs.speed): an edit runs all its steps over the result's
+    tokens and each picture's: -2509 with two references weighs steps x 4, whatever strength
+    its recipe carries."""
+    book = SpeedBook()
+    plain = Recipe(model="q.safetensors", prompt="x", width=512, height=512, steps=20, architecture="qwen_image",
+                   variant="image")  # fmt: skip
+    book.record(plain, 2.0)
+    one = replace(plain, variant="edit_plus", init_image="a" * 64, strength=1.0)
+    three = replace(one, references=("b" * 64, "c" * 64))
+    assert picture_count(three) == 3 and edits(three)
+    assert work_steps(three) == 80 and book.estimate(three) == pytest.approx(8.0)
+    assert book.estimate(one) == pytest.approx(4.0)
+    assert book.estimate(replace(three, strength=0.25)) == pytest.approx(8.0)
+
+
+def test_musubi_tuners_model_spec_names_a_qwen_loras_variant(qwen_edit_files: QwenImageBuild, tmp_path: Path) -> None:
+    """musubi-tuner writes ``modelspec.architecture`` as "<model>/lora"; the edit models' names
+    share words ("Qwen-Image-Edit-Plus": image, edit), so they are read as Civitai's base models."""
+    from bot.registry import LoraEntry
+    from bot.request.rules import variant_mismatch
+    from engine.inspect import inspect_file
+
+    found = {}
+    for trained_on in ("Qwen-Image", "Qwen-Image-Edit", "Qwen-Image-Edit-Plus", "Qwen-Image-Edit-2511"):
+        path = write_musubi_lora(qwen_edit_files.transformer, tmp_path / f"{trained_on}.safetensors", trained_on=trained_on)
+        info = inspect_file(path, relative_to=tmp_path)
+        found[trained_on] = LoraEntry.from_file_info(info, name=trained_on).variant
+    assert found == {"Qwen-Image": "image", "Qwen-Image-Edit": "edit", "Qwen-Image-Edit-Plus": "edit_plus",
+                     "Qwen-Image-Edit-2511": "edit_plus"}  # fmt: skip
+    said = variant_mismatch("qwen_image", "edit", "edit_plus")
+    assert said is not None and "trained on Qwen-Image-Edit and this model is Qwen-Image-Edit-2509" in said
+    assert variant_mismatch("qwen_image", "edit_plus", "edit_plus") is None
