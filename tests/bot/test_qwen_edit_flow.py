@@ -108,8 +108,8 @@ async def test_an_admin_adds_qwen_image_edit_2509_and_a_member_edits_with_three_
     digests = [hashlib.sha256(data).hexdigest() for data in (source, hat, scarf)]
 
     three = await edit(world, {"image": ("photo.png", source), "image2": ("hat.png", hat),
-                                  "image3": ("scarf.png", scarf), "instruction": "put the hat and the scarf on the cat",
-                                  "seed": 5})  # fmt: skip
+                               "image3": ("scarf.png", scarf), "instruction": "put the hat and the scarf on the cat",
+                               "seed": 5})  # fmt: skip
     read = read_image(three.attachments[0].data)
     assert read.found is not None and read.found.exact, read.reason
     recipe = read.found.recipe
@@ -128,19 +128,19 @@ async def test_an_admin_adds_qwen_image_edit_2509_and_a_member_edits_with_three_
 
     # The same seed and instruction with the one picture: the references were read.
     one = await edit(world, {"image": ("photo.png", source), "instruction": "put the hat and the scarf on the cat",
-                                "seed": 5})  # fmt: skip
+                             "seed": 5})  # fmt: skip
     alone = read_image(one.attachments[0].data).found
     assert alone is not None and alone.recipe.references == () and alone.recipe.init_image == digests[0]
     assert np.abs(pixels(one) - pixels(three)).mean() > 0
 
-    # A Qwen-Image text-to-image LoRA on the edit model: a warning in the reply, and it runs.
+    # A Qwen-Image text-to-image LoRA on the edit model: warned about, and it runs.
     text = await run(world, world.admin, "lora", {"file": qwen_edit_in_folders["ink"], "name": "ink"}, "add")
     lora = await world.registry.loras.get(world.guild.id, "ink")
     # Its model spec says Qwen-Image (musubi-tuner's "Qwen-Image/lora"), not an edit model.
     assert lora is not None and (lora.architecture, lora.variant) == ("qwen_image", "image"), text
     with_lora = await edit(world, {"image": ("photo.png", source), "image2": ("hat.png", hat),
-                                         "instruction": "put the hat on the cat", "seed": 5, "lora1": "ink",
-                                         "weight1": "0.8"})  # fmt: skip
+                                   "instruction": "put the hat on the cat", "seed": 5, "lora1": "ink",
+                                   "weight1": "0.8"})  # fmt: skip
     # The warning goes with the job: the reply is the job's status from then on (rewritten as it
     # runs), and the posted result's embed keeps it.
     shown = str(with_lora.embeds)
