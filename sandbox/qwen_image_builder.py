@@ -146,9 +146,12 @@ def build_qwen_image_edit(out: Path, *, pipeline: EditPipeline = "QwenImageEditP
     return QwenImageBuild(folder=folder, transformer=transformer, components=build.components)
 
 
-def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0) -> Path:
+def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: float = 2.0, seed: int = 0,
+                      trained_on: str = "Qwen-Image") -> Path:  # fmt: skip
     """A musubi-tuner Qwen-Image LoRA (kohya names over diffusers' modules) on every 2-D weight
-    of the blocks, bf16."""
+    of the blocks, bf16. ``trained_on``: the model musubi-tuner's model spec names
+    (``modelspec.architecture`` "<model>/lora": "Qwen-Image", "Qwen-Image-Edit",
+    "Qwen-Image-Edit-Plus" for -2509, "Qwen-Image-Edit-2511")."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -166,7 +169,9 @@ def write_musubi_lora(transformer: Path, path: Path, *, rank: int = 4, alpha: fl
         state[f"{name}.alpha"] = torch.tensor(float(alpha))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(path),
-              {"ss_network_module": "networks.lora_qwen_image", "ss_base_model_version": "qwen_image"})  # fmt: skip
+              {"ss_network_module": "networks.lora_qwen_image", "ss_base_model_version": "qwen_image",
+               "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{trained_on}/lora",
+               "modelspec.implementation": "https://github.com/QwenLM/Qwen-Image"})  # fmt: skip
     return path
 
 

@@ -29,10 +29,10 @@ def work_steps(recipe: Recipe) -> float:
     """Denoising work in steps at the recipe's size (what ETAs and fair turns scale by).
 
     step_work: image-to-image at strength s runs ~s*steps steps; an upscale pass adds its own.
-    An edit (FLUX.1 Kontext) is not image-to-image: strength does not apply, all its steps
-    run, and each runs the transformer over the result's tokens plus every picture's
-    reference tokens beside them (Kontext: one picture at the result's size, about twice the
-    sequence). Attention grows faster than the sequence, so ``steps x (1 + pictures)`` is a
+    An edit (FLUX.1 Kontext, Qwen-Image-Edit) is not image-to-image: strength does not apply,
+    all its steps run, and each runs the transformer over the result's tokens plus every
+    picture's reference tokens beside them (Kontext: one picture at the result's size, about
+    twice the sequence; Qwen-Image-Edit-2509: the input and up to two references). Attention grows faster than the sequence, so ``steps x (1 + pictures)`` is a
     floor, close enough for the tiny-to-mid sizes members ask for; the measured rate per
     shape corrects it after the first edits ran.
     """

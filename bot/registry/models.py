@@ -332,7 +332,13 @@ def metadata_variant(architecture: str, metadata: Mapping[str, str]) -> str | No
         return None
     words = set(re.split(r"[^a-z0-9]+", text.lower()))
     found = [name for name in spec.variants if name in words]
-    return found[0] if len(found) == 1 else None
+    if len(found) == 1:
+        return found[0]
+    # musubi-tuner names a Qwen-Image LoRA's model ("Qwen-Image-Edit/lora", "Qwen-Image-Edit-Plus/lora"
+    # for -2509), whose words are several variants' at once: read the name as Civitai's base models
+    # are read, longest known name first, if it names a variant of this architecture.
+    named, variant, _ = architectures.from_base_model(text.split("/")[0])
+    return variant if named == architecture and variant in spec.variants else None
 
 
 #: What each inspected kind is, and where it goes instead.

@@ -239,15 +239,31 @@ def hires_size(width: int, height: int, scale: float, multiple: int = 8) -> tupl
             max(multiple, int(height * scale) // multiple * multiple))  # fmt: skip
 
 
+def is_edit(recipe: Any) -> bool:
+    """Whether ``recipe`` gives its input picture to an edit model (FLUX.1 Kontext, Qwen-Image-
+    Edit): the recipe's variant says so, never the file (the engine's
+    :func:`engine.picture_run.edits` and the bot's :func:`bot.pictures.edits` ask the same)."""
+    if not getattr(recipe, "init_image", ""):
+        return False
+    from engine import arch
+
+    spec = arch.get(getattr(recipe, "architecture", None) or "")
+    variant = getattr(recipe, "variant", None)
+    found = spec.variants.get(variant) if spec is not None and variant else None
+    return found is not None and found.capabilities is not None and "edit" in found.capabilities
+
+
 def step_work(recipe: Any) -> float:
     """Denoising work of ``recipe`` in units of one step at its own size: what ETAs, the cost
     model's step counts and scheduling weights scale by. Text-to-image is ``steps``;
     image-to-image ``int(steps * strength)``; an upscale pass adds its steps times its
-    pixel ratio (a 2x pass at strength 0.4 of 20 steps adds 8 steps of 4x the pixels)."""
+    pixel ratio (a 2x pass at strength 0.4 of 20 steps adds 8 steps of 4x the pixels).
+    An edit runs all its steps whatever ``strength`` says (it starts from noise; the picture is
+    read beside it): /edit stores strength 1, but a recipe code may carry another."""
     steps = int(recipe.steps)
     work = (
         float(img2img_steps(steps, float(getattr(recipe, "strength", 1.0))))
-        if getattr(recipe, "init_image", "")
+        if getattr(recipe, "init_image", "") and not is_edit(recipe)
         else float(steps)
     )
     scale = float(getattr(recipe, "hires_scale", 0.0) or 0.0)
@@ -283,6 +299,7 @@ __all__ = [
     "check_picture",
     "effective_steps",
     "hires_size",
+    "is_edit",
     "img2img_steps",
     "open_picture",
     "resize_picture",

@@ -9,6 +9,7 @@ as the authors' pipelines do, so these runs take a few seconds each on a CPU.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 from dataclasses import replace
@@ -150,3 +151,44 @@ def test_civitai_names_and_the_lora_warning() -> None:
     said = variant_mismatch("qwen_image", "image", "edit")
     assert said is not None and "made for text-to-image rather than editing a reference image" in said
     assert variant_mismatch("qwen_image", "image", None) is None
+
+
+def test_edit_plus_through_the_generator_hands_every_reference_on_in_order(
+    generator: Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Recipe.references`` on -2509 (as /edit's image2 and image3 make it): the engine decodes each
+    held picture and the runtime's edit gets the edited picture (fitted to the recipe's size)
+    and the references as they came, in the recipe's order. A reference the engine does not
+    hold is refused by its sha256, before any step."""
+    from engine.arch.qwen_image.pipeline import QwenImageRuntime
+
+    seen: list[list[tuple[int, int]]] = []
+    real_edit = QwenImageRuntime.edit
+
+    def spy(self: QwenImageRuntime, pipe: object, **kwargs: Any) -> Any:
+        seen.append([image.size for image in kwargs["images"]])
+        return real_edit(self, pipe, **kwargs)
+
+    monkeypatch.setattr(QwenImageRuntime, "edit", spy)
+    hat, scarf = picture(41, (48, 96)), picture(42, (96, 48))
+    plus = with_input(generator, replace(EDIT, variant="edit_plus", cfg_scale=1.0), picture(43, (96, 64)))
+    recipe = replace(plus, references=(hashlib.sha256(hat).hexdigest(), hashlib.sha256(scarf).hexdigest()))
+    steps: list[int] = []
+    with pytest.raises(EngineError) as caught:
+        generator.run(recipe, on_step=lambda step, total: steps.append(step))
+    assert caught.value.code is ErrorCode.INVALID_RECIPE
+    assert f"the reference picture {recipe.references[0][:12]}… was not sent to this engine" in str(caught.value)
+    assert seen == [] and steps == []
+    generator.inputs.put(hat)
+    with pytest.raises(EngineError, match=f"the reference picture {recipe.references[1][:12]}… was not sent"):
+        generator.run(recipe)
+    assert seen == []
+    generator.inputs.put(scarf)
+    three = generator.run(recipe).images[0]
+    assert seen == [[(80, 64), (48, 96), (96, 48)]]
+    assert Image.open(io.BytesIO(three)).size == (80, 64)
+    # The references are read: the pictures in another order, or one fewer, give other images.
+    swapped = generator.run(replace(recipe, references=recipe.references[::-1])).images[0]
+    fewer = generator.run(replace(recipe, references=recipe.references[:1])).images[0]
+    assert seen[1:] == [[(80, 64), (96, 48), (48, 96)], [(80, 64), (48, 96)]]
+    assert diff(three, swapped) > 0 and diff(three, fewer) > 0

@@ -23,6 +23,7 @@ from engine.recipe.picture import (
     check_picture,
     effective_steps,
     img2img_steps,
+    is_edit,
     open_picture,
     resize_picture,
     step_work,
@@ -152,6 +153,23 @@ def test_what_a_picture_recipe_costs() -> None:
     # Upscale x2 at 0.4: 8 second-pass steps of 4x the pixels on top of the first 20.
     assert step_work(replace(base, hires_scale=2.0, hires_strength=0.4)) == 20 + 8 * 4
     assert effective_steps(replace(base, init_image=SHA, strength=0.01)) == 1
+
+
+@pytest.mark.parametrize(("architecture", "variant"), [("flux", "kontext"), ("qwen_image", "edit"), ("qwen_image", "edit_plus")])
+def test_an_edit_costs_all_its_steps_whatever_its_strength(architecture: str, variant: str) -> None:
+    """An edit starts from noise and reads the picture beside it: every step runs. /edit stores
+    strength 1; a recipe code (or an API caller) may carry another, which must not shrink the
+    engine's step count (its cost model, the measured seconds per call) or the bot's ETA."""
+    edit = Recipe(model="m.safetensors", prompt="p", steps=20, width=512, height=512, architecture=architecture,
+                  variant=variant, init_image=SHA, strength=0.3)  # fmt: skip
+    assert is_edit(edit) and step_work(edit) == 20 and effective_steps(edit) == 20
+    assert step_work(replace(edit, references=(SHA, SHA))) == 20  # the references' cost is per step (bot.jobs.speed)
+    # Without a picture it is text-to-image; the same strength on a text-to-image variant is img2img.
+    assert not is_edit(replace(edit, init_image="")) and step_work(replace(edit, init_image="")) == 20
+    plain = replace(edit, variant="dev" if architecture == "flux" else "image")
+    assert not is_edit(plain) and step_work(plain) == 6
+    # An unknown architecture or none named: image-to-image as before.
+    assert step_work(replace(edit, architecture="")) == 6
 
 
 def test_picture_fields_are_validated_and_batched_apart() -> None:
