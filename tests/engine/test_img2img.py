@@ -188,3 +188,19 @@ def test_zimage_img2img(zimage_generator: Generator) -> None:
     assert diff(half[0], half[1]) > 0.5
     one = [zimage_generator.run(with_input(zimage_generator, recipe, x, strength=1.0)).images[0] for x in (a, b)]
     assert diff(one[0], one[1]) == 0
+
+
+def test_the_kept_img2img_pipeline_runs_each_jobs_own_sampler(tmp_path: Path, demo_assets: object) -> None:
+    """The image-to-image pipeline is built once per loaded model and kept (engine.arch.sd_runtime):
+    a job after another with a different sampler gives what a fresh engine gives for it."""
+    fresh = Generator(demo_assets.model_root, demo_assets.lora_root)  # type: ignore[attr-defined]
+    used = Generator(demo_assets.model_root, demo_assets.lora_root)  # type: ignore[attr-defined]
+    a = picture(7)
+    euler_a = with_input(used, replace(SD, sampler="Euler a"), a, strength=0.6)
+    ddim = with_input(used, replace(SD, sampler="DDIM"), a, strength=0.6)
+    first = used.run(euler_a).images[0]
+    kept = used.run(ddim).images[0]
+    with_input(fresh, ddim, a)
+    assert kept == fresh.run(ddim).images[0]
+    assert diff(first, kept) > 0
+    assert used.run(euler_a).images[0] == first
