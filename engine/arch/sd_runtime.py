@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from engine.arch.runtime import LoraTarget
+from engine.arch.runtime import LoraTarget, sibling_pipeline
 from engine.loras.keys import COMPONENTS
 
 #: The components an SD LoRA may patch, with the pipeline attribute that holds each.
@@ -119,7 +119,7 @@ class SdRuntime:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
         kind = StableDiffusionXLImg2ImgPipeline if self.architecture == "sdxl" else StableDiffusionImg2ImgPipeline
-        runner = _sibling(pipe, kind)
+        runner = sibling_pipeline(pipe, kind)
         return runner(
             **conditioning.kwargs,
             image=images,
@@ -131,23 +131,6 @@ class SdRuntime:
             output_type="pil",
             eta=_eta(recipe),
         )
-
-
-def _sibling(pipe: Any, kind: type[Any]) -> Any:
-    """``kind`` (an image-to-image pipeline) on ``pipe``'s components, built once per loaded
-    pipeline and kept on it: ``from_pipe`` walks every component's signature and device hooks
-    (about 40 ms a job on the tiny SD 1.5, a tenth of its whole image-to-image job). The
-    components are re-read from ``pipe`` on every call, so the job's own scheduler (set on
-    ``pipe`` per job) and anything swapped since are the ones that run."""
-    runner = getattr(pipe, "_atelier_img2img", None)
-    if type(runner) is not kind:
-        runner = kind.from_pipe(pipe)
-        runner.set_progress_bar_config(disable=True)
-        pipe._atelier_img2img = runner
-    for name, component in pipe.components.items():
-        if name in runner.components and getattr(runner, name) is not component:
-            setattr(runner, name, component)
-    return runner
 
 
 def _eta(recipe: Any) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.arch.runtime import LoraTarget
+from engine.arch.runtime import LoraTarget, sibling_pipeline
 from engine.protocol import EngineError, ErrorCode
 
 #: Per variant: (steps, distilled guidance or None, T5 token budget).
@@ -482,8 +482,7 @@ class FluxRuntime:
         latents are mixed with noise at the strength's sigma, then denoised from there)."""
         from diffusers import FluxImg2ImgPipeline
 
-        runner = FluxImg2ImgPipeline.from_pipe(pipe)
-        runner.set_progress_bar_config(disable=True)
+        runner = sibling_pipeline(pipe, FluxImg2ImgPipeline)
         guidance = float(recipe.cfg_scale) if pipe.transformer.config.guidance_embeds else 0.0
         return runner(
             **conditioning.kwargs,
@@ -508,8 +507,7 @@ class FluxRuntime:
         arrives at the recipe's size, and the output keeps it."""
         from diffusers import FluxKontextPipeline
 
-        runner = FluxKontextPipeline.from_pipe(pipe)
-        runner.set_progress_bar_config(disable=True)
+        runner = sibling_pipeline(pipe, FluxKontextPipeline)
         guidance = float(recipe.cfg_scale) if pipe.transformer.config.guidance_embeds else 0.0
         return runner(
             **conditioning.kwargs,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.arch.flux.pipeline import compute_dtype
+from engine.arch.runtime import sibling_pipeline
 from engine.protocol import EngineError, ErrorCode
 
 #: The repository folder (``Qwen/Qwen-Image-Edit``'s ``processor/``) the edit models read.
@@ -107,8 +108,7 @@ def run_edit(pipe: Any, *, conditioning: Any, recipe: Any, images: Sequence[Any]
         raise EngineError(ErrorCode.INTERNAL, "the prompts' text did not reach the Qwen-Image edit")
     plus = variant.name == PLUS
     kind = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
-    runner = kind.from_pipe(pipe, processor=processor_of(pipe))
-    runner.set_progress_bar_config(disable=True)
+    runner = sibling_pipeline(pipe, kind, processor=processor_of(pipe))
     images = [image.convert("RGB") for image in images]
     condition = _condition_images(runner, images, plus)
     device, dtype = latents.device, compute_dtype(pipe.transformer)

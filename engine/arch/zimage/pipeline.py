@@ -32,7 +32,7 @@ from engine.arch.flux.pipeline import (
     compute_dtype,
     memory_plan,
 )
-from engine.arch.runtime import LoraTarget
+from engine.arch.runtime import LoraTarget, sibling_pipeline
 from engine.protocol import EngineError, ErrorCode
 
 COMPONENTS_FOLDER = "zimage-components"
@@ -291,8 +291,7 @@ class ZImageRuntime:
         copied); ``images`` is the [-1, 1] pixel tensor (engine.picture_run.as_pixels)."""
         from diffusers import ZImageImg2ImgPipeline
 
-        runner = ZImageImg2ImgPipeline.from_pipe(pipe)
-        runner.set_progress_bar_config(disable=True)
+        runner = sibling_pipeline(pipe, ZImageImg2ImgPipeline)
         return runner(
             **conditioning.kwargs,
             image=images,
