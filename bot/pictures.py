@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.protocol import Recipe
+from engine.recipe.picture import edit_variant, is_edit
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +73,9 @@ class PictureChoice:
         return replace(recipe, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
-def edit_variant(architecture: str, variant: str | None) -> Any:
-    """The :class:`engine.arch.base.Variant` of an edit model (FLUX.1 Kontext), or None.
-
-    A Kontext file has dev's keys, so the registry's variant decides, never the file (the
-    engine's :func:`engine.picture_run.edits` asks the same of the recipe)."""
-    from engine import arch
-
-    spec = arch.get(architecture)
-    found = spec.variants.get(variant) if spec is not None and variant else None
-    return found if found is not None and found.capabilities is not None and "edit" in found.capabilities else None
-
-
 def edits(recipe: Recipe) -> bool:
     """Whether ``recipe`` edits its input picture (an edit model given a picture)."""
-    return bool(recipe.init_image) and edit_variant(recipe.architecture, recipe.variant) is not None
+    return is_edit(recipe)
 
 
 def picture_count(recipe: Recipe) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.protocol import EngineError, ErrorCode, Recipe
-from engine.recipe.picture import HIRES_STRENGTH, hires_size, img2img_steps, resize_picture
+from engine.recipe.picture import HIRES_STRENGTH, hires_size, img2img_steps, is_edit, resize_picture
 from engine.validation import reference_problem
 
 
@@ -93,13 +93,7 @@ def edits(runtime: Any, recipe: Recipe) -> bool:
     look like another variant's, so the recipe's variant decides, never the file. Without a
     picture an edit model's recipe stays text-to-image, as it ran before edits (Kontext's own
     pipeline does the same when it is given no image)."""
-    from engine import arch
-
-    if not recipe.init_image:
-        return False
-    spec = arch.get(recipe.architecture or runtime.architecture)
-    found = spec.variants.get(recipe.variant) if spec is not None and recipe.variant else None
-    return found is not None and found.capabilities is not None and "edit" in found.capabilities
+    return is_edit(recipe, runtime.architecture)
 
 
 def edit(

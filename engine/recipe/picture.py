@@ -239,18 +239,25 @@ def hires_size(width: int, height: int, scale: float, multiple: int = 8) -> tupl
             max(multiple, int(height * scale) // multiple * multiple))  # fmt: skip
 
 
-def is_edit(recipe: Any) -> bool:
-    """Whether ``recipe`` gives its input picture to an edit model (FLUX.1 Kontext, Qwen-Image-
-    Edit): the recipe's variant says so, never the file (the engine's
-    :func:`engine.picture_run.edits` and the bot's :func:`bot.pictures.edits` ask the same)."""
-    if not getattr(recipe, "init_image", ""):
-        return False
+def edit_variant(architecture: str, variant: str | None) -> Any:
+    """The :class:`engine.arch.base.Variant` of an edit model (FLUX.1 Kontext, Qwen-Image-Edit),
+    or None. An edit model's file has its text-to-image sibling's keys, so the registry's (or
+    the recipe's) variant decides, never the file. The one rule the bot, the cost model and
+    the engine's :func:`engine.picture_run.edits` share."""
     from engine import arch
 
-    spec = arch.get(getattr(recipe, "architecture", None) or "")
-    variant = getattr(recipe, "variant", None)
+    spec = arch.get(architecture)
     found = spec.variants.get(variant) if spec is not None and variant else None
-    return found is not None and found.capabilities is not None and "edit" in found.capabilities
+    return found if found is not None and found.capabilities is not None and "edit" in found.capabilities else None
+
+
+def is_edit(recipe: Any, architecture: str = "") -> bool:
+    """Whether ``recipe`` gives its input picture to an edit model. Without a picture an edit
+    model's recipe stays text-to-image. ``architecture``: the model file's, where the recipe
+    names none."""
+    return bool(getattr(recipe, "init_image", "")) and edit_variant(
+        getattr(recipe, "architecture", None) or architecture, getattr(recipe, "variant", None)
+    ) is not None
 
 
 def step_work(recipe: Any) -> float:
@@ -299,6 +306,7 @@ __all__ = [
     "check_picture",
     "effective_steps",
     "hires_size",
+    "edit_variant",
     "is_edit",
     "img2img_steps",
     "open_picture",
