@@ -3,8 +3,10 @@
 Their transformers look like Qwen-Image's, so the recipe's variant ("edit", "edit_plus") says
 it is an edit; the runtime then runs diffusers' ``QwenImageEditPipeline`` /
 ``QwenImageEditPlusPipeline`` on the loaded components with Qwen2.5-VL's processor from the
-repository's ``processor/`` folder. Each edit encodes the picture at about 1 MP for the VAE,
-as the authors' pipelines do, so these runs take a few seconds each on a CPU.
+repository's ``processor/`` folder. The authors' pipelines read each picture at about 1 MP for
+the VAE (and the vision tower); here that area is cut to 128x128 (``small_pictures``), so the
+tiny models stay tiny: the same diffusers code runs, only its target area is smaller. The bot
+flow (tests/bot/test_qwen_edit_flow.py) runs the real 1 MP area in the engine process.
 """
 
 from __future__ import annotations
@@ -33,6 +35,26 @@ from tests.engine.test_img2img import diff, picture, with_input
 EDIT = Recipe(model="qwen_image_edit_bf16.safetensors", prompt="make the sky red", negative_prompt="", width=80,
               height=64, steps=2, sampler="Euler", cfg_scale=4.0, seed=11, architecture="qwen_image",
               variant="edit")  # fmt: skip
+
+
+#: The picture area the edit pipelines aim at in these tests (the authors': 1024 * 1024).
+SMALL_AREA = 128 * 128
+
+
+@pytest.fixture(autouse=True)
+def small_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """diffusers' edit pipelines size every picture to about 1 MP (``calculate_dimensions(1024 *
+    1024, ratio)``; -2509 also ``VAE_IMAGE_SIZE``): on the tiny models that VAE encode was most of
+    each test's 20-40 s. The same functions run, aimed at ``SMALL_AREA``."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit as edit
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+    for module in (edit, plus):
+        real = module.calculate_dimensions
+        monkeypatch.setattr(module, "calculate_dimensions",
+                            lambda area, ratio, real=real: real(min(area, SMALL_AREA), ratio))  # fmt: skip
+    monkeypatch.setattr(plus, "VAE_IMAGE_SIZE", SMALL_AREA)
+    monkeypatch.setattr(plus, "CONDITION_IMAGE_SIZE", min(plus.CONDITION_IMAGE_SIZE, SMALL_AREA))
 
 
 @pytest.fixture(scope="module")
