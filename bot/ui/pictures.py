@@ -214,16 +214,10 @@ class PictureActions:
             await send_private(interaction, f"Strength `{embeds.truncate(fields.get('strength', ''), 20)}` is not a number "
                                "from 0 (keep the image) to 1 (keep only its size); e.g. 0.6.")  # fmt: skip
             return
-        try:
-            channel = interaction.channel or await self.services.client.fetch_channel(interaction.channel_id)
-            message = await channel.fetch_message(message_id)  # type: ignore[union-attr]
-        except (discord.HTTPException, AttributeError):
-            await send_private(interaction, "I can't read that message any more (deleted, or I can't see the channel).")
+        found = await self._message_image(interaction, message_id)
+        if found is None:
             return
-        attachment = first_image(message)
-        if attachment is None:
-            await send_private(interaction, "That message has no image attached any more.")
-            return
+        message, attachment = found
         link = message_link(interaction.guild_id, message.channel.id, message.id)
         notes: list[str] = []
         digest = await self.take(interaction, attachment, source=link, notes=notes)
@@ -237,6 +231,23 @@ class PictureActions:
                                    parent=parent, picture=choice)  # fmt: skip
 
     # -- /edit and "Edit this image" -----------------------------------------------------------
+
+    async def _message_image(self, interaction: discord.Interaction[Any],
+                             message_id: int) -> tuple[discord.Message, discord.Attachment] | None:  # fmt: skip
+        """The message a modal was opened on, read again, and its first image; or None after
+        telling the member why not (the message or its image is gone since the modal opened)."""
+        assert interaction.channel_id is not None
+        try:
+            channel = interaction.channel or await self.services.client.fetch_channel(interaction.channel_id)
+            message = await channel.fetch_message(message_id)  # type: ignore[union-attr]
+        except (discord.HTTPException, AttributeError):
+            await send_private(interaction, "I can't read that message any more (deleted, or I can't see the channel).")
+            return None
+        attachment = first_image(message)
+        if attachment is None:
+            await send_private(interaction, "That message has no image attached any more.")
+            return None
+        return message, attachment
 
     async def edit_models(self, guild_id: int, channel_id: int | None = None) -> list[ModelEntry]:
         """The server's enabled edit models (variant with "edit": FLUX.1 Kontext), usable in
@@ -312,16 +323,10 @@ class PictureActions:
         name = await self.edit_model(interaction, fields.get("model", "").strip() or None, 1)
         if name is None:
             return
-        try:
-            channel = interaction.channel or await self.services.client.fetch_channel(interaction.channel_id)
-            message = await channel.fetch_message(message_id)  # type: ignore[union-attr]
-        except (discord.HTTPException, AttributeError):
-            await send_private(interaction, "I can't read that message any more (deleted, or I can't see the channel).")
+        found = await self._message_image(interaction, message_id)
+        if found is None:
             return
-        attachment = first_image(message)
-        if attachment is None:
-            await send_private(interaction, "That message has no image attached any more.")
-            return
+        message, attachment = found
         link = message_link(interaction.guild_id, message.channel.id, message.id)
         parent = Parent(message.id, message.channel.id, EDIT_LABEL, interaction.guild_id)
         await self._run_edit(interaction, attachment, source=link, instruction=instruction, model=name,

@@ -7,7 +7,7 @@ and list it together with every other problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import discord
@@ -59,6 +59,12 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 async def model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+    return await model_choices(interaction, current)
+
+
+async def model_choices(interaction: discord.Interaction[Any], current: str,
+                        where: Callable[[Any], bool] | None = None) -> list[app_commands.Choice[str]]:  # fmt: skip
+    """The models a member may pick here (channel, NSFW policy), those ``where`` accepts."""
     if interaction.guild_id is None:
         return []
     bot = features_of(interaction)
@@ -67,6 +73,7 @@ async def model_autocomplete(interaction: discord.Interaction[Any], current: str
         current,
         channel_id=interaction.channel_id,
         nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
+        where=where,
     )
     return to_choices(choices)
 

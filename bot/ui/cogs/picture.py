@@ -15,8 +15,8 @@ from discord import app_commands
 from bot.pictures import edit_variant
 from bot.ui import views
 from bot.ui.cogs.cog import FeatureCog
-from bot.ui.cogs.imagine import SIZES, lora_choices, parse_size
-from bot.ui.common import nsfw_channel, send_private, to_choices
+from bot.ui.cogs.imagine import SIZES, lora_choices, model_choices, parse_size
+from bot.ui.common import send_private
 from bot.ui.features import features_of
 from bot.ui.routes import ButtonWork, ModalWork
 
@@ -37,17 +37,7 @@ async def edit_this_image(interaction: discord.Interaction[Any], message: discor
 
 async def edit_model_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
     """Only edit models (a variant that edits: FLUX.1 Kontext, Qwen-Image-Edit)."""
-    if interaction.guild_id is None:
-        return []
-    bot = features_of(interaction)
-    choices = await bot.registry.models.autocomplete(
-        interaction.guild_id,
-        current,
-        channel_id=interaction.channel_id,
-        nsfw_ok=await bot.actions.nsfw_ok(interaction.guild_id, nsfw_channel(interaction)),
-        where=lambda m: edit_variant(m.architecture, m.variant) is not None,
-    )
-    return to_choices(choices)
+    return await model_choices(interaction, current, where=lambda m: edit_variant(m.architecture, m.variant) is not None)
 
 
 async def edit_lora_autocomplete(interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
